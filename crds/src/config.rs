@@ -1,0 +1,520 @@
+//! GOST's configuration schema (services, chains, hops, nodes), as typed Rust.
+//!
+//! Field names and defaults follow GOST v3 (`x/config/config.go`): a handler without a type is
+//! `auto`, a listener `tcp`, a connector `http`, a dialer `tcp`. Unknown fields are rejected so
+//! that a typo never silently changes behaviour.
+
+use std::fmt;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::metadata::Metadata;
+
+/// A whole configuration: what `gost -C file.yaml` loads and `gost -O yaml` prints.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Config {
+    /// Listening services: an address, a listener (transport) and a handler (proxy protocol).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<ServiceConfig>,
+    /// Forwarding chains that handlers dial through.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chains: Vec<ChainConfig>,
+    /// Reusable hops, referenced by name from a chain's hop list.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hops: Vec<HopConfig>,
+    /// Named authenticators, referenced by `handler.auther` / `handler.authers`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub authers: Vec<AutherConfig>,
+    /// The default server certificate for TLS listeners.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+    /// Logging.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<LogConfig>,
+    /// The Prometheus metrics endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<MetricsConfig>,
+}
+
+/// One listening service: `addr` + listener + handler (+ the chain the handler dials through).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ServiceConfig {
+    /// Unique service name.
+    pub name: String,
+    /// Listen address, `host:port` or `:port` (all interfaces). An empty port lets the system
+    /// choose one.
+    #[serde(default)]
+    pub addr: String,
+    /// The proxy protocol spoken on accepted connections. Defaults to `auto`.
+    #[serde(default)]
+    pub handler: HandlerConfig,
+    /// The transport that accepts connections. Defaults to `tcp`.
+    #[serde(default)]
+    pub listener: ListenerConfig,
+    /// Fixed forward targets (port forwarding); when set, the client's requested address is
+    /// ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forwarder: Option<ForwarderConfig>,
+    /// Service-level settings such as `dialTimeout`.
+    #[serde(default, skip_serializing_if = "Metadata::is_empty")]
+    pub metadata: Metadata,
+}
+
+/// The proxy protocol of a service.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HandlerConfig {
+    /// Protocol: `auto` (HTTP, SOCKS4 and SOCKS5 on one port), `http`, `socks5`, `relay`, ...
+    #[serde(default, rename = "type")]
+    pub kind: HandlerType,
+    /// Name of the chain to dial through; without it the handler dials targets directly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain: Option<String>,
+    /// Extra dial attempts after a failed one (each may pick other nodes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
+    /// A single user that clients must authenticate as.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthConfig>,
+    /// Name of a top-level authenticator (`authers`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auther: Option<String>,
+    /// Names of several top-level authenticators; a client passing any of them is accepted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub authers: Vec<String>,
+    /// TLS settings of the handler itself (SOCKS5's TLS methods).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+    /// Protocol options, e.g. `readTimeout`, `proxyAgent`, `authBasicRealm`.
+    #[serde(default, skip_serializing_if = "Metadata::is_empty")]
+    pub metadata: Metadata,
+}
+
+/// The transport on which a service accepts connections.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ListenerConfig {
+    /// Transport: `tcp`, `tls`, `ws`, `wss`, `http2`, `h2`, `h2c`, `grpc`, `pht`, `phts`, `h3`.
+    #[serde(default, rename = "type")]
+    pub kind: ListenerType,
+    /// Chain used by reverse listeners.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain: Option<String>,
+    /// Transport-level credentials, for the transports that have them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthConfig>,
+    /// Server certificate for TLS transports; defaults to the top-level `tls`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+    /// Transport options, e.g. `path` for `ws`.
+    #[serde(default, skip_serializing_if = "Metadata::is_empty")]
+    pub metadata: Metadata,
+}
+
+/// Fixed targets of a forwarding service.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ForwarderConfig {
+    /// Target nodes; `addr` is the address to forward to.
+    #[serde(default)]
+    pub nodes: Vec<ForwardNodeConfig>,
+}
+
+/// One forward target.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ForwardNodeConfig {
+    /// Target name.
+    #[serde(default)]
+    pub name: String,
+    /// Target address, `host:port`.
+    pub addr: String,
+}
+
+/// A forwarding chain: ordered hops, each hop one or more nodes.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ChainConfig {
+    /// Unique chain name, referenced by `handler.chain`.
+    pub name: String,
+    /// Hops, dialled in order: the first hop is dialled directly, each further hop through the
+    /// previous one.
+    #[serde(default)]
+    pub hops: Vec<HopConfig>,
+    /// Chain-level settings.
+    #[serde(default, skip_serializing_if = "Metadata::is_empty")]
+    pub metadata: Metadata,
+}
+
+/// One hop of a chain: a set of interchangeable nodes.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HopConfig {
+    /// Hop name. A hop with a name and no nodes refers to a top-level `hops` entry.
+    pub name: String,
+    /// How a node is picked for each connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<SelectorConfig>,
+    /// The nodes of this hop.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<NodeConfig>,
+    /// Hop-level settings.
+    #[serde(default, skip_serializing_if = "Metadata::is_empty")]
+    pub metadata: Metadata,
+}
+
+/// Node selection within a hop.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SelectorConfig {
+    /// `round` (round-robin, the default), `random`, `fifo` (first healthy node) or `hash`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<SelectorStrategy>,
+    /// Failures after which a node is skipped for `failTimeout` (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_fails: Option<u32>,
+    /// How long a failed node is skipped, as a duration such as `10s` (default 10s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fail_timeout: Option<String>,
+}
+
+/// Node selection strategies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SelectorStrategy {
+    /// Each connection takes the next node in turn.
+    #[serde(alias = "rr")]
+    Round,
+    /// A node picked at random.
+    #[serde(alias = "rand")]
+    Random,
+    /// The first node that is not marked failed.
+    #[serde(alias = "ha")]
+    Fifo,
+    /// A node picked by a hash of the target host.
+    Hash,
+}
+
+/// One node of a hop: an address, the transport to reach it and the protocol to speak to it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct NodeConfig {
+    /// Node name, unique within its hop.
+    pub name: String,
+    /// The node's address, `host:port`.
+    pub addr: String,
+    /// The proxy protocol spoken to the node. Defaults to `http`.
+    #[serde(default)]
+    pub connector: ConnectorConfig,
+    /// The transport used to reach the node. Defaults to `tcp`.
+    #[serde(default)]
+    pub dialer: DialerConfig,
+    /// Node-level settings.
+    #[serde(default, skip_serializing_if = "Metadata::is_empty")]
+    pub metadata: Metadata,
+}
+
+/// The proxy protocol a node speaks.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ConnectorConfig {
+    /// Protocol: `http`, `socks5`, `socks4`, `relay`, `http2`.
+    #[serde(default, rename = "type")]
+    pub kind: ConnectorType,
+    /// Credentials sent to the node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthConfig>,
+    /// TLS settings of the protocol itself (SOCKS5's TLS methods).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+    /// Protocol options, e.g. `timeout`, `header`.
+    #[serde(default, skip_serializing_if = "Metadata::is_empty")]
+    pub metadata: Metadata,
+}
+
+/// The transport used to reach a node.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DialerConfig {
+    /// Transport: `tcp`, `tls`, `ws`, `wss`, `http2`, `h2`, `h2c`, `grpc`, `pht`, `phts`, `h3`.
+    #[serde(default, rename = "type")]
+    pub kind: DialerType,
+    /// Transport-level credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthConfig>,
+    /// Client TLS settings for TLS transports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+    /// Transport options, e.g. `path` and `host` for `ws`.
+    #[serde(default, skip_serializing_if = "Metadata::is_empty")]
+    pub metadata: Metadata,
+}
+
+/// A username and password. The password never appears in `Debug` output or logs.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AuthConfig {
+    /// User name.
+    #[serde(default)]
+    pub username: String,
+    /// Password. An empty password accepts any password for this user, as in GOST.
+    #[serde(default)]
+    pub password: String,
+}
+
+impl fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// A named set of users.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AutherConfig {
+    /// Unique authenticator name.
+    pub name: String,
+    /// Accepted users.
+    #[serde(default)]
+    pub auths: Vec<AuthConfig>,
+}
+
+/// TLS material and options, for servers (certificate) and clients (verification).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<String>,
+    /// PEM private key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<String>,
+    /// PEM CA bundle: on a server, client certificates are required and verified against it;
+    /// on a client, the server's chain is verified against it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+    /// Client: verify the server's certificate chain and name.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub secure: bool,
+    /// Client: the name sent as SNI and verified with `secure`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// Generated certificate: validity as a duration (default `8760h`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validity: Option<String>,
+    /// Generated certificate: common name (default `gost.run`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub common_name: Option<String>,
+    /// Generated certificate: organization (default `GOST`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub organization: Option<String>,
+}
+
+/// Logging settings.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LogConfig {
+    /// `trace`, `debug`, `info` (default), `warn`, `error`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<LogLevel>,
+    /// `json` or `text`; by default JSON when standard error is not a terminal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<LogFormat>,
+    /// `stderr` (default) or `stdout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+}
+
+/// Log levels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    /// Everything, including per-packet detail.
+    Trace,
+    /// Per-connection detail.
+    Debug,
+    /// One line per tunnel and lifecycle events.
+    Info,
+    /// Problems that did not stop the proxy.
+    #[serde(alias = "warning")]
+    Warn,
+    /// Failures only.
+    Error,
+}
+
+/// Log line formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable text.
+    Text,
+}
+
+/// The Prometheus metrics endpoint.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MetricsConfig {
+    /// Listen address, e.g. `:9000`.
+    pub addr: String,
+    /// URL path (default `/metrics`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Basic-auth credentials required to scrape.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthConfig>,
+    /// Name of a top-level authenticator required to scrape.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auther: Option<String>,
+}
+
+macro_rules! type_enum {
+    ($(#[$meta:meta])* $name:ident, default $default:ident, { $($(#[$vmeta:meta])* $variant:ident = $text:literal $(| $alias:literal)*),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+        pub enum $name {
+            $(
+                $(#[$vmeta])*
+                #[serde(rename = $text $(, alias = $alias)*)]
+                $(#[doc = concat!("Also accepted as `", $alias, "`.")])*
+                $variant,
+            )+
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                Self::$default
+            }
+        }
+
+        impl $name {
+            /// Every accepted name, in the order of the documentation.
+            pub const NAMES: &'static [&'static str] = &[$($text),+];
+
+            /// The canonical name, as written in configuration.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $text,)+
+                }
+            }
+
+            /// Parses a name or alias, case-insensitively.
+            pub fn from_name(name: &str) -> Option<Self> {
+                let name = name.to_ascii_lowercase();
+                match name.as_str() {
+                    $($text $(| $alias)* => Some(Self::$variant),)+
+                    _ => None,
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+type_enum!(
+    /// Handler (server-side proxy protocol) types.
+    HandlerType, default Auto, {
+        /// HTTP, SOCKS4/4a and SOCKS5 on one port, told apart by the first byte.
+        Auto = "auto",
+        /// HTTP proxy: CONNECT tunnels and forwarding of plain HTTP requests.
+        Http = "http",
+        /// HTTP CONNECT proxy over HTTP/2 (with the `http2` listener).
+        Http2 = "http2",
+        /// HTTP/3 reverse proxy (with the `http3` listener).
+        Http3 = "http3",
+        /// SOCKS5 proxy (RFC 1928, RFC 1929).
+        Socks5 = "socks5" | "socks",
+        /// SOCKS4 and SOCKS4a proxy.
+        Socks4 = "socks4" | "socks4a",
+        /// GOST's relay protocol.
+        Relay = "relay",
+    }
+);
+
+type_enum!(
+    /// Listener (server-side transport) types.
+    ListenerType, default Tcp, {
+        /// Plain TCP.
+        Tcp = "tcp",
+        /// TLS over TCP.
+        Tls = "tls",
+        /// WebSocket.
+        Ws = "ws",
+        /// WebSocket over TLS.
+        Wss = "wss",
+        /// HTTP/2 over TLS, for the `http2` handler.
+        Http2 = "http2",
+        /// HTTP/2 tunnel over TLS.
+        H2 = "h2",
+        /// HTTP/2 tunnel in cleartext.
+        H2c = "h2c",
+        /// gRPC bidirectional stream.
+        Grpc = "grpc",
+        /// Plain HTTP tunnel.
+        Pht = "pht",
+        /// Plain HTTP tunnel over TLS.
+        Phts = "phts",
+        /// Plain HTTP tunnel over HTTP/3.
+        H3 = "h3",
+        /// HTTP/3 reverse proxy.
+        Http3 = "http3",
+    }
+);
+
+type_enum!(
+    /// Connector (client-side proxy protocol) types.
+    ConnectorType, default Http, {
+        /// HTTP CONNECT.
+        Http = "http",
+        /// HTTP CONNECT over HTTP/2 (with the `http2` dialer).
+        Http2 = "http2",
+        /// SOCKS5.
+        Socks5 = "socks5" | "socks",
+        /// SOCKS4 and SOCKS4a.
+        Socks4 = "socks4" | "socks4a",
+        /// GOST's relay protocol.
+        Relay = "relay",
+    }
+);
+
+type_enum!(
+    /// Dialer (client-side transport) types.
+    DialerType, default Tcp, {
+        /// Plain TCP.
+        Tcp = "tcp",
+        /// TLS over TCP.
+        Tls = "tls",
+        /// WebSocket.
+        Ws = "ws",
+        /// WebSocket over TLS.
+        Wss = "wss",
+        /// HTTP/2 over TLS, for the `http2` connector.
+        Http2 = "http2",
+        /// HTTP/2 tunnel over TLS.
+        H2 = "h2",
+        /// HTTP/2 tunnel in cleartext.
+        H2c = "h2c",
+        /// gRPC bidirectional stream.
+        Grpc = "grpc",
+        /// Plain HTTP tunnel.
+        Pht = "pht",
+        /// Plain HTTP tunnel over TLS.
+        Phts = "phts",
+        /// Plain HTTP tunnel over HTTP/3.
+        H3 = "h3",
+        /// Plain HTTP tunnel over HTTP/3 (GOST's other name for `h3` on the client side).
+        Http3 = "http3",
+    }
+);

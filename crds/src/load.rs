@@ -1,0 +1,358 @@
+//! Loading, validating and printing configurations.
+//!
+//! Text is first parsed into a generic tree (YAML through serde-saphyr, JSON through
+//! serde_json), then deserialized into [`Config`] with the path of every failing field tracked,
+//! then checked for cross-references (chains, hops, authers) and addresses. Every error says
+//! where (`services[0].handler.type`) and what would be accepted.
+
+use std::collections::HashSet;
+use std::fmt;
+
+use serde_json::Value;
+
+use crate::config::*;
+use crate::metadata::parse_go_duration;
+
+/// The two text formats GOST reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// YAML (the default).
+    Yaml,
+    /// JSON.
+    Json,
+}
+
+impl Format {
+    /// The format a file name implies (`.json` is JSON, anything else YAML), or for standard
+    /// input the one the first non-blank character implies, as GOST does.
+    pub fn detect(file_name: Option<&str>, text: &str) -> Format {
+        match file_name {
+            Some(name) if name.to_ascii_lowercase().ends_with(".json") => Format::Json,
+            Some(name)
+                if name.to_ascii_lowercase().ends_with(".yaml")
+                    || name.to_ascii_lowercase().ends_with(".yml") =>
+            {
+                Format::Yaml
+            }
+            _ if text.trim_start().starts_with('{') => Format::Json,
+            _ => Format::Yaml,
+        }
+    }
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Format::Yaml => "YAML",
+            Format::Json => "JSON",
+        })
+    }
+}
+
+/// Why a configuration was rejected.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// The text is not well-formed YAML or JSON.
+    #[error("invalid {format}: {message}")]
+    Syntax {
+        /// The format the text was read as.
+        format: Format,
+        /// The parser's description, with line and column.
+        message: String,
+    },
+    /// A field has a wrong type or value, or refers to something that does not exist.
+    #[error("{path}: {message}")]
+    Field {
+        /// Where, e.g. `services[0].handler.type`.
+        path: String,
+        /// What is wrong and what would be accepted.
+        message: String,
+    },
+}
+
+impl ConfigError {
+    fn field(path: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError::Field {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Top-level sections of GOST's schema that gost-rs does not implement. They are rejected by
+/// name rather than ignored: silently dropping a `bypasses` or `limiters` section would leave a
+/// proxy more open than its owner believes.
+const UNSUPPORTED_SECTIONS: &[&str] = &[
+    "admissions",
+    "api",
+    "bypasses",
+    "climiters",
+    "hosts",
+    "ingresses",
+    "limiters",
+    "loggers",
+    "observers",
+    "plugins",
+    "profiling",
+    "quotas",
+    "recorders",
+    "resolvers",
+    "rewriters",
+    "rlimiters",
+    "routers",
+    "sds",
+];
+
+/// Parses and validates a configuration.
+pub fn from_str(text: &str, format: Format) -> Result<Config, ConfigError> {
+    let typed = match format {
+        Format::Yaml => {
+            if text.trim().is_empty() {
+                return Ok(Config::default());
+            }
+            // YAML 1.1 spellings such as `n` or `yes` stay strings (a node named `n` is not
+            // `false`), as in GOST's YAML library.
+            let mut options = serde_saphyr::Options::default();
+            options.strict_booleans = true;
+            // Remember where a typed error happened; the wrapper only passes the error on.
+            let mut failed_at = None;
+            let result = serde_saphyr::with_deserializer_from_str_with_options(text, options, |de| {
+                serde_path_to_error::deserialize::<_, Config>(de).map_err(|e| {
+                    failed_at = Some(e.path().to_string());
+                    e.into_inner()
+                })
+            });
+            match (result, failed_at) {
+                (Ok(config), _) => config,
+                (Err(e), Some(path)) if path != "." => return Err(field_error(path, e.to_string())),
+                (Err(e), _) => {
+                    return Err(ConfigError::Syntax {
+                        format,
+                        message: e.to_string(),
+                    });
+                }
+            }
+        }
+        Format::Json => {
+            let mut de = serde_json::Deserializer::from_str(text);
+            let config = serde_path_to_error::deserialize::<_, Config>(&mut de).map_err(|e| {
+                let path = e.path().to_string();
+                let inner = e.into_inner();
+                if inner.is_data() {
+                    field_error(path, inner.to_string())
+                } else {
+                    ConfigError::Syntax {
+                        format,
+                        message: inner.to_string(),
+                    }
+                }
+            })?;
+            de.end().map_err(|e| ConfigError::Syntax {
+                format,
+                message: e.to_string(),
+            })?;
+            config
+        }
+    };
+    validate(&typed)?;
+    Ok(typed)
+}
+
+/// Deserializes and validates a configuration from a generic tree (e.g. a custom resource's
+/// embedded config).
+pub fn from_value(tree: Value) -> Result<Config, ConfigError> {
+    let config: Config = serde_path_to_error::deserialize(tree)
+        .map_err(|e| field_error(e.path().to_string(), e.into_inner().to_string()))?;
+    validate(&config)?;
+    Ok(config)
+}
+
+fn field_error(path: String, message: String) -> ConfigError {
+    let path = if path == "." || path.is_empty() {
+        "(top level)".to_string()
+    } else {
+        path
+    };
+    if UNSUPPORTED_SECTIONS.contains(&path.to_ascii_lowercase().as_str()) {
+        return ConfigError::field(
+            path,
+            "this GOST section is not supported by gost-rs; remove it (ignoring it would \
+             change what the proxy allows without telling you)",
+        );
+    }
+    ConfigError::field(path, message)
+}
+
+/// Checks what serde cannot: unique names, references between sections, addresses.
+pub fn validate(config: &Config) -> Result<(), ConfigError> {
+    let chain_names = unique_names(config.chains.iter().map(|c| c.name.as_str()), "chains")?;
+    let hop_names = unique_names(config.hops.iter().map(|h| h.name.as_str()), "hops")?;
+    let auther_names = unique_names(config.authers.iter().map(|a| a.name.as_str()), "authers")?;
+    unique_names(config.services.iter().map(|s| s.name.as_str()), "services")?;
+
+    for (i, service) in config.services.iter().enumerate() {
+        let path = format!("services[{i}]");
+        check_listen_addr(&service.addr, &format!("{path}.addr"))?;
+        if let Some(chain) = &service.handler.chain
+            && !chain_names.contains(chain.as_str())
+        {
+            return Err(ConfigError::field(
+                format!("{path}.handler.chain"),
+                format!("no chain named {chain:?}; defined chains: {}", list(&chain_names)),
+            ));
+        }
+        let authers = service.handler.auther.iter().chain(&service.handler.authers);
+        for (j, auther) in authers.enumerate() {
+            if !auther_names.contains(auther.as_str()) {
+                let field = if j == 0 && service.handler.auther.is_some() {
+                    "auther".to_string()
+                } else {
+                    "authers".to_string()
+                };
+                return Err(ConfigError::field(
+                    format!("{path}.handler.{field}"),
+                    format!("no auther named {auther:?}; defined authers: {}", list(&auther_names)),
+                ));
+            }
+        }
+        if let Some(forwarder) = &service.forwarder {
+            for (j, node) in forwarder.nodes.iter().enumerate() {
+                check_dial_addr(&node.addr, &format!("{path}.forwarder.nodes[{j}].addr"))?;
+            }
+        }
+    }
+    for (i, chain) in config.chains.iter().enumerate() {
+        if chain.hops.is_empty() {
+            return Err(ConfigError::field(
+                format!("chains[{i}].hops"),
+                "a chain needs at least one hop",
+            ));
+        }
+        for (j, hop) in chain.hops.iter().enumerate() {
+            let path = format!("chains[{i}].hops[{j}]");
+            if hop.nodes.is_empty() && !hop_names.contains(hop.name.as_str()) {
+                return Err(ConfigError::field(
+                    format!("{path}.nodes"),
+                    format!(
+                        "hop {:?} has no nodes and names no top-level hop; defined hops: {}",
+                        hop.name,
+                        list(&hop_names)
+                    ),
+                ));
+            }
+            check_hop(hop, &path)?;
+        }
+    }
+    for (i, hop) in config.hops.iter().enumerate() {
+        check_hop(hop, &format!("hops[{i}]"))?;
+        if hop.nodes.is_empty() {
+            return Err(ConfigError::field(format!("hops[{i}].nodes"), "a hop needs at least one node"));
+        }
+    }
+    if let Some(metrics) = &config.metrics {
+        check_listen_addr(&metrics.addr, "metrics.addr")?;
+    }
+    Ok(())
+}
+
+fn check_hop(hop: &HopConfig, path: &str) -> Result<(), ConfigError> {
+    if let Some(timeout) = hop.selector.as_ref().and_then(|s| s.fail_timeout.as_deref()) {
+        parse_go_duration(timeout)
+            .map_err(|e| ConfigError::field(format!("{path}.selector.failTimeout"), e))?;
+    }
+    for (k, node) in hop.nodes.iter().enumerate() {
+        check_dial_addr(&node.addr, &format!("{path}.nodes[{k}].addr"))?;
+    }
+    Ok(())
+}
+
+fn unique_names<'a>(
+    names: impl Iterator<Item = &'a str>,
+    section: &str,
+) -> Result<HashSet<&'a str>, ConfigError> {
+    let mut seen = HashSet::new();
+    for (i, name) in names.enumerate() {
+        if name.is_empty() {
+            return Err(ConfigError::field(format!("{section}[{i}].name"), "a name is required"));
+        }
+        if !seen.insert(name) {
+            return Err(ConfigError::field(
+                format!("{section}[{i}].name"),
+                format!("the name {name:?} is used twice in `{section}`; names must be unique"),
+            ));
+        }
+    }
+    Ok(seen)
+}
+
+fn list(names: &HashSet<&str>) -> String {
+    if names.is_empty() {
+        return "none".to_string();
+    }
+    let mut v: Vec<_> = names.iter().copied().collect();
+    v.sort_unstable();
+    v.join(", ")
+}
+
+/// Splits `host:port`, `[v6]:port` or `:port` into host and port text.
+pub fn split_host_port(addr: &str) -> Option<(&str, &str)> {
+    if let Some(rest) = addr.strip_prefix('[') {
+        let (host, after) = rest.split_once(']')?;
+        let port = after.strip_prefix(':')?;
+        return Some((host, port));
+    }
+    let (host, port) = addr.rsplit_once(':')?;
+    if host.contains(':') {
+        return None;
+    }
+    Some((host, port))
+}
+
+fn check_listen_addr(addr: &str, path: &str) -> Result<(), ConfigError> {
+    let bad = || {
+        ConfigError::field(
+            path,
+            format!("invalid listen address {addr:?}: expected host:port, [ipv6]:port or :port"),
+        )
+    };
+    let (_, port) = split_host_port(addr).ok_or_else(bad)?;
+    if !port.is_empty() && port.parse::<u16>().is_err() {
+        return Err(ConfigError::field(
+            path,
+            format!("invalid port {port:?} in {addr:?}: expected a number from 0 to 65535"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_dial_addr(addr: &str, path: &str) -> Result<(), ConfigError> {
+    let (host, port) = split_host_port(addr).ok_or_else(|| {
+        ConfigError::field(
+            path,
+            format!("invalid address {addr:?}: expected host:port or [ipv6]:port"),
+        )
+    })?;
+    match port.parse::<u16>() {
+        Ok(p) if p != 0 => {}
+        _ => {
+            return Err(ConfigError::field(
+                path,
+                format!("invalid port {port:?} in {addr:?}: expected a number from 1 to 65535"),
+            ));
+        }
+    }
+    if host.chars().any(|c| c.is_whitespace() || c == '/' || c == '@') {
+        return Err(ConfigError::field(path, format!("invalid host {host:?} in {addr:?}")));
+    }
+    Ok(())
+}
+
+/// The configuration as YAML, as `gost -O yaml` prints it.
+pub fn to_yaml(config: &Config) -> String {
+    serde_saphyr::to_string(config).expect("a Config always serializes")
+}
+
+/// The configuration as pretty-printed JSON, as `gost -O json` prints it.
+pub fn to_json(config: &Config) -> String {
+    serde_json::to_string_pretty(config).expect("a Config always serializes")
+}

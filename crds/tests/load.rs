@@ -1,0 +1,163 @@
+//! The configuration model against GOST's own examples and against bad input.
+
+use std::path::PathBuf;
+
+use gost_api::{Config, ConfigError, Format, from_str, to_json, to_yaml};
+
+fn shared() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared")
+}
+
+/// The YAML blocks of the seed page ("HTTP Tunnel"), in page order.
+fn seed_yaml_blocks() -> Vec<String> {
+    let page = std::fs::read_to_string(shared().join("seeds/000_3cbed59296aabaec.txt"))
+        .expect("the seed page is in ../shared/seeds");
+    let mut blocks = Vec::new();
+    let mut current: Option<String> = None;
+    for line in page.lines() {
+        let yamlish = line.starts_with("services:")
+            || line.starts_with("chains:")
+            || line.starts_with("- ")
+            || line.starts_with(' ');
+        match (&mut current, yamlish) {
+            (None, true) if line.starts_with("services:") => current = Some(format!("{line}\n")),
+            (Some(block), true) => {
+                block.push_str(line);
+                block.push('\n');
+            }
+            (Some(_), false) => blocks.push(current.take().unwrap()),
+            _ => {}
+        }
+    }
+    blocks.extend(current);
+    blocks
+}
+
+#[test]
+fn every_seed_yaml_loads_verbatim() {
+    let blocks = seed_yaml_blocks();
+    assert!(blocks.len() >= 14, "expected the seed's 14 YAML examples, found {}", blocks.len());
+    for block in &blocks {
+        let config = from_str(block, Format::Yaml)
+            .unwrap_or_else(|e| panic!("seed example failed to load: {e}\n{block}"));
+        assert_eq!(config.services.len(), 1);
+        // Printing and reloading gives the same model, in both output formats.
+        assert_eq!(from_str(&to_yaml(&config), Format::Yaml).unwrap(), config);
+        assert_eq!(from_str(&to_json(&config), Format::Json).unwrap(), config);
+    }
+}
+
+#[test]
+fn seed_client_example_has_the_expected_shape() {
+    let client = &seed_yaml_blocks()[1];
+    let config: Config = from_str(client, Format::Yaml).unwrap();
+    let service = &config.services[0];
+    assert_eq!(service.addr, ":8000");
+    assert_eq!(service.handler.chain.as_deref(), Some("chain-0"));
+    let node = &config.chains[0].hops[0].nodes[0];
+    assert_eq!(node.addr, ":8080");
+    assert_eq!(node.connector.kind, gost_api::ConnectorType::Http);
+    let auth = node.connector.auth.as_ref().unwrap();
+    assert_eq!((auth.username.as_str(), auth.password.as_str()), ("user", "pass"));
+}
+
+fn field_error(text: &str) -> (String, String) {
+    match from_str(text, Format::Yaml) {
+        Err(ConfigError::Field { path, message }) => (path, message),
+        other => panic!("expected a field error for\n{text}\ngot {other:?}"),
+    }
+}
+
+#[test]
+fn unknown_types_name_the_field_and_the_accepted_values() {
+    let (path, message) = field_error("services:\n- name: a\n  addr: :1\n  handler:\n    type: sock5\n");
+    assert_eq!(path, "services[0].handler.type");
+    assert!(message.contains("sock5") && message.contains("socks5"), "{message}");
+
+    let (path, message) = field_error(
+        "chains:\n- name: c\n  hops:\n  - name: h\n    nodes:\n    - name: n\n      addr: a:1\n      dialer:\n        type: quic\n",
+    );
+    assert_eq!(path, "chains[0].hops[0].nodes[0].dialer.type");
+    assert!(message.contains("quic") && message.contains("tcp"), "{message}");
+}
+
+#[test]
+fn unknown_fields_and_wrong_types_are_rejected_with_their_path() {
+    let (path, message) = field_error("services:\n- name: a\n  adr: :1\n");
+    assert_eq!(path, "services[0].adr");
+    assert!(message.contains("adr"), "{message}");
+
+    let (path, _) = field_error("services:\n- name: a\n  addr: :1\n  handler:\n    retries: many\n");
+    assert_eq!(path, "services[0].handler.retries");
+}
+
+#[test]
+fn references_and_addresses_are_checked() {
+    let (path, message) =
+        field_error("services:\n- name: a\n  addr: :1\n  handler:\n    chain: nowhere\n");
+    assert_eq!(path, "services[0].handler.chain");
+    assert!(message.contains("nowhere"), "{message}");
+
+    let (path, _) = field_error("services:\n- name: a\n  addr: :99999\n");
+    assert_eq!(path, "services[0].addr");
+
+    let (path, _) = field_error(
+        "chains:\n- name: c\n  hops:\n  - name: h\n    nodes:\n    - name: n\n      addr: nohost\n",
+    );
+    assert_eq!(path, "chains[0].hops[0].nodes[0].addr");
+
+    let (path, message) =
+        field_error("services:\n- name: a\n  addr: :1\n- name: a\n  addr: :2\n");
+    assert_eq!(path, "services[1].name");
+    assert!(message.contains("twice"), "{message}");
+}
+
+#[test]
+fn unsupported_gost_sections_are_refused_by_name() {
+    let (path, message) = field_error("bypasses:\n- name: b\n");
+    assert_eq!(path, "bypasses");
+    assert!(message.contains("not supported"), "{message}");
+}
+
+#[test]
+fn syntax_errors_say_which_format() {
+    let yaml_error = from_str("services: [", Format::Yaml).unwrap_err().to_string();
+    assert!(yaml_error.contains("line 1"), "{yaml_error}");
+    match from_str("[unclosed", Format::Yaml) {
+        Err(e @ ConfigError::Syntax { format: Format::Yaml, .. }) => {
+            assert!(e.to_string().contains("YAML"), "{e}")
+        }
+        other => panic!("{other:?}"),
+    }
+    match from_str("{\"services\": ", Format::Json) {
+        Err(e @ ConfigError::Syntax { format: Format::Json, .. }) => {
+            assert!(e.to_string().contains("JSON"))
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn passwords_stay_out_of_debug_output() {
+    let config = from_str(&seed_yaml_blocks()[0], Format::Yaml).unwrap();
+    let debug = format!("{config:?}");
+    assert!(debug.contains("user") && !debug.contains("pass\""), "{debug}");
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+    #[test]
+    fn arbitrary_yaml_never_panics(text in "\\PC{0,200}") {
+        let _ = from_str(&text, Format::Yaml);
+        let _ = from_str(&text, Format::Json);
+    }
+
+    #[test]
+    fn structured_noise_never_panics(
+        key in "(services|chains|hops|handler|listener|type|addr|name|nodes|metadata)",
+        value in "(\\[|\\]|\\{|\\}|:|-| |\\n|[a-z0-9]){0,40}",
+    ) {
+        let text = format!("services:\n- name: a\n  {key}: {value}\n");
+        let _ = from_str(&text, Format::Yaml);
+    }
+}
