@@ -1,1 +1,272 @@
-fn main() {}
+//! `gost`: GOST's command line over the gost-rs data plane.
+#![forbid(unsafe_code)]
+
+use std::io::{IsTerminal, Read};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{ArgAction, Parser, ValueEnum};
+use gost_api::{Config, Format, LogFormat, LogLevel};
+use gost_proxy::server;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// GOST's HTTP tunnels: `gost -L http://user:pass@:8080`, `gost -L http://:8000 -F http://user:pass@host:8080`,
+/// `gost -C gost.yaml`.
+#[derive(Parser, Debug)]
+#[command(name = "gost", version, disable_help_subcommand = true)]
+struct Args {
+    /// A service to run: [handler+listener://][user:pass@][host]:port[?key=value&...]. Repeatable.
+    #[arg(short = 'L', value_name = "URL", action = ArgAction::Append)]
+    listen: Vec<String>,
+
+    /// A hop of the chain every -L service dials through: [connector+dialer://][user:pass@]host:port[?...].
+    /// Repeat for more hops; `host1,host2:port` puts several nodes in one hop.
+    #[arg(short = 'F', value_name = "URL", action = ArgAction::Append)]
+    forward: Vec<String>,
+
+    /// A configuration file (YAML or JSON, GOST's schema), `-` for standard input, or inline JSON.
+    /// Repeatable; later sources add services and chains and replace top-level settings.
+    #[arg(short = 'C', value_name = "FILE", action = ArgAction::Append)]
+    config: Vec<String>,
+
+    /// Print the effective configuration in this format and exit.
+    #[arg(short = 'O', value_name = "FORMAT")]
+    output: Option<OutputFormat>,
+
+    /// Debug logging; twice (-DD) for trace logging.
+    #[arg(short = 'D', action = ArgAction::Count)]
+    debug: u8,
+
+    /// How long open tunnels may finish after SIGTERM or SIGINT, e.g. 30s.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = DEFAULT_GRACE_PERIOD)]
+    grace_period: Duration,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum OutputFormat {
+    Yaml,
+    Json,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    match gost_api::metadata::parse_go_duration(text)? {
+        Some(d) => Ok(d),
+        None => Err(format!("{text:?}: a grace period cannot be negative")),
+    }
+}
+
+/// Long enough for typical requests in flight to finish, and what Kubernetes gives a pod
+/// (`terminationGracePeriodSeconds`) by default.
+const DEFAULT_GRACE_PERIOD: &str = "30s";
+
+/// Where GOST looks for a configuration when given nothing to do.
+const DEFAULT_CONFIG_DIRS: &[&str] = &["/etc/gost", "$HOME/.gost", "."];
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let config = match assemble_config(&args) {
+        Ok(config) => config,
+        Err(message) => {
+            eprintln!("gost: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(format) = args.output {
+        match format {
+            OutputFormat::Yaml => print!("{}", gost_api::to_yaml(&config)),
+            OutputFormat::Json => println!("{}", gost_api::to_json(&config)),
+        }
+        return ExitCode::SUCCESS;
+    }
+    if config.services.is_empty() {
+        eprintln!("gost: nothing to run: give a service with -L, or a configuration with -C (see gost --help)");
+        return ExitCode::from(2);
+    }
+    init_logging(&args, &config);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("gost: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(config, args.grace_period))
+}
+
+/// Reads `-C` sources in order, then adds the `-L`/`-F` services, as GOST does.
+fn assemble_config(args: &Args) -> Result<Config, String> {
+    let mut config = Config::default();
+    let mut sources = args.config.clone();
+    if sources.is_empty() && args.listen.is_empty() && args.forward.is_empty() {
+        sources.extend(default_config_file());
+    }
+    for source in &sources {
+        let (name, text) = read_source(source)?;
+        let format = Format::detect(name.as_deref(), &text);
+        let loaded = gost_api::from_str(&text, format)
+            .map_err(|e| format!("{}: {e}", name.as_deref().unwrap_or("configuration")))?;
+        merge(&mut config, loaded);
+    }
+    if !args.listen.is_empty() || !args.forward.is_empty() {
+        let from_cli = gost_proxy::cli::url::config_from_args(&args.listen, &args.forward)
+            .map_err(|e| e.to_string())?;
+        merge(&mut config, from_cli);
+    }
+    gost_api::validate(&config).map_err(|e| format!("the combined configuration is invalid: {e}"))?;
+    Ok(config)
+}
+
+fn default_config_file() -> Option<String> {
+    let home = std::env::var("HOME").unwrap_or_default();
+    DEFAULT_CONFIG_DIRS.iter().find_map(|dir| {
+        let dir = PathBuf::from(dir.replace("$HOME", &home));
+        ["gost.yaml", "gost.yml", "gost.json"]
+            .iter()
+            .map(|file| dir.join(file))
+            .find(|path| path.is_file())
+            .map(|path| path.to_string_lossy().into_owned())
+    })
+}
+
+fn read_source(source: &str) -> Result<(Option<String>, String), String> {
+    if source == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .map_err(|e| format!("cannot read the configuration from standard input: {e}"))?;
+        return Ok((Some("<stdin>".into()), text));
+    }
+    if source.trim_start().starts_with('{') {
+        return Ok((Some("<inline JSON>.json".into()), source.to_string()));
+    }
+    if source.starts_with("http://") || source.starts_with("https://") {
+        return Err(format!("-C {source}: loading configuration from a URL is not supported; download it first"));
+    }
+    let text = std::fs::read_to_string(Path::new(source))
+        .map_err(|e| format!("cannot read configuration file {source}: {e}"))?;
+    Ok((Some(source.to_string()), text))
+}
+
+/// GOST's merge rule: lists are concatenated, top-level settings replaced by later sources.
+fn merge(into: &mut Config, from: Config) {
+    into.services.extend(from.services);
+    into.chains.extend(from.chains);
+    into.hops.extend(from.hops);
+    into.authers.extend(from.authers);
+    if from.tls.is_some() {
+        into.tls = from.tls;
+    }
+    if from.log.is_some() {
+        into.log = from.log;
+    }
+    if from.metrics.is_some() {
+        into.metrics = from.metrics;
+    }
+}
+
+fn init_logging(args: &Args, config: &Config) {
+    let log = config.log.clone().unwrap_or_default();
+    let level = match args.debug {
+        0 => match std::env::var("GOST_LOGGER_LEVEL").ok().as_deref() {
+            Some("trace") => LogLevel::Trace,
+            Some("debug") => LogLevel::Debug,
+            Some("warn") => LogLevel::Warn,
+            Some("error") => LogLevel::Error,
+            Some("info") => LogLevel::Info,
+            _ => log.level.unwrap_or(LogLevel::Info),
+        },
+        1 => LogLevel::Debug,
+        _ => LogLevel::Trace,
+    };
+    let filter = match level {
+        LogLevel::Trace => tracing::Level::TRACE,
+        LogLevel::Debug => tracing::Level::DEBUG,
+        LogLevel::Info => tracing::Level::INFO,
+        LogLevel::Warn => tracing::Level::WARN,
+        LogLevel::Error => tracing::Level::ERROR,
+    };
+    let to_stdout = log.output.as_deref() == Some("stdout");
+    let terminal = if to_stdout { std::io::stdout().is_terminal() } else { std::io::stderr().is_terminal() };
+    let json = match log.format {
+        Some(LogFormat::Json) => true,
+        Some(LogFormat::Text) => false,
+        None => !terminal,
+    };
+    let builder = tracing_subscriber::fmt().with_max_level(filter).with_target(false);
+    match (json, to_stdout) {
+        (true, true) => builder.json().with_writer(std::io::stdout).init(),
+        (true, false) => builder.json().with_writer(std::io::stderr).init(),
+        (false, true) => builder.with_writer(std::io::stdout).init(),
+        (false, false) => builder.with_writer(std::io::stderr).init(),
+    }
+}
+
+async fn run(config: Config, grace: Duration) -> ExitCode {
+    let tunnels = TaskTracker::new();
+    let services = match server::build(&config, &tunnels) {
+        Ok(services) => services,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start");
+            eprintln!("gost: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let stop = CancellationToken::new();
+    let listeners = TaskTracker::new();
+    for service in services {
+        listeners.spawn(server::serve(service, stop.clone(), tunnels.clone()));
+    }
+    listeners.close();
+
+    let mut signals = match Signals::new() {
+        Ok(signals) => signals,
+        Err(e) => {
+            eprintln!("gost: cannot install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let signal = signals.next().await;
+    tracing::info!(signal, open = tunnels.len(), grace_period_s = grace.as_secs_f64(), "stopping: no new connections, draining open ones");
+    stop.cancel();
+    listeners.wait().await;
+    tunnels.close();
+    tokio::select! {
+        _ = tunnels.wait() => {
+            tracing::info!("all connections finished; exiting");
+            ExitCode::SUCCESS
+        }
+        _ = tokio::time::sleep(grace) => {
+            tracing::warn!(open = tunnels.len(), "grace period over; exiting with connections open");
+            ExitCode::SUCCESS
+        }
+        signal = signals.next() => {
+            tracing::warn!(signal, open = tunnels.len(), "second signal; exiting now");
+            ExitCode::from(130)
+        }
+    }
+}
+
+/// SIGTERM and SIGINT, whichever comes.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
+}

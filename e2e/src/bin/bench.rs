@@ -1,0 +1,508 @@
+//! The benchmark harness: `cargo run -p gost-e2e --release --bin bench [-- --quick]`.
+//!
+//! Everything runs on loopback in one run, so ratios compare like with like: direct
+//! connections to the same targets are the reference row; gost's HTTP CONNECT and SOCKS5
+//! proxies (one hop and a two-process chain) and the peers that are installed (tinyproxy,
+//! squid, dante) are measured beside them. Prints a Markdown report.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use gost_e2e::{Gost, workspace_root};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// How a benchmark client reaches a target.
+#[derive(Clone, Debug)]
+enum Route {
+    Direct,
+    HttpConnect { proxy: SocketAddr, auth: Option<String> },
+    Socks5 { proxy: SocketAddr, auth: Option<(String, String)> },
+}
+
+struct Settings {
+    throughput_time: Duration,
+    rate_time: Duration,
+    idle_tunnels: usize,
+}
+
+#[derive(Default)]
+struct Row {
+    name: String,
+    mib_s_1: f64,
+    mib_s_8: f64,
+    tunnels_per_s: f64,
+    ttfb_p50_us: f64,
+    ttfb_p99_us: f64,
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let settings = if quick {
+        Settings { throughput_time: Duration::from_secs(2), rate_time: Duration::from_secs(2), idle_tunnels: 1000 }
+    } else {
+        Settings { throughput_time: Duration::from_secs(8), rate_time: Duration::from_secs(5), idle_tunnels: 1000 }
+    };
+    let bin = release_gost();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    runtime.block_on(bench(settings, bin));
+}
+
+fn release_gost() -> PathBuf {
+    if let Some(bin) = std::env::var_os("GOST_BIN") {
+        return PathBuf::from(bin);
+    }
+    let status = Command::new("cargo")
+        .args(["build", "--release", "--quiet", "-p", "gost-proxy", "--bin", "gost"])
+        .current_dir(workspace_root())
+        .status()
+        .expect("cargo runs");
+    assert!(status.success());
+    workspace_root().join("target/release/gost")
+}
+
+async fn bench(settings: Settings, bin: PathBuf) {
+    let source = start_source().await;
+    let echo = start_echo().await;
+    let banner = start_banner().await;
+    let hold = start_hold().await;
+    let targets = Targets { source, echo, banner };
+
+    let gost_env = |args: &[&str]| Gost::start_bin(&bin, args, 1, None);
+    let mut rows = Vec::new();
+    rows.push(measure("direct", &Route::Direct, &targets, &settings).await);
+
+    let http = gost_env(&["-L", "http://user:pass@127.0.0.1:0"]);
+    rows.push(
+        measure(
+            "gost http CONNECT, 1 hop",
+            &Route::HttpConnect { proxy: http.addr(), auth: Some("user:pass".into()) },
+            &targets,
+            &settings,
+        )
+        .await,
+    );
+    let socks = gost_env(&["-L", "socks5://user:pass@127.0.0.1:0"]);
+    rows.push(
+        measure(
+            "gost socks5, 1 hop",
+            &Route::Socks5 { proxy: socks.addr(), auth: Some(("user".into(), "pass".into())) },
+            &targets,
+            &settings,
+        )
+        .await,
+    );
+    let front = gost_env(&["-L", "http://127.0.0.1:0", "-F", &format!("http://user:pass@{}", http.addr())]);
+    rows.push(
+        measure(
+            "gost http -> gost http, 2 hops",
+            &Route::HttpConnect { proxy: front.addr(), auth: None },
+            &targets,
+            &settings,
+        )
+        .await,
+    );
+    for peer in peers() {
+        match peer.start() {
+            Some(mut running) => {
+                rows.push(measure(&peer.name, &running.route, &targets, &settings).await);
+                running.stop();
+            }
+            None => eprintln!("{} not installed; skipped", peer.name),
+        }
+    }
+
+    let memory = measure_memory(&settings, &hold, &bin).await;
+    report(&rows, &memory, &settings);
+}
+
+struct Targets {
+    source: SocketAddr,
+    echo: SocketAddr,
+    banner: SocketAddr,
+}
+
+async fn measure(name: &str, route: &Route, targets: &Targets, settings: &Settings) -> Row {
+    eprintln!("measuring {name}");
+    let mib_s_1 = throughput(route, targets.source, 1, settings.throughput_time).await;
+    let mib_s_8 = throughput(route, targets.source, 8, settings.throughput_time).await;
+    let tunnels_per_s = tunnel_rate(route, targets.echo, settings.rate_time).await;
+    let (ttfb_p50_us, ttfb_p99_us) = ttfb(route, targets.banner, 200.0, settings.rate_time).await;
+    Row { name: name.to_string(), mib_s_1, mib_s_8, tunnels_per_s, ttfb_p50_us, ttfb_p99_us }
+}
+
+/// Opens a TCP tunnel to `target` over `route`.
+async fn open(route: &Route, target: SocketAddr) -> std::io::Result<TcpStream> {
+    match route {
+        Route::Direct => {
+            let s = TcpStream::connect(target).await?;
+            s.set_nodelay(true)?;
+            Ok(s)
+        }
+        Route::HttpConnect { proxy, auth } => {
+            let mut s = TcpStream::connect(proxy).await?;
+            s.set_nodelay(true)?;
+            let auth = auth
+                .as_ref()
+                .map(|a| format!("Proxy-Authorization: Basic {}\r\n", gost_e2e::base64(a.as_bytes())))
+                .unwrap_or_default();
+            s.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{auth}\r\n").as_bytes()).await?;
+            let mut head = Vec::with_capacity(128);
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                if s.read(&mut byte).await? == 0 {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+                head.push(byte[0]);
+            }
+            if !head.starts_with(b"HTTP/1.1 200") && !head.starts_with(b"HTTP/1.0 200") {
+                return Err(std::io::Error::other(String::from_utf8_lossy(&head).into_owned()));
+            }
+            Ok(s)
+        }
+        Route::Socks5 { proxy, auth } => {
+            let mut s = TcpStream::connect(proxy).await?;
+            s.set_nodelay(true)?;
+            let method = if auth.is_some() { 2 } else { 0 };
+            s.write_all(&[5, 1, method]).await?;
+            let mut reply = [0u8; 2];
+            s.read_exact(&mut reply).await?;
+            if reply[1] != method {
+                return Err(std::io::Error::other("socks5 method refused"));
+            }
+            if let Some((user, pass)) = auth {
+                let mut msg = vec![1, user.len() as u8];
+                msg.extend_from_slice(user.as_bytes());
+                msg.push(pass.len() as u8);
+                msg.extend_from_slice(pass.as_bytes());
+                s.write_all(&msg).await?;
+                s.read_exact(&mut reply).await?;
+                if reply[1] != 0 {
+                    return Err(std::io::Error::other("socks5 auth failed"));
+                }
+            }
+            let SocketAddr::V4(v4) = target else { unreachable!("targets are IPv4") };
+            let mut req = vec![5, 1, 0, 1];
+            req.extend_from_slice(&v4.ip().octets());
+            req.extend_from_slice(&v4.port().to_be_bytes());
+            s.write_all(&req).await?;
+            let mut rep = [0u8; 10];
+            s.read_exact(&mut rep).await?;
+            if rep[1] != 0 {
+                return Err(std::io::Error::other(format!("socks5 reply {}", rep[1])));
+            }
+            Ok(s)
+        }
+    }
+}
+
+/// MiB/s received from a source that writes as fast as it can, over `streams` tunnels.
+async fn throughput(route: &Route, source: SocketAddr, streams: usize, time: Duration) -> f64 {
+    let total = Arc::new(AtomicU64::new(0));
+    let warmup = Duration::from_millis(500);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..streams {
+        let route = route.clone();
+        let total = total.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut s = open(&route, source).await.expect("open tunnel");
+            let mut buf = vec![0u8; 256 * 1024];
+            loop {
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                if start.elapsed() >= warmup {
+                    total.fetch_add(n as u64, Ordering::Relaxed);
+                }
+                if start.elapsed() >= warmup + time {
+                    break;
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    total.load(Ordering::Relaxed) as f64 / (1024.0 * 1024.0) / time.as_secs_f64()
+}
+
+/// Tunnels opened, used for one echoed byte and closed per second, 16 at a time.
+async fn tunnel_rate(route: &Route, echo: SocketAddr, time: Duration) -> f64 {
+    const WORKERS: usize = 16;
+    let count = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + time;
+    let mut tasks = Vec::new();
+    for _ in 0..WORKERS {
+        let route = route.clone();
+        let count = count.clone();
+        tasks.push(tokio::spawn(async move {
+            while Instant::now() < deadline {
+                let Ok(mut s) = open(&route, echo).await else { continue };
+                let mut b = [0u8; 1];
+                if s.write_all(b"x").await.is_ok() && s.read_exact(&mut b).await.is_ok() {
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    count.load(Ordering::Relaxed) as f64 / time.as_secs_f64()
+}
+
+/// Time from starting a connection to the target's first byte, for new tunnels opened at
+/// `rate` per second; (p50, p99) in microseconds.
+async fn ttfb(route: &Route, banner: SocketAddr, rate: f64, time: Duration) -> (f64, f64) {
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let count = (time.as_secs_f64() * rate) as usize;
+    let mut ticker = tokio::time::interval(interval);
+    let mut tasks = Vec::with_capacity(count);
+    for _ in 0..count {
+        ticker.tick().await;
+        let route = route.clone();
+        tasks.push(tokio::spawn(async move {
+            let started = Instant::now();
+            let mut s = open(&route, banner).await.ok()?;
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b).await.ok()?;
+            Some(started.elapsed())
+        }));
+    }
+    let mut samples: Vec<f64> = Vec::with_capacity(count);
+    for t in tasks {
+        if let Ok(Some(d)) = t.await {
+            samples.push(d.as_secs_f64() * 1e6);
+        }
+    }
+    samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let pick = |q: f64| samples.get(((samples.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(f64::NAN);
+    (pick(0.50), pick(0.99))
+}
+
+struct Memory {
+    rows: Vec<(String, f64, f64)>,
+}
+
+/// RSS of a fresh gost process idle, and with `settings.idle_tunnels` idle tunnels open.
+async fn measure_memory(settings: &Settings, hold: &SocketAddr, bin: &std::path::Path) -> Memory {
+    let mut rows = Vec::new();
+    for (name, scheme) in [("http CONNECT", "http"), ("socks5", "socks5")] {
+        let gost = Gost::start_bin(bin, &["-L", &format!("{scheme}://127.0.0.1:0")], 1, None);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let idle = rss_kib(gost.pid());
+        let route = match scheme {
+            "http" => Route::HttpConnect { proxy: gost.addr(), auth: None },
+            _ => Route::Socks5 { proxy: gost.addr(), auth: None },
+        };
+        let mut open_tunnels = Vec::with_capacity(settings.idle_tunnels);
+        for _ in 0..settings.idle_tunnels {
+            open_tunnels.push(open(&route, *hold).await.expect("open idle tunnel"));
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let loaded = rss_kib(gost.pid());
+        rows.push((name.to_string(), idle, (loaded - idle) / settings.idle_tunnels as f64));
+        drop(open_tunnels);
+    }
+    Memory { rows }
+}
+
+fn rss_kib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+fn report(rows: &[Row], memory: &Memory, settings: &Settings) {
+    let direct = &rows[0];
+    println!("| route | 1 stream MiB/s | ratio | 8 streams MiB/s | ratio | tunnels/s | ttfb p50 µs | ttfb p99 µs | added p99 µs |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in rows {
+        println!(
+            "| {} | {:.0} | {:.2} | {:.0} | {:.2} | {:.0} | {:.0} | {:.0} | {:.0} |",
+            r.name,
+            r.mib_s_1,
+            r.mib_s_1 / direct.mib_s_1,
+            r.mib_s_8,
+            r.mib_s_8 / direct.mib_s_8,
+            r.tunnels_per_s,
+            r.ttfb_p50_us,
+            r.ttfb_p99_us,
+            r.ttfb_p99_us - direct.ttfb_p99_us,
+        );
+    }
+    println!();
+    println!("| gost handler | idle RSS KiB | KiB per idle tunnel ({} open) |", settings.idle_tunnels);
+    println!("|---|---:|---:|");
+    for (name, idle, per) in &memory.rows {
+        println!("| {name} | {idle:.0} | {per:.1} |");
+    }
+}
+
+// --- targets -------------------------------------------------------------------------------
+
+async fn bind() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0").await.unwrap()
+}
+
+/// Writes 256 KiB chunks as fast as the reader takes them.
+async fn start_source() -> SocketAddr {
+    let listener = bind().await;
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else { continue };
+            tokio::spawn(async move {
+                let chunk = vec![0x5au8; 256 * 1024];
+                while s.write_all(&chunk).await.is_ok() {}
+            });
+        }
+    });
+    addr
+}
+
+async fn start_echo() -> SocketAddr {
+    let listener = bind().await;
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else { continue };
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    addr
+}
+
+/// Writes one byte as soon as a connection arrives, then closes.
+async fn start_banner() -> SocketAddr {
+    let listener = bind().await;
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else { continue };
+            let _ = s.set_nodelay(true);
+            tokio::spawn(async move {
+                let _ = s.write_all(b"!").await;
+                let mut sink = [0u8; 64];
+                let _ = tokio::time::timeout(Duration::from_secs(5), s.read(&mut sink)).await;
+            });
+        }
+    });
+    addr
+}
+
+/// Accepts and holds connections without reading: idle tunnels.
+async fn start_hold() -> SocketAddr {
+    let listener = bind().await;
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            let Ok((s, _)) = listener.accept().await else { continue };
+            held.push(s);
+        }
+    });
+    addr
+}
+
+// --- peers ---------------------------------------------------------------------------------
+
+struct Peer {
+    name: String,
+    binary: &'static str,
+    kind: PeerKind,
+}
+
+enum PeerKind {
+    Tinyproxy,
+    Squid,
+    Dante,
+}
+
+struct RunningPeer {
+    child: Child,
+    route: Route,
+    _dir: PathBuf,
+}
+
+impl RunningPeer {
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn peers() -> Vec<Peer> {
+    vec![
+        Peer { name: "tinyproxy (http CONNECT)".into(), binary: "/usr/bin/tinyproxy", kind: PeerKind::Tinyproxy },
+        Peer { name: "squid (http CONNECT)".into(), binary: "/usr/sbin/squid", kind: PeerKind::Squid },
+        Peer { name: "dante (socks5)".into(), binary: "/usr/sbin/danted", kind: PeerKind::Dante },
+    ]
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Peer {
+    fn start(&self) -> Option<RunningPeer> {
+        if !std::path::Path::new(self.binary).exists() {
+            return None;
+        }
+        let dir = std::env::temp_dir().join(format!("gost-bench-{}-{}", std::process::id(), self.binary.rsplit('/').next().unwrap()));
+        std::fs::create_dir_all(&dir).ok()?;
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let conf = dir.join("peer.conf");
+        let (args, route): (Vec<String>, Route) = match self.kind {
+            PeerKind::Tinyproxy => {
+                std::fs::write(&conf, format!("Port {port}\nListen 127.0.0.1\nTimeout 600\nMaxClients 2000\nLogLevel Error\nAllow 127.0.0.1\n")).ok()?;
+                (vec!["-d".into(), "-c".into(), conf.display().to_string()], Route::HttpConnect { proxy: addr, auth: None })
+            }
+            PeerKind::Squid => {
+                std::fs::write(
+                    &conf,
+                    format!(
+                        "http_port 127.0.0.1:{port}\nhttp_access allow all\ncache deny all\nshutdown_lifetime 0 seconds\npid_filename {0}/squid.pid\naccess_log none\ncache_log {0}/cache.log\ncoredump_dir {0}\nmax_filedescriptors 8192\n",
+                        dir.display()
+                    ),
+                )
+                .ok()?;
+                (vec!["-N".into(), "-f".into(), conf.display().to_string()], Route::HttpConnect { proxy: addr, auth: None })
+            }
+            PeerKind::Dante => {
+                std::fs::write(
+                    &conf,
+                    format!(
+                        "logoutput: {0}/dante.log\ninternal: 127.0.0.1 port = {port}\nexternal: 127.0.0.1\nclientmethod: none\nsocksmethod: none\nuser.privileged: root\nuser.notprivileged: nobody\nclient pass {{ from: 127.0.0.0/8 to: 0.0.0.0/0 }}\nsocks pass {{ from: 127.0.0.0/8 to: 0.0.0.0/0 }}\n",
+                        dir.display()
+                    ),
+                )
+                .ok()?;
+                (vec!["-f".into(), conf.display().to_string()], Route::Socks5 { proxy: addr, auth: None })
+            }
+        };
+        let child = Command::new(self.binary).args(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().ok()?;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while std::net::TcpStream::connect(addr).is_err() {
+            if Instant::now() > deadline {
+                eprintln!("{} did not start", self.name);
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(RunningPeer { child, route, _dir: dir })
+    }
+}

@@ -1,0 +1,172 @@
+//! SOCKS5, `auto`, multi-hop chains, node selection and shutdown, with real `gost` processes.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use gost_e2e::*;
+
+fn get_via(proxy: &str, target: &Target) -> Output {
+    curl(&["-x", proxy, &format!("http://{}/chain", target.addr)])
+}
+
+#[test]
+fn socks5_with_auth_and_refusal_via_curl() {
+    let target = Target::http();
+    let server = Gost::start(&["-L", "socks5://user:pass@127.0.0.1:0"], 1);
+    let ok = get_via(&format!("socks5h://user:pass@{}", server.addr()), &target);
+    assert_eq!(ok.code, 0, "{}", ok.stderr);
+    assert!(ok.text().starts_with("hello from target"));
+    for proxy in [
+        format!("socks5h://user:wrong@{}", server.addr()),
+        format!("socks5h://{}", server.addr()),
+    ] {
+        let out = curl(&["--socks5-hostname", proxy.trim_start_matches("socks5h://"), &format!("http://{}/", target.addr)]);
+        assert_ne!(out.code, 0, "{proxy} must be refused");
+        assert!(out.text().is_empty());
+    }
+    assert!(!server.log().contains("wrong"), "a password reached the log");
+}
+
+#[test]
+fn auto_handler_serves_http_socks4_and_socks5_on_one_port() {
+    let target = Target::http();
+    let server = Gost::start(&["-L", "127.0.0.1:0"], 1);
+    for proxy in ["http", "socks5h", "socks5", "socks4", "socks4a"] {
+        let out = get_via(&format!("{proxy}://{}", server.addr()), &target);
+        assert_eq!(out.code, 0, "{proxy}: {}", out.stderr);
+        assert!(out.text().starts_with("hello from target"), "{proxy}");
+    }
+}
+
+#[test]
+fn two_and_three_hop_chains_mixing_http_and_socks5() {
+    let target = Target::http();
+    let echo = Target::echo();
+    let hop_http = Gost::start(&["-L", "http://a:1@127.0.0.1:0"], 1);
+    let hop_socks = Gost::start(&["-L", "socks5://b:2@127.0.0.1:0"], 1);
+    let hop_auto = Gost::start(&["-L", "127.0.0.1:0"], 1);
+
+    // Two hops: http then socks5, entered through a socks5 front end.
+    let front2 = Gost::start(
+        &[
+            "-L", "socks5://127.0.0.1:0",
+            "-F", &format!("http://a:1@{}", hop_http.addr()),
+            "-F", &format!("socks5://b:2@{}", hop_socks.addr()),
+        ],
+        1,
+    );
+    let out = get_via(&format!("socks5h://{}", front2.addr()), &target);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.text().starts_with("hello from target"));
+
+    // Three hops: socks5, http, then the auto handler spoken to as SOCKS5; entered over HTTP.
+    let front3 = Gost::start(
+        &[
+            "-L", "http://127.0.0.1:0",
+            "-F", &format!("socks5://b:2@{}", hop_socks.addr()),
+            "-F", &format!("http://a:1@{}", hop_http.addr()),
+            "-F", &format!("socks5://{}", hop_auto.addr()),
+        ],
+        1,
+    );
+    let out = get_via(&format!("http://{}", front3.addr()), &target);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.text().starts_with("hello from target"));
+    let stream = http_connect(front3.addr(), &echo.addr.to_string(), None).unwrap();
+    echo_round_trip(stream, 4 * 1024 * 1024);
+
+    // A wrong password at the second hop fails the route, and the log says which hop.
+    let bad = Gost::start(
+        &[
+            "-L", "http://127.0.0.1:0",
+            "-F", &format!("socks5://b:2@{}", hop_socks.addr()),
+            "-F", &format!("http://a:wrong@{}", hop_http.addr()),
+        ],
+        1,
+    );
+    let out = curl(&["-s", "-o", "/dev/null", "-w", "%{http_code}", "-x", &format!("http://{}", bad.addr()), &format!("http://{}/", target.addr)]);
+    assert_eq!(out.text(), "502");
+    let log = bad.log();
+    assert!(log.contains("chain-0/hop-1/node-0") && log.contains("407"), "{log}");
+    assert!(!log.contains("wrong"), "a password reached the log");
+}
+
+#[test]
+fn several_nodes_per_hop_round_robin_and_skip_failed_nodes() {
+    let target = Target::http();
+    let a = Gost::start(&["-L", "http://127.0.0.1:0"], 1);
+    let b = Gost::start(&["-L", "http://127.0.0.1:0"], 1);
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    // One hop, three nodes on 127.0.0.1 (GOST's `host1,host2:port` form needs one port, so
+    // the YAML form is used).
+    let dir = std::env::temp_dir().join(format!("gost-e2e-rr-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let yaml = dir.join("rr.yaml");
+    std::fs::write(
+        &yaml,
+        format!(
+            "services:\n- name: front\n  addr: 127.0.0.1:0\n  handler:\n    type: http\n    chain: c\nchains:\n- name: c\n  hops:\n  - name: h\n    selector:\n      strategy: round\n      maxFails: 1\n      failTimeout: 60s\n    nodes:\n    - {{name: a, addr: \"{}\"}}\n    - {{name: dead, addr: \"127.0.0.1:{dead}\"}}\n    - {{name: b, addr: \"{}\"}}\n",
+            a.addr(),
+            b.addr()
+        ),
+    )
+    .unwrap();
+    let front = Gost::start(&["-C", yaml.to_str().unwrap()], 1);
+    let proxy = format!("http://{}", front.addr());
+    let mut failures = 0;
+    for _ in 0..12 {
+        let out = get_via(&proxy, &target);
+        if out.code != 0 || !out.text().starts_with("hello from target") {
+            failures += 1;
+        }
+    }
+    // At most the first pick of the dead node fails; then it is skipped for failTimeout.
+    assert!(failures <= 1, "{failures} of 12 requests failed");
+    let (log_a, log_b) = (a.log(), b.log());
+    assert!(log_a.matches("\"forwarded\"").count() + log_a.matches("tunnel").count() > 0, "node a never used");
+    assert!(log_b.matches("\"forwarded\"").count() + log_b.matches("tunnel").count() > 0, "node b never used");
+}
+
+#[test]
+fn sigterm_stops_accepting_and_lets_open_tunnels_finish() {
+    let echo = Target::echo();
+    let mut server = Gost::start(&["-L", "http://127.0.0.1:0", "--grace-period", "20s"], 1);
+    let addr = server.addr();
+    let mut tunnel = http_connect(addr, &echo.addr.to_string(), None).unwrap();
+    server.signal("TERM");
+    // New connections are refused once the listener is closed.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(addr).is_ok() {
+        assert!(Instant::now() < deadline, "still accepting after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The open tunnel keeps working and the process waits for it.
+    tunnel.write_all(b"still here").unwrap();
+    let mut buf = [0u8; 10];
+    tunnel.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"still here");
+    assert!(server.is_running(), "exited with a tunnel open");
+    drop(tunnel);
+    assert_eq!(server.wait_exit(Duration::from_secs(15)), Some(0), "{}", server.log());
+}
+
+#[test]
+fn grace_period_bounds_the_drain_and_a_second_signal_exits_at_once() {
+    let echo = Target::echo();
+    let mut server = Gost::start(&["-L", "http://127.0.0.1:0", "--grace-period", "1s"], 1);
+    let _tunnel = http_connect(server.addr(), &echo.addr.to_string(), None).unwrap();
+    server.signal("INT");
+    assert_eq!(server.wait_exit(Duration::from_secs(10)), Some(0), "{}", server.log());
+
+    let mut server = Gost::start(&["-L", "http://127.0.0.1:0", "--grace-period", "60s"], 1);
+    let _tunnel = http_connect(server.addr(), &echo.addr.to_string(), None).unwrap();
+    server.signal("TERM");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(server.is_running());
+    server.signal("TERM");
+    assert_eq!(server.wait_exit(Duration::from_secs(10)), Some(130), "{}", server.log());
+}

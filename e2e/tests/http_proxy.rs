@@ -1,0 +1,229 @@
+//! The seed's first example ("HTTP CONNECT Method") and the HTTP proxy around it, with real
+//! `gost` processes and real clients.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use gost_e2e::*;
+
+/// The seed's server: `gost -L http://user:pass@:8080`, on an ephemeral loopback port.
+fn seed_server() -> Gost {
+    Gost::start(&["-L", "http://user:pass@127.0.0.1:0"], 1)
+}
+
+/// The seed's client: `gost -L http://:8000 -F http://user:pass@:8080`.
+fn seed_client(server: &Gost) -> Gost {
+    let node = format!("http://user:pass@{}", server.addr());
+    Gost::start(&["-L", "http://127.0.0.1:0", "-F", &node], 1)
+}
+
+fn assert_plain_and_connect_work(client_proxy: &str, target: &Target) {
+    let url = format!("http://{}/hello", target.addr);
+    // Plain request: absolute-form through the client proxy, which turns it into a CONNECT
+    // to the server proxy.
+    let out = curl(&["-x", client_proxy, &url]);
+    assert_eq!(out.code, 0, "curl failed: {}", out.stderr);
+    assert!(out.text().starts_with("hello from target"), "{}", out.text());
+    // The proxy credentials never reach the target.
+    assert!(!out.text().to_ascii_lowercase().contains("proxy-authorization"), "{}", out.text());
+    // CONNECT tunnel (-p).
+    let out = curl(&["-p", "-x", client_proxy, &url]);
+    assert_eq!(out.code, 0, "curl -p failed: {}", out.stderr);
+    assert!(out.text().starts_with("hello from target"), "{}", out.text());
+}
+
+#[test]
+fn seed_example_command_line() {
+    let target = Target::http();
+    let server = seed_server();
+    let client = seed_client(&server);
+    assert_plain_and_connect_work(&format!("http://{}", client.addr()), &target);
+    // The server alone, with the credentials, works as a proxy too.
+    assert_plain_and_connect_work(&format!("http://user:pass@{}", server.addr()), &target);
+    for log in [server.log(), client.log()] {
+        assert!(!log.contains("pass\"") && !log.contains(":pass"), "credentials in log:\n{log}");
+    }
+}
+
+#[test]
+fn seed_example_yaml() {
+    let dir = tempdir();
+    let target = Target::http();
+    let server_yaml = dir.join("server.yaml");
+    std::fs::write(
+        &server_yaml,
+        "services:\n- name: service-0\n  addr: \"127.0.0.1:0\"\n  handler:\n    type: http\n    auth:\n      username: user\n      password: pass\n  listener:\n    type: tcp\n",
+    )
+    .unwrap();
+    let server = Gost::start(&["-C", server_yaml.to_str().unwrap()], 1);
+    let client_yaml = dir.join("client.yaml");
+    std::fs::write(
+        &client_yaml,
+        format!(
+            "services:\n- name: service-0\n  addr: \"127.0.0.1:0\"\n  handler:\n    type: http\n    chain: chain-0\n  listener:\n    type: tcp\nchains:\n- name: chain-0\n  hops:\n  - name: hop-0\n    nodes:\n    - name: node-0\n      addr: {}\n      connector:\n        type: http\n        auth:\n          username: user\n          password: pass\n      dialer:\n        type: tcp\n",
+            server.addr()
+        ),
+    )
+    .unwrap();
+    let client = Gost::start(&["-C", client_yaml.to_str().unwrap()], 1);
+    assert_plain_and_connect_work(&format!("http://{}", client.addr()), &target);
+}
+
+#[test]
+fn missing_or_wrong_credentials_get_407() {
+    let target = Target::http();
+    let server = seed_server();
+    let url = format!("http://{}/", target.addr);
+    for proxy in [
+        format!("http://{}", server.addr()),
+        format!("http://user:wrong@{}", server.addr()),
+        format!("http://nobody:pass@{}", server.addr()),
+    ] {
+        let out = curl(&["-i", "-x", &proxy, &url]);
+        let text = out.text();
+        assert!(text.starts_with("HTTP/1.1 407 Proxy Authentication Required"), "{proxy}: {text}");
+        assert!(text.contains("Proxy-Authenticate: Basic realm=\"gost\""), "{text}");
+        assert!(!text.contains("hello from target"));
+        let out = curl(&["-p", "-x", &proxy, &url]);
+        assert_ne!(out.code, 0, "CONNECT without valid credentials must fail");
+    }
+    // A raw CONNECT with a wrong password: 407, then the connection is closed.
+    let mut stream = TcpStream::connect(server.addr()).unwrap();
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let target_addr = target.addr.to_string();
+    write!(stream, "CONNECT {target_addr} HTTP/1.1\r\nHost: {target_addr}\r\nProxy-Authorization: Basic {}\r\n\r\n", base64(b"user:nope")).unwrap();
+    let mut all = String::new();
+    stream.read_to_string(&mut all).unwrap();
+    assert!(all.starts_with("HTTP/1.1 407 "), "{all}");
+    assert!(server.log().contains("proxy authentication failed"));
+    assert!(!server.log().contains("nope"), "a password reached the log");
+}
+
+#[test]
+fn connect_answers_gosts_exact_status_line_and_keeps_pipelined_bytes() {
+    let target = Target::echo();
+    let server = Gost::start(&["-L", "http://127.0.0.1:0"], 1);
+    let mut stream = TcpStream::connect(server.addr()).unwrap();
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let t = target.addr.to_string();
+    // The first tunnel bytes travel in the same packet as the CONNECT head.
+    write!(stream, "CONNECT {t} HTTP/1.1\r\nHost: {t}\r\n\r\nearly bytes").unwrap();
+    let head = read_head(&mut stream).unwrap();
+    assert_eq!(head, "HTTP/1.1 200 Connection established\r\nProxy-Agent: gost/3.0\r\n\r\n");
+    let mut echoed = [0u8; 11];
+    stream.read_exact(&mut echoed).unwrap();
+    assert_eq!(&echoed, b"early bytes");
+}
+
+#[test]
+fn refused_target_gives_502_and_one_log_line() {
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let server = seed_server();
+    let client = seed_client(&server);
+    for proxy in [format!("http://{}", client.addr()), format!("http://user:pass@{}", server.addr())] {
+        let out = curl(&["-s", "-o", "/dev/null", "-w", "%{http_code}", "-x", &proxy, &format!("http://{closed}/")]);
+        assert_eq!(out.text(), "502", "plain request via {proxy}");
+        let out = curl(&["-p", "-s", "-o", "/dev/null", "-w", "%{http_connect}", "-x", &proxy, &format!("http://{closed}/")]);
+        assert_eq!(out.text(), "502", "CONNECT via {proxy}");
+    }
+    // The client's log names the hop and the cause.
+    let log = client.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("upstream dial failed"))
+        .unwrap_or_else(|| panic!("no dial failure logged:\n{log}"));
+    assert!(line.contains("chain-0/hop-0/node-0"), "{line}");
+    assert!(line.contains("502"), "{line}");
+}
+
+#[test]
+fn transfers_of_64_mib_are_byte_identical() {
+    const SIZE: usize = 64 * 1024 * 1024;
+    let target = Target::echo();
+    let http = Target::http();
+    let server = seed_server();
+    let client = seed_client(&server);
+    // Both directions at once through a two-process tunnel.
+    let stream = http_connect(client.addr(), &target.addr.to_string(), None).unwrap();
+    echo_round_trip(stream, SIZE);
+    // A download with curl, checked byte for byte.
+    let out = curl(&["-x", &format!("http://{}", client.addr()), &format!("http://{}/bytes/{SIZE}", http.addr)]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout.len(), SIZE);
+    assert!(out.stdout.iter().enumerate().all(|(i, b)| *b == pattern_byte(i)), "download corrupted");
+}
+
+#[test]
+fn malformed_requests_get_an_error_and_the_proxy_keeps_serving() {
+    let target = Target::http();
+    let server = Gost::start(&["-L", "http://127.0.0.1:0?readTimeout=1s"], 1);
+    let addr = server.addr();
+
+    // Garbage bytes: an error status or a closed connection, never a hang.
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream.write_all(b"\x16\x03\x01\x00\xff garbage \x00\x01\x02\r\n\r\n").unwrap();
+    let mut reply = Vec::new();
+    let _ = stream.read_to_end(&mut reply);
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.is_empty() || reply.starts_with("HTTP/1.1 400"), "{reply}");
+
+    // Oversized headers: 431 (or 400), not a buffer that grows without end.
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let big = "a".repeat(200 * 1024);
+    let _ = write!(stream, "GET http://{}/ HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n", target.addr);
+    let mut reply = Vec::new();
+    let _ = stream.read_to_end(&mut reply);
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.is_empty() || reply.starts_with("HTTP/1.1 431") || reply.starts_with("HTTP/1.1 400"), "{reply}");
+
+    // Slow headers: the connection is dropped after the read timeout.
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream.write_all(b"GET http://example.invalid/ HTTP/1.1\r\n").unwrap();
+    let started = std::time::Instant::now();
+    let mut reply = Vec::new();
+    let _ = stream.read_to_end(&mut reply);
+    assert!(started.elapsed() < Duration::from_secs(9), "slow client was not cut off");
+
+    // HTTPS in absolute form cannot be forwarded by a plain proxy.
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream.write_all(b"GET https://example.invalid/ HTTP/1.1\r\nHost: example.invalid\r\n\r\n").unwrap();
+    let head = read_head(&mut stream).unwrap();
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+
+    // And the proxy still serves.
+    let out = curl(&["-x", &format!("http://{addr}"), &format!("http://{}/", target.addr)]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.text().starts_with("hello from target"));
+}
+
+#[test]
+fn python_standard_library_clients() {
+    let target = Target::http();
+    let server = seed_server();
+    let client = seed_client(&server);
+    let out = python(
+        "stdlib_clients.py",
+        &[&client.addr().to_string(), &server.addr().to_string(), &target.addr.to_string()],
+    );
+    assert_eq!(out.code, 0, "python failed:\n{}\n{}", out.text(), out.stderr);
+    assert!(out.text().contains("urllib ok") && out.text().contains("http.client tunnel ok"), "{}", out.text());
+    assert!(out.text().contains("407 ok"), "{}", out.text());
+}
+
+fn tempdir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "gost-e2e-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}

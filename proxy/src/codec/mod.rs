@@ -1,0 +1,5 @@
+//! Protocol codecs: pure functions over bytes, no I/O, unit-tested and fuzzed directly.
+
+pub mod http;
+pub mod socks4;
+pub mod socks5;

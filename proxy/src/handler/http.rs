@@ -1,0 +1,319 @@
+//! The `http` handler: an HTTP/1 proxy serving CONNECT tunnels and forwarding plain HTTP
+//! requests, with Basic authentication (gost-wire.md §4).
+//!
+//! hyper parses and frames the client's requests; this module decides what to do with each
+//! one. A CONNECT that succeeds answers exactly `HTTP/1.1 200 Connection established` with
+//! GOST's `Proxy-Agent`, then hands the raw client stream (with anything the client already
+//! pipelined) to the tunnel relay. Other requests are sent on in origin form over a fresh
+//! upstream connection dialled through the router, so through a chain they become CONNECTs to
+//! the target, as in GOST.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::{TokioIo, TokioTimer};
+
+use super::{Handler, HandlerEnv, run_tunnel};
+use crate::addr::Address;
+use crate::chain::{DialError, DialErrorKind};
+use crate::codec::http::{basic_credentials, proxy_target};
+use crate::conn::{BoxConn, Conn, Prefixed};
+
+/// Largest request head accepted. Real proxy requests are a few KiB; a larger head is answered
+/// with 431 rather than buffered.
+pub const MAX_REQUEST_HEAD: usize = 64 * 1024;
+
+/// GOST's `Proxy-Agent` value, overridable with `proxyAgent` metadata.
+pub const DEFAULT_PROXY_AGENT: &str = "gost/3.0";
+
+/// GOST's authentication realm, overridable with `authBasicRealm` metadata.
+pub const DEFAULT_REALM: &str = "gost";
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+/// Serves HTTP proxy clients.
+pub struct HttpHandler {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    env: Arc<HandlerEnv>,
+    proxy_agent: HeaderValue,
+    challenge: HeaderValue,
+}
+
+impl HttpHandler {
+    /// A handler with the environment's auth, router and metadata (`proxyAgent`,
+    /// `authBasicRealm`).
+    pub fn new(env: Arc<HandlerEnv>) -> Result<Self, String> {
+        let md = &env.metadata;
+        let agent = md
+            .string(&["proxyAgent", "http.proxyAgent"])
+            .unwrap_or_else(|| DEFAULT_PROXY_AGENT.to_string());
+        let realm = md
+            .string(&["authBasicRealm"])
+            .unwrap_or_else(|| DEFAULT_REALM.to_string());
+        let proxy_agent = HeaderValue::from_str(&agent)
+            .map_err(|_| format!("metadata `proxyAgent`: {agent:?} is not a valid header value"))?;
+        let challenge = HeaderValue::from_str(&format!("Basic realm=\"{realm}\""))
+            .map_err(|_| format!("metadata `authBasicRealm`: {realm:?} is not a valid realm"))?;
+        Ok(HttpHandler {
+            shared: Arc::new(Shared {
+                env,
+                proxy_agent,
+                challenge,
+            }),
+        })
+    }
+}
+
+#[async_trait]
+impl Handler for HttpHandler {
+    async fn handle(&self, conn: BoxConn, client: SocketAddr) {
+        let shared = self.shared.clone();
+        let service = service_fn(move |req| {
+            let shared = shared.clone();
+            async move { Ok::<_, Infallible>(shared.serve(req, client).await) }
+        });
+        let result = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.shared.env.handshake_timeout)
+            .max_buf_size(MAX_REQUEST_HEAD)
+            .title_case_headers(true)
+            .auto_date_header(false)
+            .serve_connection(TokioIo::new(conn), service)
+            .with_upgrades()
+            .await;
+        if let Err(e) = result {
+            tracing::debug!(service = %self.shared.env.service, client = %client, error = %e, "http connection ended");
+        }
+    }
+}
+
+impl Shared {
+    async fn serve(&self, req: Request<Incoming>, client: SocketAddr) -> Response<Body> {
+        let env = &self.env;
+        if let Some(auth) = &env.auth {
+            let credentials = req
+                .headers()
+                .get(header::PROXY_AUTHORIZATION)
+                .and_then(|v| basic_credentials(v.as_bytes()));
+            let accepted = credentials
+                .as_ref()
+                .is_some_and(|(user, pass)| auth.check(user, pass));
+            if !accepted {
+                let user = credentials.map(|(user, _)| user);
+                tracing::warn!(
+                    service = %env.service, client = %client, user = user.as_deref().unwrap_or(""),
+                    "proxy authentication failed"
+                );
+                return self.auth_required(req.headers());
+            }
+        }
+        let uri = req.uri();
+        let host_header = req.headers().get(header::HOST).and_then(|h| h.to_str().ok());
+        let target = match proxy_target(
+            req.method().as_str(),
+            uri.scheme_str(),
+            uri.authority().map(|a| a.as_str()),
+            host_header,
+        ) {
+            Ok(target) => target,
+            Err(e) => {
+                tracing::debug!(service = %env.service, client = %client, error = %e, "bad proxy request");
+                return self.error(StatusCode::BAD_REQUEST);
+            }
+        };
+        if req.method() == Method::CONNECT {
+            self.connect(req, target, client).await
+        } else {
+            self.forward(req, target, client).await
+        }
+    }
+
+    async fn connect(
+        &self,
+        req: Request<Incoming>,
+        target: Address,
+        client: SocketAddr,
+    ) -> Response<Body> {
+        let upstream = match self.env.router.dial(&target).await {
+            Ok(upstream) => upstream,
+            Err(e) => return self.dial_failed(&e, client),
+        };
+        let env = self.env.clone();
+        self.env.tunnels.spawn(async move {
+            match hyper::upgrade::on(req).await {
+                Ok(upgraded) => {
+                    let conn = into_conn(upgraded);
+                    run_tunnel(&env, "http", client, &target, conn, upstream).await;
+                }
+                Err(e) => tracing::debug!(service = %env.service, client = %client, error = %e, "CONNECT client went away"),
+            }
+        });
+        let mut response = Response::new(empty());
+        response.extensions_mut().insert(hyper::ext::ReasonPhrase::from_static(
+            b"Connection established",
+        ));
+        response
+            .headers_mut()
+            .insert(HeaderName::from_static("proxy-agent"), self.proxy_agent.clone());
+        response
+    }
+
+    async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        target: Address,
+        client: SocketAddr,
+    ) -> Response<Body> {
+        let upstream = match self.env.router.dial(&target).await {
+            Ok(upstream) => upstream,
+            Err(e) => return self.dial_failed(&e, client),
+        };
+        let handshake = hyper::client::conn::http1::Builder::new()
+            .title_case_headers(true)
+            .handshake::<_, Incoming>(TokioIo::new(upstream))
+            .await;
+        let (mut sender, connection) = match handshake {
+            Ok(parts) => parts,
+            Err(e) => {
+                tracing::warn!(service = %self.env.service, client = %client, target = %target, error = %e, "upstream HTTP handshake failed");
+                return self.error(StatusCode::BAD_GATEWAY);
+            }
+        };
+        let service = self.env.service.clone();
+        self.env.tunnels.spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(service = %service, error = %e, "upstream HTTP connection ended");
+            }
+        });
+        prepare_forwarded(&mut req, &target);
+        match sender.send_request(req).await {
+            Ok(response) => {
+                tracing::info!(
+                    service = %self.env.service, protocol = "http", client = %client, target = %target,
+                    status = response.status().as_u16(), "forwarded"
+                );
+                let (mut parts, body) = response.into_parts();
+                strip_hop_by_hop(&mut parts.headers);
+                Response::from_parts(parts, body.boxed())
+            }
+            Err(e) => {
+                tracing::warn!(service = %self.env.service, client = %client, target = %target, error = %e, "forwarding failed");
+                self.error(StatusCode::BAD_GATEWAY)
+            }
+        }
+    }
+
+    fn dial_failed(&self, e: &DialError, client: SocketAddr) -> Response<Body> {
+        tracing::warn!(service = %self.env.service, client = %client, error = %e, "upstream dial failed");
+        self.error(match e.kind {
+            DialErrorKind::TimedOut => StatusCode::GATEWAY_TIMEOUT,
+            _ => StatusCode::BAD_GATEWAY,
+        })
+    }
+
+    fn auth_required(&self, request_headers: &HeaderMap) -> Response<Body> {
+        let mut response = Response::new(empty());
+        *response.status_mut() = StatusCode::PROXY_AUTHENTICATION_REQUIRED;
+        let headers = response.headers_mut();
+        headers.insert(header::PROXY_AUTHENTICATE, self.challenge.clone());
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        let keep_alive = request_headers
+            .get("proxy-connection")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"keep-alive"));
+        if keep_alive {
+            headers.insert("proxy-connection", HeaderValue::from_static("close"));
+        }
+        response
+    }
+
+    fn error(&self, status: StatusCode) -> Response<Body> {
+        let mut response = Response::new(empty());
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        headers.insert(HeaderName::from_static("proxy-agent"), self.proxy_agent.clone());
+        response
+    }
+}
+
+fn empty() -> Body {
+    Empty::<Bytes>::new().map_err(|never| match never {}).boxed()
+}
+
+impl Conn for TokioIo<Upgraded> {}
+
+/// The client stream behind an upgraded connection: the original stream when hyper gives it
+/// back (so the relay can wait on socket readiness), otherwise hyper's wrapper.
+fn into_conn(upgraded: Upgraded) -> BoxConn {
+    match upgraded.downcast::<TokioIo<BoxConn>>() {
+        Ok(parts) => Prefixed::boxed(parts.read_buf, parts.io.into_inner()),
+        Err(upgraded) => Box::new(TokioIo::new(upgraded)),
+    }
+}
+
+/// Headers that describe one connection, not the message, and so must not be passed on
+/// (RFC 9110 §7.6.1), plus the proxy's own credentials.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(*name);
+    }
+    for name in ["gost-target", "x-gost-target"] {
+        headers.remove(name);
+    }
+}
+
+/// Turns a proxy request into the request the target expects: origin-form URI, a `Host`
+/// header, no hop-by-hop headers and never the proxy credentials.
+fn prepare_forwarded(req: &mut Request<Incoming>, target: &Address) {
+    if req.headers().get(header::HOST).is_none() {
+        let host = match req.uri().authority() {
+            Some(authority) => authority.as_str().to_string(),
+            None => target.to_string(),
+        };
+        if let Ok(value) = HeaderValue::from_str(&host) {
+            req.headers_mut().insert(header::HOST, value);
+        }
+    }
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    *req.uri_mut() = path.parse().unwrap_or_else(|_| Uri::from_static("/"));
+    strip_hop_by_hop(req.headers_mut());
+}

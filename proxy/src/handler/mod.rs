@@ -1,0 +1,81 @@
+//! Handlers: the proxy protocols a service speaks to its clients.
+
+pub mod auto;
+pub mod http;
+pub mod socks4;
+pub mod socks5;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use gost_api::Metadata;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::Authenticator;
+use crate::chain::Router;
+use crate::conn::BoxConn;
+use crate::pipe::{self, PipeError};
+
+/// How long a client may take to send its request (GOST's `readTimeout` default), so that
+/// slow or silent clients cannot hold connections forever.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Serves one accepted connection.
+#[async_trait]
+pub trait Handler: Send + Sync {
+    /// Runs the protocol on `conn` until the client is done.
+    async fn handle(&self, conn: BoxConn, client: SocketAddr);
+}
+
+/// What every handler of a service shares: who may use it, how it reaches targets, its options.
+pub struct HandlerEnv {
+    /// The service name, for logs.
+    pub service: Arc<str>,
+    /// Required credentials, if any.
+    pub auth: Option<Authenticator>,
+    /// How targets are dialled.
+    pub router: Router,
+    /// The handler's metadata.
+    pub metadata: Metadata,
+    /// Time allowed for the client's request.
+    pub handshake_timeout: Duration,
+    /// Idle timeout of established tunnels (`idleTimeout`), none by default as in GOST.
+    pub idle_timeout: Option<Duration>,
+    /// Tunnels of this service, so that shutdown can wait for them.
+    pub tunnels: TaskTracker,
+}
+
+/// Relays an established tunnel and writes its one summary log line.
+pub async fn run_tunnel(
+    env: &HandlerEnv,
+    protocol: &'static str,
+    client_addr: SocketAddr,
+    target: &crate::addr::Address,
+    mut client: BoxConn,
+    mut upstream: BoxConn,
+) {
+    let started = std::time::Instant::now();
+    let result = pipe::relay(&mut client, &mut upstream, env.idle_timeout).await;
+    let elapsed_ms = started.elapsed().as_millis() as u64;
+    match result {
+        Ok(moved) => tracing::info!(
+            service = %env.service, protocol, client = %client_addr, target = %target,
+            bytes_up = moved.up, bytes_down = moved.down, duration_ms = elapsed_ms,
+            outcome = "closed", "tunnel"
+        ),
+        Err(e) => {
+            let moved = e.transferred();
+            let outcome = match e {
+                PipeError::Idle(..) => "idle timeout",
+                PipeError::Io { .. } => "error",
+            };
+            tracing::info!(
+                service = %env.service, protocol, client = %client_addr, target = %target,
+                bytes_up = moved.up, bytes_down = moved.down, duration_ms = elapsed_ms,
+                outcome, error = %e, "tunnel"
+            );
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! The `socks4` handler: SOCKS4 and SOCKS4a CONNECT, as GOST's `auto` handler serves them.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::BytesMut;
+
+use super::socks5::{HANDSHAKE_BUFFER_LEN, read_message, send};
+use super::{Handler, HandlerEnv, run_tunnel};
+use crate::codec::socks4;
+use crate::conn::{BoxConn, Prefixed};
+
+/// Serves SOCKS4 and SOCKS4a clients.
+pub struct Socks4Handler {
+    env: Arc<HandlerEnv>,
+}
+
+impl Socks4Handler {
+    /// A handler for the service described by `env`.
+    pub fn new(env: Arc<HandlerEnv>) -> Self {
+        Socks4Handler { env }
+    }
+
+    async fn reply(&self, conn: &mut BoxConn, code: u8, client: SocketAddr) -> bool {
+        match send(conn, &socks4::encode_reply(code)).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(
+                    service = %self.env.service, client = %client, error = %e,
+                    "socks4: cannot send the reply"
+                );
+                false
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Handler for Socks4Handler {
+    async fn handle(&self, mut conn: BoxConn, client: SocketAddr) {
+        let mut buf = BytesMut::with_capacity(HANDSHAKE_BUFFER_LEN);
+        let read = read_message(&mut conn, &mut buf, socks4::parse_request);
+        let request = match tokio::time::timeout(self.env.handshake_timeout, read).await {
+            Ok(Ok(request)) => request,
+            Ok(Err(e)) => {
+                tracing::debug!(
+                    service = %self.env.service, client = %client, error = %e,
+                    "socks4: handshake failed"
+                );
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(
+                    service = %self.env.service, client = %client,
+                    timeout = ?self.env.handshake_timeout, "socks4: handshake timed out"
+                );
+                return;
+            }
+        };
+        if let Some(auth) = &self.env.auth {
+            // SOCKS4 has no password: the user id must name a user whose configured password is
+            // empty, as in GOST.
+            let accepted =
+                std::str::from_utf8(&request.user_id).is_ok_and(|user| auth.check(user, ""));
+            if !accepted {
+                tracing::warn!(
+                    service = %self.env.service, client = %client,
+                    username = ?String::from_utf8_lossy(&request.user_id),
+                    "socks4: authentication failed"
+                );
+                self.reply(&mut conn, socks4::REPLY_BAD_USER_ID, client)
+                    .await;
+                return;
+            }
+        }
+        let target = request.target;
+        if request.command != socks4::Command::Connect {
+            tracing::debug!(
+                service = %self.env.service, client = %client, command = ?request.command,
+                target = %target, "socks4: command not supported"
+            );
+            self.reply(&mut conn, socks4::REPLY_FAILED, client).await;
+            return;
+        }
+        let upstream = match self.env.router.dial(&target).await {
+            Ok(upstream) => upstream,
+            Err(e) => {
+                tracing::warn!(
+                    service = %self.env.service, client = %client, target = %target, error = %e,
+                    "socks4: connect failed"
+                );
+                self.reply(&mut conn, socks4::REPLY_FAILED, client).await;
+                return;
+            }
+        };
+        if !self.reply(&mut conn, socks4::REPLY_GRANTED, client).await {
+            return;
+        }
+        let conn = Prefixed::boxed(buf.freeze(), conn);
+        run_tunnel(&self.env, "socks4", client, &target, conn, upstream).await;
+    }
+}

@@ -1,0 +1,212 @@
+//! The `socks5` handler: RFC 1928 with RFC 1929 username/password authentication.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::{Buf, BufMut, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::{Handler, HandlerEnv, run_tunnel};
+use crate::addr::Address;
+use crate::chain::DialErrorKind;
+use crate::codec::{socks4, socks5};
+use crate::conn::{BoxConn, Prefixed};
+
+/// Most handshake bytes a SOCKS handler buffers. A parser asks for more only while its message
+/// is incomplete, so the buffer never has to hold more than the longest single message (an RFC
+/// 1929 request, or a SOCKS4a request with both strings at their limit); a client cannot make
+/// the server buffer more, whatever it sends.
+pub(super) const HANDSHAKE_BUFFER_LEN: usize = 600;
+
+const _: () = assert!(
+    HANDSHAKE_BUFFER_LEN >= socks5::MAX_MESSAGE_LEN
+        && HANDSHAKE_BUFFER_LEN >= socks5::MAX_GREETING_LEN
+        && HANDSHAKE_BUFFER_LEN >= socks5::MAX_REQUEST_LEN
+        && HANDSHAKE_BUFFER_LEN >= socks4::MAX_REQUEST_LEN
+);
+
+/// Why a SOCKS handshake ended without a request.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum HandshakeError<E> {
+    /// Reading or writing failed.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    /// The client closed the connection.
+    #[error("client closed the connection during the handshake")]
+    Closed,
+    /// A parser wanted more than [`HANDSHAKE_BUFFER_LEN`] bytes, which the codecs' bounds rule
+    /// out; kept so that a codec bug cannot turn into unbounded buffering.
+    #[error("handshake message longer than {HANDSHAKE_BUFFER_LEN} bytes")]
+    Oversized,
+    /// The client sent something that is not the protocol.
+    #[error("{0}")]
+    Malformed(E),
+}
+
+/// Reads from `conn` into `buf` until `parse` accepts a whole message, and removes that message
+/// from `buf`; bytes after it stay in `buf`.
+pub(super) async fn read_message<T, E>(
+    conn: &mut BoxConn,
+    buf: &mut BytesMut,
+    parse: impl Fn(&[u8]) -> Result<Option<(T, usize)>, E>,
+) -> Result<T, HandshakeError<E>> {
+    loop {
+        if let Some((message, used)) = parse(buf).map_err(HandshakeError::Malformed)? {
+            buf.advance(used);
+            return Ok(message);
+        }
+        let room = HANDSHAKE_BUFFER_LEN.saturating_sub(buf.len());
+        if room == 0 {
+            return Err(HandshakeError::Oversized);
+        }
+        if conn.read_buf(&mut (&mut *buf).limit(room)).await? == 0 {
+            return Err(HandshakeError::Closed);
+        }
+    }
+}
+
+/// Writes a handshake message and pushes it out: transports such as TLS or WebSocket may
+/// otherwise hold it back while the client waits for it.
+pub(super) async fn send(conn: &mut BoxConn, message: &[u8]) -> io::Result<()> {
+    conn.write_all(message).await?;
+    conn.flush().await
+}
+
+/// Serves SOCKS5 clients.
+pub struct Socks5Handler {
+    env: Arc<HandlerEnv>,
+}
+
+impl Socks5Handler {
+    /// A handler for the service described by `env`.
+    pub fn new(env: Arc<HandlerEnv>) -> Self {
+        Socks5Handler { env }
+    }
+
+    /// Method negotiation, authentication and the request. `Ok(None)` when the client was
+    /// turned away (and told so).
+    async fn negotiate(
+        &self,
+        conn: &mut BoxConn,
+        buf: &mut BytesMut,
+        client: SocketAddr,
+    ) -> Result<Option<socks5::Request>, HandshakeError<socks5::Socks5Error>> {
+        let methods = read_message(conn, buf, socks5::parse_greeting).await?;
+        let method = socks5::select_method(&methods, self.env.auth.is_some());
+        send(conn, &socks5::encode_method_reply(method)).await?;
+        match (method, &self.env.auth) {
+            (socks5::METHOD_NO_ACCEPTABLE, _) => {
+                tracing::debug!(
+                    service = %self.env.service, client = %client, offered = ?methods,
+                    "socks5: no acceptable authentication method"
+                );
+                return Ok(None);
+            }
+            (socks5::METHOD_USER_PASS, Some(auth)) => {
+                let creds = read_message(conn, buf, socks5::parse_user_pass).await?;
+                let accepted = match (
+                    std::str::from_utf8(&creds.username),
+                    std::str::from_utf8(&creds.password),
+                ) {
+                    (Ok(username), Ok(password)) => auth.check(username, password),
+                    _ => false,
+                };
+                send(conn, &socks5::encode_user_pass_reply(accepted)).await?;
+                if !accepted {
+                    tracing::warn!(
+                        service = %self.env.service, client = %client,
+                        username = ?String::from_utf8_lossy(&creds.username),
+                        "socks5: authentication failed"
+                    );
+                    return Ok(None);
+                }
+            }
+            _ => {}
+        }
+        Ok(Some(read_message(conn, buf, socks5::parse_request).await?))
+    }
+
+    async fn reply(&self, conn: &mut BoxConn, code: u8, client: SocketAddr) -> bool {
+        match send(conn, &socks5::encode_reply(code, None)).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(
+                    service = %self.env.service, client = %client, error = %e,
+                    "socks5: cannot send the reply"
+                );
+                false
+            }
+        }
+    }
+
+    async fn connect(&self, mut conn: BoxConn, buf: BytesMut, client: SocketAddr, target: Address) {
+        let upstream = match self.env.router.dial(&target).await {
+            Ok(upstream) => upstream,
+            Err(e) => {
+                tracing::warn!(
+                    service = %self.env.service, client = %client, target = %target, error = %e,
+                    "socks5: connect failed"
+                );
+                self.reply(&mut conn, reply_code(e.kind), client).await;
+                return;
+            }
+        };
+        // The upstream's local address would be a truer BND, but a tunnelled stream has none
+        // to give, and clients of CONNECT ignore it.
+        if !self.reply(&mut conn, socks5::REPLY_SUCCEEDED, client).await {
+            return;
+        }
+        let conn = Prefixed::boxed(buf.freeze(), conn);
+        run_tunnel(&self.env, "socks5", client, &target, conn, upstream).await;
+    }
+}
+
+/// The reply telling the client why its target could not be reached. GOST answers 0x03 for
+/// every failure; naming the failure helps the user, and any non-zero code fails a GOST
+/// connector all the same.
+fn reply_code(kind: DialErrorKind) -> u8 {
+    match kind {
+        DialErrorKind::Refused => socks5::REPLY_CONNECTION_REFUSED,
+        DialErrorKind::Unreachable | DialErrorKind::TimedOut => socks5::REPLY_HOST_UNREACHABLE,
+        DialErrorKind::Rejected | DialErrorKind::Protocol => socks5::REPLY_GENERAL_FAILURE,
+    }
+}
+
+#[async_trait]
+impl Handler for Socks5Handler {
+    async fn handle(&self, mut conn: BoxConn, client: SocketAddr) {
+        let mut buf = BytesMut::with_capacity(HANDSHAKE_BUFFER_LEN);
+        let negotiation = self.negotiate(&mut conn, &mut buf, client);
+        let request = match tokio::time::timeout(self.env.handshake_timeout, negotiation).await {
+            Ok(Ok(Some(request))) => request,
+            Ok(Ok(None)) => return,
+            Ok(Err(e)) => {
+                tracing::debug!(
+                    service = %self.env.service, client = %client, error = %e,
+                    "socks5: handshake failed"
+                );
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(
+                    service = %self.env.service, client = %client,
+                    timeout = ?self.env.handshake_timeout, "socks5: handshake timed out"
+                );
+                return;
+            }
+        };
+        match request.command {
+            socks5::Command::Connect => self.connect(conn, buf, client, request.target).await,
+            command => {
+                tracing::debug!(
+                    service = %self.env.service, client = %client, ?command,
+                    target = %request.target, "socks5: command not supported"
+                );
+                self.reply(&mut conn, socks5::REPLY_COMMAND_NOT_SUPPORTED, client)
+                    .await;
+            }
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! The `tcp` listener.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use async_trait::async_trait;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::TcpListener;
+
+use super::Listener;
+use crate::conn::BoxConn;
+
+/// Pending connections the kernel queues before `accept`; GOST's `backlog` default is 128,
+/// which bursts of new tunnels overflow.
+pub const LISTEN_BACKLOG: i32 = 1024;
+
+/// Plain TCP.
+pub struct TcpListenerImpl {
+    inner: TcpListener,
+    local: SocketAddr,
+}
+
+impl TcpListenerImpl {
+    /// Binds `addr` (`host:port`, `[v6]:port` or `:port`). An empty host listens on every
+    /// interface, IPv6 and IPv4 alike where the system has IPv6.
+    pub fn bind(addr: &str) -> io::Result<Self> {
+        let (host, port) = gost_api::split_host_port(addr).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, format!("invalid listen address {addr:?}"))
+        })?;
+        let port: u16 = if port.is_empty() {
+            0
+        } else {
+            port.parse().map_err(|_| {
+                io::Error::new(io::ErrorKind::InvalidInput, format!("invalid port in {addr:?}"))
+            })?
+        };
+        let socket = if host.is_empty() {
+            bind_socket(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port), true).or_else(
+                |_| bind_socket(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port), false),
+            )?
+        } else {
+            let ip: IpAddr = match host.parse() {
+                Ok(ip) => ip,
+                Err(_) => std::net::ToSocketAddrs::to_socket_addrs(&(host, port))?
+                    .next()
+                    .ok_or_else(|| {
+                        io::Error::new(io::ErrorKind::NotFound, format!("{host:?} does not resolve"))
+                    })?
+                    .ip(),
+            };
+            bind_socket(SocketAddr::new(ip, port), false)?
+        };
+        let inner = TcpListener::from_std(socket.into())?;
+        let local = inner.local_addr()?;
+        Ok(TcpListenerImpl { inner, local })
+    }
+}
+
+fn bind_socket(addr: SocketAddr, dual_stack: bool) -> io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if dual_stack {
+        socket.set_only_v6(false)?;
+    }
+    // Restarting the proxy must not wait for old connections in TIME_WAIT.
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket)
+}
+
+#[async_trait]
+impl Listener for TcpListenerImpl {
+    async fn accept(&self) -> io::Result<(BoxConn, SocketAddr)> {
+        let (stream, peer) = self.inner.accept().await?;
+        // Tunnels carry interactive protocols; batching small writes only adds latency.
+        stream.set_nodelay(true)?;
+        Ok((Box::new(stream), peer))
+    }
+
+    fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+}

@@ -1,0 +1,289 @@
+//! Copying bytes both ways between a client and its upstream: the steady state of every tunnel.
+//!
+//! Unlike `tokio::io::copy_bidirectional`, a direction holds its buffer only while data flows:
+//! on streams that can report readability (sockets) an idle tunnel holds no buffer at all, so
+//! thousands of idle tunnels cost little memory. When one side ends its stream, the end is
+//! passed on as a half-close, and the other direction may carry on until it ends too or stays
+//! silent for [`HALF_CLOSED_IDLE_TIMEOUT`].
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use tokio::io::ReadBuf;
+use tokio::time::{Instant, Sleep};
+
+use crate::conn::Conn;
+
+/// Size of a direction's buffer while data flows. Large enough that a bulk transfer over
+/// loopback moves in few system calls; it is released as soon as the source has nothing more.
+pub const BUFFER_SIZE: usize = 64 * 1024;
+
+/// How long a tunnel whose one direction has ended may stay silent before it is closed. GOST
+/// uses 10 s; a little more leaves room for slow servers finishing a response.
+pub const HALF_CLOSED_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Bytes moved by a finished tunnel.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Transferred {
+    /// From the client to the upstream.
+    pub up: u64,
+    /// From the upstream to the client.
+    pub down: u64,
+}
+
+/// Why a tunnel ended other than by both sides closing.
+#[derive(Debug, thiserror::Error)]
+pub enum PipeError {
+    /// A read or write failed.
+    #[error("{side}: {source}")]
+    Io {
+        /// Which side failed.
+        side: &'static str,
+        /// The error.
+        source: io::Error,
+        /// What had been moved until then.
+        transferred: Transferred,
+    },
+    /// Nothing moved for the idle timeout.
+    #[error("idle for {0:?}")]
+    Idle(Duration, Transferred),
+}
+
+impl PipeError {
+    /// What had been moved before the tunnel failed.
+    pub fn transferred(&self) -> Transferred {
+        match self {
+            PipeError::Io { transferred, .. } | PipeError::Idle(_, transferred) => *transferred,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Direction {
+    buf: Option<Box<[u8]>>,
+    start: usize,
+    end: usize,
+    read_done: bool,
+    needs_flush: bool,
+    done: bool,
+    bytes: u64,
+}
+
+enum Failure {
+    Read(io::Error),
+    Write(io::Error),
+}
+
+impl Direction {
+    /// Moves bytes from `reader` to `writer` until the reader ends (then shuts the writer down)
+    /// or nothing more can be done now. `progress` is set when a byte moved.
+    fn poll_copy<R: Conn + ?Sized, W: Conn + ?Sized>(
+        &mut self,
+        cx: &mut Context<'_>,
+        reader: &mut R,
+        writer: &mut W,
+        progress: &mut bool,
+    ) -> Poll<Result<(), Failure>> {
+        loop {
+            if self.start < self.end {
+                let buf = self.buf.as_ref().expect("pending bytes live in the buffer");
+                let n = ready!(Pin::new(&mut *writer).poll_write(cx, &buf[self.start..self.end]))
+                    .map_err(Failure::Write)?;
+                if n == 0 {
+                    return Poll::Ready(Err(Failure::Write(io::ErrorKind::WriteZero.into())));
+                }
+                self.start += n;
+                self.bytes += n as u64;
+                *progress = true;
+                continue;
+            }
+            if self.needs_flush {
+                ready!(Pin::new(&mut *writer).poll_flush(cx)).map_err(Failure::Write)?;
+                self.needs_flush = false;
+            }
+            if self.read_done {
+                self.buf = None;
+                ready!(Pin::new(&mut *writer).poll_shutdown(cx)).map_err(Failure::Write)?;
+                return Poll::Ready(Ok(()));
+            }
+            if self.buf.is_none() {
+                if reader.has_read_readiness() {
+                    ready!(reader.poll_read_ready(cx)).map_err(Failure::Read)?;
+                }
+                self.buf = Some(vec![0u8; BUFFER_SIZE].into_boxed_slice());
+            }
+            let buf = self.buf.as_mut().expect("allocated above");
+            let mut read_buf = ReadBuf::new(buf);
+            match Pin::new(&mut *reader).poll_read(cx, &mut read_buf) {
+                Poll::Pending => {
+                    if reader.has_read_readiness() {
+                        self.buf = None;
+                    }
+                    return Poll::Pending;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(Failure::Read(e))),
+                Poll::Ready(Ok(())) => {
+                    let n = read_buf.filled().len();
+                    if n == 0 {
+                        self.read_done = true;
+                    } else {
+                        self.start = 0;
+                        self.end = n;
+                        self.needs_flush = true;
+                        *progress = true;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Copies both ways until both directions have ended; see the module documentation.
+/// `idle_timeout` closes a tunnel on which nothing moved for that long.
+pub async fn relay<A: Conn + ?Sized, B: Conn + ?Sized>(
+    client: &mut A,
+    upstream: &mut B,
+    idle_timeout: Option<Duration>,
+) -> Result<Transferred, PipeError> {
+    Relay {
+        client,
+        upstream,
+        up: Direction::default(),
+        down: Direction::default(),
+        idle_timeout,
+        timer: None,
+    }
+    .await
+}
+
+struct Relay<'a, A: ?Sized, B: ?Sized> {
+    client: &'a mut A,
+    upstream: &'a mut B,
+    up: Direction,
+    down: Direction,
+    idle_timeout: Option<Duration>,
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl<A: Conn + ?Sized, B: Conn + ?Sized> Relay<'_, A, B> {
+    fn transferred(&self) -> Transferred {
+        Transferred {
+            up: self.up.bytes,
+            down: self.down.bytes,
+        }
+    }
+
+    /// The idle limit in force: the configured one, tightened once a direction has ended.
+    fn idle_limit(&self) -> Option<Duration> {
+        let half_closed = (self.up.done || self.down.done).then_some(HALF_CLOSED_IDLE_TIMEOUT);
+        match (self.idle_timeout, half_closed) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+impl<A: Conn + ?Sized, B: Conn + ?Sized> Future for Relay<'_, A, B> {
+    type Output = Result<Transferred, PipeError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let mut progress = false;
+        if !this.up.done {
+            match this
+                .up
+                .poll_copy(cx, &mut *this.client, &mut *this.upstream, &mut progress)
+            {
+                Poll::Ready(Ok(())) => this.up.done = true,
+                Poll::Ready(Err(failure)) => return Poll::Ready(Err(fail(failure, "client", "upstream", this.transferred()))),
+                Poll::Pending => {}
+            }
+        }
+        if !this.down.done {
+            match this
+                .down
+                .poll_copy(cx, &mut *this.upstream, &mut *this.client, &mut progress)
+            {
+                Poll::Ready(Ok(())) => this.down.done = true,
+                Poll::Ready(Err(failure)) => return Poll::Ready(Err(fail(failure, "upstream", "client", this.transferred()))),
+                Poll::Pending => {}
+            }
+        }
+        if this.up.done && this.down.done {
+            return Poll::Ready(Ok(this.transferred()));
+        }
+        let Some(limit) = this.idle_limit() else {
+            return Poll::Pending;
+        };
+        match &mut this.timer {
+            Some(timer) if progress => timer.as_mut().reset(Instant::now() + limit),
+            Some(_) => {}
+            None => this.timer = Some(Box::pin(tokio::time::sleep(limit))),
+        }
+        let timer = this.timer.as_mut().expect("set above");
+        if timer.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(PipeError::Idle(limit, this.transferred())));
+        }
+        Poll::Pending
+    }
+}
+
+fn fail(failure: Failure, reader: &'static str, writer: &'static str, transferred: Transferred) -> PipeError {
+    let (side, source) = match failure {
+        Failure::Read(e) => (reader, e),
+        Failure::Write(e) => (writer, e),
+    };
+    PipeError::Io {
+        side,
+        source,
+        transferred,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (a, b) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        (a.unwrap(), b.unwrap().0)
+    }
+
+    #[tokio::test]
+    async fn moves_bytes_both_ways_and_passes_half_close_on() {
+        let (mut client, mut client_side) = pair().await;
+        let (mut upstream_side, mut upstream) = pair().await;
+        let relay = tokio::spawn(async move { relay(&mut client_side, &mut upstream_side, None).await });
+
+        let payload: Vec<u8> = (0..300_000u32).map(|i| (i * 7) as u8).collect();
+        client.write_all(&payload).await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        upstream.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, payload);
+
+        upstream.write_all(b"reply after half-close").await.unwrap();
+        upstream.shutdown().await.unwrap();
+        let mut reply = Vec::new();
+        client.read_to_end(&mut reply).await.unwrap();
+        assert_eq!(reply, b"reply after half-close");
+
+        let moved = relay.await.unwrap().unwrap();
+        assert_eq!(moved, Transferred { up: 300_000, down: 22 });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_tunnels_time_out() {
+        let (_client, mut client_side) = pair().await;
+        let (mut upstream_side, _upstream) = pair().await;
+        let result = relay(&mut client_side, &mut upstream_side, Some(Duration::from_secs(5))).await;
+        assert!(matches!(result, Err(PipeError::Idle(d, _)) if d == Duration::from_secs(5)));
+    }
+}

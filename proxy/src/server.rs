@@ -1,0 +1,221 @@
+//! Turning a configuration into running services, and stopping them gracefully.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gost_api::{
+    ChainConfig, Config, ConfigError, ConnectorType, DialerType, HandlerType, HopConfig,
+    ListenerType, Metadata, SelectorStrategy,
+};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::addr::Address;
+use crate::auth::Authenticator;
+use crate::chain::{
+    Chain, DEFAULT_DIAL_TIMEOUT, DEFAULT_FAIL_TIMEOUT, DEFAULT_MAX_FAILS, Hop, Node, Router,
+};
+use crate::connector::Connector;
+use crate::connector::http::HttpConnector;
+use crate::connector::socks5::Socks5Connector;
+use crate::dialer::Dialer;
+use crate::dialer::tcp::TcpDialer;
+use crate::handler::auto::AutoHandler;
+use crate::handler::http::HttpHandler;
+use crate::handler::socks4::Socks4Handler;
+use crate::handler::socks5::Socks5Handler;
+use crate::handler::{DEFAULT_HANDSHAKE_TIMEOUT, Handler, HandlerEnv};
+use crate::listener::Listener;
+use crate::listener::tcp::TcpListenerImpl;
+
+/// Pause after a failed `accept` (e.g. out of file descriptors), so that the loop does not spin
+/// while the condition lasts.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
+/// A service ready to accept: its bound listener and its handler.
+pub struct Service {
+    /// The service name.
+    pub name: Arc<str>,
+    listener: Box<dyn Listener>,
+    handler: Arc<dyn Handler>,
+}
+
+impl Service {
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr()
+    }
+}
+
+fn field(path: String, message: impl Into<String>) -> ConfigError {
+    ConfigError::Field {
+        path,
+        message: message.into(),
+    }
+}
+
+fn not_implemented(path: String, what: &str, name: &str) -> ConfigError {
+    field(
+        path,
+        format!("{what} type `{name}` is not implemented in this build of gost-rs yet"),
+    )
+}
+
+/// Builds every service of `config`, binding its listener; `tunnels` tracks every connection
+/// they will serve. Fails on the first service that cannot be built or bound.
+pub fn build(config: &Config, tunnels: &TaskTracker) -> Result<Vec<Service>, ConfigError> {
+    let mut chains: HashMap<&str, Arc<Chain>> = HashMap::new();
+    for (i, chain) in config.chains.iter().enumerate() {
+        chains.insert(&chain.name, Arc::new(build_chain(chain, config, i)?));
+    }
+    config
+        .services
+        .iter()
+        .enumerate()
+        .map(|(i, service)| {
+            let path = format!("services[{i}]");
+            let chain = service.handler.chain.as_deref().map(|name| chains[name].clone());
+            let dial_timeout = duration(&service.metadata, "dialTimeout", &format!("{path}.metadata"))?
+                .unwrap_or(DEFAULT_DIAL_TIMEOUT);
+            let md = &service.handler.metadata;
+            let md_path = format!("{path}.handler.metadata");
+            let env = Arc::new(HandlerEnv {
+                service: Arc::from(service.name.as_str()),
+                auth: Authenticator::for_handler(&service.handler, config),
+                router: Router::new(chain, dial_timeout, service.handler.retries.unwrap_or(0)),
+                metadata: md.clone(),
+                handshake_timeout: duration(md, "readTimeout", &md_path)?
+                    .unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT),
+                idle_timeout: duration(md, "idleTimeout", &md_path)?.filter(|d| !d.is_zero()),
+                tunnels: tunnels.clone(),
+            });
+            let handler_path = format!("{path}.handler");
+            let handler: Arc<dyn Handler> = match service.handler.kind {
+                HandlerType::Auto => Arc::new(AutoHandler::new(env).map_err(|e| field(handler_path, e))?),
+                HandlerType::Http => Arc::new(HttpHandler::new(env).map_err(|e| field(handler_path, e))?),
+                HandlerType::Socks5 => Arc::new(Socks5Handler::new(env)),
+                HandlerType::Socks4 => Arc::new(Socks4Handler::new(env)),
+                other => {
+                    return Err(not_implemented(format!("{handler_path}.type"), "handler", other.as_str()));
+                }
+            };
+            let listener: Box<dyn Listener> = match service.listener.kind {
+                ListenerType::Tcp => Box::new(TcpListenerImpl::bind(&service.addr).map_err(|e| {
+                    field(format!("{path}.addr"), format!("cannot listen on {:?}: {e}", service.addr))
+                })?),
+                other => {
+                    return Err(not_implemented(format!("{path}.listener.type"), "listener", other.as_str()));
+                }
+            };
+            Ok(Service {
+                name: Arc::from(service.name.as_str()),
+                listener,
+                handler,
+            })
+        })
+        .collect()
+}
+
+/// A duration metadata value; `None` when unset or negative (GOST's "disabled").
+fn duration(md: &Metadata, key: &str, path: &str) -> Result<Option<Duration>, ConfigError> {
+    md.duration(&[key])
+        .map(Option::flatten)
+        .map_err(|e| field(path.to_string(), e.to_string()))
+}
+
+fn build_chain(chain: &ChainConfig, config: &Config, index: usize) -> Result<Chain, ConfigError> {
+    let hops = chain
+        .hops
+        .iter()
+        .enumerate()
+        .map(|(j, hop)| {
+            let path = format!("chains[{index}].hops[{j}]");
+            // A hop with a name and no nodes stands for the top-level hop of that name.
+            let (hop, path) = if hop.nodes.is_empty() {
+                let k = config
+                    .hops
+                    .iter()
+                    .position(|h| h.name == hop.name)
+                    .expect("validated: named hops exist");
+                (&config.hops[k], format!("hops[{k}]"))
+            } else {
+                (hop, path)
+            };
+            build_hop(hop, &path)
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(Chain {
+        name: chain.name.clone(),
+        hops,
+    })
+}
+
+fn build_hop(hop: &HopConfig, path: &str) -> Result<Hop, ConfigError> {
+    let selector = hop.selector.clone().unwrap_or_default();
+    let fail_timeout = match &selector.fail_timeout {
+        Some(text) => gost_api::metadata::parse_go_duration(text)
+            .map_err(|e| field(format!("{path}.selector.failTimeout"), e))?
+            .unwrap_or(DEFAULT_FAIL_TIMEOUT),
+        None => DEFAULT_FAIL_TIMEOUT,
+    };
+    let nodes = hop
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(k, node)| {
+            let path = format!("{path}.nodes[{k}]");
+            let addr = Address::parse(&node.addr).map_err(|e| field(format!("{path}.addr"), e.to_string()))?;
+            let dialer: Arc<dyn Dialer> = match node.dialer.kind {
+                DialerType::Tcp => Arc::new(TcpDialer),
+                other => return Err(not_implemented(format!("{path}.dialer.type"), "dialer", other.as_str())),
+            };
+            let connector_path = format!("{path}.connector");
+            let auth = node.connector.auth.clone();
+            let md = &node.connector.metadata;
+            let connector: Arc<dyn Connector> = match node.connector.kind {
+                ConnectorType::Http => {
+                    Arc::new(HttpConnector::new(auth, md).map_err(|e| field(connector_path, e))?)
+                }
+                ConnectorType::Socks5 => {
+                    Arc::new(Socks5Connector::new(auth, md).map_err(|e| field(connector_path, e))?)
+                }
+                other => {
+                    return Err(not_implemented(format!("{connector_path}.type"), "connector", other.as_str()));
+                }
+            };
+            Ok(Arc::new(Node::new(node.name.clone(), addr, dialer, connector)))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(Hop::new(
+        hop.name.clone(),
+        nodes,
+        selector.strategy.unwrap_or(SelectorStrategy::Round),
+        selector.max_fails.unwrap_or(DEFAULT_MAX_FAILS),
+        fail_timeout,
+    ))
+}
+
+/// Accepts connections on `service` until `stop` is cancelled, serving each in a task tracked
+/// by `tunnels`.
+pub async fn serve(service: Service, stop: CancellationToken, tunnels: TaskTracker) {
+    tracing::info!(service = %service.name, addr = %service.local_addr(), "listening");
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = service.listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((conn, client)) => {
+                let handler = service.handler.clone();
+                tunnels.spawn(async move { handler.handle(conn, client).await });
+            }
+            Err(e) => {
+                tracing::warn!(service = %service.name, error = %e, "accept failed");
+                tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+            }
+        }
+    }
+    tracing::info!(service = %service.name, "stopped accepting");
+}
