@@ -11,5 +11,7 @@ pub mod load;
 pub mod metadata;
 
 pub use config::*;
-pub use load::{ConfigError, Format, from_str, from_value, split_host_port, to_json, to_yaml, validate};
+pub use load::{
+    ConfigError, Format, from_str, from_value, split_host_port, to_json, to_yaml, validate,
+};
 pub use metadata::Metadata;

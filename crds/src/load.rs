@@ -116,15 +116,18 @@ pub fn from_str(text: &str, format: Format) -> Result<Config, ConfigError> {
             options.strict_booleans = true;
             // Remember where a typed error happened; the wrapper only passes the error on.
             let mut failed_at = None;
-            let result = serde_saphyr::with_deserializer_from_str_with_options(text, options, |de| {
-                serde_path_to_error::deserialize::<_, Config>(de).map_err(|e| {
-                    failed_at = Some(e.path().to_string());
-                    e.into_inner()
-                })
-            });
+            let result =
+                serde_saphyr::with_deserializer_from_str_with_options(text, options, |de| {
+                    serde_path_to_error::deserialize::<_, Config>(de).map_err(|e| {
+                        failed_at = Some(e.path().to_string());
+                        e.into_inner()
+                    })
+                });
             match (result, failed_at) {
                 (Ok(config), _) => config,
-                (Err(e), Some(path)) if path != "." => return Err(field_error(path, e.to_string())),
+                (Err(e), Some(path)) if path != "." => {
+                    return Err(field_error(path, e.to_string()));
+                }
                 (Err(e), _) => {
                     return Err(ConfigError::Syntax {
                         format,
@@ -198,10 +201,17 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
         {
             return Err(ConfigError::field(
                 format!("{path}.handler.chain"),
-                format!("no chain named {chain:?}; defined chains: {}", list(&chain_names)),
+                format!(
+                    "no chain named {chain:?}; defined chains: {}",
+                    list(&chain_names)
+                ),
             ));
         }
-        let authers = service.handler.auther.iter().chain(&service.handler.authers);
+        let authers = service
+            .handler
+            .auther
+            .iter()
+            .chain(&service.handler.authers);
         for (j, auther) in authers.enumerate() {
             if !auther_names.contains(auther.as_str()) {
                 let field = if j == 0 && service.handler.auther.is_some() {
@@ -211,7 +221,10 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
                 };
                 return Err(ConfigError::field(
                     format!("{path}.handler.{field}"),
-                    format!("no auther named {auther:?}; defined authers: {}", list(&auther_names)),
+                    format!(
+                        "no auther named {auther:?}; defined authers: {}",
+                        list(&auther_names)
+                    ),
                 ));
             }
         }
@@ -246,7 +259,10 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
     for (i, hop) in config.hops.iter().enumerate() {
         check_hop(hop, &format!("hops[{i}]"))?;
         if hop.nodes.is_empty() {
-            return Err(ConfigError::field(format!("hops[{i}].nodes"), "a hop needs at least one node"));
+            return Err(ConfigError::field(
+                format!("hops[{i}].nodes"),
+                "a hop needs at least one node",
+            ));
         }
     }
     if let Some(metrics) = &config.metrics {
@@ -256,7 +272,11 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
 }
 
 fn check_hop(hop: &HopConfig, path: &str) -> Result<(), ConfigError> {
-    if let Some(timeout) = hop.selector.as_ref().and_then(|s| s.fail_timeout.as_deref()) {
+    if let Some(timeout) = hop
+        .selector
+        .as_ref()
+        .and_then(|s| s.fail_timeout.as_deref())
+    {
         parse_go_duration(timeout)
             .map_err(|e| ConfigError::field(format!("{path}.selector.failTimeout"), e))?;
     }
@@ -273,7 +293,10 @@ fn unique_names<'a>(
     let mut seen = HashSet::new();
     for (i, name) in names.enumerate() {
         if name.is_empty() {
-            return Err(ConfigError::field(format!("{section}[{i}].name"), "a name is required"));
+            return Err(ConfigError::field(
+                format!("{section}[{i}].name"),
+                "a name is required",
+            ));
         }
         if !seen.insert(name) {
             return Err(ConfigError::field(
@@ -341,8 +364,14 @@ fn check_dial_addr(addr: &str, path: &str) -> Result<(), ConfigError> {
             ));
         }
     }
-    if host.chars().any(|c| c.is_whitespace() || c == '/' || c == '@') {
-        return Err(ConfigError::field(path, format!("invalid host {host:?} in {addr:?}")));
+    if host
+        .chars()
+        .any(|c| c.is_whitespace() || c == '/' || c == '@')
+    {
+        return Err(ConfigError::field(
+            path,
+            format!("invalid host {host:?} in {addr:?}"),
+        ));
     }
     Ok(())
 }

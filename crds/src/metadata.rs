@@ -36,7 +36,8 @@ impl Metadata {
 
     /// Sets `key` to a string value, as the command line does.
     pub fn insert_str(&mut self, key: &str, value: &str) {
-        self.0.insert(key.to_string(), Value::String(value.to_string()));
+        self.0
+            .insert(key.to_string(), Value::String(value.to_string()));
     }
 
     /// Looks a key up ignoring case; with several spellings of one key present, the last in
@@ -176,7 +177,11 @@ pub fn parse_go_duration(input: &str) -> Result<Option<Duration>, String> {
             "s" => 1e9,
             "m" => 60e9,
             "h" => 3600e9,
-            "" => return Err(format!("invalid duration {input:?}: missing unit (ns, us, ms, s, m, h)")),
+            "" => {
+                return Err(format!(
+                    "invalid duration {input:?}: missing unit (ns, us, ms, s, m, h)"
+                ));
+            }
             other => {
                 return Err(format!(
                     "invalid duration {input:?}: unknown unit {other:?} (ns, us, ms, s, m, h)"
@@ -200,7 +205,12 @@ mod tests {
     use super::*;
 
     fn md(pairs: &[(&str, Value)]) -> Metadata {
-        Metadata(pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect())
+        Metadata(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+        )
     }
 
     #[test]
@@ -214,16 +224,35 @@ mod tests {
 
     #[test]
     fn durations_follow_go_rules() {
-        assert_eq!(parse_go_duration("1m30s"), Ok(Some(Duration::from_secs(90))));
-        assert_eq!(parse_go_duration("1.5s"), Ok(Some(Duration::from_millis(1500))));
-        assert_eq!(parse_go_duration("250ms"), Ok(Some(Duration::from_millis(250))));
+        assert_eq!(
+            parse_go_duration("1m30s"),
+            Ok(Some(Duration::from_secs(90)))
+        );
+        assert_eq!(
+            parse_go_duration("1.5s"),
+            Ok(Some(Duration::from_millis(1500)))
+        );
+        assert_eq!(
+            parse_go_duration("250ms"),
+            Ok(Some(Duration::from_millis(250)))
+        );
         assert_eq!(parse_go_duration("0"), Ok(Some(Duration::ZERO)));
         assert_eq!(parse_go_duration("-1s"), Ok(None));
         assert!(parse_go_duration("10").is_err());
         assert!(parse_go_duration("5 parsecs").is_err());
-        let m = md(&[("t", Value::from(10)), ("u", Value::from("10")), ("v", Value::from("x"))]);
-        assert_eq!(m.duration(&["t"]).unwrap(), Some(Some(Duration::from_secs(10))));
-        assert_eq!(m.duration(&["u"]).unwrap(), Some(Some(Duration::from_secs(10))));
+        let m = md(&[
+            ("t", Value::from(10)),
+            ("u", Value::from("10")),
+            ("v", Value::from("x")),
+        ]);
+        assert_eq!(
+            m.duration(&["t"]).unwrap(),
+            Some(Some(Duration::from_secs(10)))
+        );
+        assert_eq!(
+            m.duration(&["u"]).unwrap(),
+            Some(Some(Duration::from_secs(10)))
+        );
         let e = m.duration(&["v"]).unwrap_err();
         assert_eq!(e.key, "v");
     }

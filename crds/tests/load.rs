@@ -36,7 +36,11 @@ fn seed_yaml_blocks() -> Vec<String> {
 #[test]
 fn every_seed_yaml_loads_verbatim() {
     let blocks = seed_yaml_blocks();
-    assert!(blocks.len() >= 14, "expected the seed's 14 YAML examples, found {}", blocks.len());
+    assert!(
+        blocks.len() >= 14,
+        "expected the seed's 14 YAML examples, found {}",
+        blocks.len()
+    );
     for block in &blocks {
         let config = from_str(block, Format::Yaml)
             .unwrap_or_else(|e| panic!("seed example failed to load: {e}\n{block}"));
@@ -58,7 +62,10 @@ fn seed_client_example_has_the_expected_shape() {
     assert_eq!(node.addr, ":8080");
     assert_eq!(node.connector.kind, gost_api::ConnectorType::Http);
     let auth = node.connector.auth.as_ref().unwrap();
-    assert_eq!((auth.username.as_str(), auth.password.as_str()), ("user", "pass"));
+    assert_eq!(
+        (auth.username.as_str(), auth.password.as_str()),
+        ("user", "pass")
+    );
 }
 
 fn field_error(text: &str) -> (String, String) {
@@ -70,15 +77,22 @@ fn field_error(text: &str) -> (String, String) {
 
 #[test]
 fn unknown_types_name_the_field_and_the_accepted_values() {
-    let (path, message) = field_error("services:\n- name: a\n  addr: :1\n  handler:\n    type: sock5\n");
+    let (path, message) =
+        field_error("services:\n- name: a\n  addr: :1\n  handler:\n    type: sock5\n");
     assert_eq!(path, "services[0].handler.type");
-    assert!(message.contains("sock5") && message.contains("socks5"), "{message}");
+    assert!(
+        message.contains("sock5") && message.contains("socks5"),
+        "{message}"
+    );
 
     let (path, message) = field_error(
         "chains:\n- name: c\n  hops:\n  - name: h\n    nodes:\n    - name: n\n      addr: a:1\n      dialer:\n        type: quic\n",
     );
     assert_eq!(path, "chains[0].hops[0].nodes[0].dialer.type");
-    assert!(message.contains("quic") && message.contains("tcp"), "{message}");
+    assert!(
+        message.contains("quic") && message.contains("tcp"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -87,7 +101,8 @@ fn unknown_fields_and_wrong_types_are_rejected_with_their_path() {
     assert_eq!(path, "services[0].adr");
     assert!(message.contains("adr"), "{message}");
 
-    let (path, _) = field_error("services:\n- name: a\n  addr: :1\n  handler:\n    retries: many\n");
+    let (path, _) =
+        field_error("services:\n- name: a\n  addr: :1\n  handler:\n    retries: many\n");
     assert_eq!(path, "services[0].handler.retries");
 }
 
@@ -106,8 +121,7 @@ fn references_and_addresses_are_checked() {
     );
     assert_eq!(path, "chains[0].hops[0].nodes[0].addr");
 
-    let (path, message) =
-        field_error("services:\n- name: a\n  addr: :1\n- name: a\n  addr: :2\n");
+    let (path, message) = field_error("services:\n- name: a\n  addr: :1\n- name: a\n  addr: :2\n");
     assert_eq!(path, "services[1].name");
     assert!(message.contains("twice"), "{message}");
 }
@@ -121,16 +135,28 @@ fn unsupported_gost_sections_are_refused_by_name() {
 
 #[test]
 fn syntax_errors_say_which_format() {
-    let yaml_error = from_str("services: [", Format::Yaml).unwrap_err().to_string();
+    let yaml_error = from_str("services: [", Format::Yaml)
+        .unwrap_err()
+        .to_string();
     assert!(yaml_error.contains("line 1"), "{yaml_error}");
     match from_str("[unclosed", Format::Yaml) {
-        Err(e @ ConfigError::Syntax { format: Format::Yaml, .. }) => {
+        Err(
+            e @ ConfigError::Syntax {
+                format: Format::Yaml,
+                ..
+            },
+        ) => {
             assert!(e.to_string().contains("YAML"), "{e}")
         }
         other => panic!("{other:?}"),
     }
     match from_str("{\"services\": ", Format::Json) {
-        Err(e @ ConfigError::Syntax { format: Format::Json, .. }) => {
+        Err(
+            e @ ConfigError::Syntax {
+                format: Format::Json,
+                ..
+            },
+        ) => {
             assert!(e.to_string().contains("JSON"))
         }
         other => panic!("{other:?}"),
@@ -141,7 +167,10 @@ fn syntax_errors_say_which_format() {
 fn passwords_stay_out_of_debug_output() {
     let config = from_str(&seed_yaml_blocks()[0], Format::Yaml).unwrap();
     let debug = format!("{config:?}");
-    assert!(debug.contains("user") && !debug.contains("pass\""), "{debug}");
+    assert!(
+        debug.contains("user") && !debug.contains("pass\""),
+        "{debug}"
+    );
 }
 
 proptest::proptest! {

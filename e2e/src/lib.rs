@@ -184,7 +184,10 @@ fn listening_addr(line: &str) -> Option<SocketAddr> {
     if !line.contains("listening") {
         return None;
     }
-    let start = line.find("\"addr\":\"").map(|i| i + 8).or_else(|| line.find("addr=").map(|i| i + 5))?;
+    let start = line
+        .find("\"addr\":\"")
+        .map(|i| i + 8)
+        .or_else(|| line.find("addr=").map(|i| i + 5))?;
     let rest = &line[start..];
     let end = rest.find(['"', ' ', ',']).unwrap_or(rest.len());
     rest[..end].parse().ok()
@@ -269,12 +272,20 @@ impl Target {
                     }
                     headers.push_str(&line);
                 }
-                let path = request_line.split_whitespace().nth(1).unwrap_or("/").to_string();
+                let path = request_line
+                    .split_whitespace()
+                    .nth(1)
+                    .unwrap_or("/")
+                    .to_string();
                 let close = headers.to_ascii_lowercase().contains("connection: close");
                 let result = if let Some(n) = path.strip_prefix("/bytes/") {
                     let n: usize = n.parse().unwrap_or(0);
-                    let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {n}\r\nContent-Type: application/octet-stream\r\n\r\n");
-                    stream.write_all(head.as_bytes()).and_then(|_| write_pattern(&mut stream, n))
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {n}\r\nContent-Type: application/octet-stream\r\n\r\n"
+                    );
+                    stream
+                        .write_all(head.as_bytes())
+                        .and_then(|_| write_pattern(&mut stream, n))
                 } else {
                     let body = format!("hello from target\n{headers}");
                     let head = format!(
@@ -282,7 +293,9 @@ impl Target {
                         body.len(),
                         request_line.trim()
                     );
-                    stream.write_all(head.as_bytes()).and_then(|_| stream.write_all(body.as_bytes()))
+                    stream
+                        .write_all(head.as_bytes())
+                        .and_then(|_| stream.write_all(body.as_bytes()))
                 };
                 if result.is_err() || close {
                     return;
@@ -404,7 +417,11 @@ pub fn http_connect(
     let auth = credentials
         .map(|c| format!("Proxy-Authorization: Basic {}\r\n", base64(c.as_bytes())))
         .unwrap_or_default();
-    write!(stream, "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{auth}\r\n").map_err(|e| e.to_string())?;
+    write!(
+        stream,
+        "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{auth}\r\n"
+    )
+    .map_err(|e| e.to_string())?;
     let head = read_head(&mut stream).map_err(|e| e.to_string())?;
     if head.starts_with("HTTP/1.1 200") {
         Ok(stream)
@@ -450,7 +467,12 @@ pub fn echo_round_trip(stream: TcpStream, len: usize) {
             break;
         }
         for (j, b) in buf[..n].iter().enumerate() {
-            assert_eq!(*b, pattern_byte(received + j), "byte {} differs", received + j);
+            assert_eq!(
+                *b,
+                pattern_byte(received + j),
+                "byte {} differs",
+                received + j
+            );
         }
         received += n;
     }

@@ -21,11 +21,18 @@ fn socks5_with_auth_and_refusal_via_curl() {
         format!("socks5h://user:wrong@{}", server.addr()),
         format!("socks5h://{}", server.addr()),
     ] {
-        let out = curl(&["--socks5-hostname", proxy.trim_start_matches("socks5h://"), &format!("http://{}/", target.addr)]);
+        let out = curl(&[
+            "--socks5-hostname",
+            proxy.trim_start_matches("socks5h://"),
+            &format!("http://{}/", target.addr),
+        ]);
         assert_ne!(out.code, 0, "{proxy} must be refused");
         assert!(out.text().is_empty());
     }
-    assert!(!server.log().contains("wrong"), "a password reached the log");
+    assert!(
+        !server.log().contains("wrong"),
+        "a password reached the log"
+    );
 }
 
 #[test]
@@ -50,9 +57,12 @@ fn two_and_three_hop_chains_mixing_http_and_socks5() {
     // Two hops: http then socks5, entered through a socks5 front end.
     let front2 = Gost::start(
         &[
-            "-L", "socks5://127.0.0.1:0",
-            "-F", &format!("http://a:1@{}", hop_http.addr()),
-            "-F", &format!("socks5://b:2@{}", hop_socks.addr()),
+            "-L",
+            "socks5://127.0.0.1:0",
+            "-F",
+            &format!("http://a:1@{}", hop_http.addr()),
+            "-F",
+            &format!("socks5://b:2@{}", hop_socks.addr()),
         ],
         1,
     );
@@ -63,10 +73,14 @@ fn two_and_three_hop_chains_mixing_http_and_socks5() {
     // Three hops: socks5, http, then the auto handler spoken to as SOCKS5; entered over HTTP.
     let front3 = Gost::start(
         &[
-            "-L", "http://127.0.0.1:0",
-            "-F", &format!("socks5://b:2@{}", hop_socks.addr()),
-            "-F", &format!("http://a:1@{}", hop_http.addr()),
-            "-F", &format!("socks5://{}", hop_auto.addr()),
+            "-L",
+            "http://127.0.0.1:0",
+            "-F",
+            &format!("socks5://b:2@{}", hop_socks.addr()),
+            "-F",
+            &format!("http://a:1@{}", hop_http.addr()),
+            "-F",
+            &format!("socks5://{}", hop_auto.addr()),
         ],
         1,
     );
@@ -79,16 +93,31 @@ fn two_and_three_hop_chains_mixing_http_and_socks5() {
     // A wrong password at the second hop fails the route, and the log says which hop.
     let bad = Gost::start(
         &[
-            "-L", "http://127.0.0.1:0",
-            "-F", &format!("socks5://b:2@{}", hop_socks.addr()),
-            "-F", &format!("http://a:wrong@{}", hop_http.addr()),
+            "-L",
+            "http://127.0.0.1:0",
+            "-F",
+            &format!("socks5://b:2@{}", hop_socks.addr()),
+            "-F",
+            &format!("http://a:wrong@{}", hop_http.addr()),
         ],
         1,
     );
-    let out = curl(&["-s", "-o", "/dev/null", "-w", "%{http_code}", "-x", &format!("http://{}", bad.addr()), &format!("http://{}/", target.addr)]);
+    let out = curl(&[
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-x",
+        &format!("http://{}", bad.addr()),
+        &format!("http://{}/", target.addr),
+    ]);
     assert_eq!(out.text(), "502");
     let log = bad.log();
-    assert!(log.contains("chain-0/hop-1/node-0") && log.contains("407"), "{log}");
+    assert!(
+        log.contains("chain-0/hop-1/node-0") && log.contains("407"),
+        "{log}"
+    );
     assert!(!log.contains("wrong"), "a password reached the log");
 }
 
@@ -127,8 +156,14 @@ fn several_nodes_per_hop_round_robin_and_skip_failed_nodes() {
     // At most the first pick of the dead node fails; then it is skipped for failTimeout.
     assert!(failures <= 1, "{failures} of 12 requests failed");
     let (log_a, log_b) = (a.log(), b.log());
-    assert!(log_a.matches("\"forwarded\"").count() + log_a.matches("tunnel").count() > 0, "node a never used");
-    assert!(log_b.matches("\"forwarded\"").count() + log_b.matches("tunnel").count() > 0, "node b never used");
+    assert!(
+        log_a.matches("\"forwarded\"").count() + log_a.matches("tunnel").count() > 0,
+        "node a never used"
+    );
+    assert!(
+        log_b.matches("\"forwarded\"").count() + log_b.matches("tunnel").count() > 0,
+        "node b never used"
+    );
 }
 
 #[test]
@@ -151,7 +186,12 @@ fn sigterm_stops_accepting_and_lets_open_tunnels_finish() {
     assert_eq!(&buf, b"still here");
     assert!(server.is_running(), "exited with a tunnel open");
     drop(tunnel);
-    assert_eq!(server.wait_exit(Duration::from_secs(15)), Some(0), "{}", server.log());
+    assert_eq!(
+        server.wait_exit(Duration::from_secs(15)),
+        Some(0),
+        "{}",
+        server.log()
+    );
 }
 
 #[test]
@@ -160,7 +200,12 @@ fn grace_period_bounds_the_drain_and_a_second_signal_exits_at_once() {
     let mut server = Gost::start(&["-L", "http://127.0.0.1:0", "--grace-period", "1s"], 1);
     let _tunnel = http_connect(server.addr(), &echo.addr.to_string(), None).unwrap();
     server.signal("INT");
-    assert_eq!(server.wait_exit(Duration::from_secs(10)), Some(0), "{}", server.log());
+    assert_eq!(
+        server.wait_exit(Duration::from_secs(10)),
+        Some(0),
+        "{}",
+        server.log()
+    );
 
     let mut server = Gost::start(&["-L", "http://127.0.0.1:0", "--grace-period", "60s"], 1);
     let _tunnel = http_connect(server.addr(), &echo.addr.to_string(), None).unwrap();
@@ -168,5 +213,10 @@ fn grace_period_bounds_the_drain_and_a_second_signal_exits_at_once() {
     std::thread::sleep(Duration::from_millis(300));
     assert!(server.is_running());
     server.signal("TERM");
-    assert_eq!(server.wait_exit(Duration::from_secs(10)), Some(130), "{}", server.log());
+    assert_eq!(
+        server.wait_exit(Duration::from_secs(10)),
+        Some(130),
+        "{}",
+        server.log()
+    );
 }

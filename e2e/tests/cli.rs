@@ -8,10 +8,25 @@ fn gost(args: &[&str]) -> Output {
 
 #[test]
 fn o_yaml_prints_the_seed_client_config_and_it_loads_back() {
-    let out = gost(&["-L", "http://:8000", "-F", "http://user:pass@:8080", "-O", "yaml"]);
+    let out = gost(&[
+        "-L",
+        "http://:8000",
+        "-F",
+        "http://user:pass@:8080",
+        "-O",
+        "yaml",
+    ]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     let yaml = out.text();
-    for expected in ["name: service-0", "chain: chain-0", "name: hop-0", "name: node-0", "username: user", "type: http", "type: tcp"] {
+    for expected in [
+        "name: service-0",
+        "chain: chain-0",
+        "name: hop-0",
+        "name: node-0",
+        "username: user",
+        "type: http",
+        "type: tcp",
+    ] {
         assert!(yaml.contains(expected), "missing {expected:?} in\n{yaml}");
     }
     let dir = std::env::temp_dir().join(format!("gost-cli-{}", std::process::id()));
@@ -35,22 +50,46 @@ fn bad_configs_fail_with_the_field_path() {
     let dir = std::env::temp_dir().join(format!("gost-cli-bad-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let cases = [
-        ("services:\n- name: a\n  addr: :1\n  handler:\n    type: htp\n", "services[0].handler.type"),
-        ("services:\n- name: a\n  addr: :1\n  handler:\n    chain: missing\n", "services[0].handler.chain"),
-        ("services:\n- name: a\n  addr: \"localhost:http\"\n", "services[0].addr"),
-        ("services:\n- name: a\n  addr: :1\n  handler:\n    metadata:\n      readTimeout: soon\n", "services[0].handler.metadata"),
+        (
+            "services:\n- name: a\n  addr: :1\n  handler:\n    type: htp\n",
+            "services[0].handler.type",
+        ),
+        (
+            "services:\n- name: a\n  addr: :1\n  handler:\n    chain: missing\n",
+            "services[0].handler.chain",
+        ),
+        (
+            "services:\n- name: a\n  addr: \"localhost:http\"\n",
+            "services[0].addr",
+        ),
+        (
+            "services:\n- name: a\n  addr: :1\n  handler:\n    metadata:\n      readTimeout: soon\n",
+            "services[0].handler.metadata",
+        ),
     ];
     for (i, (text, path)) in cases.iter().enumerate() {
         let file = dir.join(format!("bad-{i}.yaml"));
         std::fs::write(&file, text).unwrap();
         let out = gost(&["-C", file.to_str().unwrap()]);
         assert_eq!(out.code, 2, "case {i}: {}", out.stderr);
-        assert!(out.stderr.contains(path), "case {i}: expected {path} in {}", out.stderr);
-        assert!(out.stderr.contains(file.to_str().unwrap()) || i == 3, "case {i}: the file is not named: {}", out.stderr);
+        assert!(
+            out.stderr.contains(path),
+            "case {i}: expected {path} in {}",
+            out.stderr
+        );
+        assert!(
+            out.stderr.contains(file.to_str().unwrap()) || i == 3,
+            "case {i}: the file is not named: {}",
+            out.stderr
+        );
     }
     let missing = gost(&["-C", "/nonexistent/gost.yaml"]);
     assert_eq!(missing.code, 2);
-    assert!(missing.stderr.contains("/nonexistent/gost.yaml"), "{}", missing.stderr);
+    assert!(
+        missing.stderr.contains("/nonexistent/gost.yaml"),
+        "{}",
+        missing.stderr
+    );
 }
 
 #[test]
@@ -58,7 +97,11 @@ fn bad_urls_fail_without_echoing_the_password() {
     let out = gost(&["-L", "http://user:s3cret@:notaport"]);
     assert_eq!(out.code, 2, "{}", out.stderr);
     assert!(out.stderr.contains("notaport"), "{}", out.stderr);
-    assert!(!out.stderr.contains("s3cret"), "password echoed: {}", out.stderr);
+    assert!(
+        !out.stderr.contains("s3cret"),
+        "password echoed: {}",
+        out.stderr
+    );
     let out = gost(&["-L", "http://:8000", "-F", "http://10.0.0.1"]);
     assert_eq!(out.code, 2, "{}", out.stderr);
 }
@@ -79,7 +122,12 @@ fn version_and_nothing_to_do() {
     std::fs::create_dir_all(&empty_home).unwrap();
     let out = run(
         "env",
-        &["-C", empty_home.to_str().unwrap(), &format!("HOME={}", empty_home.display()), gost_bin().to_str().unwrap()],
+        &[
+            "-C",
+            empty_home.to_str().unwrap(),
+            &format!("HOME={}", empty_home.display()),
+            gost_bin().to_str().unwrap(),
+        ],
     );
     assert_eq!(out.code, 2);
     assert!(out.stderr.contains("nothing to run"), "{}", out.stderr);

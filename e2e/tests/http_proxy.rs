@@ -24,13 +24,27 @@ fn assert_plain_and_connect_work(client_proxy: &str, target: &Target) {
     // to the server proxy.
     let out = curl(&["-x", client_proxy, &url]);
     assert_eq!(out.code, 0, "curl failed: {}", out.stderr);
-    assert!(out.text().starts_with("hello from target"), "{}", out.text());
+    assert!(
+        out.text().starts_with("hello from target"),
+        "{}",
+        out.text()
+    );
     // The proxy credentials never reach the target.
-    assert!(!out.text().to_ascii_lowercase().contains("proxy-authorization"), "{}", out.text());
+    assert!(
+        !out.text()
+            .to_ascii_lowercase()
+            .contains("proxy-authorization"),
+        "{}",
+        out.text()
+    );
     // CONNECT tunnel (-p).
     let out = curl(&["-p", "-x", client_proxy, &url]);
     assert_eq!(out.code, 0, "curl -p failed: {}", out.stderr);
-    assert!(out.text().starts_with("hello from target"), "{}", out.text());
+    assert!(
+        out.text().starts_with("hello from target"),
+        "{}",
+        out.text()
+    );
 }
 
 #[test]
@@ -42,7 +56,10 @@ fn seed_example_command_line() {
     // The server alone, with the credentials, works as a proxy too.
     assert_plain_and_connect_work(&format!("http://user:pass@{}", server.addr()), &target);
     for log in [server.log(), client.log()] {
-        assert!(!log.contains("pass\"") && !log.contains(":pass"), "credentials in log:\n{log}");
+        assert!(
+            !log.contains("pass\"") && !log.contains(":pass"),
+            "credentials in log:\n{log}"
+        );
     }
 }
 
@@ -82,8 +99,14 @@ fn missing_or_wrong_credentials_get_407() {
     ] {
         let out = curl(&["-i", "-x", &proxy, &url]);
         let text = out.text();
-        assert!(text.starts_with("HTTP/1.1 407 Proxy Authentication Required"), "{proxy}: {text}");
-        assert!(text.contains("Proxy-Authenticate: Basic realm=\"gost\""), "{text}");
+        assert!(
+            text.starts_with("HTTP/1.1 407 Proxy Authentication Required"),
+            "{proxy}: {text}"
+        );
+        assert!(
+            text.contains("Proxy-Authenticate: Basic realm=\"gost\""),
+            "{text}"
+        );
         assert!(!text.contains("hello from target"));
         let out = curl(&["-p", "-x", &proxy, &url]);
         assert_ne!(out.code, 0, "CONNECT without valid credentials must fail");
@@ -108,9 +131,16 @@ fn connect_answers_gosts_exact_status_line_and_keeps_pipelined_bytes() {
     stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
     let t = target.addr.to_string();
     // The first tunnel bytes travel in the same packet as the CONNECT head.
-    write!(stream, "CONNECT {t} HTTP/1.1\r\nHost: {t}\r\n\r\nearly bytes").unwrap();
+    write!(
+        stream,
+        "CONNECT {t} HTTP/1.1\r\nHost: {t}\r\n\r\nearly bytes"
+    )
+    .unwrap();
     let head = read_head(&mut stream).unwrap();
-    assert_eq!(head, "HTTP/1.1 200 Connection established\r\nProxy-Agent: gost/3.0\r\n\r\n");
+    assert_eq!(
+        head,
+        "HTTP/1.1 200 Connection established\r\nProxy-Agent: gost/3.0\r\n\r\n"
+    );
     let mut echoed = [0u8; 11];
     stream.read_exact(&mut echoed).unwrap();
     assert_eq!(&echoed, b"early bytes");
@@ -124,10 +154,32 @@ fn refused_target_gives_502_and_one_log_line() {
     };
     let server = seed_server();
     let client = seed_client(&server);
-    for proxy in [format!("http://{}", client.addr()), format!("http://user:pass@{}", server.addr())] {
-        let out = curl(&["-s", "-o", "/dev/null", "-w", "%{http_code}", "-x", &proxy, &format!("http://{closed}/")]);
+    for proxy in [
+        format!("http://{}", client.addr()),
+        format!("http://user:pass@{}", server.addr()),
+    ] {
+        let out = curl(&[
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-x",
+            &proxy,
+            &format!("http://{closed}/"),
+        ]);
         assert_eq!(out.text(), "502", "plain request via {proxy}");
-        let out = curl(&["-p", "-s", "-o", "/dev/null", "-w", "%{http_connect}", "-x", &proxy, &format!("http://{closed}/")]);
+        let out = curl(&[
+            "-p",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_connect}",
+            "-x",
+            &proxy,
+            &format!("http://{closed}/"),
+        ]);
         assert_eq!(out.text(), "502", "CONNECT via {proxy}");
     }
     // The client's log names the hop and the cause.
@@ -151,10 +203,20 @@ fn transfers_of_64_mib_are_byte_identical() {
     let stream = http_connect(client.addr(), &target.addr.to_string(), None).unwrap();
     echo_round_trip(stream, SIZE);
     // A download with curl, checked byte for byte.
-    let out = curl(&["-x", &format!("http://{}", client.addr()), &format!("http://{}/bytes/{SIZE}", http.addr)]);
+    let out = curl(&[
+        "-x",
+        &format!("http://{}", client.addr()),
+        &format!("http://{}/bytes/{SIZE}", http.addr),
+    ]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(out.stdout.len(), SIZE);
-    assert!(out.stdout.iter().enumerate().all(|(i, b)| *b == pattern_byte(i)), "download corrupted");
+    assert!(
+        out.stdout
+            .iter()
+            .enumerate()
+            .all(|(i, b)| *b == pattern_byte(i)),
+        "download corrupted"
+    );
 }
 
 #[test]
@@ -165,41 +227,72 @@ fn malformed_requests_get_an_error_and_the_proxy_keeps_serving() {
 
     // Garbage bytes: an error status or a closed connection, never a hang.
     let mut stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    stream.write_all(b"\x16\x03\x01\x00\xff garbage \x00\x01\x02\r\n\r\n").unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+        .write_all(b"\x16\x03\x01\x00\xff garbage \x00\x01\x02\r\n\r\n")
+        .unwrap();
     let mut reply = Vec::new();
     let _ = stream.read_to_end(&mut reply);
     let reply = String::from_utf8_lossy(&reply);
-    assert!(reply.is_empty() || reply.starts_with("HTTP/1.1 400"), "{reply}");
+    assert!(
+        reply.is_empty() || reply.starts_with("HTTP/1.1 400"),
+        "{reply}"
+    );
 
     // Oversized headers: 431 (or 400), not a buffer that grows without end.
     let mut stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     let big = "a".repeat(200 * 1024);
-    let _ = write!(stream, "GET http://{}/ HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n", target.addr);
+    let _ = write!(
+        stream,
+        "GET http://{}/ HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n",
+        target.addr
+    );
     let mut reply = Vec::new();
     let _ = stream.read_to_end(&mut reply);
     let reply = String::from_utf8_lossy(&reply);
-    assert!(reply.is_empty() || reply.starts_with("HTTP/1.1 431") || reply.starts_with("HTTP/1.1 400"), "{reply}");
+    assert!(
+        reply.is_empty() || reply.starts_with("HTTP/1.1 431") || reply.starts_with("HTTP/1.1 400"),
+        "{reply}"
+    );
 
     // Slow headers: the connection is dropped after the read timeout.
     let mut stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    stream.write_all(b"GET http://example.invalid/ HTTP/1.1\r\n").unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+        .write_all(b"GET http://example.invalid/ HTTP/1.1\r\n")
+        .unwrap();
     let started = std::time::Instant::now();
     let mut reply = Vec::new();
     let _ = stream.read_to_end(&mut reply);
-    assert!(started.elapsed() < Duration::from_secs(9), "slow client was not cut off");
+    assert!(
+        started.elapsed() < Duration::from_secs(9),
+        "slow client was not cut off"
+    );
 
     // HTTPS in absolute form cannot be forwarded by a plain proxy.
     let mut stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    stream.write_all(b"GET https://example.invalid/ HTTP/1.1\r\nHost: example.invalid\r\n\r\n").unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+        .write_all(b"GET https://example.invalid/ HTTP/1.1\r\nHost: example.invalid\r\n\r\n")
+        .unwrap();
     let head = read_head(&mut stream).unwrap();
     assert!(head.starts_with("HTTP/1.1 400"), "{head}");
 
     // And the proxy still serves.
-    let out = curl(&["-x", &format!("http://{addr}"), &format!("http://{}/", target.addr)]);
+    let out = curl(&[
+        "-x",
+        &format!("http://{addr}"),
+        &format!("http://{}/", target.addr),
+    ]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(out.text().starts_with("hello from target"));
 }
@@ -211,10 +304,24 @@ fn python_standard_library_clients() {
     let client = seed_client(&server);
     let out = python(
         "stdlib_clients.py",
-        &[&client.addr().to_string(), &server.addr().to_string(), &target.addr.to_string()],
+        &[
+            &client.addr().to_string(),
+            &server.addr().to_string(),
+            &target.addr.to_string(),
+        ],
     );
-    assert_eq!(out.code, 0, "python failed:\n{}\n{}", out.text(), out.stderr);
-    assert!(out.text().contains("urllib ok") && out.text().contains("http.client tunnel ok"), "{}", out.text());
+    assert_eq!(
+        out.code,
+        0,
+        "python failed:\n{}\n{}",
+        out.text(),
+        out.stderr
+    );
+    assert!(
+        out.text().contains("urllib ok") && out.text().contains("http.client tunnel ok"),
+        "{}",
+        out.text()
+    );
     assert!(out.text().contains("407 ok"), "{}", out.text());
 }
 
@@ -222,7 +329,10 @@ fn tempdir() -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!(
         "gost-e2e-{}-{}",
         std::process::id(),
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
     ));
     std::fs::create_dir_all(&dir).unwrap();
     dir

@@ -81,8 +81,8 @@ impl Address {
 
     /// Parses `host:port`, `[v6]:port` or `:port` (the local host, as Go dials it).
     pub fn parse(addr: &str) -> Result<Self, AddrError> {
-        let (host, port) =
-            gost_api::load::split_host_port(addr).ok_or_else(|| AddrError::MissingPort(addr.to_string()))?;
+        let (host, port) = gost_api::load::split_host_port(addr)
+            .ok_or_else(|| AddrError::MissingPort(addr.to_string()))?;
         let port: u16 = port.parse().map_err(|_| AddrError::BadPort {
             addr: addr.to_string(),
             port: port.to_string(),
@@ -121,12 +121,30 @@ mod tests {
 
     #[test]
     fn parses_the_forms_gost_accepts() {
-        assert_eq!(Address::parse("example.com:80").unwrap().to_string(), "example.com:80");
-        assert_eq!(Address::parse("[::1]:443").unwrap().to_string(), "[::1]:443");
-        assert_eq!(Address::parse(":8080").unwrap().to_string(), "127.0.0.1:8080");
-        assert!(matches!(Address::parse("example.com"), Err(AddrError::MissingPort(_))));
-        assert!(matches!(Address::parse("a:99999"), Err(AddrError::BadPort { .. })));
-        assert!(matches!(Address::parse("a b:1"), Err(AddrError::BadHost(_))));
+        assert_eq!(
+            Address::parse("example.com:80").unwrap().to_string(),
+            "example.com:80"
+        );
+        assert_eq!(
+            Address::parse("[::1]:443").unwrap().to_string(),
+            "[::1]:443"
+        );
+        assert_eq!(
+            Address::parse(":8080").unwrap().to_string(),
+            "127.0.0.1:8080"
+        );
+        assert!(matches!(
+            Address::parse("example.com"),
+            Err(AddrError::MissingPort(_))
+        ));
+        assert!(matches!(
+            Address::parse("a:99999"),
+            Err(AddrError::BadPort { .. })
+        ));
+        assert!(matches!(
+            Address::parse("a b:1"),
+            Err(AddrError::BadHost(_))
+        ));
     }
 
     proptest::proptest! {

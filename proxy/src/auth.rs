@@ -90,6 +90,9 @@ mod tests {
     fn debug_output_has_no_credentials() {
         let users = [user("user", "secret")];
         let text = format!("{:?}", Authenticator::new(&users));
-        assert!(!text.contains("secret") && !text.contains("user\""), "{text}");
+        assert!(
+            !text.contains("secret") && !text.contains("user\""),
+            "{text}"
+        );
     }
 }

@@ -144,8 +144,9 @@ fn random_index() -> usize {
 
 fn hash_index(host: &str) -> usize {
     // FNV-1a: stable across processes, so a target keeps its node after a restart.
-    host.bytes()
-        .fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100000001b3)) as usize
+    host.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
+    }) as usize
 }
 
 /// An ordered list of hops.
@@ -171,7 +172,11 @@ pub struct HopRef {
 
 impl fmt::Display for HopRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}/{} ({})", self.chain, self.hop, self.node, self.addr)
+        write!(
+            f,
+            "{}/{}/{} ({})",
+            self.chain, self.hop, self.node, self.addr
+        )
     }
 }
 
@@ -279,8 +284,11 @@ impl Router {
     }
 
     async fn dial_chain(&self, chain: &Chain, target: &Address) -> Result<BoxConn, DialError> {
-        let route: Vec<(&Hop, Arc<Node>)> =
-            chain.hops.iter().map(|hop| (hop, hop.select(target))).collect();
+        let route: Vec<(&Hop, Arc<Node>)> = chain
+            .hops
+            .iter()
+            .map(|hop| (hop, hop.select(target)))
+            .collect();
         let failure = |index: usize, kind: DialErrorKind, cause: String| {
             let (hop, node) = &route[index];
             DialError {

@@ -81,11 +81,16 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     if config.services.is_empty() {
-        eprintln!("gost: nothing to run: give a service with -L, or a configuration with -C (see gost --help)");
+        eprintln!(
+            "gost: nothing to run: give a service with -L, or a configuration with -C (see gost --help)"
+        );
         return ExitCode::from(2);
     }
     init_logging(&args, &config);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("gost: cannot start the runtime: {e}");
@@ -114,7 +119,8 @@ fn assemble_config(args: &Args) -> Result<Config, String> {
             .map_err(|e| e.to_string())?;
         merge(&mut config, from_cli);
     }
-    gost_api::validate(&config).map_err(|e| format!("the combined configuration is invalid: {e}"))?;
+    gost_api::validate(&config)
+        .map_err(|e| format!("the combined configuration is invalid: {e}"))?;
     Ok(config)
 }
 
@@ -142,7 +148,9 @@ fn read_source(source: &str) -> Result<(Option<String>, String), String> {
         return Ok((Some("<inline JSON>.json".into()), source.to_string()));
     }
     if source.starts_with("http://") || source.starts_with("https://") {
-        return Err(format!("-C {source}: loading configuration from a URL is not supported; download it first"));
+        return Err(format!(
+            "-C {source}: loading configuration from a URL is not supported; download it first"
+        ));
     }
     let text = std::fs::read_to_string(Path::new(source))
         .map_err(|e| format!("cannot read configuration file {source}: {e}"))?;
@@ -188,13 +196,19 @@ fn init_logging(args: &Args, config: &Config) {
         LogLevel::Error => tracing::Level::ERROR,
     };
     let to_stdout = log.output.as_deref() == Some("stdout");
-    let terminal = if to_stdout { std::io::stdout().is_terminal() } else { std::io::stderr().is_terminal() };
+    let terminal = if to_stdout {
+        std::io::stdout().is_terminal()
+    } else {
+        std::io::stderr().is_terminal()
+    };
     let json = match log.format {
         Some(LogFormat::Json) => true,
         Some(LogFormat::Text) => false,
         None => !terminal,
     };
-    let builder = tracing_subscriber::fmt().with_max_level(filter).with_target(false);
+    let builder = tracing_subscriber::fmt()
+        .with_max_level(filter)
+        .with_target(false);
     match (json, to_stdout) {
         (true, true) => builder.json().with_writer(std::io::stdout).init(),
         (true, false) => builder.json().with_writer(std::io::stderr).init(),
@@ -228,7 +242,12 @@ async fn run(config: Config, grace: Duration) -> ExitCode {
         }
     };
     let signal = signals.next().await;
-    tracing::info!(signal, open = tunnels.len(), grace_period_s = grace.as_secs_f64(), "stopping: no new connections, draining open ones");
+    tracing::info!(
+        signal,
+        open = tunnels.len(),
+        grace_period_s = grace.as_secs_f64(),
+        "stopping: no new connections, draining open ones"
+    );
     stop.cancel();
     listeners.wait().await;
     tunnels.close();

@@ -21,6 +21,30 @@ use crate::conn::Conn;
 /// loopback moves in few system calls; it is released as soon as the source has nothing more.
 pub const BUFFER_SIZE: usize = 64 * 1024;
 
+/// Released buffers kept per thread for the next burst of data, so that a busy tunnel does not
+/// allocate and zero a buffer every time its source momentarily runs dry. Bounded, so idle
+/// memory stays small: at most this many buffers per runtime thread.
+const POOLED_BUFFERS_PER_THREAD: usize = 4;
+
+thread_local! {
+    static BUFFER_POOL: std::cell::RefCell<Vec<Box<[u8]>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn take_buffer() -> Box<[u8]> {
+    BUFFER_POOL
+        .with(|pool| pool.borrow_mut().pop())
+        .unwrap_or_else(|| vec![0u8; BUFFER_SIZE].into_boxed_slice())
+}
+
+fn release_buffer(buffer: Box<[u8]>) {
+    BUFFER_POOL.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        if pool.len() < POOLED_BUFFERS_PER_THREAD {
+            pool.push(buffer);
+        }
+    });
+}
+
 /// How long a tunnel whose one direction has ended may stay silent before it is closed. GOST
 /// uses 10 s; a little more leaves room for slow servers finishing a response.
 pub const HALF_CLOSED_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -105,7 +129,9 @@ impl Direction {
                 self.needs_flush = false;
             }
             if self.read_done {
-                self.buf = None;
+                if let Some(buf) = self.buf.take() {
+                    release_buffer(buf);
+                }
                 ready!(Pin::new(&mut *writer).poll_shutdown(cx)).map_err(Failure::Write)?;
                 return Poll::Ready(Ok(()));
             }
@@ -113,14 +139,16 @@ impl Direction {
                 if reader.has_read_readiness() {
                     ready!(reader.poll_read_ready(cx)).map_err(Failure::Read)?;
                 }
-                self.buf = Some(vec![0u8; BUFFER_SIZE].into_boxed_slice());
+                self.buf = Some(take_buffer());
             }
             let buf = self.buf.as_mut().expect("allocated above");
             let mut read_buf = ReadBuf::new(buf);
             match Pin::new(&mut *reader).poll_read(cx, &mut read_buf) {
                 Poll::Pending => {
-                    if reader.has_read_readiness() {
-                        self.buf = None;
+                    if reader.has_read_readiness()
+                        && let Some(buf) = self.buf.take()
+                    {
+                        release_buffer(buf);
                     }
                     return Poll::Pending;
                 }
@@ -198,7 +226,14 @@ impl<A: Conn + ?Sized, B: Conn + ?Sized> Future for Relay<'_, A, B> {
                 .poll_copy(cx, &mut *this.client, &mut *this.upstream, &mut progress)
             {
                 Poll::Ready(Ok(())) => this.up.done = true,
-                Poll::Ready(Err(failure)) => return Poll::Ready(Err(fail(failure, "client", "upstream", this.transferred()))),
+                Poll::Ready(Err(failure)) => {
+                    return Poll::Ready(Err(fail(
+                        failure,
+                        "client",
+                        "upstream",
+                        this.transferred(),
+                    )));
+                }
                 Poll::Pending => {}
             }
         }
@@ -208,7 +243,14 @@ impl<A: Conn + ?Sized, B: Conn + ?Sized> Future for Relay<'_, A, B> {
                 .poll_copy(cx, &mut *this.upstream, &mut *this.client, &mut progress)
             {
                 Poll::Ready(Ok(())) => this.down.done = true,
-                Poll::Ready(Err(failure)) => return Poll::Ready(Err(fail(failure, "upstream", "client", this.transferred()))),
+                Poll::Ready(Err(failure)) => {
+                    return Poll::Ready(Err(fail(
+                        failure,
+                        "upstream",
+                        "client",
+                        this.transferred(),
+                    )));
+                }
                 Poll::Pending => {}
             }
         }
@@ -231,7 +273,12 @@ impl<A: Conn + ?Sized, B: Conn + ?Sized> Future for Relay<'_, A, B> {
     }
 }
 
-fn fail(failure: Failure, reader: &'static str, writer: &'static str, transferred: Transferred) -> PipeError {
+fn fail(
+    failure: Failure,
+    reader: &'static str,
+    writer: &'static str,
+    transferred: Transferred,
+) -> PipeError {
     let (side, source) = match failure {
         Failure::Read(e) => (reader, e),
         Failure::Write(e) => (writer, e),
@@ -260,7 +307,8 @@ mod tests {
     async fn moves_bytes_both_ways_and_passes_half_close_on() {
         let (mut client, mut client_side) = pair().await;
         let (mut upstream_side, mut upstream) = pair().await;
-        let relay = tokio::spawn(async move { relay(&mut client_side, &mut upstream_side, None).await });
+        let relay =
+            tokio::spawn(async move { relay(&mut client_side, &mut upstream_side, None).await });
 
         let payload: Vec<u8> = (0..300_000u32).map(|i| (i * 7) as u8).collect();
         client.write_all(&payload).await.unwrap();
@@ -276,14 +324,25 @@ mod tests {
         assert_eq!(reply, b"reply after half-close");
 
         let moved = relay.await.unwrap().unwrap();
-        assert_eq!(moved, Transferred { up: 300_000, down: 22 });
+        assert_eq!(
+            moved,
+            Transferred {
+                up: 300_000,
+                down: 22
+            }
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn idle_tunnels_time_out() {
         let (_client, mut client_side) = pair().await;
         let (mut upstream_side, _upstream) = pair().await;
-        let result = relay(&mut client_side, &mut upstream_side, Some(Duration::from_secs(5))).await;
+        let result = relay(
+            &mut client_side,
+            &mut upstream_side,
+            Some(Duration::from_secs(5)),
+        )
+        .await;
         assert!(matches!(result, Err(PipeError::Idle(d, _)) if d == Duration::from_secs(5)));
     }
 }

@@ -76,9 +76,17 @@ pub fn build(config: &Config, tunnels: &TaskTracker) -> Result<Vec<Service>, Con
         .enumerate()
         .map(|(i, service)| {
             let path = format!("services[{i}]");
-            let chain = service.handler.chain.as_deref().map(|name| chains[name].clone());
-            let dial_timeout = duration(&service.metadata, "dialTimeout", &format!("{path}.metadata"))?
-                .unwrap_or(DEFAULT_DIAL_TIMEOUT);
+            let chain = service
+                .handler
+                .chain
+                .as_deref()
+                .map(|name| chains[name].clone());
+            let dial_timeout = duration(
+                &service.metadata,
+                "dialTimeout",
+                &format!("{path}.metadata"),
+            )?
+            .unwrap_or(DEFAULT_DIAL_TIMEOUT);
             let md = &service.handler.metadata;
             let md_path = format!("{path}.handler.metadata");
             let env = Arc::new(HandlerEnv {
@@ -93,20 +101,37 @@ pub fn build(config: &Config, tunnels: &TaskTracker) -> Result<Vec<Service>, Con
             });
             let handler_path = format!("{path}.handler");
             let handler: Arc<dyn Handler> = match service.handler.kind {
-                HandlerType::Auto => Arc::new(AutoHandler::new(env).map_err(|e| field(handler_path, e))?),
-                HandlerType::Http => Arc::new(HttpHandler::new(env).map_err(|e| field(handler_path, e))?),
+                HandlerType::Auto => {
+                    Arc::new(AutoHandler::new(env).map_err(|e| field(handler_path, e))?)
+                }
+                HandlerType::Http => {
+                    Arc::new(HttpHandler::new(env).map_err(|e| field(handler_path, e))?)
+                }
                 HandlerType::Socks5 => Arc::new(Socks5Handler::new(env)),
                 HandlerType::Socks4 => Arc::new(Socks4Handler::new(env)),
                 other => {
-                    return Err(not_implemented(format!("{handler_path}.type"), "handler", other.as_str()));
+                    return Err(not_implemented(
+                        format!("{handler_path}.type"),
+                        "handler",
+                        other.as_str(),
+                    ));
                 }
             };
             let listener: Box<dyn Listener> = match service.listener.kind {
-                ListenerType::Tcp => Box::new(TcpListenerImpl::bind(&service.addr).map_err(|e| {
-                    field(format!("{path}.addr"), format!("cannot listen on {:?}: {e}", service.addr))
-                })?),
+                ListenerType::Tcp => {
+                    Box::new(TcpListenerImpl::bind(&service.addr).map_err(|e| {
+                        field(
+                            format!("{path}.addr"),
+                            format!("cannot listen on {:?}: {e}", service.addr),
+                        )
+                    })?)
+                }
                 other => {
-                    return Err(not_implemented(format!("{path}.listener.type"), "listener", other.as_str()));
+                    return Err(not_implemented(
+                        format!("{path}.listener.type"),
+                        "listener",
+                        other.as_str(),
+                    ));
                 }
             };
             Ok(Service {
@@ -166,10 +191,17 @@ fn build_hop(hop: &HopConfig, path: &str) -> Result<Hop, ConfigError> {
         .enumerate()
         .map(|(k, node)| {
             let path = format!("{path}.nodes[{k}]");
-            let addr = Address::parse(&node.addr).map_err(|e| field(format!("{path}.addr"), e.to_string()))?;
+            let addr = Address::parse(&node.addr)
+                .map_err(|e| field(format!("{path}.addr"), e.to_string()))?;
             let dialer: Arc<dyn Dialer> = match node.dialer.kind {
                 DialerType::Tcp => Arc::new(TcpDialer),
-                other => return Err(not_implemented(format!("{path}.dialer.type"), "dialer", other.as_str())),
+                other => {
+                    return Err(not_implemented(
+                        format!("{path}.dialer.type"),
+                        "dialer",
+                        other.as_str(),
+                    ));
+                }
             };
             let connector_path = format!("{path}.connector");
             let auth = node.connector.auth.clone();
@@ -182,10 +214,19 @@ fn build_hop(hop: &HopConfig, path: &str) -> Result<Hop, ConfigError> {
                     Arc::new(Socks5Connector::new(auth, md).map_err(|e| field(connector_path, e))?)
                 }
                 other => {
-                    return Err(not_implemented(format!("{connector_path}.type"), "connector", other.as_str()));
+                    return Err(not_implemented(
+                        format!("{connector_path}.type"),
+                        "connector",
+                        other.as_str(),
+                    ));
                 }
             };
-            Ok(Arc::new(Node::new(node.name.clone(), addr, dialer, connector)))
+            Ok(Arc::new(Node::new(
+                node.name.clone(),
+                addr,
+                dialer,
+                connector,
+            )))
         })
         .collect::<Result<_, _>>()?;
     Ok(Hop::new(

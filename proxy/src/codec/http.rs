@@ -144,22 +144,52 @@ mod tests {
     #[test]
     fn targets_follow_gost_rules() {
         let t = |m, s, a, h| proxy_target(m, s, a, h).map(|a| a.to_string());
-        assert_eq!(t("CONNECT", None, Some("example.com:443"), None), Ok("example.com:443".into()));
-        assert_eq!(t("CONNECT", None, Some("example.com"), None), Ok("example.com:80".into()));
-        assert_eq!(t("GET", Some("http"), Some("a.example:8080"), None), Ok("a.example:8080".into()));
-        assert_eq!(t("GET", None, None, Some("h.example")), Ok("h.example:80".into()));
-        assert_eq!(t("GET", None, None, Some("[::1]:81")), Ok("[::1]:81".into()));
-        assert_eq!(t("GET", Some("http"), Some("u:p@h.example"), None), Ok("h.example:80".into()));
-        assert!(matches!(t("GET", Some("https"), Some("x"), None), Err(RequestError::Scheme(_))));
-        assert!(matches!(t("PRI", None, None, None), Err(RequestError::Scheme(_))));
+        assert_eq!(
+            t("CONNECT", None, Some("example.com:443"), None),
+            Ok("example.com:443".into())
+        );
+        assert_eq!(
+            t("CONNECT", None, Some("example.com"), None),
+            Ok("example.com:80".into())
+        );
+        assert_eq!(
+            t("GET", Some("http"), Some("a.example:8080"), None),
+            Ok("a.example:8080".into())
+        );
+        assert_eq!(
+            t("GET", None, None, Some("h.example")),
+            Ok("h.example:80".into())
+        );
+        assert_eq!(
+            t("GET", None, None, Some("[::1]:81")),
+            Ok("[::1]:81".into())
+        );
+        assert_eq!(
+            t("GET", Some("http"), Some("u:p@h.example"), None),
+            Ok("h.example:80".into())
+        );
+        assert!(matches!(
+            t("GET", Some("https"), Some("x"), None),
+            Err(RequestError::Scheme(_))
+        ));
+        assert!(matches!(
+            t("PRI", None, None, None),
+            Err(RequestError::Scheme(_))
+        ));
         assert_eq!(t("GET", None, None, None), Err(RequestError::NoTarget));
-        assert!(matches!(t("CONNECT", None, Some("bad host:1"), None), Err(RequestError::Address(_))));
+        assert!(matches!(
+            t("CONNECT", None, Some("bad host:1"), None),
+            Err(RequestError::Address(_))
+        ));
     }
 
     #[test]
     fn basic_credentials_split_at_the_first_colon() {
         let value = format!("Basic {}", STANDARD.encode("user:pa:ss"));
-        assert_eq!(basic_credentials(value.as_bytes()), Some(("user".into(), "pa:ss".into())));
+        assert_eq!(
+            basic_credentials(value.as_bytes()),
+            Some(("user".into(), "pa:ss".into()))
+        );
         assert_eq!(basic_credentials(b"basic dXNlcjpwYXNz"), None);
         assert_eq!(basic_credentials(b"Basic !!!"), None);
         assert_eq!(basic_credentials(b"Basic dXNlcg=="), None);
@@ -182,7 +212,10 @@ mod tests {
         let full = b"HTTP/1.1 200 Connection established\r\nProxy-Agent: gost/3.0\r\n\r\nDATA";
         assert_eq!(parse_response_head(&full[..20]), Ok(None));
         let head = parse_response_head(full).unwrap().unwrap();
-        assert_eq!((head.status, head.reason.as_str()), (200, "Connection established"));
+        assert_eq!(
+            (head.status, head.reason.as_str()),
+            (200, "Connection established")
+        );
         assert_eq!(&full[head.len..], b"DATA");
         assert!(parse_response_head(b"SSH-2.0-OpenSSH\r\n\r\n").is_err());
         let mut endless = b"HTTP/1.1 200 OK\r\nX-Filler: ".to_vec();

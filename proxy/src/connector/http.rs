@@ -41,7 +41,8 @@ impl Connector for HttpConnector {
                 .auth
                 .as_ref()
                 .map(|a| (a.username.as_str(), a.password.as_str()));
-            conn.write_all(&connect_request(target, credentials)).await?;
+            conn.write_all(&connect_request(target, credentials))
+                .await?;
             conn.flush().await?;
             let mut buf = BytesMut::with_capacity(512);
             loop {
@@ -50,8 +51,8 @@ impl Connector for HttpConnector {
                         "proxy closed the connection before answering CONNECT".into(),
                     ));
                 }
-                let head = parse_response_head(&buf)
-                    .map_err(|e| ConnectError::Protocol(e.to_string()))?;
+                let head =
+                    parse_response_head(&buf).map_err(|e| ConnectError::Protocol(e.to_string()))?;
                 if let Some(head) = head {
                     if !(200..300).contains(&head.status) {
                         return Err(ConnectError::Refused(format!(
@@ -64,7 +65,9 @@ impl Connector for HttpConnector {
                     return Ok(rest);
                 }
                 if buf.len() >= MAX_RESPONSE_HEAD {
-                    return Err(ConnectError::Protocol("CONNECT response head too large".into()));
+                    return Err(ConnectError::Protocol(
+                        "CONNECT response head too large".into(),
+                    ));
                 }
             }
         };

@@ -122,7 +122,10 @@ impl Shared {
             }
         }
         let uri = req.uri();
-        let host_header = req.headers().get(header::HOST).and_then(|h| h.to_str().ok());
+        let host_header = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok());
         let target = match proxy_target(
             req.method().as_str(),
             uri.scheme_str(),
@@ -163,12 +166,15 @@ impl Shared {
             }
         });
         let mut response = Response::new(empty());
-        response.extensions_mut().insert(hyper::ext::ReasonPhrase::from_static(
-            b"Connection established",
-        ));
         response
-            .headers_mut()
-            .insert(HeaderName::from_static("proxy-agent"), self.proxy_agent.clone());
+            .extensions_mut()
+            .insert(hyper::ext::ReasonPhrase::from_static(
+                b"Connection established",
+            ));
+        response.headers_mut().insert(
+            HeaderName::from_static("proxy-agent"),
+            self.proxy_agent.clone(),
+        );
         response
     }
 
@@ -245,13 +251,18 @@ impl Shared {
         *response.status_mut() = status;
         let headers = response.headers_mut();
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
-        headers.insert(HeaderName::from_static("proxy-agent"), self.proxy_agent.clone());
+        headers.insert(
+            HeaderName::from_static("proxy-agent"),
+            self.proxy_agent.clone(),
+        );
         response
     }
 }
 
 fn empty() -> Body {
-    Empty::<Bytes>::new().map_err(|never| match never {}).boxed()
+    Empty::<Bytes>::new()
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 impl Conn for TokioIo<Upgraded> {}

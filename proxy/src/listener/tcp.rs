@@ -25,26 +25,42 @@ impl TcpListenerImpl {
     /// interface, IPv6 and IPv4 alike where the system has IPv6.
     pub fn bind(addr: &str) -> io::Result<Self> {
         let (host, port) = gost_api::split_host_port(addr).ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidInput, format!("invalid listen address {addr:?}"))
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("invalid listen address {addr:?}"),
+            )
         })?;
         let port: u16 = if port.is_empty() {
             0
         } else {
             port.parse().map_err(|_| {
-                io::Error::new(io::ErrorKind::InvalidInput, format!("invalid port in {addr:?}"))
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("invalid port in {addr:?}"),
+                )
             })?
         };
         let socket = if host.is_empty() {
-            bind_socket(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port), true).or_else(
-                |_| bind_socket(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port), false),
-            )?
+            bind_socket(
+                SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port),
+                true,
+            )
+            .or_else(|_| {
+                bind_socket(
+                    SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port),
+                    false,
+                )
+            })?
         } else {
             let ip: IpAddr = match host.parse() {
                 Ok(ip) => ip,
                 Err(_) => std::net::ToSocketAddrs::to_socket_addrs(&(host, port))?
                     .next()
                     .ok_or_else(|| {
-                        io::Error::new(io::ErrorKind::NotFound, format!("{host:?} does not resolve"))
+                        io::Error::new(
+                            io::ErrorKind::NotFound,
+                            format!("{host:?} does not resolve"),
+                        )
                     })?
                     .ip(),
             };
