@@ -337,3 +337,38 @@ fn tempdir() -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+#[test]
+fn python_requests_library_over_http_and_socks5() {
+    let target = Target::http();
+    let http = seed_server();
+    let socks = Gost::start(&["-L", "socks5://user:pass@127.0.0.1:0"], 1);
+    let out = python(
+        "requests_clients.py",
+        &[
+            &http.addr().to_string(),
+            &socks.addr().to_string(),
+            &target.addr.to_string(),
+        ],
+    );
+    assert_eq!(
+        out.code,
+        0,
+        "python failed:\n{}\n{}",
+        out.text(),
+        out.stderr
+    );
+    for check in [
+        "via http ok",
+        "via socks5h ok",
+        "via socks5 ok",
+        "407 ok",
+        "socks5 refusal ok",
+    ] {
+        assert!(
+            out.text().contains(check),
+            "missing {check:?} in\n{}",
+            out.text()
+        );
+    }
+}

@@ -21,6 +21,12 @@ pub trait Conn: AsyncRead + AsyncWrite + Send + Unpin + 'static {
     fn has_read_readiness(&self) -> bool {
         false
     }
+
+    /// The socket itself when this stream is a bare TCP socket, which lets the relay move
+    /// bytes without copying them through the proxy.
+    fn as_tcp(&self) -> Option<&TcpStream> {
+        None
+    }
 }
 
 /// An owned, type-erased [`Conn`].
@@ -34,6 +40,10 @@ impl Conn for TcpStream {
     fn has_read_readiness(&self) -> bool {
         true
     }
+
+    fn as_tcp(&self) -> Option<&TcpStream> {
+        Some(self)
+    }
 }
 
 impl Conn for BoxConn {
@@ -43,6 +53,10 @@ impl Conn for BoxConn {
 
     fn has_read_readiness(&self) -> bool {
         (**self).has_read_readiness()
+    }
+
+    fn as_tcp(&self) -> Option<&TcpStream> {
+        (**self).as_tcp()
     }
 }
 

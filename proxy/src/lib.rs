@@ -18,3 +18,5 @@ pub mod handler;
 pub mod listener;
 pub mod pipe;
 pub mod server;
+#[cfg(target_os = "linux")]
+pub mod splice;

@@ -176,6 +176,10 @@ pub async fn relay<A: Conn + ?Sized, B: Conn + ?Sized>(
     upstream: &mut B,
     idle_timeout: Option<Duration>,
 ) -> Result<Transferred, PipeError> {
+    #[cfg(target_os = "linux")]
+    if let (Some(client), Some(upstream)) = (client.as_tcp(), upstream.as_tcp()) {
+        return crate::splice::relay(client, upstream, idle_timeout).await;
+    }
     Relay {
         client,
         upstream,
@@ -293,6 +297,7 @@ fn fail(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::conn::{BoxConn, Prefixed};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
 
@@ -331,6 +336,53 @@ mod tests {
                 down: 22
             }
         );
+    }
+
+    #[tokio::test]
+    async fn copying_path_handles_streams_that_are_not_sockets() {
+        // Prefixed streams and in-memory pipes take the copying path, not splice.
+        let (mut client, client_side) = tokio::io::duplex(1024);
+        let (upstream_side, mut upstream) = tokio::io::duplex(1024);
+        let mut client_side = Prefixed::boxed(bytes::Bytes::from_static(b"early "), client_side);
+        let mut upstream_side: BoxConn = Box::new(upstream_side);
+        let relay =
+            tokio::spawn(async move { relay(&mut client_side, &mut upstream_side, None).await });
+        client.write_all(b"and later").await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        upstream.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"early and later");
+        let mut reply = Vec::new();
+        let send = async {
+            upstream.write_all(&vec![7u8; 100_000]).await.unwrap();
+            upstream.shutdown().await.unwrap();
+        };
+        let (_, received) = tokio::join!(send, client.read_to_end(&mut reply));
+        received.unwrap();
+        assert_eq!(reply.len(), 100_000);
+        let moved = relay.await.unwrap().unwrap();
+        assert_eq!(
+            moved,
+            Transferred {
+                up: 15,
+                down: 100_000
+            }
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn copying_path_times_out_idle_tunnels() {
+        let (_client, client_side) = tokio::io::duplex(64);
+        let (upstream_side, _upstream) = tokio::io::duplex(64);
+        let mut client_side: BoxConn = Box::new(client_side);
+        let mut upstream_side: BoxConn = Box::new(upstream_side);
+        let result = relay(
+            &mut client_side,
+            &mut upstream_side,
+            Some(Duration::from_secs(5)),
+        )
+        .await;
+        assert!(matches!(result, Err(PipeError::Idle(d, _)) if d == Duration::from_secs(5)));
     }
 
     #[tokio::test(start_paused = true)]
