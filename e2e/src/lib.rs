@@ -405,6 +405,38 @@ pub fn python(script: &str, args: &[&str]) -> Output {
     run("python3", &all)
 }
 
+/// Runs a Python script from `e2e/py/` and asserts that it succeeded and printed every one of
+/// `checks`.
+pub fn python_checks(script: &str, args: &[String], checks: &[&str]) {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = python(script, &args);
+    assert_eq!(
+        out.code,
+        0,
+        "{script} failed:\n{}\n{}",
+        out.text(),
+        out.stderr
+    );
+    for check in checks {
+        assert!(
+            out.text().contains(check),
+            "{script}: missing {check:?} in\n{}",
+            out.text()
+        );
+    }
+}
+
+/// A new, empty directory for one test's files.
+pub fn tempdir() -> PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_nanos();
+    let dir = std::env::temp_dir().join(format!("gost-e2e-{}-{nanos}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
 /// Opens a tunnel through an HTTP proxy with a raw CONNECT; returns the stream after the
 /// proxy's `200`, or the proxy's status line.
 pub fn http_connect(

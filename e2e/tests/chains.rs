@@ -132,8 +132,7 @@ fn several_nodes_per_hop_round_robin_and_skip_failed_nodes() {
     };
     // One hop, three nodes on 127.0.0.1 (GOST's `host1,host2:port` form needs one port, so
     // the YAML form is used).
-    let dir = std::env::temp_dir().join(format!("gost-e2e-rr-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = tempdir();
     let yaml = dir.join("rr.yaml");
     std::fs::write(
         &yaml,

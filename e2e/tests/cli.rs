@@ -29,8 +29,7 @@ fn o_yaml_prints_the_seed_client_config_and_it_loads_back() {
     ] {
         assert!(yaml.contains(expected), "missing {expected:?} in\n{yaml}");
     }
-    let dir = std::env::temp_dir().join(format!("gost-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = tempdir();
     let file = dir.join("printed.yaml");
     std::fs::write(&file, &yaml).unwrap();
     let again = gost(&["-C", file.to_str().unwrap(), "-O", "yaml"]);
@@ -47,8 +46,7 @@ fn o_yaml_prints_the_seed_client_config_and_it_loads_back() {
 
 #[test]
 fn bad_configs_fail_with_the_field_path() {
-    let dir = std::env::temp_dir().join(format!("gost-cli-bad-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = tempdir();
     let cases = [
         (
             "services:\n- name: a\n  addr: :1\n  handler:\n    type: htp\n",
@@ -118,8 +116,7 @@ fn version_and_nothing_to_do() {
     let out = gost(&["-V"]);
     assert_eq!(out.code, 0);
     assert!(out.text().starts_with("gost "), "{}", out.text());
-    let empty_home = std::env::temp_dir().join(format!("gost-empty-{}", std::process::id()));
-    std::fs::create_dir_all(&empty_home).unwrap();
+    let empty_home = tempdir();
     let out = run(
         "env",
         &[

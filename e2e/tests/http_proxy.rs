@@ -302,40 +302,15 @@ fn python_standard_library_clients() {
     let target = Target::http();
     let server = seed_server();
     let client = seed_client(&server);
-    let out = python(
+    python_checks(
         "stdlib_clients.py",
         &[
-            &client.addr().to_string(),
-            &server.addr().to_string(),
-            &target.addr.to_string(),
+            client.addr().to_string(),
+            server.addr().to_string(),
+            target.addr.to_string(),
         ],
+        &["urllib ok", "http.client tunnel ok", "407 ok"],
     );
-    assert_eq!(
-        out.code,
-        0,
-        "python failed:\n{}\n{}",
-        out.text(),
-        out.stderr
-    );
-    assert!(
-        out.text().contains("urllib ok") && out.text().contains("http.client tunnel ok"),
-        "{}",
-        out.text()
-    );
-    assert!(out.text().contains("407 ok"), "{}", out.text());
-}
-
-fn tempdir() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "gost-e2e-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 #[test]
@@ -343,32 +318,19 @@ fn python_requests_library_over_http_and_socks5() {
     let target = Target::http();
     let http = seed_server();
     let socks = Gost::start(&["-L", "socks5://user:pass@127.0.0.1:0"], 1);
-    let out = python(
+    python_checks(
         "requests_clients.py",
         &[
-            &http.addr().to_string(),
-            &socks.addr().to_string(),
-            &target.addr.to_string(),
+            http.addr().to_string(),
+            socks.addr().to_string(),
+            target.addr.to_string(),
+        ],
+        &[
+            "via http ok",
+            "via socks5h ok",
+            "via socks5 ok",
+            "407 ok",
+            "socks5 refusal ok",
         ],
     );
-    assert_eq!(
-        out.code,
-        0,
-        "python failed:\n{}\n{}",
-        out.text(),
-        out.stderr
-    );
-    for check in [
-        "via http ok",
-        "via socks5h ok",
-        "via socks5 ok",
-        "407 ok",
-        "socks5 refusal ok",
-    ] {
-        assert!(
-            out.text().contains(check),
-            "missing {check:?} in\n{}",
-            out.text()
-        );
-    }
 }

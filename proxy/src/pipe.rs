@@ -102,6 +102,23 @@ enum Failure {
 }
 
 impl Direction {
+    /// Advances this direction unless it has already ended; marks it ended when it does.
+    fn step<R: Conn + ?Sized, W: Conn + ?Sized>(
+        &mut self,
+        cx: &mut Context<'_>,
+        reader: &mut R,
+        writer: &mut W,
+        progress: &mut bool,
+    ) -> Result<(), Failure> {
+        if !self.done
+            && let Poll::Ready(result) = self.poll_copy(cx, reader, writer, progress)
+        {
+            result?;
+            self.done = true;
+        }
+        Ok(())
+    }
+
     /// Moves bytes from `reader` to `writer` until the reader ends (then shuts the writer down)
     /// or nothing more can be done now. `progress` is set when a byte moved.
     fn poll_copy<R: Conn + ?Sized, W: Conn + ?Sized>(
@@ -224,39 +241,19 @@ impl<A: Conn + ?Sized, B: Conn + ?Sized> Future for Relay<'_, A, B> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         let mut progress = false;
-        if !this.up.done {
-            match this
-                .up
-                .poll_copy(cx, &mut *this.client, &mut *this.upstream, &mut progress)
-            {
-                Poll::Ready(Ok(())) => this.up.done = true,
-                Poll::Ready(Err(failure)) => {
-                    return Poll::Ready(Err(fail(
-                        failure,
-                        "client",
-                        "upstream",
-                        this.transferred(),
-                    )));
-                }
-                Poll::Pending => {}
-            }
+        let up = this
+            .up
+            .step(cx, &mut *this.client, &mut *this.upstream, &mut progress);
+        if let Err(failure) = up {
+            let moved = this.transferred();
+            return Poll::Ready(Err(fail(failure, "client", "upstream", moved)));
         }
-        if !this.down.done {
-            match this
-                .down
-                .poll_copy(cx, &mut *this.upstream, &mut *this.client, &mut progress)
-            {
-                Poll::Ready(Ok(())) => this.down.done = true,
-                Poll::Ready(Err(failure)) => {
-                    return Poll::Ready(Err(fail(
-                        failure,
-                        "upstream",
-                        "client",
-                        this.transferred(),
-                    )));
-                }
-                Poll::Pending => {}
-            }
+        let down = this
+            .down
+            .step(cx, &mut *this.upstream, &mut *this.client, &mut progress);
+        if let Err(failure) = down {
+            let moved = this.transferred();
+            return Poll::Ready(Err(fail(failure, "upstream", "client", moved)));
         }
         if this.up.done && this.down.done {
             return Poll::Ready(Ok(this.transferred()));

@@ -472,79 +472,60 @@ fn report(rows: &[Row], memory: &Memory, settings: &Settings) {
 
 // --- targets -------------------------------------------------------------------------------
 
-async fn bind() -> TcpListener {
-    TcpListener::bind("127.0.0.1:0").await.unwrap()
+/// Serves every connection to a new loopback port with `serve`, each in its own task.
+async fn serve_each<F, Fut>(serve: F) -> SocketAddr
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            if let Ok((stream, _)) = listener.accept().await {
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(serve(stream));
+            }
+        }
+    });
+    addr
 }
 
 /// Writes [`IO_BLOCK`] chunks as fast as the reader takes them.
 async fn start_source() -> SocketAddr {
-    let listener = bind().await;
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let chunk = vec![0x5au8; IO_BLOCK];
-                while s.write_all(&chunk).await.is_ok() {}
-            });
-        }
-    });
-    addr
+    serve_each(|mut s| async move {
+        let chunk = vec![0x5au8; IO_BLOCK];
+        while s.write_all(&chunk).await.is_ok() {}
+    })
+    .await
 }
 
 async fn start_echo() -> SocketAddr {
-    let listener = bind().await;
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
-    addr
+    serve_each(|mut s| async move {
+        let (mut r, mut w) = s.split();
+        let _ = tokio::io::copy(&mut r, &mut w).await;
+    })
+    .await
 }
 
-/// Writes one byte as soon as a connection arrives, then closes.
+/// Writes one byte as soon as a connection arrives, then waits a little for the client to
+/// close first.
 async fn start_banner() -> SocketAddr {
-    let listener = bind().await;
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = listener.accept().await else {
-                continue;
-            };
-            let _ = s.set_nodelay(true);
-            tokio::spawn(async move {
-                let _ = s.write_all(b"!").await;
-                let mut sink = [0u8; 64];
-                let _ = tokio::time::timeout(Duration::from_secs(5), s.read(&mut sink)).await;
-            });
-        }
-    });
-    addr
+    serve_each(|mut s| async move {
+        let _ = s.write_all(b"!").await;
+        let mut sink = [0u8; 64];
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read(&mut sink)).await;
+    })
+    .await
 }
 
-/// Accepts and holds connections without reading: idle tunnels.
+/// Accepts connections and holds them open without reading: idle tunnels.
 async fn start_hold() -> SocketAddr {
-    let listener = bind().await;
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        loop {
-            let Ok((s, _)) = listener.accept().await else {
-                continue;
-            };
-            held.push(s);
-        }
-    });
-    addr
+    serve_each(|s| async move {
+        std::future::pending::<()>().await;
+        drop(s);
+    })
+    .await
 }
 
 // --- peers ---------------------------------------------------------------------------------

@@ -138,23 +138,26 @@ impl Shared {
                 return self.error(StatusCode::BAD_REQUEST);
             }
         };
-        if req.method() == Method::CONNECT {
-            self.connect(req, target, client).await
-        } else {
-            self.forward(req, target, client).await
-        }
-    }
-
-    async fn connect(
-        &self,
-        req: Request<Incoming>,
-        target: Address,
-        client: SocketAddr,
-    ) -> Response<Body> {
         let upstream = match self.env.router.dial(&target).await {
             Ok(upstream) => upstream,
             Err(e) => return self.dial_failed(&e, client),
         };
+        if req.method() == Method::CONNECT {
+            self.connect(req, target, upstream, client)
+        } else {
+            self.forward(req, target, upstream, client).await
+        }
+    }
+
+    /// Answers `200 Connection established` and relays the client's stream, once hyper hands
+    /// it over, to `upstream`.
+    fn connect(
+        &self,
+        req: Request<Incoming>,
+        target: Address,
+        upstream: BoxConn,
+        client: SocketAddr,
+    ) -> Response<Body> {
         let env = self.env.clone();
         self.env.tunnels.spawn(async move {
             match hyper::upgrade::on(req).await {
@@ -178,16 +181,14 @@ impl Shared {
         response
     }
 
+    /// Sends the request on in origin form over `upstream` and returns the target's response.
     async fn forward(
         &self,
         mut req: Request<Incoming>,
         target: Address,
+        upstream: BoxConn,
         client: SocketAddr,
     ) -> Response<Body> {
-        let upstream = match self.env.router.dial(&target).await {
-            Ok(upstream) => upstream,
-            Err(e) => return self.dial_failed(&e, client),
-        };
         let handshake = hyper::client::conn::http1::Builder::new()
             .title_case_headers(true)
             .handshake::<_, Incoming>(TokioIo::new(upstream))
