@@ -33,6 +33,7 @@ enum Route {
 struct Settings {
     throughput_time: Duration,
     rate_time: Duration,
+    rate_tunnels: u64,
     idle_tunnels: usize,
 }
 
@@ -54,12 +55,14 @@ fn main() {
         Settings {
             throughput_time: Duration::from_secs(1),
             rate_time: Duration::from_secs(2),
+            rate_tunnels: 2_000,
             idle_tunnels: 1000,
         }
     } else {
         Settings {
             throughput_time: Duration::from_secs(2),
             rate_time: Duration::from_secs(10),
+            rate_tunnels: 4_000,
             idle_tunnels: 1000,
         }
     };
@@ -175,7 +178,7 @@ async fn measure(name: &str, route: &Route, targets: &Targets, settings: &Settin
     eprintln!("measuring {name}");
     let (mib_s_1, ratio_1) = paired_throughput(route, targets.source, 1, settings).await;
     let (mib_s_8, ratio_8) = paired_throughput(route, targets.source, 8, settings).await;
-    let tunnels_per_s = tunnel_rate(route, targets.echo, settings.rate_time).await;
+    let tunnels_per_s = tunnel_rate(route, targets.echo, settings.rate_tunnels).await;
     let (ttfb_p50_us, ttfb_p99_us) = ttfb(route, targets.banner, 200.0, settings.rate_time).await;
     Row {
         name: name.to_string(),
@@ -330,31 +333,42 @@ async fn throughput(route: &Route, source: SocketAddr, streams: usize, time: Dur
     total.load(Ordering::Relaxed) as f64 / (1024.0 * 1024.0) / time.as_secs_f64()
 }
 
-/// Tunnels opened, used for one echoed byte and closed per second, 16 at a time.
-async fn tunnel_rate(route: &Route, echo: SocketAddr, time: Duration) -> f64 {
+/// Tunnels opened, used for one echoed byte and closed per second, 16 at a time, over a fixed
+/// number of tunnels. A fixed count rather than a fixed time: at over 10,000 connections a
+/// second, a timed run leaves the loopback's ephemeral ports in TIME_WAIT and slows the rows
+/// after it.
+async fn tunnel_rate(route: &Route, echo: SocketAddr, tunnels: u64) -> f64 {
     const WORKERS: usize = 16;
-    let count = Arc::new(AtomicU64::new(0));
-    let deadline = Instant::now() + time;
+    let remaining = Arc::new(AtomicU64::new(tunnels));
+    let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..WORKERS {
         let route = route.clone();
-        let count = count.clone();
+        let remaining = remaining.clone();
         tasks.push(tokio::spawn(async move {
-            while Instant::now() < deadline {
-                let Ok(mut s) = open(&route, echo).await else {
-                    continue;
+            let mut failures = 0u32;
+            while remaining
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                let echoed = async {
+                    let mut s = open(&route, echo).await?;
+                    let mut b = [0u8; 1];
+                    s.write_all(b"x").await?;
+                    s.read_exact(&mut b).await?;
+                    std::io::Result::Ok(())
                 };
-                let mut b = [0u8; 1];
-                if s.write_all(b"x").await.is_ok() && s.read_exact(&mut b).await.is_ok() {
-                    count.fetch_add(1, Ordering::Relaxed);
+                if echoed.await.is_err() {
+                    failures += 1;
+                    assert!(failures < 100, "tunnels keep failing over {route:?}");
                 }
             }
         }));
     }
     for t in tasks {
-        let _ = t.await;
+        t.await.expect("rate worker");
     }
-    count.load(Ordering::Relaxed) as f64 / time.as_secs_f64()
+    tunnels as f64 / started.elapsed().as_secs_f64()
 }
 
 /// Time from starting a connection to the target's first byte, for new tunnels opened at
