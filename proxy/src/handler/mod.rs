@@ -47,6 +47,31 @@ pub struct HandlerEnv {
     pub tunnels: TaskTracker,
 }
 
+/// Runs a client's handshake within the service's handshake timeout. A failed or late
+/// handshake is logged (at debug: it is the client's problem, and scanners cause many) and
+/// yields `None`.
+pub async fn within_handshake_timeout<T, E: std::fmt::Display>(
+    env: &HandlerEnv,
+    protocol: &'static str,
+    client: SocketAddr,
+    handshake: impl std::future::Future<Output = Result<T, E>>,
+) -> Option<T> {
+    match tokio::time::timeout(env.handshake_timeout, handshake).await {
+        Ok(Ok(value)) => Some(value),
+        Ok(Err(e)) => {
+            tracing::debug!(service = %env.service, protocol, client = %client, error = %e, "handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(
+                service = %env.service, protocol, client = %client,
+                timeout = ?env.handshake_timeout, "handshake timed out"
+            );
+            None
+        }
+    }
+}
+
 /// Relays an established tunnel and writes its one summary log line.
 pub async fn run_tunnel(
     env: &HandlerEnv,

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use bytes::BytesMut;
 
 use super::socks5::{HANDSHAKE_BUFFER_LEN, read_message, send};
-use super::{Handler, HandlerEnv, run_tunnel};
+use super::{Handler, HandlerEnv, run_tunnel, within_handshake_timeout};
 use crate::codec::socks4;
 use crate::conn::{BoxConn, Prefixed};
 
@@ -41,22 +41,9 @@ impl Handler for Socks4Handler {
     async fn handle(&self, mut conn: BoxConn, client: SocketAddr) {
         let mut buf = BytesMut::with_capacity(HANDSHAKE_BUFFER_LEN);
         let read = read_message(&mut conn, &mut buf, socks4::parse_request);
-        let request = match tokio::time::timeout(self.env.handshake_timeout, read).await {
-            Ok(Ok(request)) => request,
-            Ok(Err(e)) => {
-                tracing::debug!(
-                    service = %self.env.service, client = %client, error = %e,
-                    "socks4: handshake failed"
-                );
-                return;
-            }
-            Err(_) => {
-                tracing::debug!(
-                    service = %self.env.service, client = %client,
-                    timeout = ?self.env.handshake_timeout, "socks4: handshake timed out"
-                );
-                return;
-            }
+        let Some(request) = within_handshake_timeout(&self.env, "socks4", client, read).await
+        else {
+            return;
         };
         if let Some(auth) = &self.env.auth {
             // SOCKS4 has no password: the user id must name a user whose configured password is

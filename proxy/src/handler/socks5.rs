@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use bytes::{Buf, BufMut, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{Handler, HandlerEnv, run_tunnel};
+use super::{Handler, HandlerEnv, run_tunnel, within_handshake_timeout};
 use crate::addr::Address;
 use crate::chain::DialErrorKind;
 use crate::codec::{socks4, socks5};
@@ -179,23 +179,10 @@ impl Handler for Socks5Handler {
     async fn handle(&self, mut conn: BoxConn, client: SocketAddr) {
         let mut buf = BytesMut::with_capacity(HANDSHAKE_BUFFER_LEN);
         let negotiation = self.negotiate(&mut conn, &mut buf, client);
-        let request = match tokio::time::timeout(self.env.handshake_timeout, negotiation).await {
-            Ok(Ok(Some(request))) => request,
-            Ok(Ok(None)) => return,
-            Ok(Err(e)) => {
-                tracing::debug!(
-                    service = %self.env.service, client = %client, error = %e,
-                    "socks5: handshake failed"
-                );
-                return;
-            }
-            Err(_) => {
-                tracing::debug!(
-                    service = %self.env.service, client = %client,
-                    timeout = ?self.env.handshake_timeout, "socks5: handshake timed out"
-                );
-                return;
-            }
+        let Some(Some(request)) =
+            within_handshake_timeout(&self.env, "socks5", client, negotiation).await
+        else {
+            return;
         };
         match request.command {
             socks5::Command::Connect => self.connect(conn, buf, client, request.target).await,
