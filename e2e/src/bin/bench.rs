@@ -35,6 +35,8 @@ struct Settings {
     rate_time: Duration,
     rate_tunnels: u64,
     idle_tunnels: usize,
+    /// Only the time-to-first-byte columns (`--ttfb`): a quick look at latency alone.
+    ttfb_only: bool,
 }
 
 #[derive(Default)]
@@ -45,18 +47,21 @@ struct Row {
     mib_s_8: f64,
     ratio_8: f64,
     tunnels_per_s: f64,
-    ttfb_p50_us: f64,
-    ttfb_p99_us: f64,
+    /// CPU time the proxy processes spent per tunnel while tunnels/s was measured.
+    cpu_us_per_tunnel: f64,
+    ttfb: Ttfb,
 }
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
+    let ttfb_only = std::env::args().any(|a| a == "--ttfb");
     let settings = if quick {
         Settings {
             throughput_time: Duration::from_secs(1),
-            rate_time: Duration::from_secs(2),
+            rate_time: Duration::from_secs(3),
             rate_tunnels: 2_000,
             idle_tunnels: 1000,
+            ttfb_only,
         }
     } else {
         Settings {
@@ -64,6 +69,7 @@ fn main() {
             rate_time: Duration::from_secs(10),
             rate_tunnels: 4_000,
             idle_tunnels: 1000,
+            ttfb_only,
         }
     };
     let bin = release_gost();
@@ -98,7 +104,7 @@ fn release_gost() -> PathBuf {
 async fn bench(settings: Settings, bin: PathBuf) {
     let source = start_source().await;
     let echo = start_echo().await;
-    let banner = start_banner().await;
+    let banner = start_banner();
     let hold = start_hold().await;
     let targets = Targets {
         source,
@@ -108,7 +114,16 @@ async fn bench(settings: Settings, bin: PathBuf) {
 
     let gost_env = |args: &[&str]| Gost::start_bin(&bin, args, 1, None);
     let mut rows = Vec::new();
-    rows.push(measure("direct (reference)", &Route::Direct, &targets, &settings).await);
+    rows.push(
+        measure(
+            "direct (reference)",
+            &Route::Direct,
+            &[],
+            &targets,
+            &settings,
+        )
+        .await,
+    );
 
     let http = gost_env(&["-L", "http://user:pass@127.0.0.1:0"]);
     rows.push(
@@ -118,6 +133,7 @@ async fn bench(settings: Settings, bin: PathBuf) {
                 proxy: http.addr(),
                 auth: Some("user:pass".into()),
             },
+            &[http.pid()],
             &targets,
             &settings,
         )
@@ -131,6 +147,7 @@ async fn bench(settings: Settings, bin: PathBuf) {
                 proxy: socks.addr(),
                 auth: Some(("user".into(), "pass".into())),
             },
+            &[socks.pid()],
             &targets,
             &settings,
         )
@@ -149,6 +166,7 @@ async fn bench(settings: Settings, bin: PathBuf) {
                 proxy: front.addr(),
                 auth: None,
             },
+            &[front.pid(), http.pid()],
             &targets,
             &settings,
         )
@@ -157,14 +175,18 @@ async fn bench(settings: Settings, bin: PathBuf) {
     for peer in peers() {
         match peer.start() {
             Some(mut running) => {
-                rows.push(measure(&peer.name, &running.route, &targets, &settings).await);
+                rows.push(measure(&peer.name, &running.route, &[], &targets, &settings).await);
                 running.stop();
             }
             None => eprintln!("{} not installed; skipped", peer.name),
         }
     }
 
-    let memory = measure_memory(&settings, &hold, &bin).await;
+    let memory = if settings.ttfb_only {
+        Memory { rows: Vec::new() }
+    } else {
+        measure_memory(&settings, &hold, &bin).await
+    };
     report(&rows, &memory, &settings);
 }
 
@@ -174,21 +196,62 @@ struct Targets {
     banner: SocketAddr,
 }
 
-async fn measure(name: &str, route: &Route, targets: &Targets, settings: &Settings) -> Row {
+/// Measures one route; `proxies` are the processes that carry it, whose CPU time per tunnel
+/// is reported (empty for peers that fork helpers whose time their parent cannot see).
+async fn measure(
+    name: &str,
+    route: &Route,
+    proxies: &[u32],
+    targets: &Targets,
+    settings: &Settings,
+) -> Row {
     eprintln!("measuring {name}");
+    let ttfb = {
+        // The client runs on a single-threaded runtime of its own: a spawned task is never
+        // moved to a worker that first has to be woken, which would be the harness's latency,
+        // not the route's.
+        let (route, banner, time) = (route.clone(), targets.banner, settings.rate_time);
+        tokio::task::spawn_blocking(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(async {
+                    let mut windows = Vec::with_capacity(TTFB_WINDOWS);
+                    for _ in 0..TTFB_WINDOWS {
+                        windows.push(paired_ttfb(&route, banner, TTFB_RATE, time).await);
+                    }
+                    Ttfb::median(windows)
+                })
+        })
+        .await
+        .unwrap()
+    };
+    if settings.ttfb_only {
+        return Row {
+            name: name.to_string(),
+            ttfb,
+            ..Row::default()
+        };
+    }
     let (mib_s_1, ratio_1) = paired_throughput(route, targets.source, 1, settings).await;
     let (mib_s_8, ratio_8) = paired_throughput(route, targets.source, 8, settings).await;
+    let cpu_before = cpu_ns(proxies);
     let tunnels_per_s = tunnel_rate(route, targets.echo, settings.rate_tunnels).await;
-    let (ttfb_p50_us, ttfb_p99_us) = ttfb(route, targets.banner, 200.0, settings.rate_time).await;
+    let cpu_us_per_tunnel = if proxies.is_empty() {
+        f64::NAN
+    } else {
+        (cpu_ns(proxies) - cpu_before) as f64 / 1e3 / settings.rate_tunnels as f64
+    };
     Row {
+        cpu_us_per_tunnel,
         name: name.to_string(),
         mib_s_1,
         ratio_1,
         mib_s_8,
         ratio_8,
         tunnels_per_s,
-        ttfb_p50_us,
-        ttfb_p99_us,
+        ttfb,
     }
 }
 
@@ -371,18 +434,65 @@ async fn tunnel_rate(route: &Route, echo: SocketAddr, tunnels: u64) -> f64 {
     tunnels as f64 / started.elapsed().as_secs_f64()
 }
 
-/// Time from starting a connection to the target's first byte, for new tunnels opened at
-/// `rate` per second; (p50, p99) in microseconds.
-async fn ttfb(route: &Route, banner: SocketAddr, rate: f64, time: Duration) -> (f64, f64) {
-    let interval = Duration::from_secs_f64(1.0 / rate);
+/// CPU time consumed so far by every thread of `pids`, in nanoseconds (from
+/// `/proc/PID/task/TID/schedstat`, whose first field is time on a CPU).
+fn cpu_ns(pids: &[u32]) -> u64 {
+    let mut total = 0;
+    for pid in pids {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let stat = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
+            total += stat
+                .split_whitespace()
+                .next()
+                .and_then(|ns| ns.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    total
+}
+
+/// New tunnels per second over the measured route in the time-to-first-byte columns.
+const TTFB_RATE: f64 = 200.0;
+
+/// Windows of `rate_time` each; every figure is the median of the windows' figures, so one
+/// noisy stretch of the virtual machine does not decide the row.
+const TTFB_WINDOWS: usize = 3;
+
+/// Time to first byte over a route, next to direct connections measured in the same window.
+#[derive(Default, Clone, Copy)]
+struct Ttfb {
+    p50_us: f64,
+    p99_us: f64,
+    direct_p50_us: f64,
+    direct_p99_us: f64,
+    /// Median over the windows of each window's difference to direct.
+    added_p50_us: f64,
+    added_p99_us: f64,
+    /// Tunnels that failed to open or to deliver the byte.
+    failed: usize,
+}
+
+/// Time from starting a connection to the target's first byte, for new tunnels opened over
+/// `route` at `rate` per second, with a direct connection opened half-way between each two of
+/// them. Interleaving makes the direct figures a reference taken under the same conditions:
+/// on a shared virtual machine the tail of a latency distribution moves from one minute to
+/// the next, for every process alike.
+async fn paired_ttfb(route: &Route, banner: SocketAddr, rate: f64, time: Duration) -> Ttfb {
     let count = (time.as_secs_f64() * rate) as usize;
-    let mut ticker = tokio::time::interval(interval);
+    let mut ticker = tokio::time::interval(Duration::from_secs_f64(0.5 / rate));
     // A late tick must not be made up with a burst: the point is a steady rate.
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut tasks = Vec::with_capacity(count);
-    for _ in 0..count {
+    let mut tasks = Vec::with_capacity(2 * count);
+    for i in 0..2 * count {
         ticker.tick().await;
-        let route = route.clone();
+        let route = if i % 2 == 0 {
+            route.clone()
+        } else {
+            Route::Direct
+        };
         tasks.push(tokio::spawn(async move {
             let started = Instant::now();
             let mut s = open(&route, banner).await.ok()?;
@@ -391,20 +501,48 @@ async fn ttfb(route: &Route, banner: SocketAddr, rate: f64, time: Duration) -> (
             Some(started.elapsed())
         }));
     }
-    let mut samples: Vec<f64> = Vec::with_capacity(count);
-    for t in tasks {
-        if let Ok(Some(d)) = t.await {
-            samples.push(d.as_secs_f64() * 1e6);
+    let mut routed = Vec::with_capacity(count);
+    let mut direct = Vec::with_capacity(count);
+    let mut failed = 0;
+    for (i, t) in tasks.into_iter().enumerate() {
+        match t.await {
+            Ok(Some(d)) if i % 2 == 0 => routed.push(d.as_secs_f64() * 1e6),
+            Ok(Some(d)) => direct.push(d.as_secs_f64() * 1e6),
+            _ => failed += 1,
         }
     }
+    Ttfb {
+        p50_us: quantile(&mut routed, 0.50),
+        p99_us: quantile(&mut routed, 0.99),
+        direct_p50_us: quantile(&mut direct, 0.50),
+        direct_p99_us: quantile(&mut direct, 0.99),
+        added_p50_us: 0.0,
+        added_p99_us: 0.0,
+        failed,
+    }
+}
+
+impl Ttfb {
+    fn median(windows: Vec<Ttfb>) -> Ttfb {
+        let of = |f: fn(&Ttfb) -> f64| median(windows.iter().map(f).collect());
+        Ttfb {
+            p50_us: of(|t| t.p50_us),
+            p99_us: of(|t| t.p99_us),
+            direct_p50_us: of(|t| t.direct_p50_us),
+            direct_p99_us: of(|t| t.direct_p99_us),
+            added_p50_us: of(|t| t.p50_us - t.direct_p50_us),
+            added_p99_us: of(|t| t.p99_us - t.direct_p99_us),
+            failed: windows.iter().map(|t| t.failed).sum(),
+        }
+    }
+}
+
+fn quantile(samples: &mut [f64], q: f64) -> f64 {
     samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let pick = |q: f64| {
-        samples
-            .get(((samples.len() as f64 - 1.0) * q).round() as usize)
-            .copied()
-            .unwrap_or(f64::NAN)
-    };
-    (pick(0.50), pick(0.99))
+    samples
+        .get(((samples.len() as f64 - 1.0) * q).round() as usize)
+        .copied()
+        .unwrap_or(f64::NAN)
 }
 
 struct Memory {
@@ -454,24 +592,45 @@ fn rss_kib(pid: u32) -> f64 {
 }
 
 fn report(rows: &[Row], memory: &Memory, settings: &Settings) {
-    let direct = &rows[0];
-    println!(
-        "| route | 1 stream MiB/s | ratio to direct | 8 streams MiB/s | ratio to direct | tunnels/s | ttfb p50 µs | ttfb p99 µs | added p99 µs |"
-    );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for r in rows {
+    if !settings.ttfb_only {
         println!(
-            "| {} | {:.0} | {:.2} | {:.0} | {:.2} | {:.0} | {:.0} | {:.0} | {:.0} |",
-            r.name,
-            r.mib_s_1,
-            r.ratio_1,
-            r.mib_s_8,
-            r.ratio_8,
-            r.tunnels_per_s,
-            r.ttfb_p50_us,
-            r.ttfb_p99_us,
-            r.ttfb_p99_us - direct.ttfb_p99_us,
+            "| route | 1 stream MiB/s | ratio to direct | 8 streams MiB/s | ratio to direct | tunnels/s | proxy CPU µs per tunnel |"
         );
+        println!("|---|---:|---:|---:|---:|---:|---:|");
+        for r in rows {
+            let cpu = if r.cpu_us_per_tunnel.is_nan() {
+                "–".to_string()
+            } else {
+                format!("{:.0}", r.cpu_us_per_tunnel)
+            };
+            println!(
+                "| {} | {:.0} | {:.2} | {:.0} | {:.2} | {:.0} | {cpu} |",
+                r.name, r.mib_s_1, r.ratio_1, r.mib_s_8, r.ratio_8, r.tunnels_per_s,
+            );
+        }
+        println!();
+    }
+    println!(
+        "| route ({TTFB_RATE:.0} new tunnels/s, median of {TTFB_WINDOWS} × {:.0} s) | ttfb p50 µs | ttfb p99 µs | direct p50 µs | direct p99 µs | added p50 µs | added p99 µs | failed |",
+        settings.rate_time.as_secs_f64()
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    for r in rows {
+        let t = &r.ttfb;
+        println!(
+            "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {} |",
+            r.name,
+            t.p50_us,
+            t.p99_us,
+            t.direct_p50_us,
+            t.direct_p99_us,
+            t.added_p50_us,
+            t.added_p99_us,
+            t.failed,
+        );
+    }
+    if settings.ttfb_only {
+        return;
     }
     println!();
     println!(
@@ -522,15 +681,29 @@ async fn start_echo() -> SocketAddr {
     .await
 }
 
-/// Writes one byte as soon as a connection arrives, then waits a little for the client to
-/// close first.
-async fn start_banner() -> SocketAddr {
-    serve_each(|mut s| async move {
-        let _ = s.write_all(b"!").await;
-        let mut sink = [0u8; 64];
-        let _ = tokio::time::timeout(Duration::from_secs(5), s.read(&mut sink)).await;
-    })
-    .await
+/// Writes one byte as soon as a connection arrives. A thread of its own with blocking
+/// sockets, so the byte leaves after a single wake-up, whatever the benchmark's runtime is
+/// doing. Connections are kept for a few seconds so that the client closes first.
+fn start_banner() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut open = std::collections::VecDeque::new();
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let _ = stream.set_nodelay(true);
+            let _ = std::io::Write::write_all(&mut stream, b"!");
+            let now = Instant::now();
+            while open
+                .front()
+                .is_some_and(|(at, _)| now.duration_since(*at) > Duration::from_secs(3))
+            {
+                open.pop_front();
+            }
+            open.push_back((now, stream));
+        }
+    });
+    addr
 }
 
 /// Accepts connections and holds them open without reading: idle tunnels.
