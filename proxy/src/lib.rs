@@ -20,3 +20,4 @@ pub mod pipe;
 pub mod server;
 #[cfg(target_os = "linux")]
 pub mod splice;
+pub mod tls;

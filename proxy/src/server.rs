@@ -22,17 +22,15 @@ use crate::connector::http::HttpConnector;
 use crate::connector::socks5::Socks5Connector;
 use crate::dialer::Dialer;
 use crate::dialer::tcp::TcpDialer;
+use crate::dialer::tls::TlsDialer;
 use crate::handler::auto::AutoHandler;
 use crate::handler::http::HttpHandler;
 use crate::handler::socks4::Socks4Handler;
 use crate::handler::socks5::Socks5Handler;
 use crate::handler::{DEFAULT_HANDSHAKE_TIMEOUT, Handler, HandlerEnv};
-use crate::listener::Listener;
 use crate::listener::tcp::TcpListenerImpl;
-
-/// Pause after a failed `accept` (e.g. out of file descriptors), so that the loop does not spin
-/// while the condition lasts.
-const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+use crate::listener::{ACCEPT_ERROR_BACKOFF, Listener};
+use crate::tls::{ClientTls, ServerTls, TlsDefaults};
 
 /// A service ready to accept: its bound listener and its handler.
 pub struct Service {
@@ -66,6 +64,7 @@ fn not_implemented(path: String, what: &str, name: &str) -> ConfigError {
 /// Builds every service of `config`, binding its listener; `tunnels` tracks every connection
 /// they will serve. Fails on the first service that cannot be built or bound.
 pub fn build(config: &Config, tunnels: &TaskTracker) -> Result<Vec<Service>, ConfigError> {
+    let tls_defaults = TlsDefaults::new(config.tls.clone());
     let mut chains: HashMap<&str, Arc<Chain>> = HashMap::new();
     for (i, chain) in config.chains.iter().enumerate() {
         chains.insert(&chain.name, Arc::new(build_chain(chain, config, i)?));
@@ -98,6 +97,7 @@ pub fn build(config: &Config, tunnels: &TaskTracker) -> Result<Vec<Service>, Con
                     .unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT),
                 idle_timeout: duration(md, "idleTimeout", &md_path)?.filter(|d| !d.is_zero()),
                 tunnels: tunnels.clone(),
+                tls: handler_tls(service, &tls_defaults, &path)?,
             });
             let handler_path = format!("{path}.handler");
             let handler: Arc<dyn Handler> = match service.handler.kind {
@@ -118,13 +118,17 @@ pub fn build(config: &Config, tunnels: &TaskTracker) -> Result<Vec<Service>, Con
                 }
             };
             let listener: Box<dyn Listener> = match service.listener.kind {
-                ListenerType::Tcp => {
-                    Box::new(TcpListenerImpl::bind(&service.addr).map_err(|e| {
-                        field(
-                            format!("{path}.addr"),
-                            format!("cannot listen on {:?}: {e}", service.addr),
-                        )
-                    })?)
+                ListenerType::Tcp => Box::new(
+                    TcpListenerImpl::bind(&service.addr)
+                        .map_err(|e| cannot_listen(&path, &service.addr, e))?,
+                ),
+                ListenerType::Tls => {
+                    let tls = ServerTls::new(service.listener.tls.as_ref(), &tls_defaults, &[])
+                        .map_err(|e| field(format!("{path}.listener.tls"), e))?;
+                    Box::new(
+                        crate::listener::tls::bind(&service.addr, tls)
+                            .map_err(|e| cannot_listen(&path, &service.addr, e))?,
+                    )
                 }
                 other => {
                     return Err(not_implemented(
@@ -141,6 +145,40 @@ pub fn build(config: &Config, tunnels: &TaskTracker) -> Result<Vec<Service>, Con
             })
         })
         .collect()
+}
+
+/// The handler's TLS for SOCKS5's TLS methods: `handler.tls`, else the defaults, unless
+/// `notls` is set or the handler does not speak SOCKS5.
+fn handler_tls(
+    service: &gost_api::ServiceConfig,
+    defaults: &TlsDefaults,
+    path: &str,
+) -> Result<Option<ServerTls>, ConfigError> {
+    let md_path = format!("{path}.handler.metadata");
+    let notls = service
+        .handler
+        .metadata
+        .bool(&["notls"])
+        .map_err(|e| field(md_path, e.to_string()))?
+        .unwrap_or(false);
+    if notls
+        || !matches!(
+            service.handler.kind,
+            HandlerType::Socks5 | HandlerType::Auto
+        )
+    {
+        return Ok(None);
+    }
+    ServerTls::new(service.handler.tls.as_ref(), defaults, &[])
+        .map(Some)
+        .map_err(|e| field(format!("{path}.handler.tls"), e))
+}
+
+fn cannot_listen(path: &str, addr: &str, e: std::io::Error) -> ConfigError {
+    field(
+        format!("{path}.addr"),
+        format!("cannot listen on {addr:?}: {e}"),
+    )
 }
 
 /// A duration metadata value; `None` when unset or negative (GOST's "disabled").
@@ -195,6 +233,10 @@ fn build_hop(hop: &HopConfig, path: &str) -> Result<Hop, ConfigError> {
                 .map_err(|e| field(format!("{path}.addr"), e.to_string()))?;
             let dialer: Arc<dyn Dialer> = match node.dialer.kind {
                 DialerType::Tcp => Arc::new(TcpDialer),
+                DialerType::Tls => Arc::new(TlsDialer::new(
+                    ClientTls::new(node.dialer.tls.as_ref(), &[])
+                        .map_err(|e| field(format!("{path}.dialer.tls"), e))?,
+                )),
                 other => {
                     return Err(not_implemented(
                         format!("{path}.dialer.type"),
@@ -210,9 +252,10 @@ fn build_hop(hop: &HopConfig, path: &str) -> Result<Hop, ConfigError> {
                 ConnectorType::Http => {
                     Arc::new(HttpConnector::new(auth, md).map_err(|e| field(connector_path, e))?)
                 }
-                ConnectorType::Socks5 => {
-                    Arc::new(Socks5Connector::new(auth, md).map_err(|e| field(connector_path, e))?)
-                }
+                ConnectorType::Socks5 => Arc::new(
+                    Socks5Connector::new(auth, md, node.connector.tls.as_ref(), &addr)
+                        .map_err(|e| field(connector_path, e))?,
+                ),
                 other => {
                     return Err(not_implemented(
                         format!("{connector_path}.type"),

@@ -36,6 +36,7 @@ fn env_with(
     handshake_timeout: Duration,
 ) -> Arc<HandlerEnv> {
     Arc::new(HandlerEnv {
+        tls: None,
         service: "test".into(),
         auth,
         router,
@@ -132,8 +133,13 @@ async fn finished(task: JoinHandle<()>) {
         .expect("handler did not panic");
 }
 
+/// The node address the connector would name in TLS (unused by the plain methods).
+fn node() -> Address {
+    Address::parse("127.0.0.1:1080").unwrap()
+}
+
 fn connector(auth: Option<AuthConfig>) -> Socks5Connector {
-    Socks5Connector::new(auth, &Metadata::default()).unwrap()
+    Socks5Connector::new(auth, &Metadata::default(), None, &node()).unwrap()
 }
 
 /// Handshake and CONNECT through a SOCKS5 handler at `proxy`.
@@ -368,15 +374,20 @@ async fn socks5_connector_through_a_chain() {
 fn socks5_connector_checks_its_settings() {
     let mut metadata = Metadata::default();
     metadata.insert_str("timeout", "soon");
-    let err = Socks5Connector::new(None, &metadata)
+    let err = Socks5Connector::new(None, &metadata, None, &node())
         .err()
         .expect("bad timeout");
     assert!(err.contains("timeout"), "{err}");
     metadata.insert_str("timeout", "-1");
-    assert!(Socks5Connector::new(None, &metadata).is_ok());
-    let err = Socks5Connector::new(Some(user(&"u".repeat(256), "p")), &Metadata::default())
-        .err()
-        .expect("long user name");
+    assert!(Socks5Connector::new(None, &metadata, None, &node()).is_ok());
+    let err = Socks5Connector::new(
+        Some(user(&"u".repeat(256), "p")),
+        &Metadata::default(),
+        None,
+        &node(),
+    )
+    .err()
+    .expect("long user name");
     assert!(err.contains("username"), "{err}");
 }
 
@@ -391,7 +402,7 @@ async fn socks5_connector_times_out_on_a_silent_node() {
     });
     let mut metadata = Metadata::default();
     metadata.insert_str("timeout", "200ms");
-    let connector = Socks5Connector::new(None, &metadata).unwrap();
+    let connector = Socks5Connector::new(None, &metadata, None, &node()).unwrap();
     let err = connector
         .handshake(dial(addr).await)
         .await

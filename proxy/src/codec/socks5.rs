@@ -24,6 +24,12 @@ pub const METHOD_USER_PASS: u8 = 0x02;
 /// The server's answer when it accepts none of the offered methods.
 pub const METHOD_NO_ACCEPTABLE: u8 = 0xFF;
 
+/// GOST's method 0x80: the rest of the session runs inside TLS, without authentication.
+pub const METHOD_TLS: u8 = 0x80;
+
+/// GOST's method 0x82: TLS first, then RFC 1929 inside it.
+pub const METHOD_TLS_USER_PASS: u8 = 0x82;
+
 /// Reply: the request succeeded.
 pub const REPLY_SUCCEEDED: u8 = 0x00;
 /// Reply: general SOCKS server failure.
@@ -205,18 +211,21 @@ pub fn encode_greeting(methods: &[u8]) -> Result<Vec<u8>, Socks5Error> {
     Ok(out)
 }
 
-/// The server's choice among the `offered` methods, as GOST's selector makes it but without
-/// the TLS methods (0x80/0x82), which this server does not offer yet: username/password when
-/// credentials are required, no authentication otherwise, and [`METHOD_NO_ACCEPTABLE`] when
-/// the client did not offer that one.
-pub fn select_method(offered: &[u8], auth_required: bool) -> u8 {
-    let wanted = if auth_required {
-        METHOD_USER_PASS
+/// The server's choice among the `offered` methods, as GOST's selector makes it
+/// (gost-wire.md §5.1): with `tls` allowed, GOST's TLS methods win when offered (0x82 when
+/// credentials are required, 0x80 otherwise); then username/password when credentials are
+/// required, no authentication otherwise; [`METHOD_NO_ACCEPTABLE`] when the client offered
+/// neither.
+pub fn select_method(offered: &[u8], auth_required: bool, tls: bool) -> u8 {
+    let (with_tls, plain) = if auth_required {
+        (METHOD_TLS_USER_PASS, METHOD_USER_PASS)
     } else {
-        METHOD_NO_AUTH
+        (METHOD_TLS, METHOD_NO_AUTH)
     };
-    if offered.contains(&wanted) {
-        wanted
+    if tls && offered.contains(&with_tls) {
+        with_tls
+    } else if offered.contains(&plain) {
+        plain
     } else {
         METHOD_NO_ACCEPTABLE
     }
@@ -467,23 +476,44 @@ mod tests {
             (&[0x00, 0x02, 0x80, 0x82][..], 6)
         );
         assert_eq!(
-            encode_method_reply(select_method(&methods, true)),
+            encode_method_reply(select_method(&methods, true, false)),
             [0x05, 0x02]
         );
 
         let (methods, used) = parse_greeting(&[0x05, 0x02, 0x00, 0x80]).unwrap().unwrap();
         assert_eq!(used, 4);
         assert_eq!(
-            encode_method_reply(select_method(&methods, false)),
+            encode_method_reply(select_method(&methods, false, false)),
             [0x05, 0x00]
         );
     }
 
     #[test]
     fn selects_no_acceptable_when_the_needed_method_is_missing() {
-        assert_eq!(select_method(&[0x00], true), METHOD_NO_ACCEPTABLE);
-        assert_eq!(select_method(&[0x02], false), METHOD_NO_ACCEPTABLE);
-        assert_eq!(select_method(&[0x80, 0x82], false), METHOD_NO_ACCEPTABLE);
+        assert_eq!(select_method(&[0x00], true, true), METHOD_NO_ACCEPTABLE);
+        assert_eq!(select_method(&[0x02], false, true), METHOD_NO_ACCEPTABLE);
+        assert_eq!(
+            select_method(&[0x80, 0x82], false, false),
+            METHOD_NO_ACCEPTABLE
+        );
+        // GOST clients' greetings (§5.1) and what a GOST server picks for them.
+        assert_eq!(select_method(&[0x00, 0x80], false, true), METHOD_TLS);
+        assert_eq!(
+            select_method(&[0x00, 0x02, 0x80, 0x82], true, true),
+            METHOD_TLS_USER_PASS
+        );
+        assert_eq!(
+            select_method(&[0x00, 0x02, 0x80, 0x82], false, true),
+            METHOD_TLS
+        );
+        // notls: the plain methods.
+        assert_eq!(
+            select_method(&[0x00, 0x02, 0x80, 0x82], true, false),
+            METHOD_USER_PASS
+        );
+        assert_eq!(select_method(&[0x00, 0x80], false, false), METHOD_NO_AUTH);
+        // 0x82 needs credentials; without them on the server, 0x80 or nothing.
+        assert_eq!(select_method(&[0x82], false, true), METHOD_NO_ACCEPTABLE);
     }
 
     #[test]

@@ -6,13 +6,14 @@ use std::io;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use gost_api::{AuthConfig, Metadata};
+use gost_api::{AuthConfig, Metadata, TlsConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{ConnectError, Connector};
 use crate::addr::Address;
 use crate::codec::socks5::{self, Command};
 use crate::conn::BoxConn;
+use crate::tls::ClientTls;
 
 /// Time allowed for the handshake, and again for the CONNECT exchange, unless metadata
 /// `timeout` says otherwise. GOST sets no deadline by default; a node that accepts the
@@ -30,12 +31,31 @@ pub struct Socks5Connector {
     credentials: Option<Vec<u8>>,
     /// `None`: no deadline, as a zero or negative `timeout` asks.
     timeout: Option<Duration>,
+    /// GOST's TLS methods 0x80/0x82, offered unless `notls`; the node's address names the
+    /// server for TLS.
+    tls: Option<(ClientTls, Address)>,
 }
 
 impl Socks5Connector {
     /// A connector sending `auth` when the node asks for credentials. Reads metadata `timeout`
-    /// (a duration; zero or negative for none).
-    pub fn new(auth: Option<AuthConfig>, metadata: &Metadata) -> Result<Self, String> {
+    /// (a duration; zero or negative for none) and `notls`. Like GOST's, it offers the TLS
+    /// methods too unless `notls` is set, using `tls` (the connector's `tls` section) with the
+    /// node at `node`.
+    pub fn new(
+        auth: Option<AuthConfig>,
+        metadata: &Metadata,
+        tls: Option<&TlsConfig>,
+        node: &Address,
+    ) -> Result<Self, String> {
+        let notls = metadata
+            .bool(&["notls"])
+            .map_err(|e| e.to_string())?
+            .unwrap_or(false);
+        let tls = if notls {
+            None
+        } else {
+            Some((ClientTls::new(tls, &[])?, node.clone()))
+        };
         let timeout = match metadata.duration(&["timeout"]).map_err(|e| e.to_string())? {
             None => Some(DEFAULT_TIMEOUT),
             Some(Some(limit)) if !limit.is_zero() => Some(limit),
@@ -47,17 +67,24 @@ impl Socks5Connector {
             .map(|a| socks5::encode_user_pass(a.username.as_bytes(), a.password.as_bytes()))
             .transpose()
             .map_err(|e| format!("auth: {e}"))?;
-        let methods: &[u8] = if credentials.is_some() {
-            &[socks5::METHOD_NO_AUTH, socks5::METHOD_USER_PASS]
-        } else {
-            &[socks5::METHOD_NO_AUTH]
-        };
-        let greeting = socks5::encode_greeting(methods).map_err(|e| e.to_string())?;
+        // GOST's order (§5.1): 00, 02 with credentials, then 80, and 82 with credentials.
+        let mut methods = vec![socks5::METHOD_NO_AUTH];
+        if credentials.is_some() {
+            methods.push(socks5::METHOD_USER_PASS);
+        }
+        if tls.is_some() {
+            methods.push(socks5::METHOD_TLS);
+            if credentials.is_some() {
+                methods.push(socks5::METHOD_TLS_USER_PASS);
+            }
+        }
+        let greeting = socks5::encode_greeting(&methods).map_err(|e| e.to_string())?;
         Ok(Socks5Connector {
             greeting,
             username: auth.map(|a| a.username),
             credentials,
             timeout,
+            tls,
         })
     }
 
@@ -123,9 +150,17 @@ impl Connector for Socks5Connector {
             let mut reply = [0; 2];
             read_exact(&mut conn, &mut reply, "method selection").await?;
             let method = parse_complete(&reply, "method selection", socks5::parse_method_reply)?;
+            if matches!(method, socks5::METHOD_TLS | socks5::METHOD_TLS_USER_PASS) {
+                let Some((tls, node)) = &self.tls else {
+                    return Err(ConnectError::Protocol(format!(
+                        "SOCKS5 server chose TLS method {method:#04x}, which was not offered (notls)"
+                    )));
+                };
+                conn = Box::new(tls.connect(conn, node).await?);
+            }
             match (method, &self.credentials) {
-                (socks5::METHOD_NO_AUTH, _) => {}
-                (socks5::METHOD_USER_PASS, Some(credentials)) => {
+                (socks5::METHOD_NO_AUTH | socks5::METHOD_TLS, _) => {}
+                (socks5::METHOD_USER_PASS | socks5::METHOD_TLS_USER_PASS, Some(credentials)) => {
                     send(&mut conn, credentials).await?;
                     read_exact(&mut conn, &mut reply, "authentication status").await?;
                     let accepted =

@@ -1,6 +1,7 @@
 //! Dialers: the transports that reach a chain node (client side of a listener).
 
 pub mod tcp;
+pub mod tls;
 
 use std::io;
 use std::time::Duration;

@@ -45,6 +45,8 @@ pub struct HandlerEnv {
     pub idle_timeout: Option<Duration>,
     /// Tunnels of this service, so that shutdown can wait for them.
     pub tunnels: TaskTracker,
+    /// The handler's own TLS, for GOST's SOCKS5 methods 0x80/0x82; `None` with `notls`.
+    pub tls: Option<crate::tls::ServerTls>,
 }
 
 /// Runs a client's handshake within the service's handshake timeout. A failed or late

@@ -94,8 +94,18 @@ impl Socks5Handler {
         client: SocketAddr,
     ) -> Result<Option<socks5::Request>, HandshakeError<socks5::Socks5Error>> {
         let methods = read_message(conn, buf, socks5::parse_greeting).await?;
-        let method = socks5::select_method(&methods, self.env.auth.is_some());
+        let method =
+            socks5::select_method(&methods, self.env.auth.is_some(), self.env.tls.is_some());
         send(conn, &socks5::encode_method_reply(method)).await?;
+        if let (socks5::METHOD_TLS | socks5::METHOD_TLS_USER_PASS, Some(tls)) =
+            (method, &self.env.tls)
+        {
+            // GOST's TLS methods: everything after the method reply, the handshake included,
+            // runs inside TLS. Bytes the client already sent belong to the TLS stream.
+            let raw = std::mem::replace(conn, Box::new(tokio::io::duplex(1).0));
+            let raw = Prefixed::boxed(buf.split().freeze(), raw);
+            *conn = Box::new(tls.accept(raw).await?);
+        }
         match (method, &self.env.auth) {
             (socks5::METHOD_NO_ACCEPTABLE, _) => {
                 tracing::debug!(
@@ -104,7 +114,7 @@ impl Socks5Handler {
                 );
                 return Ok(None);
             }
-            (socks5::METHOD_USER_PASS, Some(auth)) => {
+            (socks5::METHOD_USER_PASS | socks5::METHOD_TLS_USER_PASS, Some(auth)) => {
                 let creds = read_message(conn, buf, socks5::parse_user_pass).await?;
                 let accepted = match (
                     std::str::from_utf8(&creds.username),

@@ -1,11 +1,23 @@
 //! Listeners: the transports on which services accept connections.
+//!
+//! A plain TCP listener hands over each connection as it is accepted. Transports with a
+//! handshake of their own (TLS, WebSocket, HTTP/2) run it in a task per connection, away from
+//! the accept loop, so a slow or silent client holds up nobody else; [`Handshaking`] collects
+//! the streams that came through. A multiplexed transport hands over many streams per
+//! connection the same way.
 
 pub mod tcp;
+pub mod tls;
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use async_trait::async_trait;
+use tokio::net::TcpStream;
+use tokio::sync::{Mutex, mpsc};
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::conn::BoxConn;
 
@@ -17,4 +29,72 @@ pub trait Listener: Send + Sync {
 
     /// The bound address (with the port the system chose, if any).
     fn local_addr(&self) -> SocketAddr;
+}
+
+/// Streams that finished their handshake and wait for the service to take them: GOST's
+/// `backlog` default. When the service is slower than the clients, handshake tasks wait here,
+/// which in turn slows the accept loop.
+pub const HANDSHAKED_BACKLOG: usize = 128;
+
+/// Pause after a failed `accept` (e.g. out of file descriptors), so that the loop does not spin
+/// while the condition lasts.
+pub const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Where a connection's handshake task delivers its stream(s), with the client's address.
+pub type Ready = mpsc::Sender<(BoxConn, SocketAddr)>;
+
+/// A listener whose connections go through a handshake first; see the module comment.
+pub struct Handshaking {
+    ready: Mutex<mpsc::Receiver<(BoxConn, SocketAddr)>>,
+    local: SocketAddr,
+    // Dropping the listener (the service stopped) stops accepting. Handshakes under way and
+    // sessions already established run on: they carry tunnels that may still be draining.
+    _accept: AbortOnDropHandle<()>,
+}
+
+impl Handshaking {
+    /// Accepts on `tcp` and runs `handshake(stream, client, ready)` in a task of its own for
+    /// each connection. Must be called within a Tokio runtime.
+    pub fn spawn<F, Fut>(tcp: tcp::TcpListenerImpl, handshake: F) -> Self
+    where
+        F: Fn(TcpStream, SocketAddr, Ready) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let local = tcp.local_addr();
+        let (tx, rx) = mpsc::channel(HANDSHAKED_BACKLOG);
+        let accept = tokio::spawn(async move {
+            loop {
+                match tcp.accept_tcp().await {
+                    Ok((stream, client)) => {
+                        tokio::spawn(handshake(stream, client, tx.clone()));
+                    }
+                    Err(e) => {
+                        tracing::warn!(addr = %local, error = %e, "accept failed");
+                        tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                    }
+                }
+            }
+        });
+        Handshaking {
+            ready: Mutex::new(rx),
+            local,
+            _accept: AbortOnDropHandle::new(accept),
+        }
+    }
+}
+
+#[async_trait]
+impl Listener for Handshaking {
+    async fn accept(&self) -> io::Result<(BoxConn, SocketAddr)> {
+        self.ready
+            .lock()
+            .await
+            .recv()
+            .await
+            .ok_or_else(|| io::Error::other("listener stopped"))
+    }
+
+    fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
 }

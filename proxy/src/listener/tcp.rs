@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use async_trait::async_trait;
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 use super::Listener;
 use crate::conn::BoxConn;
@@ -85,12 +85,20 @@ fn bind_socket(addr: SocketAddr, dual_stack: bool) -> io::Result<Socket> {
     Ok(socket)
 }
 
-#[async_trait]
-impl Listener for TcpListenerImpl {
-    async fn accept(&self) -> io::Result<(BoxConn, SocketAddr)> {
+impl TcpListenerImpl {
+    /// The next connection as a TCP stream, for listeners that add a handshake.
+    pub async fn accept_tcp(&self) -> io::Result<(TcpStream, SocketAddr)> {
         let (stream, peer) = self.inner.accept().await?;
         // Tunnels carry interactive protocols; batching small writes only adds latency.
         stream.set_nodelay(true)?;
+        Ok((stream, peer))
+    }
+}
+
+#[async_trait]
+impl Listener for TcpListenerImpl {
+    async fn accept(&self) -> io::Result<(BoxConn, SocketAddr)> {
+        let (stream, peer) = self.accept_tcp().await?;
         Ok((Box::new(stream), peer))
     }
 

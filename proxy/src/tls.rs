@@ -1,0 +1,661 @@
+//! TLS for every TLS transport and for SOCKS5's TLS methods (gost-wire.md §3).
+//!
+//! Servers take their certificate from the service's own `tls` section, else from the
+//! process-wide default: the top-level `tls` section, `cert.pem` + `key.pem` in the working
+//! directory, the certificate GOST keeps in `~/.gost`, or one generated on first use and kept
+//! there, with GOST's profile. A `caFile` on a server requires client certificates. Files are
+//! looked at again when they change on disk.
+//!
+//! Clients keep GOST's defaults, so GOST users' command lines behave the same: the server is
+//! verified only with `secure: true` (chain and name) or against a `caFile` (chain only, or the
+//! exact certificate when the file holds the server's own self-signed certificate). An
+//! unverified peer is logged as a warning once per node.
+
+use std::fmt;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use gost_api::TlsConfig;
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig,
+    SignatureScheme,
+};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+use crate::addr::{Address, Host};
+use crate::conn::Conn;
+
+/// Common name of a generated certificate, as GOST's.
+pub const DEFAULT_COMMON_NAME: &str = "gost.run";
+/// Organization of a generated certificate, as GOST's.
+pub const DEFAULT_ORGANIZATION: &str = "GOST";
+/// Validity of a generated certificate: GOST's one year.
+pub const DEFAULT_VALIDITY: Duration = Duration::from_secs(8760 * 3600);
+/// How long a TLS handshake may take, on either side. Long enough for a slow link, short
+/// enough that a silent peer does not hold a socket.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Certificate files are looked at again at most this often: a handshake pays for a `stat`
+/// once per interval, and a renewed certificate is served within it.
+pub const RELOAD_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The one crypto provider: ring, which builds without cmake and serves P-256 and RSA.
+pub fn provider() -> Arc<CryptoProvider> {
+    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
+    PROVIDER
+        .get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
+        .clone()
+}
+
+/// The process-wide default server certificate, from the top-level `tls` section. Nothing is
+/// read or generated until a service needs it.
+pub struct TlsDefaults {
+    config: Option<TlsConfig>,
+    cert: OnceLock<Result<Arc<CertResolver>, String>>,
+    client_ca: OnceLock<Result<Option<Arc<RootCertStore>>, String>>,
+}
+
+impl TlsDefaults {
+    /// Defaults from the top-level `tls` section, if any.
+    pub fn new(config: Option<TlsConfig>) -> Self {
+        TlsDefaults {
+            config,
+            cert: OnceLock::new(),
+            client_ca: OnceLock::new(),
+        }
+    }
+
+    fn cert(&self) -> Result<Arc<CertResolver>, String> {
+        self.cert
+            .get_or_init(|| default_cert(self.config.as_ref()).map(Arc::new))
+            .clone()
+    }
+
+    fn client_ca(&self) -> Result<Option<Arc<RootCertStore>>, String> {
+        self.client_ca
+            .get_or_init(|| {
+                self.config
+                    .as_ref()
+                    .and_then(|c| c.ca_file.as_deref())
+                    .map(|ca| load_roots(Path::new(ca)).map(Arc::new))
+                    .transpose()
+            })
+            .clone()
+    }
+}
+
+/// A server-side TLS configuration for one service.
+#[derive(Clone)]
+pub struct ServerTls {
+    acceptor: TlsAcceptor,
+}
+
+impl ServerTls {
+    /// The service's own `tls` section when it names a certificate, else the defaults; `alpn`
+    /// in order of preference. Errors name the file and what is wrong with it.
+    pub fn new(
+        own: Option<&TlsConfig>,
+        defaults: &TlsDefaults,
+        alpn: &[&[u8]],
+    ) -> Result<Self, String> {
+        let own_cert = own.and_then(|t| Some((t.cert_file.as_deref()?, t.key_file.as_deref()?)));
+        let (resolver, client_ca) = match own_cert {
+            Some((cert, key)) => {
+                let resolver = Arc::new(CertResolver::from_files(cert, key)?);
+                let ca = own
+                    .and_then(|t| t.ca_file.as_deref())
+                    .map(|ca| load_roots(Path::new(ca)).map(Arc::new))
+                    .transpose()?;
+                (resolver, ca)
+            }
+            None => (defaults.cert()?, defaults.client_ca()?),
+        };
+        let builder = ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?;
+        let builder = match client_ca {
+            Some(roots) => {
+                let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider())
+                    .build()
+                    .map_err(|e| format!("client CA: {e}"))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let mut config = builder.with_cert_resolver(resolver);
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Ok(ServerTls {
+            acceptor: TlsAcceptor::from(Arc::new(config)),
+        })
+    }
+
+    /// The rustls configuration, for servers that drive TLS themselves.
+    pub fn config(&self) -> Arc<ServerConfig> {
+        self.acceptor.config().clone()
+    }
+
+    /// Runs the server side of a handshake on `conn`, within [`HANDSHAKE_TIMEOUT`].
+    pub async fn accept<C: Conn>(&self, conn: C) -> io::Result<tokio_rustls::server::TlsStream<C>> {
+        within(HANDSHAKE_TIMEOUT, self.acceptor.accept(conn)).await
+    }
+}
+
+/// A client-side TLS configuration for one node.
+pub struct ClientTls {
+    connector: TlsConnector,
+    server_name: Option<ServerName<'static>>,
+    verified: bool,
+    warned: AtomicBool,
+}
+
+impl ClientTls {
+    /// From the node's `tls` section (GOST's defaults when absent); `alpn` in order of
+    /// preference.
+    pub fn new(tls: Option<&TlsConfig>, alpn: &[&[u8]]) -> Result<Self, String> {
+        let default = TlsConfig::default();
+        let tls = tls.unwrap_or(&default);
+        let roots = tls
+            .ca_file
+            .as_deref()
+            .map(|ca| Ok::<_, String>((load_roots(Path::new(ca))?, load_certs(Path::new(ca))?)))
+            .transpose()?;
+        let verifier: Arc<dyn ServerCertVerifier> = match (tls.secure, roots) {
+            (true, Some((roots, _))) => webpki_verifier(roots)?,
+            (true, None) => webpki_verifier(system_roots())?,
+            (false, Some((roots, pinned))) => Arc::new(ChainOnly {
+                inner: webpki_verifier(roots)?,
+                pinned,
+                algorithms: provider().signature_verification_algorithms,
+            }),
+            (false, None) => Arc::new(AnyCertificate {
+                algorithms: provider().signature_verification_algorithms,
+            }),
+        };
+        let builder = ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier);
+        let mut config = match (tls.cert_file.as_deref(), tls.key_file.as_deref()) {
+            (Some(cert), Some(key)) => {
+                let (chain, key) = load_pair(Path::new(cert), Path::new(key))?;
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|e| format!("client certificate {cert:?}: {e}"))?
+            }
+            (None, None) => builder.with_no_client_auth(),
+            _ => return Err("certFile and keyFile must be given together".into()),
+        };
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        let server_name = tls
+            .server_name
+            .as_deref()
+            .filter(|n| !n.is_empty())
+            .map(|name| {
+                ServerName::try_from(name.to_string())
+                    .map_err(|_| format!("serverName {name:?} is not a DNS name or IP address"))
+            })
+            .transpose()?;
+        Ok(ClientTls {
+            connector: TlsConnector::from(Arc::new(config)),
+            server_name,
+            verified: tls.secure || tls.ca_file.is_some(),
+            warned: AtomicBool::new(false),
+        })
+    }
+
+    /// Runs the client side of a handshake with the node at `addr` over `conn`, within
+    /// [`HANDSHAKE_TIMEOUT`]. SNI is `serverName`, else the node's host.
+    pub async fn connect<C: Conn>(
+        &self,
+        conn: C,
+        addr: &Address,
+    ) -> io::Result<tokio_rustls::client::TlsStream<C>> {
+        let name = match &self.server_name {
+            Some(name) => name.clone(),
+            None => match &addr.host {
+                Host::Ip(ip) => ServerName::IpAddress((*ip).into()),
+                Host::Domain(d) => ServerName::try_from(d.clone()).map_err(|_| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("{d:?} cannot be sent as a TLS server name"),
+                    )
+                })?,
+            },
+        };
+        if !self.verified && !self.warned.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                peer = %addr,
+                "TLS server certificate not verified (set secure: true or caFile to verify it)"
+            );
+        }
+        within(HANDSHAKE_TIMEOUT, self.connector.connect(name, conn)).await
+    }
+}
+
+async fn within<T>(
+    limit: Duration,
+    handshake: impl Future<Output = io::Result<T>>,
+) -> io::Result<T> {
+    tokio::time::timeout(limit, handshake)
+        .await
+        .unwrap_or_else(|_| {
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("TLS handshake took longer than {limit:?}"),
+            ))
+        })
+}
+
+fn webpki_verifier(roots: RootCertStore) -> Result<Arc<WebPkiServerVerifier>, String> {
+    WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+        .build()
+        .map_err(|e| format!("server verifier: {e}"))
+}
+
+/// The system's trust anchors for `secure: true` without a `caFile`.
+fn system_roots() -> RootCertStore {
+    let mut roots = RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    roots
+}
+
+/// `caFile` without `secure`: GOST checks the chain but not the name. A certificate that is
+/// itself in the CA file is accepted as such, because GOST's generated certificates are CA
+/// certificates that serve as their own leaf, which WebPKI refuses as an end entity.
+#[derive(Debug)]
+struct ChainOnly {
+    inner: Arc<WebPkiServerVerifier>,
+    pinned: Vec<CertificateDer<'static>>,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if self
+            .pinned
+            .iter()
+            .any(|c| c.as_ref() == end_entity.as_ref())
+        {
+            return Ok(ServerCertVerified::assertion());
+        }
+        match self
+            .inner
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// GOST's client default: any certificate is accepted, but the handshake's signatures are
+/// still checked, so the session is at least bound to the certificate shown.
+#[derive(Debug)]
+struct AnyCertificate {
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+// --- server certificates -------------------------------------------------------------------
+
+/// Serves one certificate, re-read from its files when they change on disk. A file that is
+/// mid-rewrite or broken leaves the last good certificate in place (and is logged).
+pub struct CertResolver {
+    current: ArcSwap<CertifiedKey>,
+    files: Option<Watched>,
+}
+
+struct Watched {
+    cert: PathBuf,
+    key: PathBuf,
+    state: Mutex<WatchState>,
+}
+
+struct WatchState {
+    checked: Instant,
+    stamps: (Option<SystemTime>, Option<SystemTime>),
+}
+
+impl fmt::Debug for CertResolver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CertResolver")
+            .field("cert", &self.files.as_ref().map(|w| &w.cert))
+            .finish()
+    }
+}
+
+impl CertResolver {
+    /// A certificate chain and key from PEM files, watched for changes.
+    pub fn from_files(cert: &str, key: &str) -> Result<Self, String> {
+        let (cert, key) = (PathBuf::from(cert), PathBuf::from(key));
+        let stamps = (modified(&cert), modified(&key));
+        let certified = certified_key(&cert, &key)?;
+        Ok(CertResolver {
+            current: ArcSwap::from_pointee(certified),
+            files: Some(Watched {
+                cert,
+                key,
+                state: Mutex::new(WatchState {
+                    checked: Instant::now(),
+                    stamps,
+                }),
+            }),
+        })
+    }
+
+    fn fixed(certified: CertifiedKey) -> Self {
+        CertResolver {
+            current: ArcSwap::from_pointee(certified),
+            files: None,
+        }
+    }
+
+    /// Re-reads the files if they changed since the last look, at most once per
+    /// [`RELOAD_CHECK_INTERVAL`].
+    fn refresh(&self) {
+        let Some(files) = &self.files else { return };
+        let Ok(mut state) = files.state.try_lock() else {
+            return; // another handshake is looking right now
+        };
+        if state.checked.elapsed() < RELOAD_CHECK_INTERVAL {
+            return;
+        }
+        state.checked = Instant::now();
+        let stamps = (modified(&files.cert), modified(&files.key));
+        if stamps == state.stamps {
+            return;
+        }
+        match certified_key(&files.cert, &files.key) {
+            Ok(certified) => {
+                state.stamps = stamps;
+                self.current.store(Arc::new(certified));
+                tracing::info!(cert = %files.cert.display(), "TLS certificate reloaded");
+            }
+            Err(e) => {
+                // Keep the stamps unchanged, so the next look tries again (the writer may
+                // have been half-way through).
+                tracing::warn!(cert = %files.cert.display(), error = %e, "TLS certificate not reloaded; serving the previous one");
+            }
+        }
+    }
+}
+
+impl ResolvesServerCert for CertResolver {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.refresh();
+        Some(self.current.load_full())
+    }
+}
+
+fn modified(path: &Path) -> Option<SystemTime> {
+    fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let bytes = fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{}: not a PEM certificate file: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "{}: no PEM certificate in the file",
+            path.display()
+        ));
+    }
+    Ok(certs)
+}
+
+fn load_roots(path: &Path) -> Result<RootCertStore, String> {
+    let mut roots = RootCertStore::empty();
+    for cert in load_certs(path)? {
+        roots
+            .add(cert)
+            .map_err(|e| format!("{}: unusable CA certificate: {e}", path.display()))?;
+    }
+    Ok(roots)
+}
+
+fn load_pair(
+    cert: &Path,
+    key: &Path,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
+    let chain = load_certs(cert)?;
+    let bytes = fs::read(key).map_err(|e| format!("cannot read {}: {e}", key.display()))?;
+    let key_der = PrivateKeyDer::from_pem_slice(&bytes)
+        .map_err(|e| format!("{}: not a PEM private key: {e}", key.display()))?;
+    Ok((chain, key_der))
+}
+
+fn certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, String> {
+    let (chain, key_der) = load_pair(cert, key)?;
+    CertifiedKey::from_der(chain, key_der, &provider()).map_err(|e| {
+        format!(
+            "{} and {} do not make a usable certificate: {e}",
+            cert.display(),
+            key.display()
+        )
+    })
+}
+
+/// GOST's order (§3.1): the top-level section's files, `cert.pem` + `key.pem` in the working
+/// directory, `~/.gost/auto-ca-*.pem`, else a new certificate persisted there.
+fn default_cert(config: Option<&TlsConfig>) -> Result<CertResolver, String> {
+    if let Some(tls) = config {
+        match (tls.cert_file.as_deref(), tls.key_file.as_deref()) {
+            (Some(cert), Some(key)) => return CertResolver::from_files(cert, key),
+            (None, None) => {}
+            _ => return Err("tls: certFile and keyFile must be given together".into()),
+        }
+    }
+    if Path::new("cert.pem").is_file() && Path::new("key.pem").is_file() {
+        return CertResolver::from_files("cert.pem", "key.pem");
+    }
+    let home = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".gost"));
+    if let Some(dir) = &home {
+        let (cert, key) = (dir.join("auto-ca-cert.pem"), dir.join("auto-ca-key.pem"));
+        if cert.is_file() && key.is_file() {
+            match certified_key(&cert, &key) {
+                Ok(certified) => return Ok(CertResolver::fixed(certified)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "ignoring the stored certificate; generating a new one")
+                }
+            }
+        }
+    }
+    let generated = generate(config)?;
+    if let Some(dir) = &home
+        && let Err(e) = persist(dir, &generated)
+    {
+        tracing::warn!(dir = %dir.display(), error = %e, "generated TLS certificate not saved");
+    }
+    let certified = CertifiedKey::from_der(
+        vec![CertificateDer::from(generated.cert_der.clone())],
+        PrivateKeyDer::try_from(generated.key_der.clone()).map_err(|e| e.to_string())?,
+        &provider(),
+    )
+    .map_err(|e| e.to_string())?;
+    tracing::info!(
+        common_name = %generated.common_name,
+        "serving a generated self-signed TLS certificate"
+    );
+    Ok(CertResolver::fixed(certified))
+}
+
+/// A freshly generated certificate, in DER and PEM.
+pub struct Generated {
+    /// Subject common name.
+    pub common_name: String,
+    /// The certificate, DER.
+    pub cert_der: Vec<u8>,
+    /// The PKCS#8 private key, DER.
+    pub key_der: Vec<u8>,
+    /// The certificate, PEM.
+    pub cert_pem: String,
+    /// The private key, PEM (`PRIVATE KEY`).
+    pub key_pem: String,
+}
+
+/// GOST's profile (§3.1): ECDSA P-256, self-signed, a CA certificate used as its own leaf,
+/// digital signature + certificate signing, server and client authentication, a random
+/// 128-bit serial, SAN = the common name. rustls serves it as it is.
+pub fn generate(config: Option<&TlsConfig>) -> Result<Generated, String> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+        KeyUsagePurpose, SerialNumber,
+    };
+    let common_name = config
+        .and_then(|t| t.common_name.clone())
+        .unwrap_or_else(|| DEFAULT_COMMON_NAME.to_string());
+    let organization = config
+        .and_then(|t| t.organization.clone())
+        .unwrap_or_else(|| DEFAULT_ORGANIZATION.to_string());
+    let validity = match config.and_then(|t| t.validity.as_deref()) {
+        Some(text) => gost_api::metadata::parse_go_duration(text)
+            .map_err(|e| format!("tls.validity: {e}"))?
+            .filter(|d| !d.is_zero())
+            .unwrap_or(DEFAULT_VALIDITY),
+        None => DEFAULT_VALIDITY,
+    };
+    let mut params = CertificateParams::new(vec![common_name.clone()])
+        .map_err(|e| format!("tls.commonName {common_name:?}: {e}"))?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name.clone());
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, organization);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyCertSign,
+    ];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let mut serial = [0u8; 16];
+    provider()
+        .secure_random
+        .fill(&mut serial)
+        .map_err(|_| "no randomness for a certificate serial".to_string())?;
+    serial[0] &= 0x7f; // a positive DER integer
+    params.serial_number = Some(SerialNumber::from_slice(&serial));
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now;
+    params.not_after = now + validity;
+    let key = KeyPair::generate().map_err(|e| e.to_string())?;
+    let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
+    Ok(Generated {
+        common_name,
+        cert_der: cert.der().to_vec(),
+        key_der: key.serialize_der(),
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+/// Writes the generated certificate where GOST keeps it: directory 0700, certificate 0644,
+/// key 0600.
+fn persist(dir: &Path, generated: &Generated) -> io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let write = |name: &str, mode: u32, text: &str| {
+        let path = dir.join(name);
+        // A name of this process's own: gost processes started together may all generate.
+        let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)?;
+        io::Write::write_all(&mut file, text.as_bytes())?;
+        file.sync_all()?;
+        fs::rename(&tmp, &path)
+    };
+    write("auto-ca-key.pem", 0o600, &generated.key_pem)?;
+    write("auto-ca-cert.pem", 0o644, &generated.cert_pem)
+}
+
+impl<C: Conn> Conn for tokio_rustls::server::TlsStream<C> {}
+impl<C: Conn> Conn for tokio_rustls::client::TlsStream<C> {}
