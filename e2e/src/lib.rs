@@ -68,7 +68,7 @@ impl Gost {
         Self::start_in(args, services, None)
     }
 
-    /// As [`Gost::start`], with a working directory.
+    /// As [`Gost::start`], with a working directory that is also its `HOME`.
     pub fn start_in(args: &[&str], services: usize, dir: Option<&Path>) -> Gost {
         Self::start_bin(&gost_bin(), args, services, dir)
     }
@@ -83,7 +83,9 @@ impl Gost {
             .stderr(Stdio::piped())
             .env("GOST_LOGGER_LEVEL", "debug");
         if let Some(dir) = dir {
-            command.current_dir(dir);
+            // Also its HOME, so that a certificate it generates is kept there (~/.gost) and not
+            // in the home of whoever runs the tests.
+            command.current_dir(dir).env("HOME", dir);
         }
         let mut child = command.spawn().expect("gost starts");
         let stderr = child.stderr.take().expect("piped");

@@ -1,0 +1,78 @@
+"""TLS checks with Python's standard library, as an independent client of gost.
+
+    tls_clients.py cert HOST PORT
+        prints the PEM certificate the TLS server at HOST:PORT serves
+    tls_clients.py socks5-tls PROXY_PORT TARGET_PORT USER PASS [expect-method]
+        speaks SOCKS5 as a GOST client does: offers 00 02 80 82; when the server picks 0x82,
+        runs TLS (unverified, as GOST's default) over the same socket, then RFC 1929 and
+        CONNECT inside it, then sends an HTTP request to the target through the tunnel
+"""
+import socket
+import ssl
+import struct
+import sys
+
+TIMEOUT = 20
+
+
+def server_cert(host, port):
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with socket.create_connection((host, port), timeout=TIMEOUT) as raw:
+        with context.wrap_socket(raw) as tls:
+            der = tls.getpeercert(binary_form=True)
+    print(ssl.DER_cert_to_PEM_cert(der), end="")
+
+
+def recv_exact(sock, n):
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise SystemExit(f"connection closed after {len(data)} of {n} bytes")
+        data += chunk
+    return data
+
+
+def socks5_tls(proxy_port, target_port, user, password):
+    sock = socket.create_connection(("127.0.0.1", proxy_port), timeout=TIMEOUT)
+    sock.sendall(bytes([5, 4, 0x00, 0x02, 0x80, 0x82]))
+    version, method = recv_exact(sock, 2)
+    print(f"method {method:#04x}")
+    if method in (0x80, 0x82):
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        sock = context.wrap_socket(sock)
+        print(f"tls {sock.version()}")
+    if method in (0x02, 0x82):
+        u, p = user.encode(), password.encode()
+        sock.sendall(bytes([1, len(u)]) + u + bytes([len(p)]) + p)
+        _, status = recv_exact(sock, 2)
+        print(f"auth status {status}")
+        if status != 0:
+            return
+    sock.sendall(bytes([5, 1, 0, 1, 127, 0, 0, 1]) + struct.pack(">H", target_port))
+    reply = recv_exact(sock, 10)
+    print(f"reply {reply[1]}")
+    if reply[1] != 0:
+        return
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: target\r\nConnection: close\r\n\r\n")
+    response = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        response += chunk
+    print(response.decode(errors="replace").splitlines()[0])
+    print("hello" if b"hello from target" in response else "no greeting")
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "cert":
+        server_cert(sys.argv[2], int(sys.argv[3]))
+    elif sys.argv[1] == "socks5-tls":
+        socks5_tls(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5])
+    else:
+        raise SystemExit(f"unknown command {sys.argv[1]}")

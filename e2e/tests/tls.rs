@@ -1,0 +1,378 @@
+//! TLS (gost-wire.md §3): the `tls` listener and dialer behind GOST's `https` scheme, server
+//! certificates (generated and kept, from files, re-read on change), client verification as
+//! GOST does it, mutual TLS, and SOCKS5's TLS methods, with real `gost` processes, curl and
+//! Python's `ssl` module.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use gost_e2e::*;
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+};
+
+/// A test CA that issues server and client certificates into a directory.
+struct Ca {
+    issuer: Issuer<'static, KeyPair>,
+    pem: String,
+}
+
+impl Ca {
+    fn new(name: &str) -> Ca {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let key = KeyPair::generate().unwrap();
+        let pem = params.self_signed(&key).unwrap().pem();
+        Ca {
+            issuer: Issuer::new(params, key),
+            pem,
+        }
+    }
+
+    fn write(&self, dir: &Path, name: &str) -> String {
+        let path = dir.join(format!("{name}.pem"));
+        fs::write(&path, &self.pem).unwrap();
+        path.to_str().unwrap().to_string()
+    }
+
+    /// Issues a certificate for `names` and writes `NAME.pem` and `NAME.key`; returns both
+    /// paths and the certificate's PEM.
+    fn issue(
+        &self,
+        dir: &Path,
+        name: &str,
+        names: &[&str],
+        client: bool,
+    ) -> (String, String, String) {
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.extended_key_usages = vec![if client {
+            ExtendedKeyUsagePurpose::ClientAuth
+        } else {
+            ExtendedKeyUsagePurpose::ServerAuth
+        }];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let (cert_path, key_path) = (
+            dir.join(format!("{name}.pem")),
+            dir.join(format!("{name}.key")),
+        );
+        fs::write(&cert_path, cert.pem()).unwrap();
+        fs::write(&key_path, key.serialize_pem()).unwrap();
+        (
+            cert_path.to_str().unwrap().to_string(),
+            key_path.to_str().unwrap().to_string(),
+            cert.pem(),
+        )
+    }
+}
+
+/// The certificate a TLS server serves, as PEM, fetched by Python's `ssl`.
+fn served_cert(addr: std::net::SocketAddr) -> String {
+    let out = python(
+        "tls_clients.py",
+        &["cert", "127.0.0.1", &addr.port().to_string()],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    out.text()
+}
+
+fn same_pem(a: &str, b: &str) -> bool {
+    let squash = |s: &str| s.split_whitespace().collect::<String>();
+    squash(a) == squash(b)
+}
+
+fn get_through(proxy: &str, target: &Target) -> Output {
+    curl(&["-x", proxy, &format!("http://{}/tls", target.addr)])
+}
+
+#[test]
+fn https_proxy_generates_a_certificate_keeps_it_and_serves_it_again() {
+    let target = Target::http();
+    let home = tempdir();
+    let first_served;
+    {
+        let server = Gost::start_in(&["-L", "https://user:pass@127.0.0.1:0"], 1, Some(&home));
+        let proxy = format!("https://user:pass@{}", server.addr());
+        let ok = curl(&[
+            "--proxy-insecure",
+            "-x",
+            &proxy,
+            &format!("http://{}/tls", target.addr),
+        ]);
+        assert_eq!(ok.code, 0, "{}", ok.stderr);
+        assert!(ok.text().starts_with("hello from target"), "{}", ok.text());
+        // Without --proxy-insecure, curl refuses the self-signed certificate: TLS is real.
+        let refused = get_through(&proxy, &target);
+        assert_ne!(refused.code, 0);
+        first_served = served_cert(server.addr());
+    }
+    let dir = home.join(".gost");
+    let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700);
+    assert_eq!(mode(&dir.join("auto-ca-key.pem")), 0o600);
+    assert_eq!(mode(&dir.join("auto-ca-cert.pem")), 0o644);
+    let kept = fs::read_to_string(dir.join("auto-ca-cert.pem")).unwrap();
+    assert!(
+        same_pem(&kept, &first_served),
+        "served {first_served}\nkept {kept}"
+    );
+    // GOST's profile: O=GOST, CN=gost.run, a CA certificate, SAN gost.run.
+    let text = run(
+        "openssl",
+        &[
+            "x509",
+            "-noout",
+            "-text",
+            "-in",
+            dir.join("auto-ca-cert.pem").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(text.code, 0, "{}", text.stderr);
+    let text = text.text();
+    for expected in [
+        "O = GOST",
+        "CN = gost.run",
+        "CA:TRUE",
+        "DNS:gost.run",
+        "TLS Web Server Authentication",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in\n{text}");
+    }
+    // A second start serves the kept certificate instead of generating another one.
+    let again = Gost::start_in(&["-L", "https://127.0.0.1:0"], 1, Some(&home));
+    assert!(same_pem(&served_cert(again.addr()), &kept));
+}
+
+#[test]
+fn client_verifies_the_server_only_when_asked_as_gost_does() {
+    let dir = tempdir();
+    let target = Target::http();
+    let ca = Ca::new("gost-rs test CA");
+    let ca_file = ca.write(&dir, "ca");
+    let other_ca_file = Ca::new("another CA").write(&dir, "other-ca");
+    let (cert, key, _) = ca.issue(&dir, "server", &["localhost", "127.0.0.1"], false);
+    let server = Gost::start(
+        &[
+            "-L",
+            &format!("https://127.0.0.1:0?certFile={cert}&keyFile={key}"),
+        ],
+        1,
+    );
+    let through = |query: &str| {
+        let client = Gost::start(
+            &[
+                "-L",
+                "http://127.0.0.1:0",
+                "-F",
+                &format!("https://{}?{query}", server.addr()),
+            ],
+            1,
+        );
+        let out = get_through(&format!("http://{}", client.addr()), &target);
+        (out, client.log())
+    };
+
+    // GOST's default: no verification, and a warning saying so.
+    let (out, log) = through("");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(log.contains("not verified"), "{log}");
+    // secure=true with the right CA: verified, no warning.
+    let (out, log) = through(&format!("secure=true&caFile={ca_file}"));
+    assert_eq!(out.code, 0, "{}\n{log}", out.stderr);
+    assert!(!log.contains("not verified"), "{log}");
+    // The wrong CA fails the dial; the client's HTTP front says 502 and logs why.
+    let (out, log) = through(&format!("secure=true&caFile={other_ca_file}"));
+    assert_eq!(out.code, 0);
+    assert!(out.text().is_empty() || !out.text().contains("hello from target"));
+    assert!(log.to_lowercase().contains("certificate"), "{log}");
+    // secure=true checks the name too; caFile alone checks only the chain (GOST's pinning).
+    let (out, _) = through(&format!(
+        "secure=true&caFile={ca_file}&serverName=wrong.example"
+    ));
+    assert!(!out.text().contains("hello from target"));
+    let (out, log) = through(&format!("caFile={ca_file}&serverName=wrong.example"));
+    assert!(
+        out.text().starts_with("hello from target"),
+        "{}\n{log}",
+        out.stderr
+    );
+}
+
+#[test]
+fn mutual_tls_requires_a_client_certificate_from_the_ca() {
+    let dir = tempdir();
+    let target = Target::http();
+    let ca = Ca::new("gost-rs test CA");
+    let ca_file = ca.write(&dir, "ca");
+    let (cert, key, _) = ca.issue(&dir, "server", &["localhost", "127.0.0.1"], false);
+    let (client_cert, client_key, _) = ca.issue(&dir, "client", &["client"], true);
+    let server = Gost::start(
+        &[
+            "-L",
+            &format!("https://127.0.0.1:0?certFile={cert}&keyFile={key}&caFile={ca_file}"),
+        ],
+        1,
+    );
+    let without = Gost::start(
+        &[
+            "-L",
+            "http://127.0.0.1:0",
+            "-F",
+            &format!("https://{}", server.addr()),
+        ],
+        1,
+    );
+    let out = get_through(&format!("http://{}", without.addr()), &target);
+    assert!(
+        !out.text().contains("hello from target"),
+        "no client certificate must be refused"
+    );
+    let with = Gost::start(
+        &[
+            "-L",
+            "http://127.0.0.1:0",
+            "-F",
+            &format!(
+                "https://{}?cert={client_cert}&key={client_key}",
+                server.addr()
+            ),
+        ],
+        1,
+    );
+    let out = get_through(&format!("http://{}", with.addr()), &target);
+    assert!(
+        out.text().starts_with("hello from target"),
+        "{}\n{}",
+        out.stderr,
+        with.log()
+    );
+}
+
+#[test]
+fn certificate_files_are_reread_when_they_change() {
+    let dir = tempdir();
+    let ca = Ca::new("gost-rs test CA");
+    let (cert, key, first) = ca.issue(&dir, "server", &["localhost"], false);
+    let server = Gost::start(
+        &[
+            "-L",
+            &format!("https://127.0.0.1:0?certFile={cert}&keyFile={key}"),
+        ],
+        1,
+    );
+    assert!(same_pem(&served_cert(server.addr()), &first));
+    // A renewal as cert-manager or a kubelet would do it: new files swapped in by rename.
+    let renewed = tempdir();
+    let (new_cert, new_key, second) = ca.issue(&renewed, "server", &["localhost"], false);
+    fs::rename(&new_key, &key).unwrap();
+    fs::rename(&new_cert, &cert).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let served = served_cert(server.addr());
+        if same_pem(&served, &second) {
+            break;
+        }
+        assert!(
+            same_pem(&served, &first),
+            "served neither certificate: {served}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "renewed certificate not served within 10 s"
+        );
+        thread::sleep(Duration::from_millis(300));
+    }
+    assert!(
+        server.log().contains("TLS certificate reloaded"),
+        "{}",
+        server.log()
+    );
+    // A broken file keeps the last good certificate.
+    fs::write(&cert, "not a certificate").unwrap();
+    thread::sleep(Duration::from_millis(1500));
+    assert!(same_pem(&served_cert(server.addr()), &second));
+}
+
+#[test]
+fn socks5_serves_gosts_tls_methods_and_our_client_uses_them() {
+    let target = Target::http();
+    let home = tempdir();
+    let server = Gost::start_in(&["-L", "socks5://user:pass@127.0.0.1:0"], 1, Some(&home));
+    let port = server.addr().port().to_string();
+    let target_port = target.addr.port().to_string();
+    // An independent client greeting as GOST does (00 02 80 82) gets 0x82: TLS, then RFC 1929
+    // inside it.
+    python_checks(
+        "tls_clients.py",
+        &["socks5-tls", &port, &target_port, "user", "pass"].map(String::from),
+        &[
+            "method 0x82",
+            "tls TLSv1.3",
+            "auth status 0",
+            "reply 0",
+            "HTTP/1.1 200",
+            "hello",
+        ],
+    );
+    let refused = python(
+        "tls_clients.py",
+        &["socks5-tls", &port, &target_port, "user", "wrong"],
+    );
+    assert!(
+        refused.text().contains("auth status 1"),
+        "{}{}",
+        refused.text(),
+        refused.stderr
+    );
+    // With notls the server picks the plain method for the same greeting.
+    let plain = Gost::start_in(
+        &["-L", "socks5://user:pass@127.0.0.1:0?notls=true"],
+        1,
+        Some(&home),
+    );
+    python_checks(
+        "tls_clients.py",
+        &[
+            "socks5-tls",
+            &plain.addr().port().to_string(),
+            &target_port,
+            "user",
+            "pass",
+        ]
+        .map(String::from),
+        &["method 0x02", "auth status 0", "reply 0", "hello"],
+    );
+    // Our client offers the TLS methods too (the unverified-peer warning shows TLS was used),
+    // and falls back to plain SOCKS5 with a notls server.
+    for (upstream, tls) in [(server.addr(), true), (plain.addr(), false)] {
+        let client = Gost::start(
+            &[
+                "-L",
+                "http://127.0.0.1:0",
+                "-F",
+                &format!("socks5://user:pass@{upstream}"),
+            ],
+            1,
+        );
+        let out = get_through(&format!("http://{}", client.addr()), &target);
+        assert!(
+            out.text().starts_with("hello from target"),
+            "{}\n{}",
+            out.stderr,
+            client.log()
+        );
+        assert_eq!(
+            client.log().contains("not verified"),
+            tls,
+            "{}",
+            client.log()
+        );
+    }
+}
