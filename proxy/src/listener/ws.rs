@@ -131,7 +131,7 @@ async fn upgrade(mut conn: BoxConn, options: &WsOptions) -> io::Result<Option<Ws
             )
             .into_bytes();
             for (name, value) in &options.headers {
-                response.extend_from_slice(name.as_str().as_bytes());
+                response.extend_from_slice(canonical(name.as_str()).as_bytes());
                 response.extend_from_slice(b": ");
                 response.extend_from_slice(value.as_bytes());
                 response.extend_from_slice(b"\r\n");
@@ -194,6 +194,18 @@ fn route_matches(target: &str, path: &str) -> bool {
     } else {
         target == path
     }
+}
+
+/// A header name spelt as Go's HTTP server writes it (`x-served-by` ⇒ `X-Served-By`).
+fn canonical(name: &str) -> String {
+    let mut upper = true;
+    name.chars()
+        .map(|c| {
+            let c = if upper { c.to_ascii_uppercase() } else { c };
+            upper = c == '-';
+            c
+        })
+        .collect()
 }
 
 /// A plain-text error response as Go's HTTP server writes it; the connection closes after it.
@@ -268,6 +280,12 @@ mod tests {
             verdict(&GOOD.replace("dGhlIHNhbXBsZSBub25jZQ==", "short"), "/ws"),
             Verdict::Refuse(400)
         );
+    }
+
+    #[test]
+    fn header_names_are_spelt_like_go() {
+        assert_eq!(canonical("x-served-by"), "X-Served-By");
+        assert_eq!(canonical("server"), "Server");
     }
 
     #[test]
