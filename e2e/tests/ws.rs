@@ -293,3 +293,26 @@ fn chains_mixing_ws_and_http_hops() {
     );
     assert_hello(&get_via(front.addr(), &target, "http-then-ws"), "http, ws");
 }
+
+#[test]
+fn keepalive_pings_keep_an_idle_tunnel_open() {
+    let echo = Target::echo();
+    let server = Gost::start(&["-L", "socks5+ws://user:pass@127.0.0.1:0"], 1);
+    let client = Gost::start(
+        &[
+            "-L",
+            "http://127.0.0.1:0",
+            "-F",
+            &format!(
+                "socks5+ws://user:pass@{}?keepalive=true&ttl=1s",
+                server.addr()
+            ),
+        ],
+        1,
+    );
+    let tunnel = http_connect(client.addr(), &echo.addr.to_string(), None).unwrap();
+    // Idle for more than twice the interval: only the server's pongs keep the client from
+    // declaring the WebSocket dead.
+    std::thread::sleep(std::time::Duration::from_millis(3500));
+    echo_round_trip(tunnel, 64 * 1024);
+}

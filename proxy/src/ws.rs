@@ -97,15 +97,23 @@ impl Keepalive {
 /// to write afterwards, which would cut the other direction of a half-closed tunnel (GOST's
 /// normal way to end a direction). Here EOF is noted and the library sees a read that is not
 /// ready yet; [`WsStream`] then ends its read side and writing goes on.
+///
+/// After the write side has been shut down, the library may still want to answer a ping while
+/// reading; those control frames are dropped instead of failing the read side.
 pub struct Transport {
     inner: BoxConn,
     eof: bool,
+    write_shut: bool,
 }
 
 impl Transport {
     /// Wraps the stream a WebSocket runs on (TCP, TLS, or a previous hop's tunnel).
     pub fn new(inner: BoxConn) -> Self {
-        Transport { inner, eof: false }
+        Transport {
+            inner,
+            eof: false,
+            write_shut: false,
+        }
     }
 }
 
@@ -136,15 +144,28 @@ impl AsyncWrite for Transport {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        if this.write_shut {
+            return Poll::Ready(Ok(buf.len()));
+        }
+        Pin::new(&mut this.inner).poll_write(cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let this = self.get_mut();
+        if this.write_shut {
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        let this = self.get_mut();
+        if !this.write_shut {
+            ready!(Pin::new(&mut this.inner).poll_shutdown(cx))?;
+            this.write_shut = true;
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -435,7 +456,9 @@ mod tests {
             theirs.next().await.unwrap().unwrap(),
             Message::Binary(Bytes::from_static(b"bye"))
         );
-        // The peer can still send its remaining data, which we read to the end...
+        // The peer can still send its remaining data, which we read to the end, even with a
+        // ping that cannot be answered any more in between...
+        theirs.send(Message::Ping(Bytes::new())).await.unwrap();
         theirs.send(Message::binary(&b"reply"[..])).await.unwrap();
         // ...and it sees end of stream without a Close frame, as from GOST.
         match theirs.next().await {
