@@ -328,6 +328,11 @@ fn is_end_of_stream(e: &WsError) -> bool {
 fn into_io(e: WsError) -> io::Error {
     match e {
         WsError::Io(e) => e,
+        // Writing after the peer's Close frame.
+        e if is_end_of_stream(&e) => io::Error::new(
+            io::ErrorKind::BrokenPipe,
+            format!("WebSocket closed by the peer: {e}"),
+        ),
         e => io::Error::new(io::ErrorKind::InvalidData, format!("WebSocket: {e}")),
     }
 }

@@ -120,6 +120,7 @@ async fn upgrade(mut conn: BoxConn, options: &WsOptions) -> io::Result<Option<Ws
     };
     match verdict {
         Verdict::Refuse(status) => {
+            tracing::debug!(status, "WebSocket upgrade refused");
             conn.write_all(&refusal(status)).await?;
             conn.shutdown().await?;
             Ok(None)
