@@ -21,3 +21,4 @@ pub mod server;
 #[cfg(target_os = "linux")]
 pub mod splice;
 pub mod tls;
+pub mod ws;

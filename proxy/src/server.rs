@@ -130,6 +130,22 @@ pub fn build(config: &Config, tunnels: &TaskTracker) -> Result<Vec<Service>, Con
                             .map_err(|e| cannot_listen(&path, &service.addr, e))?,
                     )
                 }
+                ListenerType::Ws | ListenerType::Wss => {
+                    let tls = match service.listener.kind {
+                        ListenerType::Wss => Some(
+                            ServerTls::new(service.listener.tls.as_ref(), &tls_defaults, &[])
+                                .map_err(|e| field(format!("{path}.listener.tls"), e))?,
+                        ),
+                        _ => None,
+                    };
+                    let options =
+                        crate::listener::ws::WsOptions::from_metadata(&service.listener.metadata)
+                            .map_err(|e| field(format!("{path}.listener.metadata"), e))?;
+                    Box::new(
+                        crate::listener::ws::bind(&service.addr, tls, options)
+                            .map_err(|e| cannot_listen(&path, &service.addr, e))?,
+                    )
+                }
                 other => {
                     return Err(not_implemented(
                         format!("{path}.listener.type"),
@@ -237,6 +253,19 @@ fn build_hop(hop: &HopConfig, path: &str) -> Result<Hop, ConfigError> {
                     ClientTls::new(node.dialer.tls.as_ref(), &[])
                         .map_err(|e| field(format!("{path}.dialer.tls"), e))?,
                 )),
+                DialerType::Ws | DialerType::Wss => {
+                    let tls = match node.dialer.kind {
+                        DialerType::Wss => Some(
+                            ClientTls::new(node.dialer.tls.as_ref(), &[])
+                                .map_err(|e| field(format!("{path}.dialer.tls"), e))?,
+                        ),
+                        _ => None,
+                    };
+                    Arc::new(
+                        crate::dialer::ws::WsDialer::new(&node.dialer.metadata, &node.addr, tls)
+                            .map_err(|e| field(format!("{path}.dialer.metadata"), e))?,
+                    )
+                }
                 other => {
                     return Err(not_implemented(
                         format!("{path}.dialer.type"),

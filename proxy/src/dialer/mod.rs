@@ -2,6 +2,7 @@
 
 pub mod tcp;
 pub mod tls;
+pub mod ws;
 
 use std::io;
 use std::time::Duration;

@@ -8,6 +8,7 @@
 
 pub mod tcp;
 pub mod tls;
+pub mod ws;
 
 use std::future::Future;
 use std::io;
