@@ -1,0 +1,594 @@
+//! HTTP/2 plumbing shared by the `h2`, `h2c` and `http2` transports (gost-wire.md §8.3, §8.4):
+//! one HTTP/2 stream as a byte stream ([`H2Stream`]), the connection settings both sides use,
+//! and the client side's pool of connections, one per node address, each carrying many
+//! tunnels.
+
+use std::collections::HashMap;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes};
+use h2::client::SendRequest;
+use h2::{Reason, RecvStream, SendStream};
+use http::{Request, StatusCode};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio_util::sync::CancellationToken;
+
+use crate::addr::Address;
+use crate::conn::{BoxConn, Conn};
+use crate::dialer::tcp;
+use crate::tls::ClientTls;
+
+/// Initial flow-control window of every stream, both directions. It bounds what one tunnel may
+/// have in flight (and so buffered at the receiver): 256 KiB keeps a single tunnel near line
+/// rate on low-latency links while 1,000 tunnels that stall cannot pin more than the
+/// connection window below. GOST's 1 MiB per stream is what lets a few hundred stalled
+/// tunnels exhaust memory.
+pub const STREAM_WINDOW: u32 = 256 * 1024;
+
+/// Flow-control window of a whole connection: the most data all its streams together can have
+/// unread at the receiver, so the hard bound on a connection's receive buffers. Several times
+/// the stream window so that a handful of busy tunnels do not throttle each other.
+pub const CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
+
+/// Largest DATA frame we accept. Bigger than HTTP/2's 16 KiB default to cut per-frame overhead
+/// on bulk transfers; still small enough that a frame is never a noticeable buffer.
+pub const MAX_FRAME_SIZE: u32 = 64 * 1024;
+
+/// Data a stream may have queued for sending before writes wait. Writes only ever queue what
+/// flow control already granted, so this just caps one stream's share of the socket buffer.
+pub const MAX_SEND_BUFFER: usize = STREAM_WINDOW as usize;
+
+/// Streams a client may have open on one server connection. A client multiplexes all its
+/// tunnels to a node over one connection, so this is a tunnel count, not a request count;
+/// idle streams cost a few hundred bytes each.
+pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
+
+/// Largest request or response head. Proxy heads are small; this rejects header floods.
+pub const MAX_HEADER_LIST_SIZE: u32 = 64 * 1024;
+
+/// Time allowed for the HTTP/2 preface and settings exchange (after TLS), as GOST's 10 s TLS
+/// handshake timeout for `h2`.
+pub const H2_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Interval between PINGs on an otherwise quiet pooled connection, so that a peer that
+/// vanished without closing (power loss, NAT timeout) is noticed before the next tunnel.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// How long a PING may go unanswered before the connection is declared dead.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// First wait before re-dialling a node whose connection attempt failed; doubled on every
+/// further failure up to [`RECONNECT_BACKOFF_MAX`], reset by a success. Keeps a down node from
+/// being hammered by every client request while it restarts.
+pub const RECONNECT_BACKOFF_MIN: Duration = Duration::from_millis(250);
+
+/// Longest wait between attempts to re-dial a failing node: short enough that a node that
+/// comes back is used again within seconds.
+pub const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(8);
+
+/// Server-side settings for every HTTP/2 listener.
+pub fn server_builder() -> h2::server::Builder {
+    let mut builder = h2::server::Builder::new();
+    builder
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME_SIZE)
+        .max_send_buffer_size(MAX_SEND_BUFFER)
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .max_header_list_size(MAX_HEADER_LIST_SIZE);
+    builder
+}
+
+/// Client-side settings for every HTTP/2 dialer.
+pub fn client_builder() -> h2::client::Builder {
+    let mut builder = h2::client::Builder::new();
+    builder
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME_SIZE)
+        .max_send_buffer_size(MAX_SEND_BUFFER)
+        .max_header_list_size(MAX_HEADER_LIST_SIZE)
+        .enable_push(false);
+    builder
+}
+
+fn h2_io_error(e: h2::Error) -> io::Error {
+    if e.is_io() {
+        e.into_io().expect("is_io")
+    } else {
+        io::Error::other(e)
+    }
+}
+
+/// One HTTP/2 stream as a byte stream: the request body one way, the response body the other.
+///
+/// Reads hand flow-control credit back as the application consumes data, so a slow reader
+/// slows its peer instead of growing a buffer. Writes wait for credit and queue no more than
+/// they were granted. Shutting down ends the stream (END_STREAM); the peer's END_STREAM reads
+/// as EOF; a reset reads as an error (except `NO_ERROR`, which Go peers send to say "done").
+pub struct H2Stream {
+    send: SendStream<Bytes>,
+    recv: RecvStream,
+    pending: Bytes,
+    write_closed: bool,
+}
+
+impl H2Stream {
+    /// Joins the two halves of a stream.
+    pub fn new(send: SendStream<Bytes>, recv: RecvStream) -> Self {
+        H2Stream {
+            send,
+            recv,
+            pending: Bytes::new(),
+            write_closed: false,
+        }
+    }
+}
+
+impl AsyncRead for H2Stream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.pending.is_empty() {
+            match self.recv.poll_data(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => return Poll::Ready(Ok(())),
+                Poll::Ready(Some(Ok(data))) => self.pending = data,
+                Poll::Ready(Some(Err(e))) => {
+                    if e.reason() == Some(Reason::NO_ERROR) {
+                        return Poll::Ready(Ok(()));
+                    }
+                    return Poll::Ready(Err(h2_io_error(e)));
+                }
+            }
+        }
+        let n = self.pending.len().min(buf.remaining());
+        buf.put_slice(&self.pending[..n]);
+        self.pending.advance(n);
+        // Credit goes back only for what the application took, which is the backpressure.
+        let _ = self.recv.flow_control().release_capacity(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for H2Stream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        if self.write_closed {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "HTTP/2 stream already ended",
+            )));
+        }
+        self.send.reserve_capacity(buf.len());
+        loop {
+            match self.send.poll_capacity(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(0))) => continue,
+                Poll::Ready(Some(Ok(granted))) => {
+                    let n = granted.min(buf.len());
+                    self.send
+                        .send_data(Bytes::copy_from_slice(&buf[..n]), false)
+                        .map_err(h2_io_error)?;
+                    return Poll::Ready(Ok(n));
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(h2_io_error(e))),
+                Poll::Ready(None) => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::BrokenPipe,
+                        "HTTP/2 stream closed by the peer",
+                    )));
+                }
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Data handed to h2 goes out as soon as the connection task runs; nothing to push.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if !self.write_closed {
+            self.write_closed = true;
+            // A stream the peer already reset has nothing left to end.
+            let _ = self.send.send_data(Bytes::new(), true);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Conn for H2Stream {}
+
+/// How a client reaches the HTTP/2 server under the connection.
+pub enum Transport {
+    /// Prior-knowledge cleartext HTTP/2 (`h2c`).
+    Plain,
+    /// TLS with ALPN `h2` (`h2`, `http2`).
+    Tls(ClientTls),
+}
+
+/// A client HTTP/2 connection: its request handle and whether it still lives.
+#[derive(Clone)]
+pub struct Session {
+    send: SendRequest<Bytes>,
+    // Set by the connection task when the connection ends.
+    closed: CancellationToken,
+    // Set when a new stream could not be opened (GOAWAY received, ...): no new tunnels go
+    // here, while those already on it run to their end.
+    retired: Arc<AtomicBool>,
+}
+
+/// Why a tunnel request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// The connection or stream failed.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    /// The server answered, with a status other than 200.
+    #[error("server answered {0}")]
+    Status(StatusCode),
+}
+
+impl From<RequestError> for io::Error {
+    fn from(e: RequestError) -> Self {
+        match e {
+            RequestError::Io(e) => e,
+            RequestError::Status(status) => io::Error::new(
+                io::ErrorKind::ConnectionRefused,
+                format!("HTTP/2 server answered {status}"),
+            ),
+        }
+    }
+}
+
+impl Session {
+    /// Runs the HTTP/2 handshake over `io` and drives the connection in a task of its own,
+    /// with PING keepalive when `keepalive` (pooled connections, which outlive any tunnel).
+    pub async fn handshake(io: BoxConn, peer: &Address, keepalive: bool) -> io::Result<Self> {
+        let handshake = client_builder().handshake::<_, Bytes>(io);
+        let (send, mut connection) = tokio::time::timeout(H2_HANDSHAKE_TIMEOUT, handshake)
+            .await
+            .map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "HTTP/2 handshake with {peer} took longer than {H2_HANDSHAKE_TIMEOUT:?}"
+                    ),
+                )
+            })?
+            .map_err(h2_io_error)?;
+        let closed = CancellationToken::new();
+        let ping = if keepalive {
+            connection.ping_pong()
+        } else {
+            None
+        };
+        let peer = peer.to_string();
+        let done = closed.clone();
+        tokio::spawn(async move {
+            let keepalive = async move {
+                let Some(mut ping) = ping else {
+                    return std::future::pending().await;
+                };
+                loop {
+                    tokio::time::sleep(KEEPALIVE_INTERVAL).await;
+                    match tokio::time::timeout(KEEPALIVE_TIMEOUT, ping.ping(h2::Ping::opaque()))
+                        .await
+                    {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => return format!("PING failed: {e}"),
+                        Err(_) => return format!("no PING answer within {KEEPALIVE_TIMEOUT:?}"),
+                    }
+                }
+            };
+            tokio::select! {
+                result = connection => match result {
+                    Ok(()) => tracing::debug!(peer = %peer, "HTTP/2 connection closed"),
+                    Err(e) => tracing::debug!(peer = %peer, error = %e, "HTTP/2 connection ended"),
+                },
+                reason = keepalive => tracing::warn!(peer = %peer, reason = %reason, "HTTP/2 connection dead, dropping it"),
+            }
+            done.cancel();
+        });
+        Ok(Session {
+            send,
+            closed,
+            retired: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// Whether the connection has ended (closed, failed, or found dead by keepalive).
+    pub fn is_closed(&self) -> bool {
+        self.closed.is_cancelled() || self.retired.load(Ordering::Relaxed)
+    }
+
+    /// Opens a stream with `req` and waits, within `timeout`, for a `200`; the stream is then
+    /// the tunnel.
+    pub async fn open(
+        &self,
+        req: Request<()>,
+        timeout: Duration,
+    ) -> Result<H2Stream, (RequestError, bool)> {
+        let exchange = async {
+            let mut send = self.send.clone().ready().await.map_err(|e| {
+                let fatal = !e.is_reset();
+                (RequestError::Io(h2_io_error(e)), fatal)
+            })?;
+            let (response, stream) = send.send_request(req, false).map_err(|e| {
+                let fatal = !e.is_reset();
+                (RequestError::Io(h2_io_error(e)), fatal)
+            })?;
+            let response = response
+                .await
+                .map_err(|e| (RequestError::Io(h2_io_error(e)), false))?;
+            if response.status() != StatusCode::OK {
+                return Err((RequestError::Status(response.status()), false));
+            }
+            Ok(H2Stream::new(stream, response.into_body()))
+        };
+        match tokio::time::timeout(timeout, exchange).await {
+            Ok(result) => {
+                if let Err((_, true)) = &result {
+                    self.retired.store(true, Ordering::Relaxed);
+                }
+                result
+            }
+            Err(_) => Err((
+                RequestError::Io(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no HTTP/2 response within {timeout:?}"),
+                )),
+                false,
+            )),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Slot {
+    session: Option<Session>,
+    failures: u32,
+    retry_at: Option<Instant>,
+}
+
+/// The client side's connections: one shared HTTP/2 connection per node address, dialled on
+/// first use, re-dialled (with backoff) once it ends.
+pub struct H2Client {
+    transport: Transport,
+    slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>,
+}
+
+impl H2Client {
+    /// A client whose connections use `transport`.
+    pub fn new(transport: Transport) -> Arc<Self> {
+        Arc::new(H2Client {
+            transport,
+            slots: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The live connection to `addr`, dialling it (within `timeout`) if there is none. Callers
+    /// that arrive while a dial is under way wait for it rather than dial their own.
+    pub async fn session(&self, addr: &Address, timeout: Duration) -> io::Result<Session> {
+        let slot = self
+            .slots
+            .lock()
+            .expect("slots lock")
+            .entry(addr.to_string())
+            .or_default()
+            .clone();
+        let mut slot = slot.lock().await;
+        if let Some(session) = &slot.session {
+            if !session.is_closed() {
+                return Ok(session.clone());
+            }
+            slot.session = None;
+        }
+        if let Some(at) = slot.retry_at {
+            let now = Instant::now();
+            if now < at {
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionRefused,
+                    format!(
+                        "HTTP/2 connection to {addr} failed {} time(s) in a row; next attempt in {:?}",
+                        slot.failures,
+                        at - now
+                    ),
+                ));
+            }
+        }
+        match self.dial(addr, timeout).await {
+            Ok(session) => {
+                *slot = Slot {
+                    session: Some(session.clone()),
+                    failures: 0,
+                    retry_at: None,
+                };
+                Ok(session)
+            }
+            Err(e) => {
+                slot.failures = slot.failures.saturating_add(1);
+                slot.retry_at = Some(Instant::now() + backoff(slot.failures));
+                Err(e)
+            }
+        }
+    }
+
+    async fn dial(&self, addr: &Address, timeout: Duration) -> io::Result<Session> {
+        let tcp = tcp::connect(addr, timeout).await?;
+        let session = self.over(Box::new(tcp), addr, true).await?;
+        tracing::debug!(peer = %addr, "HTTP/2 connection established");
+        Ok(session)
+    }
+
+    /// An HTTP/2 connection of its own over `conn` (a tunnel through previous hops).
+    pub async fn over(
+        &self,
+        conn: BoxConn,
+        addr: &Address,
+        keepalive: bool,
+    ) -> io::Result<Session> {
+        let io: BoxConn = match &self.transport {
+            Transport::Plain => conn,
+            Transport::Tls(tls) => {
+                let stream = tls.connect(conn, addr).await?;
+                if stream.get_ref().1.alpn_protocol() == Some(b"http/1.1") {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("{addr} chose HTTP/1.1 in TLS ALPN; this transport needs h2"),
+                    ));
+                }
+                Box::new(stream)
+            }
+        };
+        Session::handshake(io, addr, keepalive).await
+    }
+
+    /// Opens a tunnel stream with the request `make` builds on the pooled connection to
+    /// `addr`. A connection that turns out dead (GOAWAY, closed under us) is replaced once.
+    pub async fn open(
+        &self,
+        addr: &Address,
+        timeout: Duration,
+        make: impl Fn() -> Request<()>,
+    ) -> Result<H2Stream, RequestError> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let session = self.session(addr, timeout).await?;
+            match session.open(make(), timeout).await {
+                Ok(stream) => return Ok(stream),
+                Err((e, true)) if tries < 2 => {
+                    tracing::debug!(peer = %addr, error = %e, "HTTP/2 connection unusable, re-dialling");
+                }
+                Err((e, _)) => return Err(e),
+            }
+        }
+    }
+}
+
+/// Sessions handed from the `http2` dialer to the `http2` connector, by stand-in id.
+static HANDOFF: LazyLock<Mutex<HashMap<u64, Session>>> = LazyLock::new(Default::default);
+static NEXT_HANDOFF: AtomicU64 = AtomicU64::new(1);
+
+/// Parks `session` for the connector and returns the stand-in stream that names it.
+pub fn hand_off(session: Session) -> BoxConn {
+    let id = NEXT_HANDOFF.fetch_add(1, Ordering::Relaxed);
+    HANDOFF.lock().expect("handoff lock").insert(id, session);
+    let mut token = HANDOFF_MAGIC.to_vec();
+    token.extend_from_slice(&id.to_be_bytes());
+    Box::new(SessionHandle {
+        id,
+        token: Bytes::from(token),
+    })
+}
+
+/// The session behind a stand-in stream from [`hand_off`].
+pub async fn take_handed_off(conn: &mut BoxConn) -> io::Result<Session> {
+    let not_ours = || {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the http2 connector works only with the http2 dialer",
+        )
+    };
+    let mut token = [0u8; HANDOFF_MAGIC.len() + 8];
+    conn.read_exact(&mut token).await.map_err(|_| not_ours())?;
+    if token[..HANDOFF_MAGIC.len()] != *HANDOFF_MAGIC {
+        return Err(not_ours());
+    }
+    let id = u64::from_be_bytes(token[HANDOFF_MAGIC.len()..].try_into().expect("8 bytes"));
+    HANDOFF
+        .lock()
+        .expect("handoff lock")
+        .remove(&id)
+        .ok_or_else(not_ours)
+}
+
+fn backoff(failures: u32) -> Duration {
+    let factor = 1u32 << failures.saturating_sub(1).min(16);
+    RECONNECT_BACKOFF_MIN
+        .saturating_mul(factor)
+        .min(RECONNECT_BACKOFF_MAX)
+}
+
+/// Marks the stand-in stream of the `http2` dialer, so that a connector that is not the
+/// `http2` one fails with a clear error instead of talking to nothing.
+const HANDOFF_MAGIC: &[u8] = b"gost-rs http2 session\0";
+
+/// What the `http2` dialer hands its connector: not a byte stream but a reference to the
+/// HTTP/2 connection on which the connector will open the tunnel. Reading it yields the
+/// reference; writing to it is an error.
+struct SessionHandle {
+    id: u64,
+    token: Bytes,
+}
+
+impl Drop for SessionHandle {
+    fn drop(&mut self) {
+        if let Ok(mut handoff) = HANDOFF.lock() {
+            handoff.remove(&self.id);
+        }
+    }
+}
+
+impl AsyncRead for SessionHandle {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let n = self.token.len().min(buf.remaining());
+        buf.put_slice(&self.token[..n]);
+        self.token.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for SessionHandle {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        _buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "the http2 dialer yields an HTTP/2 connection, usable only by the http2 connector",
+        )))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Conn for SessionHandle {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        assert_eq!(backoff(1), RECONNECT_BACKOFF_MIN);
+        assert_eq!(backoff(2), RECONNECT_BACKOFF_MIN * 2);
+        assert_eq!(backoff(100), RECONNECT_BACKOFF_MAX);
+    }
+}
