@@ -615,6 +615,82 @@ impl Conn for SessionHandle {}
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A client stream and the server stream it opened, over an in-memory connection.
+    async fn pair() -> (H2Stream, H2Stream) {
+        let (a, b) = tokio::io::duplex(1024 * 1024);
+        let server = tokio::spawn(async move {
+            let mut conn = server_builder().handshake::<_, Bytes>(b).await.unwrap();
+            let (req, mut respond) = conn.accept().await.unwrap().unwrap();
+            let send = respond
+                .send_response(http::Response::new(()), false)
+                .unwrap();
+            tokio::spawn(async move { while conn.accept().await.is_some() {} });
+            H2Stream::new(send, req.into_body())
+        });
+        let peer = Address::parse("127.0.0.1:1").unwrap();
+        let session = Session::handshake(Box::new(a), &peer, false).await.unwrap();
+        let req = Request::builder()
+            .method(http::Method::CONNECT)
+            .uri("127.0.0.1:1")
+            .body(())
+            .unwrap();
+        let (client, server) = tokio::join!(session.open(req, Duration::from_secs(5)), server);
+        (client.map_err(|(e, _)| e).unwrap(), server.unwrap())
+    }
+
+    #[tokio::test]
+    async fn writes_wait_for_the_reader_instead_of_buffering() {
+        let (mut client, mut server) = pair().await;
+        let chunk = vec![7u8; 16 * 1024];
+        let mut written = 0usize;
+        // Nobody reads: writes must stall once the stream window is used up.
+        while let Ok(result) =
+            tokio::time::timeout(Duration::from_millis(200), client.write(&chunk)).await
+        {
+            written += result.unwrap();
+            assert!(
+                written <= 4 * STREAM_WINDOW as usize,
+                "{written} bytes buffered"
+            );
+        }
+        assert!(
+            written >= STREAM_WINDOW as usize / 2,
+            "stalled after {written}"
+        );
+        // Once the reader takes the bytes, the writer goes on, and END_STREAM reads as EOF.
+        let total = written + 1024 * 1024;
+        let writer = tokio::spawn(async move {
+            let mut left = total - written;
+            while left > 0 {
+                let n = client.write(&chunk[..chunk.len().min(left)]).await.unwrap();
+                left -= n;
+            }
+            client.shutdown().await.unwrap();
+            client
+        });
+        let mut received = Vec::new();
+        server.read_to_end(&mut received).await.unwrap();
+        assert_eq!(received.len(), total);
+        assert!(received.iter().all(|&b| b == 7));
+        let mut client = writer.await.unwrap();
+        // The other direction still works after one side ended.
+        server.write_all(b"back").await.unwrap();
+        server.shutdown().await.unwrap();
+        let mut back = Vec::new();
+        client.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back, b"back");
+    }
+
+    #[tokio::test]
+    async fn a_reset_reads_as_an_error() {
+        let (mut client, server) = pair().await;
+        let H2Stream { mut send, .. } = server;
+        send.send_reset(Reason::INTERNAL_ERROR);
+        let mut buf = [0u8; 8];
+        assert!(client.read(&mut buf).await.is_err());
+    }
 
     #[test]
     fn backoff_doubles_up_to_the_cap() {
