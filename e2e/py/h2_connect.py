@@ -102,6 +102,32 @@ sid = connect(dead, "user:pass")
 assert streams[sid]["headers"][":status"] == "503", streams[sid]["headers"]
 print("503 ok")
 
+# A plain request is forwarded to the target, without the proxy credentials.
+sid = conn.get_next_available_stream_id()
+token = base64.b64encode(b"user:pass").decode()
+conn.send_headers(
+    sid,
+    [
+        (":method", "GET"),
+        (":scheme", "http"),
+        (":authority", target),
+        (":path", "/forwarded?q=1"),
+        ("proxy-authorization", f"Basic {token}"),
+        ("x-test", "kept"),
+    ],
+    end_stream=True,
+)
+tls.sendall(conn.data_to_send())
+pump(lambda: streams.get(sid, {}).get("ended"))
+headers = streams[sid]["headers"]
+assert headers[":status"] == "200", headers
+assert headers.get("x-request-line") == "GET /forwarded?q=1 HTTP/1.1", headers
+body = streams[sid]["body"].decode()
+assert body.startswith("hello from target"), body
+assert "x-test: kept" in body.lower(), body
+assert "proxy-authorization" not in body.lower(), body
+print("forward ok")
+
 conn.close_connection()
 tls.sendall(conn.data_to_send())
 tls.close()

@@ -288,6 +288,7 @@ fn independent_http2_client_python_h2() {
             "407 ok",
             "no credentials ok",
             "503 ok",
+            "forward ok",
         ],
     );
 }

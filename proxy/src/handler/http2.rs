@@ -12,14 +12,19 @@
 //! served by the ordinary `http` handler.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use h2::RecvStream;
 use h2::server::SendResponse;
+use h2::{RecvStream, SendStream};
 use http::header::{self, HeaderMap, HeaderValue};
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::body::{Body as _, Frame};
+use hyper_util::rt::TokioIo;
 
 use super::http::{DEFAULT_REALM, HttpHandler};
 use super::{Handler, HandlerEnv, run_tunnel};
@@ -102,15 +107,9 @@ impl Http2Handler {
             }
         }
         if req.method() != Method::CONNECT {
-            tracing::warn!(
-                service = %env.service, protocol = "http2", client = %client,
-                method = %req.method(), uri = %req.uri(),
-                "only CONNECT is served over HTTP/2 in this build; answering 501"
-            );
-            let _ = respond.send_response(status(StatusCode::NOT_IMPLEMENTED), true);
-            return;
+            return self.forward(req, respond, client).await;
         }
-        let target = match target(&req) {
+        let target = match target(&req, DEFAULT_PORT) {
             Ok(target) => target,
             Err(e) => {
                 tracing::debug!(service = %env.service, client = %client, error = %e, "bad CONNECT request");
@@ -138,6 +137,82 @@ impl Http2Handler {
         run_tunnel(env, "http2", client, &target, stream, upstream).await;
     }
 
+    /// Sends a plain request on to its target in HTTP/1.1 origin form over a connection
+    /// dialled through the router, and streams the answer back.
+    async fn forward(
+        &self,
+        req: Request<RecvStream>,
+        mut respond: SendResponse<Bytes>,
+        client: SocketAddr,
+    ) {
+        let env = &self.env;
+        // GOST appends 443 to every portless authority on this listener, even for http://
+        // URLs, which would send plain HTTP to the TLS port; the URL's scheme decides here.
+        let default_port = match req.uri().scheme_str() {
+            Some(s) if s.eq_ignore_ascii_case("http") => 80,
+            _ => DEFAULT_PORT,
+        };
+        let target = match target(&req, default_port) {
+            Ok(target) => target,
+            Err(e) => {
+                tracing::debug!(service = %env.service, client = %client, error = %e, "bad proxy request");
+                let _ = respond.send_response(status(StatusCode::BAD_REQUEST), true);
+                return;
+            }
+        };
+        let upstream = match env.router.dial(&target).await {
+            Ok(upstream) => upstream,
+            Err(e) => {
+                tracing::warn!(service = %env.service, protocol = "http2", client = %client, error = %e, "upstream dial failed");
+                let _ =
+                    respond.send_response(self.with_headers(StatusCode::SERVICE_UNAVAILABLE), true);
+                return;
+            }
+        };
+        let response = match send_upstream(req, upstream, &target, env).await {
+            Ok(response) => response,
+            Err(e) => {
+                tracing::warn!(service = %env.service, protocol = "http2", client = %client, target = %target, error = %e, "forwarding failed");
+                let _ =
+                    respond.send_response(self.with_headers(StatusCode::SERVICE_UNAVAILABLE), true);
+                return;
+            }
+        };
+        tracing::info!(
+            service = %env.service, protocol = "http2", client = %client, target = %target,
+            status = response.status().as_u16(), "forwarded"
+        );
+        let (mut parts, mut body) = response.into_parts();
+        strip_connection_headers(&mut parts.headers);
+        let end = body.is_end_stream();
+        let mut send = match respond.send_response(Response::from_parts(parts, ()), end) {
+            Ok(send) => send,
+            Err(e) => {
+                tracing::debug!(service = %env.service, client = %client, error = %e, "client went away");
+                return;
+            }
+        };
+        if end {
+            return;
+        }
+        while let Some(frame) = body.frame().await {
+            let data = match frame.map(|f| f.into_data()) {
+                Ok(Ok(data)) => data,
+                Ok(Err(_trailers)) => continue,
+                Err(e) => {
+                    tracing::debug!(service = %env.service, target = %target, error = %e, "upstream body failed");
+                    send.send_reset(h2::Reason::INTERNAL_ERROR);
+                    return;
+                }
+            };
+            if let Err(e) = send_all(&mut send, data).await {
+                tracing::debug!(service = %env.service, client = %client, error = %e, "client went away");
+                return;
+            }
+        }
+        let _ = send.send_data(Bytes::new(), true);
+    }
+
     fn with_headers(&self, code: StatusCode) -> Response<()> {
         let mut response = status(code);
         response.headers_mut().extend(self.headers.clone());
@@ -151,8 +226,107 @@ fn status(code: StatusCode) -> Response<()> {
     response
 }
 
-/// The CONNECT target: `:authority` (else `Host`), port 443 when it has none.
-fn target(req: &Request<RecvStream>) -> Result<Address, String> {
+/// Headers HTTP/2 forbids (RFC 9113 §8.2.2) or that describe one hop only, plus the
+/// proxy's own credentials and GOST's target headers.
+const CONNECTION_HEADERS: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "gost-target",
+    "x-gost-target",
+];
+
+fn strip_connection_headers(headers: &mut HeaderMap) {
+    for name in CONNECTION_HEADERS {
+        headers.remove(*name);
+    }
+}
+
+/// The request body of an HTTP/2 stream as a hyper body, giving flow-control credit back as
+/// hyper takes each chunk.
+struct RecvBody(RecvStream);
+
+impl hyper::body::Body for RecvBody {
+    type Data = Bytes;
+    type Error = h2::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
+        match ready!(self.0.poll_data(cx)) {
+            Some(Ok(data)) => {
+                let _ = self.0.flow_control().release_capacity(data.len());
+                Poll::Ready(Some(Ok(Frame::data(data))))
+            }
+            Some(Err(e)) => Poll::Ready(Some(Err(e))),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_end_stream()
+    }
+}
+
+async fn send_upstream(
+    req: Request<RecvStream>,
+    upstream: BoxConn,
+    target: &Address,
+    env: &HandlerEnv,
+) -> Result<Response<hyper::body::Incoming>, hyper::Error> {
+    let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
+        .title_case_headers(true)
+        .handshake::<_, RecvBody>(TokioIo::new(upstream))
+        .await?;
+    let service = env.service.clone();
+    env.tunnels.spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(service = %service, error = %e, "upstream HTTP connection ended");
+        }
+    });
+    let (mut parts, body) = req.into_parts();
+    let host = parts
+        .uri
+        .authority()
+        .map_or_else(|| target.to_string(), |a| a.as_str().to_string());
+    if !parts.headers.contains_key(header::HOST)
+        && let Ok(value) = HeaderValue::from_str(&host)
+    {
+        parts.headers.insert(header::HOST, value);
+    }
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    parts.uri = path.parse().unwrap_or_else(|_| Uri::from_static("/"));
+    parts.version = Version::HTTP_11;
+    strip_connection_headers(&mut parts.headers);
+    sender
+        .send_request(Request::from_parts(parts, RecvBody(body)))
+        .await
+}
+
+/// Sends `data` on `send`, waiting for flow-control credit rather than queueing it all.
+async fn send_all(send: &mut SendStream<Bytes>, mut data: Bytes) -> Result<(), h2::Error> {
+    while !data.is_empty() {
+        send.reserve_capacity(data.len());
+        let granted = std::future::poll_fn(|cx| send.poll_capacity(cx))
+            .await
+            .transpose()?
+            .ok_or_else(|| h2::Error::from(h2::Reason::CANCEL))?;
+        if granted > 0 {
+            send.send_data(data.split_to(granted.min(data.len())), false)?;
+        }
+    }
+    Ok(())
+}
+
+/// The request's target: `:authority` (else `Host`), with `default_port` when it has none.
+fn target(req: &Request<RecvStream>, default_port: u16) -> Result<Address, String> {
     let authority = req
         .uri()
         .authority()
@@ -168,7 +342,7 @@ fn target(req: &Request<RecvStream>) -> Result<Address, String> {
     let host_port = authority
         .rsplit_once('@')
         .map_or(authority.as_str(), |(_, h)| h);
-    with_default_port(host_port, DEFAULT_PORT).map_err(|e| e.to_string())
+    with_default_port(host_port, default_port).map_err(|e| e.to_string())
 }
 
 #[async_trait]
