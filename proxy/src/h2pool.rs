@@ -683,6 +683,21 @@ mod tests {
         assert_eq!(back, b"back");
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn keepalive_finds_a_silent_peer_dead() {
+        // The peer's end stays open but nobody answers: only PING can tell.
+        let (a, _silent) = tokio::io::duplex(1024 * 1024);
+        let peer = Address::parse("127.0.0.1:1").unwrap();
+        let session = Session::handshake(Box::new(a), &peer, true).await.unwrap();
+        tokio::time::sleep(KEEPALIVE_INTERVAL).await;
+        assert!(!session.is_closed(), "dead before the PING went unanswered");
+        tokio::time::sleep(KEEPALIVE_TIMEOUT + Duration::from_secs(1)).await;
+        assert!(
+            session.is_closed(),
+            "an unanswered PING must end the connection"
+        );
+    }
+
     #[tokio::test]
     async fn a_reset_reads_as_an_error() {
         let (mut client, server) = pair().await;
