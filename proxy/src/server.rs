@@ -19,8 +19,10 @@ use crate::chain::{
 };
 use crate::connector::Connector;
 use crate::connector::http::HttpConnector;
+use crate::connector::http2::Http2Connector;
 use crate::connector::socks5::Socks5Connector;
 use crate::dialer::Dialer;
+use crate::dialer::h2::{H2Dialer, Http2Dialer};
 use crate::dialer::tcp::TcpDialer;
 use crate::dialer::tls::TlsDialer;
 use crate::handler::auto::AutoHandler;
@@ -100,6 +102,7 @@ pub fn build(config: &Config, tunnels: &TaskTracker) -> Result<Vec<Service>, Con
                 tls: handler_tls(service, &tls_defaults, &path)?,
             });
             let handler_path = format!("{path}.handler");
+            let mut http2_handler = None;
             let handler: Arc<dyn Handler> = match service.handler.kind {
                 HandlerType::Auto => {
                     Arc::new(AutoHandler::new(env).map_err(|e| field(handler_path, e))?)
@@ -109,6 +112,20 @@ pub fn build(config: &Config, tunnels: &TaskTracker) -> Result<Vec<Service>, Con
                 }
                 HandlerType::Socks5 => Arc::new(Socks5Handler::new(env)),
                 HandlerType::Socks4 => Arc::new(Socks4Handler::new(env)),
+                HandlerType::Http2 => {
+                    if service.listener.kind != ListenerType::Http2 {
+                        return Err(field(
+                            format!("{handler_path}.type"),
+                            "handler type `http2` works only with listener type `http2`",
+                        ));
+                    }
+                    let handler = Arc::new(
+                        crate::handler::http2::Http2Handler::new(env)
+                            .map_err(|e| field(handler_path, e))?,
+                    );
+                    http2_handler = Some(handler.clone());
+                    handler
+                }
                 other => {
                     return Err(not_implemented(
                         format!("{handler_path}.type"),
@@ -143,6 +160,47 @@ pub fn build(config: &Config, tunnels: &TaskTracker) -> Result<Vec<Service>, Con
                             .map_err(|e| field(format!("{path}.listener.metadata"), e))?;
                     Box::new(
                         crate::listener::ws::bind(&service.addr, tls, options)
+                            .map_err(|e| cannot_listen(&path, &service.addr, e))?,
+                    )
+                }
+                ListenerType::H2 | ListenerType::H2c => {
+                    let tls = if service.listener.kind == ListenerType::H2 {
+                        Some(
+                            ServerTls::new(
+                                service.listener.tls.as_ref(),
+                                &tls_defaults,
+                                crate::listener::http2::ALPN,
+                            )
+                            .map_err(|e| field(format!("{path}.listener.tls"), e))?,
+                        )
+                    } else {
+                        None
+                    };
+                    let h2_path = service
+                        .listener
+                        .metadata
+                        .string(&["path"])
+                        .filter(|p| !p.is_empty());
+                    Box::new(
+                        crate::listener::h2::bind(&service.addr, tls, h2_path)
+                            .map_err(|e| cannot_listen(&path, &service.addr, e))?,
+                    )
+                }
+                ListenerType::Http2 => {
+                    let Some(handler) = http2_handler else {
+                        return Err(field(
+                            format!("{path}.listener.type"),
+                            "listener type `http2` works only with handler type `http2`",
+                        ));
+                    };
+                    let tls = ServerTls::new(
+                        service.listener.tls.as_ref(),
+                        &tls_defaults,
+                        crate::listener::http2::ALPN,
+                    )
+                    .map_err(|e| field(format!("{path}.listener.tls"), e))?;
+                    Box::new(
+                        crate::listener::http2::bind(&service.addr, tls, handler)
                             .map_err(|e| cannot_listen(&path, &service.addr, e))?,
                     )
                 }
@@ -266,6 +324,32 @@ fn build_hop(hop: &HopConfig, path: &str) -> Result<Hop, ConfigError> {
                             .map_err(|e| field(format!("{path}.dialer.metadata"), e))?,
                     )
                 }
+                DialerType::H2 | DialerType::H2c => {
+                    let tls = if node.dialer.kind == DialerType::H2 {
+                        Some(
+                            ClientTls::new(node.dialer.tls.as_ref(), &[b"h2"])
+                                .map_err(|e| field(format!("{path}.dialer.tls"), e))?,
+                        )
+                    } else {
+                        None
+                    };
+                    Arc::new(
+                        H2Dialer::new(tls, &node.dialer.metadata)
+                            .map_err(|e| field(format!("{path}.dialer.metadata"), e))?,
+                    )
+                }
+                DialerType::Http2 => {
+                    if node.connector.kind != ConnectorType::Http2 {
+                        return Err(field(
+                            format!("{path}.dialer.type"),
+                            "dialer type `http2` works only with connector type `http2`",
+                        ));
+                    }
+                    Arc::new(Http2Dialer::new(
+                        ClientTls::new(node.dialer.tls.as_ref(), crate::listener::http2::ALPN)
+                            .map_err(|e| field(format!("{path}.dialer.tls"), e))?,
+                    ))
+                }
                 other => {
                     return Err(not_implemented(
                         format!("{path}.dialer.type"),
@@ -285,6 +369,15 @@ fn build_hop(hop: &HopConfig, path: &str) -> Result<Hop, ConfigError> {
                     Socks5Connector::new(auth, md, node.connector.tls.as_ref(), &addr)
                         .map_err(|e| field(connector_path, e))?,
                 ),
+                ConnectorType::Http2 => {
+                    if node.dialer.kind != DialerType::Http2 {
+                        return Err(field(
+                            format!("{connector_path}.type"),
+                            "connector type `http2` works only with dialer type `http2`",
+                        ));
+                    }
+                    Arc::new(Http2Connector::new(auth, md).map_err(|e| field(connector_path, e))?)
+                }
                 other => {
                     return Err(not_implemented(
                         format!("{connector_path}.type"),

@@ -1,0 +1,468 @@
+//! HTTP/2 transports with real `gost` processes: the `http2` CONNECT proxy and the `h2`/`h2c`
+//! tunnels, as in the seed page's examples, plus multiplexing, reconnection, bulk data, an
+//! independent HTTP/2 client and chains.
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use gost_e2e::*;
+
+/// Concurrent tunnels that must share one HTTP/2 connection.
+const CONCURRENT_TUNNELS: usize = 100;
+
+/// Bytes echoed per concurrent tunnel: several DATA frames each, so streams interleave.
+const BYTES_PER_TUNNEL: usize = 200 * 1024;
+
+/// The bulk transfer that must arrive byte for byte.
+const BULK_BYTES: usize = 16 * 1024 * 1024;
+
+/// How long a client may take to use a restarted server: covers the reconnect backoff cap
+/// (8 s) with room to spare.
+const RECONNECT_DEADLINE: Duration = Duration::from_secs(20);
+
+fn get_via(proxy: &str, target: &Target, path: &str) -> Output {
+    curl(&["-x", proxy, &format!("http://{}{path}", target.addr)])
+}
+
+fn assert_get_works(proxy: &str, target: &Target) {
+    let out = get_via(proxy, target, "/h2");
+    assert_eq!(out.code, 0, "{proxy}: {}", out.stderr);
+    assert!(
+        out.text().starts_with("hello from target"),
+        "{proxy}: {}",
+        out.text()
+    );
+}
+
+fn client(scheme: &str, server: SocketAddr) -> Gost {
+    Gost::start(
+        &[
+            "-L",
+            "http://127.0.0.1:0",
+            "-F",
+            &format!("{scheme}://user:pass@{server}"),
+        ],
+        1,
+    )
+}
+
+/// Established TCP connections whose local port is `port` (the server side of them).
+fn established_to(port: u16) -> usize {
+    let out = Command::new("ss")
+        .args([
+            "-Htn",
+            "state",
+            "established",
+            &format!("( sport = :{port} )"),
+        ])
+        .output()
+        .expect("ss runs");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .count()
+}
+
+#[test]
+fn http2_seed_example_command_line() {
+    let target = Target::http();
+    let server = Gost::start(&["-L", "http2://user:pass@127.0.0.1:0"], 1);
+    let client = client("http2", server.addr());
+    assert_get_works(&format!("http://{}", client.addr()), &target);
+    // A CONNECT through the client rides the same HTTP/2 connection.
+    let tunnel = http_connect(client.addr(), &target.addr.to_string(), None).expect("CONNECT");
+    drop(tunnel);
+    let log = server.log();
+    assert!(log.contains("\"protocol\":\"http2\""), "{log}");
+}
+
+#[test]
+fn http2_seed_example_yaml() {
+    let dir = tempdir();
+    let target = Target::http();
+    let server_yaml = dir.join("server.yaml");
+    std::fs::write(
+        &server_yaml,
+        "services:\n- name: service-0\n  addr: \"127.0.0.1:0\"\n  handler:\n    type: http2\n    auth:\n      username: user\n      password: pass\n  listener:\n    type: http2\n",
+    )
+    .unwrap();
+    let server = Gost::start(&["-C", server_yaml.to_str().unwrap()], 1);
+    let client_yaml = dir.join("client.yaml");
+    std::fs::write(
+        &client_yaml,
+        format!(
+            "services:\n- name: service-0\n  addr: \"127.0.0.1:0\"\n  handler:\n    type: http\n    chain: chain-0\n  listener:\n    type: tcp\nchains:\n- name: chain-0\n  hops:\n  - name: hop-0\n    nodes:\n    - name: node-0\n      addr: {}\n      connector:\n        type: http2\n        auth:\n          username: user\n          password: pass\n      dialer:\n        type: http2\n",
+            server.addr()
+        ),
+    )
+    .unwrap();
+    let client = Gost::start(&["-C", client_yaml.to_str().unwrap()], 1);
+    assert_get_works(&format!("http://{}", client.addr()), &target);
+}
+
+#[test]
+fn socks5_over_h2_and_h2c_seed_examples() {
+    let target = Target::http();
+    for scheme in ["socks5+h2", "socks5+h2c"] {
+        let server = Gost::start(&["-L", &format!("{scheme}://user:pass@127.0.0.1:0")], 1);
+        let client = client(scheme, server.addr());
+        assert_get_works(&format!("http://{}", client.addr()), &target);
+    }
+}
+
+#[test]
+fn socks5_over_h2_yaml() {
+    let dir = tempdir();
+    let target = Target::http();
+    let server_yaml = dir.join("server.yaml");
+    std::fs::write(
+        &server_yaml,
+        "services:\n- name: service-0\n  addr: \"127.0.0.1:0\"\n  handler:\n    type: socks5\n    auth:\n      username: user\n      password: pass\n  listener:\n    type: h2\n",
+    )
+    .unwrap();
+    let server = Gost::start(&["-C", server_yaml.to_str().unwrap()], 1);
+    let client_yaml = dir.join("client.yaml");
+    std::fs::write(
+        &client_yaml,
+        format!(
+            "services:\n- name: service-0\n  addr: \"127.0.0.1:0\"\n  handler:\n    type: http\n    chain: chain-0\n  listener:\n    type: tcp\nchains:\n- name: chain-0\n  hops:\n  - name: hop-0\n    nodes:\n    - name: node-0\n      addr: {}\n      connector:\n        type: socks5\n        auth:\n          username: user\n          password: pass\n      dialer:\n        type: h2\n",
+            server.addr()
+        ),
+    )
+    .unwrap();
+    let client = Gost::start(&["-C", client_yaml.to_str().unwrap()], 1);
+    assert_get_works(&format!("http://{}", client.addr()), &target);
+}
+
+#[test]
+fn wrong_password_fails_on_every_transport() {
+    let target = Target::http();
+    for scheme in ["http2", "socks5+h2", "socks5+h2c"] {
+        let server = Gost::start(&["-L", &format!("{scheme}://user:pass@127.0.0.1:0")], 1);
+        let client = Gost::start(
+            &[
+                "-L",
+                "http://127.0.0.1:0",
+                "-F",
+                &format!("{scheme}://user:wrong@{}", server.addr()),
+            ],
+            1,
+        );
+        let out = curl(&[
+            "-i",
+            "-x",
+            &format!("http://{}", client.addr()),
+            &format!("http://{}/", target.addr),
+        ]);
+        let text = out.text();
+        assert!(!text.contains("hello from target"), "{scheme}: {text}");
+        assert!(
+            text.starts_with("HTTP/1.1 5"),
+            "{scheme}: the client must report an upstream failure: {text}"
+        );
+    }
+}
+
+#[test]
+fn h2c_path_must_match() {
+    let target = Target::http();
+    let server = Gost::start(&["-L", "socks5+h2c://user:pass@127.0.0.1:0?path=/tun"], 1);
+    let right = client_with(&format!(
+        "socks5+h2c://user:pass@{}?path=/tun",
+        server.addr()
+    ));
+    assert_get_works(&format!("http://{}", right.addr()), &target);
+    let wrong = client_with(&format!(
+        "socks5+h2c://user:pass@{}?path=/other",
+        server.addr()
+    ));
+    let out = get_via(&format!("http://{}", wrong.addr()), &target, "/");
+    assert!(!out.text().contains("hello from target"), "{}", out.text());
+    // Without a path the client sends CONNECT, which a path-mode server refuses too.
+    let connect = client("socks5+h2c", server.addr());
+    let out = get_via(&format!("http://{}", connect.addr()), &target, "/");
+    assert!(!out.text().contains("hello from target"), "{}", out.text());
+}
+
+fn client_with(node: &str) -> Gost {
+    Gost::start(&["-L", "http://127.0.0.1:0", "-F", node], 1)
+}
+
+#[test]
+fn hundred_concurrent_tunnels_share_one_connection() {
+    let echo = Target::echo();
+    for scheme in ["socks5+h2c", "http2"] {
+        let server = Gost::start(&["-L", &format!("{scheme}://user:pass@127.0.0.1:0")], 1);
+        let client = client(scheme, server.addr());
+        let proxy = client.addr();
+        let echo_addr = echo.addr.to_string();
+        let workers: Vec<_> = (0..CONCURRENT_TUNNELS)
+            .map(|_| {
+                let echo_addr = echo_addr.clone();
+                thread::spawn(move || {
+                    let stream = http_connect(proxy, &echo_addr, None).expect("CONNECT");
+                    echo_round_trip(stream, BYTES_PER_TUNNEL);
+                })
+            })
+            .collect();
+        for worker in workers {
+            worker.join().expect("tunnel echoed correctly");
+        }
+        assert_eq!(
+            established_to(server.addr().port()),
+            1,
+            "{scheme}: the server must see exactly one TCP connection"
+        );
+        let dials = client
+            .log()
+            .matches("HTTP/2 connection established")
+            .count();
+        assert_eq!(dials, 1, "{scheme}: one HTTP/2 connection expected");
+        let tunnels = server.log().matches("\"message\":\"tunnel\"").count();
+        assert_eq!(tunnels, CONCURRENT_TUNNELS, "{scheme}");
+    }
+}
+
+#[test]
+fn client_reconnects_after_server_restart() {
+    let target = Target::http();
+    for scheme in ["socks5+h2c", "http2"] {
+        let server = Gost::start(&["-L", &format!("{scheme}://user:pass@127.0.0.1:0")], 1);
+        let addr = server.addr();
+        let client = client(scheme, addr);
+        let proxy = format!("http://{}", client.addr());
+        assert_get_works(&proxy, &target);
+        drop(server);
+        let restarted = Gost::start(&["-L", &format!("{scheme}://user:pass@{addr}")], 1);
+        let deadline = Instant::now() + RECONNECT_DEADLINE;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let out = get_via(&proxy, &target, "/again");
+            if out.code == 0 && out.text().starts_with("hello from target") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{scheme}: no success within {RECONNECT_DEADLINE:?} ({attempts} attempts); client log:\n{}",
+                client.log()
+            );
+            thread::sleep(Duration::from_millis(200));
+        }
+        assert!(restarted.log().contains("\"message\":\"tunnel\""));
+    }
+}
+
+#[test]
+fn sixteen_mib_arrive_byte_identical() {
+    let echo = Target::echo();
+    for scheme in ["socks5+h2", "socks5+h2c", "http2"] {
+        let server = Gost::start(&["-L", &format!("{scheme}://user:pass@127.0.0.1:0")], 1);
+        let client = client(scheme, server.addr());
+        let stream = http_connect(client.addr(), &echo.addr.to_string(), None).expect("CONNECT");
+        echo_round_trip(stream, BULK_BYTES);
+    }
+}
+
+#[test]
+fn independent_http2_client_python_h2() {
+    let target = Target::http();
+    let server = Gost::start(&["-L", "http2://user:pass@127.0.0.1:0"], 1);
+    // A port that was just free: nothing listens there.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    python_checks(
+        "h2_connect.py",
+        &[
+            server.addr().to_string(),
+            target.addr.to_string(),
+            dead.to_string(),
+        ],
+        &[
+            "alpn h2 ok",
+            "connect tunnel ok",
+            "407 ok",
+            "no credentials ok",
+            "503 ok",
+            "forward ok",
+        ],
+    );
+}
+
+#[test]
+fn http1_clients_of_the_http2_listener_get_an_https_proxy() {
+    let target = Target::http();
+    let server = Gost::start(&["-L", "http2://user:pass@127.0.0.1:0"], 1);
+    let out = curl(&[
+        "--proxy-insecure",
+        "--proxy-http2",
+        "-x",
+        &format!("https://user:pass@{}", server.addr()),
+        &format!("http://{}/", target.addr),
+    ]);
+    // curl may or may not speak HTTP/2 to a proxy; without --proxy-http2 support it uses
+    // HTTP/1.1 over TLS. Either way the request must get through.
+    if out.code == 2 {
+        // This curl does not know --proxy-http2: plain HTTPS proxy it is.
+        let out = curl(&[
+            "--proxy-insecure",
+            "-x",
+            &format!("https://user:pass@{}", server.addr()),
+            &format!("http://{}/", target.addr),
+        ]);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        assert!(out.text().starts_with("hello from target"));
+    } else {
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        assert!(out.text().starts_with("hello from target"));
+    }
+    let out = curl(&[
+        "--proxy-insecure",
+        "--http1.1",
+        "-x",
+        &format!("https://user:pass@{}", server.addr()),
+        &format!("http://{}/", target.addr),
+    ]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.text().starts_with("hello from target"));
+}
+
+#[test]
+fn chain_h2c_then_http() {
+    let target = Target::http();
+    let a = Gost::start(&["-L", "socks5+h2c://user:pass@127.0.0.1:0"], 1);
+    let b = Gost::start(&["-L", "http://u2:p2@127.0.0.1:0"], 1);
+    let front = Gost::start(
+        &[
+            "-L",
+            "http://127.0.0.1:0",
+            "-F",
+            &format!("socks5+h2c://user:pass@{}", a.addr()),
+            "-F",
+            &format!("http://u2:p2@{}", b.addr()),
+        ],
+        1,
+    );
+    assert_get_works(&format!("http://{}", front.addr()), &target);
+    // And an HTTP/2 transport as the second hop, over the first hop's tunnel.
+    let c = Gost::start(&["-L", "socks5+h2://user:pass@127.0.0.1:0"], 1);
+    let front2 = Gost::start(
+        &[
+            "-L",
+            "http://127.0.0.1:0",
+            "-F",
+            &format!("http://u2:p2@{}", b.addr()),
+            "-F",
+            &format!("socks5+h2://user:pass@{}", c.addr()),
+        ],
+        1,
+    );
+    assert_get_works(&format!("http://{}", front2.addr()), &target);
+    // The http2 dialer and connector as the second hop: a dedicated HTTP/2 connection inside
+    // the first hop's tunnel.
+    let d = Gost::start(&["-L", "http2://user:pass@127.0.0.1:0"], 1);
+    let front3 = Gost::start(
+        &[
+            "-L",
+            "http://127.0.0.1:0",
+            "-F",
+            &format!("http://u2:p2@{}", b.addr()),
+            "-F",
+            &format!("http2://user:pass@{}", d.addr()),
+        ],
+        1,
+    );
+    assert_get_works(&format!("http://{}", front3.addr()), &target);
+    assert!(d.log().contains("\"protocol\":\"http2\""));
+}
+
+#[test]
+fn http2_handler_needs_the_http2_listener() {
+    let dir = tempdir();
+    let yaml = dir.join("bad.yaml");
+    std::fs::write(
+        &yaml,
+        "services:\n- name: s\n  addr: \"127.0.0.1:0\"\n  handler:\n    type: http2\n  listener:\n    type: tcp\n",
+    )
+    .unwrap();
+    let out = run(
+        gost_bin().to_str().unwrap(),
+        &["-C", yaml.to_str().unwrap()],
+    );
+    assert_ne!(out.code, 0);
+    assert!(
+        out.stderr.contains("works only with listener type `http2`"),
+        "{}",
+        out.stderr
+    );
+}
+
+/// Idle tunnels held open on one HTTP/2 connection for the memory check.
+const IDLE_TUNNELS: usize = 1000;
+
+/// Most the server's resident memory may grow for [`IDLE_TUNNELS`] idle tunnels: a few KiB
+/// each for the stream, the relay and the upstream socket. Buffering per stream (GOST's 1 MiB
+/// windows, or a relay buffer per idle direction) would blow far past it.
+const IDLE_TUNNELS_MAX_GROWTH_KIB: u64 = 12 * 1024;
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+#[test]
+fn thousand_idle_tunnels_stay_small() {
+    let echo = Target::echo();
+    // `notls`: GOST's TLS-inside-SOCKS5 would add a TLS session per tunnel, which is not
+    // what this test measures.
+    let server = Gost::start(&["-L", "socks5+h2c://user:pass@127.0.0.1:0?notls=true"], 1);
+    let client = client("socks5+h2c", server.addr());
+    let echo_addr = echo.addr.to_string();
+    // Warm up: the connection, the runtime's threads and the allocator's first arenas.
+    let mut tunnels = Vec::with_capacity(IDLE_TUNNELS);
+    for _ in 0..8 {
+        let mut stream = http_connect(client.addr(), &echo_addr, None).expect("CONNECT");
+        echo_small(&mut stream);
+        tunnels.push(stream);
+    }
+    let before = rss_kib(server.pid());
+    while tunnels.len() < IDLE_TUNNELS {
+        let mut stream = http_connect(client.addr(), &echo_addr, None).expect("CONNECT");
+        echo_small(&mut stream);
+        tunnels.push(stream);
+    }
+    thread::sleep(Duration::from_millis(300));
+    let after = rss_kib(server.pid());
+    let growth = after.saturating_sub(before);
+    eprintln!(
+        "server RSS {before} KiB -> {after} KiB for {IDLE_TUNNELS} idle tunnels; client RSS {} KiB",
+        rss_kib(client.pid())
+    );
+    assert!(
+        growth <= IDLE_TUNNELS_MAX_GROWTH_KIB,
+        "server grew by {growth} KiB for {IDLE_TUNNELS} idle tunnels"
+    );
+    assert_eq!(established_to(server.addr().port()), 1);
+    // Every tunnel still works after sitting idle.
+    for stream in tunnels.iter_mut().step_by(97) {
+        echo_small(stream);
+    }
+}
+
+/// One small echo exchange on an open tunnel.
+fn echo_small(stream: &mut std::net::TcpStream) {
+    use std::io::{Read, Write};
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    stream.write_all(b"ping").unwrap();
+    let mut buf = [0u8; 4];
+    stream.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"ping");
+}

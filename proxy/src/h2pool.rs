@@ -1,0 +1,716 @@
+//! HTTP/2 plumbing shared by the `h2`, `h2c` and `http2` transports (gost-wire.md §8.3, §8.4):
+//! one HTTP/2 stream as a byte stream ([`H2Stream`]), the connection settings both sides use,
+//! and the client side's pool of connections, one per node address, each carrying many
+//! tunnels.
+
+use std::collections::HashMap;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes};
+use h2::client::SendRequest;
+use h2::{Reason, RecvStream, SendStream};
+use http::{Request, StatusCode};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio_util::sync::CancellationToken;
+
+use crate::addr::Address;
+use crate::conn::{BoxConn, Conn};
+use crate::dialer::tcp;
+use crate::tls::ClientTls;
+
+/// Initial flow-control window of every stream, both directions. It bounds what one tunnel may
+/// have in flight (and so buffered at the receiver): 256 KiB keeps a single tunnel near line
+/// rate on low-latency links while 1,000 tunnels that stall cannot pin more than the
+/// connection window below. GOST's 1 MiB per stream is what lets a few hundred stalled
+/// tunnels exhaust memory.
+pub const STREAM_WINDOW: u32 = 256 * 1024;
+
+/// Flow-control window of a whole connection: the most data all its streams together can have
+/// unread at the receiver, so the hard bound on a connection's receive buffers. Several times
+/// the stream window so that a handful of busy tunnels do not throttle each other.
+pub const CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
+
+/// Largest DATA frame we accept. Bigger than HTTP/2's 16 KiB default to cut per-frame overhead
+/// on bulk transfers; still small enough that a frame is never a noticeable buffer.
+pub const MAX_FRAME_SIZE: u32 = 64 * 1024;
+
+/// Data a stream may have queued for sending before writes wait. Writes only ever queue what
+/// flow control already granted, so this just caps one stream's share of the socket buffer.
+pub const MAX_SEND_BUFFER: usize = STREAM_WINDOW as usize;
+
+/// Streams a client may have open on one server connection. A client multiplexes all its
+/// tunnels to a node over one connection, so this is a tunnel count, not a request count;
+/// idle streams cost a few hundred bytes each.
+pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
+
+/// Largest request or response head. Proxy heads are small; this rejects header floods.
+pub const MAX_HEADER_LIST_SIZE: u32 = 64 * 1024;
+
+/// Time allowed for the HTTP/2 preface and settings exchange (after TLS), as GOST's 10 s TLS
+/// handshake timeout for `h2`.
+pub const H2_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Interval between PINGs on an otherwise quiet pooled connection, so that a peer that
+/// vanished without closing (power loss, NAT timeout) is noticed before the next tunnel.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// How long a PING may go unanswered before the connection is declared dead.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// First wait before re-dialling a node whose connection attempt failed; doubled on every
+/// further failure up to [`RECONNECT_BACKOFF_MAX`], reset by a success. Keeps a down node from
+/// being hammered by every client request while it restarts.
+pub const RECONNECT_BACKOFF_MIN: Duration = Duration::from_millis(250);
+
+/// Longest wait between attempts to re-dial a failing node: short enough that a node that
+/// comes back is used again within seconds.
+pub const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(8);
+
+/// Server-side settings for every HTTP/2 listener.
+pub fn server_builder() -> h2::server::Builder {
+    let mut builder = h2::server::Builder::new();
+    builder
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME_SIZE)
+        .max_send_buffer_size(MAX_SEND_BUFFER)
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .max_header_list_size(MAX_HEADER_LIST_SIZE);
+    builder
+}
+
+/// Client-side settings for every HTTP/2 dialer.
+pub fn client_builder() -> h2::client::Builder {
+    let mut builder = h2::client::Builder::new();
+    builder
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME_SIZE)
+        .max_send_buffer_size(MAX_SEND_BUFFER)
+        .max_header_list_size(MAX_HEADER_LIST_SIZE)
+        .enable_push(false);
+    builder
+}
+
+fn h2_io_error(e: h2::Error) -> io::Error {
+    if e.is_io() {
+        e.into_io().expect("is_io")
+    } else {
+        io::Error::other(e)
+    }
+}
+
+/// One HTTP/2 stream as a byte stream: the request body one way, the response body the other.
+///
+/// Reads hand flow-control credit back as the application consumes data, so a slow reader
+/// slows its peer instead of growing a buffer. Writes wait for credit and queue no more than
+/// they were granted. Shutting down ends the stream (END_STREAM); the peer's END_STREAM reads
+/// as EOF; a reset reads as an error (except `NO_ERROR`, which Go peers send to say "done").
+pub struct H2Stream {
+    send: SendStream<Bytes>,
+    // Behind a lock only so that readiness can be polled through `&self`
+    // (`Conn::poll_read_ready`); reads reach it without locking.
+    read: Mutex<ReadHalf>,
+    write_closed: bool,
+}
+
+struct ReadHalf {
+    recv: RecvStream,
+    pending: Bytes,
+    eof: bool,
+}
+
+impl ReadHalf {
+    /// Waits until there are bytes to hand out or the stream has ended.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.pending.is_empty() && !self.eof {
+            match ready!(self.recv.poll_data(cx)) {
+                None => self.eof = true,
+                Some(Ok(data)) => self.pending = data,
+                Some(Err(e)) if e.reason() == Some(Reason::NO_ERROR) => self.eof = true,
+                Some(Err(e)) => return Poll::Ready(Err(h2_io_error(e))),
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl H2Stream {
+    /// Joins the two halves of a stream.
+    pub fn new(send: SendStream<Bytes>, recv: RecvStream) -> Self {
+        H2Stream {
+            send,
+            read: Mutex::new(ReadHalf {
+                recv,
+                pending: Bytes::new(),
+                eof: false,
+            }),
+            write_closed: false,
+        }
+    }
+
+    fn read_half(&mut self) -> &mut ReadHalf {
+        self.read.get_mut().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl AsyncRead for H2Stream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let read = self.read_half();
+        ready!(read.poll_fill(cx))?;
+        let n = read.pending.len().min(buf.remaining());
+        buf.put_slice(&read.pending[..n]);
+        read.pending.advance(n);
+        // Credit goes back only for what the application took, which is the backpressure.
+        let _ = read.recv.flow_control().release_capacity(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for H2Stream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        if self.write_closed {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "HTTP/2 stream already ended",
+            )));
+        }
+        self.send.reserve_capacity(buf.len());
+        loop {
+            match self.send.poll_capacity(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(0))) => continue,
+                Poll::Ready(Some(Ok(granted))) => {
+                    let n = granted.min(buf.len());
+                    self.send
+                        .send_data(Bytes::copy_from_slice(&buf[..n]), false)
+                        .map_err(h2_io_error)?;
+                    return Poll::Ready(Ok(n));
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(h2_io_error(e))),
+                Poll::Ready(None) => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::BrokenPipe,
+                        "HTTP/2 stream closed by the peer",
+                    )));
+                }
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Data handed to h2 goes out as soon as the connection task runs; nothing to push.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if !self.write_closed {
+            self.write_closed = true;
+            // A stream the peer already reset has nothing left to end.
+            let _ = self.send.send_data(Bytes::new(), true);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Conn for H2Stream {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.read
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .poll_fill(cx)
+    }
+
+    // Lets the relay hold no buffer for a tunnel that is waiting for data, which is what
+    // keeps 1,000 idle tunnels cheap.
+    fn has_read_readiness(&self) -> bool {
+        true
+    }
+}
+
+/// How a client reaches the HTTP/2 server under the connection.
+pub enum Transport {
+    /// Prior-knowledge cleartext HTTP/2 (`h2c`).
+    Plain,
+    /// TLS with ALPN `h2` (`h2`, `http2`).
+    Tls(ClientTls),
+}
+
+/// A client HTTP/2 connection: its request handle and whether it still lives.
+#[derive(Clone)]
+pub struct Session {
+    send: SendRequest<Bytes>,
+    // Set by the connection task when the connection ends.
+    closed: CancellationToken,
+    // Set when a new stream could not be opened (GOAWAY received, ...): no new tunnels go
+    // here, while those already on it run to their end.
+    retired: Arc<AtomicBool>,
+}
+
+/// Why a tunnel request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// The connection or stream failed.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    /// The server answered, with a status other than 200.
+    #[error("server answered {0}")]
+    Status(StatusCode),
+}
+
+impl From<RequestError> for io::Error {
+    fn from(e: RequestError) -> Self {
+        match e {
+            RequestError::Io(e) => e,
+            RequestError::Status(status) => io::Error::new(
+                io::ErrorKind::ConnectionRefused,
+                format!("HTTP/2 server answered {status}"),
+            ),
+        }
+    }
+}
+
+impl Session {
+    /// Runs the HTTP/2 handshake over `io` and drives the connection in a task of its own,
+    /// with PING keepalive when `keepalive` (pooled connections, which outlive any tunnel).
+    pub async fn handshake(io: BoxConn, peer: &Address, keepalive: bool) -> io::Result<Self> {
+        let handshake = client_builder().handshake::<_, Bytes>(io);
+        let (send, mut connection) = tokio::time::timeout(H2_HANDSHAKE_TIMEOUT, handshake)
+            .await
+            .map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "HTTP/2 handshake with {peer} took longer than {H2_HANDSHAKE_TIMEOUT:?}"
+                    ),
+                )
+            })?
+            .map_err(h2_io_error)?;
+        let closed = CancellationToken::new();
+        let ping = if keepalive {
+            connection.ping_pong()
+        } else {
+            None
+        };
+        let peer = peer.to_string();
+        let done = closed.clone();
+        tokio::spawn(async move {
+            let keepalive = async move {
+                let Some(mut ping) = ping else {
+                    return std::future::pending().await;
+                };
+                loop {
+                    tokio::time::sleep(KEEPALIVE_INTERVAL).await;
+                    match tokio::time::timeout(KEEPALIVE_TIMEOUT, ping.ping(h2::Ping::opaque()))
+                        .await
+                    {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => return format!("PING failed: {e}"),
+                        Err(_) => return format!("no PING answer within {KEEPALIVE_TIMEOUT:?}"),
+                    }
+                }
+            };
+            tokio::select! {
+                result = connection => match result {
+                    Ok(()) => tracing::debug!(peer = %peer, "HTTP/2 connection closed"),
+                    Err(e) => tracing::debug!(peer = %peer, error = %e, "HTTP/2 connection ended"),
+                },
+                reason = keepalive => tracing::warn!(peer = %peer, reason = %reason, "HTTP/2 connection dead, dropping it"),
+            }
+            done.cancel();
+        });
+        Ok(Session {
+            send,
+            closed,
+            retired: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// Whether the connection has ended (closed, failed, or found dead by keepalive).
+    pub fn is_closed(&self) -> bool {
+        self.closed.is_cancelled() || self.retired.load(Ordering::Relaxed)
+    }
+
+    /// Opens a stream with `req` and waits, within `timeout`, for a `200`; the stream is then
+    /// the tunnel.
+    pub async fn open(
+        &self,
+        req: Request<()>,
+        timeout: Duration,
+    ) -> Result<H2Stream, (RequestError, bool)> {
+        let exchange = async {
+            let mut send = self.send.clone().ready().await.map_err(|e| {
+                let fatal = !e.is_reset();
+                (RequestError::Io(h2_io_error(e)), fatal)
+            })?;
+            let (response, stream) = send.send_request(req, false).map_err(|e| {
+                let fatal = !e.is_reset();
+                (RequestError::Io(h2_io_error(e)), fatal)
+            })?;
+            let response = response
+                .await
+                .map_err(|e| (RequestError::Io(h2_io_error(e)), false))?;
+            if response.status() != StatusCode::OK {
+                return Err((RequestError::Status(response.status()), false));
+            }
+            Ok(H2Stream::new(stream, response.into_body()))
+        };
+        match tokio::time::timeout(timeout, exchange).await {
+            Ok(result) => {
+                if let Err((_, true)) = &result {
+                    self.retired.store(true, Ordering::Relaxed);
+                }
+                result
+            }
+            Err(_) => Err((
+                RequestError::Io(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no HTTP/2 response within {timeout:?}"),
+                )),
+                false,
+            )),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Slot {
+    session: Option<Session>,
+    failures: u32,
+    retry_at: Option<Instant>,
+}
+
+/// The client side's connections: one shared HTTP/2 connection per node address, dialled on
+/// first use, re-dialled (with backoff) once it ends.
+pub struct H2Client {
+    transport: Transport,
+    slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>,
+}
+
+impl H2Client {
+    /// A client whose connections use `transport`.
+    pub fn new(transport: Transport) -> Arc<Self> {
+        Arc::new(H2Client {
+            transport,
+            slots: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The live connection to `addr`, dialling it (within `timeout`) if there is none. Callers
+    /// that arrive while a dial is under way wait for it rather than dial their own.
+    pub async fn session(&self, addr: &Address, timeout: Duration) -> io::Result<Session> {
+        let slot = self
+            .slots
+            .lock()
+            .expect("slots lock")
+            .entry(addr.to_string())
+            .or_default()
+            .clone();
+        let mut slot = slot.lock().await;
+        if let Some(session) = &slot.session {
+            if !session.is_closed() {
+                return Ok(session.clone());
+            }
+            slot.session = None;
+        }
+        if let Some(at) = slot.retry_at {
+            let now = Instant::now();
+            if now < at {
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionRefused,
+                    format!(
+                        "HTTP/2 connection to {addr} failed {} time(s) in a row; next attempt in {:?}",
+                        slot.failures,
+                        at - now
+                    ),
+                ));
+            }
+        }
+        match self.dial(addr, timeout).await {
+            Ok(session) => {
+                *slot = Slot {
+                    session: Some(session.clone()),
+                    failures: 0,
+                    retry_at: None,
+                };
+                Ok(session)
+            }
+            Err(e) => {
+                slot.failures = slot.failures.saturating_add(1);
+                slot.retry_at = Some(Instant::now() + backoff(slot.failures));
+                Err(e)
+            }
+        }
+    }
+
+    async fn dial(&self, addr: &Address, timeout: Duration) -> io::Result<Session> {
+        let tcp = tcp::connect(addr, timeout).await?;
+        let session = self.over(Box::new(tcp), addr, true).await?;
+        tracing::debug!(peer = %addr, "HTTP/2 connection established");
+        Ok(session)
+    }
+
+    /// An HTTP/2 connection of its own over `conn` (a tunnel through previous hops).
+    pub async fn over(
+        &self,
+        conn: BoxConn,
+        addr: &Address,
+        keepalive: bool,
+    ) -> io::Result<Session> {
+        let io: BoxConn = match &self.transport {
+            Transport::Plain => conn,
+            Transport::Tls(tls) => {
+                let stream = tls.connect(conn, addr).await?;
+                if stream.get_ref().1.alpn_protocol() == Some(b"http/1.1") {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("{addr} chose HTTP/1.1 in TLS ALPN; this transport needs h2"),
+                    ));
+                }
+                Box::new(stream)
+            }
+        };
+        Session::handshake(io, addr, keepalive).await
+    }
+
+    /// Opens a tunnel stream with the request `make` builds on the pooled connection to
+    /// `addr`. A connection that turns out dead (GOAWAY, closed under us) is replaced once.
+    pub async fn open(
+        &self,
+        addr: &Address,
+        timeout: Duration,
+        make: impl Fn() -> Request<()>,
+    ) -> Result<H2Stream, RequestError> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let session = self.session(addr, timeout).await?;
+            match session.open(make(), timeout).await {
+                Ok(stream) => return Ok(stream),
+                Err((e, true)) if tries < 2 => {
+                    tracing::debug!(peer = %addr, error = %e, "HTTP/2 connection unusable, re-dialling");
+                }
+                Err((e, _)) => return Err(e),
+            }
+        }
+    }
+}
+
+/// Sessions handed from the `http2` dialer to the `http2` connector, by stand-in id.
+static HANDOFF: LazyLock<Mutex<HashMap<u64, Session>>> = LazyLock::new(Default::default);
+static NEXT_HANDOFF: AtomicU64 = AtomicU64::new(1);
+
+/// Parks `session` for the connector and returns the stand-in stream that names it.
+pub fn hand_off(session: Session) -> BoxConn {
+    let id = NEXT_HANDOFF.fetch_add(1, Ordering::Relaxed);
+    HANDOFF.lock().expect("handoff lock").insert(id, session);
+    let mut token = HANDOFF_MAGIC.to_vec();
+    token.extend_from_slice(&id.to_be_bytes());
+    Box::new(SessionHandle {
+        id,
+        token: Bytes::from(token),
+    })
+}
+
+/// The session behind a stand-in stream from [`hand_off`].
+pub async fn take_handed_off(conn: &mut BoxConn) -> io::Result<Session> {
+    let not_ours = || {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the http2 connector works only with the http2 dialer",
+        )
+    };
+    let mut token = [0u8; HANDOFF_MAGIC.len() + 8];
+    conn.read_exact(&mut token).await.map_err(|_| not_ours())?;
+    if token[..HANDOFF_MAGIC.len()] != *HANDOFF_MAGIC {
+        return Err(not_ours());
+    }
+    let id = u64::from_be_bytes(token[HANDOFF_MAGIC.len()..].try_into().expect("8 bytes"));
+    HANDOFF
+        .lock()
+        .expect("handoff lock")
+        .remove(&id)
+        .ok_or_else(not_ours)
+}
+
+fn backoff(failures: u32) -> Duration {
+    let factor = 1u32 << failures.saturating_sub(1).min(16);
+    RECONNECT_BACKOFF_MIN
+        .saturating_mul(factor)
+        .min(RECONNECT_BACKOFF_MAX)
+}
+
+/// Marks the stand-in stream of the `http2` dialer, so that a connector that is not the
+/// `http2` one fails with a clear error instead of talking to nothing.
+const HANDOFF_MAGIC: &[u8] = b"gost-rs http2 session\0";
+
+/// What the `http2` dialer hands its connector: not a byte stream but a reference to the
+/// HTTP/2 connection on which the connector will open the tunnel. Reading it yields the
+/// reference; writing to it is an error.
+struct SessionHandle {
+    id: u64,
+    token: Bytes,
+}
+
+impl Drop for SessionHandle {
+    fn drop(&mut self) {
+        if let Ok(mut handoff) = HANDOFF.lock() {
+            handoff.remove(&self.id);
+        }
+    }
+}
+
+impl AsyncRead for SessionHandle {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let n = self.token.len().min(buf.remaining());
+        buf.put_slice(&self.token[..n]);
+        self.token.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for SessionHandle {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        _buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "the http2 dialer yields an HTTP/2 connection, usable only by the http2 connector",
+        )))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Conn for SessionHandle {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A client stream and the server stream it opened, over an in-memory connection.
+    async fn pair() -> (H2Stream, H2Stream) {
+        let (a, b) = tokio::io::duplex(1024 * 1024);
+        let server = tokio::spawn(async move {
+            let mut conn = server_builder().handshake::<_, Bytes>(b).await.unwrap();
+            let (req, mut respond) = conn.accept().await.unwrap().unwrap();
+            let send = respond
+                .send_response(http::Response::new(()), false)
+                .unwrap();
+            tokio::spawn(async move { while conn.accept().await.is_some() {} });
+            H2Stream::new(send, req.into_body())
+        });
+        let peer = Address::parse("127.0.0.1:1").unwrap();
+        let session = Session::handshake(Box::new(a), &peer, false).await.unwrap();
+        let req = Request::builder()
+            .method(http::Method::CONNECT)
+            .uri("127.0.0.1:1")
+            .body(())
+            .unwrap();
+        let (client, server) = tokio::join!(session.open(req, Duration::from_secs(5)), server);
+        (client.map_err(|(e, _)| e).unwrap(), server.unwrap())
+    }
+
+    #[tokio::test]
+    async fn writes_wait_for_the_reader_instead_of_buffering() {
+        let (mut client, mut server) = pair().await;
+        let chunk = vec![7u8; 16 * 1024];
+        let mut written = 0usize;
+        // Nobody reads: writes must stall once the stream window is used up.
+        while let Ok(result) =
+            tokio::time::timeout(Duration::from_millis(200), client.write(&chunk)).await
+        {
+            written += result.unwrap();
+            assert!(
+                written <= 4 * STREAM_WINDOW as usize,
+                "{written} bytes buffered"
+            );
+        }
+        assert!(
+            written >= STREAM_WINDOW as usize / 2,
+            "stalled after {written}"
+        );
+        // Once the reader takes the bytes, the writer goes on, and END_STREAM reads as EOF.
+        let total = written + 1024 * 1024;
+        let writer = tokio::spawn(async move {
+            let mut left = total - written;
+            while left > 0 {
+                let n = client.write(&chunk[..chunk.len().min(left)]).await.unwrap();
+                left -= n;
+            }
+            client.shutdown().await.unwrap();
+            client
+        });
+        let mut received = Vec::new();
+        server.read_to_end(&mut received).await.unwrap();
+        assert_eq!(received.len(), total);
+        assert!(received.iter().all(|&b| b == 7));
+        let mut client = writer.await.unwrap();
+        // The other direction still works after one side ended.
+        server.write_all(b"back").await.unwrap();
+        server.shutdown().await.unwrap();
+        let mut back = Vec::new();
+        client.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back, b"back");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keepalive_finds_a_silent_peer_dead() {
+        // The peer's end stays open but nobody answers: only PING can tell.
+        let (a, _silent) = tokio::io::duplex(1024 * 1024);
+        let peer = Address::parse("127.0.0.1:1").unwrap();
+        let session = Session::handshake(Box::new(a), &peer, true).await.unwrap();
+        tokio::time::sleep(KEEPALIVE_INTERVAL).await;
+        assert!(!session.is_closed(), "dead before the PING went unanswered");
+        tokio::time::sleep(KEEPALIVE_TIMEOUT + Duration::from_secs(1)).await;
+        assert!(
+            session.is_closed(),
+            "an unanswered PING must end the connection"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_reset_reads_as_an_error() {
+        let (mut client, server) = pair().await;
+        let H2Stream { mut send, .. } = server;
+        send.send_reset(Reason::INTERNAL_ERROR);
+        let mut buf = [0u8; 8];
+        assert!(client.read(&mut buf).await.is_err());
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        assert_eq!(backoff(1), RECONNECT_BACKOFF_MIN);
+        assert_eq!(backoff(2), RECONNECT_BACKOFF_MIN * 2);
+        assert_eq!(backoff(100), RECONNECT_BACKOFF_MAX);
+    }
+}
