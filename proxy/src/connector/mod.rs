@@ -1,6 +1,7 @@
 //! Connectors: the proxy protocols spoken to a chain node (client side of a handler).
 
 pub mod http;
+pub mod relay;
 pub mod socks5;
 
 use std::io;

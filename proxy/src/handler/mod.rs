@@ -2,6 +2,7 @@
 
 pub mod auto;
 pub mod http;
+pub mod relay;
 pub mod socks4;
 pub mod socks5;
 
