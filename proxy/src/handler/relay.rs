@@ -16,8 +16,8 @@ use super::{Handler, HandlerEnv, run_tunnel, within_handshake_timeout};
 use crate::codec::relay::{self, Request};
 use crate::conn::{BoxConn, Prefixed};
 
-/// Bytes read per step while the request is incomplete: a typical request (credentials and an
-/// address) fits in one, and the buffer only grows up to the request's own length.
+/// Most bytes read per step while the request is incomplete: a typical request (credentials and
+/// an address) fits in one, and the buffer only grows up to the request's own length.
 const READ_CHUNK: usize = 1024;
 
 /// Why no request was read.
@@ -31,8 +31,10 @@ enum RequestError {
     Malformed(relay::RelayError),
 }
 
-/// Reads one request into `buf`, at most [`relay::MAX_MESSAGE_LEN`] bytes of it plus the rest
-/// of the last read; the request is removed from `buf` and what the client sent after it stays.
+/// Reads one request, at most [`relay::MAX_MESSAGE_LEN`] bytes, through `buf`. It never reads
+/// past the request (the header says how long it is), so tunnel data a lazy client sent in the
+/// same write stays in the socket and the tunnel can still splice. Whatever `buf` holds after
+/// the request is tunnel data.
 async fn read_request(conn: &mut BoxConn, buf: &mut BytesMut) -> Result<Request, RequestError> {
     loop {
         if let Some((request, used)) = relay::parse_request(buf).map_err(RequestError::Malformed)? {
@@ -154,7 +156,8 @@ impl RelayHandler {
         if !self.respond(&mut conn, relay::STATUS_OK, client).await {
             return;
         }
-        // A lazy GOST client sends its first data in the same write as the request.
+        // A lazy GOST client sends its first data in the same write as the request; any of it
+        // already read must reach the target first.
         let conn = Prefixed::boxed(rest.freeze(), conn);
         run_tunnel(env, "relay", client, &target, conn, upstream).await;
     }
