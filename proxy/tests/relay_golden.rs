@@ -281,3 +281,73 @@ async fn our_connector_and_handler_tunnel_in_both_modes() {
         .unwrap_err();
     assert!(e.to_string().contains("status 2 Unauthorized"), "{e}");
 }
+
+/// Sends `request` to a fresh handler connection and returns everything it answers before
+/// closing.
+async fn exchange(server: SocketAddr, request: &[u8]) -> Vec<u8> {
+    let mut conn = TcpStream::connect(server).await.unwrap();
+    conn.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(TEST_TIMEOUT, conn.read_to_end(&mut answer))
+        .await
+        .expect("the handler closes")
+        .unwrap();
+    answer
+}
+
+#[tokio::test]
+async fn handler_refuses_udp_and_addressless_requests_and_drops_silent_clients() {
+    let target = recorded_target().await;
+    let env = Arc::new(HandlerEnv {
+        tls: None,
+        service: "refusals".into(),
+        auth: None,
+        router: Router::new(None, Duration::from_secs(2), 0),
+        metadata: Metadata::default(),
+        handshake_timeout: Duration::from_millis(300),
+        idle_timeout: None,
+        tunnels: TaskTracker::new(),
+    });
+    let handler = Arc::new(RelayHandler::new(env));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((conn, client)) = listener.accept().await {
+            let handler = handler.clone();
+            tokio::spawn(async move { handler.handle(Box::new(conn), client).await });
+        }
+    });
+    let addr = relay::Feature::Addr(relay::AddrFeature::from_address(&Address::from_socket(
+        target,
+    )));
+    let request = |flags, cmd, features: Vec<relay::Feature>| {
+        relay::encode_request(&relay::Request {
+            flags,
+            cmd,
+            features,
+        })
+        .unwrap()
+    };
+    let bad_request = relay::status_response(relay::STATUS_BAD_REQUEST).to_vec();
+    // UDP by flag (GOST's 0x81) and by Network feature: out of scope, refused.
+    let udp_flag = request(relay::FLAG_UDP, relay::CMD_CONNECT, vec![addr.clone()]);
+    assert_eq!(exchange(server, &udp_flag).await, bad_request);
+    let udp_feature = request(
+        0,
+        relay::CMD_CONNECT,
+        vec![relay::Feature::Network(relay::NETWORK_UDP), addr.clone()],
+    );
+    assert_eq!(exchange(server, &udp_feature).await, bad_request);
+    // CONNECT without an address, and ASSOCIATE.
+    assert_eq!(exchange(server, &request(0, 1, vec![])).await, bad_request);
+    let associate = request(0, relay::CMD_ASSOCIATE, vec![addr.clone()]);
+    assert_eq!(exchange(server, &associate).await, bad_request);
+    // CMD 0 is CONNECT; no credentials needed without auth; pipelined data reaches the target.
+    let mut connect = request(0, 0, vec![addr]);
+    connect.extend_from_slice(b"GET / HTTP/1.0\r\n\r\n");
+    let mut expected = relay::status_response(relay::STATUS_OK).to_vec();
+    expected.extend_from_slice(RECORDED_TARGET_ANSWER);
+    assert_eq!(exchange(server, &connect).await, expected);
+    // Half a request, then silence: closed without an answer after the handshake timeout.
+    assert_eq!(exchange(server, &[relay::VERSION, 1, 0]).await, b"");
+}
