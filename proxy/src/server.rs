@@ -20,6 +20,7 @@ use crate::chain::{
 use crate::connector::Connector;
 use crate::connector::http::HttpConnector;
 use crate::connector::http2::Http2Connector;
+use crate::connector::relay::RelayConnector;
 use crate::connector::socks5::Socks5Connector;
 use crate::dialer::Dialer;
 use crate::dialer::h2::{H2Dialer, Http2Dialer};
@@ -27,6 +28,7 @@ use crate::dialer::tcp::TcpDialer;
 use crate::dialer::tls::TlsDialer;
 use crate::handler::auto::AutoHandler;
 use crate::handler::http::HttpHandler;
+use crate::handler::relay::RelayHandler;
 use crate::handler::socks4::Socks4Handler;
 use crate::handler::socks5::Socks5Handler;
 use crate::handler::{DEFAULT_HANDSHAKE_TIMEOUT, Handler, HandlerEnv};
@@ -126,6 +128,14 @@ pub fn build(config: &Config, tunnels: &TaskTracker) -> Result<Vec<Service>, Con
                     http2_handler = Some(handler.clone());
                     handler
                 }
+                HandlerType::Relay if service.forwarder.is_some() => {
+                    return Err(field(
+                        handler_path,
+                        "relay forward mode (targets in the URL path or a forwarder) is not \
+                         implemented in this build of gost-rs yet",
+                    ));
+                }
+                HandlerType::Relay => Arc::new(RelayHandler::new(env)),
                 other => {
                     return Err(not_implemented(
                         format!("{handler_path}.type"),
@@ -377,6 +387,9 @@ fn build_hop(hop: &HopConfig, path: &str) -> Result<Hop, ConfigError> {
                         ));
                     }
                     Arc::new(Http2Connector::new(auth, md).map_err(|e| field(connector_path, e))?)
+                }
+                ConnectorType::Relay => {
+                    Arc::new(RelayConnector::new(auth, md).map_err(|e| field(connector_path, e))?)
                 }
                 other => {
                     return Err(not_implemented(

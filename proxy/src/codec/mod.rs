@@ -1,5 +1,6 @@
 //! Protocol codecs: pure functions over bytes, no I/O, unit-tested and fuzzed directly.
 
 pub mod http;
+pub mod relay;
 pub mod socks4;
 pub mod socks5;

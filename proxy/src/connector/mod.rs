@@ -2,6 +2,7 @@
 
 pub mod http;
 pub mod http2;
+pub mod relay;
 pub mod socks5;
 
 use std::io;

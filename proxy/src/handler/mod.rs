@@ -3,6 +3,7 @@
 pub mod auto;
 pub mod http;
 pub mod http2;
+pub mod relay;
 pub mod socks4;
 pub mod socks5;
 
