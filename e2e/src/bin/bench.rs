@@ -37,6 +37,8 @@ struct Settings {
     idle_tunnels: usize,
     /// Only the time-to-first-byte columns (`--ttfb`): a quick look at latency alone.
     ttfb_only: bool,
+    /// Only the transport rows (`--transports`): direct, the transports, their memory.
+    transports_only: bool,
 }
 
 #[derive(Default)]
@@ -55,6 +57,7 @@ struct Row {
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let ttfb_only = std::env::args().any(|a| a == "--ttfb");
+    let transports_only = std::env::args().any(|a| a == "--transports");
     let settings = if quick {
         Settings {
             throughput_time: Duration::from_secs(1),
@@ -62,6 +65,7 @@ fn main() {
             rate_tunnels: 2_000,
             idle_tunnels: 1000,
             ttfb_only,
+            transports_only,
         }
     } else {
         Settings {
@@ -70,6 +74,7 @@ fn main() {
             rate_tunnels: 4_000,
             idle_tunnels: 1000,
             ttfb_only,
+            transports_only,
         }
     };
     let bin = release_gost();
@@ -125,63 +130,88 @@ async fn bench(settings: Settings, bin: PathBuf) {
         .await,
     );
 
-    let http = gost_env(&["-L", "http://user:pass@127.0.0.1:0"]);
-    rows.push(
-        measure(
-            "gost http CONNECT, 1 hop",
-            &Route::HttpConnect {
-                proxy: http.addr(),
-                auth: Some("user:pass".into()),
-            },
-            &[http.pid()],
-            &targets,
-            &settings,
-        )
-        .await,
-    );
-    let socks = gost_env(&["-L", "socks5://user:pass@127.0.0.1:0"]);
-    rows.push(
-        measure(
-            "gost socks5, 1 hop",
-            &Route::Socks5 {
-                proxy: socks.addr(),
-                auth: Some(("user".into(), "pass".into())),
-            },
-            &[socks.pid()],
-            &targets,
-            &settings,
-        )
-        .await,
-    );
-    let front = gost_env(&[
-        "-L",
-        "http://127.0.0.1:0",
-        "-F",
-        &format!("http://user:pass@{}", http.addr()),
-    ]);
-    rows.push(
-        measure(
-            "gost http -> gost http, 2 hops",
-            &Route::HttpConnect {
-                proxy: front.addr(),
-                auth: None,
-            },
-            &[front.pid(), http.pid()],
-            &targets,
-            &settings,
-        )
-        .await,
-    );
-    for peer in peers() {
-        match peer.start() {
-            Some(mut running) => {
-                rows.push(measure(&peer.name, &running.route, &[], &targets, &settings).await);
-                running.stop();
+    if !settings.transports_only {
+        let http = gost_env(&["-L", "http://user:pass@127.0.0.1:0"]);
+        rows.push(
+            measure(
+                "gost http CONNECT, 1 hop",
+                &Route::HttpConnect {
+                    proxy: http.addr(),
+                    auth: Some("user:pass".into()),
+                },
+                &[http.pid()],
+                &targets,
+                &settings,
+            )
+            .await,
+        );
+        let socks = gost_env(&["-L", "socks5://user:pass@127.0.0.1:0"]);
+        rows.push(
+            measure(
+                "gost socks5, 1 hop",
+                &Route::Socks5 {
+                    proxy: socks.addr(),
+                    auth: Some(("user".into(), "pass".into())),
+                },
+                &[socks.pid()],
+                &targets,
+                &settings,
+            )
+            .await,
+        );
+        let front = gost_env(&[
+            "-L",
+            "http://127.0.0.1:0",
+            "-F",
+            &format!("http://user:pass@{}", http.addr()),
+        ]);
+        rows.push(
+            measure(
+                "gost http -> gost http, 2 hops",
+                &Route::HttpConnect {
+                    proxy: front.addr(),
+                    auth: None,
+                },
+                &[front.pid(), http.pid()],
+                &targets,
+                &settings,
+            )
+            .await,
+        );
+    }
+    for (name, scheme) in TRANSPORTS {
+        let server = gost_env(&["-L", &format!("{scheme}://user:pass@127.0.0.1:0")]);
+        let client = gost_env(&[
+            "-L",
+            "http://127.0.0.1:0",
+            "-F",
+            &format!("{scheme}://user:pass@{}", server.addr()),
+        ]);
+        rows.push(
+            measure(
+                &format!("gost {name} (http -> {scheme}, 2 processes)"),
+                &Route::HttpConnect {
+                    proxy: client.addr(),
+                    auth: None,
+                },
+                &[client.pid(), server.pid()],
+                &targets,
+                &settings,
+            )
+            .await,
+        );
+    }
+    if !settings.transports_only {
+        for peer in peers() {
+            match peer.start() {
+                Some(mut running) => {
+                    rows.push(measure(&peer.name, &running.route, &[], &targets, &settings).await);
+                    running.stop();
+                }
+                None => eprintln!("{} not installed; skipped", peer.name),
             }
-            None => eprintln!("{} not installed; skipped", peer.name),
         }
     }
-
     let memory = if settings.ttfb_only {
         Memory { rows: Vec::new() }
     } else {
@@ -195,6 +225,18 @@ struct Targets {
     echo: SocketAddr,
     banner: SocketAddr,
 }
+
+/// Tunnels over each transport: a gost server `-L SCHEME://…` and a gost client with an HTTP
+/// proxy in front, `-L http://… -F SCHEME://SERVER`; the route is HTTP CONNECT to the client.
+/// The proxy protocol is relay unless the seed's example for that transport says otherwise.
+const TRANSPORTS: [(&str, &str); 6] = [
+    ("relay over tls", "relay+tls"),
+    ("relay over ws", "relay+ws"),
+    ("relay over wss", "relay+wss"),
+    ("relay over h2c", "relay+h2c"),
+    ("relay over h2", "relay+h2"),
+    ("http2 CONNECT proxy", "http2"),
+];
 
 /// Measures one route; `proxies` are the processes that carry it, whose CPU time per tunnel
 /// is reported (empty for peers that fork helpers whose time their parent cannot see).
@@ -546,17 +588,20 @@ fn quantile(samples: &mut [f64], q: f64) -> f64 {
 }
 
 struct Memory {
-    rows: Vec<(String, f64, f64)>,
+    rows: Vec<(String, f64, f64, f64)>,
 }
 
 /// RSS of a fresh gost process idle, and with `settings.idle_tunnels` idle tunnels open.
 async fn measure_memory(settings: &Settings, hold: &SocketAddr, bin: &std::path::Path) -> Memory {
     let mut rows = Vec::new();
-    for (name, scheme) in [("http CONNECT", "http"), ("socks5", "socks5")] {
+    let handlers: &[(&str, &str)] = if settings.transports_only {
+        &[]
+    } else {
+        &[("http CONNECT", "http"), ("socks5", "socks5")]
+    };
+    for (name, scheme) in handlers {
         let gost = Gost::start_bin(bin, &["-L", &format!("{scheme}://127.0.0.1:0")], 1, None);
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let idle = rss_kib(gost.pid());
-        let route = match scheme {
+        let route = match *scheme {
             "http" => Route::HttpConnect {
                 proxy: gost.addr(),
                 auth: None,
@@ -566,20 +611,66 @@ async fn measure_memory(settings: &Settings, hold: &SocketAddr, bin: &std::path:
                 auth: None,
             },
         };
-        let mut open_tunnels = Vec::with_capacity(settings.idle_tunnels);
-        for _ in 0..settings.idle_tunnels {
-            open_tunnels.push(open(&route, *hold).await.expect("open idle tunnel"));
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let loaded = rss_kib(gost.pid());
-        rows.push((
-            name.to_string(),
-            idle,
-            (loaded - idle) / settings.idle_tunnels as f64,
-        ));
-        drop(open_tunnels);
+        let [row] = hold_tunnels(settings, hold, &route, [(name, &gost)]).await;
+        rows.push(row);
+    }
+    for (name, scheme) in MULTIPLEXED {
+        let server = Gost::start_bin(bin, &["-L", &format!("{scheme}://127.0.0.1:0")], 1, None);
+        let client = Gost::start_bin(
+            bin,
+            &[
+                "-L",
+                "http://127.0.0.1:0",
+                "-F",
+                &format!("{scheme}://{}", server.addr()),
+            ],
+            1,
+            None,
+        );
+        let route = Route::HttpConnect {
+            proxy: client.addr(),
+            auth: None,
+        };
+        let processes = [
+            (&*format!("{name} server"), &server),
+            (&*format!("{name} client (http in front)"), &client),
+        ];
+        rows.extend(hold_tunnels(settings, hold, &route, processes).await);
     }
     Memory { rows }
+}
+
+/// Multiplexed transports whose idle tunnels share one connection, measured as a gost server
+/// and a gost client in front of it.
+const MULTIPLEXED: [(&str, &str); 1] = [("relay over h2", "relay+h2")];
+
+/// RSS of each of `processes` idle, then with `settings.idle_tunnels` idle tunnels open over
+/// `route`: (name, idle KiB, loaded KiB, KiB per tunnel).
+async fn hold_tunnels<const N: usize>(
+    settings: &Settings,
+    hold: &SocketAddr,
+    route: &Route,
+    processes: [(&str, &Gost); N],
+) -> [(String, f64, f64, f64); N] {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle = processes.map(|(_, gost)| rss_kib(gost.pid()));
+    let mut open_tunnels = Vec::with_capacity(settings.idle_tunnels);
+    for _ in 0..settings.idle_tunnels {
+        open_tunnels.push(open(route, *hold).await.expect("open idle tunnel"));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut i = 0;
+    processes.map(|(name, gost)| {
+        let loaded = rss_kib(gost.pid());
+        let row = (
+            name.to_string(),
+            idle[i],
+            loaded,
+            (loaded - idle[i]) / settings.idle_tunnels as f64,
+        );
+        i += 1;
+        row
+    })
 }
 
 fn rss_kib(pid: u32) -> f64 {
@@ -634,12 +725,12 @@ fn report(rows: &[Row], memory: &Memory, settings: &Settings) {
     }
     println!();
     println!(
-        "| gost handler | idle RSS KiB | KiB per idle tunnel ({} open) |",
-        settings.idle_tunnels
+        "| gost process | idle RSS KiB | RSS KiB with {n} idle tunnels | KiB per idle tunnel |",
+        n = settings.idle_tunnels
     );
-    println!("|---|---:|---:|");
-    for (name, idle, per) in &memory.rows {
-        println!("| {name} | {idle:.0} | {per:.1} |");
+    println!("|---|---:|---:|---:|");
+    for (name, idle, loaded, per) in &memory.rows {
+        println!("| {name} | {idle:.0} | {loaded:.0} | {per:.1} |");
     }
 }
 
