@@ -206,8 +206,18 @@ fn init_logging(args: &Args, config: &Config) {
         Some(LogFormat::Text) => false,
         None => !terminal,
     };
+    // The level applies to gost's own events. Libraries (h2, rustls, tungstenite) log every
+    // frame at debug: they stay at info unless -DD/trace asks for everything, so that `-D`
+    // stays readable and does not slow the data path.
+    let ours = filter.to_string().to_lowercase();
+    let libraries = match level {
+        LogLevel::Trace => "debug",
+        LogLevel::Debug | LogLevel::Info => "info",
+        LogLevel::Warn | LogLevel::Error => ours.as_str(),
+    };
+    let directives = format!("{libraries},gost={ours},gost_proxy={ours},gost_api={ours}");
     let builder = tracing_subscriber::fmt()
-        .with_max_level(filter)
+        .with_env_filter(tracing_subscriber::EnvFilter::new(directives))
         .with_target(false);
     match (json, to_stdout) {
         (true, true) => builder.json().with_writer(std::io::stdout).init(),
