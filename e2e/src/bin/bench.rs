@@ -187,7 +187,11 @@ async fn bench(settings: Settings, bin: PathBuf) {
             "-L",
             "http://127.0.0.1:0",
             "-F",
-            &format!("{scheme}://user:pass@{}{}", server.addr(), client_query(scheme)),
+            &format!(
+                "{scheme}://user:pass@{}{}",
+                server.addr(),
+                client_query(scheme)
+            ),
         ]);
         rows.push(
             measure(
