@@ -68,6 +68,14 @@ impl Gost {
         Self::start_in(args, services, None)
     }
 
+    /// Starts `gost -C FILE` with `yaml` written to a file of its own, and waits for its
+    /// `services` services.
+    pub fn start_config(yaml: &str, services: usize) -> Gost {
+        let file = tempdir().join("gost.yaml");
+        std::fs::write(&file, yaml).expect("write the configuration");
+        Self::start(&["-C", file.to_str().expect("UTF-8 temp path")], services)
+    }
+
     /// As [`Gost::start`], with a working directory that is also its `HOME`.
     pub fn start_in(args: &[&str], services: usize, dir: Option<&Path>) -> Gost {
         Self::start_bin(&gost_bin(), args, services, dir)

@@ -80,25 +80,18 @@ fn http2_seed_example_command_line() {
 
 #[test]
 fn http2_seed_example_yaml() {
-    let dir = tempdir();
     let target = Target::http();
-    let server_yaml = dir.join("server.yaml");
-    std::fs::write(
-        &server_yaml,
+    let server = Gost::start_config(
         "services:\n- name: service-0\n  addr: \"127.0.0.1:0\"\n  handler:\n    type: http2\n    auth:\n      username: user\n      password: pass\n  listener:\n    type: http2\n",
-    )
-    .unwrap();
-    let server = Gost::start(&["-C", server_yaml.to_str().unwrap()], 1);
-    let client_yaml = dir.join("client.yaml");
-    std::fs::write(
-        &client_yaml,
-        format!(
+        1,
+    );
+    let client = Gost::start_config(
+        &format!(
             "services:\n- name: service-0\n  addr: \"127.0.0.1:0\"\n  handler:\n    type: http\n    chain: chain-0\n  listener:\n    type: tcp\nchains:\n- name: chain-0\n  hops:\n  - name: hop-0\n    nodes:\n    - name: node-0\n      addr: {}\n      connector:\n        type: http2\n        auth:\n          username: user\n          password: pass\n      dialer:\n        type: http2\n",
             server.addr()
         ),
-    )
-    .unwrap();
-    let client = Gost::start(&["-C", client_yaml.to_str().unwrap()], 1);
+        1,
+    );
     assert_get_works(&format!("http://{}", client.addr()), &target);
 }
 
@@ -114,25 +107,18 @@ fn socks5_over_h2_and_h2c_seed_examples() {
 
 #[test]
 fn socks5_over_h2_yaml() {
-    let dir = tempdir();
     let target = Target::http();
-    let server_yaml = dir.join("server.yaml");
-    std::fs::write(
-        &server_yaml,
+    let server = Gost::start_config(
         "services:\n- name: service-0\n  addr: \"127.0.0.1:0\"\n  handler:\n    type: socks5\n    auth:\n      username: user\n      password: pass\n  listener:\n    type: h2\n",
-    )
-    .unwrap();
-    let server = Gost::start(&["-C", server_yaml.to_str().unwrap()], 1);
-    let client_yaml = dir.join("client.yaml");
-    std::fs::write(
-        &client_yaml,
-        format!(
+        1,
+    );
+    let client = Gost::start_config(
+        &format!(
             "services:\n- name: service-0\n  addr: \"127.0.0.1:0\"\n  handler:\n    type: http\n    chain: chain-0\n  listener:\n    type: tcp\nchains:\n- name: chain-0\n  hops:\n  - name: hop-0\n    nodes:\n    - name: node-0\n      addr: {}\n      connector:\n        type: socks5\n        auth:\n          username: user\n          password: pass\n      dialer:\n        type: h2\n",
             server.addr()
         ),
-    )
-    .unwrap();
-    let client = Gost::start(&["-C", client_yaml.to_str().unwrap()], 1);
+        1,
+    );
     assert_get_works(&format!("http://{}", client.addr()), &target);
 }
 

@@ -90,24 +90,17 @@ fn relay_with_auth_from_the_command_line_via_curl() {
 #[test]
 fn relay_from_yaml_configs() {
     let target = Target::http();
-    let dir = tempdir();
-    let server_yaml = dir.join("server.yaml");
-    std::fs::write(
-        &server_yaml,
+    let server = Gost::start_config(
         "services:\n- name: relay-server\n  addr: 127.0.0.1:0\n  handler:\n    type: relay\n    auth:\n      username: user\n      password: pass\n  listener:\n    type: tcp\n",
-    )
-    .unwrap();
-    let server = Gost::start(&["-C", server_yaml.to_str().unwrap()], 1);
-    let client_yaml = dir.join("client.yaml");
-    std::fs::write(
-        &client_yaml,
-        format!(
+        1,
+    );
+    let client = Gost::start_config(
+        &format!(
             "services:\n- name: front\n  addr: 127.0.0.1:0\n  handler:\n    type: http\n    chain: to-relay\n  listener:\n    type: tcp\nchains:\n- name: to-relay\n  hops:\n  - name: hop-0\n    nodes:\n    - name: relay-node\n      addr: \"{}\"\n      connector:\n        type: relay\n        auth:\n          username: user\n          password: pass\n      dialer:\n        type: tcp\n",
             server.addr()
         ),
-    )
-    .unwrap();
-    let client = Gost::start(&["-C", client_yaml.to_str().unwrap()], 1);
+        1,
+    );
     let proxy = format!("http://{}", client.addr());
     assert_hello(&get_via(&proxy, &target), "YAML forwarded GET");
     assert_hello(&get_via_tunnel(&proxy, &target), "YAML CONNECT tunnel");

@@ -68,24 +68,17 @@ fn seed_socks5_over_ws_cli() {
 #[test]
 fn seed_socks5_over_ws_yaml() {
     let target = Target::http();
-    let dir = tempdir();
-    let server_yaml = dir.join("server.yaml");
-    std::fs::write(
-        &server_yaml,
+    let server = Gost::start_config(
         "services:\n- name: service-0\n  addr: \"127.0.0.1:0\"\n  handler:\n    type: socks5\n    auth:\n      username: user\n      password: pass\n  listener:\n    type: ws\n",
-    )
-    .unwrap();
-    let server = Gost::start(&["-C", server_yaml.to_str().unwrap()], 1);
-    let client_yaml = dir.join("client.yaml");
-    std::fs::write(
-        &client_yaml,
-        format!(
+        1,
+    );
+    let client = Gost::start_config(
+        &format!(
             "services:\n- name: service-0\n  addr: \"127.0.0.1:0\"\n  handler:\n    type: http\n    chain: chain-0\n  listener:\n    type: tcp\nchains:\n- name: chain-0\n  hops:\n  - name: hop-0\n    nodes:\n    - name: node-0\n      addr: \"{}\"\n      connector:\n        type: socks5\n        auth:\n          username: user\n          password: pass\n      dialer:\n        type: ws\n",
             port_only(&server)
         ),
-    )
-    .unwrap();
-    let client = Gost::start(&["-C", client_yaml.to_str().unwrap()], 1);
+        1,
+    );
     assert_hello(&get_via(client.addr(), &target, "yaml"), "yaml socks5+ws");
 }
 
