@@ -173,12 +173,10 @@ impl ClientTls {
         let verifier: Arc<dyn ServerCertVerifier> = match (tls.secure, roots) {
             (true, Some((roots, _))) => webpki_verifier(roots)?,
             (true, None) => webpki_verifier(system_roots())?,
-            (false, Some((roots, pinned))) => Arc::new(ChainOnly {
-                inner: webpki_verifier(roots)?,
-                pinned,
-                algorithms: provider().signature_verification_algorithms,
-            }),
-            (false, None) => Arc::new(AnyCertificate {
+            (false, roots) => Arc::new(Unnamed {
+                chain: roots
+                    .map(|(roots, pinned)| Ok::<_, String>((webpki_verifier(roots)?, pinned)))
+                    .transpose()?,
                 algorithms: provider().signature_verification_algorithms,
             }),
         };
@@ -271,17 +269,19 @@ fn system_roots() -> RootCertStore {
     roots
 }
 
-/// `caFile` without `secure`: GOST checks the chain but not the name. A certificate that is
-/// itself in the CA file is accepted as such, because GOST's generated certificates are CA
-/// certificates that serve as their own leaf, which WebPKI refuses as an end entity.
+/// GOST's verification without `secure`: with a `caFile`, the chain but not the name (and a
+/// certificate that is itself in the CA file is accepted as such, because GOST's generated
+/// certificates are CA certificates that serve as their own leaf, which WebPKI refuses as an
+/// end entity); without one, any certificate. Either way the handshake's signatures are
+/// checked, so the session is at least bound to the certificate shown.
 #[derive(Debug)]
-struct ChainOnly {
-    inner: Arc<WebPkiServerVerifier>,
-    pinned: Vec<CertificateDer<'static>>,
+struct Unnamed {
+    /// The `caFile` verifier and the file's certificates, if there is a `caFile`.
+    chain: Option<(Arc<WebPkiServerVerifier>, Vec<CertificateDer<'static>>)>,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for Unnamed {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -290,64 +290,18 @@ impl ServerCertVerifier for ChainOnly {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if self
-            .pinned
-            .iter()
-            .any(|c| c.as_ref() == end_entity.as_ref())
-        {
+        let Some((verifier, pinned)) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        if pinned.iter().any(|c| c.as_ref() == end_entity.as_ref()) {
             return Ok(ServerCertVerified::assertion());
         }
-        match self
-            .inner
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
-        {
+        match verifier.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),
             other => other,
         }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
-}
-
-/// GOST's client default: any certificate is accepted, but the handshake's signatures are
-/// still checked, so the session is at least bound to the certificate shown.
-#[derive(Debug)]
-struct AnyCertificate {
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
