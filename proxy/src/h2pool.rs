@@ -71,6 +71,30 @@ pub const RECONNECT_BACKOFF_MIN: Duration = Duration::from_millis(250);
 /// comes back is used again within seconds.
 pub const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(8);
 
+/// The server side of an HTTP/2 connection's preface and settings on `io`, within
+/// [`H2_HANDSHAKE_TIMEOUT`]; `None` (logged at debug) when the client fails or stalls.
+pub async fn accept_connection(
+    io: BoxConn,
+    client: std::net::SocketAddr,
+) -> Option<h2::server::Connection<BoxConn, Bytes>> {
+    match tokio::time::timeout(
+        H2_HANDSHAKE_TIMEOUT,
+        server_builder().handshake::<_, Bytes>(io),
+    )
+    .await
+    {
+        Ok(Ok(connection)) => Some(connection),
+        Ok(Err(e)) => {
+            tracing::debug!(client = %client, error = %e, "HTTP/2 handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(client = %client, "HTTP/2 handshake timed out");
+            None
+        }
+    }
+}
+
 /// Server-side settings for every HTTP/2 listener.
 pub fn server_builder() -> h2::server::Builder {
     let mut builder = h2::server::Builder::new();

@@ -27,7 +27,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use super::{Handler, HandlerEnv, run_tunnel};
 use crate::addr::Address;
 use crate::chain::{DialError, DialErrorKind};
-use crate::codec::http::{basic_credentials, proxy_target};
+use crate::codec::http::proxy_target;
 use crate::conn::{BoxConn, Conn, Prefixed};
 
 /// Largest request head accepted. Real proxy requests are a few KiB; a larger head is answered
@@ -104,22 +104,8 @@ impl Handler for HttpHandler {
 impl Shared {
     async fn serve(&self, req: Request<Incoming>, client: SocketAddr) -> Response<Body> {
         let env = &self.env;
-        if let Some(auth) = &env.auth {
-            let credentials = req
-                .headers()
-                .get(header::PROXY_AUTHORIZATION)
-                .and_then(|v| basic_credentials(v.as_bytes()));
-            let accepted = credentials
-                .as_ref()
-                .is_some_and(|(user, pass)| auth.check(user, pass));
-            if !accepted {
-                let user = credentials.map(|(user, _)| user);
-                tracing::warn!(
-                    service = %env.service, client = %client, user = user.as_deref().unwrap_or(""),
-                    "proxy authentication failed"
-                );
-                return self.auth_required(req.headers());
-            }
+        if !super::proxy_auth_accepted(env, req.headers(), client, "http") {
+            return self.auth_required(req.headers());
         }
         let uri = req.uri();
         let host_header = req

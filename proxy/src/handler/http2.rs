@@ -29,7 +29,7 @@ use hyper_util::rt::TokioIo;
 use super::http::{DEFAULT_REALM, HttpHandler};
 use super::{Handler, HandlerEnv, run_tunnel};
 use crate::addr::Address;
-use crate::codec::http::{basic_credentials, with_default_port};
+use crate::codec::http::with_default_port;
 use crate::conn::BoxConn;
 use crate::dialer::h2::header_map;
 use crate::h2pool::H2Stream;
@@ -84,27 +84,13 @@ impl Http2Handler {
         client: SocketAddr,
     ) {
         let env = &self.env;
-        if let Some(auth) = &env.auth {
-            let credentials = req
-                .headers()
-                .get(header::PROXY_AUTHORIZATION)
-                .and_then(|v| basic_credentials(v.as_bytes()));
-            let accepted = credentials
-                .as_ref()
-                .is_some_and(|(user, pass)| auth.check(user, pass));
-            if !accepted {
-                let user = credentials.map(|(user, _)| user);
-                tracing::warn!(
-                    service = %env.service, protocol = "http2", client = %client,
-                    user = user.as_deref().unwrap_or(""), "proxy authentication failed"
-                );
-                let mut response = status(StatusCode::PROXY_AUTHENTICATION_REQUIRED);
-                response
-                    .headers_mut()
-                    .insert(header::PROXY_AUTHENTICATE, self.challenge.clone());
-                let _ = respond.send_response(response, true);
-                return;
-            }
+        if !super::proxy_auth_accepted(env, req.headers(), client, "http2") {
+            let mut response = status(StatusCode::PROXY_AUTHENTICATION_REQUIRED);
+            response
+                .headers_mut()
+                .insert(header::PROXY_AUTHENTICATE, self.challenge.clone());
+            let _ = respond.send_response(response, true);
+            return;
         }
         if req.method() != Method::CONNECT {
             return self.forward(req, respond, client).await;

@@ -51,6 +51,33 @@ pub struct HandlerEnv {
     pub tls: Option<crate::tls::ServerTls>,
 }
 
+/// Whether a proxy request's `Proxy-Authorization` satisfies the service's credentials (always,
+/// when it has none). A refusal is logged with the user name, never the password.
+pub(crate) fn proxy_auth_accepted(
+    env: &HandlerEnv,
+    headers: &::http::HeaderMap,
+    client: SocketAddr,
+    protocol: &'static str,
+) -> bool {
+    let Some(auth) = &env.auth else {
+        return true;
+    };
+    let credentials = headers
+        .get(::http::header::PROXY_AUTHORIZATION)
+        .and_then(|v| crate::codec::http::basic_credentials(v.as_bytes()));
+    let accepted = credentials
+        .as_ref()
+        .is_some_and(|(user, pass)| auth.check(user, pass));
+    if !accepted {
+        let user = credentials.map(|(user, _)| user);
+        tracing::warn!(
+            service = %env.service, protocol, client = %client,
+            user = user.as_deref().unwrap_or(""), "proxy authentication failed"
+        );
+    }
+    accepted
+}
+
 /// Runs a client's handshake within the service's handshake timeout. A failed or late
 /// handshake is logged (at debug: it is the client's problem, and scanners cause many) and
 /// yields `None`.

@@ -17,7 +17,7 @@ use http::{Method, Request, Response, StatusCode};
 use super::tcp::TcpListenerImpl;
 use super::{Handshaking, Ready};
 use crate::conn::BoxConn;
-use crate::h2pool::{H2_HANDSHAKE_TIMEOUT, H2Stream, server_builder};
+use crate::h2pool::{H2Stream, accept_connection};
 use crate::tls::ServerTls;
 
 /// Binds `addr` and serves HTTP/2 tunnels, over TLS when `tls` is given (`h2`), cleartext
@@ -44,21 +44,8 @@ pub fn bind(addr: &str, tls: Option<ServerTls>, path: Option<String>) -> io::Res
 }
 
 async fn serve(io: BoxConn, client: SocketAddr, path: Option<String>, ready: Ready) {
-    let mut connection = match tokio::time::timeout(
-        H2_HANDSHAKE_TIMEOUT,
-        server_builder().handshake::<_, Bytes>(io),
-    )
-    .await
-    {
-        Ok(Ok(connection)) => connection,
-        Ok(Err(e)) => {
-            tracing::debug!(client = %client, error = %e, "HTTP/2 handshake failed");
-            return;
-        }
-        Err(_) => {
-            tracing::debug!(client = %client, "HTTP/2 handshake timed out");
-            return;
-        }
+    let Some(mut connection) = accept_connection(io, client).await else {
+        return;
     };
     // Accepting also drives the connection, so this loop runs until the client is gone.
     while let Some(accepted) = connection.accept().await {

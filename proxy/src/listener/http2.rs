@@ -9,12 +9,10 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::Bytes;
-
 use super::tcp::TcpListenerImpl;
 use super::{Handshaking, Ready};
 use crate::conn::BoxConn;
-use crate::h2pool::{H2_HANDSHAKE_TIMEOUT, server_builder};
+use crate::h2pool::accept_connection;
 use crate::handler::http2::Http2Handler;
 use crate::tls::ServerTls;
 
@@ -50,21 +48,8 @@ async fn http1(conn: BoxConn, client: SocketAddr, ready: Ready) {
 }
 
 async fn serve(io: BoxConn, client: SocketAddr, handler: Arc<Http2Handler>) {
-    let mut connection = match tokio::time::timeout(
-        H2_HANDSHAKE_TIMEOUT,
-        server_builder().handshake::<_, Bytes>(io),
-    )
-    .await
-    {
-        Ok(Ok(connection)) => connection,
-        Ok(Err(e)) => {
-            tracing::debug!(client = %client, error = %e, "HTTP/2 handshake failed");
-            return;
-        }
-        Err(_) => {
-            tracing::debug!(client = %client, "HTTP/2 handshake timed out");
-            return;
-        }
+    let Some(mut connection) = accept_connection(io, client).await else {
+        return;
     };
     // Accepting also drives the connection, so this loop runs until the client is gone.
     while let Some(accepted) = connection.accept().await {
