@@ -17,6 +17,8 @@ pub mod dialer;
 pub mod h2pool;
 pub mod handler;
 pub mod listener;
+pub mod metrics;
+pub mod pht;
 pub mod pipe;
 pub mod server;
 #[cfg(target_os = "linux")]
