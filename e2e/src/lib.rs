@@ -142,6 +142,12 @@ impl Gost {
         self.addrs[0]
     }
 
+    /// Every reported listening address, in the order logged (the metrics address, when
+    /// there is one, comes before the services').
+    pub fn addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
     /// Everything the process logged so far.
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()

@@ -289,8 +289,10 @@ impl Router {
             .iter()
             .map(|hop| (hop, hop.select(target)))
             .collect();
+        let started = std::time::Instant::now();
         let failure = |index: usize, kind: DialErrorKind, cause: String| {
             let (hop, node) = &route[index];
+            crate::metrics::chain_error(&chain.name, &node.name);
             DialError {
                 kind,
                 at: Some(HopRef {
@@ -350,21 +352,26 @@ impl Router {
             for (hop, node) in &route {
                 node.record(true, hop.max_fails, hop.fail_timeout);
             }
+            crate::metrics::node_connected(&chain.name, &route[last].1.name, started.elapsed());
             Ok(conn)
         };
         match tokio::time::timeout(self.timeout, build).await {
             Ok(result) => result,
-            Err(_) => Err(DialError {
-                kind: DialErrorKind::TimedOut,
-                at: Some(HopRef {
-                    chain: chain.name.clone(),
-                    hop: "*".into(),
-                    node: "*".into(),
-                    addr: "route".into(),
-                }),
-                target: target.clone(),
-                cause: format!("route not established within {:?}", self.timeout),
-            }),
+            Err(_) => {
+                // The route as a whole ran out of time; no single node is to blame.
+                crate::metrics::chain_error(&chain.name, "*");
+                Err(DialError {
+                    kind: DialErrorKind::TimedOut,
+                    at: Some(HopRef {
+                        chain: chain.name.clone(),
+                        hop: "*".into(),
+                        node: "*".into(),
+                        addr: "route".into(),
+                    }),
+                    target: target.clone(),
+                    cause: format!("route not established within {:?}", self.timeout),
+                })
+            }
         }
     }
 }

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod addr;
+pub mod admin;
 pub mod auth;
 pub mod chain;
 pub mod cli;

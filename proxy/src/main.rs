@@ -39,6 +39,11 @@ struct Args {
     #[arg(short = 'D', action = ArgAction::Count)]
     debug: u8,
 
+    /// Serve Prometheus metrics, /healthz and /readyz on this address: `[host]:port[?path=/metrics]`.
+    /// GOST spells it `-metrics`, which is accepted too.
+    #[arg(long = "metrics", value_name = "ADDR")]
+    metrics: Option<String>,
+
     /// How long open tunnels may finish after SIGTERM or SIGINT, e.g. 30s.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = DEFAULT_GRACE_PERIOD)]
     grace_period: Duration,
@@ -64,8 +69,29 @@ const DEFAULT_GRACE_PERIOD: &str = "30s";
 /// Where GOST looks for a configuration when given nothing to do.
 const DEFAULT_CONFIG_DIRS: &[&str] = &["/etc/gost", "$HOME/.gost", "."];
 
+/// GOST's single-dash long flags (Go's flag package), mapped to their `--` spelling for clap.
+const GO_STYLE_FLAGS: &[&str] = &["metrics"];
+
+fn go_style_args() -> Vec<std::ffi::OsString> {
+    std::env::args_os()
+        .map(|arg| {
+            let Some(text) = arg.to_str() else {
+                return arg;
+            };
+            for flag in GO_STYLE_FLAGS {
+                if let Some(rest) = text.strip_prefix('-').and_then(|t| t.strip_prefix(flag)) {
+                    if rest.is_empty() || rest.starts_with('=') {
+                        return format!("--{flag}{rest}").into();
+                    }
+                }
+            }
+            arg
+        })
+        .collect()
+}
+
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = Args::parse_from(go_style_args());
     let config = match assemble_config(&args) {
         Ok(config) => config,
         Err(message) => {
@@ -119,9 +145,33 @@ fn assemble_config(args: &Args) -> Result<Config, String> {
             .map_err(|e| e.to_string())?;
         merge(&mut config, from_cli);
     }
+    if let Some(metrics) = &args.metrics {
+        config.metrics = Some(metrics_from_flag(metrics)?);
+    }
     gost_api::validate(&config)
         .map_err(|e| format!("the combined configuration is invalid: {e}"))?;
     Ok(config)
+}
+
+/// `-metrics [host]:port[?path=/p]`, as GOST reads it.
+fn metrics_from_flag(flag: &str) -> Result<gost_api::MetricsConfig, String> {
+    let (addr, query) = flag.split_once('?').unwrap_or((flag, ""));
+    let mut path = None;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("path", value)) => path = Some(value.to_string()),
+            _ => {
+                return Err(format!(
+                    "-metrics {flag}: unknown option {pair:?} (accepted: path=/…)"
+                ));
+            }
+        }
+    }
+    Ok(gost_api::MetricsConfig {
+        addr: addr.to_string(),
+        path,
+        ..Default::default()
+    })
 }
 
 fn default_config_file() -> Option<String> {
@@ -237,6 +287,26 @@ async fn run(config: Config, grace: Duration) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let ready = gost_proxy::admin::Readiness::default();
+    // Dropped on return: the metrics address stays up while draining, so that probes see
+    // "not ready" rather than a refused connection.
+    let _admin = match &config.metrics {
+        Some(metrics) => match gost_proxy::admin::bind(metrics, &config, ready.clone()) {
+            Ok((addr, serve)) => {
+                tracing::info!(addr = %addr, "metrics, /healthz and /readyz listening");
+                Some(tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
+                    serve,
+                )))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start");
+                eprintln!("gost: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
+    };
+    gost_proxy::metrics::set_services(services.len());
     let stop = CancellationToken::new();
     let listeners = TaskTracker::new();
     for service in services {
@@ -251,7 +321,9 @@ async fn run(config: Config, grace: Duration) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    ready.set(true);
     let signal = signals.next().await;
+    ready.set(false);
     tracing::info!(
         signal,
         open = tunnels.len(),

@@ -1,11 +1,36 @@
 //! Prometheus series of this process, in one registry that the metrics endpoint serves.
 //!
-//! Series are created once, at first use, and registered here; label values are bounded by
-//! the configuration (service and listener names), never by clients.
+//! GOST's series keep GOST's names and labels (gost-wire.md §10.1) so that existing dashboards
+//! keep working. GOST labels some of them with the client's IP address, which lets a scan from
+//! many addresses grow the registry without bound; here the first [`MAX_CLIENT_LABELS`]
+//! distinct clients get their own label value and every later one is counted as `other`.
 
-use std::sync::LazyLock;
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{LazyLock, Mutex};
+use std::time::Duration;
 
-use prometheus::{IntGaugeVec, Opts, Registry};
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, core::Collector,
+};
+
+/// Distinct client addresses that get a label value of their own, across all services:
+/// enough to tell the clients of a sidecar or a gateway apart, small enough that a scan cannot
+/// make scrapes heavy.
+pub const MAX_CLIENT_LABELS: usize = 256;
+
+/// The label value for clients beyond [`MAX_CLIENT_LABELS`].
+pub const OTHER_CLIENTS: &str = "other";
+
+/// GOST's buckets for a service request's duration, in seconds.
+const REQUEST_DURATION_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0, 60.0,
+];
+
+/// GOST's buckets for establishing a route through a chain node, in seconds.
+const CONNECT_DURATION_BUCKETS: &[f64] = &[
+    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 5.0, 10.0, 15.0, 30.0, 60.0,
+];
 
 /// The registry the metrics endpoint serves.
 pub fn registry() -> &'static Registry {
@@ -13,31 +38,221 @@ pub fn registry() -> &'static Registry {
     &REGISTRY
 }
 
-fn register<C: prometheus::core::Collector + Clone + 'static>(collector: C) -> C {
+fn register<C: Collector + Clone + 'static>(collector: C) -> C {
     registry()
         .register(Box::new(collector.clone()))
         .expect("metric names are unique");
     collector
 }
 
-/// Open plain-HTTP-tunnel sessions (pht, phts, h3) per service: a session whose client
-/// vanished must leave this gauge once it is reclaimed.
-pub static PHT_SESSIONS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+fn gauges(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    register(IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"))
+}
+
+fn counters(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    register(IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"))
+}
+
+fn histograms(name: &str, help: &str, labels: &[&str], buckets: &[f64]) -> HistogramVec {
     register(
-        IntGaugeVec::new(
-            Opts::new(
-                "gost_pht_sessions",
-                "Open plain HTTP tunnel sessions (pht, phts, h3)",
-            ),
-            &["service"],
+        HistogramVec::new(
+            HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+            labels,
         )
         .expect("valid metric"),
     )
+}
+
+/// GOST's `host` label: this machine's (in Kubernetes, the pod's) host name.
+fn host() -> &'static str {
+    static HOST: LazyLock<String> = LazyLock::new(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".to_string())
+    });
+    &HOST
+}
+
+/// GOST's series.
+struct Gost {
+    services: IntGaugeVec,
+    requests: IntCounterVec,
+    in_flight: IntGaugeVec,
+    duration: HistogramVec,
+    input_bytes: IntCounterVec,
+    output_bytes: IntCounterVec,
+    handler_errors: IntCounterVec,
+    chain_errors: IntCounterVec,
+    connect_duration: HistogramVec,
+}
+
+static GOST: LazyLock<Gost> = LazyLock::new(|| Gost {
+    services: gauges("gost_services", "Current number of services", &["host"]),
+    requests: counters(
+        "gost_service_requests_total",
+        "Total number of requests",
+        &["host", "service", "client"],
+    ),
+    in_flight: gauges(
+        "gost_service_requests_in_flight",
+        "Current in-flight requests",
+        &["host", "service", "client"],
+    ),
+    duration: histograms(
+        "gost_service_request_duration_seconds",
+        "Distribution of request latencies",
+        &["host", "service"],
+        REQUEST_DURATION_BUCKETS,
+    ),
+    input_bytes: counters(
+        "gost_service_transfer_input_bytes_total",
+        "Total service input data transfer size in bytes",
+        &["host", "service", "client"],
+    ),
+    output_bytes: counters(
+        "gost_service_transfer_output_bytes_total",
+        "Total service output data transfer size in bytes",
+        &["host", "service", "client"],
+    ),
+    handler_errors: counters(
+        "gost_service_handler_errors_total",
+        "Total service handler errors",
+        &["host", "service", "client"],
+    ),
+    chain_errors: counters(
+        "gost_chain_errors_total",
+        "Total chain errors",
+        &["host", "chain", "node"],
+    ),
+    connect_duration: histograms(
+        "gost_chain_node_connect_duration_seconds",
+        "Distribution of chain node connect latencies",
+        &["host", "chain", "node"],
+        CONNECT_DURATION_BUCKETS,
+    ),
 });
+
+/// Open plain-HTTP-tunnel sessions (pht, phts, h3) per service: a session whose client
+/// vanished must leave this gauge once it is reclaimed.
+pub static PHT_SESSIONS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauges(
+        "gost_pht_sessions",
+        "Open plain HTTP tunnel sessions (pht, phts, h3)",
+        &["service"],
+    )
+});
+
+/// The `client` label value for `client`: its IP address while fewer than
+/// [`MAX_CLIENT_LABELS`] addresses have been seen, else [`OTHER_CLIENTS`].
+pub fn client_label(client: SocketAddr) -> String {
+    static SEEN: LazyLock<Mutex<HashSet<IpAddr>>> = LazyLock::new(Default::default);
+    let ip = client.ip().to_canonical();
+    let mut seen = SEEN.lock().expect("client label lock");
+    if seen.contains(&ip) || (seen.len() < MAX_CLIENT_LABELS && seen.insert(ip)) {
+        ip.to_string()
+    } else {
+        OTHER_CLIENTS.to_string()
+    }
+}
+
+/// Sets the number of running services.
+pub fn set_services(n: usize) {
+    GOST.services.with_label_values(&[host()]).set(n as i64);
+}
+
+/// One accepted connection of a service: counted at once, in flight until dropped, when its
+/// duration is observed.
+pub struct Request {
+    service: String,
+    client: String,
+    started: std::time::Instant,
+}
+
+impl Request {
+    /// Counts a new connection of `service` from `client`.
+    pub fn start(service: &str, client: SocketAddr) -> Self {
+        let client = client_label(client);
+        GOST.requests
+            .with_label_values(&[host(), service, &client])
+            .inc();
+        GOST.in_flight
+            .with_label_values(&[host(), service, &client])
+            .inc();
+        Request {
+            service: service.to_string(),
+            client,
+            started: std::time::Instant::now(),
+        }
+    }
+}
+
+impl Drop for Request {
+    fn drop(&mut self) {
+        GOST.in_flight
+            .with_label_values(&[host(), &self.service, &self.client])
+            .dec();
+        GOST.duration
+            .with_label_values(&[host(), &self.service])
+            .observe(self.started.elapsed().as_secs_f64());
+    }
+}
+
+/// Bytes a tunnel of `service` moved: `input` from the client, `output` to it.
+pub fn transferred(service: &str, client: SocketAddr, input: u64, output: u64) {
+    let client = client_label(client);
+    GOST.input_bytes
+        .with_label_values(&[host(), service, &client])
+        .inc_by(input);
+    GOST.output_bytes
+        .with_label_values(&[host(), service, &client])
+        .inc_by(output);
+}
+
+/// A request of `service` that failed (handshake, authentication, upstream).
+pub fn handler_error(service: &str, client: SocketAddr) {
+    GOST.handler_errors
+        .with_label_values(&[host(), service, &client_label(client)])
+        .inc();
+}
+
+/// A route through `chain` that failed at `node`.
+pub fn chain_error(chain: &str, node: &str) {
+    GOST.chain_errors
+        .with_label_values(&[host(), chain, node])
+        .inc();
+}
+
+/// A route through `chain` established via `node` (the last hop's node) in `took`.
+pub fn node_connected(chain: &str, node: &str, took: Duration) {
+    GOST.connect_duration
+        .with_label_values(&[host(), chain, node])
+        .observe(took.as_secs_f64());
+}
 
 /// The registry in Prometheus' text exposition format.
 pub fn render() -> String {
+    LazyLock::force(&GOST);
     prometheus::TextEncoder::new()
         .encode_to_string(&registry().gather())
         .unwrap_or_else(|e| format!("# encoding failed: {e}\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn series_render_with_gost_names() {
+        let client: SocketAddr = "192.0.2.7:5000".parse().unwrap();
+        let request = Request::start("svc-test", client);
+        transferred("svc-test", client, 10, 20);
+        drop(request);
+        let text = render();
+        assert!(text.contains("gost_service_requests_total{client=\"192.0.2.7\""));
+        assert!(text.contains("gost_service_transfer_output_bytes_total{client=\"192.0.2.7\""));
+        assert!(text.contains("gost_service_request_duration_seconds_bucket"));
+    }
 }

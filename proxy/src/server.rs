@@ -428,7 +428,11 @@ pub async fn serve(service: Service, stop: CancellationToken, tunnels: TaskTrack
         match accepted {
             Ok((conn, client)) => {
                 let handler = service.handler.clone();
-                tunnels.spawn(async move { handler.handle(conn, client).await });
+                let request = crate::metrics::Request::start(&service.name, client);
+                tunnels.spawn(async move {
+                    handler.handle(conn, client).await;
+                    drop(request);
+                });
             }
             Err(e) => {
                 tracing::warn!(service = %service.name, error = %e, "accept failed");

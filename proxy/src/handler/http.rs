@@ -182,6 +182,7 @@ impl Shared {
         let (mut sender, connection) = match handshake {
             Ok(parts) => parts,
             Err(e) => {
+                crate::metrics::handler_error(&self.env.service, client);
                 tracing::warn!(service = %self.env.service, client = %client, target = %target, error = %e, "upstream HTTP handshake failed");
                 return self.error(StatusCode::BAD_GATEWAY);
             }
@@ -204,6 +205,7 @@ impl Shared {
                 Response::from_parts(parts, body.boxed())
             }
             Err(e) => {
+                crate::metrics::handler_error(&self.env.service, client);
                 tracing::warn!(service = %self.env.service, client = %client, target = %target, error = %e, "forwarding failed");
                 self.error(StatusCode::BAD_GATEWAY)
             }
@@ -211,6 +213,7 @@ impl Shared {
     }
 
     fn dial_failed(&self, e: &DialError, client: SocketAddr) -> Response<Body> {
+        crate::metrics::handler_error(&self.env.service, client);
         tracing::warn!(service = %self.env.service, client = %client, error = %e, "upstream dial failed");
         self.error(match e.kind {
             DialErrorKind::TimedOut => StatusCode::GATEWAY_TIMEOUT,

@@ -106,6 +106,7 @@ impl Http2Handler {
         let upstream = match env.router.dial(&target).await {
             Ok(upstream) => upstream,
             Err(e) => {
+                crate::metrics::handler_error(&env.service, client);
                 tracing::warn!(service = %env.service, protocol = "http2", client = %client, error = %e, "upstream dial failed");
                 let _ =
                     respond.send_response(self.with_headers(StatusCode::SERVICE_UNAVAILABLE), true);
@@ -149,6 +150,7 @@ impl Http2Handler {
         let upstream = match env.router.dial(&target).await {
             Ok(upstream) => upstream,
             Err(e) => {
+                crate::metrics::handler_error(&env.service, client);
                 tracing::warn!(service = %env.service, protocol = "http2", client = %client, error = %e, "upstream dial failed");
                 let _ =
                     respond.send_response(self.with_headers(StatusCode::SERVICE_UNAVAILABLE), true);
@@ -158,6 +160,7 @@ impl Http2Handler {
         let response = match send_upstream(req, upstream, &target, env).await {
             Ok(response) => response,
             Err(e) => {
+                crate::metrics::handler_error(&env.service, client);
                 tracing::warn!(service = %env.service, protocol = "http2", client = %client, target = %target, error = %e, "forwarding failed");
                 let _ =
                     respond.send_response(self.with_headers(StatusCode::SERVICE_UNAVAILABLE), true);

@@ -70,6 +70,7 @@ pub(crate) fn proxy_auth_accepted(
         .is_some_and(|(user, pass)| auth.check(user, pass));
     if !accepted {
         let user = credentials.map(|(user, _)| user);
+        crate::metrics::handler_error(&env.service, client);
         tracing::warn!(
             service = %env.service, protocol, client = %client,
             user = user.as_deref().unwrap_or(""), "proxy authentication failed"
@@ -90,10 +91,12 @@ pub async fn within_handshake_timeout<T, E: std::fmt::Display>(
     match tokio::time::timeout(env.handshake_timeout, handshake).await {
         Ok(Ok(value)) => Some(value),
         Ok(Err(e)) => {
+            crate::metrics::handler_error(&env.service, client);
             tracing::debug!(service = %env.service, protocol, client = %client, error = %e, "handshake failed");
             None
         }
         Err(_) => {
+            crate::metrics::handler_error(&env.service, client);
             tracing::debug!(
                 service = %env.service, protocol, client = %client,
                 timeout = ?env.handshake_timeout, "handshake timed out"
@@ -115,6 +118,11 @@ pub async fn run_tunnel(
     let started = std::time::Instant::now();
     let result = pipe::relay(&mut client, &mut upstream, env.idle_timeout).await;
     let elapsed_ms = started.elapsed().as_millis() as u64;
+    let moved = match &result {
+        Ok(moved) => *moved,
+        Err(e) => e.transferred(),
+    };
+    crate::metrics::transferred(&env.service, client_addr, moved.up, moved.down);
     match result {
         Ok(moved) => tracing::info!(
             service = %env.service, protocol, client = %client_addr, target = %target,

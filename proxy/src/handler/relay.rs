@@ -91,6 +91,7 @@ impl RelayHandler {
             _ => false,
         };
         if !accepted {
+            crate::metrics::handler_error(&self.env.service, client);
             tracing::warn!(
                 service = %self.env.service, client = %client,
                 username = ?String::from_utf8_lossy(username),
@@ -114,6 +115,7 @@ impl RelayHandler {
             network,
             relay::NETWORK_UDP | relay::NETWORK_IP | relay::NETWORK_UNIX | relay::NETWORK_SERIAL
         ) {
+            crate::metrics::handler_error(&env.service, client);
             tracing::warn!(
                 service = %env.service, client = %client, network = relay::network_name(network),
                 "relay: only TCP tunnels are supported (UDP, IP, unix and serial are not); \
@@ -144,6 +146,7 @@ impl RelayHandler {
         let upstream = match env.router.dial(&target).await {
             Ok(upstream) => upstream,
             Err(e) => {
+                crate::metrics::handler_error(&env.service, client);
                 tracing::warn!(
                     service = %env.service, client = %client, target = %target, error = %e,
                     "relay: connect failed"

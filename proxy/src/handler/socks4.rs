@@ -51,6 +51,7 @@ impl Handler for Socks4Handler {
             let accepted =
                 std::str::from_utf8(&request.user_id).is_ok_and(|user| auth.check(user, ""));
             if !accepted {
+                crate::metrics::handler_error(&self.env.service, client);
                 tracing::warn!(
                     service = %self.env.service, client = %client,
                     username = ?String::from_utf8_lossy(&request.user_id),
@@ -73,6 +74,7 @@ impl Handler for Socks4Handler {
         let upstream = match self.env.router.dial(&target).await {
             Ok(upstream) => upstream,
             Err(e) => {
+                crate::metrics::handler_error(&self.env.service, client);
                 tracing::warn!(
                     service = %self.env.service, client = %client, target = %target, error = %e,
                     "socks4: connect failed"

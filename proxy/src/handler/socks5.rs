@@ -125,6 +125,7 @@ impl Socks5Handler {
                 };
                 send(conn, &socks5::encode_user_pass_reply(accepted)).await?;
                 if !accepted {
+                    crate::metrics::handler_error(&self.env.service, client);
                     tracing::warn!(
                         service = %self.env.service, client = %client,
                         username = ?String::from_utf8_lossy(&creds.username),
@@ -155,6 +156,7 @@ impl Socks5Handler {
         let upstream = match self.env.router.dial(&target).await {
             Ok(upstream) => upstream,
             Err(e) => {
+                crate::metrics::handler_error(&self.env.service, client);
                 tracing::warn!(
                     service = %self.env.service, client = %client, target = %target, error = %e,
                     "socks5: connect failed"

@@ -1,0 +1,179 @@
+//! The metrics address: GOST's Prometheus series scraped and parsed with the reference parser,
+//! Basic auth, `/healthz` and `/readyz` through a SIGTERM drain.
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use gost_e2e::*;
+
+/// The samples of a scrape, as `scrape_metrics.py` prints them.
+fn scrape(url: &str, credentials: Option<&str>) -> String {
+    let mut args = vec![url];
+    args.extend(credentials);
+    let out = python("scrape_metrics.py", &args);
+    assert_eq!(
+        out.code,
+        0,
+        "scrape failed:\n{}\n{}",
+        out.text(),
+        out.stderr
+    );
+    out.text()
+}
+
+/// The value of the first sample whose line starts with `prefix`.
+fn sample(scrape: &str, prefix: &str) -> Option<f64> {
+    scrape
+        .lines()
+        .find(|line| line.starts_with(prefix))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+fn status(url: &str) -> u16 {
+    let out = curl(&["-o", "/dev/null", "-w", "%{http_code}", url]);
+    out.text().trim().parse().unwrap_or(0)
+}
+
+#[test]
+fn gost_series_are_served_and_parse() {
+    let target = Target::http();
+    let gost = Gost::start(
+        &[
+            "-L",
+            "http://127.0.0.1:0",
+            "-metrics",
+            "127.0.0.1:0?path=/m",
+        ],
+        2,
+    );
+    let (metrics, proxy) = (gost.addrs()[0], gost.addrs()[1]);
+    for _ in 0..3 {
+        // Through CONNECT tunnels, whose bytes are counted when they close.
+        let out = curl(&[
+            "-p",
+            "-x",
+            &format!("http://{proxy}"),
+            &format!("http://{}/", target.addr),
+        ]);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+    }
+    let refused = curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-x",
+        &format!("http://{proxy}"),
+        "http://127.0.0.1:1/",
+    ]);
+    assert_eq!(refused.text().trim(), "502", "{}", refused.stderr);
+
+    // Counters are updated as connections end; allow the last one to finish.
+    let url = format!("http://{metrics}/m");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let text = loop {
+        let text = scrape(&url, None);
+        let done = sample(&text, "gost_service_requests_in_flight{client=127.0.0.1,") == Some(0.0);
+        if done || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(text.contains("status=200"), "{text}");
+    let service = "service=service-0";
+    let requests = sample(&text, "gost_service_requests_total{client=127.0.0.1,host=")
+        .unwrap_or_else(|| panic!("requests not counted:\n{text}"));
+    assert_eq!(requests, 4.0, "{text}");
+    assert!(text.contains(service), "{text}");
+    assert_eq!(sample(&text, "gost_services{"), Some(1.0), "{text}");
+    let output = sample(
+        &text,
+        "gost_service_transfer_output_bytes_total{client=127.0.0.1,",
+    )
+    .unwrap_or_else(|| panic!("output bytes not counted:\n{text}"));
+    assert!(output > 0.0, "{text}");
+    assert!(
+        sample(&text, "gost_service_request_duration_seconds_count{").unwrap_or(0.0) >= 4.0,
+        "{text}"
+    );
+    assert!(
+        sample(&text, "gost_service_handler_errors_total{client=127.0.0.1,").unwrap_or(0.0) >= 1.0,
+        "the refused upstream is a handler error:\n{text}"
+    );
+    assert_eq!(status(&format!("http://{metrics}/metrics")), 404);
+    assert_eq!(status(&format!("http://{metrics}/healthz")), 200);
+}
+
+#[test]
+fn metrics_auth_from_the_config_file() {
+    let gost = Gost::start_config(
+        "services:\n\
+         - name: front\n  addr: 127.0.0.1:0\n  handler:\n    type: http\n  listener:\n    type: tcp\n\
+         metrics:\n  addr: 127.0.0.1:0\n  auth:\n    username: prom\n    password: s3cret\n",
+        2,
+    );
+    let url = format!("http://{}/metrics", gost.addrs()[0]);
+    let denied = scrape(&url, None);
+    assert!(denied.contains("status=401"), "{denied}");
+    assert!(denied.contains("www-authenticate=Basic"), "{denied}");
+    assert!(scrape(&url, Some("prom:wrong")).contains("status=401"));
+    let ok = scrape(&url, Some("prom:s3cret"));
+    assert!(ok.contains("status=200"), "{ok}");
+    assert!(ok.contains("gost_services{host="), "{ok}");
+    assert!(!gost.log().contains("s3cret"), "a password reached the log");
+}
+
+#[test]
+fn readyz_turns_unready_while_draining() {
+    let echo = Target::echo();
+    let mut gost = Gost::start(
+        &[
+            "-L",
+            "http://127.0.0.1:0",
+            "-metrics",
+            "127.0.0.1:0",
+            "--grace-period",
+            "20s",
+        ],
+        2,
+    );
+    let (metrics, proxy) = (gost.addrs()[0], gost.addrs()[1]);
+    let readyz = format!("http://{metrics}/readyz");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while status(&readyz) != 200 {
+        assert!(Instant::now() < deadline, "never ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // An open tunnel keeps the process draining after SIGTERM.
+    let mut tunnel = http_connect(proxy, &echo.addr.to_string(), None).expect("tunnel");
+    gost.signal("TERM");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while status(&readyz) != 503 {
+        assert!(Instant::now() < deadline, "still ready while draining");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(status(&format!("http://{metrics}/healthz")), 200);
+    // The open tunnel still works while draining, then its end lets the process exit.
+    tunnel.write_all(b"ping").unwrap();
+    let mut buf = [0u8; 4];
+    tunnel.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"ping");
+    drop(tunnel);
+    assert_eq!(gost.wait_exit(Duration::from_secs(10)), Some(0));
+}
+
+#[test]
+fn bad_metrics_flag_is_refused_by_name() {
+    let out = run(
+        gost_bin().to_str().unwrap(),
+        &[
+            "-L",
+            "http://127.0.0.1:0",
+            "-metrics",
+            "127.0.0.1:0?paht=/x",
+        ],
+    );
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("paht"), "{}", out.stderr);
+}

@@ -1,0 +1,168 @@
+//! The metrics address (`metrics:` / `-metrics`): Prometheus metrics at the configured path,
+//! and the probes a pod needs, `/healthz` (the process serves) and `/readyz` (every service is
+//! bound and the process is not draining).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use gost_api::{Config, MetricsConfig};
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+
+use crate::auth::Authenticator;
+use crate::listener::tcp::TcpListenerImpl;
+use crate::listener::{ACCEPT_ERROR_BACKOFF, Listener};
+
+/// GOST's default metrics path.
+pub const DEFAULT_METRICS_PATH: &str = "/metrics";
+
+/// A scrape or probe that has not sent its request head by then is dropped: probes come from
+/// the kubelet or Prometheus on the same network, which never need long.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Whether the process is ready for traffic: set once every service is bound, cleared when
+/// it starts draining.
+#[derive(Clone, Default)]
+pub struct Readiness(Arc<AtomicBool>);
+
+impl Readiness {
+    /// Marks the process ready or not.
+    pub fn set(&self, ready: bool) {
+        self.0.store(ready, Ordering::SeqCst);
+    }
+
+    fn get(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+struct Endpoint {
+    path: String,
+    auth: Option<Authenticator>,
+    ready: Readiness,
+}
+
+/// Binds the metrics address of `config`; the returned future serves it until dropped.
+pub fn bind(
+    metrics: &MetricsConfig,
+    config: &Config,
+    ready: Readiness,
+) -> Result<(SocketAddr, impl Future<Output = ()> + use<>), String> {
+    let listener = TcpListenerImpl::bind(&metrics.addr)
+        .map_err(|e| format!("metrics.addr: cannot listen on {:?}: {e}", metrics.addr))?;
+    let local = listener.local_addr();
+    let names: Vec<&String> = metrics.auther.iter().collect();
+    let mut users: Vec<&gost_api::AuthConfig> = metrics.auth.iter().collect();
+    users.extend(
+        config
+            .authers
+            .iter()
+            .filter(|a| names.contains(&&a.name))
+            .flat_map(|a| &a.auths),
+    );
+    let auth =
+        (metrics.auth.is_some() || metrics.auther.is_some()).then(|| Authenticator::new(users));
+    let endpoint = Arc::new(Endpoint {
+        path: metrics
+            .path
+            .clone()
+            .filter(|p| p.starts_with('/'))
+            .unwrap_or_else(|| DEFAULT_METRICS_PATH.to_string()),
+        auth,
+        ready,
+    });
+    Ok((local, serve(listener, endpoint)))
+}
+
+async fn serve(listener: TcpListenerImpl, endpoint: Arc<Endpoint>) {
+    loop {
+        let (stream, _) = match listener.accept_tcp().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics accept failed");
+                tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                continue;
+            }
+        };
+        let endpoint = endpoint.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let endpoint = endpoint.clone();
+                async move { Ok::<_, Infallible>(respond(&endpoint, req)) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn respond(endpoint: &Endpoint, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let text = |status: StatusCode, body: String| {
+        let mut response = Response::new(Full::new(Bytes::from(body)));
+        *response.status_mut() = status;
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        response
+    };
+    let mut response = if req.method() == Method::OPTIONS {
+        let mut response = Response::new(Full::new(Bytes::new()));
+        *response.status_mut() = StatusCode::NO_CONTENT;
+        response
+    } else if req.method() != Method::GET && req.method() != Method::HEAD {
+        text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n".into())
+    } else {
+        match req.uri().path() {
+            "/healthz" => text(StatusCode::OK, "ok\n".into()),
+            "/readyz" if endpoint.ready.get() => text(StatusCode::OK, "ready\n".into()),
+            "/readyz" => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: starting or draining\n".into(),
+            ),
+            path if path == endpoint.path => {
+                if authorized(endpoint, &req) {
+                    let mut response = text(StatusCode::OK, crate::metrics::render());
+                    response.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                    );
+                    response
+                } else {
+                    let mut response = text(StatusCode::UNAUTHORIZED, "Unauthorized\n".into());
+                    response.headers_mut().insert(
+                        header::WWW_AUTHENTICATE,
+                        HeaderValue::from_static("Basic realm=\"gost\""),
+                    );
+                    response
+                }
+            }
+            _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
+        }
+    };
+    // GOST's metrics endpoint lets browser dashboards read it from any origin.
+    response.headers_mut().insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    response
+}
+
+fn authorized(endpoint: &Endpoint, req: &Request<Incoming>) -> bool {
+    let Some(auth) = &endpoint.auth else {
+        return true;
+    };
+    req.headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| crate::codec::http::basic_credentials(v.as_bytes()))
+        .is_some_and(|(user, pass)| auth.check(&user, &pass))
+}
