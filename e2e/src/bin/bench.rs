@@ -235,13 +235,16 @@ struct Targets {
 /// Tunnels over each transport: a gost server `-L SCHEME://…` and a gost client with an HTTP
 /// proxy in front, `-L http://… -F SCHEME://SERVER`; the route is HTTP CONNECT to the client.
 /// The proxy protocol is relay unless the seed's example for that transport says otherwise.
-const TRANSPORTS: [(&str, &str); 6] = [
+const TRANSPORTS: [(&str, &str); 9] = [
     ("relay over tls", "relay+tls"),
     ("relay over ws", "relay+ws"),
     ("relay over wss", "relay+wss"),
     ("relay over h2c", "relay+h2c"),
     ("relay over h2", "relay+h2"),
     ("http2 CONNECT proxy", "http2"),
+    ("relay over grpc", "relay+grpc"),
+    ("relay over pht", "relay+pht"),
+    ("PHT over HTTP/3 (auto server, http client)", "h3"),
 ];
 
 /// The client's query for `scheme`: relay connectors exchange request and response at once
@@ -631,7 +634,11 @@ async fn measure_memory(settings: &Settings, hold: &SocketAddr, bin: &std::path:
         let [row] = hold_tunnels(settings, hold, &route, [(name, &gost)]).await;
         rows.push(row);
     }
-    for (name, scheme) in MULTIPLEXED {
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    for (name, scheme) in MULTIPLEXED
+        .iter()
+        .filter(|(_, s)| s.contains(only.as_str()))
+    {
         let server = Gost::start_bin(bin, &["-L", &format!("{scheme}://127.0.0.1:0")], 1, None);
         let client = Gost::start_bin(
             bin,
@@ -657,9 +664,14 @@ async fn measure_memory(settings: &Settings, hold: &SocketAddr, bin: &std::path:
     Memory { rows }
 }
 
-/// Multiplexed transports whose idle tunnels share one connection, measured as a gost server
-/// and a gost client in front of it.
-const MULTIPLEXED: [(&str, &str); 1] = [("relay over h2", "relay+h2")];
+/// Transports whose idle tunnels the issues give a memory figure for (all but pht share one
+/// connection per node), measured as a gost server and a gost client in front of it.
+const MULTIPLEXED: [(&str, &str); 4] = [
+    ("relay over h2", "relay+h2"),
+    ("relay over grpc", "relay+grpc"),
+    ("relay over pht", "relay+pht"),
+    ("PHT over HTTP/3", "h3"),
+];
 
 /// RSS of each of `processes` idle, then with `settings.idle_tunnels` idle tunnels open over
 /// `route`: (name, idle KiB, loaded KiB, KiB per tunnel).
