@@ -25,4 +25,5 @@ pub mod server;
 #[cfg(target_os = "linux")]
 pub mod splice;
 pub mod tls;
+pub mod watch;
 pub mod ws;
