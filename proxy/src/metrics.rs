@@ -145,6 +145,74 @@ pub static PHT_SESSIONS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     )
 });
 
+/// gost-rs' own series about the running configuration and its services.
+struct Runtime {
+    generation: IntGaugeVec,
+    last_reload: prometheus::GaugeVec,
+    reload_errors: IntCounterVec,
+    open_tunnels: IntGaugeVec,
+    auth_failures: IntCounterVec,
+}
+
+static RUNTIME: LazyLock<Runtime> = LazyLock::new(|| Runtime {
+    generation: gauges(
+        "gost_config_generation",
+        "Configurations applied since start (1 = the initial one)",
+        &["host"],
+    ),
+    last_reload: register(
+        prometheus::GaugeVec::new(
+            Opts::new(
+                "gost_config_last_reload_success_timestamp_seconds",
+                "When a configuration was last applied, in Unix seconds",
+            ),
+            &["host"],
+        )
+        .expect("valid metric"),
+    ),
+    reload_errors: counters(
+        "gost_config_reload_errors_total",
+        "Configurations that were refused; the previous one kept running",
+        &["host"],
+    ),
+    open_tunnels: gauges(
+        "gost_service_open_connections",
+        "Connections a service is serving now (tunnels and proxy sessions)",
+        &["host", "service"],
+    ),
+    auth_failures: counters(
+        "gost_service_auth_failures_total",
+        "Failed client authentications",
+        &["host", "service"],
+    ),
+});
+
+/// A configuration was applied: the `generation`th.
+pub fn config_applied(generation: u64) {
+    RUNTIME
+        .generation
+        .with_label_values(&[host()])
+        .set(generation as i64);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    RUNTIME.last_reload.with_label_values(&[host()]).set(now);
+}
+
+/// A configuration was refused.
+pub fn config_refused() {
+    RUNTIME.reload_errors.with_label_values(&[host()]).inc();
+}
+
+/// A client of `service` failed to authenticate.
+pub fn auth_failed(service: &str) {
+    RUNTIME
+        .auth_failures
+        .with_label_values(&[host(), service])
+        .inc();
+}
+
 /// The `client` label value for `client`: its IP address while fewer than
 /// [`MAX_CLIENT_LABELS`] addresses have been seen, else [`OTHER_CLIENTS`].
 pub fn client_label(client: SocketAddr) -> String {
@@ -181,6 +249,10 @@ impl Request {
         GOST.in_flight
             .with_label_values(&[host(), service, &client])
             .inc();
+        RUNTIME
+            .open_tunnels
+            .with_label_values(&[host(), service])
+            .inc();
         Request {
             service: service.to_string(),
             client,
@@ -193,6 +265,10 @@ impl Drop for Request {
     fn drop(&mut self) {
         GOST.in_flight
             .with_label_values(&[host(), &self.service, &self.client])
+            .dec();
+        RUNTIME
+            .open_tunnels
+            .with_label_values(&[host(), &self.service])
             .dec();
         GOST.duration
             .with_label_values(&[host(), &self.service])
@@ -235,6 +311,7 @@ pub fn node_connected(chain: &str, node: &str, took: Duration) {
 /// The registry in Prometheus' text exposition format.
 pub fn render() -> String {
     LazyLock::force(&GOST);
+    LazyLock::force(&RUNTIME);
     prometheus::TextEncoder::new()
         .encode_to_string(&registry().gather())
         .unwrap_or_else(|e| format!("# encoding failed: {e}\n"))

@@ -70,6 +70,7 @@ pub(crate) fn proxy_auth_accepted(
         .is_some_and(|(user, pass)| auth.check(user, pass));
     if !accepted {
         let user = credentials.map(|(user, _)| user);
+        crate::metrics::auth_failed(&env.service);
         crate::metrics::handler_error(&env.service, client);
         tracing::warn!(
             service = %env.service, protocol, client = %client,

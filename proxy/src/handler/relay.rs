@@ -91,6 +91,7 @@ impl RelayHandler {
             _ => false,
         };
         if !accepted {
+            crate::metrics::auth_failed(&self.env.service);
             crate::metrics::handler_error(&self.env.service, client);
             tracing::warn!(
                 service = %self.env.service, client = %client,

@@ -51,6 +51,7 @@ impl Handler for Socks4Handler {
             let accepted =
                 std::str::from_utf8(&request.user_id).is_ok_and(|user| auth.check(user, ""));
             if !accepted {
+                crate::metrics::auth_failed(&self.env.service);
                 crate::metrics::handler_error(&self.env.service, client);
                 tracing::warn!(
                     service = %self.env.service, client = %client,

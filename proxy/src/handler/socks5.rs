@@ -125,6 +125,7 @@ impl Socks5Handler {
                 };
                 send(conn, &socks5::encode_user_pass_reply(accepted)).await?;
                 if !accepted {
+                    crate::metrics::auth_failed(&self.env.service);
                     crate::metrics::handler_error(&self.env.service, client);
                     tracing::warn!(
                         service = %self.env.service, client = %client,
