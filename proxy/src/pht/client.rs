@@ -463,15 +463,14 @@ mod tests {
         }
     }
 
-    fn setup(
-        name: &str,
-        authorize: bool,
-    ) -> (
+    type Setup = (
         Arc<dyn RoundTrip>,
         Arc<ClientOptions>,
         Arc<PhtServer>,
         mpsc::Receiver<(BoxConn, SocketAddr)>,
-    ) {
+    );
+
+    fn setup(name: &str, authorize: bool) -> Setup {
         let (tx, rx) = mpsc::channel(8);
         let server = PhtServer::new(name, Paths::default(), tx);
         let mut headers = http::HeaderMap::new();
