@@ -56,7 +56,7 @@ def push(data):
     return res.status
 
 
-relay = struct.pack(">BBH", 1, 1, 11) + struct.pack(">BH", 2, 7) + bytes([1])
+relay = struct.pack(">BBH", 1, 1, 3 + 7) + struct.pack(">BH", 2, 7) + bytes([1])
 relay += ipaddress.IPv4Address(echo_ip).packed + struct.pack(">H", int(echo_port))
 payload = b"hello pht\n"
 status = push(relay + payload)
