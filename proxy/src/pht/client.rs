@@ -178,10 +178,11 @@ async fn pull_loop(
     token: Arc<str>,
     tx: mpsc::Sender<io::Result<Bytes>>,
 ) {
+    let mut first = true;
     loop {
-        match pull_once(&*rt, &opts, &token, &tx).await {
+        match pull_once(&*rt, &opts, &token, &tx, first).await {
             Ok(0) => return,
-            Ok(_) => continue,
+            Ok(_) => first = false,
             Err(e) => {
                 let _ = tx.send(Err(e)).await;
                 return;
@@ -191,15 +192,22 @@ async fn pull_loop(
 }
 
 /// One pull; the number of lines it carried. A closed `tx` (the tunnel was dropped) ends it
-/// like an empty pull.
+/// like an empty pull; so does a refused re-pull (not `first`).
 async fn pull_once(
     rt: &dyn RoundTrip,
     opts: &ClientOptions,
     token: &str,
     tx: &mpsc::Sender<io::Result<Bytes>>,
+    first: bool,
 ) -> io::Result<usize> {
     let req = opts.request(Method::GET, &opts.paths.pull, Some(token), Bytes::new())?;
     let res = rt.round_trip(req).await?;
+    if !first && res.status() != StatusCode::OK {
+        // A stable GOST server answers a re-pull for a session it ended with 403: the
+        // tunnel's data all arrived, so this is its end, not a failure.
+        tracing::debug!(status = %res.status(), "PHT re-pull refused; tunnel ended");
+        return Ok(0);
+    }
     if res.status() != StatusCode::OK {
         return Err(io::Error::other(format!(
             "PHT pull answered {}",
