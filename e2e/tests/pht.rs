@@ -50,6 +50,20 @@ fn assert_hello(proxy: std::net::SocketAddr, target: &Target, what: &str) {
     );
 }
 
+/// Waits until the server's log (read by a thread of the harness, so a moment behind)
+/// contains `text`.
+fn wait_for_log(server: &Gost, text: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !server.log().contains(text) {
+        assert!(
+            Instant::now() < deadline,
+            "{text:?} not logged:\n{}",
+            server.log()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Waits until the server logged a session close leaving `open` sessions.
 fn wait_for_open(server: &Gost, open: usize, within: Duration) {
     let wanted = format!("\"open\":{open}");
@@ -79,11 +93,7 @@ fn seed_relay_over_pht_cli() {
     let server = server("pht");
     let client = client("pht", &server);
     assert_hello(client.addr(), &target, "seed");
-    assert!(
-        server.log().contains("pht session opened"),
-        "{}",
-        server.log()
-    );
+    wait_for_log(&server, "pht session opened");
 }
 
 #[test]
@@ -209,7 +219,7 @@ fn killed_gost_client_leaves_no_session() {
         tunnel.read_exact(&mut pong).unwrap();
         assert_eq!(&pong, b"ping");
     }
-    assert!(server.log().contains("pht session opened"));
+    wait_for_log(&server, "pht session opened");
     client.signal("KILL");
     wait_for_open(&server, 0, RECLAIM_WAIT);
 }
