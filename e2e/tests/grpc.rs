@@ -461,3 +461,109 @@ fn thousand_idle_tunnels_stay_small() {
         echo_small(stream);
     }
 }
+
+/// A grpcio server (`e2e/py/grpc_server.py`) serving `path`, stopped when dropped.
+struct PyServer {
+    child: std::process::Child,
+    port: u16,
+    stderr: thread::JoinHandle<String>,
+}
+
+impl PyServer {
+    fn start(args: &[&str]) -> PyServer {
+        use std::io::{BufRead, BufReader, Read};
+        use std::process::Stdio;
+        let script = workspace_root().join("e2e/py/grpc_server.py");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("python3 runs");
+        let mut stderr = child.stderr.take().unwrap();
+        let stderr = thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stderr.read_to_string(&mut text);
+            text
+        });
+        // The script prints its port at once, or fails (and its output ends).
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let Some(port) = line
+            .trim()
+            .strip_prefix("port ")
+            .and_then(|p| p.parse().ok())
+        else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "grpc_server.py {args:?} did not start: {line:?}\n{}",
+                stderr.join().unwrap()
+            );
+        };
+        PyServer {
+            child,
+            port,
+            stderr,
+        }
+    }
+
+    /// Stops the server and returns what it logged.
+    fn stop(mut self) -> String {
+        // Closing its standard input ends it.
+        drop(self.child.stdin.take());
+        let deadline = Instant::now() + IO_TIMEOUT;
+        while self.child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                break;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.wait();
+        self.stderr.join().unwrap()
+    }
+}
+
+#[test]
+fn dialer_against_an_independent_grpcio_server() {
+    // TLS with gost's generated certificate: a gost TLS service in a fresh HOME writes it.
+    let home = tempdir();
+    let generator = Gost::start_in(&["-L", "relay+grpc://127.0.0.1:0"], 1, Some(home.as_path()));
+    let cert = home.join(".gost/auto-ca-cert.pem");
+    let key = home.join(".gost/auto-ca-key.pem");
+    assert!(cert.exists() && key.exists(), "{}", generator.log());
+    drop(generator);
+    let cases: [(&[&str], &str); 3] = [
+        (&["insecure", "/GostTunel/Tunnel"], "?grpcInsecure=true"),
+        (&["insecure", "/x/y-z"], "?grpcInsecure=true&path=x/y/z"),
+        (
+            &[
+                "tls",
+                "/GostTunel/Tunnel",
+                cert.to_str().unwrap(),
+                key.to_str().unwrap(),
+            ],
+            "",
+        ),
+    ];
+    for (args, query) in cases {
+        let server = PyServer::start(args);
+        let addr: SocketAddr = format!("127.0.0.1:{}", server.port).parse().unwrap();
+        let client = client("user:pass", addr, query);
+        // The grpcio server echoes, whatever the target.
+        let stream = http_connect(client.addr(), "127.0.0.1:9", None).expect("CONNECT");
+        echo_round_trip(stream, 1024 * 1024);
+        wait_for_log(&client, "\"outcome\":\"closed\"");
+        drop(client);
+        let log = server.stop();
+        assert!(
+            log.contains(&format!("call {} user=user bytes=1048576", args[1])),
+            "{args:?}: {log}"
+        );
+    }
+}
