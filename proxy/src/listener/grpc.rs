@@ -21,11 +21,14 @@ use tonic::body::Body;
 
 use super::tcp::TcpListenerImpl;
 use super::{Handshaking, Listener, Ready};
-use crate::conn::BoxConn;
+use bytes::Bytes;
+use tokio::io::AsyncReadExt;
+
+use crate::conn::{BoxConn, Prefixed};
 use crate::grpc::{ChunkCodec, GrpcConn, MAX_RECEIVE, ServerOutbound, method_path};
 use crate::h2pool::{
-    CONNECTION_WINDOW, MAX_CONCURRENT_STREAMS, MAX_FRAME_SIZE, MAX_HEADER_LIST_SIZE,
-    MAX_SEND_BUFFER, STREAM_WINDOW,
+    CONNECTION_WINDOW, H2_HANDSHAKE_TIMEOUT, MAX_CONCURRENT_STREAMS, MAX_FRAME_SIZE,
+    MAX_HEADER_LIST_SIZE, MAX_SEND_BUFFER, STREAM_WINDOW,
 };
 use crate::tls::ServerTls;
 
@@ -106,6 +109,16 @@ pub fn bind(addr: &str, tls: Option<ServerTls>, options: GrpcOptions) -> io::Res
                 },
                 None => Box::new(stream),
             };
+            let io = match expect_preface(io).await {
+                Ok(io) => io,
+                Err(why) => {
+                    tracing::info!(
+                        listener = %local, client = %client, error = %why,
+                        "grpc: the client does not speak HTTP/2 (not a gRPC client, or a TLS/grpcInsecure mismatch)"
+                    );
+                    return;
+                }
+            };
             serve(io, client, local, options, ready).await;
         }
     }))
@@ -140,27 +153,58 @@ async fn serve(
         async move { Ok::<_, Infallible>(call(req, &options, ready, peer, client, local).await) }
     });
     if let Err(e) = builder.serve_connection(TokioIo::new(io), service).await {
-        if is_not_http2(&e) {
-            tracing::info!(
-                listener = %local, client = %client, error = %crate::grpc::error_chain(&e),
-                "grpc: the client does not speak HTTP/2 (not a gRPC client, or TLS/grpcInsecure mismatch)"
-            );
-        } else {
-            tracing::debug!(listener = %local, client = %client, error = %crate::grpc::error_chain(&e), "grpc connection ended");
-        }
+        tracing::debug!(
+            listener = %local, client = %client, error = %crate::grpc::error_chain(&e),
+            "grpc connection ended"
+        );
     }
 }
 
-/// Whether a connection failed before HTTP/2 started: its first bytes were not the preface.
-fn is_not_http2(e: &hyper::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = source {
-        if let Some(h2) = err.downcast_ref::<h2::Error>() {
-            return h2.reason() == Some(h2::Reason::PROTOCOL_ERROR) && h2.is_go_away();
+/// What every HTTP/2 client sends first (RFC 9113 §3.4).
+const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Reads the client's first bytes, within [`H2_HANDSHAKE_TIMEOUT`], and puts them back in
+/// front of the stream if they are the HTTP/2 preface. Otherwise says what came instead, so
+/// that an HTTP/1 client or a TLS/`grpcInsecure` mismatch gets one clear log line (and a
+/// client that sends nothing does not hold a task forever).
+async fn expect_preface(mut io: BoxConn) -> Result<BoxConn, String> {
+    let mut first = [0u8; PREFACE.len()];
+    let mut got = 0;
+    let read = async {
+        while got < first.len() {
+            let n = io
+                .read(&mut first[got..])
+                .await
+                .map_err(|e| e.to_string())?;
+            if n == 0 {
+                return Err(format!("the client closed after {got} bytes"));
+            }
+            got += n;
+            if first[..got] != PREFACE[..got] {
+                break;
+            }
         }
-        source = err.source();
+        Ok(())
+    };
+    match tokio::time::timeout(H2_HANDSHAKE_TIMEOUT, read).await {
+        Err(_) => Err(format!("no HTTP/2 preface within {H2_HANDSHAKE_TIMEOUT:?}")),
+        Ok(Err(e)) => Err(e),
+        Ok(Ok(())) if first[..got] == PREFACE[..] => {
+            Ok(Prefixed::boxed(Bytes::copy_from_slice(&first), io))
+        }
+        Ok(Ok(())) => {
+            let what = if first[0] == 0x16 {
+                "a TLS handshake: the client uses TLS, this listener has grpcInsecure=true"
+                    .to_string()
+            } else {
+                format!(
+                    "{:?} instead of the HTTP/2 preface",
+                    String::from_utf8_lossy(&first[..got])
+                )
+            };
+            Err(what)
+        }
     }
-    false
 }
 
 async fn call(
@@ -245,6 +289,33 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    async fn first_bytes(bytes: &'static [u8]) -> Result<Vec<u8>, String> {
+        let (mut a, b) = tokio::io::duplex(1024);
+        a.write_all(bytes).await.unwrap();
+        drop(a);
+        let mut io = expect_preface(Box::new(b)).await?;
+        let mut all = Vec::new();
+        io.read_to_end(&mut all).await.unwrap();
+        Ok(all)
+    }
+
+    #[tokio::test]
+    async fn preface_is_put_back_and_strangers_are_named() {
+        let mut h2 = PREFACE.to_vec();
+        h2.extend_from_slice(b"frames");
+        let h2: &'static [u8] = h2.leak();
+        assert_eq!(first_bytes(h2).await.unwrap(), h2);
+        let http1 = first_bytes(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap_err();
+        assert!(http1.contains("GET / HTTP/1.1"), "{http1}");
+        let tls = first_bytes(b"\x16\x03\x01\x02\x00\x01").await.unwrap_err();
+        assert!(tls.contains("grpcInsecure"), "{tls}");
+        let short = first_bytes(b"PRI * HTTP/2.0").await.unwrap_err();
+        assert!(short.contains("closed after 14 bytes"), "{short}");
+    }
 
     fn options(md: &[(&str, &str)]) -> Result<GrpcOptions, String> {
         let mut metadata = Metadata::default();
