@@ -106,7 +106,7 @@ fn bad_urls_fail_without_echoing_the_password() {
 
 #[test]
 fn unimplemented_transports_are_named() {
-    let out = gost(&["-L", "relay+grpc://127.0.0.1:0"]);
+    let out = gost(&["-L", "relay+h3://127.0.0.1:0"]);
     assert_eq!(out.code, 2, "{}", out.stderr);
     assert!(out.stderr.contains("not implemented"), "{}", out.stderr);
 }

@@ -15,6 +15,7 @@ pub mod codec;
 pub mod conn;
 pub mod connector;
 pub mod dialer;
+pub mod grpc;
 pub mod h2pool;
 pub mod handler;
 pub mod listener;

@@ -196,6 +196,24 @@ pub fn build(config: &Config, tunnels: &TaskTracker) -> Result<Vec<Service>, Con
                             .map_err(|e| cannot_listen(&path, &service.addr, e))?,
                     )
                 }
+                ListenerType::Grpc => {
+                    let options = crate::listener::grpc::GrpcOptions::from_metadata(
+                        &service.listener.metadata,
+                    )
+                    .map_err(|e| field(format!("{path}.listener.metadata"), e))?;
+                    let tls = if options.insecure {
+                        None
+                    } else {
+                        Some(
+                            ServerTls::new(service.listener.tls.as_ref(), &tls_defaults, &[b"h2"])
+                                .map_err(|e| field(format!("{path}.listener.tls"), e))?,
+                        )
+                    };
+                    Box::new(
+                        crate::listener::grpc::bind(&service.addr, tls, options)
+                            .map_err(|e| cannot_listen(&path, &service.addr, e))?,
+                    )
+                }
                 ListenerType::Http2 => {
                     let Some(handler) = http2_handler else {
                         return Err(field(
@@ -366,6 +384,14 @@ fn build_hop(hop: &HopConfig, path: &str) -> Result<Hop, ConfigError> {
                             .map_err(|e| field(format!("{path}.dialer.metadata"), e))?,
                     )
                 }
+                DialerType::Grpc => Arc::new(
+                    crate::dialer::grpc::GrpcDialer::new(
+                        ClientTls::new(node.dialer.tls.as_ref(), &[b"h2"])
+                            .map_err(|e| field(format!("{path}.dialer.tls"), e))?,
+                        &node.dialer.metadata,
+                    )
+                    .map_err(|e| field(format!("{path}.dialer.metadata"), e))?,
+                ),
                 DialerType::Http2 => {
                     if node.connector.kind != ConnectorType::Http2 {
                         return Err(field(

@@ -1,5 +1,6 @@
 //! Dialers: the transports that reach a chain node (client side of a listener).
 
+pub mod grpc;
 pub mod h2;
 pub mod pht;
 pub mod tcp;

@@ -6,6 +6,7 @@
 //! the streams that came through. A multiplexed transport hands over many streams per
 //! connection the same way.
 
+pub mod grpc;
 pub mod h2;
 pub mod http2;
 pub mod pht;

@@ -1,0 +1,463 @@
+//! The `grpc` dialer (gost-wire.md §8.5): every tunnel is one call of GOST's streaming `Tunnel`
+//! method, and all tunnels to a node share one HTTP/2 connection.
+//!
+//! TLS with the node's TLS settings (ALPN `h2`) by default, cleartext HTTP/2 with prior
+//! knowledge when `grpcInsecure`. `:authority` is metadata `host` or the node's host, without
+//! the port, as GOST's gRPC client sends it. A connection that ends (server restart, GOAWAY,
+//! failed keepalive) is replaced on the next tunnel, with backoff while dialling fails.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use gost_api::Metadata;
+use http::Uri;
+use http::uri::PathAndQuery;
+use hyper::body::Incoming;
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio_util::sync::CancellationToken;
+use tonic::body::Body;
+
+use super::{Dialer, tcp};
+use crate::addr::Address;
+use crate::conn::BoxConn;
+use crate::grpc::{ChunkCodec, GrpcConn, MAX_RECEIVE, method_path};
+use crate::h2pool::{
+    CONNECTION_WINDOW, H2_HANDSHAKE_TIMEOUT, MAX_FRAME_SIZE, MAX_HEADER_LIST_SIZE, MAX_SEND_BUFFER,
+    RECONNECT_BACKOFF_MAX, RECONNECT_BACKOFF_MIN, STREAM_WINDOW,
+};
+use crate::tls::ClientTls;
+
+/// GOST's client PING interval with `keepalive=true` (`keepalive.time`).
+pub const DEFAULT_KEEPALIVE_TIME: Duration = Duration::from_secs(30);
+
+/// GOST's wait for a PING answer with `keepalive=true` (`keepalive.timeout`).
+pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Client keepalive: PING interval, answer timeout, and whether to PING with no call open.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Keepalive {
+    /// `keepalive.time`.
+    pub time: Duration,
+    /// `keepalive.timeout`.
+    pub timeout: Duration,
+    /// `keepalive.permitWithoutStream`.
+    pub without_calls: bool,
+}
+
+/// The `grpc` dialer.
+pub struct GrpcDialer {
+    tls: Option<ClientTls>,
+    authority: Option<String>,
+    path: PathAndQuery,
+    keepalive: Option<Keepalive>,
+    slots: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>,
+}
+
+#[derive(Default)]
+struct Slot {
+    connection: Option<Connection>,
+    failures: u32,
+    retry_at: Option<Instant>,
+}
+
+/// One HTTP/2 connection to a node, as the service tonic's client calls through.
+#[derive(Clone)]
+struct Connection {
+    send: SendRequest<Body>,
+    // Set by the connection task when the connection ends.
+    closed: CancellationToken,
+}
+
+impl Connection {
+    fn is_closed(&self) -> bool {
+        self.closed.is_cancelled() || self.send.is_closed()
+    }
+}
+
+impl tower_service::Service<http::Request<Body>> for Connection {
+    type Response = http::Response<Incoming>;
+    type Error = hyper::Error;
+    type Future =
+        Pin<Box<dyn Future<Output = Result<http::Response<Incoming>, hyper::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), hyper::Error>> {
+        self.send.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        // Queues the request on the connection now; the future only waits for the answer.
+        Box::pin(self.send.send_request(req))
+    }
+}
+
+impl GrpcDialer {
+    /// `tls` is the node's TLS (ALPN `h2`); `metadata` gives `grpcInsecure`, `host`, `path`
+    /// and keepalive. Errors name the key.
+    pub fn new(tls: ClientTls, md: &Metadata) -> Result<Self, String> {
+        let insecure = md
+            .bool(&["grpcInsecure", "grpc.insecure", "insecure"])
+            .map_err(|e| e.to_string())?
+            .unwrap_or(false);
+        let authority = md
+            .string(&["host", "grpc.authority", "grpc.host"])
+            .filter(|h| !h.is_empty())
+            .map(|h| strip_port(&h).to_string());
+        if let Some(host) = &authority
+            && http::uri::Authority::try_from(host.as_str()).is_err()
+        {
+            return Err(format!(
+                "metadata `host` {host:?} is not a valid HTTP/2 authority"
+            ));
+        }
+        let path = method_path(md.string(&["path", "grpc.path"]).as_deref())?;
+        let keepalive = if md
+            .bool(&["keepalive", "grpc.keepalive", "keepAlive"])
+            .map_err(|e| e.to_string())?
+            .unwrap_or(false)
+        {
+            let duration = |keys: &[&str], default| {
+                md.duration(keys).map_err(|e| e.to_string()).map(|d| {
+                    d.flatten()
+                        .filter(|d: &Duration| !d.is_zero())
+                        .unwrap_or(default)
+                })
+            };
+            Some(Keepalive {
+                time: duration(
+                    &["keepalive.time", "grpc.keepalive.time"],
+                    DEFAULT_KEEPALIVE_TIME,
+                )?,
+                timeout: duration(
+                    &["keepalive.timeout", "grpc.keepalive.timeout"],
+                    DEFAULT_KEEPALIVE_TIMEOUT,
+                )?,
+                without_calls: md
+                    .bool(&[
+                        "keepalive.permitWithoutStream",
+                        "grpc.keepalive.permitWithoutStream",
+                    ])
+                    .map_err(|e| e.to_string())?
+                    .unwrap_or(false),
+            })
+        } else {
+            None
+        };
+        Ok(GrpcDialer {
+            tls: (!insecure).then_some(tls),
+            authority,
+            path,
+            keepalive,
+            slots: Default::default(),
+        })
+    }
+
+    /// The origin of every call to `addr`: scheme and `:authority`.
+    fn origin(&self, addr: &Address) -> Uri {
+        let host = match &self.authority {
+            Some(host) => host.clone(),
+            None => match &addr.host {
+                crate::addr::Host::Ip(std::net::IpAddr::V6(ip)) => format!("[{ip}]"),
+                _ => addr.host_str(),
+            },
+        };
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        Uri::try_from(format!("{scheme}://{host}"))
+            .unwrap_or_else(|_| Uri::from_static("http://localhost"))
+    }
+
+    /// Starts a call on `connection`; the stream is usable at once (see [`GrpcConn::client`]).
+    fn open(&self, connection: Connection, addr: &Address) -> GrpcConn {
+        let origin = self.origin(addr);
+        let path = self.path.clone();
+        GrpcConn::client(
+            move |outbound| {
+                let mut grpc = tonic::client::Grpc::with_origin(connection, origin)
+                    .max_decoding_message_size(MAX_RECEIVE);
+                let mut call = Box::pin(async move {
+                    grpc.streaming(tonic::Request::new(outbound), path, ChunkCodec)
+                        .await
+                });
+                // One poll sends the request headers (the connection is ready: `session`
+                // checked), so the server sees the call before our first write.
+                match call
+                    .as_mut()
+                    .poll(&mut Context::from_waker(std::task::Waker::noop()))
+                {
+                    Poll::Ready(result) => Box::pin(std::future::ready(result)),
+                    Poll::Pending => call,
+                }
+            },
+            Arc::from(addr.to_string()),
+        )
+    }
+
+    /// The live connection to `addr`, dialling it (within `timeout`) if there is none. Callers
+    /// that arrive while a dial is under way wait for it rather than dial their own.
+    async fn connection(&self, addr: &Address, timeout: Duration) -> io::Result<Connection> {
+        let slot = self
+            .slots
+            .lock()
+            .expect("slots lock")
+            .entry(addr.to_string())
+            .or_default()
+            .clone();
+        let mut slot = slot.lock().await;
+        if let Some(connection) = &slot.connection {
+            if !connection.is_closed() {
+                return Ok(connection.clone());
+            }
+            tracing::debug!(peer = %addr, "grpc connection gone, re-dialling");
+            slot.connection = None;
+        }
+        if let Some(at) = slot.retry_at {
+            let now = Instant::now();
+            if now < at {
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionRefused,
+                    format!(
+                        "grpc {addr}: connecting failed {} time(s) in a row; next attempt in {:?}",
+                        slot.failures,
+                        at - now
+                    ),
+                ));
+            }
+        }
+        let dialled = async {
+            let tcp = tcp::connect(addr, timeout).await?;
+            self.handshake_connection(Box::new(tcp), addr, self.keepalive)
+                .await
+        };
+        match dialled.await {
+            Ok(connection) => {
+                tracing::debug!(peer = %addr, "grpc connection established");
+                *slot = Slot {
+                    connection: Some(connection.clone()),
+                    failures: 0,
+                    retry_at: None,
+                };
+                Ok(connection)
+            }
+            Err(e) => {
+                slot.failures = slot.failures.saturating_add(1);
+                slot.retry_at = Some(Instant::now() + backoff(slot.failures));
+                Err(e)
+            }
+        }
+    }
+
+    /// TLS (unless insecure) and the HTTP/2 handshake over `conn`; the connection is driven
+    /// by a task of its own until it ends.
+    async fn handshake_connection(
+        &self,
+        conn: BoxConn,
+        addr: &Address,
+        keepalive: Option<Keepalive>,
+    ) -> io::Result<Connection> {
+        let context = |what: &str, e: io::Error| {
+            io::Error::new(e.kind(), format!("grpc {addr}: {what}: {e}"))
+        };
+        let io: BoxConn = match &self.tls {
+            None => conn,
+            Some(tls) => {
+                let stream = tls.connect(conn, addr).await.map_err(|e| {
+                    context(
+                        "TLS handshake failed (a server with grpcInsecure=true needs it on this end too)",
+                        e,
+                    )
+                })?;
+                if let Some(alpn) = stream.get_ref().1.alpn_protocol()
+                    && alpn != b"h2"
+                {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "grpc {addr}: the server chose {:?} in TLS ALPN; gRPC needs h2",
+                            String::from_utf8_lossy(alpn)
+                        ),
+                    ));
+                }
+                Box::new(stream)
+            }
+        };
+        let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+        builder
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_frame_size(MAX_FRAME_SIZE)
+            .max_send_buf_size(MAX_SEND_BUFFER)
+            .max_header_list_size(MAX_HEADER_LIST_SIZE);
+        if let Some(keepalive) = keepalive {
+            builder
+                .timer(TokioTimer::new())
+                .keep_alive_interval(keepalive.time)
+                .keep_alive_timeout(keepalive.timeout)
+                .keep_alive_while_idle(keepalive.without_calls);
+        }
+        let (send, connection) = tokio::time::timeout(
+            H2_HANDSHAKE_TIMEOUT,
+            builder.handshake(TokioIo::new(io)),
+        )
+        .await
+        .map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("grpc {addr}: HTTP/2 handshake took longer than {H2_HANDSHAKE_TIMEOUT:?}"),
+            )
+        })?
+        .map_err(|e| context("HTTP/2 handshake failed", io::Error::other(e)))?;
+        let closed = CancellationToken::new();
+        let done = closed.clone();
+        let peer = addr.to_string();
+        tokio::spawn(async move {
+            match connection.await {
+                Ok(()) => tracing::debug!(peer = %peer, "grpc connection closed"),
+                Err(e) => tracing::info!(
+                    peer = %peer, error = %crate::grpc::error_chain(&e),
+                    "grpc connection ended (not a gRPC server, a TLS/grpcInsecure mismatch, or the server went away)"
+                ),
+            }
+            done.cancel();
+        });
+        Ok(Connection { send, closed })
+    }
+}
+
+#[async_trait]
+impl Dialer for GrpcDialer {
+    async fn dial(&self, addr: &Address, timeout: Duration) -> io::Result<BoxConn> {
+        // A connection found dead only now (its task has not noticed yet) is replaced once.
+        for attempt in 0..2 {
+            let mut connection = self.connection(addr, timeout).await?;
+            let ready =
+                std::future::poll_fn(|cx| tower_service::Service::poll_ready(&mut connection, cx));
+            match tokio::time::timeout(timeout, ready).await {
+                Ok(Ok(())) => return Ok(Box::new(self.open(connection, addr))),
+                Ok(Err(e)) if attempt == 0 => {
+                    tracing::debug!(peer = %addr, error = %e, "grpc connection unusable, re-dialling");
+                    connection.closed.cancel();
+                }
+                Ok(Err(e)) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::ConnectionReset,
+                        format!("grpc {addr}: {e}"),
+                    ));
+                }
+                Err(_) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("grpc {addr}: connection not ready within {timeout:?}"),
+                    ));
+                }
+            }
+        }
+        unreachable!("the second attempt returns")
+    }
+
+    async fn handshake(&self, conn: BoxConn, addr: &Address) -> io::Result<BoxConn> {
+        // A connection of its own over the previous hop's tunnel; it closes once its one call
+        // has ended and nothing refers to it any more.
+        let mut connection = self.handshake_connection(conn, addr, None).await?;
+        std::future::poll_fn(|cx| tower_service::Service::poll_ready(&mut connection, cx))
+            .await
+            .map_err(|e| {
+                io::Error::new(io::ErrorKind::ConnectionReset, format!("grpc {addr}: {e}"))
+            })?;
+        Ok(Box::new(self.open(connection, addr)))
+    }
+}
+
+/// The host of a `host[:port]` (or `[v6]:port`) value.
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.find(']').map_or(host, |end| &host[..=end]);
+    }
+    match host.rsplit_once(':') {
+        Some((h, port)) if !h.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
+fn backoff(failures: u32) -> Duration {
+    let factor = 1u32 << failures.saturating_sub(1).min(16);
+    RECONNECT_BACKOFF_MIN
+        .saturating_mul(factor)
+        .min(RECONNECT_BACKOFF_MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dialer(md: &[(&str, &str)]) -> Result<GrpcDialer, String> {
+        let mut metadata = Metadata::default();
+        for (k, v) in md {
+            metadata.insert_str(k, v);
+        }
+        GrpcDialer::new(ClientTls::new(None, &[b"h2"]).unwrap(), &metadata)
+    }
+
+    #[test]
+    fn authority_is_the_host_without_port() {
+        let addr = Address::parse("example.com:8443").unwrap();
+        assert_eq!(
+            dialer(&[]).unwrap().origin(&addr).to_string(),
+            "https://example.com/"
+        );
+        let d = dialer(&[("grpcInsecure", "true"), ("host", "front.example:443")]).unwrap();
+        assert_eq!(d.origin(&addr).to_string(), "http://front.example/");
+        let d = dialer(&[("grpc.authority", "a.example")]).unwrap();
+        assert_eq!(d.origin(&addr).to_string(), "https://a.example/");
+        let v6 = Address::parse("[::1]:8443").unwrap();
+        assert_eq!(
+            dialer(&[])
+                .unwrap()
+                .origin(&v6)
+                .authority()
+                .unwrap()
+                .as_str(),
+            "[::1]"
+        );
+    }
+
+    #[test]
+    fn strip_port_forms() {
+        assert_eq!(strip_port("a.example:443"), "a.example");
+        assert_eq!(strip_port("a.example"), "a.example");
+        assert_eq!(strip_port("[::1]:443"), "[::1]");
+        assert_eq!(strip_port("::1"), "::1");
+    }
+
+    #[test]
+    fn options_and_errors() {
+        let d = dialer(&[("path", "a/b/c"), ("keepalive", "true")]).unwrap();
+        assert_eq!(d.path.as_str(), "/a/b-c");
+        assert_eq!(
+            d.keepalive,
+            Some(Keepalive {
+                time: DEFAULT_KEEPALIVE_TIME,
+                timeout: DEFAULT_KEEPALIVE_TIMEOUT,
+                without_calls: false,
+            })
+        );
+        assert!(d.tls.is_some());
+        assert!(dialer(&[("insecure", "1")]).unwrap().tls.is_none());
+        let Err(e) = dialer(&[("host", "a b")]) else {
+            panic!("an invalid host was accepted")
+        };
+        assert!(e.contains("host"), "{e}");
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        assert_eq!(backoff(1), RECONNECT_BACKOFF_MIN);
+        assert_eq!(backoff(2), RECONNECT_BACKOFF_MIN * 2);
+        assert_eq!(backoff(100), RECONNECT_BACKOFF_MAX);
+    }
+}
