@@ -15,6 +15,7 @@ pub mod conn;
 pub mod connector;
 pub mod dialer;
 pub mod h2pool;
+pub mod h3;
 pub mod handler;
 pub mod listener;
 pub mod metrics;
