@@ -7,7 +7,12 @@
 //! - [`client`]: one tunnel as a byte stream, made of HTTP requests sent through a
 //!   [`RoundTrip`] that each transport provides.
 
+pub mod server;
+
+use std::hash::{BuildHasher, Hasher};
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -73,6 +78,39 @@ pub trait RoundTrip: Send + Sync + 'static {
     async fn round_trip(&self, req: http::Request<Bytes>) -> io::Result<http::Response<Body>>;
 }
 
+/// A new session token in GOST's format: 20 characters of `[0-9a-v]` (an xid: 12 bytes in
+/// base32hex). The first four bytes are the time, as in an xid; the other eight come from the
+/// standard library's randomly keyed hasher over a counter, so that tokens cannot be guessed
+/// from one another (a token is all a push needs to inject data into a tunnel).
+pub fn new_token() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    hasher.write_u128(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    let mut raw = [0u8; 12];
+    raw[..4].copy_from_slice(&(secs as u32).to_be_bytes());
+    raw[4..].copy_from_slice(&hasher.finish().to_be_bytes());
+    const ALPHABET: &[u8; 32] = b"0123456789abcdefghijklmnopqrstuv";
+    // 96 bits as 20 five-bit digits, the last one padded with zero bits.
+    let bits = u128::from_be_bytes({
+        let mut wide = [0u8; 16];
+        wide[..12].copy_from_slice(&raw);
+        wide
+    });
+    (0..20)
+        .map(|i| ALPHABET[((bits >> (123 - 5 * i)) & 31) as usize] as char)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -88,5 +126,17 @@ mod tests {
         assert_eq!(paths.push, "/p");
         assert_eq!(paths.pull, DEFAULT_PULL_PATH);
         assert_eq!(Paths::from_metadata(&Metadata::default()), Paths::default());
+    }
+
+    #[test]
+    fn tokens_look_like_xids_and_differ() {
+        let a = new_token();
+        let b = new_token();
+        assert_eq!(a.len(), 20);
+        assert!(
+            a.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'v')),
+            "{a}"
+        );
+        assert_ne!(a, b);
     }
 }
