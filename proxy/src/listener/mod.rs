@@ -7,6 +7,7 @@
 //! connection the same way.
 
 pub mod h2;
+pub mod h3;
 pub mod http2;
 pub mod tcp;
 pub mod tls;
