@@ -223,6 +223,24 @@ pub fn build(config: &Config, tunnels: &TaskTracker) -> Result<Vec<Service>, Con
                             .map_err(|e| cannot_listen(&path, &service.addr, e))?,
                     )
                 }
+                ListenerType::Pht | ListenerType::Phts => {
+                    let tls = match service.listener.kind {
+                        ListenerType::Phts => Some(
+                            ServerTls::new(
+                                service.listener.tls.as_ref(),
+                                &tls_defaults,
+                                crate::listener::pht::ALPN,
+                            )
+                            .map_err(|e| field(format!("{path}.listener.tls"), e))?,
+                        ),
+                        _ => None,
+                    };
+                    let paths = crate::pht::Paths::from_metadata(&service.listener.metadata);
+                    Box::new(
+                        crate::listener::pht::bind(&service.addr, tls, &service.name, paths)
+                            .map_err(|e| cannot_listen(&path, &service.addr, e))?,
+                    )
+                }
                 ListenerType::H3 => {
                     let tls = ServerTls::new(
                         service.listener.tls.as_ref(),
@@ -383,6 +401,19 @@ fn build_hop(hop: &HopConfig, path: &str) -> Result<Hop, ConfigError> {
                         ClientTls::new(node.dialer.tls.as_ref(), crate::listener::http2::ALPN)
                             .map_err(|e| field(format!("{path}.dialer.tls"), e))?,
                     ))
+                }
+                DialerType::Pht | DialerType::Phts => {
+                    let tls = match node.dialer.kind {
+                        DialerType::Phts => Some(
+                            ClientTls::new(node.dialer.tls.as_ref(), crate::listener::pht::ALPN)
+                                .map_err(|e| field(format!("{path}.dialer.tls"), e))?,
+                        ),
+                        _ => None,
+                    };
+                    Arc::new(
+                        crate::dialer::pht::PhtDialer::new(&node.dialer.metadata, &addr, tls)
+                            .map_err(|e| field(format!("{path}.dialer.metadata"), e))?,
+                    )
                 }
                 other => {
                     return Err(not_implemented(

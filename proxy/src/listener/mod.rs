@@ -9,6 +9,7 @@
 pub mod h2;
 pub mod h3;
 pub mod http2;
+pub mod pht;
 pub mod tcp;
 pub mod tls;
 pub mod ws;

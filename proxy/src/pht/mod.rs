@@ -7,6 +7,7 @@
 //! - [`client`]: one tunnel as a byte stream, made of HTTP requests sent through a
 //!   [`RoundTrip`] that each transport provides.
 
+pub mod client;
 pub mod server;
 
 use std::hash::{BuildHasher, Hasher};

@@ -1,0 +1,311 @@
+//! The `pht` and `phts` dialers (gost-wire.md §8.6): plain HTTP tunnels over HTTP/1.1, on TCP
+//! or TLS, through a per-node pool of keep-alive connections.
+//!
+//! A tunnel's pull holds its connection for the tunnel's life, so every request takes a
+//! connection of its own from the pool (or a new one): pushes never wait behind a pull.
+//! Connections go back to the pool when their response has been read to the end.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use gost_api::Metadata;
+use http::header::{self, HeaderValue};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::time::Instant;
+
+use super::Dialer;
+use super::tcp::connect;
+use crate::addr::Address;
+use crate::conn::BoxConn;
+use crate::pht::client::ClientOptions;
+use crate::pht::{Body, Paths, RoundTrip};
+use crate::tls::ClientTls;
+
+/// Idle connections kept per node: GOST's (Go's `MaxIdleConns`) value.
+pub const MAX_IDLE_CONNECTIONS: usize = 100;
+
+/// How long an idle connection is reused. Below the 30 s after which GOST's server (and ours,
+/// through hyper's header read timeout) may drop a silent keep-alive connection, so that a
+/// push is not sent into a connection the server is closing.
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Connect (TCP and TLS) timeout for the connections after a tunnel's first: GOST's TLS
+/// handshake timeout. The first request of a tunnel runs within the dial timeout.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a pooled connection may take to become ready for the next request before another
+/// is used: it finished its last response, so it is either ready at once or broken.
+const READY_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Requests a connection may fail with before being sent, retried on a fresh connection:
+/// a pooled connection the server closed meanwhile. Bounded so a dead server fails quickly.
+const SEND_ATTEMPTS: usize = 3;
+
+/// A `pht`/`phts` dialer for one node.
+pub struct PhtDialer {
+    pool: Arc<Pool>,
+    opts: Arc<ClientOptions>,
+}
+
+impl PhtDialer {
+    /// Reads the dialer metadata (`pushPath`, `pullPath`, `authorizePath`, `host`, `header`);
+    /// `tls` makes it `phts`.
+    pub fn new(md: &Metadata, node: &Address, tls: Option<ClientTls>) -> Result<Self, String> {
+        // An empty node host (`-F relay+pht://:8080`) was parsed as 127.0.0.1, so the
+        // authority is `127.0.0.1:8080` rather than GOST's broken `[:8080]:8080` (A7).
+        let authority = match md.string(&["host", "pht.host"]).filter(|h| !h.is_empty()) {
+            Some(host) => Address::from_host(&host, node.port)
+                .map_err(|e| format!("metadata `host`: {e}"))?
+                .to_string(),
+            None => node.to_string(),
+        };
+        let mut headers = http::HeaderMap::new();
+        for (name, value) in crate::ws::headers(md)? {
+            headers.insert(name, value);
+        }
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let opts = ClientOptions {
+            paths: Paths::from_metadata(md),
+            scheme,
+            authority,
+            headers,
+        };
+        Ok(PhtDialer {
+            pool: Pool::new(node.clone(), tls),
+            opts: Arc::new(opts),
+        })
+    }
+}
+
+#[async_trait]
+impl Dialer for PhtDialer {
+    async fn dial(&self, _addr: &Address, timeout: Duration) -> io::Result<BoxConn> {
+        let rt: Arc<dyn RoundTrip> = self.pool.clone();
+        match tokio::time::timeout(timeout, crate::pht::client::connect(rt, self.opts.clone()))
+            .await
+        {
+            Ok(result) => result,
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "PHT authorize at {} timed out after {timeout:?}",
+                    self.opts.authority
+                ),
+            )),
+        }
+    }
+
+    async fn handshake(&self, _conn: BoxConn, addr: &Address) -> io::Result<BoxConn> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!(
+                "pht/phts to {addr} cannot run through a previous hop: a PHT tunnel needs \
+                 several HTTP connections at once (a long-lived pull beside each push), and \
+                 a hop gives one stream; put pht on the chain's first hop"
+            ),
+        ))
+    }
+}
+
+struct Idle {
+    sender: SendRequest<Full<Bytes>>,
+    since: Instant,
+}
+
+/// The node's HTTP/1.1 connections.
+pub struct Pool {
+    addr: Address,
+    tls: Option<ClientTls>,
+    idle: Mutex<Vec<Idle>>,
+    me: Weak<Pool>,
+}
+
+impl Pool {
+    /// A pool of connections to `addr`, over TLS when `tls` is given.
+    pub fn new(addr: Address, tls: Option<ClientTls>) -> Arc<Self> {
+        Arc::new_cyclic(|me| Pool {
+            addr,
+            tls,
+            idle: Mutex::new(Vec::new()),
+            me: me.clone(),
+        })
+    }
+
+    /// An idle connection ready for a request, if the pool has one.
+    async fn take_idle(&self) -> Option<SendRequest<Full<Bytes>>> {
+        loop {
+            let mut sender = {
+                let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+                let conn = idle.pop()?;
+                if conn.since.elapsed() >= POOL_IDLE_TIMEOUT || conn.sender.is_closed() {
+                    continue;
+                }
+                conn.sender
+            };
+            // A connection given back at the end of a response may take a moment to be
+            // ready for the next one.
+            if let Ok(Ok(())) = tokio::time::timeout(READY_TIMEOUT, sender.ready()).await {
+                return Some(sender);
+            }
+        }
+    }
+
+    fn give_back(&self, sender: SendRequest<Full<Bytes>>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        idle.retain(|c| c.since.elapsed() < POOL_IDLE_TIMEOUT && !c.sender.is_closed());
+        if idle.len() < MAX_IDLE_CONNECTIONS {
+            idle.push(Idle {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    async fn open(&self) -> io::Result<SendRequest<Full<Bytes>>> {
+        let attempt = async {
+            let tcp = connect(&self.addr, CONNECT_TIMEOUT).await?;
+            let conn: BoxConn = match &self.tls {
+                Some(tls) => Box::new(tls.connect(Box::new(tcp) as BoxConn, &self.addr).await?),
+                None => Box::new(tcp),
+            };
+            let (mut sender, connection) = http1::Builder::new()
+                .title_case_headers(true)
+                .handshake(TokioIo::new(conn))
+                .await
+                .map_err(io::Error::other)?;
+            let addr = self.addr.clone();
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(node = %addr, error = %e, "PHT connection ended");
+                }
+            });
+            sender.ready().await.map_err(io::Error::other)?;
+            Ok(sender)
+        };
+        tokio::time::timeout(CONNECT_TIMEOUT, attempt)
+            .await
+            .unwrap_or_else(|_| {
+                Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "PHT connection to {} timed out after {CONNECT_TIMEOUT:?}",
+                        self.addr
+                    ),
+                ))
+            })
+    }
+}
+
+#[async_trait]
+impl RoundTrip for Pool {
+    async fn round_trip(&self, req: http::Request<Bytes>) -> io::Result<http::Response<Body>> {
+        let (mut parts, body) = req.into_parts();
+        // HTTP/1.1 wants the origin form and the authority as `Host`.
+        if let Some(authority) = parts.uri.authority() {
+            if !parts.headers.contains_key(header::HOST) {
+                let host = HeaderValue::from_str(authority.as_str())
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+                parts.headers.insert(header::HOST, host);
+            }
+        }
+        parts.uri = parts
+            .uri
+            .path_and_query()
+            .map(|pq| pq.as_str())
+            .unwrap_or("/")
+            .parse()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let mut req = http::Request::from_parts(parts, Full::new(body));
+        let mut last_error = None;
+        for _ in 0..SEND_ATTEMPTS {
+            let mut sender = match self.take_idle().await {
+                Some(sender) => sender,
+                None => self.open().await?,
+            };
+            match sender.try_send_request(req).await {
+                Ok(res) => {
+                    let (parts, incoming) = res.into_parts();
+                    let mut body = Returning {
+                        inner: incoming,
+                        sender: Some(sender),
+                        pool: self.me.clone(),
+                    };
+                    if body.inner.is_end_stream() {
+                        body.give_back();
+                    }
+                    return Ok(http::Response::from_parts(parts, body.boxed()));
+                }
+                Err(mut e) => match e.take_message() {
+                    // Not sent: the connection was closing; try another.
+                    Some(unsent) => {
+                        req = unsent;
+                        last_error = Some(e.into_error());
+                    }
+                    None => return Err(io::Error::other(e.into_error())),
+                },
+            }
+        }
+        Err(io::Error::other(last_error.map_or_else(
+            || "PHT request not sent".to_string(),
+            |e| e.to_string(),
+        )))
+    }
+}
+
+/// A response body that gives its connection back to the pool once read to the end.
+struct Returning {
+    inner: Incoming,
+    sender: Option<SendRequest<Full<Bytes>>>,
+    pool: Weak<Pool>,
+}
+
+impl Returning {
+    fn give_back(&mut self) {
+        if let (Some(sender), Some(pool)) = (self.sender.take(), self.pool.upgrade()) {
+            pool.give_back(sender);
+        }
+    }
+}
+
+impl HttpBody for Returning {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match polled {
+            Poll::Ready(None) => {
+                self.give_back();
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => {
+                // The connection is broken; it must not be reused.
+                self.sender = None;
+                Poll::Ready(Some(Err(io::Error::other(e))))
+            }
+            other => other.map(|f| f.map(|f| f.map_err(io::Error::other))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

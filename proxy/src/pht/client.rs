@@ -1,0 +1,419 @@
+//! The client side of the plain HTTP tunnel (gost-wire.md §8.6): one tunnel as a byte stream
+//! made of HTTP requests sent through a [`RoundTrip`].
+//!
+//! - `authorize` first (stable GOST servers only know tokens they issued); a server that does
+//!   not serve it (404/405) gets a token of our own, as development-line GOST clients make;
+//! - a background loop streams `GET pull` and turns its base64 lines into the read side;
+//! - each write is one `POST push` carrying one base64 line, sent in a task of its own so
+//!   that it progresses while the caller reads; the next write or a flush waits for its
+//!   answer (writes stay sequential, and a non-200 answer fails the next write);
+//! - shutdown sends an empty push (GOST's close), then stops the pull.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, ready};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use bytes::{Buf, Bytes, BytesMut};
+use http::{Method, StatusCode, header};
+use http_body_util::BodyExt;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::task::AbortOnDropHandle;
+
+use super::{Paths, RoundTrip};
+use crate::conn::{BoxConn, Conn};
+
+/// Most data put into one push: its base64 line is exactly 64 KiB, the longest our server
+/// accepts (`server::MAX_PUSH_LINE`). GOST's server reads the line with no limit.
+pub const PUSH_CHUNK: usize = 48 * 1024;
+
+/// Longest pull line accepted, as GOST's client (its line scanner stops at 64 KiB): a server
+/// sending more is broken or hostile, and the tunnel's read side fails instead of buffering.
+pub const MAX_PULL_LINE: usize = 64 * 1024;
+
+/// Longest authorize answer read (`token=` and a token); GOST's is 26 bytes.
+pub const MAX_AUTHORIZE_BODY: usize = 1024;
+
+/// Longest push answer read before the connection is reused; GOST's are empty.
+const MAX_PUSH_ANSWER: usize = 4096;
+
+/// Decoded pull chunks waiting for the reader: bounds what a tunnel buffers when its reader
+/// is slower than the server (each chunk ≤ 48 KiB).
+const PULL_QUEUE: usize = 4;
+
+/// The agent GOST's Go client sends.
+const USER_AGENT: &str = "Go-http-client/1.1";
+
+/// Where and how to reach a PHT server.
+pub struct ClientOptions {
+    /// Endpoint paths (`authorize`, `push`, `pull`).
+    pub paths: Paths,
+    /// `"http"` or `"https"`.
+    pub scheme: &'static str,
+    /// URL authority (§8.6 host rules: `host` metadata or node host, and node port).
+    pub authority: String,
+    /// Extra request headers (`header` metadata).
+    pub headers: http::HeaderMap,
+}
+
+impl ClientOptions {
+    fn request(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Bytes,
+    ) -> io::Result<http::Request<Bytes>> {
+        let uri = match token {
+            Some(token) => format!(
+                "{}://{}{}?token={}",
+                self.scheme,
+                self.authority,
+                path,
+                percent_encoding::utf8_percent_encode(token, percent_encoding::NON_ALPHANUMERIC)
+            ),
+            None => format!("{}://{}{}", self.scheme, self.authority, path),
+        };
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri(&uri)
+            .body(body)
+            .map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("bad PHT URL {uri:?}: {e}"),
+                )
+            })?;
+        req.headers_mut().insert(
+            header::USER_AGENT,
+            header::HeaderValue::from_static(USER_AGENT),
+        );
+        for (name, value) in &self.headers {
+            req.headers_mut().insert(name, value.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// One tunnel: authorize (fallback to a local xid-like token on 404/405), a pull loop, a POST per write.
+pub async fn connect(rt: Arc<dyn RoundTrip>, opts: Arc<ClientOptions>) -> io::Result<BoxConn> {
+    let token: Arc<str> = Arc::from(authorize(&*rt, &opts).await?);
+    let (tx, rx) = mpsc::channel(PULL_QUEUE);
+    let pull = tokio::spawn(pull_loop(rt.clone(), opts.clone(), token.clone(), tx));
+    Ok(Box::new(PhtClientConn {
+        rt,
+        opts,
+        token,
+        read: Mutex::new(ReadSide {
+            rx,
+            current: Bytes::new(),
+        }),
+        push: None,
+        shutdown: Shutdown::Open,
+        pull: Some(AbortOnDropHandle::new(pull)),
+    }))
+}
+
+async fn authorize(rt: &dyn RoundTrip, opts: &ClientOptions) -> io::Result<String> {
+    let req = opts.request(Method::GET, &opts.paths.authorize, None, Bytes::new())?;
+    let res = rt.round_trip(req).await?;
+    match res.status() {
+        StatusCode::OK => {}
+        StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED => {
+            // A development-line GOST server may not serve authorize; it takes any token.
+            return Ok(super::new_token());
+        }
+        other => {
+            return Err(io::Error::other(format!(
+                "PHT authorize at {} answered {other}",
+                opts.paths.authorize
+            )));
+        }
+    }
+    let body = collect_limited(res.into_body(), MAX_AUTHORIZE_BODY).await?;
+    let text = String::from_utf8_lossy(&body);
+    let token = text
+        .trim()
+        .strip_prefix("token=")
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("PHT authorize answer is not `token=<id>`: {text:?}"),
+            )
+        })?;
+    Ok(token.to_string())
+}
+
+/// The whole body, failing if it is longer than `limit`.
+async fn collect_limited(mut body: super::Body, limit: usize) -> io::Result<Bytes> {
+    let mut all = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            if all.len() + data.len() > limit {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("PHT answer longer than {limit} bytes"),
+                ));
+            }
+            all.extend_from_slice(&data);
+        }
+    }
+    Ok(all.freeze())
+}
+
+/// Streams pulls into `tx` until the tunnel ends: a pull that ends after at least one line
+/// (heartbeats included) is followed by another, one with no line at all is the end.
+async fn pull_loop(
+    rt: Arc<dyn RoundTrip>,
+    opts: Arc<ClientOptions>,
+    token: Arc<str>,
+    tx: mpsc::Sender<io::Result<Bytes>>,
+) {
+    loop {
+        match pull_once(&*rt, &opts, &token, &tx).await {
+            Ok(0) => return,
+            Ok(_) => continue,
+            Err(e) => {
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
+        }
+    }
+}
+
+/// One pull; the number of lines it carried. A closed `tx` (the tunnel was dropped) ends it
+/// like an empty pull.
+async fn pull_once(
+    rt: &dyn RoundTrip,
+    opts: &ClientOptions,
+    token: &str,
+    tx: &mpsc::Sender<io::Result<Bytes>>,
+) -> io::Result<usize> {
+    let req = opts.request(Method::GET, &opts.paths.pull, Some(token), Bytes::new())?;
+    let res = rt.round_trip(req).await?;
+    if res.status() != StatusCode::OK {
+        return Err(io::Error::other(format!(
+            "PHT pull answered {}",
+            res.status()
+        )));
+    }
+    let mut body = res.into_body();
+    let mut buf = BytesMut::new();
+    let mut lines = 0;
+    let deliver = async |line: Bytes| -> io::Result<bool> {
+        let line = line.strip_suffix(b"\r").unwrap_or(&line);
+        if line.is_empty() {
+            return Ok(true);
+        }
+        let data = BASE64.decode(line).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("PHT pull line is not base64: {e}"),
+            )
+        })?;
+        Ok(tx.send(Ok(Bytes::from(data))).await.is_ok())
+    };
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        buf.extend_from_slice(&data);
+        while let Some(end) = buf.iter().position(|&b| b == b'\n') {
+            let line = buf.split_to(end + 1).freeze();
+            lines += 1;
+            if !deliver(line.slice(..end)).await? {
+                return Ok(0);
+            }
+        }
+        if buf.len() > MAX_PULL_LINE {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("PHT pull line longer than {MAX_PULL_LINE} bytes"),
+            ));
+        }
+    }
+    if !buf.is_empty() {
+        // A last line without its newline still counts, as for GOST's line scanner.
+        lines += 1;
+        if !deliver(buf.freeze()).await? {
+            return Ok(0);
+        }
+    }
+    Ok(lines)
+}
+
+/// One push: the answer must be 200.
+async fn push(rt: Arc<dyn RoundTrip>, req: http::Request<Bytes>) -> io::Result<()> {
+    let res = rt.round_trip(req).await?;
+    let status = res.status();
+    // Read the (empty) answer so that its connection can carry the next request.
+    collect_limited(res.into_body(), MAX_PUSH_ANSWER).await?;
+    if status != StatusCode::OK {
+        return Err(io::Error::new(
+            io::ErrorKind::BrokenPipe,
+            format!("PHT push answered {status}"),
+        ));
+    }
+    Ok(())
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+enum Shutdown {
+    Open,
+    Closing(JoinHandle<io::Result<()>>),
+    Closed,
+}
+
+struct PhtClientConn {
+    rt: Arc<dyn RoundTrip>,
+    opts: Arc<ClientOptions>,
+    token: Arc<str>,
+    // Behind a lock so that `poll_read_ready` (which takes `&self`) can wait for data without
+    // a read buffer: idle tunnels then cost the relay nothing.
+    read: Mutex<ReadSide>,
+    // The push under way, whose answer the next write waits for.
+    push: Option<JoinHandle<io::Result<()>>>,
+    shutdown: Shutdown,
+    pull: Option<AbortOnDropHandle<()>>,
+}
+
+struct ReadSide {
+    rx: mpsc::Receiver<io::Result<Bytes>>,
+    current: Bytes,
+}
+
+impl ReadSide {
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.current.is_empty() {
+            match ready!(self.rx.poll_recv(cx)) {
+                Some(Ok(data)) => self.current = data,
+                Some(Err(e)) => return Poll::Ready(Err(e)),
+                None => {}
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl PhtClientConn {
+    fn push_request(&self, body: Bytes) -> io::Result<http::Request<Bytes>> {
+        self.opts
+            .request(Method::POST, &self.opts.paths.push, Some(&self.token), body)
+    }
+
+    /// Waits for the push under way.
+    fn poll_pushed(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if let Some(push) = &mut self.push {
+            let result = ready!(Pin::new(push).poll(cx));
+            self.push = None;
+            result.map_err(io::Error::other)??;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncRead for PhtClientConn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let mut read = lock(&self.read);
+        ready!(read.poll_fill(cx))?;
+        let n = read.current.len().min(buf.remaining());
+        buf.put_slice(&read.current[..n]);
+        read.current.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for PhtClientConn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        ready!(self.poll_pushed(cx))?;
+        if !matches!(self.shutdown, Shutdown::Open) {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "PHT tunnel shut down",
+            )));
+        }
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let n = buf.len().min(PUSH_CHUNK);
+        let req = self.push_request(super::server::encode_line(&buf[..n]))?;
+        self.push = Some(tokio::spawn(push(self.rt.clone(), req)));
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_pushed(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            match &mut self.shutdown {
+                Shutdown::Open => {
+                    // A failed last push does not keep the tunnel from closing.
+                    let _ = ready!(self.poll_pushed(cx));
+                    let req = self.push_request(Bytes::new())?;
+                    self.shutdown = Shutdown::Closing(tokio::spawn(push(self.rt.clone(), req)));
+                }
+                Shutdown::Closing(close) => {
+                    // The server may already have closed the session; the close is done anyway.
+                    let _ = ready!(Pin::new(close).poll(cx));
+                    self.shutdown = Shutdown::Closed;
+                    self.pull = None;
+                }
+                Shutdown::Closed => return Poll::Ready(Ok(())),
+            }
+        }
+    }
+}
+
+impl Drop for PhtClientConn {
+    fn drop(&mut self) {
+        if !matches!(self.shutdown, Shutdown::Open) {
+            return;
+        }
+        // Dropped without a shutdown: still tell the server, after the push under way, so
+        // that the session does not wait for its idle timeout.
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let Ok(req) = self.push_request(Bytes::new()) else {
+            return;
+        };
+        let rt = self.rt.clone();
+        let pending = self.push.take();
+        handle.spawn(async move {
+            if let Some(pending) = pending {
+                let _ = pending.await;
+            }
+            let _ = push(rt, req).await;
+        });
+    }
+}
+
+impl Conn for PhtClientConn {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        lock(&self.read).poll_fill(cx)
+    }
+
+    fn has_read_readiness(&self) -> bool {
+        true
+    }
+}
