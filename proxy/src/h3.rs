@@ -30,7 +30,7 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 use tokio_util::task::AbortOnDropHandle;
 
-use crate::addr::{Address, Host};
+use crate::addr::Address;
 use crate::pht::{Body, RoundTrip};
 use crate::tls::{ClientTls, ServerTls};
 
@@ -573,10 +573,18 @@ impl RoundTrip for H3RoundTrip {
                 send.send_request(head).await.map_err(io::Error::other)?
             }
         };
-        if !body.is_empty() {
-            stream.send_data(body).await.map_err(io::Error::other)?;
+        let sent = async {
+            if !body.is_empty() {
+                stream.send_data(body).await?;
+            }
+            stream.finish().await
+        };
+        if let Err(e) = sent.await {
+            // A server that needs no (more) request body may say so with STOP_SENDING before
+            // our FIN reached it (RFC 9114 §4.1; a pull's handler drops its empty body at
+            // once); its answer still comes. If the connection died, the answer fails below.
+            tracing::trace!(node = %self.node, error = %e, "HTTP/3 request body cut short");
         }
-        stream.finish().await.map_err(io::Error::other)?;
         let head = stream.recv_response().await.map_err(io::Error::other)?;
         let (_, recv) = stream.split();
         let chunks = futures_util::stream::unfold(Some(recv), |recv| async move {
@@ -607,15 +615,6 @@ impl H3RoundTrip {
                 session.quic.close(VarInt::from_u32(0), b"");
             }
         }
-    }
-}
-
-/// The `host` part a node address gives a URL authority: its literal host, bracketed for IPv6.
-pub fn url_host(node: &Address) -> String {
-    match &node.host {
-        Host::Ip(IpAddr::V6(ip)) => format!("[{ip}]"),
-        Host::Ip(ip) => ip.to_string(),
-        Host::Domain(d) => d.clone(),
     }
 }
 

@@ -415,6 +415,14 @@ fn build_hop(hop: &HopConfig, path: &str) -> Result<Hop, ConfigError> {
                             .map_err(|e| field(format!("{path}.dialer.metadata"), e))?,
                     )
                 }
+                DialerType::H3 | DialerType::Http3 => {
+                    let tls = ClientTls::new(node.dialer.tls.as_ref(), crate::h3::ALPN)
+                        .map_err(|e| field(format!("{path}.dialer.tls"), e))?;
+                    Arc::new(
+                        crate::dialer::h3::H3Dialer::new(&node.dialer.metadata, &addr, tls)
+                            .map_err(|e| field(format!("{path}.dialer.metadata"), e))?,
+                    )
+                }
                 other => {
                     return Err(not_implemented(
                         format!("{path}.dialer.type"),

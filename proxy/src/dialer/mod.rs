@@ -1,6 +1,7 @@
 //! Dialers: the transports that reach a chain node (client side of a listener).
 
 pub mod h2;
+pub mod h3;
 pub mod pht;
 pub mod tcp;
 pub mod tls;
