@@ -113,7 +113,7 @@ impl QuicOptions {
     /// dialer), `ttl` (keep-alive period), `handshakeTimeout`, `maxIdleTimeout`, `maxStreams`.
     pub fn from_metadata(md: &Metadata, keepalive_default: bool) -> Result<Self, String> {
         let keepalive = md
-            .bool(&["keepalive", "keepAlive"])
+            .bool(&["keepalive"])
             .map_err(|e| e.to_string())?
             .unwrap_or(keepalive_default);
         let duration = |key: &str| {
@@ -663,6 +663,10 @@ mod tests {
         Arc::new(move |req: Request<Body>, _client| {
             let lines = lines.clone();
             Box::pin(async move {
+                if req.uri().path() == "/ignore" {
+                    // Answers at once; the body is dropped unread (STOP_SENDING to the client).
+                    return Response::new(full("ignored"));
+                }
                 if req.uri().path() == "/stream" {
                     let lines = lines.expect("stream handler");
                     let chunks = futures_util::stream::unfold(lines, |lines| async move {
@@ -722,6 +726,13 @@ mod tests {
             let big = vec![b'x'; MAX_REQUEST_BODY];
             let resp = client.round_trip(post("/echo", big.clone())).await.unwrap();
             assert_eq!(body_of(resp).await.len(), MAX_REQUEST_BODY);
+
+            // A server may stop the request side before it is all sent; the answer counts.
+            let resp = client
+                .round_trip(post("/ignore", big.clone()))
+                .await
+                .unwrap();
+            assert_eq!(body_of(resp).await, "ignored");
 
             let too_big = vec![b'x'; MAX_REQUEST_BODY + 1];
             let resp = client.round_trip(post("/echo", too_big)).await.unwrap();

@@ -32,9 +32,16 @@ impl H3Dialer {
         // As for pht: an empty node host (`-F h3://:8443`) was parsed as 127.0.0.1, so the
         // authority is `127.0.0.1:8443` rather than GOST's broken `[:8443]:8443` (A7).
         let authority = match md.string(&["host"]).filter(|h| !h.is_empty()) {
-            Some(host) => Address::from_host(&host, node.port)
-                .map_err(|e| format!("metadata `host`: {e}"))?
-                .to_string(),
+            // As GOST's, a port in `host` is dropped: the node's port is the one used.
+            Some(host) => Address::from_host(
+                gost_api::split_host_port(&host)
+                    .map(|(h, _)| h)
+                    .filter(|h| !h.is_empty())
+                    .unwrap_or(&host),
+                node.port,
+            )
+            .map_err(|e| format!("metadata `host`: {e}"))?
+            .to_string(),
             None => node.to_string(),
         };
         // GOST's dialer keeps QUIC keep-alive on unless `keepalive=false`.
@@ -101,6 +108,8 @@ mod tests {
         let d = dialer(&[("host", "example.com"), ("pht.pushPath", "/in")]);
         assert_eq!(d.opts.authority, "example.com:8443");
         assert_eq!(d.opts.paths.push, "/in");
+        let d = dialer(&[("host", "example.com:443")]);
+        assert_eq!(d.opts.authority, "example.com:8443");
     }
 
     #[tokio::test]
