@@ -309,3 +309,46 @@ impl HttpBody for Returning {
         self.inner.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dialer(md: &[(&str, &str)], node: &str) -> PhtDialer {
+        let mut metadata = Metadata::default();
+        for (k, v) in md {
+            metadata.insert_str(k, v);
+        }
+        PhtDialer::new(&metadata, &Address::parse(node).unwrap(), None).unwrap()
+    }
+
+    #[test]
+    fn authority_follows_host_metadata_and_empty_host() {
+        assert_eq!(dialer(&[], ":8080").opts.authority, "127.0.0.1:8080");
+        assert_eq!(
+            dialer(&[], "example.com:80").opts.authority,
+            "example.com:80"
+        );
+        let d = dialer(
+            &[("host", "front.example"), ("pushPath", "/p")],
+            "10.0.0.1:8443",
+        );
+        assert_eq!(d.opts.authority, "front.example:8443");
+        assert_eq!(d.opts.paths.push, "/p");
+        assert_eq!(d.opts.scheme, "http");
+    }
+
+    #[tokio::test]
+    async fn refuses_to_run_over_a_previous_hop() {
+        let (a, _b) = tokio::io::duplex(64);
+        let err = match dialer(&[], "127.0.0.1:1")
+            .handshake(Box::new(a), &Address::parse("127.0.0.1:1").unwrap())
+            .await
+        {
+            Err(e) => e,
+            Ok(_) => panic!("pht ran over a previous hop"),
+        };
+        assert_eq!(err.kind(), io::ErrorKind::Unsupported);
+        assert!(err.to_string().contains("previous hop"), "{err}");
+    }
+}

@@ -7,7 +7,9 @@
 //! - each write is one `POST push` carrying one base64 line, sent in a task of its own so
 //!   that it progresses while the caller reads; the next write or a flush waits for its
 //!   answer (writes stay sequential, and a non-200 answer fails the next write);
-//! - shutdown sends an empty push (GOST's close), then stops the pull.
+//! - shutdown sends an empty push (GOST's close) and keeps reading: our server treats it as
+//!   a half-close while the pull lasts, GOST's ends the session (and so the pull). Dropping
+//!   the tunnel stops the pull (and sends the close if shutdown did not).
 
 use std::future::Future;
 use std::io;
@@ -115,7 +117,7 @@ pub async fn connect(rt: Arc<dyn RoundTrip>, opts: Arc<ClientOptions>) -> io::Re
         }),
         push: None,
         shutdown: Shutdown::Open,
-        pull: Some(AbortOnDropHandle::new(pull)),
+        _pull: AbortOnDropHandle::new(pull),
     }))
 }
 
@@ -176,10 +178,11 @@ async fn pull_loop(
     token: Arc<str>,
     tx: mpsc::Sender<io::Result<Bytes>>,
 ) {
+    let mut first = true;
     loop {
-        match pull_once(&*rt, &opts, &token, &tx).await {
+        match pull_once(&*rt, &opts, &token, &tx, first).await {
             Ok(0) => return,
-            Ok(_) => continue,
+            Ok(_) => first = false,
             Err(e) => {
                 let _ = tx.send(Err(e)).await;
                 return;
@@ -189,15 +192,22 @@ async fn pull_loop(
 }
 
 /// One pull; the number of lines it carried. A closed `tx` (the tunnel was dropped) ends it
-/// like an empty pull.
+/// like an empty pull; so does a refused re-pull (not `first`).
 async fn pull_once(
     rt: &dyn RoundTrip,
     opts: &ClientOptions,
     token: &str,
     tx: &mpsc::Sender<io::Result<Bytes>>,
+    first: bool,
 ) -> io::Result<usize> {
     let req = opts.request(Method::GET, &opts.paths.pull, Some(token), Bytes::new())?;
     let res = rt.round_trip(req).await?;
+    if !first && res.status() != StatusCode::OK {
+        // A stable GOST server answers a re-pull for a session it ended with 403: the
+        // tunnel's data all arrived, so this is its end, not a failure.
+        tracing::debug!(status = %res.status(), "PHT re-pull refused; tunnel ended");
+        return Ok(0);
+    }
     if res.status() != StatusCode::OK {
         return Err(io::Error::other(format!(
             "PHT pull answered {}",
@@ -284,7 +294,8 @@ struct PhtClientConn {
     // The push under way, whose answer the next write waits for.
     push: Option<JoinHandle<io::Result<()>>>,
     shutdown: Shutdown,
-    pull: Option<AbortOnDropHandle<()>>,
+    // Stops the pull loop when the tunnel is dropped.
+    _pull: AbortOnDropHandle<()>,
 }
 
 struct ReadSide {
@@ -375,8 +386,9 @@ impl AsyncWrite for PhtClientConn {
                 Shutdown::Closing(close) => {
                     // The server may already have closed the session; the close is done anyway.
                     let _ = ready!(Pin::new(close).poll(cx));
+                    // The pull goes on: our server half-closes, and streams what the
+                    // other side still sends until it ends too.
                     self.shutdown = Shutdown::Closed;
-                    self.pull = None;
                 }
                 Shutdown::Closed => return Poll::Ready(Ok(())),
             }
@@ -415,5 +427,124 @@ impl Conn for PhtClientConn {
 
     fn has_read_readiness(&self) -> bool {
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use async_trait::async_trait;
+    use http_body_util::Full;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::pht::server::PhtServer;
+
+    /// Requests straight into a server, without a network; optionally without `authorize`
+    /// (a development-line GOST server).
+    struct Direct {
+        server: Arc<PhtServer>,
+        authorize: bool,
+    }
+
+    #[async_trait]
+    impl RoundTrip for Direct {
+        async fn round_trip(
+            &self,
+            req: http::Request<Bytes>,
+        ) -> io::Result<http::Response<super::super::Body>> {
+            assert_eq!(req.uri().authority().unwrap().as_str(), "node:8080");
+            assert_eq!(req.headers()["x-extra"], "1");
+            if !self.authorize && req.uri().path() == "/authorize" {
+                let mut res = http::Response::new(
+                    Full::new(Bytes::new())
+                        .map_err(|never| match never {})
+                        .boxed(),
+                );
+                *res.status_mut() = StatusCode::NOT_FOUND;
+                return Ok(res);
+            }
+            let client: SocketAddr = "127.0.0.1:1".parse().unwrap();
+            let req = req.map(|b| Full::new(b).map_err(|never| match never {}).boxed());
+            Ok(self.server.serve(req, client).await)
+        }
+    }
+
+    type Setup = (
+        Arc<dyn RoundTrip>,
+        Arc<ClientOptions>,
+        Arc<PhtServer>,
+        mpsc::Receiver<(BoxConn, SocketAddr)>,
+    );
+
+    fn setup(name: &str, authorize: bool) -> Setup {
+        let (tx, rx) = mpsc::channel(8);
+        let server = PhtServer::new(name, Paths::default(), tx);
+        let mut headers = http::HeaderMap::new();
+        headers.insert("x-extra", http::HeaderValue::from_static("1"));
+        let opts = Arc::new(ClientOptions {
+            paths: Paths::default(),
+            scheme: "http",
+            authority: "node:8080".into(),
+            headers,
+        });
+        let rt = Arc::new(Direct {
+            server: server.clone(),
+            authorize,
+        });
+        (rt, opts, server, rx)
+    }
+
+    #[tokio::test]
+    async fn tunnel_carries_data_both_ways_and_half_closes() {
+        for authorize in [true, false] {
+            let (rt, opts, server, mut rx) = setup("pht-client", authorize);
+            let mut conn = connect(rt, opts).await.unwrap();
+            let (mut svc, _) = rx.recv().await.unwrap();
+            let data: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
+            let reader = tokio::spawn({
+                let len = data.len();
+                async move {
+                    let mut got = vec![0u8; len];
+                    svc.read_exact(&mut got).await.unwrap();
+                    (svc, got)
+                }
+            });
+            conn.write_all(&data).await.unwrap();
+            conn.flush().await.unwrap();
+            let (mut svc, got) = reader.await.unwrap();
+            assert!(got == data, "pushed bytes differ");
+            svc.write_all(b"pong").await.unwrap();
+            let mut pong = [0u8; 4];
+            conn.read_exact(&mut pong).await.unwrap();
+            assert_eq!(&pong, b"pong");
+            // Half-close: the service sees EOF, and can still answer.
+            conn.shutdown().await.unwrap();
+            assert_eq!(svc.read(&mut [0u8; 8]).await.unwrap(), 0);
+            assert_eq!(server.sessions(), 1);
+            svc.write_all(b"last").await.unwrap();
+            svc.shutdown().await.unwrap();
+            let mut rest = Vec::new();
+            conn.read_to_end(&mut rest).await.unwrap();
+            assert_eq!(rest, b"last");
+            assert_eq!(server.sessions(), 0);
+        }
+    }
+
+    #[tokio::test]
+    async fn writes_fail_once_the_server_ended_the_session() {
+        let (rt, opts, server, mut rx) = setup("pht-client-end", true);
+        let mut conn = connect(rt, opts).await.unwrap();
+        let (svc, _) = rx.recv().await.unwrap();
+        drop(svc);
+        let mut rest = Vec::new();
+        conn.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty());
+        assert_eq!(server.sessions(), 0);
+        // The push fails; the failure surfaces at the latest on flush.
+        let written = conn.write_all(b"x").await;
+        let flushed = conn.flush().await;
+        assert!(written.is_err() || flushed.is_err());
     }
 }

@@ -212,7 +212,7 @@ impl PhtServer {
             // An empty body, an empty line or a body ending before its newline: the client
             // closes the tunnel.
             Ok(_) => {
-                self.close_token(&token, "closed by the client");
+                self.client_done(&token);
                 return status(StatusCode::OK);
             }
             Err(LineError::TooLong) => {
@@ -352,6 +352,23 @@ impl PhtServer {
         tracing::debug!(service = %self.service, token = %token, client = %client, open, "pht session opened");
         tokio::spawn(watch_idle(self.me.clone(), session.clone()));
         Ok(session)
+    }
+
+    /// The client's close (an empty push). The service reads EOF; while a pull is attached
+    /// it keeps streaming what the service still writes, and the session ends with it (GOST's
+    /// client cancels its pull right after the close, which ends the session at once; ours
+    /// keeps reading, which makes the close a half-close). Without a pull it ends now.
+    fn client_done(&self, token: &str) {
+        let session = lock(&self.state).sessions.get(token).cloned();
+        let Some(session) = session else {
+            return;
+        };
+        lock(&session.up).take();
+        if !session.pulling.load(Ordering::Relaxed) {
+            self.close(&session, "closed by the client");
+        } else {
+            tracing::debug!(service = %self.service, token = %token, "pht session: client finished sending");
+        }
     }
 
     fn close_token(&self, token: &str, why: &str) {
@@ -875,12 +892,19 @@ mod tests {
     #[tokio::test]
     async fn empty_push_closes_the_session() {
         for close_body in [&b""[..], b"\n", b"aGVsbG8="] {
+            // Without a pull: closed at once.
             let (server, mut rx) = new_server("pht-close", 8);
-            let res = server
-                .serve(req(Method::GET, "/q?token=c", b""), client())
-                .await;
-            let mut pull = res.into_body();
+            let push = tokio::spawn({
+                let server = server.clone();
+                async move {
+                    server
+                        .serve(req(Method::POST, "/p?token=c", b"aGVsbG8=\n"), client())
+                        .await
+                }
+            });
             let (mut conn, _) = rx.recv().await.unwrap();
+            conn.read_exact(&mut [0u8; 5]).await.unwrap();
+            assert_eq!(push.await.unwrap().status(), StatusCode::OK);
             let res = server
                 .serve(req(Method::POST, "/p?token=c", close_body), client())
                 .await;
@@ -888,9 +912,35 @@ mod tests {
             assert_eq!(server.sessions(), 0);
             assert_eq!(conn.read(&mut [0u8; 8]).await.unwrap(), 0);
             assert!(conn.write_all(b"late").await.is_err());
-            assert_eq!(next_frame(&mut pull).await, None);
         }
         assert_eq!(gauge("pht-close"), 0);
+    }
+
+    #[tokio::test]
+    async fn empty_push_with_a_pull_is_a_half_close() {
+        let (server, mut rx) = new_server("pht-half", 8);
+        let res = server
+            .serve(req(Method::GET, "/q?token=h", b""), client())
+            .await;
+        let mut pull = res.into_body();
+        let (mut conn, _) = rx.recv().await.unwrap();
+        let res = server
+            .serve(req(Method::POST, "/p?token=h", b""), client())
+            .await;
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(conn.read(&mut [0u8; 8]).await.unwrap(), 0);
+        // Pushes are over, the pull still carries the service's last words.
+        let res = server
+            .serve(req(Method::POST, "/p?token=h", b"AA==\n"), client())
+            .await;
+        assert_ne!(res.status(), StatusCode::OK);
+        conn.write_all(b"bye").await.unwrap();
+        assert_eq!(next_frame(&mut pull).await.unwrap(), "Ynll\n");
+        assert_eq!(server.sessions(), 1);
+        conn.shutdown().await.unwrap();
+        assert_eq!(next_frame(&mut pull).await, None);
+        assert_eq!(server.sessions(), 0);
+        assert_eq!(gauge("pht-half"), 0);
     }
 
     #[tokio::test]

@@ -1,0 +1,225 @@
+//! The `pht` and `phts` transports with real `gost` processes: the tutorial's relay over PHT
+//! with custom paths (CLI and YAML, pht and phts), bulk echo, the protocol driven by Python's
+//! standard library, refusals, and sessions of vanished clients being reclaimed.
+//!
+//! The open-session count is read from the server's debug log: every open and close logs
+//! `pht session opened|closed` with the count left open (`"open":N`).
+
+use std::thread;
+use std::time::{Duration, Instant};
+
+use gost_e2e::*;
+
+const PATHS: &str = "authorizePath=/a&pushPath=/p&pullPath=/q";
+
+/// Bytes echoed through the tunnel in the bulk tests.
+const BULK: usize = 8 << 20;
+
+/// How long a server may take to notice a vanished client: a broken pull shows at the
+/// latest when a heartbeat (every 10 s) cannot be written, twice for the kernel to report it.
+const RECLAIM_WAIT: Duration = Duration::from_secs(40);
+
+fn server(scheme: &str) -> Gost {
+    Gost::start(&["-L", &format!("relay+{scheme}://127.0.0.1:0?{PATHS}")], 1)
+}
+
+/// A client whose node is written as the tutorial does: only a port (empty host, A7).
+fn client(scheme: &str, server: &Gost) -> Gost {
+    Gost::start(
+        &[
+            "-L",
+            "http://127.0.0.1:0",
+            "-F",
+            &format!("relay+{scheme}://:{}?{PATHS}", server.addr().port()),
+        ],
+        1,
+    )
+}
+
+fn assert_hello(proxy: std::net::SocketAddr, target: &Target, what: &str) {
+    let out = curl(&[
+        "-x",
+        &format!("http://{proxy}"),
+        &format!("http://{}/{what}", target.addr),
+    ]);
+    assert_eq!(out.code, 0, "{what}: {}", out.stderr);
+    assert!(
+        out.text().starts_with("hello from target"),
+        "{what}: {}",
+        out.text()
+    );
+}
+
+/// Waits until the server's log (read by a thread of the harness, so a moment behind)
+/// contains `text`.
+fn wait_for_log(server: &Gost, text: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !server.log().contains(text) {
+        assert!(
+            Instant::now() < deadline,
+            "{text:?} not logged:\n{}",
+            server.log()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits until the server logged a session close leaving `open` sessions.
+fn wait_for_open(server: &Gost, open: usize, within: Duration) {
+    let wanted = format!("\"open\":{open}");
+    let deadline = Instant::now() + within;
+    loop {
+        let log = server.log();
+        let last = log
+            .lines()
+            .rfind(|l| l.contains("pht session opened") || l.contains("pht session closed"))
+            .map(str::to_string);
+        if let Some(last) = &last {
+            if last.contains("pht session closed") && last.contains(&wanted) {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no session close leaving {open} open within {within:?}; last: {last:?}\n{log}"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn seed_relay_over_pht_cli() {
+    let target = Target::http();
+    let server = server("pht");
+    let client = client("pht", &server);
+    assert_hello(client.addr(), &target, "seed");
+    wait_for_log(&server, "pht session opened");
+}
+
+#[test]
+fn seed_relay_over_pht_yaml() {
+    let target = Target::http();
+    // Under the dialer: node-level metadata does not reach it.
+    let md = "        metadata:\n          authorizePath: /a\n          pushPath: /p\n          pullPath: /q\n";
+    let server = Gost::start_config(
+        "services:\n- name: service-0\n  addr: \"127.0.0.1:0\"\n  handler:\n    type: relay\n  listener:\n    type: pht\n    metadata:\n      authorizePath: /a\n      pushPath: /p\n      pullPath: /q\n",
+        1,
+    );
+    let client = Gost::start_config(
+        &format!(
+            "services:\n- name: service-0\n  addr: \"127.0.0.1:0\"\n  handler:\n    type: http\n    chain: chain-0\n  listener:\n    type: tcp\nchains:\n- name: chain-0\n  hops:\n  - name: hop-0\n    nodes:\n    - name: node-0\n      addr: \"127.0.0.1:{}\"\n      connector:\n        type: relay\n      dialer:\n        type: pht\n{md}",
+            server.addr().port()
+        ),
+        1,
+    );
+    assert_hello(client.addr(), &target, "yaml");
+}
+
+#[test]
+fn seed_relay_over_phts_cli() {
+    let target = Target::http();
+    let server = server("phts");
+    let client = client("phts", &server);
+    assert_hello(client.addr(), &target, "phts");
+}
+
+#[test]
+fn bulk_echo_over_pht_and_phts() {
+    let echo = Target::echo();
+    for scheme in ["pht", "phts"] {
+        let server = server(scheme);
+        let client = client(scheme, &server);
+        let tunnel = http_connect(client.addr(), &echo.addr.to_string(), None)
+            .unwrap_or_else(|e| panic!("{scheme}: {e}"));
+        echo_round_trip(tunnel, BULK);
+        // The echo ended both ways: the session is gone on the server.
+        wait_for_open(&server, 0, RECLAIM_WAIT);
+    }
+}
+
+#[test]
+fn endpoints_refuse_wrong_requests() {
+    let server = server("pht");
+    let base = format!("http://{}", server.addr());
+    let status = |args: &[&str]| {
+        let mut all = vec!["-o", "/dev/null", "-w", "%{http_code}"];
+        all.extend_from_slice(args);
+        curl(&all).text()
+    };
+    assert_eq!(status(&[&format!("{base}/p?token=x")]), "400");
+    assert_eq!(status(&["-X", "POST", &format!("{base}/q?token=x")]), "400");
+    assert_eq!(status(&[&format!("{base}/push?token=x")]), "404");
+    assert_eq!(
+        status(&["--data-binary", "%%%\n", &format!("{base}/p?token=y")]),
+        "400"
+    );
+    let out = curl(&["-i", &format!("{base}/a")]);
+    assert!(out.text().starts_with("HTTP/1.1 200"), "{}", out.text());
+    assert!(out.text().contains("token="), "{}", out.text());
+}
+
+#[test]
+fn python_stdlib_client_speaks_the_protocol() {
+    let echo = Target::echo();
+    let server = server("pht");
+    python_checks(
+        "pht_client.py",
+        &[
+            server.addr().to_string(),
+            "/a".into(),
+            "/p".into(),
+            "/q".into(),
+            echo.addr.to_string(),
+            "close".into(),
+        ],
+        &[
+            "authorize ok",
+            "pull ok",
+            "push ok",
+            "relay ok",
+            "echo ok",
+            "heartbeat ok",
+            "close ok",
+            "pull ended ok",
+            "closed token ok",
+        ],
+    );
+    wait_for_open(&server, 0, Duration::from_secs(5));
+}
+
+#[test]
+fn vanished_python_client_leaves_no_session() {
+    let echo = Target::echo();
+    let server = server("pht");
+    python_checks(
+        "pht_client.py",
+        &[
+            server.addr().to_string(),
+            "/a".into(),
+            "/p".into(),
+            "/q".into(),
+            echo.addr.to_string(),
+            "vanish".into(),
+        ],
+        &["echo ok"],
+    );
+    wait_for_open(&server, 0, RECLAIM_WAIT);
+}
+
+#[test]
+fn killed_gost_client_leaves_no_session() {
+    let echo = Target::echo();
+    let server = server("pht");
+    let client = client("pht", &server);
+    let mut tunnel = http_connect(client.addr(), &echo.addr.to_string(), None).unwrap();
+    {
+        use std::io::{Read, Write};
+        tunnel.write_all(b"ping").unwrap();
+        let mut pong = [0u8; 4];
+        tunnel.read_exact(&mut pong).unwrap();
+        assert_eq!(&pong, b"ping");
+    }
+    wait_for_log(&server, "pht session opened");
+    client.signal("KILL");
+    wait_for_open(&server, 0, RECLAIM_WAIT);
+}
