@@ -90,34 +90,6 @@ fn echo_small(stream: &mut TcpStream) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Sends `len` pattern bytes through `stream` to an echo target and checks that the same
-/// bytes come back, without half-closing first: PHT has no half-close (a client's shutdown is
-/// GOST's close, an empty push, which ends both directions at once).
-fn echo_exact(stream: TcpStream, len: usize) {
-    use std::io::Read;
-    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    let mut writer = stream.try_clone().unwrap();
-    let sender = thread::spawn(move || write_pattern(&mut writer, len).unwrap());
-    let mut reader = stream;
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut received = 0usize;
-    while received < len {
-        let n = reader.read(&mut buf).expect("read from tunnel");
-        assert!(n > 0, "tunnel ended after {received} of {len} bytes");
-        for (j, b) in buf[..n].iter().enumerate() {
-            assert_eq!(
-                *b,
-                pattern_byte(received + j),
-                "byte {} differs",
-                received + j
-            );
-        }
-        received += n;
-    }
-    assert_eq!(received, len, "more bytes came back than were sent");
-    sender.join().unwrap();
-}
-
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
     status
@@ -135,7 +107,7 @@ fn h3_seed_example_command_line_with_bulk_echo() {
     let client = client(server.addr(), "");
     assert_get_works(&client, &target);
     let stream = http_connect(client.addr(), &echo.addr.to_string(), None).expect("CONNECT");
-    echo_exact(stream, BULK_BYTES);
+    echo_round_trip(stream, BULK_BYTES);
     // The server's `auto` handler saw the HTTP CONNECT inside the tunnel.
     let log = server.log();
     assert!(log.contains("\"protocol\":\"http\""), "{log}");
@@ -207,7 +179,7 @@ fn hundred_concurrent_tunnels_share_one_quic_connection() {
             let echo_addr = echo_addr.clone();
             thread::spawn(move || {
                 let stream = http_connect(proxy, &echo_addr, None).expect("CONNECT");
-                echo_exact(stream, BYTES_PER_TUNNEL);
+                echo_round_trip(stream, BYTES_PER_TUNNEL);
             })
         })
         .collect();
