@@ -232,7 +232,16 @@ fn client_reconnects_after_server_restart() {
         );
         thread::sleep(Duration::from_millis(200));
     }
-    assert!(restarted.log().contains("\"message\":\"tunnel\""));
+    // The tunnel's line is logged when the tunnel's close has reached the server.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !restarted.log().contains("\"message\":\"tunnel\"") && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        restarted.log().contains("\"message\":\"tunnel\""),
+        "the restarted server served no tunnel:\n{}",
+        restarted.log()
+    );
 }
 
 #[test]
