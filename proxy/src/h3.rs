@@ -273,15 +273,7 @@ async fn serve_connection(
     loop {
         match connection.accept().await {
             Ok(Some(resolver)) => {
-                let handler = handler.clone();
-                tokio::spawn(async move {
-                    match resolver.resolve_request().await {
-                        Ok((req, stream)) => serve_request(req, stream, client, handler).await,
-                        Err(e) => {
-                            tracing::debug!(client = %client, error = %e, "bad HTTP/3 request");
-                        }
-                    }
-                });
+                tokio::spawn(serve_stream(Box::new(resolver), client, handler.clone()));
             }
             Ok(None) => return,
             Err(e) => {
@@ -294,16 +286,36 @@ async fn serve_connection(
     }
 }
 
-async fn serve_request(
-    req: Request<()>,
-    stream: RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>,
-    client: SocketAddr,
-    handler: Handler,
-) {
+type Resolver = ::h3::server::RequestResolver<h3_quinn::Connection, Bytes>;
+
+/// Reads a request's head, then serves it. The resolver comes boxed, and reading the head is
+/// boxed (about 3 KiB), for the reason [`Accepted`] is.
+async fn serve_stream(resolver: Box<Resolver>, client: SocketAddr, handler: Handler) {
+    let accepted = match Box::pin(resolver.resolve_request()).await {
+        Ok(accepted) => Box::new(accepted),
+        Err(e) => {
+            tracing::debug!(client = %client, error = %e, "bad HTTP/3 request");
+            return;
+        }
+    };
+    serve_request(accepted, client, handler).await;
+}
+
+/// A request's head and stream, boxed: an async fn keeps its arguments for its whole life,
+/// and a pull's task lives as long as its tunnel.
+type Accepted = Box<(
+    Request<()>,
+    RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>,
+)>;
+
+async fn serve_request(accepted: Accepted, client: SocketAddr, handler: Handler) {
+    let (req, stream) = *accepted;
     let (mut send, recv) = stream.split();
     let req = req.map(|()| request_body(recv));
     let (parts, mut body) = handler(req, client).await.into_parts();
-    if let Err(e) = send.send_response(Response::from_parts(parts, ())).await {
+    // Boxed, as is each frame's send below: a pull's task lives as long as its tunnel, and
+    // its size is that of its largest await.
+    if let Err(e) = Box::pin(send.send_response(Response::from_parts(parts, ()))).await {
         tracing::debug!(client = %client, error = %e, "HTTP/3 response not sent");
         return;
     }
@@ -318,7 +330,7 @@ async fn serve_request(
                 if data.is_empty() {
                     continue;
                 }
-                if let Err(e) = send.send_data(data).await {
+                if let Err(e) = Box::pin(send.send_data(data)).await {
                     // The client went away or reset the stream; dropping the body tells the
                     // handler.
                     tracing::debug!(client = %client, error = %e, "HTTP/3 response cut short");
@@ -332,7 +344,7 @@ async fn serve_request(
             }
         }
     }
-    let _ = send.finish().await;
+    let _ = Box::pin(send.finish()).await;
 }
 
 /// The request body as it arrives, at most [`MAX_REQUEST_BODY`] bytes: past that it fails.
@@ -1057,6 +1069,15 @@ mod tests {
     fn ipv4_literal_binds_ipv4_only() {
         let socket = bind_udp("127.0.0.1:0").unwrap();
         assert!(socket.local_addr().unwrap().is_ipv4());
+        // An empty host: every interface (both families where the system has IPv6).
+        assert!(
+            bind_udp(":0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .ip()
+                .is_unspecified()
+        );
         assert!(
             bind_udp("127.0.0.1:x")
                 .unwrap_err()
