@@ -17,6 +17,7 @@ pub mod connector;
 pub mod dialer;
 pub mod grpc;
 pub mod h2pool;
+pub mod h3;
 pub mod handler;
 pub mod listener;
 pub mod metrics;

@@ -65,6 +65,12 @@ fn not_implemented(path: String, what: &str, name: &str) -> ConfigError {
     )
 }
 
+/// `-L http3://` is GOST's HTTP/3 reverse proxy (listener and handler `http3`, gost-wire.md
+/// §9.2), not the PHT tunnel over HTTP/3, which is `h3`.
+const HTTP3_REVERSE_PROXY: &str = "type `http3` is GOST's HTTP/3 reverse proxy, which is not \
+     implemented in this build of gost-rs; the plain HTTP tunnel over HTTP/3 is listener type `h3` \
+     (-L h3://...)";
+
 /// Builds every service of `config`, binding its listener; `tunnels` tracks every connection
 /// they will serve. Fails on the first service that cannot be built or bound.
 pub fn build(config: &Config, tunnels: &TaskTracker) -> Result<Vec<Service>, ConfigError> {
@@ -79,6 +85,9 @@ pub fn build(config: &Config, tunnels: &TaskTracker) -> Result<Vec<Service>, Con
         .enumerate()
         .map(|(i, service)| {
             let path = format!("services[{i}]");
+            if service.listener.kind == ListenerType::Http3 {
+                return Err(field(format!("{path}.listener.type"), HTTP3_REVERSE_PROXY));
+            }
             let chain = service
                 .handler
                 .chain
@@ -250,6 +259,21 @@ pub fn build(config: &Config, tunnels: &TaskTracker) -> Result<Vec<Service>, Con
                             .map_err(|e| cannot_listen(&path, &service.addr, e))?,
                     )
                 }
+                ListenerType::H3 => {
+                    let tls = ServerTls::new(
+                        service.listener.tls.as_ref(),
+                        &tls_defaults,
+                        crate::h3::ALPN,
+                    )
+                    .map_err(|e| field(format!("{path}.listener.tls"), e))?;
+                    let options =
+                        crate::listener::h3::H3Options::from_metadata(&service.listener.metadata)
+                            .map_err(|e| field(format!("{path}.listener.metadata"), e))?;
+                    Box::new(
+                        crate::listener::h3::bind(&service.name, &service.addr, &tls, options)
+                            .map_err(|e| cannot_listen(&path, &service.addr, e))?,
+                    )
+                }
                 other => {
                     return Err(not_implemented(
                         format!("{path}.listener.type"),
@@ -414,6 +438,14 @@ fn build_hop(hop: &HopConfig, path: &str) -> Result<Hop, ConfigError> {
                     };
                     Arc::new(
                         crate::dialer::pht::PhtDialer::new(&node.dialer.metadata, &addr, tls)
+                            .map_err(|e| field(format!("{path}.dialer.metadata"), e))?,
+                    )
+                }
+                DialerType::H3 | DialerType::Http3 => {
+                    let tls = ClientTls::new(node.dialer.tls.as_ref(), crate::h3::ALPN)
+                        .map_err(|e| field(format!("{path}.dialer.tls"), e))?;
+                    Arc::new(
+                        crate::dialer::h3::H3Dialer::new(&node.dialer.metadata, &addr, tls)
                             .map_err(|e| field(format!("{path}.dialer.metadata"), e))?,
                     )
                 }

@@ -220,6 +220,18 @@ impl ClientTls {
         conn: C,
         addr: &Address,
     ) -> io::Result<tokio_rustls::client::TlsStream<C>> {
+        let name = self.server_name(addr)?;
+        within(HANDSHAKE_TIMEOUT, self.connector.connect(name, conn)).await
+    }
+
+    /// The rustls configuration, for clients that drive TLS themselves (QUIC).
+    pub fn config(&self) -> Arc<ClientConfig> {
+        self.connector.config().clone()
+    }
+
+    /// The name a handshake with the node at `addr` sends and verifies: `serverName`, else
+    /// the node's host. Warns once when the certificate will not be verified.
+    pub fn server_name(&self, addr: &Address) -> io::Result<ServerName<'static>> {
         let name = match &self.server_name {
             Some(name) => name.clone(),
             None => match &addr.host {
@@ -238,7 +250,7 @@ impl ClientTls {
                 "TLS server certificate not verified (set secure: true or caFile to verify it)"
             );
         }
-        within(HANDSHAKE_TIMEOUT, self.connector.connect(name, conn)).await
+        Ok(name)
     }
 }
 

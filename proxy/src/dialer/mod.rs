@@ -2,6 +2,7 @@
 
 pub mod grpc;
 pub mod h2;
+pub mod h3;
 pub mod pht;
 pub mod tcp;
 pub mod tls;

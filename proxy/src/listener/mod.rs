@@ -8,6 +8,7 @@
 
 pub mod grpc;
 pub mod h2;
+pub mod h3;
 pub mod http2;
 pub mod pht;
 pub mod tcp;

@@ -1,0 +1,275 @@
+//! PHT over HTTP/3 (`h3`, gost-wire.md §8.7) with real `gost` processes: the seed page's
+//! HTTP/3 example (command line and YAML), bulk data, an independent HTTP/3 client (aioquic),
+//! 100 concurrent tunnels on one QUIC connection, reconnection after a server restart and
+//! 1,000 idle tunnels at once.
+
+use std::collections::HashSet;
+use std::net::{SocketAddr, TcpStream};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use gost_e2e::*;
+
+/// PHT endpoint paths of the seed example (non-default, so both sides must agree on them).
+const PATHS: &str = "authorizePath=/auth&pushPath=/in&pullPath=/out";
+
+/// The bulk transfer that must arrive byte for byte.
+const BULK_BYTES: usize = 8 * 1024 * 1024;
+
+/// Concurrent tunnels that must share one QUIC connection.
+const CONCURRENT_TUNNELS: usize = 100;
+
+/// Bytes echoed per concurrent tunnel: several pushes and pull lines each, so they interleave.
+const BYTES_PER_TUNNEL: usize = 128 * 1024;
+
+/// Tunnels held open at once in the idle test (GOST cannot hold this many over h3).
+const IDLE_TUNNELS: usize = 1000;
+
+/// The client's QUIC idle timeout and keep-alive in the restart test. A killed server sends
+/// nothing, and the restarted one cannot make a valid stateless reset for the old connection
+/// (its reset key is new), so the client learns of the death by the idle timeout; GOST's 30 s
+/// default would make the test slow, and these are GOST's own knobs.
+const RESTART_CLIENT_QUIC: &str = "maxIdleTimeout=2s&ttl=500ms";
+
+/// How long a client may take to use a restarted server: its idle timeout (2 s) plus the
+/// redial backoff cap (2 s), with room to spare.
+const RECONNECT_DEADLINE: Duration = Duration::from_secs(20);
+
+fn server() -> Gost {
+    Gost::start(&["-L", &format!("h3://127.0.0.1:0?{PATHS}")], 1)
+}
+
+fn client(server: SocketAddr, extra: &str) -> Gost {
+    Gost::start(
+        &[
+            "-L",
+            "http://127.0.0.1:0",
+            "-F",
+            &format!("h3://{server}?{PATHS}{extra}"),
+        ],
+        1,
+    )
+}
+
+fn assert_get_works(client: &Gost, target: &Target) {
+    let out = curl(&[
+        "-x",
+        &format!("http://{}", client.addr()),
+        &format!("http://{}/h3", target.addr),
+    ]);
+    assert_eq!(out.code, 0, "{}\nclient log:\n{}", out.stderr, client.log());
+    assert!(
+        out.text().starts_with("hello from target"),
+        "{}",
+        out.text()
+    );
+}
+
+/// The distinct client addresses in the server's tunnel log lines.
+fn tunnel_clients(server: &Gost) -> HashSet<String> {
+    server
+        .log()
+        .lines()
+        .filter(|l| l.contains("\"message\":\"tunnel\""))
+        .filter_map(|l| {
+            let start = l.find("\"client\":\"")? + 10;
+            let end = l[start..].find('"')?;
+            Some(l[start..start + end].to_string())
+        })
+        .collect()
+}
+
+/// One small echo exchange on an open tunnel.
+fn echo_small(stream: &mut TcpStream) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    stream.write_all(b"ping")?;
+    let mut buf = [0u8; 4];
+    stream.read_exact(&mut buf)?;
+    assert_eq!(&buf, b"ping");
+    Ok(())
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+#[test]
+fn h3_seed_example_command_line_with_bulk_echo() {
+    let target = Target::http();
+    let echo = Target::echo();
+    let server = server();
+    let client = client(server.addr(), "");
+    assert_get_works(&client, &target);
+    let stream = http_connect(client.addr(), &echo.addr.to_string(), None).expect("CONNECT");
+    echo_round_trip(stream, BULK_BYTES);
+    // The server's `auto` handler saw the HTTP CONNECT inside the tunnel.
+    let log = server.log();
+    assert!(log.contains("\"protocol\":\"http\""), "{log}");
+}
+
+#[test]
+fn h3_seed_example_yaml() {
+    let target = Target::http();
+    let server = Gost::start_config(
+        "services:\n- name: service-0\n  addr: \"127.0.0.1:0\"\n  handler:\n    type: auto\n  listener:\n    type: h3\n    metadata:\n      authorizePath: /auth\n      pushPath: /in\n      pullPath: /out\n",
+        1,
+    );
+    // `http3` is GOST's other name for the h3 dialer.
+    for dialer in ["h3", "http3"] {
+        let client = Gost::start_config(
+            &format!(
+                "services:\n- name: service-0\n  addr: \"127.0.0.1:0\"\n  handler:\n    type: http\n    chain: chain-0\n  listener:\n    type: tcp\nchains:\n- name: chain-0\n  hops:\n  - name: hop-0\n    nodes:\n    - name: node-0\n      addr: {}\n      connector:\n        type: http\n      dialer:\n        type: {dialer}\n        metadata:\n          authorizePath: /auth\n          pushPath: /in\n          pullPath: /out\n",
+                server.addr()
+            ),
+            1,
+        );
+        assert_get_works(&client, &target);
+    }
+}
+
+#[test]
+fn http3_on_listen_is_the_reverse_proxy_and_refused() {
+    let out = run(gost_bin().to_str().unwrap(), &["-L", "http3://127.0.0.1:0"]);
+    assert_ne!(out.code, 0, "gost must refuse -L http3://");
+    assert!(
+        out.stderr.contains("reverse proxy") && out.stderr.contains("`h3`"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn independent_http3_client_aioquic() {
+    let echo = Target::echo();
+    let server = server();
+    python_checks(
+        "h3_client.py",
+        &[
+            server.addr().to_string(),
+            echo.addr.to_string(),
+            "/auth".into(),
+            "/in".into(),
+            "/out".into(),
+        ],
+        &[
+            "authorize ok",
+            "pull ok",
+            "push connect ok",
+            "round trip ok",
+            "close ok",
+        ],
+    );
+}
+
+#[test]
+fn hundred_concurrent_tunnels_share_one_quic_connection() {
+    let echo = Target::echo();
+    let server = server();
+    let client = client(server.addr(), "");
+    let proxy = client.addr();
+    let echo_addr = echo.addr.to_string();
+    let workers: Vec<_> = (0..CONCURRENT_TUNNELS)
+        .map(|_| {
+            let echo_addr = echo_addr.clone();
+            thread::spawn(move || {
+                let stream = http_connect(proxy, &echo_addr, None).expect("CONNECT");
+                echo_round_trip(stream, BYTES_PER_TUNNEL);
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.join().expect("tunnel echoed correctly");
+    }
+    // Tunnel lines are logged as tunnels end; the last ones may lag the client's EOF.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.log().matches("\"message\":\"tunnel\"").count() < CONCURRENT_TUNNELS
+        && Instant::now() < deadline
+    {
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        server.log().matches("\"message\":\"tunnel\"").count(),
+        CONCURRENT_TUNNELS
+    );
+    // Every tunnel came from the same UDP address: one socket, one QUIC connection.
+    let clients = tunnel_clients(&server);
+    assert_eq!(clients.len(), 1, "{clients:?}");
+}
+
+#[test]
+fn client_reconnects_after_server_restart() {
+    let target = Target::http();
+    let server = server();
+    let addr = server.addr();
+    let client = client(addr, &format!("&{RESTART_CLIENT_QUIC}"));
+    assert_get_works(&client, &target);
+    drop(server);
+    let restarted = Gost::start(&["-L", &format!("h3://{addr}?{PATHS}")], 1);
+    let deadline = Instant::now() + RECONNECT_DEADLINE;
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let out = curl(&[
+            "--max-time",
+            "5",
+            "-x",
+            &format!("http://{}", client.addr()),
+            &format!("http://{}/again", target.addr),
+        ]);
+        if out.code == 0 && out.text().starts_with("hello from target") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no success within {RECONNECT_DEADLINE:?} ({attempts} attempts); client log:\n{}",
+            client.log()
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    // The tunnel's line is logged when the tunnel's close has reached the server.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !restarted.log().contains("\"message\":\"tunnel\"") && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        restarted.log().contains("\"message\":\"tunnel\""),
+        "the restarted server served no tunnel:\n{}",
+        restarted.log()
+    );
+}
+
+#[test]
+fn thousand_idle_tunnels_at_once() {
+    let echo = Target::echo();
+    let server = server();
+    let client = client(server.addr(), "");
+    let echo_addr = echo.addr.to_string();
+    let mut tunnels = Vec::with_capacity(IDLE_TUNNELS);
+    while tunnels.len() < IDLE_TUNNELS {
+        let mut stream = http_connect(client.addr(), &echo_addr, None)
+            .unwrap_or_else(|e| panic!("tunnel {}: {e}", tunnels.len()));
+        echo_small(&mut stream).unwrap_or_else(|e| {
+            panic!(
+                "tunnel {}: {e}\nclient log:\n{}",
+                tunnels.len(),
+                client.log()
+            )
+        });
+        tunnels.push(stream);
+    }
+    eprintln!(
+        "{IDLE_TUNNELS} idle h3 tunnels: server RSS {} KiB, client RSS {} KiB",
+        rss_kib(server.pid()),
+        rss_kib(client.pid())
+    );
+    // Every tunnel still works with all of them open.
+    for (i, stream) in tunnels.iter_mut().enumerate().step_by(37) {
+        echo_small(stream).unwrap_or_else(|e| panic!("idle tunnel {i}: {e}"));
+    }
+}

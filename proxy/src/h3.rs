@@ -1,0 +1,1088 @@
+//! HTTP/3 over QUIC for the `h3` transport (gost-wire.md §8.7): PHT's three endpoints served
+//! and reached over HTTP/3 instead of HTTP/1.1.
+//!
+//! - [`Server`]: a QUIC endpoint that turns every HTTP/3 request into an
+//!   `http::Request<Body>` for a handler and streams the handler's response back frame by
+//!   frame (a PHT pull response lasts as long as its tunnel). Requests of one connection run
+//!   concurrently.
+//! - [`H3RoundTrip`]: PHT's [`RoundTrip`] over one QUIC connection per node, shared by all
+//!   its tunnels and dialled again, with backoff, when it dies.
+//!
+//! Both speak QUIC version 1 only, with ALPN `h3`, and TLS from [`crate::tls`].
+
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use ::h3::error::StreamError;
+use ::h3::server::RequestStream;
+use async_trait::async_trait;
+use bytes::{Buf, Bytes, BytesMut};
+use gost_api::Metadata;
+use http::{Request, Response};
+use http_body_util::BodyExt;
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{EndpointConfig, TransportConfig, VarInt};
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+use tokio_util::task::AbortOnDropHandle;
+
+use crate::addr::Address;
+use crate::pht::{Body, RoundTrip};
+use crate::tls::{ClientTls, ServerTls};
+
+/// The ALPN protocol of HTTP/3 (RFC 9114 §3.1).
+pub const ALPN: &[&[u8]] = &[b"h3"];
+
+/// The one QUIC version spoken: GOST's listener and dialer accept version 1 only.
+pub const QUIC_VERSION: u32 = 1;
+
+/// QUIC keep-alive period when `keepalive` is on and `ttl` unset: GOST's 10 s, well inside the
+/// idle timeout (and typical NAT UDP timeouts of 30 s or more).
+pub const DEFAULT_KEEPALIVE_PERIOD: Duration = Duration::from_secs(10);
+
+/// Time for a QUIC handshake (and the HTTP/3 settings after it): GOST's (quic-go's) 5 s.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A connection silent for this long is dropped: GOST's (quic-go's) 30 s, RFC 9308 §3.2's
+/// recommendation. Keep-alives (10 s) keep an idle tunnel's connection alive.
+pub const DEFAULT_MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Concurrent request streams a peer may open on one connection. Each PHT tunnel holds one
+/// long pull stream and, while writing, one push: 1,000 idle tunnels over one connection need
+/// about 1,000 streams, 2,000 while all of them write at once; 4,096 leaves room for twice
+/// that. quinn keeps state only for streams actually open, so a high limit costs nothing idle.
+pub const DEFAULT_MAX_STREAMS: u32 = 4096;
+
+/// Flow-control window of one stream: far more than a loopback or LAN bandwidth-delay product,
+/// and 8 Mbit/s per stream at a 1 s RTT. It bounds what one stream can buffer unread.
+pub const STREAM_RECEIVE_WINDOW: u32 = 1024 * 1024;
+
+/// Flow-control window of a whole connection (quinn's default is unlimited): what all streams
+/// of one connection together can have buffered unread, so the memory one peer can make us
+/// hold however many tunnels it opens.
+pub const CONNECTION_RECEIVE_WINDOW: u32 = 8 * 1024 * 1024;
+
+/// Data sent but not yet acknowledged, per connection: matches the peer's receive window, as
+/// more could not be in flight anyway.
+pub const SEND_WINDOW: u64 = 8 * 1024 * 1024;
+
+/// Largest request header section accepted, either side: PHT's requests and responses carry a
+/// handful of short headers; this keeps a hostile peer's header block bounded.
+pub const MAX_FIELD_SECTION_SIZE: u64 = 64 * 1024;
+
+/// Largest request body read for a handler: one PHT push line is at most 64 KiB of base64
+/// (gost-wire.md §8.6) plus its newline; a GOST client writing 64 KiB at once sends
+/// 87,384 bytes. 96 KiB covers both with slack.
+pub const MAX_REQUEST_BODY: usize = 96 * 1024;
+
+/// UDP socket buffers asked of the kernel (it may cap them): a burst of full-size datagrams
+/// from a fast peer must not be dropped before quinn reads it. Kernel memory, not ours.
+pub const UDP_SOCKET_BUFFER: usize = 4 * 1024 * 1024;
+
+/// First wait before dialling a dead node again, doubled on each failure up to
+/// [`MAX_REDIAL_BACKOFF`]: short, so a restarted server is reached almost at once.
+pub const REDIAL_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Longest wait between two dials of an unreachable node: a tunnel request waits at most this
+/// before it is tried again, and a dead node costs one handshake attempt per interval.
+pub const MAX_REDIAL_BACKOFF: Duration = Duration::from_secs(2);
+
+// quinn's UDP payload limit stays at its default (1,472 bytes, an Ethernet frame): its receive
+// buffer is that size × 64 GRO segments × 32 datagrams per batch, so a loopback-sized payload
+// would cost tens of MiB per endpoint. GSO and GRO already batch packets on loopback.
+
+/// QUIC settings from listener or dialer metadata.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QuicOptions {
+    /// QUIC keep-alive period; `None`: off.
+    pub keepalive: Option<Duration>,
+    /// See [`DEFAULT_HANDSHAKE_TIMEOUT`].
+    pub handshake_timeout: Duration,
+    /// See [`DEFAULT_MAX_IDLE_TIMEOUT`].
+    pub max_idle_timeout: Duration,
+    /// See [`DEFAULT_MAX_STREAMS`].
+    pub max_streams: u32,
+}
+
+impl QuicOptions {
+    /// `keepalive` (bool, default `keepalive_default`: off on GOST's listener, on on its
+    /// dialer), `ttl` (keep-alive period), `handshakeTimeout`, `maxIdleTimeout`, `maxStreams`.
+    pub fn from_metadata(md: &Metadata, keepalive_default: bool) -> Result<Self, String> {
+        let keepalive = md
+            .bool(&["keepalive"])
+            .map_err(|e| e.to_string())?
+            .unwrap_or(keepalive_default);
+        let duration = |key: &str| {
+            md.duration(&[key])
+                .map(|d| d.flatten().filter(|d| !d.is_zero()))
+                .map_err(|e| e.to_string())
+        };
+        let ttl = duration("ttl")?.unwrap_or(DEFAULT_KEEPALIVE_PERIOD);
+        let max_streams = match md.int(&["maxStreams"]).map_err(|e| e.to_string())? {
+            None | Some(0) => DEFAULT_MAX_STREAMS,
+            Some(n) => u32::try_from(n)
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| format!("metadata `maxStreams`: {n} is not a positive count"))?,
+        };
+        Ok(QuicOptions {
+            keepalive: keepalive.then_some(ttl),
+            handshake_timeout: duration("handshakeTimeout")?.unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT),
+            max_idle_timeout: duration("maxIdleTimeout")?.unwrap_or(DEFAULT_MAX_IDLE_TIMEOUT),
+            max_streams,
+        })
+    }
+
+    fn transport(&self) -> Result<TransportConfig, String> {
+        let mut transport = TransportConfig::default();
+        let idle = quinn::IdleTimeout::try_from(self.max_idle_timeout)
+            .map_err(|_| format!("maxIdleTimeout {:?} is too long", self.max_idle_timeout))?;
+        transport
+            .max_idle_timeout(Some(idle))
+            .keep_alive_interval(self.keepalive)
+            .max_concurrent_bidi_streams(VarInt::from_u32(self.max_streams))
+            .stream_receive_window(VarInt::from_u32(STREAM_RECEIVE_WINDOW))
+            .receive_window(VarInt::from_u32(CONNECTION_RECEIVE_WINDOW))
+            .send_window(SEND_WINDOW);
+        Ok(transport)
+    }
+}
+
+impl Default for QuicOptions {
+    fn default() -> Self {
+        QuicOptions {
+            keepalive: None,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            max_idle_timeout: DEFAULT_MAX_IDLE_TIMEOUT,
+            max_streams: DEFAULT_MAX_STREAMS,
+        }
+    }
+}
+
+fn endpoint_config() -> EndpointConfig {
+    let mut config = EndpointConfig::default();
+    config.supported_versions(vec![QUIC_VERSION]);
+    config
+}
+
+/// What answers the requests: called once per request, concurrently.
+pub type Handler = Arc<
+    dyn Fn(Request<Body>, SocketAddr) -> Pin<Box<dyn Future<Output = Response<Body>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// An HTTP/3 server on one UDP socket; see the module comment.
+pub struct Server {
+    endpoint: quinn::Endpoint,
+    local: SocketAddr,
+    _accept: AbortOnDropHandle<()>,
+}
+
+impl Server {
+    /// Binds `addr` (`host:port`, `[v6]:port` or `:port`; IPv4 literals bind IPv4 only, an
+    /// empty host every interface) and serves each request with `handler`. `tls` must offer
+    /// ALPN [`ALPN`]. Must be called within a Tokio runtime.
+    pub fn bind(
+        addr: &str,
+        tls: &ServerTls,
+        options: &QuicOptions,
+        handler: Handler,
+    ) -> io::Result<Self> {
+        let crypto = QuicServerConfig::try_from(tls.config())
+            .map_err(|e| io::Error::other(format!("TLS configuration unusable for QUIC: {e}")))?;
+        let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        config.transport_config(Arc::new(options.transport().map_err(io::Error::other)?));
+        let socket = bind_udp(addr)?;
+        let endpoint = quinn::Endpoint::new(
+            endpoint_config(),
+            Some(config),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )?;
+        let local = endpoint.local_addr()?;
+        let handshake_timeout = options.handshake_timeout;
+        let accepting = endpoint.clone();
+        let accept = tokio::spawn(async move {
+            // `accept` ends only when the endpoint is closed.
+            while let Some(incoming) = accepting.accept().await {
+                tokio::spawn(serve_connection(
+                    incoming,
+                    handshake_timeout,
+                    handler.clone(),
+                ));
+            }
+        });
+        Ok(Server {
+            endpoint,
+            local,
+            _accept: AbortOnDropHandle::new(accept),
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Closes every connection at once (a stop without draining).
+    pub fn close(&self) {
+        self.endpoint.close(VarInt::from_u32(0), b"server closed");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // The service stopped: refuse new connections; established ones run on, as the
+        // tunnels they carry may still be draining.
+        self.endpoint.set_server_config(None);
+    }
+}
+
+async fn serve_connection(
+    incoming: quinn::Incoming,
+    handshake_timeout: Duration,
+    handler: Handler,
+) {
+    let client = incoming.remote_address();
+    let handshake = async {
+        let quic = incoming.await.map_err(|e| e.to_string())?;
+        ::h3::server::builder()
+            .max_field_section_size(MAX_FIELD_SECTION_SIZE)
+            .build::<_, Bytes>(h3_quinn::Connection::new(quic))
+            .await
+            .map_err(|e| e.to_string())
+    };
+    let mut connection = match tokio::time::timeout(handshake_timeout, handshake).await {
+        Ok(Ok(connection)) => connection,
+        Ok(Err(e)) => {
+            tracing::debug!(client = %client, error = %e, "HTTP/3 handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(client = %client, "HTTP/3 handshake took longer than {handshake_timeout:?}");
+            return;
+        }
+    };
+    loop {
+        match connection.accept().await {
+            Ok(Some(resolver)) => {
+                tokio::spawn(serve_stream(Box::new(resolver), client, handler.clone()));
+            }
+            Ok(None) => return,
+            Err(e) => {
+                if !e.is_h3_no_error() {
+                    tracing::debug!(client = %client, error = %e, "HTTP/3 connection ended");
+                }
+                return;
+            }
+        }
+    }
+}
+
+type Resolver = ::h3::server::RequestResolver<h3_quinn::Connection, Bytes>;
+
+/// Reads a request's head, then serves it. The resolver comes boxed, and reading the head is
+/// boxed (about 3 KiB), for the reason [`Accepted`] is.
+async fn serve_stream(resolver: Box<Resolver>, client: SocketAddr, handler: Handler) {
+    let accepted = match Box::pin(resolver.resolve_request()).await {
+        Ok(accepted) => Box::new(accepted),
+        Err(e) => {
+            tracing::debug!(client = %client, error = %e, "bad HTTP/3 request");
+            return;
+        }
+    };
+    serve_request(accepted, client, handler).await;
+}
+
+/// A request's head and stream, boxed: an async fn keeps its arguments for its whole life,
+/// and a pull's task lives as long as its tunnel.
+type Accepted = Box<(
+    Request<()>,
+    RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>,
+)>;
+
+async fn serve_request(accepted: Accepted, client: SocketAddr, handler: Handler) {
+    let (req, stream) = *accepted;
+    let (mut send, recv) = stream.split();
+    let req = req.map(|()| request_body(recv));
+    let (parts, mut body) = handler(req, client).await.into_parts();
+    // Boxed, as is each frame's send below: a pull's task lives as long as its tunnel, and
+    // its size is that of its largest await.
+    if let Err(e) = Box::pin(send.send_response(Response::from_parts(parts, ()))).await {
+        tracing::debug!(client = %client, error = %e, "HTTP/3 response not sent");
+        return;
+    }
+    // Each frame goes out as it comes: a pull response carries a tunnel, line by line.
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => {
+                // Trailers have no use in PHT; they are dropped.
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
+                if data.is_empty() {
+                    continue;
+                }
+                if let Err(e) = Box::pin(send.send_data(data)).await {
+                    // The client went away or reset the stream; dropping the body tells the
+                    // handler.
+                    tracing::debug!(client = %client, error = %e, "HTTP/3 response cut short");
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::debug!(client = %client, error = %e, "HTTP/3 response body failed");
+                send.stop_stream(::h3::error::Code::H3_INTERNAL_ERROR);
+                return;
+            }
+        }
+    }
+    let _ = Box::pin(send.finish()).await;
+}
+
+/// The request body as it arrives, at most [`MAX_REQUEST_BODY`] bytes: past that it fails.
+fn request_body(recv: RequestStream<h3_quinn::RecvStream, Bytes>) -> Body {
+    DataBody::new(recv, Some(MAX_REQUEST_BODY)).boxed()
+}
+
+/// Most bytes of already-received data handed on as one chunk. quinn yields one chunk per
+/// QUIC STREAM frame (about 1.2 KiB); a consumer looking for PHT's line ends does better with
+/// one line's worth at a time (a line is at most 64 KiB), and one copy is cheaper than dozens
+/// of wake-ups.
+pub const COALESCE_LIMIT: usize = 64 * 1024;
+
+/// The receiving half of an HTTP/3 request stream, either side.
+trait PollData: Send + Unpin + 'static {
+    fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Bytes>, StreamError>>;
+    fn stop(&mut self, code: ::h3::error::Code);
+}
+
+impl PollData for RequestStream<h3_quinn::RecvStream, Bytes> {
+    fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Bytes>, StreamError>> {
+        self.poll_recv_data(cx)
+            .map_ok(|data| data.map(|mut buf| buf.copy_to_bytes(buf.remaining())))
+    }
+
+    fn stop(&mut self, code: ::h3::error::Code) {
+        self.stop_sending(code);
+    }
+}
+
+impl PollData for ::h3::client::RequestStream<h3_quinn::RecvStream, Bytes> {
+    fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Bytes>, StreamError>> {
+        self.poll_recv_data(cx)
+            .map_ok(|data| data.map(|mut buf| buf.copy_to_bytes(buf.remaining())))
+    }
+
+    fn stop(&mut self, code: ::h3::error::Code) {
+        self.stop_sending(code);
+    }
+}
+
+/// A message body read from an HTTP/3 stream: what has arrived is handed on in chunks of up to
+/// [`COALESCE_LIMIT`] bytes, a single QUIC chunk without a copy; with a `limit`, a body longer
+/// than that fails.
+struct DataBody<S> {
+    stream: Option<S>,
+    limit: Option<usize>,
+    total: usize,
+    // An error met after some data: reported on the next poll.
+    error: Option<io::Error>,
+}
+
+impl<S: PollData> DataBody<S> {
+    fn new(stream: S, limit: Option<usize>) -> Self {
+        DataBody {
+            stream: Some(stream),
+            limit,
+            total: 0,
+            error: None,
+        }
+    }
+}
+
+impl<S: PollData> hyper::body::Body for DataBody<S> {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, io::Error>>> {
+        let this = self.get_mut();
+        if let Some(e) = this.error.take() {
+            return Poll::Ready(Some(Err(e)));
+        }
+        let Some(stream) = this.stream.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let mut first: Option<Bytes> = None;
+        let mut joined: Option<BytesMut> = None;
+        let mut end: Option<Option<io::Error>> = None;
+        loop {
+            let len = match (&first, &joined) {
+                (_, Some(joined)) => joined.len(),
+                (Some(first), None) => first.len(),
+                (None, None) => 0,
+            };
+            if len >= COALESCE_LIMIT {
+                break;
+            }
+            match stream.poll_data(cx) {
+                Poll::Pending if len == 0 => return Poll::Pending,
+                Poll::Pending => break,
+                Poll::Ready(Ok(Some(data))) => {
+                    this.total += data.len();
+                    if this.limit.is_some_and(|limit| this.total > limit) {
+                        stream.stop(::h3::error::Code::H3_EXCESSIVE_LOAD);
+                        end = Some(Some(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!(
+                                "HTTP/3 message body longer than {} bytes",
+                                this.limit.unwrap_or_default()
+                            ),
+                        )));
+                        break;
+                    }
+                    match (&mut first, &mut joined) {
+                        (_, Some(joined)) => joined.extend_from_slice(&data),
+                        (Some(head), None) => {
+                            let mut both = BytesMut::with_capacity(head.len() + data.len());
+                            both.extend_from_slice(head);
+                            both.extend_from_slice(&data);
+                            joined = Some(both);
+                            first = None;
+                        }
+                        (None, None) => first = Some(data),
+                    }
+                }
+                Poll::Ready(Ok(None)) => {
+                    end = Some(None);
+                    break;
+                }
+                Poll::Ready(Err(e)) => {
+                    end = Some(Some(io::Error::other(e)));
+                    break;
+                }
+            }
+        }
+        if let Some(error) = end {
+            this.stream = None;
+            this.error = error;
+        }
+        match joined.map(BytesMut::freeze).or(first) {
+            Some(data) if !data.is_empty() => Poll::Ready(Some(Ok(hyper::body::Frame::data(data)))),
+            _ => Poll::Ready(this.error.take().map(Err)),
+        }
+    }
+}
+
+/// A UDP socket on `addr` as GOST binds it (`udp4` for an IPv4 literal, both families for an
+/// empty host where the system has IPv6).
+fn bind_udp(addr: &str) -> io::Result<UdpSocket> {
+    let invalid = |what: &str| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{what} in listen address {addr:?}"),
+        )
+    };
+    let (host, port) = gost_api::split_host_port(addr).ok_or_else(|| invalid("no port"))?;
+    let port: u16 = if port.is_empty() {
+        0
+    } else {
+        port.parse().map_err(|_| invalid("invalid port"))?
+    };
+    if host.is_empty() {
+        return udp_socket(
+            SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port),
+            true,
+        )
+        .or_else(|_| {
+            udp_socket(
+                SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port),
+                false,
+            )
+        });
+    }
+    let ip: IpAddr = match host.parse() {
+        Ok(ip) => ip,
+        Err(_) => std::net::ToSocketAddrs::to_socket_addrs(&(host, port))?
+            .next()
+            .ok_or_else(|| invalid("unresolvable host"))?
+            .ip(),
+    };
+    udp_socket(SocketAddr::new(ip, port), false)
+}
+
+fn udp_socket(addr: SocketAddr, dual_stack: bool) -> io::Result<UdpSocket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(!dual_stack)?;
+    }
+    // Best effort: the kernel caps these at its configured maximum.
+    let _ = socket.set_recv_buffer_size(UDP_SOCKET_BUFFER);
+    let _ = socket.set_send_buffer_size(UDP_SOCKET_BUFFER);
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+type SendRequest = ::h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>;
+
+/// One live HTTP/3 connection to the node.
+struct Session {
+    quic: quinn::Connection,
+    send: SendRequest,
+}
+
+#[derive(Default)]
+struct State {
+    session: Option<Session>,
+    /// The UDP socket (as a quinn endpoint) every connection to this node uses, per family.
+    endpoint: Option<(bool, quinn::Endpoint)>,
+    failures: u32,
+    retry_at: Option<Instant>,
+}
+
+/// PHT's [`RoundTrip`] over HTTP/3; see the module comment.
+pub struct H3RoundTrip {
+    node: Address,
+    tls: ClientTls,
+    crypto: Arc<QuicClientConfig>,
+    transport: Arc<TransportConfig>,
+    handshake_timeout: Duration,
+    state: Mutex<State>,
+}
+
+impl H3RoundTrip {
+    /// A client for the node at `node`; `tls` must offer ALPN [`ALPN`]. Nothing is dialled
+    /// until the first request.
+    pub fn new(node: Address, tls: ClientTls, options: &QuicOptions) -> Result<Self, String> {
+        let crypto = QuicClientConfig::try_from(tls.config())
+            .map_err(|e| format!("TLS configuration unusable for QUIC: {e}"))?;
+        Ok(H3RoundTrip {
+            node,
+            tls,
+            crypto: Arc::new(crypto),
+            transport: Arc::new(options.transport()?),
+            handshake_timeout: options.handshake_timeout,
+            state: Mutex::new(State::default()),
+        })
+    }
+
+    /// The local address of the UDP socket, once one was bound.
+    pub async fn local_addr(&self) -> Option<SocketAddr> {
+        let state = self.state.lock().await;
+        state
+            .endpoint
+            .as_ref()
+            .and_then(|(_, e)| e.local_addr().ok())
+    }
+
+    /// The live connection's request sender, dialling when there is none.
+    async fn sender(&self) -> io::Result<(SendRequest, usize)> {
+        let mut state = self.state.lock().await;
+        if let Some(session) = &state.session {
+            if session.quic.close_reason().is_none() {
+                return Ok((session.send.clone(), session.quic.stable_id()));
+            }
+            state.session = None;
+        }
+        if let Some(at) = state.retry_at {
+            tokio::time::sleep_until(at).await;
+        }
+        match self.dial(&mut state).await {
+            Ok(session) => {
+                let send = (session.send.clone(), session.quic.stable_id());
+                state.session = Some(session);
+                state.failures = 0;
+                state.retry_at = None;
+                Ok(send)
+            }
+            Err(e) => {
+                state.failures = state.failures.saturating_add(1);
+                let backoff = REDIAL_BACKOFF
+                    .saturating_mul(1 << state.failures.min(16).saturating_sub(1))
+                    .min(MAX_REDIAL_BACKOFF);
+                state.retry_at = Some(Instant::now() + backoff);
+                Err(io::Error::new(
+                    e.kind(),
+                    format!("h3 connection to {}: {e}", self.node),
+                ))
+            }
+        }
+    }
+
+    async fn dial(&self, state: &mut State) -> io::Result<Session> {
+        let peer = tokio::net::lookup_host(self.node.to_string())
+            .await?
+            .next()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address"))?;
+        let endpoint = match &state.endpoint {
+            Some((v6, endpoint)) if *v6 == peer.is_ipv6() => endpoint.clone(),
+            _ => {
+                let unspecified = if peer.is_ipv6() {
+                    IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+                } else {
+                    IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+                };
+                let socket = udp_socket(SocketAddr::new(unspecified, 0), false)?;
+                let endpoint = quinn::Endpoint::new(
+                    endpoint_config(),
+                    None,
+                    socket,
+                    Arc::new(quinn::TokioRuntime),
+                )?;
+                state.endpoint = Some((peer.is_ipv6(), endpoint.clone()));
+                endpoint
+            }
+        };
+        let server_name = self.tls.server_name(&self.node)?;
+        let mut config = quinn::ClientConfig::new(self.crypto.clone());
+        config.transport_config(self.transport.clone());
+        config.version(QUIC_VERSION);
+        let connecting = endpoint
+            .connect_with(config, peer, &server_name.to_str())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        let handshake = async {
+            let quic = connecting.await.map_err(io::Error::other)?;
+            let (driver, send) = ::h3::client::builder()
+                .max_field_section_size(MAX_FIELD_SECTION_SIZE)
+                .build::<_, _, Bytes>(h3_quinn::Connection::new(quic.clone()))
+                .await
+                .map_err(io::Error::other)?;
+            Ok::<_, io::Error>((quic, driver, send))
+        };
+        let (quic, mut driver, send) = tokio::time::timeout(self.handshake_timeout, handshake)
+            .await
+            .map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "QUIC handshake took longer than {:?}",
+                        self.handshake_timeout
+                    ),
+                )
+            })??;
+        let node = self.node.clone();
+        // The driver handles the connection's control streams; it ends with the connection.
+        tokio::spawn(async move {
+            let e = driver.wait_idle().await;
+            if !e.is_h3_no_error() {
+                tracing::debug!(node = %node, error = %e, "HTTP/3 connection ended");
+            }
+        });
+        Ok(Session { quic, send })
+    }
+}
+
+#[async_trait]
+impl RoundTrip for H3RoundTrip {
+    async fn round_trip(&self, req: Request<Bytes>) -> io::Result<Response<Body>> {
+        let (parts, body) = req.into_parts();
+        let head = Request::from_parts(parts, ());
+        let (mut send, id) = self.sender().await?;
+        let mut stream = match send.send_request(head.clone()).await {
+            Ok(stream) => stream,
+            Err(e) => {
+                // The connection may have died since it was last used (nothing was sent on
+                // it): drop it and try once more on a new one.
+                tracing::debug!(node = %self.node, error = %e, "HTTP/3 request failed, redialling");
+                self.forget(id).await;
+                let (mut send, _) = self.sender().await?;
+                send.send_request(head).await.map_err(io::Error::other)?
+            }
+        };
+        let sent = async {
+            if !body.is_empty() {
+                stream.send_data(body).await?;
+            }
+            stream.finish().await
+        };
+        if let Err(e) = sent.await {
+            // A server that needs no (more) request body may say so with STOP_SENDING before
+            // our FIN reached it (RFC 9114 §4.1; a pull's handler drops its empty body at
+            // once); its answer still comes. If the connection died, the answer fails below.
+            tracing::trace!(node = %self.node, error = %e, "HTTP/3 request body cut short");
+        }
+        let head = stream.recv_response().await.map_err(io::Error::other)?;
+        let (_, recv) = stream.split();
+        Ok(head.map(|()| DataBody::new(recv, None).boxed()))
+    }
+}
+
+impl H3RoundTrip {
+    /// Drops the connection `id`, if it is still the current one.
+    async fn forget(&self, id: usize) {
+        let mut state = self.state.lock().await;
+        if state
+            .session
+            .as_ref()
+            .is_some_and(|s| s.quic.stable_id() == id)
+        {
+            if let Some(session) = state.session.take() {
+                session.quic.close(VarInt::from_u32(0), b"");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use gost_api::TlsConfig;
+    use http::{Method, StatusCode};
+    use std::collections::VecDeque;
+
+    use http_body_util::{Full, StreamBody};
+    use tokio::sync::{mpsc, oneshot};
+
+    use super::*;
+    use crate::tls::TlsDefaults;
+
+    /// Every wait in these tests ends within this.
+    const TEST_TIMEOUT: Duration = Duration::from_secs(20);
+
+    fn server_tls() -> ServerTls {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let generated = crate::tls::generate(None).unwrap();
+        let dir = std::env::temp_dir().join(format!(
+            "gost-h3-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cert = dir.join("cert.pem");
+        let key = dir.join("key.pem");
+        std::fs::write(&cert, &generated.cert_pem).unwrap();
+        std::fs::write(&key, &generated.key_pem).unwrap();
+        let own = TlsConfig {
+            cert_file: Some(cert.to_string_lossy().into_owned()),
+            key_file: Some(key.to_string_lossy().into_owned()),
+            ..TlsConfig::default()
+        };
+        ServerTls::new(Some(&own), &TlsDefaults::new(None), ALPN).unwrap()
+    }
+
+    fn full(data: impl Into<Bytes>) -> Body {
+        Full::new(data.into()).map_err(|e| match e {}).boxed()
+    }
+
+    /// Echoes the request body, or streams what `lines` gives for `GET /stream`.
+    fn handler(lines: Option<Arc<Mutex<mpsc::Receiver<Bytes>>>>) -> Handler {
+        Arc::new(move |req: Request<Body>, _client| {
+            let lines = lines.clone();
+            Box::pin(async move {
+                if req.uri().path() == "/ignore" {
+                    // Answers at once; the body is dropped unread (STOP_SENDING to the client).
+                    return Response::new(full("ignored"));
+                }
+                if req.uri().path() == "/stream" {
+                    let lines = lines.expect("stream handler");
+                    let chunks = futures_util::stream::unfold(lines, |lines| async move {
+                        let line = lines.lock().await.recv().await?;
+                        Some((Ok(hyper::body::Frame::data(line)), lines))
+                    });
+                    return Response::new(StreamBody::new(chunks).boxed());
+                }
+                match req.into_body().collect().await {
+                    Ok(body) => Response::new(full(body.to_bytes())),
+                    Err(e) => Response::builder()
+                        .status(StatusCode::PAYLOAD_TOO_LARGE)
+                        .body(full(e.to_string()))
+                        .unwrap(),
+                }
+            })
+        })
+    }
+
+    fn client(server: &Server) -> H3RoundTrip {
+        let tls = ClientTls::new(None, ALPN).unwrap();
+        H3RoundTrip::new(
+            Address::from_socket(server.local_addr()),
+            tls,
+            &QuicOptions::default(),
+        )
+        .unwrap()
+    }
+
+    fn post(path: &str, body: impl Into<Bytes>) -> Request<Bytes> {
+        Request::builder()
+            .method(Method::POST)
+            .uri(format!("https://gost.test{path}"))
+            .body(body.into())
+            .unwrap()
+    }
+
+    async fn body_of(resp: Response<Body>) -> Bytes {
+        resp.into_body().collect().await.unwrap().to_bytes()
+    }
+
+    #[tokio::test]
+    async fn echo_and_body_limit() {
+        tokio::time::timeout(TEST_TIMEOUT, async {
+            let server = Server::bind(
+                "127.0.0.1:0",
+                &server_tls(),
+                &QuicOptions::default(),
+                handler(None),
+            )
+            .unwrap();
+            let client = client(&server);
+            let resp = client.round_trip(post("/echo", "hello")).await.unwrap();
+            assert_eq!(resp.status(), StatusCode::OK);
+            assert_eq!(body_of(resp).await, "hello");
+
+            let big = vec![b'x'; MAX_REQUEST_BODY];
+            let resp = client.round_trip(post("/echo", big.clone())).await.unwrap();
+            assert_eq!(body_of(resp).await.len(), MAX_REQUEST_BODY);
+
+            // A server may stop the request side before it is all sent; the answer counts.
+            let resp = client
+                .round_trip(post("/ignore", big.clone()))
+                .await
+                .unwrap();
+            assert_eq!(body_of(resp).await, "ignored");
+
+            let too_big = vec![b'x'; MAX_REQUEST_BODY + 1];
+            let resp = client.round_trip(post("/echo", too_big)).await.unwrap();
+            assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        })
+        .await
+        .expect("test timed out");
+    }
+
+    #[tokio::test]
+    async fn response_streams_frame_by_frame() {
+        tokio::time::timeout(TEST_TIMEOUT, async {
+            let (tx, rx) = mpsc::channel(1);
+            let server = Server::bind(
+                "127.0.0.1:0",
+                &server_tls(),
+                &QuicOptions::default(),
+                handler(Some(Arc::new(Mutex::new(rx)))),
+            )
+            .unwrap();
+            let client = client(&server);
+            let get = Request::builder()
+                .uri("https://gost.test/stream")
+                .body(Bytes::new())
+                .unwrap();
+            tx.send(Bytes::from_static(b"first\n")).await.unwrap();
+            let mut body = client.round_trip(get).await.unwrap().into_body();
+            // The second line is produced only after the first arrived: nothing is held back.
+            let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+            assert_eq!(first, "first\n");
+            let (done_tx, done_rx) = oneshot::channel::<()>();
+            tokio::spawn(async move {
+                tx.send(Bytes::from_static(b"second\n")).await.unwrap();
+                let _ = done_rx.await;
+            });
+            let second = body.frame().await.unwrap().unwrap().into_data().unwrap();
+            assert_eq!(second, "second\n");
+            drop(done_tx);
+            // The handler's stream ended: so does the response.
+            assert!(body.frame().await.is_none());
+        })
+        .await
+        .expect("test timed out");
+    }
+
+    #[tokio::test]
+    async fn concurrent_requests_share_one_connection_and_redial() {
+        tokio::time::timeout(TEST_TIMEOUT, async {
+            let tls = server_tls();
+            let server =
+                Server::bind("127.0.0.1:0", &tls, &QuicOptions::default(), handler(None)).unwrap();
+            let addr = server.local_addr();
+            let client = Arc::new(client(&server));
+            let requests = (0..50).map(|i| {
+                let client = client.clone();
+                tokio::spawn(async move {
+                    let resp = client.round_trip(post("/echo", format!("r{i}"))).await?;
+                    io::Result::Ok(body_of(resp).await == format!("r{i}"))
+                })
+            });
+            for request in requests.collect::<Vec<_>>() {
+                assert!(request.await.unwrap().unwrap());
+            }
+            let socket = client.local_addr().await.unwrap();
+            let first = client.sender().await.unwrap().1;
+
+            // The server goes away with its connections, and comes back on the same port.
+            server.close();
+            drop(server);
+            // The port is free once quinn's driver let go of the socket.
+            let mut rebound = None;
+            for _ in 0..50 {
+                match Server::bind(
+                    &addr.to_string(),
+                    &tls,
+                    &QuicOptions::default(),
+                    handler(None),
+                ) {
+                    Ok(server) => {
+                        rebound = Some(server);
+                        break;
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+            let server = rebound.expect("port free again");
+            let mut answered = false;
+            for _ in 0..20 {
+                if let Ok(resp) = client.round_trip(post("/echo", "again")).await {
+                    assert_eq!(body_of(resp).await, "again");
+                    answered = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            assert!(answered, "no answer after the server came back");
+            assert_ne!(client.sender().await.unwrap().1, first, "a new connection");
+            assert_eq!(
+                client.local_addr().await.unwrap(),
+                socket,
+                "the same UDP socket"
+            );
+            drop(server);
+        })
+        .await
+        .expect("test timed out");
+    }
+
+    /// Chunks that are ready one after the other, then `Pending` when none is left (or the
+    /// end, once `ended`).
+    struct Ready {
+        chunks: VecDeque<Bytes>,
+        ended: bool,
+    }
+
+    impl PollData for Ready {
+        fn poll_data(&mut self, _: &mut Context<'_>) -> Poll<Result<Option<Bytes>, StreamError>> {
+            match self.chunks.pop_front() {
+                Some(chunk) => Poll::Ready(Ok(Some(chunk))),
+                None if self.ended => Poll::Ready(Ok(None)),
+                None => Poll::Pending,
+            }
+        }
+
+        fn stop(&mut self, _: ::h3::error::Code) {}
+    }
+
+    fn poll(body: &mut DataBody<Ready>) -> Poll<Option<io::Result<Bytes>>> {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        hyper::body::Body::poll_frame(Pin::new(body), &mut cx)
+            .map(|f| f.map(|f| f.map(|f| f.into_data().unwrap())))
+    }
+
+    fn ready(sizes: &[usize], ended: bool) -> Ready {
+        Ready {
+            chunks: sizes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| Bytes::from(vec![i as u8; *n]))
+                .collect(),
+            ended,
+        }
+    }
+
+    #[test]
+    fn ready_chunks_are_joined_up_to_the_limit() {
+        let mut body = DataBody::new(ready(&[1000, 1000, 1000], false), None);
+        let Poll::Ready(Some(Ok(data))) = poll(&mut body) else {
+            panic!("data expected")
+        };
+        assert_eq!(data.len(), 3000);
+        assert_eq!((data[0], data[1000], data[2999]), (0, 1, 2));
+        assert!(poll(&mut body).is_pending());
+
+        let chunk = 40 * 1024;
+        let mut body = DataBody::new(ready(&[chunk, chunk, chunk], true), None);
+        let Poll::Ready(Some(Ok(data))) = poll(&mut body) else {
+            panic!("data expected")
+        };
+        assert_eq!(data.len(), 2 * chunk, "stops once the limit is reached");
+        let Poll::Ready(Some(Ok(data))) = poll(&mut body) else {
+            panic!("data expected")
+        };
+        assert_eq!(data.len(), chunk);
+        assert!(matches!(poll(&mut body), Poll::Ready(None)));
+    }
+
+    #[test]
+    fn a_body_over_its_limit_fails_after_the_data_before_it() {
+        let mut body = DataBody::new(ready(&[6, 6], true), Some(10));
+        let Poll::Ready(Some(Ok(data))) = poll(&mut body) else {
+            panic!("data expected")
+        };
+        assert_eq!(data.len(), 6);
+        let Poll::Ready(Some(Err(e))) = poll(&mut body) else {
+            panic!("error expected")
+        };
+        assert!(e.to_string().contains("longer than 10 bytes"), "{e}");
+        assert!(matches!(poll(&mut body), Poll::Ready(None)));
+    }
+
+    #[test]
+    fn options_from_metadata() {
+        let mut md = Metadata::default();
+        assert_eq!(
+            QuicOptions::from_metadata(&md, true).unwrap().keepalive,
+            Some(DEFAULT_KEEPALIVE_PERIOD)
+        );
+        assert_eq!(
+            QuicOptions::from_metadata(&md, false).unwrap(),
+            QuicOptions::default()
+        );
+        md.insert_str("keepalive", "true");
+        md.insert_str("ttl", "3s");
+        md.insert_str("handshakeTimeout", "2s");
+        md.insert_str("maxIdleTimeout", "1m");
+        md.insert_str("maxStreams", "7");
+        let options = QuicOptions::from_metadata(&md, false).unwrap();
+        assert_eq!(options.keepalive, Some(Duration::from_secs(3)));
+        assert_eq!(options.handshake_timeout, Duration::from_secs(2));
+        assert_eq!(options.max_idle_timeout, Duration::from_secs(60));
+        assert_eq!(options.max_streams, 7);
+        md.insert_str("keepalive", "false");
+        assert_eq!(
+            QuicOptions::from_metadata(&md, true).unwrap().keepalive,
+            None
+        );
+        md.insert_str("maxStreams", "-1");
+        assert!(
+            QuicOptions::from_metadata(&md, true)
+                .unwrap_err()
+                .contains("maxStreams")
+        );
+    }
+
+    #[test]
+    fn ipv4_literal_binds_ipv4_only() {
+        let socket = bind_udp("127.0.0.1:0").unwrap();
+        assert!(socket.local_addr().unwrap().is_ipv4());
+        // An empty host: every interface (both families where the system has IPv6).
+        assert!(
+            bind_udp(":0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .ip()
+                .is_unspecified()
+        );
+        assert!(
+            bind_udp("127.0.0.1:x")
+                .unwrap_err()
+                .to_string()
+                .contains("port")
+        );
+    }
+}

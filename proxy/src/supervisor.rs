@@ -1,0 +1,392 @@
+//! Running services, and applying a new configuration to them without dropping what did not
+//! change.
+//!
+//! Each service is compared with its previous version by name:
+//! - the same service (including the chain, hops, authenticators and TLS defaults it uses):
+//!   left alone;
+//! - only its handler or chain changed: a new handler is built and swapped in; the listener,
+//!   and every tunnel already open, stay as they are;
+//! - its address or listener changed: it is replaced, like a removed service plus a new one;
+//! - removed: it stops accepting at once and its open tunnels may finish within the grace
+//!   period, after which they are closed.
+//!
+//! Everything that can fail (building handlers, binding new addresses) happens before anything
+//! running is touched, so an invalid configuration changes nothing. The one exception is an
+//! address that moves from a removed or replaced service to a new one: it can only be bound
+//! once the old listener is closed, and if that fails the service is reported as not bound.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use gost_api::{
+    AutherConfig, ChainConfig, Config, ConfigError, HopConfig, ListenerConfig, ListenerType,
+    ServiceConfig, TlsConfig,
+};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::handler::Handler;
+use crate::listener::{ACCEPT_ERROR_BACKOFF, Listener};
+use crate::server::{self, Built};
+
+/// Everything a service's behaviour depends on: when two are equal the service is unchanged.
+#[derive(Clone, PartialEq)]
+struct ServiceSpec {
+    service: ServiceConfig,
+    chain: Option<ChainConfig>,
+    hops: Vec<HopConfig>,
+    authers: Vec<AutherConfig>,
+    tls: Option<TlsConfig>,
+}
+
+impl ServiceSpec {
+    fn of(service: &ServiceConfig, config: &Config) -> Self {
+        let chain = service
+            .handler
+            .chain
+            .as_ref()
+            .and_then(|name| config.chains.iter().find(|c| &c.name == name))
+            .cloned();
+        // Hops a chain names without nodes are the top-level hops of that name.
+        let hops = chain
+            .iter()
+            .flat_map(|c| &c.hops)
+            .filter(|h| h.nodes.is_empty())
+            .filter_map(|h| config.hops.iter().find(|t| t.name == h.name))
+            .cloned()
+            .collect();
+        let names: Vec<&String> = service
+            .handler
+            .auther
+            .iter()
+            .chain(&service.handler.authers)
+            .collect();
+        let authers = config
+            .authers
+            .iter()
+            .filter(|a| names.contains(&&a.name))
+            .cloned()
+            .collect();
+        ServiceSpec {
+            service: service.clone(),
+            chain,
+            hops,
+            authers,
+            tls: config.tls.clone(),
+        }
+    }
+
+    /// What the bound listener depends on. The `http2` listener carries its handler, so for
+    /// it any change is a listener change.
+    fn listener_part(&self) -> (String, ListenerConfig, Option<TlsConfig>, Option<Self>) {
+        let whole = (self.service.listener.kind == ListenerType::Http2).then(|| self.clone());
+        (
+            self.service.addr.clone(),
+            self.service.listener.clone(),
+            self.tls.clone(),
+            whole,
+        )
+    }
+}
+
+/// The handler a service's accept loop hands connections to; swapped on reload.
+struct HandlerSlot(Arc<dyn Handler>);
+
+struct Running {
+    spec: ServiceSpec,
+    local: SocketAddr,
+    handler: Arc<ArcSwap<HandlerSlot>>,
+    /// Stops the accept loop (which then drops the listener).
+    accept: CancellationToken,
+    /// Closes this service's open tunnels: fired a grace period after it was removed.
+    tunnels: CancellationToken,
+    /// The accept loop, which owns the listener.
+    accept_task: tokio::task::JoinHandle<()>,
+}
+
+/// What one apply did, for the log.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Services started.
+    pub added: Vec<String>,
+    /// Services whose handler or chain was swapped under their listener.
+    pub updated: Vec<String>,
+    /// Services whose listener was replaced.
+    pub replaced: Vec<String>,
+    /// Services stopped.
+    pub removed: Vec<String>,
+    /// Services left alone.
+    pub unchanged: usize,
+    /// Services of the new configuration that could not bind their address.
+    pub unbound: Vec<String>,
+}
+
+/// The running services of the current configuration.
+pub struct Supervisor {
+    services: HashMap<String, Running>,
+    /// Every tunnel of every service, so that shutdown can wait for them.
+    tunnels: TaskTracker,
+    grace: Duration,
+    generation: u64,
+    all_bound: Arc<AtomicBool>,
+}
+
+/// A service whose handler is built and whose listener is bound or waits for its address.
+enum Pending {
+    Bound(Box<dyn Listener>),
+    /// The address is held by a service that is going away; bound after it has closed.
+    AfterRelease,
+}
+
+impl Supervisor {
+    /// No services yet; `grace` is how long removed services' tunnels may run on.
+    pub fn new(tunnels: TaskTracker, grace: Duration) -> Self {
+        Supervisor {
+            services: HashMap::new(),
+            tunnels,
+            grace,
+            generation: 0,
+            all_bound: Arc::new(AtomicBool::new(true)),
+        }
+    }
+
+    /// The generation of the configuration running (1 for the first).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// True when every service of the current configuration holds its address.
+    pub fn all_bound(&self) -> bool {
+        self.all_bound.load(Ordering::SeqCst)
+    }
+
+    /// The bound address of each running service.
+    pub fn addresses(&self) -> Vec<(String, SocketAddr)> {
+        let mut all: Vec<_> = self
+            .services
+            .iter()
+            .map(|(name, r)| (name.clone(), r.local))
+            .collect();
+        all.sort();
+        all
+    }
+
+    /// Makes `config` the running configuration; on error nothing changed.
+    pub async fn apply(&mut self, config: &Config) -> Result<Applied, ConfigError> {
+        let chains = server::build_chains(config)?;
+        let tls_defaults = crate::tls::TlsDefaults::new(config.tls.clone());
+        let mut applied = Applied::default();
+
+        // Addresses that running services give up in this apply.
+        let leaving: Vec<&str> = self
+            .services
+            .iter()
+            .filter(|(name, running)| {
+                match config.services.iter().find(|s| &&s.name == name) {
+                    None => true,
+                    Some(s) => {
+                        ServiceSpec::of(s, config).listener_part()
+                            != running.spec.listener_part()
+                    }
+                }
+            })
+            .map(|(_, r)| r.spec.service.addr.as_str())
+            .collect();
+
+        // Phase 1: build and bind everything new; fails without touching what runs.
+        let mut swaps = Vec::new();
+        let mut starts = Vec::new();
+        for (index, service) in config.services.iter().enumerate() {
+            let spec = ServiceSpec::of(service, config);
+            let previous = self.services.get(&service.name);
+            if previous.is_some_and(|p| p.spec == spec) {
+                applied.unchanged += 1;
+                continue;
+            }
+            let built = server::build_service(config, index, &chains, &tls_defaults, &self.tunnels)?;
+            match previous {
+                Some(p) if p.spec.listener_part() == spec.listener_part() => {
+                    swaps.push((service.name.clone(), spec, built.handler));
+                }
+                _ => {
+                    let pending = if leaving.contains(&service.addr.as_str()) && !service.addr.ends_with(":0") {
+                        Pending::AfterRelease
+                    } else {
+                        Pending::Bound(server::bind_listener(config, index, &tls_defaults, &built)?)
+                    };
+                    starts.push((index, spec, built, pending, previous.is_some()));
+                }
+            }
+        }
+
+        // Phase 2: commit. Stop what goes away, swap handlers, start what is new.
+        let keep: Vec<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
+        let replaced: Vec<String> = starts
+            .iter()
+            .filter(|(.., existed)| *existed)
+            .map(|(_, spec, ..)| spec.service.name.clone())
+            .collect();
+        let stopping: Vec<String> = self
+            .services
+            .keys()
+            .filter(|name| !keep.contains(&name.as_str()) || replaced.contains(name))
+            .cloned()
+            .collect();
+        let mut released = Vec::new();
+        for name in stopping {
+            let running = self.services.remove(&name).expect("listed above");
+            running.accept.cancel();
+            released.push(running.accept_task);
+            let tunnels = running.tunnels.clone();
+            let grace = self.grace;
+            tokio::spawn(async move {
+                tokio::time::sleep(grace).await;
+                tunnels.cancel();
+            });
+            if !replaced.contains(&name) {
+                tracing::info!(service = %name, grace_period_s = grace.as_secs_f64(), "service removed; open tunnels may finish within the grace period");
+                applied.removed.push(name);
+            }
+        }
+        for (name, spec, handler) in swaps {
+            let running = self.services.get_mut(&name).expect("swapped services run");
+            running.handler.store(Arc::new(HandlerSlot(handler)));
+            running.spec = spec;
+            applied.updated.push(name);
+        }
+        // Accept loops drop their listeners as they end; wait for that before binding the
+        // addresses they held.
+        if starts.iter().any(|(_, _, _, p, _)| matches!(p, Pending::AfterRelease)) {
+            for task in released {
+                let _ = tokio::time::timeout(RELEASE_TIMEOUT, task).await;
+            }
+        }
+        let mut all_bound = true;
+        for (index, spec, built, pending, existed) in starts {
+            let name = spec.service.name.clone();
+            let listener = match pending {
+                Pending::Bound(listener) => listener,
+                Pending::AfterRelease => {
+                    match bind_after_release(config, index, &tls_defaults, &built).await {
+                        Ok(listener) => listener,
+                        Err(e) => {
+                            tracing::error!(service = %name, error = %e, "cannot bind the new listener");
+                            all_bound = false;
+                            applied.unbound.push(name);
+                            continue;
+                        }
+                    }
+                }
+            };
+            let running = self.start(spec, built.handler, listener);
+            self.services.insert(name.clone(), running);
+            if existed {
+                applied.replaced.push(name);
+            } else {
+                applied.added.push(name);
+            }
+        }
+        self.all_bound.store(all_bound, Ordering::SeqCst);
+        self.generation += 1;
+        crate::metrics::set_services(self.services.len());
+        Ok(applied)
+    }
+
+    fn start(&self, spec: ServiceSpec, handler: Arc<dyn Handler>, listener: Box<dyn Listener>) -> Running {
+        let local = listener.local_addr();
+        let handler = Arc::new(ArcSwap::from_pointee(HandlerSlot(handler)));
+        let accept = CancellationToken::new();
+        let tunnels = CancellationToken::new();
+        let accept_task = tokio::spawn(accept_loop(
+            Arc::from(spec.service.name.as_str()),
+            listener,
+            handler.clone(),
+            accept.clone(),
+            tunnels.clone(),
+            self.tunnels.clone(),
+        ));
+        Running {
+            spec,
+            local,
+            handler,
+            accept,
+            tunnels,
+            accept_task,
+        }
+    }
+
+    /// Stops accepting on every service (shutdown) and waits until their listeners are
+    /// closed; open tunnels run on.
+    pub async fn stop_accepting(&mut self) {
+        for running in self.services.values() {
+            running.accept.cancel();
+        }
+        for (_, running) in self.services.drain() {
+            let _ = tokio::time::timeout(RELEASE_TIMEOUT, running.accept_task).await;
+        }
+    }
+}
+
+/// How long a stopping service's accept loop may take to end and release its address.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Listeners with a handshake close their socket in a task of their own, which ends shortly
+/// after the listener is dropped; bind attempts are retried briefly while that happens.
+async fn bind_after_release(
+    config: &Config,
+    index: usize,
+    tls_defaults: &crate::tls::TlsDefaults,
+    built: &Built,
+) -> Result<Box<dyn Listener>, ConfigError> {
+    const ATTEMPTS: u32 = 50;
+    const PAUSE: Duration = Duration::from_millis(2);
+    let mut last = None;
+    for _ in 0..ATTEMPTS {
+        match server::bind_listener(config, index, tls_defaults, built) {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(PAUSE).await;
+    }
+    Err(last.expect("at least one attempt"))
+}
+
+async fn accept_loop(
+    name: Arc<str>,
+    listener: Box<dyn Listener>,
+    handler: Arc<ArcSwap<HandlerSlot>>,
+    stop: CancellationToken,
+    cancel_tunnels: CancellationToken,
+    tunnels: TaskTracker,
+) {
+    tracing::info!(service = %name, addr = %listener.local_addr(), "listening");
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((conn, client)) => {
+                let handler = handler.load().0.clone();
+                let request = crate::metrics::Request::start(&name, client);
+                let cancel = cancel_tunnels.clone();
+                tunnels.spawn(async move {
+                    tokio::select! {
+                        _ = handler.handle(conn, client) => {}
+                        _ = cancel.cancelled() => {}
+                    }
+                    drop(request);
+                });
+            }
+            Err(e) => {
+                tracing::warn!(service = %name, error = %e, "accept failed");
+                tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+            }
+        }
+    }
+    tracing::info!(service = %name, "stopped accepting");
+}
