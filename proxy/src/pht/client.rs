@@ -234,9 +234,14 @@ async fn pull_once(
         let Ok(data) = frame?.into_data() else {
             continue;
         };
+        // Only the new bytes can hold a line end: searching the whole buffer again for each
+        // small frame (HTTP/3 delivers ~1 KiB at a time) made reading quadratic in the line.
+        let mut searched = buf.len();
         buf.extend_from_slice(&data);
-        while let Some(end) = buf.iter().position(|&b| b == b'\n') {
+        while let Some(at) = buf[searched..].iter().position(|&b| b == b'\n') {
+            let end = searched + at;
             let line = buf.split_to(end + 1).freeze();
+            searched = 0;
             lines += 1;
             if !deliver(line.slice(..end)).await? {
                 return Ok(0);
