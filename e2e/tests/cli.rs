@@ -106,9 +106,11 @@ fn bad_urls_fail_without_echoing_the_password() {
 
 #[test]
 fn unimplemented_transports_are_named() {
-    let out = gost(&["-L", "relay+h3://127.0.0.1:0"]);
+    // On -L, http3 is GOST's HTTP/3 reverse proxy, not the h3 tunnel.
+    let out = gost(&["-L", "http3://127.0.0.1:0"]);
     assert_eq!(out.code, 2, "{}", out.stderr);
     assert!(out.stderr.contains("not implemented"), "{}", out.stderr);
+    assert!(out.stderr.contains("h3://"), "{}", out.stderr);
 }
 
 #[test]

@@ -27,18 +27,35 @@ pub const DEFAULT_METRICS_PATH: &str = "/metrics";
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Whether the process is ready for traffic: set once every service is bound, cleared when
-/// it starts draining.
+/// it starts draining; and the error of the last refused configuration, if the last attempt
+/// failed.
 #[derive(Clone, Default)]
-pub struct Readiness(Arc<AtomicBool>);
+pub struct Readiness(Arc<ReadinessState>);
+
+#[derive(Default)]
+struct ReadinessState {
+    ready: AtomicBool,
+    last_error: std::sync::Mutex<Option<String>>,
+}
 
 impl Readiness {
     /// Marks the process ready or not.
     pub fn set(&self, ready: bool) {
-        self.0.store(ready, Ordering::SeqCst);
+        self.0.ready.store(ready, Ordering::SeqCst);
+    }
+
+    /// Records why the last configuration was refused (`None` once one is applied). The
+    /// previous configuration keeps serving, so this does not make the process unready.
+    pub fn set_error(&self, error: Option<String>) {
+        *self.0.last_error.lock().expect("readiness lock") = error;
     }
 
     fn get(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
+        self.0.ready.load(Ordering::SeqCst)
+    }
+
+    fn last_error(&self) -> Option<String> {
+        self.0.last_error.lock().expect("readiness lock").clone()
     }
 }
 
@@ -124,11 +141,24 @@ fn respond(endpoint: &Endpoint, req: Request<Incoming>) -> Response<Full<Bytes>>
     } else {
         match req.uri().path() {
             "/healthz" => text(StatusCode::OK, "ok\n".into()),
-            "/readyz" if endpoint.ready.get() => text(StatusCode::OK, "ready\n".into()),
-            "/readyz" => text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "not ready: starting or draining\n".into(),
-            ),
+            "/readyz" => {
+                let mut body = if endpoint.ready.get() {
+                    "ready\n".to_string()
+                } else {
+                    "not ready: starting, draining, or a listener is not bound\n".to_string()
+                };
+                if let Some(error) = endpoint.ready.last_error() {
+                    body.push_str(&format!(
+                        "last configuration refused (the previous one keeps running): {error}\n"
+                    ));
+                }
+                let status = if endpoint.ready.get() {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                text(status, body)
+            }
             path if path == endpoint.path => {
                 if authorized(endpoint, &req) {
                     let mut response = text(StatusCode::OK, crate::metrics::render());

@@ -26,6 +26,7 @@ pub mod pipe;
 pub mod server;
 #[cfg(target_os = "linux")]
 pub mod splice;
+pub mod supervisor;
 pub mod tls;
 pub mod watch;
 pub mod ws;

@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use clap::{ArgAction, Parser, ValueEnum};
 use gost_api::{Config, Format, LogFormat, LogLevel};
-use gost_proxy::server;
-use tokio_util::sync::CancellationToken;
+use gost_proxy::supervisor::Supervisor;
 use tokio_util::task::TaskTracker;
 
 /// GOST's HTTP tunnels: `gost -L http://user:pass@:8080`, `gost -L http://:8000 -F http://user:pass@host:8080`,
@@ -123,17 +122,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(run(config, args.grace_period))
+    runtime.block_on(run(&args, config))
 }
 
 /// Reads `-C` sources in order, then adds the `-L`/`-F` services, as GOST does.
 fn assemble_config(args: &Args) -> Result<Config, String> {
     let mut config = Config::default();
-    let mut sources = args.config.clone();
-    if sources.is_empty() && args.listen.is_empty() && args.forward.is_empty() {
-        sources.extend(default_config_file());
-    }
-    for source in &sources {
+    for source in &config_sources(args) {
         let (name, text) = read_source(source)?;
         let format = Format::detect(name.as_deref(), &text);
         let loaded = gost_api::from_str(&text, format)
@@ -172,6 +167,15 @@ fn metrics_from_flag(flag: &str) -> Result<gost_api::MetricsConfig, String> {
         path,
         ..Default::default()
     })
+}
+
+/// The `-C` sources, or GOST's default configuration file when given nothing to do.
+fn config_sources(args: &Args) -> Vec<String> {
+    let mut sources = args.config.clone();
+    if sources.is_empty() && args.listen.is_empty() && args.forward.is_empty() {
+        sources.extend(default_config_file());
+    }
+    sources
 }
 
 fn default_config_file() -> Option<String> {
@@ -277,19 +281,13 @@ fn init_logging(args: &Args, config: &Config) {
     }
 }
 
-async fn run(config: Config, grace: Duration) -> ExitCode {
+async fn run(args: &Args, config: Config) -> ExitCode {
+    let grace = args.grace_period;
     let tunnels = TaskTracker::new();
-    let services = match server::build(&config, &tunnels) {
-        Ok(services) => services,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot start");
-            eprintln!("gost: {e}");
-            return ExitCode::from(2);
-        }
-    };
     let ready = gost_proxy::admin::Readiness::default();
-    // Dropped on return: the metrics address stays up while draining, so that probes see
-    // "not ready" rather than a refused connection.
+    // Bound first, so that probes get an answer ("not ready") while services start, and kept
+    // while draining, so that they see "not ready" rather than a refused connection. Changes
+    // to `metrics:` take effect at the next start.
     let _admin = match &config.metrics {
         Some(metrics) => match gost_proxy::admin::bind(metrics, &config, ready.clone()) {
             Ok((addr, serve)) => {
@@ -306,23 +304,40 @@ async fn run(config: Config, grace: Duration) -> ExitCode {
         },
         None => None,
     };
-    gost_proxy::metrics::set_services(services.len());
-    let stop = CancellationToken::new();
-    let listeners = TaskTracker::new();
-    for service in services {
-        listeners.spawn(server::serve(service, stop.clone(), tunnels.clone()));
+    let mut supervisor = Supervisor::new(tunnels.clone(), grace);
+    if let Err(e) = supervisor.apply(&config).await {
+        tracing::error!(error = %e, "cannot start");
+        eprintln!("gost: {e}");
+        return ExitCode::from(2);
     }
-    listeners.close();
+    gost_proxy::metrics::config_applied(supervisor.generation());
 
-    let mut signals = match Signals::new() {
+    // SIGHUP reloads, as with GOST.
+    let signals = Signals::new().and_then(|signals| {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok((signals, signal(SignalKind::hangup())?))
+    });
+    let (mut signals, mut hangup) = match signals {
         Ok(signals) => signals,
         Err(e) => {
             eprintln!("gost: cannot install signal handlers: {e}");
             return ExitCode::FAILURE;
         }
     };
-    ready.set(true);
-    let signal = signals.next().await;
+    let files = watched_files(args);
+    let mut watcher = (!files.is_empty()).then(|| {
+        tracing::info!(files = ?files, "watching the configuration for changes");
+        gost_proxy::watch::FileWatcher::new(files)
+    });
+    ready.set(supervisor.all_bound());
+    let signal = loop {
+        let cause = tokio::select! {
+            signal = signals.next() => break signal,
+            _ = hangup.recv() => "SIGHUP",
+            _ = changed(&mut watcher) => "file change",
+        };
+        reload(args, &mut supervisor, &ready, cause).await;
+    };
     ready.set(false);
     tracing::info!(
         signal,
@@ -330,8 +345,7 @@ async fn run(config: Config, grace: Duration) -> ExitCode {
         grace_period_s = grace.as_secs_f64(),
         "stopping: no new connections, draining open ones"
     );
-    stop.cancel();
-    listeners.wait().await;
+    supervisor.stop_accepting().await;
     tunnels.close();
     tokio::select! {
         _ = tunnels.wait() => {
@@ -345,6 +359,60 @@ async fn run(config: Config, grace: Duration) -> ExitCode {
         signal = signals.next() => {
             tracing::warn!(signal, open = tunnels.len(), "second signal; exiting now");
             ExitCode::from(130)
+        }
+    }
+}
+
+async fn changed(watcher: &mut Option<gost_proxy::watch::FileWatcher>) {
+    match watcher {
+        Some(watcher) => watcher.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The configuration files to watch: the `-C` sources that are files.
+fn watched_files(args: &Args) -> Vec<PathBuf> {
+    config_sources(args)
+        .into_iter()
+        .filter(|s| s != "-" && !s.trim_start().starts_with('{'))
+        .map(PathBuf::from)
+        .collect()
+}
+
+/// Reads the configuration again and applies it; a refused one leaves everything running.
+async fn reload(
+    args: &Args,
+    supervisor: &mut Supervisor,
+    ready: &gost_proxy::admin::Readiness,
+    cause: &'static str,
+) {
+    let started = std::time::Instant::now();
+    let result = match assemble_config(args) {
+        Ok(config) => supervisor.apply(&config).await.map_err(|e| e.to_string()),
+        Err(message) => Err(message),
+    };
+    match result {
+        Ok(applied) => {
+            gost_proxy::metrics::config_applied(supervisor.generation());
+            ready.set_error(None);
+            ready.set(supervisor.all_bound());
+            tracing::info!(
+                cause,
+                generation = supervisor.generation(),
+                added = ?applied.added,
+                updated = ?applied.updated,
+                replaced = ?applied.replaced,
+                removed = ?applied.removed,
+                unchanged = applied.unchanged,
+                unbound = ?applied.unbound,
+                took_ms = started.elapsed().as_secs_f64() * 1e3,
+                "configuration applied"
+            );
+        }
+        Err(message) => {
+            gost_proxy::metrics::config_refused();
+            tracing::error!(cause, error = %message, "configuration refused; the previous one keeps running");
+            ready.set_error(Some(message));
         }
     }
 }

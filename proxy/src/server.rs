@@ -1,7 +1,6 @@
-//! Turning a configuration into running services, and stopping them gracefully.
+//! Turning a configuration into handlers, listeners and chains; [`crate::supervisor`] runs them.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,7 +8,6 @@ use gost_api::{
     ChainConfig, Config, ConfigError, ConnectorType, DialerType, HandlerType, HopConfig,
     ListenerType, Metadata, SelectorStrategy,
 };
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::addr::Address;
@@ -32,24 +30,9 @@ use crate::handler::relay::RelayHandler;
 use crate::handler::socks4::Socks4Handler;
 use crate::handler::socks5::Socks5Handler;
 use crate::handler::{DEFAULT_HANDSHAKE_TIMEOUT, Handler, HandlerEnv};
+use crate::listener::Listener;
 use crate::listener::tcp::TcpListenerImpl;
-use crate::listener::{ACCEPT_ERROR_BACKOFF, Listener};
 use crate::tls::{ClientTls, ServerTls, TlsDefaults};
-
-/// A service ready to accept: its bound listener and its handler.
-pub struct Service {
-    /// The service name.
-    pub name: Arc<str>,
-    listener: Box<dyn Listener>,
-    handler: Arc<dyn Handler>,
-}
-
-impl Service {
-    /// The bound address.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr()
-    }
-}
 
 fn field(path: String, message: impl Into<String>) -> ConfigError {
     ConfigError::Field {
@@ -71,224 +54,236 @@ const HTTP3_REVERSE_PROXY: &str = "type `http3` is GOST's HTTP/3 reverse proxy, 
      implemented in this build of gost-rs; the plain HTTP tunnel over HTTP/3 is listener type `h3` \
      (-L h3://...)";
 
-/// Builds every service of `config`, binding its listener; `tunnels` tracks every connection
-/// they will serve. Fails on the first service that cannot be built or bound.
-pub fn build(config: &Config, tunnels: &TaskTracker) -> Result<Vec<Service>, ConfigError> {
-    let tls_defaults = TlsDefaults::new(config.tls.clone());
-    let mut chains: HashMap<&str, Arc<Chain>> = HashMap::new();
+/// The chains of `config`, by name.
+pub fn build_chains(config: &Config) -> Result<HashMap<String, Arc<Chain>>, ConfigError> {
+    let mut chains = HashMap::new();
     for (i, chain) in config.chains.iter().enumerate() {
-        chains.insert(&chain.name, Arc::new(build_chain(chain, config, i)?));
+        chains.insert(chain.name.clone(), Arc::new(build_chain(chain, config, i)?));
     }
-    config
-        .services
-        .iter()
-        .enumerate()
-        .map(|(i, service)| {
-            let path = format!("services[{i}]");
-            if service.listener.kind == ListenerType::Http3 {
-                return Err(field(format!("{path}.listener.type"), HTTP3_REVERSE_PROXY));
+    Ok(chains)
+}
+
+/// A service's handler, built but not yet serving.
+pub struct Built {
+    /// Serves each accepted connection.
+    pub handler: Arc<dyn Handler>,
+    /// The same handler for the `http2` listener, which drives it per stream.
+    http2: Option<Arc<crate::handler::http2::Http2Handler>>,
+}
+
+/// Builds the handler of `config.services[i]` (its chain from `chains`).
+pub fn build_service(
+    config: &Config,
+    i: usize,
+    chains: &HashMap<String, Arc<Chain>>,
+    tls_defaults: &TlsDefaults,
+    tunnels: &TaskTracker,
+) -> Result<Built, ConfigError> {
+    let service = &config.services[i];
+    let path = format!("services[{i}]");
+    if service.listener.kind == ListenerType::Http3 {
+        return Err(field(format!("{path}.listener.type"), HTTP3_REVERSE_PROXY));
+    }
+    let chain = service
+        .handler
+        .chain
+        .as_deref()
+        .map(|name| chains[name].clone());
+    let dial_timeout = duration(
+        &service.metadata,
+        "dialTimeout",
+        &format!("{path}.metadata"),
+    )?
+    .unwrap_or(DEFAULT_DIAL_TIMEOUT);
+    let md = &service.handler.metadata;
+    let md_path = format!("{path}.handler.metadata");
+    let env = Arc::new(HandlerEnv {
+        service: Arc::from(service.name.as_str()),
+        auth: Authenticator::for_handler(&service.handler, config),
+        router: Router::new(chain, dial_timeout, service.handler.retries.unwrap_or(0)),
+        metadata: md.clone(),
+        handshake_timeout: duration(md, "readTimeout", &md_path)?
+            .unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT),
+        idle_timeout: duration(md, "idleTimeout", &md_path)?.filter(|d| !d.is_zero()),
+        tunnels: tunnels.clone(),
+        tls: handler_tls(service, tls_defaults, &path)?,
+    });
+    let handler_path = format!("{path}.handler");
+    let mut http2_handler = None;
+    let handler: Arc<dyn Handler> = match service.handler.kind {
+        HandlerType::Auto => Arc::new(AutoHandler::new(env).map_err(|e| field(handler_path, e))?),
+        HandlerType::Http => Arc::new(HttpHandler::new(env).map_err(|e| field(handler_path, e))?),
+        HandlerType::Socks5 => Arc::new(Socks5Handler::new(env)),
+        HandlerType::Socks4 => Arc::new(Socks4Handler::new(env)),
+        HandlerType::Http2 => {
+            if service.listener.kind != ListenerType::Http2 {
+                return Err(field(
+                    format!("{handler_path}.type"),
+                    "handler type `http2` works only with listener type `http2`",
+                ));
             }
-            let chain = service
-                .handler
-                .chain
-                .as_deref()
-                .map(|name| chains[name].clone());
-            let dial_timeout = duration(
-                &service.metadata,
-                "dialTimeout",
-                &format!("{path}.metadata"),
-            )?
-            .unwrap_or(DEFAULT_DIAL_TIMEOUT);
-            let md = &service.handler.metadata;
-            let md_path = format!("{path}.handler.metadata");
-            let env = Arc::new(HandlerEnv {
-                service: Arc::from(service.name.as_str()),
-                auth: Authenticator::for_handler(&service.handler, config),
-                router: Router::new(chain, dial_timeout, service.handler.retries.unwrap_or(0)),
-                metadata: md.clone(),
-                handshake_timeout: duration(md, "readTimeout", &md_path)?
-                    .unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT),
-                idle_timeout: duration(md, "idleTimeout", &md_path)?.filter(|d| !d.is_zero()),
-                tunnels: tunnels.clone(),
-                tls: handler_tls(service, &tls_defaults, &path)?,
-            });
-            let handler_path = format!("{path}.handler");
-            let mut http2_handler = None;
-            let handler: Arc<dyn Handler> = match service.handler.kind {
-                HandlerType::Auto => {
-                    Arc::new(AutoHandler::new(env).map_err(|e| field(handler_path, e))?)
-                }
-                HandlerType::Http => {
-                    Arc::new(HttpHandler::new(env).map_err(|e| field(handler_path, e))?)
-                }
-                HandlerType::Socks5 => Arc::new(Socks5Handler::new(env)),
-                HandlerType::Socks4 => Arc::new(Socks4Handler::new(env)),
-                HandlerType::Http2 => {
-                    if service.listener.kind != ListenerType::Http2 {
-                        return Err(field(
-                            format!("{handler_path}.type"),
-                            "handler type `http2` works only with listener type `http2`",
-                        ));
-                    }
-                    let handler = Arc::new(
-                        crate::handler::http2::Http2Handler::new(env)
-                            .map_err(|e| field(handler_path, e))?,
-                    );
-                    http2_handler = Some(handler.clone());
-                    handler
-                }
-                HandlerType::Relay if service.forwarder.is_some() => {
-                    return Err(field(
-                        handler_path,
-                        "relay forward mode (targets in the URL path or a forwarder) is not \
-                         implemented in this build of gost-rs yet",
-                    ));
-                }
-                HandlerType::Relay => Arc::new(RelayHandler::new(env)),
-                other => {
-                    return Err(not_implemented(
-                        format!("{handler_path}.type"),
-                        "handler",
-                        other.as_str(),
-                    ));
-                }
-            };
-            let listener: Box<dyn Listener> = match service.listener.kind {
-                ListenerType::Tcp => Box::new(
-                    TcpListenerImpl::bind(&service.addr)
-                        .map_err(|e| cannot_listen(&path, &service.addr, e))?,
+            let handler = Arc::new(
+                crate::handler::http2::Http2Handler::new(env)
+                    .map_err(|e| field(handler_path, e))?,
+            );
+            http2_handler = Some(handler.clone());
+            handler
+        }
+        HandlerType::Relay if service.forwarder.is_some() => {
+            return Err(field(
+                handler_path,
+                "relay forward mode (targets in the URL path or a forwarder) is not \
+                 implemented in this build of gost-rs yet",
+            ));
+        }
+        HandlerType::Relay => Arc::new(RelayHandler::new(env)),
+        other => {
+            return Err(not_implemented(
+                format!("{handler_path}.type"),
+                "handler",
+                other.as_str(),
+            ));
+        }
+    };
+    Ok(Built {
+        handler,
+        http2: http2_handler,
+    })
+}
+
+/// Binds the listener of `config.services[i]`, whose handler is `built`.
+pub fn bind_listener(
+    config: &Config,
+    i: usize,
+    tls_defaults: &TlsDefaults,
+    built: &Built,
+) -> Result<Box<dyn Listener>, ConfigError> {
+    let service = &config.services[i];
+    let path = format!("services[{i}]");
+    let http2_handler = built.http2.clone();
+    let listener: Box<dyn Listener> = match service.listener.kind {
+        ListenerType::Tcp => Box::new(
+            TcpListenerImpl::bind(&service.addr)
+                .map_err(|e| cannot_listen(&path, &service.addr, e))?,
+        ),
+        ListenerType::Tls => {
+            let tls = ServerTls::new(service.listener.tls.as_ref(), tls_defaults, &[])
+                .map_err(|e| field(format!("{path}.listener.tls"), e))?;
+            Box::new(
+                crate::listener::tls::bind(&service.addr, tls)
+                    .map_err(|e| cannot_listen(&path, &service.addr, e))?,
+            )
+        }
+        ListenerType::Ws | ListenerType::Wss => {
+            let tls = match service.listener.kind {
+                ListenerType::Wss => Some(
+                    ServerTls::new(service.listener.tls.as_ref(), tls_defaults, &[])
+                        .map_err(|e| field(format!("{path}.listener.tls"), e))?,
                 ),
-                ListenerType::Tls => {
-                    let tls = ServerTls::new(service.listener.tls.as_ref(), &tls_defaults, &[])
-                        .map_err(|e| field(format!("{path}.listener.tls"), e))?;
-                    Box::new(
-                        crate::listener::tls::bind(&service.addr, tls)
-                            .map_err(|e| cannot_listen(&path, &service.addr, e))?,
-                    )
-                }
-                ListenerType::Ws | ListenerType::Wss => {
-                    let tls = match service.listener.kind {
-                        ListenerType::Wss => Some(
-                            ServerTls::new(service.listener.tls.as_ref(), &tls_defaults, &[])
-                                .map_err(|e| field(format!("{path}.listener.tls"), e))?,
-                        ),
-                        _ => None,
-                    };
-                    let options =
-                        crate::listener::ws::WsOptions::from_metadata(&service.listener.metadata)
-                            .map_err(|e| field(format!("{path}.listener.metadata"), e))?;
-                    Box::new(
-                        crate::listener::ws::bind(&service.addr, tls, options)
-                            .map_err(|e| cannot_listen(&path, &service.addr, e))?,
-                    )
-                }
-                ListenerType::H2 | ListenerType::H2c => {
-                    let tls = if service.listener.kind == ListenerType::H2 {
-                        Some(
-                            ServerTls::new(
-                                service.listener.tls.as_ref(),
-                                &tls_defaults,
-                                crate::listener::http2::ALPN,
-                            )
-                            .map_err(|e| field(format!("{path}.listener.tls"), e))?,
-                        )
-                    } else {
-                        None
-                    };
-                    let h2_path = service
-                        .listener
-                        .metadata
-                        .string(&["path"])
-                        .filter(|p| !p.is_empty());
-                    Box::new(
-                        crate::listener::h2::bind(&service.addr, tls, h2_path)
-                            .map_err(|e| cannot_listen(&path, &service.addr, e))?,
-                    )
-                }
-                ListenerType::Grpc => {
-                    let options = crate::listener::grpc::GrpcOptions::from_metadata(
-                        &service.listener.metadata,
-                    )
-                    .map_err(|e| field(format!("{path}.listener.metadata"), e))?;
-                    let tls = if options.insecure {
-                        None
-                    } else {
-                        Some(
-                            ServerTls::new(service.listener.tls.as_ref(), &tls_defaults, &[b"h2"])
-                                .map_err(|e| field(format!("{path}.listener.tls"), e))?,
-                        )
-                    };
-                    Box::new(
-                        crate::listener::grpc::bind(&service.addr, tls, options)
-                            .map_err(|e| cannot_listen(&path, &service.addr, e))?,
-                    )
-                }
-                ListenerType::Http2 => {
-                    let Some(handler) = http2_handler else {
-                        return Err(field(
-                            format!("{path}.listener.type"),
-                            "listener type `http2` works only with handler type `http2`",
-                        ));
-                    };
-                    let tls = ServerTls::new(
+                _ => None,
+            };
+            let options = crate::listener::ws::WsOptions::from_metadata(&service.listener.metadata)
+                .map_err(|e| field(format!("{path}.listener.metadata"), e))?;
+            Box::new(
+                crate::listener::ws::bind(&service.addr, tls, options)
+                    .map_err(|e| cannot_listen(&path, &service.addr, e))?,
+            )
+        }
+        ListenerType::H2 | ListenerType::H2c => {
+            let tls = if service.listener.kind == ListenerType::H2 {
+                Some(
+                    ServerTls::new(
                         service.listener.tls.as_ref(),
-                        &tls_defaults,
+                        tls_defaults,
                         crate::listener::http2::ALPN,
                     )
-                    .map_err(|e| field(format!("{path}.listener.tls"), e))?;
-                    Box::new(
-                        crate::listener::http2::bind(&service.addr, tls, handler)
-                            .map_err(|e| cannot_listen(&path, &service.addr, e))?,
-                    )
-                }
-                ListenerType::Pht | ListenerType::Phts => {
-                    let tls = match service.listener.kind {
-                        ListenerType::Phts => Some(
-                            ServerTls::new(
-                                service.listener.tls.as_ref(),
-                                &tls_defaults,
-                                crate::listener::pht::ALPN,
-                            )
-                            .map_err(|e| field(format!("{path}.listener.tls"), e))?,
-                        ),
-                        _ => None,
-                    };
-                    let paths = crate::pht::Paths::from_metadata(&service.listener.metadata);
-                    Box::new(
-                        crate::listener::pht::bind(&service.addr, tls, &service.name, paths)
-                            .map_err(|e| cannot_listen(&path, &service.addr, e))?,
-                    )
-                }
-                ListenerType::H3 => {
-                    let tls = ServerTls::new(
-                        service.listener.tls.as_ref(),
-                        &tls_defaults,
-                        crate::h3::ALPN,
-                    )
-                    .map_err(|e| field(format!("{path}.listener.tls"), e))?;
-                    let options =
-                        crate::listener::h3::H3Options::from_metadata(&service.listener.metadata)
-                            .map_err(|e| field(format!("{path}.listener.metadata"), e))?;
-                    Box::new(
-                        crate::listener::h3::bind(&service.name, &service.addr, &tls, options)
-                            .map_err(|e| cannot_listen(&path, &service.addr, e))?,
-                    )
-                }
-                other => {
-                    return Err(not_implemented(
-                        format!("{path}.listener.type"),
-                        "listener",
-                        other.as_str(),
-                    ));
-                }
+                    .map_err(|e| field(format!("{path}.listener.tls"), e))?,
+                )
+            } else {
+                None
             };
-            Ok(Service {
-                name: Arc::from(service.name.as_str()),
-                listener,
-                handler,
-            })
-        })
-        .collect()
+            let h2_path = service
+                .listener
+                .metadata
+                .string(&["path"])
+                .filter(|p| !p.is_empty());
+            Box::new(
+                crate::listener::h2::bind(&service.addr, tls, h2_path)
+                    .map_err(|e| cannot_listen(&path, &service.addr, e))?,
+            )
+        }
+        ListenerType::Grpc => {
+            let options =
+                crate::listener::grpc::GrpcOptions::from_metadata(&service.listener.metadata)
+                    .map_err(|e| field(format!("{path}.listener.metadata"), e))?;
+            let tls = if options.insecure {
+                None
+            } else {
+                Some(
+                    ServerTls::new(service.listener.tls.as_ref(), tls_defaults, &[b"h2"])
+                        .map_err(|e| field(format!("{path}.listener.tls"), e))?,
+                )
+            };
+            Box::new(
+                crate::listener::grpc::bind(&service.addr, tls, options)
+                    .map_err(|e| cannot_listen(&path, &service.addr, e))?,
+            )
+        }
+        ListenerType::Http2 => {
+            let Some(handler) = http2_handler else {
+                return Err(field(
+                    format!("{path}.listener.type"),
+                    "listener type `http2` works only with handler type `http2`",
+                ));
+            };
+            let tls = ServerTls::new(
+                service.listener.tls.as_ref(),
+                tls_defaults,
+                crate::listener::http2::ALPN,
+            )
+            .map_err(|e| field(format!("{path}.listener.tls"), e))?;
+            Box::new(
+                crate::listener::http2::bind(&service.addr, tls, handler)
+                    .map_err(|e| cannot_listen(&path, &service.addr, e))?,
+            )
+        }
+        ListenerType::Pht | ListenerType::Phts => {
+            let tls = match service.listener.kind {
+                ListenerType::Phts => Some(
+                    ServerTls::new(
+                        service.listener.tls.as_ref(),
+                        tls_defaults,
+                        crate::listener::pht::ALPN,
+                    )
+                    .map_err(|e| field(format!("{path}.listener.tls"), e))?,
+                ),
+                _ => None,
+            };
+            let paths = crate::pht::Paths::from_metadata(&service.listener.metadata);
+            Box::new(
+                crate::listener::pht::bind(&service.addr, tls, &service.name, paths)
+                    .map_err(|e| cannot_listen(&path, &service.addr, e))?,
+            )
+        }
+        ListenerType::H3 => {
+            let tls = ServerTls::new(service.listener.tls.as_ref(), tls_defaults, crate::h3::ALPN)
+                .map_err(|e| field(format!("{path}.listener.tls"), e))?;
+            let options = crate::listener::h3::H3Options::from_metadata(&service.listener.metadata)
+                .map_err(|e| field(format!("{path}.listener.metadata"), e))?;
+            Box::new(
+                crate::listener::h3::bind(&service.name, &service.addr, &tls, options)
+                    .map_err(|e| cannot_listen(&path, &service.addr, e))?,
+            )
+        }
+        other => {
+            return Err(not_implemented(
+                format!("{path}.listener.type"),
+                "listener",
+                other.as_str(),
+            ));
+        }
+    };
+    Ok(listener)
 }
 
 /// The handler's TLS for SOCKS5's TLS methods: `handler.tls`, else the defaults, unless
@@ -449,13 +444,6 @@ fn build_hop(hop: &HopConfig, path: &str) -> Result<Hop, ConfigError> {
                             .map_err(|e| field(format!("{path}.dialer.metadata"), e))?,
                     )
                 }
-                other => {
-                    return Err(not_implemented(
-                        format!("{path}.dialer.type"),
-                        "dialer",
-                        other.as_str(),
-                    ));
-                }
             };
             let connector_path = format!("{path}.connector");
             let auth = node.connector.auth.clone();
@@ -503,31 +491,4 @@ fn build_hop(hop: &HopConfig, path: &str) -> Result<Hop, ConfigError> {
         selector.max_fails.unwrap_or(DEFAULT_MAX_FAILS),
         fail_timeout,
     ))
-}
-
-/// Accepts connections on `service` until `stop` is cancelled, serving each in a task tracked
-/// by `tunnels`.
-pub async fn serve(service: Service, stop: CancellationToken, tunnels: TaskTracker) {
-    tracing::info!(service = %service.name, addr = %service.local_addr(), "listening");
-    loop {
-        let accepted = tokio::select! {
-            _ = stop.cancelled() => break,
-            accepted = service.listener.accept() => accepted,
-        };
-        match accepted {
-            Ok((conn, client)) => {
-                let handler = service.handler.clone();
-                let request = crate::metrics::Request::start(&service.name, client);
-                tunnels.spawn(async move {
-                    handler.handle(conn, client).await;
-                    drop(request);
-                });
-            }
-            Err(e) => {
-                tracing::warn!(service = %service.name, error = %e, "accept failed");
-                tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
-            }
-        }
-    }
-    tracing::info!(service = %service.name, "stopped accepting");
 }

@@ -185,15 +185,14 @@ impl Supervisor {
         let leaving: Vec<&str> = self
             .services
             .iter()
-            .filter(|(name, running)| {
-                match config.services.iter().find(|s| &&s.name == name) {
+            .filter(
+                |(name, running)| match config.services.iter().find(|s| &&s.name == name) {
                     None => true,
                     Some(s) => {
-                        ServiceSpec::of(s, config).listener_part()
-                            != running.spec.listener_part()
+                        ServiceSpec::of(s, config).listener_part() != running.spec.listener_part()
                     }
-                }
-            })
+                },
+            )
             .map(|(_, r)| r.spec.service.addr.as_str())
             .collect();
 
@@ -207,13 +206,16 @@ impl Supervisor {
                 applied.unchanged += 1;
                 continue;
             }
-            let built = server::build_service(config, index, &chains, &tls_defaults, &self.tunnels)?;
+            let built =
+                server::build_service(config, index, &chains, &tls_defaults, &self.tunnels)?;
             match previous {
                 Some(p) if p.spec.listener_part() == spec.listener_part() => {
                     swaps.push((service.name.clone(), spec, built.handler));
                 }
                 _ => {
-                    let pending = if leaving.contains(&service.addr.as_str()) && !service.addr.ends_with(":0") {
+                    let pending = if leaving.contains(&service.addr.as_str())
+                        && !service.addr.ends_with(":0")
+                    {
                         Pending::AfterRelease
                     } else {
                         Pending::Bound(server::bind_listener(config, index, &tls_defaults, &built)?)
@@ -260,7 +262,10 @@ impl Supervisor {
         }
         // Accept loops drop their listeners as they end; wait for that before binding the
         // addresses they held.
-        if starts.iter().any(|(_, _, _, p, _)| matches!(p, Pending::AfterRelease)) {
+        if starts
+            .iter()
+            .any(|(_, _, _, p, _)| matches!(p, Pending::AfterRelease))
+        {
             for task in released {
                 let _ = tokio::time::timeout(RELEASE_TIMEOUT, task).await;
             }
@@ -296,7 +301,12 @@ impl Supervisor {
         Ok(applied)
     }
 
-    fn start(&self, spec: ServiceSpec, handler: Arc<dyn Handler>, listener: Box<dyn Listener>) -> Running {
+    fn start(
+        &self,
+        spec: ServiceSpec,
+        handler: Arc<dyn Handler>,
+        listener: Box<dyn Listener>,
+    ) -> Running {
         let local = listener.local_addr();
         let handler = Arc::new(ArcSwap::from_pointee(HandlerSlot(handler)));
         let accept = CancellationToken::new();
