@@ -104,15 +104,19 @@ impl Gost {
             thread::spawn(move || {
                 for line in BufReader::new(stderr).lines() {
                     let Ok(line) = line else { break };
+                    {
+                        let mut log = log.lock().unwrap();
+                        // Long benchmark runs log a line per tunnel; keep the start, which is
+                        // what tests look at, and a bounded amount after it.
+                        if log.len() < MAX_KEPT_LOG {
+                            log.push_str(&line);
+                            log.push('\n');
+                        }
+                    }
+                    // After the line is in the log, so that a started process's log holds
+                    // every listening line it was waited for.
                     if let Some(addr) = listening_addr(&line) {
                         let _ = tx.send(addr);
-                    }
-                    let mut log = log.lock().unwrap();
-                    // Long benchmark runs log a line per tunnel; keep the start, which is
-                    // what tests look at, and a bounded amount after it.
-                    if log.len() < MAX_KEPT_LOG {
-                        log.push_str(&line);
-                        log.push('\n');
                     }
                 }
             });

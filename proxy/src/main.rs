@@ -329,6 +329,10 @@ async fn run(args: &Args, config: Config) -> ExitCode {
         tracing::info!(files = ?files, "watching the configuration for changes");
         gost_proxy::watch::FileWatcher::new(files)
     });
+    // A change between the first read and the watcher's baseline would go unseen.
+    if watcher.is_some() && assemble_config(args).ok().as_ref() != Some(&config) {
+        reload(args, &mut supervisor, &ready, "file change").await;
+    }
     ready.set(supervisor.all_bound());
     let signal = loop {
         let cause = tokio::select! {

@@ -1,0 +1,303 @@
+//! Hot reload under load: the configuration file is rewritten 20 times through the kubelet's
+//! `..data` symlink swap while long-lived tunnels stay open and new requests keep coming.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use gost_e2e::*;
+
+/// The address the last `listening` line of `service` reports.
+fn service_addr(log: &str, service: &str) -> Option<SocketAddr> {
+    log.lines()
+        .rev()
+        .filter(|l| {
+            l.contains("\"listening\"") && l.contains(&format!("\"service\":\"{service}\""))
+        })
+        .find_map(|l| {
+            let start = l.find("\"addr\":\"")? + 8;
+            let rest = &l[start..];
+            rest[..rest.find('"')?].parse().ok()
+        })
+}
+
+/// Waits until the log holds `n` lines containing `what`.
+fn wait_for_count(gost: &Gost, what: &str, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while gost.log().matches(what).count() < n {
+        assert!(
+            Instant::now() < deadline,
+            "waited for {n} × {what:?}; log:\n{}",
+            gost.log()
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Writes `yaml` as a new timestamped directory and swaps `..data` to it, as the kubelet does.
+fn kubelet_write(dir: &Path, version: usize, yaml: &str) {
+    let data = dir.join(format!("..v{version}"));
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("gost.yaml"), yaml).unwrap();
+    let tmp = dir.join("..data_tmp");
+    std::os::unix::fs::symlink(format!("..v{version}"), &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join("..data")).unwrap();
+}
+
+fn config(
+    upstream: SocketAddr,
+    changing_password: &str,
+    with_removable: bool,
+    extra: usize,
+) -> String {
+    let mut yaml = format!(
+        "services:\n\
+         - name: stable\n  addr: 127.0.0.1:0\n  handler:\n    type: http\n  listener:\n    type: tcp\n\
+         - name: changing\n  addr: 127.0.0.1:0\n  handler:\n    type: http\n    auth:\n      username: u\n      password: {changing_password}\n  listener:\n    type: tcp\n\
+         - name: chained\n  addr: 127.0.0.1:0\n  handler:\n    type: http\n    chain: up\n  listener:\n    type: tcp\n"
+    );
+    if with_removable {
+        yaml.push_str(
+            "- name: removable\n  addr: 127.0.0.1:0\n  handler:\n    type: http\n  listener:\n    type: tcp\n",
+        );
+    }
+    for i in 0..extra {
+        yaml.push_str(&format!(
+            "- name: extra-{i}\n  addr: 127.0.0.1:0\n  handler:\n    type: socks5\n  listener:\n    type: tcp\n"
+        ));
+    }
+    yaml.push_str(&format!(
+        "chains:\n- name: up\n  hops:\n  - name: hop-0\n    nodes:\n    - name: node-0\n      addr: {upstream}\n      connector:\n        type: http\n      dialer:\n        type: tcp\n"
+    ));
+    yaml
+}
+
+fn ping(stream: &mut TcpStream, round: u8) {
+    let msg = [round; 16];
+    stream.write_all(&msg).expect("long-lived tunnel writes");
+    let mut back = [0u8; 16];
+    stream
+        .read_exact(&mut back)
+        .expect("long-lived tunnel reads");
+    assert_eq!(back, msg);
+}
+
+#[test]
+fn twenty_reloads_under_load_drop_nothing_that_did_not_change() {
+    let echo = Target::echo();
+    let up_a = Gost::start(&["-L", "http://127.0.0.1:0"], 1);
+    let up_b = Gost::start(&["-L", "http://127.0.0.1:0"], 1);
+    let dir = tempdir();
+    kubelet_write(&dir, 0, &config(up_a.addr(), "p0", true, 0));
+    std::os::unix::fs::symlink("..data/gost.yaml", dir.join("gost.yaml")).unwrap();
+    let file = dir.join("gost.yaml");
+    let gost = Gost::start(
+        &[
+            "-C",
+            file.to_str().unwrap(),
+            "-metrics",
+            "127.0.0.1:0",
+            "--grace-period",
+            "1s",
+        ],
+        5,
+    );
+    let metrics = gost.addrs()[0];
+    let log = gost.log();
+    let stable = service_addr(&log, "stable").unwrap();
+    let changing = service_addr(&log, "changing").unwrap();
+    let chained = service_addr(&log, "chained").unwrap();
+    let removable = service_addr(&log, "removable").unwrap();
+    let target = echo.addr.to_string();
+
+    // Long-lived tunnels on every service that stays, and one on the service that goes.
+    let mut long_lived: Vec<TcpStream> = (0..4)
+        .map(|_| http_connect(stable, &target, None).unwrap())
+        .collect();
+    long_lived.push(http_connect(changing, &target, Some("u:p0")).unwrap());
+    long_lived.push(http_connect(chained, &target, None).unwrap());
+    let mut on_removed = http_connect(removable, &target, None).unwrap();
+    for t in &mut long_lived {
+        ping(t, 0);
+    }
+
+    // A steady stream of new requests on the unchanged service.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (done, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let load = {
+        let (stop, done, failed, target) =
+            (stop.clone(), done.clone(), failed.clone(), target.clone());
+        thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+                let ok = http_connect(stable, &target, None)
+                    .map(|mut t| {
+                        t.write_all(b"x").is_ok() && {
+                            let mut b = [0u8; 1];
+                            t.read_exact(&mut b).is_ok()
+                        }
+                    })
+                    .unwrap_or(false);
+                if ok { &done } else { &failed }.fetch_add(1, Ordering::SeqCst);
+                thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+
+    // 20 rewrites: services added and removed, a password changed, the chain moved to another
+    // upstream, and invalid configurations in between.
+    let mut applied = 0;
+    let mut refused = 0;
+    for round in 1..=20usize {
+        let upstream = if round % 2 == 0 {
+            up_b.addr()
+        } else {
+            up_a.addr()
+        };
+        let yaml = if round % 5 == 3 {
+            "services:\n- name: stable\n  addr: 127.0.0.1:0\n  handler:\n    type: nonsense\n"
+                .to_string()
+        } else {
+            config(upstream, &format!("p{round}"), round < 4, round % 4)
+        };
+        kubelet_write(&dir, round, &yaml);
+        if round % 5 == 3 {
+            refused += 1;
+            wait_for_count(&gost, "configuration refused", refused);
+        } else {
+            applied += 1;
+            wait_for_count(&gost, "configuration applied", applied);
+        }
+        for t in &mut long_lived {
+            ping(t, round as u8);
+        }
+        if round == 4 {
+            // `removable` left in this round: its port closes at once, its tunnel after the
+            // 1 s grace period.
+            assert!(
+                TcpStream::connect(removable).is_err(),
+                "removed port still open"
+            );
+            ping(&mut on_removed, 4);
+            thread::sleep(Duration::from_millis(1500));
+            let mut b = [0u8; 1];
+            on_removed
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            assert!(
+                matches!(on_removed.read(&mut b), Ok(0) | Err(_)),
+                "the removed service's tunnel outlived its grace period"
+            );
+        }
+        // The new password and the new chain apply to new tunnels at once.
+        if round % 5 != 3 {
+            assert!(http_connect(changing, &target, Some(&format!("u:p{round}"))).is_ok());
+            assert!(http_connect(changing, &target, Some("u:p0")).is_err());
+            let before = if round % 2 == 0 { &up_b } else { &up_a }
+                .log()
+                .matches("\"tunnel\"")
+                .count();
+            drop(http_connect(chained, &target, None).unwrap());
+            let via = if round % 2 == 0 { &up_b } else { &up_a };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while via.log().matches("\"tunnel\"").count() <= before {
+                assert!(
+                    Instant::now() < deadline,
+                    "round {round}: chain change not applied"
+                );
+                thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    load.join().unwrap();
+    assert_eq!(
+        failed.load(Ordering::SeqCst),
+        0,
+        "requests failed on the unchanged service"
+    );
+    assert!(done.load(Ordering::SeqCst) > 20, "the load did not run");
+    // Unchanged services kept their addresses (never rebound).
+    let log = gost.log();
+    assert_eq!(
+        log.lines()
+            .filter(|l| l.contains("\"listening\"") && l.contains("\"service\":\"stable\""))
+            .count(),
+        1,
+        "the unchanged service was rebound"
+    );
+    for t in &mut long_lived {
+        ping(t, 99);
+    }
+
+    // The counters agree.
+    let out = python("scrape_metrics.py", &[&format!("http://{metrics}/metrics")]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let text = out.text();
+    let value = |prefix: &str| {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    assert_eq!(
+        value("gost_config_generation{"),
+        Some(1.0 + applied as f64),
+        "{text}"
+    );
+    assert_eq!(
+        value("gost_config_reload_errors_total{"),
+        Some(refused as f64),
+        "{text}"
+    );
+    let readyz = curl(&[&format!("http://{metrics}/readyz")]);
+    assert!(readyz.text().starts_with("ready"), "{}", readyz.text());
+}
+
+#[test]
+fn sighup_reloads_and_an_invalid_file_is_shown_by_readyz() {
+    let dir = tempdir();
+    let file = dir.join("gost.yaml");
+    let one = "services:\n- name: a\n  addr: 127.0.0.1:0\n  handler:\n    type: http\n  listener:\n    type: tcp\n";
+    std::fs::write(&file, one).unwrap();
+    let gost = Gost::start(
+        &["-C", file.to_str().unwrap(), "-metrics", "127.0.0.1:0"],
+        2,
+    );
+    let metrics = gost.addrs()[0];
+    std::fs::write(&file, "services:\n- name: a\n  addr: [oops\n").unwrap();
+    wait_for_count(&gost, "configuration refused", 1);
+    let readyz = curl(&[&format!("http://{metrics}/readyz")]);
+    assert!(readyz.text().starts_with("ready"), "{}", readyz.text());
+    assert!(
+        readyz.text().contains("gost.yaml"),
+        "names the file: {}",
+        readyz.text()
+    );
+    // The fixed file is picked up by the watcher, then SIGHUP re-reads it on demand.
+    std::fs::write(
+        &file,
+        format!(
+            "{one}- name: b\n  addr: 127.0.0.1:0\n  handler:\n    type: socks5\n  listener:\n    type: tcp\n"
+        ),
+    )
+    .unwrap();
+    wait_for_count(&gost, "configuration applied", 1);
+    gost.signal("HUP");
+    wait_for_count(&gost, "configuration applied", 2);
+    assert!(
+        gost.log()
+            .lines()
+            .any(|l| l.contains("configuration applied") && l.contains("SIGHUP")),
+        "{}",
+        gost.log()
+    );
+    let b = service_addr(&gost.log(), "b").expect("service b started");
+    assert!(TcpStream::connect(b).is_ok());
+    let readyz = curl(&[&format!("http://{metrics}/readyz")]);
+    assert_eq!(readyz.text().trim(), "ready", "{}", readyz.text());
+}
