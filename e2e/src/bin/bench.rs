@@ -55,6 +55,10 @@ struct Row {
 }
 
 fn main() {
+    if std::env::args().any(|a| a == "--reload") {
+        reload_latency(&release_gost());
+        return;
+    }
     let quick = std::env::args().any(|a| a == "--quick");
     let ttfb_only = std::env::args().any(|a| a == "--ttfb");
     let transports_only = std::env::args().any(|a| a == "--transports");
@@ -970,4 +974,107 @@ impl Peer {
             _dir: dir,
         })
     }
+}
+
+/// Services in the reload benchmark's configuration (issue 5: 100).
+const RELOAD_SERVICES: usize = 100;
+/// Reloads measured.
+const RELOADS: usize = 20;
+
+/// `--reload`: how long after a configuration file changes (the kubelet's `..data` swap) a
+/// gost with 100 services has applied it, from the rename to the `configuration applied` log
+/// line's timestamp; each new version changes one service's handler and adds one service.
+fn reload_latency(bin: &std::path::Path) {
+    let dir = gost_e2e::tempdir();
+    let yaml = |version: usize| {
+        let mut yaml = String::from("services:\n");
+        for i in 0..RELOAD_SERVICES + version {
+            let auth = if i == 0 {
+                format!("    auth:\n      username: u\n      password: p{version}\n")
+            } else {
+                String::new()
+            };
+            yaml.push_str(&format!(
+                "- name: s{i}\n  addr: 127.0.0.1:0\n  handler:\n    type: http\n{auth}  listener:\n    type: tcp\n"
+            ));
+        }
+        yaml
+    };
+    let write = |version: usize| {
+        let data = dir.join(format!("..v{version}"));
+        std::fs::create_dir(&data).unwrap();
+        std::fs::write(data.join("gost.yaml"), yaml(version)).unwrap();
+        std::os::unix::fs::symlink(format!("..v{version}"), dir.join("..tmp")).unwrap();
+        let before = seconds_of_day(std::time::SystemTime::now());
+        std::fs::rename(dir.join("..tmp"), dir.join("..data")).unwrap();
+        before
+    };
+    write(0);
+    std::os::unix::fs::symlink("..data/gost.yaml", dir.join("gost.yaml")).unwrap();
+    let file = dir.join("gost.yaml");
+    let gost = Gost::start_bin(bin, &["-C", file.to_str().unwrap()], RELOAD_SERVICES, None);
+    let mut latencies = Vec::new();
+    let mut applies = Vec::new();
+    for version in 1..=RELOADS {
+        let changed_at = write(version);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let line = loop {
+            let log = gost.log();
+            if let Some(line) = log
+                .lines()
+                .filter(|l| l.contains("configuration applied"))
+                .nth(version - 1)
+            {
+                break line.to_string();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "reload {version} not applied:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let stamp = line
+            .split("\"timestamp\":\"")
+            .nth(1)
+            .and_then(|t| t.split('T').nth(1))
+            .and_then(|t| t.trim_end_matches(|c| c != 'Z').strip_suffix('Z'))
+            .map(|hms| {
+                hms.split(':')
+                    .map(|p| p.parse::<f64>().unwrap())
+                    .fold(0.0, |acc, p| acc * 60.0 + p)
+            })
+            .expect("timestamp");
+        latencies.push((stamp - changed_at) * 1e3);
+        let took = line
+            .split("\"took_ms\":")
+            .nth(1)
+            .and_then(|t| t.split([',', '}']).next())
+            .and_then(|t| t.parse::<f64>().ok())
+            .unwrap_or(f64::NAN);
+        applies.push(took);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let median = |v: &mut Vec<f64>| quantile(v, 0.5);
+    let max = |v: &[f64]| v.iter().cloned().fold(f64::MIN, f64::max);
+    println!("| reload of {RELOAD_SERVICES}+ services ({RELOADS} times) | median ms | max ms |");
+    println!("|---|---:|---:|");
+    println!(
+        "| file renamed → configuration applied | {:.1} | {:.1} |",
+        median(&mut latencies.clone()),
+        max(&latencies)
+    );
+    println!(
+        "| of which applying (build, bind, swap) | {:.1} | {:.1} |",
+        median(&mut applies.clone()),
+        max(&applies)
+    );
+}
+
+/// Seconds since midnight UTC, as the log's timestamps give them.
+fn seconds_of_day(t: std::time::SystemTime) -> f64 {
+    let since = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    since % 86_400.0
 }
