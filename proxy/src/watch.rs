@@ -56,8 +56,10 @@ impl FileWatcher {
             }
         };
         let (changed_tx, changed) = mpsc::channel(1);
+        // Read now, not in the task: a change between this call and the task's first run
+        // would otherwise become the baseline and go unnoticed.
+        let mut seen = contents(&files);
         let task = tokio::spawn(async move {
-            let mut seen = contents(&files);
             let mut poll = tokio::time::interval(POLL_INTERVAL);
             poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
