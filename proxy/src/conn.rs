@@ -138,3 +138,48 @@ impl<C: Conn> Conn for Prefixed<C> {
         self.inner.has_read_readiness()
     }
 }
+
+/// TCP keepalive on every tunnel socket: an idle tunnel whose peer vanished (a node rebooted, a
+/// NAT or load balancer dropped the flow) is found and closed instead of hanging for ever.
+/// First probe after this much silence: under the idle timeouts of common cloud load
+/// balancers (about 4 minutes) and NAT tables, so probes also keep live flows open.
+pub const TCP_KEEPALIVE_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
+/// Between unanswered probes.
+pub const TCP_KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+/// Unanswered probes before the kernel closes the socket: a dead peer is noticed within
+/// about a minute.
+pub const TCP_KEEPALIVE_RETRIES: u32 = 3;
+
+/// Settings for every tunnel socket, accepted or dialled: no Nagle delay (tunnels carry
+/// interactive protocols, and batching small writes only adds latency) and TCP keepalive.
+pub fn tune_tcp(stream: &TcpStream) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(TCP_KEEPALIVE_IDLE)
+        .with_interval(TCP_KEEPALIVE_INTERVAL)
+        .with_retries(TCP_KEEPALIVE_RETRIES);
+    socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive)
+}
+
+#[cfg(test)]
+mod keepalive_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn tunnel_sockets_get_keepalive() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let stream = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        tune_tcp(&stream).unwrap();
+        let sock = socket2::SockRef::from(&stream);
+        assert!(sock.keepalive().unwrap());
+        assert_eq!(sock.tcp_keepalive_time().unwrap(), TCP_KEEPALIVE_IDLE);
+        assert_eq!(
+            sock.tcp_keepalive_interval().unwrap(),
+            TCP_KEEPALIVE_INTERVAL
+        );
+        assert_eq!(sock.tcp_keepalive_retries().unwrap(), TCP_KEEPALIVE_RETRIES);
+        assert!(stream.nodelay().unwrap());
+    }
+}

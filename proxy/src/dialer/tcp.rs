@@ -30,7 +30,7 @@ pub async fn connect(addr: &Address, timeout: Duration) -> io::Result<TcpStream>
             Host::Ip(ip) => TcpStream::connect(SocketAddr::new(*ip, addr.port)).await?,
             Host::Domain(name) => TcpStream::connect((name.as_str(), addr.port)).await?,
         };
-        stream.set_nodelay(true)?;
+        crate::conn::tune_tcp(&stream)?;
         Ok(stream)
     };
     match tokio::time::timeout(timeout, attempt).await {

@@ -89,8 +89,7 @@ impl TcpListenerImpl {
     /// The next connection as a TCP stream, for listeners that add a handshake.
     pub async fn accept_tcp(&self) -> io::Result<(TcpStream, SocketAddr)> {
         let (stream, peer) = self.inner.accept().await?;
-        // Tunnels carry interactive protocols; batching small writes only adds latency.
-        stream.set_nodelay(true)?;
+        crate::conn::tune_tcp(&stream)?;
         Ok((stream, peer))
     }
 }
