@@ -177,3 +177,56 @@ fn bad_metrics_flag_is_refused_by_name() {
     assert_eq!(out.code, 2);
     assert!(out.stderr.contains("paht"), "{}", out.stderr);
 }
+
+#[test]
+fn connections_beyond_the_limit_are_refused_and_counted() {
+    let echo = Target::echo();
+    let gost = Gost::start_config(
+        "services:\n\
+         - name: small\n  addr: 127.0.0.1:0\n  handler:\n    type: http\n  listener:\n    type: tcp\n  metadata:\n    maxConnections: 2\n\
+         metrics:\n  addr: 127.0.0.1:0\n",
+        2,
+    );
+    let (metrics, proxy) = (gost.addrs()[0], gost.addrs()[1]);
+    let target = echo.addr.to_string();
+    let first = http_connect(proxy, &target, None).expect("first tunnel");
+    let _second = http_connect(proxy, &target, None).expect("second tunnel");
+    // The third is closed at once, without an answer.
+    assert!(http_connect(proxy, &target, None).is_err());
+    let text = scrape(&format!("http://{metrics}/metrics"), None);
+    assert_eq!(
+        sample(&text, "gost_service_refused_connections_total{host="),
+        Some(1.0),
+        "{text}"
+    );
+    // A freed slot is usable again.
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if http_connect(proxy, &target, None).is_ok() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the slot was never freed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn invalid_connection_limit_names_the_field() {
+    let file = tempdir().join("gost.yaml");
+    std::fs::write(
+        &file,
+        "services:\n- name: s\n  addr: 127.0.0.1:0\n  handler:\n    type: http\n  listener:\n    type: tcp\n  metadata:\n    maxConnections: -3\n",
+    )
+    .unwrap();
+    let out = run(
+        gost_bin().to_str().unwrap(),
+        &["-C", file.to_str().unwrap()],
+    );
+    assert_eq!(out.code, 2);
+    assert!(
+        out.stderr.contains("services[0].metadata.maxConnections"),
+        "{}",
+        out.stderr
+    );
+}

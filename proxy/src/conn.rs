@@ -139,6 +139,79 @@ impl<C: Conn> Conn for Prefixed<C> {
     }
 }
 
+/// A client connection carrying something that must live exactly as long as it: the service's
+/// connection-limit permit and its metrics. Handlers may hand the stream to another task
+/// (the HTTP handler's CONNECT upgrade does), so the guard travels with the stream rather than
+/// with the task that accepted it.
+pub struct Guarded {
+    inner: BoxConn,
+    _guard: Box<dyn Send + Sync>,
+}
+
+impl Guarded {
+    /// `inner`, holding `guard` until it is dropped.
+    pub fn boxed(inner: BoxConn, guard: impl Send + Sync + 'static) -> BoxConn {
+        Box::new(Guarded {
+            inner,
+            _guard: Box::new(guard),
+        })
+    }
+}
+
+impl AsyncRead for Guarded {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Guarded {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl Conn for Guarded {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.inner.poll_read_ready(cx)
+    }
+
+    fn has_read_readiness(&self) -> bool {
+        self.inner.has_read_readiness()
+    }
+
+    fn as_tcp(&self) -> Option<&TcpStream> {
+        self.inner.as_tcp()
+    }
+}
+
 /// TCP keepalive on every tunnel socket: an idle tunnel whose peer vanished (a node rebooted, a
 /// NAT or load balancer dropped the flow) is found and closed instead of hanging for ever.
 /// First probe after this much silence: under the idle timeouts of common cloud load

@@ -152,6 +152,7 @@ struct Runtime {
     reload_errors: IntCounterVec,
     open_tunnels: IntGaugeVec,
     auth_failures: IntCounterVec,
+    refused: IntCounterVec,
 }
 
 static RUNTIME: LazyLock<Runtime> = LazyLock::new(|| Runtime {
@@ -185,7 +186,17 @@ static RUNTIME: LazyLock<Runtime> = LazyLock::new(|| Runtime {
         "Failed client authentications",
         &["host", "service"],
     ),
+    refused: counters(
+        "gost_service_refused_connections_total",
+        "Connections closed at once because the service was at its connection limit",
+        &["host", "service"],
+    ),
 });
+
+/// A connection to `service` was refused at its connection limit.
+pub fn connection_refused(service: &str) {
+    RUNTIME.refused.with_label_values(&[host(), service]).inc();
+}
 
 /// A configuration was applied: the `generation`th.
 pub fn config_applied(generation: u64) {

@@ -93,8 +93,40 @@ impl ServiceSpec {
     }
 }
 
-/// The handler a service's accept loop hands connections to; swapped on reload.
-struct HandlerSlot(Arc<dyn Handler>);
+/// Connections one service serves at once unless its `maxConnections` metadata says otherwise:
+/// each takes two file descriptors and some memory, and a flood beyond this is better refused
+/// at the door than allowed to exhaust the process for every other service.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+
+/// The handler a service's accept loop hands connections to, and the service's connection
+/// limit; swapped together on reload.
+struct HandlerSlot {
+    handler: Arc<dyn Handler>,
+    limit: Arc<tokio::sync::Semaphore>,
+}
+
+impl HandlerSlot {
+    fn new(
+        handler: Arc<dyn Handler>,
+        service: &ServiceConfig,
+        index: usize,
+    ) -> Result<Self, ConfigError> {
+        let limit = match service.metadata.int(&["maxConnections", "maxConns"]) {
+            Ok(None) => DEFAULT_MAX_CONNECTIONS,
+            Ok(Some(n)) if n > 0 => n as usize,
+            Ok(Some(_)) | Err(_) => {
+                return Err(ConfigError::Field {
+                    path: format!("services[{index}].metadata.maxConnections"),
+                    message: "must be a positive number of connections".into(),
+                });
+            }
+        };
+        Ok(HandlerSlot {
+            handler,
+            limit: Arc::new(tokio::sync::Semaphore::new(limit)),
+        })
+    }
+}
 
 struct Running {
     spec: ServiceSpec,
@@ -210,7 +242,8 @@ impl Supervisor {
                 server::build_service(config, index, &chains, &tls_defaults, &self.tunnels)?;
             match previous {
                 Some(p) if p.spec.listener_part() == spec.listener_part() => {
-                    swaps.push((service.name.clone(), spec, built.handler));
+                    let slot = HandlerSlot::new(built.handler, service, index)?;
+                    swaps.push((service.name.clone(), spec, slot));
                 }
                 _ => {
                     let pending = if leaving.contains(&service.addr.as_str())
@@ -220,7 +253,8 @@ impl Supervisor {
                     } else {
                         Pending::Bound(server::bind_listener(config, index, &tls_defaults, &built)?)
                     };
-                    starts.push((index, spec, built, pending, previous.is_some()));
+                    let slot = HandlerSlot::new(built.handler.clone(), service, index)?;
+                    starts.push((index, spec, built, slot, pending, previous.is_some()));
                 }
             }
         }
@@ -254,9 +288,9 @@ impl Supervisor {
                 applied.removed.push(name);
             }
         }
-        for (name, spec, handler) in swaps {
+        for (name, spec, slot) in swaps {
             let running = self.services.get_mut(&name).expect("swapped services run");
-            running.handler.store(Arc::new(HandlerSlot(handler)));
+            running.handler.store(Arc::new(slot));
             running.spec = spec;
             applied.updated.push(name);
         }
@@ -264,14 +298,14 @@ impl Supervisor {
         // addresses they held.
         if starts
             .iter()
-            .any(|(_, _, _, p, _)| matches!(p, Pending::AfterRelease))
+            .any(|(_, _, _, _, p, _)| matches!(p, Pending::AfterRelease))
         {
             for task in released {
                 let _ = tokio::time::timeout(RELEASE_TIMEOUT, task).await;
             }
         }
         let mut all_bound = true;
-        for (index, spec, built, pending, existed) in starts {
+        for (index, spec, built, slot, pending, existed) in starts {
             let name = spec.service.name.clone();
             let listener = match pending {
                 Pending::Bound(listener) => listener,
@@ -287,7 +321,7 @@ impl Supervisor {
                     }
                 }
             };
-            let running = self.start(spec, built.handler, listener);
+            let running = self.start(spec, slot, listener);
             self.services.insert(name.clone(), running);
             if existed {
                 applied.replaced.push(name);
@@ -301,14 +335,9 @@ impl Supervisor {
         Ok(applied)
     }
 
-    fn start(
-        &self,
-        spec: ServiceSpec,
-        handler: Arc<dyn Handler>,
-        listener: Box<dyn Listener>,
-    ) -> Running {
+    fn start(&self, spec: ServiceSpec, slot: HandlerSlot, listener: Box<dyn Listener>) -> Running {
         let local = listener.local_addr();
-        let handler = Arc::new(ArcSwap::from_pointee(HandlerSlot(handler)));
+        let handler = Arc::new(ArcSwap::from_pointee(slot));
         let accept = CancellationToken::new();
         let tunnels = CancellationToken::new();
         let accept_task = tokio::spawn(accept_loop(
@@ -381,15 +410,23 @@ async fn accept_loop(
         };
         match accepted {
             Ok((conn, client)) => {
-                let handler = handler.load().0.clone();
+                let slot = handler.load();
+                let Ok(permit) = slot.limit.clone().try_acquire_owned() else {
+                    // Refused at the door: the client sees its connection closed at once.
+                    crate::metrics::connection_refused(&name);
+                    tracing::debug!(service = %name, client = %client, "connection limit reached; refused");
+                    drop(conn);
+                    continue;
+                };
+                let handler = slot.handler.clone();
                 let request = crate::metrics::Request::start(&name, client);
+                let conn = crate::conn::Guarded::boxed(conn, (permit, request));
                 let cancel = cancel_tunnels.clone();
                 tunnels.spawn(async move {
                     tokio::select! {
                         _ = handler.handle(conn, client) => {}
                         _ = cancel.cancelled() => {}
                     }
-                    drop(request);
                 });
             }
             Err(e) => {
