@@ -230,3 +230,35 @@ fn invalid_connection_limit_names_the_field() {
         out.stderr
     );
 }
+
+#[test]
+fn repeated_wrong_passwords_get_the_address_refused_and_counted() {
+    let echo = Target::echo();
+    let gost = Gost::start(
+        &[
+            "-L",
+            "http://u:right@127.0.0.1:0",
+            "-metrics",
+            "127.0.0.1:0",
+        ],
+        2,
+    );
+    let (metrics, proxy) = (gost.addrs()[0], gost.addrs()[1]);
+    let target = echo.addr.to_string();
+    assert!(http_connect(proxy, &target, Some("u:right")).is_ok());
+    for _ in 0..10 {
+        let refused = http_connect(proxy, &target, Some("u:guess")).unwrap_err();
+        assert!(refused.starts_with("HTTP/1.1 407"), "{refused}");
+    }
+    // Now even the right password is refused from this address, for the rest of the minute.
+    let refused = http_connect(proxy, &target, Some("u:right")).unwrap_err();
+    assert!(refused.starts_with("HTTP/1.1 407"), "{refused}");
+    assert!(gost.log().contains("too many failed authentications"));
+    let text = scrape(&format!("http://{metrics}/metrics"), None);
+    assert_eq!(
+        sample(&text, "gost_service_auth_failures_total{host="),
+        Some(11.0),
+        "{text}"
+    );
+    assert!(!gost.log().contains("guess"), "a password reached the log");
+}

@@ -196,7 +196,10 @@ fn twenty_reloads_under_load_drop_nothing_that_did_not_change() {
         // The new password and the new chain apply to new tunnels at once.
         if round % 5 != 3 {
             assert!(http_connect(changing, &target, Some(&format!("u:p{round}"))).is_ok());
-            assert!(http_connect(changing, &target, Some("u:p0")).is_err());
+            // Not every round: ten failures a minute from one address get it refused.
+            if round % 4 == 1 {
+                assert!(http_connect(changing, &target, Some("u:p0")).is_err());
+            }
             let before = if round % 2 == 0 { &up_b } else { &up_a }
                 .log()
                 .matches("\"tunnel\"")

@@ -67,7 +67,7 @@ pub(crate) fn proxy_auth_accepted(
         .and_then(|v| crate::codec::http::basic_credentials(v.as_bytes()));
     let accepted = credentials
         .as_ref()
-        .is_some_and(|(user, pass)| auth.check(user, pass));
+        .is_some_and(|(user, pass)| auth.check_from(client.ip(), user, pass));
     if !accepted {
         let user = credentials.map(|(user, _)| user);
         crate::metrics::auth_failed(&env.service);

@@ -87,7 +87,7 @@ impl RelayHandler {
         };
         let (username, password) = request.user_auth().unwrap_or((b"", b""));
         let accepted = match (std::str::from_utf8(username), std::str::from_utf8(password)) {
-            (Ok(username), Ok(password)) => auth.check(username, password),
+            (Ok(username), Ok(password)) => auth.check_from(client.ip(), username, password),
             _ => false,
         };
         if !accepted {

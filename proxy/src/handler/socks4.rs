@@ -48,8 +48,8 @@ impl Handler for Socks4Handler {
         if let Some(auth) = &self.env.auth {
             // SOCKS4 has no password: the user id must name a user whose configured password is
             // empty, as in GOST.
-            let accepted =
-                std::str::from_utf8(&request.user_id).is_ok_and(|user| auth.check(user, ""));
+            let accepted = std::str::from_utf8(&request.user_id)
+                .is_ok_and(|user| auth.check_from(client.ip(), user, ""));
             if !accepted {
                 crate::metrics::auth_failed(&self.env.service);
                 crate::metrics::handler_error(&self.env.service, client);

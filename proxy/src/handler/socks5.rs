@@ -120,7 +120,9 @@ impl Socks5Handler {
                     std::str::from_utf8(&creds.username),
                     std::str::from_utf8(&creds.password),
                 ) {
-                    (Ok(username), Ok(password)) => auth.check(username, password),
+                    (Ok(username), Ok(password)) => {
+                        auth.check_from(client.ip(), username, password)
+                    }
                     _ => false,
                 };
                 send(conn, &socks5::encode_user_pass_reply(accepted)).await?;
