@@ -59,6 +59,19 @@ fn main() {
         reload_latency(&release_gost());
         return;
     }
+    if let Some(minutes) = std::env::args()
+        .skip_while(|a| a != "--soak")
+        .nth(1)
+        .and_then(|m| m.parse::<u64>().ok())
+    {
+        let bin = release_gost();
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(soak(&bin, Duration::from_secs(minutes * 60)));
+        return;
+    }
     let quick = std::env::args().any(|a| a == "--quick");
     let ttfb_only = std::env::args().any(|a| a == "--ttfb");
     let transports_only = std::env::args().any(|a| a == "--transports");
@@ -1077,4 +1090,133 @@ fn seconds_of_day(t: std::time::SystemTime) -> f64 {
         .unwrap()
         .as_secs_f64();
     since % 86_400.0
+}
+
+/// Every transport of the seed page, as the soak runs them (scheme on both ends).
+const SOAK_TRANSPORTS: [&str; 11] = [
+    "http",
+    "socks5",
+    "relay+tls",
+    "relay+ws",
+    "relay+wss",
+    "relay+h2c",
+    "relay+h2",
+    "http2",
+    "relay+grpc",
+    "relay+pht",
+    "h3",
+];
+
+/// New tunnels per second per transport during the soak.
+const SOAK_RATE: u64 = 10;
+/// How often RSS and open descriptors are sampled.
+const SOAK_SAMPLE: Duration = Duration::from_secs(60);
+
+/// `--soak MINUTES`: tunnels churned over every transport through one gost server process and
+/// one gost client process (an HTTP front per transport chained to the server's service);
+/// prints RSS and open file descriptors of both every minute.
+async fn soak(bin: &std::path::Path, length: Duration) {
+    let echo = start_echo().await;
+    let mut server_args = Vec::new();
+    for scheme in SOAK_TRANSPORTS {
+        server_args.push("-L".to_string());
+        server_args.push(format!("{scheme}://127.0.0.1:0"));
+    }
+    let server_args: Vec<&str> = server_args.iter().map(String::as_str).collect();
+    let server = Gost::start_bin(bin, &server_args, SOAK_TRANSPORTS.len(), None);
+    // The client: one HTTP front per transport, each with its own one-hop chain.
+    let mut yaml = String::from("services:\n");
+    for (i, _) in SOAK_TRANSPORTS.iter().enumerate() {
+        yaml.push_str(&format!(
+            "- name: front-{i}\n  addr: 127.0.0.1:0\n  handler:\n    type: http\n    chain: c{i}\n  listener:\n    type: tcp\n"
+        ));
+    }
+    yaml.push_str("chains:\n");
+    for (i, scheme) in SOAK_TRANSPORTS.iter().enumerate() {
+        let (connector, dialer) = match scheme.split_once('+') {
+            Some((c, d)) => (c, d),
+            None if *scheme == "h3" => ("http", "h3"),
+            None if *scheme == "http2" => ("http2", "http2"),
+            None => (*scheme, "tcp"),
+        };
+        let nodelay = if connector == "relay" {
+            "      connector:\n        type: relay\n        metadata:\n          nodelay: true\n"
+                .to_string()
+        } else {
+            format!("      connector:\n        type: {connector}\n")
+        };
+        yaml.push_str(&format!(
+            "- name: c{i}\n  hops:\n  - name: h{i}\n    nodes:\n    - name: n{i}\n      addr: {}\n{nodelay}      dialer:\n        type: {dialer}\n",
+            server.addrs()[i]
+        ));
+    }
+    let file = gost_e2e::tempdir().join("client.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let client = Gost::start_bin(
+        bin,
+        &["-C", file.to_str().unwrap()],
+        SOAK_TRANSPORTS.len(),
+        None,
+    );
+    let fronts: Vec<SocketAddr> = client.addrs().to_vec();
+    let failures = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + length;
+    let mut churners = Vec::new();
+    for front in fronts {
+        let (failures, done) = (failures.clone(), done.clone());
+        churners.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(1000 / SOAK_RATE));
+            while Instant::now() < deadline {
+                tick.tick().await;
+                let route = Route::HttpConnect {
+                    proxy: front,
+                    auth: None,
+                };
+                let ok = async {
+                    let mut s = open(&route, echo).await?;
+                    let data = [7u8; 4096];
+                    s.write_all(&data).await?;
+                    let mut back = [0u8; 4096];
+                    s.read_exact(&mut back).await?;
+                    std::io::Result::Ok(back == data)
+                };
+                match tokio::time::timeout(Duration::from_secs(10), ok).await {
+                    Ok(Ok(true)) => done.fetch_add(1, Ordering::Relaxed),
+                    _ => failures.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        }));
+    }
+    println!(
+        "| minute | tunnels | failed | server RSS KiB | server fds | client RSS KiB | client fds |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    let started = Instant::now();
+    let mut minute = 0;
+    loop {
+        println!(
+            "| {minute} | {} | {} | {:.0} | {} | {:.0} | {} |",
+            done.load(Ordering::Relaxed),
+            failures.load(Ordering::Relaxed),
+            rss_kib(server.pid()),
+            open_fds(server.pid()),
+            rss_kib(client.pid()),
+            open_fds(client.pid()),
+        );
+        if Instant::now() >= deadline {
+            break;
+        }
+        minute += 1;
+        tokio::time::sleep_until((started + SOAK_SAMPLE * minute as u32).into()).await;
+    }
+    for c in churners {
+        let _ = c.await;
+    }
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
