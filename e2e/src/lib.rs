@@ -152,6 +152,17 @@ impl Gost {
         &self.addrs
     }
 
+    /// The address service `name` reported in its last `listening` line: services start
+    /// concurrently, so the order of [`Gost::addrs`] need not be the configuration's.
+    pub fn service_addr(&self, name: &str) -> Option<SocketAddr> {
+        let log = self.log();
+        let service = format!("\"service\":\"{name}\"");
+        log.lines()
+            .rev()
+            .filter(|l| l.contains("\"listening\"") && l.contains(&service))
+            .find_map(listening_addr)
+    }
+
     /// Everything the process logged so far.
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()

@@ -11,20 +11,6 @@ use std::time::{Duration, Instant};
 
 use gost_e2e::*;
 
-/// The address the last `listening` line of `service` reports.
-fn service_addr(log: &str, service: &str) -> Option<SocketAddr> {
-    log.lines()
-        .rev()
-        .filter(|l| {
-            l.contains("\"listening\"") && l.contains(&format!("\"service\":\"{service}\""))
-        })
-        .find_map(|l| {
-            let start = l.find("\"addr\":\"")? + 8;
-            let rest = &l[start..];
-            rest[..rest.find('"')?].parse().ok()
-        })
-}
-
 /// Waits until the log holds `n` lines containing `what`.
 fn wait_for_count(gost: &Gost, what: &str, n: usize) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -107,11 +93,10 @@ fn twenty_reloads_under_load_drop_nothing_that_did_not_change() {
         5,
     );
     let metrics = gost.addrs()[0];
-    let log = gost.log();
-    let stable = service_addr(&log, "stable").unwrap();
-    let changing = service_addr(&log, "changing").unwrap();
-    let chained = service_addr(&log, "chained").unwrap();
-    let removable = service_addr(&log, "removable").unwrap();
+    let stable = gost.service_addr("stable").unwrap();
+    let changing = gost.service_addr("changing").unwrap();
+    let chained = gost.service_addr("chained").unwrap();
+    let removable = gost.service_addr("removable").unwrap();
     let target = echo.addr.to_string();
 
     // Long-lived tunnels on every service that stays, and one on the service that goes.
@@ -299,7 +284,7 @@ fn sighup_reloads_and_an_invalid_file_is_shown_by_readyz() {
         "{}",
         gost.log()
     );
-    let b = service_addr(&gost.log(), "b").expect("service b started");
+    let b = gost.service_addr("b").expect("service b started");
     assert!(TcpStream::connect(b).is_ok());
     let readyz = curl(&[&format!("http://{metrics}/readyz")]);
     assert_eq!(readyz.text().trim(), "ready", "{}", readyz.text());

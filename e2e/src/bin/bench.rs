@@ -1147,7 +1147,9 @@ async fn soak(bin: &std::path::Path, length: Duration) {
         };
         yaml.push_str(&format!(
             "- name: c{i}\n  hops:\n  - name: h{i}\n    nodes:\n    - name: n{i}\n      addr: {}\n{nodelay}      dialer:\n        type: {dialer}\n",
-            server.addrs()[i]
+            server
+                .service_addr(&format!("service-{i}"))
+                .expect("every server service reported its address")
         ));
     }
     let file = gost_e2e::tempdir().join("client.yaml");
@@ -1158,7 +1160,13 @@ async fn soak(bin: &std::path::Path, length: Duration) {
         SOAK_TRANSPORTS.len(),
         None,
     );
-    let fronts: Vec<SocketAddr> = client.addrs().to_vec();
+    let fronts: Vec<SocketAddr> = (0..SOAK_TRANSPORTS.len())
+        .map(|i| {
+            client
+                .service_addr(&format!("front-{i}"))
+                .expect("front address")
+        })
+        .collect();
     let failures = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + length;
