@@ -209,8 +209,26 @@ fn vanished_python_client_leaves_no_session() {
 #[test]
 fn killed_gost_client_leaves_no_session() {
     let echo = Target::echo();
-    let server = server("pht");
-    let client = client("pht", &server);
+    let server = Gost::start(
+        &[
+            "-L",
+            &format!("relay+pht://127.0.0.1:0?{PATHS}"),
+            "-metrics",
+            "127.0.0.1:0",
+        ],
+        2,
+    );
+    let metrics = format!("http://{}/metrics", server.addrs()[0]);
+    let pht = server.service_addr("service-0").expect("pht service");
+    let client = Gost::start(
+        &[
+            "-L",
+            "http://127.0.0.1:0",
+            "-F",
+            &format!("relay+pht://:{}?{PATHS}", pht.port()),
+        ],
+        1,
+    );
     let mut tunnel = http_connect(client.addr(), &echo.addr.to_string(), None).unwrap();
     {
         use std::io::{Read, Write};
@@ -220,6 +238,24 @@ fn killed_gost_client_leaves_no_session() {
         assert_eq!(&pong, b"ping");
     }
     wait_for_log(&server, "pht session opened");
+    let sessions = || {
+        let out = python("scrape_metrics.py", &[&metrics]);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        out.text()
+            .lines()
+            .find(|l| l.starts_with("gost_pht_sessions{service=service-0}"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+    };
+    assert_eq!(
+        sessions(),
+        Some(1.0),
+        "the open session is visible in metrics"
+    );
     client.signal("KILL");
     wait_for_open(&server, 0, RECLAIM_WAIT);
+    assert_eq!(
+        sessions(),
+        Some(0.0),
+        "the reclaimed session left the gauge"
+    );
 }
