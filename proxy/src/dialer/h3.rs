@@ -62,18 +62,7 @@ impl H3Dialer {
 impl Dialer for H3Dialer {
     async fn dial(&self, _addr: &Address, timeout: Duration) -> io::Result<BoxConn> {
         let rt: Arc<dyn RoundTrip> = self.client.clone();
-        match tokio::time::timeout(timeout, crate::pht::client::connect(rt, self.opts.clone()))
-            .await
-        {
-            Ok(result) => result,
-            Err(_) => Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!(
-                    "h3 tunnel to {} not established within {timeout:?}",
-                    self.opts.authority
-                ),
-            )),
-        }
+        crate::pht::client::connect_within(rt, self.opts.clone(), timeout, "h3").await
     }
 
     async fn handshake(&self, _conn: BoxConn, addr: &Address) -> io::Result<BoxConn> {

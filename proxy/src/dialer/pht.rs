@@ -89,18 +89,7 @@ impl PhtDialer {
 impl Dialer for PhtDialer {
     async fn dial(&self, _addr: &Address, timeout: Duration) -> io::Result<BoxConn> {
         let rt: Arc<dyn RoundTrip> = self.pool.clone();
-        match tokio::time::timeout(timeout, crate::pht::client::connect(rt, self.opts.clone()))
-            .await
-        {
-            Ok(result) => result,
-            Err(_) => Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!(
-                    "PHT authorize at {} timed out after {timeout:?}",
-                    self.opts.authority
-                ),
-            )),
-        }
+        crate::pht::client::connect_within(rt, self.opts.clone(), timeout, "PHT").await
     }
 
     async fn handshake(&self, _conn: BoxConn, addr: &Address) -> io::Result<BoxConn> {

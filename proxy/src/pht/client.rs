@@ -102,6 +102,23 @@ impl ClientOptions {
     }
 }
 
+/// [`connect`], given up after `timeout`; `what` names the tunnel in the error.
+pub async fn connect_within(
+    rt: Arc<dyn RoundTrip>,
+    opts: Arc<ClientOptions>,
+    timeout: std::time::Duration,
+    what: &str,
+) -> io::Result<BoxConn> {
+    let authority = opts.authority.clone();
+    match tokio::time::timeout(timeout, connect(rt, opts)).await {
+        Ok(result) => result,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("{what} tunnel to {authority} not established within {timeout:?}"),
+        )),
+    }
+}
+
 /// One tunnel: authorize (fallback to a local xid-like token on 404/405), a pull loop, a POST per write.
 pub async fn connect(rt: Arc<dyn RoundTrip>, opts: Arc<ClientOptions>) -> io::Result<BoxConn> {
     let token: Arc<str> = Arc::from(authorize(&*rt, &opts).await?);
