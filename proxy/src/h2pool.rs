@@ -573,7 +573,8 @@ pub async fn take_handed_off(conn: &mut BoxConn) -> io::Result<Session> {
         .ok_or_else(not_ours)
 }
 
-fn backoff(failures: u32) -> Duration {
+/// How long to wait before re-dialling a node after `failures` failed dials in a row.
+pub(crate) fn backoff(failures: u32) -> Duration {
     let factor = 1u32 << failures.saturating_sub(1).min(16);
     RECONNECT_BACKOFF_MIN
         .saturating_mul(factor)

@@ -30,7 +30,7 @@ use crate::conn::BoxConn;
 use crate::grpc::{ChunkCodec, GrpcConn, MAX_RECEIVE, method_path};
 use crate::h2pool::{
     CONNECTION_WINDOW, H2_HANDSHAKE_TIMEOUT, MAX_FRAME_SIZE, MAX_HEADER_LIST_SIZE, MAX_SEND_BUFFER,
-    RECONNECT_BACKOFF_MAX, RECONNECT_BACKOFF_MIN, STREAM_WINDOW,
+    STREAM_WINDOW, backoff,
 };
 use crate::tls::ClientTls;
 
@@ -384,13 +384,6 @@ fn strip_port(host: &str) -> &str {
     }
 }
 
-fn backoff(failures: u32) -> Duration {
-    let factor = 1u32 << failures.saturating_sub(1).min(16);
-    RECONNECT_BACKOFF_MIN
-        .saturating_mul(factor)
-        .min(RECONNECT_BACKOFF_MAX)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -452,12 +445,5 @@ mod tests {
             panic!("an invalid host was accepted")
         };
         assert!(e.contains("host"), "{e}");
-    }
-
-    #[test]
-    fn backoff_doubles_up_to_the_cap() {
-        assert_eq!(backoff(1), RECONNECT_BACKOFF_MIN);
-        assert_eq!(backoff(2), RECONNECT_BACKOFF_MIN * 2);
-        assert_eq!(backoff(100), RECONNECT_BACKOFF_MAX);
     }
 }
