@@ -9,6 +9,8 @@
 pub mod config;
 pub mod load;
 pub mod metadata;
+#[cfg(feature = "kube")]
+pub mod v1alpha1;
 
 pub use config::*;
 pub use load::{

@@ -1,0 +1,5 @@
+//! The gost-rs control plane: it turns `GostService` and `GostChain` resources into rendered
+//! sidecar and gateway configurations, keeps them current, and injects the sidecar.
+//!
+//! It depends on `gost-api` (the vocabulary) and never on the data plane.
+#![forbid(unsafe_code)]
