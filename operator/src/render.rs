@@ -1,0 +1,1157 @@
+//! Rendering: a pure function from a namespace's GostServices, GostChains and Secrets (and, for
+//! a sidecar, a pod's labels) to the proxy's configuration and the files beside it.
+//!
+//! Nothing here talks to the API server, so every rule is unit-tested directly. A problem with
+//! one GostService (a missing chain or Secret, a clashing port) leaves that service out and is
+//! reported with a CamelCase reason; the rest of the config is still rendered, so one broken
+//! resource never takes the other tunnels of a pod down.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use gost_api::v1alpha1::{
+    AuthSpec, GostChain, GostService, NodeSpec, SecretKeyRef, ServiceSpec, TlsSpec, served_handler,
+    served_listener,
+};
+use gost_api::{
+    AuthConfig, ChainConfig, Config, ConnectorConfig, DialerConfig, DialerType, ForwardNodeConfig,
+    ForwarderConfig, HandlerConfig, HopConfig, ListenerConfig, ListenerType, MetricsConfig,
+    NodeConfig, ServiceConfig, TlsConfig,
+};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
+
+/// The key of the rendered configuration in the config Secret.
+pub const CONFIG_KEY: &str = "config.yaml";
+/// Where the config Secret is mounted in the proxy container: the proxy runs
+/// `-C /etc/gost/config.yaml` and finds the TLS files beside it.
+pub const MOUNT_PATH: &str = "/etc/gost";
+/// The proxy's admin port (metrics, `/healthz`, `/readyz`) in sidecars and gateways: high and
+/// unusual, so that it does not clash with the ports of the application it sits beside.
+pub const DEFAULT_ADMIN_PORT: u16 = 15300;
+
+/// Why part of a resource was left out of a rendered config. The names are the `reason`s of
+/// the `Rendered` condition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Reason {
+    /// `handler.chain` names a GostChain that does not exist in the namespace.
+    ChainNotFound,
+    /// A referenced Secret does not exist.
+    SecretNotFound,
+    /// A referenced Secret lacks the key the reference needs.
+    SecretKeyMissing,
+    /// Another service of the same pod already listens on this port.
+    PortConflict,
+    /// The listen address cannot be used (e.g. no port, or the admin port).
+    InvalidAddress,
+    /// A type the proxy does not run.
+    UnsupportedType,
+    /// The proxy would refuse the rendered service (the message quotes its error).
+    InvalidService,
+    /// The label selector cannot be evaluated.
+    InvalidSelector,
+}
+
+impl Reason {
+    /// The CamelCase name used as a condition reason.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::ChainNotFound => "ChainNotFound",
+            Reason::SecretNotFound => "SecretNotFound",
+            Reason::SecretKeyMissing => "SecretKeyMissing",
+            Reason::PortConflict => "PortConflict",
+            Reason::InvalidAddress => "InvalidAddress",
+            Reason::UnsupportedType => "UnsupportedType",
+            Reason::InvalidService => "InvalidService",
+            Reason::InvalidSelector => "InvalidSelector",
+        }
+    }
+}
+
+/// Something left out of a rendered config, with what to do about it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// The GostService concerned.
+    pub gost_service: String,
+    /// Its service (`spec.services[].name`), when the problem is one service's.
+    pub service: Option<String>,
+    /// The GostChain concerned, when the problem is in a chain.
+    pub gost_chain: Option<String>,
+    /// The reason, for conditions and events.
+    pub reason: Reason,
+    /// A sentence saying what is wrong and how to fix it.
+    pub message: String,
+}
+
+/// What rendering needs from the operator's settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// The admin port of the proxy (metrics and probes).
+    pub admin_port: u16,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            admin_port: DEFAULT_ADMIN_PORT,
+        }
+    }
+}
+
+/// A namespace's resources, as rendering sees them.
+#[derive(Clone, Copy, Debug)]
+pub struct Namespace<'a> {
+    /// The GostServices of the namespace.
+    pub services: &'a [GostService],
+    /// The GostChains of the namespace.
+    pub chains: &'a [GostChain],
+    /// The Secrets referenced by them, by name (others may be present and are ignored).
+    pub secrets: &'a BTreeMap<String, Secret>,
+}
+
+/// A rendered configuration: `config.yaml` and the TLS files it refers to.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Rendered {
+    /// The proxy configuration.
+    pub config: Config,
+    /// Further Secret keys (PEM files), mounted beside `config.yaml` under [`MOUNT_PATH`].
+    pub files: BTreeMap<String, Vec<u8>>,
+    /// The GostServices that contributed at least one service, sorted.
+    pub gost_services: BTreeSet<String>,
+    /// The GostServices whose selector matched (contributing or not), sorted.
+    pub matched: BTreeSet<String>,
+    /// The GostChains used, sorted.
+    pub gost_chains: BTreeSet<String>,
+    /// What was left out, and why.
+    pub problems: Vec<Problem>,
+}
+
+impl Rendered {
+    /// The data of the config Secret: `config.yaml` and the files.
+    pub fn secret_data(&self) -> BTreeMap<String, ByteString> {
+        let mut data: BTreeMap<String, ByteString> = self
+            .files
+            .iter()
+            .map(|(k, v)| (k.clone(), ByteString(v.clone())))
+            .collect();
+        data.insert(
+            CONFIG_KEY.to_string(),
+            ByteString(gost_api::to_yaml(&self.config).into_bytes()),
+        );
+        data
+    }
+}
+
+/// Does `selector` select a pod with `labels`? Kubernetes semantics: an empty selector selects
+/// everything, `matchLabels` and every `matchExpressions` entry must all hold.
+pub fn selects(
+    selector: &LabelSelector,
+    labels: &BTreeMap<String, String>,
+) -> Result<bool, String> {
+    for (key, value) in selector.match_labels.iter().flatten() {
+        if labels.get(key) != Some(value) {
+            return Ok(false);
+        }
+    }
+    for requirement in selector.match_expressions.iter().flatten() {
+        if !requirement_holds(requirement, labels)? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+fn requirement_holds(
+    req: &LabelSelectorRequirement,
+    labels: &BTreeMap<String, String>,
+) -> Result<bool, String> {
+    let values = req.values.as_deref().unwrap_or_default();
+    let value = labels.get(&req.key);
+    match req.operator.as_str() {
+        "In" | "NotIn" if values.is_empty() => Err(format!(
+            "matchExpressions key {:?}: operator {} needs at least one value",
+            req.key, req.operator
+        )),
+        "In" => Ok(value.is_some_and(|v| values.contains(v))),
+        "NotIn" => Ok(!value.is_some_and(|v| values.contains(v))),
+        "Exists" | "DoesNotExist" if !values.is_empty() => Err(format!(
+            "matchExpressions key {:?}: operator {} takes no values",
+            req.key, req.operator
+        )),
+        "Exists" => Ok(value.is_some()),
+        "DoesNotExist" => Ok(value.is_none()),
+        other => Err(format!(
+            "matchExpressions key {:?}: unknown operator {other:?}; use In, NotIn, Exists or DoesNotExist",
+            req.key
+        )),
+    }
+}
+
+/// The config of the sidecar of a pod with `labels`: every service of every GostService that
+/// selects the pod. GostServices are taken oldest first (then by name), so when two claim one
+/// port the one that was there first keeps it.
+pub fn render_for_pod(
+    ns: &Namespace<'_>,
+    labels: &BTreeMap<String, String>,
+    settings: &Settings,
+) -> Rendered {
+    let mut out = Renderer::new(ns, settings);
+    for gs in ordered(ns.services) {
+        let Some(selector) = &gs.spec.selector else {
+            continue;
+        };
+        match selects(selector, labels) {
+            Ok(true) => out.add(gs),
+            Ok(false) => {}
+            Err(message) => out.problem(
+                gs,
+                None,
+                None,
+                Reason::InvalidSelector,
+                format!("spec.selector: {message}"),
+            ),
+        }
+    }
+    out.finish()
+}
+
+/// The config of a GostService's gateway: its own services only.
+pub fn render_gateway(ns: &Namespace<'_>, gs: &GostService, settings: &Settings) -> Rendered {
+    let mut out = Renderer::new(ns, settings);
+    out.add(gs);
+    out.finish()
+}
+
+/// GostServices oldest first, then by name: the order that decides port conflicts.
+fn ordered(services: &[GostService]) -> Vec<&GostService> {
+    let mut v: Vec<&GostService> = services.iter().collect();
+    v.sort_by(|a, b| {
+        let key = |gs: &GostService| {
+            (
+                gs.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                gs.metadata.name.clone().unwrap_or_default(),
+            )
+        };
+        key(a).cmp(&key(b))
+    });
+    v
+}
+
+fn name_of(gs: &GostService) -> String {
+    gs.metadata.name.clone().unwrap_or_default()
+}
+
+/// The name of a rendered service: unique in the pod (GostService names are unique in the
+/// namespace, service names within a GostService) and readable in logs and metric labels.
+pub fn service_name(gost_service: &str, service: &str) -> String {
+    format!("{gost_service}/{service}")
+}
+
+/// A listening socket, as far as clashes go: TCP and UDP (h3) ports do not clash.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Socket {
+    udp: bool,
+    host: String,
+    port: u16,
+}
+
+impl Socket {
+    fn parse(addr: &str, udp: bool) -> Result<Socket, String> {
+        let (host, port) = gost_api::split_host_port(addr)
+            .ok_or_else(|| format!("addr {addr:?} is not `:port` or `host:port`"))?;
+        let port: u16 =
+            port.parse().ok().filter(|p| *p != 0).ok_or_else(|| {
+                format!("addr {addr:?}: the port must be a number from 1 to 65535")
+            })?;
+        let host = match host {
+            "" | "0.0.0.0" | "::" => String::new(),
+            h => h.to_string(),
+        };
+        Ok(Socket { udp, host, port })
+    }
+
+    fn clashes(&self, other: &Socket) -> bool {
+        self.udp == other.udp
+            && self.port == other.port
+            && (self.host.is_empty() || other.host.is_empty() || self.host == other.host)
+    }
+}
+
+struct Renderer<'a> {
+    ns: &'a Namespace<'a>,
+    settings: &'a Settings,
+    out: Rendered,
+    /// Sockets taken so far, with the service that took each.
+    sockets: Vec<(Socket, String)>,
+    /// Chains rendered so far, or why they could not be, by GostChain name.
+    chains: BTreeMap<String, Result<ChainConfig, (Reason, String)>>,
+}
+
+impl<'a> Renderer<'a> {
+    fn new(ns: &'a Namespace<'a>, settings: &'a Settings) -> Self {
+        let admin = Socket {
+            udp: false,
+            host: String::new(),
+            port: settings.admin_port,
+        };
+        Renderer {
+            ns,
+            settings,
+            out: Rendered::default(),
+            sockets: vec![(admin, "the proxy's admin endpoint".to_string())],
+            chains: BTreeMap::new(),
+        }
+    }
+
+    fn problem(
+        &mut self,
+        gs: &GostService,
+        service: Option<&str>,
+        chain: Option<&str>,
+        reason: Reason,
+        message: String,
+    ) {
+        self.out.problems.push(Problem {
+            gost_service: name_of(gs),
+            service: service.map(str::to_string),
+            gost_chain: chain.map(str::to_string),
+            reason,
+            message,
+        });
+    }
+
+    fn add(&mut self, gs: &GostService) {
+        let gs_name = name_of(gs);
+        self.out.matched.insert(gs_name.clone());
+        for svc in &gs.spec.services {
+            match self.service(gs, svc) {
+                Ok(config) => {
+                    self.out.config.services.push(config);
+                    self.out.gost_services.insert(gs_name.clone());
+                }
+                Err((reason, chain, message)) => {
+                    self.problem(gs, Some(&svc.name), chain.as_deref(), reason, message)
+                }
+            }
+        }
+    }
+
+    /// One service, or why it is left out (with the GostChain at fault, if one is).
+    fn service(
+        &mut self,
+        gs: &GostService,
+        svc: &ServiceSpec,
+    ) -> Result<ServiceConfig, (Reason, Option<String>, String)> {
+        let gs_name = name_of(gs);
+        let here = format!("spec.services[{}]", svc.name);
+        if !served_listener(svc.listener.kind) || !served_handler(svc.handler.kind) {
+            return Err((
+                Reason::UnsupportedType,
+                None,
+                format!(
+                    "{here}: gost-rs does not run the HTTP/3 reverse proxy (`http3`); for PHT over HTTP/3 use listener type `h3`"
+                ),
+            ));
+        }
+        let udp = svc.listener.kind == ListenerType::H3;
+        let socket = Socket::parse(&svc.addr, udp)
+            .map_err(|m| (Reason::InvalidAddress, None, format!("{here}.addr: {m}")))?;
+        if let Some((_, owner)) = self.sockets.iter().find(|(s, _)| s.clashes(&socket)) {
+            return Err((
+                Reason::PortConflict,
+                None,
+                format!(
+                    "{here}.addr {:?}: port {} is already taken by {owner} in the same pod; pick another port",
+                    svc.addr, socket.port
+                ),
+            ));
+        }
+        let chain = match &svc.handler.chain {
+            None => None,
+            Some(chain) => Some(self.chain(chain).map_err(|(reason, message)| {
+                (
+                    reason,
+                    Some(chain.clone()),
+                    format!("{here}.handler.chain {chain:?}: {message}"),
+                )
+            })?),
+        };
+        let mut secrets = Secrets::new(self.ns);
+        let handler = HandlerConfig {
+            kind: svc.handler.kind,
+            chain: chain.clone(),
+            retries: svc.handler.retries,
+            auth: secrets
+                .auth(svc.handler.auth.as_ref())
+                .map_err(|(r, m)| (r, None, format!("{here}.handler.auth: {m}")))?,
+            tls: secrets
+                .tls(svc.handler.tls.as_ref(), Side::Server)
+                .map_err(|(r, m)| (r, None, format!("{here}.handler.tls: {m}")))?,
+            metadata: svc.handler.metadata.0.clone(),
+            ..HandlerConfig::default()
+        };
+        let listener = ListenerConfig {
+            kind: svc.listener.kind,
+            auth: secrets
+                .auth(svc.listener.auth.as_ref())
+                .map_err(|(r, m)| (r, None, format!("{here}.listener.auth: {m}")))?,
+            tls: secrets
+                .tls(svc.listener.tls.as_ref(), Side::Server)
+                .map_err(|(r, m)| (r, None, format!("{here}.listener.tls: {m}")))?,
+            metadata: svc.listener.metadata.0.clone(),
+            ..ListenerConfig::default()
+        };
+        let service = ServiceConfig {
+            name: service_name(&gs_name, &svc.name),
+            addr: svc.addr.clone(),
+            handler,
+            listener,
+            forwarder: svc.forwarder.as_ref().map(|f| ForwarderConfig {
+                nodes: f
+                    .nodes
+                    .iter()
+                    .map(|n| ForwardNodeConfig {
+                        name: n.name.clone(),
+                        addr: n.addr.clone(),
+                    })
+                    .collect(),
+            }),
+            metadata: svc.metadata.0.clone(),
+        };
+        // The proxy must accept what we render: check the service with its chain as the proxy's
+        // loader would, so that a bad address or duration is reported on this resource instead
+        // of making the whole sidecar refuse its config.
+        let mut alone = Config {
+            services: vec![service.clone()],
+            ..Config::default()
+        };
+        if let Some(chain) = &chain
+            && let Some(Ok(config)) = self.chains.get(chain)
+        {
+            alone.chains.push(config.clone());
+        }
+        gost_api::validate(&alone).map_err(|e| {
+            (
+                Reason::InvalidService,
+                None,
+                format!("{here}: the proxy would refuse it: {e}"),
+            )
+        })?;
+        self.out.files.append(&mut secrets.files);
+        self.sockets.push((
+            socket,
+            format!("service {:?} of GostService {gs_name:?}", svc.name),
+        ));
+        if let Some(chain) = chain {
+            self.out.gost_chains.insert(chain);
+        }
+        Ok(service)
+    }
+
+    /// The GostChain `name` rendered into the config (once), or why it cannot be.
+    fn chain(&mut self, name: &str) -> Result<String, (Reason, String)> {
+        if !self.chains.contains_key(name) {
+            let result = self.render_chain(name);
+            if let Ok(config) = &result {
+                self.out.config.chains.push(config.clone());
+            }
+            self.chains.insert(name.to_string(), result);
+        }
+        match &self.chains[name] {
+            Ok(_) => Ok(name.to_string()),
+            Err(e) => Err(e.clone()),
+        }
+    }
+
+    fn render_chain(&mut self, name: &str) -> Result<ChainConfig, (Reason, String)> {
+        let Some(gc) = self
+            .ns
+            .chains
+            .iter()
+            .find(|c| c.metadata.name.as_deref() == Some(name))
+        else {
+            let mut known: Vec<&str> = self
+                .ns
+                .chains
+                .iter()
+                .filter_map(|c| c.metadata.name.as_deref())
+                .collect();
+            known.sort_unstable();
+            let known = if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            };
+            return Err((
+                Reason::ChainNotFound,
+                format!(
+                    "no GostChain named {name:?} in this namespace (GostChains here: {known}); create it or fix the name"
+                ),
+            ));
+        };
+        let mut secrets = Secrets::new(self.ns);
+        let mut hops = Vec::with_capacity(gc.spec.hops.len());
+        for hop in &gc.spec.hops {
+            let mut nodes = Vec::with_capacity(hop.nodes.len());
+            for node in &hop.nodes {
+                let at = format!("GostChain {name:?} hop {:?} node {:?}", hop.name, node.name);
+                nodes.push(
+                    node_config(&mut secrets, node)
+                        .map_err(|(reason, message)| (reason, format!("{at}: {message}")))?,
+                );
+            }
+            hops.push(HopConfig {
+                name: hop.name.clone(),
+                selector: hop.selector.as_ref().map(Into::into),
+                nodes,
+                metadata: hop.metadata.0.clone(),
+            });
+        }
+        self.out.files.append(&mut secrets.files);
+        Ok(ChainConfig {
+            name: name.to_string(),
+            hops,
+            metadata: gc.spec.metadata.0.clone(),
+        })
+    }
+
+    fn finish(mut self) -> Rendered {
+        self.out.config.metrics = Some(MetricsConfig {
+            addr: format!(":{}", self.settings.admin_port),
+            ..MetricsConfig::default()
+        });
+        self.out
+    }
+}
+
+fn node_config(secrets: &mut Secrets<'_>, node: &NodeSpec) -> Result<NodeConfig, (Reason, String)> {
+    let prefix = |what: &'static str| move |(r, m): (Reason, String)| (r, format!("{what}: {m}"));
+    Ok(NodeConfig {
+        name: node.name.clone(),
+        addr: node.addr.clone(),
+        connector: ConnectorConfig {
+            kind: node.connector.kind,
+            auth: secrets
+                .auth(node.connector.auth.as_ref())
+                .map_err(prefix("connector.auth"))?,
+            tls: secrets
+                .tls(node.connector.tls.as_ref(), Side::Client)
+                .map_err(prefix("connector.tls"))?,
+            metadata: node.connector.metadata.0.clone(),
+        },
+        dialer: DialerConfig {
+            kind: node.dialer.kind,
+            auth: secrets
+                .auth(node.dialer.auth.as_ref())
+                .map_err(prefix("dialer.auth"))?,
+            tls: match secrets
+                .tls(node.dialer.tls.as_ref(), Side::Client)
+                .map_err(prefix("dialer.tls"))?
+            {
+                Some(tls) => Some(tls),
+                None if dialer_uses_tls(node.dialer.kind) => Some(TlsConfig {
+                    secure: true,
+                    ..TlsConfig::default()
+                }),
+                None => None,
+            },
+            metadata: node.dialer.metadata.0.clone(),
+        },
+        metadata: node.metadata.0.clone(),
+    })
+}
+
+/// The dialers that speak TLS to their node. In the CRDs these verify their server by default
+/// (GOST's command line does not), so one without `tls` renders `secure: true`.
+fn dialer_uses_tls(kind: DialerType) -> bool {
+    matches!(
+        kind,
+        DialerType::Tls
+            | DialerType::Wss
+            | DialerType::Http2
+            | DialerType::H2
+            | DialerType::Grpc
+            | DialerType::Phts
+            | DialerType::H3
+            | DialerType::Http3
+    )
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Server,
+    Client,
+}
+
+/// Reads referenced Secrets and collects the files that TLS settings point at; the files join
+/// the output only when the whole service or chain rendered, so a half-rendered one leaves none.
+struct Secrets<'a> {
+    ns: &'a Namespace<'a>,
+    files: BTreeMap<String, Vec<u8>>,
+}
+
+impl<'a> Secrets<'a> {
+    fn new(ns: &'a Namespace<'a>) -> Self {
+        Secrets {
+            ns,
+            files: BTreeMap::new(),
+        }
+    }
+
+    fn key(&self, secret: &str, key: &str) -> Result<Vec<u8>, (Reason, String)> {
+        let Some(s) = self.ns.secrets.get(secret) else {
+            return Err((
+                Reason::SecretNotFound,
+                format!("Secret {secret:?} does not exist in this namespace; create it"),
+            ));
+        };
+        if let Some(v) = s.data.as_ref().and_then(|d| d.get(key)) {
+            return Ok(v.0.clone());
+        }
+        if let Some(v) = s.string_data.as_ref().and_then(|d| d.get(key)) {
+            return Ok(v.clone().into_bytes());
+        }
+        let mut keys: Vec<&str> = s
+            .data
+            .iter()
+            .flat_map(|d| d.keys())
+            .map(String::as_str)
+            .collect();
+        keys.sort_unstable();
+        Err((
+            Reason::SecretKeyMissing,
+            format!(
+                "Secret {secret:?} has no key {key:?} (it has: {}); add it or set the key name in the reference",
+                if keys.is_empty() {
+                    "none".to_string()
+                } else {
+                    keys.join(", ")
+                }
+            ),
+        ))
+    }
+
+    fn text(&self, secret: &str, key: &str) -> Result<String, (Reason, String)> {
+        String::from_utf8(self.key(secret, key)?).map_err(|_| {
+            (
+                Reason::SecretKeyMissing,
+                format!("Secret {secret:?} key {key:?} is not UTF-8 text"),
+            )
+        })
+    }
+
+    fn auth(&mut self, auth: Option<&AuthSpec>) -> Result<Option<AuthConfig>, (Reason, String)> {
+        let Some(auth) = auth else { return Ok(None) };
+        let name = &auth.secret_ref.name;
+        Ok(Some(AuthConfig {
+            username: self.text(name, auth.username_key())?,
+            password: self.text(name, auth.password_key())?,
+        }))
+    }
+
+    /// Puts a Secret key into the files and returns the path the proxy reads it from. The file
+    /// name is derived from the Secret and key, so two references to one key share one file.
+    fn file(&mut self, secret: &str, key: &str) -> Result<String, (Reason, String)> {
+        let bytes = self.key(secret, key)?;
+        let file = format!("{secret}.{key}")
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect::<String>();
+        self.files.insert(file.clone(), bytes);
+        Ok(format!("{MOUNT_PATH}/{file}"))
+    }
+
+    fn tls(
+        &mut self,
+        tls: Option<&TlsSpec>,
+        side: Side,
+    ) -> Result<Option<TlsConfig>, (Reason, String)> {
+        let Some(tls) = tls else { return Ok(None) };
+        let (cert_file, key_file) = match &tls.certificate_secret {
+            Some(s) => (
+                Some(self.file(&s.name, "tls.crt")?),
+                Some(self.file(&s.name, "tls.key")?),
+            ),
+            None => (None, None),
+        };
+        let ca_file = match &tls.ca_secret {
+            Some(SecretKeyRef { name, .. }) => {
+                let key = tls
+                    .ca_secret
+                    .as_ref()
+                    .map(SecretKeyRef::key)
+                    .unwrap_or("ca.crt");
+                Some(self.file(name, key)?)
+            }
+            None => None,
+        };
+        Ok(Some(TlsConfig {
+            cert_file,
+            key_file,
+            ca_file,
+            secure: side == Side::Client && !tls.insecure_skip_verify,
+            server_name: tls.server_name.clone(),
+            ..TlsConfig::default()
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gost_api::{ConnectorType, HandlerType};
+
+    fn services(yaml: &str) -> Vec<GostService> {
+        serde_saphyr::from_str::<Vec<GostService>>(yaml).expect("GostService fixtures load")
+    }
+
+    fn chains(yaml: &str) -> Vec<GostChain> {
+        serde_saphyr::from_str::<Vec<GostChain>>(yaml).expect("GostChain fixtures load")
+    }
+
+    fn secret(name: &str, pairs: &[(&str, &str)]) -> (String, Secret) {
+        let mut s = Secret::default();
+        s.metadata.name = Some(name.to_string());
+        s.data = Some(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+                .collect(),
+        );
+        (name.to_string(), s)
+    }
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// The rendered config as the proxy will read it: through YAML and gost-api's loader.
+    fn reloaded(r: &Rendered) -> Config {
+        let text = String::from_utf8(r.secret_data()[CONFIG_KEY].0.clone()).unwrap();
+        gost_api::from_str(&text, gost_api::Format::Yaml)
+            .unwrap_or_else(|e| panic!("the proxy refuses the rendered config: {e}\n{text}"))
+    }
+
+    const WEB_AND_ADMIN: &str = r#"
+- apiVersion: gost.rs/v1alpha1
+  kind: GostService
+  metadata: {name: web, creationTimestamp: "2026-01-01T00:00:00Z"}
+  spec:
+    selector: {matchLabels: {app: web}}
+    services:
+    - name: proxy
+      addr: ":8000"
+      handler: {type: http, chain: to-gateway, auth: {secretRef: {name: users}}}
+    - name: socks
+      addr: ":1080"
+      handler: {type: socks5}
+- apiVersion: gost.rs/v1alpha1
+  kind: GostService
+  metadata: {name: everyone, creationTimestamp: "2026-01-02T00:00:00Z"}
+  spec:
+    selector:
+      matchExpressions:
+      - {key: tier, operator: In, values: [frontend, backend]}
+      - {key: legacy, operator: DoesNotExist}
+    services:
+    - name: relay
+      addr: ":8443"
+      handler: {type: relay}
+      listener: {type: tls, tls: {certificateSecret: {name: gw-cert}}}
+"#;
+
+    const TO_GATEWAY: &str = r#"
+- apiVersion: gost.rs/v1alpha1
+  kind: GostChain
+  metadata: {name: to-gateway}
+  spec:
+    hops:
+    - name: hop-0
+      nodes:
+      - name: gw
+        addr: gateway.tunnels.svc:8443
+        connector: {type: relay, auth: {secretRef: {name: relay-creds}, usernameKey: user}}
+        dialer:
+          type: grpc
+          tls: {caSecret: {name: gw-cert}, serverName: gateway.tunnels.svc}
+"#;
+
+    fn all_secrets() -> BTreeMap<String, Secret> {
+        [
+            secret("users", &[("username", "alice"), ("password", "s3cret")]),
+            secret("relay-creds", &[("user", "bob"), ("password", "p@ss")]),
+            secret(
+                "gw-cert",
+                &[("tls.crt", "CERT"), ("tls.key", "KEY"), ("ca.crt", "CA")],
+            ),
+        ]
+        .into_iter()
+        .collect()
+    }
+
+    #[test]
+    fn selectors_follow_kubernetes_semantics() {
+        let sel: LabelSelector = serde_json::from_str(
+            r#"{"matchLabels":{"app":"web"},"matchExpressions":[{"key":"env","operator":"NotIn","values":["dev"]},{"key":"team","operator":"Exists"}]}"#,
+        )
+        .unwrap();
+        assert!(selects(&sel, &labels(&[("app", "web"), ("team", "a")])).unwrap());
+        assert!(
+            selects(
+                &sel,
+                &labels(&[("app", "web"), ("team", "a"), ("env", "prod")])
+            )
+            .unwrap()
+        );
+        assert!(
+            !selects(
+                &sel,
+                &labels(&[("app", "web"), ("team", "a"), ("env", "dev")])
+            )
+            .unwrap()
+        );
+        assert!(!selects(&sel, &labels(&[("app", "web")])).unwrap());
+        assert!(!selects(&sel, &labels(&[("app", "api"), ("team", "a")])).unwrap());
+        assert!(selects(&LabelSelector::default(), &labels(&[])).unwrap());
+        let bad: LabelSelector = serde_json::from_str(
+            r#"{"matchExpressions":[{"key":"x","operator":"Like","values":["y"]}]}"#,
+        )
+        .unwrap();
+        let err = selects(&bad, &labels(&[])).unwrap_err();
+        assert!(err.contains("Like") && err.contains("In, NotIn"), "{err}");
+        let empty_in: LabelSelector =
+            serde_json::from_str(r#"{"matchExpressions":[{"key":"x","operator":"In"}]}"#).unwrap();
+        assert!(selects(&empty_in, &labels(&[])).is_err());
+    }
+
+    #[test]
+    fn several_services_and_a_chain_render_into_one_loadable_config() {
+        let svcs = services(WEB_AND_ADMIN);
+        let chs = chains(TO_GATEWAY);
+        let secrets = all_secrets();
+        let ns = Namespace {
+            services: &svcs,
+            chains: &chs,
+            secrets: &secrets,
+        };
+        let r = render_for_pod(
+            &ns,
+            &labels(&[("app", "web"), ("tier", "frontend")]),
+            &Settings::default(),
+        );
+        assert!(r.problems.is_empty(), "{:?}", r.problems);
+        let config = reloaded(&r);
+        let names: Vec<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["web/proxy", "web/socks", "everyone/relay"]);
+        let proxy = &config.services[0];
+        assert_eq!(proxy.handler.kind, HandlerType::Http);
+        assert_eq!(proxy.handler.chain.as_deref(), Some("to-gateway"));
+        let auth = proxy.handler.auth.as_ref().unwrap();
+        assert_eq!(
+            (auth.username.as_str(), auth.password.as_str()),
+            ("alice", "s3cret")
+        );
+
+        assert_eq!(config.chains.len(), 1);
+        let node = &config.chains[0].hops[0].nodes[0];
+        assert_eq!(node.connector.kind, ConnectorType::Relay);
+        assert_eq!(node.connector.auth.as_ref().unwrap().username, "bob");
+        let tls = node.dialer.tls.as_ref().unwrap();
+        assert!(tls.secure, "CRD clients verify by default");
+        assert_eq!(tls.ca_file.as_deref(), Some("/etc/gost/gw-cert.ca.crt"));
+        assert_eq!(tls.server_name.as_deref(), Some("gateway.tunnels.svc"));
+
+        let relay_tls = config.services[2].listener.tls.as_ref().unwrap();
+        assert_eq!(
+            relay_tls.cert_file.as_deref(),
+            Some("/etc/gost/gw-cert.tls.crt")
+        );
+        assert!(!relay_tls.secure);
+        let data = r.secret_data();
+        assert_eq!(data["gw-cert.tls.crt"].0, b"CERT");
+        assert_eq!(data["gw-cert.tls.key"].0, b"KEY");
+        assert_eq!(data["gw-cert.ca.crt"].0, b"CA");
+        assert_eq!(
+            config.metrics.as_ref().unwrap().addr,
+            format!(":{DEFAULT_ADMIN_PORT}")
+        );
+        assert_eq!(
+            r.gost_services.iter().collect::<Vec<_>>(),
+            ["everyone", "web"]
+        );
+        assert_eq!(r.gost_chains.iter().collect::<Vec<_>>(), ["to-gateway"]);
+    }
+
+    #[test]
+    fn pods_get_only_what_selects_them() {
+        let svcs = services(WEB_AND_ADMIN);
+        let chs = chains(TO_GATEWAY);
+        let secrets = all_secrets();
+        let ns = Namespace {
+            services: &svcs,
+            chains: &chs,
+            secrets: &secrets,
+        };
+        let s = Settings::default();
+        let legacy = render_for_pod(&ns, &labels(&[("tier", "backend"), ("legacy", "1")]), &s);
+        assert!(legacy.config.services.is_empty() && legacy.matched.is_empty());
+        let backend = render_for_pod(&ns, &labels(&[("tier", "backend")]), &s);
+        assert_eq!(backend.config.services.len(), 1);
+        assert!(
+            backend.config.chains.is_empty(),
+            "only used chains are rendered"
+        );
+        assert!(backend.files.keys().all(|k| k.starts_with("gw-cert.tls")));
+    }
+
+    #[test]
+    fn a_missing_chain_leaves_out_its_service_only() {
+        let svcs = services(WEB_AND_ADMIN);
+        let secrets = all_secrets();
+        let ns = Namespace {
+            services: &svcs,
+            chains: &[],
+            secrets: &secrets,
+        };
+        let r = render_for_pod(&ns, &labels(&[("app", "web")]), &Settings::default());
+        let names: Vec<&str> = r.config.services.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["web/socks"]);
+        assert_eq!(r.problems.len(), 1);
+        let p = &r.problems[0];
+        assert_eq!(p.reason, Reason::ChainNotFound);
+        assert_eq!(p.reason.as_str(), "ChainNotFound");
+        assert_eq!(
+            (p.gost_service.as_str(), p.service.as_deref()),
+            ("web", Some("proxy"))
+        );
+        assert_eq!(p.gost_chain.as_deref(), Some("to-gateway"));
+        assert!(
+            p.message.contains("no GostChain named \"to-gateway\""),
+            "{}",
+            p.message
+        );
+        reloaded(&r);
+    }
+
+    #[test]
+    fn missing_secrets_and_keys_are_named() {
+        let svcs = services(WEB_AND_ADMIN);
+        let chs = chains(TO_GATEWAY);
+        let mut secrets = all_secrets();
+        secrets.remove("users");
+        secrets.insert(
+            "relay-creds".into(),
+            secret("relay-creds", &[("username", "bob"), ("password", "x")]).1,
+        );
+        let ns = Namespace {
+            services: &svcs,
+            chains: &chs,
+            secrets: &secrets,
+        };
+        let r = render_for_pod(&ns, &labels(&[("app", "web")]), &Settings::default());
+        assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
+        // The chain is looked at first (it is what the service dials through).
+        let p = &r.problems[0];
+        assert_eq!(p.reason, Reason::SecretKeyMissing);
+        assert!(
+            p.message.contains("\"relay-creds\" has no key \"user\"")
+                && p.message.contains("password, username"),
+            "{}",
+            p.message
+        );
+        assert!(
+            r.files.is_empty(),
+            "nothing half-rendered: {:?}",
+            r.files.keys()
+        );
+
+        let chs: Vec<GostChain> = Vec::new();
+        let ns = Namespace {
+            services: &svcs[..1],
+            chains: &chs,
+            secrets: &secrets,
+        };
+        let mut only_auth = svcs[..1].to_vec();
+        only_auth[0].spec.services[0].handler.chain = None;
+        let ns = Namespace {
+            services: &only_auth,
+            ..ns
+        };
+        let r = render_for_pod(&ns, &labels(&[("app", "web")]), &Settings::default());
+        assert_eq!(r.problems[0].reason, Reason::SecretNotFound);
+        assert!(
+            r.problems[0]
+                .message
+                .contains("Secret \"users\" does not exist")
+        );
+        assert!(r.problems[0].message.contains("handler.auth"));
+    }
+
+    #[test]
+    fn clashing_ports_go_to_the_older_gost_service() {
+        let svcs = services(
+            r#"
+- metadata: {name: b-newer, creationTimestamp: "2026-02-01T00:00:00Z"}
+  spec:
+    selector: {matchLabels: {app: web}}
+    services:
+    - {name: http, addr: "127.0.0.1:8000"}
+    - {name: quic, addr: ":8000", listener: {type: h3}}
+- metadata: {name: a-older, creationTimestamp: "2026-01-01T00:00:00Z"}
+  spec:
+    selector: {matchLabels: {app: web}}
+    services:
+    - {name: http, addr: ":8000"}
+    - {name: admin, addr: ":15300"}
+"#,
+        );
+        let secrets = BTreeMap::new();
+        let ns = Namespace {
+            services: &svcs,
+            chains: &[],
+            secrets: &secrets,
+        };
+        let r = render_for_pod(&ns, &labels(&[("app", "web")]), &Settings::default());
+        let names: Vec<&str> = r.config.services.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["a-older/http", "b-newer/quic"],
+            "UDP does not clash with TCP"
+        );
+        let reasons: Vec<(&str, Reason)> = r
+            .problems
+            .iter()
+            .map(|p| (p.gost_service.as_str(), p.reason))
+            .collect();
+        assert_eq!(
+            reasons,
+            [
+                ("a-older", Reason::PortConflict),
+                ("b-newer", Reason::PortConflict)
+            ]
+        );
+        assert!(r.problems[0].message.contains("admin endpoint"));
+        assert!(
+            r.problems[1]
+                .message
+                .contains("service \"http\" of GostService \"a-older\"")
+        );
+        assert!(r.matched.contains("b-newer") && r.gost_services.contains("b-newer"));
+    }
+
+    #[test]
+    fn bad_addresses_types_and_values_are_reported_not_rendered() {
+        let svcs = services(
+            r#"
+- metadata: {name: bad}
+  spec:
+    selector: {}
+    services:
+    - {name: noport, addr: "localhost"}
+    - {name: h3rp, addr: ":9000", listener: {type: http3}, handler: {type: http3}}
+    - name: fwd
+      addr: ":9001"
+      forwarder: {nodes: [{name: t, addr: "no-port-here"}]}
+    - {name: good, addr: ":9002"}
+"#,
+        );
+        let secrets = BTreeMap::new();
+        let ns = Namespace {
+            services: &svcs,
+            chains: &[],
+            secrets: &secrets,
+        };
+        let r = render_for_pod(&ns, &labels(&[]), &Settings::default());
+        let reasons: Vec<Reason> = r.problems.iter().map(|p| p.reason).collect();
+        assert_eq!(
+            reasons,
+            [
+                Reason::InvalidAddress,
+                Reason::UnsupportedType,
+                Reason::InvalidService
+            ]
+        );
+        assert!(
+            r.problems[2].message.contains("forwarder.nodes[0].addr"),
+            "{}",
+            r.problems[2].message
+        );
+        assert_eq!(reloaded(&r).services.len(), 1);
+    }
+
+    #[test]
+    fn an_invalid_selector_is_a_problem_and_selects_nothing() {
+        let svcs = services(
+            r#"
+- metadata: {name: weird}
+  spec:
+    selector: {matchExpressions: [{key: a, operator: Exists, values: [x]}]}
+    services: [{name: s, addr: ":1"}]
+"#,
+        );
+        let secrets = BTreeMap::new();
+        let ns = Namespace {
+            services: &svcs,
+            chains: &[],
+            secrets: &secrets,
+        };
+        let r = render_for_pod(&ns, &labels(&[("a", "1")]), &Settings::default());
+        assert!(r.config.services.is_empty());
+        assert_eq!(r.problems[0].reason, Reason::InvalidSelector);
+    }
+
+    #[test]
+    fn a_gateway_renders_its_own_services_and_tcp_dialers_stay_plain() {
+        let svcs = services(
+            r#"
+- metadata: {name: gw}
+  spec:
+    gateway: {replicas: 2}
+    services:
+    - name: entry
+      addr: ":8080"
+      handler: {type: http, chain: plain}
+"#,
+        );
+        let chs = chains(
+            r#"
+- metadata: {name: plain}
+  spec:
+    hops:
+    - name: h
+      nodes:
+      - {name: n, addr: "upstream:3128"}
+      - {name: m, addr: "upstream2:443", dialer: {type: wss, tls: {insecureSkipVerify: true}}}
+"#,
+        );
+        let secrets = BTreeMap::new();
+        let ns = Namespace {
+            services: &svcs,
+            chains: &chs,
+            secrets: &secrets,
+        };
+        assert!(
+            render_for_pod(&ns, &labels(&[]), &Settings::default())
+                .config
+                .services
+                .is_empty(),
+            "no selector: no sidecar"
+        );
+        let r = render_gateway(&ns, &svcs[0], &Settings { admin_port: 9999 });
+        assert!(r.problems.is_empty(), "{:?}", r.problems);
+        let config = reloaded(&r);
+        let nodes = &config.chains[0].hops[0].nodes;
+        assert!(nodes[0].dialer.tls.is_none());
+        assert!(!nodes[1].dialer.tls.as_ref().unwrap().secure);
+        assert_eq!(config.metrics.unwrap().addr, ":9999");
+    }
+}
