@@ -29,6 +29,7 @@ use gost_api::{
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::conn::KeepAlive;
 use crate::handler::Handler;
 use crate::listener::{ACCEPT_ERROR_BACKOFF, Listener};
 use crate::server::{self, Built};
@@ -80,18 +81,28 @@ impl ServiceSpec {
         }
     }
 
-    /// What the bound listener depends on. The `http2` listener carries its handler, so for
-    /// it any change is a listener change.
-    fn listener_part(&self) -> (String, ListenerConfig, Option<TlsConfig>, Option<Self>) {
+    /// What the bound listener depends on: its address, config and TLS, and the service's
+    /// keepalive, which the listener gives the sockets it accepts. The `http2` listener
+    /// carries its handler, so for it any change is a listener change.
+    fn listener_part(&self) -> ListenerPart {
         let whole = (self.service.listener.kind == ListenerType::Http2).then(|| self.clone());
         (
             self.service.addr.clone(),
             self.service.listener.clone(),
             self.tls.clone(),
+            server::keepalive(&self.service, 0).ok(),
             whole,
         )
     }
 }
+
+type ListenerPart = (
+    String,
+    ListenerConfig,
+    Option<TlsConfig>,
+    Option<KeepAlive>,
+    Option<ServiceSpec>,
+);
 
 /// Connections one service serves at once unless its `maxConnections` metadata says otherwise:
 /// each takes two file descriptors and some memory, and a flood beyond this is better refused
