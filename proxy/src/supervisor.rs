@@ -448,3 +448,39 @@ async fn accept_loop(
     }
     tracing::info!(service = %name, "stopped accepting");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec_with(md: &[(&str, &str)]) -> ServiceSpec {
+        let mut service = ServiceConfig {
+            name: "s".into(),
+            addr: "127.0.0.1:0".into(),
+            ..ServiceConfig::default()
+        };
+        for (k, v) in md {
+            service.metadata.insert_str(k, v);
+        }
+        ServiceSpec::of(&service, &Config::default())
+    }
+
+    #[test]
+    fn a_keepalive_change_rebinds_the_listener_and_other_limits_only_swap_the_handler() {
+        let base = spec_with(&[]);
+        for changed in [
+            spec_with(&[("keepAlive", "false")]),
+            spec_with(&[("keepAlivePeriod", "2m")]),
+        ] {
+            assert!(changed != base, "a service change");
+            assert!(changed.listener_part() != base.listener_part());
+        }
+        for handler_only in [
+            spec_with(&[("authFailureLimit", "2")]),
+            spec_with(&[("maxConnections", "5")]),
+        ] {
+            assert!(handler_only != base, "a service change");
+            assert!(handler_only.listener_part() == base.listener_part());
+        }
+    }
+}

@@ -81,6 +81,7 @@ pub(crate) fn proxy_auth_accepted(
             env,
             client,
             protocol,
+            "proxy authentication failed",
             user.as_deref().unwrap_or(""),
             verdict,
         );
@@ -88,14 +89,16 @@ pub(crate) fn proxy_auth_accepted(
     verdict.accepted()
 }
 
-/// Counts and logs a failed authentication by `user` (never the password). Each failure is
-/// counted in the metrics; the log gets a warning per failure up to the service's limit and
-/// one when the limit is reached, while the attempts refused unchecked after that are logged
-/// at debug only, so that a guesser cannot fill the disk.
+/// Counts and logs a failed authentication by `user` (never the password) as `what` (e.g.
+/// `socks5: authentication failed`). Each failure is counted in the metrics; the log gets a
+/// warning per failure up to the service's limit and one when the limit is reached, while the
+/// attempts refused unchecked after that are logged at debug only, so that a guesser cannot
+/// fill the disk.
 pub(crate) fn auth_failed(
     env: &HandlerEnv,
     client: SocketAddr,
     protocol: &'static str,
+    what: &'static str,
     user: &str,
     verdict: Verdict,
 ) {
@@ -104,18 +107,17 @@ pub(crate) fn auth_failed(
     match verdict {
         Verdict::Accepted => {}
         Verdict::Rejected => tracing::warn!(
-            service = %env.service, protocol, client = %client, username = user,
-            "{protocol}: authentication failed"
+            service = %env.service, protocol, client = %client, username = user, "{what}"
         ),
         Verdict::LimitReached => tracing::warn!(
             service = %env.service, protocol, client = %client, username = user,
             window_s = crate::auth::AUTH_FAILURE_WINDOW.as_secs(),
-            "{protocol}: authentication failed; too many failures from this address, \
-             refusing it unchecked until the window ends"
+            "{what}; too many failed authentications from this address, refusing it \
+             unchecked until the window ends"
         ),
         Verdict::Refused => tracing::debug!(
             service = %env.service, protocol, client = %client, username = user,
-            "{protocol}: authentication refused unchecked (too many failures)"
+            "{what}: refused unchecked (too many failed authentications)"
         ),
     }
 }

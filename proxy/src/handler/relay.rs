@@ -93,7 +93,14 @@ impl RelayHandler {
         };
         if !verdict.accepted() {
             let user = String::from_utf8_lossy(username);
-            super::auth_failed(&self.env, client, "relay", &user, verdict);
+            super::auth_failed(
+                &self.env,
+                client,
+                "relay",
+                "relay: authentication failed",
+                &user,
+                verdict,
+            );
         }
         verdict.accepted()
     }

@@ -55,7 +55,14 @@ impl Handler for Socks4Handler {
             };
             if !verdict.accepted() {
                 let user = String::from_utf8_lossy(&request.user_id);
-                super::auth_failed(&self.env, client, "socks4", &user, verdict);
+                super::auth_failed(
+                    &self.env,
+                    client,
+                    "socks4",
+                    "socks4: authentication failed",
+                    &user,
+                    verdict,
+                );
                 self.reply(&mut conn, socks4::REPLY_BAD_USER_ID, client)
                     .await;
                 return;

@@ -129,7 +129,14 @@ impl Socks5Handler {
                 send(conn, &socks5::encode_user_pass_reply(verdict.accepted())).await?;
                 if !verdict.accepted() {
                     let user = String::from_utf8_lossy(&creds.username);
-                    super::auth_failed(&self.env, client, "socks5", &user, verdict);
+                    super::auth_failed(
+                        &self.env,
+                        client,
+                        "socks5",
+                        "socks5: authentication failed",
+                        &user,
+                        verdict,
+                    );
                     return Ok(None);
                 }
             }
