@@ -91,9 +91,11 @@ impl Authenticator {
     pub fn check_from(&self, client: IpAddr, username: &str, password: &str) -> Verdict {
         let limit = self.failure_limit;
         if limit == 0 {
-            return match self.check(username, password) {
-                true => Verdict::Accepted,
-                false => Verdict::Rejected,
+            // Off: failures here are not counted against the address either.
+            return if self.check(username, password) {
+                Verdict::Accepted
+            } else {
+                Verdict::Rejected
             };
         }
         let client = client.to_canonical();
@@ -105,8 +107,8 @@ impl Authenticator {
         }
         match FAILURES.record(client, Instant::now()) {
             n if n == limit => Verdict::LimitReached,
-            // Other services sharing the address's count may have pushed it past this
-            // service's limit already; the failure that crossed it is the one reported.
+            // Concurrent failures (on this service or another, which share the address's
+            // count) reached the limit first; the one that reached it reports it.
             n if n > limit => Verdict::Refused,
             _ => Verdict::Rejected,
         }
