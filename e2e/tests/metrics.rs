@@ -253,7 +253,12 @@ fn repeated_wrong_passwords_get_the_address_refused_and_counted() {
     // Now even the right password is refused from this address, for the rest of the minute.
     let refused = http_connect(proxy, &target, Some("u:right")).unwrap_err();
     assert!(refused.starts_with("HTTP/1.1 407"), "{refused}");
-    assert!(gost.log().contains("too many failed authentications"));
+    // Log lines reach the test through a pipe, possibly after the answers.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !gost.log().contains("too many failed authentications") {
+        assert!(Instant::now() < deadline, "{}", gost.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let text = scrape(&format!("http://{metrics}/metrics"), None);
     assert_eq!(
         sample(&text, "gost_service_auth_failures_total{host="),

@@ -16,6 +16,30 @@ use subtle::ConstantTimeEq;
 #[derive(Clone, Default)]
 pub struct Authenticator {
     users: HashMap<String, String>,
+    /// Failures one client address may make within [`AUTH_FAILURE_WINDOW`]; 0: no limit.
+    failure_limit: u32,
+}
+
+/// What [`Authenticator::check_from`] decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// The credentials are right.
+    Accepted,
+    /// The credentials are wrong.
+    Rejected,
+    /// The credentials are wrong, and this failure used up the client's allowance: it is
+    /// refused unchecked for the rest of the window. Reported once per window, so that a
+    /// guesser cannot fill the logs.
+    LimitReached,
+    /// The client is over its allowance; its credentials were not looked at.
+    Refused,
+}
+
+impl Verdict {
+    /// True for [`Verdict::Accepted`].
+    pub fn accepted(self) -> bool {
+        self == Verdict::Accepted
+    }
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -34,7 +58,15 @@ impl Authenticator {
                 .into_iter()
                 .map(|a| (a.username.clone(), a.password.clone()))
                 .collect(),
+            failure_limit: DEFAULT_AUTH_FAILURE_LIMIT,
         }
+    }
+
+    /// The same users, refusing a client address unchecked after `limit` failures within
+    /// [`AUTH_FAILURE_WINDOW`] (the service's `authFailureLimit`); 0 turns the limit off.
+    pub fn with_failure_limit(mut self, limit: u32) -> Self {
+        self.failure_limit = limit;
+        self
     }
 
     /// The authenticator a handler configuration asks for: its `auth` user plus the users of
@@ -52,20 +84,34 @@ impl Authenticator {
         Some(Authenticator::new(handler.auth.iter().chain(from_authers)))
     }
 
-    /// As [`Authenticator::check`], for a client at `client`: after
-    /// [`MAX_AUTH_FAILURES`] failures within [`AUTH_FAILURE_WINDOW`] its attempts are refused
-    /// without looking at them until the window ends, so that passwords cannot be guessed at
-    /// line speed.
-    pub fn check_from(&self, client: IpAddr, username: &str, password: &str) -> bool {
+    /// As [`Authenticator::check`], for a client at `client`: after the failure limit
+    /// ([`DEFAULT_AUTH_FAILURE_LIMIT`] unless configured) within [`AUTH_FAILURE_WINDOW`] its
+    /// attempts are refused without looking at them until the window ends, so that passwords
+    /// cannot be guessed at line speed.
+    pub fn check_from(&self, client: IpAddr, username: &str, password: &str) -> Verdict {
+        let limit = self.failure_limit;
+        if limit == 0 {
+            // Off: failures here are not counted against the address either.
+            return if self.check(username, password) {
+                Verdict::Accepted
+            } else {
+                Verdict::Rejected
+            };
+        }
         let client = client.to_canonical();
-        if FAILURES.blocked(client, Instant::now()) {
-            return false;
+        if FAILURES.failures(client, Instant::now()) >= limit {
+            return Verdict::Refused;
         }
-        let accepted = self.check(username, password);
-        if !accepted {
-            FAILURES.record(client, Instant::now());
+        if self.check(username, password) {
+            return Verdict::Accepted;
         }
-        accepted
+        match FAILURES.record(client, Instant::now()) {
+            n if n == limit => Verdict::LimitReached,
+            // Concurrent failures (on this service or another, which share the address's
+            // count) reached the limit first; the one that reached it reports it.
+            n if n > limit => Verdict::Refused,
+            _ => Verdict::Rejected,
+        }
     }
 
     /// True when `username` exists and `password` matches it.
@@ -83,9 +129,14 @@ impl Authenticator {
 }
 
 /// Failed authentications one client address may make within [`AUTH_FAILURE_WINDOW`] before
-/// its further attempts are refused unchecked: enough for a person mistyping, far too few for
-/// guessing.
-pub const MAX_AUTH_FAILURES: u32 = 10;
+/// its further attempts are refused unchecked, unless the service's `authFailureLimit` says
+/// otherwise: enough for a person mistyping, far too few for guessing.
+pub const DEFAULT_AUTH_FAILURE_LIMIT: u32 = 10;
+
+/// Largest `authFailureLimit` accepted: past this the limit no longer slows guessing (a
+/// thousand tries a minute per address), so a larger value is more likely a mistake for 0
+/// (off) than a wish.
+pub const MAX_AUTH_FAILURE_LIMIT: u32 = 1_000;
 
 /// The window over which failures are counted, and how long a client stays refused.
 pub const AUTH_FAILURE_WINDOW: Duration = Duration::from_secs(60);
@@ -95,39 +146,40 @@ pub const AUTH_FAILURE_WINDOW: Duration = Duration::from_secs(60);
 /// it cannot grow the table either).
 const MAX_TRACKED_CLIENTS: usize = 16_384;
 
-/// Recent failures per client address, for every service of the process.
+/// Recent failures per client address, for every service of the process: a guesser moving
+/// from one service to the next keeps its count, and each service compares it with its own
+/// limit.
 static FAILURES: LazyLock<FailureTable> = LazyLock::new(FailureTable::default);
 
 #[derive(Default)]
 struct FailureTable(Mutex<HashMap<IpAddr, (Instant, u32)>>);
 
 impl FailureTable {
-    fn blocked(&self, client: IpAddr, now: Instant) -> bool {
+    /// Failures of `client` in its current window.
+    fn failures(&self, client: IpAddr, now: Instant) -> u32 {
         let table = self.0.lock().expect("auth failure table");
-        table.get(&client).is_some_and(|(since, count)| {
-            now.duration_since(*since) < AUTH_FAILURE_WINDOW && *count >= MAX_AUTH_FAILURES
-        })
+        table
+            .get(&client)
+            .filter(|(since, _)| now.duration_since(*since) < AUTH_FAILURE_WINDOW)
+            .map_or(0, |(_, count)| *count)
     }
 
-    fn record(&self, client: IpAddr, now: Instant) {
+    /// Counts a failure of `client`; returns its failures in the current window, this one
+    /// included (0 when the table is full and `client` is not tracked).
+    fn record(&self, client: IpAddr, now: Instant) -> u32 {
         let mut table = self.0.lock().expect("auth failure table");
         if table.len() >= MAX_TRACKED_CLIENTS && !table.contains_key(&client) {
             table.retain(|_, (since, _)| now.duration_since(*since) < AUTH_FAILURE_WINDOW);
             if table.len() >= MAX_TRACKED_CLIENTS {
-                return;
+                return 0;
             }
         }
         let entry = table.entry(client).or_insert((now, 0));
         if now.duration_since(entry.0) >= AUTH_FAILURE_WINDOW {
             *entry = (now, 0);
         }
-        entry.1 += 1;
-        if entry.1 == MAX_AUTH_FAILURES {
-            tracing::warn!(
-                client = %client, failures = entry.1, window_s = AUTH_FAILURE_WINDOW.as_secs(),
-                "too many failed authentications; refusing this address until the window ends"
-            );
-        }
+        entry.1 = entry.1.saturating_add(1);
+        entry.1
     }
 }
 
@@ -165,41 +217,69 @@ mod tests {
     }
 
     #[test]
-    fn repeated_failures_block_the_address_for_the_window() {
+    fn failures_are_counted_per_address_within_the_window() {
         let table = FailureTable::default();
         let (a, b): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
         let t0 = Instant::now();
-        for _ in 0..MAX_AUTH_FAILURES - 1 {
-            table.record(a, t0);
+        for n in 1..=DEFAULT_AUTH_FAILURE_LIMIT {
+            assert_eq!(table.record(a, t0), n);
         }
-        assert!(!table.blocked(a, t0));
-        table.record(a, t0);
-        assert!(table.blocked(a, t0));
-        assert!(!table.blocked(b, t0), "other addresses are not affected");
-        assert!(
-            !table.blocked(a, t0 + AUTH_FAILURE_WINDOW),
-            "the block ends with the window"
+        assert_eq!(table.failures(a, t0), DEFAULT_AUTH_FAILURE_LIMIT);
+        assert_eq!(table.failures(b, t0), 0, "other addresses are not affected");
+        assert_eq!(
+            table.failures(a, t0 + AUTH_FAILURE_WINDOW),
+            0,
+            "the count ends with the window"
         );
-        table.record(a, t0 + AUTH_FAILURE_WINDOW);
-        assert!(
-            !table.blocked(a, t0 + AUTH_FAILURE_WINDOW),
+        assert_eq!(
+            table.record(a, t0 + AUTH_FAILURE_WINDOW),
+            1,
             "a new window starts from zero"
         );
     }
 
-    #[test]
-    fn blocked_clients_are_refused_even_with_the_right_password() {
-        let auth = Authenticator::new(&[AuthConfig {
+    fn user_pass() -> Authenticator {
+        Authenticator::new(&[AuthConfig {
             username: "user".into(),
             password: "pass".into(),
-        }]);
+        }])
+    }
+
+    #[test]
+    fn blocked_clients_are_refused_even_with_the_right_password() {
+        let auth = user_pass();
         let client: IpAddr = "198.51.100.9".parse().unwrap();
-        assert!(auth.check_from(client, "user", "pass"));
-        for _ in 0..MAX_AUTH_FAILURES {
-            assert!(!auth.check_from(client, "user", "guess"));
+        assert_eq!(auth.check_from(client, "user", "pass"), Verdict::Accepted);
+        for _ in 1..DEFAULT_AUTH_FAILURE_LIMIT {
+            assert_eq!(auth.check_from(client, "user", "guess"), Verdict::Rejected);
         }
-        assert!(!auth.check_from(client, "user", "pass"));
+        assert_eq!(
+            auth.check_from(client, "user", "guess"),
+            Verdict::LimitReached,
+            "the failure that uses up the allowance is reported once"
+        );
+        assert_eq!(auth.check_from(client, "user", "pass"), Verdict::Refused);
+        assert_eq!(auth.check_from(client, "user", "guess"), Verdict::Refused);
         let other: IpAddr = "198.51.100.10".parse().unwrap();
-        assert!(auth.check_from(other, "user", "pass"));
+        assert_eq!(auth.check_from(other, "user", "pass"), Verdict::Accepted);
+    }
+
+    #[test]
+    fn the_failure_limit_is_configurable_and_zero_turns_it_off() {
+        let client: IpAddr = "198.51.100.20".parse().unwrap();
+        let strict = user_pass().with_failure_limit(2);
+        assert_eq!(strict.check_from(client, "user", "x"), Verdict::Rejected);
+        assert_eq!(
+            strict.check_from(client, "user", "x"),
+            Verdict::LimitReached
+        );
+        assert_eq!(strict.check_from(client, "user", "pass"), Verdict::Refused);
+
+        let open = user_pass().with_failure_limit(0);
+        let client: IpAddr = "198.51.100.21".parse().unwrap();
+        for _ in 0..3 * DEFAULT_AUTH_FAILURE_LIMIT {
+            assert_eq!(open.check_from(client, "user", "x"), Verdict::Rejected);
+        }
+        assert_eq!(open.check_from(client, "user", "pass"), Verdict::Accepted);
     }
 }

@@ -240,6 +240,7 @@ pub struct Router {
     chain: Option<Arc<Chain>>,
     timeout: Duration,
     retries: u32,
+    keepalive: crate::conn::KeepAlive,
 }
 
 impl Router {
@@ -250,11 +251,22 @@ impl Router {
             chain,
             timeout,
             retries,
+            keepalive: crate::conn::KeepAlive::default(),
         }
+    }
+
+    /// The same router, giving the TCP sockets its dials open `keepalive` (the service's).
+    pub fn with_keepalive(mut self, keepalive: crate::conn::KeepAlive) -> Self {
+        self.keepalive = keepalive;
+        self
     }
 
     /// Opens a TCP tunnel to `target`.
     pub async fn dial(&self, target: &Address) -> Result<BoxConn, DialError> {
+        crate::conn::dialing_with(self.keepalive, self.dial_with_retries(target)).await
+    }
+
+    async fn dial_with_retries(&self, target: &Address) -> Result<BoxConn, DialError> {
         let mut attempt = 0;
         loop {
             let result = match &self.chain {

@@ -3,6 +3,7 @@
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -214,24 +215,75 @@ impl Conn for Guarded {
 
 /// TCP keepalive on every tunnel socket: an idle tunnel whose peer vanished (a node rebooted, a
 /// NAT or load balancer dropped the flow) is found and closed instead of hanging for ever.
-/// First probe after this much silence: under the idle timeouts of common cloud load
-/// balancers (about 4 minutes) and NAT tables, so probes also keep live flows open.
-pub const TCP_KEEPALIVE_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
+/// First probe after this much silence, unless the service's `keepAlivePeriod` says otherwise:
+/// under the idle timeouts of common cloud load balancers (about 4 minutes) and NAT tables, so
+/// probes also keep live flows open.
+pub const TCP_KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
 /// Between unanswered probes.
-pub const TCP_KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+pub const TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// Unanswered probes before the kernel closes the socket: a dead peer is noticed within
 /// about a minute.
 pub const TCP_KEEPALIVE_RETRIES: u32 = 3;
+/// Shortest `keepAlivePeriod` accepted: the kernel counts keepalive time in whole seconds and
+/// refuses zero.
+pub const MIN_KEEPALIVE_IDLE: Duration = Duration::from_secs(1);
+/// Longest `keepAlivePeriod` accepted: Linux's own ceiling for the idle time (`MAX_TCP_KEEPIDLE`),
+/// so a value the kernel would reject is refused with the config rather than on every socket.
+pub const MAX_KEEPALIVE_IDLE: Duration = Duration::from_secs(32_767);
+
+/// TCP keepalive for a service's sockets: on (the default) with the silence before the first
+/// probe, or off (`keepAlive: false`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeepAlive {
+    /// No probes: a vanished peer is noticed only when the tunnel next sends.
+    Off,
+    /// Probes after `idle` of silence, then every [`TCP_KEEPALIVE_INTERVAL`].
+    On {
+        /// Silence before the first probe.
+        idle: Duration,
+    },
+}
+
+impl Default for KeepAlive {
+    fn default() -> Self {
+        KeepAlive::On {
+            idle: TCP_KEEPALIVE_IDLE,
+        }
+    }
+}
+
+tokio::task_local! {
+    /// The keepalive of the service on whose behalf a dial runs. Sockets are opened several
+    /// layers below the service (router, chain, hop, node, dialer, transport), so the setting
+    /// travels with the dial rather than through every dialer's signature.
+    static DIALING_KEEPALIVE: KeepAlive;
+}
+
+/// Runs `dial` with `keepalive` applying to the TCP sockets it opens.
+pub async fn dialing_with<F: std::future::Future>(keepalive: KeepAlive, dial: F) -> F::Output {
+    DIALING_KEEPALIVE.scope(keepalive, dial).await
+}
+
+/// The keepalive for a socket being dialled now: the dialling service's, else the default
+/// (dials outside any service, such as a pooled transport's background reconnect).
+pub fn dialing_keepalive() -> KeepAlive {
+    DIALING_KEEPALIVE.try_with(|k| *k).unwrap_or_default()
+}
 
 /// Settings for every tunnel socket, accepted or dialled: no Nagle delay (tunnels carry
-/// interactive protocols, and batching small writes only adds latency) and TCP keepalive.
-pub fn tune_tcp(stream: &TcpStream) -> io::Result<()> {
+/// interactive protocols, and batching small writes only adds latency) and `keepalive`.
+pub fn tune_tcp(stream: &TcpStream, keepalive: KeepAlive) -> io::Result<()> {
     stream.set_nodelay(true)?;
-    let keepalive = socket2::TcpKeepalive::new()
-        .with_time(TCP_KEEPALIVE_IDLE)
-        .with_interval(TCP_KEEPALIVE_INTERVAL)
-        .with_retries(TCP_KEEPALIVE_RETRIES);
-    socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive)
+    let sock = socket2::SockRef::from(stream);
+    match keepalive {
+        KeepAlive::Off => sock.set_keepalive(false),
+        KeepAlive::On { idle } => sock.set_tcp_keepalive(
+            &socket2::TcpKeepalive::new()
+                .with_time(idle)
+                .with_interval(TCP_KEEPALIVE_INTERVAL)
+                .with_retries(TCP_KEEPALIVE_RETRIES),
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -244,7 +296,7 @@ mod keepalive_tests {
         let stream = TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();
-        tune_tcp(&stream).unwrap();
+        tune_tcp(&stream, KeepAlive::default()).unwrap();
         let sock = socket2::SockRef::from(&stream);
         assert!(sock.keepalive().unwrap());
         assert_eq!(sock.tcp_keepalive_time().unwrap(), TCP_KEEPALIVE_IDLE);
@@ -254,5 +306,27 @@ mod keepalive_tests {
         );
         assert_eq!(sock.tcp_keepalive_retries().unwrap(), TCP_KEEPALIVE_RETRIES);
         assert!(stream.nodelay().unwrap());
+    }
+
+    #[tokio::test]
+    async fn keepalive_follows_the_service_setting() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let stream = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let sock = socket2::SockRef::from(&stream);
+        let idle = Duration::from_secs(75);
+        tune_tcp(&stream, KeepAlive::On { idle }).unwrap();
+        assert_eq!(sock.tcp_keepalive_time().unwrap(), idle);
+        tune_tcp(&stream, KeepAlive::Off).unwrap();
+        assert!(!sock.keepalive().unwrap());
+        assert!(stream.nodelay().unwrap());
+    }
+
+    #[tokio::test]
+    async fn dials_take_the_keepalive_of_their_service() {
+        assert_eq!(dialing_keepalive(), KeepAlive::default());
+        let inside = dialing_with(KeepAlive::Off, async { dialing_keepalive() }).await;
+        assert_eq!(inside, KeepAlive::Off);
     }
 }

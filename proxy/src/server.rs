@@ -6,15 +6,16 @@ use std::time::Duration;
 
 use gost_api::{
     ChainConfig, Config, ConfigError, ConnectorType, DialerType, HandlerType, HopConfig,
-    ListenerType, Metadata, SelectorStrategy,
+    ListenerType, Metadata, SelectorStrategy, ServiceConfig,
 };
 use tokio_util::task::TaskTracker;
 
 use crate::addr::Address;
-use crate::auth::Authenticator;
+use crate::auth::{Authenticator, DEFAULT_AUTH_FAILURE_LIMIT, MAX_AUTH_FAILURE_LIMIT};
 use crate::chain::{
     Chain, DEFAULT_DIAL_TIMEOUT, DEFAULT_FAIL_TIMEOUT, DEFAULT_MAX_FAILS, Hop, Node, Router,
 };
+use crate::conn::{KeepAlive, MAX_KEEPALIVE_IDLE, MIN_KEEPALIVE_IDLE, TCP_KEEPALIVE_IDLE};
 use crate::connector::Connector;
 use crate::connector::http::HttpConnector;
 use crate::connector::http2::Http2Connector;
@@ -25,7 +26,9 @@ use crate::dialer::h2::{H2Dialer, Http2Dialer};
 use crate::dialer::tcp::TcpDialer;
 use crate::dialer::tls::TlsDialer;
 use crate::handler::auto::AutoHandler;
-use crate::handler::http::HttpHandler;
+use crate::handler::http::{
+    HttpHandler, MAX_HEADER_SIZE_LIMIT, MAX_REQUEST_HEAD, MIN_HEADER_SIZE_LIMIT,
+};
 use crate::handler::relay::RelayHandler;
 use crate::handler::socks4::Socks4Handler;
 use crate::handler::socks5::Socks5Handler;
@@ -97,11 +100,15 @@ pub fn build_service(
     .unwrap_or(DEFAULT_DIAL_TIMEOUT);
     let md = &service.handler.metadata;
     let md_path = format!("{path}.handler.metadata");
+    let auth_failure_limit = auth_failure_limit(service, i)?;
     let env = Arc::new(HandlerEnv {
         service: Arc::from(service.name.as_str()),
-        auth: Authenticator::for_handler(&service.handler, config),
-        router: Router::new(chain, dial_timeout, service.handler.retries.unwrap_or(0)),
+        auth: Authenticator::for_handler(&service.handler, config)
+            .map(|auth| auth.with_failure_limit(auth_failure_limit)),
+        router: Router::new(chain, dial_timeout, service.handler.retries.unwrap_or(0))
+            .with_keepalive(keepalive(service, i)?),
         metadata: md.clone(),
+        max_header_size: max_header_size(md, &md_path)?,
         handshake_timeout: duration(md, "readTimeout", &md_path)?
             .unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT),
         idle_timeout: duration(md, "idleTimeout", &md_path)?.filter(|d| !d.is_zero()),
@@ -161,16 +168,18 @@ pub fn bind_listener(
     let service = &config.services[i];
     let path = format!("services[{i}]");
     let http2_handler = built.http2.clone();
+    let keepalive = keepalive(service, i)?;
     let listener: Box<dyn Listener> = match service.listener.kind {
         ListenerType::Tcp => Box::new(
             TcpListenerImpl::bind(&service.addr)
-                .map_err(|e| cannot_listen(&path, &service.addr, e))?,
+                .map_err(|e| cannot_listen(&path, &service.addr, e))?
+                .with_keepalive(keepalive),
         ),
         ListenerType::Tls => {
             let tls = ServerTls::new(service.listener.tls.as_ref(), tls_defaults, &[])
                 .map_err(|e| field(format!("{path}.listener.tls"), e))?;
             Box::new(
-                crate::listener::tls::bind(&service.addr, tls)
+                crate::listener::tls::bind(&service.addr, tls, keepalive)
                     .map_err(|e| cannot_listen(&path, &service.addr, e))?,
             )
         }
@@ -185,7 +194,7 @@ pub fn bind_listener(
             let options = crate::listener::ws::WsOptions::from_metadata(&service.listener.metadata)
                 .map_err(|e| field(format!("{path}.listener.metadata"), e))?;
             Box::new(
-                crate::listener::ws::bind(&service.addr, tls, options)
+                crate::listener::ws::bind(&service.addr, tls, options, keepalive)
                     .map_err(|e| cannot_listen(&path, &service.addr, e))?,
             )
         }
@@ -208,7 +217,7 @@ pub fn bind_listener(
                 .string(&["path"])
                 .filter(|p| !p.is_empty());
             Box::new(
-                crate::listener::h2::bind(&service.addr, tls, h2_path)
+                crate::listener::h2::bind(&service.addr, tls, h2_path, keepalive)
                     .map_err(|e| cannot_listen(&path, &service.addr, e))?,
             )
         }
@@ -225,7 +234,7 @@ pub fn bind_listener(
                 )
             };
             Box::new(
-                crate::listener::grpc::bind(&service.addr, tls, options)
+                crate::listener::grpc::bind(&service.addr, tls, options, keepalive)
                     .map_err(|e| cannot_listen(&path, &service.addr, e))?,
             )
         }
@@ -243,7 +252,7 @@ pub fn bind_listener(
             )
             .map_err(|e| field(format!("{path}.listener.tls"), e))?;
             Box::new(
-                crate::listener::http2::bind(&service.addr, tls, handler)
+                crate::listener::http2::bind(&service.addr, tls, handler, keepalive)
                     .map_err(|e| cannot_listen(&path, &service.addr, e))?,
             )
         }
@@ -261,7 +270,7 @@ pub fn bind_listener(
             };
             let paths = crate::pht::Paths::from_metadata(&service.listener.metadata);
             Box::new(
-                crate::listener::pht::bind(&service.addr, tls, &service.name, paths)
+                crate::listener::pht::bind(&service.addr, tls, &service.name, paths, keepalive)
                     .map_err(|e| cannot_listen(&path, &service.addr, e))?,
             )
         }
@@ -325,6 +334,86 @@ fn duration(md: &Metadata, key: &str, path: &str) -> Result<Option<Duration>, Co
     md.duration(&[key])
         .map(Option::flatten)
         .map_err(|e| field(path.to_string(), e.to_string()))
+}
+
+/// A service's TCP keepalive, for the sockets its listener accepts and those its dials open:
+/// service metadata `keepAlive` (on unless `false`) and `keepAlivePeriod` (silence before the
+/// first probe), GOST's names.
+pub fn keepalive(service: &ServiceConfig, i: usize) -> Result<KeepAlive, ConfigError> {
+    let md = &service.metadata;
+    let on = md
+        .bool(&["keepAlive"])
+        .map_err(|e| field(format!("services[{i}].metadata.keepAlive"), e.to_string()))?
+        .unwrap_or(true);
+    if !on {
+        return Ok(KeepAlive::Off);
+    }
+    let period_path = || format!("services[{i}].metadata.keepAlivePeriod");
+    let idle = match md.duration(&["keepAlivePeriod"]) {
+        Err(e) => return Err(field(period_path(), e.to_string())),
+        Ok(None) => TCP_KEEPALIVE_IDLE,
+        Ok(Some(Some(idle))) if (MIN_KEEPALIVE_IDLE..=MAX_KEEPALIVE_IDLE).contains(&idle) => idle,
+        Ok(Some(_)) => {
+            return Err(field(
+                period_path(),
+                format!(
+                    "must be between {}s and {}s (use keepAlive: false to turn keepalive off)",
+                    MIN_KEEPALIVE_IDLE.as_secs(),
+                    MAX_KEEPALIVE_IDLE.as_secs()
+                ),
+            ));
+        }
+    };
+    Ok(KeepAlive::On { idle })
+}
+
+/// The largest request head the handler accepts: handler metadata `maxHeaderSize` (bytes).
+fn max_header_size(md: &Metadata, md_path: &str) -> Result<usize, ConfigError> {
+    let path = || format!("{md_path}.maxHeaderSize");
+    match md.int(&["maxHeaderSize"]) {
+        Err(e) => Err(field(path(), e.to_string())),
+        Ok(None) => Ok(MAX_REQUEST_HEAD),
+        Ok(Some(n)) => usize::try_from(n)
+            .ok()
+            .filter(|n| (MIN_HEADER_SIZE_LIMIT..=MAX_HEADER_SIZE_LIMIT).contains(n))
+            .ok_or_else(|| {
+                field(
+                    path(),
+                    format!(
+                        "must be between {MIN_HEADER_SIZE_LIMIT} and {MAX_HEADER_SIZE_LIMIT} bytes, got {n}"
+                    ),
+                )
+            }),
+    }
+}
+
+/// Failed authentications a client address may make a minute before it is refused unchecked:
+/// `authFailureLimit` in the service's metadata, else its handler's; 0 turns the limit off.
+fn auth_failure_limit(service: &ServiceConfig, i: usize) -> Result<u32, ConfigError> {
+    let key = ["authFailureLimit"];
+    let (value, path) = match service.metadata.int(&key) {
+        Ok(None) => (
+            service.handler.metadata.int(&key),
+            format!("services[{i}].handler.metadata.authFailureLimit"),
+        ),
+        other => (other, format!("services[{i}].metadata.authFailureLimit")),
+    };
+    match value {
+        Err(e) => Err(field(path, e.to_string())),
+        Ok(None) => Ok(DEFAULT_AUTH_FAILURE_LIMIT),
+        Ok(Some(n)) => u32::try_from(n)
+            .ok()
+            .filter(|n| *n <= MAX_AUTH_FAILURE_LIMIT)
+            .ok_or_else(|| {
+                field(
+                    path,
+                    format!(
+                        "must be a number of failures a minute from 0 (no limit) to \
+                         {MAX_AUTH_FAILURE_LIMIT}, got {n}"
+                    ),
+                )
+            }),
+    }
 }
 
 fn build_chain(chain: &ChainConfig, config: &Config, index: usize) -> Result<Chain, ConfigError> {
@@ -491,4 +580,120 @@ fn build_hop(hop: &HopConfig, path: &str) -> Result<Hop, ConfigError> {
         selector.max_fails.unwrap_or(DEFAULT_MAX_FAILS),
         fail_timeout,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(md: &[(&str, &str)], handler_md: &[(&str, &str)]) -> ServiceConfig {
+        let mut service = ServiceConfig::default();
+        for (k, v) in md {
+            service.metadata.insert_str(k, v);
+        }
+        for (k, v) in handler_md {
+            service.handler.metadata.insert_str(k, v);
+        }
+        service
+    }
+
+    fn error_path(e: ConfigError) -> String {
+        match e {
+            ConfigError::Field { path, .. } => path,
+            other => panic!("not a field error: {other}"),
+        }
+    }
+
+    #[test]
+    fn keepalive_is_on_by_default_and_configurable() {
+        assert_eq!(
+            keepalive(&service(&[], &[]), 0).unwrap(),
+            KeepAlive::default()
+        );
+        assert_eq!(
+            keepalive(&service(&[("keepAlive", "false")], &[]), 0).unwrap(),
+            KeepAlive::Off
+        );
+        assert_eq!(
+            keepalive(
+                &service(&[("keepalive", "true"), ("keepAlivePeriod", "2m")], &[]),
+                0
+            )
+            .unwrap(),
+            KeepAlive::On {
+                idle: Duration::from_secs(120)
+            }
+        );
+        for (key, value) in [
+            ("keepAlive", "maybe"),
+            ("keepAlivePeriod", "soon"),
+            ("keepAlivePeriod", "500ms"),
+            ("keepAlivePeriod", "10h"),
+            ("keepAlivePeriod", "-1"),
+        ] {
+            let e = keepalive(&service(&[(key, value)], &[]), 3).unwrap_err();
+            assert_eq!(
+                error_path(e),
+                format!("services[3].metadata.{key}"),
+                "{value}"
+            );
+        }
+    }
+
+    #[test]
+    fn max_header_size_is_bounded() {
+        let md = |v: &str| service(&[], &[("maxHeaderSize", v)]).handler.metadata;
+        let path = "services[1].handler.metadata";
+        assert_eq!(
+            max_header_size(&Metadata::default(), path).unwrap(),
+            MAX_REQUEST_HEAD
+        );
+        assert_eq!(max_header_size(&md("2048"), path).unwrap(), 2048);
+        assert_eq!(
+            max_header_size(&md("1048576"), path).unwrap(),
+            MAX_HEADER_SIZE_LIMIT
+        );
+        for bad in ["1023", "1048577", "-1", "big"] {
+            let e = max_header_size(&md(bad), path).unwrap_err();
+            assert_eq!(
+                error_path(e),
+                "services[1].handler.metadata.maxHeaderSize",
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn auth_failure_limit_from_service_or_handler_metadata() {
+        assert_eq!(
+            auth_failure_limit(&service(&[], &[]), 0).unwrap(),
+            DEFAULT_AUTH_FAILURE_LIMIT
+        );
+        assert_eq!(
+            auth_failure_limit(&service(&[("authFailureLimit", "0")], &[]), 0).unwrap(),
+            0
+        );
+        assert_eq!(
+            auth_failure_limit(&service(&[], &[("authFailureLimit", "2")]), 0).unwrap(),
+            2
+        );
+        assert_eq!(
+            auth_failure_limit(
+                &service(&[("authFailureLimit", "5")], &[("authFailureLimit", "2")]),
+                0
+            )
+            .unwrap(),
+            5,
+            "the service's own value wins"
+        );
+        for bad in ["-1", "1001", "lots"] {
+            let e = auth_failure_limit(&service(&[("authFailureLimit", bad)], &[]), 2).unwrap_err();
+            assert_eq!(error_path(e), "services[2].metadata.authFailureLimit");
+            let e = auth_failure_limit(&service(&[], &[("authFailureLimit", bad)]), 2).unwrap_err();
+            assert_eq!(
+                error_path(e),
+                "services[2].handler.metadata.authFailureLimit"
+            );
+        }
+    }
 }

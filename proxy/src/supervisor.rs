@@ -29,6 +29,7 @@ use gost_api::{
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::conn::KeepAlive;
 use crate::handler::Handler;
 use crate::listener::{ACCEPT_ERROR_BACKOFF, Listener};
 use crate::server::{self, Built};
@@ -80,18 +81,28 @@ impl ServiceSpec {
         }
     }
 
-    /// What the bound listener depends on. The `http2` listener carries its handler, so for
-    /// it any change is a listener change.
-    fn listener_part(&self) -> (String, ListenerConfig, Option<TlsConfig>, Option<Self>) {
+    /// What the bound listener depends on: its address, config and TLS, and the service's
+    /// keepalive, which the listener gives the sockets it accepts. The `http2` listener
+    /// carries its handler, so for it any change is a listener change.
+    fn listener_part(&self) -> ListenerPart {
         let whole = (self.service.listener.kind == ListenerType::Http2).then(|| self.clone());
         (
             self.service.addr.clone(),
             self.service.listener.clone(),
             self.tls.clone(),
+            server::keepalive(&self.service, 0).ok(),
             whole,
         )
     }
 }
+
+type ListenerPart = (
+    String,
+    ListenerConfig,
+    Option<TlsConfig>,
+    Option<KeepAlive>,
+    Option<ServiceSpec>,
+);
 
 /// Connections one service serves at once unless its `maxConnections` metadata says otherwise:
 /// each takes two file descriptors and some memory, and a flood beyond this is better refused
@@ -436,4 +447,40 @@ async fn accept_loop(
         }
     }
     tracing::info!(service = %name, "stopped accepting");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec_with(md: &[(&str, &str)]) -> ServiceSpec {
+        let mut service = ServiceConfig {
+            name: "s".into(),
+            addr: "127.0.0.1:0".into(),
+            ..ServiceConfig::default()
+        };
+        for (k, v) in md {
+            service.metadata.insert_str(k, v);
+        }
+        ServiceSpec::of(&service, &Config::default())
+    }
+
+    #[test]
+    fn a_keepalive_change_rebinds_the_listener_and_other_limits_only_swap_the_handler() {
+        let base = spec_with(&[]);
+        for changed in [
+            spec_with(&[("keepAlive", "false")]),
+            spec_with(&[("keepAlivePeriod", "2m")]),
+        ] {
+            assert!(changed != base, "a service change");
+            assert!(changed.listener_part() != base.listener_part());
+        }
+        for handler_only in [
+            spec_with(&[("authFailureLimit", "2")]),
+            spec_with(&[("maxConnections", "5")]),
+        ] {
+            assert!(handler_only != base, "a service change");
+            assert!(handler_only.listener_part() == base.listener_part());
+        }
+    }
 }

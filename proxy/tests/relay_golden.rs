@@ -107,6 +107,7 @@ async fn handler_answers_the_recorded_requests_as_gost_did() {
         router: Router::new(None, Duration::from_secs(2), 0),
         metadata: Metadata::default(),
         handshake_timeout: Duration::from_secs(5),
+        max_header_size: gost_proxy::handler::http::MAX_REQUEST_HEAD,
         idle_timeout: None,
         tunnels: TaskTracker::new(),
     });
@@ -231,6 +232,7 @@ async fn our_connector_and_handler_tunnel_in_both_modes() {
         router: Router::new(None, Duration::from_secs(2), 0),
         metadata: Metadata::default(),
         handshake_timeout: Duration::from_secs(5),
+        max_header_size: gost_proxy::handler::http::MAX_REQUEST_HEAD,
         idle_timeout: None,
         tunnels: TaskTracker::new(),
     });
@@ -305,6 +307,7 @@ async fn handler_refuses_udp_and_addressless_requests_and_drops_silent_clients()
         router: Router::new(None, Duration::from_secs(2), 0),
         metadata: Metadata::default(),
         handshake_timeout: Duration::from_millis(300),
+        max_header_size: gost_proxy::handler::http::MAX_REQUEST_HEAD,
         idle_timeout: None,
         tunnels: TaskTracker::new(),
     });

@@ -23,14 +23,15 @@ impl Dialer for TcpDialer {
 }
 
 /// Connects to `addr`, resolving a domain name with the system resolver and trying each of its
-/// addresses in turn, all within `timeout`.
+/// addresses in turn, all within `timeout`. The socket gets the dialling service's keepalive
+/// ([`crate::conn::dialing_keepalive`]).
 pub async fn connect(addr: &Address, timeout: Duration) -> io::Result<TcpStream> {
     let attempt = async {
         let stream = match &addr.host {
             Host::Ip(ip) => TcpStream::connect(SocketAddr::new(*ip, addr.port)).await?,
             Host::Domain(name) => TcpStream::connect((name.as_str(), addr.port)).await?,
         };
-        crate::conn::tune_tcp(&stream)?;
+        crate::conn::tune_tcp(&stream, crate::conn::dialing_keepalive())?;
         Ok(stream)
     };
     match tokio::time::timeout(timeout, attempt).await {

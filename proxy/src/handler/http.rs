@@ -30,9 +30,34 @@ use crate::chain::{DialError, DialErrorKind};
 use crate::codec::http::proxy_target;
 use crate::conn::{BoxConn, Conn, Prefixed};
 
-/// Largest request head accepted. Real proxy requests are a few KiB; a larger head is answered
-/// with 431 rather than buffered.
+/// Largest request head accepted unless the handler's `maxHeaderSize` says otherwise. Real
+/// proxy requests are a few KiB; a larger head is answered with 431 rather than buffered.
 pub const MAX_REQUEST_HEAD: usize = 64 * 1024;
+
+/// Smallest `maxHeaderSize` accepted: a CONNECT line with a long host name plus
+/// `Proxy-Authorization` and a `User-Agent` already take several hundred bytes, so a limit
+/// under 1 KiB would refuse ordinary clients.
+pub const MIN_HEADER_SIZE_LIMIT: usize = 1024;
+
+/// Largest `maxHeaderSize` accepted: each connection may buffer this much before its head is
+/// complete, so 10,000 connections at 1 MiB already reach 10 GiB; nothing a proxy client
+/// sends needs more.
+pub const MAX_HEADER_SIZE_LIMIT: usize = 1024 * 1024;
+
+/// hyper's smallest read buffer (it panics below this). Limits under it are enforced on the
+/// parsed head instead, see [`head_size`].
+const HYPER_MIN_BUF_SIZE: usize = 8192;
+
+/// The size of a request head as sent on HTTP/1: the request line and each header line with
+/// their line ends, and the blank line. HTTP/2 heads are measured the same way.
+pub(crate) fn head_size(method: &Method, uri: &Uri, headers: &HeaderMap) -> usize {
+    let request_line = method.as_str().len() + 1 + uri.to_string().len() + " HTTP/1.1\r\n".len();
+    let fields: usize = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + ": ".len() + value.len() + "\r\n".len())
+        .sum();
+    request_line + fields + "\r\n".len()
+}
 
 /// GOST's `Proxy-Agent` value, overridable with `proxyAgent` metadata.
 pub const DEFAULT_PROXY_AGENT: &str = "gost/3.0";
@@ -89,7 +114,7 @@ impl Handler for HttpHandler {
         let result = http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(self.shared.env.handshake_timeout)
-            .max_buf_size(MAX_REQUEST_HEAD)
+            .max_buf_size(self.shared.env.max_header_size.max(HYPER_MIN_BUF_SIZE))
             .title_case_headers(true)
             .auto_date_header(false)
             .serve_connection(TokioIo::new(conn), service)
@@ -104,6 +129,10 @@ impl Handler for HttpHandler {
 impl Shared {
     async fn serve(&self, req: Request<Incoming>, client: SocketAddr) -> Response<Body> {
         let env = &self.env;
+        if head_size(req.method(), req.uri(), req.headers()) > env.max_header_size {
+            tracing::debug!(service = %env.service, client = %client, limit = env.max_header_size, "request head too large");
+            return self.error(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+        }
         if !super::proxy_auth_accepted(env, req.headers(), client, "http") {
             return self.auth_required(req.headers());
         }
@@ -177,7 +206,9 @@ impl Shared {
     ) -> Response<Body> {
         let handshake = hyper::client::conn::http1::Builder::new()
             .title_case_headers(true)
-            .handshake::<_, Incoming>(TokioIo::new(upstream))
+            .handshake::<_, Incoming>(TokioIo::new(super::Metered::boxed(
+                &self.env, client, upstream,
+            )))
             .await;
         let (mut sender, connection) = match handshake {
             Ok(parts) => parts,
@@ -317,4 +348,24 @@ fn prepare_forwarded(req: &mut Request<Incoming>, target: &Address) {
         .to_string();
     *req.uri_mut() = path.parse().unwrap_or_else(|_| Uri::from_static("/"));
     strip_hop_by_hop(req.headers_mut());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_size_counts_the_request_as_sent() {
+        let req = Request::builder()
+            .method(Method::CONNECT)
+            .uri("example.com:443")
+            .header("host", "example.com:443")
+            .body(())
+            .unwrap();
+        let sent = "CONNECT example.com:443 HTTP/1.1\r\nhost: example.com:443\r\n\r\n";
+        assert_eq!(
+            head_size(req.method(), req.uri(), req.headers()),
+            sent.len()
+        );
+    }
 }

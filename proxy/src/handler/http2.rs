@@ -84,6 +84,12 @@ impl Http2Handler {
         client: SocketAddr,
     ) {
         let env = &self.env;
+        if super::http::head_size(req.method(), req.uri(), req.headers()) > env.max_header_size {
+            tracing::debug!(service = %env.service, client = %client, limit = env.max_header_size, "request head too large");
+            let _ =
+                respond.send_response(status(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE), true);
+            return;
+        }
         if !super::proxy_auth_accepted(env, req.headers(), client, "http2") {
             let mut response = status(StatusCode::PROXY_AUTHENTICATION_REQUIRED);
             response
@@ -157,7 +163,7 @@ impl Http2Handler {
                 return;
             }
         };
-        let response = match send_upstream(req, upstream, &target, env).await {
+        let response = match send_upstream(req, upstream, &target, env, client).await {
             Ok(response) => response,
             Err(e) => {
                 crate::metrics::handler_error(&env.service, client);
@@ -269,10 +275,11 @@ async fn send_upstream(
     upstream: BoxConn,
     target: &Address,
     env: &HandlerEnv,
+    client: SocketAddr,
 ) -> Result<Response<hyper::body::Incoming>, hyper::Error> {
     let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
         .title_case_headers(true)
-        .handshake::<_, RecvBody>(TokioIo::new(upstream))
+        .handshake::<_, RecvBody>(TokioIo::new(super::Metered::boxed(env, client, upstream)))
         .await?;
     let service = env.service.clone();
     env.tunnels.spawn(async move {

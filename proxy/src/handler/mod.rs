@@ -7,17 +7,21 @@ pub mod relay;
 pub mod socks4;
 pub mod socks5;
 
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use gost_api::Metadata;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::task::TaskTracker;
 
-use crate::auth::Authenticator;
+use crate::auth::{Authenticator, Verdict};
 use crate::chain::Router;
-use crate::conn::BoxConn;
+use crate::conn::{BoxConn, Conn};
 use crate::pipe::{self, PipeError};
 
 /// How long a client may take to send its request (GOST's `readTimeout` default), so that
@@ -43,6 +47,8 @@ pub struct HandlerEnv {
     pub metadata: Metadata,
     /// Time allowed for the client's request.
     pub handshake_timeout: Duration,
+    /// Largest HTTP request head accepted (`maxHeaderSize`); larger ones get `431`.
+    pub max_header_size: usize,
     /// Idle timeout of established tunnels (`idleTimeout`), none by default as in GOST.
     pub idle_timeout: Option<Duration>,
     /// Tunnels of this service, so that shutdown can wait for them.
@@ -65,19 +71,55 @@ pub(crate) fn proxy_auth_accepted(
     let credentials = headers
         .get(::http::header::PROXY_AUTHORIZATION)
         .and_then(|v| crate::codec::http::basic_credentials(v.as_bytes()));
-    let accepted = credentials
-        .as_ref()
-        .is_some_and(|(user, pass)| auth.check_from(client.ip(), user, pass));
-    if !accepted {
+    let verdict = match &credentials {
+        Some((user, pass)) => auth.check_from(client.ip(), user, pass),
+        None => Verdict::Rejected,
+    };
+    if !verdict.accepted() {
         let user = credentials.map(|(user, _)| user);
-        crate::metrics::auth_failed(&env.service);
-        crate::metrics::handler_error(&env.service, client);
-        tracing::warn!(
-            service = %env.service, protocol, client = %client,
-            user = user.as_deref().unwrap_or(""), "proxy authentication failed"
+        auth_failed(
+            env,
+            client,
+            protocol,
+            "proxy authentication failed",
+            user.as_deref().unwrap_or(""),
+            verdict,
         );
     }
-    accepted
+    verdict.accepted()
+}
+
+/// Counts and logs a failed authentication by `user` (never the password) as `what` (e.g.
+/// `socks5: authentication failed`). Each failure is counted in the metrics; the log gets a
+/// warning per failure up to the service's limit and one when the limit is reached, while the
+/// attempts refused unchecked after that are logged at debug only, so that a guesser cannot
+/// fill the disk.
+pub(crate) fn auth_failed(
+    env: &HandlerEnv,
+    client: SocketAddr,
+    protocol: &'static str,
+    what: &'static str,
+    user: &str,
+    verdict: Verdict,
+) {
+    crate::metrics::auth_failed(&env.service);
+    crate::metrics::handler_error(&env.service, client);
+    match verdict {
+        Verdict::Accepted => {}
+        Verdict::Rejected => tracing::warn!(
+            service = %env.service, protocol, client = %client, username = user, "{what}"
+        ),
+        Verdict::LimitReached => tracing::warn!(
+            service = %env.service, protocol, client = %client, username = user,
+            window_s = crate::auth::AUTH_FAILURE_WINDOW.as_secs(),
+            "{what}; too many failed authentications from this address, refusing it \
+             unchecked until the window ends"
+        ),
+        Verdict::Refused => tracing::debug!(
+            service = %env.service, protocol, client = %client, username = user,
+            "{what}: refused unchecked (too many failed authentications)"
+        ),
+    }
 }
 
 /// Runs a client's handshake within the service's handshake timeout. A failed or late
@@ -144,3 +186,86 @@ pub async fn run_tunnel(
         }
     }
 }
+
+/// The upstream connection of a forwarded plain-HTTP request: the bytes it carries are counted
+/// in the service's transfer metrics when it closes, as a tunnel's are (`input` the client's
+/// request sent on, `output` the answer brought back).
+pub(crate) struct Metered {
+    inner: BoxConn,
+    service: Arc<str>,
+    client: SocketAddr,
+    input: u64,
+    output: u64,
+}
+
+impl Metered {
+    /// `upstream`, counted for `env`'s service and `client`.
+    pub(crate) fn boxed(env: &HandlerEnv, client: SocketAddr, upstream: BoxConn) -> BoxConn {
+        Box::new(Metered {
+            inner: upstream,
+            service: env.service.clone(),
+            client,
+            input: 0,
+            output: 0,
+        })
+    }
+}
+
+impl Drop for Metered {
+    fn drop(&mut self) {
+        crate::metrics::transferred(&self.service, self.client, self.input, self.output);
+    }
+}
+
+impl AsyncRead for Metered {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        self.output += (buf.filled().len() - before) as u64;
+        result
+    }
+}
+
+impl AsyncWrite for Metered {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = result {
+            self.input += n as u64;
+        }
+        result
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = result {
+            self.input += n as u64;
+        }
+        result
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl Conn for Metered {}

@@ -13,6 +13,7 @@ use bytes::{BufMut, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{Handler, HandlerEnv, run_tunnel, within_handshake_timeout};
+use crate::auth::Verdict;
 use crate::codec::relay::{self, Request};
 use crate::conn::{BoxConn, Prefixed};
 
@@ -86,20 +87,22 @@ impl RelayHandler {
             return true;
         };
         let (username, password) = request.user_auth().unwrap_or((b"", b""));
-        let accepted = match (std::str::from_utf8(username), std::str::from_utf8(password)) {
+        let verdict = match (std::str::from_utf8(username), std::str::from_utf8(password)) {
             (Ok(username), Ok(password)) => auth.check_from(client.ip(), username, password),
-            _ => false,
+            _ => Verdict::Rejected,
         };
-        if !accepted {
-            crate::metrics::auth_failed(&self.env.service);
-            crate::metrics::handler_error(&self.env.service, client);
-            tracing::warn!(
-                service = %self.env.service, client = %client,
-                username = ?String::from_utf8_lossy(username),
-                "relay: authentication failed"
+        if !verdict.accepted() {
+            let user = String::from_utf8_lossy(username);
+            super::auth_failed(
+                &self.env,
+                client,
+                "relay",
+                "relay: authentication failed",
+                &user,
+                verdict,
             );
         }
-        accepted
+        verdict.accepted()
     }
 
     async fn connect(

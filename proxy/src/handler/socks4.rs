@@ -8,6 +8,7 @@ use bytes::BytesMut;
 
 use super::socks5::{HANDSHAKE_BUFFER_LEN, read_message, send};
 use super::{Handler, HandlerEnv, run_tunnel, within_handshake_timeout};
+use crate::auth::Verdict;
 use crate::codec::socks4;
 use crate::conn::{BoxConn, Prefixed};
 
@@ -48,15 +49,19 @@ impl Handler for Socks4Handler {
         if let Some(auth) = &self.env.auth {
             // SOCKS4 has no password: the user id must name a user whose configured password is
             // empty, as in GOST.
-            let accepted = std::str::from_utf8(&request.user_id)
-                .is_ok_and(|user| auth.check_from(client.ip(), user, ""));
-            if !accepted {
-                crate::metrics::auth_failed(&self.env.service);
-                crate::metrics::handler_error(&self.env.service, client);
-                tracing::warn!(
-                    service = %self.env.service, client = %client,
-                    username = ?String::from_utf8_lossy(&request.user_id),
-                    "socks4: authentication failed"
+            let verdict = match std::str::from_utf8(&request.user_id) {
+                Ok(user) => auth.check_from(client.ip(), user, ""),
+                Err(_) => Verdict::Rejected,
+            };
+            if !verdict.accepted() {
+                let user = String::from_utf8_lossy(&request.user_id);
+                super::auth_failed(
+                    &self.env,
+                    client,
+                    "socks4",
+                    "socks4: authentication failed",
+                    &user,
+                    verdict,
                 );
                 self.reply(&mut conn, socks4::REPLY_BAD_USER_ID, client)
                     .await;

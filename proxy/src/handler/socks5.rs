@@ -10,6 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{Handler, HandlerEnv, run_tunnel, within_handshake_timeout};
 use crate::addr::Address;
+use crate::auth::Verdict;
 use crate::chain::DialErrorKind;
 use crate::codec::{socks4, socks5};
 use crate::conn::{BoxConn, Prefixed};
@@ -116,23 +117,25 @@ impl Socks5Handler {
             }
             (socks5::METHOD_USER_PASS | socks5::METHOD_TLS_USER_PASS, Some(auth)) => {
                 let creds = read_message(conn, buf, socks5::parse_user_pass).await?;
-                let accepted = match (
+                let verdict = match (
                     std::str::from_utf8(&creds.username),
                     std::str::from_utf8(&creds.password),
                 ) {
                     (Ok(username), Ok(password)) => {
                         auth.check_from(client.ip(), username, password)
                     }
-                    _ => false,
+                    _ => Verdict::Rejected,
                 };
-                send(conn, &socks5::encode_user_pass_reply(accepted)).await?;
-                if !accepted {
-                    crate::metrics::auth_failed(&self.env.service);
-                    crate::metrics::handler_error(&self.env.service, client);
-                    tracing::warn!(
-                        service = %self.env.service, client = %client,
-                        username = ?String::from_utf8_lossy(&creds.username),
-                        "socks5: authentication failed"
+                send(conn, &socks5::encode_user_pass_reply(verdict.accepted())).await?;
+                if !verdict.accepted() {
+                    let user = String::from_utf8_lossy(&creds.username);
+                    super::auth_failed(
+                        &self.env,
+                        client,
+                        "socks5",
+                        "socks5: authentication failed",
+                        &user,
+                        verdict,
                     );
                     return Ok(None);
                 }

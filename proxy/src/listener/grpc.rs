@@ -88,8 +88,13 @@ impl GrpcOptions {
 }
 
 /// Binds `addr` and serves gRPC tunnels, over TLS when `tls` is given.
-pub fn bind(addr: &str, tls: Option<ServerTls>, options: GrpcOptions) -> io::Result<Handshaking> {
-    let tcp = TcpListenerImpl::bind(addr)?;
+pub fn bind(
+    addr: &str,
+    tls: Option<ServerTls>,
+    options: GrpcOptions,
+    keepalive: crate::conn::KeepAlive,
+) -> io::Result<Handshaking> {
+    let tcp = TcpListenerImpl::bind(addr)?.with_keepalive(keepalive);
     let local = tcp.local_addr();
     let options = Arc::new(options);
     Ok(Handshaking::spawn(tcp, move |stream, client, ready| {

@@ -22,8 +22,13 @@ use crate::tls::ServerTls;
 
 /// Binds `addr` and serves HTTP/2 tunnels, over TLS when `tls` is given (`h2`), cleartext
 /// otherwise (`h2c`). `path` is the metadata `path`, if set.
-pub fn bind(addr: &str, tls: Option<ServerTls>, path: Option<String>) -> io::Result<Handshaking> {
-    let tcp = TcpListenerImpl::bind(addr)?;
+pub fn bind(
+    addr: &str,
+    tls: Option<ServerTls>,
+    path: Option<String>,
+    keepalive: crate::conn::KeepAlive,
+) -> io::Result<Handshaking> {
+    let tcp = TcpListenerImpl::bind(addr)?.with_keepalive(keepalive);
     Ok(Handshaking::spawn(tcp, move |stream, client, ready| {
         let tls = tls.clone();
         let path = path.clone();

@@ -21,8 +21,13 @@ pub const ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
 
 /// Binds `addr`, serving TLS with `tls` (built with [`ALPN`]) and HTTP/2 requests with
 /// `handler`.
-pub fn bind(addr: &str, tls: ServerTls, handler: Arc<Http2Handler>) -> io::Result<Handshaking> {
-    let tcp = TcpListenerImpl::bind(addr)?;
+pub fn bind(
+    addr: &str,
+    tls: ServerTls,
+    handler: Arc<Http2Handler>,
+    keepalive: crate::conn::KeepAlive,
+) -> io::Result<Handshaking> {
+    let tcp = TcpListenerImpl::bind(addr)?.with_keepalive(keepalive);
     Ok(Handshaking::spawn(tcp, move |stream, client, ready| {
         let tls = tls.clone();
         let handler = handler.clone();

@@ -41,8 +41,9 @@ pub fn bind(
     tls: Option<ServerTls>,
     service: &str,
     paths: Paths,
+    keepalive: crate::conn::KeepAlive,
 ) -> io::Result<Handshaking> {
-    let tcp = TcpListenerImpl::bind(addr)?;
+    let tcp = TcpListenerImpl::bind(addr)?.with_keepalive(keepalive);
     let service = service.to_string();
     // Every connection gets a clone of the same `ready` sender; the sessions' server is made
     // with the first one.

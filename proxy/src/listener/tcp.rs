@@ -8,7 +8,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::Listener;
-use crate::conn::BoxConn;
+use crate::conn::{BoxConn, KeepAlive};
 
 /// Pending connections the kernel queues before `accept`; GOST's `backlog` default is 128,
 /// which bursts of new tunnels overflow.
@@ -18,6 +18,7 @@ pub const LISTEN_BACKLOG: i32 = 1024;
 pub struct TcpListenerImpl {
     inner: TcpListener,
     local: SocketAddr,
+    keepalive: KeepAlive,
 }
 
 impl TcpListenerImpl {
@@ -68,7 +69,17 @@ impl TcpListenerImpl {
         };
         let inner = TcpListener::from_std(socket.into())?;
         let local = inner.local_addr()?;
-        Ok(TcpListenerImpl { inner, local })
+        Ok(TcpListenerImpl {
+            inner,
+            local,
+            keepalive: KeepAlive::default(),
+        })
+    }
+
+    /// The same listener, giving accepted sockets `keepalive` (the service's setting).
+    pub fn with_keepalive(mut self, keepalive: KeepAlive) -> Self {
+        self.keepalive = keepalive;
+        self
     }
 }
 
@@ -89,7 +100,7 @@ impl TcpListenerImpl {
     /// The next connection as a TCP stream, for listeners that add a handshake.
     pub async fn accept_tcp(&self) -> io::Result<(TcpStream, SocketAddr)> {
         let (stream, peer) = self.inner.accept().await?;
-        crate::conn::tune_tcp(&stream)?;
+        crate::conn::tune_tcp(&stream, self.keepalive)?;
         Ok((stream, peer))
     }
 }

@@ -8,8 +8,12 @@ use super::tcp::TcpListenerImpl;
 use crate::tls::ServerTls;
 
 /// Binds `addr` and serves TLS with `tls` on every connection.
-pub fn bind(addr: &str, tls: ServerTls) -> io::Result<Handshaking> {
-    let tcp = TcpListenerImpl::bind(addr)?;
+pub fn bind(
+    addr: &str,
+    tls: ServerTls,
+    keepalive: crate::conn::KeepAlive,
+) -> io::Result<Handshaking> {
+    let tcp = TcpListenerImpl::bind(addr)?.with_keepalive(keepalive);
     Ok(Handshaking::spawn(tcp, move |stream, client, ready| {
         let tls = tls.clone();
         async move {

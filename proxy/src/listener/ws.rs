@@ -52,8 +52,13 @@ impl WsOptions {
 }
 
 /// Binds `addr` and upgrades connections to WebSockets, after TLS when `tls` is given.
-pub fn bind(addr: &str, tls: Option<ServerTls>, options: WsOptions) -> io::Result<Handshaking> {
-    let tcp = TcpListenerImpl::bind(addr)?;
+pub fn bind(
+    addr: &str,
+    tls: Option<ServerTls>,
+    options: WsOptions,
+    keepalive: crate::conn::KeepAlive,
+) -> io::Result<Handshaking> {
+    let tcp = TcpListenerImpl::bind(addr)?.with_keepalive(keepalive);
     Ok(Handshaking::spawn(tcp, move |stream, client, ready| {
         let tls = tls.clone();
         let options = options.clone();
