@@ -129,8 +129,9 @@ pub enum LeaseError {
         namespace: String,
         name: String,
         action: &'static str,
+        // Boxed: kube::Error is large and would make every Result of this module large.
         #[source]
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
 }
 
@@ -487,7 +488,7 @@ impl LeaderElector {
             namespace: self.namespace.clone(),
             name: self.lease_name.clone(),
             action,
-            source,
+            source: Box::new(source),
         }
     }
 }
