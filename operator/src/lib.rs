@@ -3,3 +3,5 @@
 //!
 //! It depends on `gost-api` (the vocabulary) and never on the data plane.
 #![forbid(unsafe_code)]
+
+pub mod inject;
