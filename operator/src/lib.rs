@@ -4,4 +4,6 @@
 //! It depends on `gost-api` (the vocabulary) and never on the data plane.
 #![forbid(unsafe_code)]
 
+pub mod certs;
 pub mod inject;
+pub mod webhook;
