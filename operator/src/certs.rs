@@ -78,6 +78,9 @@ pub enum CertError {
     /// A setting cannot be turned into a certificate (e.g. a webhook URL without a host).
     #[error("{0}")]
     Settings(String),
+    /// The stored certificate does not load into rustls.
+    #[error(transparent)]
+    Unusable(#[from] crate::webhook::BadCertificate),
     /// The MutatingWebhookConfiguration to patch does not exist.
     #[error(
         "MutatingWebhookConfiguration {0} not found: install the chart's webhook configuration, or run with --webhook-url to register one"
@@ -579,6 +582,19 @@ pub async fn sync_webhook_configuration(
             .await
             .map(drop),
     }
+}
+
+/// Startup: the certificate to serve (stored or newly issued), a resolver serving it, and the
+/// webhook configuration brought in line. Hand the results to [`crate::webhook::tls_config`]
+/// and [`keep_current`].
+pub async fn prepare(
+    client: &Client,
+    settings: &CertSettings,
+) -> Result<(Arc<CertResolver>, ServingCert), CertError> {
+    let cert = ensure_serving_cert(client, settings).await?;
+    let resolver = Arc::new(CertResolver::new(&cert.cert_pem, &cert.key_pem)?);
+    sync_webhook_configuration(client, settings, &cert).await?;
+    Ok((resolver, cert))
 }
 
 /// Runs for the life of the operator: every [`CHECK_INTERVAL`], renews the certificate when due,

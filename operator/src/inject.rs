@@ -477,12 +477,19 @@ mod tests {
         let args = sidecar_args(&settings);
         assert_eq!(args[..2], ["-C", "/etc/gost/config.yaml"]);
         assert_eq!(args[2], "-C");
-        // The proxy treats a -C source starting with `{` as inline JSON of its own schema.
-        let inline: Config = serde_json::from_str(&args[3]).unwrap();
+        // The proxy treats a -C source starting with `{` as inline JSON and loads it as below.
+        assert!(args[3].starts_with('{'));
+        let inline = gost_api::from_str(&args[3], gost_api::Format::Json).unwrap();
+        gost_api::validate(&inline).unwrap();
         let log = inline.log.unwrap();
         assert_eq!(log.format, Some(LogFormat::Json));
         assert_eq!(log.level, Some(LogLevel::Debug));
         assert!(inline.services.is_empty());
-        assert_eq!(args[4..], ["--grace-period", "2500ms"]);
+        assert_eq!(args[4], "--grace-period");
+        // Parsed as the proxy's --grace-period parses it.
+        assert_eq!(
+            gost_api::metadata::parse_go_duration(&args[5]).unwrap(),
+            Some(Duration::from_millis(2500))
+        );
     }
 }

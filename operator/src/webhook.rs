@@ -218,7 +218,7 @@ fn diagnose(
             "the AdmissionReview's request is not readable: {error}"
         )));
     };
-    tracing::warn!(uid, %error, "admission request whose object is not a readable Pod");
+    tracing::warn!(uid, %error, "admission request not readable as a review of a Pod");
     // `invalid` is the one constructor that needs no parsed request; it is then made allowing.
     let mut response = AdmissionResponse::invalid("");
     response.uid = uid.to_string();
@@ -226,7 +226,7 @@ fn diagnose(
     response.result = Default::default();
     Ok(warn(
         response,
-        format!("gost sidecar injector: the request's object is not a readable Pod ({error}); nothing injected"),
+        format!("gost sidecar injector: the request is not readable as a review of a Pod ({error}); nothing injected"),
     )
     .into_review())
 }

@@ -102,9 +102,13 @@ fn namespaces() -> HashMap<String, BTreeMap<String, String>> {
 
 async fn start(fail: Option<&str>) -> Server {
     let cert = certs::issue(&laptop_settings(), OffsetDateTime::now_utc()).unwrap();
-    let dir = scratch_dir();
-    std::fs::write(dir.join("ca.pem"), &cert.ca_pem).unwrap();
     let resolver = Arc::new(CertResolver::new(&cert.cert_pem, &cert.key_pem).unwrap());
+    start_with(resolver, &cert.ca_pem, fail).await
+}
+
+async fn start_with(resolver: Arc<CertResolver>, ca_pem: &str, fail: Option<&str>) -> Server {
+    let dir = scratch_dir();
+    std::fs::write(dir.join("ca.pem"), ca_pem).unwrap();
     let tls = webhook::tls_config(resolver.clone()).unwrap();
     let pod_config = Arc::new(RecordingConfig {
         fail: fail.map(str::to_string),
@@ -439,7 +443,7 @@ async fn malformed_reviews_get_400_naming_the_problem() {
         response["warnings"][0]
             .as_str()
             .unwrap()
-            .contains("not a readable Pod")
+            .contains("not readable as a review of a Pod")
     );
 
     // A review of something else than a Pod is allowed untouched.
@@ -569,16 +573,8 @@ async fn first_run_creates_the_secret_and_the_ca_bundle_then_reuses_them() {
     let client = fake_cluster(None).await;
     let settings = CertSettings::new("gost-operator", "gost-system");
 
-    let first = certs::ensure_serving_cert(&client, &settings)
-        .await
-        .unwrap();
+    let (resolver, first) = certs::prepare(&client, &settings).await.unwrap();
     assert_eq!(stored(&client, &settings).await, first);
-    assert!(CertResolver::new(&first.cert_pem, &first.key_pem).is_ok());
-    assert!(
-        certs::ensure_ca_bundle(&client, &settings.webhook_configuration, &first.ca_pem)
-            .await
-            .unwrap()
-    );
     assert_eq!(
         ca_bundles(&client).await,
         vec![Some(first.ca_pem.clone()); 2]
@@ -594,6 +590,19 @@ async fn first_run_creates_the_secret_and_the_ca_bundle_then_reuses_them() {
             .unwrap(),
         "an equal caBundle is not written again"
     );
+
+    // What the API server does: call the Service's DNS name and verify against caBundle.
+    let server = start_with(resolver, &first.ca_pem, None).await;
+    let host = "gost-operator.gost-system.svc";
+    let resolve = format!("{host}:{}:127.0.0.1", server.port);
+    let reply = curl(
+        format!("https://{host}:{}/healthz", server.port),
+        server.dir.join("ca.pem"),
+        None,
+        &["--resolve", &resolve],
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
 }
 
 #[tokio::test]
