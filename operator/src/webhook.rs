@@ -173,10 +173,12 @@ impl<P: PodConfig, N: NamespaceLabels> Webhook<P, N> {
             return response;
         };
         tracing::info!(uid = %request.uid, namespace, pod = pod_name(pod), config = %secret, dry_run = request.dry_run, "injecting the gost sidecar");
-        match response.clone().with_patch(patch) {
-            Ok(patched) => patched,
-            Err(error) => warn(response, format!("gost sidecar not injected: {error}")),
-        }
+        response.with_patch(patch).unwrap_or_else(|error| {
+            warn(
+                AdmissionResponse::from(request),
+                format!("gost sidecar not injected: {error}"),
+            )
+        })
     }
 }
 

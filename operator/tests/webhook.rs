@@ -490,6 +490,26 @@ async fn healthz_and_unknown_paths() {
 }
 
 #[tokio::test]
+async fn a_silent_peer_is_dropped_after_the_handshake_timeout() {
+    use tokio::io::AsyncReadExt;
+    let server = start(None).await;
+    let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", server.port))
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 64];
+    // Bounded: the server must close well before this.
+    let read = tokio::time::timeout(
+        webhook::HANDSHAKE_TIMEOUT + Duration::from_secs(5),
+        socket.read(&mut buf),
+    )
+    .await
+    .expect("the server closes a peer that never sends a ClientHello");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    assert!(started.elapsed() >= webhook::HANDSHAKE_TIMEOUT - Duration::from_millis(100));
+}
+
+#[tokio::test]
 async fn a_rotated_certificate_is_served_without_a_restart() {
     let server = start(None).await;
     let rotated = certs::issue(&laptop_settings(), OffsetDateTime::now_utc()).unwrap();
