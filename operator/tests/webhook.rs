@@ -777,3 +777,16 @@ async fn laptop_mode_registers_the_webhook_by_url() {
         .unwrap_err();
     assert!(error.to_string().contains("https"), "{error}");
 }
+
+#[tokio::test]
+async fn replicas_starting_together_converge_on_one_certificate() {
+    let client = fake_cluster(None).await;
+    let settings = CertSettings::new("gost-operator", "gost-system");
+    let (a, b) = tokio::join!(
+        certs::ensure_serving_cert(&client, &settings),
+        certs::ensure_serving_cert(&client, &settings)
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a, b, "both replicas serve the stored certificate");
+    assert_eq!(stored(&client, &settings).await, a);
+}
