@@ -4,5 +4,8 @@
 //! It depends on `gost-api` (the vocabulary) and never on the data plane.
 #![forbid(unsafe_code)]
 
+pub mod certs;
+pub mod inject;
 pub mod lease;
 pub mod render;
+pub mod webhook;
