@@ -289,3 +289,25 @@ fn sighup_reloads_and_an_invalid_file_is_shown_by_readyz() {
     let readyz = curl(&[&format!("http://{metrics}/readyz")]);
     assert_eq!(readyz.text().trim(), "ready", "{}", readyz.text());
 }
+
+/// A sidecar whose pod nothing selects yet gets a config without services: it keeps running,
+/// answers its probes, and starts the services when they arrive.
+#[test]
+fn a_config_without_services_waits_for_them() {
+    let dir = tempdir();
+    let file = dir.join("gost.yaml");
+    std::fs::write(&file, "metrics:\n  addr: 127.0.0.1:0\n").unwrap();
+    let gost = Gost::start(&["-C", file.to_str().unwrap()], 1);
+    let admin = gost.addrs()[0];
+    wait_for_count(&gost, "no services yet", 1);
+    let readyz = curl(&[&format!("http://{admin}/readyz")]);
+    assert_eq!(readyz.text().trim(), "ready", "{}", readyz.text());
+    std::fs::write(
+        &file,
+        "metrics:\n  addr: 127.0.0.1:0\nservices:\n- name: late\n  addr: 127.0.0.1:0\n  handler:\n    type: http\n",
+    )
+    .unwrap();
+    wait_for_count(&gost, "configuration applied", 1);
+    let late = gost.service_addr("late").expect("service late started");
+    assert!(TcpStream::connect(late).is_ok());
+}

@@ -39,19 +39,19 @@ pub const SIDECAR_NAME: &str = "gost";
 pub const CONFIG_VOLUME: &str = "gost-config";
 /// The writable HOME volume's name in the pod.
 pub const HOME_VOLUME: &str = "gost-home";
-/// Where the config Secret is mounted: the proxy's first default configuration directory.
-pub const CONFIG_MOUNT_PATH: &str = "/etc/gost";
+/// Where the config Secret is mounted (rendering decides it: TLS file paths in the config
+/// point under it).
+pub const CONFIG_MOUNT_PATH: &str = crate::render::MOUNT_PATH;
 /// The key of the rendered config in the config Secret, and so the file name under
 /// [`CONFIG_MOUNT_PATH`].
-pub const CONFIG_KEY: &str = "config.yaml";
+pub const CONFIG_KEY: &str = crate::render::CONFIG_KEY;
 /// HOME for the proxy: it persists a generated TLS certificate under `~/.gost`, and the root
 /// filesystem is read-only, so HOME is an emptyDir.
 pub const HOME_MOUNT_PATH: &str = "/var/lib/gost";
 /// The admin port's name: probes and scrapers refer to it by name.
 pub const ADMIN_PORT_NAME: &str = "gost-admin";
-/// The admin (metrics, `/healthz`, `/readyz`) port: high and unusual, so it is unlikely to clash
-/// with the app's own ports in the shared network namespace.
-pub const DEFAULT_ADMIN_PORT: u16 = 15300;
+/// The admin (metrics, `/healthz`, `/readyz`) port, as rendering reserves it.
+pub const DEFAULT_ADMIN_PORT: u16 = crate::render::DEFAULT_ADMIN_PORT;
 /// The non-root uid and gid the sidecar runs as: the conventional "nonroot" id of distroless
 /// images, which owns nothing else in the pod.
 pub const SIDECAR_UID: i64 = 65532;

@@ -105,7 +105,10 @@ fn main() -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
-    if config.services.is_empty() {
+    // A configuration file without services is a sidecar waiting for its config (the operator
+    // renders an empty service list while nothing selects the pod): keep running, serve the
+    // admin endpoint and pick the services up on reload. Without any file there is nothing to do.
+    if config.services.is_empty() && args.config.is_empty() {
         eprintln!(
             "gost: nothing to run: give a service with -L, or a configuration with -C (see gost --help)"
         );
@@ -311,6 +314,9 @@ async fn run(args: &Args, config: Config) -> ExitCode {
         return ExitCode::from(2);
     }
     gost_proxy::metrics::config_applied(supervisor.generation());
+    if config.services.is_empty() {
+        tracing::warn!("the configuration has no services yet; waiting for it to change");
+    }
 
     // SIGHUP reloads, as with GOST.
     let signals = Signals::new().and_then(|signals| {
