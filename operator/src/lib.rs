@@ -4,4 +4,8 @@
 //! It depends on `gost-api` (the vocabulary) and never on the data plane.
 #![forbid(unsafe_code)]
 
+pub mod controller;
+pub mod gateway;
+pub mod group;
 pub mod render;
+pub mod status;
