@@ -251,7 +251,8 @@ pub struct Context {
     settings: Settings,
     stores: RwLock<Stores>,
     recorder: Recorder,
-    /// What the last reconcile saw of each GostService (by UID), to record events on changes.
+    /// What the last reconcile saw of each GostService (by namespace/UID), to record events on
+    /// changes.
     seen: Mutex<HashMap<String, Seen>>,
     /// Consecutive failures by namespace, for the backoff.
     failures: Mutex<HashMap<String, u32>>,
@@ -619,6 +620,13 @@ impl Context {
                 writes += 1;
             }
         }
+        // Forget GostServices of this namespace that are gone.
+        let current: BTreeSet<String> = snap.services.iter().map(seen_key).collect();
+        let prefix = format!("{ns}/");
+        self.seen
+            .lock()
+            .expect("seen lock")
+            .retain(|k, _| !k.starts_with(&prefix) || current.contains(k));
         let chains: Api<GostChain> = Api::namespaced(self.client.clone(), ns);
         let namespace = snap.namespace();
         for gc in &snap.chains {
@@ -643,7 +651,7 @@ impl Context {
     /// Events on changes only. Events are advisory: a failure to record one is logged and
     /// does not fail the reconcile (which would retry and repeat the others).
     async fn record_events(&self, gs: &GostService, obs: &ServiceObservation) {
-        let uid = gs.uid().unwrap_or_else(|| gs.name_any());
+        let uid = seen_key(gs);
         let now = Seen {
             problems: obs.problems.iter().map(|p| p.message.clone()).collect(),
             matched: obs.matched.clone(),
@@ -726,6 +734,16 @@ impl Context {
     }
 }
 
+/// The key of a GostService in [`Context::seen`]: namespace and UID (a GostService deleted and
+/// created again under the same name starts afresh).
+fn seen_key(gs: &GostService) -> String {
+    format!(
+        "{}/{}",
+        gs.namespace().unwrap_or_default(),
+        gs.uid().unwrap_or_else(|| gs.name_any())
+    )
+}
+
 fn by_name<K: Resource>(items: Vec<K>) -> BTreeMap<String, K> {
     items.into_iter().map(|o| (o.name_any(), o)).collect()
 }
@@ -774,7 +792,10 @@ fn group_secret(ns: &str, group: &Group, r: &Rendered) -> Secret {
 }
 
 /// The names of the Secrets the GostServices and GostChains reference.
-pub fn referenced_secrets(services: &[GostService], chains: &[GostChain]) -> BTreeSet<String> {
+pub fn referenced_secrets<'a>(
+    services: impl IntoIterator<Item = &'a GostService>,
+    chains: impl IntoIterator<Item = &'a GostChain>,
+) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
     let auth = |a: Option<&AuthSpec>, names: &mut BTreeSet<String>| {
         if let Some(a) = a {
@@ -787,14 +808,14 @@ pub fn referenced_secrets(services: &[GostService], chains: &[GostChain]) -> BTr
             names.extend(t.ca_secret.iter().map(|s| s.name.clone()));
         }
     };
-    for svc in services.iter().flat_map(|gs| &gs.spec.services) {
+    for svc in services.into_iter().flat_map(|gs| &gs.spec.services) {
         auth(svc.handler.auth.as_ref(), &mut names);
         auth(svc.listener.auth.as_ref(), &mut names);
         tls(svc.handler.tls.as_ref(), &mut names);
         tls(svc.listener.tls.as_ref(), &mut names);
     }
     for node in chains
-        .iter()
+        .into_iter()
         .flat_map(|c| &c.spec.hops)
         .flat_map(|h| &h.nodes)
     {
@@ -1041,21 +1062,14 @@ pub async fn run(
             }
             let ns = s.metadata.namespace.as_deref()?;
             let in_ns = |m: &ObjectMeta| m.namespace.as_deref() == Some(ns);
-            let gs: Vec<GostService> = svc_for_secrets
-                .state()
-                .iter()
-                .filter(|o| in_ns(&o.metadata))
-                .map(|o| (**o).clone())
-                .collect();
-            let gc: Vec<GostChain> = chains_for_secrets
-                .state()
-                .iter()
-                .filter(|o| in_ns(&o.metadata))
-                .map(|o| (**o).clone())
-                .collect();
-            referenced_secrets(&gs, &gc)
-                .contains(&s.name_any())
-                .then(|| fingerprint(&s.metadata.resource_version))
+            let gs = svc_for_secrets.state();
+            let gc = chains_for_secrets.state();
+            referenced_secrets(
+                gs.iter().map(|o| &**o).filter(|o| in_ns(&o.metadata)),
+                gc.iter().map(|o| &**o).filter(|o| in_ns(&o.metadata)),
+            )
+            .contains(&s.name_any())
+            .then(|| fingerprint(&s.metadata.resource_version))
         },
     );
     let deployments = watch_into(
@@ -1075,9 +1089,6 @@ pub async fn run(
     );
     let watchers = future::join5(services, chains, pods, secrets, deployments);
 
-    let requests = stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|r| (Ok::<_, Infallible>(r), rx))
-    });
     let ready = {
         let (s, c, p) = (services_r.clone(), chains_r.clone(), pods_r.clone());
         async move {
@@ -1093,36 +1104,7 @@ pub async fn run(
         // Reconciles before the first lists arrive would see empty stores and undo work.
         ready.await;
         info!("caches filled; reconciling");
-        applier(
-            |key: Arc<K8sNamespace>, ctx: Arc<Context>| {
-                Box::pin(async move {
-                    let ns = key.name_any();
-                    let summary = ctx.reconcile(&ns).await?;
-                    ctx.succeeded(&ns);
-                    debug!(namespace = %ns, groups = summary.groups, writes = summary.writes, "reconciled");
-                    Ok::<_, Error>(Action::requeue(RESYNC_PERIOD))
-                })
-            },
-            |key: Arc<K8sNamespace>, err: &Error, ctx: Arc<Context>| {
-                let ns = key.name_any();
-                let (attempt, delay) = ctx.backoff(&ns);
-                warn!(namespace = %ns, attempt, retry_in = ?delay, error = %err, "reconcile failed");
-                Action::requeue(delay)
-            },
-            ctx,
-            queue.reader.clone(),
-            requests,
-            controller::Config::default()
-                .debounce(debounce)
-                .concurrency(CONCURRENCY),
-        )
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                // Reconcile failures were logged by the error policy.
-                debug!(error = %e, "applier");
-            }
-        })
-        .await;
+        drive(ctx, queue, rx, debounce).await;
     };
     tokio::select! {
         () = shutdown => {
@@ -1131,5 +1113,168 @@ pub async fn run(
         }
         () = applier => Err(Error::Stopped("the reconcile queue ended".into())),
         _ = watchers => Err(Error::Stopped("the watches ended".into())),
+    }
+}
+
+/// Reconciles the namespaces pushed into `queue` until it closes: kube-runtime's applier
+/// debounces bursts, never runs one namespace twice at once, requeues each success after
+/// [`RESYNC_PERIOD`] and each failure after a growing backoff.
+async fn drive(
+    ctx: Arc<Context>,
+    queue: Queue,
+    rx: mpsc::UnboundedReceiver<ObjectRef<K8sNamespace>>,
+    debounce: Duration,
+) {
+    let requests = stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|r| (Ok::<_, Infallible>(r), rx))
+    });
+    applier(
+        |key: Arc<K8sNamespace>, ctx: Arc<Context>| {
+            Box::pin(async move {
+                let ns = key.name_any();
+                let summary = ctx.reconcile(&ns).await?;
+                ctx.succeeded(&ns);
+                debug!(namespace = %ns, groups = summary.groups, writes = summary.writes, "reconciled");
+                Ok::<_, Error>(Action::requeue(RESYNC_PERIOD))
+            })
+        },
+        |key: Arc<K8sNamespace>, err: &Error, ctx: Arc<Context>| {
+            let ns = key.name_any();
+            let (attempt, delay) = ctx.backoff(&ns);
+            warn!(namespace = %ns, attempt, retry_in = ?delay, error = %err, "reconcile failed");
+            Action::requeue(delay)
+        },
+        ctx,
+        queue.reader.clone(),
+        requests,
+        controller::Config::default()
+            .debounce(debounce)
+            .concurrency(CONCURRENCY),
+    )
+    .for_each(|result| async move {
+        if let Err(e) = result {
+            // Reconcile failures were logged by the error policy.
+            debug!(error = %e, "applier");
+        }
+    })
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Instant;
+
+    use kube_fake_client::{ClientBuilder, interceptor};
+    use serde_json::json;
+
+    /// Bounds every wait in these tests.
+    const WAIT: Duration = Duration::from_secs(10);
+
+    fn objects() -> Vec<serde_json::Value> {
+        vec![
+            json!({"apiVersion": "v1", "kind": "Pod",
+                   "metadata": {"name": "p", "namespace": "apps", "uid": "pod-uid",
+                                "labels": {"app": "web", "gost.rs/injected": "true"}},
+                   "spec": {"containers": [{"name": "a", "image": "a"}]}}),
+            json!({"apiVersion": "gost.rs/v1alpha1", "kind": "GostService",
+                   "metadata": {"name": "web", "namespace": "apps"},
+                   "spec": {"selector": {"matchLabels": {"app": "web"}},
+                            "services": [{"name": "s", "addr": ":8000"}]}}),
+        ]
+    }
+
+    async fn wait_for_secret(client: &Client, started: Instant) -> Duration {
+        let api: Api<Secret> = Api::namespaced(client.clone(), "apps");
+        loop {
+            if api.get_opt("gost-sidecar-pod-p").await.unwrap().is_some() {
+                return started.elapsed();
+            }
+            assert!(started.elapsed() < WAIT, "no Secret after {WAIT:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_its_bound_and_resets() {
+        let ctx = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async {
+                let client = ClientBuilder::new().build().await.unwrap();
+                let empty = Stores {
+                    services: filled(Vec::new()),
+                    chains: filled(Vec::new()),
+                    pods: filled(Vec::new()),
+                };
+                Context::new(client, Settings::default(), empty)
+            });
+        let delays: Vec<Duration> = (0..12).map(|_| ctx.backoff("a").1).collect();
+        assert_eq!(delays[0], BASE_BACKOFF);
+        assert_eq!(delays[1], BASE_BACKOFF * 2);
+        assert_eq!(*delays.last().unwrap(), MAX_BACKOFF);
+        assert!(delays.windows(2).all(|w| w[0] <= w[1]));
+        assert_eq!(ctx.backoff("b").1, BASE_BACKOFF, "per namespace");
+        ctx.succeeded("a");
+        assert_eq!(ctx.backoff("a").1, BASE_BACKOFF);
+    }
+
+    #[tokio::test]
+    async fn queued_namespaces_are_reconciled_after_the_debounce() {
+        let client = ClientBuilder::new()
+            .with_resource::<GostService>()
+            .with_resource::<GostChain>()
+            .with_runtime_objects(objects())
+            .build()
+            .await
+            .unwrap();
+        let stores = Stores::list(&client, None).await.unwrap();
+        let ctx = Arc::new(Context::new(client.clone(), Settings::default(), stores));
+        let (queue, rx) = Queue::new();
+        let debounce = Duration::from_millis(200);
+        let driver = tokio::spawn(drive(ctx, queue.clone(), rx, debounce));
+        let started = Instant::now();
+        // A burst of triggers: one reconcile.
+        for _ in 0..100 {
+            queue.push("apps");
+        }
+        let took = wait_for_secret(&client, started).await;
+        assert!(took >= debounce, "ran before the debounce: {took:?}");
+        driver.abort();
+    }
+
+    #[tokio::test]
+    async fn a_failed_reconcile_is_retried_with_backoff() {
+        let creates = Arc::new(AtomicUsize::new(0));
+        let seen = creates.clone();
+        let client = ClientBuilder::new()
+            .with_resource::<GostService>()
+            .with_resource::<GostChain>()
+            .with_runtime_objects(objects())
+            .with_interceptor_funcs(interceptor::Funcs::new().create(move |c| {
+                if c.object["kind"] == "Secret" && seen.fetch_add(1, Ordering::SeqCst) == 0 {
+                    return Err(kube_fake_client::Error::Internal("etcd is down".into()));
+                }
+                Ok(None)
+            }))
+            .build()
+            .await
+            .unwrap();
+        let stores = Stores::list(&client, None).await.unwrap();
+        let ctx = Arc::new(Context::new(client.clone(), Settings::default(), stores));
+        let (queue, rx) = Queue::new();
+        let driver = tokio::spawn(drive(ctx.clone(), queue.clone(), rx, Duration::ZERO));
+        let started = Instant::now();
+        queue.push("apps");
+        let took = wait_for_secret(&client, started).await;
+        assert!(took >= BASE_BACKOFF, "retried without backoff: {took:?}");
+        assert_eq!(creates.load(Ordering::SeqCst), 2);
+        assert!(
+            ctx.failures.lock().unwrap().is_empty(),
+            "the success reset the backoff"
+        );
+        driver.abort();
     }
 }
