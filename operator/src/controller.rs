@@ -59,6 +59,9 @@ const BASE_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(5 * 60);
 /// Attempts of the admission-time write when it races with a reconcile (409 Conflict).
 const ENSURE_ATTEMPTS: usize = 3;
+/// How long the admission-time render waits for the caches of a starting operator: well below
+/// the webhook's own timeout (10 s), so the webhook still answers in time.
+const ENSURE_READY_TIMEOUT: Duration = Duration::from_secs(2);
 /// The proxy image when none is configured.
 pub const DEFAULT_PROXY_IMAGE: &str = concat!("gost-rs/gost:", env!("CARGO_PKG_VERSION"));
 /// The field manager of every write.
@@ -690,6 +693,26 @@ impl Context {
             "the pod has neither a controller owner nor a name, so its config Secret cannot be named; give it a name".to_string()
         })?;
         let name = group.secret_name();
+        // Rendering from caches that are still empty would overwrite the group's Secret with a
+        // config without services, cutting the tunnels of the workload's running pods.
+        let stores = self.stores.read().expect("stores lock").clone();
+        let filled = async {
+            let (s, c, p) = future::join3(
+                stores.services.wait_until_ready(),
+                stores.chains.wait_until_ready(),
+                stores.pods.wait_until_ready(),
+            )
+            .await;
+            s.is_ok() && c.is_ok() && p.is_ok()
+        };
+        if !matches!(
+            tokio::time::timeout(ENSURE_READY_TIMEOUT, filled).await,
+            Ok(true)
+        ) {
+            return Err(format!(
+                "the operator is starting and has not read the GostServices yet; the config Secret {name:?} is written once it has"
+            ));
+        }
         let snap = self.snapshot(namespace).await.map_err(|e| e.to_string())?;
         let labels = pod.metadata.labels.clone().unwrap_or_default();
         let rendered = render_for_pod(&snap.namespace(), &labels, &self.render_settings());
@@ -1219,6 +1242,26 @@ mod tests {
         assert_eq!(ctx.backoff("b").1, BASE_BACKOFF, "per namespace");
         ctx.succeeded("a");
         assert_eq!(ctx.backoff("a").1, BASE_BACKOFF);
+    }
+
+    #[tokio::test]
+    async fn the_admission_render_waits_for_filled_caches() {
+        let client = ClientBuilder::new().build().await.unwrap();
+        let (services, _services_writer) = reflector::store::<GostService>();
+        let stores = Stores {
+            services,
+            chains: filled(Vec::new()),
+            pods: filled(Vec::new()),
+        };
+        let ctx = Context::new(client, Settings::default(), stores);
+        let pod: Pod = serde_json::from_value(objects()[0].clone()).unwrap();
+        let started = Instant::now();
+        let err = ctx
+            .ensure_pod_config("apps", &pod, false)
+            .await
+            .unwrap_err();
+        assert!(err.contains("has not read the GostServices yet"), "{err}");
+        assert!(started.elapsed() < ENSURE_READY_TIMEOUT + Duration::from_secs(1));
     }
 
     #[tokio::test]
