@@ -1245,6 +1245,17 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn run_can_be_spawned() {
+        fn spawnable<F: Future + Send + 'static>(_: &F) {}
+        let client = ClientBuilder::new().build().await.unwrap();
+        let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let controller = run(client, Settings::default(), async move {
+            let _ = stopped.await;
+        });
+        spawnable(&controller);
+    }
+
+    #[tokio::test]
     async fn the_admission_render_waits_for_filled_caches() {
         let client = ClientBuilder::new().build().await.unwrap();
         let (services, _services_writer) = reflector::store::<GostService>();

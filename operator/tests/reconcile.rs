@@ -720,3 +720,74 @@ async fn ensure_pod_config_writes_only_when_not_a_dry_run() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_change_rewrites_only_the_groups_it_concerns() {
+    let mut objects = Vec::new();
+    for app in ["a", "b", "c"] {
+        let rs = format!("{app}-rs");
+        objects.push(json!({
+            "apiVersion": "apps/v1", "kind": "ReplicaSet",
+            "metadata": {"name": rs, "namespace": NS, "uid": format!("uid-{rs}")},
+            "spec": {"selector": {"matchLabels": {"app": app}}}
+        }));
+        for i in 0..3 {
+            objects.push(json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {
+                    "name": format!("{rs}-{i}"), "namespace": NS,
+                    "labels": {"app": app, "gost.rs/injected": "true"},
+                    "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                                         "name": rs, "uid": format!("uid-{rs}"), "controller": true}]
+                },
+                "spec": {"containers": [{"name": "app", "image": "app"}]}
+            }));
+        }
+    }
+    for app in ["a", "b"] {
+        objects.push(json!({
+            "apiVersion": "gost.rs/v1alpha1", "kind": "GostService",
+            "metadata": {"name": format!("svc-{app}"), "namespace": NS},
+            "spec": {"selector": {"matchLabels": {"app": app}},
+                     "services": [{"name": "http", "addr": ":8000"}]}
+        }));
+    }
+    let (client, ctx) = setup(objects).await;
+    let first = reconcile(&client, &ctx).await;
+    assert_eq!(first.groups, 3, "nine pods, three workloads");
+    assert_eq!(managed_secrets(&client).await.len(), 3);
+    let rv = |name: &'static str| {
+        let client = client.clone();
+        async move {
+            api::<Secret>(&client)
+                .get(name)
+                .await
+                .unwrap()
+                .resource_version()
+        }
+    };
+    let (b, c) = (
+        rv("gost-sidecar-replicaset-b-rs").await,
+        rv("gost-sidecar-replicaset-c-rs").await,
+    );
+
+    let services = api::<GostService>(&client);
+    let mut gs = services.get("svc-a").await.unwrap();
+    gs.spec.services[0].addr = ":9000".into();
+    services
+        .replace("svc-a", &PostParams::default(), &gs)
+        .await
+        .unwrap();
+    let second = reconcile(&client, &ctx).await;
+    assert_eq!(
+        second.writes, 2,
+        "group a's Secret and svc-a's status: {second:?}"
+    );
+    let a = api::<Secret>(&client)
+        .get("gost-sidecar-replicaset-a-rs")
+        .await
+        .unwrap();
+    assert_eq!(config_of(&a).services[0].addr, ":9000");
+    assert_eq!(rv("gost-sidecar-replicaset-b-rs").await, b);
+    assert_eq!(rv("gost-sidecar-replicaset-c-rs").await, c);
+}
