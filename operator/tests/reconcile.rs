@@ -791,3 +791,61 @@ async fn a_change_rewrites_only_the_groups_it_concerns() {
     assert_eq!(rv("gost-sidecar-replicaset-b-rs").await, b);
     assert_eq!(rv("gost-sidecar-replicaset-c-rs").await, c);
 }
+
+/// Issue 6's figure, in the in-memory API: 1,000 pods (100 workloads) under 100 GostServices
+/// converge within 10 s of a change. Ignored in CI (a measurement, not a check of behaviour):
+/// `cargo test -p gost-operator --release --test reconcile -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore]
+async fn a_thousand_pods_under_a_hundred_gost_services_converge_quickly() {
+    const WORKLOADS: usize = 100;
+    const PODS_PER_WORKLOAD: usize = 10;
+    const GOAL: std::time::Duration = std::time::Duration::from_secs(10);
+    let mut objects = Vec::new();
+    for w in 0..WORKLOADS {
+        let rs = format!("w{w}-rs");
+        for i in 0..PODS_PER_WORKLOAD {
+            objects.push(json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {
+                    "name": format!("{rs}-{i}"), "namespace": NS,
+                    "labels": {"app": format!("w{w}"), "tier": "all", "gost.rs/injected": "true"},
+                    "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                                         "name": rs, "uid": format!("uid-{rs}"), "controller": true}]
+                },
+                "spec": {"containers": [{"name": "app", "image": "app"}]}
+            }));
+        }
+        objects.push(json!({
+            "apiVersion": "gost.rs/v1alpha1", "kind": "GostService",
+            "metadata": {"name": format!("svc-{w}"), "namespace": NS},
+            "spec": {"selector": {"matchLabels": {"app": format!("w{w}")}},
+                     "services": [
+                        {"name": "http", "addr": ":8000", "handler": {"type": "http"}},
+                        {"name": "socks", "addr": ":1080", "handler": {"type": "socks5"}}
+                     ]}
+        }));
+    }
+    let (client, ctx) = setup(objects).await;
+    let started = std::time::Instant::now();
+    let first = reconcile(&client, &ctx).await;
+    let initial = started.elapsed();
+    assert_eq!(first.groups, WORKLOADS);
+
+    let services = api::<GostService>(&client);
+    let mut gs = services.get("svc-7").await.unwrap();
+    gs.spec.services[0].addr = ":9000".into();
+    services
+        .replace("svc-7", &PostParams::default(), &gs)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let second = reconcile(&client, &ctx).await;
+    let change = started.elapsed();
+    println!(
+        "1,000 pods / 100 GostServices: initial reconcile {initial:?} ({} writes), after a change {change:?} ({} writes)",
+        first.writes, second.writes
+    );
+    assert_eq!(second.writes, 2);
+    assert!(initial < GOAL && change < GOAL);
+}
