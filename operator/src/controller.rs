@@ -41,7 +41,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::gateway::{self, GATEWAY_APP, GatewaySettings, NAME_LABEL};
-use crate::group::{self, Group, INJECTED_LABEL, MANAGED_BY, MANAGED_BY_LABEL};
+use crate::group::{self, Group, INJECTED_LABEL, INJECTED_VALUE, MANAGED_BY, MANAGED_BY_LABEL};
 use crate::render::{self, Namespace, Problem, Reason, Rendered, render_for_pod, render_gateway};
 use crate::status::{self, GatewayState, Seen, ServiceObservation};
 
@@ -208,7 +208,7 @@ where
 }
 
 fn injected_pods() -> ListParams {
-    ListParams::default().labels(&format!("{INJECTED_LABEL}=true"))
+    ListParams::default().labels(&format!("{INJECTED_LABEL}={INJECTED_VALUE}"))
 }
 
 fn managed() -> ListParams {
@@ -326,7 +326,7 @@ impl Context {
                                 .labels
                                 .as_ref()
                                 .and_then(|l| l.get(INJECTED_LABEL))
-                                .is_some_and(|v| v == "true")
+                                .is_some_and(|v| v == INJECTED_VALUE)
                     })
                     .collect::<Vec<_>>(),
             )
@@ -1050,7 +1050,8 @@ pub async fn run(
             pods_w,
             kube::runtime::watcher(
                 scoped::<PartialObjectMeta<Pod>>(&client, ns),
-                cfg.clone().labels(&format!("{INJECTED_LABEL}=true")),
+                cfg.clone()
+                    .labels(&format!("{INJECTED_LABEL}={INJECTED_VALUE}")),
             ),
         )
         .default_backoff(),

@@ -13,6 +13,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 /// The label the injection webhook puts on every pod it injects; the controller watches only
 /// pods that carry it (with the value `true`).
 pub const INJECTED_LABEL: &str = "gost.rs/injected";
+/// The value of [`INJECTED_LABEL`] on injected pods.
+pub const INJECTED_VALUE: &str = "true";
 /// The label naming the config group a rendered Secret belongs to.
 pub const CONFIG_GROUP_LABEL: &str = "gost.rs/config-group";
 /// The standard label saying who manages an object.
