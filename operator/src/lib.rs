@@ -5,7 +5,11 @@
 #![forbid(unsafe_code)]
 
 pub mod certs;
+pub mod controller;
+pub mod gateway;
+pub mod group;
 pub mod inject;
 pub mod lease;
 pub mod render;
+pub mod status;
 pub mod webhook;

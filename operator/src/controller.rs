@@ -1,0 +1,1335 @@
+//! The controller: keeps one rendered config Secret per config group, the gateways, the status
+//! of GostServices and GostChains, and their events.
+//!
+//! The unit of work is a namespace: rendering needs all GostServices and GostChains of the
+//! namespace anyway, and a burst of changes there (a rollout, `kubectl apply` of ten resources)
+//! collapses into one debounced reconcile. Any change to a GostService, GostChain, referenced
+//! Secret, injected pod or gateway Deployment in namespace N queues N.
+//!
+//! [`Context::reconcile`] is a plain async function over the reflector stores and the API, so
+//! tests call it directly against an in-memory API without watches ([`Stores::list`]).
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::convert::Infallible;
+use std::future::Future;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use futures_util::{StreamExt, future, stream};
+use gost_api::v1alpha1::{
+    AuthSpec, GostChain, GostService, GostServiceSpec, HandlerSpec, ServiceSpec, TlsSpec,
+};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service as K8sService;
+use k8s_openapi::api::core::v1::{Namespace as K8sNamespace, Pod, ResourceRequirements, Secret};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::core::{PartialObjectMeta, PartialObjectMetaExt};
+use kube::runtime::controller::{self, Action};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::{WatchStreamExt, applier, reflector as reflect};
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::gateway::{self, GATEWAY_APP, GatewaySettings, NAME_LABEL};
+use crate::group::{self, Group, INJECTED_LABEL, INJECTED_VALUE, MANAGED_BY, MANAGED_BY_LABEL};
+use crate::render::{self, Namespace, Problem, Reason, Rendered, render_for_pod, render_gateway};
+use crate::status::{self, GatewayState, Seen, ServiceObservation};
+
+/// Changes within this window after the first are reconciled together: a rollout of 1,000
+/// pods or an `apply` of many resources costs a few reconciles, well inside the 10 s goal.
+pub const DEBOUNCE: Duration = Duration::from_millis(500);
+/// Namespaces reconciled at once (one namespace is never reconciled twice at once).
+const CONCURRENCY: u16 = 4;
+/// Every namespace is reconciled again this long after its last success, to repair drift
+/// nothing told us about (an edited rendered Secret, a missed watch event).
+const RESYNC_PERIOD: Duration = Duration::from_secs(10 * 60);
+/// The first retry after a failed reconcile, doubled each failure up to [`MAX_BACKOFF`].
+const BASE_BACKOFF: Duration = Duration::from_secs(1);
+/// Retries of a failing namespace never wait longer than this.
+const MAX_BACKOFF: Duration = Duration::from_secs(5 * 60);
+/// Attempts of the admission-time write when it races with a reconcile (409 Conflict).
+const ENSURE_ATTEMPTS: usize = 3;
+/// How long the admission-time render waits for the caches of a starting operator: well below
+/// the webhook's own timeout (10 s), so the webhook still answers in time.
+const ENSURE_READY_TIMEOUT: Duration = Duration::from_secs(2);
+/// The proxy image when none is configured.
+pub const DEFAULT_PROXY_IMAGE: &str = concat!("gost-rs/gost:", env!("CARGO_PKG_VERSION"));
+/// The field manager of every write.
+pub const DEFAULT_FIELD_MANAGER: &str = "gost-operator";
+/// Default proxy resources: a tunnel proxy idles at a few MiB and a little CPU; the memory
+/// limit bounds a runaway without cutting normal bursts of buffered tunnels.
+const DEFAULT_CPU_REQUEST: &str = "50m";
+const DEFAULT_MEMORY_REQUEST: &str = "32Mi";
+const DEFAULT_MEMORY_LIMIT: &str = "256Mi";
+/// The name of the stand-in GostService used to check a GostChain on its own.
+const CHAIN_PROBE: &str = "chain-check";
+
+/// The operator's settings, as far as the controller goes.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// The proxy image (sidecars and gateways).
+    pub proxy_image: String,
+    /// The proxy's admin port (metrics, probes).
+    pub admin_port: u16,
+    /// The field manager of every write.
+    pub field_manager: String,
+    /// Watch this namespace only (default: all).
+    pub namespace: Option<String>,
+    /// Resources of the proxy container when a GostService does not set them.
+    pub proxy_resources: ResourceRequirements,
+    /// The debounce of namespace reconciles.
+    pub debounce: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        let q = |s: &str| Quantity(s.to_string());
+        Settings {
+            proxy_image: DEFAULT_PROXY_IMAGE.to_string(),
+            admin_port: render::DEFAULT_ADMIN_PORT,
+            field_manager: DEFAULT_FIELD_MANAGER.to_string(),
+            namespace: None,
+            proxy_resources: ResourceRequirements {
+                requests: Some(BTreeMap::from([
+                    ("cpu".to_string(), q(DEFAULT_CPU_REQUEST)),
+                    ("memory".to_string(), q(DEFAULT_MEMORY_REQUEST)),
+                ])),
+                limits: Some(BTreeMap::from([(
+                    "memory".to_string(),
+                    q(DEFAULT_MEMORY_LIMIT),
+                )])),
+                ..ResourceRequirements::default()
+            },
+            debounce: DEBOUNCE,
+        }
+    }
+}
+
+/// Why a reconcile failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An API request failed.
+    #[error("{action}: {source}")]
+    Api {
+        /// What was being done, e.g. `replace Secret "x"`.
+        action: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// The controller's machinery stopped.
+    #[error("the controller stopped: {0}")]
+    Stopped(String),
+}
+
+fn api_err(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
+    let action = action.into();
+    move |source| Error::Api { action, source }
+}
+
+/// The caches reconciles read: GostServices, GostChains, and the metadata of injected pods.
+#[derive(Clone)]
+pub struct Stores {
+    services: Store<GostService>,
+    chains: Store<GostChain>,
+    pods: Store<PartialObjectMeta<Pod>>,
+}
+
+impl Stores {
+    /// Stores filled by one list each, without watching: for tests and one-off tools. `None`
+    /// lists all namespaces.
+    pub async fn list(client: &Client, namespace: Option<&str>) -> Result<Stores, Error> {
+        let lp = ListParams::default();
+        let services = filled(
+            scoped::<GostService>(client, namespace)
+                .list(&lp)
+                .await
+                .map_err(api_err("list GostServices"))?
+                .items,
+        );
+        let chains = filled(
+            scoped::<GostChain>(client, namespace)
+                .list(&lp)
+                .await
+                .map_err(api_err("list GostChains"))?
+                .items,
+        );
+        let pods = filled(
+            scoped::<Pod>(client, namespace)
+                .list(&injected_pods())
+                .await
+                .map_err(api_err("list injected Pods"))?
+                .items
+                .into_iter()
+                .map(|p| p.metadata.into_response_partial::<Pod>())
+                .collect(),
+        );
+        Ok(Stores {
+            services,
+            chains,
+            pods,
+        })
+    }
+}
+
+fn filled<K>(items: Vec<K>) -> Store<K>
+where
+    K: kube::runtime::reflector::Lookup + Clone + 'static,
+    K::DynamicType: Eq + Hash + Clone + Default,
+{
+    let mut writer = reflector::store::Writer::<K>::default();
+    writer.apply_watcher_event(&Event::Init);
+    for item in items {
+        writer.apply_watcher_event(&Event::InitApply(item));
+    }
+    writer.apply_watcher_event(&Event::InitDone);
+    writer.as_reader()
+}
+
+fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+fn injected_pods() -> ListParams {
+    ListParams::default().labels(&format!("{INJECTED_LABEL}={INJECTED_VALUE}"))
+}
+
+fn managed() -> ListParams {
+    ListParams::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"))
+}
+
+fn gateways() -> ListParams {
+    ListParams::default().labels(&format!(
+        "{NAME_LABEL}={GATEWAY_APP},{MANAGED_BY_LABEL}={MANAGED_BY}"
+    ))
+}
+
+/// What one reconcile did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Config groups (workloads with injected pods) in the namespace.
+    pub groups: usize,
+    /// Objects created, replaced, patched or deleted (status patches included).
+    pub writes: usize,
+}
+
+/// The namespace's resources, read once per reconcile.
+struct Snapshot {
+    services: Vec<GostService>,
+    chains: Vec<GostChain>,
+    pods: Vec<Arc<PartialObjectMeta<Pod>>>,
+    secrets: BTreeMap<String, Secret>,
+}
+
+impl Snapshot {
+    fn namespace(&self) -> Namespace<'_> {
+        Namespace {
+            services: &self.services,
+            chains: &self.chains,
+            secrets: &self.secrets,
+        }
+    }
+}
+
+/// Everything a reconcile needs, shared by the reconciles of all namespaces.
+pub struct Context {
+    client: Client,
+    settings: Settings,
+    stores: RwLock<Stores>,
+    recorder: Recorder,
+    /// What the last reconcile saw of each GostService (by namespace/UID), to record events on
+    /// changes.
+    seen: Mutex<HashMap<String, Seen>>,
+    /// Consecutive failures by namespace, for the backoff.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    /// A context reading `stores`.
+    pub fn new(client: Client, settings: Settings, stores: Stores) -> Context {
+        let reporter = Reporter {
+            controller: settings.field_manager.clone(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            settings,
+            stores: RwLock::new(stores),
+            seen: Mutex::default(),
+            failures: Mutex::default(),
+        }
+    }
+
+    /// Replaces the stores (tests refill them with [`Stores::list`] after changing the API).
+    pub fn set_stores(&self, stores: Stores) {
+        *self.stores.write().expect("stores lock") = stores;
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    fn render_settings(&self) -> render::Settings {
+        render::Settings {
+            admin_port: self.settings.admin_port,
+        }
+    }
+
+    /// The GostServices, GostChains and injected pods of `ns` from the stores, with the Secrets
+    /// they reference read from the API (Secrets are not cached: most are not ours, and some,
+    /// like Helm's release Secrets, are large).
+    async fn snapshot(&self, ns: &str) -> Result<Snapshot, Error> {
+        let (mut services, mut chains, mut pods) = {
+            let stores = self.stores.read().expect("stores lock");
+            let in_ns = |m: &ObjectMeta| m.namespace.as_deref() == Some(ns);
+            (
+                stores
+                    .services
+                    .state()
+                    .into_iter()
+                    .filter(|o| in_ns(&o.metadata))
+                    .map(|o| (*o).clone())
+                    .collect::<Vec<_>>(),
+                stores
+                    .chains
+                    .state()
+                    .into_iter()
+                    .filter(|o| in_ns(&o.metadata))
+                    .map(|o| (*o).clone())
+                    .collect::<Vec<_>>(),
+                stores
+                    .pods
+                    .state()
+                    .into_iter()
+                    .filter(|o| {
+                        in_ns(&o.metadata)
+                            && o.metadata
+                                .labels
+                                .as_ref()
+                                .and_then(|l| l.get(INJECTED_LABEL))
+                                .is_some_and(|v| v == INJECTED_VALUE)
+                    })
+                    .collect::<Vec<_>>(),
+            )
+        };
+        services.sort_by_key(|o| o.metadata.name.clone());
+        chains.sort_by_key(|o| o.metadata.name.clone());
+        pods.sort_by_key(|o| o.metadata.name.clone());
+        let names = referenced_secrets(&services, &chains);
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), ns);
+        let fetched = future::try_join_all(names.into_iter().map(|name| {
+            let api = api.clone();
+            async move {
+                let secret = api
+                    .get_opt(&name)
+                    .await
+                    .map_err(api_err(format!("get Secret {ns}/{name}")))?;
+                Ok::<_, Error>(secret.map(|s| (name, s)))
+            }
+        }))
+        .await?;
+        Ok(Snapshot {
+            services,
+            chains,
+            pods,
+            secrets: fetched.into_iter().flatten().collect(),
+        })
+    }
+
+    /// Brings namespace `ns` to its desired state: the config Secret of every config group,
+    /// every gateway, and the status of every GostService and GostChain. Writes only what
+    /// differs.
+    pub async fn reconcile(&self, ns: &str) -> Result<Summary, Error> {
+        let snap = self.snapshot(ns).await?;
+        let namespace = snap.namespace();
+        let rs = self.render_settings();
+        let mut summary = Summary::default();
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), ns);
+        let mut existing: BTreeMap<String, Secret> = secrets
+            .list(&managed())
+            .await
+            .map_err(api_err(format!("list managed Secrets in {ns}")))?
+            .items
+            .into_iter()
+            .map(|s| (s.name_any(), s))
+            .collect();
+
+        // Config groups: one render per workload, from the labels of one of its pods (a
+        // workload's pods share a template).
+        let mut groups: BTreeMap<String, (Group, &PartialObjectMeta<Pod>)> = BTreeMap::new();
+        for pod in &snap.pods {
+            if let Some(group) = Group::of_pod(&pod.metadata) {
+                groups.entry(group.secret_name()).or_insert((group, pod));
+            }
+        }
+        summary.groups = groups.len();
+
+        let mut observed: BTreeMap<String, ServiceObservation> = BTreeMap::new();
+        let mut gateway_renders: BTreeMap<String, Rendered> = BTreeMap::new();
+        // Problems of each GostService on its own (chains, Secrets, addresses), found whether
+        // or not any pod matches it.
+        for gs in &snap.services {
+            let r = render_gateway(&namespace, gs, &rs);
+            let obs = observed.entry(gs.name_any()).or_default();
+            add_problems(&mut obs.problems, &r.problems);
+            if gs.spec.gateway.is_some() {
+                gateway_renders.insert(gs.name_any(), r);
+            }
+        }
+        for (name, (group, pod)) in &groups {
+            let labels = pod.metadata.labels.clone().unwrap_or_default();
+            let r = render_for_pod(&namespace, &labels, &rs);
+            for gs in &r.matched {
+                observed
+                    .entry(gs.clone())
+                    .or_default()
+                    .matched
+                    .insert(name.clone());
+            }
+            for p in &r.problems {
+                let obs = observed.entry(p.gost_service.clone()).or_default();
+                add_problems(&mut obs.problems, std::slice::from_ref(p));
+            }
+            let desired = group_secret(ns, group, &r);
+            if self
+                .write_secret(&secrets, existing.remove(name).as_ref(), desired)
+                .await?
+            {
+                summary.writes += 1;
+            }
+        }
+
+        summary.writes += self
+            .reconcile_gateways(ns, &snap, &gateway_renders, &mut existing, &mut observed)
+            .await?;
+        summary.writes += self.write_statuses(ns, &snap, &observed).await?;
+        Ok(summary)
+    }
+
+    async fn reconcile_gateways(
+        &self,
+        ns: &str,
+        snap: &Snapshot,
+        renders: &BTreeMap<String, Rendered>,
+        existing_secrets: &mut BTreeMap<String, Secret>,
+        observed: &mut BTreeMap<String, ServiceObservation>,
+    ) -> Result<usize, Error> {
+        let mut writes = 0;
+        let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), ns);
+        let services: Api<K8sService> = Api::namespaced(self.client.clone(), ns);
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), ns);
+        let mut existing_deployments = by_name(
+            deployments
+                .list(&gateways())
+                .await
+                .map_err(api_err(format!("list gateway Deployments in {ns}")))?
+                .items,
+        );
+        let mut existing_services = by_name(
+            services
+                .list(&gateways())
+                .await
+                .map_err(api_err(format!("list gateway Services in {ns}")))?
+                .items,
+        );
+        let gw_settings = GatewaySettings {
+            image: &self.settings.proxy_image,
+            admin_port: self.settings.admin_port,
+            default_resources: &self.settings.proxy_resources,
+        };
+        for gs in snap.services.iter().filter(|gs| gs.spec.gateway.is_some()) {
+            let Some(rendered) = renders.get(&gs.name_any()) else {
+                continue;
+            };
+            let gw = gateway::build(gs, rendered, &gw_settings);
+            let name = gw.deployment.name_any();
+            let secret = existing_secrets.remove(&name);
+            if self
+                .write_secret(&secrets, secret.as_ref(), gw.secret)
+                .await?
+            {
+                writes += 1;
+            }
+            let current = existing_deployments.remove(&name);
+            let state = GatewayState {
+                name: name.clone(),
+                desired: gw
+                    .deployment
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.replicas)
+                    .unwrap_or(1),
+                available: current
+                    .as_ref()
+                    .and_then(|d| d.status.as_ref())
+                    .and_then(|s| s.available_replicas)
+                    .unwrap_or(0),
+            };
+            if self
+                .apply_if_changed(&deployments, current.as_ref(), &gw.deployment)
+                .await?
+            {
+                writes += 1;
+            }
+            let current = existing_services.remove(&name);
+            if let Some(service) = &gw.service
+                && self
+                    .apply_if_changed(&services, current.as_ref(), service)
+                    .await?
+            {
+                writes += 1;
+            }
+            observed.entry(gs.name_any()).or_default().gateway = Some(state);
+        }
+        // What is left belongs to GostServices that no longer ask for a gateway.
+        let gateway_secrets: Vec<String> = existing_secrets
+            .iter()
+            .filter(|(_, s)| s.labels().get(NAME_LABEL).map(String::as_str) == Some(GATEWAY_APP))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in existing_deployments.keys() {
+            writes += delete(&deployments, name).await?;
+        }
+        for name in existing_services.keys() {
+            writes += delete(&services, name).await?;
+        }
+        for name in gateway_secrets {
+            writes += delete(&secrets, &name).await?;
+        }
+        Ok(writes)
+    }
+
+    /// Creates `desired`, or replaces `existing` when its data, type, our labels or our owner
+    /// reference differ. Returns whether it wrote.
+    async fn write_secret(
+        &self,
+        api: &Api<Secret>,
+        existing: Option<&Secret>,
+        desired: Secret,
+    ) -> Result<bool, Error> {
+        let name = desired.name_any();
+        let pp = PostParams {
+            field_manager: Some(self.settings.field_manager.clone()),
+            ..PostParams::default()
+        };
+        let Some(existing) = existing else {
+            api.create(&pp, &desired)
+                .await
+                .map_err(api_err(format!("create Secret {name:?}")))?;
+            debug!(secret = %name, "created");
+            return Ok(true);
+        };
+        let labels = existing.labels();
+        let owners = existing.owner_references();
+        let same = existing.data.as_ref().map(|d| d.is_empty()) == Some(false)
+            && existing.data == desired.data
+            && existing.type_ == desired.type_
+            && desired
+                .labels()
+                .iter()
+                .all(|(k, v)| labels.get(k) == Some(v))
+            && desired
+                .owner_references()
+                .iter()
+                .all(|o| owners.iter().any(|e| e.uid == o.uid));
+        if same {
+            return Ok(false);
+        }
+        let mut updated = existing.clone();
+        updated.data = desired.data.clone();
+        updated.string_data = None;
+        updated.type_ = desired.type_.clone();
+        updated.labels_mut().extend(desired.labels().clone());
+        for owner in desired.owner_references() {
+            let refs = updated.owner_references_mut();
+            if !refs.iter().any(|e| e.uid == owner.uid) {
+                refs.push(owner.clone());
+            }
+        }
+        api.replace(&name, &pp, &updated)
+            .await
+            .map_err(api_err(format!("replace Secret {name:?}")))?;
+        debug!(secret = %name, "updated");
+        Ok(true)
+    }
+
+    /// Server-side applies `desired` unless `existing` carries the same spec hash.
+    async fn apply_if_changed<K>(
+        &self,
+        api: &Api<K>,
+        existing: Option<&K>,
+        desired: &K,
+    ) -> Result<bool, Error>
+    where
+        K: Resource + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+        K::DynamicType: Default,
+    {
+        if existing.is_some_and(|e| gateway::applied_hash(e) == gateway::applied_hash(desired)) {
+            return Ok(false);
+        }
+        let name = desired.name_any();
+        let pp = PatchParams::apply(&self.settings.field_manager).force();
+        api.patch(&name, &pp, &Patch::Apply(desired))
+            .await
+            .map_err(api_err(format!(
+                "apply {} {name:?}",
+                K::kind(&K::DynamicType::default())
+            )))?;
+        Ok(true)
+    }
+
+    async fn write_statuses(
+        &self,
+        ns: &str,
+        snap: &Snapshot,
+        observed: &BTreeMap<String, ServiceObservation>,
+    ) -> Result<usize, Error> {
+        let mut writes = 0;
+        let now = Time(Timestamp::from_second(Timestamp::now().as_second()).unwrap_or_default());
+        let services: Api<GostService> = Api::namespaced(self.client.clone(), ns);
+        for gs in &snap.services {
+            let name = gs.name_any();
+            let obs = observed.get(&name).cloned().unwrap_or_default();
+            let new = status::gost_service_status(gs, &obs, &now);
+            self.record_events(gs, &obs).await;
+            if gs.status.as_ref() != Some(&new) {
+                services
+                    .patch_status(
+                        &name,
+                        &PatchParams::default(),
+                        &Patch::Merge(serde_json::json!({ "status": new })),
+                    )
+                    .await
+                    .map_err(api_err(format!("patch status of GostService {ns}/{name}")))?;
+                writes += 1;
+            }
+        }
+        // Forget GostServices of this namespace that are gone.
+        let current: BTreeSet<String> = snap.services.iter().map(seen_key).collect();
+        let prefix = format!("{ns}/");
+        self.seen
+            .lock()
+            .expect("seen lock")
+            .retain(|k, _| !k.starts_with(&prefix) || current.contains(k));
+        let chains: Api<GostChain> = Api::namespaced(self.client.clone(), ns);
+        let namespace = snap.namespace();
+        for gc in &snap.chains {
+            let name = gc.name_any();
+            let problem = chain_problem(&namespace, &name, &self.render_settings());
+            let new = status::gost_chain_status(gc, problem.as_ref(), &now);
+            if gc.status.as_ref() != Some(&new) {
+                chains
+                    .patch_status(
+                        &name,
+                        &PatchParams::default(),
+                        &Patch::Merge(serde_json::json!({ "status": new })),
+                    )
+                    .await
+                    .map_err(api_err(format!("patch status of GostChain {ns}/{name}")))?;
+                writes += 1;
+            }
+        }
+        Ok(writes)
+    }
+
+    /// Events on changes only. Events are advisory: a failure to record one is logged and
+    /// does not fail the reconcile (which would retry and repeat the others).
+    async fn record_events(&self, gs: &GostService, obs: &ServiceObservation) {
+        let uid = seen_key(gs);
+        let now = Seen {
+            problems: obs.problems.iter().map(|p| p.message.clone()).collect(),
+            matched: obs.matched.clone(),
+        };
+        let before = self.seen.lock().expect("seen lock").get(&uid).cloned();
+        let events = status::events(before.as_ref(), gs.status.as_ref(), &now, &obs.problems);
+        self.seen.lock().expect("seen lock").insert(uid, now);
+        let reference = gs.object_ref(&());
+        for ev in events {
+            let event = KubeEvent {
+                type_: if ev.warning {
+                    EventType::Warning
+                } else {
+                    EventType::Normal
+                },
+                reason: ev.reason.clone(),
+                note: Some(ev.note),
+                action: "Render".to_string(),
+                secondary: None,
+            };
+            if let Err(e) = self.recorder.publish(&event, &reference).await {
+                warn!(gost_service = %gs.name_any(), reason = %ev.reason, error = %e, "could not record an event");
+            }
+        }
+    }
+
+    /// Renders the config of `pod`'s group and writes its Secret (unless `dry_run`), for the
+    /// admission webhook: the sidecar then starts with its config. Returns the Secret's name.
+    pub async fn ensure_pod_config(
+        &self,
+        namespace: &str,
+        pod: &Pod,
+        dry_run: bool,
+    ) -> Result<String, String> {
+        let group = Group::of_pod(&pod.metadata).ok_or_else(|| {
+            "the pod has neither a controller owner nor a name, so its config Secret cannot be named; give it a name".to_string()
+        })?;
+        let name = group.secret_name();
+        // Rendering from caches that are still empty would overwrite the group's Secret with a
+        // config without services, cutting the tunnels of the workload's running pods.
+        let stores = self.stores.read().expect("stores lock").clone();
+        let filled = async {
+            let (s, c, p) = future::join3(
+                stores.services.wait_until_ready(),
+                stores.chains.wait_until_ready(),
+                stores.pods.wait_until_ready(),
+            )
+            .await;
+            s.is_ok() && c.is_ok() && p.is_ok()
+        };
+        if !matches!(
+            tokio::time::timeout(ENSURE_READY_TIMEOUT, filled).await,
+            Ok(true)
+        ) {
+            return Err(format!(
+                "the operator is starting and has not read the GostServices yet; the config Secret {name:?} is written once it has"
+            ));
+        }
+        let snap = self.snapshot(namespace).await.map_err(|e| e.to_string())?;
+        let labels = pod.metadata.labels.clone().unwrap_or_default();
+        let rendered = render_for_pod(&snap.namespace(), &labels, &self.render_settings());
+        if dry_run {
+            return Ok(name);
+        }
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
+        let desired = group_secret(namespace, &group, &rendered);
+        let mut last = String::new();
+        for _ in 0..ENSURE_ATTEMPTS {
+            let existing = api
+                .get_opt(&name)
+                .await
+                .map_err(|e| format!("get Secret {namespace}/{name}: {e}"))?;
+            match self
+                .write_secret(&api, existing.as_ref(), desired.clone())
+                .await
+            {
+                Ok(_) => return Ok(name),
+                Err(Error::Api {
+                    source: kube::Error::Api(status),
+                    action,
+                }) if status.code == 409 => last = format!("{action}: {}", status.message),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Err(format!(
+            "{last} (still conflicting after {ENSURE_ATTEMPTS} attempts)"
+        ))
+    }
+
+    fn backoff(&self, ns: &str) -> (u32, Duration) {
+        let mut failures = self.failures.lock().expect("failures lock");
+        let n = failures.entry(ns.to_string()).or_insert(0);
+        *n = n.saturating_add(1);
+        let exp = (*n - 1).min(16);
+        (*n, (BASE_BACKOFF * 2u32.pow(exp)).min(MAX_BACKOFF))
+    }
+
+    fn succeeded(&self, ns: &str) {
+        self.failures.lock().expect("failures lock").remove(ns);
+    }
+}
+
+/// The key of a GostService in [`Context::seen`]: namespace and UID (a GostService deleted and
+/// created again under the same name starts afresh).
+fn seen_key(gs: &GostService) -> String {
+    format!(
+        "{}/{}",
+        gs.namespace().unwrap_or_default(),
+        gs.uid().unwrap_or_else(|| gs.name_any())
+    )
+}
+
+fn by_name<K: Resource>(items: Vec<K>) -> BTreeMap<String, K> {
+    items.into_iter().map(|o| (o.name_any(), o)).collect()
+}
+
+async fn delete<K>(api: &Api<K>, name: &str) -> Result<usize, Error>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let kind = K::kind(&K::DynamicType::default()).to_string();
+    match api.delete(name, &DeleteParams::background()).await {
+        Ok(_) => {
+            info!(%kind, %name, "deleted: its GostService no longer asks for a gateway");
+            Ok(1)
+        }
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(0),
+        Err(e) => Err(api_err(format!("delete {kind} {name:?}"))(e)),
+    }
+}
+
+fn add_problems(into: &mut Vec<Problem>, new: &[Problem]) {
+    for p in new {
+        if !into
+            .iter()
+            .any(|q| q.reason == p.reason && q.message == p.message)
+        {
+            into.push(p.clone());
+        }
+    }
+}
+
+/// The config Secret of `group`, rendered as `r`.
+fn group_secret(ns: &str, group: &Group, r: &Rendered) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(group.secret_name()),
+            namespace: Some(ns.to_string()),
+            labels: Some(group::secret_labels(group)),
+            owner_references: group.owner_reference().map(|o| vec![o]),
+            ..ObjectMeta::default()
+        },
+        data: Some(r.secret_data()),
+        type_: Some("Opaque".to_string()),
+        ..Secret::default()
+    }
+}
+
+/// The names of the Secrets the GostServices and GostChains reference.
+pub fn referenced_secrets<'a>(
+    services: impl IntoIterator<Item = &'a GostService>,
+    chains: impl IntoIterator<Item = &'a GostChain>,
+) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let auth = |a: Option<&AuthSpec>, names: &mut BTreeSet<String>| {
+        if let Some(a) = a {
+            names.insert(a.secret_ref.name.clone());
+        }
+    };
+    let tls = |t: Option<&TlsSpec>, names: &mut BTreeSet<String>| {
+        if let Some(t) = t {
+            names.extend(t.certificate_secret.iter().map(|s| s.name.clone()));
+            names.extend(t.ca_secret.iter().map(|s| s.name.clone()));
+        }
+    };
+    for svc in services.into_iter().flat_map(|gs| &gs.spec.services) {
+        auth(svc.handler.auth.as_ref(), &mut names);
+        auth(svc.listener.auth.as_ref(), &mut names);
+        tls(svc.handler.tls.as_ref(), &mut names);
+        tls(svc.listener.tls.as_ref(), &mut names);
+    }
+    for node in chains
+        .into_iter()
+        .flat_map(|c| &c.spec.hops)
+        .flat_map(|h| &h.nodes)
+    {
+        auth(node.connector.auth.as_ref(), &mut names);
+        auth(node.dialer.auth.as_ref(), &mut names);
+        tls(node.connector.tls.as_ref(), &mut names);
+        tls(node.dialer.tls.as_ref(), &mut names);
+    }
+    names
+}
+
+/// The first problem of the GostChain `name` rendered on its own, with the message as it
+/// concerns the chain. Rendering has no entry point for a lone chain, so a stand-in service
+/// dials through it: the chain is then rendered exactly as a real service would see it.
+fn chain_problem(ns: &Namespace<'_>, name: &str, rs: &render::Settings) -> Option<Problem> {
+    let port = if rs.admin_port == 1 { 2 } else { 1 };
+    let probe = GostService::new(
+        CHAIN_PROBE,
+        GostServiceSpec {
+            services: vec![ServiceSpec {
+                name: CHAIN_PROBE.to_string(),
+                addr: format!(":{port}"),
+                handler: HandlerSpec {
+                    chain: Some(name.to_string()),
+                    ..HandlerSpec::default()
+                },
+                ..ServiceSpec::default()
+            }],
+            ..GostServiceSpec::default()
+        },
+    );
+    let mut p = render_gateway(ns, &probe, rs).problems.into_iter().next()?;
+    let here = format!("spec.services[{CHAIN_PROBE}]");
+    for prefix in [
+        format!("{here}.handler.chain {name:?}: "),
+        format!("{here}: "),
+    ] {
+        if let Some(rest) = p.message.strip_prefix(&prefix) {
+            p.message = rest.to_string();
+            break;
+        }
+    }
+    p.gost_service = String::new();
+    p.service = None;
+    p.gost_chain = Some(name.to_string());
+    if p.reason == Reason::InvalidService {
+        p.message = format!("GostChain {name:?}: {}", p.message);
+    }
+    Some(p)
+}
+
+/// A namespace to reconcile, sent by the watchers. The applier runs kube-runtime's debounced
+/// scheduler and runner over object references of a store; a namespace key is kept as a
+/// `Namespace` object in a store of our own, so no Namespace watch (nor RBAC for it) is needed.
+#[derive(Clone)]
+struct Queue {
+    writer: Arc<Mutex<reflector::store::Writer<K8sNamespace>>>,
+    reader: Store<K8sNamespace>,
+    tx: mpsc::UnboundedSender<ObjectRef<K8sNamespace>>,
+}
+
+impl Queue {
+    fn new() -> (Queue, mpsc::UnboundedReceiver<ObjectRef<K8sNamespace>>) {
+        let mut writer = reflector::store::Writer::<K8sNamespace>::default();
+        writer.apply_watcher_event(&Event::Init);
+        writer.apply_watcher_event(&Event::InitDone);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let queue = Queue {
+            reader: writer.as_reader(),
+            writer: Arc::new(Mutex::new(writer)),
+            tx,
+        };
+        (queue, rx)
+    }
+
+    fn push(&self, ns: &str) {
+        let key = ObjectRef::<K8sNamespace>::new(ns);
+        if self.reader.get(&key).is_none() {
+            let obj = K8sNamespace {
+                metadata: ObjectMeta {
+                    name: Some(ns.to_string()),
+                    ..ObjectMeta::default()
+                },
+                ..K8sNamespace::default()
+            };
+            self.writer
+                .lock()
+                .expect("queue lock")
+                .apply_watcher_event(&Event::Apply(obj));
+        }
+        // The receiver lives as long as the applier; after it stops nothing needs queueing.
+        let _ = self.tx.send(key);
+    }
+}
+
+/// Remembers a fingerprint per object, so that watch events that change nothing we read (a
+/// pod's status, a GostService's own status write) queue nothing.
+#[derive(Default)]
+struct Fingerprints(HashMap<String, u64>);
+
+impl Fingerprints {
+    fn changed(&mut self, key: String, fingerprint: u64) -> bool {
+        self.0.insert(key, fingerprint) != Some(fingerprint)
+    }
+
+    fn forget(&mut self, key: &str) {
+        self.0.remove(key);
+    }
+}
+
+fn fingerprint(parts: impl Hash) -> u64 {
+    let mut h = DefaultHasher::new();
+    parts.hash(&mut h);
+    h.finish()
+}
+
+fn object_key(meta: &ObjectMeta) -> String {
+    format!(
+        "{}/{}/{}",
+        meta.namespace.as_deref().unwrap_or_default(),
+        meta.name.as_deref().unwrap_or_default(),
+        meta.uid.as_deref().unwrap_or_default()
+    )
+}
+
+/// Feeds `events` into `queue`: the namespace of every object whose fingerprint changed, or
+/// that was deleted. Watch errors are logged; the stream's backoff retries them.
+async fn watch_into<K, S, F>(what: &'static str, events: S, queue: Queue, mut fp: F)
+where
+    K: Resource,
+    S: futures_util::Stream<Item = Result<Event<K>, watcher::Error>>,
+    F: FnMut(&K) -> Option<u64>,
+{
+    let mut seen = Fingerprints::default();
+    let mut events = std::pin::pin!(events);
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(Event::Apply(obj) | Event::InitApply(obj)) => {
+                let Some(f) = fp(&obj) else { continue };
+                if seen.changed(object_key(obj.meta()), f)
+                    && let Some(ns) = obj.meta().namespace.as_deref()
+                {
+                    queue.push(ns);
+                }
+            }
+            Ok(Event::Delete(obj)) => {
+                seen.forget(&object_key(obj.meta()));
+                if fp(&obj).is_some()
+                    && let Some(ns) = obj.meta().namespace.as_deref()
+                {
+                    queue.push(ns);
+                }
+            }
+            Ok(Event::Init | Event::InitDone) => {}
+            Err(e) => warn!(watch = what, error = %e, "watch failed; retrying with backoff"),
+        }
+    }
+}
+
+/// Runs the controller until `shutdown` completes: watches GostServices, GostChains, injected
+/// pods (metadata only), Secret metadata and gateway Deployments, and reconciles the
+/// namespaces they touch.
+pub async fn run(
+    client: Client,
+    settings: Settings,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), Error> {
+    let ns = settings.namespace.clone();
+    let ns = ns.as_deref();
+    let (services_r, services_w) = reflector::store::<GostService>();
+    let (chains_r, chains_w) = reflector::store::<GostChain>();
+    let (pods_r, pods_w) = reflector::store::<PartialObjectMeta<Pod>>();
+    let debounce = settings.debounce;
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        settings,
+        Stores {
+            services: services_r.clone(),
+            chains: chains_r.clone(),
+            pods: pods_r.clone(),
+        },
+    ));
+    let (queue, rx) = Queue::new();
+    let cfg = watcher::Config::default();
+
+    let services = watch_into(
+        "GostService",
+        reflect(
+            services_w,
+            kube::runtime::watcher(scoped(&client, ns), cfg.clone()),
+        )
+        .default_backoff(),
+        queue.clone(),
+        |gs: &GostService| Some(fingerprint(gs.metadata.generation)),
+    );
+    let chains = watch_into(
+        "GostChain",
+        reflect(
+            chains_w,
+            kube::runtime::watcher(scoped(&client, ns), cfg.clone()),
+        )
+        .default_backoff(),
+        queue.clone(),
+        |gc: &GostChain| Some(fingerprint(gc.metadata.generation)),
+    );
+    let pods = watch_into(
+        "Pod",
+        reflect(
+            pods_w,
+            kube::runtime::watcher(
+                scoped::<PartialObjectMeta<Pod>>(&client, ns),
+                cfg.clone()
+                    .labels(&format!("{INJECTED_LABEL}={INJECTED_VALUE}")),
+            ),
+        )
+        .default_backoff(),
+        queue.clone(),
+        |p: &PartialObjectMeta<Pod>| {
+            Some(fingerprint((
+                &p.metadata.labels,
+                p.metadata
+                    .owner_references
+                    .iter()
+                    .flatten()
+                    .map(|o| (&o.kind, &o.name, &o.uid, o.controller))
+                    .collect::<Vec<_>>(),
+                &p.metadata.uid,
+            )))
+        },
+    );
+    // Only referenced Secrets matter; which ones are referenced is read from the stores when
+    // a Secret changes (the initial list is skipped: every namespace is reconciled then).
+    let (svc_for_secrets, chains_for_secrets) = (services_r.clone(), chains_r.clone());
+    let secrets = watch_into(
+        "Secret",
+        kube::runtime::watcher(
+            scoped::<PartialObjectMeta<Secret>>(&client, ns),
+            cfg.clone(),
+        )
+        .default_backoff(),
+        queue.clone(),
+        move |s: &PartialObjectMeta<Secret>| {
+            if s.labels().get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY) {
+                return None;
+            }
+            let ns = s.metadata.namespace.as_deref()?;
+            let in_ns = |m: &ObjectMeta| m.namespace.as_deref() == Some(ns);
+            let gs = svc_for_secrets.state();
+            let gc = chains_for_secrets.state();
+            referenced_secrets(
+                gs.iter().map(|o| &**o).filter(|o| in_ns(&o.metadata)),
+                gc.iter().map(|o| &**o).filter(|o| in_ns(&o.metadata)),
+            )
+            .contains(&s.name_any())
+            .then(|| fingerprint(&s.metadata.resource_version))
+        },
+    );
+    let deployments = watch_into(
+        "Deployment",
+        kube::runtime::watcher(
+            scoped::<Deployment>(&client, ns),
+            cfg.clone().labels(&format!("{NAME_LABEL}={GATEWAY_APP}")),
+        )
+        .default_backoff(),
+        queue.clone(),
+        |d: &Deployment| {
+            Some(fingerprint((
+                d.status.as_ref().and_then(|s| s.available_replicas),
+                d.metadata.generation,
+            )))
+        },
+    );
+    let watchers = future::join5(services, chains, pods, secrets, deployments);
+
+    let ready = {
+        let (s, c, p) = (services_r.clone(), chains_r.clone(), pods_r.clone());
+        async move {
+            let _ = future::join3(
+                s.wait_until_ready(),
+                c.wait_until_ready(),
+                p.wait_until_ready(),
+            )
+            .await;
+        }
+    };
+    let applier = async move {
+        // Reconciles before the first lists arrive would see empty stores and undo work.
+        ready.await;
+        info!("caches filled; reconciling");
+        drive(ctx, queue, rx, debounce).await;
+    };
+    tokio::select! {
+        () = shutdown => {
+            info!("controller shutting down");
+            Ok(())
+        }
+        () = applier => Err(Error::Stopped("the reconcile queue ended".into())),
+        _ = watchers => Err(Error::Stopped("the watches ended".into())),
+    }
+}
+
+/// Reconciles the namespaces pushed into `queue` until it closes: kube-runtime's applier
+/// debounces bursts, never runs one namespace twice at once, requeues each success after
+/// [`RESYNC_PERIOD`] and each failure after a growing backoff.
+async fn drive(
+    ctx: Arc<Context>,
+    queue: Queue,
+    rx: mpsc::UnboundedReceiver<ObjectRef<K8sNamespace>>,
+    debounce: Duration,
+) {
+    let requests = stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|r| (Ok::<_, Infallible>(r), rx))
+    });
+    applier(
+        |key: Arc<K8sNamespace>, ctx: Arc<Context>| {
+            Box::pin(async move {
+                let ns = key.name_any();
+                let summary = ctx.reconcile(&ns).await?;
+                ctx.succeeded(&ns);
+                debug!(namespace = %ns, groups = summary.groups, writes = summary.writes, "reconciled");
+                Ok::<_, Error>(Action::requeue(RESYNC_PERIOD))
+            })
+        },
+        |key: Arc<K8sNamespace>, err: &Error, ctx: Arc<Context>| {
+            let ns = key.name_any();
+            let (attempt, delay) = ctx.backoff(&ns);
+            warn!(namespace = %ns, attempt, retry_in = ?delay, error = %err, "reconcile failed");
+            Action::requeue(delay)
+        },
+        ctx,
+        queue.reader.clone(),
+        requests,
+        controller::Config::default()
+            .debounce(debounce)
+            .concurrency(CONCURRENCY),
+    )
+    .for_each(|result| async move {
+        if let Err(e) = result {
+            // Reconcile failures were logged by the error policy.
+            debug!(error = %e, "applier");
+        }
+    })
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Instant;
+
+    use kube_fake_client::{ClientBuilder, interceptor};
+    use serde_json::json;
+
+    /// Bounds every wait in these tests.
+    const WAIT: Duration = Duration::from_secs(10);
+
+    fn objects() -> Vec<serde_json::Value> {
+        vec![
+            json!({"apiVersion": "v1", "kind": "Pod",
+                   "metadata": {"name": "p", "namespace": "apps", "uid": "pod-uid",
+                                "labels": {"app": "web", "gost.rs/injected": "true"}},
+                   "spec": {"containers": [{"name": "a", "image": "a"}]}}),
+            json!({"apiVersion": "gost.rs/v1alpha1", "kind": "GostService",
+                   "metadata": {"name": "web", "namespace": "apps"},
+                   "spec": {"selector": {"matchLabels": {"app": "web"}},
+                            "services": [{"name": "s", "addr": ":8000"}]}}),
+        ]
+    }
+
+    async fn wait_for_secret(client: &Client, started: Instant) -> Duration {
+        let api: Api<Secret> = Api::namespaced(client.clone(), "apps");
+        loop {
+            if api.get_opt("gost-sidecar-pod-p").await.unwrap().is_some() {
+                return started.elapsed();
+            }
+            assert!(started.elapsed() < WAIT, "no Secret after {WAIT:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_its_bound_and_resets() {
+        let ctx = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async {
+                let client = ClientBuilder::new().build().await.unwrap();
+                let empty = Stores {
+                    services: filled(Vec::new()),
+                    chains: filled(Vec::new()),
+                    pods: filled(Vec::new()),
+                };
+                Context::new(client, Settings::default(), empty)
+            });
+        let delays: Vec<Duration> = (0..12).map(|_| ctx.backoff("a").1).collect();
+        assert_eq!(delays[0], BASE_BACKOFF);
+        assert_eq!(delays[1], BASE_BACKOFF * 2);
+        assert_eq!(*delays.last().unwrap(), MAX_BACKOFF);
+        assert!(delays.windows(2).all(|w| w[0] <= w[1]));
+        assert_eq!(ctx.backoff("b").1, BASE_BACKOFF, "per namespace");
+        ctx.succeeded("a");
+        assert_eq!(ctx.backoff("a").1, BASE_BACKOFF);
+    }
+
+    #[tokio::test]
+    async fn run_can_be_spawned() {
+        fn spawnable<F: Future + Send + 'static>(_: &F) {}
+        let client = ClientBuilder::new().build().await.unwrap();
+        let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let controller = run(client, Settings::default(), async move {
+            let _ = stopped.await;
+        });
+        spawnable(&controller);
+    }
+
+    #[tokio::test]
+    async fn the_admission_render_waits_for_filled_caches() {
+        let client = ClientBuilder::new().build().await.unwrap();
+        let (services, _services_writer) = reflector::store::<GostService>();
+        let stores = Stores {
+            services,
+            chains: filled(Vec::new()),
+            pods: filled(Vec::new()),
+        };
+        let ctx = Context::new(client, Settings::default(), stores);
+        let pod: Pod = serde_json::from_value(objects()[0].clone()).unwrap();
+        let started = Instant::now();
+        let err = ctx
+            .ensure_pod_config("apps", &pod, false)
+            .await
+            .unwrap_err();
+        assert!(err.contains("has not read the GostServices yet"), "{err}");
+        assert!(started.elapsed() < ENSURE_READY_TIMEOUT + Duration::from_secs(1));
+    }
+
+    #[tokio::test]
+    async fn queued_namespaces_are_reconciled_after_the_debounce() {
+        let client = ClientBuilder::new()
+            .with_resource::<GostService>()
+            .with_resource::<GostChain>()
+            .with_runtime_objects(objects())
+            .build()
+            .await
+            .unwrap();
+        let stores = Stores::list(&client, None).await.unwrap();
+        let ctx = Arc::new(Context::new(client.clone(), Settings::default(), stores));
+        let (queue, rx) = Queue::new();
+        let debounce = Duration::from_millis(200);
+        let driver = tokio::spawn(drive(ctx, queue.clone(), rx, debounce));
+        let started = Instant::now();
+        // A burst of triggers: one reconcile.
+        for _ in 0..100 {
+            queue.push("apps");
+        }
+        let took = wait_for_secret(&client, started).await;
+        assert!(took >= debounce, "ran before the debounce: {took:?}");
+        driver.abort();
+    }
+
+    #[tokio::test]
+    async fn a_failed_reconcile_is_retried_with_backoff() {
+        let creates = Arc::new(AtomicUsize::new(0));
+        let seen = creates.clone();
+        let client = ClientBuilder::new()
+            .with_resource::<GostService>()
+            .with_resource::<GostChain>()
+            .with_runtime_objects(objects())
+            .with_interceptor_funcs(interceptor::Funcs::new().create(move |c| {
+                if c.object["kind"] == "Secret" && seen.fetch_add(1, Ordering::SeqCst) == 0 {
+                    return Err(kube_fake_client::Error::Internal("etcd is down".into()));
+                }
+                Ok(None)
+            }))
+            .build()
+            .await
+            .unwrap();
+        let stores = Stores::list(&client, None).await.unwrap();
+        let ctx = Arc::new(Context::new(client.clone(), Settings::default(), stores));
+        let (queue, rx) = Queue::new();
+        let driver = tokio::spawn(drive(ctx.clone(), queue.clone(), rx, Duration::ZERO));
+        let started = Instant::now();
+        queue.push("apps");
+        let took = wait_for_secret(&client, started).await;
+        assert!(took >= BASE_BACKOFF, "retried without backoff: {took:?}");
+        assert_eq!(creates.load(Ordering::SeqCst), 2);
+        assert!(
+            ctx.failures.lock().unwrap().is_empty(),
+            "the success reset the backoff"
+        );
+        driver.abort();
+    }
+}

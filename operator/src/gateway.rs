@@ -1,0 +1,367 @@
+//! Gateways: a GostService with `gateway` runs in a Deployment of the proxy, with its rendered
+//! config in a Secret and a Service in front, all three owned by the GostService (controller
+//! reference) so that deleting it collects them.
+//!
+//! This module only builds the desired objects; the controller applies them.
+
+use std::collections::BTreeMap;
+
+use gost_api::ListenerType;
+use gost_api::v1alpha1::GostService;
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, HTTPGetAction,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
+    Secret, SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, Volume,
+    VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::Resource;
+use serde::Serialize;
+
+use crate::group::{MANAGED_BY, MANAGED_BY_LABEL, label_value, short_hash};
+use crate::render::{CONFIG_KEY, MOUNT_PATH, Rendered};
+
+/// Prefix of a gateway's Deployment, Service and Secret.
+pub const GATEWAY_PREFIX: &str = "gost-gw-";
+/// `app.kubernetes.io/name` of gateway objects and pods.
+pub const GATEWAY_APP: &str = "gost-gateway";
+/// The standard name label.
+pub const NAME_LABEL: &str = "app.kubernetes.io/name";
+/// The standard instance label: the GostService's name.
+pub const INSTANCE_LABEL: &str = "app.kubernetes.io/instance";
+/// Annotation holding a hash of what the operator last applied: an object is re-applied only
+/// when the hash differs, so an unchanged gateway costs no write.
+pub const SPEC_HASH_ANNOTATION: &str = "gost.rs/spec-hash";
+/// The proxy container's name.
+pub const CONTAINER_NAME: &str = "gost";
+/// The unprivileged user (and group) the proxy runs as: the distroless `nonroot` user.
+pub const PROXY_UID: i64 = 65532;
+/// Where the writable home directory (an emptyDir) is mounted: the root filesystem is read-only.
+pub const HOME_PATH: &str = "/home/gost";
+/// Config files are readable by the owner and the pod's group only: they hold credentials.
+const CONFIG_FILE_MODE: i32 = 0o440;
+/// Service names are DNS labels (63 characters).
+const MAX_SERVICE_NAME_LEN: usize = 63;
+/// Readiness is polled often so a new gateway pod takes traffic quickly after its config loads.
+const READINESS_PERIOD_SECONDS: i32 = 5;
+/// Liveness tolerates a few slow answers before a restart cuts every tunnel of the pod.
+const LIVENESS_PERIOD_SECONDS: i32 = 10;
+const LIVENESS_FAILURE_THRESHOLD: i32 = 3;
+
+/// What the gateway needs from the operator's settings.
+#[derive(Clone, Debug)]
+pub struct GatewaySettings<'a> {
+    /// The proxy image.
+    pub image: &'a str,
+    /// The proxy's admin port (probes).
+    pub admin_port: u16,
+    /// Resources when the GostService does not set `gateway.resources`.
+    pub default_resources: &'a ResourceRequirements,
+}
+
+/// The desired objects of one gateway.
+#[derive(Clone, Debug)]
+pub struct Gateway {
+    /// The rendered config.
+    pub secret: Secret,
+    /// The proxy Deployment.
+    pub deployment: Deployment,
+    /// The Service in front; `None` when no service rendered (a Service needs a port; the
+    /// existing one is left alone so a passing problem does not release a load balancer).
+    pub service: Option<Service>,
+}
+
+/// `gost-gw-<name>`, shortened with a hash to a DNS label when longer than 63 characters
+/// (Service names are DNS labels).
+pub fn gateway_name(gost_service: &str) -> String {
+    let full = format!("{GATEWAY_PREFIX}{gost_service}");
+    if full.len() <= MAX_SERVICE_NAME_LEN {
+        return full;
+    }
+    label_value(&full)
+        .trim_matches(|c: char| !c.is_ascii_alphanumeric())
+        .replace(['.', '_'], "-")
+}
+
+/// The labels selecting a gateway's pods (also on every gateway object).
+pub fn selector_labels(gost_service: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (NAME_LABEL.to_string(), GATEWAY_APP.to_string()),
+        (INSTANCE_LABEL.to_string(), label_value(gost_service)),
+    ])
+}
+
+fn object_labels(gost_service: &str) -> BTreeMap<String, String> {
+    let mut labels = selector_labels(gost_service);
+    labels.insert(MANAGED_BY_LABEL.to_string(), MANAGED_BY.to_string());
+    labels
+}
+
+/// Builds the gateway of `gs` from its rendered config.
+pub fn build(gs: &GostService, rendered: &Rendered, settings: &GatewaySettings<'_>) -> Gateway {
+    let gs_name = gs.metadata.name.clone().unwrap_or_default();
+    let name = gateway_name(&gs_name);
+    let spec = gs.spec.gateway.clone().unwrap_or_default();
+    let meta = |annotations: BTreeMap<String, String>| ObjectMeta {
+        name: Some(name.clone()),
+        namespace: gs.metadata.namespace.clone(),
+        labels: Some(object_labels(&gs_name)),
+        annotations: Some(annotations).filter(|a| !a.is_empty()),
+        owner_references: gs.controller_owner_ref(&()).map(|o| vec![o]),
+        ..ObjectMeta::default()
+    };
+
+    let secret = Secret {
+        metadata: meta(BTreeMap::new()),
+        data: Some(rendered.secret_data()),
+        type_: Some("Opaque".to_string()),
+        ..Secret::default()
+    };
+
+    let ports = listen_ports(&gs_name, rendered);
+    let container = Container {
+        name: CONTAINER_NAME.to_string(),
+        image: Some(settings.image.to_string()),
+        args: Some(vec!["-C".to_string(), format!("{MOUNT_PATH}/{CONFIG_KEY}")]),
+        ports: Some(
+            ports
+                .iter()
+                .map(|p| ContainerPort {
+                    container_port: i32::from(p.port),
+                    protocol: Some(p.protocol.to_string()),
+                    ..ContainerPort::default()
+                })
+                .collect(),
+        ),
+        env: Some(vec![EnvVar {
+            name: "HOME".to_string(),
+            value: Some(HOME_PATH.to_string()),
+            ..EnvVar::default()
+        }]),
+        volume_mounts: Some(vec![
+            // No subPath: the kubelet then swaps updated Secret data in, and the proxy reloads.
+            VolumeMount {
+                name: "config".to_string(),
+                mount_path: MOUNT_PATH.to_string(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            },
+            VolumeMount {
+                name: "home".to_string(),
+                mount_path: HOME_PATH.to_string(),
+                ..VolumeMount::default()
+            },
+        ]),
+        readiness_probe: Some(probe(
+            "/readyz",
+            settings.admin_port,
+            READINESS_PERIOD_SECONDS,
+            1,
+        )),
+        liveness_probe: Some(probe(
+            "/healthz",
+            settings.admin_port,
+            LIVENESS_PERIOD_SECONDS,
+            LIVENESS_FAILURE_THRESHOLD,
+        )),
+        resources: Some(
+            spec.resources
+                .clone()
+                .unwrap_or_else(|| settings.default_resources.clone()),
+        ),
+        security_context: Some(SecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(PROXY_UID),
+            run_as_group: Some(PROXY_UID),
+            read_only_root_filesystem: Some(true),
+            allow_privilege_escalation: Some(false),
+            privileged: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".to_string()]),
+                ..Capabilities::default()
+            }),
+            seccomp_profile: Some(runtime_default()),
+            ..SecurityContext::default()
+        }),
+        ..Container::default()
+    };
+    let selector = selector_labels(&gs_name);
+    let mut deployment = Deployment {
+        metadata: meta(BTreeMap::new()),
+        spec: Some(DeploymentSpec {
+            replicas: Some(spec.replicas.unwrap_or(1)),
+            selector: LabelSelector {
+                match_labels: Some(selector.clone()),
+                ..LabelSelector::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(object_labels(&gs_name)),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    // The proxy never talks to the API server.
+                    automount_service_account_token: Some(false),
+                    enable_service_links: Some(false),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(PROXY_UID),
+                        run_as_group: Some(PROXY_UID),
+                        fs_group: Some(PROXY_UID),
+                        seccomp_profile: Some(runtime_default()),
+                        ..PodSecurityContext::default()
+                    }),
+                    volumes: Some(vec![
+                        Volume {
+                            name: "config".to_string(),
+                            secret: Some(SecretVolumeSource {
+                                secret_name: Some(name.clone()),
+                                default_mode: Some(CONFIG_FILE_MODE),
+                                ..SecretVolumeSource::default()
+                            }),
+                            ..Volume::default()
+                        },
+                        Volume {
+                            name: "home".to_string(),
+                            empty_dir: Some(EmptyDirVolumeSource::default()),
+                            ..Volume::default()
+                        },
+                    ]),
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        }),
+        ..Deployment::default()
+    };
+    stamp_hash(&mut deployment);
+
+    let service_spec = spec.service.clone().unwrap_or_default();
+    let service = (!ports.is_empty()).then(|| {
+        let mut service = Service {
+            metadata: meta(service_spec.annotations.clone()),
+            spec: Some(ServiceSpec {
+                type_: Some(service_spec.kind.unwrap_or_default().as_str().to_string()),
+                selector: Some(selector),
+                ports: Some(
+                    ports
+                        .iter()
+                        .map(|p| ServicePort {
+                            name: Some(p.name.clone()),
+                            protocol: Some(p.protocol.to_string()),
+                            port: service_spec
+                                .ports
+                                .get(&p.name)
+                                .copied()
+                                .unwrap_or(i32::from(p.port)),
+                            target_port: Some(IntOrString::Int(i32::from(p.port))),
+                            ..ServicePort::default()
+                        })
+                        .collect(),
+                ),
+                ..ServiceSpec::default()
+            }),
+            ..Service::default()
+        };
+        stamp_hash(&mut service);
+        service
+    });
+
+    Gateway {
+        secret,
+        deployment,
+        service,
+    }
+}
+
+/// A port the gateway's proxy listens on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenPort {
+    /// The service's name in the GostService (a DNS label, so a valid Service port name).
+    pub name: String,
+    /// The listen port.
+    pub port: u16,
+    /// `TCP`, or `UDP` for the QUIC listener `h3`.
+    pub protocol: &'static str,
+}
+
+/// The listen ports of the services that rendered (a left-out service gets no port).
+pub fn listen_ports(gost_service: &str, rendered: &Rendered) -> Vec<ListenPort> {
+    let prefix = format!("{gost_service}/");
+    rendered
+        .config
+        .services
+        .iter()
+        .filter_map(|svc| {
+            let name = svc.name.strip_prefix(&prefix)?;
+            let (_, port) = gost_api::split_host_port(&svc.addr)?;
+            Some(ListenPort {
+                name: name.to_string(),
+                port: port.parse().ok()?,
+                protocol: if svc.listener.kind == ListenerType::H3 {
+                    "UDP"
+                } else {
+                    "TCP"
+                },
+            })
+        })
+        .collect()
+}
+
+fn probe(path: &str, port: u16, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_string()),
+            port: IntOrString::Int(i32::from(port)),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        ..Probe::default()
+    }
+}
+
+fn runtime_default() -> SeccompProfile {
+    SeccompProfile {
+        type_: "RuntimeDefault".to_string(),
+        ..SeccompProfile::default()
+    }
+}
+
+/// Puts the hash of the object (as built, before the annotation) into [`SPEC_HASH_ANNOTATION`].
+fn stamp_hash<K: Resource + Serialize>(obj: &mut K) {
+    let json = serde_json::to_vec(obj).expect("Kubernetes objects serialize to JSON");
+    let hash = short_hash(&json);
+    obj.meta_mut()
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(SPEC_HASH_ANNOTATION.to_string(), hash);
+}
+
+/// The hash the operator last applied to `obj`, if any.
+pub fn applied_hash<K: Resource>(obj: &K) -> Option<&str> {
+    obj.meta()
+        .annotations
+        .as_ref()?
+        .get(SPEC_HASH_ANNOTATION)
+        .map(String::as_str)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gateway_names_are_dns_labels() {
+        assert_eq!(gateway_name("edge"), "gost-gw-edge");
+        let long = gateway_name(&"e".repeat(200));
+        assert!(
+            long.len() <= 63 && long.starts_with("gost-gw-eee"),
+            "{long}"
+        );
+        assert_ne!(long, gateway_name(&format!("{}f", "e".repeat(199))));
+    }
+}

@@ -1,0 +1,403 @@
+//! Status and events: what a reconcile found, as `status` of GostServices and GostChains and as
+//! Kubernetes events. Pure functions, so that "no change, no write" is decided here and tested.
+
+use std::collections::BTreeSet;
+
+use gost_api::v1alpha1::{
+    CONDITION_READY, CONDITION_RENDERED, GostChain, GostChainStatus, GostService, GostServiceStatus,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use crate::render::Problem;
+
+/// `Rendered=True` reason.
+pub const REASON_RENDERED: &str = "Rendered";
+/// `Ready=True` reason of a GostService.
+pub const REASON_READY: &str = "Ready";
+/// `Ready=False`: some services were left out (the `Rendered` condition says which and why).
+pub const REASON_RENDER_PROBLEMS: &str = "RenderProblems";
+/// `Ready=False`: the gateway Deployment has fewer available replicas than asked for.
+pub const REASON_GATEWAY_UNAVAILABLE: &str = "GatewayUnavailable";
+/// `Ready=True` reason of a GostChain.
+pub const REASON_VALID: &str = "Valid";
+/// Condition messages are limited to 32 KiB by the API; longer lists are cut with a note.
+const MAX_MESSAGE_LEN: usize = 32 * 1024 - 64;
+
+/// The state of a gateway Deployment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GatewayState {
+    /// The Deployment's name.
+    pub name: String,
+    /// Replicas asked for.
+    pub desired: i32,
+    /// Replicas available (0 when the Deployment does not exist yet).
+    pub available: i32,
+}
+
+/// What a reconcile observed of one GostService.
+#[derive(Clone, Debug, Default)]
+pub struct ServiceObservation {
+    /// Problems of the GostService, deduplicated, in the order found.
+    pub problems: Vec<Problem>,
+    /// Config groups whose render matched its selector, by group Secret name.
+    pub matched: BTreeSet<String>,
+    /// Its gateway, when it has one.
+    pub gateway: Option<GatewayState>,
+}
+
+/// The problems as one message: `Reason: message` each, separated by `; `.
+pub fn problems_message(problems: &[Problem]) -> String {
+    let mut message = problems
+        .iter()
+        .map(|p| format!("{}: {}", p.reason.as_str(), p.message))
+        .collect::<Vec<_>>()
+        .join("; ");
+    if message.len() > MAX_MESSAGE_LEN {
+        let mut cut = MAX_MESSAGE_LEN;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+        message.push_str(" ... (cut; see the operator's events)");
+    }
+    message
+}
+
+/// `new`, with the `lastTransitionTime` of the condition of the same type in `old` when its
+/// status did not flip.
+pub fn carry_transition(old: &[Condition], mut new: Condition) -> Condition {
+    if let Some(prev) = old.iter().find(|c| c.type_ == new.type_)
+        && prev.status == new.status
+    {
+        new.last_transition_time = prev.last_transition_time.clone();
+    }
+    new
+}
+
+fn condition(
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: &Time,
+) -> Condition {
+    Condition {
+        type_: type_.to_string(),
+        status: if ok { "True" } else { "False" }.to_string(),
+        reason: reason.to_string(),
+        message,
+        observed_generation: generation,
+        last_transition_time: now.clone(),
+    }
+}
+
+/// The status of `gs` given what was observed; `now` is used only for conditions that flip.
+pub fn gost_service_status(
+    gs: &GostService,
+    obs: &ServiceObservation,
+    now: &Time,
+) -> GostServiceStatus {
+    let generation = gs.metadata.generation;
+    let old = gs
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    let services = gs.spec.services.len();
+    let rendered = match obs.problems.first() {
+        None => condition(
+            CONDITION_RENDERED,
+            true,
+            REASON_RENDERED,
+            format!(
+                "all {services} service(s) rendered; {} workload(s) matched",
+                obs.matched.len()
+            ),
+            generation,
+            now,
+        ),
+        Some(first) => condition(
+            CONDITION_RENDERED,
+            false,
+            first.reason.as_str(),
+            problems_message(&obs.problems),
+            generation,
+            now,
+        ),
+    };
+    let ready = if !obs.problems.is_empty() {
+        condition(
+            CONDITION_READY,
+            false,
+            REASON_RENDER_PROBLEMS,
+            format!(
+                "{} problem(s) left services out; see the Rendered condition",
+                obs.problems.len()
+            ),
+            generation,
+            now,
+        )
+    } else if let Some(gw) = obs.gateway.as_ref().filter(|g| g.available < g.desired) {
+        condition(
+            CONDITION_READY,
+            false,
+            REASON_GATEWAY_UNAVAILABLE,
+            format!(
+                "gateway Deployment {:?} has {} of {} replicas available",
+                gw.name, gw.available, gw.desired
+            ),
+            generation,
+            now,
+        )
+    } else {
+        let gateway = match &obs.gateway {
+            Some(gw) => format!("; gateway {:?} available", gw.name),
+            None => String::new(),
+        };
+        condition(
+            CONDITION_READY,
+            true,
+            REASON_READY,
+            format!("rendered for {} workload(s){gateway}", obs.matched.len()),
+            generation,
+            now,
+        )
+    };
+    GostServiceStatus {
+        observed_generation: generation,
+        services: i32::try_from(services).ok(),
+        matched_workloads: i32::try_from(obs.matched.len()).ok(),
+        conditions: vec![
+            carry_transition(old, rendered),
+            carry_transition(old, ready),
+        ],
+    }
+}
+
+/// The status of `gc`: `Ready` unless rendering it found `problem`.
+pub fn gost_chain_status(gc: &GostChain, problem: Option<&Problem>, now: &Time) -> GostChainStatus {
+    let generation = gc.metadata.generation;
+    let old = gc
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    let ready = match problem {
+        None => condition(
+            CONDITION_READY,
+            true,
+            REASON_VALID,
+            "every referenced Secret and key is present".to_string(),
+            generation,
+            now,
+        ),
+        Some(p) => condition(
+            CONDITION_READY,
+            false,
+            p.reason.as_str(),
+            p.message.clone(),
+            generation,
+            now,
+        ),
+    };
+    GostChainStatus {
+        observed_generation: generation,
+        hops: i32::try_from(gc.spec.hops.len()).ok(),
+        conditions: vec![carry_transition(old, ready)],
+    }
+}
+
+/// An event to record on a GostService.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventSpec {
+    /// Warning (a problem) or Normal.
+    pub warning: bool,
+    /// CamelCase reason.
+    pub reason: String,
+    /// The note.
+    pub note: String,
+}
+
+/// What the previous reconcile saw of a GostService, to record events on changes only.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Seen {
+    /// The problem messages.
+    pub problems: BTreeSet<String>,
+    /// The matched groups.
+    pub matched: BTreeSet<String>,
+}
+
+/// The events for a GostService going from `before` to `now`: a Warning per problem that was
+/// not there before, a Normal `Rendered` when the matched workloads changed. When the operator
+/// has no memory of the GostService (it just started), `before` is reconstructed from its
+/// status so that a restart does not repeat every event.
+pub fn events(
+    before: Option<&Seen>,
+    old_status: Option<&GostServiceStatus>,
+    now: &Seen,
+    problems: &[Problem],
+) -> Vec<EventSpec> {
+    let mut out = Vec::new();
+    let old_message = old_status
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == CONDITION_RENDERED))
+        .map(|c| c.message.as_str())
+        .unwrap_or_default();
+    let mut warned = BTreeSet::new();
+    for p in problems {
+        let known = match before {
+            Some(seen) => seen.problems.contains(&p.message),
+            None => old_message.contains(&p.message),
+        };
+        if !known && warned.insert(p.message.clone()) {
+            out.push(EventSpec {
+                warning: true,
+                reason: p.reason.as_str().to_string(),
+                note: p.message.clone(),
+            });
+        }
+    }
+    let matched_changed = match before {
+        Some(seen) => seen.matched != now.matched,
+        None => {
+            old_status.and_then(|s| s.matched_workloads).unwrap_or(0)
+                != i32::try_from(now.matched.len()).unwrap_or(i32::MAX)
+        }
+    };
+    if matched_changed {
+        out.push(EventSpec {
+            warning: false,
+            reason: REASON_RENDERED.to_string(),
+            note: format!(
+                "rendered for {} workload(s): {}",
+                now.matched.len(),
+                now.matched.iter().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::render::Reason;
+    use k8s_openapi::jiff::Timestamp;
+
+    fn time(s: i64) -> Time {
+        Time(Timestamp::from_second(s).unwrap())
+    }
+
+    fn problem(reason: Reason, message: &str) -> Problem {
+        Problem {
+            gost_service: "web".into(),
+            service: Some("proxy".into()),
+            gost_chain: None,
+            reason,
+            message: message.into(),
+        }
+    }
+
+    fn gs() -> GostService {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "gost.rs/v1alpha1", "kind": "GostService",
+            "metadata": {"name": "web", "generation": 3},
+            "spec": {"selector": {}, "services": [{"name": "proxy", "addr": ":8000"}]}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn transition_time_moves_only_when_status_flips() {
+        let mut gs = gs();
+        let ok = ServiceObservation::default();
+        let first = gost_service_status(&gs, &ok, &time(100));
+        assert_eq!(first.observed_generation, Some(3));
+        assert_eq!(first.conditions[0].status, "True");
+        gs.status = Some(first.clone());
+        assert_eq!(
+            gost_service_status(&gs, &ok, &time(200)),
+            first,
+            "no change"
+        );
+
+        let bad = ServiceObservation {
+            problems: vec![
+                problem(Reason::ChainNotFound, "no GostChain named \"x\""),
+                problem(Reason::SecretNotFound, "no Secret"),
+            ],
+            ..ServiceObservation::default()
+        };
+        let second = gost_service_status(&gs, &bad, &time(300));
+        let rendered = &second.conditions[0];
+        assert_eq!(
+            (rendered.status.as_str(), rendered.reason.as_str()),
+            ("False", "ChainNotFound")
+        );
+        assert_eq!(
+            rendered.message,
+            "ChainNotFound: no GostChain named \"x\"; SecretNotFound: no Secret"
+        );
+        assert_eq!(rendered.last_transition_time, time(300));
+        assert_eq!(second.conditions[1].reason, REASON_RENDER_PROBLEMS);
+    }
+
+    #[test]
+    fn ready_waits_for_the_gateway_but_not_for_pods() {
+        let gs = gs();
+        let obs = ServiceObservation {
+            gateway: Some(GatewayState {
+                name: "gost-gw-web".into(),
+                desired: 2,
+                available: 1,
+            }),
+            ..ServiceObservation::default()
+        };
+        let s = gost_service_status(&gs, &obs, &time(1));
+        assert_eq!(s.conditions[1].reason, REASON_GATEWAY_UNAVAILABLE);
+        assert!(s.conditions[1].message.contains("1 of 2"));
+        let s = gost_service_status(&gs, &ServiceObservation::default(), &time(1));
+        assert_eq!(s.conditions[1].status, "True");
+        assert_eq!(s.matched_workloads, Some(0));
+    }
+
+    #[test]
+    fn events_only_on_change() {
+        let p = vec![problem(Reason::ChainNotFound, "chain x missing")];
+        let seen = Seen {
+            problems: ["chain x missing".to_string()].into(),
+            matched: ["a".to_string()].into(),
+        };
+        assert!(events(Some(&seen), None, &seen, &p).is_empty());
+        let fresh = events(Some(&Seen::default()), None, &seen, &p);
+        assert_eq!(fresh.len(), 2);
+        assert!(fresh[0].warning && fresh[0].reason == "ChainNotFound");
+        assert!(!fresh[1].warning && fresh[1].note.contains("1 workload(s): a"));
+        // After a restart: reconstructed from the status, so nothing is repeated.
+        let mut gs = gs();
+        gs.status = Some(gost_service_status(
+            &gs,
+            &ServiceObservation {
+                problems: p.clone(),
+                matched: seen.matched.clone(),
+                gateway: None,
+            },
+            &time(1),
+        ));
+        assert!(events(None, gs.status.as_ref(), &seen, &p).is_empty());
+    }
+
+    #[test]
+    fn long_messages_are_cut() {
+        let many: Vec<Problem> = (0..2000)
+            .map(|i| {
+                problem(
+                    Reason::PortConflict,
+                    &format!("port {i} is taken by someone"),
+                )
+            })
+            .collect();
+        let m = problems_message(&many);
+        assert!(m.len() < 32 * 1024 && m.ends_with("(cut; see the operator's events)"));
+    }
+}
