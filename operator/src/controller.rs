@@ -18,9 +18,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use futures_util::{StreamExt, future, stream};
-use gost_api::v1alpha1::{
-    AuthSpec, GostChain, GostService, GostServiceSpec, HandlerSpec, ServiceSpec, TlsSpec,
-};
+use gost_api::v1alpha1::{AuthSpec, GostChain, GostService, TlsSpec};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service as K8sService;
 use k8s_openapi::api::core::v1::{Namespace as K8sNamespace, Pod, ResourceRequirements, Secret};
@@ -42,7 +40,7 @@ use tracing::{debug, info, warn};
 
 use crate::gateway::{self, GATEWAY_APP, GatewaySettings, NAME_LABEL};
 use crate::group::{self, Group, INJECTED_LABEL, INJECTED_VALUE, MANAGED_BY, MANAGED_BY_LABEL};
-use crate::render::{self, Namespace, Problem, Reason, Rendered, render_for_pod, render_gateway};
+use crate::render::{self, Namespace, Problem, Rendered, render_for_pod, render_gateway};
 use crate::status::{self, GatewayState, Seen, ServiceObservation};
 
 /// Changes within this window after the first are reconciled together: a rollout of 1,000
@@ -71,8 +69,6 @@ pub const DEFAULT_FIELD_MANAGER: &str = "gost-operator";
 const DEFAULT_CPU_REQUEST: &str = "50m";
 const DEFAULT_MEMORY_REQUEST: &str = "32Mi";
 const DEFAULT_MEMORY_LIMIT: &str = "256Mi";
-/// The name of the stand-in GostService used to check a GostChain on its own.
-const CHAIN_PROBE: &str = "chain-check";
 
 /// The operator's settings, as far as the controller goes.
 #[derive(Clone, Debug)]
@@ -634,7 +630,7 @@ impl Context {
         let namespace = snap.namespace();
         for gc in &snap.chains {
             let name = gc.name_any();
-            let problem = chain_problem(&namespace, &name, &self.render_settings());
+            let problem = render::chain_problem(&namespace, &name);
             let new = status::gost_chain_status(gc, problem.as_ref(), &now);
             if gc.status.as_ref() != Some(&new) {
                 chains
@@ -848,46 +844,6 @@ pub fn referenced_secrets<'a>(
         tls(node.dialer.tls.as_ref(), &mut names);
     }
     names
-}
-
-/// The first problem of the GostChain `name` rendered on its own, with the message as it
-/// concerns the chain. Rendering has no entry point for a lone chain, so a stand-in service
-/// dials through it: the chain is then rendered exactly as a real service would see it.
-fn chain_problem(ns: &Namespace<'_>, name: &str, rs: &render::Settings) -> Option<Problem> {
-    let port = if rs.admin_port == 1 { 2 } else { 1 };
-    let probe = GostService::new(
-        CHAIN_PROBE,
-        GostServiceSpec {
-            services: vec![ServiceSpec {
-                name: CHAIN_PROBE.to_string(),
-                addr: format!(":{port}"),
-                handler: HandlerSpec {
-                    chain: Some(name.to_string()),
-                    ..HandlerSpec::default()
-                },
-                ..ServiceSpec::default()
-            }],
-            ..GostServiceSpec::default()
-        },
-    );
-    let mut p = render_gateway(ns, &probe, rs).problems.into_iter().next()?;
-    let here = format!("spec.services[{CHAIN_PROBE}]");
-    for prefix in [
-        format!("{here}.handler.chain {name:?}: "),
-        format!("{here}: "),
-    ] {
-        if let Some(rest) = p.message.strip_prefix(&prefix) {
-            p.message = rest.to_string();
-            break;
-        }
-    }
-    p.gost_service = String::new();
-    p.service = None;
-    p.gost_chain = Some(name.to_string());
-    if p.reason == Reason::InvalidService {
-        p.message = format!("GostChain {name:?}: {}", p.message);
-    }
-    Some(p)
 }
 
 /// A namespace to reconcile, sent by the watchers. The applier runs kube-runtime's debounced

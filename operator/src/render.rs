@@ -50,6 +50,8 @@ pub enum Reason {
     InvalidService,
     /// The label selector cannot be evaluated.
     InvalidSelector,
+    /// The proxy would refuse the rendered chain (the message quotes its error).
+    InvalidChain,
 }
 
 impl Reason {
@@ -64,6 +66,7 @@ impl Reason {
             Reason::UnsupportedType => "UnsupportedType",
             Reason::InvalidService => "InvalidService",
             Reason::InvalidSelector => "InvalidSelector",
+            Reason::InvalidChain => "InvalidChain",
         }
     }
 }
@@ -220,6 +223,32 @@ pub fn render_gateway(ns: &Namespace<'_>, gs: &GostService, settings: &Settings)
     let mut out = Renderer::new(ns, settings);
     out.add(gs);
     out.finish()
+}
+
+/// The GostChain `name` checked on its own, as every service dialling through it would render
+/// it: `None` when it renders and the proxy would accept it, else the problem.
+pub fn chain_problem(ns: &Namespace<'_>, name: &str) -> Option<Problem> {
+    let settings = Settings::default();
+    let mut renderer = Renderer::new(ns, &settings);
+    let result = renderer.render_chain(name).and_then(|chain| {
+        let alone = Config {
+            chains: vec![chain],
+            ..Config::default()
+        };
+        gost_api::validate(&alone).map_err(|e| {
+            (
+                Reason::InvalidChain,
+                format!("GostChain {name:?}: the proxy would refuse it: {e}"),
+            )
+        })
+    });
+    result.err().map(|(reason, message)| Problem {
+        gost_service: String::new(),
+        service: None,
+        gost_chain: Some(name.to_string()),
+        reason,
+        message,
+    })
 }
 
 /// GostServices oldest first, then by name: the order that decides port conflicts.
@@ -1086,6 +1115,48 @@ mod tests {
             r.problems[2].message
         );
         assert_eq!(reloaded(&r).services.len(), 1);
+    }
+
+    #[test]
+    fn a_chain_is_checked_on_its_own() {
+        let chs = chains(TO_GATEWAY);
+        let mut secrets = all_secrets();
+        let ns = Namespace {
+            services: &[],
+            chains: &chs,
+            secrets: &secrets,
+        };
+        assert_eq!(chain_problem(&ns, "to-gateway"), None);
+        let missing = chain_problem(&ns, "nope").unwrap();
+        assert_eq!(missing.reason, Reason::ChainNotFound);
+        assert_eq!(missing.gost_chain.as_deref(), Some("nope"));
+        secrets.remove("gw-cert");
+        let ns = Namespace {
+            services: &[],
+            chains: &chs,
+            secrets: &secrets,
+        };
+        let p = chain_problem(&ns, "to-gateway").unwrap();
+        assert_eq!(p.reason, Reason::SecretNotFound);
+        assert!(
+            p.message.contains("node \"gw\": dialer.tls"),
+            "{}",
+            p.message
+        );
+        let mut bad = chains(TO_GATEWAY);
+        bad[0].spec.hops[0].selector = Some(gost_api::v1alpha1::SelectorSpec {
+            fail_timeout: Some("soon".into()),
+            ..Default::default()
+        });
+        let secrets = all_secrets();
+        let ns = Namespace {
+            services: &[],
+            chains: &bad,
+            secrets: &secrets,
+        };
+        let p = chain_problem(&ns, "to-gateway").unwrap();
+        assert_eq!(p.reason, Reason::InvalidChain);
+        assert!(p.message.contains("failTimeout"), "{}", p.message);
     }
 
     #[test]
