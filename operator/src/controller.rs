@@ -21,8 +21,7 @@ use futures_util::{StreamExt, future, stream};
 use gost_api::v1alpha1::{AuthSpec, GostChain, GostService, TlsSpec};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service as K8sService;
-use k8s_openapi::api::core::v1::{Namespace as K8sNamespace, Pod, ResourceRequirements, Secret};
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::api::core::v1::{Namespace as K8sNamespace, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -40,6 +39,7 @@ use tracing::{debug, info, warn};
 
 use crate::gateway::{self, GATEWAY_APP, GatewaySettings, NAME_LABEL};
 use crate::group::{self, Group, INJECTED_LABEL, INJECTED_VALUE, MANAGED_BY, MANAGED_BY_LABEL};
+use crate::inject::SidecarSettings;
 use crate::render::{self, Namespace, Problem, Rendered, render_for_pod, render_gateway};
 use crate::status::{self, GatewayState, Seen, ServiceObservation};
 
@@ -60,52 +60,28 @@ const ENSURE_ATTEMPTS: usize = 3;
 /// How long the admission-time render waits for the caches of a starting operator: well below
 /// the webhook's own timeout (10 s), so the webhook still answers in time.
 const ENSURE_READY_TIMEOUT: Duration = Duration::from_secs(2);
-/// The proxy image when none is configured.
-pub const DEFAULT_PROXY_IMAGE: &str = concat!("gost-rs/gost:", env!("CARGO_PKG_VERSION"));
 /// The field manager of every write.
 pub const DEFAULT_FIELD_MANAGER: &str = "gost-operator";
-/// Default proxy resources: a tunnel proxy idles at a few MiB and a little CPU; the memory
-/// limit bounds a runaway without cutting normal bursts of buffered tunnels.
-const DEFAULT_CPU_REQUEST: &str = "50m";
-const DEFAULT_MEMORY_REQUEST: &str = "32Mi";
-const DEFAULT_MEMORY_LIMIT: &str = "256Mi";
 
 /// The operator's settings, as far as the controller goes.
 #[derive(Clone, Debug)]
 pub struct Settings {
-    /// The proxy image (sidecars and gateways).
-    pub proxy_image: String,
-    /// The proxy's admin port (metrics, probes).
-    pub admin_port: u16,
+    /// The proxy container of sidecars and gateways (image, admin port, resources, logs).
+    pub proxy: SidecarSettings,
     /// The field manager of every write.
     pub field_manager: String,
     /// Watch this namespace only (default: all).
     pub namespace: Option<String>,
-    /// Resources of the proxy container when a GostService does not set them.
-    pub proxy_resources: ResourceRequirements,
     /// The debounce of namespace reconciles.
     pub debounce: Duration,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        let q = |s: &str| Quantity(s.to_string());
         Settings {
-            proxy_image: DEFAULT_PROXY_IMAGE.to_string(),
-            admin_port: render::DEFAULT_ADMIN_PORT,
+            proxy: SidecarSettings::default(),
             field_manager: DEFAULT_FIELD_MANAGER.to_string(),
             namespace: None,
-            proxy_resources: ResourceRequirements {
-                requests: Some(BTreeMap::from([
-                    ("cpu".to_string(), q(DEFAULT_CPU_REQUEST)),
-                    ("memory".to_string(), q(DEFAULT_MEMORY_REQUEST)),
-                ])),
-                limits: Some(BTreeMap::from([(
-                    "memory".to_string(),
-                    q(DEFAULT_MEMORY_LIMIT),
-                )])),
-                ..ResourceRequirements::default()
-            },
             debounce: DEBOUNCE,
         }
     }
@@ -286,7 +262,7 @@ impl Context {
 
     fn render_settings(&self) -> render::Settings {
         render::Settings {
-            admin_port: self.settings.admin_port,
+            admin_port: self.settings.proxy.admin_port,
         }
     }
 
@@ -448,9 +424,7 @@ impl Context {
                 .items,
         );
         let gw_settings = GatewaySettings {
-            image: &self.settings.proxy_image,
-            admin_port: self.settings.admin_port,
-            default_resources: &self.settings.proxy_resources,
+            proxy: &self.settings.proxy,
         };
         for gs in snap.services.iter().filter(|gs| gs.spec.gateway.is_some()) {
             let Some(rendered) = renders.get(&gs.name_any()) else {

@@ -10,10 +10,8 @@ use gost_api::ListenerType;
 use gost_api::v1alpha1::GostService;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, HTTPGetAction,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
-    Secret, SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, Volume,
-    VolumeMount,
+    ContainerPort, PodSecurityContext, PodSpec, PodTemplateSpec, SeccompProfile, Secret, Service,
+    ServicePort, ServiceSpec,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -21,7 +19,8 @@ use kube::Resource;
 use serde::Serialize;
 
 use crate::group::{MANAGED_BY, MANAGED_BY_LABEL, label_value, short_hash};
-use crate::render::{CONFIG_KEY, MOUNT_PATH, Rendered};
+use crate::inject::{self, SidecarSettings};
+use crate::render::Rendered;
 
 /// Prefix of a gateway's Deployment, Service and Secret.
 pub const GATEWAY_PREFIX: &str = "gost-gw-";
@@ -34,31 +33,17 @@ pub const INSTANCE_LABEL: &str = "app.kubernetes.io/instance";
 /// Annotation holding a hash of what the operator last applied: an object is re-applied only
 /// when the hash differs, so an unchanged gateway costs no write.
 pub const SPEC_HASH_ANNOTATION: &str = "gost.rs/spec-hash";
-/// The proxy container's name.
-pub const CONTAINER_NAME: &str = "gost";
-/// The unprivileged user (and group) the proxy runs as: the distroless `nonroot` user.
-pub const PROXY_UID: i64 = 65532;
-/// Where the writable home directory (an emptyDir) is mounted: the root filesystem is read-only.
-pub const HOME_PATH: &str = "/home/gost";
 /// Config files are readable by the owner and the pod's group only: they hold credentials.
 const CONFIG_FILE_MODE: i32 = 0o440;
 /// Service names are DNS labels (63 characters).
 const MAX_SERVICE_NAME_LEN: usize = 63;
-/// Readiness is polled often so a new gateway pod takes traffic quickly after its config loads.
-const READINESS_PERIOD_SECONDS: i32 = 5;
-/// Liveness tolerates a few slow answers before a restart cuts every tunnel of the pod.
-const LIVENESS_PERIOD_SECONDS: i32 = 10;
-const LIVENESS_FAILURE_THRESHOLD: i32 = 3;
 
 /// What the gateway needs from the operator's settings.
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug)]
 pub struct GatewaySettings<'a> {
-    /// The proxy image.
-    pub image: &'a str,
-    /// The proxy's admin port (probes).
-    pub admin_port: u16,
-    /// Resources when the GostService does not set `gateway.resources`.
-    pub default_resources: &'a ResourceRequirements,
+    /// The proxy container's settings, shared with the sidecar (image, admin port, default
+    /// resources, logs, grace period).
+    pub proxy: &'a SidecarSettings,
 }
 
 /// The desired objects of one gateway.
@@ -121,72 +106,25 @@ pub fn build(gs: &GostService, rendered: &Rendered, settings: &GatewaySettings<'
     };
 
     let ports = listen_ports(&gs_name, rendered);
-    let container = Container {
-        name: CONTAINER_NAME.to_string(),
-        image: Some(settings.image.to_string()),
-        args: Some(vec!["-C".to_string(), format!("{MOUNT_PATH}/{CONFIG_KEY}")]),
-        ports: Some(
-            ports
-                .iter()
-                .map(|p| ContainerPort {
-                    container_port: i32::from(p.port),
-                    protocol: Some(p.protocol.to_string()),
-                    ..ContainerPort::default()
-                })
-                .collect(),
-        ),
-        env: Some(vec![EnvVar {
-            name: "HOME".to_string(),
-            value: Some(HOME_PATH.to_string()),
-            ..EnvVar::default()
-        }]),
-        volume_mounts: Some(vec![
-            // No subPath: the kubelet then swaps updated Secret data in, and the proxy reloads.
-            VolumeMount {
-                name: "config".to_string(),
-                mount_path: MOUNT_PATH.to_string(),
-                read_only: Some(true),
-                ..VolumeMount::default()
-            },
-            VolumeMount {
-                name: "home".to_string(),
-                mount_path: HOME_PATH.to_string(),
-                ..VolumeMount::default()
-            },
-        ]),
-        readiness_probe: Some(probe(
-            "/readyz",
-            settings.admin_port,
-            READINESS_PERIOD_SECONDS,
-            1,
-        )),
-        liveness_probe: Some(probe(
-            "/healthz",
-            settings.admin_port,
-            LIVENESS_PERIOD_SECONDS,
-            LIVENESS_FAILURE_THRESHOLD,
-        )),
-        resources: Some(
-            spec.resources
-                .clone()
-                .unwrap_or_else(|| settings.default_resources.clone()),
-        ),
-        security_context: Some(SecurityContext {
-            run_as_non_root: Some(true),
-            run_as_user: Some(PROXY_UID),
-            run_as_group: Some(PROXY_UID),
-            read_only_root_filesystem: Some(true),
-            allow_privilege_escalation: Some(false),
-            privileged: Some(false),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".to_string()]),
-                ..Capabilities::default()
-            }),
-            seccomp_profile: Some(runtime_default()),
-            ..SecurityContext::default()
-        }),
-        ..Container::default()
-    };
+    let mut container = inject::proxy_container(settings.proxy);
+    container
+        .ports
+        .get_or_insert_with(Vec::new)
+        .extend(ports.iter().map(|p| ContainerPort {
+            container_port: i32::from(p.port),
+            protocol: Some(p.protocol.to_string()),
+            ..ContainerPort::default()
+        }));
+    if let Some(resources) = &spec.resources {
+        container.resources = Some(resources.clone());
+    }
+    let mut volumes = inject::proxy_volumes(&name).to_vec();
+    for volume in &mut volumes {
+        if let Some(secret) = &mut volume.secret {
+            // With the pod's fsGroup, only the proxy's user and group read the credentials.
+            secret.default_mode = Some(CONFIG_FILE_MODE);
+        }
+    }
     let selector = selector_labels(&gs_name);
     let mut deployment = Deployment {
         metadata: meta(BTreeMap::new()),
@@ -208,28 +146,16 @@ pub fn build(gs: &GostService, rendered: &Rendered, settings: &GatewaySettings<'
                     enable_service_links: Some(false),
                     security_context: Some(PodSecurityContext {
                         run_as_non_root: Some(true),
-                        run_as_user: Some(PROXY_UID),
-                        run_as_group: Some(PROXY_UID),
-                        fs_group: Some(PROXY_UID),
-                        seccomp_profile: Some(runtime_default()),
+                        run_as_user: Some(inject::SIDECAR_UID),
+                        run_as_group: Some(inject::SIDECAR_UID),
+                        fs_group: Some(inject::SIDECAR_UID),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".to_string(),
+                            ..SeccompProfile::default()
+                        }),
                         ..PodSecurityContext::default()
                     }),
-                    volumes: Some(vec![
-                        Volume {
-                            name: "config".to_string(),
-                            secret: Some(SecretVolumeSource {
-                                secret_name: Some(name.clone()),
-                                default_mode: Some(CONFIG_FILE_MODE),
-                                ..SecretVolumeSource::default()
-                            }),
-                            ..Volume::default()
-                        },
-                        Volume {
-                            name: "home".to_string(),
-                            empty_dir: Some(EmptyDirVolumeSource::default()),
-                            ..Volume::default()
-                        },
-                    ]),
+                    volumes: Some(volumes),
                     ..PodSpec::default()
                 }),
             },
@@ -309,26 +235,6 @@ pub fn listen_ports(gost_service: &str, rendered: &Rendered) -> Vec<ListenPort> 
             })
         })
         .collect()
-}
-
-fn probe(path: &str, port: u16, period: i32, failures: i32) -> Probe {
-    Probe {
-        http_get: Some(HTTPGetAction {
-            path: Some(path.to_string()),
-            port: IntOrString::Int(i32::from(port)),
-            ..HTTPGetAction::default()
-        }),
-        period_seconds: Some(period),
-        failure_threshold: Some(failures),
-        ..Probe::default()
-    }
-}
-
-fn runtime_default() -> SeccompProfile {
-    SeccompProfile {
-        type_: "RuntimeDefault".to_string(),
-        ..SeccompProfile::default()
-    }
 }
 
 /// Puts the hash of the object (as built, before the annotation) into [`SPEC_HASH_ANNOTATION`].

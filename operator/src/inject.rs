@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::group::{INJECTED_LABEL, INJECTED_VALUE};
 use gost_api::{Config, LogConfig, LogFormat, LogLevel};
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation};
@@ -190,7 +191,7 @@ pub fn sidecar_patch(pod: &Pod, config_secret: &str, settings: &SidecarSettings)
             Value::Array(vec![sidecar]),
         ));
     }
-    let volumes = sidecar_volumes(config_secret);
+    let volumes = proxy_volumes(config_secret);
     if spec.volumes.is_some() {
         for volume in volumes {
             ops.push(add(&["spec", "volumes", "-"], to_value(volume)));
@@ -198,6 +199,19 @@ pub fn sidecar_patch(pod: &Pod, config_secret: &str, settings: &SidecarSettings)
     } else {
         let volumes = volumes.into_iter().map(to_value).collect();
         ops.push(add(&["spec", "volumes"], Value::Array(volumes)));
+    }
+    // The label lets the controller watch injected pods only (a label selector on the watch).
+    if pod.metadata.labels.is_some() {
+        ops.push(add(
+            &["metadata", "labels", INJECTED_LABEL],
+            Value::String(INJECTED_VALUE.to_string()),
+        ));
+    } else {
+        let labels = serde_json::Map::from_iter([(
+            INJECTED_LABEL.to_string(),
+            Value::String(INJECTED_VALUE.to_string()),
+        )]);
+        ops.push(add(&["metadata", "labels"], Value::Object(labels)));
     }
     if pod.metadata.annotations.is_some() {
         ops.push(add(
@@ -217,8 +231,19 @@ pub fn sidecar_patch(pod: &Pod, config_secret: &str, settings: &SidecarSettings)
     Some(Patch(ops))
 }
 
-/// The sidecar container.
+/// The sidecar container: [`proxy_container`] as a native sidecar.
 pub fn sidecar_container(settings: &SidecarSettings) -> Container {
+    Container {
+        // This is what makes an init container a native sidecar.
+        restart_policy: Some("Always".to_string()),
+        ..proxy_container(settings)
+    }
+}
+
+/// The proxy container of sidecars and gateways: the rendered config from
+/// [`proxy_volumes`], the admin port with its probes, a writable HOME and a locked-down
+/// security context.
+pub fn proxy_container(settings: &SidecarSettings) -> Container {
     let admin_port = IntOrString::String(ADMIN_PORT_NAME.to_string());
     let http_get = |path: &str| HTTPGetAction {
         path: Some(path.to_string()),
@@ -229,8 +254,6 @@ pub fn sidecar_container(settings: &SidecarSettings) -> Container {
         name: SIDECAR_NAME.to_string(),
         image: Some(settings.image.clone()),
         image_pull_policy: Some(settings.image_pull_policy.clone()),
-        // This is what makes an init container a native sidecar.
-        restart_policy: Some("Always".to_string()),
         args: Some(sidecar_args(settings)),
         env: Some(vec![EnvVar {
             name: "HOME".to_string(),
@@ -317,8 +340,8 @@ fn sidecar_args(settings: &SidecarSettings) -> Vec<String> {
     ]
 }
 
-/// The config Secret volume and the writable HOME.
-fn sidecar_volumes(config_secret: &str) -> [Volume; 2] {
+/// The volumes [`proxy_container`] mounts: the config Secret and the writable HOME.
+pub fn proxy_volumes(config_secret: &str) -> [Volume; 2] {
     [
         Volume {
             name: CONFIG_VOLUME.to_string(),
@@ -423,6 +446,7 @@ mod tests {
             patched["metadata"]["annotations"]["gost.rs/injected"],
             "app-gost"
         );
+        assert_eq!(patched["metadata"]["labels"]["gost.rs/injected"], "true");
         // The patched pod is still a valid Pod, and now re-invocation leaves it alone.
         let patched = pod(patched);
         assert!(sidecar_patch(&patched, "app-gost", &SidecarSettings::default()).is_none());
@@ -465,6 +489,7 @@ mod tests {
             patched["metadata"]["annotations"]["gost.rs/injected"],
             "app-gost"
         );
+        assert_eq!(patched["metadata"]["labels"]["gost.rs/injected"], "true");
     }
 
     #[test]

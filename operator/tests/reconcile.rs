@@ -443,10 +443,17 @@ async fn a_gateway_runs_as_deployment_service_and_secret_and_goes_with_its_spec(
     assert_eq!(labels["app.kubernetes.io/name"], "gost-gateway");
     assert_eq!(labels["app.kubernetes.io/instance"], "edge");
     let c = &pod.containers[0];
-    assert_eq!(c.args.as_deref().unwrap(), ["-C", "/etc/gost/config.yaml"]);
+    let args = c.args.as_deref().unwrap();
+    assert_eq!(args[..2], ["-C", "/etc/gost/config.yaml"]);
+    assert!(
+        c.restart_policy.is_none(),
+        "a gateway's proxy is a plain container"
+    );
+    let ports: Vec<i32> = c.ports.iter().flatten().map(|p| p.container_port).collect();
+    assert!(ports.contains(&15300) && ports.contains(&8443), "{ports:?}");
     assert_eq!(
         c.image.as_deref(),
-        Some(Settings::default().proxy_image.as_str())
+        Some(Settings::default().proxy.image.as_str())
     );
     let sc = c.security_context.as_ref().unwrap();
     assert_eq!(sc.run_as_user, Some(65532));

@@ -300,6 +300,7 @@ async fn injects_a_pod_in_an_enabled_namespace_and_not_twice() {
         patched["metadata"]["annotations"]["gost.rs/injected"],
         "web-7d9f--gost"
     );
+    assert_eq!(patched["metadata"]["labels"]["gost.rs/injected"], "true");
     // The app container is untouched, and the result is still a Pod.
     assert_eq!(
         patched["spec"]["containers"],
@@ -340,6 +341,7 @@ async fn keeps_existing_init_containers_volumes_and_annotations() {
         patched["metadata"]["annotations"]["gost.rs/injected"],
         "web-7d9f--gost"
     );
+    assert_eq!(patched["metadata"]["labels"]["gost.rs/injected"], "true");
 }
 
 #[tokio::test]
