@@ -928,19 +928,31 @@ where
     }
 }
 
-/// Runs the controller until `shutdown` completes: watches GostServices, GostChains, injected
-/// pods (metadata only), Secret metadata and gateway Deployments, and reconciles the
-/// namespaces they touch.
-pub async fn run(
+/// A controller whose context exists (so the admission webhook can render with it) and whose
+/// watches and reconciles start with [`Prepared::run`].
+pub struct Prepared {
     client: Client,
-    settings: Settings,
-    shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), Error> {
-    let ns = settings.namespace.clone();
-    let ns = ns.as_deref();
+    ctx: Arc<Context>,
+    namespace: Option<String>,
+    debounce: Duration,
+    writers: (
+        reflector::store::Writer<GostService>,
+        reflector::store::Writer<GostChain>,
+        reflector::store::Writer<PartialObjectMeta<Pod>>,
+    ),
+    readers: (
+        Store<GostService>,
+        Store<GostChain>,
+        Store<PartialObjectMeta<Pod>>,
+    ),
+}
+
+/// Creates the controller's context and empty stores; [`Prepared::run`] fills and uses them.
+pub fn prepare(client: Client, settings: Settings) -> Prepared {
     let (services_r, services_w) = reflector::store::<GostService>();
     let (chains_r, chains_w) = reflector::store::<GostChain>();
     let (pods_r, pods_w) = reflector::store::<PartialObjectMeta<Pod>>();
+    let namespace = settings.namespace.clone();
     let debounce = settings.debounce;
     let ctx = Arc::new(Context::new(
         client.clone(),
@@ -951,6 +963,59 @@ pub async fn run(
             pods: pods_r.clone(),
         },
     ));
+    Prepared {
+        client,
+        ctx,
+        namespace,
+        debounce,
+        writers: (services_w, chains_w, pods_w),
+        readers: (services_r, chains_r, pods_r),
+    }
+}
+
+impl Prepared {
+    /// The context: what the admission webhook renders pod configs with.
+    pub fn context(&self) -> Arc<Context> {
+        self.ctx.clone()
+    }
+
+    /// Runs until `shutdown` completes: watches GostServices, GostChains, injected pods
+    /// (metadata only), Secret metadata and gateway Deployments on every replica (the webhook
+    /// needs the caches), and reconciles the namespaces they touch while `leading` is true.
+    /// A replica that becomes leader reconciles every namespace it knows of.
+    pub async fn run(
+        self,
+        leading: tokio::sync::watch::Receiver<bool>,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), Error> {
+        run_prepared(self, leading, shutdown).await
+    }
+}
+
+/// Runs the controller as the only replica (no leader election) until `shutdown` completes.
+pub async fn run(
+    client: Client,
+    settings: Settings,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), Error> {
+    let (_keep, leading) = tokio::sync::watch::channel(true);
+    prepare(client, settings).run(leading, shutdown).await
+}
+
+async fn run_prepared(
+    prepared: Prepared,
+    leading: tokio::sync::watch::Receiver<bool>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), Error> {
+    let Prepared {
+        client,
+        ctx,
+        namespace,
+        debounce,
+        writers: (services_w, chains_w, pods_w),
+        readers: (services_r, chains_r, pods_r),
+    } = prepared;
+    let ns = namespace.as_deref();
     let (queue, rx) = Queue::new();
     let cfg = watcher::Config::default();
 
@@ -1054,11 +1119,51 @@ pub async fn run(
             .await;
         }
     };
+    let promotions = {
+        let (queue, mut leading) = (queue.clone(), leading.clone());
+        let (s, c, p) = (services_r.clone(), chains_r.clone(), pods_r.clone());
+        async move {
+            while leading.changed().await.is_ok() {
+                if !*leading.borrow_and_update() {
+                    info!("no longer the leader; reconciles pause");
+                    continue;
+                }
+                info!("leader now; reconciling every namespace");
+                let mut namespaces = BTreeSet::new();
+                namespaces.extend(
+                    s.state()
+                        .iter()
+                        .filter_map(|o| o.metadata.namespace.clone()),
+                );
+                namespaces.extend(
+                    c.state()
+                        .iter()
+                        .filter_map(|o| o.metadata.namespace.clone()),
+                );
+                namespaces.extend(
+                    p.state()
+                        .iter()
+                        .filter_map(|o| o.metadata.namespace.clone()),
+                );
+                for ns in namespaces {
+                    queue.push(&ns);
+                }
+            }
+            // The elector is gone (shutting down): nothing more to promote.
+            future::pending::<()>().await;
+        }
+    };
     let applier = async move {
         // Reconciles before the first lists arrive would see empty stores and undo work.
         ready.await;
         info!("caches filled; reconciling");
-        drive(ctx, queue, rx, debounce).await;
+        drive(ctx, queue, rx, debounce, leading).await;
+    };
+    let applier = async move {
+        tokio::select! {
+            () = applier => {}
+            () = promotions => {}
+        }
     };
     tokio::select! {
         () = shutdown => {
@@ -1078,14 +1183,21 @@ async fn drive(
     queue: Queue,
     rx: mpsc::UnboundedReceiver<ObjectRef<K8sNamespace>>,
     debounce: Duration,
+    leading: tokio::sync::watch::Receiver<bool>,
 ) {
     let requests = stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|r| (Ok::<_, Infallible>(r), rx))
     });
     applier(
         |key: Arc<K8sNamespace>, ctx: Arc<Context>| {
+            let leader = *leading.borrow();
             Box::pin(async move {
                 let ns = key.name_any();
+                if !leader {
+                    // A follower keeps its caches for the webhook and writes nothing; the
+                    // namespace is queued again when this replica becomes leader.
+                    return Ok(Action::await_change());
+                }
                 let summary = ctx.reconcile(&ns).await?;
                 ctx.succeeded(&ns);
                 debug!(namespace = %ns, groups = summary.groups, writes = summary.writes, "reconciled");
@@ -1219,7 +1331,13 @@ mod tests {
         let ctx = Arc::new(Context::new(client.clone(), Settings::default(), stores));
         let (queue, rx) = Queue::new();
         let debounce = Duration::from_millis(200);
-        let driver = tokio::spawn(drive(ctx, queue.clone(), rx, debounce));
+        let driver = tokio::spawn(drive(
+            ctx,
+            queue.clone(),
+            rx,
+            debounce,
+            tokio::sync::watch::channel(true).1,
+        ));
         let started = Instant::now();
         // A burst of triggers: one reconcile.
         for _ in 0..100 {
@@ -1227,6 +1345,35 @@ mod tests {
         }
         let took = wait_for_secret(&client, started).await;
         assert!(took >= debounce, "ran before the debounce: {took:?}");
+        driver.abort();
+    }
+
+    #[tokio::test]
+    async fn a_follower_writes_nothing_until_it_leads() {
+        let client = ClientBuilder::new()
+            .with_resource::<GostService>()
+            .with_resource::<GostChain>()
+            .with_runtime_objects(objects())
+            .build()
+            .await
+            .unwrap();
+        let stores = Stores::list(&client, None).await.unwrap();
+        let ctx = Arc::new(Context::new(client.clone(), Settings::default(), stores));
+        let (queue, rx) = Queue::new();
+        let (lead, leading) = tokio::sync::watch::channel(false);
+        let driver = tokio::spawn(drive(ctx, queue.clone(), rx, Duration::ZERO, leading));
+        queue.push("apps");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let api: Api<Secret> = Api::namespaced(client.clone(), "apps");
+        assert!(
+            api.get_opt("gost-sidecar-pod-p").await.unwrap().is_none(),
+            "a follower rendered"
+        );
+        lead.send(true).unwrap();
+        // Promotion queues the namespaces again (run_prepared does it from the stores).
+        let started = Instant::now();
+        queue.push("apps");
+        wait_for_secret(&client, started).await;
         driver.abort();
     }
 
@@ -1250,7 +1397,13 @@ mod tests {
         let stores = Stores::list(&client, None).await.unwrap();
         let ctx = Arc::new(Context::new(client.clone(), Settings::default(), stores));
         let (queue, rx) = Queue::new();
-        let driver = tokio::spawn(drive(ctx.clone(), queue.clone(), rx, Duration::ZERO));
+        let driver = tokio::spawn(drive(
+            ctx.clone(),
+            queue.clone(),
+            rx,
+            Duration::ZERO,
+            tokio::sync::watch::channel(true).1,
+        ));
         let started = Instant::now();
         queue.push("apps");
         let took = wait_for_secret(&client, started).await;
