@@ -928,6 +928,18 @@ where
     }
 }
 
+/// The admission webhook renders a pod's config Secret with the controller's context.
+impl crate::webhook::PodConfig for Context {
+    fn ensure_config(
+        &self,
+        namespace: &str,
+        pod: &Pod,
+        dry_run: bool,
+    ) -> impl Future<Output = Result<String, String>> + Send {
+        self.ensure_pod_config(namespace, pod, dry_run)
+    }
+}
+
 /// A controller whose context exists (so the admission webhook can render with it) and whose
 /// watches and reconciles start with [`Prepared::run`].
 pub struct Prepared {

@@ -435,3 +435,15 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
         .body(Full::new(Bytes::from(body)))
         .expect("a static response is valid")
 }
+
+/// The binary's source of namespace labels: a reflector store of Namespace metadata.
+impl NamespaceLabels
+    for kube::runtime::reflector::Store<
+        kube::core::PartialObjectMeta<k8s_openapi::api::core::v1::Namespace>,
+    >
+{
+    fn label(&self, namespace: &str, key: &str) -> Option<String> {
+        let ns = self.get(&kube::runtime::reflector::ObjectRef::new(namespace))?;
+        ns.metadata.labels.as_ref()?.get(key).cloned()
+    }
+}
