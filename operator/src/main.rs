@@ -215,6 +215,9 @@ async fn terminated() {
 fn main() -> ExitCode {
     let args = Args::parse();
     init_logging(args.log_format);
+    // kube's client finds two rustls providers in the build (ring, which everything of ours
+    // uses, and aws-lc-rs through its HTTP stack) and would panic choosing; ring it is.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let sidecar = match sidecar_settings(&args) {
         Ok(s) => s,
         Err(message) => {
