@@ -542,3 +542,29 @@ pub fn echo_round_trip(stream: TcpStream, len: usize) {
     sender.join().unwrap();
     assert_eq!(received, len, "echo returned {received} of {len} bytes");
 }
+
+/// The samples of a Prometheus scrape of `url` (optionally with `user:pass`), parsed by the
+/// official Python client's text-format parser and printed one per line by
+/// `e2e/py/scrape_metrics.py`.
+pub fn scrape_metrics(url: &str, credentials: Option<&str>) -> String {
+    let mut args = vec![url];
+    args.extend(credentials);
+    let out = python("scrape_metrics.py", &args);
+    assert_eq!(
+        out.code,
+        0,
+        "scrape failed:\n{}\n{}",
+        out.text(),
+        out.stderr
+    );
+    out.text()
+}
+
+/// The value of the first sample of a [`scrape_metrics`] output whose line starts with `prefix`.
+pub fn metric_sample(scrape: &str, prefix: &str) -> Option<f64> {
+    scrape
+        .lines()
+        .find(|line| line.starts_with(prefix))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}

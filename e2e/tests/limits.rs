@@ -12,26 +12,8 @@ use gost_e2e::*;
 /// `ss`, a counter updated when a connection closes).
 const SETTLE: Duration = Duration::from_secs(5);
 
-/// The samples of a scrape, as `scrape_metrics.py` prints them.
 fn scrape(metrics: SocketAddr) -> String {
-    let out = python("scrape_metrics.py", &[&format!("http://{metrics}/metrics")]);
-    assert_eq!(
-        out.code,
-        0,
-        "scrape failed:\n{}\n{}",
-        out.text(),
-        out.stderr
-    );
-    out.text()
-}
-
-/// The value of the first sample whose line starts with `prefix`.
-fn sample(scrape: &str, prefix: &str) -> Option<f64> {
-    scrape
-        .lines()
-        .find(|line| line.starts_with(prefix))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
+    scrape_metrics(&format!("http://{metrics}/metrics"), None)
 }
 
 /// Scrapes until `done` holds for the scrape or [`SETTLE`] has passed; returns the last one.
@@ -133,10 +115,10 @@ fn auth_failures_over_the_limit_are_refused_unchecked_and_logged_once() {
     assert!(refused.starts_with("HTTP/1.1 407"), "{refused}");
 
     let text = scrape_until(metrics, |t| {
-        sample(t, "gost_service_auth_failures_total{").is_some()
+        metric_sample(t, "gost_service_auth_failures_total{").is_some()
     });
     assert_eq!(
-        sample(&text, "gost_service_auth_failures_total{"),
+        metric_sample(&text, "gost_service_auth_failures_total{"),
         Some(4.0),
         "every refusal is counted:\n{text}"
     );
@@ -289,12 +271,12 @@ fn forwarded_plain_http_is_counted_in_the_transfer_metrics() {
     let output_prefix = "gost_service_transfer_output_bytes_total{client=127.0.0.1,";
     let input_prefix = "gost_service_transfer_input_bytes_total{client=127.0.0.1,";
     let text = scrape_until(metrics, |t| {
-        sample(t, output_prefix).is_some_and(|v| v >= BODY as f64)
+        metric_sample(t, output_prefix).is_some_and(|v| v >= BODY as f64)
     });
-    let output = sample(&text, output_prefix).unwrap_or(0.0);
+    let output = metric_sample(&text, output_prefix).unwrap_or(0.0);
     assert!(output >= BODY as f64, "{text}");
     // The request line and headers sent on to the target.
-    let input = sample(&text, input_prefix).unwrap_or(0.0);
+    let input = metric_sample(&text, input_prefix).unwrap_or(0.0);
     assert!(input > 0.0 && input < 4096.0, "{text}");
     assert!(gost.log().contains("\"forwarded\""), "{}", gost.log());
 }

@@ -6,30 +6,6 @@ use std::time::{Duration, Instant};
 
 use gost_e2e::*;
 
-/// The samples of a scrape, as `scrape_metrics.py` prints them.
-fn scrape(url: &str, credentials: Option<&str>) -> String {
-    let mut args = vec![url];
-    args.extend(credentials);
-    let out = python("scrape_metrics.py", &args);
-    assert_eq!(
-        out.code,
-        0,
-        "scrape failed:\n{}\n{}",
-        out.text(),
-        out.stderr
-    );
-    out.text()
-}
-
-/// The value of the first sample whose line starts with `prefix`.
-fn sample(scrape: &str, prefix: &str) -> Option<f64> {
-    scrape
-        .lines()
-        .find(|line| line.starts_with(prefix))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
 fn status(url: &str) -> u16 {
     let out = curl(&["-o", "/dev/null", "-w", "%{http_code}", url]);
     out.text().trim().parse().unwrap_or(0)
@@ -73,8 +49,9 @@ fn gost_series_are_served_and_parse() {
     let url = format!("http://{metrics}/m");
     let deadline = Instant::now() + Duration::from_secs(5);
     let text = loop {
-        let text = scrape(&url, None);
-        let done = sample(&text, "gost_service_requests_in_flight{client=127.0.0.1,") == Some(0.0);
+        let text = scrape_metrics(&url, None);
+        let done =
+            metric_sample(&text, "gost_service_requests_in_flight{client=127.0.0.1,") == Some(0.0);
         if done || Instant::now() > deadline {
             break text;
         }
@@ -82,23 +59,24 @@ fn gost_series_are_served_and_parse() {
     };
     assert!(text.contains("status=200"), "{text}");
     let service = "service=service-0";
-    let requests = sample(&text, "gost_service_requests_total{client=127.0.0.1,host=")
+    let requests = metric_sample(&text, "gost_service_requests_total{client=127.0.0.1,host=")
         .unwrap_or_else(|| panic!("requests not counted:\n{text}"));
     assert_eq!(requests, 4.0, "{text}");
     assert!(text.contains(service), "{text}");
-    assert_eq!(sample(&text, "gost_services{"), Some(1.0), "{text}");
-    let output = sample(
+    assert_eq!(metric_sample(&text, "gost_services{"), Some(1.0), "{text}");
+    let output = metric_sample(
         &text,
         "gost_service_transfer_output_bytes_total{client=127.0.0.1,",
     )
     .unwrap_or_else(|| panic!("output bytes not counted:\n{text}"));
     assert!(output > 0.0, "{text}");
     assert!(
-        sample(&text, "gost_service_request_duration_seconds_count{").unwrap_or(0.0) >= 4.0,
+        metric_sample(&text, "gost_service_request_duration_seconds_count{").unwrap_or(0.0) >= 4.0,
         "{text}"
     );
     assert!(
-        sample(&text, "gost_service_handler_errors_total{client=127.0.0.1,").unwrap_or(0.0) >= 1.0,
+        metric_sample(&text, "gost_service_handler_errors_total{client=127.0.0.1,").unwrap_or(0.0)
+            >= 1.0,
         "the refused upstream is a handler error:\n{text}"
     );
     assert_eq!(status(&format!("http://{metrics}/metrics")), 404);
@@ -114,11 +92,11 @@ fn metrics_auth_from_the_config_file() {
         2,
     );
     let url = format!("http://{}/metrics", gost.addrs()[0]);
-    let denied = scrape(&url, None);
+    let denied = scrape_metrics(&url, None);
     assert!(denied.contains("status=401"), "{denied}");
     assert!(denied.contains("www-authenticate=Basic"), "{denied}");
-    assert!(scrape(&url, Some("prom:wrong")).contains("status=401"));
-    let ok = scrape(&url, Some("prom:s3cret"));
+    assert!(scrape_metrics(&url, Some("prom:wrong")).contains("status=401"));
+    let ok = scrape_metrics(&url, Some("prom:s3cret"));
     assert!(ok.contains("status=200"), "{ok}");
     assert!(ok.contains("gost_services{host="), "{ok}");
     assert!(!gost.log().contains("s3cret"), "a password reached the log");
@@ -193,9 +171,9 @@ fn connections_beyond_the_limit_are_refused_and_counted() {
     let _second = http_connect(proxy, &target, None).expect("second tunnel");
     // The third is closed at once, without an answer.
     assert!(http_connect(proxy, &target, None).is_err());
-    let text = scrape(&format!("http://{metrics}/metrics"), None);
+    let text = scrape_metrics(&format!("http://{metrics}/metrics"), None);
     assert_eq!(
-        sample(&text, "gost_service_refused_connections_total{host="),
+        metric_sample(&text, "gost_service_refused_connections_total{host="),
         Some(1.0),
         "{text}"
     );
@@ -259,9 +237,9 @@ fn repeated_wrong_passwords_get_the_address_refused_and_counted() {
         assert!(Instant::now() < deadline, "{}", gost.log());
         std::thread::sleep(Duration::from_millis(50));
     }
-    let text = scrape(&format!("http://{metrics}/metrics"), None);
+    let text = scrape_metrics(&format!("http://{metrics}/metrics"), None);
     assert_eq!(
-        sample(&text, "gost_service_auth_failures_total{host="),
+        metric_sample(&text, "gost_service_auth_failures_total{host="),
         Some(11.0),
         "{text}"
     );
