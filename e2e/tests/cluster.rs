@@ -561,7 +561,8 @@ fn start_demo(ns: &str) -> Demo {
         .and_then(|c| c.iter().find(|c| c["name"] == SIDECAR))
         .unwrap_or_else(|| {
             panic!(
-                "pod {pod_name} has no init container {SIDECAR:?}: the webhook did not inject it; \
+                "pod {pod_name} has no init container {SIDECAR:?}: the webhook did not inject it \
+                 (in laptop mode: can the API server reach GOST_E2E_WEBHOOK_HOST?); \
                  initContainers: {}",
                 pod["spec"]["initContainers"]
             )
