@@ -270,6 +270,17 @@ impl Context {
     /// they reference read from the API (Secrets are not cached: most are not ours, and some,
     /// like Helm's release Secrets, are large).
     async fn snapshot(&self, ns: &str) -> Result<Snapshot, Error> {
+        self.snapshot_for(ns, None).await
+    }
+
+    /// With `pod_labels`, only what a pod with those labels renders from: the GostServices
+    /// that select it and the GostChains they dial through, and so only their Secrets (an
+    /// admission must not fetch every Secret of the namespace), and no pods.
+    async fn snapshot_for(
+        &self,
+        ns: &str,
+        pod_labels: Option<&BTreeMap<String, String>>,
+    ) -> Result<Snapshot, Error> {
         let (mut services, mut chains, mut pods) = {
             let stores = self.stores.read().expect("stores lock");
             let in_ns = |m: &ObjectMeta| m.namespace.as_deref() == Some(ns);
@@ -303,6 +314,21 @@ impl Context {
                     .collect::<Vec<_>>(),
             )
         };
+        if let Some(labels) = pod_labels {
+            services.retain(|gs| {
+                gs.spec
+                    .selector
+                    .as_ref()
+                    .is_some_and(|sel| render::selects(sel, labels) == Ok(true))
+            });
+            let used: BTreeSet<&str> = services
+                .iter()
+                .flat_map(|gs| &gs.spec.services)
+                .filter_map(|svc| svc.handler.chain.as_deref())
+                .collect();
+            chains.retain(|gc| used.contains(gc.metadata.name.as_deref().unwrap_or_default()));
+            pods.clear();
+        }
         services.sort_by_key(|o| o.metadata.name.clone());
         chains.sort_by_key(|o| o.metadata.name.clone());
         pods.sort_by_key(|o| o.metadata.name.clone());
@@ -683,8 +709,11 @@ impl Context {
                 "the operator is starting and has not read the GostServices yet; the config Secret {name:?} is written once it has"
             ));
         }
-        let snap = self.snapshot(namespace).await.map_err(|e| e.to_string())?;
         let labels = pod.metadata.labels.clone().unwrap_or_default();
+        let snap = self
+            .snapshot_for(namespace, Some(&labels))
+            .await
+            .map_err(|e| e.to_string())?;
         let rendered = render_for_pod(&snap.namespace(), &labels, &self.render_settings());
         if dry_run {
             return Ok(name);
