@@ -10,6 +10,8 @@
 //! namespace, as the controller's queue would run it after its debounce. In production the
 //! watches keep the stores current, so the relist is a cost of this harness, shown apart.
 
+#[path = "../tests/support/admission.rs"]
+mod admission;
 #[path = "../tests/support/scale.rs"]
 mod scale;
 
@@ -38,7 +40,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use scale::Scale;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
 
 /// Namespaces reconciled at once, as the controller's applier does (its `CONCURRENCY`).
@@ -431,21 +433,8 @@ struct Case {
 }
 
 fn review(uid: String, namespace: &str, pod: Value, dry_run: bool) -> Vec<u8> {
-    serde_json::to_vec(&json!({
-        "kind": "AdmissionReview",
-        "apiVersion": "admission.k8s.io/v1",
-        "request": {
-            "uid": uid,
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "namespace": namespace,
-            "operation": "CREATE",
-            "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
-            "object": pod,
-            "dryRun": dry_run,
-        }
-    }))
-    .expect("a review serializes")
+    serde_json::to_vec(&admission::review(&uid, namespace, &pod, dry_run))
+        .expect("a review serializes")
 }
 
 async fn admission_rows(ctx: Arc<Context>, ns: &str, scale: &Scale) -> Vec<AdmissionRow> {

@@ -406,16 +406,20 @@ impl<'a> Renderer<'a> {
             })?),
         };
         let mut secrets = Secrets::new(self.ns);
+        let at = |field: &'static str| {
+            let here = &here;
+            move |(r, m): (Reason, String)| (r, None, format!("{here}.{field}: {m}"))
+        };
         let handler = HandlerConfig {
             kind: svc.handler.kind,
             chain: chain.clone(),
             retries: svc.handler.retries,
             auth: secrets
                 .auth(svc.handler.auth.as_ref())
-                .map_err(|(r, m)| (r, None, format!("{here}.handler.auth: {m}")))?,
+                .map_err(at("handler.auth"))?,
             tls: secrets
                 .tls(svc.handler.tls.as_ref(), Side::Server)
-                .map_err(|(r, m)| (r, None, format!("{here}.handler.tls: {m}")))?,
+                .map_err(at("handler.tls"))?,
             metadata: svc.handler.metadata.0.clone(),
             ..HandlerConfig::default()
         };
@@ -423,10 +427,10 @@ impl<'a> Renderer<'a> {
             kind: svc.listener.kind,
             auth: secrets
                 .auth(svc.listener.auth.as_ref())
-                .map_err(|(r, m)| (r, None, format!("{here}.listener.auth: {m}")))?,
+                .map_err(at("listener.auth"))?,
             tls: secrets
                 .tls(svc.listener.tls.as_ref(), Side::Server)
-                .map_err(|(r, m)| (r, None, format!("{here}.listener.tls: {m}")))?,
+                .map_err(at("listener.tls"))?,
             metadata: svc.listener.metadata.0.clone(),
             ..ListenerConfig::default()
         };

@@ -24,6 +24,11 @@ use time::OffsetDateTime;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
+mod support {
+    pub mod admission;
+}
+use support::admission::review;
+
 /// Bounds every curl call: a hung server fails the test instead of hanging it.
 const CURL_MAX_SECONDS: &str = "10";
 
@@ -204,23 +209,6 @@ impl Server {
     fn calls(&self) -> Vec<(String, bool)> {
         self.pod_config.calls.lock().unwrap().clone()
     }
-}
-
-fn review(uid: &str, namespace: &str, pod: &Value, dry_run: bool) -> Value {
-    json!({
-        "kind": "AdmissionReview",
-        "apiVersion": "admission.k8s.io/v1",
-        "request": {
-            "uid": uid,
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "namespace": namespace,
-            "operation": "CREATE",
-            "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
-            "object": pod,
-            "dryRun": dry_run,
-        }
-    })
 }
 
 fn pod() -> Value {
