@@ -1033,16 +1033,6 @@ impl Prepared {
     }
 }
 
-/// Runs the controller as the only replica (no leader election) until `shutdown` completes.
-pub async fn run(
-    client: Client,
-    settings: Settings,
-    shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), Error> {
-    let (_keep, leading) = tokio::sync::watch::channel(true);
-    prepare(client, settings).run(leading, shutdown).await
-}
-
 async fn run_prepared(
     prepared: Prepared,
     leading: tokio::sync::watch::Receiver<bool>,
@@ -1333,7 +1323,8 @@ mod tests {
         fn spawnable<F: Future + Send + 'static>(_: &F) {}
         let client = ClientBuilder::new().build().await.unwrap();
         let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let controller = run(client, Settings::default(), async move {
+        let (_lead, leading) = tokio::sync::watch::channel(true);
+        let controller = prepare(client, Settings::default()).run(leading, async move {
             let _ = stopped.await;
         });
         spawnable(&controller);
