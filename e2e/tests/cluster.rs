@@ -293,6 +293,9 @@ impl LocalOperator {
                 &url,
                 "--webhook-addr",
                 &addr,
+                // Any free port: probes and scrapes are not part of these tests.
+                "--metrics-addr",
+                "127.0.0.1:0",
                 "--leader-election=false",
                 "--namespace",
                 ns,

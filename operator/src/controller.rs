@@ -15,7 +15,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::{StreamExt, future, stream};
 use gost_api::v1alpha1::{AuthSpec, GostChain, GostService, TlsSpec};
@@ -40,6 +40,7 @@ use tracing::{debug, info, warn};
 use crate::gateway::{self, GATEWAY_APP, GatewaySettings, NAME_LABEL};
 use crate::group::{self, Group, INJECTED_LABEL, INJECTED_VALUE, MANAGED_BY, MANAGED_BY_LABEL};
 use crate::inject::SidecarSettings;
+use crate::metrics::metrics;
 use crate::render::{self, Namespace, Problem, Rendered, render_for_pod, render_gateway};
 use crate::status::{self, GatewayState, Seen, ServiceObservation};
 
@@ -677,6 +678,18 @@ impl Context {
         }
     }
 
+    /// Completes once the GostService, GostChain and pod caches hold their first full list
+    /// (readiness: before that an admission cannot render).
+    pub async fn caches_filled(&self) {
+        let stores = self.stores.read().expect("stores lock").clone();
+        let _ = future::join3(
+            stores.services.wait_until_ready(),
+            stores.chains.wait_until_ready(),
+            stores.pods.wait_until_ready(),
+        )
+        .await;
+    }
+
     /// Renders the config of `pod`'s group and writes its Secret (unless `dry_run`), for the
     /// admission webhook: the sidecar then starts with its config. Returns the Secret's name.
     pub async fn ensure_pod_config(
@@ -730,7 +743,10 @@ impl Context {
                 .write_secret(&api, existing.as_ref(), desired.clone())
                 .await
             {
-                Ok(_) => return Ok(name),
+                Ok(wrote) => {
+                    metrics().wrote("admission", usize::from(wrote));
+                    return Ok(name);
+                }
                 Err(Error::Api {
                     source: kube::Error::Api(status),
                     action,
@@ -1229,7 +1245,11 @@ async fn drive(
                     // namespace is queued again when this replica becomes leader.
                     return Ok(Action::await_change());
                 }
-                let summary = ctx.reconcile(&ns).await?;
+                let started = Instant::now();
+                let result = ctx.reconcile(&ns).await;
+                metrics().reconciled(result.is_ok(), started.elapsed());
+                let summary = result?;
+                metrics().wrote("reconcile", summary.writes);
                 ctx.succeeded(&ns);
                 debug!(namespace = %ns, groups = summary.groups, writes = summary.writes, "reconciled");
                 Ok::<_, Error>(Action::requeue(RESYNC_PERIOD))
@@ -1261,7 +1281,6 @@ async fn drive(
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::time::Instant;
 
     use kube_fake_client::{ClientBuilder, interceptor};
     use serde_json::json;
@@ -1377,6 +1396,26 @@ mod tests {
         }
         let took = wait_for_secret(&client, started).await;
         assert!(took >= debounce, "ran before the debounce: {took:?}");
+        // The reconcile and its writes are counted (metrics are per process, so at least).
+        let counted = |text: &str, prefix: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(prefix)?.trim().parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let text = String::from_utf8(metrics().encode()).unwrap();
+            if counted(&text, "gost_operator_reconciles_total{result=\"ok\"}") >= 1.0
+                && counted(
+                    &text,
+                    "gost_operator_object_writes_total{source=\"reconcile\"}",
+                ) >= 1.0
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "reconcile not counted:\n{text}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         driver.abort();
     }
 

@@ -10,6 +10,7 @@ pub mod gateway;
 pub mod group;
 pub mod inject;
 pub mod lease;
+pub mod metrics;
 pub mod render;
 pub mod status;
 pub mod webhook;

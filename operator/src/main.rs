@@ -17,6 +17,7 @@ use gost_operator::certs::{self, CertSettings};
 use gost_operator::controller::{self, Settings};
 use gost_operator::inject::{self, SidecarSettings};
 use gost_operator::lease::{self, LeaderElector, LeaseSettings};
+use gost_operator::metrics::{self, Readiness};
 use gost_operator::webhook::{self, Webhook};
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -99,6 +100,10 @@ struct Args {
     /// (`https://HOST:PORT/mutate`, reachable from the API server) instead of a Service.
     #[arg(long)]
     webhook_url: Option<String>,
+
+    /// Where the plain-HTTP endpoint listens: /metrics (Prometheus), /healthz, /readyz.
+    #[arg(long, default_value = metrics::DEFAULT_METRICS_ADDR)]
+    metrics_addr: SocketAddr,
 
     /// Elect a leader among replicas on a Lease; only the leader reconciles.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
@@ -277,6 +282,30 @@ async fn run(args: Args, sidecar: SidecarSettings) -> Result<(), String> {
         (rx, None)
     };
 
+    // Probes and scrapes first, so a slow start shows as "not ready" rather than as a refused
+    // connection that a liveness probe would count against the pod.
+    let readiness = Readiness::new(!args.no_webhook);
+    let metrics_listener = tokio::net::TcpListener::bind(args.metrics_addr)
+        .await
+        .map_err(|e| format!("metrics: cannot listen on {}: {e}", args.metrics_addr))?;
+    tracing::info!(addr = %args.metrics_addr, "metrics and probes listening");
+    let metrics_task = tokio::spawn(metrics::serve(
+        metrics_listener,
+        readiness.clone(),
+        stopped(),
+    ));
+    {
+        let mut leading = leading.clone();
+        tokio::spawn(async move {
+            loop {
+                metrics::metrics().set_leader(*leading.borrow_and_update());
+                if leading.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
     let prepared = controller::prepare(
         client.clone(),
         Settings {
@@ -289,6 +318,12 @@ async fn run(args: Args, sidecar: SidecarSettings) -> Result<(), String> {
     let controller = tokio::spawn(prepared.run(leading, stopped()));
 
     let webhook_task = if args.no_webhook {
+        let (context, readiness) = (context.clone(), readiness.clone());
+        tokio::spawn(async move {
+            context.caches_filled().await;
+            readiness.caches_filled();
+            tracing::info!("caches filled; ready");
+        });
         None
     } else {
         let mut cert_settings = CertSettings::new(&args.webhook_service, &args.namespace);
@@ -323,9 +358,20 @@ async fn run(args: Args, sidecar: SidecarSettings) -> Result<(), String> {
             }),
         );
 
+        {
+            let (context, namespaces, readiness) =
+                (context.clone(), namespaces.clone(), readiness.clone());
+            tokio::spawn(async move {
+                let _ = namespaces.wait_until_ready().await;
+                context.caches_filled().await;
+                readiness.caches_filled();
+                tracing::info!("caches filled; ready");
+            });
+        }
         let listener = tokio::net::TcpListener::bind(args.webhook_addr)
             .await
             .map_err(|e| format!("webhook: cannot listen on {}: {e}", args.webhook_addr))?;
+        readiness.webhook_listening();
         let tls = webhook::tls_config(resolver).map_err(|e| format!("webhook TLS: {e}"))?;
         let hook = Arc::new(Webhook::new(context, namespaces, sidecar));
         tracing::info!(addr = %args.webhook_addr, "injection webhook listening");
@@ -344,6 +390,7 @@ async fn run(args: Args, sidecar: SidecarSettings) -> Result<(), String> {
         }
     }
     let _ = stop_tx.send(true);
+    let _ = metrics_task.await;
     if let Some(task) = webhook_task {
         let _ = task.await;
     }

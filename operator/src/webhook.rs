@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use base64::Engine as _;
@@ -33,6 +33,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::inject::{self, Decision, INJECT_KEY, SidecarSettings};
+use crate::metrics::{Admission, metrics};
 
 /// The path the MutatingWebhookConfiguration calls.
 pub const MUTATE_PATH: &str = "/mutate";
@@ -113,8 +114,12 @@ impl<P: PodConfig, N: NamespaceLabels> Webhook<P, N> {
         }
     }
 
-    /// Answers one AdmissionReview body: the response review, or what is wrong with the body.
-    pub async fn review(&self, body: &[u8]) -> Result<AdmissionReview<DynamicObject>, Malformed> {
+    /// Answers one AdmissionReview body: the response review and what it amounted to, or what
+    /// is wrong with the body.
+    pub async fn review(
+        &self,
+        body: &[u8],
+    ) -> Result<(AdmissionReview<DynamicObject>, Admission), Malformed> {
         let review = match serde_json::from_slice::<AdmissionReview<Pod>>(body) {
             Ok(review) => review,
             Err(error) => return diagnose(body, &error),
@@ -129,24 +134,26 @@ impl<P: PodConfig, N: NamespaceLabels> Webhook<P, N> {
             return Err(Malformed("the AdmissionReview has no `request`".into()));
         };
         request.types = review.types;
-        Ok(self.admit(&request).await.into_review())
+        let (response, outcome) = self.admit(&request).await;
+        Ok((response.into_review(), outcome))
     }
 
-    async fn admit(&self, request: &AdmissionRequest<Pod>) -> AdmissionResponse {
+    async fn admit(&self, request: &AdmissionRequest<Pod>) -> (AdmissionResponse, Admission) {
         let response = AdmissionResponse::from(request);
         let kind = &request.kind;
         if !(kind.group.is_empty() && kind.version == "v1" && kind.kind == "Pod") {
             tracing::warn!(uid = %request.uid, ?kind, "admission request for something else than a Pod");
-            return warn(
+            let response = warn(
                 response,
                 format!(
                     "gost sidecar injector: expected a v1 Pod, got {}/{} {}; nothing injected",
                     kind.group, kind.version, kind.kind
                 ),
             );
+            return (response, Admission::Skipped);
         }
         let (Operation::Create, Some(pod)) = (&request.operation, &request.object) else {
-            return response;
+            return (response, Admission::Skipped);
         };
         let namespace = request
             .namespace
@@ -156,7 +163,7 @@ impl<P: PodConfig, N: NamespaceLabels> Webhook<P, N> {
         let label = self.namespaces.label(namespace, INJECT_KEY);
         if let Decision::Skip(reason) = inject::decide(namespace, label.as_deref(), pod) {
             tracing::debug!(uid = %request.uid, namespace, reason, "not injecting");
-            return response;
+            return (response, Admission::Skipped);
         }
         let secret = match self
             .pod_config
@@ -166,19 +173,24 @@ impl<P: PodConfig, N: NamespaceLabels> Webhook<P, N> {
             Ok(secret) => secret,
             Err(reason) => {
                 tracing::warn!(uid = %request.uid, namespace, pod = pod_name(pod), %reason, "cannot render the sidecar config; admitting the pod without the sidecar");
-                return warn(response, format!("gost sidecar not injected: {reason}"));
+                let response = warn(response, format!("gost sidecar not injected: {reason}"));
+                return (response, Admission::Failed);
             }
         };
         let Some(patch) = inject::sidecar_patch(pod, &secret, &self.settings) else {
-            return response;
+            return (response, Admission::Skipped);
         };
         tracing::info!(uid = %request.uid, namespace, pod = pod_name(pod), config = %secret, dry_run = request.dry_run, "injecting the gost sidecar");
-        response.with_patch(patch).unwrap_or_else(|error| {
-            warn(
-                AdmissionResponse::from(request),
-                format!("gost sidecar not injected: {error}"),
-            )
-        })
+        match response.with_patch(patch) {
+            Ok(response) => (response, Admission::Injected),
+            Err(error) => (
+                warn(
+                    AdmissionResponse::from(request),
+                    format!("gost sidecar not injected: {error}"),
+                ),
+                Admission::Failed,
+            ),
+        }
     }
 }
 
@@ -202,7 +214,7 @@ fn warn(mut response: AdmissionResponse, warning: String) -> AdmissionResponse {
 fn diagnose(
     body: &[u8],
     error: &serde_json::Error,
-) -> Result<AdmissionReview<DynamicObject>, Malformed> {
+) -> Result<(AdmissionReview<DynamicObject>, Admission), Malformed> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| Malformed(format!("the body is not JSON: {e}")))?;
     let kind = value.get("kind").and_then(Value::as_str);
@@ -226,11 +238,12 @@ fn diagnose(
     response.uid = uid.to_string();
     response.allowed = true;
     response.result = Default::default();
-    Ok(warn(
+    let review = warn(
         response,
         format!("gost sidecar injector: the request is not readable as a review of a Pod ({error}); nothing injected"),
     )
-    .into_review())
+    .into_review();
+    Ok((review, Admission::Malformed))
 }
 
 /// The review as the API server reads it: kube serializes the patch as a JSON array of bytes,
@@ -383,6 +396,7 @@ async fn mutate<P: PodConfig, N: NamespaceLabels>(
     webhook: &Webhook<P, N>,
     request: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
+    let started = Instant::now();
     let declared = request
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -409,12 +423,16 @@ async fn mutate<P: PodConfig, N: NamespaceLabels>(
         }
     };
     match webhook.review(&body).await {
-        Ok(review) => Response::builder()
-            .status(StatusCode::OK)
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(encode_review(&review))))
-            .expect("a static response is valid"),
+        Ok((review, outcome)) => {
+            metrics().admitted(outcome, started.elapsed());
+            Response::builder()
+                .status(StatusCode::OK)
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Full::new(Bytes::from(encode_review(&review))))
+                .expect("a static response is valid")
+        }
         Err(Malformed(message)) => {
+            metrics().admitted(Admission::Malformed, started.elapsed());
             tracing::warn!(%message, "malformed AdmissionReview");
             text(StatusCode::BAD_REQUEST, format!("{message}\n"))
         }

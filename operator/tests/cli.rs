@@ -42,6 +42,9 @@ fn bad_flags_are_named() {
     let (code, stderr) = operator(&["--webhook-addr", "nowhere"], &[]);
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("--webhook-addr"), "{stderr}");
+    let (code, stderr) = operator(&["--metrics-addr", "nowhere"], &[]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--metrics-addr"), "{stderr}");
 }
 
 #[test]
@@ -75,7 +78,14 @@ fn an_unreachable_api_server_is_a_clear_error() {
     )
     .unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_gost-operator"))
-        .args(["--webhook-addr", "127.0.0.1:0", "--log-format", "text"])
+        .args([
+            "--webhook-addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--log-format",
+            "text",
+        ])
         .env_remove("KUBERNETES_SERVICE_HOST")
         .env("KUBECONFIG", &kubeconfig)
         .stderr(std::process::Stdio::piped())

@@ -780,3 +780,109 @@ async fn replicas_starting_together_converge_on_one_certificate() {
     assert_eq!(a, b, "both replicas serve the stored certificate");
     assert_eq!(stored(&client, &settings).await, a);
 }
+
+/// Plain-HTTP curl for the metrics endpoint: (status, body).
+async fn curl_plain(url: String, extra: &[&str]) -> (u16, String) {
+    let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let output = Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                CURL_MAX_SECONDS,
+                "-w",
+                "\n%{http_code}",
+            ])
+            .args(&extra)
+            .arg(&url)
+            .output()
+            .expect("curl runs");
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let (body, status) = stdout.rsplit_once('\n').unwrap_or(("", &stdout));
+        (status.trim().parse().unwrap_or(0), body.to_string())
+    })
+    .await
+    .unwrap()
+}
+
+/// The value of the sample line that starts with `prefix` (name and labels) in a scrape.
+fn sample(scrape: &str, prefix: &str) -> f64 {
+    scrape
+        .lines()
+        .find_map(|line| line.strip_prefix(prefix)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no sample {prefix} in:\n{scrape}"))
+}
+
+#[tokio::test]
+async fn the_metrics_endpoint_counts_admissions_and_reports_readiness() {
+    use gost_operator::metrics::{self, Readiness};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let readiness = Readiness::new(true);
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(metrics::serve(listener, readiness.clone(), async {
+        let _ = stopped.await;
+    }));
+
+    // Readiness names what it waits for, then turns 200; liveness is 200 throughout.
+    let (status, body) = curl_plain(format!("{base}/readyz"), &[]).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("caches") && body.contains("webhook"),
+        "{body}"
+    );
+    assert_eq!(
+        curl_plain(format!("{base}/healthz"), &[]).await,
+        (200, "ok\n".to_string())
+    );
+    readiness.caches_filled();
+    let (status, body) = curl_plain(format!("{base}/readyz"), &[]).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("webhook") && !body.contains("caches"),
+        "{body}"
+    );
+    readiness.webhook_listening();
+    assert_eq!(
+        curl_plain(format!("{base}/readyz"), &[]).await,
+        (200, "ready\n".to_string())
+    );
+    let (status, body) = curl_plain(format!("{base}/nope"), &[]).await;
+    assert_eq!(status, 404);
+    assert!(body.contains("/metrics"), "{body}");
+    assert_eq!(
+        curl_plain(format!("{base}/metrics"), &["-X", "POST"])
+            .await
+            .0,
+        405
+    );
+
+    // An injection and a malformed body through the real webhook show in the next scrape
+    // (other tests of this process admit too, so the counts grow by at least that much).
+    let scrape = |base: String| async move {
+        let (status, body) = curl_plain(format!("{base}/metrics"), &[]).await;
+        assert_eq!(status, 200, "{body}");
+        body
+    };
+    let before = scrape(base.clone()).await;
+    let server = start(None).await;
+    server.admit(&review("m1", "shop", &pod(), false)).await;
+    assert_eq!(server.post_bytes(b"{not json", &[]).await.status, 400);
+    let after = scrape(base.clone()).await;
+    for (prefix, grew) in [
+        ("gost_operator_admissions_total{outcome=\"injected\"}", 1.0),
+        ("gost_operator_admissions_total{outcome=\"malformed\"}", 1.0),
+        ("gost_operator_admission_duration_seconds_count", 2.0),
+    ] {
+        assert!(
+            sample(&after, prefix) >= sample(&before, prefix) + grew,
+            "{prefix} did not grow by {grew}:\nbefore:\n{before}\nafter:\n{after}"
+        );
+    }
+    assert!(
+        after.contains("# TYPE gost_operator_reconciles_total counter"),
+        "{after}"
+    );
+    assert!(after.contains("gost_operator_leader "), "{after}");
+    let _ = stop.send(());
+}
