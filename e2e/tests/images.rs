@@ -1,0 +1,185 @@
+//! The container images' root filesystem (images/rootfs.sh, what both Dockerfiles copy onto
+//! `scratch`), checked without a container engine: the filesystem is assembled here from the
+//! binaries under test and each binary runs inside it with chroot, as uid 65532, the image's
+//! user. This is what `docker run` of the image does, short of the namespaces.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use gost_e2e::{Gost, Target, curl, gost_bin, tempdir, workspace_root};
+
+/// The image's user (the Dockerfiles' `USER`, the operator's sidecar uid).
+const IMAGE_USER: &str = "65532:65532";
+
+fn rootfs(binary: &Path) -> PathBuf {
+    let out = tempdir().join("rootfs");
+    let status = Command::new("sh")
+        .arg(workspace_root().join("images/rootfs.sh"))
+        .arg(binary)
+        .arg(&out)
+        .status()
+        .expect("sh runs");
+    assert!(
+        status.success(),
+        "images/rootfs.sh failed on {}",
+        binary.display()
+    );
+    out
+}
+
+fn require_root() {
+    let id = Command::new("id").arg("-u").output().expect("id runs");
+    assert_eq!(
+        String::from_utf8_lossy(&id.stdout).trim(),
+        "0",
+        "chroot needs root: run the image tests as root (CI does)"
+    );
+}
+
+/// Only the binary, its libraries and the user's files: no shell, no other program.
+fn assert_minimal(root: &Path, binary: &str) {
+    for absent in [
+        "bin/sh",
+        "usr/bin/sh",
+        "bin/bash",
+        "usr/bin/apt",
+        "usr/bin/dpkg",
+    ] {
+        assert!(!root.join(absent).exists(), "{absent} is in the image");
+    }
+    let mut programs = Vec::new();
+    for dir in ["bin", "usr/bin", "usr/local/bin", "sbin", "usr/sbin"] {
+        if let Ok(entries) = std::fs::read_dir(root.join(dir)) {
+            programs.extend(entries.map(|e| e.unwrap().file_name().into_string().unwrap()));
+        }
+    }
+    assert_eq!(programs, [binary], "programs in the image");
+}
+
+#[test]
+fn the_gost_image_serves_a_proxy_as_its_non_root_user() {
+    require_root();
+    let root = rootfs(&gost_bin());
+    assert_minimal(&root, "gost");
+    // Name resolution inside the image: Kubernetes mounts /etc/hosts and /etc/resolv.conf;
+    // the `files` service lives in glibc itself, so `localhost` resolves with no NSS module.
+    std::fs::write(root.join("etc/hosts"), "127.0.0.1 localhost\n").unwrap();
+
+    let version = Command::new("chroot")
+        .args([&format!("--userspec={IMAGE_USER}"), root.to_str().unwrap()])
+        .args(["/usr/local/bin/gost", "-V"])
+        .output()
+        .expect("chroot runs");
+    assert!(
+        version.status.success() && String::from_utf8_lossy(&version.stdout).starts_with("gost "),
+        "gost -V in the image: {version:?}"
+    );
+
+    let target = Target::http();
+    let proxy = Gost::start_bin(
+        Path::new("chroot"),
+        &[
+            &format!("--userspec={IMAGE_USER}"),
+            root.to_str().unwrap(),
+            "/usr/local/bin/gost",
+            "-L",
+            "http://user:pass@127.0.0.1:0",
+        ],
+        1,
+        None,
+    );
+    let out = curl(&[
+        "-x",
+        &format!("http://user:pass@{}", proxy.addr()),
+        &format!("http://localhost:{}/image", target.addr.port()),
+    ]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stderr, proxy.log());
+    assert!(
+        out.text().starts_with("hello from target"),
+        "{}",
+        out.text()
+    );
+    let out = curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-x",
+        &format!("http://{}", proxy.addr()),
+        &format!("http://localhost:{}/", target.addr.port()),
+    ]);
+    assert_eq!(out.text(), "407", "{}", out.stderr);
+}
+
+#[test]
+fn the_operator_image_runs_its_binary() {
+    require_root();
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            "gost-operator",
+            "--bin",
+            "gost-operator",
+        ])
+        .current_dir(workspace_root())
+        .status()
+        .expect("cargo runs");
+    assert!(status.success(), "building gost-operator failed");
+    let root = rootfs(&target.join("debug/gost-operator"));
+    assert_minimal(&root, "gost-operator");
+    let out = Command::new("chroot")
+        .args([&format!("--userspec={IMAGE_USER}"), root.to_str().unwrap()])
+        .args(["/usr/local/bin/gost-operator", "--version"])
+        .output()
+        .expect("chroot runs");
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).starts_with("gost-operator "),
+        "gost-operator --version in the image: {out:?}"
+    );
+    // Without a cluster it starts, finds no configuration, and says so: the binary's runtime
+    // (TLS provider, logging) works inside the image.
+    let out = Command::new("chroot")
+        .args([&format!("--userspec={IMAGE_USER}"), root.to_str().unwrap()])
+        .args(["/usr/local/bin/gost-operator", "--log-format", "text"])
+        .env("KUBECONFIG", "/nonexistent")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .expect("chroot runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot reach the Kubernetes API"),
+        "{stderr}"
+    );
+}
+
+/// The Dockerfiles build what the tests above check: both run images/rootfs.sh onto `scratch`
+/// as the same user, from sources with the lock file.
+#[test]
+fn both_dockerfiles_use_the_checked_root_filesystem() {
+    for (file, package, binary) in [
+        ("images/gost.Dockerfile", "gost-proxy", "gost"),
+        (
+            "images/operator.Dockerfile",
+            "gost-operator",
+            "gost-operator",
+        ),
+    ] {
+        let text = std::fs::read_to_string(workspace_root().join(file)).unwrap();
+        for needed in [
+            format!("cargo build --release --locked -p {package} --bin {binary}"),
+            format!("images/rootfs.sh target/release/{binary} /rootfs"),
+            "FROM scratch".to_string(),
+            "COPY --from=build /rootfs /".to_string(),
+            format!("USER {IMAGE_USER}"),
+            format!("ENTRYPOINT [\"/usr/local/bin/{binary}\"]"),
+        ] {
+            assert!(text.contains(&needed), "{file} lacks {needed:?}");
+        }
+    }
+}
