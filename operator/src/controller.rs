@@ -285,21 +285,46 @@ impl Context {
         let (mut services, mut chains, mut pods) = {
             let stores = self.stores.read().expect("stores lock");
             let in_ns = |m: &ObjectMeta| m.namespace.as_deref() == Some(ns);
-            (
-                stores
-                    .services
-                    .state()
-                    .into_iter()
-                    .filter(|o| in_ns(&o.metadata))
-                    .map(|o| (*o).clone())
-                    .collect::<Vec<_>>(),
-                stores
-                    .chains
-                    .state()
-                    .into_iter()
-                    .filter(|o| in_ns(&o.metadata))
-                    .map(|o| (*o).clone())
-                    .collect::<Vec<_>>(),
+            // Filter before cloning: an admission in a namespace of 100 GostServices clones
+            // the one or two that select its pod, not all of them.
+            let services = stores
+                .services
+                .state()
+                .into_iter()
+                .filter(|gs| {
+                    in_ns(&gs.metadata)
+                        && pod_labels.is_none_or(|labels| {
+                            gs.spec
+                                .selector
+                                .as_ref()
+                                .is_some_and(|sel| render::selects(sel, labels) == Ok(true))
+                        })
+                })
+                .map(|o| (*o).clone())
+                .collect::<Vec<GostService>>();
+            let used: Option<BTreeSet<&str>> = pod_labels.map(|_| {
+                services
+                    .iter()
+                    .flat_map(|gs| &gs.spec.services)
+                    .filter_map(|svc| svc.handler.chain.as_deref())
+                    .collect()
+            });
+            let chains = stores
+                .chains
+                .state()
+                .into_iter()
+                .filter(|gc| {
+                    in_ns(&gc.metadata)
+                        && used.as_ref().is_none_or(|used| {
+                            used.contains(gc.metadata.name.as_deref().unwrap_or_default())
+                        })
+                })
+                .map(|o| (*o).clone())
+                .collect::<Vec<GostChain>>();
+            // An admission renders one pod's config: the namespace's pods do not matter.
+            let pods = if pod_labels.is_some() {
+                Vec::new()
+            } else {
                 stores
                     .pods
                     .state()
@@ -312,24 +337,10 @@ impl Context {
                                 .and_then(|l| l.get(INJECTED_LABEL))
                                 .is_some_and(|v| v == INJECTED_VALUE)
                     })
-                    .collect::<Vec<_>>(),
-            )
+                    .collect::<Vec<_>>()
+            };
+            (services, chains, pods)
         };
-        if let Some(labels) = pod_labels {
-            services.retain(|gs| {
-                gs.spec
-                    .selector
-                    .as_ref()
-                    .is_some_and(|sel| render::selects(sel, labels) == Ok(true))
-            });
-            let used: BTreeSet<&str> = services
-                .iter()
-                .flat_map(|gs| &gs.spec.services)
-                .filter_map(|svc| svc.handler.chain.as_deref())
-                .collect();
-            chains.retain(|gc| used.contains(gc.metadata.name.as_deref().unwrap_or_default()));
-            pods.clear();
-        }
         services.sort_by_key(|o| o.metadata.name.clone());
         chains.sort_by_key(|o| o.metadata.name.clone());
         pods.sort_by_key(|o| o.metadata.name.clone());
