@@ -102,7 +102,12 @@ fn every_gost_service_meets_the_crd_rules() {
             let mut names: Vec<&str> = gs.spec.services.iter().map(|s| s.name.as_str()).collect();
             names.sort_unstable();
             names.dedup();
-            assert_eq!(names.len(), gs.spec.services.len(), "{}: {name}", example.file);
+            assert_eq!(
+                names.len(),
+                gs.spec.services.len(),
+                "{}: {name}",
+                example.file
+            );
             assert!(
                 gs.metadata.namespace.is_none(),
                 "{}: GostService {name} names a namespace; examples apply in any",
@@ -125,10 +130,7 @@ fn service_ports(gs: &GostService, rendered: &Rendered) -> Vec<(ListenPort, i32)
     gateway::listen_ports(name, rendered)
         .into_iter()
         .map(|p| {
-            let port = overrides
-                .get(&p.name)
-                .copied()
-                .unwrap_or(i32::from(p.port));
+            let port = overrides.get(&p.name).copied().unwrap_or(i32::from(p.port));
             (p, port)
         })
         .collect()
@@ -158,11 +160,7 @@ fn every_example_renders_its_gateway_and_its_clients() {
             );
             loads(&format!("{file}: gateway {name}"), &rendered);
             let sidecar = SidecarSettings::default();
-            let built = gateway::build(
-                gs,
-                &rendered,
-                &GatewaySettings { proxy: &sidecar },
-            );
+            let built = gateway::build(gs, &rendered, &GatewaySettings { proxy: &sidecar });
             assert_eq!(
                 built.service.as_ref().and_then(|s| s.metadata.name.clone()),
                 Some(format!("gost-gw-{name}")),
@@ -191,7 +189,10 @@ fn every_example_renders_its_gateway_and_its_clients() {
         // Client ends: each Deployment's pods get every service of the GostServices selecting
         // them, and each chain they dial reaches a gateway port of this file.
         let clients = example.client_pods();
-        assert!(!clients.is_empty(), "{file}: no client Deployment to try the tunnel from");
+        assert!(
+            !clients.is_empty(),
+            "{file}: no client Deployment to try the tunnel from"
+        );
         for (deployment, labels) in &clients {
             let rendered = render_for_pod(&ns, labels, &settings);
             assert!(
@@ -202,11 +203,22 @@ fn every_example_renders_its_gateway_and_its_clients() {
             let selecting: Vec<&GostService> = example
                 .services
                 .iter()
-                .filter(|gs| rendered.matched.contains(gs.metadata.name.as_deref().unwrap_or("")))
+                .filter(|gs| {
+                    rendered
+                        .matched
+                        .contains(gs.metadata.name.as_deref().unwrap_or(""))
+                })
                 .collect();
-            assert!(!selecting.is_empty(), "{file}: no GostService selects {deployment}");
+            assert!(
+                !selecting.is_empty(),
+                "{file}: no GostService selects {deployment}"
+            );
             let expected: usize = selecting.iter().map(|gs| gs.spec.services.len()).sum();
-            assert_eq!(rendered.config.services.len(), expected, "{file}: {deployment}");
+            assert_eq!(
+                rendered.config.services.len(),
+                expected,
+                "{file}: {deployment}"
+            );
             loads(&format!("{file}: {deployment}"), &rendered);
             for service in &rendered.config.services {
                 assert!(

@@ -97,8 +97,15 @@ pub fn load(path: &Path) -> Example {
     };
     for (i, doc) in documents.into_iter().enumerate() {
         let kind = doc["kind"].as_str().unwrap_or_default().to_string();
-        let at = format!("{file} document {} ({kind} {})", i + 1, doc["metadata"]["name"]);
-        match (doc["apiVersion"].as_str().unwrap_or_default(), kind.as_str()) {
+        let at = format!(
+            "{file} document {} ({kind} {})",
+            i + 1,
+            doc["metadata"]["name"]
+        );
+        match (
+            doc["apiVersion"].as_str().unwrap_or_default(),
+            kind.as_str(),
+        ) {
             ("gost.rs/v1alpha1", "GostService") => example.services.push(typed(&at, doc)),
             ("gost.rs/v1alpha1", "GostChain") => example.chains.push(typed(&at, doc)),
             ("v1", "Secret") => {
