@@ -11,6 +11,12 @@
 //! registered by URL at that host (an address of this machine the API server can reach, e.g.
 //! the docker bridge address for kind). Laptop-mode tests run one at a time: every operator's
 //! webhook sees every pod of the cluster, so two at once would inject into each other's pods.
+//! There, `$GOST_E2E_IMAGE` (if set) is the gost image of sidecars and gateways, for images
+//! loaded into the cluster under another name than the operator's default.
+//!
+//! Every file of `deploy/examples/` has a test here (`example_*`): applied as users apply it,
+//! its gateway and client sidecar are checked object by object, and where pods run (the
+//! cluster has a Ready node) a request goes through the tunnel from the client pod.
 
 use std::io::Write;
 use std::net::TcpListener;
@@ -22,6 +28,9 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use serde_json::{Value, json};
+
+#[path = "../../operator/tests/support/examples.rs"]
+mod examples;
 
 /// How long any one thing may take to happen in the cluster: long enough for a GC pass or a
 /// kind node to admit a pod, short enough that a broken operator fails the run in minutes.
@@ -309,6 +318,12 @@ impl LocalOperator {
                 "text",
             ])
             .env("RUST_LOG", "info,gost_operator=debug")
+            .envs(
+                std::env::var("GOST_E2E_IMAGE")
+                    .ok()
+                    .filter(|i| !i.is_empty())
+                    .map(|image| ("GOST_SIDECAR_IMAGE", image)),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file)
@@ -920,4 +935,273 @@ fn a_missing_chain_is_reported_in_status() {
             }
         },
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The examples of deploy/examples, applied as users apply them
+
+/// An address every cluster serves to its pods, so the request through a tunnel needs no
+/// internet: any HTTP answer (even 401 or 403) proves the tunnel carried it.
+const IN_CLUSTER_TARGET: &str = "https://kubernetes.default.svc/version";
+/// The container of an example's client Deployment that has curl (deploy/examples/*.yaml).
+const CLIENT_CONTAINER: &str = "curl";
+/// curl's own bound for the request through the tunnel, inside kubectl's request timeout.
+const TUNNEL_REQUEST_SECONDS: &str = "20";
+
+/// True when the cluster has a Ready node, so pods actually run; on an API server alone the
+/// example tests stop after the object-level checks.
+fn pods_can_run() -> bool {
+    let nodes: Value = serde_json::from_str(&kubectl(&["get", "nodes", "-o", "json"]))
+        .expect("kubectl prints JSON");
+    nodes["items"].as_array().is_some_and(|items| {
+        items
+            .iter()
+            .any(|node| condition(node, "Ready").is_some_and(|c| c["status"] == "True"))
+    })
+}
+
+/// Waits until Deployment `name` is Available.
+fn wait_available(ns: &str, name: &str) {
+    wait_for(&format!("Deployment {ns}/{name} to be Available"), || {
+        let obj = get(ns, "deployment", name)?.ok_or("not found")?;
+        match condition(&obj, "Available") {
+            Some(c) if c["status"] == "True" => Ok(()),
+            _ => Err(format!("status: {}", obj["status"])),
+        }
+    });
+}
+
+/// Applies `deploy/examples/<file>` in a fresh namespace and checks it: the gateway's
+/// Deployment and Service with the rendered ports, the client pods' sidecar and its config
+/// Secret with the rendered services; then, where pods run, a request from each client pod
+/// through each of its local proxies.
+fn run_example(test: &str, file: &str) {
+    if cluster(test).is_none() {
+        return;
+    }
+    let path = examples::examples_dir().join(file);
+    let example = examples::load(&path);
+    let ns = TestNamespace::create();
+    kubectl(&[
+        "apply",
+        "-n",
+        &ns.name,
+        "-f",
+        path.to_str().expect("UTF-8 path"),
+    ]);
+
+    // What the operator will make of it, rendered here by the same functions.
+    let offline = gost_operator::render::Namespace {
+        services: &example.services,
+        chains: &example.chains,
+        secrets: &example.secrets,
+    };
+    let settings = gost_operator::render::Settings::default();
+
+    let mut gateways = Vec::new();
+    for gs in example.gateways() {
+        let gs_name = gs.metadata.name.clone().unwrap_or_default();
+        let rendered = gost_operator::render::render_gateway(&offline, gs, &settings);
+        let expected: Vec<(String, u16, &str)> =
+            gost_operator::gateway::listen_ports(&gs_name, &rendered)
+                .into_iter()
+                .map(|p| (p.name, p.port, p.protocol))
+                .collect();
+        let name = gost_operator::gateway::gateway_name(&gs_name);
+        wait_exists(&ns.name, "deployment", &name);
+        let service = wait_exists(&ns.name, "service", &name);
+        let mut ports: Vec<(String, u16, &str)> = Vec::new();
+        for port in service["spec"]["ports"].as_array().into_iter().flatten() {
+            let protocol = if port["protocol"] == "UDP" {
+                "UDP"
+            } else {
+                "TCP"
+            };
+            ports.push((
+                port["name"].as_str().unwrap_or_default().to_string(),
+                port["targetPort"].as_u64().unwrap_or_default() as u16,
+                protocol,
+            ));
+        }
+        ports.sort();
+        let mut expected_sorted = expected.clone();
+        expected_sorted.sort();
+        assert_eq!(
+            ports, expected_sorted,
+            "{file}: Service {name} exposes every gateway service (name, port, protocol)"
+        );
+        let config = wait_for(&format!("gateway {name}'s config"), || {
+            rendered_config(&ns.name, &name)
+        });
+        let mut names: Vec<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
+        names.sort_unstable();
+        let mut want: Vec<String> = rendered
+            .config
+            .services
+            .iter()
+            .map(|s| s.name.clone())
+            .collect();
+        want.sort();
+        assert_eq!(names, want, "{file}: gateway {name} runs every service");
+        gateways.push(name);
+    }
+
+    let mut clients = Vec::new();
+    for (deployment, labels) in example.client_pods() {
+        let rendered = gost_operator::render::render_for_pod(&offline, &labels, &settings);
+        let selector: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let selector = selector.join(",");
+        let pod = wait_for(&format!("a pod of Deployment {deployment}"), || {
+            let pods: Value = serde_json::from_str(&kubectl_result(
+                &["get", "pods", "-n", &ns.name, "-l", &selector, "-o", "json"],
+                None,
+            )?)
+            .map_err(|e| e.to_string())?;
+            pods["items"]
+                .as_array()
+                .and_then(|items| items.first().cloned())
+                .ok_or_else(|| "no pod yet".to_string())
+        });
+        let has_sidecar = pod["spec"]["initContainers"].as_array().is_some_and(|c| {
+            c.iter()
+                .any(|c| c["name"] == SIDECAR && c["restartPolicy"] == "Always")
+        });
+        assert!(
+            has_sidecar,
+            "{file}: the {deployment} pod has no {SIDECAR:?} native sidecar (is the namespace \
+             labelled {INJECT_LABEL}, is the webhook reachable?); initContainers: {}",
+            pod["spec"]["initContainers"]
+        );
+        let secret = pod["metadata"]["annotations"][INJECTED]
+            .as_str()
+            .unwrap_or_else(|| panic!("{file}: the {deployment} pod names no config Secret"))
+            .to_string();
+        let want: Vec<String> = rendered
+            .config
+            .services
+            .iter()
+            .map(|s| s.name.clone())
+            .collect();
+        wait_for(
+            &format!("Secret {secret} to hold {want:?} with their chains"),
+            || {
+                let config = rendered_config(&ns.name, &secret)?;
+                for name in &want {
+                    let svc = config
+                        .services
+                        .iter()
+                        .find(|s| &s.name == name)
+                        .ok_or_else(|| format!("no service {name}"))?;
+                    let chain = svc.handler.chain.as_deref().ok_or("no chain")?;
+                    if !config.chains.iter().any(|c| c.name == chain) {
+                        return Err(format!("chain {chain} not rendered"));
+                    }
+                }
+                Ok(())
+            },
+        );
+        let ports: Vec<String> = rendered
+            .config
+            .services
+            .iter()
+            .filter_map(|s| gost_api::split_host_port(&s.addr).map(|(_, p)| p.to_string()))
+            .collect();
+        clients.push((deployment, ports));
+    }
+    assert!(
+        !gateways.is_empty() && !clients.is_empty(),
+        "{file}: a gateway and a client"
+    );
+
+    if !pods_can_run() {
+        eprintln!(
+            "{test}: the request through the tunnel was skipped because no pod runs (the \
+             cluster has no Ready node); the object-level checks passed"
+        );
+        return;
+    }
+    for name in &gateways {
+        wait_available(&ns.name, name);
+    }
+    for (deployment, ports) in &clients {
+        wait_available(&ns.name, deployment);
+        for port in ports {
+            let proxy = format!("http://127.0.0.1:{port}");
+            let target = format!("deploy/{deployment}");
+            // The sidecar may still be reloading its first config: retried within the wait.
+            let code = wait_for(&format!("{deployment}: a request through {proxy}"), || {
+                let code = kubectl_result(
+                    &[
+                        "exec",
+                        "-n",
+                        &ns.name,
+                        &target,
+                        "-c",
+                        CLIENT_CONTAINER,
+                        "--",
+                        "curl",
+                        "-sSk",
+                        "-o",
+                        "/dev/null",
+                        "-w",
+                        "%{http_code}",
+                        "--max-time",
+                        TUNNEL_REQUEST_SECONDS,
+                        "-x",
+                        &proxy,
+                        IN_CLUSTER_TARGET,
+                    ],
+                    None,
+                )?;
+                if code.len() == 3 && code != "000" {
+                    Ok(code)
+                } else {
+                    Err(format!("curl answered {code:?}"))
+                }
+            });
+            eprintln!("{test}: {deployment} via {proxy}: HTTP {code} from {IN_CLUSTER_TARGET}");
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs a cluster: KUBECONFIG"]
+fn example_tunnel() {
+    run_example("example_tunnel", "tunnel.yaml");
+}
+
+#[test]
+#[ignore = "needs a cluster: KUBECONFIG"]
+fn example_pht() {
+    run_example("example_pht", "pht.yaml");
+}
+
+#[test]
+#[ignore = "needs a cluster: KUBECONFIG"]
+fn example_socks5_ws() {
+    run_example("example_socks5_ws", "socks5-ws.yaml");
+}
+
+#[test]
+#[ignore = "needs a cluster: KUBECONFIG"]
+fn example_http2() {
+    run_example("example_http2", "http2.yaml");
+}
+
+#[test]
+#[ignore = "needs a cluster: KUBECONFIG"]
+fn example_h2() {
+    run_example("example_h2", "h2.yaml");
+}
+
+#[test]
+#[ignore = "needs a cluster: KUBECONFIG"]
+fn example_grpc() {
+    run_example("example_grpc", "grpc.yaml");
+}
+
+#[test]
+#[ignore = "needs a cluster: KUBECONFIG"]
+fn example_h3() {
+    run_example("example_h3", "h3.yaml");
 }
