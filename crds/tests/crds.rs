@@ -12,6 +12,13 @@ fn committed_crds_are_fresh() {
             committed == yaml,
             "crds/{file} is stale: run `cargo run -p gost-api --features kube --bin crdgen`"
         );
+        // The Helm chart installs the same CRDs from its own crds/ folder.
+        let charted = std::fs::read_to_string(dir.join("../charts/gost-operator/crds").join(file))
+            .unwrap_or_default();
+        assert!(
+            charted == yaml,
+            "charts/gost-operator/crds/{file} is stale: run `cargo run -p gost-api --features kube --bin crdgen`"
+        );
     }
 }
 
