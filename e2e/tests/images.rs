@@ -183,3 +183,33 @@ fn both_dockerfiles_use_the_checked_root_filesystem() {
         }
     }
 }
+
+/// checkov's Dockerfile checks (non-root USER, no `latest`, no ADD, HEALTHCHECK stated, ...)
+/// pass for both Dockerfiles. checkov comes from scripts/tools, like the chart's checks.
+#[test]
+fn checkov_passes_the_dockerfiles() {
+    let checkov = std::env::var_os("CHECKOV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join(".tools/bin/checkov"));
+    assert!(
+        checkov.is_file(),
+        "{} not found: run scripts/tools (scripts/test does)",
+        checkov.display()
+    );
+    for file in ["images/gost.Dockerfile", "images/operator.Dockerfile"] {
+        let out = Command::new(&checkov)
+            .arg("--file")
+            .arg(workspace_root().join(file))
+            .args(["--framework", "dockerfile", "--compact", "--skip-download"])
+            .output()
+            .expect("checkov runs");
+        let report = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success()
+                && report.contains("Failed checks: 0")
+                && !report.contains("Passed checks: 0,"),
+            "{file}: checkov:\n{report}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
