@@ -111,9 +111,11 @@ fn the_gost_image_serves_a_proxy_as_its_non_root_user() {
     assert_eq!(out.text(), "407", "{}", out.stderr);
 }
 
-#[test]
-fn the_operator_image_runs_its_binary() {
-    require_root();
+/// `$GOST_OPERATOR_BIN` (scripts/test sets it), else the debug build of this checkout.
+fn operator_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("GOST_OPERATOR_BIN") {
+        return PathBuf::from(bin);
+    }
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join("target"));
@@ -130,7 +132,13 @@ fn the_operator_image_runs_its_binary() {
         .status()
         .expect("cargo runs");
     assert!(status.success(), "building gost-operator failed");
-    let root = rootfs(&target.join("debug/gost-operator"));
+    target.join("debug/gost-operator")
+}
+
+#[test]
+fn the_operator_image_runs_its_binary() {
+    require_root();
+    let root = rootfs(&operator_bin());
     assert_minimal(&root, "gost-operator");
     let out = Command::new("chroot")
         .args([&format!("--userspec={IMAGE_USER}"), root.to_str().unwrap()])
