@@ -53,6 +53,35 @@ pub fn gost_bin() -> PathBuf {
     .clone()
 }
 
+/// The `gost-operator` binary: `$GOST_OPERATOR_BIN` if set (scripts/test sets it), else the
+/// workspace's debug build, built on first use.
+pub fn operator_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(bin) = std::env::var_os("GOST_OPERATOR_BIN") {
+            return PathBuf::from(bin);
+        }
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| workspace_root().join("target"));
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "gost-operator",
+                "--bin",
+                "gost-operator",
+            ])
+            .current_dir(workspace_root())
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building gost-operator failed");
+        target.join("debug").join("gost-operator")
+    })
+    .clone()
+}
+
 /// A running `gost` process, killed when dropped.
 pub struct Gost {
     child: Child,

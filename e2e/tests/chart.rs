@@ -634,36 +634,12 @@ fn checkov_reports_unjustified_findings() {
     }
 }
 
-/// The operator binary of this checkout, built like the cluster tests build it.
-fn operator_bin() -> PathBuf {
-    if let Some(bin) = std::env::var_os("GOST_OPERATOR_BIN") {
-        return PathBuf::from(bin);
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("target"));
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args([
-            "build",
-            "--quiet",
-            "-p",
-            "gost-operator",
-            "--bin",
-            "gost-operator",
-        ])
-        .current_dir(repo())
-        .status()
-        .expect("cargo runs");
-    assert!(status.success(), "building gost-operator failed");
-    target.join("debug/gost-operator")
-}
-
 /// Every flag the chart passes is one the operator takes: with the rendered arguments and no
 /// cluster it gets past parsing (exit 2 and a usage error would mean a flag it does not know
 /// or a value it refuses) and stops at the missing cluster configuration.
 #[test]
 fn the_operator_takes_the_rendered_arguments() {
-    let bin = operator_bin();
+    let bin = gost_e2e::operator_bin();
     for (name, set) in [
         ("args-default", &[][..]),
         (

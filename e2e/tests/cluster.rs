@@ -22,7 +22,7 @@ use std::io::Write;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -236,35 +236,6 @@ fn ensure_crds() {
 /// Serializes laptop-mode tests (see the module documentation).
 static LAPTOP: Mutex<()> = Mutex::new(());
 
-/// The `gost-operator` binary for laptop mode: `$GOST_OPERATOR_BIN` if set, else the
-/// workspace's debug build, built on first use.
-fn operator_bin() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(bin) = std::env::var_os("GOST_OPERATOR_BIN") {
-            return PathBuf::from(bin);
-        }
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| gost_e2e::workspace_root().join("target"));
-        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "gost-operator",
-                "--bin",
-                "gost-operator",
-            ])
-            .current_dir(gost_e2e::workspace_root())
-            .status()
-            .expect("cargo runs");
-        assert!(status.success(), "building gost-operator failed");
-        target.join("debug").join("gost-operator")
-    })
-    .clone()
-}
-
 /// A `gost-operator` this harness started (laptop mode), killed by its PID at the end.
 struct LocalOperator {
     child: Child,
@@ -296,7 +267,7 @@ impl LocalOperator {
         let log_file = std::fs::File::create(&log).expect("create the operator log");
         let url = format!("https://{host}:{port}/mutate");
         let addr = format!("0.0.0.0:{port}");
-        let child = Command::new(operator_bin())
+        let child = Command::new(gost_e2e::operator_bin())
             .args([
                 "--webhook-url",
                 &url,

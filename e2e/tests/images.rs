@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use gost_e2e::{Gost, Target, curl, gost_bin, tempdir, workspace_root};
+use gost_e2e::{Gost, Target, curl, gost_bin, operator_bin, tempdir, workspace_root};
 
 /// The image's user (the Dockerfiles' `USER`, the operator's sidecar uid).
 const IMAGE_USER: &str = "65532:65532";
@@ -109,30 +109,6 @@ fn the_gost_image_serves_a_proxy_as_its_non_root_user() {
         &format!("http://localhost:{}/", target.addr.port()),
     ]);
     assert_eq!(out.text(), "407", "{}", out.stderr);
-}
-
-/// `$GOST_OPERATOR_BIN` (scripts/test sets it), else the debug build of this checkout.
-fn operator_bin() -> PathBuf {
-    if let Some(bin) = std::env::var_os("GOST_OPERATOR_BIN") {
-        return PathBuf::from(bin);
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"));
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args([
-            "build",
-            "--quiet",
-            "-p",
-            "gost-operator",
-            "--bin",
-            "gost-operator",
-        ])
-        .current_dir(workspace_root())
-        .status()
-        .expect("cargo runs");
-    assert!(status.success(), "building gost-operator failed");
-    target.join("debug/gost-operator")
 }
 
 #[test]
