@@ -11,12 +11,31 @@ use gost_e2e::{Gost, Target, curl, gost_bin, operator_bin, tempdir, workspace_ro
 /// The image's user (the Dockerfiles' `USER`, the operator's sidecar uid).
 const IMAGE_USER: &str = "65532:65532";
 
-fn rootfs(binary: &Path) -> PathBuf {
-    let out = tempdir().join("rootfs");
+/// An assembled root filesystem, removed with its temporary directory when dropped (a debug
+/// build of the operator is a quarter of a gigabyte).
+struct RootFs(PathBuf);
+
+impl std::ops::Deref for RootFs {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for RootFs {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+fn rootfs(binary: &Path) -> RootFs {
+    let out = RootFs(tempdir().join("rootfs"));
     let status = Command::new("sh")
         .arg(workspace_root().join("images/rootfs.sh"))
         .arg(binary)
-        .arg(&out)
+        .arg(&*out)
         .status()
         .expect("sh runs");
     assert!(
