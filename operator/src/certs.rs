@@ -39,6 +39,10 @@ pub const CA_CERT_KEY: &str = "ca.crt";
 pub const CA_KEY_KEY: &str = "ca.key";
 /// See [`CA_CERT_KEY`].
 pub const TLS_CERT_KEY: &str = "tls.crt";
+/// The CA before the last CA renewal, kept while it is valid: `caBundle` carries both, so the
+/// API server accepts replicas still serving a certificate of the old CA while the new one
+/// propagates (else their admissions fail and pods start without the sidecar).
+pub const PREVIOUS_CA_CERT_KEY: &str = "ca-previous.crt";
 /// See [`CA_CERT_KEY`].
 pub const TLS_KEY_KEY: &str = "tls.key";
 /// The CA changes `caBundle`, which briefly breaks admission while the API server catches up, so
@@ -179,6 +183,8 @@ pub struct ServingCert {
     pub cert_pem: String,
     /// The serving certificate's private key.
     pub key_pem: String,
+    /// The CA this one replaced, while it may still be served (see [`PREVIOUS_CA_CERT_KEY`]).
+    pub previous_ca_pem: Option<String>,
 }
 
 impl std::fmt::Debug for ServingCert {
@@ -201,7 +207,22 @@ impl ServingCert {
             ca_key_pem: get(CA_KEY_KEY)?,
             cert_pem: get(TLS_CERT_KEY)?,
             key_pem: get(TLS_KEY_KEY)?,
+            previous_ca_pem: get(PREVIOUS_CA_CERT_KEY),
         })
+    }
+
+    /// What `caBundle` holds: the CA, then the previous CA while it has not expired.
+    pub fn ca_bundle(&self, now: OffsetDateTime) -> String {
+        let mut bundle = self.ca_pem.clone();
+        if let Some(previous) = &self.previous_ca_pem
+            && parse(previous).is_ok_and(|ca| ca.not_after > now.unix_timestamp())
+        {
+            if !bundle.ends_with('\n') {
+                bundle.push('\n');
+            }
+            bundle.push_str(previous);
+        }
+        bundle
     }
 
     fn to_secret(&self, name: &str, namespace: &str) -> Secret {
@@ -221,6 +242,11 @@ impl ServingCert {
                     (TLS_KEY_KEY, &self.key_pem),
                 ]
                 .into_iter()
+                .chain(
+                    self.previous_ca_pem
+                        .as_ref()
+                        .map(|previous| (PREVIOUS_CA_CERT_KEY, previous)),
+                )
                 .map(|(k, v)| (k.to_string(), bytes(v)))
                 .collect(),
             ),
@@ -355,6 +381,7 @@ pub fn issue(settings: &CertSettings, now: OffsetDateTime) -> Result<ServingCert
         ca_key_pem: ca_key.serialize_pem(),
         cert_pem,
         key_pem,
+        previous_ca_pem: None,
     })
 }
 
@@ -372,6 +399,7 @@ pub fn reissue_serving(
         ca_key_pem: stored.ca_key_pem.clone(),
         cert_pem,
         key_pem,
+        previous_ca_pem: stored.previous_ca_pem.clone(),
     })
 }
 
@@ -420,7 +448,13 @@ pub async fn ensure_serving_cert(
                 }
                 Renewal::Everything(reason) => {
                     tracing::info!(secret = %what, %reason, "issuing a new webhook CA");
-                    issue(settings, now)?
+                    let mut fresh = issue(settings, now)?;
+                    // The old CA stays in caBundle while replicas may still serve its
+                    // certificate (see PREVIOUS_CA_CERT_KEY).
+                    fresh.previous_ca_pem = parse(&stored.ca_pem)
+                        .is_ok_and(|ca| ca.not_after > now.unix_timestamp())
+                        .then(|| stored.ca_pem.clone());
+                    fresh
                 }
             },
         };
@@ -573,12 +607,12 @@ pub async fn sync_webhook_configuration(
     settings: &CertSettings,
     cert: &ServingCert,
 ) -> Result<(), CertError> {
+    let bundle = cert.ca_bundle(OffsetDateTime::now_utc());
     match &settings.webhook_url {
         Some(url) => {
-            register_webhook_by_url(client, &settings.webhook_configuration, url, &cert.ca_pem)
-                .await
+            register_webhook_by_url(client, &settings.webhook_configuration, url, &bundle).await
         }
-        None => ensure_ca_bundle(client, &settings.webhook_configuration, &cert.ca_pem)
+        None => ensure_ca_bundle(client, &settings.webhook_configuration, &bundle)
             .await
             .map(drop),
     }
@@ -606,6 +640,7 @@ pub async fn keep_current(
     resolver: Arc<CertResolver>,
     mut current: ServingCert,
 ) {
+    let mut pending_ca: Option<String> = None;
     loop {
         tokio::time::sleep(CHECK_INTERVAL).await;
         let cert = match ensure_serving_cert(&client, &settings).await {
@@ -615,6 +650,21 @@ pub async fn keep_current(
                 continue;
             }
         };
+        // caBundle first: it must trust the new CA before any replica serves its certificate.
+        if let Err(error) = sync_webhook_configuration(&client, &settings, &cert).await {
+            tracing::warn!(%error, "cannot update the webhook configuration");
+            continue;
+        }
+        // A new CA is served one round after caBundle first carried it, so the API server
+        // has picked the bundle up; until then the old certificate, still valid and trusted
+        // through the previous CA, keeps serving.
+        if cert.ca_pem != current.ca_pem && pending_ca.as_ref() != Some(&cert.ca_pem) {
+            tracing::info!(
+                "new webhook CA published in caBundle; serving its certificate next round"
+            );
+            pending_ca = Some(cert.ca_pem.clone());
+            continue;
+        }
         if cert != current {
             match resolver.update(&cert.cert_pem, &cert.key_pem) {
                 Ok(()) => {
@@ -623,9 +673,6 @@ pub async fn keep_current(
                 }
                 Err(error) => tracing::warn!(%error, "the stored webhook certificate is unusable"),
             }
-        }
-        if let Err(error) = sync_webhook_configuration(&client, &settings, &current).await {
-            tracing::warn!(%error, "cannot update the webhook configuration");
         }
     }
 }

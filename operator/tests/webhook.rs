@@ -886,3 +886,94 @@ async fn the_metrics_endpoint_counts_admissions_and_reports_readiness() {
     assert!(after.contains("gost_operator_leader "), "{after}");
     let _ = stop.send(());
 }
+
+/// Stores `cert` as the webhook's Secret, as an earlier run of the operator would have.
+async fn store(client: &Client, settings: &CertSettings, cert: &ServingCert) {
+    let api: Api<Secret> = Api::namespaced(client.clone(), &settings.namespace);
+    let data = [
+        ("ca.crt", &cert.ca_pem),
+        ("ca.key", &cert.ca_key_pem),
+        ("tls.crt", &cert.cert_pem),
+        ("tls.key", &cert.key_pem),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+    .collect();
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(settings.secret_name.clone()),
+            namespace: Some(settings.namespace.clone()),
+            ..Default::default()
+        },
+        data: Some(data),
+        ..Default::default()
+    };
+    api.create(&PostParams::default(), &secret).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_new_ca_keeps_the_old_one_in_the_ca_bundle_while_it_is_valid() {
+    let client = fake_cluster(None).await;
+    let settings = CertSettings::new("gost-operator", "gost-system");
+    // A CA with less than a third of its year left (the next check replaces it), serving a
+    // certificate it issued yesterday.
+    let now = OffsetDateTime::now_utc();
+    let old = certs::issue(&settings, now - Duration::from_secs(300 * 24 * 3600)).unwrap();
+    let old =
+        certs::reissue_serving(&old, &settings, now - Duration::from_secs(24 * 3600)).unwrap();
+    store(&client, &settings, &old).await;
+
+    let renewed = certs::ensure_serving_cert(&client, &settings)
+        .await
+        .unwrap();
+    assert_ne!(renewed.ca_pem, old.ca_pem, "a new CA");
+    assert_eq!(
+        renewed.previous_ca_pem.as_deref(),
+        Some(old.ca_pem.as_str())
+    );
+    assert_eq!(
+        stored(&client, &settings).await,
+        renewed,
+        "kept in the Secret"
+    );
+    certs::sync_webhook_configuration(&client, &settings, &renewed)
+        .await
+        .unwrap();
+    let bundle = renewed.ca_bundle(OffsetDateTime::now_utc());
+    assert!(bundle.contains(&renewed.ca_pem) && bundle.contains(&old.ca_pem));
+    assert_eq!(ca_bundles(&client).await, vec![Some(bundle.clone()); 2]);
+
+    // What the API server does with that caBundle: a replica still serving the old CA's
+    // certificate and one serving the new CA's are both trusted.
+    let host = "gost-operator.gost-system.svc";
+    for (which, cert) in [("old", &old), ("new", &renewed)] {
+        let resolver = Arc::new(CertResolver::new(&cert.cert_pem, &cert.key_pem).unwrap());
+        let server = start_with(resolver, &bundle, None).await;
+        let resolve = format!("{host}:{}:127.0.0.1", server.port);
+        let reply = curl(
+            format!("https://{host}:{}/healthz", server.port),
+            server.dir.join("ca.pem"),
+            None,
+            &["--resolve", &resolve],
+        )
+        .await;
+        assert_eq!(reply.status, 200, "{which} certificate: {}", reply.body);
+    }
+
+    // What went wrong before: a caBundle of the new CA alone refuses the old certificate.
+    let resolver = Arc::new(CertResolver::new(&old.cert_pem, &old.key_pem).unwrap());
+    let server = start_with(resolver, &renewed.ca_pem, None).await;
+    let resolve = format!("{host}:{}:127.0.0.1", server.port);
+    let reply = curl(
+        format!("https://{host}:{}/healthz", server.port),
+        server.dir.join("ca.pem"),
+        None,
+        &["--resolve", &resolve],
+    )
+    .await;
+    assert_eq!(reply.status, 0, "{}", reply.body);
+
+    // Once the old CA has expired it leaves the bundle.
+    let after_expiry = OffsetDateTime::now_utc() + Duration::from_secs(70 * 24 * 3600);
+    assert_eq!(renewed.ca_bundle(after_expiry), renewed.ca_pem);
+}
