@@ -676,3 +676,62 @@ pub async fn keep_current(
         }
     }
 }
+
+/// How often a certificate directory (`--webhook-cert-dir`) is read again: cert-manager
+/// renews well ahead of expiry and the kubelet takes up to a minute to update a mounted Secret,
+/// so ten seconds adds nothing noticeable.
+pub const CERT_DIR_POLL: Duration = Duration::from_secs(10);
+/// The files of a certificate directory: cert-manager's `kubernetes.io/tls` Secret layout.
+pub const CERT_DIR_FILES: (&str, &str) = (TLS_CERT_KEY, TLS_KEY_KEY);
+
+/// Reads the serving pair from `dir` (`tls.crt`, `tls.key`), as cert-manager writes it into a
+/// mounted Secret.
+pub fn read_cert_dir(dir: &std::path::Path) -> Result<(String, String), CertError> {
+    let read = |name: &str| {
+        let path = dir.join(name);
+        std::fs::read_to_string(&path).map_err(|e| {
+            CertError::Settings(format!("--webhook-cert-dir: {}: {e}", path.display()))
+        })
+    };
+    Ok((read(CERT_DIR_FILES.0)?, read(CERT_DIR_FILES.1)?))
+}
+
+/// A resolver serving the pair in `dir`, for cert-manager mode: the operator then manages
+/// neither the certificate Secret nor `caBundle` (cert-manager's CA injector does).
+pub fn resolver_from_dir(dir: &std::path::Path) -> Result<Arc<CertResolver>, CertError> {
+    let (cert, key) = read_cert_dir(dir)?;
+    Ok(Arc::new(CertResolver::new(&cert, &key)?))
+}
+
+/// Runs for the life of the operator in cert-manager mode: reads `dir` every `every` and serves
+/// a changed pair from the next handshake on. A pair that does not load (a half-written
+/// update) is logged and the current one kept.
+pub async fn follow_cert_dir(
+    dir: std::path::PathBuf,
+    resolver: Arc<CertResolver>,
+    every: Duration,
+) {
+    let mut current = read_cert_dir(&dir).ok();
+    loop {
+        tokio::time::sleep(every).await;
+        let pair = match read_cert_dir(&dir) {
+            Ok(pair) => pair,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the webhook certificate directory");
+                continue;
+            }
+        };
+        if current.as_ref() == Some(&pair) {
+            continue;
+        }
+        match resolver.update(&pair.0, &pair.1) {
+            Ok(()) => {
+                tracing::info!(dir = %dir.display(), "serving the renewed webhook certificate");
+                current = Some(pair);
+            }
+            Err(error) => {
+                tracing::warn!(%error, "the webhook certificate directory holds an unusable pair")
+            }
+        }
+    }
+}

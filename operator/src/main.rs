@@ -96,6 +96,11 @@ struct Args {
     /// The Secret holding the webhook's CA and serving certificate.
     #[arg(long, default_value = certs::DEFAULT_SECRET_NAME)]
     webhook_secret: String,
+    /// cert-manager mode: serve the webhook with `tls.crt` and `tls.key` from this directory
+    /// (a mounted cert-manager Secret, re-read as it renews) and leave the certificate Secret
+    /// and caBundle alone (cert-manager's CA injector fills caBundle).
+    #[arg(long, conflicts_with = "webhook_url")]
+    webhook_cert_dir: Option<std::path::PathBuf>,
     /// Run outside the cluster: register the webhook with this URL
     /// (`https://HOST:PORT/mutate`, reachable from the API server) instead of a Service.
     #[arg(long)]
@@ -326,19 +331,35 @@ async fn run(args: Args, sidecar: SidecarSettings) -> Result<(), String> {
         });
         None
     } else {
-        let mut cert_settings = CertSettings::new(&args.webhook_service, &args.namespace);
-        cert_settings.secret_name = args.webhook_secret.clone();
-        cert_settings.webhook_configuration = args.webhook_configuration.clone();
-        cert_settings.webhook_url = args.webhook_url.clone();
-        let (resolver, cert) = certs::prepare(&client, &cert_settings)
-            .await
-            .map_err(|e| format!("webhook certificate: {e}"))?;
-        tokio::spawn(certs::keep_current(
-            client.clone(),
-            cert_settings,
-            resolver.clone(),
-            cert,
-        ));
+        let resolver = match &args.webhook_cert_dir {
+            Some(dir) => {
+                let resolver = certs::resolver_from_dir(dir)
+                    .map_err(|e| format!("webhook certificate: {e}"))?;
+                tracing::info!(dir = %dir.display(), "serving the webhook certificate from a directory (cert-manager mode)");
+                tokio::spawn(certs::follow_cert_dir(
+                    dir.clone(),
+                    resolver.clone(),
+                    certs::CERT_DIR_POLL,
+                ));
+                resolver
+            }
+            None => {
+                let mut cert_settings = CertSettings::new(&args.webhook_service, &args.namespace);
+                cert_settings.secret_name = args.webhook_secret.clone();
+                cert_settings.webhook_configuration = args.webhook_configuration.clone();
+                cert_settings.webhook_url = args.webhook_url.clone();
+                let (resolver, cert) = certs::prepare(&client, &cert_settings)
+                    .await
+                    .map_err(|e| format!("webhook certificate: {e}"))?;
+                tokio::spawn(certs::keep_current(
+                    client.clone(),
+                    cert_settings,
+                    resolver.clone(),
+                    cert,
+                ));
+                resolver
+            }
+        };
 
         // Namespace labels (opt-in) from a metadata-only reflector.
         let (namespaces, writer) = reflector::store::<PartialObjectMeta<Namespace>>();

@@ -42,6 +42,20 @@ fn bad_flags_are_named() {
     let (code, stderr) = operator(&["--webhook-addr", "nowhere"], &[]);
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("--webhook-addr"), "{stderr}");
+    let (code, stderr) = operator(
+        &[
+            "--webhook-cert-dir",
+            "/certs",
+            "--webhook-url",
+            "https://127.0.0.1:9443/mutate",
+        ],
+        &[],
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("--webhook-cert-dir") && stderr.contains("--webhook-url"),
+        "{stderr}"
+    );
     let (code, stderr) = operator(&["--metrics-addr", "nowhere"], &[]);
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("--metrics-addr"), "{stderr}");

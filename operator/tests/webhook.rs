@@ -977,3 +977,83 @@ async fn a_new_ca_keeps_the_old_one_in_the_ca_bundle_while_it_is_valid() {
     let after_expiry = OffsetDateTime::now_utc() + Duration::from_secs(70 * 24 * 3600);
     assert_eq!(renewed.ca_bundle(after_expiry), renewed.ca_pem);
 }
+
+#[tokio::test]
+async fn cert_manager_mode_serves_the_directory_and_follows_its_renewal() {
+    let settings = CertSettings::new("gost-operator", "gost-system");
+    let first = certs::issue(&settings, OffsetDateTime::now_utc()).unwrap();
+    let dir = scratch_dir();
+    let write = |cert: &ServingCert| {
+        std::fs::write(dir.join("tls.crt"), &cert.cert_pem).unwrap();
+        std::fs::write(dir.join("tls.key"), &cert.key_pem).unwrap();
+    };
+    // A missing directory is named.
+    let missing = certs::resolver_from_dir(&dir.join("nope"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        missing.contains("--webhook-cert-dir") && missing.contains("nope"),
+        "{missing}"
+    );
+    write(&first);
+    let resolver = certs::resolver_from_dir(&dir).unwrap();
+    let follower = tokio::spawn(certs::follow_cert_dir(
+        dir.clone(),
+        resolver.clone(),
+        Duration::from_millis(50),
+    ));
+    let server = start_with(resolver, &first.ca_pem, None).await;
+    let host = "gost-operator.gost-system.svc";
+    let resolve = format!("{host}:{}:127.0.0.1", server.port);
+    let url = format!("https://{host}:{}/healthz", server.port);
+    let ca = |cert: &ServingCert, name: &str| {
+        let path = server.dir.join(name);
+        std::fs::write(&path, &cert.ca_pem).unwrap();
+        path
+    };
+    let reply = curl(
+        url.clone(),
+        ca(&first, "first.pem"),
+        None,
+        &["--resolve", &resolve],
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+
+    // A garbled update is not served; the current pair stays.
+    std::fs::write(dir.join("tls.crt"), "not a certificate").unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let reply = curl(
+        url.clone(),
+        ca(&first, "first.pem"),
+        None,
+        &["--resolve", &resolve],
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+
+    // cert-manager renews (here from another CA): served within a few polls, no restart.
+    let renewed = certs::issue(&settings, OffsetDateTime::now_utc()).unwrap();
+    write(&renewed);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = curl(
+            url.clone(),
+            ca(&renewed, "renewed.pem"),
+            None,
+            &["--resolve", &resolve],
+        )
+        .await;
+        if reply.status == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the renewed certificate was not served: {}",
+            reply.body
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    follower.abort();
+    let _ = std::fs::remove_dir_all(&dir);
+}
