@@ -653,6 +653,10 @@ fn the_operator_takes_the_rendered_arguments() {
                 "sidecar.logFormat=text",
             ][..],
         ),
+        (
+            "args-cert-manager",
+            &["--set", "webhook.certManager.enabled=true"][..],
+        ),
     ] {
         let objs = objects(&render(set));
         let flags = args(&objs);
@@ -671,4 +675,86 @@ fn the_operator_takes_the_rendered_arguments() {
             "{name}: {flags:?}\n{stderr}"
         );
     }
+}
+
+#[test]
+fn cert_manager_mode() {
+    let objs = checked(
+        "cert-manager",
+        &["--set", "webhook.certManager.enabled=true"],
+    );
+    let cert = find(&objs, "Certificate", "gost-operator-webhook");
+    assert_eq!(cert["spec"]["secretName"], "gost-operator-webhook-tls");
+    assert_eq!(
+        strings(&cert["spec"]["dnsNames"]),
+        [
+            "gost-operator-webhook",
+            "gost-operator-webhook.gost-system",
+            "gost-operator-webhook.gost-system.svc",
+            "gost-operator-webhook.gost-system.svc.cluster.local",
+        ]
+    );
+    assert_eq!(
+        cert["spec"]["issuerRef"]["name"],
+        "gost-operator-selfsigned"
+    );
+    assert!(find(&objs, "Issuer", "gost-operator-selfsigned")["spec"]["selfSigned"].is_object());
+    let config = find(
+        &objs,
+        "MutatingWebhookConfiguration",
+        "gost-sidecar-injector",
+    );
+    assert_eq!(
+        config["metadata"]["annotations"]["cert-manager.io/inject-ca-from"],
+        "gost-system/gost-operator-webhook"
+    );
+    // The operator serves the mounted pair and touches neither the Secret nor caBundle.
+    let flags = args(&objs);
+    assert!(flags.contains(&"--webhook-cert-dir=/etc/gost-operator/webhook-tls".to_string()));
+    assert!(
+        !flags.iter().any(|f| f.starts_with("--webhook-secret")),
+        "{flags:?}"
+    );
+    let pod = &find(&objs, "Deployment", RELEASE)["spec"]["template"]["spec"];
+    let volume = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "webhook-tls")
+        .expect("the certificate volume");
+    assert_eq!(volume["secret"]["secretName"], "gost-operator-webhook-tls");
+    for role in objs.iter().filter(|o| o["kind"] == "ClusterRole") {
+        for rule in role["rules"].as_array().unwrap() {
+            assert!(
+                !strings(&rule["resources"]).contains(&"mutatingwebhookconfigurations".into()),
+                "no rights on the webhook configuration in cert-manager mode: {rule}"
+            );
+        }
+    }
+    let own = find(&objs, "Role", RELEASE);
+    assert!(
+        !own["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| strings(&r["resources"]).contains(&"secrets".into())),
+        "no Secret rights in the release namespace in cert-manager mode: {own}"
+    );
+    assert_no_wildcards(&objs);
+
+    // An issuer of the user's: no Issuer of ours.
+    let objs = objects(&render(&[
+        "--set",
+        "webhook.certManager.enabled=true",
+        "--set",
+        "webhook.certManager.issuerRef.name=my-ca",
+        "--set",
+        "webhook.certManager.issuerRef.kind=ClusterIssuer",
+    ]));
+    assert_eq!(count(&objs, "Issuer"), 0);
+    let cert = find(&objs, "Certificate", "gost-operator-webhook");
+    assert_eq!(cert["spec"]["issuerRef"]["name"], "my-ca");
+    assert_eq!(cert["spec"]["issuerRef"]["kind"], "ClusterIssuer");
+    let refused = try_render(&["--set", "webhook.certManager.issuerRef.kind=Bogus"]).unwrap_err();
+    assert!(refused.contains("issuerRef/kind"), "{refused}");
 }
