@@ -29,6 +29,9 @@ mod support {
 }
 use support::admission::review;
 
+/// The webhook Service's DNS name for `CertSettings::new("gost-operator", "gost-system")`.
+const SERVICE_HOST: &str = "gost-operator.gost-system.svc";
+
 /// Bounds every curl call: a hung server fails the test instead of hanging it.
 const CURL_MAX_SECONDS: &str = "10";
 
@@ -204,6 +207,19 @@ impl Server {
         assert_eq!(answer["response"]["uid"], review["request"]["uid"]);
         assert_eq!(answer["response"]["allowed"], true, "{answer}");
         answer["response"].clone()
+    }
+
+    /// What the API server does: GET /healthz by the webhook Service's DNS name (resolved to
+    /// this server), verifying the certificate against the PEM file `ca`.
+    async fn healthz_as_service(&self, ca: PathBuf) -> Reply {
+        let resolve = format!("{SERVICE_HOST}:{}:127.0.0.1", self.port);
+        curl(
+            format!("https://{SERVICE_HOST}:{}/healthz", self.port),
+            ca,
+            None,
+            &["--resolve", &resolve],
+        )
+        .await
     }
 
     fn calls(&self) -> Vec<(String, bool)> {
@@ -603,15 +619,7 @@ async fn first_run_creates_the_secret_and_the_ca_bundle_then_reuses_them() {
 
     // What the API server does: call the Service's DNS name and verify against caBundle.
     let server = start_with(resolver, &first.ca_pem, None).await;
-    let host = "gost-operator.gost-system.svc";
-    let resolve = format!("{host}:{}:127.0.0.1", server.port);
-    let reply = curl(
-        format!("https://{host}:{}/healthz", server.port),
-        server.dir.join("ca.pem"),
-        None,
-        &["--resolve", &resolve],
-    )
-    .await;
+    let reply = server.healthz_as_service(server.dir.join("ca.pem")).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
 }
 
@@ -945,32 +953,17 @@ async fn a_new_ca_keeps_the_old_one_in_the_ca_bundle_while_it_is_valid() {
 
     // What the API server does with that caBundle: a replica still serving the old CA's
     // certificate and one serving the new CA's are both trusted.
-    let host = "gost-operator.gost-system.svc";
     for (which, cert) in [("old", &old), ("new", &renewed)] {
         let resolver = Arc::new(CertResolver::new(&cert.cert_pem, &cert.key_pem).unwrap());
         let server = start_with(resolver, &bundle, None).await;
-        let resolve = format!("{host}:{}:127.0.0.1", server.port);
-        let reply = curl(
-            format!("https://{host}:{}/healthz", server.port),
-            server.dir.join("ca.pem"),
-            None,
-            &["--resolve", &resolve],
-        )
-        .await;
+        let reply = server.healthz_as_service(server.dir.join("ca.pem")).await;
         assert_eq!(reply.status, 200, "{which} certificate: {}", reply.body);
     }
 
     // What went wrong before: a caBundle of the new CA alone refuses the old certificate.
     let resolver = Arc::new(CertResolver::new(&old.cert_pem, &old.key_pem).unwrap());
     let server = start_with(resolver, &renewed.ca_pem, None).await;
-    let resolve = format!("{host}:{}:127.0.0.1", server.port);
-    let reply = curl(
-        format!("https://{host}:{}/healthz", server.port),
-        server.dir.join("ca.pem"),
-        None,
-        &["--resolve", &resolve],
-    )
-    .await;
+    let reply = server.healthz_as_service(server.dir.join("ca.pem")).await;
     assert_eq!(reply.status, 0, "{}", reply.body);
 
     // Once the old CA has expired it leaves the bundle.
@@ -1003,33 +996,18 @@ async fn cert_manager_mode_serves_the_directory_and_follows_its_renewal() {
         Duration::from_millis(50),
     ));
     let server = start_with(resolver, &first.ca_pem, None).await;
-    let host = "gost-operator.gost-system.svc";
-    let resolve = format!("{host}:{}:127.0.0.1", server.port);
-    let url = format!("https://{host}:{}/healthz", server.port);
     let ca = |cert: &ServingCert, name: &str| {
         let path = server.dir.join(name);
         std::fs::write(&path, &cert.ca_pem).unwrap();
         path
     };
-    let reply = curl(
-        url.clone(),
-        ca(&first, "first.pem"),
-        None,
-        &["--resolve", &resolve],
-    )
-    .await;
+    let reply = server.healthz_as_service(ca(&first, "first.pem")).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
 
     // A garbled update is not served; the current pair stays.
     std::fs::write(dir.join("tls.crt"), "not a certificate").unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let reply = curl(
-        url.clone(),
-        ca(&first, "first.pem"),
-        None,
-        &["--resolve", &resolve],
-    )
-    .await;
+    let reply = server.healthz_as_service(ca(&first, "first.pem")).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
 
     // cert-manager renews (here from another CA): served within a few polls, no restart.
@@ -1037,13 +1015,7 @@ async fn cert_manager_mode_serves_the_directory_and_follows_its_renewal() {
     write(&renewed);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let reply = curl(
-            url.clone(),
-            ca(&renewed, "renewed.pem"),
-            None,
-            &["--resolve", &resolve],
-        )
-        .await;
+        let reply = server.healthz_as_service(ca(&renewed, "renewed.pem")).await;
         if reply.status == 200 {
             break;
         }
