@@ -66,13 +66,6 @@ fn start_gateways(example: &Example, ns: &Namespace<'_>) -> Vec<RunningGateway> 
                 "{file}: {:#?}",
                 rendered.problems
             );
-            let overrides = gs
-                .spec
-                .gateway
-                .as_ref()
-                .and_then(|g| g.service.as_ref())
-                .map(|s| s.ports.clone())
-                .unwrap_or_default();
             let listen = gateway::listen_ports(&name, &rendered);
             let mut config = rendered.config.clone();
             on_loopback(&mut config);
@@ -88,7 +81,8 @@ fn start_gateways(example: &Example, ns: &Namespace<'_>) -> Vec<RunningGateway> 
                             process.log()
                         )
                     });
-                    let port = overrides.get(&p.name).map_or(p.port, |p| *p as u16);
+                    let port = u16::try_from(gateway::service_port(gs, p))
+                        .expect("a Service port fits in u16");
                     (port, addr)
                 })
                 .collect();

@@ -178,11 +178,7 @@ pub fn build(gs: &GostService, rendered: &Rendered, settings: &GatewaySettings<'
                         .map(|p| ServicePort {
                             name: Some(p.name.clone()),
                             protocol: Some(p.protocol.to_string()),
-                            port: service_spec
-                                .ports
-                                .get(&p.name)
-                                .copied()
-                                .unwrap_or(i32::from(p.port)),
+                            port: service_port(gs, p),
                             target_port: Some(IntOrString::Int(i32::from(p.port))),
                             ..ServicePort::default()
                         })
@@ -235,6 +231,18 @@ pub fn listen_ports(gost_service: &str, rendered: &Rendered) -> Vec<ListenPort> 
             })
         })
         .collect()
+}
+
+/// The gateway Service's port for `listen`: the `gateway.service.ports` entry of its service
+/// name when there is one, else the listen port.
+pub fn service_port(gs: &GostService, listen: &ListenPort) -> i32 {
+    gs.spec
+        .gateway
+        .as_ref()
+        .and_then(|g| g.service.as_ref())
+        .and_then(|s| s.ports.get(&listen.name))
+        .copied()
+        .unwrap_or(i32::from(listen.port))
 }
 
 /// Puts the hash of the object (as built, before the annotation) into [`SPEC_HASH_ANNOTATION`].

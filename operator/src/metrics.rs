@@ -37,8 +37,6 @@ pub const READYZ_PATH: &str = "/readyz";
 /// A scrape or probe that has not sent its request line within this long is dropped: probes
 /// answer in milliseconds, so only a stuck or hostile client waits this long.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
-/// Back-off after a failed accept (out of descriptors), instead of spinning.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Bucket bounds in seconds of the latency histograms: admissions must stay far below the API
 /// server's 10 s webhook timeout and the 20 ms the operator aims for, reconciles take longer.
 const ADMISSION_BUCKETS: &[f64] = &[
@@ -256,19 +254,7 @@ pub async fn serve(
     readiness: Arc<Readiness>,
     shutdown: impl Future<Output = ()>,
 ) {
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = &mut shutdown => return,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    tracing::warn!(%error, "metrics endpoint: accept failed");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    continue;
-                }
-            },
-        };
+    crate::webhook::accept_until(listener, shutdown, "metrics endpoint", |stream, peer| {
         let readiness = readiness.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request| {
@@ -284,7 +270,8 @@ pub async fn serve(
                 tracing::debug!(%peer, %error, "metrics connection ended with an error");
             }
         });
-    }
+    })
+    .await;
 }
 
 fn answer(request: &Request<Incoming>, readiness: &Readiness) -> Response<Full<Bytes>> {

@@ -324,22 +324,34 @@ pub async fn serve<P: PodConfig, N: NamespaceLabels>(
     shutdown: impl Future<Output = ()>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = &mut shutdown => return,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    // Out of descriptors or similar: back off instead of spinning.
-                    tracing::warn!(%error, "webhook accept failed");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    continue;
-                }
-            },
-        };
+    accept_until(listener, shutdown, "webhook", |stream, peer| {
         let _ = stream.set_nodelay(true);
         tokio::spawn(connection(acceptor.clone(), stream, peer, webhook.clone()));
+    })
+    .await;
+}
+
+/// Accepts connections on `listener` and hands each to `serve` until `shutdown` completes;
+/// the webhook's and the metrics endpoint's accept loop. `what` names the endpoint in logs.
+pub(crate) async fn accept_until(
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+    what: &str,
+    mut serve: impl FnMut(tokio::net::TcpStream, SocketAddr),
+) {
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => serve(stream, peer),
+                Err(error) => {
+                    // Out of descriptors or similar: back off instead of spinning.
+                    tracing::warn!(%error, "{what}: accept failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                }
+            },
+        }
     }
 }
 
