@@ -690,15 +690,16 @@ impl Context {
     }
 
     /// Completes once the GostService, GostChain and pod caches hold their first full list
-    /// (readiness: before that an admission cannot render).
-    pub async fn caches_filled(&self) {
+    /// (before that an admission cannot render); false if a cache's watch ended first.
+    pub async fn caches_filled(&self) -> bool {
         let stores = self.stores.read().expect("stores lock").clone();
-        let _ = future::join3(
+        let (s, c, p) = future::join3(
             stores.services.wait_until_ready(),
             stores.chains.wait_until_ready(),
             stores.pods.wait_until_ready(),
         )
         .await;
+        s.is_ok() && c.is_ok() && p.is_ok()
     }
 
     /// Renders the config of `pod`'s group and writes its Secret (unless `dry_run`), for the
@@ -715,18 +716,8 @@ impl Context {
         let name = group.secret_name();
         // Rendering from caches that are still empty would overwrite the group's Secret with a
         // config without services, cutting the tunnels of the workload's running pods.
-        let stores = self.stores.read().expect("stores lock").clone();
-        let filled = async {
-            let (s, c, p) = future::join3(
-                stores.services.wait_until_ready(),
-                stores.chains.wait_until_ready(),
-                stores.pods.wait_until_ready(),
-            )
-            .await;
-            s.is_ok() && c.is_ok() && p.is_ok()
-        };
         if !matches!(
-            tokio::time::timeout(ENSURE_READY_TIMEOUT, filled).await,
+            tokio::time::timeout(ENSURE_READY_TIMEOUT, self.caches_filled()).await,
             Ok(true)
         ) {
             return Err(format!(

@@ -255,6 +255,24 @@ fn main() -> ExitCode {
     }
 }
 
+/// Marks the caches ready once the controller's (and, with the webhook, the namespace labels')
+/// first lists are in.
+async fn mark_ready(
+    context: Arc<controller::Context>,
+    namespaces: Option<reflector::Store<PartialObjectMeta<Namespace>>>,
+    readiness: Arc<Readiness>,
+) {
+    if let Some(namespaces) = namespaces
+        && namespaces.wait_until_ready().await.is_err()
+    {
+        return;
+    }
+    if context.caches_filled().await {
+        readiness.caches_filled();
+        tracing::info!("caches filled; ready");
+    }
+}
+
 async fn run(args: Args, sidecar: SidecarSettings) -> Result<(), String> {
     let client = Client::try_default().await.map_err(|e| {
         format!("cannot reach the Kubernetes API (in-cluster config or KUBECONFIG): {e}")
@@ -323,12 +341,7 @@ async fn run(args: Args, sidecar: SidecarSettings) -> Result<(), String> {
     let controller = tokio::spawn(prepared.run(leading, stopped()));
 
     let webhook_task = if args.no_webhook {
-        let (context, readiness) = (context.clone(), readiness.clone());
-        tokio::spawn(async move {
-            context.caches_filled().await;
-            readiness.caches_filled();
-            tracing::info!("caches filled; ready");
-        });
+        tokio::spawn(mark_ready(context.clone(), None, readiness.clone()));
         None
     } else {
         let resolver = match &args.webhook_cert_dir {
@@ -379,16 +392,11 @@ async fn run(args: Args, sidecar: SidecarSettings) -> Result<(), String> {
             }),
         );
 
-        {
-            let (context, namespaces, readiness) =
-                (context.clone(), namespaces.clone(), readiness.clone());
-            tokio::spawn(async move {
-                let _ = namespaces.wait_until_ready().await;
-                context.caches_filled().await;
-                readiness.caches_filled();
-                tracing::info!("caches filled; ready");
-            });
-        }
+        tokio::spawn(mark_ready(
+            context.clone(),
+            Some(namespaces.clone()),
+            readiness.clone(),
+        ));
         let listener = tokio::net::TcpListener::bind(args.webhook_addr)
             .await
             .map_err(|e| format!("webhook: cannot listen on {}: {e}", args.webhook_addr))?;
