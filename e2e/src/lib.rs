@@ -110,10 +110,26 @@ impl Gost {
         Self::start_bin(&gost_bin(), args, services, dir)
     }
 
+    /// As [`Gost::start`], with `env` added to its environment.
+    pub fn start_with_env(args: &[&str], services: usize, env: &[(&str, &str)]) -> Gost {
+        Self::spawn(&gost_bin(), args, services, None, env)
+    }
+
     /// As [`Gost::start_in`], running the binary `bin`.
     pub fn start_bin(bin: &Path, args: &[&str], services: usize, dir: Option<&Path>) -> Gost {
+        Self::spawn(bin, args, services, dir, &[])
+    }
+
+    fn spawn(
+        bin: &Path,
+        args: &[&str],
+        services: usize,
+        dir: Option<&Path>,
+        env: &[(&str, &str)],
+    ) -> Gost {
         let mut command = Command::new(bin);
         command
+            .envs(env.iter().copied())
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -131,3 +131,78 @@ fn version_and_nothing_to_do() {
     assert_eq!(out.code, 2);
     assert!(out.stderr.contains("nothing to run"), "{}", out.stderr);
 }
+
+/// Whether this machine is one where `gost` raises glibc's `rep movsb` threshold: an AMD
+/// processor with fast string moves (proxy/src/copytune.rs), read here from `/proc/cpuinfo`.
+fn amd_with_erms() -> bool {
+    let info = std::fs::read_to_string("/proc/cpuinfo").expect("/proc/cpuinfo");
+    let amd = info
+        .lines()
+        .any(|l| l.starts_with("vendor_id") && l.trim_end().ends_with("AuthenticAMD"));
+    let erms = info
+        .lines()
+        .filter(|l| l.starts_with("flags"))
+        .any(|l| l.split_whitespace().any(|flag| flag == "erms"));
+    amd && erms
+}
+
+/// The environment of a running process, one entry per NUL-separated item (glibc splits
+/// `GLIBC_TUNABLES` in place at its colons when it reads it).
+fn environ(pid: u32) -> Vec<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/environ")).expect("read environ");
+    raw.split(|b| *b == 0)
+        .map(|item| String::from_utf8_lossy(item).into_owned())
+        .collect()
+}
+
+const RAISED: &str = "glibc.cpu.x86_rep_movsb_threshold=1099511627776";
+
+#[test]
+fn gost_restarts_itself_with_fast_copies_on_amd_and_keeps_user_tunables() {
+    // The restart keeps the process: the PID the test started serves, with its arguments.
+    let target = Target::http();
+    let gost = Gost::start_with_env(
+        &["-L", "http://127.0.0.1:0"],
+        1,
+        &[("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")],
+    );
+    let env = environ(gost.pid());
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", gost.pid())).unwrap();
+    assert!(
+        cmdline.ends_with(b"-L\0http://127.0.0.1:0\0"),
+        "{}",
+        String::from_utf8_lossy(&cmdline)
+    );
+    assert!(
+        env.iter().any(|e| e.contains("glibc.malloc.arena_max=2")),
+        "the user's tunable is kept: {env:?}"
+    );
+    assert_eq!(
+        env.iter().any(|e| e.contains(RAISED)),
+        amd_with_erms(),
+        "threshold raised exactly on AMD processors with ERMS: {env:?}"
+    );
+    let out = curl(&[
+        "-sS",
+        "-x",
+        &format!("http://{}", gost.addr()),
+        &format!("http://{}/", target.addr),
+    ]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+}
+
+#[test]
+fn a_threshold_the_user_chose_is_left_alone() {
+    let gost = Gost::start_with_env(
+        &["-L", "http://127.0.0.1:0"],
+        1,
+        &[("GLIBC_TUNABLES", "glibc.cpu.x86_rep_movsb_threshold=4096")],
+    );
+    let env = environ(gost.pid());
+    assert!(
+        env.iter()
+            .any(|e| e.contains("x86_rep_movsb_threshold=4096")),
+        "{env:?}"
+    );
+    assert!(!env.iter().any(|e| e.contains(RAISED)), "{env:?}");
+}

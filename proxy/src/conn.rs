@@ -28,7 +28,55 @@ pub trait Conn: AsyncRead + AsyncWrite + Send + Unpin + 'static {
     fn as_tcp(&self) -> Option<&TcpStream> {
         None
     }
+
+    /// Whether this stream receives its data as owned chunks (WebSocket messages, HTTP/2 DATA
+    /// frames, gRPC messages) that [`Conn::poll_read_chunk`] hands out without copying them.
+    fn reads_chunks(&self) -> bool {
+        false
+    }
+
+    /// The next chunk of data, never empty, or `None` once the stream has ended. Streams whose
+    /// [`Conn::reads_chunks`] is true hand out what they received as it is; the default
+    /// copies what [`AsyncRead::poll_read`] gives into a new chunk.
+    fn poll_read_chunk(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<Option<Bytes>>> {
+        let mut space = [0u8; FALLBACK_CHUNK];
+        let mut buf = ReadBuf::new(&mut space);
+        std::task::ready!(self.poll_read(cx, &mut buf))?;
+        let filled = buf.filled();
+        Poll::Ready(Ok(
+            (!filled.is_empty()).then(|| Bytes::copy_from_slice(filled))
+        ))
+    }
+
+    /// Whether this stream sends its data as owned chunks that [`Conn::poll_write_chunk`] takes
+    /// over without copying them: a writer that reads straight into such a chunk saves a copy.
+    fn takes_chunks(&self) -> bool {
+        false
+    }
+
+    /// Takes a leading part of `chunk` (at least one byte of a non-empty chunk) for sending,
+    /// advancing `chunk` past it; pending while nothing can be taken. Streams whose
+    /// [`Conn::takes_chunks`] is true keep the taken part as it is; the default writes it with
+    /// [`AsyncWrite::poll_write`].
+    fn poll_write_chunk(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        chunk: &mut Bytes,
+    ) -> Poll<io::Result<()>> {
+        let n = std::task::ready!(self.poll_write(cx, chunk))?;
+        if n == 0 && !chunk.is_empty() {
+            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+        }
+        chunk.advance(n);
+        Poll::Ready(Ok(()))
+    }
 }
+
+/// Largest chunk the default [`Conn::poll_read_chunk`] reads at once.
+const FALLBACK_CHUNK: usize = 16 * 1024;
 
 /// An owned, type-erased [`Conn`].
 pub type BoxConn = Box<dyn Conn>;
@@ -58,6 +106,28 @@ impl Conn for BoxConn {
 
     fn as_tcp(&self) -> Option<&TcpStream> {
         (**self).as_tcp()
+    }
+    fn reads_chunks(&self) -> bool {
+        (**self).reads_chunks()
+    }
+
+    fn poll_read_chunk(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<Option<Bytes>>> {
+        Pin::new(&mut **self).poll_read_chunk(cx)
+    }
+
+    fn takes_chunks(&self) -> bool {
+        (**self).takes_chunks()
+    }
+
+    fn poll_write_chunk(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        chunk: &mut Bytes,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut **self).poll_write_chunk(cx, chunk)
     }
 }
 
@@ -138,6 +208,32 @@ impl<C: Conn> Conn for Prefixed<C> {
     fn has_read_readiness(&self) -> bool {
         self.inner.has_read_readiness()
     }
+
+    fn reads_chunks(&self) -> bool {
+        self.inner.reads_chunks()
+    }
+
+    fn poll_read_chunk(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<Option<Bytes>>> {
+        if self.prefix.has_remaining() {
+            return Poll::Ready(Ok(Some(std::mem::take(&mut self.prefix))));
+        }
+        Pin::new(&mut self.inner).poll_read_chunk(cx)
+    }
+
+    fn takes_chunks(&self) -> bool {
+        self.inner.takes_chunks()
+    }
+
+    fn poll_write_chunk(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        chunk: &mut Bytes,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_write_chunk(cx, chunk)
+    }
 }
 
 /// A client connection carrying something that must live exactly as long as it: the service's
@@ -210,6 +306,28 @@ impl Conn for Guarded {
 
     fn as_tcp(&self) -> Option<&TcpStream> {
         self.inner.as_tcp()
+    }
+    fn reads_chunks(&self) -> bool {
+        self.inner.reads_chunks()
+    }
+
+    fn poll_read_chunk(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<Option<Bytes>>> {
+        Pin::new(&mut self.inner).poll_read_chunk(cx)
+    }
+
+    fn takes_chunks(&self) -> bool {
+        self.inner.takes_chunks()
+    }
+
+    fn poll_write_chunk(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        chunk: &mut Bytes,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_write_chunk(cx, chunk)
     }
 }
 

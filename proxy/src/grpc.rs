@@ -11,7 +11,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker, ready};
 
-use bytes::{Buf, BufMut, Bytes};
+use bytes::{Buf, Bytes};
 use futures_util::Stream;
 use http::uri::PathAndQuery;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -343,6 +343,27 @@ impl GrpcConn {
         (conn, Outbound { slot })
     }
 
+    /// Puts the message `make` returns in the slot once the previous one has been taken.
+    fn offer(&self, cx: &mut Context<'_>, make: impl FnOnce() -> Bytes) -> Poll<io::Result<()>> {
+        let mut slot = lock(&self.slot);
+        if slot.gone || slot.closed {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                format!("grpc {}: the call has ended", self.peer),
+            )));
+        }
+        if slot.message.is_some() {
+            // The previous message has not been taken: HTTP/2 flow control holds it back.
+            slot.writer = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
+        slot.message = Some(make());
+        if let Some(reader) = slot.reader.take() {
+            reader.wake();
+        }
+        Poll::Ready(Ok(()))
+    }
+
     fn close_write(&self) {
         let mut slot = lock(&self.slot);
         slot.closed = true;
@@ -377,25 +398,8 @@ impl AsyncWrite for GrpcConn {
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        let mut slot = lock(&self.slot);
-        if slot.gone || slot.closed {
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::BrokenPipe,
-                format!("grpc {}: the call has ended", self.peer),
-            )));
-        }
-        if slot.message.is_some() {
-            // The previous message has not been taken: HTTP/2 flow control holds it back.
-            slot.writer = Some(cx.waker().clone());
-            return Poll::Pending;
-        }
         let n = buf.len().min(MAX_MESSAGE);
-        let mut data = bytes::BytesMut::with_capacity(n);
-        data.put_slice(&buf[..n]);
-        slot.message = Some(data.freeze());
-        if let Some(reader) = slot.reader.take() {
-            reader.wake();
-        }
+        ready!(self.offer(cx, || Bytes::copy_from_slice(&buf[..n])))?;
         Poll::Ready(Ok(n))
     }
 
@@ -428,6 +432,38 @@ impl Conn for GrpcConn {
     // keeps 1,000 idle tunnels cheap.
     fn has_read_readiness(&self) -> bool {
         true
+    }
+
+    // Message payloads are owned buffers both ways: the relay hands them over instead of
+    // copying them.
+    fn reads_chunks(&self) -> bool {
+        true
+    }
+
+    fn poll_read_chunk(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<Option<Bytes>>> {
+        let this = self.get_mut();
+        let read = this.read.get_mut().unwrap_or_else(|e| e.into_inner());
+        ready!(read.poll_fill(cx, &this.peer))?;
+        let chunk = std::mem::take(&mut read.pending);
+        Poll::Ready(Ok((!chunk.is_empty()).then_some(chunk)))
+    }
+
+    fn takes_chunks(&self) -> bool {
+        true
+    }
+
+    fn poll_write_chunk(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        chunk: &mut Bytes,
+    ) -> Poll<io::Result<()>> {
+        if chunk.is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        self.offer(cx, || chunk.split_to(chunk.len().min(MAX_MESSAGE)))
     }
 }
 

@@ -200,6 +200,32 @@ impl AsyncRead for H2Stream {
     }
 }
 
+impl H2Stream {
+    /// Waits for flow-control credit for up to `want` bytes; returns how many may be sent.
+    fn poll_credit(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
+        if self.write_closed {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "HTTP/2 stream already ended",
+            )));
+        }
+        self.send.reserve_capacity(want);
+        loop {
+            match ready!(self.send.poll_capacity(cx)) {
+                Some(Ok(0)) => continue,
+                Some(Ok(granted)) => return Poll::Ready(Ok(granted.min(want))),
+                Some(Err(e)) => return Poll::Ready(Err(h2_io_error(e))),
+                None => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::BrokenPipe,
+                        "HTTP/2 stream closed by the peer",
+                    )));
+                }
+            }
+        }
+    }
+}
+
 impl AsyncWrite for H2Stream {
     fn poll_write(
         mut self: Pin<&mut Self>,
@@ -209,33 +235,11 @@ impl AsyncWrite for H2Stream {
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        if self.write_closed {
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::BrokenPipe,
-                "HTTP/2 stream already ended",
-            )));
-        }
-        self.send.reserve_capacity(buf.len());
-        loop {
-            match self.send.poll_capacity(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Some(Ok(0))) => continue,
-                Poll::Ready(Some(Ok(granted))) => {
-                    let n = granted.min(buf.len());
-                    self.send
-                        .send_data(Bytes::copy_from_slice(&buf[..n]), false)
-                        .map_err(h2_io_error)?;
-                    return Poll::Ready(Ok(n));
-                }
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(h2_io_error(e))),
-                Poll::Ready(None) => {
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::BrokenPipe,
-                        "HTTP/2 stream closed by the peer",
-                    )));
-                }
-            }
-        }
+        let n = ready!(self.poll_credit(cx, buf.len()))?;
+        self.send
+            .send_data(Bytes::copy_from_slice(&buf[..n]), false)
+            .map_err(h2_io_error)?;
+        Poll::Ready(Ok(n))
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -265,6 +269,42 @@ impl Conn for H2Stream {
     // keeps 1,000 idle tunnels cheap.
     fn has_read_readiness(&self) -> bool {
         true
+    }
+
+    // DATA payloads are owned buffers both ways: the relay hands them over instead of copying.
+    fn reads_chunks(&self) -> bool {
+        true
+    }
+
+    fn poll_read_chunk(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<Option<Bytes>>> {
+        let read = self.read_half();
+        ready!(read.poll_fill(cx))?;
+        let chunk = std::mem::take(&mut read.pending);
+        // Credit goes back as the relay takes the data over, as for a read.
+        let _ = read.recv.flow_control().release_capacity(chunk.len());
+        Poll::Ready(Ok((!chunk.is_empty()).then_some(chunk)))
+    }
+
+    fn takes_chunks(&self) -> bool {
+        true
+    }
+
+    fn poll_write_chunk(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        chunk: &mut Bytes,
+    ) -> Poll<io::Result<()>> {
+        if chunk.is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        let n = ready!(self.poll_credit(cx, chunk.len()))?;
+        self.send
+            .send_data(chunk.split_to(n), false)
+            .map_err(h2_io_error)?;
+        Poll::Ready(Ok(()))
     }
 }
 

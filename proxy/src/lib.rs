@@ -14,6 +14,7 @@ pub mod cli;
 pub mod codec;
 pub mod conn;
 pub mod connector;
+pub mod copytune;
 pub mod dialer;
 pub mod grpc;
 pub mod h2pool;

@@ -90,6 +90,8 @@ fn go_style_args() -> Vec<std::ffi::OsString> {
 }
 
 fn main() -> ExitCode {
+    // First, before anything is read: the restart runs `main` again from the start.
+    gost_proxy::copytune::restart_if_needed();
     let args = Args::parse_from(go_style_args());
     let config = match assemble_config(&args) {
         Ok(config) => config,

@@ -12,6 +12,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use bytes::{Bytes, BytesMut};
 use tokio::io::ReadBuf;
 use tokio::time::{Instant, Sleep};
 
@@ -20,6 +21,10 @@ use crate::conn::Conn;
 /// Size of a direction's buffer while data flows. Large enough that a bulk transfer over
 /// loopback moves in few system calls; it is released as soon as the source has nothing more.
 pub const BUFFER_SIZE: usize = 64 * 1024;
+
+/// Chunked path: the least free space a plain reader reads into; below it a fresh
+/// [`BUFFER_SIZE`] is reserved, so reads stay large.
+const MIN_CHUNK_SPACE: usize = 16 * 1024;
 
 /// Released buffers kept per thread for the next burst of data, so that a busy tunnel does not
 /// allocate and zero a buffer every time its source momentarily runs dry. Bounded, so idle
@@ -87,6 +92,15 @@ impl PipeError {
 
 #[derive(Default)]
 struct Direction {
+    /// Moves owned chunks instead of copying through `buf`: set when the reader hands out
+    /// chunks or the writer takes them (WebSocket, HTTP/2, gRPC), which saves one copy of every
+    /// byte on that side.
+    chunked: bool,
+    /// Chunked path: what has been read and not yet taken by the writer.
+    chunk: Bytes,
+    /// Chunked path with a plain reader: the space the next chunk is read into. Held only
+    /// while data flows, like `buf`.
+    chunk_space: Option<BytesMut>,
     buf: Option<Box<[u8]>>,
     start: usize,
     end: usize,
@@ -122,6 +136,92 @@ impl Direction {
     /// Moves bytes from `reader` to `writer` until the reader ends (then shuts the writer down)
     /// or nothing more can be done now. `progress` is set when a byte moved.
     fn poll_copy<R: Conn + ?Sized, W: Conn + ?Sized>(
+        &mut self,
+        cx: &mut Context<'_>,
+        reader: &mut R,
+        writer: &mut W,
+        progress: &mut bool,
+    ) -> Poll<Result<(), Failure>> {
+        if self.chunked {
+            self.poll_copy_chunks(cx, reader, writer, progress)
+        } else {
+            self.poll_copy_buffered(cx, reader, writer, progress)
+        }
+    }
+
+    /// [`Direction::poll_copy`] by owned chunks: the reader's chunks go to the writer as they
+    /// are, or a plain reader reads straight into the chunk the writer then takes over.
+    fn poll_copy_chunks<R: Conn + ?Sized, W: Conn + ?Sized>(
+        &mut self,
+        cx: &mut Context<'_>,
+        reader: &mut R,
+        writer: &mut W,
+        progress: &mut bool,
+    ) -> Poll<Result<(), Failure>> {
+        loop {
+            if !self.chunk.is_empty() {
+                let before = self.chunk.len();
+                ready!(Pin::new(&mut *writer).poll_write_chunk(cx, &mut self.chunk))
+                    .map_err(Failure::Write)?;
+                let n = before - self.chunk.len();
+                if n == 0 {
+                    return Poll::Ready(Err(Failure::Write(io::ErrorKind::WriteZero.into())));
+                }
+                self.bytes += n as u64;
+                *progress = true;
+                continue;
+            }
+            if self.needs_flush {
+                ready!(Pin::new(&mut *writer).poll_flush(cx)).map_err(Failure::Write)?;
+                self.needs_flush = false;
+            }
+            if self.read_done {
+                self.chunk_space = None;
+                ready!(Pin::new(&mut *writer).poll_shutdown(cx)).map_err(Failure::Write)?;
+                return Poll::Ready(Ok(()));
+            }
+            if reader.reads_chunks() {
+                match ready!(Pin::new(&mut *reader).poll_read_chunk(cx)).map_err(Failure::Read)? {
+                    None => self.read_done = true,
+                    Some(chunk) => {
+                        self.chunk = chunk;
+                        self.needs_flush = true;
+                        *progress = true;
+                    }
+                }
+                continue;
+            }
+            if self.chunk_space.is_none() {
+                if reader.has_read_readiness() {
+                    ready!(reader.poll_read_ready(cx)).map_err(Failure::Read)?;
+                }
+                self.chunk_space = Some(BytesMut::new());
+            }
+            let space = self.chunk_space.as_mut().expect("allocated above");
+            if space.capacity() - space.len() < MIN_CHUNK_SPACE {
+                // Takes the whole allocation back when every chunk split from it is gone.
+                space.reserve(BUFFER_SIZE);
+            }
+            match tokio_util::io::poll_read_buf(Pin::new(&mut *reader), cx, space) {
+                Poll::Pending => {
+                    if reader.has_read_readiness() {
+                        self.chunk_space = None;
+                    }
+                    return Poll::Pending;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(Failure::Read(e))),
+                Poll::Ready(Ok(0)) => self.read_done = true,
+                Poll::Ready(Ok(_)) => {
+                    self.chunk = space.split().freeze();
+                    self.needs_flush = true;
+                    *progress = true;
+                }
+            }
+        }
+    }
+
+    /// [`Direction::poll_copy`] through this direction's buffer.
+    fn poll_copy_buffered<R: Conn + ?Sized, W: Conn + ?Sized>(
         &mut self,
         cx: &mut Context<'_>,
         reader: &mut R,
@@ -197,11 +297,19 @@ pub async fn relay<A: Conn + ?Sized, B: Conn + ?Sized>(
     if let (Some(client), Some(upstream)) = (client.as_tcp(), upstream.as_tcp()) {
         return crate::splice::relay(client, upstream, idle_timeout).await;
     }
+    let up = Direction {
+        chunked: client.reads_chunks() || upstream.takes_chunks(),
+        ..Direction::default()
+    };
+    let down = Direction {
+        chunked: upstream.reads_chunks() || client.takes_chunks(),
+        ..Direction::default()
+    };
     Relay {
         client,
         upstream,
-        up: Direction::default(),
-        down: Direction::default(),
+        up,
+        down,
         idle_timeout,
         timer: None,
     }
@@ -295,6 +403,7 @@ fn fail(
 mod tests {
     use super::*;
     use crate::conn::{BoxConn, Prefixed};
+    use bytes::Bytes;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
 
@@ -365,6 +474,107 @@ mod tests {
                 down: 100_000
             }
         );
+    }
+
+    /// Two ends of a WebSocket over loopback TCP: our client stream and our server stream.
+    async fn ws_pair() -> (crate::ws::WsStream, crate::ws::WsStream) {
+        use tokio_tungstenite::WebSocketStream;
+        use tokio_tungstenite::tungstenite::protocol::Role;
+        let (a, b) = pair().await;
+        let client = WebSocketStream::from_raw_socket(
+            crate::ws::Transport::new(Box::new(a)),
+            Role::Client,
+            Some(crate::ws::config()),
+        )
+        .await;
+        let server = crate::ws::WsStream::server(Box::new(b)).await;
+        (crate::ws::WsStream::new(client, None), server)
+    }
+
+    #[tokio::test]
+    async fn chunked_path_moves_messages_without_a_relay_buffer() {
+        // A socket on one side, a WebSocket on the other: the relay reads the socket straight
+        // into the messages it sends, and writes received messages straight to the socket.
+        let (mut client, mut client_side) = pair().await;
+        let (ws_client, mut ws_server) = ws_pair().await;
+        let mut upstream: BoxConn = Prefixed::boxed(Bytes::new(), ws_client);
+        assert!(upstream.reads_chunks() && upstream.takes_chunks());
+        let relay = tokio::spawn(async move { relay(&mut client_side, &mut upstream, None).await });
+
+        let payload: Vec<u8> = (0..3_000_000u32).map(|i| (i * 31 + i / 7) as u8).collect();
+        let send = async {
+            client.write_all(&payload).await.unwrap();
+            client.shutdown().await.unwrap();
+        };
+        let mut got = Vec::new();
+        let (_, received) = tokio::join!(send, ws_server.read_to_end(&mut got));
+        received.unwrap();
+        assert!(
+            got == payload,
+            "{} bytes arrived of {}",
+            got.len(),
+            payload.len()
+        );
+
+        let reply: Vec<u8> = (0..1_500_000u32).map(|i| (i % 251) as u8).collect();
+        let send = async {
+            ws_server.write_all(&reply).await.unwrap();
+            ws_server.shutdown().await.unwrap();
+        };
+        let mut back = Vec::new();
+        let (_, received) = tokio::join!(send, client.read_to_end(&mut back));
+        received.unwrap();
+        assert!(
+            back == reply,
+            "{} bytes came back of {}",
+            back.len(),
+            reply.len()
+        );
+
+        let moved = relay.await.unwrap().unwrap();
+        assert_eq!(
+            moved,
+            Transferred {
+                up: 3_000_000,
+                down: 1_500_000
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn chunked_path_hands_out_a_prefix_first() {
+        let (mut client, mut client_side) = pair().await;
+        let (ws_client, mut ws_server) = ws_pair().await;
+        let mut upstream = Prefixed::boxed(Bytes::from_static(b"early "), ws_client);
+        let relay = tokio::spawn(async move { relay(&mut client_side, &mut upstream, None).await });
+        ws_server.write_all(b"and later").await.unwrap();
+        ws_server.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"early and later");
+        client.shutdown().await.unwrap();
+        let moved = relay.await.unwrap().unwrap();
+        assert_eq!(moved, Transferred { up: 0, down: 15 });
+    }
+
+    #[tokio::test]
+    async fn default_chunk_methods_copy_through_read_and_write() {
+        let (a, mut b) = tokio::io::duplex(64);
+        let mut a: BoxConn = Box::new(a);
+        assert!(!a.reads_chunks() && !a.takes_chunks());
+        let mut chunk = Bytes::from(vec![5u8; 200]);
+        std::future::poll_fn(|cx| Pin::new(&mut a).poll_write_chunk(cx, &mut chunk))
+            .await
+            .unwrap();
+        assert_eq!(chunk.len(), 200 - 64, "a duplex of 64 bytes takes 64");
+        let mut first = [0u8; 64];
+        b.read_exact(&mut first).await.unwrap();
+        b.write_all(b"xyz").await.unwrap();
+        drop(b);
+        let read = std::future::poll_fn(|cx| Pin::new(&mut a).poll_read_chunk(cx)).await;
+        assert_eq!(read.unwrap().as_deref(), Some(&b"xyz"[..]));
+        let end = std::future::poll_fn(|cx| Pin::new(&mut a).poll_read_chunk(cx)).await;
+        assert_eq!(end.unwrap(), None);
     }
 
     #[tokio::test(start_paused = true)]

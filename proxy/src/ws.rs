@@ -235,20 +235,12 @@ impl WsStream {
     }
 }
 
-impl AsyncRead for WsStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
+impl WsStream {
+    /// Waits until part of a message is left to hand out or the stream has ended.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self;
         loop {
-            if !this.leftover.is_empty() {
-                let n = this.leftover.len().min(buf.remaining());
-                buf.put_slice(&this.leftover.split_to(n));
-                return Poll::Ready(Ok(()));
-            }
-            if this.read_done {
+            if !this.leftover.is_empty() || this.read_done {
                 return Poll::Ready(Ok(()));
             }
             this.poll_keepalive(cx)?;
@@ -272,6 +264,20 @@ impl AsyncRead for WsStream {
                 Some(Err(e)) => return Poll::Ready(Err(into_io(e))),
             }
         }
+    }
+}
+
+impl AsyncRead for WsStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_fill(cx))?;
+        let n = this.leftover.len().min(buf.remaining());
+        buf.put_slice(&this.leftover.split_to(n));
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -312,7 +318,41 @@ impl AsyncWrite for WsStream {
     }
 }
 
-impl Conn for WsStream {}
+// Messages are owned buffers both ways: the relay hands them over instead of copying them.
+impl Conn for WsStream {
+    fn reads_chunks(&self) -> bool {
+        true
+    }
+
+    fn poll_read_chunk(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<Option<Bytes>>> {
+        let this = self.get_mut();
+        ready!(this.poll_fill(cx))?;
+        let chunk = std::mem::take(&mut this.leftover);
+        Poll::Ready(Ok((!chunk.is_empty()).then_some(chunk)))
+    }
+
+    fn takes_chunks(&self) -> bool {
+        true
+    }
+
+    fn poll_write_chunk(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        chunk: &mut Bytes,
+    ) -> Poll<io::Result<()>> {
+        if chunk.is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        let mut ws = Pin::new(&mut self.get_mut().ws);
+        ready!(ws.as_mut().poll_ready(cx)).map_err(into_io)?;
+        let message = chunk.split_to(chunk.len().min(MAX_WRITE_MESSAGE));
+        ws.start_send(Message::Binary(message)).map_err(into_io)?;
+        Poll::Ready(Ok(()))
+    }
+}
 
 /// Errors that mean the peer ended the stream, not that something broke.
 fn is_end_of_stream(e: &WsError) -> bool {

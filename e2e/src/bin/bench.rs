@@ -252,7 +252,10 @@ struct Targets {
 /// Tunnels over each transport: a gost server `-L SCHEME://…` and a gost client with an HTTP
 /// proxy in front, `-L http://… -F SCHEME://SERVER`; the route is HTTP CONNECT to the client.
 /// The proxy protocol is relay unless the seed's example for that transport says otherwise.
-const TRANSPORTS: [(&str, &str); 9] = [
+/// Relay over plain TCP comes first as the ceiling of every row: the same two processes and
+/// three loopback connections, with no transport framing, and bytes spliced in the kernel.
+const TRANSPORTS: [(&str, &str); 10] = [
+    ("relay over tcp (the two-process ceiling)", "relay+tcp"),
     ("relay over tls", "relay+tls"),
     ("relay over ws", "relay+ws"),
     ("relay over wss", "relay+wss"),

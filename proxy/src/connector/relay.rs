@@ -189,11 +189,11 @@ impl<C: Conn> LazyConn<C> {
     /// Writes what is pending; ready when nothing is.
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.pending.has_remaining() {
-            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.pending))?;
-            if n == 0 {
+            let before = self.pending.len();
+            ready!(Pin::new(&mut self.inner).poll_write_chunk(cx, &mut self.pending))?;
+            if self.pending.len() == before {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
-            self.pending.advance(n);
         }
         Poll::Ready(Ok(()))
     }
@@ -317,6 +317,46 @@ impl<C: Conn> Conn for LazyConn<C> {
 
     fn has_read_readiness(&self) -> bool {
         self.inner.has_read_readiness()
+    }
+
+    fn reads_chunks(&self) -> bool {
+        self.inner.reads_chunks()
+    }
+
+    fn poll_read_chunk(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<Option<Bytes>>> {
+        ready!(self.poll_response(cx))?;
+        if let ResponseState::Done(early) = &mut self.response
+            && early.has_remaining()
+        {
+            return Poll::Ready(Ok(Some(std::mem::take(early))));
+        }
+        Pin::new(&mut self.inner).poll_read_chunk(cx)
+    }
+
+    fn takes_chunks(&self) -> bool {
+        self.inner.takes_chunks()
+    }
+
+    fn poll_write_chunk(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        chunk: &mut Bytes,
+    ) -> Poll<io::Result<()>> {
+        ready!(self.poll_drain(cx))?;
+        let Some(mut first) = self.header.take() else {
+            return Pin::new(&mut self.inner).poll_write_chunk(cx, chunk);
+        };
+        // As in `poll_write`: request and data in one write.
+        first.extend_from_slice(chunk);
+        chunk.clear();
+        self.pending = Bytes::from(first);
+        if let Poll::Ready(Err(e)) = self.poll_drain(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
