@@ -78,6 +78,39 @@ pub trait Conn: AsyncRead + AsyncWrite + Send + Unpin + 'static {
 /// Largest chunk the default [`Conn::poll_read_chunk`] reads at once.
 const FALLBACK_CHUNK: usize = 16 * 1024;
 
+/// The read half of [`Conn`]'s chunk methods, passed on to the stream in field `$inner`.
+macro_rules! forward_chunk_reads {
+    ($inner:ident) => {
+        fn reads_chunks(&self) -> bool {
+            self.$inner.reads_chunks()
+        }
+
+        fn poll_read_chunk(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<io::Result<Option<Bytes>>> {
+            Pin::new(&mut self.$inner).poll_read_chunk(cx)
+        }
+    };
+}
+
+/// The write half of [`Conn`]'s chunk methods, passed on to the stream in field `$inner`.
+macro_rules! forward_chunk_writes {
+    ($inner:ident) => {
+        fn takes_chunks(&self) -> bool {
+            self.$inner.takes_chunks()
+        }
+
+        fn poll_write_chunk(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            chunk: &mut Bytes,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.$inner).poll_write_chunk(cx, chunk)
+        }
+    };
+}
+
 /// An owned, type-erased [`Conn`].
 pub type BoxConn = Box<dyn Conn>;
 
@@ -223,17 +256,7 @@ impl<C: Conn> Conn for Prefixed<C> {
         Pin::new(&mut self.inner).poll_read_chunk(cx)
     }
 
-    fn takes_chunks(&self) -> bool {
-        self.inner.takes_chunks()
-    }
-
-    fn poll_write_chunk(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        chunk: &mut Bytes,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_write_chunk(cx, chunk)
-    }
+    forward_chunk_writes!(inner);
 }
 
 /// A client connection carrying something that must live exactly as long as it: the service's
@@ -307,28 +330,8 @@ impl Conn for Guarded {
     fn as_tcp(&self) -> Option<&TcpStream> {
         self.inner.as_tcp()
     }
-    fn reads_chunks(&self) -> bool {
-        self.inner.reads_chunks()
-    }
-
-    fn poll_read_chunk(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<io::Result<Option<Bytes>>> {
-        Pin::new(&mut self.inner).poll_read_chunk(cx)
-    }
-
-    fn takes_chunks(&self) -> bool {
-        self.inner.takes_chunks()
-    }
-
-    fn poll_write_chunk(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        chunk: &mut Bytes,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_write_chunk(cx, chunk)
-    }
+    forward_chunk_reads!(inner);
+    forward_chunk_writes!(inner);
 }
 
 /// TCP keepalive on every tunnel socket: an idle tunnel whose peer vanished (a node rebooted, a

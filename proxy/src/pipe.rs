@@ -491,6 +491,23 @@ mod tests {
         (crate::ws::WsStream::new(client, None), server)
     }
 
+    /// Writes `data` into `from` and ends it, reading `to` to its end meanwhile; checks that
+    /// exactly `data` arrived.
+    async fn push_all<F, T>(from: &mut F, to: &mut T, data: &[u8])
+    where
+        F: tokio::io::AsyncWrite + Unpin,
+        T: tokio::io::AsyncRead + Unpin,
+    {
+        let send = async {
+            from.write_all(data).await.unwrap();
+            from.shutdown().await.unwrap();
+        };
+        let mut got = Vec::new();
+        let (_, received) = tokio::join!(send, to.read_to_end(&mut got));
+        received.unwrap();
+        assert!(got == data, "{} bytes arrived of {}", got.len(), data.len());
+    }
+
     #[tokio::test]
     async fn chunked_path_moves_messages_without_a_relay_buffer() {
         // A socket on one side, a WebSocket on the other: the relay reads the socket straight
@@ -502,34 +519,9 @@ mod tests {
         let relay = tokio::spawn(async move { relay(&mut client_side, &mut upstream, None).await });
 
         let payload: Vec<u8> = (0..3_000_000u32).map(|i| (i * 31 + i / 7) as u8).collect();
-        let send = async {
-            client.write_all(&payload).await.unwrap();
-            client.shutdown().await.unwrap();
-        };
-        let mut got = Vec::new();
-        let (_, received) = tokio::join!(send, ws_server.read_to_end(&mut got));
-        received.unwrap();
-        assert!(
-            got == payload,
-            "{} bytes arrived of {}",
-            got.len(),
-            payload.len()
-        );
-
+        push_all(&mut client, &mut ws_server, &payload).await;
         let reply: Vec<u8> = (0..1_500_000u32).map(|i| (i % 251) as u8).collect();
-        let send = async {
-            ws_server.write_all(&reply).await.unwrap();
-            ws_server.shutdown().await.unwrap();
-        };
-        let mut back = Vec::new();
-        let (_, received) = tokio::join!(send, client.read_to_end(&mut back));
-        received.unwrap();
-        assert!(
-            back == reply,
-            "{} bytes came back of {}",
-            back.len(),
-            reply.len()
-        );
+        push_all(&mut ws_server, &mut client, &reply).await;
 
         let moved = relay.await.unwrap().unwrap();
         assert_eq!(
