@@ -21,6 +21,12 @@ pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
 /// that a reload still applies within the 50 ms of the change.
 pub const SETTLE_TIME: Duration = Duration::from_millis(10);
 
+/// Longer quiet time when a file that had contents reads as empty or missing: a file rewritten
+/// in place (`>` in a shell, most tools' plain write) is truncated first, and a loaded machine
+/// can hold the writer back for more than [`SETTLE_TIME`]. Taking that instant for the new
+/// configuration would stop every service until the write lands.
+pub const EMPTIED_SETTLE_TIME: Duration = Duration::from_millis(250);
+
 /// Reports when the contents of any watched file differ from what it last saw.
 pub struct FileWatcher {
     changed: mpsc::Receiver<()>,
@@ -70,7 +76,16 @@ impl FileWatcher {
                     }
                     _ = poll.tick() => {}
                 }
-                let now = contents(&files);
+                let mut now = contents(&files);
+                let emptied = now
+                    .iter()
+                    .zip(&seen)
+                    .any(|(now, before)| now.is_empty() && !before.is_empty());
+                if emptied {
+                    tokio::time::sleep(EMPTIED_SETTLE_TIME).await;
+                    while events.try_recv().is_ok() {}
+                    now = contents(&files);
+                }
                 if now != seen {
                     seen = now;
                     // A reload already pending covers this change too.
@@ -147,6 +162,30 @@ mod tests {
         std::fs::write(dir.join("v2/gost.yaml"), "three").unwrap();
         // Written inside v2/, which is not watched: the poll finds it.
         assert!(changed_within(&mut watcher, POLL_INTERVAL * 2).await);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_file_rewritten_in_place_is_not_taken_for_empty() {
+        let dir = std::env::temp_dir().join(format!("gost-watch-trunc-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("gost.yaml");
+        std::fs::write(&file, "services: [one]").unwrap();
+        let mut watcher = FileWatcher::new(vec![file.clone()]);
+        // Truncated, and the writer held back well past the usual settle time.
+        let truncated = std::fs::File::create(&file).unwrap();
+        tokio::time::sleep(SETTLE_TIME * 5).await;
+        assert!(
+            !changed_within(&mut watcher, Duration::from_millis(50)).await,
+            "the emptied file was reported before its new contents landed"
+        );
+        std::fs::write(&file, "services: [two]").unwrap();
+        drop(truncated);
+        assert!(changed_within(&mut watcher, Duration::from_secs(1)).await);
+        // A file that really stays empty is a change too, after the longer wait.
+        std::fs::write(&file, "").unwrap();
+        assert!(changed_within(&mut watcher, EMPTIED_SETTLE_TIME * 4).await);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
