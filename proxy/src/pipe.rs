@@ -149,6 +149,29 @@ impl Direction {
         }
     }
 
+    /// Once everything read has been written: flushes it, and when the reader has ended,
+    /// gives back this direction's buffers and shuts the writer down. `true` when the
+    /// direction is finished.
+    fn poll_flush_or_finish<W: Conn + ?Sized>(
+        &mut self,
+        cx: &mut Context<'_>,
+        writer: &mut W,
+    ) -> Poll<Result<bool, Failure>> {
+        if self.needs_flush {
+            ready!(Pin::new(&mut *writer).poll_flush(cx)).map_err(Failure::Write)?;
+            self.needs_flush = false;
+        }
+        if !self.read_done {
+            return Poll::Ready(Ok(false));
+        }
+        self.chunk_space = None;
+        if let Some(buf) = self.buf.take() {
+            release_buffer(buf);
+        }
+        ready!(Pin::new(&mut *writer).poll_shutdown(cx)).map_err(Failure::Write)?;
+        Poll::Ready(Ok(true))
+    }
+
     /// [`Direction::poll_copy`] by owned chunks: the reader's chunks go to the writer as they
     /// are, or a plain reader reads straight into the chunk the writer then takes over.
     fn poll_copy_chunks<R: Conn + ?Sized, W: Conn + ?Sized>(
@@ -171,13 +194,7 @@ impl Direction {
                 *progress = true;
                 continue;
             }
-            if self.needs_flush {
-                ready!(Pin::new(&mut *writer).poll_flush(cx)).map_err(Failure::Write)?;
-                self.needs_flush = false;
-            }
-            if self.read_done {
-                self.chunk_space = None;
-                ready!(Pin::new(&mut *writer).poll_shutdown(cx)).map_err(Failure::Write)?;
+            if ready!(self.poll_flush_or_finish(cx, writer))? {
                 return Poll::Ready(Ok(()));
             }
             if reader.reads_chunks() {
@@ -241,15 +258,7 @@ impl Direction {
                 *progress = true;
                 continue;
             }
-            if self.needs_flush {
-                ready!(Pin::new(&mut *writer).poll_flush(cx)).map_err(Failure::Write)?;
-                self.needs_flush = false;
-            }
-            if self.read_done {
-                if let Some(buf) = self.buf.take() {
-                    release_buffer(buf);
-                }
-                ready!(Pin::new(&mut *writer).poll_shutdown(cx)).map_err(Failure::Write)?;
+            if ready!(self.poll_flush_or_finish(cx, writer))? {
                 return Poll::Ready(Ok(()));
             }
             if self.buf.is_none() {
