@@ -2,8 +2,9 @@
 //!
 //! For copies above a few KiB, glibc 2.33 and later use `rep movsb` on processors that
 //! advertise fast string moves (ERMS/FSRM). On AMD EPYC processors that instruction copies
-//! about 20 times slower when the destination is not 32-byte aligned (1.8 GB/s against
-//! 44 GB/s for 64 KiB on the benchmark machine of `BENCHMARKS.md`), and every framing layer
+//! about 20 times slower for many destination alignments (1.8 GB/s against 44 GB/s for
+//! 64 KiB on the benchmark machine of `BENCHMARKS.md`, with the destination 1, 8, 14 or 16
+//! bytes past a 64-byte boundary; 0, 32 and 48 are fast), and every framing layer
 //! of a tunnel copies to such destinations: a payload lands just behind a WebSocket, HTTP/2,
 //! TLS or gRPC header, in a buffer `malloc` aligned to 16 bytes. Profiles of the WebSocket
 //! client showed a third of its time in that one copy.
