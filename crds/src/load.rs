@@ -103,6 +103,23 @@ const UNSUPPORTED_SECTIONS: &[&str] = &[
     "sds",
 ];
 
+/// Most YAML nodes and events a configuration may have. One `-L` with a port range makes up to
+/// 65,536 services of about 13 nodes and 26 events each, and `gost -O yaml` of such a command
+/// line must load back; the parser's defaults (250,000 nodes) stop near 19,000 services.
+/// These bounds still stop a runaway file long before memory does.
+const MAX_YAML_NODES: usize = 4_000_000;
+/// See [`MAX_YAML_NODES`].
+const MAX_YAML_EVENTS: usize = 2 * MAX_YAML_NODES;
+
+/// The parser's resource limits: room for the largest configuration the command line makes;
+/// the limits on aliases and anchors, which stop expansion bombs, stay at their defaults.
+fn yaml_budget() -> serde_saphyr::Budget {
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_nodes = MAX_YAML_NODES;
+    budget.max_events = MAX_YAML_EVENTS;
+    budget
+}
+
 /// Parses and validates a configuration.
 pub fn from_str(text: &str, format: Format) -> Result<Config, ConfigError> {
     let typed = match format {
@@ -114,6 +131,7 @@ pub fn from_str(text: &str, format: Format) -> Result<Config, ConfigError> {
             // `false`), as in GOST's YAML library.
             let mut options = serde_saphyr::Options::default();
             options.strict_booleans = true;
+            options.budget = Some(yaml_budget());
             // Remember where a typed error happened; the wrapper only passes the error on.
             let mut failed_at = None;
             let result =
