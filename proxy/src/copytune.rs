@@ -70,13 +70,15 @@ pub fn restart_if_needed() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         use std::os::unix::process::CommandExt;
-        if !slow_string_moves() {
-            return;
-        }
+        // The environment first: after the restart it already holds the threshold, and the
+        // processor need not be looked at again.
         let current = std::env::var("GLIBC_TUNABLES").ok();
         let Some(tunables) = tunables_with_threshold(current.as_deref()) else {
             return;
         };
+        if !slow_string_moves() {
+            return;
+        }
         let mut args = std::env::args_os();
         let Some(arg0) = args.next() else {
             return;

@@ -198,6 +198,23 @@ impl<C: Conn> LazyConn<C> {
         Poll::Ready(Ok(()))
     }
 
+    /// Queues the request and the first `data` as one write, as GOST sends them, and starts
+    /// writing it. The data counts as written once queued; flush (which the tunnel relay
+    /// calls) and later writes push the rest out.
+    fn send_with_request(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut request: Vec<u8>,
+        data: &[u8],
+    ) -> io::Result<()> {
+        request.extend_from_slice(data);
+        self.pending = Bytes::from(request);
+        match self.poll_drain(cx) {
+            Poll::Ready(Err(e)) => Err(e),
+            _ => Ok(()),
+        }
+    }
+
     /// Reads until the whole response is there and checks it.
     fn poll_response(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
@@ -275,14 +292,7 @@ impl<C: Conn> AsyncWrite for LazyConn<C> {
         let Some(header) = self.header.take() else {
             return Pin::new(&mut self.inner).poll_write(cx, buf);
         };
-        // Request and data in one write, as GOST sends them. The data counts as written once
-        // it is queued; flush (which the tunnel relay calls) and later writes push it out.
-        let mut first = header;
-        first.extend_from_slice(buf);
-        self.pending = Bytes::from(first);
-        if let Poll::Ready(Err(e)) = self.poll_drain(cx) {
-            return Poll::Ready(Err(e));
-        }
+        self.send_with_request(cx, header, buf)?;
         Poll::Ready(Ok(buf.len()))
     }
 
@@ -346,16 +356,11 @@ impl<C: Conn> Conn for LazyConn<C> {
         chunk: &mut Bytes,
     ) -> Poll<io::Result<()>> {
         ready!(self.poll_drain(cx))?;
-        let Some(mut first) = self.header.take() else {
+        let Some(header) = self.header.take() else {
             return Pin::new(&mut self.inner).poll_write_chunk(cx, chunk);
         };
-        // As in `poll_write`: request and data in one write.
-        first.extend_from_slice(chunk);
+        self.send_with_request(cx, header, chunk)?;
         chunk.clear();
-        self.pending = Bytes::from(first);
-        if let Poll::Ready(Err(e)) = self.poll_drain(cx) {
-            return Poll::Ready(Err(e));
-        }
         Poll::Ready(Ok(()))
     }
 }
