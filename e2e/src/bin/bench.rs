@@ -39,6 +39,8 @@ struct Settings {
     ttfb_only: bool,
     /// Only the transport rows (`--transports`): direct, the transports, their memory.
     transports_only: bool,
+    /// Only the throughput columns (`--throughput`): a quick A/B of two builds' bulk speed.
+    throughput_only: bool,
 }
 
 #[derive(Default)]
@@ -75,6 +77,7 @@ fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let ttfb_only = std::env::args().any(|a| a == "--ttfb");
     let transports_only = std::env::args().any(|a| a == "--transports");
+    let throughput_only = std::env::args().any(|a| a == "--throughput");
     let settings = if quick {
         Settings {
             throughput_time: Duration::from_secs(1),
@@ -83,6 +86,7 @@ fn main() {
             idle_tunnels: 1000,
             ttfb_only,
             transports_only,
+            throughput_only,
         }
     } else {
         Settings {
@@ -92,6 +96,7 @@ fn main() {
             idle_tunnels: 1000,
             ttfb_only,
             transports_only,
+            throughput_only,
         }
     };
     let bin = release_gost();
@@ -235,7 +240,7 @@ async fn bench(settings: Settings, bin: PathBuf) {
             }
         }
     }
-    let memory = if settings.ttfb_only {
+    let memory = if settings.ttfb_only || settings.throughput_only {
         Memory { rows: Vec::new() }
     } else {
         measure_memory(&settings, &hold, &bin).await
@@ -288,6 +293,20 @@ async fn measure(
     settings: &Settings,
 ) -> Row {
     eprintln!("measuring {name}");
+    if settings.throughput_only {
+        let (mib_s_1, ratio_1) = paired_throughput(route, targets.source, 1, settings).await;
+        let (mib_s_8, ratio_8) = paired_throughput(route, targets.source, 8, settings).await;
+        return Row {
+            name: name.to_string(),
+            mib_s_1,
+            ratio_1,
+            mib_s_8,
+            ratio_8,
+            tunnels_per_s: f64::NAN,
+            cpu_us_per_tunnel: f64::NAN,
+            ..Row::default()
+        };
+    }
     let ttfb = {
         // The client runs on a single-threaded runtime of its own: a spawned task is never
         // moved to a worker that first has to be woken, which would be the harness's latency,
@@ -429,6 +448,12 @@ async fn paired_throughput(
     for _ in 0..THROUGHPUT_RUNS {
         let direct = throughput(&Route::Direct, source, streams, settings.throughput_time).await;
         let speed = throughput(route, source, streams, settings.throughput_time).await;
+        if std::env::var_os("BENCH_PAIRS").is_some() {
+            eprintln!(
+                "  {streams} stream(s): direct {direct:.0} MiB/s, route {speed:.0} MiB/s, ratio {:.2}",
+                speed / direct
+            );
+        }
         speeds.push(speed);
         ratios.push(speed / direct);
     }
@@ -738,17 +763,28 @@ fn report(rows: &[Row], memory: &Memory, settings: &Settings) {
         );
         println!("|---|---:|---:|---:|---:|---:|---:|");
         for r in rows {
-            let cpu = if r.cpu_us_per_tunnel.is_nan() {
-                "–".to_string()
-            } else {
-                format!("{:.0}", r.cpu_us_per_tunnel)
+            let or_dash = |v: f64| {
+                if v.is_nan() {
+                    "–".to_string()
+                } else {
+                    format!("{v:.0}")
+                }
             };
             println!(
-                "| {} | {:.0} | {:.2} | {:.0} | {:.2} | {:.0} | {cpu} |",
-                r.name, r.mib_s_1, r.ratio_1, r.mib_s_8, r.ratio_8, r.tunnels_per_s,
+                "| {} | {:.0} | {:.2} | {:.0} | {:.2} | {} | {} |",
+                r.name,
+                r.mib_s_1,
+                r.ratio_1,
+                r.mib_s_8,
+                r.ratio_8,
+                or_dash(r.tunnels_per_s),
+                or_dash(r.cpu_us_per_tunnel),
             );
         }
         println!();
+    }
+    if settings.throughput_only {
+        return;
     }
     println!(
         "| route ({TTFB_RATE:.0} new tunnels/s, median of {TTFB_WINDOWS} × {:.0} s) | ttfb p50 µs | ttfb p99 µs | direct p50 µs | direct p99 µs | added p50 µs | added p99 µs | failed |",
