@@ -307,6 +307,9 @@ fn socks5_serves_gosts_tls_methods_and_our_client_uses_them() {
     let server = Gost::start_in(&["-L", "socks5://user:pass@127.0.0.1:0"], 1, Some(&home));
     let port = server.addr().port().to_string();
     let target_port = target.addr.port().to_string();
+    // The certificate is made when a client first asks for TLS, not at start: a SOCKS5 proxy
+    // that never meets such a client writes nothing to ~/.gost.
+    assert!(!home.join(".gost").exists(), "{}", server.log());
     // An independent client greeting as GOST does (00 02 80 82) gets 0x82: TLS, then RFC 1929
     // inside it.
     python_checks(
@@ -320,6 +323,11 @@ fn socks5_serves_gosts_tls_methods_and_our_client_uses_them() {
             "HTTP/1.1 200",
             "hello",
         ],
+    );
+    assert!(
+        home.join(".gost/auto-ca-cert.pem").is_file(),
+        "{}",
+        server.log()
     );
     let refused = python(
         "tls_clients.py",

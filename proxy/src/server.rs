@@ -35,7 +35,7 @@ use crate::handler::socks5::Socks5Handler;
 use crate::handler::{DEFAULT_HANDSHAKE_TIMEOUT, Handler, HandlerEnv};
 use crate::listener::Listener;
 use crate::listener::tcp::TcpListenerImpl;
-use crate::tls::{ClientTls, ServerTls, TlsDefaults};
+use crate::tls::{ClientTls, LazyServerTls, ServerTls, TlsDefaults};
 
 fn field(path: String, message: impl Into<String>) -> ConfigError {
     ConfigError::Field {
@@ -79,7 +79,7 @@ pub fn build_service(
     config: &Config,
     i: usize,
     chains: &HashMap<String, Arc<Chain>>,
-    tls_defaults: &TlsDefaults,
+    tls_defaults: &Arc<TlsDefaults>,
     tunnels: &TaskTracker,
 ) -> Result<Built, ConfigError> {
     let service = &config.services[i];
@@ -299,9 +299,9 @@ pub fn bind_listener(
 /// `notls` is set or the handler does not speak SOCKS5.
 fn handler_tls(
     service: &gost_api::ServiceConfig,
-    defaults: &TlsDefaults,
+    defaults: &Arc<TlsDefaults>,
     path: &str,
-) -> Result<Option<ServerTls>, ConfigError> {
+) -> Result<Option<LazyServerTls>, ConfigError> {
     let md_path = format!("{path}.handler.metadata");
     let notls = service
         .handler
@@ -317,7 +317,7 @@ fn handler_tls(
     {
         return Ok(None);
     }
-    ServerTls::new(service.handler.tls.as_ref(), defaults, &[])
+    LazyServerTls::new(service.handler.tls.as_ref(), defaults)
         .map(Some)
         .map_err(|e| field(format!("{path}.handler.tls"), e))
 }

@@ -221,7 +221,7 @@ impl Supervisor {
     /// Makes `config` the running configuration; on error nothing changed.
     pub async fn apply(&mut self, config: &Config) -> Result<Applied, ConfigError> {
         let chains = server::build_chains(config)?;
-        let tls_defaults = crate::tls::TlsDefaults::new(config.tls.clone());
+        let tls_defaults = Arc::new(crate::tls::TlsDefaults::new(config.tls.clone()));
         let mut applied = Applied::default();
 
         // Addresses that running services give up in this apply.

@@ -76,6 +76,14 @@ impl TlsDefaults {
         }
     }
 
+    /// Whether the top-level section names a certificate (rather than leaving it to GOST's
+    /// search order and, at the end of it, a generated one).
+    fn names_cert(&self) -> bool {
+        self.config
+            .as_ref()
+            .is_some_and(|c| c.cert_file.is_some() || c.key_file.is_some())
+    }
+
     fn cert(&self) -> Result<Arc<CertResolver>, String> {
         self.cert
             .get_or_init(|| default_cert(self.config.as_ref()).map(Arc::new))
@@ -148,6 +156,47 @@ impl ServerTls {
     /// Runs the server side of a handshake on `conn`, within [`HANDSHAKE_TIMEOUT`].
     pub async fn accept<C: Conn>(&self, conn: C) -> io::Result<tokio_rustls::server::TlsStream<C>> {
         within(HANDSHAKE_TIMEOUT, self.acceptor.accept(conn)).await
+    }
+}
+
+/// A server-side TLS configuration made when it is first needed: the SOCKS5 handler's, which
+/// only clients offering GOST's TLS methods (0x80, 0x82) use. A proxy that never meets one
+/// neither reads nor generates a certificate for it. A certificate named in the service's own
+/// `tls` section or the top-level one is still loaded at once, so that a broken file fails the
+/// configuration, not a client.
+pub struct LazyServerTls {
+    made: OnceLock<Result<ServerTls, String>>,
+    own: Option<TlsConfig>,
+    defaults: Arc<TlsDefaults>,
+}
+
+impl LazyServerTls {
+    /// As [`ServerTls::new`] without ALPN, made now when a certificate is named, else on the
+    /// first [`LazyServerTls::get`].
+    pub fn new(own: Option<&TlsConfig>, defaults: &Arc<TlsDefaults>) -> Result<Self, String> {
+        let lazy = LazyServerTls {
+            made: OnceLock::new(),
+            own: own.cloned(),
+            defaults: defaults.clone(),
+        };
+        let named = own.is_some_and(|t| t.cert_file.is_some() || t.key_file.is_some());
+        if named || defaults.names_cert() {
+            lazy.get()?;
+        }
+        Ok(lazy)
+    }
+
+    /// The configuration, made on the first call; an error is kept and returned again.
+    pub fn get(&self) -> Result<&ServerTls, String> {
+        self.made
+            .get_or_init(|| ServerTls::new(self.own.as_ref(), &self.defaults, &[]))
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    /// Whether the configuration has been made (or failed to be).
+    pub fn is_made(&self) -> bool {
+        self.made.get().is_some()
     }
 }
 
@@ -625,3 +674,71 @@ fn persist(dir: &Path, generated: &Generated) -> io::Result<()> {
 
 impl<C: Conn> Conn for tokio_rustls::server::TlsStream<C> {}
 impl<C: Conn> Conn for tokio_rustls::client::TlsStream<C> {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A directory of its own under the system temporary directory, removed on drop.
+    struct Dir(PathBuf);
+
+    impl Dir {
+        fn new(name: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!("gost-tls-{name}-{}", std::process::id()));
+            let _ = fs::remove_dir_all(&dir);
+            fs::create_dir_all(&dir).unwrap();
+            Dir(dir)
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn named(cert: &Path, key: &Path) -> TlsConfig {
+        TlsConfig {
+            cert_file: Some(cert.to_str().unwrap().to_string()),
+            key_file: Some(key.to_str().unwrap().to_string()),
+            ..TlsConfig::default()
+        }
+    }
+
+    #[test]
+    fn handler_tls_waits_for_its_first_use_unless_a_certificate_is_named() {
+        let unnamed = Arc::new(TlsDefaults::new(None));
+        let lazy = LazyServerTls::new(None, &unnamed).unwrap();
+        assert!(!lazy.is_made(), "nothing named: made at once");
+        assert!(
+            unnamed.cert.get().is_none(),
+            "the default certificate was looked for"
+        );
+
+        let dir = Dir::new("lazy");
+        let generated = generate(None).unwrap();
+        let (cert, key) = (dir.0.join("cert.pem"), dir.0.join("key.pem"));
+        fs::write(&cert, &generated.cert_pem).unwrap();
+        fs::write(&key, &generated.key_pem).unwrap();
+        let own = LazyServerTls::new(Some(&named(&cert, &key)), &unnamed).unwrap();
+        assert!(own.is_made(), "a named certificate is loaded at once");
+        assert!(own.get().is_ok());
+        let top = Arc::new(TlsDefaults::new(Some(named(&cert, &key))));
+        assert!(LazyServerTls::new(None, &top).unwrap().is_made());
+
+        // A broken named file fails the configuration, naming the file.
+        let broken = dir.0.join("broken.pem");
+        fs::write(&broken, "not a certificate").unwrap();
+        let err = LazyServerTls::new(Some(&named(&broken, &key)), &unnamed)
+            .err()
+            .expect("a broken certificate file is refused");
+        assert!(err.contains("broken.pem"), "{err}");
+        let err = LazyServerTls::new(
+            None,
+            &Arc::new(TlsDefaults::new(Some(named(&broken, &key)))),
+        )
+        .err()
+        .expect("a broken top-level certificate file is refused");
+        assert!(err.contains("broken.pem"), "{err}");
+    }
+}

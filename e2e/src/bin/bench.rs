@@ -41,6 +41,8 @@ struct Settings {
     transports_only: bool,
     /// Only the throughput columns (`--throughput`): a quick A/B of two builds' bulk speed.
     throughput_only: bool,
+    /// Only the memory table (`--memory`).
+    memory_only: bool,
 }
 
 #[derive(Default)]
@@ -78,6 +80,7 @@ fn main() {
     let ttfb_only = std::env::args().any(|a| a == "--ttfb");
     let transports_only = std::env::args().any(|a| a == "--transports");
     let throughput_only = std::env::args().any(|a| a == "--throughput");
+    let memory_only = std::env::args().any(|a| a == "--memory");
     let settings = if quick {
         Settings {
             throughput_time: Duration::from_secs(1),
@@ -87,6 +90,7 @@ fn main() {
             ttfb_only,
             transports_only,
             throughput_only,
+            memory_only,
         }
     } else {
         Settings {
@@ -97,6 +101,7 @@ fn main() {
             ttfb_only,
             transports_only,
             throughput_only,
+            memory_only,
         }
     };
     let bin = release_gost();
@@ -139,6 +144,11 @@ async fn bench(settings: Settings, bin: PathBuf) {
         banner,
     };
 
+    if settings.memory_only {
+        let memory = measure_memory(&settings, &hold, &bin).await;
+        report_memory(&memory, &settings);
+        return;
+    }
     let gost_env = |args: &[&str]| Gost::start_bin(&bin, args, 1, None);
     let mut rows = Vec::new();
     rows.push(
@@ -809,6 +819,10 @@ fn report(rows: &[Row], memory: &Memory, settings: &Settings) {
         return;
     }
     println!();
+    report_memory(memory, settings);
+}
+
+fn report_memory(memory: &Memory, settings: &Settings) {
     println!(
         "| gost process | idle RSS KiB | RSS KiB with {n} idle tunnels | KiB per idle tunnel |",
         n = settings.idle_tunnels

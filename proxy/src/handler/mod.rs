@@ -54,7 +54,7 @@ pub struct HandlerEnv {
     /// Tunnels of this service, so that shutdown can wait for them.
     pub tunnels: TaskTracker,
     /// The handler's own TLS, for GOST's SOCKS5 methods 0x80/0x82; `None` with `notls`.
-    pub tls: Option<crate::tls::ServerTls>,
+    pub tls: Option<crate::tls::LazyServerTls>,
 }
 
 /// Whether a proxy request's `Proxy-Authorization` satisfies the service's credentials (always,

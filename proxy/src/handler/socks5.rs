@@ -105,6 +105,9 @@ impl Socks5Handler {
             // runs inside TLS. Bytes the client already sent belong to the TLS stream.
             let raw = std::mem::replace(conn, Box::new(tokio::io::duplex(1).0));
             let raw = Prefixed::boxed(buf.split().freeze(), raw);
+            let tls = tls.get().map_err(|e| {
+                io::Error::other(format!("TLS for SOCKS5 method {method:#04x}: {e}"))
+            })?;
             *conn = Box::new(tls.accept(raw).await?);
         }
         match (method, &self.env.auth) {
