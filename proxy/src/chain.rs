@@ -262,8 +262,16 @@ impl Router {
     }
 
     /// Opens a TCP tunnel to `target`.
+    ///
+    /// The dial's state (resolution, connects, every hop's handshake) lives in an allocation of
+    /// its own, freed once the tunnel is open: a handler awaiting it inline would otherwise
+    /// keep room for that state in its task for the tunnel's whole life.
     pub async fn dial(&self, target: &Address) -> Result<BoxConn, DialError> {
-        crate::conn::dialing_with(self.keepalive, self.dial_with_retries(target)).await
+        Box::pin(crate::conn::dialing_with(
+            self.keepalive,
+            self.dial_with_retries(target),
+        ))
+        .await
     }
 
     async fn dial_with_retries(&self, target: &Address) -> Result<BoxConn, DialError> {

@@ -199,7 +199,9 @@ fn reply_code(kind: DialErrorKind) -> u8 {
 impl Handler for Socks5Handler {
     async fn handle(&self, mut conn: BoxConn, client: SocketAddr) {
         let mut buf = BytesMut::with_capacity(HANDSHAKE_BUFFER_LEN);
-        let negotiation = self.negotiate(&mut conn, &mut buf, client);
+        // Boxed, so that the handshake's state (TLS included) is freed when it ends rather
+        // than sized into the task for the tunnel's life.
+        let negotiation = Box::pin(self.negotiate(&mut conn, &mut buf, client));
         let Some(Some(request)) =
             within_handshake_timeout(&self.env, "socks5", client, negotiation).await
         else {
