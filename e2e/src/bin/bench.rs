@@ -663,7 +663,18 @@ fn quantile(samples: &mut [f64], q: f64) -> f64 {
 }
 
 struct Memory {
-    rows: Vec<(String, f64, f64, f64)>,
+    rows: Vec<MemoryRow>,
+}
+
+/// One gost process of the memory table, in KiB.
+struct MemoryRow {
+    name: String,
+    idle: f64,
+    /// The part of `idle` that is the process's own (`RssAnon`): the rest is pages of the
+    /// binary and its libraries, which every gost process on the host shares.
+    idle_anon: f64,
+    loaded: f64,
+    per_tunnel: f64,
 }
 
 /// RSS of a fresh gost process idle, and with `settings.idle_tunnels` idle tunnels open.
@@ -735,9 +746,10 @@ async fn hold_tunnels<const N: usize>(
     hold: &SocketAddr,
     route: &Route,
     processes: [(&str, &Gost); N],
-) -> [(String, f64, f64, f64); N] {
+) -> [MemoryRow; N] {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let idle = processes.map(|(_, gost)| rss_kib(gost.pid()));
+    let idle_anon = processes.map(|(_, gost)| status_kib(gost.pid(), "RssAnon:"));
     let mut open_tunnels = Vec::with_capacity(settings.idle_tunnels);
     for _ in 0..settings.idle_tunnels {
         open_tunnels.push(open(route, *hold).await.expect("open idle tunnel"));
@@ -746,24 +758,30 @@ async fn hold_tunnels<const N: usize>(
     let mut i = 0;
     processes.map(|(name, gost)| {
         let loaded = rss_kib(gost.pid());
-        let row = (
-            name.to_string(),
-            idle[i],
+        let row = MemoryRow {
+            name: name.to_string(),
+            idle: idle[i],
+            idle_anon: idle_anon[i],
             loaded,
-            (loaded - idle[i]) / settings.idle_tunnels as f64,
-        );
+            per_tunnel: (loaded - idle[i]) / settings.idle_tunnels as f64,
+        };
         i += 1;
         row
     })
 }
 
 fn rss_kib(pid: u32) -> f64 {
+    status_kib(pid, "VmRSS:")
+}
+
+/// A `kB` field of `/proc/PID/status`.
+fn status_kib(pid: u32, field: &str) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
+        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
 }
 
 fn report(rows: &[Row], memory: &Memory, settings: &Settings) {
@@ -824,12 +842,15 @@ fn report(rows: &[Row], memory: &Memory, settings: &Settings) {
 
 fn report_memory(memory: &Memory, settings: &Settings) {
     println!(
-        "| gost process | idle RSS KiB | RSS KiB with {n} idle tunnels | KiB per idle tunnel |",
+        "| gost process | idle RSS KiB | of which anonymous KiB | RSS KiB with {n} idle tunnels | KiB per idle tunnel |",
         n = settings.idle_tunnels
     );
-    println!("|---|---:|---:|---:|");
-    for (name, idle, loaded, per) in &memory.rows {
-        println!("| {name} | {idle:.0} | {loaded:.0} | {per:.1} |");
+    println!("|---|---:|---:|---:|---:|");
+    for r in &memory.rows {
+        println!(
+            "| {} | {:.0} | {:.0} | {:.0} | {:.1} |",
+            r.name, r.idle, r.idle_anon, r.loaded, r.per_tunnel
+        );
     }
 }
 
