@@ -76,12 +76,14 @@ impl TlsDefaults {
         }
     }
 
-    /// Whether the top-level section names a certificate (rather than leaving it to GOST's
-    /// search order and, at the end of it, a generated one).
+    /// Whether the default certificate comes from files the user put there: the top-level
+    /// section's, or `cert.pem` and `key.pem` in the working directory (rather than the one
+    /// GOST keeps in `~/.gost` or a generated one).
     fn names_cert(&self) -> bool {
         self.config
             .as_ref()
             .is_some_and(|c| c.cert_file.is_some() || c.key_file.is_some())
+            || (Path::new("cert.pem").is_file() && Path::new("key.pem").is_file())
     }
 
     fn cert(&self) -> Result<Arc<CertResolver>, String> {
@@ -162,8 +164,9 @@ impl ServerTls {
 /// A server-side TLS configuration made when it is first needed: the SOCKS5 handler's, which
 /// only clients offering GOST's TLS methods (0x80, 0x82) use. A proxy that never meets one
 /// neither reads nor generates a certificate for it. A certificate named in the service's own
-/// `tls` section or the top-level one is still loaded at once, so that a broken file fails the
-/// configuration, not a client.
+/// `tls` section or the top-level one, or left as `cert.pem` and `key.pem` in the working
+/// directory, is still loaded at once, so that a broken file fails the configuration, not a
+/// client.
 pub struct LazyServerTls {
     made: OnceLock<Result<ServerTls, String>>,
     own: Option<TlsConfig>,
@@ -186,10 +189,17 @@ impl LazyServerTls {
         Ok(lazy)
     }
 
-    /// The configuration, made on the first call; an error is kept and returned again.
+    /// The configuration, made on the first call; an error is logged once, kept and returned
+    /// again.
     pub fn get(&self) -> Result<&ServerTls, String> {
         self.made
-            .get_or_init(|| ServerTls::new(self.own.as_ref(), &self.defaults, &[]))
+            .get_or_init(|| {
+                let made = ServerTls::new(self.own.as_ref(), &self.defaults, &[]);
+                if let Err(e) = &made {
+                    tracing::warn!(error = %e, "no certificate for SOCKS5's TLS methods");
+                }
+                made
+            })
             .as_ref()
             .map_err(Clone::clone)
     }
