@@ -303,21 +303,9 @@ async fn measure(
     settings: &Settings,
 ) -> Row {
     eprintln!("measuring {name}");
-    if settings.throughput_only {
-        let (mib_s_1, ratio_1) = paired_throughput(route, targets.source, 1, settings).await;
-        let (mib_s_8, ratio_8) = paired_throughput(route, targets.source, 8, settings).await;
-        return Row {
-            name: name.to_string(),
-            mib_s_1,
-            ratio_1,
-            mib_s_8,
-            ratio_8,
-            tunnels_per_s: f64::NAN,
-            cpu_us_per_tunnel: f64::NAN,
-            ..Row::default()
-        };
-    }
-    let ttfb = {
+    let ttfb = if settings.throughput_only {
+        Ttfb::default()
+    } else {
         // The client runs on a single-threaded runtime of its own: a spawned task is never
         // moved to a worker that first has to be woken, which would be the harness's latency,
         // not the route's.
@@ -347,6 +335,18 @@ async fn measure(
     }
     let (mib_s_1, ratio_1) = paired_throughput(route, targets.source, 1, settings).await;
     let (mib_s_8, ratio_8) = paired_throughput(route, targets.source, 8, settings).await;
+    if settings.throughput_only {
+        return Row {
+            name: name.to_string(),
+            mib_s_1,
+            ratio_1,
+            mib_s_8,
+            ratio_8,
+            tunnels_per_s: f64::NAN,
+            cpu_us_per_tunnel: f64::NAN,
+            ttfb,
+        };
+    }
     let cpu_before = cpu_ns(proxies);
     let tunnels_per_s = tunnel_rate(route, targets.echo, settings.rate_tunnels).await;
     let cpu_us_per_tunnel = if proxies.is_empty() {
