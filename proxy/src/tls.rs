@@ -157,7 +157,9 @@ impl ServerTls {
 
     /// Runs the server side of a handshake on `conn`, within [`HANDSHAKE_TIMEOUT`].
     pub async fn accept<C: Conn>(&self, conn: C) -> io::Result<tokio_rustls::server::TlsStream<C>> {
-        within(HANDSHAKE_TIMEOUT, self.acceptor.accept(conn)).await
+        // Boxed: the handshake's state (a rustls connection) is large, and a connection's
+        // task would otherwise keep room for it for as long as the connection lives.
+        Box::pin(within(HANDSHAKE_TIMEOUT, self.acceptor.accept(conn))).await
     }
 }
 

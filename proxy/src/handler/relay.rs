@@ -173,7 +173,9 @@ impl RelayHandler {
 #[async_trait]
 impl Handler for RelayHandler {
     async fn handle(&self, mut conn: BoxConn, client: SocketAddr) {
-        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        // Grown as the request arrives: a client that sends its request with its first data
+        // (GOST's default) keeps the connection open without one, and the wait costs nothing.
+        let mut buf = BytesMut::new();
         let reading = read_request(&mut conn, &mut buf);
         // A bad version or malformed request closes the connection without a response, as in
         // GOST (its parser fails before the handler could answer).
@@ -187,7 +189,8 @@ impl Handler for RelayHandler {
             return;
         }
         match request.cmd {
-            0 | relay::CMD_CONNECT => self.connect(conn, buf, request, client).await,
+            // Boxed, so that the wait for the request above is not sized for the tunnel.
+            0 | relay::CMD_CONNECT => Box::pin(self.connect(conn, buf, request, client)).await,
             relay::CMD_BIND => {
                 tracing::debug!(
                     service = %self.env.service, client = %client,

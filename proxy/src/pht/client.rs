@@ -20,10 +20,11 @@ use std::task::{Context, Poll, ready};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::{Buf, Bytes, BytesMut};
+use futures_channel::mpsc as queue;
+use futures_util::{SinkExt, StreamExt};
 use http::{Method, StatusCode, header};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::task::AbortOnDropHandle;
 
@@ -45,7 +46,9 @@ pub const MAX_AUTHORIZE_BODY: usize = 1024;
 const MAX_PUSH_ANSWER: usize = 4096;
 
 /// Decoded pull chunks waiting for the reader: bounds what a tunnel buffers when its reader
-/// is slower than the server (each chunk ≤ 48 KiB).
+/// is slower than the server (each chunk ≤ 48 KiB). The queue is a futures channel, which
+/// allocates per queued chunk (an idle tunnel holds none) and gives its one sender a slot
+/// beyond its buffer, so the buffer is one less than this.
 const PULL_QUEUE: usize = 4;
 
 /// The agent GOST's Go client sends.
@@ -122,7 +125,7 @@ pub async fn connect_within(
 /// One tunnel: authorize (fallback to a local xid-like token on 404/405), a pull loop, a POST per write.
 pub async fn connect(rt: Arc<dyn RoundTrip>, opts: Arc<ClientOptions>) -> io::Result<BoxConn> {
     let token: Arc<str> = Arc::from(authorize(&*rt, &opts).await?);
-    let (tx, rx) = mpsc::channel(PULL_QUEUE);
+    let (tx, rx) = queue::channel(PULL_QUEUE - 1);
     let pull = tokio::spawn(pull_loop(rt.clone(), opts.clone(), token.clone(), tx));
     Ok(Box::new(PhtClientConn {
         rt,
@@ -193,11 +196,11 @@ async fn pull_loop(
     rt: Arc<dyn RoundTrip>,
     opts: Arc<ClientOptions>,
     token: Arc<str>,
-    tx: mpsc::Sender<io::Result<Bytes>>,
+    mut tx: queue::Sender<io::Result<Bytes>>,
 ) {
     let mut first = true;
     loop {
-        match pull_once(&*rt, &opts, &token, &tx, first).await {
+        match pull_once(&*rt, &opts, &token, &mut tx, first).await {
             Ok(0) => return,
             Ok(_) => first = false,
             Err(e) => {
@@ -214,7 +217,7 @@ async fn pull_once(
     rt: &dyn RoundTrip,
     opts: &ClientOptions,
     token: &str,
-    tx: &mpsc::Sender<io::Result<Bytes>>,
+    tx: &mut queue::Sender<io::Result<Bytes>>,
     first: bool,
 ) -> io::Result<usize> {
     let req = opts.request(Method::GET, &opts.paths.pull, Some(token), Bytes::new())?;
@@ -234,7 +237,7 @@ async fn pull_once(
     let mut body = res.into_body();
     let mut buf = BytesMut::new();
     let mut lines = 0;
-    let deliver = async |line: Bytes| -> io::Result<bool> {
+    let mut deliver = async |line: Bytes| -> io::Result<bool> {
         let line = line.strip_suffix(b"\r").unwrap_or(&line);
         if line.is_empty() {
             return Ok(true);
@@ -321,14 +324,14 @@ struct PhtClientConn {
 }
 
 struct ReadSide {
-    rx: mpsc::Receiver<io::Result<Bytes>>,
+    rx: queue::Receiver<io::Result<Bytes>>,
     current: Bytes,
 }
 
 impl ReadSide {
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if self.current.is_empty() {
-            match ready!(self.rx.poll_recv(cx)) {
+            match ready!(self.rx.poll_next_unpin(cx)) {
                 Some(Ok(data)) => self.current = data,
                 Some(Err(e)) => return Poll::Ready(Err(e)),
                 None => {}
@@ -497,11 +500,11 @@ mod tests {
         Arc<dyn RoundTrip>,
         Arc<ClientOptions>,
         Arc<PhtServer>,
-        mpsc::Receiver<(BoxConn, SocketAddr)>,
+        tokio::sync::mpsc::Receiver<(BoxConn, SocketAddr)>,
     );
 
     fn setup(name: &str, authorize: bool) -> Setup {
-        let (tx, rx) = mpsc::channel(8);
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
         let server = PhtServer::new(name, Paths::default(), tx);
         let mut headers = http::HeaderMap::new();
         headers.insert("x-extra", http::HeaderValue::from_static("1"));

@@ -29,6 +29,8 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::{Buf, Bytes, BytesMut};
+use futures_channel::mpsc as queue;
+use futures_util::{SinkExt, StreamExt};
 use http::{Method, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
@@ -36,7 +38,7 @@ use prometheus::IntGauge;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, Sleep};
-use tokio_util::sync::{CancellationToken, PollSender, WaitForCancellationFutureOwned};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::{Body, Paths};
 use crate::conn::Conn;
@@ -82,11 +84,15 @@ pub const MAX_TOKEN_LEN: usize = 128;
 
 /// Service output chunks queued for the pull per session (each ≤ [`PULL_CHUNK`]): enough to
 /// keep the pull busy while the service writes the next one, bounded at 128 KiB per session.
+/// (The queues are futures' channels, which allocate per queued item: an idle session holds
+/// none of this room. Such a channel also gives each sender one slot beyond its buffer, so
+/// the buffer is one less than this.)
 const DOWN_QUEUE: usize = 4;
 
-/// Pushes whose bytes wait for the service per session; each further push waits for room,
-/// which is the back-pressure a client sees. One is enough: a client pushes sequentially.
-const UP_QUEUE: usize = 1;
+/// Pushes whose bytes wait for the service per session, beyond the one slot each push
+/// request has of its own (its clone of the sender); a further push waits for room, which is
+/// the back-pressure a client sees. None is needed: a client pushes sequentially.
+const UP_BUFFER: usize = 0;
 
 /// A push's bytes and the signal that the service has read all of them.
 type Push = (Bytes, oneshot::Sender<()>);
@@ -113,9 +119,9 @@ struct Session {
     token: Arc<str>,
     // Taken (dropped) on close, which ends the service's reads once the pushes under way
     // let go of their clones.
-    up: Mutex<Option<mpsc::Sender<Push>>>,
+    up: Mutex<Option<queue::Sender<Push>>>,
     // The service's output, taken by the pull (one at a time), dropped on close.
-    down: Mutex<Option<mpsc::Receiver<Bytes>>>,
+    down: Mutex<Option<queue::Receiver<Bytes>>>,
     closed: CancellationToken,
     pulling: AtomicBool,
     last_active: Mutex<Instant>,
@@ -177,7 +183,9 @@ impl PhtServer {
             Err(why) => return text(StatusCode::BAD_REQUEST, format!("{why}\n")),
         };
         if is_push {
-            self.push(token, req.into_body(), client).await
+            // Boxed: hyper keeps a connection's request future in an allocation of its size
+            // for the connection's life, and a pull connection lives as long as its tunnel.
+            Box::pin(self.push(token, req.into_body(), client)).await
         } else {
             self.pull(token, client)
         }
@@ -245,7 +253,7 @@ impl PhtServer {
         };
         session.touch();
         let up = lock(&session.up).clone();
-        let Some(up) = up else {
+        let Some(mut up) = up else {
             return status(StatusCode::GONE);
         };
         let (ack, consumed) = oneshot::channel();
@@ -318,8 +326,8 @@ impl PhtServer {
         if state.closed.contains_key(&token) {
             return Err(Lookup::Closed);
         }
-        let (up_tx, up_rx) = mpsc::channel(UP_QUEUE);
-        let (down_tx, down_rx) = mpsc::channel(DOWN_QUEUE);
+        let (up_tx, up_rx) = queue::channel(UP_BUFFER);
+        let (down_tx, down_rx) = queue::channel(DOWN_QUEUE - 1);
         let session = Arc::new(Session {
             token: token.clone(),
             up: Mutex::new(Some(up_tx)),
@@ -333,7 +341,7 @@ impl PhtServer {
                 up: up_rx,
                 current: None,
             }),
-            down: PollSender::new(down_tx),
+            down: down_tx,
             closed: session.closed.clone(),
         };
         match self.ready.try_send((Box::new(conn), client)) {
@@ -531,7 +539,7 @@ fn empty() -> Body {
 struct PullBody {
     server: Weak<PhtServer>,
     session: Arc<Session>,
-    rx: mpsc::Receiver<Bytes>,
+    rx: queue::Receiver<Bytes>,
     closed: Pin<Box<WaitForCancellationFutureOwned>>,
     heartbeat: Pin<Box<Sleep>>,
     // The session was closed: send what is queued, then end.
@@ -572,7 +580,7 @@ impl HttpBody for PullBody {
                 }
             };
         }
-        match this.rx.poll_recv(cx) {
+        match this.rx.poll_next_unpin(cx) {
             Poll::Ready(Some(chunk)) => {
                 this.heartbeat
                     .as_mut()
@@ -617,12 +625,12 @@ struct PhtConn {
     // Behind a lock so that `poll_read_ready` (which takes `&self`) can wait for a push
     // without a read buffer: idle tunnels then cost the relay nothing.
     read: Mutex<ReadSide>,
-    down: PollSender<Bytes>,
+    down: queue::Sender<Bytes>,
     closed: CancellationToken,
 }
 
 struct ReadSide {
-    up: mpsc::Receiver<Push>,
+    up: queue::Receiver<Push>,
     // The push being read, and the signal to send once all of it was read.
     current: Option<Push>,
 }
@@ -631,7 +639,7 @@ impl ReadSide {
     /// Ready when there are bytes to read, or at EOF.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if self.current.is_none() {
-            self.current = ready!(self.up.poll_recv(cx));
+            self.current = ready!(self.up.poll_next_unpin(cx));
         }
         Poll::Ready(Ok(()))
     }
@@ -680,10 +688,10 @@ impl AsyncWrite for PhtConn {
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        ready!(self.down.poll_reserve(cx)).map_err(|_| broken())?;
+        ready!(self.down.poll_ready(cx)).map_err(|_| broken())?;
         let n = buf.len().min(PULL_CHUNK);
         self.down
-            .send_item(Bytes::copy_from_slice(&buf[..n]))
+            .start_send(Bytes::copy_from_slice(&buf[..n]))
             .map_err(|_| broken())?;
         Poll::Ready(Ok(n))
     }
@@ -695,7 +703,7 @@ impl AsyncWrite for PhtConn {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         // The pull sends what is queued, then ends, which is the client's EOF.
-        self.down.close();
+        self.down.close_channel();
         Poll::Ready(Ok(()))
     }
 }
