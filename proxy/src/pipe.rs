@@ -304,7 +304,9 @@ pub async fn relay<A: Conn + ?Sized, B: Conn + ?Sized>(
 ) -> Result<Transferred, PipeError> {
     #[cfg(target_os = "linux")]
     if let (Some(client), Some(upstream)) = (client.as_tcp(), upstream.as_tcp()) {
-        return crate::splice::relay(client, upstream, idle_timeout).await;
+        // Boxed: its state is several times the size of the copying relay's, and every
+        // other tunnel's task would keep room for it.
+        return Box::pin(crate::splice::relay(client, upstream, idle_timeout)).await;
     }
     let up = Direction {
         chunked: client.reads_chunks() || upstream.takes_chunks(),

@@ -105,13 +105,15 @@ impl RelayHandler {
         verdict.accepted()
     }
 
+    /// Dials the target of a CONNECT and answers it: the client's and the target's
+    /// connections and the target, or `None` when the tunnel ends here (answered).
     async fn connect(
         &self,
         mut conn: BoxConn,
         rest: BytesMut,
         request: Request,
         client: SocketAddr,
-    ) {
+    ) -> Option<(BoxConn, BoxConn, crate::addr::Address)> {
         let env = &self.env;
         let network = request.network();
         // Unknown codes are TCP to GOST; the named non-TCP networks are not served here.
@@ -127,7 +129,7 @@ impl RelayHandler {
             );
             self.respond(&mut conn, relay::STATUS_BAD_REQUEST, client)
                 .await;
-            return;
+            return None;
         }
         let target = match request.addr().map(relay::AddrFeature::to_address) {
             Some(Ok(target)) => target,
@@ -135,7 +137,7 @@ impl RelayHandler {
                 tracing::debug!(service = %env.service, client = %client, error = %e, "relay: bad target");
                 self.respond(&mut conn, relay::STATUS_BAD_REQUEST, client)
                     .await;
-                return;
+                return None;
             }
             None => {
                 tracing::debug!(
@@ -144,7 +146,7 @@ impl RelayHandler {
                 );
                 self.respond(&mut conn, relay::STATUS_BAD_REQUEST, client)
                     .await;
-                return;
+                return None;
             }
         };
         let upstream = match env.router.dial(&target).await {
@@ -157,16 +159,15 @@ impl RelayHandler {
                 );
                 self.respond(&mut conn, relay::STATUS_NETWORK_UNREACHABLE, client)
                     .await;
-                return;
+                return None;
             }
         };
         if !self.respond(&mut conn, relay::STATUS_OK, client).await {
-            return;
+            return None;
         }
         // A lazy GOST client sends its first data in the same write as the request; any of it
         // already read must reach the target first.
-        let conn = Prefixed::boxed(rest.freeze(), conn);
-        run_tunnel(env, "relay", client, &target, conn, upstream).await;
+        Some((Prefixed::boxed(rest.freeze(), conn), upstream, target))
     }
 }
 
@@ -189,8 +190,14 @@ impl Handler for RelayHandler {
             return;
         }
         match request.cmd {
-            // Boxed, so that the wait for the request above is not sized for the tunnel.
-            0 | relay::CMD_CONNECT => Box::pin(self.connect(conn, buf, request, client)).await,
+            0 | relay::CMD_CONNECT => {
+                // The dial and the answer run boxed and are freed before the tunnel starts:
+                // a task keeps room for its largest state for as long as it lives.
+                let connected = Box::pin(self.connect(conn, buf, request, client)).await;
+                if let Some((conn, upstream, target)) = connected {
+                    run_tunnel(&self.env, "relay", client, &target, conn, upstream).await;
+                }
+            }
             relay::CMD_BIND => {
                 tracing::debug!(
                     service = %self.env.service, client = %client,
