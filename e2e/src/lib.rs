@@ -82,6 +82,9 @@ pub fn operator_bin() -> PathBuf {
     .clone()
 }
 
+/// How long a log line may take to appear after the event it reports.
+pub const LOG_DEADLINE: Duration = Duration::from_secs(5);
+
 /// A running `gost` process, killed when dropped.
 pub struct Gost {
     child: Child,
@@ -211,6 +214,21 @@ impl Gost {
     /// Everything the process logged so far.
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
+    }
+
+    /// Waits up to [`LOG_DEADLINE`] until the log contains `needle`; panics naming it, with
+    /// the log. For lines that trail what a client sees, such as a tunnel's, which is written
+    /// as the tunnel is torn down.
+    pub fn wait_for_log(&self, needle: &str) {
+        let deadline = Instant::now() + LOG_DEADLINE;
+        while !self.log().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} in the log within {LOG_DEADLINE:?}:\n{}",
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// The process id.

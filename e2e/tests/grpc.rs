@@ -69,23 +69,6 @@ fn client(credentials: &str, server: SocketAddr, query: &str) -> Gost {
     )
 }
 
-/// How long a log line may take to appear after the event it reports (tunnel lines are
-/// written as the tunnel is torn down, which can trail the client's view).
-const LOG_DEADLINE: Duration = Duration::from_secs(5);
-
-/// Waits (up to [`LOG_DEADLINE`]) until `gost`'s log contains `needle`; panics naming it.
-fn wait_for_log(gost: &Gost, needle: &str) {
-    let deadline = Instant::now() + LOG_DEADLINE;
-    while !gost.log().contains(needle) {
-        assert!(
-            Instant::now() < deadline,
-            "no {needle:?} in the log within {LOG_DEADLINE:?}:\n{}",
-            gost.log()
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Established TCP connections whose local port is `port` (the server side of them).
 fn established_to(port: u16) -> usize {
     let out = Command::new("ss")
@@ -110,7 +93,7 @@ fn seed_example_command_line_tls_and_insecure() {
         let server = grpc_server(query);
         let client = client("user:pass", server.addr(), query);
         assert_get_works(client.addr(), &target, &[&server, &client]);
-        wait_for_log(&server, "\"protocol\":\"relay\"");
+        server.wait_for_log("\"protocol\":\"relay\"");
     }
 }
 
@@ -191,7 +174,7 @@ fn wrong_password_fails_cleanly() {
             text.starts_with("HTTP/1.1 5"),
             "{query}: the client must report an upstream failure: {text}"
         );
-        wait_for_log(&server, "authentication failed");
+        server.wait_for_log("authentication failed");
     }
 }
 
@@ -216,7 +199,7 @@ fn independent_grpcio_client() {
                 &format!("{mode} unimplemented ok"),
             ],
         );
-        wait_for_log(&server, "UNIMPLEMENTED");
+        server.wait_for_log("UNIMPLEMENTED");
     }
     // A custom path, as GOST maps it: "x/y/z" serves /x/y-z.
     let server = grpc_server("?grpcInsecure=true&path=x/y/z");
@@ -315,18 +298,18 @@ fn mismatches_fail_with_a_clear_error_and_the_listener_keeps_serving() {
         }
         assert!(bad.log().contains(&server.addr().to_string()), "{query}");
     }
-    wait_for_log(&server, "answered UNIMPLEMENTED");
-    wait_for_log(&server, "grpc: TLS handshake failed");
+    server.wait_for_log("answered UNIMPLEMENTED");
+    server.wait_for_log("grpc: TLS handshake failed");
     // A TLS client against a cleartext server fails at the TLS handshake, naming the node.
     let plain = grpc_server("?grpcInsecure=true");
     let tls_client = client("user:pass", plain.addr(), "");
     assert_tunnel_fails(tls_client.addr(), &target);
-    wait_for_log(&tls_client, "TLS handshake failed");
-    wait_for_log(&plain, "does not speak HTTP/2");
+    tls_client.wait_for_log("TLS handshake failed");
+    plain.wait_for_log("does not speak HTTP/2");
     // A node that is no gRPC server at all (a plain HTTP server).
     let not_grpc = client("user:pass", target.addr, "?grpcInsecure=true");
     assert_tunnel_fails(not_grpc.addr(), &target);
-    wait_for_log(&not_grpc, "grpc connection ended");
+    not_grpc.wait_for_log("grpc connection ended");
     // The listener still serves a client that gets everything right.
     let good = client("user:pass", server.addr(), "?path=right");
     assert_get_works(good.addr(), &target, &[&server, &good]);
@@ -357,7 +340,7 @@ fn client_reconnects_after_server_restart() {
             );
             thread::sleep(Duration::from_millis(200));
         }
-        wait_for_log(&restarted, "\"message\":\"tunnel\"");
+        restarted.wait_for_log("\"message\":\"tunnel\"");
     }
 }
 
@@ -381,7 +364,7 @@ fn chain_relay_over_grpc_then_socks5_over_ws() {
     assert_get_works(front.addr(), &target, &[&a, &b, &front]);
     let stream = http_connect(front.addr(), &echo.addr.to_string(), None).expect("CONNECT");
     echo_round_trip(stream, BULK_BYTES);
-    wait_for_log(&b, "\"message\":\"tunnel\"");
+    b.wait_for_log("\"message\":\"tunnel\"");
 }
 
 #[test]
@@ -403,7 +386,7 @@ fn chain_socks5_over_ws_then_relay_over_grpc() {
     );
     assert_get_works(front.addr(), &target, &[&a, &b, &front]);
     assert_get_works(front.addr(), &target, &[&a, &b, &front]);
-    wait_for_log(&b, "\"protocol\":\"relay\"");
+    b.wait_for_log("\"protocol\":\"relay\"");
 }
 
 /// Idle tunnels held open on one gRPC connection for the memory check.
@@ -568,7 +551,7 @@ fn dialer_against_an_independent_grpcio_server() {
         // The grpcio server echoes, whatever the target.
         let stream = http_connect(client.addr(), "127.0.0.1:9", None).expect("CONNECT");
         echo_round_trip(stream, 1024 * 1024);
-        wait_for_log(&client, "\"outcome\":\"closed\"");
+        client.wait_for_log("\"outcome\":\"closed\"");
         drop(client);
         let log = server.stop();
         assert!(

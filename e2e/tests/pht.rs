@@ -50,20 +50,6 @@ fn assert_hello(proxy: std::net::SocketAddr, target: &Target, what: &str) {
     );
 }
 
-/// Waits until the server's log (read by a thread of the harness, so a moment behind)
-/// contains `text`.
-fn wait_for_log(server: &Gost, text: &str) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !server.log().contains(text) {
-        assert!(
-            Instant::now() < deadline,
-            "{text:?} not logged:\n{}",
-            server.log()
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Waits until the server logged a session close leaving `open` sessions.
 fn wait_for_open(server: &Gost, open: usize, within: Duration) {
     let wanted = format!("\"open\":{open}");
@@ -93,7 +79,7 @@ fn seed_relay_over_pht_cli() {
     let server = server("pht");
     let client = client("pht", &server);
     assert_hello(client.addr(), &target, "seed");
-    wait_for_log(&server, "pht session opened");
+    server.wait_for_log("pht session opened");
 }
 
 #[test]
@@ -237,7 +223,7 @@ fn killed_gost_client_leaves_no_session() {
         tunnel.read_exact(&mut pong).unwrap();
         assert_eq!(&pong, b"ping");
     }
-    wait_for_log(&server, "pht session opened");
+    server.wait_for_log("pht session opened");
     let sessions = || {
         let out = python("scrape_metrics.py", &[&metrics]);
         assert_eq!(out.code, 0, "{}", out.stderr);
