@@ -175,7 +175,7 @@ impl RelayHandler {
 impl Handler for RelayHandler {
     async fn handle(&self, mut conn: BoxConn, client: SocketAddr) {
         // Grown as the request arrives: a client that sends its request with its first data
-        // (GOST's default) keeps the connection open without one, and the wait costs nothing.
+        // (GOST's default) may keep the connection open a long time before it does.
         let mut buf = BytesMut::new();
         let reading = read_request(&mut conn, &mut buf);
         // A bad version or malformed request closes the connection without a response, as in
