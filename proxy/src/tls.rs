@@ -83,7 +83,7 @@ impl TlsDefaults {
         self.config
             .as_ref()
             .is_some_and(|c| c.cert_file.is_some() || c.key_file.is_some())
-            || (Path::new("cert.pem").is_file() && Path::new("key.pem").is_file())
+            || working_dir_pair()
     }
 
     fn cert(&self) -> Result<Arc<CertResolver>, String> {
@@ -541,6 +541,15 @@ fn certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, String> {
     })
 }
 
+/// The certificate and key GOST takes from the working directory when no file is named.
+const WORKING_DIR_CERT: &str = "cert.pem";
+const WORKING_DIR_KEY: &str = "key.pem";
+
+/// Whether the working directory holds GOST's `cert.pem` + `key.pem` pair.
+fn working_dir_pair() -> bool {
+    Path::new(WORKING_DIR_CERT).is_file() && Path::new(WORKING_DIR_KEY).is_file()
+}
+
 /// GOST's order (§3.1): the top-level section's files, `cert.pem` + `key.pem` in the working
 /// directory, `~/.gost/auto-ca-*.pem`, else a new certificate persisted there.
 fn default_cert(config: Option<&TlsConfig>) -> Result<CertResolver, String> {
@@ -551,8 +560,8 @@ fn default_cert(config: Option<&TlsConfig>) -> Result<CertResolver, String> {
             _ => return Err("tls: certFile and keyFile must be given together".into()),
         }
     }
-    if Path::new("cert.pem").is_file() && Path::new("key.pem").is_file() {
-        return CertResolver::from_files("cert.pem", "key.pem");
+    if working_dir_pair() {
+        return CertResolver::from_files(WORKING_DIR_CERT, WORKING_DIR_KEY);
     }
     let home = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".gost"));
     if let Some(dir) = &home {
