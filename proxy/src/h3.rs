@@ -914,7 +914,9 @@ mod tests {
                 assert!(request.await.unwrap().unwrap());
             }
             let socket = client.local_addr().await.unwrap();
-            let first = client.sender().await.unwrap().1;
+            // Held, not just its id: quinn's stable_id is the connection's address, which a
+            // new connection may reuse once the old one is freed.
+            let first = client.sender().await.unwrap();
 
             // The server goes away with its connections, and comes back on the same port.
             server.close();
@@ -946,7 +948,11 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             assert!(answered, "no answer after the server came back");
-            assert_ne!(client.sender().await.unwrap().1, first, "a new connection");
+            assert_ne!(
+                client.sender().await.unwrap().1,
+                first.1,
+                "a new connection"
+            );
             assert_eq!(
                 client.local_addr().await.unwrap(),
                 socket,
