@@ -1,6 +1,6 @@
 #!/bin/sh
 # Assembles the root filesystem of a gost-rs image: BINARY at /usr/local/bin, the shared
-# libraries it links (glibc, libm, libgcc_s and the loader, as `ldd` lists them) and a home
+# libraries it links (glibc, libgcc_s and the loader, as `ldd` lists them) and a home
 # for the non-root user; nothing else: no shell, no package manager.
 #
 #   images/rootfs.sh target/release/gost OUT

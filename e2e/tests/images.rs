@@ -94,6 +94,16 @@ fn the_gost_image_serves_a_proxy_as_its_non_root_user() {
         "gost -V in the image: {version:?}"
     );
 
+    // gost defines the one maths function it calls (proxy/src/main.rs), so the image carries
+    // no libm and the process maps none.
+    let libs = Command::new("find")
+        .args([root.to_str().unwrap(), "-name", "*.so*"])
+        .output()
+        .expect("find runs");
+    let libs = String::from_utf8_lossy(&libs.stdout);
+    assert!(libs.contains("libc.so.6"), "libraries in the image: {libs}");
+    assert!(!libs.contains("libm.so"), "libraries in the image: {libs}");
+
     let target = Target::http();
     let proxy = Gost::start_bin(
         Path::new("chroot"),
@@ -128,6 +138,44 @@ fn the_gost_image_serves_a_proxy_as_its_non_root_user() {
         &format!("http://localhost:{}/", target.addr.port()),
     ]);
     assert_eq!(out.text(), "407", "{}", out.stderr);
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", proxy.pid())).unwrap();
+    assert!(maps.contains("libc.so.6"), "{maps}");
+    assert!(!maps.contains("libm.so"), "{maps}");
+}
+
+/// proxy/build.rs links gost with packed relative relocations when the C library of the
+/// build machine loads them (glibc 2.36 and later), and without them otherwise.
+#[test]
+fn gost_packs_its_relocations_where_glibc_loads_them() {
+    let glibc = Command::new("getconf")
+        .arg("GNU_LIBC_VERSION")
+        .output()
+        .expect("getconf runs");
+    let glibc = String::from_utf8_lossy(&glibc.stdout);
+    let version: Vec<u32> = glibc
+        .trim()
+        .strip_prefix("glibc ")
+        .unwrap_or_else(|| panic!("getconf GNU_LIBC_VERSION printed {glibc:?}"))
+        .split('.')
+        .map(|p| p.parse().unwrap())
+        .collect();
+    let expected = match std::env::var("GOST_PACK_RELOCS").as_deref() {
+        Ok("0") => false,
+        Ok("1") => true,
+        _ => version[..2] >= [2, 36][..],
+    };
+    let dynamic = Command::new("readelf")
+        .arg("-d")
+        .arg(gost_bin())
+        .output()
+        .expect("readelf runs");
+    let dynamic = String::from_utf8_lossy(&dynamic.stdout);
+    assert!(dynamic.contains("(NEEDED)"), "readelf -d: {dynamic}");
+    assert_eq!(
+        dynamic.contains("(RELR)"),
+        expected,
+        "{glibc}: readelf -d gost:\n{dynamic}"
+    );
 }
 
 #[test]
