@@ -137,7 +137,10 @@ async fn bench(settings: Settings, bin: PathBuf) {
     let source = start_source().await;
     let echo = start_echo().await;
     let banner = start_banner();
-    let hold = start_hold().await;
+    let hold = MemoryTargets {
+        hold: start_hold().await,
+        burst: start_burst().await,
+    };
     let targets = Targets {
         source,
         echo,
@@ -675,10 +678,30 @@ struct MemoryRow {
     idle_anon: f64,
     loaded: f64,
     per_tunnel: f64,
+    /// RSS added per tunnel by `BURST_TUNNELS` more tunnels, each idle after a download of
+    /// `BURST_BYTES`: what buffers grown by traffic keep once it stops.
+    per_burst_tunnel: f64,
 }
 
+/// The memory table's targets: one that holds connections without a byte, one that sends
+/// `BURST_BYTES` and then holds.
+struct MemoryTargets {
+    hold: SocketAddr,
+    burst: SocketAddr,
+}
+
+/// Tunnels of the memory table that download `BURST_BYTES` each before going idle.
+const BURST_TUNNELS: usize = 20;
+
+/// What each of those tunnels downloads.
+const BURST_BYTES: usize = 32 << 20;
+
 /// RSS of a fresh gost process idle, and with `settings.idle_tunnels` idle tunnels open.
-async fn measure_memory(settings: &Settings, hold: &SocketAddr, bin: &std::path::Path) -> Memory {
+async fn measure_memory(
+    settings: &Settings,
+    hold: &MemoryTargets,
+    bin: &std::path::Path,
+) -> Memory {
     let mut rows = Vec::new();
     let handlers: &[(&str, &str)] = if settings.transports_only {
         &[]
@@ -743,27 +766,44 @@ const MULTIPLEXED: [(&str, &str); 4] = [
 /// `route`: (name, idle KiB, loaded KiB, KiB per tunnel).
 async fn hold_tunnels<const N: usize>(
     settings: &Settings,
-    hold: &SocketAddr,
+    targets: &MemoryTargets,
     route: &Route,
     processes: [(&str, &Gost); N],
 ) -> [MemoryRow; N] {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let idle = processes.map(|(_, gost)| rss_kib(gost.pid()));
     let idle_anon = processes.map(|(_, gost)| status_kib(gost.pid(), "RssAnon:"));
-    let mut open_tunnels = Vec::with_capacity(settings.idle_tunnels);
+    let mut open_tunnels = Vec::with_capacity(settings.idle_tunnels + BURST_TUNNELS);
     for _ in 0..settings.idle_tunnels {
-        open_tunnels.push(open(route, *hold).await.expect("open idle tunnel"));
+        open_tunnels.push(open(route, targets.hold).await.expect("open idle tunnel"));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let loaded = processes.map(|(_, gost)| rss_kib(gost.pid()));
+    let mut buf = vec![0u8; IO_BLOCK];
+    for _ in 0..BURST_TUNNELS {
+        let mut tunnel = open(route, targets.burst).await.expect("open burst tunnel");
+        let mut got = 0;
+        while got < BURST_BYTES {
+            let n = tokio::time::timeout(Duration::from_secs(30), tunnel.read(&mut buf))
+                .await
+                .expect("burst download stalled")
+                .expect("burst download");
+            assert!(n > 0, "burst tunnel closed after {got} bytes");
+            got += n;
+        }
+        open_tunnels.push(tunnel);
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let mut i = 0;
     processes.map(|(name, gost)| {
-        let loaded = rss_kib(gost.pid());
+        let after_burst = rss_kib(gost.pid());
         let row = MemoryRow {
             name: name.to_string(),
             idle: idle[i],
             idle_anon: idle_anon[i],
-            loaded,
-            per_tunnel: (loaded - idle[i]) / settings.idle_tunnels as f64,
+            loaded: loaded[i],
+            per_tunnel: (loaded[i] - idle[i]) / settings.idle_tunnels as f64,
+            per_burst_tunnel: (after_burst - loaded[i]) / BURST_TUNNELS as f64,
         };
         i += 1;
         row
@@ -842,14 +882,16 @@ fn report(rows: &[Row], memory: &Memory, settings: &Settings) {
 
 fn report_memory(memory: &Memory, settings: &Settings) {
     println!(
-        "| gost process | idle RSS KiB | of which anonymous KiB | RSS KiB with {n} idle tunnels | KiB per idle tunnel |",
-        n = settings.idle_tunnels
+        "| gost process | idle RSS KiB | of which anonymous KiB | RSS KiB with {n} idle tunnels | KiB per idle tunnel | KiB per tunnel idle after {mib} MiB down ({b} tunnels) |",
+        n = settings.idle_tunnels,
+        mib = BURST_BYTES >> 20,
+        b = BURST_TUNNELS,
     );
-    println!("|---|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|");
     for r in &memory.rows {
         println!(
-            "| {} | {:.0} | {:.0} | {:.0} | {:.1} |",
-            r.name, r.idle, r.idle_anon, r.loaded, r.per_tunnel
+            "| {} | {:.0} | {:.0} | {:.0} | {:.1} | {:.0} |",
+            r.name, r.idle, r.idle_anon, r.loaded, r.per_tunnel, r.per_burst_tunnel
         );
     }
 }
@@ -915,6 +957,20 @@ fn start_banner() -> SocketAddr {
         }
     });
     addr
+}
+
+/// Sends `BURST_BYTES` on each connection, then holds it open: tunnels idle after a download.
+async fn start_burst() -> SocketAddr {
+    serve_each(|mut s| async move {
+        let chunk = vec![0x5au8; IO_BLOCK];
+        for _ in 0..BURST_BYTES / IO_BLOCK {
+            if s.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+        std::future::pending::<()>().await;
+    })
+    .await
 }
 
 /// Accepts connections and holds them open without reading: idle tunnels.

@@ -45,6 +45,12 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// is used: it finished its last response, so it is either ready at once or broken.
 const READY_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// Most a connection's read buffer may grow to. hyper's buffer grows while reads fill it (to
+/// about 400 KiB by default) and keeps its size for the connection's life, and a pull
+/// connection lives as long as its tunnel: a tunnel idle after a download kept 0.4 MiB.
+/// 64 KiB, like the server's, still takes a relay buffer's worth per read.
+pub const MAX_READ_BUFFER: usize = 64 * 1024;
+
 /// Requests a connection may fail with before being sent, retried on a fresh connection:
 /// a pooled connection the server closed meanwhile. Bounded so a dead server fails quickly.
 const SEND_ATTEMPTS: usize = 3;
@@ -170,6 +176,7 @@ impl Pool {
             };
             let (mut sender, connection) = http1::Builder::new()
                 .title_case_headers(true)
+                .max_buf_size(MAX_READ_BUFFER)
                 .handshake(TokioIo::new(conn))
                 .await
                 .map_err(io::Error::other)?;

@@ -267,7 +267,11 @@ async fn pull_once(
                 return Ok(0);
             }
         }
-        if buf.len() > MAX_PULL_LINE {
+        if buf.is_empty() {
+            // Every line went out: let the buffer go rather than keep the size of the longest
+            // line for as long as the tunnel is open (idle after a download, 45 KiB).
+            buf = BytesMut::new();
+        } else if buf.len() > MAX_PULL_LINE {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("PHT pull line longer than {MAX_PULL_LINE} bytes"),
