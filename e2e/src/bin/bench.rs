@@ -137,7 +137,7 @@ async fn bench(settings: Settings, bin: PathBuf) {
     let source = start_source().await;
     let echo = start_echo().await;
     let banner = start_banner();
-    let hold = MemoryTargets {
+    let memory_targets = MemoryTargets {
         hold: start_hold().await,
         burst: start_burst().await,
     };
@@ -148,7 +148,7 @@ async fn bench(settings: Settings, bin: PathBuf) {
     };
 
     if settings.memory_only {
-        let memory = measure_memory(&settings, &hold, &bin).await;
+        let memory = measure_memory(&settings, &memory_targets, &bin).await;
         report_memory(&memory, &settings);
         return;
     }
@@ -256,7 +256,7 @@ async fn bench(settings: Settings, bin: PathBuf) {
     let memory = if settings.ttfb_only || settings.throughput_only {
         Memory { rows: Vec::new() }
     } else {
-        measure_memory(&settings, &hold, &bin).await
+        measure_memory(&settings, &memory_targets, &bin).await
     };
     report(&rows, &memory, &settings);
 }
@@ -699,7 +699,7 @@ const BURST_BYTES: usize = 32 << 20;
 /// RSS of a fresh gost process idle, and with `settings.idle_tunnels` idle tunnels open.
 async fn measure_memory(
     settings: &Settings,
-    hold: &MemoryTargets,
+    targets: &MemoryTargets,
     bin: &std::path::Path,
 ) -> Memory {
     let mut rows = Vec::new();
@@ -720,7 +720,7 @@ async fn measure_memory(
                 auth: None,
             },
         };
-        let [row] = hold_tunnels(settings, hold, &route, [(name, &gost)]).await;
+        let [row] = hold_tunnels(settings, targets, &route, [(name, &gost)]).await;
         rows.push(row);
     }
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
@@ -748,7 +748,7 @@ async fn measure_memory(
             (&*format!("{name} server"), &server),
             (&*format!("{name} client (http in front)"), &client),
         ];
-        rows.extend(hold_tunnels(settings, hold, &route, processes).await);
+        rows.extend(hold_tunnels(settings, targets, &route, processes).await);
     }
     Memory { rows }
 }
@@ -763,7 +763,7 @@ const MULTIPLEXED: [(&str, &str); 4] = [
 ];
 
 /// RSS of each of `processes` idle, then with `settings.idle_tunnels` idle tunnels open over
-/// `route`: (name, idle KiB, loaded KiB, KiB per tunnel).
+/// `route`, then with `BURST_TUNNELS` more that each downloaded `BURST_BYTES` first.
 async fn hold_tunnels<const N: usize>(
     settings: &Settings,
     targets: &MemoryTargets,
