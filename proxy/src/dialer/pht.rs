@@ -26,7 +26,7 @@ use super::tcp::connect;
 use crate::addr::Address;
 use crate::conn::BoxConn;
 use crate::pht::client::ClientOptions;
-use crate::pht::{Body, Paths, RoundTrip};
+use crate::pht::{Body, MAX_READ_BUFFER, Paths, RoundTrip};
 use crate::tls::ClientTls;
 
 /// Idle connections kept per node: GOST's (Go's `MaxIdleConns`) value.
@@ -44,12 +44,6 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a pooled connection may take to become ready for the next request before another
 /// is used: it finished its last response, so it is either ready at once or broken.
 const READY_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// Most a connection's read buffer may grow to. hyper's buffer grows while reads fill it (to
-/// about 400 KiB by default) and keeps its size for the connection's life, and a pull
-/// connection lives as long as its tunnel: a tunnel idle after a download kept 0.4 MiB.
-/// 64 KiB, like the server's, still takes a relay buffer's worth per read.
-pub const MAX_READ_BUFFER: usize = 64 * 1024;
 
 /// Requests a connection may fail with before being sent, retried on a fresh connection:
 /// a pooled connection the server closed meanwhile. Bounded so a dead server fails quickly.

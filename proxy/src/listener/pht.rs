@@ -19,8 +19,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use super::Handshaking;
 use super::tcp::TcpListenerImpl;
 use crate::conn::BoxConn;
-use crate::pht::Paths;
 use crate::pht::server::PhtServer;
+use crate::pht::{MAX_READ_BUFFER, Paths};
 use crate::tls::ServerTls;
 
 /// ALPN offered by `phts`.
@@ -29,10 +29,6 @@ pub const ALPN: &[&[u8]] = &[b"http/1.1"];
 /// Time a client has to send a request head: GOST's read-header timeout. hyper also applies
 /// it to a keep-alive connection waiting for its next request, which bounds idle connections.
 pub const READ_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Largest request head buffered. PHT requests carry a path, a token and a few headers;
-/// 64 KiB leaves room for long custom headers (hyper's minimum is 8 KiB).
-pub const MAX_REQUEST_HEAD: usize = 64 * 1024;
 
 /// Binds `addr` and serves the PHT endpoints `paths` for the service `service`, over TLS
 /// when `tls` (built with [`ALPN`]) is given.
@@ -74,7 +70,7 @@ pub fn bind(
             let result = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(READ_HEADER_TIMEOUT)
-                .max_buf_size(MAX_REQUEST_HEAD)
+                .max_buf_size(MAX_READ_BUFFER)
                 .serve_connection(TokioIo::new(io), service)
                 .await;
             if let Err(e) = result {

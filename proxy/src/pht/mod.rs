@@ -23,6 +23,14 @@ use http_body_util::combinators::BoxBody;
 /// A streaming HTTP body, in both directions (pull responses stream for the whole tunnel).
 pub type Body = BoxBody<Bytes, io::Error>;
 
+/// Most an HTTP/1.1 connection's read buffer may hold (hyper's `max_buf_size`), on both
+/// sides. It bounds a request or response head: PHT messages carry a path, a token and a few
+/// headers, and 64 KiB leaves room for long custom headers (hyper's minimum is 8 KiB). It also
+/// bounds what a connection keeps after traffic: hyper's buffer grows while reads fill it (to
+/// about 400 KiB by default) and keeps its size for the connection's life, and a pull
+/// connection lives as long as its tunnel. 64 KiB still takes a relay buffer's worth per read.
+pub const MAX_READ_BUFFER: usize = 64 * 1024;
+
 /// GOST's endpoint paths.
 pub const DEFAULT_AUTHORIZE_PATH: &str = "/authorize";
 /// See [`DEFAULT_AUTHORIZE_PATH`].
