@@ -3,7 +3,8 @@
 //!
 //! A tunnel's pull holds its connection for the tunnel's life, so every request takes a
 //! connection of its own from the pool (or a new one): pushes never wait behind a pull.
-//! Connections go back to the pool when their response has been read to the end.
+//! Connections go back to the pool when their response has been read to the end, and are
+//! closed once they have been idle for [`POOL_IDLE_TIMEOUT`].
 
 use std::io;
 use std::pin::Pin;
@@ -32,9 +33,11 @@ use crate::tls::ClientTls;
 /// Idle connections kept per node: GOST's (Go's `MaxIdleConns`) value.
 pub const MAX_IDLE_CONNECTIONS: usize = 100;
 
-/// How long an idle connection is reused. Below the 30 s after which GOST's server (and ours,
-/// through hyper's header read timeout) may drop a silent keep-alive connection, so that a
-/// push is not sent into a connection the server is closing.
+/// How long an idle connection is kept for reuse; then the pool closes it. Below the 30 s
+/// after which our server (through hyper's header read timeout) drops a silent keep-alive
+/// connection, so that a push is not sent into a connection the server is closing. GOST's
+/// server sets no idle timeout at all, so without this a burst of pushes would leave its
+/// connections open on both sides for good.
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Connect (TCP and TLS) timeout for the connections after a tunnel's first: GOST's TLS
@@ -113,28 +116,56 @@ struct Idle {
 pub struct Pool {
     addr: Address,
     tls: Option<ClientTls>,
-    idle: Mutex<Vec<Idle>>,
+    idle: Mutex<IdleList>,
+    idle_timeout: Duration,
     me: Weak<Pool>,
+}
+
+/// The idle connections, oldest first, and whether a reaper task is watching them.
+#[derive(Default)]
+struct IdleList {
+    conns: Vec<Idle>,
+    reaping: bool,
 }
 
 impl Pool {
     /// A pool of connections to `addr`, over TLS when `tls` is given.
     pub fn new(addr: Address, tls: Option<ClientTls>) -> Arc<Self> {
+        Self::with_idle_timeout(addr, tls, POOL_IDLE_TIMEOUT)
+    }
+
+    /// [`Pool::new`] with idle connections closed after `idle_timeout` instead of
+    /// [`POOL_IDLE_TIMEOUT`].
+    pub fn with_idle_timeout(
+        addr: Address,
+        tls: Option<ClientTls>,
+        idle_timeout: Duration,
+    ) -> Arc<Self> {
         Arc::new_cyclic(|me| Pool {
             addr,
             tls,
-            idle: Mutex::new(Vec::new()),
+            idle: Mutex::new(IdleList::default()),
+            idle_timeout,
             me: me.clone(),
         })
+    }
+
+    fn lock_idle(&self) -> std::sync::MutexGuard<'_, IdleList> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Idle connections now open (each holds a socket and its buffers).
+    pub fn idle_connections(&self) -> usize {
+        self.lock_idle().conns.len()
     }
 
     /// An idle connection ready for a request, if the pool has one.
     async fn take_idle(&self) -> Option<SendRequest<Full<Bytes>>> {
         loop {
             let mut sender = {
-                let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-                let conn = idle.pop()?;
-                if conn.since.elapsed() >= POOL_IDLE_TIMEOUT || conn.sender.is_closed() {
+                let mut idle = self.lock_idle();
+                let conn = idle.conns.pop()?;
+                if conn.since.elapsed() >= self.idle_timeout || conn.sender.is_closed() {
                     continue;
                 }
                 conn.sender
@@ -151,13 +182,26 @@ impl Pool {
         if sender.is_closed() {
             return;
         }
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        idle.retain(|c| c.since.elapsed() < POOL_IDLE_TIMEOUT && !c.sender.is_closed());
-        if idle.len() < MAX_IDLE_CONNECTIONS {
-            idle.push(Idle {
-                sender,
-                since: Instant::now(),
-            });
+        let mut idle = self.lock_idle();
+        let timeout = self.idle_timeout;
+        idle.conns
+            .retain(|c| c.since.elapsed() < timeout && !c.sender.is_closed());
+        if idle.conns.len() >= MAX_IDLE_CONNECTIONS {
+            return;
+        }
+        idle.conns.push(Idle {
+            sender,
+            since: Instant::now(),
+        });
+        // A server need not close idle keep-alive connections (GOST's does not), so the pool
+        // closes them itself once idle for the timeout, as Go's client does; otherwise a
+        // burst of concurrent pushes would keep up to MAX_IDLE_CONNECTIONS sockets and their
+        // buffers open on both sides.
+        if !idle.reaping
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            idle.reaping = true;
+            runtime.spawn(reap_idle(self.me.clone(), timeout));
         }
     }
 
@@ -194,6 +238,27 @@ impl Pool {
                     ),
                 ))
             })
+    }
+}
+
+/// Closes a pool's connections as they reach the idle timeout (dropping the last handle of
+/// an idle hyper connection ends it), and ends when the pool is empty or gone.
+async fn reap_idle(pool: Weak<Pool>, timeout: Duration) {
+    loop {
+        let next = {
+            let Some(pool) = pool.upgrade() else { return };
+            let mut idle = pool.lock_idle();
+            idle.conns
+                .retain(|c| c.since.elapsed() < timeout && !c.sender.is_closed());
+            match idle.conns.iter().map(|c| c.since).min() {
+                Some(oldest) => oldest + timeout,
+                None => {
+                    idle.reaping = false;
+                    return;
+                }
+            }
+        };
+        tokio::time::sleep_until(next).await;
     }
 }
 
@@ -326,6 +391,95 @@ mod tests {
         assert_eq!(d.opts.authority, "front.example:8443");
         assert_eq!(d.opts.paths.push, "/p");
         assert_eq!(d.opts.scheme, "http");
+    }
+
+    /// A keep-alive HTTP/1.1 server that answers every request with an empty 200 and never
+    /// closes a connection itself, as GOST's PHT server does; each connection's end (the
+    /// client closing it) is reported on the channel.
+    async fn keep_alive_server() -> (Address, tokio::sync::mpsc::UnboundedReceiver<()>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = Address::parse(&listener.local_addr().unwrap().to_string()).unwrap();
+        let (closed_tx, closed) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                let (mut conn, _) = listener.accept().await.unwrap();
+                let closed_tx = closed_tx.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    loop {
+                        match conn.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                        while let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                            head.drain(..end + 4);
+                            let reply = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+                            if conn.write_all(reply).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                    let _ = closed_tx.send(());
+                });
+            }
+        });
+        (addr, closed)
+    }
+
+    async fn get(pool: &Arc<Pool>, addr: &Address) {
+        let req = http::Request::get(format!("http://{addr}/pull?token=t"))
+            .body(Bytes::new())
+            .unwrap();
+        let res = pool.round_trip(req).await.unwrap();
+        assert_eq!(res.status(), 200);
+        res.into_body().collect().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn idle_connections_are_closed_after_the_idle_timeout() {
+        let (addr, mut closed) = keep_alive_server().await;
+        let pool = Pool::with_idle_timeout(addr.clone(), None, Duration::from_millis(300));
+        get(&pool, &addr).await;
+        get(&pool, &addr).await;
+        assert_eq!(
+            pool.idle_connections(),
+            1,
+            "the second request reused the first's"
+        );
+        tokio::time::timeout(Duration::from_secs(5), closed.recv())
+            .await
+            .expect("the idle connection was not closed within 5 s")
+            .unwrap();
+        assert_eq!(pool.idle_connections(), 0);
+        // The pool keeps working, and reaps again.
+        get(&pool, &addr).await;
+        assert_eq!(pool.idle_connections(), 1);
+        tokio::time::timeout(Duration::from_secs(5), closed.recv())
+            .await
+            .expect("the second idle connection was not closed within 5 s")
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn idle_connections_stay_open_within_the_idle_timeout() {
+        let (addr, mut closed) = keep_alive_server().await;
+        let pool = Pool::new(addr.clone(), None);
+        get(&pool, &addr).await;
+        assert!(
+            tokio::time::timeout(Duration::from_millis(700), closed.recv())
+                .await
+                .is_err(),
+            "a connection idle for less than {POOL_IDLE_TIMEOUT:?} was closed"
+        );
+        assert_eq!(pool.idle_connections(), 1);
+        // Dropping the pool (a configuration reload) closes what it holds.
+        drop(pool);
+        tokio::time::timeout(Duration::from_secs(5), closed.recv())
+            .await
+            .expect("the pool's connection outlived the pool")
+            .unwrap();
     }
 
     #[tokio::test]
