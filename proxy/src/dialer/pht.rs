@@ -437,6 +437,13 @@ mod tests {
         res.into_body().collect().await.unwrap();
     }
 
+    async fn closed_within_5s(closed: &mut tokio::sync::mpsc::UnboundedReceiver<()>, what: &str) {
+        tokio::time::timeout(Duration::from_secs(5), closed.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{what} was not closed within 5 s"))
+            .expect("the server runs");
+    }
+
     #[tokio::test]
     async fn idle_connections_are_closed_after_the_idle_timeout() {
         let (addr, mut closed) = keep_alive_server().await;
@@ -448,18 +455,12 @@ mod tests {
             1,
             "the second request reused the first's"
         );
-        tokio::time::timeout(Duration::from_secs(5), closed.recv())
-            .await
-            .expect("the idle connection was not closed within 5 s")
-            .unwrap();
+        closed_within_5s(&mut closed, "the idle connection").await;
         assert_eq!(pool.idle_connections(), 0);
         // The pool keeps working, and reaps again.
         get(&pool, &addr).await;
         assert_eq!(pool.idle_connections(), 1);
-        tokio::time::timeout(Duration::from_secs(5), closed.recv())
-            .await
-            .expect("the second idle connection was not closed within 5 s")
-            .unwrap();
+        closed_within_5s(&mut closed, "the second idle connection").await;
     }
 
     #[tokio::test]
@@ -476,10 +477,7 @@ mod tests {
         assert_eq!(pool.idle_connections(), 1);
         // Dropping the pool (a configuration reload) closes what it holds.
         drop(pool);
-        tokio::time::timeout(Duration::from_secs(5), closed.recv())
-            .await
-            .expect("the pool's connection outlived the pool")
-            .unwrap();
+        closed_within_5s(&mut closed, "the dropped pool's connection").await;
     }
 
     #[tokio::test]
