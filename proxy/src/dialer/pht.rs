@@ -121,7 +121,8 @@ pub struct Pool {
     me: Weak<Pool>,
 }
 
-/// The idle connections, oldest first, and whether a reaper task is watching them.
+/// The idle connections, oldest first (given back at the end, taken from the end), and
+/// whether a reaper task is watching them.
 #[derive(Default)]
 struct IdleList {
     conns: Vec<Idle>,
@@ -250,7 +251,7 @@ async fn reap_idle(pool: Weak<Pool>, timeout: Duration) {
             let mut idle = pool.lock_idle();
             idle.conns
                 .retain(|c| c.since.elapsed() < timeout && !c.sender.is_closed());
-            match idle.conns.iter().map(|c| c.since).min() {
+            match idle.conns.first().map(|c| c.since) {
                 Some(oldest) => oldest + timeout,
                 None => {
                     idle.reaping = false;
