@@ -129,6 +129,14 @@ struct IdleList {
     reaping: bool,
 }
 
+impl IdleList {
+    /// Closes the connections idle for `timeout` or more, and forgets those already closed.
+    fn drop_expired(&mut self, timeout: Duration) {
+        self.conns
+            .retain(|c| c.since.elapsed() < timeout && !c.sender.is_closed());
+    }
+}
+
 impl Pool {
     /// A pool of connections to `addr`, over TLS when `tls` is given.
     pub fn new(addr: Address, tls: Option<ClientTls>) -> Arc<Self> {
@@ -185,8 +193,7 @@ impl Pool {
         }
         let mut idle = self.lock_idle();
         let timeout = self.idle_timeout;
-        idle.conns
-            .retain(|c| c.since.elapsed() < timeout && !c.sender.is_closed());
+        idle.drop_expired(timeout);
         if idle.conns.len() >= MAX_IDLE_CONNECTIONS {
             return;
         }
@@ -249,8 +256,7 @@ async fn reap_idle(pool: Weak<Pool>, timeout: Duration) {
         let next = {
             let Some(pool) = pool.upgrade() else { return };
             let mut idle = pool.lock_idle();
-            idle.conns
-                .retain(|c| c.since.elapsed() < timeout && !c.sender.is_closed());
+            idle.drop_expired(timeout);
             match idle.conns.first().map(|c| c.since) {
                 Some(oldest) => oldest + timeout,
                 None => {
