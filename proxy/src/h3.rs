@@ -76,10 +76,9 @@ pub const SEND_WINDOW: u64 = 8 * 1024 * 1024;
 /// handful of short headers; this keeps a hostile peer's header block bounded.
 pub const MAX_FIELD_SECTION_SIZE: u64 = 64 * 1024;
 
-/// Largest request body read for a handler: one PHT push line is at most 64 KiB of base64
-/// (gost-wire.md §8.6) plus its newline; a GOST client writing 64 KiB at once sends
-/// 87,384 bytes. 96 KiB covers both with slack.
-pub const MAX_REQUEST_BODY: usize = 96 * 1024;
+/// Largest request body read for a handler: one PHT push line, as long as the PHT server
+/// takes one, plus its line end.
+pub const MAX_REQUEST_BODY: usize = crate::pht::server::MAX_PUSH_LINE + 2;
 
 /// UDP socket buffers asked of the kernel (it may cap them): a burst of full-size datagrams
 /// from a fast peer must not be dropped before quinn reads it. Kernel memory, not ours.

@@ -8,12 +8,14 @@
 //!   that it progresses while the caller reads; the next write or a flush waits for its
 //!   answer (writes stay sequential, and a non-200 answer fails the next write);
 //! - shutdown sends an empty push (GOST's close) and keeps reading: our server treats it as
-//!   a half-close while the pull lasts, GOST's ends the session (and so the pull). Dropping
-//!   the tunnel stops the pull (and sends the close if shutdown did not).
+//!   a half-close while the pull lasts, GOST's ends the session (and so the pull). Once that
+//!   pull ends there is no other; dropping the tunnel stops the pull (and sends the close if
+//!   shutdown did not).
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, ready};
 
@@ -31,8 +33,9 @@ use tokio_util::task::AbortOnDropHandle;
 use super::{Paths, RoundTrip};
 use crate::conn::{BoxConn, Conn};
 
-/// Most data put into one push: its base64 line is exactly 64 KiB, the longest our server
-/// accepts (`server::MAX_PUSH_LINE`). GOST's server reads the line with no limit.
+/// Most data put into one push: its base64 line is exactly 64 KiB, which every gost-rs server
+/// accepts (earlier ones took at most 64 KiB; now `server::MAX_PUSH_LINE`). GOST's server reads
+/// the line with no limit.
 pub const PUSH_CHUNK: usize = 48 * 1024;
 
 /// Longest pull line accepted, as GOST's client (its line scanner stops at 64 KiB): a server
@@ -98,6 +101,14 @@ impl ClientOptions {
             header::USER_AGENT,
             header::HeaderValue::from_static(USER_AGENT),
         );
+        if req.method() == Method::POST && req.body().is_empty() {
+            // The close push. Go's client states the empty length, and front ends that want
+            // a length on every POST (some answer 411 without one) must let it through.
+            req.headers_mut().insert(
+                header::CONTENT_LENGTH,
+                header::HeaderValue::from_static("0"),
+            );
+        }
         for (name, value) in &self.headers {
             req.headers_mut().insert(name, value.clone());
         }
@@ -126,11 +137,19 @@ pub async fn connect_within(
 pub async fn connect(rt: Arc<dyn RoundTrip>, opts: Arc<ClientOptions>) -> io::Result<BoxConn> {
     let token: Arc<str> = Arc::from(authorize(&*rt, &opts).await?);
     let (tx, rx) = queue::channel(PULL_QUEUE - 1);
-    let pull = tokio::spawn(pull_loop(rt.clone(), opts.clone(), token.clone(), tx));
+    let closing = Arc::new(AtomicBool::new(false));
+    let pull = tokio::spawn(pull_loop(
+        rt.clone(),
+        opts.clone(),
+        token.clone(),
+        tx,
+        closing.clone(),
+    ));
     Ok(Box::new(PhtClientConn {
         rt,
         opts,
         token,
+        closing,
         read: Mutex::new(ReadSide {
             rx,
             current: Bytes::new(),
@@ -197,11 +216,16 @@ async fn pull_loop(
     opts: Arc<ClientOptions>,
     token: Arc<str>,
     mut tx: queue::Sender<io::Result<Bytes>>,
+    closing: Arc<AtomicBool>,
 ) {
     let mut first = true;
     loop {
         match pull_once(&*rt, &opts, &token, &mut tx, first).await {
             Ok(0) => return,
+            // After our close push a pull that ends is the tunnel's end. Pulling again would
+            // ask for a session that is gone, and GOST's development line creates a new,
+            // empty session for any token it does not know.
+            Ok(_) if closing.load(Ordering::Acquire) => return,
             Ok(_) => first = false,
             Err(e) => {
                 let _ = tx.send(Err(e)).await;
@@ -323,6 +347,8 @@ struct PhtClientConn {
     // The push under way, whose answer the next write waits for.
     push: Option<JoinHandle<io::Result<()>>>,
     shutdown: Shutdown,
+    // Set once the close push is under way: the pull loop then pulls no more.
+    closing: Arc<AtomicBool>,
     // Stops the pull loop when the tunnel is dropped.
     _pull: AbortOnDropHandle<()>,
 }
@@ -410,6 +436,7 @@ impl AsyncWrite for PhtClientConn {
                     // A failed last push does not keep the tunnel from closing.
                     let _ = ready!(self.poll_pushed(cx));
                     let req = self.push_request(Bytes::new())?;
+                    self.closing.store(true, Ordering::Release);
                     self.shutdown = Shutdown::Closing(tokio::spawn(push(self.rt.clone(), req)));
                 }
                 Shutdown::Closing(close) => {
@@ -475,6 +502,9 @@ mod tests {
     struct Direct {
         server: Arc<PhtServer>,
         authorize: bool,
+        pulls: std::sync::atomic::AtomicUsize,
+        // Empty pushes (closes) that stated `Content-Length: 0`.
+        closes_with_length: std::sync::atomic::AtomicUsize,
     }
 
     #[async_trait]
@@ -494,6 +524,15 @@ mod tests {
                 *res.status_mut() = StatusCode::NOT_FOUND;
                 return Ok(res);
             }
+            if req.uri().path() == "/pull" {
+                self.pulls.fetch_add(1, Ordering::Relaxed);
+            }
+            if req.method() == Method::POST
+                && req.body().is_empty()
+                && req.headers().get(header::CONTENT_LENGTH) == Some(&"0".parse().unwrap())
+            {
+                self.closes_with_length.fetch_add(1, Ordering::Relaxed);
+            }
             let client: SocketAddr = "127.0.0.1:1".parse().unwrap();
             let req = req.map(|b| Full::new(b).map_err(|never| match never {}).boxed());
             Ok(self.server.serve(req, client).await)
@@ -501,7 +540,7 @@ mod tests {
     }
 
     type Setup = (
-        Arc<dyn RoundTrip>,
+        Arc<Direct>,
         Arc<ClientOptions>,
         Arc<PhtServer>,
         tokio::sync::mpsc::Receiver<(BoxConn, SocketAddr)>,
@@ -521,6 +560,8 @@ mod tests {
         let rt = Arc::new(Direct {
             server: server.clone(),
             authorize,
+            pulls: Default::default(),
+            closes_with_length: Default::default(),
         });
         (rt, opts, server, rx)
     }
@@ -529,7 +570,7 @@ mod tests {
     async fn tunnel_carries_data_both_ways_and_half_closes() {
         for authorize in [true, false] {
             let (rt, opts, server, mut rx) = setup("pht-client", authorize);
-            let mut conn = connect(rt, opts).await.unwrap();
+            let mut conn = connect(rt.clone(), opts).await.unwrap();
             let (mut svc, _) = rx.recv().await.unwrap();
             let data: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
             let reader = tokio::spawn({
@@ -558,6 +599,10 @@ mod tests {
             conn.read_to_end(&mut rest).await.unwrap();
             assert_eq!(rest, b"last");
             assert_eq!(server.sessions(), 0);
+            // The pull that carried the last bytes was the last one: a pull after the close
+            // would make a development-line GOST server open a new session.
+            assert_eq!(rt.pulls.load(Ordering::Relaxed), 1);
+            assert_eq!(rt.closes_with_length.load(Ordering::Relaxed), 1);
         }
     }
 

@@ -57,11 +57,12 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
 /// 410 and the session is closed: GOST's push write timeout.
 pub const PUSH_CONSUME_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Longest push line (base64 text, without its `\n`) accepted; longer ones get 413. 64 KiB of
-/// base64 is 48 KiB of data, the most our client puts into one push. GOST's server reads the
-/// line without a limit, but GOST's client writes one push per write call, and Go's copy
-/// loops write at most 32 KiB at a time.
-pub const MAX_PUSH_LINE: usize = 64 * 1024;
+/// Longest push line (base64 text, without its `\n`) accepted; longer ones get 413. GOST's
+/// server reads the line without a limit, and GOST's client sends one push per write call:
+/// Go's copy loops write 32 KiB at a time, but a writer above them (smux with large frames,
+/// GOST's 64 KiB `Transport` buffer) may write more. 128 KiB of base64 is 96 KiB of data, and
+/// holds such a 64 KiB write (87,384 bytes) with room; our client sends at most 64 KiB.
+pub const MAX_PUSH_LINE: usize = 128 * 1024;
 
 /// A session with no pull attached and no push for this long is taken as abandoned (its
 /// client crashed or lost its network between two pulls) and closed. A live client always has
@@ -976,8 +977,9 @@ mod tests {
             .await;
         assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
         assert_eq!(server.sessions(), 0);
-        // The longest accepted line: 48 KiB of data.
-        let mut line = BASE64.encode(vec![7u8; 48 * 1024]).into_bytes();
+        // The longest accepted line: 96 KiB of data, more than a GOST client writing 64 KiB
+        // at once sends.
+        let mut line = BASE64.encode(vec![7u8; 96 * 1024]).into_bytes();
         assert_eq!(line.len(), MAX_PUSH_LINE);
         line.push(b'\n');
         let line: &'static [u8] = Box::leak(line.into_boxed_slice());
@@ -991,8 +993,9 @@ mod tests {
             }
         });
         let (mut conn, _) = rx.recv().await.unwrap();
-        let mut got = vec![0u8; 48 * 1024];
+        let mut got = vec![0u8; 96 * 1024];
         conn.read_exact(&mut got).await.unwrap();
+        assert!(got.iter().all(|&b| b == 7));
         assert_eq!(push.await.unwrap().status(), StatusCode::OK);
     }
 
