@@ -27,10 +27,18 @@ use tokio::io::AsyncReadExt;
 use crate::conn::{BoxConn, Prefixed};
 use crate::grpc::{ChunkCodec, GrpcConn, MAX_RECEIVE, ServerOutbound, method_path};
 use crate::h2pool::{
-    CONNECTION_WINDOW, H2_HANDSHAKE_TIMEOUT, MAX_CONCURRENT_STREAMS, MAX_FRAME_SIZE,
-    MAX_HEADER_LIST_SIZE, MAX_SEND_BUFFER, STREAM_WINDOW,
+    CONNECTION_WINDOW, H2_HANDSHAKE_TIMEOUT, MAX_FRAME_SIZE, MAX_HEADER_LIST_SIZE, MAX_SEND_BUFFER,
+    STREAM_WINDOW,
 };
+use crate::supervisor::DEFAULT_MAX_CONNECTIONS;
 use crate::tls::ServerTls;
+
+/// Calls (tunnels) one client connection may have open at once. GOST's gRPC client carries
+/// every tunnel to a node over one connection and, past the server's limit, queues new calls
+/// on it instead of opening another connection, so a lower limit here stalls its tunnels
+/// (GOST's own server sets none). Each call is still one of the service's connections, held
+/// to `maxConnections` like any other, so this only has to be as high as that default.
+pub const MAX_CONCURRENT_CALLS: u32 = DEFAULT_MAX_CONNECTIONS as u32;
 
 /// GOST's server PING interval with `keepalive=true` (`keepalive.time`).
 pub const DEFAULT_KEEPALIVE_TIME: Duration = Duration::from_secs(60);
@@ -142,7 +150,7 @@ async fn serve(
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(MAX_FRAME_SIZE)
         .max_send_buf_size(MAX_SEND_BUFFER)
-        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .max_concurrent_streams(MAX_CONCURRENT_CALLS)
         .max_header_list_size(MAX_HEADER_LIST_SIZE);
     if let Some((interval, timeout)) = options.keepalive {
         builder
@@ -320,6 +328,37 @@ mod tests {
         assert!(tls.contains("grpcInsecure"), "{tls}");
         let short = first_bytes(b"PRI * HTTP/2.0").await.unwrap_err();
         assert!(short.contains("closed after 14 bytes"), "{short}");
+    }
+
+    #[tokio::test]
+    async fn one_connection_may_carry_as_many_calls_as_the_service_takes() {
+        let listener = bind(
+            "127.0.0.1:0",
+            None,
+            options(&[("grpcInsecure", "true")]).unwrap(),
+            crate::conn::KeepAlive::default(),
+        )
+        .unwrap();
+        let tcp = tokio::net::TcpStream::connect(listener.local_addr())
+            .await
+            .unwrap();
+        let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(connection);
+        let mut client = client.ready().await.unwrap();
+        // The server's SETTINGS arrive after the handshake; the client starts from no limit
+        // known (h2 assumes 100 until then).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while client.current_max_send_streams() != MAX_CONCURRENT_CALLS as usize
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            client = client.ready().await.unwrap();
+        }
+        assert_eq!(
+            client.current_max_send_streams(),
+            DEFAULT_MAX_CONNECTIONS,
+            "the server's SETTINGS_MAX_CONCURRENT_STREAMS"
+        );
     }
 
     fn options(md: &[(&str, &str)]) -> Result<GrpcOptions, String> {
