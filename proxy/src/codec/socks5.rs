@@ -117,10 +117,15 @@ pub enum Command {
     Bind,
     /// 0x03: relay UDP datagrams.
     UdpAssociate,
-    /// Any other code, kept so that the server can answer "command not supported" (and GOST's
-    /// extensions 0xF0–0xF3 can be recognised later).
+    /// Any other code, kept so that the server can answer it (GOST's extensions among them:
+    /// [`CMD_MUX_BIND`], [`CMD_UDP_TUN`]).
     Other(u8),
 }
+
+/// GOST's multiplexed BIND command.
+pub const CMD_MUX_BIND: u8 = 0xF2;
+/// GOST's UDP-over-TCP command (UDP datagrams carried on the SOCKS5 connection itself).
+pub const CMD_UDP_TUN: u8 = 0xF3;
 
 impl Command {
     /// The command a code stands for.

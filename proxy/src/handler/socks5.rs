@@ -195,6 +195,22 @@ fn reply_code(kind: DialErrorKind) -> u8 {
     }
 }
 
+/// The reply to a command other than CONNECT. BIND, UDP ASSOCIATE and GOST's extensions for
+/// them (0xF2 multiplexed BIND, 0xF3 UDP over the TCP connection) are commands GOST knows and
+/// refuses with "not allowed" unless its `bind`/`udp` options enable them, which gost-rs does
+/// not implement; GOST's clients and others tell the two answers apart. Anything else is an
+/// unknown command.
+fn refusal_code(command: socks5::Command) -> u8 {
+    match command {
+        socks5::Command::Bind
+        | socks5::Command::UdpAssociate
+        | socks5::Command::Other(socks5::CMD_MUX_BIND | socks5::CMD_UDP_TUN) => {
+            socks5::REPLY_NOT_ALLOWED
+        }
+        _ => socks5::REPLY_COMMAND_NOT_SUPPORTED,
+    }
+}
+
 #[async_trait]
 impl Handler for Socks5Handler {
     async fn handle(&self, mut conn: BoxConn, client: SocketAddr) {
@@ -210,12 +226,13 @@ impl Handler for Socks5Handler {
         match request.command {
             socks5::Command::Connect => self.connect(conn, buf, client, request.target).await,
             command => {
+                let code = refusal_code(command);
                 tracing::debug!(
                     service = %self.env.service, client = %client, ?command,
-                    target = %request.target, "socks5: command not supported"
+                    target = %request.target, reply = socks5::reply_meaning(code),
+                    "socks5: command refused"
                 );
-                self.reply(&mut conn, socks5::REPLY_COMMAND_NOT_SUPPORTED, client)
-                    .await;
+                self.reply(&mut conn, code, client).await;
             }
         }
     }
