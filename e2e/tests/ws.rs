@@ -197,6 +197,28 @@ fn custom_path_on_both_sides_and_404_elsewhere() {
 }
 
 #[test]
+fn a_path_with_a_question_mark_is_escaped_and_matched_as_gost_does() {
+    let target = Target::http();
+    let server = Gost::start(&["-L", "socks5+ws://127.0.0.1:0?path=/ws?token=abc"], 1);
+    let client = Gost::start(
+        &[
+            "-L",
+            "http://127.0.0.1:0",
+            "-F",
+            &format!("socks5+ws://{}?path=/ws?token=abc", server.addr()),
+        ],
+        1,
+    );
+    assert_hello(&get_via(client.addr(), &target, "q"), "path with a ?");
+    // What a GOST client sends for that path; the unescaped form is another path (with a
+    // query).
+    let head = raw_request(server.addr(), &upgrade_head("/ws%3Ftoken=abc"));
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    let head = raw_request(server.addr(), &upgrade_head("/ws?token=abc"));
+    assert!(head.starts_with("HTTP/1.1 404 "), "{head}");
+}
+
+#[test]
 fn response_headers_from_yaml_header_map() {
     let dir = tempdir();
     let yaml = dir.join("server.yaml");

@@ -7,6 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use gost_api::Metadata;
 use http::header::{self, HeaderMap, HeaderValue};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::tungstenite::handshake::client::generate_key;
 
@@ -19,6 +20,23 @@ use crate::ws::{self, DEFAULT_KEEPALIVE_INTERVAL, WsStream};
 
 /// The agent GOST's Go client sends; some servers in front of GOST route on it.
 pub const USER_AGENT: &str = "Go-http-client/1.1";
+
+/// What Go escapes in a URL path: all but letters, digits, `-_.~` and `$&+,/:;=@`. `?` and
+/// `%` among them, so a configured path reaches the server as written, whatever it holds.
+const GO_PATH_ESCAPES: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~')
+    .remove(b'$')
+    .remove(b'&')
+    .remove(b'+')
+    .remove(b',')
+    .remove(b'/')
+    .remove(b':')
+    .remove(b';')
+    .remove(b'=')
+    .remove(b'@');
 
 /// A WebSocket dialer for one node.
 pub struct WsDialer {
@@ -113,11 +131,14 @@ impl WsDialer {
     }
 
     fn request(&self) -> io::Result<http::Request<()>> {
-        // The library wants a ws:// URI; only its path reaches the wire, Host is ours.
+        // The library wants a ws:// URI; only its path reaches the wire, Host is ours. The
+        // path is escaped as Go escapes a URL path, so that a `?` in it stays part of the path
+        // for GOST's server (and ours), which match the decoded path.
+        let path = utf8_percent_encode(&self.path, GO_PATH_ESCAPES).to_string();
         let uri = http::Uri::builder()
             .scheme("ws")
             .authority("gost")
-            .path_and_query(self.path.as_str())
+            .path_and_query(path.as_str())
             .build()
             .map_err(|e| {
                 io::Error::new(
@@ -172,6 +193,11 @@ mod tests {
         let r = d.request().unwrap();
         assert_eq!(r.uri().path(), "/t");
         assert_eq!(r.headers()["host"], ":1080");
+        // Escaped as Go escapes a path: `?` and `%` stay part of it.
+        let d = dialer(serde_json::json!({"path": "/ws?token=a b%"}), ":1080");
+        let r = d.request().unwrap();
+        assert_eq!(r.uri().path(), "/ws%3Ftoken=a%20b%25");
+        assert_eq!(r.uri().query(), None);
         assert_eq!(r.headers()["user-agent"], USER_AGENT);
         assert!(d.keepalive.is_none());
 

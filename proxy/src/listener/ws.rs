@@ -187,14 +187,17 @@ fn judge(request: &httparse::Request<'_, '_>, path: &str) -> Verdict {
     }
 }
 
-/// Go's router: the path without query must equal `path`, or lie under it when `path` ends in
-/// `/`. An absolute-form target is judged by its path.
+/// Go's router: the path without query, percent-decoded, must equal `path`, or lie under it
+/// when `path` ends in `/`. An absolute-form target is judged by its path. Decoding matters
+/// for a `path` with characters a URL path escapes: GOST's client (and ours) sends
+/// `path=/ws?t=1` as `/ws%3Ft=1`.
 fn route_matches(target: &str, path: &str) -> bool {
     let target = match target.split_once("://") {
         Some((_, rest)) => rest.find('/').map_or("/", |i| &rest[i..]),
         None => target,
     };
     let target = target.split(['?', '#']).next().unwrap_or("");
+    let target = percent_encoding::percent_decode_str(target).decode_utf8_lossy();
     if path.ends_with('/') {
         target.starts_with(path)
     } else {
@@ -301,5 +304,9 @@ mod tests {
         assert!(!route_matches("/ws/", "/ws"));
         assert!(!route_matches("/wsx", "/ws"));
         assert!(route_matches("/t/a", "/t/"));
+        // A path with a `?` arrives escaped, as Go's client and ours send it.
+        assert!(route_matches("/ws%3Ftoken=abc", "/ws?token=abc"));
+        assert!(!route_matches("/ws?token=abc", "/ws?token=abc"));
+        assert!(route_matches("/a%20b", "/a b"));
     }
 }
