@@ -1,12 +1,13 @@
 //! HTTP/2 plumbing shared by the `h2`, `h2c` and `http2` transports (gost-wire.md §8.3, §8.4):
 //! one HTTP/2 stream as a byte stream ([`H2Stream`]), the connection settings both sides use,
-//! and the client side's pool of connections, one per node address, each carrying many
-//! tunnels.
+//! and the client side's pool of connections per node address, each carrying many tunnels: a
+//! node gets a further connection only when all of its connections are at the server's stream
+//! limit.
 
 use std::collections::HashMap;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
@@ -44,8 +45,8 @@ pub const MAX_FRAME_SIZE: u32 = 64 * 1024;
 pub const MAX_SEND_BUFFER: usize = STREAM_WINDOW as usize;
 
 /// Streams a client may have open on one server connection. A client multiplexes all its
-/// tunnels to a node over one connection, so this is a tunnel count, not a request count;
-/// idle streams cost a few hundred bytes each.
+/// tunnels to a node over one connection until the server's limit, so this is a tunnel count,
+/// not a request count; idle streams cost a few hundred bytes each.
 pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
 
 /// Largest request or response head. Proxy heads are small; this rejects header floods.
@@ -61,6 +62,13 @@ pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 
 /// How long a PING may go unanswered before the connection is declared dead.
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Tunnels a new pooled connection takes before the server's SETTINGS are in. Until then its
+/// stream limit is unknown (h2 assumes none), and a stream beyond the real limit would be
+/// refused or wait in h2's queue instead of going to another connection. One, because every
+/// server allows that; tunnels that come meanwhile wait the round trip of the first PING,
+/// whose answer follows the SETTINGS.
+const UNSETTLED_STREAMS: usize = 1;
 
 /// First wait before re-dialling a node whose connection attempt failed; doubled on every
 /// further failure up to [`RECONNECT_BACKOFF_MAX`], reset by a success. Keeps a down node from
@@ -141,6 +149,8 @@ pub struct H2Stream {
     // (`Conn::poll_read_ready`); reads reach it without locking.
     read: Mutex<ReadHalf>,
     write_closed: bool,
+    // The stream's place on a pooled connection, given back when the stream is dropped.
+    _place: Option<StreamPlace>,
 }
 
 struct ReadHalf {
@@ -175,6 +185,7 @@ impl H2Stream {
                 eof: false,
             }),
             write_closed: false,
+            _place: None,
         }
     }
 
@@ -325,6 +336,41 @@ pub struct Session {
     // Set when a new stream could not be opened (GOAWAY received, ...): no new tunnels go
     // here, while those already on it run to their end.
     retired: Arc<AtomicBool>,
+    // Tunnels open or being opened on this connection (see `Lease`), which the pool weighs
+    // against the server's stream limit.
+    streams: Arc<AtomicUsize>,
+    // Set (pooled connections only) once the server's SETTINGS are in, and with them its
+    // stream limit.
+    settled: CancellationToken,
+}
+
+/// A tunnel's place on a connection, taken when the pool picks the connection for the tunnel
+/// and given back when the tunnel's stream ends or is never opened.
+struct StreamPlace(Arc<AtomicUsize>);
+
+impl Drop for StreamPlace {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A connection picked for one tunnel, with the tunnel's place on it.
+pub struct Lease {
+    session: Session,
+    place: StreamPlace,
+}
+
+impl Lease {
+    /// Opens the tunnel's stream as [`Session::open`]; the stream keeps the place.
+    pub async fn open(
+        self,
+        req: Request<()>,
+        timeout: Duration,
+    ) -> Result<H2Stream, (RequestError, bool)> {
+        let mut stream = self.session.open(req, timeout).await?;
+        stream._place = Some(self.place);
+        Ok(stream)
+    }
 }
 
 /// Why a tunnel request failed.
@@ -367,6 +413,7 @@ impl Session {
             })?
             .map_err(h2_io_error)?;
         let closed = CancellationToken::new();
+        let settled = CancellationToken::new();
         let ping = if keepalive {
             connection.ping_pong()
         } else {
@@ -374,20 +421,24 @@ impl Session {
         };
         let peer = peer.to_string();
         let done = closed.clone();
+        let settle = settled.clone();
         tokio::spawn(async move {
             let keepalive = async move {
                 let Some(mut ping) = ping else {
                     return std::future::pending().await;
                 };
+                // The first PING goes out at once: its answer tells that the server's SETTINGS
+                // (its first frame) are in. It counts as the first keepalive PING, so it has
+                // the first interval as well to be answered.
+                let mut wait = KEEPALIVE_INTERVAL + KEEPALIVE_TIMEOUT;
                 loop {
-                    tokio::time::sleep(KEEPALIVE_INTERVAL).await;
-                    match tokio::time::timeout(KEEPALIVE_TIMEOUT, ping.ping(h2::Ping::opaque()))
-                        .await
-                    {
-                        Ok(Ok(_)) => {}
+                    match tokio::time::timeout(wait, ping.ping(h2::Ping::opaque())).await {
+                        Ok(Ok(_)) => settle.cancel(),
                         Ok(Err(e)) => return format!("PING failed: {e}"),
-                        Err(_) => return format!("no PING answer within {KEEPALIVE_TIMEOUT:?}"),
+                        Err(_) => return format!("no PING answer within {wait:?}"),
                     }
+                    tokio::time::sleep(KEEPALIVE_INTERVAL).await;
+                    wait = KEEPALIVE_TIMEOUT;
                 }
             };
             tokio::select! {
@@ -403,12 +454,33 @@ impl Session {
             send,
             closed,
             retired: Arc::new(AtomicBool::new(false)),
+            streams: Arc::new(AtomicUsize::new(0)),
+            settled,
         })
     }
 
     /// Whether the connection has ended (closed, failed, or found dead by keepalive).
     pub fn is_closed(&self) -> bool {
         self.closed.is_cancelled() || self.retired.load(Ordering::Relaxed)
+    }
+
+    /// Takes a place for one tunnel on this connection.
+    pub fn lease(&self) -> Lease {
+        self.streams.fetch_add(1, Ordering::Relaxed);
+        Lease {
+            session: self.clone(),
+            place: StreamPlace(self.streams.clone()),
+        }
+    }
+
+    /// Whether one more tunnel fits under the server's stream limit, as far as it is known.
+    fn has_room(&self) -> bool {
+        let limit = if self.settled.is_cancelled() {
+            self.send.current_max_send_streams()
+        } else {
+            UNSETTLED_STREAMS
+        };
+        self.streams.load(Ordering::Relaxed) < limit
     }
 
     /// Opens a stream with `req` and waits, within `timeout`, for a `200`; the stream is then
@@ -454,17 +526,20 @@ impl Session {
 }
 
 #[derive(Default)]
-struct Slot {
-    session: Option<Session>,
+struct Node {
+    // Live connections, oldest first. New tunnels go to the oldest one with room, so that
+    // the newer ones empty out when the load falls.
+    sessions: Vec<Session>,
     failures: u32,
     retry_at: Option<Instant>,
 }
 
-/// The client side's connections: one shared HTTP/2 connection per node address, dialled on
-/// first use, re-dialled (with backoff) once it ends.
+/// The client side's connections: per node address, HTTP/2 connections shared by its tunnels,
+/// dialled on first use and whenever all are at the server's stream limit (as Go's client, so
+/// GOST's, does), and re-dialled (with backoff) once they end.
 pub struct H2Client {
     transport: Transport,
-    slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>,
+    nodes: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Node>>>>,
 }
 
 impl H2Client {
@@ -472,35 +547,64 @@ impl H2Client {
     pub fn new(transport: Transport) -> Arc<Self> {
         Arc::new(H2Client {
             transport,
-            slots: Mutex::new(HashMap::new()),
+            nodes: Mutex::new(HashMap::new()),
         })
     }
 
-    /// The live connection to `addr`, dialling it (within `timeout`) if there is none. Callers
-    /// that arrive while a dial is under way wait for it rather than dial their own.
-    pub async fn session(&self, addr: &Address, timeout: Duration) -> io::Result<Session> {
-        let slot = self
-            .slots
+    /// A place for one tunnel on a live connection to `addr` with room, dialling one (within
+    /// `timeout`) if there is none. Callers that arrive while a dial is under way wait for it
+    /// rather than dial their own.
+    pub async fn lease(&self, addr: &Address, timeout: Duration) -> io::Result<Lease> {
+        let node = self
+            .nodes
             .lock()
-            .expect("slots lock")
+            .expect("nodes lock")
             .entry(addr.to_string())
             .or_default()
             .clone();
-        let mut slot = slot.lock().await;
-        if let Some(session) = &slot.session {
-            if !session.is_closed() {
-                return Ok(session.clone());
+        let mut node = node.lock().await;
+        let deadline = tokio::time::Instant::now() + timeout;
+        // Each round either ends or waits until one more connection is settled or gone.
+        loop {
+            node.sessions.retain(|session| !session.is_closed());
+            if let Some(session) = node.sessions.iter().find(|session| session.has_room()) {
+                return Ok(session.lease());
             }
-            slot.session = None;
+            // A connection whose limit is not known yet may have room: wait for it rather
+            // than dial a connection that may not be needed.
+            let Some(unsettled) = node
+                .sessions
+                .iter()
+                .find(|session| !session.settled.is_cancelled())
+                .cloned()
+            else {
+                break;
+            };
+            tokio::select! {
+                _ = unsettled.settled.cancelled() => {}
+                _ = unsettled.closed.cancelled() => {}
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("HTTP/2 connection to {addr}: no SETTINGS from the server within {timeout:?}"),
+                    ));
+                }
+            }
         }
-        if let Some(at) = slot.retry_at {
+        if !node.sessions.is_empty() {
+            tracing::debug!(
+                peer = %addr, connections = node.sessions.len(),
+                "every HTTP/2 connection is at the server's stream limit, dialling another"
+            );
+        }
+        if let Some(at) = node.retry_at {
             let now = Instant::now();
             if now < at {
                 return Err(io::Error::new(
                     io::ErrorKind::ConnectionRefused,
                     format!(
                         "HTTP/2 connection to {addr} failed {} time(s) in a row; next attempt in {:?}",
-                        slot.failures,
+                        node.failures,
                         at - now
                     ),
                 ));
@@ -508,16 +612,15 @@ impl H2Client {
         }
         match self.dial(addr, timeout).await {
             Ok(session) => {
-                *slot = Slot {
-                    session: Some(session.clone()),
-                    failures: 0,
-                    retry_at: None,
-                };
-                Ok(session)
+                node.failures = 0;
+                node.retry_at = None;
+                let lease = session.lease();
+                node.sessions.push(session);
+                Ok(lease)
             }
             Err(e) => {
-                slot.failures = slot.failures.saturating_add(1);
-                slot.retry_at = Some(Instant::now() + backoff(slot.failures));
+                node.failures = node.failures.saturating_add(1);
+                node.retry_at = Some(Instant::now() + backoff(node.failures));
                 Err(e)
             }
         }
@@ -553,8 +656,8 @@ impl H2Client {
         Session::handshake(io, addr, keepalive).await
     }
 
-    /// Opens a tunnel stream with the request `make` builds on the pooled connection to
-    /// `addr`. A connection that turns out dead (GOAWAY, closed under us) is replaced once.
+    /// Opens a tunnel stream with the request `make` builds on a pooled connection to `addr`.
+    /// A connection that turns out dead (GOAWAY, closed under us) is replaced once.
     pub async fn open(
         &self,
         addr: &Address,
@@ -564,8 +667,8 @@ impl H2Client {
         let mut tries = 0;
         loop {
             tries += 1;
-            let session = self.session(addr, timeout).await?;
-            match session.open(make(), timeout).await {
+            let lease = self.lease(addr, timeout).await?;
+            match lease.open(make(), timeout).await {
                 Ok(stream) => return Ok(stream),
                 Err((e, true)) if tries < 2 => {
                     tracing::debug!(peer = %addr, error = %e, "HTTP/2 connection unusable, re-dialling");
@@ -576,14 +679,15 @@ impl H2Client {
     }
 }
 
-/// Sessions handed from the `http2` dialer to the `http2` connector, by stand-in id.
-static HANDOFF: LazyLock<Mutex<HashMap<u64, Session>>> = LazyLock::new(Default::default);
+/// Connections (with a tunnel's place) handed from the `http2` dialer to the `http2`
+/// connector, by stand-in id.
+static HANDOFF: LazyLock<Mutex<HashMap<u64, Lease>>> = LazyLock::new(Default::default);
 static NEXT_HANDOFF: AtomicU64 = AtomicU64::new(1);
 
-/// Parks `session` for the connector and returns the stand-in stream that names it.
-pub fn hand_off(session: Session) -> BoxConn {
+/// Parks `lease` for the connector and returns the stand-in stream that names it.
+pub fn hand_off(lease: Lease) -> BoxConn {
     let id = NEXT_HANDOFF.fetch_add(1, Ordering::Relaxed);
-    HANDOFF.lock().expect("handoff lock").insert(id, session);
+    HANDOFF.lock().expect("handoff lock").insert(id, lease);
     let mut token = HANDOFF_MAGIC.to_vec();
     token.extend_from_slice(&id.to_be_bytes());
     Box::new(SessionHandle {
@@ -592,8 +696,8 @@ pub fn hand_off(session: Session) -> BoxConn {
     })
 }
 
-/// The session behind a stand-in stream from [`hand_off`].
-pub async fn take_handed_off(conn: &mut BoxConn) -> io::Result<Session> {
+/// The connection behind a stand-in stream from [`hand_off`].
+pub async fn take_handed_off(conn: &mut BoxConn) -> io::Result<Lease> {
     let not_ours = || {
         io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -770,6 +874,126 @@ mod tests {
         send.send_reset(Reason::INTERNAL_ERROR);
         let mut buf = [0u8; 8];
         assert!(client.read(&mut buf).await.is_err());
+    }
+
+    /// An h2c server on 127.0.0.1 that answers every request with `200` and echoes its body,
+    /// allowing `max_streams` streams per connection; also returns how many connections it
+    /// accepted.
+    async fn echo_server(max_streams: u32) -> (Address, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = Address::parse(&listener.local_addr().unwrap().to_string()).unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(async move {
+                    let mut builder = server_builder();
+                    builder.max_concurrent_streams(max_streams);
+                    let Ok(mut conn) = builder.handshake::<_, Bytes>(tcp).await else {
+                        return;
+                    };
+                    while let Some(Ok((req, mut respond))) = conn.accept().await {
+                        tokio::spawn(async move {
+                            let Ok(send) = respond.send_response(http::Response::new(()), false)
+                            else {
+                                return;
+                            };
+                            let mut stream = H2Stream::new(send, req.into_body());
+                            let mut buf = [0u8; 1024];
+                            while let Ok(n) = stream.read(&mut buf).await
+                                && n > 0
+                                && stream.write_all(&buf[..n]).await.is_ok()
+                            {
+                            }
+                            let _ = stream.shutdown().await;
+                        });
+                    }
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    /// Opens `count` CONNECT tunnels to `addr` through `client` at once, each within 2 s.
+    async fn open_tunnels(client: &Arc<H2Client>, addr: &Address, count: usize) -> Vec<H2Stream> {
+        let mut opening = tokio::task::JoinSet::new();
+        for _ in 0..count {
+            let (client, addr) = (client.clone(), addr.clone());
+            opening.spawn(async move {
+                let connect = || {
+                    Request::builder()
+                        .method(http::Method::CONNECT)
+                        .uri(addr.to_string())
+                        .body(())
+                        .unwrap()
+                };
+                client.open(&addr, Duration::from_secs(2), connect).await
+            });
+        }
+        let mut tunnels = Vec::new();
+        while let Some(opened) = opening.join_next().await {
+            tunnels.push(opened.unwrap().expect("every tunnel opens"));
+        }
+        tunnels
+    }
+
+    /// One echo exchange on each of `tunnels`, all of them open at the same time.
+    async fn echo_on_each(tunnels: &mut [H2Stream]) {
+        for (i, tunnel) in tunnels.iter_mut().enumerate() {
+            let message = format!("tunnel {i}");
+            tunnel.write_all(message.as_bytes()).await.unwrap();
+            let mut echoed = vec![0u8; message.len()];
+            tokio::time::timeout(Duration::from_secs(2), tunnel.read_exact(&mut echoed))
+                .await
+                .expect("echo in time")
+                .unwrap();
+            assert_eq!(echoed, message.as_bytes());
+        }
+    }
+
+    // Go's HTTP/2 server (GOST's) allows 250 streams per connection; 2 stands for it.
+    const SMALL_SERVER_LIMIT: u32 = 2;
+
+    #[tokio::test]
+    async fn a_full_connection_gets_a_sibling() {
+        const TUNNELS: usize = 5;
+        let (addr, accepted) = echo_server(SMALL_SERVER_LIMIT).await;
+        let client = H2Client::new(Transport::Plain);
+        // The first tunnel, so that the server's limit is known when the others come.
+        let mut tunnels = open_tunnels(&client, &addr, 1).await;
+        echo_on_each(&mut tunnels).await;
+        tunnels.extend(open_tunnels(&client, &addr, TUNNELS - 1).await);
+        echo_on_each(&mut tunnels).await;
+        assert_eq!(
+            accepted.load(Ordering::Relaxed),
+            TUNNELS.div_ceil(SMALL_SERVER_LIMIT as usize),
+            "as many connections as the server's limit requires"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_burst_on_a_new_connection_waits_for_the_server_limit() {
+        // All at once on a cold pool: before the server's SETTINGS the limit is unknown.
+        const TUNNELS: usize = 5;
+        let (addr, accepted) = echo_server(SMALL_SERVER_LIMIT).await;
+        let client = H2Client::new(Transport::Plain);
+        let mut tunnels = open_tunnels(&client, &addr, TUNNELS).await;
+        echo_on_each(&mut tunnels).await;
+        assert_eq!(
+            accepted.load(Ordering::Relaxed),
+            TUNNELS.div_ceil(SMALL_SERVER_LIMIT as usize)
+        );
+    }
+
+    #[tokio::test]
+    async fn tunnels_share_one_connection_below_the_limit() {
+        const TUNNELS: usize = 50;
+        let (addr, accepted) = echo_server(MAX_CONCURRENT_STREAMS).await;
+        let client = H2Client::new(Transport::Plain);
+        let mut tunnels = open_tunnels(&client, &addr, TUNNELS).await;
+        echo_on_each(&mut tunnels).await;
+        assert_eq!(accepted.load(Ordering::Relaxed), 1);
     }
 
     #[test]

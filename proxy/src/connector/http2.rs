@@ -53,7 +53,7 @@ impl Http2Connector {
 #[async_trait]
 impl Connector for Http2Connector {
     async fn connect(&self, mut conn: BoxConn, target: &Address) -> Result<BoxConn, ConnectError> {
-        let session = take_handed_off(&mut conn).await?;
+        let lease = take_handed_off(&mut conn).await?;
         let mut req = Request::builder()
             .method(Method::CONNECT)
             .uri(target.to_string())
@@ -64,7 +64,7 @@ impl Connector for Http2Connector {
         if let Some(value) = &self.authorization {
             headers.insert(header::PROXY_AUTHORIZATION, value.clone());
         }
-        match session.open(req, self.timeout).await {
+        match lease.open(req, self.timeout).await {
             Ok(stream) => Ok(Box::new(stream)),
             Err((RequestError::Status(status), _)) => Err(ConnectError::Refused(format!(
                 "http2 proxy answered CONNECT {target} with {status}"

@@ -4,7 +4,9 @@
 //! TLS with the node's TLS settings (ALPN `h2`) by default, cleartext HTTP/2 with prior
 //! knowledge when `grpcInsecure`. `:authority` is metadata `host` or the node's host, without
 //! the port, as GOST's gRPC client sends it. A connection that ends (server restart, GOAWAY,
-//! failed keepalive) is replaced on the next tunnel, with backoff while dialling fails.
+//! failed keepalive) is replaced on the next tunnel, with backoff while dialling fails. Calls
+//! beyond the server's stream limit wait for a free stream rather than open a second
+//! connection, as grpc-go's client (GOST's) does; grpc-go servers set no limit.
 
 use std::collections::HashMap;
 use std::future::Future;

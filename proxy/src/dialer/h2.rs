@@ -1,5 +1,5 @@
-//! The `h2` and `h2c` dialers (gost-wire.md §8.4): every tunnel is one HTTP/2 stream, and all
-//! tunnels to a node share one connection.
+//! The `h2` and `h2c` dialers (gost-wire.md §8.4): every tunnel is one HTTP/2 stream, and the
+//! tunnels to a node share one connection (more once one is at the server's stream limit).
 //!
 //! A tunnel is a `CONNECT` whose authority is the node (metadata `host`, else the node
 //! address), or with metadata `path` a `GET` of that path carrying a streaming request body,
@@ -107,7 +107,7 @@ impl Dialer for H2Dialer {
     }
 }
 
-/// The `http2` dialer (gost-wire.md §8.3): the pooled TLS HTTP/2 connection to the node,
+/// The `http2` dialer (gost-wire.md §8.3): a pooled TLS HTTP/2 connection to the node,
 /// handed to the `http2` connector, which opens each tunnel on it with `CONNECT target`.
 pub struct Http2Dialer {
     client: Arc<H2Client>,
@@ -125,13 +125,13 @@ impl Http2Dialer {
 #[async_trait]
 impl Dialer for Http2Dialer {
     async fn dial(&self, addr: &Address, timeout: Duration) -> io::Result<BoxConn> {
-        let session = self.client.session(addr, timeout).await?;
-        Ok(hand_off(session))
+        let lease = self.client.lease(addr, timeout).await?;
+        Ok(hand_off(lease))
     }
 
     async fn handshake(&self, conn: BoxConn, addr: &Address) -> io::Result<BoxConn> {
         let session = self.client.over(conn, addr, false).await?;
-        Ok(hand_off(session))
+        Ok(hand_off(session.lease()))
     }
 }
 
