@@ -56,11 +56,18 @@ pub const MAX_HEADER_LIST_SIZE: u32 = 64 * 1024;
 /// handshake timeout for `h2`.
 pub const H2_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Interval between PINGs on an otherwise quiet pooled connection, so that a peer that
-/// vanished without closing (power loss, NAT timeout) is noticed before the next tunnel.
+/// How long a pooled connection may receive nothing before we PING it, so that a peer that
+/// vanished without closing (power loss, NAT timeout) is noticed before the next tunnel. This
+/// holds whether or not tunnels are open: a quiet tunnel (an idle SSH session) over a vanished
+/// peer needs noticing as much, and new tunnels would go to that connection. A connection that
+/// receives anything (tunnel data, WINDOW_UPDATEs for our uploads, the peer's PINGs) is not
+/// PINGed, as Go's HTTP/2 client with `ReadIdleTimeout`.
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 
-/// How long a PING may go unanswered before the connection is declared dead.
+/// How long a connection may receive nothing at all while our PING is unanswered before it is
+/// declared dead. Anything received proves the peer alive and restarts the wait: on a slow or
+/// bufferbloated uplink the PING queues behind our DATA (up to a connection window of it), so
+/// its answer comes late although the peer keeps sending.
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Tunnels a new pooled connection takes before the server's SETTINGS are in. Until then its
@@ -319,6 +326,58 @@ impl Conn for H2Stream {
     }
 }
 
+/// A client connection's socket, noting whenever anything is received, which is what the
+/// keepalive takes as a sign of life.
+struct Heard<T> {
+    io: T,
+    heard: Arc<AtomicBool>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Heard<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut self.io).poll_read(cx, buf))?;
+        if buf.filled().len() > before {
+            self.heard.store(true, Ordering::Relaxed);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Heard<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
 /// How a client reaches the HTTP/2 server under the connection.
 pub enum Transport {
     /// Prior-knowledge cleartext HTTP/2 (`h2c`).
@@ -400,6 +459,11 @@ impl Session {
     /// Runs the HTTP/2 handshake over `io` and drives the connection in a task of its own,
     /// with PING keepalive when `keepalive` (pooled connections, which outlive any tunnel).
     pub async fn handshake(io: BoxConn, peer: &Address, keepalive: bool) -> io::Result<Self> {
+        let heard = Arc::new(AtomicBool::new(false));
+        let io = Heard {
+            io,
+            heard: heard.clone(),
+        };
         let handshake = client_builder().handshake::<_, Bytes>(io);
         let (send, mut connection) = tokio::time::timeout(H2_HANDSHAKE_TIMEOUT, handshake)
             .await
@@ -432,12 +496,31 @@ impl Session {
                 // the first interval as well to be answered.
                 let mut wait = KEEPALIVE_INTERVAL + KEEPALIVE_TIMEOUT;
                 loop {
-                    match tokio::time::timeout(wait, ping.ping(h2::Ping::opaque())).await {
-                        Ok(Ok(_)) => settle.cancel(),
-                        Ok(Err(e)) => return format!("PING failed: {e}"),
-                        Err(_) => return format!("no PING answer within {wait:?}"),
+                    let mut answer = std::pin::pin!(ping.ping(h2::Ping::opaque()));
+                    loop {
+                        match tokio::time::timeout(wait, &mut answer).await {
+                            Ok(Ok(_)) => break,
+                            Ok(Err(e)) => return format!("PING failed: {e}"),
+                            // The answer is queued behind data; the peer is alive.
+                            Err(_) if heard.swap(false, Ordering::Relaxed) => {
+                                wait = KEEPALIVE_TIMEOUT;
+                            }
+                            Err(_) => {
+                                return format!(
+                                    "PING unanswered and nothing received for {wait:?}"
+                                );
+                            }
+                        }
                     }
-                    tokio::time::sleep(KEEPALIVE_INTERVAL).await;
+                    settle.cancel();
+                    // The answer itself is no reason to skip the next PING.
+                    heard.store(false, Ordering::Relaxed);
+                    loop {
+                        tokio::time::sleep(KEEPALIVE_INTERVAL).await;
+                        if !heard.swap(false, Ordering::Relaxed) {
+                            break;
+                        }
+                    }
                     wait = KEEPALIVE_TIMEOUT;
                 }
             };
@@ -865,6 +948,34 @@ mod tests {
             session.is_closed(),
             "an unanswered PING must end the connection"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keepalive_spares_a_peer_that_keeps_sending() {
+        // The peer never answers the PING (as if it sat behind megabytes of our DATA on a slow
+        // uplink) but keeps granting flow-control credit, which proves it alive.
+        const PEER_FRAME_EVERY: Duration = Duration::from_secs(10);
+        const PEER_SENDS_FOR: Duration = Duration::from_secs(200);
+        let (a, mut peer_end) = tokio::io::duplex(1024 * 1024);
+        let peer = Address::parse("127.0.0.1:1").unwrap();
+        let session = Session::handshake(Box::new(a), &peer, true).await.unwrap();
+        // An empty SETTINGS (the server's preface), then a connection WINDOW_UPDATE of 1 at
+        // every beat.
+        const SETTINGS: [u8; 9] = [0, 0, 0, 4, 0, 0, 0, 0, 0];
+        const WINDOW_UPDATE: [u8; 13] = [0, 0, 4, 8, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+        peer_end.write_all(&SETTINGS).await.unwrap();
+        let beats = PEER_SENDS_FOR.as_secs() / PEER_FRAME_EVERY.as_secs();
+        for _ in 0..beats {
+            tokio::time::sleep(PEER_FRAME_EVERY).await;
+            assert!(
+                !session.is_closed(),
+                "a peer that keeps sending was dropped"
+            );
+            peer_end.write_all(&WINDOW_UPDATE).await.unwrap();
+        }
+        // Once the peer falls silent, the outstanding PING's wait runs out.
+        tokio::time::sleep(KEEPALIVE_INTERVAL + KEEPALIVE_TIMEOUT + Duration::from_secs(1)).await;
+        assert!(session.is_closed(), "a silent peer must be dropped");
     }
 
     #[tokio::test]
