@@ -105,6 +105,19 @@ fn bad_urls_fail_without_echoing_the_password() {
 }
 
 #[test]
+fn an_h2_host_that_is_no_authority_fails_at_startup() {
+    let out = gost(&[
+        "-L",
+        "http://127.0.0.1:0",
+        "-F",
+        "http+h2c://127.0.0.1:1?host=a%20b",
+    ]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("`host`"), "{}", out.stderr);
+    assert!(out.stderr.contains("\"a b\""), "{}", out.stderr);
+}
+
+#[test]
 fn unimplemented_transports_are_named() {
     // On -L, http3 is GOST's HTTP/3 reverse proxy, not the h3 tunnel.
     let out = gost(&["-L", "http3://127.0.0.1:0"]);

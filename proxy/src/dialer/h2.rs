@@ -12,6 +12,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use gost_api::Metadata;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery};
 use http::{Method, Request};
 
 use super::Dialer;
@@ -43,15 +44,32 @@ impl H2Dialer {
             None => Transport::Plain,
         };
         let path = metadata.string(&["path"]).filter(|p| !p.is_empty());
-        if let Some(path) = &path
-            && !path.starts_with('/')
+        if let Some(path) = &path {
+            if !path.starts_with('/') {
+                return Err(format!("metadata `path`: {path:?} must start with `/`"));
+            }
+            if PathAndQuery::try_from(path.as_str()).is_err() {
+                return Err(format!(
+                    "metadata `path`: {path:?} is not a valid request path (percent-encode spaces and the like)"
+                ));
+            }
+        }
+        // Every tunnel request carries it as `:authority`, which RFC 9113 §8.5 requires of a
+        // CONNECT, so a value that cannot be one is a configuration error, not a request
+        // without it.
+        let host = metadata.string(&["host"]).filter(|h| !h.is_empty());
+        if let Some(host) = &host
+            && Authority::try_from(host.as_str())
+                .map_or(true, |authority| authority.as_str().contains('@'))
         {
-            return Err(format!("metadata `path`: {path:?} must start with `/`"));
+            return Err(format!(
+                "metadata `host`: {host:?} is not a valid HTTP/2 authority (host or host:port)"
+            ));
         }
         Ok(H2Dialer {
             client: H2Client::new(transport),
             tls: is_tls,
-            host: metadata.string(&["host"]).filter(|h| !h.is_empty()),
+            host,
             path,
             headers: header_map(metadata)?,
         })
@@ -71,16 +89,10 @@ impl H2Dialer {
         } else {
             Method::CONNECT
         };
-        let mut req = Request::builder()
-            .method(method)
-            .uri(uri)
-            .body(())
-            .unwrap_or_else(|_| {
-                // Only a `host` metadata value that is no authority gets here.
-                let mut req = Request::new(());
-                *req.method_mut() = Method::CONNECT;
-                req
-            });
+        let mut req =
+            Request::builder().method(method).uri(uri).body(()).expect(
+                "`host` and `path` were checked in `new`, and node addresses are authorities",
+            );
         req.headers_mut().extend(self.headers.clone());
         req
     }
@@ -203,6 +215,27 @@ mod tests {
         let req = d.request(&Address::parse("10.0.0.1:8443").unwrap());
         assert_eq!(req.method(), Method::GET);
         assert_eq!(req.uri().to_string(), "https://example.com/tun?x=1");
+    }
+
+    #[test]
+    fn a_host_or_path_that_cannot_be_sent_fails_when_built() {
+        // RFC 9113 §8.5: a CONNECT carries the `:authority`; there is no sending one without.
+        for (key, value) in [
+            ("host", "a b"),
+            ("host", "a/b"),
+            ("host", "user@a.example"),
+            ("path", "/a b"),
+        ] {
+            let mut metadata = Metadata::default();
+            metadata.insert_str(key, value);
+            let Err(e) = H2Dialer::new(None, &metadata) else {
+                panic!("metadata {key}={value:?} was accepted");
+            };
+            assert!(
+                e.contains(&format!("`{key}`")) && e.contains(value),
+                "{key}={value:?}: {e}"
+            );
+        }
     }
 
     #[test]
