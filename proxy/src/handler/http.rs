@@ -7,13 +7,18 @@
 //! pipelined) to the tunnel relay. Other requests are sent on in origin form over a fresh
 //! upstream connection dialled through the router, so through a chain they become CONNECTs to
 //! the target, as in GOST.
+//!
+//! With probe resistance (`probeResist`, [`super::probe`]) a request that fails authentication
+//! gets a decoy instead of the 407. hyper hands the connection back for it: decoys are written
+//! byte for byte as GOST writes them (a 200 to a CONNECT with a page as body, which hyper would
+//! take for a tunnel), and a `host:` decoy gets the request and the rest of the connection.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::combinators::BoxBody;
@@ -23,9 +28,14 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
 
+use super::probe::{self, Answer, ProbeResistance};
 use super::{Handler, HandlerEnv, run_tunnel};
 use crate::addr::Address;
+use crate::auth::Verdict;
 use crate::chain::{DialError, DialErrorKind};
 use crate::codec::http::proxy_target;
 use crate::conn::{BoxConn, Conn, Prefixed};
@@ -76,11 +86,45 @@ struct Shared {
     env: Arc<HandlerEnv>,
     proxy_agent: HeaderValue,
     challenge: HeaderValue,
+    probe: Option<ProbeResistance>,
+}
+
+/// Lets answering a request take the connection from hyper (see [`Shared::refuse`]).
+#[derive(Default)]
+struct ConnControl {
+    takeover: Mutex<Option<Takeover>>,
+    signal: Notify,
+}
+
+/// What is done with a connection taken from hyper.
+enum Takeover {
+    /// Write this answer and close.
+    Answer(Bytes),
+    /// Relay the client's request head, re-written, then its stream to the `host:` decoy.
+    Pipe {
+        head: Bytes,
+        decoy: TcpStream,
+        addr: Address,
+    },
+}
+
+impl ConnControl {
+    fn take_over(&self, takeover: Takeover) {
+        *self.takeover.lock().unwrap_or_else(|e| e.into_inner()) = Some(takeover);
+        self.signal.notify_one();
+    }
+
+    fn takeover(&self) -> Option<Takeover> {
+        self.takeover
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
 }
 
 impl HttpHandler {
     /// A handler with the environment's auth, router and metadata (`proxyAgent`,
-    /// `authBasicRealm`).
+    /// `authBasicRealm`, `probeResist`, `knock`).
     pub fn new(env: Arc<HandlerEnv>) -> Result<Self, String> {
         let md = &env.metadata;
         let agent = md
@@ -95,6 +139,7 @@ impl HttpHandler {
             .map_err(|_| format!("metadata `authBasicRealm`: {realm:?} is not a valid realm"))?;
         Ok(HttpHandler {
             shared: Arc::new(Shared {
+                probe: ProbeResistance::from_metadata(md)?,
                 env,
                 proxy_agent,
                 challenge,
@@ -107,19 +152,36 @@ impl HttpHandler {
 impl Handler for HttpHandler {
     async fn handle(&self, conn: BoxConn, client: SocketAddr) {
         let shared = self.shared.clone();
-        let service = service_fn(move |req| {
-            let shared = shared.clone();
-            async move { Ok::<_, Infallible>(shared.serve(req, client).await) }
-        });
-        let result = http1::Builder::new()
+        let control = Arc::new(ConnControl::default());
+        let service = {
+            let control = control.clone();
+            service_fn(move |req| {
+                let shared = shared.clone();
+                let control = control.clone();
+                async move { Ok::<_, Infallible>(shared.serve(req, client, &control).await) }
+            })
+        };
+        let mut connection = http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(self.shared.env.handshake_timeout)
             .max_buf_size(self.shared.env.max_header_size.max(HYPER_MIN_BUF_SIZE))
             .title_case_headers(true)
             .auto_date_header(false)
             .serve_connection(TokioIo::new(conn), service)
-            .with_upgrades()
-            .await;
+            .with_upgrades();
+        let result = tokio::select! {
+            result = &mut connection => result,
+            () = control.signal.notified() => {
+                // The request is never answered through hyper, which has so written nothing
+                // for it; hyper gives back the stream and what it read past the request head.
+                if let (Some(takeover), Some(parts)) = (control.takeover(), connection.into_parts()) {
+                    self.shared
+                        .take_over(parts.io.into_inner(), parts.read_buf, takeover, client)
+                        .await;
+                }
+                return;
+            }
+        };
         if let Err(e) = result {
             tracing::debug!(service = %self.shared.env.service, client = %client, error = %e, "http connection ended");
         }
@@ -127,14 +189,20 @@ impl Handler for HttpHandler {
 }
 
 impl Shared {
-    async fn serve(&self, req: Request<Incoming>, client: SocketAddr) -> Response<Body> {
+    async fn serve(
+        &self,
+        req: Request<Incoming>,
+        client: SocketAddr,
+        control: &ConnControl,
+    ) -> Response<Body> {
         let env = &self.env;
         if head_size(req.method(), req.uri(), req.headers()) > env.max_header_size {
             tracing::debug!(service = %env.service, client = %client, limit = env.max_header_size, "request head too large");
             return self.error(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
         }
-        if !super::proxy_auth_accepted(env, req.headers(), client, "http") {
-            return self.auth_required(req.headers());
+        let verdict = super::proxy_auth(env, req.headers(), client, "http");
+        if !verdict.accepted() {
+            return self.refuse(&req, verdict, control).await;
         }
         let uri = req.uri();
         let host_header = req
@@ -250,6 +318,73 @@ impl Shared {
             DialErrorKind::TimedOut => StatusCode::GATEWAY_TIMEOUT,
             _ => StatusCode::BAD_GATEWAY,
         })
+    }
+
+    /// Answers a request that failed authentication: with the 407, or with probe resistance's
+    /// decoy unless the request knocks. Every refused request gets the decoy, also those of a
+    /// client over the failure limit: a 407 then would give the proxy away. A decoy is never
+    /// answered through hyper: the connection is taken from it instead (`handle`).
+    async fn refuse(
+        &self,
+        req: &Request<Incoming>,
+        verdict: Verdict,
+        control: &ConnControl,
+    ) -> Response<Body> {
+        let Some(probe) = self
+            .probe
+            .as_ref()
+            .filter(|probe| probe.hides_from(req.uri().host().unwrap_or("")))
+        else {
+            return self.auth_required(req.headers());
+        };
+        let takeover = match probe
+            .answer(&self.env.service, verdict != Verdict::Refused)
+            .await
+        {
+            Answer::Respond(decoy) => Takeover::Answer(probe::http1_answer(&decoy)),
+            Answer::Pipe(decoy, addr) => Takeover::Pipe {
+                head: probe::request_head(req.method(), req.uri(), req.version(), req.headers()),
+                decoy,
+                addr,
+            },
+        };
+        control.take_over(takeover);
+        std::future::pending().await
+    }
+
+    /// Serves a connection taken from hyper after a refused request: writes the decoy and
+    /// closes, or relays the client's stream to the `host:` decoy as a tunnel (`read_buf` is
+    /// what hyper had read past the request head).
+    async fn take_over(
+        &self,
+        mut conn: BoxConn,
+        read_buf: Bytes,
+        takeover: Takeover,
+        client: SocketAddr,
+    ) {
+        let env = &self.env;
+        match takeover {
+            Takeover::Answer(answer) => {
+                // Within the time a client has for its request: a prober that stops reading
+                // holds the connection no longer than one that stops writing.
+                let written = tokio::time::timeout(env.handshake_timeout, async {
+                    conn.write_all(&answer).await?;
+                    conn.shutdown().await
+                })
+                .await;
+                if !matches!(written, Ok(Ok(()))) {
+                    tracing::debug!(service = %env.service, client = %client, "probe resistance: decoy not delivered");
+                }
+            }
+            Takeover::Pipe { head, decoy, addr } => {
+                tracing::debug!(service = %env.service, client = %client, decoy = %addr, "probe resistance: connection handed to the decoy host");
+                let mut sent = BytesMut::with_capacity(head.len() + read_buf.len());
+                sent.put(head);
+                sent.put(read_buf);
+                let conn = Prefixed::boxed(sent.freeze(), conn);
+                run_tunnel(env, "http", client, &addr, conn, Box::new(decoy)).await;
+            }
+        }
     }
 
     fn auth_required(&self, request_headers: &HeaderMap) -> Response<Body> {

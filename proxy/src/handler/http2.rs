@@ -8,6 +8,10 @@
 //! handler keeps GOST's single status). Requests other than CONNECT are not forwarded in this
 //! build: they get `501` and a log line.
 //!
+//! With probe resistance (`probeResist`, [`super::probe`]) a request that fails authentication
+//! gets a decoy instead of the 407; for a `host:` decoy the request is forwarded there as a plain
+//! request would be to its target (an HTTP/2 stream cannot be handed over as raw bytes).
+//!
 //! Clients that chose HTTP/1.1 in ALPN reach [`Handler::handle`] with their TLS stream and are
 //! served by the ordinary `http` handler.
 
@@ -27,8 +31,10 @@ use hyper::body::{Body as _, Frame};
 use hyper_util::rt::TokioIo;
 
 use super::http::{DEFAULT_REALM, HttpHandler};
+use super::probe::{Answer, ProbeResistance};
 use super::{Handler, HandlerEnv, run_tunnel};
 use crate::addr::Address;
+use crate::auth::Verdict;
 use crate::codec::http::with_default_port;
 use crate::conn::BoxConn;
 use crate::dialer::h2::header_map;
@@ -44,11 +50,12 @@ pub struct Http2Handler {
     http1: HttpHandler,
     challenge: HeaderValue,
     headers: HeaderMap,
+    probe: Option<ProbeResistance>,
 }
 
 impl Http2Handler {
     /// A handler with the environment's auth, router and metadata (`authBasicRealm`,
-    /// `header`).
+    /// `header`, `probeResist`, `knock`).
     pub fn new(env: Arc<HandlerEnv>) -> Result<Self, String> {
         let md = &env.metadata;
         let realm = md
@@ -59,6 +66,7 @@ impl Http2Handler {
         Ok(Http2Handler {
             http1: HttpHandler::new(env.clone())?,
             headers: header_map(md)?,
+            probe: ProbeResistance::from_metadata(md)?,
             env,
             challenge,
         })
@@ -90,13 +98,9 @@ impl Http2Handler {
                 respond.send_response(status(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE), true);
             return;
         }
-        if !super::proxy_auth_accepted(env, req.headers(), client, "http2") {
-            let mut response = status(StatusCode::PROXY_AUTHENTICATION_REQUIRED);
-            response
-                .headers_mut()
-                .insert(header::PROXY_AUTHENTICATE, self.challenge.clone());
-            let _ = respond.send_response(response, true);
-            return;
+        let verdict = super::proxy_auth(env, req.headers(), client, "http2");
+        if !verdict.accepted() {
+            return self.refuse(req, respond, client, verdict).await;
         }
         if req.method() != Method::CONNECT {
             return self.forward(req, respond, client).await;
@@ -163,7 +167,72 @@ impl Http2Handler {
                 return;
             }
         };
-        let response = match send_upstream(req, upstream, &target, env, client).await {
+        self.relay_answer(req, respond, upstream, &target, client)
+            .await;
+    }
+
+    /// Answers a request that failed authentication: with the 407, or with probe resistance's
+    /// decoy unless the request knocks (every refused request, also those of a client over the
+    /// failure limit, for which a 407 would give the proxy away).
+    async fn refuse(
+        &self,
+        req: Request<RecvStream>,
+        mut respond: SendResponse<Bytes>,
+        client: SocketAddr,
+        verdict: Verdict,
+    ) {
+        let env = &self.env;
+        let Some(probe) = self
+            .probe
+            .as_ref()
+            .filter(|probe| probe.hides_from(req.uri().host().unwrap_or("")))
+        else {
+            let mut response = status(StatusCode::PROXY_AUTHENTICATION_REQUIRED);
+            response
+                .headers_mut()
+                .insert(header::PROXY_AUTHENTICATE, self.challenge.clone());
+            let _ = respond.send_response(response, true);
+            return;
+        };
+        match probe
+            .answer(&env.service, verdict != Verdict::Refused)
+            .await
+        {
+            // Without GOST's `Connection: keep-alive` on a 200: HTTP/2 has no such header.
+            Answer::Respond(decoy) => {
+                let (parts, page) = decoy.into_parts();
+                let end = page.is_empty();
+                match respond.send_response(Response::from_parts(parts, ()), end) {
+                    Ok(mut send) if !end => {
+                        if send_all(&mut send, page).await.is_ok() {
+                            let _ = send.send_data(Bytes::new(), true);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::debug!(service = %env.service, client = %client, error = %e, "client went away");
+                    }
+                }
+            }
+            Answer::Pipe(decoy, addr) => {
+                self.relay_answer(req, respond, Box::new(decoy), &addr, client)
+                    .await;
+            }
+        }
+    }
+
+    /// Sends `req` on in HTTP/1.1 origin form over `upstream`, a connection to `target`, and
+    /// streams the answer back.
+    async fn relay_answer(
+        &self,
+        req: Request<RecvStream>,
+        mut respond: SendResponse<Bytes>,
+        upstream: BoxConn,
+        target: &Address,
+        client: SocketAddr,
+    ) {
+        let env = &self.env;
+        let response = match send_upstream(req, upstream, target, env, client).await {
             Ok(response) => response,
             Err(e) => {
                 crate::metrics::handler_error(&env.service, client);

@@ -3,6 +3,7 @@
 pub mod auto;
 pub mod http;
 pub mod http2;
+pub mod probe;
 pub mod relay;
 pub mod socks4;
 pub mod socks5;
@@ -58,15 +59,15 @@ pub struct HandlerEnv {
 }
 
 /// Whether a proxy request's `Proxy-Authorization` satisfies the service's credentials (always,
-/// when it has none). A refusal is logged with the user name, never the password.
-pub(crate) fn proxy_auth_accepted(
+/// when it has none). A refusal is counted and logged with the user name, never the password.
+pub(crate) fn proxy_auth(
     env: &HandlerEnv,
     headers: &::http::HeaderMap,
     client: SocketAddr,
     protocol: &'static str,
-) -> bool {
+) -> Verdict {
     let Some(auth) = &env.auth else {
-        return true;
+        return Verdict::Accepted;
     };
     let credentials = headers
         .get(::http::header::PROXY_AUTHORIZATION)
@@ -86,7 +87,7 @@ pub(crate) fn proxy_auth_accepted(
             verdict,
         );
     }
-    verdict.accepted()
+    verdict
 }
 
 /// Counts and logs a failed authentication by `user` (never the password) as `what` (e.g.

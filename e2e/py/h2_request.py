@@ -1,0 +1,68 @@
+"""Sends one request over HTTP/2 (the `h2` package over the stdlib `ssl` module) to gost's
+`http2` listener and prints the answer as JSON: {"status": ..., "headers": {...}, "body": ...}.
+
+usage: h2_request.py PROXY METHOD AUTHORITY PATH CREDENTIALS
+PATH is `-` for a CONNECT (which has no :scheme or :path), CREDENTIALS `user:pass` or `-` for
+none. Any failure raises and exits non-zero.
+"""
+
+import base64
+import json
+import socket
+import ssl
+import sys
+import time
+
+import h2.config
+import h2.connection
+import h2.events
+
+proxy, method, authority, path, credentials = sys.argv[1:6]
+TIMEOUT = 20
+
+host, port = proxy.rsplit(":", 1)
+context = ssl.create_default_context()
+# gost's generated certificate is self-signed, as GOST's is.
+context.check_hostname = False
+context.verify_mode = ssl.CERT_NONE
+context.set_alpn_protocols(["h2"])
+tls = context.wrap_socket(socket.create_connection((host, int(port)), timeout=TIMEOUT), server_hostname=host)
+assert tls.selected_alpn_protocol() == "h2", tls.selected_alpn_protocol()
+
+# A plain CONNECT (RFC 9113 §8.5) has no :scheme or :path, which the package refuses to send
+# unless outbound validation is off; answers are still validated.
+conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, validate_outbound_headers=False))
+conn.initiate_connection()
+headers = [(":method", method), (":authority", authority)]
+if path != "-":
+    headers += [(":scheme", "http"), (":path", path)]
+if credentials != "-":
+    headers.append(("proxy-authorization", "Basic " + base64.b64encode(credentials.encode()).decode()))
+stream_id = conn.get_next_available_stream_id()
+conn.send_headers(stream_id, headers, end_stream=method != "CONNECT")
+tls.sendall(conn.data_to_send())
+
+answer = {"body": ""}
+ended = False
+deadline = time.monotonic() + TIMEOUT
+# A CONNECT answered 200 stays open as a tunnel: the headers are the whole answer then.
+while not ended and not (method == "CONNECT" and answer.get("status") == "200"):
+    assert time.monotonic() < deadline, "timed out waiting for the proxy"
+    data = tls.recv(65536)
+    assert data, "proxy closed the connection"
+    for event in conn.receive_data(data):
+        if isinstance(event, h2.events.ResponseReceived):
+            fields = {k.decode(): v.decode() for k, v in event.headers}
+            answer["status"] = fields.pop(":status")
+            answer["headers"] = fields
+        elif isinstance(event, h2.events.DataReceived):
+            answer["body"] += event.data.decode(errors="replace")
+            conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+        elif isinstance(event, (h2.events.StreamEnded, h2.events.StreamReset)):
+            ended = True
+    tls.sendall(conn.data_to_send())
+
+print(json.dumps(answer))
+conn.close_connection()
+tls.sendall(conn.data_to_send())
+tls.close()
