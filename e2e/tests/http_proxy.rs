@@ -327,3 +327,20 @@ fn python_requests_library_over_http_and_socks5() {
         ],
     );
 }
+
+#[test]
+fn websocket_upgrade_through_absolute_uri_forwarding() {
+    let server = seed_server();
+    let client = seed_client(&server);
+    // Straight to the server, and through the client, whose chain carries the request in a
+    // CONNECT to the server.
+    for proxy in [server.addr(), client.addr()] {
+        python_checks(
+            "ws_forward.py",
+            &[proxy.to_string(), "user:pass".to_string()],
+            &["upgrade ok", "headers ok", "echo ok", "refusal ok"],
+        );
+    }
+    // The upgraded connection is relayed as a tunnel, with its summary line.
+    server.wait_for_log("\"outcome\":\"closed\"");
+}

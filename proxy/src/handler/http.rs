@@ -6,7 +6,9 @@
 //! GOST's `Proxy-Agent`, then hands the raw client stream (with anything the client already
 //! pipelined) to the tunnel relay. Other requests are sent on in origin form over a fresh
 //! upstream connection dialled through the router, so through a chain they become CONNECTs to
-//! the target, as in GOST.
+//! the target, as in GOST. An upgrade request (WebSocket) keeps its `Connection: Upgrade` and
+//! `Upgrade`; when the target switches protocols the `101` is relayed and the two connections
+//! become a tunnel.
 //!
 //! With probe resistance (`probeResist`, [`super::probe`]) a request that fails authentication
 //! gets a decoy instead of the 407. hyper hands the connection back for it: decoys are written
@@ -26,14 +28,14 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::upgrade::Upgraded;
+use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use super::probe::{self, Answer, ProbeResistance};
-use super::{Handler, HandlerEnv, run_tunnel};
+use super::{Handler, HandlerEnv, run_tunnel, run_uncounted_tunnel};
 use crate::addr::Address;
 use crate::auth::Verdict;
 use crate::chain::{DialError, DialErrorKind};
@@ -264,7 +266,8 @@ impl Shared {
         response
     }
 
-    /// Sends the request on in origin form over `upstream` and returns the target's response.
+    /// Sends the request on in origin form over `upstream` and returns the target's response;
+    /// a `101 Switching Protocols` to an upgrade request turns both connections into a tunnel.
     async fn forward(
         &self,
         mut req: Request<Incoming>,
@@ -288,17 +291,29 @@ impl Shared {
         };
         let service = self.env.service.clone();
         self.env.tunnels.spawn(async move {
-            if let Err(e) = connection.await {
+            if let Err(e) = connection.with_upgrades().await {
                 tracing::debug!(service = %service, error = %e, "upstream HTTP connection ended");
             }
         });
+        // hyper offers the client's stream for an HTTP/1.1 request with `Upgrade`, once the
+        // response is a 101.
+        let upgrade =
+            upgrade_protocol(req.headers()).zip(req.extensions_mut().remove::<OnUpgrade>());
         prepare_forwarded(&mut req, &target);
+        if let Some((protocol, _)) = &upgrade {
+            let headers = req.headers_mut();
+            headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+            headers.insert(header::UPGRADE, protocol.clone());
+        }
         match sender.send_request(req).await {
             Ok(response) => {
                 tracing::info!(
                     service = %self.env.service, protocol = "http", client = %client, target = %target,
                     status = response.status().as_u16(), "forwarded"
                 );
+                if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    return self.switch_protocols(response, upgrade, target, client);
+                }
                 let (mut parts, body) = response.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
                 Response::from_parts(parts, body.boxed())
@@ -309,6 +324,67 @@ impl Shared {
                 self.error(StatusCode::BAD_GATEWAY)
             }
         }
+    }
+
+    /// Relays the target's `101` to the client and then bytes both ways, as a tunnel, once hyper
+    /// hands over both streams. Refused (502) when the request asked for no upgrade or for
+    /// another protocol than the target switched to, as GOST does.
+    fn switch_protocols(
+        &self,
+        mut response: Response<Incoming>,
+        upgrade: Option<(HeaderValue, OnUpgrade)>,
+        target: Address,
+        client: SocketAddr,
+    ) -> Response<Body> {
+        let switched = upgrade_protocol(response.headers());
+        let client_upgrade = match (upgrade, &switched) {
+            (Some((requested, client_upgrade)), Some(switched))
+                if requested
+                    .as_bytes()
+                    .eq_ignore_ascii_case(switched.as_bytes()) =>
+            {
+                client_upgrade
+            }
+            (requested, _) => {
+                crate::metrics::handler_error(&self.env.service, client);
+                tracing::warn!(
+                    service = %self.env.service, client = %client, target = %target,
+                    requested = ?requested.map(|(protocol, _)| protocol), switched = ?switched,
+                    "target switched to a protocol the client did not ask for"
+                );
+                return self.error(StatusCode::BAD_GATEWAY);
+            }
+        };
+        let upstream_upgrade = hyper::upgrade::on(&mut response);
+        let env = self.env.clone();
+        self.env.tunnels.spawn(async move {
+            match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                // The upstream stream is the metered one of `forward`, which counts the bytes.
+                Ok((client_io, upstream_io)) => {
+                    run_uncounted_tunnel(
+                        &env,
+                        "http",
+                        client,
+                        &target,
+                        into_conn(client_io),
+                        into_conn(upstream_io),
+                    )
+                    .await;
+                }
+                Err(e) => {
+                    tracing::debug!(service = %env.service, client = %client, error = %e, "upgrade abandoned")
+                }
+            }
+        });
+        let (mut parts, _) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        if let Some(protocol) = switched {
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+            parts.headers.insert(header::UPGRADE, protocol);
+        }
+        Response::from_parts(parts, empty())
     }
 
     fn dial_failed(&self, e: &DialError, client: SocketAddr) -> Response<Body> {
@@ -423,8 +499,9 @@ fn empty() -> Body {
 
 impl Conn for TokioIo<Upgraded> {}
 
-/// The client stream behind an upgraded connection: the original stream when hyper gives it
-/// back (so the relay can wait on socket readiness), otherwise hyper's wrapper.
+/// The stream behind an upgraded connection (the client's, or the target's after a 101): the
+/// original stream when hyper gives it back (so the relay can wait on socket readiness),
+/// otherwise hyper's wrapper.
 fn into_conn(upgraded: Upgraded) -> BoxConn {
     match upgraded.downcast::<TokioIo<BoxConn>>() {
         Ok(parts) => Prefixed::boxed(parts.read_buf, parts.io.into_inner()),
@@ -432,8 +509,23 @@ fn into_conn(upgraded: Upgraded) -> BoxConn {
     }
 }
 
+/// The protocol an upgrade request asks for, or a 101 switches to: `Upgrade`, when `Connection`
+/// lists `upgrade` (RFC 9110 §7.8), as Go's proxy reads it for GOST.
+fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
+    let listed = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    listed
+        .then(|| headers.get(header::UPGRADE).cloned())
+        .flatten()
+}
+
 /// Headers that describe one connection, not the message, and so must not be passed on
-/// (RFC 9110 §7.6.1), plus the proxy's own credentials.
+/// (RFC 9110 §7.6.1), plus the proxy's own credentials. An upgrade gets `Connection: Upgrade`
+/// and its `Upgrade` back after stripping.
 const HOP_BY_HOP: &[&str] = &[
     "connection",
     "keep-alive",

@@ -150,15 +150,29 @@ pub async fn within_handshake_timeout<T, E: std::fmt::Display>(
     }
 }
 
-/// Relays an established tunnel and writes its one summary log line.
+/// Relays an established tunnel, counts its bytes and writes its one summary log line.
 pub async fn run_tunnel(
+    env: &HandlerEnv,
+    protocol: &'static str,
+    client_addr: SocketAddr,
+    target: &crate::addr::Address,
+    client: BoxConn,
+    upstream: BoxConn,
+) {
+    let moved = run_uncounted_tunnel(env, protocol, client_addr, target, client, upstream).await;
+    crate::metrics::transferred(&env.service, client_addr, moved.up, moved.down);
+}
+
+/// As [`run_tunnel`] for an upstream that counts its own bytes ([`Metered`]); returns what
+/// moved.
+pub(crate) async fn run_uncounted_tunnel(
     env: &HandlerEnv,
     protocol: &'static str,
     client_addr: SocketAddr,
     target: &crate::addr::Address,
     mut client: BoxConn,
     mut upstream: BoxConn,
-) {
+) -> pipe::Transferred {
     let started = std::time::Instant::now();
     let result = pipe::relay(&mut client, &mut upstream, env.idle_timeout).await;
     let elapsed_ms = started.elapsed().as_millis() as u64;
@@ -166,7 +180,6 @@ pub async fn run_tunnel(
         Ok(moved) => *moved,
         Err(e) => e.transferred(),
     };
-    crate::metrics::transferred(&env.service, client_addr, moved.up, moved.down);
     match result {
         Ok(moved) => tracing::info!(
             service = %env.service, protocol, client = %client_addr, target = %target,
@@ -186,6 +199,7 @@ pub async fn run_tunnel(
             );
         }
     }
+    moved
 }
 
 /// The upstream connection of a forwarded plain-HTTP request: the bytes it carries are counted
