@@ -137,7 +137,7 @@ pub fn status_error(status: &Status, peer: &str) -> io::Error {
         _ => io::ErrorKind::Other,
     };
     let cause = std::error::Error::source(status)
-        .map(|e| format!(" ({})", error_chain(e)))
+        .map(|e| format!(" ({})", crate::error_chain(e)))
         .unwrap_or_default();
     io::Error::new(
         kind,
@@ -147,21 +147,6 @@ pub fn status_error(status: &Status, peer: &str) -> io::Error {
             status.message()
         ),
     )
-}
-
-/// An error and its sources, `: `-separated (hyper's own text is often just "http2 error").
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(err) = source {
-        let more = err.to_string();
-        if !text.contains(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        source = err.source();
-    }
-    text
 }
 
 /// Whether `status` stands for the peer resetting the stream with `CANCEL` or `NO_ERROR`.

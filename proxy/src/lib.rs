@@ -31,3 +31,19 @@ pub mod supervisor;
 pub mod tls;
 pub mod watch;
 pub mod ws;
+
+/// An error and its sources, `: `-separated: hyper's own text is often only "http2 error" or
+/// "error writing a body to connection", and the cause is in the sources.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(err) = source {
+        let more = err.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = err.source();
+    }
+    text
+}

@@ -321,7 +321,7 @@ impl GrpcDialer {
             match connection.await {
                 Ok(()) => tracing::debug!(peer = %peer, "grpc connection closed"),
                 Err(e) => tracing::info!(
-                    peer = %peer, error = %crate::grpc::error_chain(&e),
+                    peer = %peer, error = %crate::error_chain(&e),
                     "grpc connection ended (not a gRPC server, a TLS/grpcInsecure mismatch, or the server went away)"
                 ),
             }

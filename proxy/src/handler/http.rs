@@ -292,7 +292,8 @@ impl Shared {
         let service = self.env.service.clone();
         self.env.tunnels.spawn(async move {
             if let Err(e) = connection.with_upgrades().await {
-                tracing::debug!(service = %service, error = %e, "upstream HTTP connection ended");
+                let error = crate::error_chain(&e);
+                tracing::debug!(service = %service, error = %error, "upstream HTTP connection ended");
             }
         });
         // hyper offers the client's stream for an HTTP/1.1 request with `Upgrade`, once the
@@ -320,7 +321,10 @@ impl Shared {
             }
             Err(e) => {
                 crate::metrics::handler_error(&self.env.service, client);
-                tracing::warn!(service = %self.env.service, client = %client, target = %target, error = %e, "forwarding failed");
+                // hyper's own text ("error writing a body to connection") hides the cause,
+                // such as the tunnel's write failing; its sources name it.
+                let error = crate::error_chain(&e);
+                tracing::warn!(service = %self.env.service, client = %client, target = %target, error = %error, "forwarding failed");
                 self.error(StatusCode::BAD_GATEWAY)
             }
         }

@@ -167,7 +167,7 @@ async fn serve(
     });
     if let Err(e) = builder.serve_connection(TokioIo::new(io), service).await {
         tracing::debug!(
-            listener = %local, client = %client, error = %crate::grpc::error_chain(&e),
+            listener = %local, client = %client, error = %crate::error_chain(&e),
             "grpc connection ended"
         );
     }
