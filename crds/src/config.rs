@@ -2,13 +2,15 @@
 //!
 //! Field names and defaults follow GOST v3 (`x/config/config.go`): a handler without a type is
 //! `auto`, a listener `tcp`, a connector `http`, a dialer `tcp`. Unknown fields are rejected so
-//! that a typo never silently changes behaviour.
+//! that a typo never silently changes behaviour. A null list, map or section is empty, as in
+//! GOST ([`crate::de::null_as_default`]).
 
 use std::fmt;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::de::null_as_default;
 use crate::metadata::Metadata;
 
 /// A whole configuration: what `gost -C file.yaml` loads and `gost -O yaml` prints.
@@ -17,15 +19,19 @@ use crate::metadata::Metadata;
 pub struct Config {
     /// Listening services: an address, a listener (transport) and a handler (proxy protocol).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(deserialize_with = "null_as_default")]
     pub services: Vec<ServiceConfig>,
     /// Forwarding chains that handlers dial through.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(deserialize_with = "null_as_default")]
     pub chains: Vec<ChainConfig>,
     /// Reusable hops, referenced by name from a chain's hop list.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(deserialize_with = "null_as_default")]
     pub hops: Vec<HopConfig>,
     /// Named authenticators, referenced by `handler.auther` / `handler.authers`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(deserialize_with = "null_as_default")]
     pub authers: Vec<AutherConfig>,
     /// The default server certificate for TLS listeners.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -49,10 +55,10 @@ pub struct ServiceConfig {
     #[serde(default)]
     pub addr: String,
     /// The proxy protocol spoken on accepted connections. Defaults to `auto`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub handler: HandlerConfig,
     /// The transport that accepts connections. Defaults to `tcp`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub listener: ListenerConfig,
     /// Fixed forward targets (port forwarding); when set, the client's requested address is
     /// ignored.
@@ -60,6 +66,7 @@ pub struct ServiceConfig {
     pub forwarder: Option<ForwarderConfig>,
     /// Service-level settings such as `dialTimeout`.
     #[serde(default, skip_serializing_if = "Metadata::is_empty")]
+    #[serde(deserialize_with = "null_as_default")]
     pub metadata: Metadata,
 }
 
@@ -84,12 +91,14 @@ pub struct HandlerConfig {
     pub auther: Option<String>,
     /// Names of several top-level authenticators; a client passing any of them is accepted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(deserialize_with = "null_as_default")]
     pub authers: Vec<String>,
     /// TLS settings of the handler itself (SOCKS5's TLS methods).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsConfig>,
     /// Protocol options, e.g. `readTimeout`, `proxyAgent`, `authBasicRealm`.
     #[serde(default, skip_serializing_if = "Metadata::is_empty")]
+    #[serde(deserialize_with = "null_as_default")]
     pub metadata: Metadata,
 }
 
@@ -111,6 +120,7 @@ pub struct ListenerConfig {
     pub tls: Option<TlsConfig>,
     /// Transport options, e.g. `path` for `ws`.
     #[serde(default, skip_serializing_if = "Metadata::is_empty")]
+    #[serde(deserialize_with = "null_as_default")]
     pub metadata: Metadata,
 }
 
@@ -119,7 +129,7 @@ pub struct ListenerConfig {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ForwarderConfig {
     /// Target nodes; `addr` is the address to forward to.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub nodes: Vec<ForwardNodeConfig>,
 }
 
@@ -142,10 +152,11 @@ pub struct ChainConfig {
     pub name: String,
     /// Hops, dialled in order: the first hop is dialled directly, each further hop through the
     /// previous one.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub hops: Vec<HopConfig>,
     /// Chain-level settings.
     #[serde(default, skip_serializing_if = "Metadata::is_empty")]
+    #[serde(deserialize_with = "null_as_default")]
     pub metadata: Metadata,
 }
 
@@ -160,9 +171,11 @@ pub struct HopConfig {
     pub selector: Option<SelectorConfig>,
     /// The nodes of this hop.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(deserialize_with = "null_as_default")]
     pub nodes: Vec<NodeConfig>,
     /// Hop-level settings.
     #[serde(default, skip_serializing_if = "Metadata::is_empty")]
+    #[serde(deserialize_with = "null_as_default")]
     pub metadata: Metadata,
 }
 
@@ -207,13 +220,14 @@ pub struct NodeConfig {
     /// The node's address, `host:port`.
     pub addr: String,
     /// The proxy protocol spoken to the node. Defaults to `http`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub connector: ConnectorConfig,
     /// The transport used to reach the node. Defaults to `tcp`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub dialer: DialerConfig,
     /// Node-level settings.
     #[serde(default, skip_serializing_if = "Metadata::is_empty")]
+    #[serde(deserialize_with = "null_as_default")]
     pub metadata: Metadata,
 }
 
@@ -232,6 +246,7 @@ pub struct ConnectorConfig {
     pub tls: Option<TlsConfig>,
     /// Protocol options, e.g. `timeout`, `header`.
     #[serde(default, skip_serializing_if = "Metadata::is_empty")]
+    #[serde(deserialize_with = "null_as_default")]
     pub metadata: Metadata,
 }
 
@@ -250,6 +265,7 @@ pub struct DialerConfig {
     pub tls: Option<TlsConfig>,
     /// Transport options, e.g. `path` and `host` for `ws`.
     #[serde(default, skip_serializing_if = "Metadata::is_empty")]
+    #[serde(deserialize_with = "null_as_default")]
     pub metadata: Metadata,
 }
 
@@ -281,7 +297,7 @@ pub struct AutherConfig {
     /// Unique authenticator name.
     pub name: String,
     /// Accepted users.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub auths: Vec<AuthConfig>,
 }
 

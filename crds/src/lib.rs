@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+mod de;
 pub mod load;
 pub mod metadata;
 #[cfg(feature = "kube")]

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{
     ConnectorType, DialerType, HandlerType, ListenerType, SelectorConfig, SelectorStrategy,
 };
+use crate::de::null_as_default;
 
 /// The API group of every gost-rs resource.
 pub const GROUP: &str = "gost.rs";
@@ -175,9 +176,11 @@ pub struct TlsSpec {
 pub struct GostChainSpec {
     /// The hops, dialled in order: the first directly, each further one through the previous.
     #[schemars(length(min = 1, max = 16))]
+    #[serde(deserialize_with = "null_as_default")]
     pub hops: Vec<HopSpec>,
     /// Chain-level options.
     #[serde(default, skip_serializing_if = "MetadataSpec::is_empty")]
+    #[serde(deserialize_with = "null_as_default")]
     pub metadata: MetadataSpec,
 }
 
@@ -193,9 +196,11 @@ pub struct HopSpec {
     pub selector: Option<SelectorSpec>,
     /// The nodes of this hop.
     #[schemars(length(min = 1, max = 64))]
+    #[serde(deserialize_with = "null_as_default")]
     pub nodes: Vec<NodeSpec>,
     /// Hop-level options.
     #[serde(default, skip_serializing_if = "MetadataSpec::is_empty")]
+    #[serde(deserialize_with = "null_as_default")]
     pub metadata: MetadataSpec,
 }
 
@@ -235,13 +240,14 @@ pub struct NodeSpec {
     #[schemars(length(min = 3, max = 260))]
     pub addr: String,
     /// The proxy protocol spoken to the node (`http` by default).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub connector: ConnectorSpec,
     /// The transport that reaches the node (`tcp` by default).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub dialer: DialerSpec,
     /// Node-level options.
     #[serde(default, skip_serializing_if = "MetadataSpec::is_empty")]
+    #[serde(deserialize_with = "null_as_default")]
     pub metadata: MetadataSpec,
 }
 
@@ -260,6 +266,7 @@ pub struct ConnectorSpec {
     pub tls: Option<TlsSpec>,
     /// Protocol options.
     #[serde(default, skip_serializing_if = "MetadataSpec::is_empty")]
+    #[serde(deserialize_with = "null_as_default")]
     pub metadata: MetadataSpec,
 }
 
@@ -278,6 +285,7 @@ pub struct DialerSpec {
     pub tls: Option<TlsSpec>,
     /// Transport options, e.g. `path` for `ws`, `grpcInsecure` for `grpc`.
     #[serde(default, skip_serializing_if = "MetadataSpec::is_empty")]
+    #[serde(deserialize_with = "null_as_default")]
     pub metadata: MetadataSpec,
 }
 
@@ -293,6 +301,7 @@ pub struct GostChainStatus {
     pub hops: Option<i32>,
     /// `Ready`: every referenced Secret exists and has its keys.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(deserialize_with = "null_as_default")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
 }
@@ -337,6 +346,7 @@ pub struct GostServiceSpec {
     pub gateway: Option<GatewaySpec>,
     /// The services, as in GOST's `services:` section.
     #[schemars(length(min = 1, max = 64))]
+    #[serde(deserialize_with = "null_as_default")]
     pub services: Vec<ServiceSpec>,
 }
 
@@ -354,16 +364,17 @@ pub struct ServiceSpec {
     #[schemars(length(min = 2, max = 260))]
     pub addr: String,
     /// The proxy protocol (`auto` by default).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub handler: HandlerSpec,
     /// The transport (`tcp` by default).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub listener: ListenerSpec,
     /// Fixed targets (port forwarding): the client's requested address is ignored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forwarder: Option<ForwarderSpec>,
     /// Service options, e.g. `maxConnections`, `dialTimeout`.
     #[serde(default, skip_serializing_if = "MetadataSpec::is_empty")]
+    #[serde(deserialize_with = "null_as_default")]
     pub metadata: MetadataSpec,
 }
 
@@ -388,6 +399,7 @@ pub struct HandlerSpec {
     pub tls: Option<TlsSpec>,
     /// Protocol options, e.g. `readTimeout`.
     #[serde(default, skip_serializing_if = "MetadataSpec::is_empty")]
+    #[serde(deserialize_with = "null_as_default")]
     pub metadata: MetadataSpec,
 }
 
@@ -406,6 +418,7 @@ pub struct ListenerSpec {
     pub tls: Option<TlsSpec>,
     /// Transport options, e.g. `path` for `ws`.
     #[serde(default, skip_serializing_if = "MetadataSpec::is_empty")]
+    #[serde(deserialize_with = "null_as_default")]
     pub metadata: MetadataSpec,
 }
 
@@ -415,6 +428,7 @@ pub struct ListenerSpec {
 pub struct ForwarderSpec {
     /// The targets.
     #[schemars(length(min = 1, max = 64))]
+    #[serde(deserialize_with = "null_as_default")]
     pub nodes: Vec<ForwardNodeSpec>,
 }
 
@@ -455,10 +469,12 @@ pub struct GatewayServiceSpec {
     pub kind: Option<GatewayServiceType>,
     /// Extra annotations, e.g. for a cloud load balancer.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(deserialize_with = "null_as_default")]
     pub annotations: BTreeMap<String, String>,
     /// Per-service port overrides: service name → port the Service exposes (default: the
     /// service's listen port).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(deserialize_with = "null_as_default")]
     pub ports: BTreeMap<String, i32>,
 }
 
@@ -500,6 +516,7 @@ pub struct GostServiceStatus {
     pub matched_workloads: Option<i32>,
     /// `Rendered` (configs were rendered; a reason names what was left out) and `Ready`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(deserialize_with = "null_as_default")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
 }
@@ -570,6 +587,31 @@ spec:
             "password"
         );
         assert!(svc.metadata.0.int(&["maxConnections"]).unwrap() == Some(100));
+    }
+
+    /// A null list, map or section reads as empty, as in the configuration files (the API
+    /// server drops such nulls itself; other clients of these types may not).
+    #[test]
+    fn nulls_read_as_empty() {
+        let spec = r#"{"selector": {}, "services": [{"name": "p", "addr": ":1", "handler": null,
+            "listener": {"metadata": null}, "metadata": null}],
+            "gateway": {"service": {"annotations": null, "ports": null}}}"#;
+        let spec: GostServiceSpec = serde_json::from_str(spec).expect("loads");
+        assert_eq!(spec.services[0].handler, HandlerSpec::default());
+        assert!(
+            spec.gateway
+                .unwrap()
+                .service
+                .unwrap()
+                .annotations
+                .is_empty()
+        );
+        let chain = r#"{"hops": [{"name": "h", "nodes": [{"name": "n", "addr": "a:1",
+            "connector": null, "dialer": {"metadata": null}}], "metadata": null}], "metadata": null}"#;
+        let chain: GostChainSpec = serde_json::from_str(chain).expect("loads");
+        assert_eq!(chain.hops[0].nodes[0].connector, ConnectorSpec::default());
+        let err = serde_json::from_str::<GostChainSpec>(r#"{"hops": {}}"#).unwrap_err();
+        assert!(err.to_string().contains("expected a sequence"), "{err}");
     }
 
     #[test]

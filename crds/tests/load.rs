@@ -222,3 +222,71 @@ fn a_yaml_alias_bomb_is_refused() {
     let err = from_str(&yaml, Format::Yaml).expect_err("ten to the twelfth nodes");
     assert!(!err.to_string().is_empty());
 }
+
+/// What GOST's `-O json` prints for `-F` alone: `"services": null` (a nil Go slice).
+const GOST_JSON_WITHOUT_SERVICES: &str = r#"{
+  "services": null,
+  "chains": [
+    {
+      "name": "chain-0",
+      "hops": [
+        {
+          "name": "hop-0",
+          "nodes": [
+            {
+              "name": "node-0",
+              "addr": ":8080",
+              "connector": {"type": "http", "auth": {"username": "user", "password": "pass"}},
+              "dialer": {"type": "tcp"}
+            }
+          ]
+        }
+      ]
+    }
+  ]
+}"#;
+
+/// A null list, map or section is empty, as in GOST: JSON printed by GOST has nulls, and a
+/// YAML key whose entries are all commented out has no value.
+#[test]
+fn nulls_are_empty_lists_maps_and_sections() {
+    let config = from_str(GOST_JSON_WITHOUT_SERVICES, Format::Json).expect("GOST's JSON loads");
+    assert!(config.services.is_empty());
+    assert_eq!(config.chains[0].hops[0].nodes[0].addr, ":8080");
+
+    let config = from_str(
+        "services:\n# - name: a\n#   addr: :1\nchains: []\n",
+        Format::Yaml,
+    )
+    .expect("a commented-out section loads");
+    assert!(config.services.is_empty() && config.chains.is_empty());
+
+    let yaml = "services:\n- name: a\n  addr: :1\n  handler:\n  listener:\n  metadata:\n  #  readTimeout: 5s\n";
+    let config = from_str(yaml, Format::Yaml).expect("empty maps and sections load");
+    assert!(config.services[0].metadata.is_empty());
+    assert_eq!(config.services[0].handler.kind, gost_api::HandlerType::Auto);
+
+    let every_null = r#"{"services": [{"name": "a", "addr": ":1", "handler": {"authers": null,
+        "metadata": null}, "listener": null, "forwarder": {"nodes": null}, "metadata": null}],
+        "chains": [{"name": "c", "hops": [{"name": "h", "selector": null, "metadata": null,
+        "nodes": [{"name": "n", "addr": "a:1", "connector": {"metadata": null}, "dialer": null,
+        "metadata": null}]}], "metadata": null}], "hops": null, "authers": [{"name": "x",
+        "auths": null}], "tls": null, "log": null, "metrics": null}"#;
+    let config = from_str(every_null, Format::Json).expect("every null loads");
+    assert_eq!(config.services[0].forwarder.as_ref().unwrap().nodes, vec![]);
+    assert!(config.authers[0].auths.is_empty());
+}
+
+/// Nulls mean "empty", nothing else does: other wrong types keep their errors.
+#[test]
+fn null_tolerance_keeps_other_type_errors() {
+    let (path, message) = field_error("services: 5\n");
+    assert_eq!(path, "services");
+    assert!(message.contains("sequence"), "{message}");
+    let (path, _) = field_error("services:\n- name: a\n  addr: :1\n  metadata: [1]\n");
+    assert_eq!(path, "services[0].metadata");
+    match from_str(r#"{"chains": {"name": "c"}}"#, Format::Json) {
+        Err(ConfigError::Field { path, .. }) => assert_eq!(path, "chains"),
+        other => panic!("{other:?}"),
+    }
+}

@@ -90,6 +90,34 @@ fn bad_configs_fail_with_the_field_path() {
     );
 }
 
+/// Configurations as GOST itself prints or reads them load: its `-O json` writes nil lists as
+/// `null`, and a YAML section whose entries are commented out has no value.
+#[test]
+fn configs_gost_accepts_load() {
+    let dir = tempdir();
+    let cases = [
+        (
+            "only-f.json",
+            r#"{"services": null, "chains": [{"name": "chain-0", "hops": [{"name": "hop-0",
+                "nodes": [{"name": "node-0", "addr": ":8080", "connector": {"type": "http"},
+                "dialer": {"type": "tcp"}}]}]}]}"#,
+            "name: node-0",
+        ),
+        (
+            "commented.yaml",
+            "services:\n- name: a\n  addr: :1\n  metadata:\n  # readTimeout: 5s\nchains:\n# - name: c\n",
+            "name: a",
+        ),
+    ];
+    for (name, text, expected) in cases {
+        let file = dir.join(name);
+        std::fs::write(&file, text).unwrap();
+        let out = gost(&["-C", file.to_str().unwrap(), "-O", "yaml"]);
+        assert_eq!(out.code, 0, "{name}: {}", out.stderr);
+        assert!(out.text().contains(expected), "{name}: {}", out.text());
+    }
+}
+
 #[test]
 fn bad_urls_fail_without_echoing_the_password() {
     let out = gost(&["-L", "http://user:s3cret@:notaport"]);
