@@ -10,7 +10,7 @@ use std::fmt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::de::null_as_default;
+use crate::de::{go_duration, null_as_default};
 use crate::metadata::Metadata;
 
 /// A whole configuration: what `gost -C file.yaml` loads and `gost -O yaml` prints.
@@ -189,8 +189,10 @@ pub struct SelectorConfig {
     /// Failures after which a node is skipped for `failTimeout` (default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_fails: Option<u32>,
-    /// How long a failed node is skipped, as a duration such as `10s` (default 10s).
+    /// How long a failed node is skipped, as a duration such as `10s` (default 10s), or an
+    /// integer number of nanoseconds as GOST's `-O json` prints it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(deserialize_with = "go_duration")]
     pub fail_timeout: Option<String>,
 }
 
@@ -321,8 +323,10 @@ pub struct TlsConfig {
     /// Client: the name sent as SNI and verified with `secure`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_name: Option<String>,
-    /// Generated certificate: validity as a duration (default `8760h`).
+    /// Generated certificate: validity as a duration (default `8760h`) or an integer number of
+    /// nanoseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(deserialize_with = "go_duration")]
     pub validity: Option<String>,
     /// Generated certificate: common name (default `gost.run`).
     #[serde(default, skip_serializing_if = "Option::is_none")]

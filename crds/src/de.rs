@@ -1,6 +1,16 @@
 //! Deserialization helpers for the loose typing of GOST's configuration files.
+//!
+//! GOST decodes its files with viper and mapstructure's weak typing: a number where a string
+//! is expected is formatted, a null is the zero value, a duration may be an integer number of
+//! nanoseconds. The YAML parser already reads any scalar into a string field as its text;
+//! [`Lenient`] gives JSON the same, and the helpers below cover nulls and durations for every
+//! format.
 
-use serde::{Deserialize, Deserializer};
+use std::fmt;
+use std::fmt::Write as _;
+
+use serde::Deserialize;
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Unexpected, Visitor};
 
 /// Reads a null as the field's default (an empty list or map, a default section), as GOST
 /// does: its `-O json` prints `"services": null` for a command line with only `-F`, and a YAML
@@ -13,4 +23,330 @@ where
     T: Deserialize<'de> + Default,
 {
     Option::<T>::deserialize(deserializer).map(Option::unwrap_or_default)
+}
+
+/// Reads an optional field that GOST types as `time.Duration`: a duration text (`30s`, kept as
+/// written), or an integer number of nanoseconds, which is how GOST's `-O json` prints one
+/// (`"failTimeout": 30000000000`) and how it reads a YAML integer. A number is kept as its
+/// duration text (`30s`), so `gost -O yaml` prints what GOST's does.
+pub(crate) fn go_duration<'de, D>(deserializer: D) -> Result<Option<String>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    struct DurationVisitor;
+
+    impl<'de> Visitor<'de> for DurationVisitor {
+        type Value = Option<String>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a duration such as `30s`, or an integer number of nanoseconds")
+        }
+
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(self)
+        }
+
+        fn visit_str<E: de::Error>(self, text: &str) -> Result<Self::Value, E> {
+            Ok(Some(text.to_string()))
+        }
+
+        fn visit_i64<E: de::Error>(self, nanos: i64) -> Result<Self::Value, E> {
+            Ok(Some(go_duration_text(nanos)))
+        }
+
+        fn visit_u64<E: de::Error>(self, nanos: u64) -> Result<Self::Value, E> {
+            let nanos = i64::try_from(nanos)
+                .map_err(|_| E::invalid_value(Unexpected::Unsigned(nanos), &self))?;
+            self.visit_i64(nanos)
+        }
+
+        // JSON read by Go is all float64; an integral one is as good as an integer there.
+        fn visit_f64<E: de::Error>(self, nanos: f64) -> Result<Self::Value, E> {
+            if nanos.fract() == 0.0 && nanos.abs() < i64::MAX as f64 {
+                self.visit_i64(nanos as i64)
+            } else {
+                Err(E::invalid_value(Unexpected::Float(nanos), &self))
+            }
+        }
+    }
+
+    deserializer.deserialize_option(DurationVisitor)
+}
+
+/// A number of nanoseconds in Go's duration syntax, largest unit first (`1m30s`, `1s500ms`).
+fn go_duration_text(nanos: i64) -> String {
+    if nanos == 0 {
+        return "0s".to_string();
+    }
+    let mut text = String::from(if nanos < 0 { "-" } else { "" });
+    let mut rest = nanos.unsigned_abs();
+    for (unit, size) in [
+        ("h", 3_600_000_000_000),
+        ("m", 60_000_000_000),
+        ("s", 1_000_000_000),
+        ("ms", 1_000_000),
+        ("us", 1_000),
+        ("ns", 1),
+    ] {
+        if rest >= size {
+            let _ = write!(text, "{}{unit}", rest / size);
+            rest %= size;
+        }
+    }
+    text
+}
+
+/// A deserializer that reads a JSON number or boolean into a string field as its text, as the
+/// YAML parser does for any scalar (`"password": 123456` is the password `123456`). Every other
+/// type stays an error of the field it is in. It wraps every value below the top level.
+pub(crate) struct Lenient<D> {
+    inner: D,
+}
+
+impl<D> Lenient<D> {
+    pub(crate) fn new(inner: D) -> Self {
+        Lenient { inner }
+    }
+}
+
+/// Forwards `deserialize_*` methods to the inner deserializer with the visitor wrapped.
+macro_rules! forward_wrapped {
+    ($($method:ident($($arg:ident: $ty:ty),*)),* $(,)?) => {
+        $(
+            fn $method<V: Visitor<'de>>(self, $($arg: $ty,)* visitor: V) -> Result<V::Value, Self::Error> {
+                self.inner.$method($($arg,)* Wrapped(visitor))
+            }
+        )*
+    };
+}
+
+impl<'de, D: Deserializer<'de>> Deserializer<'de> for Lenient<D> {
+    type Error = D::Error;
+
+    forward_wrapped!(
+        deserialize_any(),
+        deserialize_bool(),
+        deserialize_i8(),
+        deserialize_i16(),
+        deserialize_i32(),
+        deserialize_i64(),
+        deserialize_i128(),
+        deserialize_u8(),
+        deserialize_u16(),
+        deserialize_u32(),
+        deserialize_u64(),
+        deserialize_u128(),
+        deserialize_f32(),
+        deserialize_f64(),
+        deserialize_char(),
+        deserialize_bytes(),
+        deserialize_byte_buf(),
+        deserialize_option(),
+        deserialize_unit(),
+        deserialize_unit_struct(name: &'static str),
+        deserialize_newtype_struct(name: &'static str),
+        deserialize_seq(),
+        deserialize_tuple(len: usize),
+        deserialize_tuple_struct(name: &'static str, len: usize),
+        deserialize_map(),
+        deserialize_struct(name: &'static str, fields: &'static [&'static str]),
+        deserialize_enum(name: &'static str, variants: &'static [&'static str]),
+        deserialize_identifier(),
+        deserialize_ignored_any(),
+    );
+
+    fn deserialize_str<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+        self.inner.deserialize_any(ScalarAsString(visitor))
+    }
+
+    fn deserialize_string<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+        self.inner.deserialize_any(ScalarAsString(visitor))
+    }
+
+    fn is_human_readable(&self) -> bool {
+        self.inner.is_human_readable()
+    }
+}
+
+/// Forwards `visit_*` methods of scalars to the wrapped visitor.
+macro_rules! forward_scalars {
+    ($($method:ident($ty:ty)),* $(,)?) => {
+        $(
+            fn $method<E: de::Error>(self, value: $ty) -> Result<Self::Value, E> {
+                self.0.$method(value)
+            }
+        )*
+    };
+}
+
+/// A visitor whose nested values are read through [`Lenient`] too.
+struct Wrapped<V>(V);
+
+impl<'de, V: Visitor<'de>> Visitor<'de> for Wrapped<V> {
+    type Value = V::Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.expecting(f)
+    }
+
+    forward_scalars!(
+        visit_bool(bool),
+        visit_i8(i8),
+        visit_i16(i16),
+        visit_i32(i32),
+        visit_i64(i64),
+        visit_i128(i128),
+        visit_u8(u8),
+        visit_u16(u16),
+        visit_u32(u32),
+        visit_u64(u64),
+        visit_u128(u128),
+        visit_f32(f32),
+        visit_f64(f64),
+        visit_char(char),
+        visit_str(&str),
+        visit_borrowed_str(&'de str),
+        visit_string(String),
+        visit_bytes(&[u8]),
+        visit_borrowed_bytes(&'de [u8]),
+        visit_byte_buf(Vec<u8>),
+    );
+
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+        self.0.visit_none()
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        self.0.visit_unit()
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        self.0.visit_some(Lenient::new(d))
+    }
+
+    fn visit_newtype_struct<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        self.0.visit_newtype_struct(Lenient::new(d))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        self.0.visit_seq(LenientSeq(seq))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        self.0.visit_map(LenientMap(map))
+    }
+
+    // The model's enums are names only (unit variants): nothing inside them to read leniently.
+    fn visit_enum<A: de::EnumAccess<'de>>(self, data: A) -> Result<Self::Value, A::Error> {
+        self.0.visit_enum(data)
+    }
+}
+
+/// Reads a string, or a number or boolean as its text; anything else is the wrapped visitor's
+/// type error (`invalid type: sequence, expected a string`).
+struct ScalarAsString<V>(V);
+
+impl<'de, V: Visitor<'de>> Visitor<'de> for ScalarAsString<V> {
+    type Value = V::Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.expecting(f)
+    }
+
+    forward_scalars!(
+        visit_str(&str),
+        visit_borrowed_str(&'de str),
+        visit_string(String),
+    );
+
+    fn visit_bool<E: de::Error>(self, value: bool) -> Result<Self::Value, E> {
+        self.0.visit_string(value.to_string())
+    }
+
+    fn visit_i64<E: de::Error>(self, value: i64) -> Result<Self::Value, E> {
+        self.0.visit_string(value.to_string())
+    }
+
+    fn visit_u64<E: de::Error>(self, value: u64) -> Result<Self::Value, E> {
+        self.0.visit_string(value.to_string())
+    }
+
+    fn visit_f64<E: de::Error>(self, value: f64) -> Result<Self::Value, E> {
+        self.0.visit_string(value.to_string())
+    }
+}
+
+struct LenientSeq<A>(A);
+
+impl<'de, A: SeqAccess<'de>> SeqAccess<'de> for LenientSeq<A> {
+    type Error = A::Error;
+
+    fn next_element_seed<T: DeserializeSeed<'de>>(
+        &mut self,
+        seed: T,
+    ) -> Result<Option<T::Value>, Self::Error> {
+        self.0.next_element_seed(LenientSeed(seed))
+    }
+
+    fn size_hint(&self) -> Option<usize> {
+        self.0.size_hint()
+    }
+}
+
+struct LenientMap<A>(A);
+
+impl<'de, A: MapAccess<'de>> MapAccess<'de> for LenientMap<A> {
+    type Error = A::Error;
+
+    fn next_key_seed<K: DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, Self::Error> {
+        self.0.next_key_seed(seed)
+    }
+
+    fn next_value_seed<T: DeserializeSeed<'de>>(
+        &mut self,
+        seed: T,
+    ) -> Result<T::Value, Self::Error> {
+        self.0.next_value_seed(LenientSeed(seed))
+    }
+
+    fn size_hint(&self) -> Option<usize> {
+        self.0.size_hint()
+    }
+}
+
+struct LenientSeed<T>(T);
+
+impl<'de, T: DeserializeSeed<'de>> DeserializeSeed<'de> for LenientSeed<T> {
+    type Value = T::Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        self.0.deserialize(Lenient::new(d))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_print_in_go_syntax() {
+        assert_eq!(go_duration_text(30_000_000_000), "30s");
+        assert_eq!(go_duration_text(90_000_000_000), "1m30s");
+        assert_eq!(go_duration_text(1_500_000_000), "1s500ms");
+        assert_eq!(go_duration_text(3_600_000_000_001), "1h1ns");
+        assert_eq!(go_duration_text(0), "0s");
+        assert_eq!(go_duration_text(-1_000_000_000), "-1s");
+        assert_eq!(go_duration_text(i64::MIN), "-2562047h47m16s854ms775us808ns");
+    }
 }

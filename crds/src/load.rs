@@ -1,9 +1,9 @@
 //! Loading, validating and printing configurations.
 //!
-//! Text is first parsed into a generic tree (YAML through serde-saphyr, JSON through
-//! serde_json), then deserialized into [`Config`] with the path of every failing field tracked,
-//! then checked for cross-references (chains, hops, authers) and addresses. Every error says
-//! where (`services[0].handler.type`) and what would be accepted.
+//! Text is deserialized into [`Config`] as it is parsed (YAML through serde-saphyr, JSON
+//! through serde_json, read as loosely as GOST reads it: [`crate::de`]), with the path of every
+//! failing field tracked, then checked for cross-references (chains, hops, authers) and
+//! addresses. Every error says where (`services[0].handler.type`) and what would be accepted.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -11,6 +11,7 @@ use std::fmt;
 use serde_json::Value;
 
 use crate::config::*;
+use crate::de::Lenient;
 use crate::metadata::parse_go_duration;
 
 /// The two text formats GOST reads.
@@ -156,7 +157,8 @@ pub fn from_str(text: &str, format: Format) -> Result<Config, ConfigError> {
         }
         Format::Json => {
             let mut de = serde_json::Deserializer::from_str(text);
-            let config = serde_path_to_error::deserialize::<_, Config>(&mut de).map_err(|e| {
+            let lenient = Lenient::new(&mut de);
+            let config = serde_path_to_error::deserialize::<_, Config>(lenient).map_err(|e| {
                 let path = e.path().to_string();
                 let inner = e.into_inner();
                 if inner.is_data() {
@@ -182,7 +184,7 @@ pub fn from_str(text: &str, format: Format) -> Result<Config, ConfigError> {
 /// Deserializes and validates a configuration from a generic tree (e.g. a custom resource's
 /// embedded config).
 pub fn from_value(tree: Value) -> Result<Config, ConfigError> {
-    let config: Config = serde_path_to_error::deserialize(tree)
+    let config: Config = serde_path_to_error::deserialize(Lenient::new(tree))
         .map_err(|e| field_error(e.path().to_string(), e.into_inner().to_string()))?;
     validate(&config)?;
     Ok(config)

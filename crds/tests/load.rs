@@ -290,3 +290,83 @@ fn null_tolerance_keeps_other_type_errors() {
         other => panic!("{other:?}"),
     }
 }
+
+fn json_field_error(text: &str) -> (String, String) {
+    match from_str(text, Format::Json) {
+        Err(ConfigError::Field { path, message }) => (path, message),
+        other => panic!("expected a field error for\n{text}\ngot {other:?}"),
+    }
+}
+
+/// GOST's `-O json` prints a `time.Duration` as integer nanoseconds; it loads as that duration,
+/// in JSON and in YAML, and prints back as a duration text.
+#[test]
+fn integer_durations_are_nanoseconds() {
+    let json = r#"{"chains": [{"name": "c", "hops": [{"name": "h",
+        "selector": {"strategy": "round", "maxFails": 1, "failTimeout": 30000000000},
+        "nodes": [{"name": "n", "addr": "a:1"}]}]}], "tls": {"validity": 90000000000}}"#;
+    let config = from_str(json, Format::Json).expect("GOST's durations load");
+    let selector = config.chains[0].hops[0].selector.as_ref().unwrap();
+    assert_eq!(selector.fail_timeout.as_deref(), Some("30s"));
+    assert_eq!(
+        config.tls.as_ref().unwrap().validity.as_deref(),
+        Some("1m30s")
+    );
+    assert!(
+        to_yaml(&config).contains("failTimeout: 30s"),
+        "{}",
+        to_yaml(&config)
+    );
+
+    let yaml = "chains:\n- name: c\n  hops:\n  - name: h\n    selector:\n      failTimeout: 1500000000\n    nodes:\n    - name: n\n      addr: a:1\n";
+    let config = from_str(yaml, Format::Yaml).unwrap();
+    let selector = config.chains[0].hops[0].selector.as_ref().unwrap();
+    assert_eq!(selector.fail_timeout.as_deref(), Some("1s500ms"));
+
+    let (path, message) = json_field_error(
+        r#"{"chains": [{"name": "c", "hops": [{"name": "h", "selector": {"failTimeout": [1]}}]}]}"#,
+    );
+    assert_eq!(path, "chains[0].hops[0].selector.failTimeout");
+    assert!(message.contains("nanoseconds"), "{message}");
+    let (path, _) = json_field_error(r#"{"tls": {"validity": 1.5}}"#);
+    assert_eq!(path, "tls.validity");
+}
+
+/// A JSON number or boolean in a string field is its text, as in YAML; other types are still
+/// errors of their field.
+#[test]
+fn json_scalars_read_into_strings_as_in_yaml() {
+    let json = r#"{"services": [{"name": 1, "addr": ":1", "handler": {"type": "http",
+        "auth": {"username": true, "password": 123456}, "authers": [7]}}],
+        "authers": [{"name": 7, "auths": [{"username": "u", "password": 1.5}]}]}"#;
+    let config = from_str(json, Format::Json).expect("scalars load as strings");
+    let auth = config.services[0].handler.auth.as_ref().unwrap();
+    assert_eq!(
+        (auth.username.as_str(), auth.password.as_str()),
+        ("true", "123456")
+    );
+    assert_eq!(config.services[0].name, "1");
+    assert_eq!(config.authers[0].auths[0].password, "1.5");
+    let yaml = "services:\n- name: 1\n  addr: :1\n  handler:\n    auth:\n      username: true\n      password: 123456\n";
+    let from_yaml = from_str(yaml, Format::Yaml).unwrap();
+    assert_eq!(
+        from_yaml.services[0].handler.auth,
+        config.services[0].handler.auth
+    );
+
+    let (path, message) = json_field_error(
+        r#"{"services": [{"name": "a", "addr": ":1", "handler": {"auth": {"password": [1]}}}]}"#,
+    );
+    assert_eq!(path, "services[0].handler.auth.password");
+    assert!(message.contains("expected a string"), "{message}");
+    let (path, _) = json_field_error(r#"{"services": [{"name": {"a": 1}, "addr": ":1"}]}"#);
+    assert_eq!(path, "services[0].name");
+    let (path, _) = json_field_error(
+        r#"{"services": [{"name": "a", "addr": ":1", "handler": {"retries": "x"}}]}"#,
+    );
+    assert_eq!(path, "services[0].handler.retries");
+    let (path, _) = json_field_error(
+        r#"{"services": [{"name": "a", "addr": ":1", "metadata": {"x": 1}, "handler": {"auth": {"password": null}}}]}"#,
+    );
+    assert_eq!(path, "services[0].handler.auth.password");
+}

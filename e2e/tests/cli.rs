@@ -91,7 +91,8 @@ fn bad_configs_fail_with_the_field_path() {
 }
 
 /// Configurations as GOST itself prints or reads them load: its `-O json` writes nil lists as
-/// `null`, and a YAML section whose entries are commented out has no value.
+/// `null` and durations as integer nanoseconds, its JSON may have numbers where strings are
+/// expected, and a YAML section whose entries are commented out has no value.
 #[test]
 fn configs_gost_accepts_load() {
     let dir = tempdir();
@@ -102,6 +103,14 @@ fn configs_gost_accepts_load() {
                 "nodes": [{"name": "node-0", "addr": ":8080", "connector": {"type": "http"},
                 "dialer": {"type": "tcp"}}]}]}]}"#,
             "name: node-0",
+        ),
+        (
+            "durations.json",
+            r#"{"chains": [{"name": "chain-0", "hops": [{"name": "hop-0",
+                "selector": {"strategy": "round", "maxFails": 1, "failTimeout": 30000000000},
+                "nodes": [{"name": "node-0", "addr": ":8080",
+                "connector": {"type": "http", "auth": {"username": "user", "password": 123456}}}]}]}]}"#,
+            "failTimeout: 30s",
         ),
         (
             "commented.yaml",
