@@ -1,15 +1,16 @@
 //! Deserialization helpers for the loose typing of GOST's configuration files.
 //!
-//! GOST decodes its files with viper and mapstructure's weak typing: a number where a string
-//! is expected is formatted, a null is the zero value, a duration may be an integer number of
-//! nanoseconds. The YAML parser already reads any scalar into a string field as its text;
-//! [`Lenient`] gives JSON the same, and the helpers below cover nulls and durations for every
-//! format.
+//! GOST decodes its files with viper and mapstructure's weak typing: keys match fields whatever
+//! their case, a number where a string is expected is formatted, a null is the zero value, a
+//! duration may be an integer number of nanoseconds. [`Lenient`] matches keys for both formats
+//! and gives JSON what the YAML parser already does (any scalar reads into a string field as its
+//! text); the helpers below cover nulls and durations for every format.
 
 use std::fmt;
 use std::fmt::Write as _;
 
 use serde::Deserialize;
+use serde::de::value::StrDeserializer;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Unexpected, Visitor};
 
 /// Reads a null as the field's default (an empty list or map, a default section), as GOST
@@ -104,16 +105,30 @@ fn go_duration_text(nanos: i64) -> String {
     text
 }
 
-/// A deserializer that reads a JSON number or boolean into a string field as its text, as the
-/// YAML parser does for any scalar (`"password": 123456` is the password `123456`). Every other
-/// type stays an error of the field it is in. It wraps every value below the top level.
+/// A deserializer that reads GOST's configuration model as viper does, at every depth:
+/// - the keys of a struct match its field names ignoring ASCII case (`certfile`, `Services`),
+///   as viper lowercases every key; a key that matches no field is passed on as written, so
+///   `deny_unknown_fields` still names it and lists the accepted ones. Other maps (`metadata`)
+///   keep their keys as written;
+/// - with `scalars_as_strings` (JSON), a number or boolean reads into a string field as its
+///   text, as the YAML parser reads any scalar (`"password": 123456` is the password `123456`);
+///   every other type stays an error of the field it is in. YAML goes without it: there a
+///   string field gets the scalar as written (`0x1F`), which a number would lose.
+///
+/// It works on the parser's stream, so loading costs no tree and no second pass. The custom
+/// resources are read without it: their schemas, which the API server enforces, are
+/// case-sensitive and typed.
 pub(crate) struct Lenient<D> {
     inner: D,
+    scalars_as_strings: bool,
 }
 
 impl<D> Lenient<D> {
-    pub(crate) fn new(inner: D) -> Self {
-        Lenient { inner }
+    pub(crate) fn new(inner: D, scalars_as_strings: bool) -> Self {
+        Lenient {
+            inner,
+            scalars_as_strings,
+        }
     }
 }
 
@@ -122,7 +137,8 @@ macro_rules! forward_wrapped {
     ($($method:ident($($arg:ident: $ty:ty),*)),* $(,)?) => {
         $(
             fn $method<V: Visitor<'de>>(self, $($arg: $ty,)* visitor: V) -> Result<V::Value, Self::Error> {
-                self.inner.$method($($arg,)* Wrapped(visitor))
+                let visitor = Wrapped::new(visitor, self.scalars_as_strings, None);
+                self.inner.$method($($arg,)* visitor)
             }
         )*
     };
@@ -157,18 +173,35 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Lenient<D> {
         deserialize_tuple(len: usize),
         deserialize_tuple_struct(name: &'static str, len: usize),
         deserialize_map(),
-        deserialize_struct(name: &'static str, fields: &'static [&'static str]),
         deserialize_enum(name: &'static str, variants: &'static [&'static str]),
         deserialize_identifier(),
         deserialize_ignored_any(),
     );
 
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        let visitor = Wrapped::new(visitor, self.scalars_as_strings, Some(fields));
+        self.inner.deserialize_struct(name, fields, visitor)
+    }
+
     fn deserialize_str<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
-        self.inner.deserialize_any(ScalarAsString(visitor))
+        if self.scalars_as_strings {
+            self.inner.deserialize_any(ScalarAsString { visitor })
+        } else {
+            self.inner.deserialize_str(visitor)
+        }
     }
 
     fn deserialize_string<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
-        self.inner.deserialize_any(ScalarAsString(visitor))
+        if self.scalars_as_strings {
+            self.inner.deserialize_any(ScalarAsString { visitor })
+        } else {
+            self.inner.deserialize_string(visitor)
+        }
     }
 
     fn is_human_readable(&self) -> bool {
@@ -181,20 +214,35 @@ macro_rules! forward_scalars {
     ($($method:ident($ty:ty)),* $(,)?) => {
         $(
             fn $method<E: de::Error>(self, value: $ty) -> Result<Self::Value, E> {
-                self.0.$method(value)
+                self.visitor.$method(value)
             }
         )*
     };
 }
 
-/// A visitor whose nested values are read through [`Lenient`] too.
-struct Wrapped<V>(V);
+/// A visitor whose nested values are read through [`Lenient`] too; `fields` are the field
+/// names when it reads a struct.
+struct Wrapped<V> {
+    visitor: V,
+    scalars_as_strings: bool,
+    fields: Option<&'static [&'static str]>,
+}
+
+impl<V> Wrapped<V> {
+    fn new(visitor: V, scalars_as_strings: bool, fields: Option<&'static [&'static str]>) -> Self {
+        Wrapped {
+            visitor,
+            scalars_as_strings,
+            fields,
+        }
+    }
+}
 
 impl<'de, V: Visitor<'de>> Visitor<'de> for Wrapped<V> {
     type Value = V::Value;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.expecting(f)
+        self.visitor.expecting(f)
     }
 
     forward_scalars!(
@@ -221,44 +269,55 @@ impl<'de, V: Visitor<'de>> Visitor<'de> for Wrapped<V> {
     );
 
     fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
-        self.0.visit_none()
+        self.visitor.visit_none()
     }
 
     fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-        self.0.visit_unit()
+        self.visitor.visit_unit()
     }
 
     fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        self.0.visit_some(Lenient::new(d))
+        self.visitor
+            .visit_some(Lenient::new(d, self.scalars_as_strings))
     }
 
     fn visit_newtype_struct<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        self.0.visit_newtype_struct(Lenient::new(d))
+        self.visitor
+            .visit_newtype_struct(Lenient::new(d, self.scalars_as_strings))
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
-        self.0.visit_seq(LenientSeq(seq))
+        self.visitor.visit_seq(LenientSeq {
+            seq,
+            scalars_as_strings: self.scalars_as_strings,
+        })
     }
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-        self.0.visit_map(LenientMap(map))
+        self.visitor.visit_map(LenientMap {
+            map,
+            scalars_as_strings: self.scalars_as_strings,
+            fields: self.fields,
+        })
     }
 
     // The model's enums are names only (unit variants): nothing inside them to read leniently.
     fn visit_enum<A: de::EnumAccess<'de>>(self, data: A) -> Result<Self::Value, A::Error> {
-        self.0.visit_enum(data)
+        self.visitor.visit_enum(data)
     }
 }
 
 /// Reads a string, or a number or boolean as its text; anything else is the wrapped visitor's
 /// type error (`invalid type: sequence, expected a string`).
-struct ScalarAsString<V>(V);
+struct ScalarAsString<V> {
+    visitor: V,
+}
 
 impl<'de, V: Visitor<'de>> Visitor<'de> for ScalarAsString<V> {
     type Value = V::Value;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.expecting(f)
+        self.visitor.expecting(f)
     }
 
     forward_scalars!(
@@ -268,23 +327,26 @@ impl<'de, V: Visitor<'de>> Visitor<'de> for ScalarAsString<V> {
     );
 
     fn visit_bool<E: de::Error>(self, value: bool) -> Result<Self::Value, E> {
-        self.0.visit_string(value.to_string())
+        self.visitor.visit_string(value.to_string())
     }
 
     fn visit_i64<E: de::Error>(self, value: i64) -> Result<Self::Value, E> {
-        self.0.visit_string(value.to_string())
+        self.visitor.visit_string(value.to_string())
     }
 
     fn visit_u64<E: de::Error>(self, value: u64) -> Result<Self::Value, E> {
-        self.0.visit_string(value.to_string())
+        self.visitor.visit_string(value.to_string())
     }
 
     fn visit_f64<E: de::Error>(self, value: f64) -> Result<Self::Value, E> {
-        self.0.visit_string(value.to_string())
+        self.visitor.visit_string(value.to_string())
     }
 }
 
-struct LenientSeq<A>(A);
+struct LenientSeq<A> {
+    seq: A,
+    scalars_as_strings: bool,
+}
 
 impl<'de, A: SeqAccess<'de>> SeqAccess<'de> for LenientSeq<A> {
     type Error = A::Error;
@@ -293,15 +355,22 @@ impl<'de, A: SeqAccess<'de>> SeqAccess<'de> for LenientSeq<A> {
         &mut self,
         seed: T,
     ) -> Result<Option<T::Value>, Self::Error> {
-        self.0.next_element_seed(LenientSeed(seed))
+        self.seq.next_element_seed(LenientSeed {
+            seed,
+            scalars_as_strings: self.scalars_as_strings,
+        })
     }
 
     fn size_hint(&self) -> Option<usize> {
-        self.0.size_hint()
+        self.seq.size_hint()
     }
 }
 
-struct LenientMap<A>(A);
+struct LenientMap<A> {
+    map: A,
+    scalars_as_strings: bool,
+    fields: Option<&'static [&'static str]>,
+}
 
 impl<'de, A: MapAccess<'de>> MapAccess<'de> for LenientMap<A> {
     type Error = A::Error;
@@ -310,28 +379,69 @@ impl<'de, A: MapAccess<'de>> MapAccess<'de> for LenientMap<A> {
         &mut self,
         seed: K,
     ) -> Result<Option<K::Value>, Self::Error> {
-        self.0.next_key_seed(seed)
+        match self.fields {
+            Some(fields) => self.map.next_key_seed(FieldName { seed, fields }),
+            None => self.map.next_key_seed(seed),
+        }
     }
 
     fn next_value_seed<T: DeserializeSeed<'de>>(
         &mut self,
         seed: T,
     ) -> Result<T::Value, Self::Error> {
-        self.0.next_value_seed(LenientSeed(seed))
+        self.map.next_value_seed(LenientSeed {
+            seed,
+            scalars_as_strings: self.scalars_as_strings,
+        })
     }
 
     fn size_hint(&self) -> Option<usize> {
-        self.0.size_hint()
+        self.map.size_hint()
     }
 }
 
-struct LenientSeed<T>(T);
+struct LenientSeed<T> {
+    seed: T,
+    scalars_as_strings: bool,
+}
 
 impl<'de, T: DeserializeSeed<'de>> DeserializeSeed<'de> for LenientSeed<T> {
     type Value = T::Value;
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        self.0.deserialize(Lenient::new(d))
+        self.seed
+            .deserialize(Lenient::new(d, self.scalars_as_strings))
+    }
+}
+
+/// A key of a struct, handed on as the field name it matches ignoring ASCII case, or as written
+/// when it matches none.
+struct FieldName<K> {
+    seed: K,
+    fields: &'static [&'static str],
+}
+
+impl<'de, K: DeserializeSeed<'de>> DeserializeSeed<'de> for FieldName<K> {
+    type Value = K::Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de, K: DeserializeSeed<'de>> Visitor<'de> for FieldName<K> {
+    type Value = K::Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a field name")
+    }
+
+    fn visit_str<E: de::Error>(self, key: &str) -> Result<Self::Value, E> {
+        let field = (self.fields.iter())
+            .find(|field| **field == key)
+            .or_else(|| self.fields.iter().find(|f| f.eq_ignore_ascii_case(key)));
+        self.seed
+            .deserialize(StrDeserializer::new(field.copied().unwrap_or(key)))
     }
 }
 

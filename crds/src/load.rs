@@ -137,10 +137,12 @@ pub fn from_str(text: &str, format: Format) -> Result<Config, ConfigError> {
             let mut failed_at = None;
             let result =
                 serde_saphyr::with_deserializer_from_str_with_options(text, options, |de| {
-                    serde_path_to_error::deserialize::<_, Config>(de).map_err(|e| {
-                        failed_at = Some(e.path().to_string());
-                        e.into_inner()
-                    })
+                    serde_path_to_error::deserialize::<_, Config>(Lenient::new(de, false)).map_err(
+                        |e| {
+                            failed_at = Some(e.path().to_string());
+                            e.into_inner()
+                        },
+                    )
                 });
             match (result, failed_at) {
                 (Ok(config), _) => config,
@@ -157,7 +159,7 @@ pub fn from_str(text: &str, format: Format) -> Result<Config, ConfigError> {
         }
         Format::Json => {
             let mut de = serde_json::Deserializer::from_str(text);
-            let lenient = Lenient::new(&mut de);
+            let lenient = Lenient::new(&mut de, true);
             let config = serde_path_to_error::deserialize::<_, Config>(lenient).map_err(|e| {
                 let path = e.path().to_string();
                 let inner = e.into_inner();
@@ -184,7 +186,7 @@ pub fn from_str(text: &str, format: Format) -> Result<Config, ConfigError> {
 /// Deserializes and validates a configuration from a generic tree (e.g. a custom resource's
 /// embedded config).
 pub fn from_value(tree: Value) -> Result<Config, ConfigError> {
-    let config: Config = serde_path_to_error::deserialize(Lenient::new(tree))
+    let config: Config = serde_path_to_error::deserialize(Lenient::new(tree, true))
         .map_err(|e| field_error(e.path().to_string(), e.into_inner().to_string()))?;
     validate(&config)?;
     Ok(config)

@@ -370,3 +370,59 @@ fn json_scalars_read_into_strings_as_in_yaml() {
     );
     assert_eq!(path, "services[0].handler.auth.password");
 }
+
+/// Keys match field names ignoring ASCII case, as viper's do; metadata keeps its keys as
+/// written; a key that matches no field is still refused by name with the accepted ones.
+#[test]
+fn keys_match_fields_ignoring_case() {
+    let yaml = "Services:\n- NAME: a\n  Addr: :1\n  handler:\n    TYPE: http\n    metadata:\n      ReadTimeout: 5s\ntls: {certfile: a, keyfile: b}\nchains:\n- name: c\n  hops:\n  - name: h\n    selector: {failtimeout: 1s, MAXFAILS: 2}\n    nodes:\n    - {name: n, addr: 'a:1', Connector: {Type: socks5}}\n";
+    let config = from_str(yaml, Format::Yaml).expect("any case loads");
+    let service = &config.services[0];
+    assert_eq!((service.name.as_str(), service.addr.as_str()), ("a", ":1"));
+    assert_eq!(service.handler.kind, gost_api::HandlerType::Http);
+    assert!(service.handler.metadata.0.contains_key("ReadTimeout"));
+    let tls = config.tls.as_ref().unwrap();
+    assert_eq!(
+        (tls.cert_file.as_deref(), tls.key_file.as_deref()),
+        (Some("a"), Some("b"))
+    );
+    let hop = &config.chains[0].hops[0];
+    assert_eq!(hop.selector.as_ref().unwrap().max_fails, Some(2));
+    assert_eq!(hop.nodes[0].connector.kind, gost_api::ConnectorType::Socks5);
+    assert!(
+        to_yaml(&config).contains("certFile: a"),
+        "{}",
+        to_yaml(&config)
+    );
+
+    let json =
+        r#"{"SERVICES": [{"Name": "a", "addr": ":1", "Handler": {"Auth": {"UserName": "u"}}}]}"#;
+    let config = from_str(json, Format::Json).expect("any case loads");
+    assert_eq!(
+        config.services[0].handler.auth.as_ref().unwrap().username,
+        "u"
+    );
+
+    let (path, message) = field_error("tls: {certfiel: a}\n");
+    assert_eq!(path, "tls.certfiel");
+    assert!(
+        message.contains("certfiel") && message.contains("certFile"),
+        "{message}"
+    );
+    match from_str(
+        r#"{"services": [{"name": "a", "adr": ":1"}]}"#,
+        Format::Json,
+    ) {
+        Err(ConfigError::Field { path, message }) => {
+            assert_eq!(path, "services[0].adr");
+            assert!(message.contains("addr"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let (path, message) = field_error("tls: {certfile: a, certFile: b}\n");
+    assert!(path.starts_with("tls"), "{path}");
+    assert!(message.contains("duplicate"), "{message}");
+    let (path, message) = field_error("Bypasses:\n- name: b\n");
+    assert_eq!(path, "Bypasses");
+    assert!(message.contains("not supported"), "{message}");
+}

@@ -92,7 +92,8 @@ fn bad_configs_fail_with_the_field_path() {
 
 /// Configurations as GOST itself prints or reads them load: its `-O json` writes nil lists as
 /// `null` and durations as integer nanoseconds, its JSON may have numbers where strings are
-/// expected, and a YAML section whose entries are commented out has no value.
+/// expected, a YAML section whose entries are commented out has no value, and keys may be in
+/// any case.
 #[test]
 fn configs_gost_accepts_load() {
     let dir = tempdir();
@@ -116,6 +117,11 @@ fn configs_gost_accepts_load() {
             "commented.yaml",
             "services:\n- name: a\n  addr: :1\n  metadata:\n  # readTimeout: 5s\nchains:\n# - name: c\n",
             "name: a",
+        ),
+        (
+            "any-case.yaml",
+            "Services:\n- Name: a\n  ADDR: :1\n  listener:\n    type: tls\n    tls: {certfile: c.pem, keyfile: k.pem}\n",
+            "certFile: c.pem",
         ),
     ];
     for (name, text, expected) in cases {
