@@ -170,6 +170,31 @@ fn unimplemented_transports_are_named() {
 }
 
 #[test]
+fn schemes_gost_has_and_gost_rs_does_not_are_refused() {
+    // GOST would run a Shadowsocks server here; an `auto` proxy in its place would be open to
+    // anyone, with the "credentials" doing nothing.
+    let out = gost(&["-L", "ss://aes-128-gcm:s3cret@127.0.0.1:0"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("GOST's `ss` handler"), "{}", out.stderr);
+    assert!(!out.stderr.contains("s3cret"), "{}", out.stderr);
+    // And a TLS transport must not turn into plain TCP.
+    let out = gost(&[
+        "-L",
+        "http://:8000",
+        "-F",
+        "mtls://10.0.0.1:443",
+        "-O",
+        "yaml",
+    ]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("GOST's `mtls` dialer"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
 fn version_and_nothing_to_do() {
     let out = gost(&["-V"]);
     assert_eq!(out.code, 0);

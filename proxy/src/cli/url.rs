@@ -114,18 +114,33 @@ type Params = BTreeMap<String, Value>;
 fn services_from_arg(arg: &str) -> Parsed<Vec<ServiceConfig>> {
     let url = parse_url(arg)?;
     let (handler, listener) = split_scheme(&url.scheme);
-    let handler = HandlerType::from_name(handler).unwrap_or(HandlerType::Auto);
-    let listener = ListenerType::from_name(listener).unwrap_or(ListenerType::Tcp);
     let addrs = listen_addrs(&url.host)?;
     // GOST turns any other handler with a path into a `forward` (or `tcp`, ...) handler,
-    // which gost-api does not model.
-    if !url.path.trim_matches('/').is_empty() && handler != HandlerType::Relay {
+    // which gost-api does not model. Checked on the name as written: GOST replaces the
+    // handler it registers (`ss`, ...) too, so this is the error that applies.
+    if !url.path.trim_matches('/').is_empty()
+        && HandlerType::from_name(handler) != Some(HandlerType::Relay)
+    {
         return Err(Problem::Unsupported(format!(
             "port forwarding (the URL path {:?} names forward targets, which only relay \
              services take)",
             url.path
         )));
     }
+    let handler = scheme_part(
+        handler,
+        HandlerType::from_name,
+        GOST_HANDLERS,
+        "handler",
+        HandlerType::Auto,
+    )?;
+    let listener = scheme_part(
+        listener,
+        ListenerType::from_name,
+        GOST_LISTENERS,
+        "listener",
+        ListenerType::Tcp,
+    )?;
     let targets = forward_targets(&url.path)?;
 
     let mut params = url.query;
@@ -210,8 +225,20 @@ fn hop_from_arg(index: usize, arg: &str) -> Parsed<HopConfig> {
     params.retain(|key, _| !key.starts_with("hop."));
 
     let (connector, dialer) = split_scheme(&url.scheme);
-    let connector = ConnectorType::from_name(connector).unwrap_or(ConnectorType::Http);
-    let dialer = DialerType::from_name(dialer).unwrap_or(DialerType::Tcp);
+    let connector = scheme_part(
+        connector,
+        ConnectorType::from_name,
+        GOST_CONNECTORS,
+        "connector",
+        ConnectorType::Http,
+    )?;
+    let dialer = scheme_part(
+        dialer,
+        DialerType::from_name,
+        GOST_DIALERS,
+        "dialer",
+        DialerType::Tcp,
+    )?;
     let auth = take_auth(url.user, &mut params)?;
     let tls = take_client_tls(&mut params)?;
     let [node_md, connector_md, dialer_md] =
@@ -306,6 +333,92 @@ fn parse_url(arg: &str) -> Parsed<CmdUrl> {
         path: path.to_string(),
         query: parse_query(query)?,
     })
+}
+
+// The names GOST registers (`registry.*Registry().Register(...)` in go-gost/x, checked at
+// commit 0132cef). GOST falls back to a default type only for a name missing from its own
+// registry; a name it registers and gost-rs does not implement must be refused, not replaced:
+// `-L ss://method:secret@:8338` would otherwise run an open `auto` proxy, and `-F mtls://...`
+// would send plain TCP where the user asked for TLS.
+
+/// GOST's handler names.
+const GOST_HANDLERS: &[&str] = &[
+    "api", "auto", "dns", "file", "forward", "http", "http2", "http3", "masque", "metrics", "red",
+    "redir", "redirect", "redu", "relay", "router", "rtcp", "rudp", "runix", "serial", "sni",
+    "socks", "socks4", "socks4a", "socks5", "ss", "sshd", "ssu", "tap", "tcp", "tun", "tungo",
+    "tunnel", "udp", "unix",
+];
+
+/// GOST's listener names.
+const GOST_LISTENERS: &[&str] = &[
+    "dns", "dtls", "ftcp", "grpc", "h2", "h2c", "h3", "http2", "http3", "icmp", "icmp6", "kcp",
+    "mtcp", "mtls", "mws", "mwss", "ohttp", "otls", "pht", "phts", "quic", "red", "redir",
+    "redirect", "redu", "rtcp", "rudp", "runix", "serial", "ssh", "sshd", "stdio", "tap", "tcp",
+    "tls", "tun", "tungo", "udp", "unix", "ws", "wss", "wt",
+];
+
+/// GOST's connector names.
+const GOST_CONNECTORS: &[&str] = &[
+    "direct", "forward", "http", "http2", "masque", "relay", "router", "serial", "sni", "socks",
+    "socks4", "socks4a", "socks5", "ss", "sshd", "ssu", "tcp", "tunnel", "unix", "virtual",
+];
+
+/// GOST's dialer names.
+const GOST_DIALERS: &[&str] = &[
+    "direct",
+    "dtls",
+    "ftcp",
+    "grpc",
+    "h2",
+    "h2c",
+    "h3",
+    "h3-masque",
+    "http2",
+    "http3",
+    "icmp",
+    "icmp6",
+    "kcp",
+    "mtcp",
+    "mtls",
+    "mws",
+    "mwss",
+    "ohttp",
+    "ohttps",
+    "otls",
+    "pht",
+    "phts",
+    "quic",
+    "serial",
+    "ssh",
+    "sshd",
+    "tcp",
+    "tls",
+    "udp",
+    "unix",
+    "utls",
+    "virtual",
+    "wg",
+    "ws",
+    "wss",
+    "wt",
+];
+
+/// One half of a scheme as GOST resolves it: our type of that name; an error if GOST has one
+/// of that name (its `role`: handler, listener, ...) and we do not; else GOST's `fallback`.
+fn scheme_part<T>(
+    name: &str,
+    ours: impl Fn(&str) -> Option<T>,
+    gost: &[&str],
+    role: &str,
+    fallback: T,
+) -> Parsed<T> {
+    match ours(name) {
+        Some(kind) => Ok(kind),
+        None if gost.contains(&name) => {
+            Err(Problem::Unsupported(format!("GOST's `{name}` {role}")))
+        }
+        None => Ok(fallback),
+    }
 }
 
 /// `a+b` names the handler and listener (or connector and dialer), a single `a` both; with
@@ -936,6 +1049,58 @@ mod tests {
     }
 
     #[test]
+    fn types_gost_has_and_we_do_not_are_refused_by_name() {
+        let feature = |result: Result<Config, CliError>| match result.unwrap_err() {
+            CliError::Unsupported { feature, .. } => feature,
+            other => panic!("expected Unsupported, got {other}"),
+        };
+        for (arg, expected) in [
+            ("ss://aes-128-gcm:secret@:8338", "GOST's `ss` handler"),
+            ("api://:18080", "GOST's `api` handler"),
+            ("metrics://:9000", "GOST's `metrics` handler"),
+            ("tcp://:8080", "GOST's `tcp` handler"),
+            ("socks5+wt://:8443", "GOST's `wt` listener"),
+            ("wt://:8443", "GOST's `wt` listener"),
+            ("mwss://:443", "GOST's `mwss` listener"),
+            ("relay+kcp://:8388", "GOST's `kcp` listener"),
+        ] {
+            assert_eq!(feature(serve(arg)), expected, "-L {arg}");
+        }
+        for (arg, expected) in [
+            ("mwss://h:443", "GOST's `mwss` dialer"),
+            ("mtls://h:443", "GOST's `mtls` dialer"),
+            ("http+utls://h:443", "GOST's `utls` dialer"),
+            ("ss://aes-128-gcm:secret@h:8338", "GOST's `ss` connector"),
+            ("direct://h:1", "GOST's `direct` connector"),
+            ("tcp://h:1", "GOST's `tcp` connector"),
+        ] {
+            assert_eq!(feature(forward(arg)), expected, "-F {arg}");
+        }
+        let err = serve("ss://u:p@:8338").unwrap_err().to_string();
+        assert!(err.contains("not supported by gost-rs"), "{err}");
+        // Names GOST does not register keep GOST's fallbacks (see `scheme_fallbacks`); a path
+        // is still the port-forwarding error GOST's own rewrite of the handler leads to.
+        assert!(feature(serve("ss://:1/h:80")).contains("port forwarding"));
+    }
+
+    /// Every name our types take is one GOST registers in the same role, so that no name GOST
+    /// would replace by its fallback means something else to us.
+    #[test]
+    fn our_types_are_gosts() {
+        let pairs: [(&[&str], &[&str]); 4] = [
+            (HandlerType::NAMES, GOST_HANDLERS),
+            (ListenerType::NAMES, GOST_LISTENERS),
+            (ConnectorType::NAMES, GOST_CONNECTORS),
+            (DialerType::NAMES, GOST_DIALERS),
+        ];
+        for (ours, gost) in pairs {
+            for name in ours {
+                assert!(gost.contains(name), "{name} is not GOST's");
+            }
+        }
+    }
+
+    #[test]
     fn relay_keeps_its_forward_targets() {
         let config = serve("relay://:8080/a:80,b:8000-8001").unwrap();
         let service = &config.services[0];
@@ -1024,6 +1189,10 @@ mod tests {
         assert_eq!(kinds("HTTPS://:1"), ("http", "tls", "http", "tls"));
         assert_eq!(kinds("socks+wss://:1"), ("socks5", "wss", "socks5", "wss"));
         assert_eq!(kinds("foo+bar://:1"), ("auto", "tcp", "http", "tcp"));
+        // GOST has a `pht` listener and dialer but no such handler or connector.
+        assert_eq!(kinds("pht://:1"), ("auto", "pht", "http", "pht"));
+        assert_eq!(kinds("tls://:1"), ("auto", "tls", "http", "tls"));
+        assert_eq!(kinds("grpc://:1"), ("auto", "grpc", "http", "grpc"));
         assert_eq!(kinds("relay+ws+tls://:1"), ("auto", "tcp", "http", "tcp"));
         assert_eq!(kinds(":1"), ("auto", "tcp", "http", "tcp"));
     }
