@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::config::*;
 use crate::de::Lenient;
-use crate::metadata::parse_go_duration;
+use crate::metadata::{Metadata, Scope, parse_go_duration, unimplemented_option};
 
 /// The two text formats GOST reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -218,6 +218,21 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
     for (i, service) in config.services.iter().enumerate() {
         let path = format!("services[{i}]");
         check_listen_addr(&service.addr, &format!("{path}.addr"))?;
+        check_options(
+            &service.metadata,
+            Scope::Service,
+            &format!("{path}.metadata"),
+        )?;
+        check_options(
+            &service.handler.metadata,
+            Scope::Handler,
+            &format!("{path}.handler.metadata"),
+        )?;
+        check_options(
+            &service.listener.metadata,
+            Scope::Listener,
+            &format!("{path}.listener.metadata"),
+        )?;
         if let Some(chain) = &service.handler.chain
             && !chain_names.contains(chain.as_str())
         {
@@ -302,10 +317,31 @@ fn check_hop(hop: &HopConfig, path: &str) -> Result<(), ConfigError> {
         parse_go_duration(timeout)
             .map_err(|e| ConfigError::field(format!("{path}.selector.failTimeout"), e))?;
     }
+    check_options(&hop.metadata, Scope::Hop, &format!("{path}.metadata"))?;
     for (k, node) in hop.nodes.iter().enumerate() {
         check_dial_addr(&node.addr, &format!("{path}.nodes[{k}].addr"))?;
+        check_options(
+            &node.metadata,
+            Scope::Node,
+            &format!("{path}.nodes[{k}].metadata"),
+        )?;
     }
     Ok(())
+}
+
+/// Refuses an option GOST implements and gost-rs does not, set in the metadata at `path`.
+fn check_options(metadata: &Metadata, scope: Scope, path: &str) -> Result<(), ConfigError> {
+    match unimplemented_option(&metadata.0, scope) {
+        Some(found) => Err(ConfigError::field(
+            format!("{path}.{}", found.key),
+            format!(
+                "{found} is not supported by gost-rs; {} (ignoring it would change what the \
+                 proxy does without telling you)",
+                found.remedy()
+            ),
+        )),
+        None => Ok(()),
+    }
 }
 
 fn unique_names<'a>(

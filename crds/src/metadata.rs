@@ -7,6 +7,7 @@
 //! seconds.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::time::Duration;
 
 use schemars::JsonSchema;
@@ -131,6 +132,203 @@ impl Metadata {
             other => Err(err(format!("expected a duration such as 30s, got {other}"))),
         }
     }
+}
+
+/// Where a metadata map sits; GOST reads each of the options below from some of them only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// A service's own `metadata`.
+    Service,
+    /// `handler.metadata`.
+    Handler,
+    /// `listener.metadata`.
+    Listener,
+    /// A hop's `metadata`.
+    Hop,
+    /// A node's `metadata`.
+    Node,
+}
+
+/// The value an option has when it is off, which is GOST's default and what gost-rs does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Off {
+    /// `false`, `0` or one of Go's other spellings of false.
+    False,
+    /// The number zero.
+    Zero,
+    /// An empty string or list.
+    Empty,
+}
+
+/// An option GOST implements and gost-rs does not.
+struct UnimplementedOption {
+    /// The key, matched ignoring ASCII case; ending in `.`, every key with that prefix.
+    key: &'static str,
+    /// What the option does in GOST.
+    what: &'static str,
+    off: Off,
+    scopes: &'static [Scope],
+}
+
+const SERVICE_AND_HOP: &[Scope] = &[Scope::Service, Scope::Hop, Scope::Node];
+const HANDLER: &[Scope] = &[Scope::Handler];
+
+/// GOST metadata options gost-rs does not implement, refused (by the configuration loader and
+/// the command line) when set to anything but their default. Ignoring them would leave a
+/// proxy doing something other than its owner believes: behind a load balancer that sends the
+/// PROXY protocol every request would fail, `interface` and `so_mark` policy routing would be
+/// bypassed without a word, and `udp`, `bind` or `mitm.*` would look enabled. The scopes are
+/// where GOST reads each key (`x/config/parsing`, the handlers' `metadata.go`); the command
+/// line puts an unscoped key in every scope, so it is found in one of them.
+const UNIMPLEMENTED_OPTIONS: &[UnimplementedOption] = &[
+    UnimplementedOption {
+        key: "interface",
+        what: "binding outgoing connections to a network interface",
+        off: Off::Empty,
+        scopes: SERVICE_AND_HOP,
+    },
+    UnimplementedOption {
+        key: "so_mark",
+        what: "marking outgoing connections (SO_MARK)",
+        off: Off::Zero,
+        scopes: SERVICE_AND_HOP,
+    },
+    UnimplementedOption {
+        key: "proxyProtocol",
+        what: "the PROXY protocol",
+        off: Off::Zero,
+        scopes: SERVICE_AND_HOP,
+    },
+    UnimplementedOption {
+        key: "netns",
+        what: "a network namespace",
+        off: Off::Empty,
+        scopes: SERVICE_AND_HOP,
+    },
+    UnimplementedOption {
+        key: "netns.out",
+        what: "a network namespace for outgoing connections",
+        off: Off::Empty,
+        scopes: &[Scope::Service],
+    },
+    UnimplementedOption {
+        key: "dns",
+        what: "DNS servers",
+        off: Off::Empty,
+        scopes: &[Scope::Service, Scope::Handler, Scope::Listener],
+    },
+    UnimplementedOption {
+        key: "udp",
+        what: "UDP relay",
+        off: Off::False,
+        scopes: HANDLER,
+    },
+    UnimplementedOption {
+        key: "bind",
+        what: "BIND (accepting connections on the client's behalf)",
+        off: Off::False,
+        scopes: HANDLER,
+    },
+    UnimplementedOption {
+        key: "sniffing",
+        what: "traffic sniffing",
+        off: Off::False,
+        scopes: HANDLER,
+    },
+    UnimplementedOption {
+        key: "mitm.",
+        what: "TLS interception (MITM)",
+        off: Off::Empty,
+        scopes: HANDLER,
+    },
+    UnimplementedOption {
+        key: "tor",
+        what: "Tor",
+        off: Off::False,
+        scopes: HANDLER,
+    },
+    UnimplementedOption {
+        key: "enableTor",
+        what: "Tor",
+        off: Off::False,
+        scopes: HANDLER,
+    },
+    UnimplementedOption {
+        key: "socks5.tor",
+        what: "Tor",
+        off: Off::False,
+        scopes: HANDLER,
+    },
+];
+
+impl UnimplementedOption {
+    fn matches(&self, key: &str) -> bool {
+        if self.key.ends_with('.') {
+            key.get(..self.key.len())
+                .is_some_and(|prefix| prefix.eq_ignore_ascii_case(self.key))
+        } else {
+            key.eq_ignore_ascii_case(self.key)
+        }
+    }
+
+    fn is_off(&self, value: &Value) -> bool {
+        match (self.off, value) {
+            (_, Value::Null) => true,
+            (Off::False | Off::Zero, Value::Bool(b)) => !b,
+            (Off::False | Off::Zero, Value::Number(n)) => n.as_f64() == Some(0.0),
+            (Off::False, Value::String(s)) => s.is_empty() || parse_go_bool(s) == Some(false),
+            (Off::Zero, Value::String(s)) => {
+                s.trim().is_empty() || s.trim().parse::<i64>() == Ok(0)
+            }
+            (Off::Empty, Value::String(s)) => s.is_empty(),
+            (Off::Empty, Value::Array(a)) => a.is_empty(),
+            _ => false,
+        }
+    }
+}
+
+/// An option of a metadata map that GOST implements and gost-rs does not.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnimplementedKey {
+    /// The key as written.
+    pub key: String,
+    what: &'static str,
+    off: Off,
+}
+
+impl UnimplementedKey {
+    /// How to get rid of it.
+    pub fn remedy(&self) -> &'static str {
+        match self.off {
+            Off::False => "remove it or set it to false",
+            Off::Zero => "remove it or set it to 0",
+            Off::Empty => "remove it",
+        }
+    }
+}
+
+impl fmt::Display for UnimplementedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "the {:?} option ({})", self.key, self.what)
+    }
+}
+
+/// The first key of `map`, a metadata map in `scope`, that sets an option gost-rs does not
+/// implement (see [`UNIMPLEMENTED_OPTIONS`]).
+pub fn unimplemented_option(
+    map: &BTreeMap<String, Value>,
+    scope: Scope,
+) -> Option<UnimplementedKey> {
+    map.iter().find_map(|(key, value)| {
+        let option = UNIMPLEMENTED_OPTIONS.iter().find(|option| {
+            option.scopes.contains(&scope) && option.matches(key) && !option.is_off(value)
+        })?;
+        Some(UnimplementedKey {
+            key: key.clone(),
+            what: option.what,
+            off: option.off,
+        })
+    })
 }
 
 /// Go's `strconv.ParseBool` spellings.
@@ -268,6 +466,79 @@ mod tests {
         assert_eq!(m.bool(&["b"]).unwrap(), Some(false));
         assert!(m.bool(&["c"]).is_err());
         assert_eq!(m.bool(&["missing"]).unwrap(), None);
+    }
+
+    #[test]
+    fn unimplemented_options_are_found_unless_off() {
+        let found = |pairs: &[(&str, Value)], scope| {
+            unimplemented_option(&md(pairs).0, scope).map(|found| found.key)
+        };
+        // Any spelling of the key, any value but the default.
+        for (key, value) in [
+            ("proxyProtocol", Value::from(1)),
+            ("PROXYPROTOCOL", Value::from("2")),
+            ("so_mark", Value::from("0x10")),
+            ("interface", Value::from("eth0")),
+            ("netns", Value::from("/var/run/netns/blue")),
+            ("dns", Value::from(vec!["1.1.1.1"])),
+        ] {
+            assert_eq!(
+                found(&[(key, value.clone())], Scope::Service).as_deref(),
+                Some(key),
+                "{key}={value}"
+            );
+        }
+        for (key, value) in [
+            ("udp", Value::from(true)),
+            ("Bind", Value::from("1")),
+            ("sniffing", Value::from("yes")),
+            ("mitm.certFile", Value::from("ca.pem")),
+            ("MITM.alpn", Value::from("h2")),
+            ("enableTor", Value::from("T")),
+            ("socks5.tor", Value::from(1)),
+        ] {
+            assert_eq!(
+                found(&[(key, value.clone())], Scope::Handler).as_deref(),
+                Some(key),
+                "{key}={value}"
+            );
+        }
+        assert_eq!(
+            found(&[("interface", Value::from("eth0"))], Scope::Hop).as_deref(),
+            Some("interface")
+        );
+        // Off, GOST's default, is what gost-rs does.
+        for (key, value) in [
+            ("udp", Value::from(false)),
+            ("udp", Value::from("false")),
+            ("bind", Value::from(0)),
+            ("sniffing", Value::from("")),
+            ("so_mark", Value::from(0)),
+            ("so_mark", Value::from("0")),
+            ("proxyProtocol", Value::from(false)),
+            ("interface", Value::from("")),
+            ("dns", Value::from(Vec::<String>::new())),
+            ("tor", Value::Null),
+        ] {
+            let scope = if ["udp", "bind", "sniffing", "tor"].contains(&key) {
+                Scope::Handler
+            } else {
+                Scope::Service
+            };
+            assert_eq!(found(&[(key, value.clone())], scope), None, "{key}={value}");
+        }
+        // Only where GOST reads the key, and not keys that merely start like one.
+        assert_eq!(found(&[("udp", Value::from(true))], Scope::Listener), None);
+        assert_eq!(found(&[("netns.out", Value::from("x"))], Scope::Hop), None);
+        assert_eq!(found(&[("mitm", Value::from("x"))], Scope::Handler), None);
+        assert_eq!(
+            found(&[("udpBufferSize", Value::from(9))], Scope::Handler),
+            None
+        );
+        let key =
+            unimplemented_option(&md(&[("udp", Value::from(true))]).0, Scope::Handler).unwrap();
+        assert_eq!(key.to_string(), r#"the "udp" option (UDP relay)"#);
+        assert_eq!(key.remedy(), "remove it or set it to false");
     }
 
     proptest::proptest! {

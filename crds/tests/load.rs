@@ -134,6 +134,75 @@ fn unsupported_gost_sections_are_refused_by_name() {
 }
 
 #[test]
+fn gost_options_gost_rs_does_not_implement_are_refused_with_their_path() {
+    let service = |metadata: &str| {
+        format!("services:\n- name: a\n  addr: :1\n  handler:\n    type: socks5\n{metadata}")
+    };
+    for (text, expected) in [
+        (
+            "services:\n- name: a\n  addr: :1\n  metadata:\n    proxyProtocol: 1\n".to_string(),
+            "services[0].metadata.proxyProtocol",
+        ),
+        (
+            "services:\n- name: a\n  addr: :1\n  metadata:\n    Interface: eth0\n".to_string(),
+            "services[0].metadata.Interface",
+        ),
+        (
+            service("    metadata:\n      udp: true\n"),
+            "services[0].handler.metadata.udp",
+        ),
+        (
+            service("    metadata:\n      mitm.certFile: ca.pem\n"),
+            "services[0].handler.metadata.mitm.certFile",
+        ),
+        (
+            service("    metadata:\n      enableTor: \"1\"\n"),
+            "services[0].handler.metadata.enableTor",
+        ),
+        (
+            "chains:\n- name: c\n  hops:\n  - name: h\n    metadata:\n      so_mark: 100\n    \
+             nodes:\n    - name: n\n      addr: a:1\n"
+                .to_string(),
+            "chains[0].hops[0].metadata.so_mark",
+        ),
+        (
+            "hops:\n- name: h\n  nodes:\n  - name: n\n    addr: a:1\n    metadata:\n      \
+             netns: blue\n"
+                .to_string(),
+            "hops[0].nodes[0].metadata.netns",
+        ),
+    ] {
+        let (path, message) = field_error(&text);
+        assert_eq!(path, expected, "{text}");
+        assert!(message.contains("not supported by gost-rs"), "{message}");
+    }
+    let (_, message) = field_error(&service("    metadata:\n      bind: true\n"));
+    assert!(
+        message.contains(r#"the "bind" option"#) && message.contains("set it to false"),
+        "{message}"
+    );
+    // Their defaults are what gost-rs does, so they load; so does JSON.
+    from_str(
+        &service("    metadata:\n      udp: false\n      bind: \"0\"\n      sniffing: false\n"),
+        Format::Yaml,
+    )
+    .unwrap();
+    from_str(
+        r#"{"services": [{"name": "a", "addr": ":1", "metadata": {"so_mark": 0, "interface": ""}}]}"#,
+        Format::Json,
+    )
+    .unwrap();
+    let json = from_str(
+        r#"{"services": [{"name": "a", "addr": ":1", "metadata": {"proxyProtocol": 2}}]}"#,
+        Format::Json,
+    );
+    assert!(
+        matches!(&json, Err(ConfigError::Field { path, .. }) if path == "services[0].metadata.proxyProtocol"),
+        "{json:?}"
+    );
+}
+
+#[test]
 fn syntax_errors_say_which_format() {
     let yaml_error = from_str("services: [", Format::Yaml)
         .unwrap_err()

@@ -64,6 +64,10 @@ fn bad_configs_fail_with_the_field_path() {
             "services:\n- name: a\n  addr: :1\n  handler:\n    metadata:\n      readTimeout: soon\n",
             "services[0].handler.metadata",
         ),
+        (
+            "services:\n- name: a\n  addr: :1\n  metadata:\n    proxyProtocol: 1\n",
+            "services[0].metadata.proxyProtocol",
+        ),
     ];
     for (i, (text, path)) in cases.iter().enumerate() {
         let file = dir.join(format!("bad-{i}.yaml"));
@@ -192,6 +196,24 @@ fn schemes_gost_has_and_gost_rs_does_not_are_refused() {
         "{}",
         out.stderr
     );
+}
+
+#[test]
+fn options_gost_rs_does_not_implement_are_refused() {
+    // Behind a load balancer sending the PROXY protocol, every request would fail.
+    let out = gost(&["-L", "http://127.0.0.1:0?proxyProtocol=1"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains(r#"the "proxyProtocol" option"#),
+        "{}",
+        out.stderr
+    );
+    let out = gost(&["-L", "socks5://127.0.0.1:0?udp=true", "-O", "yaml"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains(r#"the "udp" option"#), "{}", out.stderr);
+    // The defaults are fine.
+    let out = gost(&["-L", "socks5://:1080?udp=false&so_mark=0", "-O", "yaml"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
 }
 
 #[test]

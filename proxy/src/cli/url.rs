@@ -14,7 +14,7 @@ use std::ops::RangeInclusive;
 use base64::Engine as _;
 use base64::alphabet;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
-use gost_api::metadata::{parse_go_bool, parse_go_duration};
+use gost_api::metadata::{Scope, parse_go_bool, parse_go_duration, unimplemented_option};
 use gost_api::{
     AuthConfig, ChainConfig, Config, ConnectorConfig, ConnectorType, DialerConfig, DialerType,
     ForwardNodeConfig, ForwarderConfig, HandlerConfig, HandlerType, HopConfig, ListenerConfig,
@@ -146,18 +146,6 @@ fn services_from_arg(arg: &str) -> Parsed<Vec<ServiceConfig>> {
     let mut params = url.query;
     let auth = take_auth(url.user, &mut params)?;
     let tls = take_server_tls(&mut params);
-    if let Some(dns) = lookup(&params, &["dns"]) {
-        remove(&mut params, &["dns"]);
-        params.insert(
-            "dns".into(),
-            Value::from(dns.split(',').collect::<Vec<_>>()),
-        );
-    }
-    relocate_text(&mut params, "interface", "service.interface");
-    relocate_count(&mut params, "so_mark", "service.so_mark");
-    relocate_count(&mut params, "proxyProtocol", "service.proxyProtocol");
-    relocate_text(&mut params, "netns", "service.netns");
-    relocate_text(&mut params, "netns.out", "service.netns.out");
     // GOST consumes these keys on every service but uses them only for forward targets.
     if take_selector(&mut params)?.is_some() && !targets.is_empty() {
         return Err(Problem::Unsupported(
@@ -166,6 +154,12 @@ fn services_from_arg(arg: &str) -> Parsed<Vec<ServiceConfig>> {
     }
     let [service_md, mut handler_md, listener_md] =
         split_scopes(&params, ["service.", "handler.", "listener."], &[]);
+    // GOST moves `interface`, `so_mark`, `proxyProtocol`, `netns` and `netns.out` to the
+    // service and splits `dns` into a list; all of them are refused here, in whichever scope
+    // an unscoped key lands.
+    reject_unimplemented(&service_md, Scope::Service)?;
+    reject_unimplemented(&handler_md, Scope::Handler)?;
+    reject_unimplemented(&listener_md, Scope::Listener)?;
     reject_unsupported(
         &handler_md,
         &[
@@ -216,12 +210,11 @@ fn hop_from_arg(index: usize, arg: &str) -> Parsed<HopConfig> {
     let mut params = url.query;
     let selector = take_selector(&mut params)?;
     reject_unsupported(&params, &["bypass", "resolver", "hosts"])?;
-    relocate_text(&mut params, "interface", "hop.interface");
-    relocate_count(&mut params, "so_mark", "hop.so_mark");
-    relocate_count(&mut params, "proxyProtocol", "hop.proxyProtocol");
     // GOST fills the hop's metadata before the node consumes `auth` and the TLS keys, so the
     // hop keeps them (case-33: `secure` and `serverName` show up on the hop only).
     let [hop_md] = split_scopes(&params, ["hop."], &["node.", "connector.", "dialer."]);
+    // GOST moves `interface`, `so_mark` and `proxyProtocol` to the hop; refused here.
+    reject_unimplemented(&hop_md, Scope::Hop)?;
     params.retain(|key, _| !key.starts_with("hop."));
 
     let (connector, dialer) = split_scheme(&url.scheme);
@@ -243,6 +236,7 @@ fn hop_from_arg(index: usize, arg: &str) -> Parsed<HopConfig> {
     let tls = take_client_tls(&mut params)?;
     let [node_md, connector_md, dialer_md] =
         split_scopes(&params, ["node.", "connector.", "dialer."], &[]);
+    reject_unimplemented(&node_md, Scope::Node)?;
 
     let nodes = node_addrs(&url.host)?
         .into_iter()
@@ -521,27 +515,18 @@ fn take(params: &mut Params, aliases: &[&str]) -> Option<String> {
     value
 }
 
-/// GOST moves a few keys into one scope only (`interface` to the service, or to the hop).
-fn relocate_text(params: &mut Params, key: &str, to: &str) {
-    if let Some(value) = lookup(params, &[key]) {
-        remove(params, &[key]);
-        params.insert(to.to_string(), Value::String(value));
-    }
-}
-
-/// As [`relocate_text`] for positive integers, which GOST stores as numbers; any other value
-/// stays where it is, as in GOST.
-fn relocate_count(params: &mut Params, key: &str, to: &str) {
-    let count = lookup(params, &[key]).and_then(|v| v.parse::<i64>().ok());
-    if let Some(count) = count.filter(|n| *n > 0) {
-        remove(params, &[key]);
-        params.insert(to.to_string(), Value::from(count));
-    }
-}
-
 fn reject_unsupported(params: &Params, keys: &[&str]) -> Parsed<()> {
     match keys.iter().find(|key| lookup(params, &[key]).is_some()) {
         Some(key) => Err(Problem::Unsupported(format!("the {key:?} option"))),
+        None => Ok(()),
+    }
+}
+
+/// Refuses an option GOST implements and gost-rs does not, from gost-api's list, which the
+/// configuration loader checks too; its default value (`udp=false`, `so_mark=0`) passes.
+fn reject_unimplemented(metadata: &Params, scope: Scope) -> Parsed<()> {
+    match unimplemented_option(metadata, scope) {
+        Some(found) => Err(Problem::Unsupported(found.to_string())),
         None => Ok(()),
     }
 }
@@ -1238,21 +1223,21 @@ mod tests {
 
     #[test]
     fn scoped_metadata_on_services() {
-        let service = serve("http://:8080?a=1&handler.b=2&listener.c=3&service.d=4&handler.a=9&cert=c.pem&key=k.pem&retries=2&interface=eth0&so_mark=7").unwrap().services.remove(0);
-        assert_eq!(service.handler.metadata, md(&[("a", "9"), ("b", "2")]));
+        let service = serve("http://:8080?a=1&handler.b=2&listener.c=3&service.d=4&handler.a=9&cert=c.pem&key=k.pem&retries=2&so_mark=0").unwrap().services.remove(0);
+        // A zero `so_mark` is not moved to the service, as in GOST.
+        assert_eq!(
+            service.handler.metadata,
+            md(&[("a", "9"), ("b", "2"), ("so_mark", "0")])
+        );
         assert_eq!(service.handler.retries, Some(2));
         assert_eq!(
             service.listener.metadata,
-            md(&[("a", "1"), ("c", "3"), ("retries", "2")])
+            md(&[("a", "1"), ("c", "3"), ("retries", "2"), ("so_mark", "0")])
         );
-        let mut expected = md(&[
-            ("a", "1"),
-            ("d", "4"),
-            ("interface", "eth0"),
-            ("retries", "2"),
-        ]);
-        expected.0.insert("so_mark".into(), Value::from(7));
-        assert_eq!(service.metadata, expected);
+        assert_eq!(
+            service.metadata,
+            md(&[("a", "1"), ("d", "4"), ("retries", "2"), ("so_mark", "0")])
+        );
         let tls = service.listener.tls.unwrap();
         assert_eq!(
             (tls.cert_file.as_deref(), tls.key_file.as_deref()),
@@ -1261,14 +1246,65 @@ mod tests {
         // No certificate, no section; the keys are consumed all the same.
         let service = serve("http://:8080?ca=ca.pem").unwrap().services.remove(0);
         assert!(service.listener.tls.is_none() && service.listener.metadata.is_empty());
-        let service = serve("http://:8080?dns=1.1.1.1,8.8.8.8")
-            .unwrap()
-            .services
-            .remove(0);
-        assert_eq!(
-            service.handler.metadata.0["dns"],
-            serde_json::json!(["1.1.1.1", "8.8.8.8"])
+    }
+
+    #[test]
+    fn options_gost_implements_and_we_do_not_are_refused() {
+        let feature = |result: Result<Config, CliError>| match result.unwrap_err() {
+            CliError::Unsupported { feature, .. } => feature,
+            other => panic!("expected Unsupported, got {other}"),
+        };
+        for (arg, key) in [
+            ("http://:8080?proxyProtocol=1", "proxyProtocol"),
+            ("http://:8080?interface=eth0", "interface"),
+            ("http://:8080?so_mark=7", "so_mark"),
+            ("http://:8080?netns=blue", "netns"),
+            ("http://:8080?netns.out=red", "netns.out"),
+            ("http://:8080?dns=1.1.1.1,8.8.8.8", "dns"),
+            ("http://:8080?service.INTERFACE=eth0", "INTERFACE"),
+            ("http://:8080?udp=true", "udp"),
+            ("socks5://:1080?bind=1", "bind"),
+            ("relay://:8421?handler.bind=true", "bind"),
+            ("socks5://:1080?sniffing=true", "sniffing"),
+            ("http://:8080?mitm.certFile=ca.pem", "mitm.certFile"),
+            ("socks5://:1080?tor=true", "tor"),
+            ("socks5://:1080?enableTor=true", "enableTor"),
+        ] {
+            let feature = feature(serve(arg));
+            assert!(
+                feature.starts_with(&format!("the {key:?} option (")),
+                "-L {arg}: {feature}"
+            );
+        }
+        for (arg, key) in [
+            ("http://h:1?interface=eth0", "interface"),
+            ("http://h:1?so_mark=100", "so_mark"),
+            ("http://h:1?proxyProtocol=2", "proxyProtocol"),
+            ("http://h:1?netns=blue", "netns"),
+            ("http://h:1?node.netns=blue", "netns"),
+        ] {
+            let feature = feature(forward(arg));
+            assert!(
+                feature.starts_with(&format!("the {key:?} option (")),
+                "-F {arg}: {feature}"
+            );
+        }
+        let err = serve("http://:8080?proxyProtocol=1")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("PROXY protocol") && err.contains("not supported by gost-rs"),
+            "{err}"
         );
+        // Off is the default, and what gost-rs does; and where GOST does not read a key, it
+        // stays metadata.
+        for arg in [
+            "socks5://:1080?udp=false&bind=0&sniffing=false&so_mark=0&proxyProtocol=0",
+            "http://:8080?listener.udp=true",
+        ] {
+            serve(arg).unwrap();
+        }
+        forward("http://h:1?so_mark=0&connector.interface=eth0").unwrap();
     }
 
     #[test]
