@@ -103,6 +103,79 @@ fn metrics_auth_from_the_config_file() {
 }
 
 #[test]
+fn metrics_flag_in_gosts_url_form_requires_its_basic_auth() {
+    // GOST's documentation form, with a percent-encoded '@' in the password.
+    let gost = Gost::start(
+        &[
+            "-L",
+            "http://127.0.0.1:0",
+            "-metrics",
+            "prom:s3%40cret@127.0.0.1:0?path=/metrics",
+        ],
+        2,
+    );
+    let url = format!("http://{}/metrics", gost.addrs()[0]);
+    let denied = scrape_metrics(&url, None);
+    assert!(denied.contains("status=401"), "{denied}");
+    assert!(scrape_metrics(&url, Some("prom:s3cret")).contains("status=401"));
+    let ok = scrape_metrics(&url, Some("prom:s3@cret"));
+    assert!(ok.contains("status=200"), "{ok}");
+    assert!(!gost.log().contains("s3"), "a password reached the log");
+
+    let out = run(
+        gost_bin().to_str().unwrap(),
+        &[
+            "-L",
+            ":8080",
+            "-metrics",
+            "user:pass@:9000?path=/m",
+            "-O",
+            "yaml",
+        ],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let yaml = out.text();
+    for expected in [
+        "addr: \":9000\"",
+        "path: /m",
+        "username: user",
+        "password: pass",
+    ] {
+        assert!(yaml.contains(expected), "missing {expected:?} in\n{yaml}");
+    }
+}
+
+#[test]
+fn gost_metrics_variable_moves_the_endpoint_and_the_flag_wins() {
+    let dir = tempdir();
+    let file = dir.join("gost.yaml");
+    std::fs::write(
+        &file,
+        "services:\n- name: a\n  addr: :8080\n\
+         metrics:\n  addr: :9000\n  path: /m\n  auth:\n    username: prom\n    password: pw\n",
+    )
+    .unwrap();
+    let gost = gost_bin();
+    let print = |env: &str, extra: &[&str]| {
+        let mut args = vec![env, gost.to_str().unwrap(), "-C", file.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["-O", "yaml"]);
+        let out = run("env", &args);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        out.text()
+    };
+    // The address only: the file's path and credentials stay.
+    let yaml = print("GOST_METRICS=127.0.0.1:9100", &[]);
+    for expected in ["addr: 127.0.0.1:9100", "path: /m", "username: prom"] {
+        assert!(yaml.contains(expected), "missing {expected:?} in\n{yaml}");
+    }
+    let yaml = print("GOST_METRICS=127.0.0.1:9100", &["-metrics", ":9200"]);
+    assert!(yaml.contains("addr: \":9200\""), "{yaml}");
+    assert!(!yaml.contains("/m") && !yaml.contains("prom"), "{yaml}");
+    assert!(print("GOST_METRICS=", &[]).contains("addr: \":9000\""));
+}
+
+#[test]
 fn readyz_turns_unready_while_draining() {
     let echo = Target::echo();
     let mut gost = Gost::start(

@@ -39,8 +39,9 @@ struct Args {
     #[arg(short = 'D', action = ArgAction::Count)]
     debug: u8,
 
-    /// Serve Prometheus metrics, /healthz and /readyz on this address: `[host]:port[?path=/metrics]`.
-    /// GOST spells it `-metrics`, which is accepted too.
+    /// Serve Prometheus metrics, /healthz and /readyz on this address:
+    /// `[user:pass@][host]:port[?path=/metrics]` (with user:pass, scrapes need Basic auth).
+    /// GOST spells it `-metrics`, which is accepted too. Replaces `GOST_METRICS` and `metrics:`.
     #[arg(long = "metrics", value_name = "ADDR")]
     metrics: Option<String>,
 
@@ -146,33 +147,45 @@ fn assemble_config(args: &Args) -> Result<Config, String> {
             .map_err(|e| e.to_string())?;
         merge(&mut config, from_cli);
     }
-    if let Some(metrics) = &args.metrics {
-        config.metrics = Some(metrics_from_flag(metrics)?);
-    }
+    let env_metrics = std::env::var("GOST_METRICS").ok();
+    apply_metrics_overrides(&mut config, env_metrics.as_deref(), args.metrics.as_deref())?;
     gost_api::validate(&config)
         .map_err(|e| format!("the combined configuration is invalid: {e}"))?;
     Ok(config)
 }
 
-/// `-metrics [host]:port[?path=/p]`, as GOST reads it.
-fn metrics_from_flag(flag: &str) -> Result<gost_api::MetricsConfig, String> {
-    let (addr, query) = flag.split_once('?').unwrap_or((flag, ""));
-    let mut path = None;
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        match pair.split_once('=') {
-            Some(("path", value)) => path = Some(value.to_string()),
-            _ => {
-                return Err(format!(
-                    "-metrics {flag}: unknown option {pair:?} (accepted: path=/…)"
-                ));
-            }
+/// GOST's overrides of the metrics section, applied after the files and `-L`/`-F`: a non-empty
+/// `GOST_METRICS` replaces the address only (a file's `path` and `auth` stay), then `-metrics`
+/// replaces the whole section.
+fn apply_metrics_overrides(
+    config: &mut Config,
+    env: Option<&str>,
+    flag: Option<&str>,
+) -> Result<(), String> {
+    if let Some(addr) = env.filter(|addr| !addr.is_empty()) {
+        // GOST takes the variable as it is, not as a URL; and the value is not echoed when it
+        // may hold a password.
+        if addr.contains('@') {
+            return Err(
+                "GOST_METRICS: an address ([host]:port) only, as in GOST; give \
+                        credentials with -metrics user:pass@[host]:port or in the metrics \
+                        section"
+                    .into(),
+            );
         }
+        let metrics = config.metrics.get_or_insert_with(Default::default);
+        metrics.addr = addr.to_string();
+        let alone = Config {
+            metrics: Some(metrics.clone()),
+            ..Config::default()
+        };
+        gost_api::validate(&alone).map_err(|e| format!("GOST_METRICS: {e}"))?;
     }
-    Ok(gost_api::MetricsConfig {
-        addr: addr.to_string(),
-        path,
-        ..Default::default()
-    })
+    if let Some(flag) = flag {
+        config.metrics =
+            Some(gost_proxy::cli::url::metrics_from_arg(flag).map_err(|e| e.to_string())?);
+    }
+    Ok(())
 }
 
 /// The `-C` sources, or GOST's default configuration file when given nothing to do.
@@ -474,6 +487,65 @@ pub extern "C" fn pow(x: f64, y: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use std::hint::black_box;
+
+    use gost_api::{AuthConfig, Config, MetricsConfig};
+
+    use super::apply_metrics_overrides;
+
+    fn with_file_metrics() -> Config {
+        Config {
+            metrics: Some(MetricsConfig {
+                addr: ":9000".into(),
+                path: Some("/m".into()),
+                auth: Some(AuthConfig {
+                    username: "prom".into(),
+                    password: "pw".into(),
+                }),
+                auther: None,
+            }),
+            ..Config::default()
+        }
+    }
+
+    /// As GOST: `GOST_METRICS` moves the file's endpoint, `-metrics` replaces it.
+    #[test]
+    fn metrics_overrides_apply_in_gosts_order() {
+        let mut config = with_file_metrics();
+        apply_metrics_overrides(&mut config, Some("127.0.0.1:9100"), None).unwrap();
+        let metrics = config.metrics.as_ref().unwrap();
+        assert_eq!(metrics.addr, "127.0.0.1:9100");
+        assert_eq!(metrics.path.as_deref(), Some("/m"));
+        assert!(metrics.auth.is_some());
+
+        let mut config = Config::default();
+        apply_metrics_overrides(&mut config, Some(":9100"), None).unwrap();
+        assert_eq!(config.metrics.unwrap().addr, ":9100");
+
+        let mut config = with_file_metrics();
+        apply_metrics_overrides(&mut config, Some(":9100"), Some("u:p@:9200")).unwrap();
+        let metrics = config.metrics.unwrap();
+        assert_eq!(
+            (metrics.addr.as_str(), metrics.path),
+            (":9200", None),
+            "the flag replaces the whole section"
+        );
+        assert_eq!(metrics.auth.unwrap().password, "p");
+
+        // Empty is unset, as in GOST.
+        let mut config = Config::default();
+        apply_metrics_overrides(&mut config, Some(""), None).unwrap();
+        assert!(config.metrics.is_none());
+
+        let err =
+            apply_metrics_overrides(&mut Config::default(), Some("localhost"), None).unwrap_err();
+        assert!(err.starts_with("GOST_METRICS: metrics.addr"), "{err}");
+        let err = apply_metrics_overrides(&mut Config::default(), Some("u:s3cret@:9000"), None)
+            .unwrap_err();
+        assert!(
+            err.contains("GOST_METRICS") && !err.contains("s3cret"),
+            "{err}"
+        );
+    }
 
     /// `f64::powf` in this test binary calls the `pow` above, as tokio's does in `gost`
     /// (`black_box` keeps the compiler from working the powers out itself).

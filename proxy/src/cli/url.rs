@@ -18,7 +18,8 @@ use gost_api::metadata::{Scope, parse_go_bool, parse_go_duration, unimplemented_
 use gost_api::{
     AuthConfig, ChainConfig, Config, ConnectorConfig, ConnectorType, DialerConfig, DialerType,
     ForwardNodeConfig, ForwarderConfig, HandlerConfig, HandlerType, HopConfig, ListenerConfig,
-    ListenerType, Metadata, NodeConfig, SelectorConfig, SelectorStrategy, ServiceConfig, TlsConfig,
+    ListenerType, Metadata, MetricsConfig, NodeConfig, SelectorConfig, SelectorStrategy,
+    ServiceConfig, TlsConfig,
 };
 use percent_encoding::percent_decode_str;
 use serde_json::Value;
@@ -30,7 +31,7 @@ pub enum CliError {
     /// The argument is malformed.
     #[error("{flag} {arg:?}: {reason}")]
     Invalid {
-        /// `-L` or `-F`.
+        /// `-L`, `-F` or `-metrics`.
         flag: &'static str,
         /// The argument, redacted.
         arg: String,
@@ -84,6 +85,55 @@ pub fn config_from_args(services: &[String], nodes: &[String]) -> Result<Config,
         });
     }
     Ok(config)
+}
+
+/// The metrics endpoint of `-metrics [user:pass@][host]:port[?path=/metrics]`, read as GOST
+/// reads the flag: as a URL whose user info (percent-decoded) is the endpoint's Basic auth and
+/// whose `path` parameter is its path. Where GOST ignores what it cannot use (a scheme, a URL
+/// path, another parameter) or falls back to the raw text as the address, this is an error.
+pub fn metrics_from_arg(arg: &str) -> Result<MetricsConfig, CliError> {
+    metrics_config(arg).map_err(|p| p.into_error("-metrics", arg))
+}
+
+fn metrics_config(arg: &str) -> Parsed<MetricsConfig> {
+    let url = parse_url(arg)?;
+    if url.scheme != "auto" && url.scheme != "http" {
+        return invalid(format!(
+            "the metrics endpoint is plain HTTP: give [user:pass@][host]:port, without the \
+             scheme {:?}",
+            url.scheme
+        ));
+    }
+    if !url.path.is_empty() {
+        return invalid(format!(
+            "unexpected path {:?} after the address: give the metrics path as ?path={}",
+            url.path, url.path
+        ));
+    }
+    let (host, port) = split_host_port(&url.host)?;
+    let Some(port) = port.filter(|p| !p.is_empty()) else {
+        return invalid(format!(
+            "no port in {:?}: expected [user:pass@][host]:port",
+            url.host
+        ));
+    };
+    if host.contains(['[', ']']) {
+        return invalid(format!("invalid host {host:?}"));
+    }
+    let addr = join_host_port(host, parse_port(port, 0)?);
+    let mut path = None;
+    for (key, value) in url.query {
+        if !key.eq_ignore_ascii_case("path") {
+            return invalid(format!("unknown option {key:?} (accepted: path=/...)"));
+        }
+        path = value.as_str().filter(|p| !p.is_empty()).map(str::to_string);
+    }
+    Ok(MetricsConfig {
+        addr,
+        path,
+        auth: url.user,
+        ..MetricsConfig::default()
+    })
 }
 
 /// What is wrong with one argument; [`Problem::into_error`] adds the flag and the argument.
@@ -1083,6 +1133,38 @@ mod tests {
                 assert!(gost.contains(name), "{name} is not GOST's");
             }
         }
+    }
+
+    #[test]
+    fn metrics_flag_is_read_as_gost_reads_it() {
+        // GOST's documentation example.
+        let metrics = metrics_from_arg("user:pass@:9000?path=/metrics").unwrap();
+        assert_eq!(metrics.addr, ":9000");
+        assert_eq!(metrics.path.as_deref(), Some("/metrics"));
+        assert_eq!(metrics.auth, auth("user", "pass"));
+        let metrics = metrics_from_arg("p%40m:s%3Ac%40ret@127.0.0.1:9000?Path=/m").unwrap();
+        assert_eq!(metrics.auth, auth("p@m", "s:c@ret"));
+        assert_eq!(metrics.path.as_deref(), Some("/m"));
+        let metrics = metrics_from_arg("[::1]:9000").unwrap();
+        assert_eq!(
+            (metrics.addr.as_str(), metrics.path, metrics.auth),
+            ("[::1]:9000", None, None)
+        );
+        assert_eq!(metrics_from_arg("http://:9000").unwrap().addr, ":9000");
+        let reason = |arg| match metrics_from_arg(arg).unwrap_err() {
+            CliError::Invalid { reason, .. } => reason,
+            other => panic!("expected Invalid, got {other}"),
+        };
+        assert!(reason(":9000?paht=/x").contains("paht"));
+        assert!(reason(":9000/metrics").contains("?path=/metrics"));
+        assert!(reason("localhost").contains("no port"));
+        assert!(reason(":90000").contains("port"));
+        assert!(reason("https://:9000").contains("plain HTTP"));
+        assert!(reason("u:p%zz@:9000").contains("percent-encoding"));
+        // The password is never shown.
+        let err = metrics_from_arg("user:s3cret@:x").unwrap_err().to_string();
+        assert!(err.starts_with(r#"-metrics "user:***@:x""#), "{err}");
+        assert!(!err.contains("s3cret"), "{err}");
     }
 
     #[test]
