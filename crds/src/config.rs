@@ -340,13 +340,13 @@ pub struct TlsConfig {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct LogConfig {
-    /// `trace`, `debug`, `info` (default), `warn`, `error`.
+    /// `trace`, `debug`, `info` (default), `warn`, `error` (`fatal` is read as `error`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub level: Option<LogLevel>,
     /// `json` or `text`; by default JSON when standard error is not a terminal.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<LogFormat>,
-    /// `stderr` (default) or `stdout`.
+    /// `stderr` (default), `stdout`, `none` (or `null`: no logs), or a file to append to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<String>,
 }
@@ -364,7 +364,9 @@ pub enum LogLevel {
     /// Problems that did not stop the proxy.
     #[serde(alias = "warning")]
     Warn,
-    /// Failures only.
+    /// Failures only. GOST's `fatal` is read as `error`: gost-rs logs nothing at a fatal level
+    /// (a failure that stops it is an error line and an exit), so the two show the same lines.
+    #[serde(alias = "fatal")]
     Error,
 }
 

@@ -198,6 +198,13 @@ fn field_error(path: String, message: String) -> ConfigError {
     } else {
         path
     };
+    if path == "log.rotation" {
+        return ConfigError::field(
+            path,
+            "GOST's log rotation is not supported by gost-rs; remove it (gost-rs appends to \
+             log.output, so a rotation that copies and truncates the file works)",
+        );
+    }
     if UNSUPPORTED_SECTIONS.contains(&path.to_ascii_lowercase().as_str()) {
         return ConfigError::field(
             path,

@@ -131,6 +131,15 @@ fn unsupported_gost_sections_are_refused_by_name() {
     let (path, message) = field_error("bypasses:\n- name: b\n");
     assert_eq!(path, "bypasses");
     assert!(message.contains("not supported"), "{message}");
+    let (path, message) = field_error("log:\n  output: gost.log\n  rotation:\n    maxSize: 10\n");
+    assert_eq!(path, "log.rotation");
+    assert!(message.contains("not supported"), "{message}");
+}
+
+#[test]
+fn gosts_fatal_log_level_is_error() {
+    let config = from_str("log:\n  level: fatal\n", Format::Yaml).unwrap();
+    assert_eq!(config.log.unwrap().level, Some(gost_api::LogLevel::Error));
 }
 
 #[test]

@@ -216,6 +216,102 @@ fn options_gost_rs_does_not_implement_are_refused() {
     assert_eq!(out.code, 0, "{}", out.stderr);
 }
 
+/// A loopback port free a moment ago.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn log_output_to_a_file_or_nowhere() {
+    let dir = tempdir();
+    let log = dir.join("logs").join("gost.log");
+    std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+    std::fs::write(&log, "kept\n").unwrap();
+    let running = Gost::start_config(
+        &format!(
+            "services:\n- name: a\n  addr: 127.0.0.1:0\nlog:\n  output: {}\n  level: info\n",
+            log.display()
+        ),
+        0,
+    );
+    let deadline = std::time::Instant::now() + LOG_DEADLINE;
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap();
+        if text.contains("listening") || std::time::Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(text.starts_with("kept\n"), "not appended:\n{text}");
+    assert!(
+        text.contains("listening"),
+        "no log lines in the file:\n{text}"
+    );
+    assert!(!running.log().contains("listening"), "{}", running.log());
+    drop(running);
+
+    // `none` discards.
+    let port = free_port();
+    let running = Gost::start_config(
+        &format!("services:\n- name: a\n  addr: 127.0.0.1:{port}\nlog:\n  output: none\n"),
+        0,
+    );
+    let deadline = std::time::Instant::now() + STARTUP_TIMEOUT;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "never listened");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(running.log(), "", "logged with output none");
+    drop(running);
+
+    // A file that cannot be opened stops the start, naming it.
+    let file = dir.join("bad.yaml");
+    let unwritable = dir.join("logs");
+    std::fs::write(
+        &file,
+        format!(
+            "services:\n- name: a\n  addr: 127.0.0.1:0\nlog:\n  output: {}\n",
+            unwritable.display()
+        ),
+    )
+    .unwrap();
+    let out = gost(&["-C", file.to_str().unwrap()]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("log.output") && out.stderr.contains(unwritable.to_str().unwrap()),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn gost_log_settings_we_cannot_honour_exactly() {
+    let dir = tempdir();
+    let file = dir.join("fatal.yaml");
+    std::fs::write(&file, "log:\n  level: fatal\n").unwrap();
+    let out = gost(&["-C", file.to_str().unwrap(), "-O", "yaml"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.text().contains("level: error"), "{}", out.text());
+
+    let file = dir.join("rotation.yaml");
+    std::fs::write(
+        &file,
+        "log:\n  output: /tmp/gost.log\n  rotation:\n    maxSize: 100\n",
+    )
+    .unwrap();
+    let out = gost(&["-C", file.to_str().unwrap(), "-O", "yaml"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("log.rotation") && out.stderr.contains("not supported"),
+        "{}",
+        out.stderr
+    );
+}
+
 #[test]
 fn version_and_nothing_to_do() {
     let out = gost(&["-V"]);

@@ -11,6 +11,7 @@ use clap::{ArgAction, Parser, ValueEnum};
 use gost_api::{Config, Format, LogFormat, LogLevel};
 use gost_proxy::supervisor::Supervisor;
 use tokio_util::task::TaskTracker;
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
 /// GOST's HTTP tunnels: `gost -L http://user:pass@:8080`, `gost -L http://:8000 -F http://user:pass@host:8080`,
 /// `gost -C gost.yaml`.
@@ -118,7 +119,10 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    init_logging(&args, &config);
+    if let Err(message) = init_logging(&args, &config) {
+        eprintln!("gost: {message}");
+        return ExitCode::from(2);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -247,14 +251,46 @@ fn merge(into: &mut Config, from: Config) {
     }
 }
 
-fn init_logging(args: &Args, config: &Config) {
+/// Where `log.output` sends log lines, as GOST reads it.
+enum LogOutput {
+    Stderr,
+    Stdout,
+    Discard,
+    File(std::fs::File),
+}
+
+/// `none`/`null` discard, `stdout`, `stderr` or nothing are those streams, and anything else
+/// is a file appended to, created with its directory if missing. Unlike GOST, which logs a
+/// warning to standard error and goes on, a file that cannot be opened stops the start: the
+/// logs would otherwise go where nobody looks for them.
+fn log_output(output: Option<&str>) -> Result<LogOutput, String> {
+    let path = match output.unwrap_or("") {
+        "none" | "null" => return Ok(LogOutput::Discard),
+        "stdout" => return Ok(LogOutput::Stdout),
+        "stderr" | "" => return Ok(LogOutput::Stderr),
+        path => Path::new(path),
+    };
+    let cannot = |e: std::io::Error| format!("log.output: cannot open {path:?} for appending: {e}");
+    if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(cannot)?;
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map(LogOutput::File)
+        .map_err(cannot)
+}
+
+fn init_logging(args: &Args, config: &Config) -> Result<(), String> {
     let log = config.log.clone().unwrap_or_default();
     let level = match args.debug {
         0 => match std::env::var("GOST_LOGGER_LEVEL").ok().as_deref() {
             Some("trace") => LogLevel::Trace,
             Some("debug") => LogLevel::Debug,
             Some("warn") => LogLevel::Warn,
-            Some("error") => LogLevel::Error,
+            // gost-rs has no fatal events; see `LogLevel::Error`.
+            Some("error" | "fatal") => LogLevel::Error,
             Some("info") => LogLevel::Info,
             _ => log.level.unwrap_or(LogLevel::Info),
         },
@@ -268,11 +304,11 @@ fn init_logging(args: &Args, config: &Config) {
         LogLevel::Warn => tracing::Level::WARN,
         LogLevel::Error => tracing::Level::ERROR,
     };
-    let to_stdout = log.output.as_deref() == Some("stdout");
-    let terminal = if to_stdout {
-        std::io::stdout().is_terminal()
-    } else {
-        std::io::stderr().is_terminal()
+    let output = log_output(log.output.as_deref())?;
+    let terminal = match output {
+        LogOutput::Stderr => std::io::stderr().is_terminal(),
+        LogOutput::Stdout => std::io::stdout().is_terminal(),
+        LogOutput::Discard | LogOutput::File(_) => false,
     };
     let json = match log.format {
         Some(LogFormat::Json) => true,
@@ -292,12 +328,20 @@ fn init_logging(args: &Args, config: &Config) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(directives))
         .with_target(false);
-    match (json, to_stdout) {
-        (true, true) => builder.json().with_writer(std::io::stdout).init(),
-        (true, false) => builder.json().with_writer(std::io::stderr).init(),
-        (false, true) => builder.with_writer(std::io::stdout).init(),
-        (false, false) => builder.with_writer(std::io::stderr).init(),
+    let writer = match output {
+        LogOutput::Stderr => BoxMakeWriter::new(std::io::stderr),
+        LogOutput::Stdout => BoxMakeWriter::new(std::io::stdout),
+        LogOutput::Discard => BoxMakeWriter::new(std::io::sink),
+        // Each event is formatted first and written with one call, so with `O_APPEND` its line
+        // stays whole even when another process appends to the same file.
+        LogOutput::File(file) => BoxMakeWriter::new(std::sync::Arc::new(file)),
+    };
+    if json {
+        builder.json().with_writer(writer).init();
+    } else {
+        builder.with_writer(writer).init();
     }
+    Ok(())
 }
 
 async fn run(args: &Args, config: Config) -> ExitCode {
@@ -490,7 +534,44 @@ mod tests {
 
     use gost_api::{AuthConfig, Config, MetricsConfig};
 
-    use super::apply_metrics_overrides;
+    use super::{LogOutput, apply_metrics_overrides, log_output};
+
+    #[test]
+    fn log_output_is_read_as_gost_reads_it() {
+        for (output, expected) in [
+            (None, "stderr"),
+            (Some(""), "stderr"),
+            (Some("stderr"), "stderr"),
+            (Some("stdout"), "stdout"),
+            (Some("none"), "discard"),
+            (Some("null"), "discard"),
+        ] {
+            let got = match log_output(output).unwrap() {
+                LogOutput::Stderr => "stderr",
+                LogOutput::Stdout => "stdout",
+                LogOutput::Discard => "discard",
+                LogOutput::File(_) => "file",
+            };
+            assert_eq!(got, expected, "{output:?}");
+        }
+        // Anything else is a file, created with its directory, and appended to.
+        let dir = std::env::temp_dir().join(format!("gost-log-{}", std::process::id()));
+        let path = dir.join("sub").join("gost.log");
+        let path_text = path.to_str().unwrap();
+        for line in ["one\n", "two\n"] {
+            let LogOutput::File(mut file) = log_output(Some(path_text)).unwrap() else {
+                panic!("{path_text} is not a file output");
+            };
+            std::io::Write::write_all(&mut file, line.as_bytes()).unwrap();
+        }
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "one\ntwo\n");
+        let err = log_output(Some(dir.to_str().unwrap())).err().unwrap();
+        assert!(
+            err.starts_with("log.output: cannot open") && err.contains(dir.to_str().unwrap()),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     fn with_file_metrics() -> Config {
         Config {
