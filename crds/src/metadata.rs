@@ -212,12 +212,6 @@ const UNIMPLEMENTED_OPTIONS: &[UnimplementedOption] = &[
         scopes: &[Scope::Service],
     },
     UnimplementedOption {
-        key: "dns",
-        what: "DNS servers",
-        off: Off::Empty,
-        scopes: &[Scope::Service, Scope::Handler, Scope::Listener],
-    },
-    UnimplementedOption {
         key: "udp",
         what: "UDP relay",
         off: Off::False,
@@ -480,7 +474,6 @@ mod tests {
             ("so_mark", Value::from("0x10")),
             ("interface", Value::from("eth0")),
             ("netns", Value::from("/var/run/netns/blue")),
-            ("dns", Value::from(vec!["1.1.1.1"])),
         ] {
             assert_eq!(
                 found(&[(key, value.clone())], Scope::Service).as_deref(),
@@ -517,7 +510,6 @@ mod tests {
             ("so_mark", Value::from("0")),
             ("proxyProtocol", Value::from(false)),
             ("interface", Value::from("")),
-            ("dns", Value::from(Vec::<String>::new())),
             ("tor", Value::Null),
         ] {
             let scope = if ["udp", "bind", "sniffing", "tor"].contains(&key) {

@@ -196,6 +196,15 @@ fn services_from_arg(arg: &str) -> Parsed<Vec<ServiceConfig>> {
     let mut params = url.query;
     let auth = take_auth(url.user, &mut params)?;
     let tls = take_server_tls(&mut params);
+    // GOST splits `dns` into a list for every service; only its `dns` handler and tun
+    // listeners read it, so on the services gost-rs has it changes nothing, as in GOST.
+    if let Some(dns) = lookup(&params, &["dns"]) {
+        remove(&mut params, &["dns"]);
+        params.insert(
+            "dns".into(),
+            Value::from(dns.split(',').collect::<Vec<_>>()),
+        );
+    }
     // GOST consumes these keys on every service but uses them only for forward targets.
     if take_selector(&mut params)?.is_some() && !targets.is_empty() {
         return Err(Problem::Unsupported(
@@ -205,8 +214,7 @@ fn services_from_arg(arg: &str) -> Parsed<Vec<ServiceConfig>> {
     let [service_md, mut handler_md, listener_md] =
         split_scopes(&params, ["service.", "handler.", "listener."], &[]);
     // GOST moves `interface`, `so_mark`, `proxyProtocol`, `netns` and `netns.out` to the
-    // service and splits `dns` into a list; all of them are refused here, in whichever scope
-    // an unscoped key lands.
+    // service; all of them are refused here, in whichever scope an unscoped key lands.
     reject_unimplemented(&service_md, Scope::Service)?;
     reject_unimplemented(&handler_md, Scope::Handler)?;
     reject_unimplemented(&listener_md, Scope::Listener)?;
@@ -1342,7 +1350,6 @@ mod tests {
             ("http://:8080?so_mark=7", "so_mark"),
             ("http://:8080?netns=blue", "netns"),
             ("http://:8080?netns.out=red", "netns.out"),
-            ("http://:8080?dns=1.1.1.1,8.8.8.8", "dns"),
             ("http://:8080?service.INTERFACE=eth0", "INTERFACE"),
             ("http://:8080?udp=true", "udp"),
             ("socks5://:1080?bind=1", "bind"),
