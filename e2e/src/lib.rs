@@ -292,6 +292,15 @@ pub fn local(port: u16) -> String {
     format!("127.0.0.1:{port}")
 }
 
+/// A loopback port that was free a moment ago, for a process that must be given its port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A TCP server on 127.0.0.1 serving each connection with `serve` in its own thread, until
 /// dropped.
 pub struct Target {

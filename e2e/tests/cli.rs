@@ -216,15 +216,6 @@ fn options_gost_rs_does_not_implement_are_refused() {
     assert_eq!(out.code, 0, "{}", out.stderr);
 }
 
-/// A loopback port free a moment ago.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn log_output_to_a_file_or_nowhere() {
     let dir = tempdir();
