@@ -36,34 +36,6 @@ fn socks5_with_auth_and_refusal_via_curl() {
 }
 
 #[test]
-fn socks5_commands_other_than_connect_get_gosts_reply_codes() {
-    let server = Gost::start(&["-L", "socks5://127.0.0.1:0"], 1);
-    // BIND, UDP ASSOCIATE and GOST's 0xF2/0xF3 are "not allowed" (GOST with `bind`/`udp`
-    // off); a command nobody defines is "not supported".
-    for (command, reply) in [
-        (0x02, 0x02),
-        (0x03, 0x02),
-        (0xF2, 0x02),
-        (0xF3, 0x02),
-        (0x09, 0x07),
-    ] {
-        let mut s = TcpStream::connect(server.addr()).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        s.write_all(&[0x05, 0x01, 0x00]).unwrap();
-        let mut method = [0u8; 2];
-        s.read_exact(&mut method).unwrap();
-        assert_eq!(method, [0x05, 0x00]);
-        s.write_all(&[0x05, command, 0x00, 0x01, 127, 0, 0, 1, 0, 80])
-            .unwrap();
-        let mut answer = [0u8; 10];
-        s.read_exact(&mut answer).unwrap();
-        assert_eq!(answer[..2], [0x05, reply], "command {command:#04x}");
-        // The connection ends after the refusal.
-        assert_eq!(s.read(&mut [0u8; 1]).unwrap(), 0, "command {command:#04x}");
-    }
-}
-
-#[test]
 fn auto_handler_serves_http_socks4_and_socks5_on_one_port() {
     let target = Target::http();
     let server = Gost::start(&["-L", "127.0.0.1:0"], 1);

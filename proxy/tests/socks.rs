@@ -276,8 +276,17 @@ async fn socks5_connector_reports_the_reply_code() {
 }
 
 #[tokio::test]
-async fn socks5_bind_and_udp_associate_are_not_supported() {
-    for command in [0x02, 0x03, 0x7F] {
+async fn socks5_commands_other_than_connect_get_gosts_refusals() {
+    // BIND, UDP ASSOCIATE and GOST's 0xF2 (multiplexed BIND) and 0xF3 (UDP over TCP) are
+    // "not allowed", as from GOST with its `bind`/`udp` options off; a command nobody
+    // defines is "not supported".
+    for (command, reply) in [
+        (0x02, 0x02),
+        (0x03, 0x02),
+        (0xF2, 0x02),
+        (0xF3, 0x02),
+        (0x7F, 0x07),
+    ] {
         let (proxy, task) = serve_one(Socks5Handler::new(env(None))).await;
         let mut conn = TcpStream::connect(proxy).await.unwrap();
         conn.write_all(&[0x05, 0x01, 0x00]).await.unwrap();
@@ -287,7 +296,8 @@ async fn socks5_bind_and_udp_associate_are_not_supported() {
             .unwrap();
         assert_eq!(
             read_n(&mut conn, 10).await,
-            [0x05, 0x07, 0x00, 0x01, 0, 0, 0, 0, 0, 0]
+            [0x05, reply, 0x00, 0x01, 0, 0, 0, 0, 0, 0],
+            "command {command:#04x}"
         );
         expect_closed(&mut conn).await;
         finished(task).await;
