@@ -129,11 +129,17 @@ struct IdleList {
     reaping: bool,
 }
 
+impl Idle {
+    /// Idle for `timeout` or more, or already closed: not to be reused.
+    fn expired(&self, timeout: Duration) -> bool {
+        self.since.elapsed() >= timeout || self.sender.is_closed()
+    }
+}
+
 impl IdleList {
     /// Closes the connections idle for `timeout` or more, and forgets those already closed.
     fn drop_expired(&mut self, timeout: Duration) {
-        self.conns
-            .retain(|c| c.since.elapsed() < timeout && !c.sender.is_closed());
+        self.conns.retain(|c| !c.expired(timeout));
     }
 }
 
@@ -174,7 +180,7 @@ impl Pool {
             let mut sender = {
                 let mut idle = self.lock_idle();
                 let conn = idle.conns.pop()?;
-                if conn.since.elapsed() >= self.idle_timeout || conn.sender.is_closed() {
+                if conn.expired(self.idle_timeout) {
                     continue;
                 }
                 conn.sender
