@@ -39,14 +39,6 @@ fn connect(host: &str, credentials: Option<&str>) -> String {
     format!("CONNECT {host} HTTP/1.1\r\nHost: {host}\r\n{auth}\r\n")
 }
 
-/// A loopback address where nothing listens.
-fn dead_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
 fn proxy_with(query: &str) -> Gost {
     Gost::start(&["-L", &format!("http://user:pass@127.0.0.1:0?{query}")], 1)
 }
@@ -150,7 +142,7 @@ fn web_decoy_replays_the_page_and_closes_the_connection() {
     assert!(!answer.contains("Proxy-Authenticate"), "{answer}");
 
     // The decoy site is down: 503.
-    let down = proxy_with(&format!("probeResist=web:http://{}/", dead_addr()));
+    let down = proxy_with(&format!("probeResist=web:http://{}/", local(free_port())));
     let answer = exchange(down.addr(), &get(&target.addr.to_string(), None));
     assert!(
         answer.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
@@ -231,7 +223,7 @@ fn host_decoy_gets_the_request_and_the_rest_of_the_connection() {
     );
 
     // The decoy host is down: 503.
-    let down = proxy_with(&format!("probeResist=host:{}", dead_addr()));
+    let down = proxy_with(&format!("probeResist=host:{}", local(free_port())));
     let answer = exchange(down.addr(), &get("example.com", None));
     assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
 }

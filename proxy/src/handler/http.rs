@@ -125,6 +125,11 @@ impl ConnControl {
 }
 
 impl HttpHandler {
+    /// The handler's probe resistance, which the `http2` handler shares for its own requests.
+    pub(super) fn probe(&self) -> Option<&ProbeResistance> {
+        self.shared.probe.as_ref()
+    }
+
     /// A handler with the environment's auth, router and metadata (`proxyAgent`,
     /// `authBasicRealm`, `probeResist`, `knock`).
     pub fn new(env: Arc<HandlerEnv>) -> Result<Self, String> {
@@ -410,17 +415,14 @@ impl Shared {
         verdict: Verdict,
         control: &ConnControl,
     ) -> Response<Body> {
-        let Some(probe) = self
-            .probe
-            .as_ref()
-            .filter(|probe| probe.hides_from(req.uri().host().unwrap_or("")))
-        else {
+        let decoy = match &self.probe {
+            Some(probe) => probe.decoy(req.uri(), verdict, &self.env.service).await,
+            None => None,
+        };
+        let Some(answer) = decoy else {
             return self.auth_required(req.headers());
         };
-        let takeover = match probe
-            .answer(&self.env.service, verdict != Verdict::Refused)
-            .await
-        {
+        let takeover = match answer {
             Answer::Respond(decoy) => Takeover::Answer(probe::http1_answer(&decoy)),
             Answer::Pipe(decoy, addr) => Takeover::Pipe {
                 head: probe::request_head(req.method(), req.uri(), req.version(), req.headers()),

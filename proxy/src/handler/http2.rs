@@ -31,7 +31,7 @@ use hyper::body::{Body as _, Frame};
 use hyper_util::rt::TokioIo;
 
 use super::http::{DEFAULT_REALM, HttpHandler};
-use super::probe::{Answer, ProbeResistance};
+use super::probe::Answer;
 use super::{Handler, HandlerEnv, run_tunnel};
 use crate::addr::Address;
 use crate::auth::Verdict;
@@ -50,7 +50,6 @@ pub struct Http2Handler {
     http1: HttpHandler,
     challenge: HeaderValue,
     headers: HeaderMap,
-    probe: Option<ProbeResistance>,
 }
 
 impl Http2Handler {
@@ -66,7 +65,6 @@ impl Http2Handler {
         Ok(Http2Handler {
             http1: HttpHandler::new(env.clone())?,
             headers: header_map(md)?,
-            probe: ProbeResistance::from_metadata(md)?,
             env,
             challenge,
         })
@@ -182,11 +180,11 @@ impl Http2Handler {
         verdict: Verdict,
     ) {
         let env = &self.env;
-        let Some(probe) = self
-            .probe
-            .as_ref()
-            .filter(|probe| probe.hides_from(req.uri().host().unwrap_or("")))
-        else {
+        let decoy = match self.http1.probe() {
+            Some(probe) => probe.decoy(req.uri(), verdict, &env.service).await,
+            None => None,
+        };
+        let Some(answer) = decoy else {
             let mut response = status(StatusCode::PROXY_AUTHENTICATION_REQUIRED);
             response
                 .headers_mut()
@@ -194,10 +192,7 @@ impl Http2Handler {
             let _ = respond.send_response(response, true);
             return;
         };
-        match probe
-            .answer(&env.service, verdict != Verdict::Refused)
-            .await
-        {
+        match answer {
             // Without GOST's `Connection: keep-alive` on a 200: HTTP/2 has no such header.
             Answer::Respond(decoy) => {
                 let (parts, page) = decoy.into_parts();

@@ -24,6 +24,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::addr::Address;
+use crate::auth::Verdict;
 use crate::tls::ClientTls;
 
 /// Time for fetching a `web:` decoy page, redirects and body included: GOST's (its Go client's
@@ -50,7 +51,6 @@ const ACCEPTED: &str = "expected `code:<status 200-599>`, `web:<http or https UR
 /// its own (and a `Content-Length` for the page as buffered).
 const CONNECTION_HEADERS: &[&str] = &[
     "connection",
-    "content-length",
     "keep-alive",
     "proxy-connection",
     "te",
@@ -62,7 +62,7 @@ const CONNECTION_HEADERS: &[&str] = &[
 /// A handler's `probeResist` and `knock` settings.
 pub struct ProbeResistance {
     decoy: Decoy,
-    /// Host names, lowercase, whose requests get the 407.
+    /// Host names whose requests get the 407, compared ignoring ASCII case.
     knock: Vec<String>,
 }
 
@@ -126,14 +126,24 @@ impl ProbeResistance {
             .map(str::trim)
             // An empty entry would match every origin-form request, whose host is empty.
             .filter(|host| !host.is_empty())
-            .map(str::to_ascii_lowercase)
+            .map(str::to_string)
             .collect();
         Ok(ProbeResistance { decoy, knock })
     }
 
+    /// What a request to `uri` that failed authentication gets instead of the 407, or `None`
+    /// when it knocks. `verdict` is the authentication's: a client refused unchecked (over its
+    /// failure limit) gets the decoy too, but a decoy that fails is then logged only at debug.
+    pub async fn decoy(&self, uri: &Uri, verdict: Verdict, service: &str) -> Option<Answer> {
+        if !self.hides_from(uri.host().unwrap_or("")) {
+            return None;
+        }
+        Some(self.answer(service, verdict != Verdict::Refused).await)
+    }
+
     /// Whether a failed request whose URL names `host` (the CONNECT authority's or absolute
     /// URI's host, empty in origin form) gets the decoy: every one does unless it knocks.
-    pub fn hides_from(&self, host: &str) -> bool {
+    fn hides_from(&self, host: &str) -> bool {
         let host = host
             .strip_prefix('[')
             .and_then(|h| h.strip_suffix(']'))
@@ -143,7 +153,7 @@ impl ProbeResistance {
 
     /// Produces the decoy. A failure answers 503 and is logged as a warning when `loud`
     /// (otherwise at debug, so that a client refused unchecked cannot fill the log).
-    pub async fn answer(&self, service: &str, loud: bool) -> Answer {
+    async fn answer(&self, service: &str, loud: bool) -> Answer {
         let produced = match &self.decoy {
             Decoy::Code(status) => Ok(empty(*status)),
             Decoy::Web { url, tls } => tokio::time::timeout(WEB_DECOY_TIMEOUT, fetch(url, tls))
