@@ -437,9 +437,8 @@ impl<'de, K: DeserializeSeed<'de>> Visitor<'de> for FieldName<K> {
     }
 
     fn visit_str<E: de::Error>(self, key: &str) -> Result<Self::Value, E> {
-        let field = (self.fields.iter())
-            .find(|field| **field == key)
-            .or_else(|| self.fields.iter().find(|f| f.eq_ignore_ascii_case(key)));
+        // No two fields of the model differ only in case (camelCase names, no aliases).
+        let field = self.fields.iter().find(|f| f.eq_ignore_ascii_case(key));
         self.seed
             .deserialize(StrDeserializer::new(field.copied().unwrap_or(key)))
     }

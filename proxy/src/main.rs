@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{ArgAction, Parser, ValueEnum};
-use gost_api::{Config, Format, LogFormat, LogLevel};
+use gost_api::{Config, Format, LogFormat, LogLevel, MetricsConfig};
 use gost_proxy::supervisor::Supervisor;
 use tokio_util::task::TaskTracker;
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
@@ -177,13 +177,16 @@ fn apply_metrics_overrides(
                     .into(),
             );
         }
-        let metrics = config.metrics.get_or_insert_with(Default::default);
-        metrics.addr = addr.to_string();
+        // Only the address is new: checked alone, for an error that names the variable.
         let alone = Config {
-            metrics: Some(metrics.clone()),
+            metrics: Some(MetricsConfig {
+                addr: addr.to_string(),
+                ..MetricsConfig::default()
+            }),
             ..Config::default()
         };
         gost_api::validate(&alone).map_err(|e| format!("GOST_METRICS: {e}"))?;
+        config.metrics.get_or_insert_with(Default::default).addr = addr.to_string();
     }
     if let Some(flag) = flag {
         config.metrics =

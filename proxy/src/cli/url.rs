@@ -117,9 +117,7 @@ fn metrics_config(arg: &str) -> Parsed<MetricsConfig> {
             url.host
         ));
     };
-    if host.contains(['[', ']']) {
-        return invalid(format!("invalid host {host:?}"));
-    }
+    check_listen_host(host)?;
     let addr = join_host_port(host, parse_port(port, 0)?);
     let mut path = None;
     for (key, value) in url.query {
@@ -825,15 +823,20 @@ fn port_range(text: &str, min: u16) -> Parsed<RangeInclusive<u16>> {
     Ok(first..=last)
 }
 
+/// Any odd listen host is left for the bind to judge, but a stray bracket would make the
+/// address unreadable.
+fn check_listen_host(name: &str) -> Parsed<()> {
+    if name.contains(['[', ']']) {
+        return invalid(format!("invalid host {name:?}"));
+    }
+    Ok(())
+}
+
 /// The listen addresses of one `-L`: one per port of a range. Without a port the system
 /// chooses one (GOST has no default ports).
 fn listen_addrs(host: &str) -> Parsed<Vec<String>> {
     let (name, port) = split_host_port(host)?;
-    // Any other odd host is left for the bind to judge, but a stray bracket would make the
-    // address unreadable.
-    if name.contains(['[', ']']) {
-        return invalid(format!("invalid host {name:?}"));
-    }
+    check_listen_host(name)?;
     let ports = match port {
         None | Some("") => 0..=0,
         Some(spec) => port_range(spec, 0)?,
