@@ -115,12 +115,17 @@ impl Gost {
 
     /// As [`Gost::start`], with `env` added to its environment.
     pub fn start_with_env(args: &[&str], services: usize, env: &[(&str, &str)]) -> Gost {
-        Self::spawn(&gost_bin(), args, services, None, env)
+        Self::spawn(&gost_bin(), args, services, None, env, None)
     }
 
     /// As [`Gost::start_in`], running the binary `bin`.
     pub fn start_bin(bin: &Path, args: &[&str], services: usize, dir: Option<&Path>) -> Gost {
-        Self::spawn(bin, args, services, dir, &[])
+        Self::spawn(bin, args, services, dir, &[], None)
+    }
+
+    /// As [`Gost::start`], with `input` on its standard input (closed after it).
+    pub fn start_with_stdin(args: &[&str], services: usize, input: &str) -> Gost {
+        Self::spawn(&gost_bin(), args, services, None, &[], Some(input))
     }
 
     fn spawn(
@@ -129,12 +134,17 @@ impl Gost {
         services: usize,
         dir: Option<&Path>,
         env: &[(&str, &str)],
+        input: Option<&str>,
     ) -> Gost {
         let mut command = Command::new(bin);
         command
             .envs(env.iter().copied())
             .args(args)
-            .stdin(Stdio::null())
+            .stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .env("GOST_LOGGER_LEVEL", "debug");
@@ -144,6 +154,11 @@ impl Gost {
             command.current_dir(dir).env("HOME", dir);
         }
         let mut child = command.spawn().expect("gost starts");
+        if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+            stdin
+                .write_all(input.as_bytes())
+                .expect("write gost's standard input");
+        }
         let stderr = child.stderr.take().expect("piped");
         let log = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = std::sync::mpsc::channel();

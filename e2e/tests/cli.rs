@@ -303,6 +303,25 @@ fn gost_log_settings_we_cannot_honour_exactly() {
     );
 }
 
+/// GOST's flags that gost-rs lacks are named in the error rather than misread by the parser
+/// (`-api` used to be reported as an unknown `-a`); GOST's `-O yml` prints YAML.
+#[test]
+fn gost_flags_we_do_not_have_are_named() {
+    let out = gost(&["-L", "http://:8080", "-api", ":18080"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("-api :18080") && out.stderr.contains("not supported"),
+        "{}",
+        out.stderr
+    );
+    let out = gost(&["-L", "http://:8080", "-O", "yml"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.text().starts_with("services:\n"), "{}", out.text());
+    let out = gost(&["-L", "http://:8080", "-R", "soon", "-O", "yaml"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("soon"), "{}", out.stderr);
+}
+
 #[test]
 fn version_and_nothing_to_do() {
     let out = gost(&["-V"]);

@@ -290,6 +290,38 @@ fn sighup_reloads_and_an_invalid_file_is_shown_by_readyz() {
     assert_eq!(readyz.text().trim(), "ready", "{}", readyz.text());
 }
 
+/// `-C -` is read once: SIGHUP and `-R` reads used to find standard input at its end and stop
+/// every service. `-R` reads that find nothing changed leave everything (and the log) alone.
+#[test]
+fn a_config_from_standard_input_survives_sighup_and_periodic_reads() {
+    let target = Target::http();
+    let yaml = "services:\n- name: a\n  addr: 127.0.0.1:0\n  handler:\n    type: http\n  listener:\n    type: tcp\n";
+    let gost = Gost::start_with_stdin(&["-C", "-", "-R", "200ms"], 1, yaml);
+    wait_for_count(&gost, "configuration unchanged", 2);
+    gost.signal("HUP");
+    wait_for_count(&gost, "configuration applied", 1);
+    wait_for_count(&gost, "configuration unchanged", 4);
+    let log = gost.log();
+    assert!(!log.contains("service removed"), "{log}");
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("configuration applied") && l.contains("period")),
+        "an unchanged periodic read applies nothing: {log}"
+    );
+    let out = curl(&[
+        "-sS",
+        "-x",
+        &format!("http://{}", gost.addr()),
+        &format!("http://{}/after-reloads", target.addr),
+    ]);
+    assert!(
+        out.text().starts_with("hello from target"),
+        "{} {}",
+        out.text(),
+        out.stderr
+    );
+}
+
 /// A sidecar whose pod nothing selects yet gets a config without services: it keeps running,
 /// answers its probes, and starts the services when they arrive.
 #[test]

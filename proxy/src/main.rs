@@ -46,6 +46,15 @@ struct Args {
     #[arg(long = "metrics", value_name = "ADDR")]
     metrics: Option<String>,
 
+    /// Also read the configuration again this often, e.g. 30s (0: never). Files given with -C
+    /// are watched and SIGHUP reloads in any case; this retries services that could not bind.
+    #[arg(short = 'R', value_name = "DURATION", value_parser = parse_reload_period)]
+    reload: Option<Duration>,
+
+    /// GOST's web API (`-api`): not part of gost-rs, refused with an explanation.
+    #[arg(long = "api", value_name = "ADDR", hide = true)]
+    api: Option<String>,
+
     /// How long open tunnels may finish after SIGTERM or SIGINT, e.g. 30s.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = DEFAULT_GRACE_PERIOD)]
     grace_period: Duration,
@@ -53,6 +62,7 @@ struct Args {
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum OutputFormat {
+    #[value(alias = "yml")]
     Yaml,
     Json,
 }
@@ -64,6 +74,14 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     }
 }
 
+/// `-R`: a Go duration; zero (GOST's default) turns periodic reloading off.
+fn parse_reload_period(text: &str) -> Result<Duration, String> {
+    match gost_api::metadata::parse_go_duration(text)? {
+        Some(d) => Ok(d),
+        None => Err(format!("{text:?}: a reload period cannot be negative")),
+    }
+}
+
 /// Long enough for typical requests in flight to finish, and what Kubernetes gives a pod
 /// (`terminationGracePeriodSeconds`) by default.
 const DEFAULT_GRACE_PERIOD: &str = "30s";
@@ -72,7 +90,7 @@ const DEFAULT_GRACE_PERIOD: &str = "30s";
 const DEFAULT_CONFIG_DIRS: &[&str] = &["/etc/gost", "$HOME/.gost", "."];
 
 /// GOST's single-dash long flags (Go's flag package), mapped to their `--` spelling for clap.
-const GO_STYLE_FLAGS: &[&str] = &["metrics"];
+const GO_STYLE_FLAGS: &[&str] = &["metrics", "api"];
 
 fn go_style_args() -> Vec<std::ffi::OsString> {
     std::env::args_os()
@@ -96,6 +114,13 @@ fn main() -> ExitCode {
     // First, before anything is read: the restart runs `main` again from the start.
     gost_proxy::copytune::restart_if_needed();
     let args = Args::parse_from(go_style_args());
+    if let Some(api) = &args.api {
+        eprintln!(
+            "gost: -api {api}: GOST's web API is not supported by gost-rs; change the -C \
+             configuration files instead (they are watched and applied on change, and on SIGHUP)"
+        );
+        return ExitCode::from(2);
+    }
     let config = match assemble_config(&args) {
         Ok(config) => config,
         Err(message) => {
@@ -218,11 +243,17 @@ fn default_config_file() -> Option<String> {
 
 fn read_source(source: &str) -> Result<(Option<String>, String), String> {
     if source == "-" {
-        let mut text = String::new();
-        std::io::stdin()
-            .read_to_string(&mut text)
-            .map_err(|e| format!("cannot read the configuration from standard input: {e}"))?;
-        return Ok((Some("<stdin>".into()), text));
+        // Read once: a reload (SIGHUP, -R) finds standard input at its end, and an empty
+        // configuration would stop every service.
+        static STDIN: std::sync::OnceLock<Result<String, String>> = std::sync::OnceLock::new();
+        let text = STDIN.get_or_init(|| {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .map(|_| text)
+                .map_err(|e| format!("cannot read the configuration from standard input: {e}"))
+        });
+        return Ok((Some("<stdin>".into()), text.clone()?));
     }
     if source.trim_start().starts_with('{') {
         return Ok((Some("<inline JSON>.json".into()), source.to_string()));
@@ -347,7 +378,7 @@ fn init_logging(args: &Args, config: &Config) -> Result<(), String> {
     Ok(())
 }
 
-async fn run(args: &Args, config: Config) -> ExitCode {
+async fn run(args: &Args, mut config: Config) -> ExitCode {
     let grace = args.grace_period;
     let tunnels = TaskTracker::new();
     let ready = gost_proxy::admin::Readiness::default();
@@ -400,16 +431,22 @@ async fn run(args: &Args, config: Config) -> ExitCode {
     });
     // A change between the first read and the watcher's baseline would go unseen.
     if watcher.is_some() && assemble_config(args).ok().as_ref() != Some(&config) {
-        reload(args, &mut supervisor, &ready, "file change").await;
+        reload(args, &mut supervisor, &ready, "file change", &mut config).await;
     }
     ready.set(supervisor.all_bound());
+    let mut period = args.reload.filter(|p| !p.is_zero()).map(|p| {
+        let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + p, p);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        interval
+    });
     let signal = loop {
         let cause = tokio::select! {
             signal = signals.next() => break signal,
             _ = hangup.recv() => "SIGHUP",
             _ = changed(&mut watcher) => "file change",
+            _ = tick(&mut period) => "period",
         };
-        reload(args, &mut supervisor, &ready, cause).await;
+        reload(args, &mut supervisor, &ready, cause, &mut config).await;
     };
     ready.set(false);
     tracing::info!(
@@ -436,6 +473,15 @@ async fn run(args: &Args, config: Config) -> ExitCode {
     }
 }
 
+async fn tick(period: &mut Option<tokio::time::Interval>) {
+    match period {
+        Some(period) => {
+            period.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
 async fn changed(watcher: &mut Option<gost_proxy::watch::FileWatcher>) {
     match watcher {
         Some(watcher) => watcher.changed().await,
@@ -458,10 +504,22 @@ async fn reload(
     supervisor: &mut Supervisor,
     ready: &gost_proxy::admin::Readiness,
     cause: &'static str,
+    running: &mut Config,
 ) {
     let started = std::time::Instant::now();
     let result = match assemble_config(args) {
-        Ok(config) => supervisor.apply(&config).await.map_err(|e| e.to_string()),
+        // A periodic read that finds what runs changes nothing (and keeps the generation).
+        Ok(config) if cause == "period" && config == *running && supervisor.all_bound() => {
+            tracing::debug!(cause, "configuration unchanged");
+            return;
+        }
+        Ok(config) => {
+            let applied = supervisor.apply(&config).await.map_err(|e| e.to_string());
+            if applied.is_ok() {
+                *running = config;
+            }
+            applied
+        }
         Err(message) => Err(message),
     };
     match result {
