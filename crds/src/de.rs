@@ -189,19 +189,14 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Lenient<D> {
     }
 
     fn deserialize_str<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
-        if self.scalars_as_strings {
-            self.inner.deserialize_any(ScalarAsString { visitor })
-        } else {
-            self.inner.deserialize_str(visitor)
-        }
+        self.deserialize_string(visitor)
     }
 
     fn deserialize_string<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
-        if self.scalars_as_strings {
-            self.inner.deserialize_any(ScalarAsString { visitor })
-        } else {
-            self.inner.deserialize_string(visitor)
-        }
+        self.inner.deserialize_option(NullAsEmpty {
+            visitor,
+            scalars_as_strings: self.scalars_as_strings,
+        })
     }
 
     fn is_human_readable(&self) -> bool {
@@ -304,6 +299,39 @@ impl<'de, V: Visitor<'de>> Visitor<'de> for Wrapped<V> {
     // The model's enums are names only (unit variants): nothing inside them to read leniently.
     fn visit_enum<A: de::EnumAccess<'de>>(self, data: A) -> Result<Self::Value, A::Error> {
         self.visitor.visit_enum(data)
+    }
+}
+
+/// Reads a null as the empty string (`password:` with nothing after it, as mapstructure reads
+/// it), anything else as a string field of [`Lenient`].
+struct NullAsEmpty<V> {
+    visitor: V,
+    scalars_as_strings: bool,
+}
+
+impl<'de, V: Visitor<'de>> Visitor<'de> for NullAsEmpty<V> {
+    type Value = V::Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.visitor.expecting(f)
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+        self.visitor.visit_str("")
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        self.visitor.visit_str("")
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        if self.scalars_as_strings {
+            d.deserialize_any(ScalarAsString {
+                visitor: self.visitor,
+            })
+        } else {
+            d.deserialize_string(self.visitor)
+        }
     }
 }
 

@@ -137,12 +137,13 @@ pub fn from_str(text: &str, format: Format) -> Result<Config, ConfigError> {
             let mut failed_at = None;
             let result =
                 serde_saphyr::with_deserializer_from_str_with_options(text, options, |de| {
-                    serde_path_to_error::deserialize::<_, Config>(Lenient::new(de, false)).map_err(
-                        |e| {
+                    // A document that is only a null (`~`) is an empty configuration.
+                    serde_path_to_error::deserialize::<_, Option<Config>>(Lenient::new(de, false))
+                        .map(Option::unwrap_or_default)
+                        .map_err(|e| {
                             failed_at = Some(e.path().to_string());
                             e.into_inner()
-                        },
-                    )
+                        })
                 });
             match (result, failed_at) {
                 (Ok(config), _) => config,
@@ -160,7 +161,8 @@ pub fn from_str(text: &str, format: Format) -> Result<Config, ConfigError> {
         Format::Json => {
             let mut de = serde_json::Deserializer::from_str(text);
             let lenient = Lenient::new(&mut de, true);
-            let config = serde_path_to_error::deserialize::<_, Config>(lenient).map_err(|e| {
+            let config = serde_path_to_error::deserialize::<_, Option<Config>>(lenient);
+            let config = config.map(Option::unwrap_or_default).map_err(|e| {
                 let path = e.path().to_string();
                 let inner = e.into_inner();
                 if inner.is_data() {

@@ -443,10 +443,25 @@ fn json_scalars_read_into_strings_as_in_yaml() {
         r#"{"services": [{"name": "a", "addr": ":1", "handler": {"retries": "x"}}]}"#,
     );
     assert_eq!(path, "services[0].handler.retries");
-    let (path, _) = json_field_error(
-        r#"{"services": [{"name": "a", "addr": ":1", "metadata": {"x": 1}, "handler": {"auth": {"password": null}}}]}"#,
+    // A null is the empty string, as mapstructure reads it, in JSON and in YAML.
+    let config = from_str(
+        r#"{"services": [{"name": "a", "addr": ":1", "metadata": {"x": 1}, "handler": {"auth": {"username": "u", "password": null}}}]}"#,
+        Format::Json,
+    )
+    .expect("a null string loads");
+    assert_eq!(
+        config.services[0].handler.auth.as_ref().unwrap().password,
+        ""
     );
-    assert_eq!(path, "services[0].handler.auth.password");
+    let yaml = "services:\n- name: a\n  addr: :1\n  handler:\n    auth:\n      username: u\n      password:\n";
+    let config = from_str(yaml, Format::Yaml).expect("a null string loads");
+    assert_eq!(
+        config.services[0].handler.auth.as_ref().unwrap().password,
+        ""
+    );
+    let (path, message) = field_error("services:\n- name: a\n  addr:\n");
+    assert_eq!(path, "services[0].addr");
+    assert!(message.contains("listen address"), "{message}");
 }
 
 /// Keys match field names ignoring ASCII case, as viper's do; metadata keeps its keys as

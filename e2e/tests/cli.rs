@@ -96,7 +96,8 @@ fn bad_configs_fail_with_the_field_path() {
 
 /// Configurations as GOST itself prints or reads them load: its `-O json` writes nil lists as
 /// `null` and durations as integer nanoseconds, its JSON may have numbers where strings are
-/// expected, a YAML section whose entries are commented out has no value, and keys may be in
+/// expected, a YAML section whose entries are commented out has no value, a key with nothing
+/// after it is the empty string, a null document is an empty configuration, and keys may be in
 /// any case.
 #[test]
 fn configs_gost_accepts_load() {
@@ -127,6 +128,19 @@ fn configs_gost_accepts_load() {
             "Services:\n- Name: a\n  ADDR: :1\n  listener:\n    type: tls\n    tls: {certfile: c.pem, keyfile: k.pem}\n",
             "certFile: c.pem",
         ),
+        (
+            "null-password.yaml",
+            "services:\n- name: a\n  addr: :1\n  handler:\n    type: http\n    auth:\n      username: u\n      password:\n",
+            "password: \"\"",
+        ),
+        (
+            "null-password.json",
+            r#"{"services": [{"name": "a", "addr": ":1", "handler": {"type": "http",
+                "auth": {"username": "u", "password": null}}}]}"#,
+            "password: \"\"",
+        ),
+        ("null-document.yaml", "~\n", "{}"),
+        ("null-document.json", "null", "{}"),
     ];
     for (name, text, expected) in cases {
         let file = dir.join(name);
