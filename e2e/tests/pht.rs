@@ -123,6 +123,61 @@ fn bulk_echo_over_pht_and_phts() {
     }
 }
 
+/// pht and phts on the third hop of a chain, behind an HTTP proxy and a SOCKS5 proxy (the
+/// way through a corporate proxy): the tunnel's pull and push connections are each a tunnel
+/// through both, and bytes arrive intact.
+#[test]
+fn pht_and_phts_behind_two_hops() {
+    let echo = Target::echo();
+    let target = Target::http();
+    let middle = Gost::start(
+        &["-L", "http://127.0.0.1:0", "-L", "socks5://127.0.0.1:0"],
+        2,
+    );
+    let http_hop = middle.service_addr("service-0").expect("http hop");
+    let socks_hop = middle.service_addr("service-1").expect("socks5 hop");
+    for scheme in ["pht", "phts"] {
+        let server = server(scheme);
+        let client = Gost::start(
+            &[
+                "-L",
+                "http://127.0.0.1:0",
+                "-F",
+                &format!("http://{http_hop}"),
+                "-F",
+                &format!("socks5://{socks_hop}"),
+                "-F",
+                &format!("relay+{scheme}://{}?{PATHS}", server.addr()),
+            ],
+            1,
+        );
+        assert_hello(client.addr(), &target, scheme);
+        let tunnel = http_connect(client.addr(), &echo.addr.to_string(), None)
+            .unwrap_or_else(|e| panic!("{scheme}: {e}"));
+        echo_round_trip(tunnel, 1 << 20);
+        wait_for_open(&server, 0, RECLAIM_WAIT);
+        // Every connection reached the PHT server through the socks5 hop: the middle process
+        // logs each when it closes, with the PHT server as its target.
+        let through = format!("\"target\":\"{}\"", server.addr());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = middle.log();
+            let socks_to_server = log
+                .lines()
+                .filter(|l| l.contains("\"tunnel\"") && l.contains(&through))
+                .count();
+            if socks_to_server >= 2 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{scheme}: {socks_to_server} tunnels to the PHT server through the socks5 hop:\n{log}"
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
 #[test]
 fn endpoints_refuse_wrong_requests() {
     let server = server("pht");

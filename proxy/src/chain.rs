@@ -17,7 +17,7 @@ use gost_api::SelectorStrategy;
 use crate::addr::Address;
 use crate::conn::BoxConn;
 use crate::connector::{ConnectError, Connector};
-use crate::dialer::{Dialer, tcp};
+use crate::dialer::{Dialer, Reopen, Reopening, tcp};
 
 /// GOST's per-attempt dial timeout (`x/chain/router.go`), overridable with the service's
 /// `dialTimeout` metadata.
@@ -235,6 +235,55 @@ fn connect_kind(e: &ConnectError) -> DialErrorKind {
     }
 }
 
+/// A [`Reopen`] for the node at `next`: another stream to it through the nodes `earlier`
+/// (those of the route that reached it first), within `timeout`.
+fn reopen(earlier: Arc<[Arc<Node>]>, next: Address, timeout: Duration) -> Reopen {
+    Arc::new(move || -> Reopening {
+        let earlier = earlier.clone();
+        let next = next.clone();
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, reach(&earlier, &next, timeout)).await {
+                Ok(result) => result,
+                Err(_) => Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("{next} not reached through the earlier hops within {timeout:?}"),
+                )),
+            }
+        })
+    })
+}
+
+/// A stream to `next` through `nodes` in order: the first dialled, each further one reached
+/// through the one before, as [`Router`] builds a route (without its health bookkeeping).
+fn reach<'a>(
+    nodes: &'a [Arc<Node>],
+    next: &'a Address,
+    timeout: Duration,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = io::Result<BoxConn>> + Send + 'a>> {
+    let protocol = |node: &Node, e: ConnectError| match e {
+        ConnectError::Io(e) => e,
+        other => io::Error::other(format!("node {} ({}): {other}", node.name, node.addr)),
+    };
+    Box::pin(async move {
+        let first = &nodes[0];
+        let conn = first.dialer.dial(&first.addr, timeout).await?;
+        let mut conn = (first.connector.handshake(conn).await).map_err(|e| protocol(first, e))?;
+        for i in 1..nodes.len() {
+            let (previous, node) = (&nodes[i - 1], &nodes[i]);
+            conn = (previous.connector.connect(conn, &node.addr).await)
+                .map_err(|e| protocol(previous, e))?;
+            let again = reopen(nodes[..i].into(), node.addr.clone(), timeout);
+            conn = node
+                .dialer
+                .handshake_routed(conn, &node.addr, again)
+                .await?;
+            conn = (node.connector.handshake(conn).await).map_err(|e| protocol(node, e))?;
+        }
+        let last = &nodes[nodes.len() - 1];
+        (last.connector.connect(conn, next).await).map_err(|e| protocol(last, e))
+    })
+}
+
 /// Dials targets for a handler: through its chain, or directly.
 pub struct Router {
     chain: Option<Arc<Chain>>,
@@ -351,9 +400,11 @@ impl Router {
                         return Err(failure(i - 1, connect_kind(&e), cause));
                     }
                 };
+                let earlier = route[..i].iter().map(|(_, n)| n.clone()).collect();
+                let again = reopen(earlier, node.addr.clone(), self.timeout);
                 conn = node
                     .dialer
-                    .handshake(conn, &node.addr)
+                    .handshake_routed(conn, &node.addr, again)
                     .await
                     .map_err(|e| failure(i, io_kind(&e), e.to_string()))?;
                 conn = node

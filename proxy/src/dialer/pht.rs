@@ -1,6 +1,10 @@
 //! The `pht` and `phts` dialers (gost-wire.md §8.6): plain HTTP tunnels over HTTP/1.1, on TCP
 //! or TLS, through a per-node pool of keep-alive connections.
 //!
+//! A node on a later hop of a chain is reached through the nodes before it: each of its
+//! tunnels then has a pool of its own, whose connections are streams through those nodes
+//! (the first the one the route opened, the others opened the same way).
+//!
 //! A tunnel's pull holds its connection for the tunnel's life, so every request takes a
 //! connection of its own from the pool (or a new one): pushes never wait behind a pull.
 //! Connections go back to the pool when their response has been read to the end, and are
@@ -22,8 +26,8 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
-use super::Dialer;
 use super::tcp::connect;
+use super::{Dialer, Reopen};
 use crate::addr::Address;
 use crate::conn::BoxConn;
 use crate::pht::client::ClientOptions;
@@ -99,12 +103,32 @@ impl Dialer for PhtDialer {
         Err(io::Error::new(
             io::ErrorKind::Unsupported,
             format!(
-                "pht/phts to {addr} cannot run through a previous hop: a PHT tunnel needs \
-                 several HTTP connections at once (a long-lived pull beside each push), and \
-                 a hop gives one stream; put pht on the chain's first hop"
+                "pht/phts to {addr} cannot run over a single stream: a PHT tunnel needs \
+                 several HTTP connections at once (a long-lived pull beside each push)"
             ),
         ))
     }
+
+    async fn handshake_routed(
+        &self,
+        conn: BoxConn,
+        _addr: &Address,
+        reopen: Reopen,
+    ) -> io::Result<BoxConn> {
+        let pool = Pool::routed(&self.pool, conn, reopen);
+        crate::pht::client::connect(pool, self.opts.clone()).await
+    }
+}
+
+/// How a pool reaches its node.
+enum Reach {
+    /// TCP connections of its own: the node is on the chain's first hop.
+    Direct,
+    /// Streams through the earlier hops: first the one the route opened, then new ones.
+    Routed {
+        first: Mutex<Option<BoxConn>>,
+        reopen: Reopen,
+    },
 }
 
 struct Idle {
@@ -115,7 +139,8 @@ struct Idle {
 /// The node's HTTP/1.1 connections.
 pub struct Pool {
     addr: Address,
-    tls: Option<ClientTls>,
+    tls: Option<Arc<ClientTls>>,
+    reach: Reach,
     idle: Mutex<IdleList>,
     idle_timeout: Duration,
     me: Weak<Pool>,
@@ -158,9 +183,26 @@ impl Pool {
     ) -> Arc<Self> {
         Arc::new_cyclic(|me| Pool {
             addr,
-            tls,
+            tls: tls.map(Arc::new),
+            reach: Reach::Direct,
             idle: Mutex::new(IdleList::default()),
             idle_timeout,
+            me: me.clone(),
+        })
+    }
+
+    /// A pool for one tunnel to the node of `node_pool`, on a later hop: `first` reaches the
+    /// node through the earlier hops, and `reopen` opens more such streams.
+    fn routed(node_pool: &Pool, first: BoxConn, reopen: Reopen) -> Arc<Self> {
+        Arc::new_cyclic(|me| Pool {
+            addr: node_pool.addr.clone(),
+            tls: node_pool.tls.clone(),
+            reach: Reach::Routed {
+                first: Mutex::new(Some(first)),
+                reopen,
+            },
+            idle: Mutex::new(IdleList::default()),
+            idle_timeout: node_pool.idle_timeout,
             me: me.clone(),
         })
     }
@@ -221,10 +263,19 @@ impl Pool {
 
     async fn open(&self) -> io::Result<SendRequest<Full<Bytes>>> {
         let attempt = async {
-            let tcp = connect(&self.addr, CONNECT_TIMEOUT).await?;
+            let stream: BoxConn = match &self.reach {
+                Reach::Direct => Box::new(connect(&self.addr, CONNECT_TIMEOUT).await?),
+                Reach::Routed { first, reopen } => {
+                    let given = first.lock().unwrap_or_else(|e| e.into_inner()).take();
+                    match given {
+                        Some(stream) => stream,
+                        None => reopen().await?,
+                    }
+                }
+            };
             let conn: BoxConn = match &self.tls {
-                Some(tls) => Box::new(tls.connect(Box::new(tcp) as BoxConn, &self.addr).await?),
-                None => Box::new(tcp),
+                Some(tls) => Box::new(tls.connect(stream, &self.addr).await?),
+                None => stream,
             };
             let (mut sender, connection) = http1::Builder::new()
                 .title_case_headers(true)
@@ -494,16 +545,16 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn refuses_to_run_over_a_previous_hop() {
+    async fn refuses_to_run_over_one_stream() {
         let (a, _b) = tokio::io::duplex(64);
         let err = match dialer(&[], "127.0.0.1:1")
             .handshake(Box::new(a), &Address::parse("127.0.0.1:1").unwrap())
             .await
         {
             Err(e) => e,
-            Ok(_) => panic!("pht ran over a previous hop"),
+            Ok(_) => panic!("pht ran over one stream"),
         };
         assert_eq!(err.kind(), io::ErrorKind::Unsupported);
-        assert!(err.to_string().contains("previous hop"), "{err}");
+        assert!(err.to_string().contains("single stream"), "{err}");
     }
 }
