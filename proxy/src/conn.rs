@@ -407,6 +407,65 @@ pub fn tune_tcp(stream: &TcpStream, keepalive: KeepAlive) -> io::Result<()> {
     }
 }
 
+/// A socket that notes whenever anything is received, by setting a flag its owner clears:
+/// the HTTP/2 keepalive takes it as a sign of life, the PHT listener as the start of a request.
+pub(crate) struct Heard<T> {
+    io: T,
+    heard: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl<T> Heard<T> {
+    /// `io`, setting `heard` whenever a read returns bytes.
+    pub(crate) fn new(io: T, heard: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Self {
+        Heard { io, heard }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Heard<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        std::task::ready!(Pin::new(&mut self.io).poll_read(cx, buf))?;
+        if buf.filled().len() > before {
+            self.heard.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Heard<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
 #[cfg(test)]
 mod keepalive_tests {
     use super::*;

@@ -20,7 +20,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio_util::sync::CancellationToken;
 
 use crate::addr::Address;
-use crate::conn::{BoxConn, Conn};
+use crate::conn::{BoxConn, Conn, Heard};
 use crate::dialer::tcp;
 use crate::tls::ClientTls;
 
@@ -326,58 +326,6 @@ impl Conn for H2Stream {
     }
 }
 
-/// A client connection's socket, noting whenever anything is received, which is what the
-/// keepalive takes as a sign of life.
-struct Heard<T> {
-    io: T,
-    heard: Arc<AtomicBool>,
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Heard<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        ready!(Pin::new(&mut self.io).poll_read(cx, buf))?;
-        if buf.filled().len() > before {
-            self.heard.store(true, Ordering::Relaxed);
-        }
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Heard<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-}
-
 /// How a client reaches the HTTP/2 server under the connection.
 pub enum Transport {
     /// Prior-knowledge cleartext HTTP/2 (`h2c`).
@@ -460,10 +408,7 @@ impl Session {
     /// with PING keepalive when `keepalive` (pooled connections, which outlive any tunnel).
     pub async fn handshake(io: BoxConn, peer: &Address, keepalive: bool) -> io::Result<Self> {
         let heard = Arc::new(AtomicBool::new(false));
-        let io = Heard {
-            io,
-            heard: heard.clone(),
-        };
+        let io = Heard::new(io, heard.clone());
         let handshake = client_builder().handshake::<_, Bytes>(io);
         let (send, mut connection) = tokio::time::timeout(H2_HANDSHAKE_TIMEOUT, handshake)
             .await

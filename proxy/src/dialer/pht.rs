@@ -37,11 +37,11 @@ use crate::tls::ClientTls;
 /// Idle connections kept per node: GOST's (Go's `MaxIdleConns`) value.
 pub const MAX_IDLE_CONNECTIONS: usize = 100;
 
-/// How long an idle connection is kept for reuse; then the pool closes it. Below the 30 s
-/// after which our server (through hyper's header read timeout) drops a silent keep-alive
-/// connection, so that a push is not sent into a connection the server is closing. GOST's
-/// server sets no idle timeout at all, so without this a burst of pushes would leave its
-/// connections open on both sides for good.
+/// How long an idle connection is kept for reuse; then the pool closes it. Well below the
+/// 120 s after which our server drops a silent keep-alive connection
+/// (`listener::pht::IDLE_TIMEOUT`), so that a push is not sent into a connection the server is
+/// closing. GOST's server sets no idle timeout at all, so without this a burst of pushes would
+/// leave its connections open on both sides for good.
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Connect (TCP and TLS) timeout for the connections after a tunnel's first: GOST's TLS
