@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, LazyLock, Mutex, Weak};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
@@ -76,6 +76,11 @@ pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(15);
 /// server allows that; tunnels that come meanwhile wait the round trip of the first PING,
 /// whose answer follows the SETTINGS.
 const UNSETTLED_STREAMS: usize = 1;
+
+/// How long an extra connection to a node (one dialled because the others were at the
+/// server's stream limit) may carry no tunnel before it is closed, give or take half of it.
+/// The oldest connection stays, kept alive by PING, for the next tunnel.
+pub const EXTRA_CONNECTION_IDLE: Duration = Duration::from_secs(60);
 
 /// First wait before re-dialling a node whose connection attempt failed; doubled on every
 /// further failure up to [`RECONNECT_BACKOFF_MAX`], reset by a success. Keeps a down node from
@@ -349,6 +354,9 @@ pub struct Session {
     // Set (pooled connections only) once the server's SETTINGS are in, and with them its
     // stream limit.
     settled: CancellationToken,
+    // Set when the pool found this connection without tunnels, cleared when it has some (see
+    // `close_quiet_extras`).
+    quiet: Arc<AtomicBool>,
 }
 
 /// A tunnel's place on a connection, taken when the pool picks the connection for the tunnel
@@ -484,6 +492,7 @@ impl Session {
             retired: Arc::new(AtomicBool::new(false)),
             streams: Arc::new(AtomicUsize::new(0)),
             settled,
+            quiet: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -560,6 +569,8 @@ struct Node {
     sessions: Vec<Session>,
     failures: u32,
     retry_at: Option<Instant>,
+    // Whether a `close_quiet_extras` task watches the connections.
+    reaping: bool,
 }
 
 /// The client side's connections: per node address, HTTP/2 connections shared by its tunnels,
@@ -568,14 +579,21 @@ struct Node {
 pub struct H2Client {
     transport: Transport,
     nodes: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Node>>>>,
+    extra_idle: Duration,
 }
 
 impl H2Client {
     /// A client whose connections use `transport`.
     pub fn new(transport: Transport) -> Arc<Self> {
+        Self::with_extra_idle(transport, EXTRA_CONNECTION_IDLE)
+    }
+
+    /// [`H2Client::new`], closing extra connections after `extra_idle` without tunnels.
+    fn with_extra_idle(transport: Transport, extra_idle: Duration) -> Arc<Self> {
         Arc::new(H2Client {
             transport,
             nodes: Mutex::new(HashMap::new()),
+            extra_idle,
         })
     }
 
@@ -583,14 +601,14 @@ impl H2Client {
     /// `timeout`) if there is none. Callers that arrive while a dial is under way wait for it
     /// rather than dial their own.
     pub async fn lease(&self, addr: &Address, timeout: Duration) -> io::Result<Lease> {
-        let node = self
+        let shared = self
             .nodes
             .lock()
             .expect("nodes lock")
             .entry(addr.to_string())
             .or_default()
             .clone();
-        let mut node = node.lock().await;
+        let mut node = shared.lock().await;
         let deadline = tokio::time::Instant::now() + timeout;
         // Each round either ends or waits until one more connection is settled or gone.
         loop {
@@ -644,6 +662,14 @@ impl H2Client {
                 node.retry_at = None;
                 let lease = session.lease();
                 node.sessions.push(session);
+                if node.sessions.len() > 1 && !node.reaping {
+                    node.reaping = true;
+                    tokio::spawn(close_quiet_extras(
+                        Arc::downgrade(&shared),
+                        self.extra_idle / 2,
+                        addr.to_string(),
+                    ));
+                }
                 Ok(lease)
             }
             Err(e) => {
@@ -703,6 +729,39 @@ impl H2Client {
                 }
                 Err((e, _)) => return Err(e),
             }
+        }
+    }
+}
+
+/// Closes a node's extra connections (all but the oldest) once they had no tunnel at two
+/// checks `every` apart; ends when the node has one connection left, or is gone. Leases are
+/// taken under the node's lock, so a connection without tunnels here gets none meanwhile;
+/// dropping its last handle ends it with GOAWAY.
+async fn close_quiet_extras(node: Weak<tokio::sync::Mutex<Node>>, every: Duration, peer: String) {
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(node) = node.upgrade() else { return };
+        let mut node = node.lock().await;
+        node.sessions.retain(|session| !session.is_closed());
+        let mut index = 0;
+        node.sessions.retain(|session| {
+            index += 1;
+            if index == 1 {
+                return true;
+            }
+            if session.streams.load(Ordering::Relaxed) > 0 {
+                session.quiet.store(false, Ordering::Relaxed);
+                return true;
+            }
+            let quiet_before = session.quiet.swap(true, Ordering::Relaxed);
+            if quiet_before {
+                tracing::debug!(peer = %peer, "closing an extra HTTP/2 connection without tunnels");
+            }
+            !quiet_before
+        });
+        if node.sessions.len() <= 1 {
+            node.reaping = false;
+            return;
         }
     }
 }
@@ -936,14 +995,26 @@ mod tests {
     /// allowing `max_streams` streams per connection; also returns how many connections it
     /// accepted.
     async fn echo_server(max_streams: u32) -> (Address, Arc<AtomicUsize>) {
+        let (addr, accepted, _) = counted_echo_server(max_streams).await;
+        (addr, accepted)
+    }
+
+    /// An HTTP/2 echo server allowing `max_streams` per connection; counts the connections it
+    /// accepted and those that ended.
+    async fn counted_echo_server(
+        max_streams: u32,
+    ) -> (Address, Arc<AtomicUsize>, Arc<AtomicUsize>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = Address::parse(&listener.local_addr().unwrap().to_string()).unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
-        let counter = accepted.clone();
+        let ended = Arc::new(AtomicUsize::new(0));
+        let (counter, ends) = (accepted.clone(), ended.clone());
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 counter.fetch_add(1, Ordering::Relaxed);
+                let ends = ends.clone();
                 tokio::spawn(async move {
+                    let _ended = CountOnDrop(ends);
                     let mut builder = server_builder();
                     builder.max_concurrent_streams(max_streams);
                     let Ok(mut conn) = builder.handshake::<_, Bytes>(tcp).await else {
@@ -968,7 +1039,16 @@ mod tests {
                 });
             }
         });
-        (addr, accepted)
+        (addr, accepted, ended)
+    }
+
+    /// Counts one up when dropped.
+    struct CountOnDrop(Arc<AtomicUsize>);
+
+    impl Drop for CountOnDrop {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Opens `count` CONNECT tunnels to `addr` through `client` at once, each within 2 s.
@@ -1040,6 +1120,42 @@ mod tests {
             accepted.load(Ordering::Relaxed),
             TUNNELS.div_ceil(SMALL_SERVER_LIMIT as usize)
         );
+    }
+
+    #[tokio::test]
+    async fn extra_connections_close_once_without_tunnels_and_the_oldest_stays() {
+        const TUNNELS: usize = 5;
+        const IDLE: Duration = Duration::from_millis(400);
+        let (addr, accepted, ended) = counted_echo_server(SMALL_SERVER_LIMIT).await;
+        let client = H2Client::with_extra_idle(Transport::Plain, IDLE);
+        let mut tunnels = open_tunnels(&client, &addr, TUNNELS).await;
+        echo_on_each(&mut tunnels).await;
+        let dialled = accepted.load(Ordering::Relaxed);
+        assert_eq!(dialled, TUNNELS.div_ceil(SMALL_SERVER_LIMIT as usize));
+        // While they carry tunnels, none is closed.
+        tokio::time::sleep(IDLE * 3).await;
+        assert_eq!(ended.load(Ordering::Relaxed), 0);
+        drop(tunnels);
+        let deadline = tokio::time::Instant::now() + IDLE * 10;
+        while ended.load(Ordering::Relaxed) < dialled - 1 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} of {} extra connections closed",
+                ended.load(Ordering::Relaxed),
+                dialled - 1
+            );
+            tokio::time::sleep(IDLE / 10).await;
+        }
+        tokio::time::sleep(IDLE * 2).await;
+        assert_eq!(
+            ended.load(Ordering::Relaxed),
+            dialled - 1,
+            "the oldest stays"
+        );
+        // The next tunnel takes the connection that stayed.
+        let mut tunnels = open_tunnels(&client, &addr, 1).await;
+        echo_on_each(&mut tunnels).await;
+        assert_eq!(accepted.load(Ordering::Relaxed), dialled);
     }
 
     #[tokio::test]
