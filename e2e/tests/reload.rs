@@ -322,6 +322,94 @@ fn a_config_from_standard_input_survives_sighup_and_periodic_reads() {
     );
 }
 
+/// `-C` takes an http URL, as GOST does: the user info goes as Basic auth and is never shown,
+/// and `-R` reads it again, which is how a change there is picked up.
+#[test]
+fn a_config_url_is_fetched_and_read_again_every_period() {
+    let one = "services:\n- name: a\n  addr: 127.0.0.1:0\n  handler:\n    type: http\n  listener:\n    type: tcp\n";
+    let served = Arc::new(std::sync::Mutex::new(one.to_string()));
+    let config_server = {
+        let served = served.clone();
+        Target::start(move |stream| {
+            let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+            let mut head = String::new();
+            loop {
+                let mut line = String::new();
+                if std::io::BufRead::read_line(&mut reader, &mut line).unwrap_or(0) == 0 {
+                    return;
+                }
+                if line == "\r\n" {
+                    break;
+                }
+                head.push_str(&line);
+            }
+            // Basic base64("u:s3cret").
+            let answer = if !head.starts_with("GET /gost.yaml ") {
+                "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_string()
+            } else if !head.lines().any(|l| {
+                l.to_ascii_lowercase().starts_with("authorization:")
+                    && l.ends_with(" Basic dTpzM2NyZXQ=")
+            }) {
+                "HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n".to_string()
+            } else {
+                let body = served.lock().unwrap().clone();
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/yaml\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                )
+            };
+            let mut stream = stream;
+            let _ = stream.write_all(answer.as_bytes());
+        })
+    };
+    let base = config_server.addr;
+    let gost_bin = gost_bin();
+    let gost_bin = gost_bin.to_str().unwrap();
+    let out = run(
+        gost_bin,
+        &["-C", &format!("http://{base}/missing.yaml"), "-O", "yaml"],
+    );
+    assert_eq!(out.code, 2);
+    assert!(
+        out.stderr.contains(&format!("http://{base}/missing.yaml")) && out.stderr.contains("404"),
+        "{}",
+        out.stderr
+    );
+    let out = run(
+        gost_bin,
+        &[
+            "-C",
+            &format!("http://u:wrong@{base}/gost.yaml"),
+            "-O",
+            "yaml",
+        ],
+    );
+    assert!(
+        out.stderr.contains("401") && !out.stderr.contains("wrong"),
+        "{}",
+        out.stderr
+    );
+
+    let url = format!("http://u:s3cret@{base}/gost.yaml");
+    let gost = Gost::start(&["-C", &url, "-R", "300ms"], 1);
+    *served.lock().unwrap() = format!(
+        "{one}- name: b\n  addr: 127.0.0.1:0\n  handler:\n    type: socks5\n  listener:\n    type: tcp\n"
+    );
+    wait_for_count(&gost, "configuration applied", 1);
+    let b = gost.service_addr("b").expect("service b started");
+    assert!(TcpStream::connect(b).is_ok());
+    let log = gost.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("configuration applied") && l.contains("period")),
+        "{log}"
+    );
+    assert!(
+        !log.contains("s3cret"),
+        "the password is never logged: {log}"
+    );
+}
+
 /// A sidecar whose pod nothing selects yet gets a config without services: it keeps running,
 /// answers its probes, and starts the services when they arrive.
 #[test]

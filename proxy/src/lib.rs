@@ -30,6 +30,7 @@ pub mod splice;
 pub mod supervisor;
 pub mod tls;
 pub mod watch;
+pub mod web;
 pub mod ws;
 
 /// An error and its sources, `: `-separated: hyper's own text is often only "http2 error" or

@@ -121,7 +121,18 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    let config = match assemble_config(&args) {
+    // First, as `-C` may name a URL to fetch.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("gost: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let config = match runtime.block_on(assemble_config(&args)) {
         Ok(config) => config,
         Err(message) => {
             eprintln!("gost: {message}");
@@ -148,24 +159,14 @@ fn main() -> ExitCode {
         eprintln!("gost: {message}");
         return ExitCode::from(2);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("gost: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
     runtime.block_on(run(&args, config))
 }
 
 /// Reads `-C` sources in order, then adds the `-L`/`-F` services, as GOST does.
-fn assemble_config(args: &Args) -> Result<Config, String> {
+async fn assemble_config(args: &Args) -> Result<Config, String> {
     let mut config = Config::default();
     for source in &config_sources(args) {
-        let (name, text) = read_source(source)?;
+        let (name, text) = read_source(source).await?;
         let format = Format::detect(name.as_deref(), &text);
         let loaded = gost_api::from_str(&text, format)
             .map_err(|e| format!("{}: {e}", name.as_deref().unwrap_or("configuration")))?;
@@ -241,7 +242,7 @@ fn default_config_file() -> Option<String> {
     })
 }
 
-fn read_source(source: &str) -> Result<(Option<String>, String), String> {
+async fn read_source(source: &str) -> Result<(Option<String>, String), String> {
     if source == "-" {
         // Read once: a reload (SIGHUP, -R) finds standard input at its end, and an empty
         // configuration would stop every service.
@@ -258,14 +259,19 @@ fn read_source(source: &str) -> Result<(Option<String>, String), String> {
     if source.trim_start().starts_with('{') {
         return Ok((Some("<inline JSON>.json".into()), source.to_string()));
     }
-    if source.starts_with("http://") || source.starts_with("https://") {
-        return Err(format!(
-            "-C {source}: loading configuration from a URL is not supported; download it first"
-        ));
+    if is_url(source) {
+        let (shown, text) = gost_proxy::web::config_from_url(source).await?;
+        return Ok((Some(shown), text));
     }
     let text = std::fs::read_to_string(Path::new(source))
         .map_err(|e| format!("cannot read configuration file {source}: {e}"))?;
     Ok((Some(source.to_string()), text))
+}
+
+/// Whether a `-C` source is fetched from the web rather than read from a file.
+fn is_url(source: &str) -> bool {
+    let lower = source.get(..8).unwrap_or(source).to_ascii_lowercase();
+    lower.starts_with("http://") || lower.starts_with("https://")
 }
 
 /// GOST's merge rule: lists are concatenated, top-level settings replaced by later sources.
@@ -430,7 +436,7 @@ async fn run(args: &Args, mut config: Config) -> ExitCode {
         gost_proxy::watch::FileWatcher::new(files)
     });
     // A change between the first read and the watcher's baseline would go unseen.
-    if watcher.is_some() && assemble_config(args).ok().as_ref() != Some(&config) {
+    if watcher.is_some() && assemble_config(args).await.ok().as_ref() != Some(&config) {
         reload(args, &mut supervisor, &ready, "file change", &mut config).await;
     }
     ready.set(supervisor.all_bound());
@@ -493,7 +499,7 @@ async fn changed(watcher: &mut Option<gost_proxy::watch::FileWatcher>) {
 fn watched_files(args: &Args) -> Vec<PathBuf> {
     config_sources(args)
         .into_iter()
-        .filter(|s| s != "-" && !s.trim_start().starts_with('{'))
+        .filter(|s| s != "-" && !s.trim_start().starts_with('{') && !is_url(s))
         .map(PathBuf::from)
         .collect()
 }
@@ -507,7 +513,7 @@ async fn reload(
     running: &mut Config,
 ) {
     let started = std::time::Instant::now();
-    let result = match assemble_config(args) {
+    let result = match assemble_config(args).await {
         // A periodic read that finds what runs changes nothing (and keeps the generation).
         Ok(config) if cause == "period" && config == *running && supervisor.all_bound() => {
             tracing::debug!(cause, "configuration unchanged");

@@ -16,11 +16,7 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 use gost_api::{Metadata, TlsConfig};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::Scheme;
-use http::{Method, Request, Response, StatusCode, Uri, Version};
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite};
+use http::{Method, Response, StatusCode, Uri, Version};
 use tokio::net::TcpStream;
 
 use crate::addr::Address;
@@ -46,18 +42,6 @@ pub const HOST_DECOY_DIAL_TIMEOUT: Duration = crate::chain::DEFAULT_DIAL_TIMEOUT
 /// What a `probeResist` value may be, for configuration errors.
 const ACCEPTED: &str = "expected `code:<status 200-599>`, `web:<http or https URL>`, \
                         `host:<host>:<port>` or `file:<path>`";
-
-/// Headers of a fetched page that describe its connection, not the page; the answer carries
-/// its own (and a `Content-Length` for the page as buffered).
-const CONNECTION_HEADERS: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
 
 /// A handler's `probeResist` and `knock` settings.
 pub struct ProbeResistance {
@@ -156,9 +140,18 @@ impl ProbeResistance {
     async fn answer(&self, service: &str, loud: bool) -> Answer {
         let produced = match &self.decoy {
             Decoy::Code(status) => Ok(empty(*status)),
-            Decoy::Web { url, tls } => tokio::time::timeout(WEB_DECOY_TIMEOUT, fetch(url, tls))
-                .await
-                .unwrap_or_else(|_| Err(format!("{url}: no page within {WEB_DECOY_TIMEOUT:?}"))),
+            Decoy::Web { url, tls } => {
+                let fetch = crate::web::Fetch {
+                    tls,
+                    max_body: MAX_DECOY_BODY,
+                    max_redirects: MAX_DECOY_REDIRECTS,
+                    connect_timeout: WEB_DECOY_TIMEOUT,
+                    authorization: None,
+                };
+                tokio::time::timeout(WEB_DECOY_TIMEOUT, fetch.get(url))
+                    .await
+                    .unwrap_or_else(|_| Err(format!("{url}: no page within {WEB_DECOY_TIMEOUT:?}")))
+            }
             Decoy::File(path) => read_page(path).await.map(html),
             Decoy::Host(addr) => {
                 match crate::dialer::tcp::connect(addr, HOST_DECOY_DIAL_TIMEOUT).await {
@@ -314,96 +307,6 @@ async fn read_page(path: &Path) -> Result<Bytes, String> {
     .map_err(|e| e.to_string())?
 }
 
-/// GETs `url`, following redirects, and returns the final answer with its body.
-async fn fetch(url: &Uri, tls: &ClientTls) -> Result<Response<Bytes>, String> {
-    let mut url = url.clone();
-    for _ in 0..=MAX_DECOY_REDIRECTS {
-        let response = get(&url, tls).await?;
-        let next = response
-            .status()
-            .is_redirection()
-            .then(|| response.headers().get(header::LOCATION))
-            .flatten()
-            .and_then(|location| location.to_str().ok())
-            .and_then(|location| redirect_target(&url, location));
-        match next {
-            Some(next) => url = next,
-            None => return Ok(response),
-        }
-    }
-    Err(format!("{url}: more than {MAX_DECOY_REDIRECTS} redirects"))
-}
-
-async fn get(url: &Uri, tls: &ClientTls) -> Result<Response<Bytes>, String> {
-    let failed = |e: &dyn std::fmt::Display| format!("{url}: {e}");
-    let https = url.scheme() == Some(&Scheme::HTTPS);
-    let authority = url.authority().ok_or_else(|| failed(&"no host"))?;
-    let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
-    let addr = Address::from_host(authority.host(), port).map_err(|e| failed(&e))?;
-    let request = Request::get(url.path_and_query().map_or("/", |p| p.as_str()))
-        .header(header::HOST, authority.as_str())
-        .header(header::CONNECTION, "close")
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| failed(&e))?;
-    let stream = crate::dialer::tcp::connect(&addr, WEB_DECOY_TIMEOUT)
-        .await
-        .map_err(|e| failed(&e))?;
-    let response = if https {
-        let stream = tls.connect(stream, &addr).await.map_err(|e| failed(&e))?;
-        exchange(stream, request).await
-    } else {
-        exchange(stream, request).await
-    };
-    response.map_err(|e| failed(&e))
-}
-
-async fn exchange<S>(stream: S, request: Request<Empty<Bytes>>) -> Result<Response<Bytes>, String>
-where
-    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
-{
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| e.to_string())?;
-    // Ends with the exchange, or with the sender when a timeout drops this future.
-    tokio::spawn(connection);
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| e.to_string())?;
-    let (mut parts, body) = response.into_parts();
-    let body = Limited::new(body, MAX_DECOY_BODY)
-        .collect()
-        .await
-        .map_err(|e| format!("page body (at most {MAX_DECOY_BODY} bytes): {e}"))?
-        .to_bytes();
-    for name in CONNECTION_HEADERS {
-        parts.headers.remove(*name);
-    }
-    parts
-        .headers
-        .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-    Ok(Response::from_parts(parts, body))
-}
-
-/// Where a redirect's `Location` points, resolved against `base`; `None` for anything but an
-/// http or https URL.
-fn redirect_target(base: &Uri, location: &str) -> Option<Uri> {
-    let scheme = base.scheme_str()?;
-    let authority = base.authority()?;
-    let target = if location.contains("://") {
-        location.to_string()
-    } else if let Some(rest) = location.strip_prefix("//") {
-        format!("{scheme}://{rest}")
-    } else if location.starts_with('/') {
-        format!("{scheme}://{authority}{location}")
-    } else {
-        let dir = base.path().rsplit_once('/').map_or("", |(dir, _)| dir);
-        format!("{scheme}://{authority}{dir}/{location}")
-    };
-    let uri = target.parse::<Uri>().ok()?;
-    matches!(uri.scheme_str(), Some("http" | "https")).then_some(uri)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -423,7 +326,7 @@ mod tests {
             _ => panic!("not web"),
         }
         match parsed("web:HTTPS://example.com", "").unwrap().decoy {
-            Decoy::Web { url, .. } => assert_eq!(url.scheme(), Some(&Scheme::HTTPS)),
+            Decoy::Web { url, .. } => assert_eq!(url.scheme(), Some(&http::uri::Scheme::HTTPS)),
             _ => panic!("not web"),
         }
         match parsed("host:192.168.1.1:80", "").unwrap().decoy {
@@ -466,24 +369,6 @@ mod tests {
         // The blank entry does not make origin-form requests (no host) knock.
         assert!(probe.hides_from(""));
         assert!(parsed("code:404", "").unwrap().hides_from(""));
-    }
-
-    #[test]
-    fn redirects_resolve_against_the_page() {
-        let base: Uri = "http://example.com/a/b?q".parse().unwrap();
-        for (location, expected) in [
-            ("https://example.com/", "https://example.com/"),
-            ("//cdn.example.com/x", "http://cdn.example.com/x"),
-            ("/root", "http://example.com/root"),
-            ("c", "http://example.com/a/c"),
-        ] {
-            assert_eq!(
-                redirect_target(&base, location).unwrap(),
-                expected,
-                "{location}"
-            );
-        }
-        assert!(redirect_target(&base, "ftp://example.com/").is_none());
     }
 
     #[test]
