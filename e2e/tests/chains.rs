@@ -35,6 +35,47 @@ fn socks5_with_auth_and_refusal_via_curl() {
     );
 }
 
+/// GOST's `ignoreChain`: a service so marked dials directly, the others through the chain (here
+/// a hop where nothing listens, so their requests fail).
+#[test]
+fn ignore_chain_dials_directly() {
+    let target = Target::http();
+    let dead_hop = format!("http://127.0.0.1:{}", free_port());
+    let gost = Gost::start(
+        &[
+            "-L",
+            "http://127.0.0.1:0?ignoreChain=true",
+            "-L",
+            "socks5://127.0.0.1:0",
+            "-F",
+            &dead_hop,
+        ],
+        2,
+    );
+    let direct = gost.service_addr("service-0").unwrap();
+    let chained = gost.service_addr("service-1").unwrap();
+    let out = get_via(&format!("http://{direct}"), &target);
+    assert!(
+        out.text().starts_with("hello from target"),
+        "{}",
+        out.stderr
+    );
+    let out = get_via(&format!("socks5h://{chained}"), &target);
+    assert_ne!(out.code, 0, "the other service still uses the chain");
+
+    let yaml = format!(
+        "services:\n- name: direct\n  addr: 127.0.0.1:0\n  handler: {{type: http, chain: c}}\n  metadata: {{ignoreChain: true}}\nchains:\n- name: c\n  hops:\n  - name: h\n    nodes:\n    - {{name: n, addr: '{}'}}\n",
+        dead_hop.trim_start_matches("http://")
+    );
+    let gost = Gost::start_config(&yaml, 1);
+    let out = get_via(&format!("http://{}", gost.addr()), &target);
+    assert!(
+        out.text().starts_with("hello from target"),
+        "{}",
+        out.stderr
+    );
+}
+
 #[test]
 fn auto_handler_serves_http_socks4_and_socks5_on_one_port() {
     let target = Target::http();

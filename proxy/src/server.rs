@@ -87,10 +87,19 @@ pub fn build_service(
     if service.listener.kind == ListenerType::Http3 {
         return Err(field(format!("{path}.listener.type"), HTTP3_REVERSE_PROXY));
     }
+    // GOST's `ignoreChain` (service metadata; the command line puts a URL's query there):
+    // the service dials directly although a chain is named, as `-L ...?ignoreChain=true`
+    // beside `-F` asks.
+    let ignore_chain = service
+        .metadata
+        .bool(&["ignoreChain"])
+        .map_err(|e| field(format!("{path}.metadata.ignoreChain"), e.to_string()))?
+        .unwrap_or(false);
     let chain = service
         .handler
         .chain
         .as_deref()
+        .filter(|_| !ignore_chain)
         .map(|name| chains[name].clone());
     let dial_timeout = duration(
         &service.metadata,
