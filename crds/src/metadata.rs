@@ -212,6 +212,30 @@ const UNIMPLEMENTED_OPTIONS: &[UnimplementedOption] = &[
         scopes: &[Scope::Service],
     },
     UnimplementedOption {
+        key: "preUp",
+        what: "running commands before the service starts",
+        off: Off::Empty,
+        scopes: &[Scope::Service],
+    },
+    UnimplementedOption {
+        key: "postUp",
+        what: "running commands after the service starts",
+        off: Off::Empty,
+        scopes: &[Scope::Service],
+    },
+    UnimplementedOption {
+        key: "preDown",
+        what: "running commands before the service stops",
+        off: Off::Empty,
+        scopes: &[Scope::Service],
+    },
+    UnimplementedOption {
+        key: "postDown",
+        what: "running commands after the service stops",
+        off: Off::Empty,
+        scopes: &[Scope::Service],
+    },
+    UnimplementedOption {
         key: "udp",
         what: "UDP relay",
         off: Off::False,
