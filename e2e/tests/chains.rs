@@ -76,6 +76,89 @@ fn ignore_chain_dials_directly() {
     );
 }
 
+/// Worker processes started by a `gost -- ...` parent, killed when dropped (a failed test must
+/// not leave them running).
+struct Workers(Vec<u32>);
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+    }
+}
+
+/// GOST's `--`: each group of arguments runs as a process of its own, with its own chain; the
+/// parent passes SIGTERM on and exits once the workers have drained.
+#[test]
+fn groups_between_double_dashes_run_as_workers() {
+    let target = Target::http();
+    let dead_hop = format!("http://127.0.0.1:{}", free_port());
+    let mut gost = Gost::start(
+        &[
+            "-L",
+            "http://127.0.0.1:0",
+            "--",
+            "-L",
+            "socks5://127.0.0.1:0",
+            "-F",
+            &dead_hop,
+        ],
+        2,
+    );
+    let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", gost.pid()))
+        .expect("the parent's children");
+    let workers = Workers(
+        children
+            .split_whitespace()
+            .map(|pid| pid.parse().unwrap())
+            .collect(),
+    );
+    assert_eq!(workers.0.len(), 2, "{children:?}");
+    let http = gost
+        .addrs()
+        .iter()
+        .copied()
+        .find(|addr| {
+            get_via(&format!("http://{addr}"), &target)
+                .text()
+                .starts_with("hello from target")
+        })
+        .expect("the http worker dials directly");
+    let socks = gost
+        .addrs()
+        .iter()
+        .copied()
+        .find(|addr| *addr != http)
+        .unwrap();
+    let out = get_via(&format!("socks5h://{socks}"), &target);
+    assert_ne!(out.code, 0, "the socks5 worker dials through its own chain");
+
+    gost.signal("TERM");
+    assert_eq!(
+        gost.wait_exit(Duration::from_secs(10)),
+        Some(0),
+        "{}",
+        gost.log()
+    );
+    assert_eq!(
+        gost.log().matches("all connections finished").count(),
+        2,
+        "both workers drained: {}",
+        gost.log()
+    );
+    for pid in &workers.0 {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .is_ok_and(|stat| stat.contains(") Z ")),
+            "worker {pid} still runs"
+        );
+    }
+}
+
 #[test]
 fn auto_handler_serves_http_socks4_and_socks5_on_one_port() {
     let target = Target::http();

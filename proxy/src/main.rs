@@ -113,7 +113,11 @@ fn go_style_args() -> Vec<std::ffi::OsString> {
 fn main() -> ExitCode {
     // First, before anything is read: the restart runs `main` again from the start.
     gost_proxy::copytune::restart_if_needed();
-    let args = Args::parse_from(go_style_args());
+    let raw = go_style_args();
+    if let Some(groups) = worker_groups(&raw) {
+        return run_workers(groups);
+    }
+    let args = Args::parse_from(raw);
     if let Some(api) = &args.api {
         eprintln!(
             "gost: -api {api}: GOST's web API is not supported by gost-rs; change the -C \
@@ -160,6 +164,121 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     runtime.block_on(run(&args, config))
+}
+
+/// GOST's `--` between groups of arguments (`gost -L http://:8080 -- -L socks5://:1080 -F
+/// http://:8000`): each group runs as a gost process of its own, so that each has its own
+/// chain. `None` without a `--`.
+fn worker_groups(args: &[std::ffi::OsString]) -> Option<Vec<Vec<std::ffi::OsString>>> {
+    let rest = args.get(1..)?;
+    if !rest.iter().any(|arg| arg == "--") {
+        return None;
+    }
+    Some(
+        rest.split(|arg| arg == "--")
+            .filter(|group| !group.is_empty())
+            .map(<[_]>::to_vec)
+            .collect(),
+    )
+}
+
+/// Runs each group of [`worker_groups`] as a child process (with `_GOST_ID` set to its index,
+/// as GOST does) and waits for all of them. SIGTERM, SIGINT and SIGHUP are passed on to each
+/// worker once: they run in a process group of their own, so a terminal's Ctrl-C reaches them
+/// only this way, and a Kubernetes stop (SIGTERM to PID 1 alone) reaches them at all. Exits
+/// with the first failing worker's code, or 0.
+fn run_workers(groups: Vec<Vec<std::ffi::OsString>>) -> ExitCode {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    use tokio::signal::unix::{SignalKind, signal};
+
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => {
+            eprintln!("gost: cannot find its own executable to start the workers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("gost: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let signals = (|| {
+            Ok::<_, std::io::Error>((
+                signal(SignalKind::terminate())?,
+                signal(SignalKind::interrupt())?,
+                signal(SignalKind::hangup())?,
+            ))
+        })();
+        let (mut term, mut int, mut hup) = match signals {
+            Ok(signals) => signals,
+            Err(e) => {
+                eprintln!("gost: cannot install signal handlers: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let (exited, mut exits) = tokio::sync::mpsc::unbounded_channel();
+        let mut workers = Vec::new();
+        for (id, group) in groups.into_iter().enumerate() {
+            let spawned = tokio::process::Command::new(&exe)
+                .args(&group)
+                .env("_GOST_ID", id.to_string())
+                .process_group(0)
+                .spawn();
+            let mut child = match spawned {
+                Ok(child) => child,
+                Err(e) => {
+                    eprintln!("gost: cannot start worker {id}: {e}");
+                    workers.push(None);
+                    let _ = exited.send((id, 1));
+                    continue;
+                }
+            };
+            workers.push(child.id().map(|pid| Pid::from_raw(pid as i32)));
+            let exited = exited.clone();
+            tokio::spawn(async move {
+                let code = match child.wait().await {
+                    Ok(status) => status.code().unwrap_or(1),
+                    Err(_) => 1,
+                };
+                let _ = exited.send((id, code));
+            });
+        }
+        drop(exited);
+        let mut failed = None;
+        loop {
+            let forward = tokio::select! {
+                exit = exits.recv() => match exit {
+                    Some((id, code)) => {
+                        // Reaped: its PID may be another process's from now on.
+                        workers[id] = None;
+                        if code != 0 && failed.is_none() {
+                            failed = Some(code);
+                        }
+                        continue;
+                    }
+                    None => break,
+                },
+                _ = term.recv() => Signal::SIGTERM,
+                _ = int.recv() => Signal::SIGINT,
+                _ = hup.recv() => Signal::SIGHUP,
+            };
+            for pid in workers.iter().flatten() {
+                let _ = kill(*pid, forward);
+            }
+        }
+        match failed {
+            Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+            None => ExitCode::SUCCESS,
+        }
+    })
 }
 
 /// Reads `-C` sources in order, then adds the `-L`/`-F` services, as GOST does.
