@@ -139,6 +139,63 @@ fn connect_answers_gosts_exact_status_line_and_keeps_pipelined_bytes() {
     assert_eq!(&echoed, b"early bytes");
 }
 
+/// The handler's `header` metadata goes on every answer of the proxy's own (GOST's behaviour):
+/// the 407, the CONNECT's 200 and an error; not on what the target answers.
+#[test]
+fn header_metadata_is_on_the_proxys_own_answers() {
+    let target = Target::http();
+    let dead = format!("127.0.0.1:{}", free_port());
+    let server = Gost::start_config(
+        "services:\n- name: a\n  addr: 127.0.0.1:0\n  handler:\n    type: http\n    auth: {username: u, password: p}\n    metadata:\n      header: {Server: nginx, X-Test: \"1\"}\n",
+        1,
+    );
+    let proxy = server.addr();
+    let refused = curl(&[
+        "-s",
+        "-i",
+        "-x",
+        &format!("http://{proxy}"),
+        &format!("http://{}/", target.addr),
+    ]);
+    let connected = curl(&[
+        "-s",
+        "-i",
+        "-p",
+        "-x",
+        &format!("http://u:p@{proxy}"),
+        &format!("http://{}/", target.addr),
+    ]);
+    let failed = curl(&[
+        "-s",
+        "-i",
+        "-x",
+        &format!("http://u:p@{proxy}"),
+        &format!("http://{dead}/"),
+    ]);
+    for (what, out, status) in [
+        ("407", &refused, "HTTP/1.1 407 "),
+        ("CONNECT", &connected, "HTTP/1.1 200 Connection established"),
+        ("502", &failed, "HTTP/1.1 502 "),
+    ] {
+        let text = out.text();
+        assert!(text.starts_with(status), "{what}: {text}");
+        let head = text.split("\r\n\r\n").next().unwrap();
+        assert!(
+            head.contains("Server: nginx\r\n") && head.contains("X-Test: 1\r\n"),
+            "{what}: {head}"
+        );
+    }
+    // The target's own answer, after the CONNECT's, has none of them.
+    let target_head = connected
+        .text()
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or("")
+        .to_string();
+    assert!(target_head.starts_with("HTTP/1.1 200 OK"), "{target_head}");
+    assert!(!target_head.contains("X-Test"), "{target_head}");
+}
+
 #[test]
 fn refused_target_gives_502_and_one_log_line() {
     let closed = {

@@ -322,6 +322,34 @@ fn a_config_from_standard_input_survives_sighup_and_periodic_reads() {
     );
 }
 
+/// A `-C` pipe (a shell's `-C <(...)`) is read once and not watched: re-reading it found it
+/// empty and stopped every service.
+#[test]
+fn a_config_from_a_pipe_survives_sighup() {
+    let dir = tempdir();
+    let fifo = dir.join("config.fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let writer = {
+        let fifo = fifo.clone();
+        thread::spawn(move || {
+            let yaml = "services:\n- name: a\n  addr: 127.0.0.1:0\n  handler:\n    type: http\n  listener:\n    type: tcp\n";
+            // Blocks until gost opens the pipe.
+            std::fs::write(fifo, yaml).unwrap();
+        })
+    };
+    let gost = Gost::start(&["-C", fifo.to_str().unwrap()], 1);
+    writer.join().unwrap();
+    gost.signal("HUP");
+    wait_for_count(&gost, "configuration applied", 1);
+    let log = gost.log();
+    assert!(!log.contains("service removed"), "{log}");
+    assert!(TcpStream::connect(gost.addr()).is_ok());
+}
+
 /// `-C` takes an http URL, as GOST does: the user info goes as Basic auth and is never shown,
 /// and `-R` reads it again, which is how a change there is picked up.
 #[test]

@@ -382,9 +382,29 @@ async fn read_source(source: &str) -> Result<(Option<String>, String), String> {
         let (shown, text) = gost_proxy::web::config_from_url(source).await?;
         return Ok((Some(shown), text));
     }
-    let text = std::fs::read_to_string(Path::new(source))
-        .map_err(|e| format!("cannot read configuration file {source}: {e}"))?;
+    let read = || {
+        std::fs::read_to_string(Path::new(source))
+            .map_err(|e| format!("cannot read configuration file {source}: {e}"))
+    };
+    if is_regular_file(source) {
+        return Ok((Some(source.to_string()), read()?));
+    }
+    // A pipe (`-C <(...)`) or device, like standard input, gives its text once: keep it for
+    // the reloads.
+    static READ_ONCE: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
+    let mut kept = READ_ONCE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, text)) = kept.iter().find(|(path, _)| path == source) {
+        return Ok((Some(source.to_string()), text.clone()));
+    }
+    let text = read()?;
+    kept.push((source.to_string(), text.clone()));
     Ok((Some(source.to_string()), text))
+}
+
+/// Whether `path` is a regular file (through symbolic links), which can be read again and
+/// watched.
+fn is_regular_file(path: &str) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.is_file())
 }
 
 /// Whether a `-C` source is fetched from the web rather than read from a file.
@@ -619,6 +639,7 @@ fn watched_files(args: &Args) -> Vec<PathBuf> {
     config_sources(args)
         .into_iter()
         .filter(|s| s != "-" && !s.trim_start().starts_with('{') && !is_url(s))
+        .filter(|s| is_regular_file(s))
         .map(PathBuf::from)
         .collect()
 }

@@ -87,6 +87,8 @@ pub struct HttpHandler {
 struct Shared {
     env: Arc<HandlerEnv>,
     proxy_agent: HeaderValue,
+    // `header` metadata: added to every answer of the proxy's own, as GOST does.
+    headers: HeaderMap,
     challenge: HeaderValue,
     probe: Option<ProbeResistance>,
 }
@@ -130,7 +132,7 @@ impl HttpHandler {
         self.shared.probe.as_ref()
     }
 
-    /// A handler with the environment's auth, router and metadata (`proxyAgent`,
+    /// A handler with the environment's auth, router and metadata (`proxyAgent`, `header`,
     /// `authBasicRealm`, `probeResist`, `knock`).
     pub fn new(env: Arc<HandlerEnv>) -> Result<Self, String> {
         let md = &env.metadata;
@@ -142,6 +144,7 @@ impl HttpHandler {
             .unwrap_or_else(|| DEFAULT_REALM.to_string());
         let proxy_agent = HeaderValue::from_str(&agent)
             .map_err(|_| format!("metadata `proxyAgent`: {agent:?} is not a valid header value"))?;
+        let headers = crate::dialer::h2::header_map(md)?;
         let challenge = HeaderValue::from_str(&format!("Basic realm=\"{realm}\""))
             .map_err(|_| format!("metadata `authBasicRealm`: {realm:?} is not a valid realm"))?;
         Ok(HttpHandler {
@@ -149,6 +152,7 @@ impl HttpHandler {
                 probe: ProbeResistance::from_metadata(md)?,
                 env,
                 proxy_agent,
+                headers,
                 challenge,
             }),
         })
@@ -264,10 +268,7 @@ impl Shared {
             .insert(hyper::ext::ReasonPhrase::from_static(
                 b"Connection established",
             ));
-        response.headers_mut().insert(
-            HeaderName::from_static("proxy-agent"),
-            self.proxy_agent.clone(),
-        );
+        self.own_headers(response.headers_mut());
         response
     }
 
@@ -473,6 +474,7 @@ impl Shared {
         let mut response = Response::new(empty());
         *response.status_mut() = StatusCode::PROXY_AUTHENTICATION_REQUIRED;
         let headers = response.headers_mut();
+        self.own_headers(headers);
         headers.insert(header::PROXY_AUTHENTICATE, self.challenge.clone());
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         let keep_alive = request_headers
@@ -488,12 +490,18 @@ impl Shared {
         let mut response = Response::new(empty());
         *response.status_mut() = status;
         let headers = response.headers_mut();
+        self.own_headers(headers);
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        response
+    }
+
+    /// The headers of every answer of the proxy's own: `Proxy-Agent` and the `header` map.
+    fn own_headers(&self, headers: &mut HeaderMap) {
+        headers.extend(self.headers.clone());
         headers.insert(
             HeaderName::from_static("proxy-agent"),
             self.proxy_agent.clone(),
         );
-        response
     }
 }
 
