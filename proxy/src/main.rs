@@ -126,15 +126,8 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     // First, as `-C` may name a URL to fetch.
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("gost: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = start_runtime(tokio::runtime::Builder::new_multi_thread()) else {
+        return ExitCode::FAILURE;
     };
     let config = match runtime.block_on(assemble_config(&args)) {
         Ok(config) => config,
@@ -164,6 +157,15 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     runtime.block_on(run(&args, config))
+}
+
+/// The runtime `builder` makes, with its I/O and timers; `None` once the reason is printed.
+fn start_runtime(mut builder: tokio::runtime::Builder) -> Option<tokio::runtime::Runtime> {
+    builder
+        .enable_all()
+        .build()
+        .map_err(|e| eprintln!("gost: cannot start the runtime: {e}"))
+        .ok()
 }
 
 /// GOST's `--` between groups of arguments (`gost -L http://:8080 -- -L socks5://:1080 -F
@@ -199,15 +201,8 @@ fn run_workers(groups: Vec<Vec<std::ffi::OsString>>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("gost: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = start_runtime(tokio::runtime::Builder::new_current_thread()) else {
+        return ExitCode::FAILURE;
     };
     runtime.block_on(async move {
         let signals = (|| {
