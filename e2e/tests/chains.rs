@@ -2,6 +2,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gost_e2e::*;
@@ -157,6 +158,78 @@ fn groups_between_double_dashes_run_as_workers() {
             "worker {pid} still runs"
         );
     }
+}
+
+/// The http connector sends its node's `header` metadata with the CONNECT (GOST's), e.g. a
+/// token the upstream proxy wants.
+#[test]
+fn http_connector_sends_the_header_metadata() {
+    let heads = Arc::new(Mutex::new(Vec::new()));
+    let upstream = {
+        let heads = heads.clone();
+        Target::start(move |mut stream| {
+            let Ok(head) = read_head(&mut stream) else {
+                return;
+            };
+            heads.lock().unwrap().push(head);
+            let _ = stream.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n");
+            let mut buf = [0u8; 64];
+            while let Ok(n) = stream.read(&mut buf) {
+                if n == 0 || stream.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    let client = Gost::start_config(
+        &format!(
+            "services:\n- name: a\n  addr: 127.0.0.1:0\n  handler: {{type: http, chain: c}}\nchains:\n- name: c\n  hops:\n  - name: h\n    nodes:\n    - name: n\n      addr: '{}'\n      connector:\n        type: http\n        metadata:\n          header: {{X-Token: abc}}\n",
+            upstream.addr
+        ),
+        1,
+    );
+    let mut tunnel = http_connect(client.addr(), "example.com:443", None).unwrap();
+    tunnel.write_all(b"ping").unwrap();
+    let mut back = [0u8; 4];
+    tunnel.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"ping");
+    let heads = heads.lock().unwrap();
+    assert!(
+        heads[0].starts_with("CONNECT example.com:443 HTTP/1.1\r\n")
+            && heads[0].contains("\r\nX-Token: abc\r\n"),
+        "{heads:?}"
+    );
+}
+
+/// `readTimeout: 0` is the default handshake time, as in GOST, not none at all: a client a
+/// few milliseconds away (here, one that pauses between its messages) is served.
+#[test]
+fn a_zero_read_timeout_is_the_default() {
+    let echo = Target::echo();
+    let gost = Gost::start_config(
+        "services:\n- name: a\n  addr: 127.0.0.1:0\n  handler:\n    type: socks5\n    metadata: {readTimeout: 0s}\n",
+        1,
+    );
+    let mut stream = TcpStream::connect(gost.addr()).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream.write_all(&[5, 1, 0]).unwrap();
+    let mut method = [0u8; 2];
+    stream.read_exact(&mut method).unwrap();
+    assert_eq!(method, [5, 0]);
+    std::thread::sleep(Duration::from_millis(50));
+    let port = echo.addr.port().to_be_bytes();
+    stream
+        .write_all(&[5, 1, 0, 1, 127, 0, 0, 1, port[0], port[1]])
+        .unwrap();
+    let mut reply = [0u8; 10];
+    stream.read_exact(&mut reply).expect("a CONNECT reply");
+    assert_eq!(reply[1], 0, "succeeded: {reply:?}");
+    stream.write_all(b"ping").unwrap();
+    let mut back = [0u8; 4];
+    stream.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"ping");
 }
 
 #[test]

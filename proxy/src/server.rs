@@ -118,7 +118,9 @@ pub fn build_service(
             .with_keepalive(keepalive(service, i)?),
         metadata: md.clone(),
         max_header_size: max_header_size(md, &md_path)?,
+        // As in GOST, zero (or less) is the default, not "no time at all".
         handshake_timeout: duration(md, "readTimeout", &md_path)?
+            .filter(|d| !d.is_zero())
             .unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT),
         idle_timeout: duration(md, "idleTimeout", &md_path)?.filter(|d| !d.is_zero()),
         tunnels: tunnels.clone(),

@@ -85,16 +85,39 @@ pub fn basic_credentials(value: &[u8]) -> Option<(String, String)> {
 
 /// The `CONNECT` request the `http` connector sends, header for header as GOST's client does
 /// (§4.8), so that servers that fingerprint clients see the same thing.
-pub fn connect_request(target: &Address, credentials: Option<(&str, &str)>) -> Vec<u8> {
+pub fn connect_request(
+    target: &Address,
+    credentials: Option<(&str, &str)>,
+    extra: &http::HeaderMap,
+) -> Vec<u8> {
     let mut head = format!(
         "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nUser-Agent: Go-http-client/1.1\r\n"
-    );
+    )
+    .into_bytes();
     if let Some((user, pass)) = credentials {
         let token = STANDARD.encode(format!("{user}:{pass}"));
-        head.push_str(&format!("Proxy-Authorization: Basic {token}\r\n"));
+        head.extend_from_slice(format!("Proxy-Authorization: Basic {token}\r\n").as_bytes());
     }
-    head.push_str("Proxy-Connection: keep-alive\r\n\r\n");
-    head.into_bytes()
+    for (name, value) in extra {
+        head.extend_from_slice(canonical(name.as_str()).as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"Proxy-Connection: keep-alive\r\n\r\n");
+    head
+}
+
+/// A header name spelt as Go writes it (`x-served-by` ⇒ `X-Served-By`).
+pub fn canonical(name: &str) -> String {
+    let mut upper = true;
+    name.chars()
+        .map(|c| {
+            let c = if upper { c.to_ascii_uppercase() } else { c };
+            upper = c == '-';
+            c
+        })
+        .collect()
 }
 
 /// A parsed response head.
@@ -196,9 +219,26 @@ mod tests {
     }
 
     #[test]
+    fn connect_request_carries_the_header_metadata() {
+        let target = Address::parse("example.com:443").unwrap();
+        let mut extra = http::HeaderMap::new();
+        extra.insert("x-token", http::HeaderValue::from_static("abc"));
+        let head = String::from_utf8(connect_request(&target, None, &extra)).unwrap();
+        assert!(
+            head.ends_with("X-Token: abc\r\nProxy-Connection: keep-alive\r\n\r\n"),
+            "{head}"
+        );
+    }
+
+    #[test]
     fn connect_request_matches_gost() {
         let target = Address::parse("example.com:443").unwrap();
-        let head = String::from_utf8(connect_request(&target, Some(("user", "pass")))).unwrap();
+        let head = String::from_utf8(connect_request(
+            &target,
+            Some(("user", "pass")),
+            &http::HeaderMap::new(),
+        ))
+        .unwrap();
         assert_eq!(
             head,
             "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\

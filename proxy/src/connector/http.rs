@@ -19,17 +19,25 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 pub struct HttpConnector {
     auth: Option<AuthConfig>,
     timeout: Duration,
+    // `header` metadata, sent with every CONNECT (GOST's).
+    headers: http::HeaderMap,
 }
 
 impl HttpConnector {
-    /// A connector sending `auth` (if any); metadata `timeout` bounds the exchange.
+    /// A connector sending `auth` (if any) and metadata `header`; metadata `timeout` bounds
+    /// the exchange.
     pub fn new(auth: Option<AuthConfig>, metadata: &Metadata) -> Result<Self, String> {
         let timeout = metadata
             .duration(&["timeout"])
             .map_err(|e| e.to_string())?
             .flatten()
             .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
-        Ok(HttpConnector { auth, timeout })
+        let headers = crate::dialer::h2::header_map(metadata)?;
+        Ok(HttpConnector {
+            auth,
+            timeout,
+            headers,
+        })
     }
 }
 
@@ -41,7 +49,7 @@ impl Connector for HttpConnector {
                 .auth
                 .as_ref()
                 .map(|a| (a.username.as_str(), a.password.as_str()));
-            conn.write_all(&connect_request(target, credentials))
+            conn.write_all(&connect_request(target, credentials, &self.headers))
                 .await?;
             conn.flush().await?;
             let mut buf = BytesMut::with_capacity(512);

@@ -230,15 +230,7 @@ pub fn request_head(method: &Method, uri: &Uri, version: Version, headers: &Head
 
 /// One header line, its name in Go's canonical form (`Content-Type`).
 fn put_field(out: &mut BytesMut, name: &HeaderName, value: &HeaderValue) {
-    let mut upper = true;
-    for byte in name.as_str().bytes() {
-        out.put_u8(if upper {
-            byte.to_ascii_uppercase()
-        } else {
-            byte
-        });
-        upper = byte == b'-';
-    }
+    out.put(crate::codec::http::canonical(name.as_str()).as_bytes());
     out.put(&b": "[..]);
     out.put(value.as_bytes());
     out.put(&b"\r\n"[..]);

@@ -137,7 +137,7 @@ async fn upgrade(mut conn: BoxConn, options: &WsOptions) -> io::Result<Option<Ws
             )
             .into_bytes();
             for (name, value) in &options.headers {
-                response.extend_from_slice(canonical(name.as_str()).as_bytes());
+                response.extend_from_slice(crate::codec::http::canonical(name.as_str()).as_bytes());
                 response.extend_from_slice(b": ");
                 response.extend_from_slice(value.as_bytes());
                 response.extend_from_slice(b"\r\n");
@@ -203,18 +203,6 @@ fn route_matches(target: &str, path: &str) -> bool {
     } else {
         target == path
     }
-}
-
-/// A header name spelt as Go's HTTP server writes it (`x-served-by` ⇒ `X-Served-By`).
-fn canonical(name: &str) -> String {
-    let mut upper = true;
-    name.chars()
-        .map(|c| {
-            let c = if upper { c.to_ascii_uppercase() } else { c };
-            upper = c == '-';
-            c
-        })
-        .collect()
 }
 
 /// A plain-text error response as Go's HTTP server writes it; the connection closes after it.
@@ -293,8 +281,8 @@ mod tests {
 
     #[test]
     fn header_names_are_spelt_like_go() {
-        assert_eq!(canonical("x-served-by"), "X-Served-By");
-        assert_eq!(canonical("server"), "Server");
+        assert_eq!(crate::codec::http::canonical("x-served-by"), "X-Served-By");
+        assert_eq!(crate::codec::http::canonical("server"), "Server");
     }
 
     #[test]
