@@ -232,6 +232,49 @@ fn a_zero_read_timeout_is_the_default() {
     assert_eq!(&back, b"ping");
 }
 
+/// Node metadata `backup` (GOST's): the backup node carries nothing while the other node
+/// works, and takes over once it fails.
+#[test]
+fn a_backup_node_takes_over_when_the_other_fails() {
+    let target = Target::http();
+    let primary = Gost::start(&["-L", "http://127.0.0.1:0"], 1);
+    let backup = Gost::start(&["-L", "http://127.0.0.1:0"], 1);
+    let client = Gost::start_config(
+        &format!(
+            "services:\n- name: a\n  addr: 127.0.0.1:0\n  handler: {{type: http, chain: c}}\nchains:\n- name: c\n  hops:\n  - name: h\n    nodes:\n    - {{name: primary, addr: '{}'}}\n    - {{name: backup, addr: '{}', metadata: {{backup: true}}}}\n",
+            primary.addr(),
+            backup.addr()
+        ),
+        1,
+    );
+    let proxy = format!("http://{}", client.addr());
+    for _ in 0..4 {
+        let out = get_via(&proxy, &target);
+        assert!(
+            out.text().starts_with("hello from target"),
+            "{}",
+            out.stderr
+        );
+    }
+    assert_eq!(
+        backup.log().matches("\"tunnel\"").count(),
+        0,
+        "{}",
+        backup.log()
+    );
+    drop(primary);
+    // The first request finds the primary down; from then on the backup serves.
+    let _ = get_via(&proxy, &target);
+    for _ in 0..3 {
+        let out = get_via(&proxy, &target);
+        assert!(
+            out.text().starts_with("hello from target"),
+            "{}",
+            out.stderr
+        );
+    }
+}
+
 #[test]
 fn auto_handler_serves_http_socks4_and_socks5_on_one_port() {
     let target = Target::http();

@@ -39,7 +39,32 @@ pub struct Node {
     pub dialer: Arc<dyn Dialer>,
     /// The protocol spoken to the node.
     pub connector: Arc<dyn Connector>,
+    selection: Selection,
     health: Mutex<Health>,
+}
+
+/// A node's own selection settings (GOST's node metadata).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Selection {
+    /// `backup`: used only while no other node of the hop is available.
+    pub backup: bool,
+    /// `weight`: its share under the `random` strategy (1 and up).
+    pub weight: u32,
+    /// `maxFails`, in place of the hop selector's.
+    pub max_fails: Option<u32>,
+    /// `failTimeout`, in place of the hop selector's.
+    pub fail_timeout: Option<Duration>,
+}
+
+impl Default for Selection {
+    fn default() -> Self {
+        Selection {
+            backup: false,
+            weight: 1,
+            max_fails: None,
+            fail_timeout: None,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -61,8 +86,15 @@ impl Node {
             addr,
             dialer,
             connector,
+            selection: Selection::default(),
             health: Mutex::new(Health::default()),
         }
+    }
+
+    /// The same node with its own selection settings.
+    pub fn with_selection(mut self, selection: Selection) -> Self {
+        self.selection = selection;
+        self
     }
 
     fn is_available(&self, now: Instant) -> bool {
@@ -70,7 +102,11 @@ impl Node {
         health.skip_until.is_none_or(|until| now >= until)
     }
 
+    /// Counts a dial's outcome; `max_fails` and `fail_timeout` are the hop's, which the node's
+    /// own settings replace.
     fn record(&self, ok: bool, max_fails: u32, fail_timeout: Duration) {
+        let max_fails = self.selection.max_fails.unwrap_or(max_fails);
+        let fail_timeout = self.selection.fail_timeout.unwrap_or(fail_timeout);
         let mut health = self.health.lock().expect("health lock");
         if ok {
             *health = Health::default();
@@ -117,24 +153,60 @@ impl Hop {
         }
     }
 
-    /// Picks a node for one connection, skipping nodes that failed recently. When every node
-    /// has failed recently, one is tried anyway: a hop that is down stays down only as long as
-    /// its nodes really are.
+    /// Picks a node for one connection, as GOST's selector does: among the nodes that did not
+    /// fail recently, those that are not `backup` if there are any, with the hop's strategy.
+    /// When every node has failed recently, one (not a backup, if there is one) is tried
+    /// anyway: a hop that is down stays down only as long as its nodes really are.
     fn select(&self, target: &Address) -> Arc<Node> {
         let now = Instant::now();
-        let count = self.nodes.len();
-        let start = match self.strategy {
-            SelectorStrategy::Round => self.next.fetch_add(1, Ordering::Relaxed),
-            SelectorStrategy::Random => random_index(),
+        let available: Vec<&Arc<Node>> = self
+            .nodes
+            .iter()
+            .filter(|node| node.is_available(now))
+            .collect();
+        let mut candidates = primaries(&available);
+        if candidates.is_empty() {
+            candidates = available;
+        }
+        if candidates.is_empty() {
+            let all: Vec<&Arc<Node>> = self.nodes.iter().collect();
+            candidates = primaries(&all);
+            if candidates.is_empty() {
+                candidates = all;
+            }
+        }
+        let count = candidates.len();
+        let index = match self.strategy {
+            SelectorStrategy::Round => self.next.fetch_add(1, Ordering::Relaxed) % count,
+            SelectorStrategy::Random => weighted_index(&candidates),
             SelectorStrategy::Fifo => 0,
-            SelectorStrategy::Hash => hash_index(&target.host_str()),
-        } % count;
-        (0..count)
-            .map(|i| &self.nodes[(start + i) % count])
-            .find(|node| node.is_available(now))
-            .unwrap_or(&self.nodes[start])
-            .clone()
+            SelectorStrategy::Hash => hash_index(&target.host_str()) % count,
+        };
+        candidates[index].clone()
     }
+}
+
+/// The nodes of `nodes` that are not `backup`.
+fn primaries<'a>(nodes: &[&'a Arc<Node>]) -> Vec<&'a Arc<Node>> {
+    nodes
+        .iter()
+        .copied()
+        .filter(|n| !n.selection.backup)
+        .collect()
+}
+
+/// A random index into `nodes`, each as likely as its `weight`.
+fn weighted_index(nodes: &[&Arc<Node>]) -> usize {
+    let total: u64 = nodes.iter().map(|n| u64::from(n.selection.weight)).sum();
+    let mut left = random_index() as u64 % total.max(1);
+    for (i, node) in nodes.iter().enumerate() {
+        let weight = u64::from(node.selection.weight);
+        if left < weight {
+            return i;
+        }
+        left -= weight;
+    }
+    0
 }
 
 fn random_index() -> usize {
@@ -444,5 +516,107 @@ impl Router {
                 })
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::connector::http::HttpConnector;
+    use crate::dialer::tcp::TcpDialer;
+
+    fn node(name: &str, selection: Selection) -> Arc<Node> {
+        let connector = HttpConnector::new(None, &gost_api::Metadata::default()).unwrap();
+        Arc::new(
+            Node::new(
+                name.into(),
+                Address::parse("127.0.0.1:1").unwrap(),
+                Arc::new(TcpDialer),
+                Arc::new(connector),
+            )
+            .with_selection(selection),
+        )
+    }
+
+    fn hop(nodes: Vec<Arc<Node>>, strategy: SelectorStrategy) -> Hop {
+        Hop::new("h".into(), nodes, strategy, 1, Duration::from_secs(60))
+    }
+
+    fn picks(hop: &Hop, rounds: usize) -> HashMap<String, usize> {
+        let target = Address::parse("example.com:80").unwrap();
+        let mut counts = HashMap::new();
+        for _ in 0..rounds {
+            *counts.entry(hop.select(&target).name.clone()).or_default() += 1;
+        }
+        counts
+    }
+
+    #[test]
+    fn a_backup_node_is_used_only_while_the_others_are_down() {
+        let backup = Selection {
+            backup: true,
+            ..Selection::default()
+        };
+        let hop = hop(
+            vec![
+                node("a", Selection::default()),
+                node("b", Selection::default()),
+                node("spare", backup),
+            ],
+            SelectorStrategy::Round,
+        );
+        let counts = picks(&hop, 20);
+        assert_eq!(counts.get("spare"), None, "{counts:?}");
+        assert_eq!((counts["a"], counts["b"]), (10, 10));
+        for primary in &hop.nodes[..2] {
+            primary.record(false, hop.max_fails, hop.fail_timeout);
+        }
+        assert_eq!(picks(&hop, 5)["spare"], 5);
+        hop.nodes[0].record(true, hop.max_fails, hop.fail_timeout);
+        assert_eq!(picks(&hop, 5)["a"], 5);
+    }
+
+    #[test]
+    fn random_picks_follow_the_weights() {
+        let heavy = Selection {
+            weight: 9,
+            ..Selection::default()
+        };
+        let hop = hop(
+            vec![node("light", Selection::default()), node("heavy", heavy)],
+            SelectorStrategy::Random,
+        );
+        let counts = picks(&hop, 2000);
+        let heavy = counts.get("heavy").copied().unwrap_or(0);
+        // 1,800 expected; the bounds are more than ten standard deviations away.
+        assert!((1600..=1950).contains(&heavy), "{counts:?}");
+    }
+
+    #[test]
+    fn a_nodes_own_max_fails_replaces_the_hops() {
+        let patient = Selection {
+            max_fails: Some(3),
+            ..Selection::default()
+        };
+        let hop = hop(
+            vec![
+                node("patient", patient),
+                node("other", Selection::default()),
+            ],
+            SelectorStrategy::Fifo,
+        );
+        let patient = &hop.nodes[0];
+        for _ in 0..2 {
+            patient.record(false, hop.max_fails, hop.fail_timeout);
+        }
+        assert_eq!(
+            picks(&hop, 3)["patient"],
+            3,
+            "two failures of three allowed"
+        );
+        patient.record(false, hop.max_fails, hop.fail_timeout);
+        assert_eq!(picks(&hop, 3)["other"], 3);
     }
 }

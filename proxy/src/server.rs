@@ -14,6 +14,7 @@ use crate::addr::Address;
 use crate::auth::{Authenticator, DEFAULT_AUTH_FAILURE_LIMIT, MAX_AUTH_FAILURE_LIMIT};
 use crate::chain::{
     Chain, DEFAULT_DIAL_TIMEOUT, DEFAULT_FAIL_TIMEOUT, DEFAULT_MAX_FAILS, Hop, Node, Router,
+    Selection,
 };
 use crate::conn::{KeepAlive, MAX_KEEPALIVE_IDLE, MIN_KEEPALIVE_IDLE, TCP_KEEPALIVE_IDLE};
 use crate::connector::Connector;
@@ -576,12 +577,10 @@ fn build_hop(hop: &HopConfig, path: &str) -> Result<Hop, ConfigError> {
                     ));
                 }
             };
-            Ok(Arc::new(Node::new(
-                node.name.clone(),
-                addr,
-                dialer,
-                connector,
-            )))
+            let selection = node_selection(&node.metadata, &format!("{path}.metadata"))?;
+            Ok(Arc::new(
+                Node::new(node.name.clone(), addr, dialer, connector).with_selection(selection),
+            ))
         })
         .collect::<Result<_, _>>()?;
     Ok(Hop::new(
@@ -591,6 +590,35 @@ fn build_hop(hop: &HopConfig, path: &str) -> Result<Hop, ConfigError> {
         selector.max_fails.unwrap_or(DEFAULT_MAX_FAILS),
         fail_timeout,
     ))
+}
+
+/// A node's `backup`, `weight`, `maxFails` and `failTimeout` (GOST's node metadata).
+fn node_selection(md: &Metadata, path: &str) -> Result<Selection, ConfigError> {
+    let at = |key: &str| format!("{path}.{key}");
+    let backup = md
+        .bool(&["backup"])
+        .map_err(|e| field(at("backup"), e.to_string()))?
+        .unwrap_or(false);
+    // As in GOST, a weight below 1 counts as 1.
+    let weight = md
+        .int(&["weight"])
+        .map_err(|e| field(at("weight"), e.to_string()))?
+        .map_or(1, |w| w.clamp(1, i64::from(u32::MAX)) as u32);
+    let max_fails = md
+        .int(&["maxFails"])
+        .map_err(|e| field(at("maxFails"), e.to_string()))?
+        .map(|n| n.clamp(1, i64::from(u32::MAX)) as u32);
+    let fail_timeout = match md.duration(&["failTimeout"]) {
+        Err(e) => return Err(field(at("failTimeout"), e.to_string())),
+        Ok(None) => None,
+        Ok(Some(d)) => Some(d.filter(|d| !d.is_zero()).unwrap_or(DEFAULT_FAIL_TIMEOUT)),
+    };
+    Ok(Selection {
+        backup,
+        weight,
+        max_fails,
+        fail_timeout,
+    })
 }
 
 #[cfg(test)]
