@@ -236,6 +236,12 @@ const UNIMPLEMENTED_OPTIONS: &[UnimplementedOption] = &[
         scopes: &[Scope::Service],
     },
     UnimplementedOption {
+        key: "skipauth",
+        what: "client addresses that skip authentication",
+        off: Off::Empty,
+        scopes: HANDLER,
+    },
+    UnimplementedOption {
         key: "udp",
         what: "UDP relay",
         off: Off::False,

@@ -161,6 +161,10 @@ fn gost_options_gost_rs_does_not_implement_are_refused_with_their_path() {
             "services[0].handler.metadata.udp",
         ),
         (
+            service("    metadata:\n      skipauth: [10.0.0.0/8]\n"),
+            "services[0].handler.metadata.skipauth",
+        ),
+        (
             "services:\n- name: a\n  addr: :1\n  metadata:\n    preUp:\n    - iptables -A x\n"
                 .to_string(),
             "services[0].metadata.preUp",

@@ -69,19 +69,20 @@ impl Authenticator {
         self
     }
 
-    /// The authenticator a handler configuration asks for: its `auth` user plus the users of
-    /// the named `auther`/`authers`; `None` when the handler requires no authentication.
+    /// The authenticator a handler configuration asks for, as GOST builds it: the users of the
+    /// named `auther`/`authers` if it names any, otherwise its `auth` user (GOST ignores `auth`
+    /// beside an auther); `None` when the handler requires no authentication.
     pub fn for_handler(handler: &HandlerConfig, config: &Config) -> Option<Self> {
         let names: Vec<&String> = handler.auther.iter().chain(&handler.authers).collect();
-        if handler.auth.is_none() && names.is_empty() {
-            return None;
+        if names.is_empty() {
+            return handler.auth.as_ref().map(|auth| Authenticator::new([auth]));
         }
         let from_authers = config
             .authers
             .iter()
             .filter(|a| names.contains(&&a.name))
             .flat_map(|a| &a.auths);
-        Some(Authenticator::new(handler.auth.iter().chain(from_authers)))
+        Some(Authenticator::new(from_authers))
     }
 
     /// As [`Authenticator::check`], for a client at `client`: after the failure limit
@@ -204,6 +205,24 @@ mod tests {
         assert!(!auth.check("nobody", "pass"));
         assert!(auth.check("open", "anything"));
         assert!(!Authenticator::new(&[]).check("", ""));
+    }
+
+    #[test]
+    fn a_named_auther_replaces_the_auth_user_as_in_gost() {
+        let config = gost_api::from_str(
+            "services:\n- name: a\n  addr: :1\n  handler:\n    type: http\n    auth: {username: inline, password: x}\n    auther: team\n- name: b\n  addr: :2\n  handler:\n    type: http\n    auth: {username: inline, password: x}\nauthers:\n- name: team\n  auths:\n  - {username: member, password: y}\n",
+            gost_api::Format::Yaml,
+        )
+        .unwrap();
+        let with_auther = Authenticator::for_handler(&config.services[0].handler, &config).unwrap();
+        assert!(with_auther.check("member", "y"));
+        assert!(
+            !with_auther.check("inline", "x"),
+            "GOST ignores auth beside an auther"
+        );
+        let inline = Authenticator::for_handler(&config.services[1].handler, &config).unwrap();
+        assert!(inline.check("inline", "x"));
+        assert!(!inline.check("member", "y"));
     }
 
     #[test]
