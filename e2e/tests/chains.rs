@@ -144,12 +144,16 @@ fn groups_between_double_dashes_run_as_workers() {
         "{}",
         gost.log()
     );
-    assert_eq!(
-        gost.log().matches("all connections finished").count(),
-        2,
-        "both workers drained: {}",
-        gost.log()
-    );
+    // The log is read by a thread of its own: give it the workers' last lines.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while gost.log().matches("all connections finished").count() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "both workers drained: {}",
+            gost.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     for pid in &workers.0 {
         assert!(
             !std::path::Path::new(&format!("/proc/{pid}")).exists()
@@ -273,6 +277,32 @@ fn a_backup_node_takes_over_when_the_other_fails() {
             out.stderr
         );
     }
+}
+
+/// A worker that fails stops the others, and the parent exits with its code, so that whoever
+/// supervises gost sees the failure.
+#[test]
+fn a_failing_worker_stops_the_others() {
+    let gost_bin = gost_bin();
+    let out = run(
+        gost_bin.to_str().unwrap(),
+        &[
+            "-L",
+            "http://127.0.0.1:0",
+            "--",
+            "-L",
+            "socks5://127.0.0.1:0?udp=true",
+        ],
+    );
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("udp") && out.stderr.contains("stopping the others"),
+        "{}",
+        out.stderr
+    );
+    let out = run(gost_bin.to_str().unwrap(), &["--"]);
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("nothing to run"), "{}", out.stderr);
 }
 
 #[test]

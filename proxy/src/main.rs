@@ -113,8 +113,15 @@ fn go_style_args() -> Vec<std::ffi::OsString> {
 fn main() -> ExitCode {
     // First, before anything is read: the restart runs `main` again from the start.
     gost_proxy::copytune::restart_if_needed();
+    if let Err(code) = follow_parent() {
+        return code;
+    }
     let raw = go_style_args();
     if let Some(groups) = worker_groups(&raw) {
+        if groups.is_empty() {
+            eprintln!("gost: nothing to run: every group of arguments between `--` is empty");
+            return ExitCode::from(2);
+        }
         return run_workers(groups);
     }
     let args = Args::parse_from(raw);
@@ -184,11 +191,32 @@ fn worker_groups(args: &[std::ffi::OsString]) -> Option<Vec<Vec<std::ffi::OsStri
     )
 }
 
+/// In a worker of [`run_workers`] (`_GOST_PARENT` names the parent): asks the kernel for a
+/// SIGTERM when the parent dies, so that workers do not outlive a parent that was killed
+/// outright; `Err` if the parent is gone already.
+fn follow_parent() -> Result<(), ExitCode> {
+    let Some(parent) = std::env::var("_GOST_PARENT")
+        .ok()
+        .and_then(|pid| pid.parse::<i32>().ok())
+    else {
+        return Ok(());
+    };
+    if let Err(e) = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM) {
+        eprintln!("gost: worker: cannot follow its parent: {e}");
+    }
+    if nix::unistd::getppid().as_raw() != parent {
+        eprintln!("gost: worker: the parent gost exited before it started");
+        return Err(ExitCode::FAILURE);
+    }
+    Ok(())
+}
+
 /// Runs each group of [`worker_groups`] as a child process (with `_GOST_ID` set to its index,
 /// as GOST does) and waits for all of them. SIGTERM, SIGINT and SIGHUP are passed on to each
 /// worker once: they run in a process group of their own, so a terminal's Ctrl-C reaches them
-/// only this way, and a Kubernetes stop (SIGTERM to PID 1 alone) reaches them at all. Exits
-/// with the first failing worker's code, or 0.
+/// only this way, and a Kubernetes stop (SIGTERM to PID 1 alone) reaches them at all. Their
+/// standard input is empty, as with GOST. When a worker fails, the others are stopped too, so
+/// that a supervisor sees the failure; the exit code is the first failing worker's, or 0.
 fn run_workers(groups: Vec<Vec<std::ffi::OsString>>) -> ExitCode {
     use nix::sys::signal::{Signal, kill};
     use nix::unistd::Pid;
@@ -225,6 +253,8 @@ fn run_workers(groups: Vec<Vec<std::ffi::OsString>>) -> ExitCode {
             let spawned = tokio::process::Command::new(&exe)
                 .args(&group)
                 .env("_GOST_ID", id.to_string())
+                .env("_GOST_PARENT", std::process::id().to_string())
+                .stdin(std::process::Stdio::null())
                 .process_group(0)
                 .spawn();
             let mut child = match spawned {
@@ -256,6 +286,10 @@ fn run_workers(groups: Vec<Vec<std::ffi::OsString>>) -> ExitCode {
                         workers[id] = None;
                         if code != 0 && failed.is_none() {
                             failed = Some(code);
+                            eprintln!("gost: worker {id} exited with {code}; stopping the others");
+                            for pid in workers.iter().flatten() {
+                                let _ = kill(*pid, Signal::SIGTERM);
+                            }
                         }
                         continue;
                     }
@@ -541,18 +575,8 @@ async fn run(args: &Args, mut config: Config) -> ExitCode {
         },
         None => None,
     };
-    let mut supervisor = Supervisor::new(tunnels.clone(), grace);
-    if let Err(e) = supervisor.apply(&config).await {
-        tracing::error!(error = %e, "cannot start");
-        eprintln!("gost: {e}");
-        return ExitCode::from(2);
-    }
-    gost_proxy::metrics::config_applied(supervisor.generation());
-    if config.services.is_empty() {
-        tracing::warn!("the configuration has no services yet; waiting for it to change");
-    }
-
-    // SIGHUP reloads, as with GOST.
+    // Before the services start: a signal from then on is handled, not fatal. SIGHUP reloads,
+    // as with GOST.
     let signals = Signals::new().and_then(|signals| {
         use tokio::signal::unix::{SignalKind, signal};
         Ok((signals, signal(SignalKind::hangup())?))
@@ -564,14 +588,35 @@ async fn run(args: &Args, mut config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let mut supervisor = Supervisor::new(tunnels.clone(), grace);
+    if let Err(e) = supervisor.apply(&config).await {
+        tracing::error!(error = %e, "cannot start");
+        eprintln!("gost: {e}");
+        return ExitCode::from(2);
+    }
+    gost_proxy::metrics::config_applied(supervisor.generation());
+    if config.services.is_empty() {
+        tracing::warn!("the configuration has no services yet; waiting for it to change");
+    }
+
     let files = watched_files(args);
     let mut watcher = (!files.is_empty()).then(|| {
         tracing::info!(files = ?files, "watching the configuration for changes");
         gost_proxy::watch::FileWatcher::new(files)
     });
     // A change between the first read and the watcher's baseline would go unseen.
-    if watcher.is_some() && assemble_config(args).await.ok().as_ref() != Some(&config) {
-        reload(args, &mut supervisor, &ready, "file change", &mut config).await;
+    if watcher.is_some() {
+        let assembled = assemble_config(args).await;
+        if assembled.as_ref().ok() != Some(&config) {
+            reload(
+                assembled,
+                &mut supervisor,
+                &ready,
+                "file change",
+                &mut config,
+            )
+            .await;
+        }
     }
     ready.set(supervisor.all_bound());
     let mut period = args.reload.filter(|p| !p.is_zero()).map(|p| {
@@ -586,7 +631,12 @@ async fn run(args: &Args, mut config: Config) -> ExitCode {
             _ = changed(&mut watcher) => "file change",
             _ = tick(&mut period) => "period",
         };
-        reload(args, &mut supervisor, &ready, cause, &mut config).await;
+        // Reading may take a while (a URL, up to 30 s); a stop signal does not wait for it.
+        let assembled = tokio::select! {
+            assembled = assemble_config(args) => assembled,
+            signal = signals.next() => break signal,
+        };
+        reload(assembled, &mut supervisor, &ready, cause, &mut config).await;
     };
     ready.set(false);
     tracing::info!(
@@ -639,19 +689,21 @@ fn watched_files(args: &Args) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Reads the configuration again and applies it; a refused one leaves everything running.
+/// Applies a configuration read again (`assembled`); a refused one leaves everything running.
 async fn reload(
-    args: &Args,
+    assembled: Result<Config, String>,
     supervisor: &mut Supervisor,
     ready: &gost_proxy::admin::Readiness,
     cause: &'static str,
     running: &mut Config,
 ) {
     let started = std::time::Instant::now();
-    let result = match assemble_config(args).await {
-        // A periodic read that finds what runs changes nothing (and keeps the generation).
+    let result = match assembled {
+        // A periodic read that finds what runs changes nothing (and keeps the generation); a
+        // refusal shown before is over.
         Ok(config) if cause == "period" && config == *running && supervisor.all_bound() => {
             tracing::debug!(cause, "configuration unchanged");
+            ready.set_error(None);
             return;
         }
         Ok(config) => {

@@ -36,7 +36,8 @@ pub struct Fetch<'a> {
     pub max_redirects: usize,
     /// Time for each TCP connect.
     pub connect_timeout: Duration,
-    /// Sent as `Authorization` to the first URL's host, not to another one a redirect names.
+    /// Sent as `Authorization` to the first URL's origin (scheme, host and port), not to
+    /// another one a redirect names.
     pub authorization: Option<HeaderValue>,
 }
 
@@ -44,10 +45,12 @@ impl Fetch<'_> {
     /// GETs `url`, following redirects, and returns the final answer with its body.
     pub async fn get(&self, url: &Uri) -> Result<Response<Bytes>, String> {
         let mut url = url.clone();
-        let first_host = url.host().map(str::to_ascii_lowercase);
+        let first = origin(&url);
         for _ in 0..=self.max_redirects {
-            let same_host = url.host().map(str::to_ascii_lowercase) == first_host;
-            let authorization = self.authorization.as_ref().filter(|_| same_host);
+            let authorization = self
+                .authorization
+                .as_ref()
+                .filter(|_| origin(&url) == first);
             let response = self.get_one(&url, authorization).await?;
             let next = response
                 .status()
@@ -61,7 +64,11 @@ impl Fetch<'_> {
                 None => return Ok(response),
             }
         }
-        Err(format!("{url}: more than {} redirects", self.max_redirects))
+        Err(format!(
+            "{}: more than {} redirects",
+            without_userinfo(&url),
+            self.max_redirects
+        ))
     }
 
     async fn get_one(
@@ -144,16 +151,22 @@ pub const CONFIG_FETCH_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Reads a configuration from an `http` or `https` URL (`-C URL`), as GOST does: the body of a
 /// `200` answer, at most [`MAX_CONFIG_SIZE`]; a user name and password in the URL go as Basic
-/// auth; `https` is verified against Mozilla's roots. Returns the URL as it may be shown
+/// auth (only to that scheme, host and port); `https` is verified against Mozilla's roots, or
+/// those of the file `SSL_CERT_FILE` names. Returns the URL as it may be shown
 /// (without the password) and the text.
 pub async fn config_from_url(source: &str) -> Result<(String, String), String> {
     let url: Uri = source.parse().map_err(|e| {
         format!("-C: a URL that does not parse ({e}); it is not shown, as it may hold a password")
     })?;
     let shown = without_userinfo(&url);
+    // `SSL_CERT_FILE`, as Go (and so GOST) and OpenSSL read it: the roots to trust instead of
+    // the built-in ones, e.g. a company's own CA.
     let tls = ClientTls::new(
         Some(&gost_api::TlsConfig {
             secure: true,
+            ca_file: std::env::var("SSL_CERT_FILE")
+                .ok()
+                .filter(|f| !f.is_empty()),
             ..gost_api::TlsConfig::default()
         }),
         &[b"http/1.1"],
@@ -209,11 +222,24 @@ pub fn without_userinfo(url: &Uri) -> String {
     }
 }
 
-/// Where a redirect's `Location` points, resolved against `base`; `None` for anything but an
-/// http or https URL.
+/// The scheme, host and port of `url`: where credentials may go.
+fn origin(url: &Uri) -> Option<(String, String, u16)> {
+    let scheme = url.scheme_str()?.to_ascii_lowercase();
+    let port = url
+        .port_u16()
+        .unwrap_or(if scheme == "https" { 443 } else { 80 });
+    Some((scheme, url.host()?.to_ascii_lowercase(), port))
+}
+
+/// Where a redirect's `Location` points, resolved against `base` (without its user info, which
+/// stays with the first URL); `None` for anything but an http or https URL.
 fn redirect_target(base: &Uri, location: &str) -> Option<Uri> {
     let scheme = base.scheme_str()?;
-    let authority = base.authority()?;
+    let host = base.host()?;
+    let authority = match base.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_string(),
+    };
     let target = if location.contains("://") {
         location.to_string()
     } else if let Some(rest) = location.strip_prefix("//") {
@@ -259,6 +285,22 @@ mod tests {
         assert!(value.is_sensitive());
         let url: Uri = "http://example.com/".parse().unwrap();
         assert!(basic_authorization(&url).is_none());
+    }
+
+    #[test]
+    fn redirects_lose_the_user_info_and_credentials_stay_at_their_origin() {
+        let base: Uri = "https://u:secret@example.com/a/gost.yaml".parse().unwrap();
+        let next = redirect_target(&base, "other.yaml").unwrap();
+        assert_eq!(next, "https://example.com/a/other.yaml");
+        assert_eq!(origin(&next), origin(&base));
+        for elsewhere in [
+            "http://example.com/a",
+            "https://example.com:8443/a",
+            "https://cdn.example.com/a",
+        ] {
+            let url: Uri = elsewhere.parse().unwrap();
+            assert_ne!(origin(&url), origin(&base), "{elsewhere}");
+        }
     }
 
     #[test]

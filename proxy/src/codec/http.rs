@@ -90,21 +90,43 @@ pub fn connect_request(
     credentials: Option<(&str, &str)>,
     extra: &http::HeaderMap,
 ) -> Vec<u8> {
-    let mut head = format!(
-        "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nUser-Agent: Go-http-client/1.1\r\n"
-    )
-    .into_bytes();
+    // As Go's `Request.Write`: the `Host` line (the target; a `Host` in `extra` is ignored),
+    // `User-Agent` (Go's unless `extra` has one), then every other header sorted by name,
+    // the connector's `Proxy-Authorization` and `Proxy-Connection` over any in `extra`.
+    let user_agent = extra
+        .get(http::header::USER_AGENT)
+        .map_or(&b"Go-http-client/1.1"[..], |v| v.as_bytes());
+    let mut head =
+        format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nUser-Agent: ").into_bytes();
+    head.extend_from_slice(user_agent);
+    head.extend_from_slice(b"\r\n");
+    let mut fields: Vec<(String, Vec<u8>)> = extra
+        .iter()
+        .filter(|(name, _)| {
+            !matches!(
+                name.as_str(),
+                "host" | "user-agent" | "proxy-authorization" | "proxy-connection"
+            )
+        })
+        .map(|(name, value)| (canonical(name.as_str()), value.as_bytes().to_vec()))
+        .collect();
     if let Some((user, pass)) = credentials {
         let token = STANDARD.encode(format!("{user}:{pass}"));
-        head.extend_from_slice(format!("Proxy-Authorization: Basic {token}\r\n").as_bytes());
+        fields.push((
+            "Proxy-Authorization".into(),
+            format!("Basic {token}").into_bytes(),
+        ));
     }
-    for (name, value) in extra {
-        head.extend_from_slice(canonical(name.as_str()).as_bytes());
+    fields.push(("Proxy-Connection".into(), b"keep-alive".to_vec()));
+    // Stable: several values of one header keep their order.
+    fields.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, value) in fields {
+        head.extend_from_slice(name.as_bytes());
         head.extend_from_slice(b": ");
-        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(&value);
         head.extend_from_slice(b"\r\n");
     }
-    head.extend_from_slice(b"Proxy-Connection: keep-alive\r\n\r\n");
+    head.extend_from_slice(b"\r\n");
     head
 }
 
@@ -219,14 +241,20 @@ mod tests {
     }
 
     #[test]
-    fn connect_request_carries_the_header_metadata() {
+    fn connect_request_carries_the_header_metadata_as_go_writes_it() {
         let target = Address::parse("example.com:443").unwrap();
         let mut extra = http::HeaderMap::new();
         extra.insert("x-token", http::HeaderValue::from_static("abc"));
-        let head = String::from_utf8(connect_request(&target, None, &extra)).unwrap();
-        assert!(
-            head.ends_with("X-Token: abc\r\nProxy-Connection: keep-alive\r\n\r\n"),
-            "{head}"
+        extra.insert("accept", http::HeaderValue::from_static("*/*"));
+        extra.insert("host", http::HeaderValue::from_static("elsewhere"));
+        extra.insert("user-agent", http::HeaderValue::from_static("mine/1"));
+        extra.insert("proxy-connection", http::HeaderValue::from_static("close"));
+        let head = String::from_utf8(connect_request(&target, Some(("u", "p")), &extra)).unwrap();
+        assert_eq!(
+            head,
+            "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\nUser-Agent: mine/1\r\n\
+             Accept: */*\r\nProxy-Authorization: Basic dTpw\r\nProxy-Connection: keep-alive\r\n\
+             X-Token: abc\r\n\r\n"
         );
     }
 

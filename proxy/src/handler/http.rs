@@ -495,13 +495,16 @@ impl Shared {
         response
     }
 
-    /// The headers of every answer of the proxy's own: `Proxy-Agent` and the `header` map.
+    /// The headers of every answer of the proxy's own: the `header` map, and `Proxy-Agent`
+    /// unless the map has one (GOST's precedence).
     fn own_headers(&self, headers: &mut HeaderMap) {
         headers.extend(self.headers.clone());
-        headers.insert(
-            HeaderName::from_static("proxy-agent"),
-            self.proxy_agent.clone(),
-        );
+        if !headers.contains_key("proxy-agent") {
+            headers.insert(
+                HeaderName::from_static("proxy-agent"),
+                self.proxy_agent.clone(),
+            );
+        }
     }
 }
 

@@ -94,20 +94,27 @@ fn http1_server(io: BoxConn, idle: Duration) -> (http1::Builder, TokioIo<Heard<B
     let io = TokioIo::new(Heard::new(io, heard.clone()));
     let mut builder = http1::Builder::new();
     builder
-        .timer(HeadTimer { heard, idle })
+        .timer(HeadTimer {
+            heard,
+            idle,
+            first: AtomicBool::new(true),
+        })
         .header_read_timeout(READ_HEADER_TIMEOUT)
         .max_buf_size(MAX_READ_BUFFER);
     (builder, io)
 }
 
 /// hyper's timer for one connection's header read timeout, which hyper starts when the
-/// connection begins to wait for a request head, idle or not. Go's server starts it at the
-/// request's first byte, and a keep-alive connection may be idle before that. So the wait
-/// lasts `idle` while nothing arrives, and the header read timeout from the first bytes read
-/// (`heard`, set by the connection's socket).
+/// connection begins to wait for a request head, idle or not. Go's server starts it when the
+/// connection opens for the first request, and at the first byte for the next ones: a
+/// keep-alive connection may be idle in between. So a later wait lasts `idle` while nothing
+/// arrives, and the header read timeout from the first bytes read (`heard`, set by the
+/// connection's socket).
 struct HeadTimer {
     heard: Arc<AtomicBool>,
     idle: Duration,
+    // Set until the first wait, which is the header read timeout from the start.
+    first: AtomicBool,
 }
 
 impl Timer for HeadTimer {
@@ -119,11 +126,13 @@ impl Timer for HeadTimer {
     fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn Sleep>> {
         self.heard.store(false, Ordering::Relaxed);
         let now = Instant::now();
+        let first = self.first.swap(false, Ordering::Relaxed);
+        let until = if first { deadline } else { now + self.idle };
         Box::pin(HeadWait {
             heard: self.heard.clone(),
             header: deadline.saturating_duration_since(now),
-            started: false,
-            sleep: Box::pin(tokio::time::sleep_until((now + self.idle).into())),
+            started: first,
+            sleep: Box::pin(tokio::time::sleep_until(until.into())),
         })
     }
 }
@@ -216,8 +225,19 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_new_connection_has_the_header_timeout_for_its_first_request() {
+        let mut stream = connected().await;
+        let closed_after = time_to_close(&mut stream).await;
+        assert!(closed_after < IDLE / 2, "closed after {closed_after:?}");
+    }
+
+    #[tokio::test]
     async fn a_slow_head_times_out_from_its_first_byte() {
         let mut stream = connected().await;
+        stream.write_all(REQUEST).await.unwrap();
+        let mut buf = [0u8; 512];
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &buf[..n]);
         tokio::time::sleep(HEADER * 2).await;
         stream.write_all(b"GET / HTTP/1.1\r\nHo").await.unwrap();
         let closed_after = time_to_close(&mut stream).await;
