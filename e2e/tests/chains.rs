@@ -155,12 +155,7 @@ fn groups_between_double_dashes_run_as_workers() {
         std::thread::sleep(Duration::from_millis(20));
     }
     for pid in &workers.0 {
-        assert!(
-            !std::path::Path::new(&format!("/proc/{pid}")).exists()
-                || std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                    .is_ok_and(|stat| stat.contains(") Z ")),
-            "worker {pid} still runs"
-        );
+        assert!(ended(*pid), "worker {pid} still runs");
     }
 }
 
@@ -276,6 +271,47 @@ fn a_backup_node_takes_over_when_the_other_fails() {
             "{}",
             out.stderr
         );
+    }
+}
+
+/// Whether process `pid` has ended (gone, or a zombie waiting to be reaped).
+fn ended(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| stat.contains(") Z "))
+}
+
+/// Workers end with their parent even when it is killed outright (SIGKILL, a crash), instead
+/// of holding their ports for good.
+#[test]
+fn workers_end_with_a_killed_parent() {
+    let mut gost = Gost::start(
+        &[
+            "-L",
+            "http://127.0.0.1:0",
+            "--",
+            "-L",
+            "socks5://127.0.0.1:0",
+        ],
+        2,
+    );
+    let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", gost.pid()))
+        .expect("the parent's children");
+    let workers = Workers(
+        children
+            .split_whitespace()
+            .map(|pid| pid.parse().unwrap())
+            .collect(),
+    );
+    assert_eq!(workers.0.len(), 2, "{children:?}");
+    gost.signal("KILL");
+    assert!(gost.wait_exit(Duration::from_secs(5)).is_some());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !workers.0.iter().all(|pid| ended(*pid)) {
+        assert!(
+            Instant::now() < deadline,
+            "workers {:?} outlived their parent",
+            workers.0
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -438,6 +438,44 @@ fn a_config_url_is_fetched_and_read_again_every_period() {
     );
 }
 
+/// A stop signal does not wait for a configuration read in progress: here a URL whose server
+/// stops answering after the first read, read again every 200 ms.
+#[test]
+fn a_slow_config_url_does_not_delay_a_stop() {
+    let answered = Arc::new(AtomicUsize::new(0));
+    let config_server = {
+        let answered = answered.clone();
+        Target::start(move |mut stream| {
+            let _ = read_head(&mut stream);
+            if answered.fetch_add(1, Ordering::SeqCst) > 0 {
+                // Hangs (bounded, so the server's thread ends).
+                thread::sleep(Duration::from_secs(20));
+                return;
+            }
+            let body = "services:\n- name: a\n  addr: 127.0.0.1:0\n  handler:\n    type: http\n";
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+        })
+    };
+    let url = format!("http://{}/gost.yaml", config_server.addr);
+    let mut gost = Gost::start(&["-C", &url, "-R", "200ms"], 1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while answered.load(Ordering::SeqCst) < 2 {
+        assert!(Instant::now() < deadline, "no second read");
+        thread::sleep(Duration::from_millis(20));
+    }
+    gost.signal("TERM");
+    assert_eq!(
+        gost.wait_exit(Duration::from_secs(5)),
+        Some(0),
+        "{}",
+        gost.log()
+    );
+}
+
 /// A sidecar whose pod nothing selects yet gets a config without services: it keeps running,
 /// answers its probes, and starts the services when they arrive.
 #[test]
