@@ -81,6 +81,22 @@ fn ignore_chain_dials_directly() {
 /// not leave them running).
 struct Workers(Vec<u32>);
 
+impl Workers {
+    /// The `count` worker processes of the `gost -- ...` parent `gost`.
+    fn of(gost: &Gost, count: usize) -> Workers {
+        let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", gost.pid()))
+            .expect("the parent's children");
+        let workers = Workers(
+            children
+                .split_whitespace()
+                .map(|pid| pid.parse().unwrap())
+                .collect(),
+        );
+        assert_eq!(workers.0.len(), count, "{children:?}");
+        workers
+    }
+}
+
 impl Drop for Workers {
     fn drop(&mut self) {
         for pid in &self.0 {
@@ -109,15 +125,7 @@ fn groups_between_double_dashes_run_as_workers() {
         ],
         2,
     );
-    let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", gost.pid()))
-        .expect("the parent's children");
-    let workers = Workers(
-        children
-            .split_whitespace()
-            .map(|pid| pid.parse().unwrap())
-            .collect(),
-    );
-    assert_eq!(workers.0.len(), 2, "{children:?}");
+    let workers = Workers::of(&gost, 2);
     let http = gost
         .addrs()
         .iter()
@@ -293,15 +301,7 @@ fn workers_end_with_a_killed_parent() {
         ],
         2,
     );
-    let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", gost.pid()))
-        .expect("the parent's children");
-    let workers = Workers(
-        children
-            .split_whitespace()
-            .map(|pid| pid.parse().unwrap())
-            .collect(),
-    );
-    assert_eq!(workers.0.len(), 2, "{children:?}");
+    let workers = Workers::of(&gost, 2);
     gost.signal("KILL");
     assert!(gost.wait_exit(Duration::from_secs(5)).is_some());
     let deadline = Instant::now() + Duration::from_secs(10);

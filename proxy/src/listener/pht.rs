@@ -202,20 +202,24 @@ mod tests {
         }
     }
 
-    const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+    /// Sends a whole request and reads its `200`.
+    async fn request(stream: &mut TcpStream) {
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 512];
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &buf[..n]);
+    }
 
     #[tokio::test]
     async fn idle_keep_alive_waits_longer_than_the_header_timeout() {
         let mut stream = connected().await;
-        stream.write_all(REQUEST).await.unwrap();
-        let mut buf = [0u8; 512];
-        let n = stream.read(&mut buf).await.unwrap();
-        assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &buf[..n]);
+        request(&mut stream).await;
         // Idle for longer than the header timeout: the connection still serves.
         tokio::time::sleep(HEADER * 2).await;
-        stream.write_all(REQUEST).await.unwrap();
-        let n = stream.read(&mut buf).await.unwrap();
-        assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &buf[..n]);
+        request(&mut stream).await;
         // And it is closed once idle for the idle timeout.
         let closed_after = time_to_close(&mut stream).await;
         assert!(
@@ -234,10 +238,7 @@ mod tests {
     #[tokio::test]
     async fn a_slow_head_times_out_from_its_first_byte() {
         let mut stream = connected().await;
-        stream.write_all(REQUEST).await.unwrap();
-        let mut buf = [0u8; 512];
-        let n = stream.read(&mut buf).await.unwrap();
-        assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &buf[..n]);
+        request(&mut stream).await;
         tokio::time::sleep(HEADER * 2).await;
         stream.write_all(b"GET / HTTP/1.1\r\nHo").await.unwrap();
         let closed_after = time_to_close(&mut stream).await;
