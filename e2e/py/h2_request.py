@@ -8,31 +8,17 @@ none. Any failure raises and exits non-zero.
 
 import base64
 import json
-import socket
-import ssl
 import sys
 import time
 
-import h2.config
-import h2.connection
 import h2.events
+
+import h2_tls
 
 proxy, method, authority, path, credentials = sys.argv[1:6]
 TIMEOUT = 20
 
-host, port = proxy.rsplit(":", 1)
-context = ssl.create_default_context()
-# gost's generated certificate is self-signed, as GOST's is.
-context.check_hostname = False
-context.verify_mode = ssl.CERT_NONE
-context.set_alpn_protocols(["h2"])
-tls = context.wrap_socket(socket.create_connection((host, int(port)), timeout=TIMEOUT), server_hostname=host)
-assert tls.selected_alpn_protocol() == "h2", tls.selected_alpn_protocol()
-
-# A plain CONNECT (RFC 9113 §8.5) has no :scheme or :path, which the package refuses to send
-# unless outbound validation is off; answers are still validated.
-conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, validate_outbound_headers=False))
-conn.initiate_connection()
+tls, conn = h2_tls.connect(proxy, TIMEOUT)
 headers = [(":method", method), (":authority", authority)]
 if path != "-":
     headers += [(":scheme", "http"), (":path", path)]
