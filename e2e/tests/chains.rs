@@ -282,6 +282,91 @@ fn a_backup_node_takes_over_when_the_other_fails() {
     }
 }
 
+/// Tunnels each of `nodes` has logged, once together they have logged `total` (bounded wait:
+/// a node logs a tunnel when it closes, just after curl returns).
+fn tunnels_per_node(nodes: &[Gost], total: usize) -> Vec<usize> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let counts: Vec<usize> = nodes
+            .iter()
+            .map(|n| n.log().matches("\"tunnel\"").count())
+            .collect();
+        if counts.iter().sum::<usize>() >= total || Instant::now() > deadline {
+            return counts;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// GOST's `hash` strategy: a client keeps its node whatever it connects to, clients spread over
+/// the nodes, an authenticated user keeps its node from any address, and with the handler's
+/// `hash: host` a target keeps its node whoever asks.
+#[test]
+fn hash_selection_keys_on_the_client_the_user_or_the_target() {
+    let two = [Target::http(), Target::http()];
+    // Requests from 127.0.0.{source} through a gost whose chain has one `hash` hop of four
+    // nodes (each a gost of its own), spread over `targets`; the tunnels each node carried.
+    let run_phase = |handler: &str, user: Option<&str>, sources: &[u8], targets: &[&Target]| {
+        let nodes: Vec<Gost> = (0..4)
+            .map(|_| Gost::start(&["-L", "http://127.0.0.1:0"], 1))
+            .collect();
+        let node_list: String = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| format!("    - {{name: n{i}, addr: '{}'}}\n", n.addr()))
+            .collect();
+        let client = Gost::start_config(
+            &format!(
+                "services:\n- name: a\n  addr: 127.0.0.1:0\n  handler: {handler}\nchains:\n- name: c\n  hops:\n  - name: h\n    selector: {{strategy: hash}}\n    nodes:\n{node_list}"
+            ),
+            1,
+        );
+        let proxy = match user {
+            Some(user) => format!("http://{user}@{}", client.addr()),
+            None => format!("http://{}", client.addr()),
+        };
+        for (i, source) in sources.iter().enumerate() {
+            let interface = format!("127.0.0.{source}");
+            let url = format!("http://{}/hash", targets[i % targets.len()].addr);
+            let out = curl(&["--interface", &interface, "-x", &proxy, &url]);
+            assert!(
+                out.text().starts_with("hello from target"),
+                "from {interface}: {}",
+                out.stderr
+            );
+        }
+        let counts = tunnels_per_node(&nodes, sources.len());
+        assert_eq!(counts.iter().sum::<usize>(), sources.len(), "{counts:?}");
+        counts
+    };
+    let used = |counts: &[usize]| counts.iter().filter(|c| **c > 0).count();
+    let clients: Vec<u8> = (2..14).collect();
+    let plain = "{type: http, chain: c}";
+
+    // One client, two targets: one node carries all.
+    let counts = run_phase(plain, None, &[1; 6], &[&two[0], &two[1]]);
+    assert_eq!(used(&counts), 1, "one client, one node: {counts:?}");
+    // Twelve clients, one target: more than one node (keying on the target would use one).
+    let counts = run_phase(plain, None, &clients, &[&two[0]]);
+    assert!(used(&counts) >= 2, "clients spread: {counts:?}");
+    // One user from twelve addresses, two targets: one node.
+    let counts = run_phase(
+        "{type: http, chain: c, auth: {username: alice, password: secret}}",
+        Some("alice:secret"),
+        &clients,
+        &[&two[0], &two[1]],
+    );
+    assert_eq!(used(&counts), 1, "one user, one node: {counts:?}");
+    // `hash: host`, one target, twelve clients: one node.
+    let counts = run_phase(
+        "{type: http, chain: c, metadata: {hash: host}}",
+        None,
+        &clients,
+        &[&two[0]],
+    );
+    assert_eq!(used(&counts), 1, "one target, one node: {counts:?}");
+}
+
 /// Whether process `pid` has ended (gone, or a zombie waiting to be reaped).
 fn ended(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| stat.contains(") Z "))

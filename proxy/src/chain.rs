@@ -7,6 +7,7 @@
 
 use std::fmt;
 use std::io;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -157,7 +158,7 @@ impl Hop {
     /// fail recently, those that are not `backup` if there are any, with the hop's strategy.
     /// When every node has failed recently, one (not a backup, if there is one) is tried
     /// anyway: a hop that is down stays down only as long as its nodes really are.
-    fn select(&self, target: &Address) -> Arc<Node> {
+    fn select(&self, key: &HashKey<'_>) -> Arc<Node> {
         let now = Instant::now();
         let available: Vec<&Arc<Node>> = self
             .nodes
@@ -180,7 +181,7 @@ impl Hop {
             SelectorStrategy::Round => self.next.fetch_add(1, Ordering::Relaxed) % count,
             SelectorStrategy::Random => weighted_index(&candidates),
             SelectorStrategy::Fifo => 0,
-            SelectorStrategy::Hash => hash_index(&target.host_str()) % count,
+            SelectorStrategy::Hash => key.index() % count,
         };
         candidates[index].clone()
     }
@@ -214,9 +215,49 @@ fn random_index() -> usize {
     RandomState::new().hash_one(Instant::now()) as usize
 }
 
-fn hash_index(host: &str) -> usize {
-    // FNV-1a: stable across processes, so a target keeps its node after a restart.
-    host.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+/// Who a dial is for: what the `hash` strategy keys on.
+#[derive(Clone, Copy, Debug)]
+pub struct DialFor<'a> {
+    /// The client's address.
+    pub client: IpAddr,
+    /// The user the client authenticated as, if the service checks credentials.
+    pub user: Option<&'a str>,
+}
+
+impl DialFor<'_> {
+    /// A dial on behalf of no particular client (a test, a probe).
+    pub fn local() -> DialFor<'static> {
+        DialFor {
+            client: IpAddr::from([127, 0, 0, 1]),
+            user: None,
+        }
+    }
+}
+
+/// What the `hash` strategy hashes for one dial, in GOST's order: the authenticated user;
+/// else, with the handler's `hash: host`, the target (`host:port`); else the client's address.
+/// So by default a client keeps its node whatever it connects to, and a user keeps it from
+/// any address.
+#[derive(Clone, Copy, Debug)]
+pub struct HashKey<'a> {
+    dial_for: DialFor<'a>,
+    target: &'a Address,
+    by_target: bool,
+}
+
+impl HashKey<'_> {
+    fn index(&self) -> usize {
+        match self.dial_for.user.filter(|u| !u.is_empty()) {
+            Some(user) => fnv1a(user.bytes()),
+            None if self.by_target => fnv1a(self.target.to_string().bytes()),
+            None => fnv1a(self.dial_for.client.to_string().bytes()),
+        }
+    }
+}
+
+/// FNV-1a: stable across processes, so a key keeps its node after a restart.
+fn fnv1a(bytes: impl Iterator<Item = u8>) -> usize {
+    bytes.fold(0xcbf29ce484222325u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
     }) as usize
 }
@@ -362,6 +403,7 @@ pub struct Router {
     timeout: Duration,
     retries: u32,
     keepalive: crate::conn::KeepAlive,
+    hash_by_target: bool,
 }
 
 impl Router {
@@ -373,7 +415,15 @@ impl Router {
             timeout,
             retries,
             keepalive: crate::conn::KeepAlive::default(),
+            hash_by_target: false,
         }
+    }
+
+    /// The same router, its `hash` hops keying on the target rather than the client (the
+    /// handler's `hash: host`). An authenticated user still comes first.
+    pub fn with_hash_by_target(mut self, by_target: bool) -> Self {
+        self.hash_by_target = by_target;
+        self
     }
 
     /// The same router, giving the TCP sockets its dials open `keepalive` (the service's).
@@ -387,20 +437,33 @@ impl Router {
     /// The dial's state (resolution, connects, every hop's handshake) lives in an allocation of
     /// its own, freed once the tunnel is open: a handler awaiting it inline would otherwise
     /// keep room for that state in its task for the tunnel's whole life.
-    pub async fn dial(&self, target: &Address) -> Result<BoxConn, DialError> {
+    pub async fn dial(
+        &self,
+        target: &Address,
+        dial_for: DialFor<'_>,
+    ) -> Result<BoxConn, DialError> {
         Box::pin(crate::conn::dialing_with(
             self.keepalive,
-            self.dial_with_retries(target),
+            self.dial_with_retries(target, dial_for),
         ))
         .await
     }
 
-    async fn dial_with_retries(&self, target: &Address) -> Result<BoxConn, DialError> {
+    async fn dial_with_retries(
+        &self,
+        target: &Address,
+        dial_for: DialFor<'_>,
+    ) -> Result<BoxConn, DialError> {
+        let key = HashKey {
+            dial_for,
+            target,
+            by_target: self.hash_by_target,
+        };
         let mut attempt = 0;
         loop {
             let result = match &self.chain {
                 None => self.dial_direct(target).await,
-                Some(chain) => self.dial_chain(chain, target).await,
+                Some(chain) => self.dial_chain(chain, target, &key).await,
             };
             match result {
                 Err(e) if attempt < self.retries => {
@@ -424,11 +487,16 @@ impl Router {
         }
     }
 
-    async fn dial_chain(&self, chain: &Chain, target: &Address) -> Result<BoxConn, DialError> {
+    async fn dial_chain(
+        &self,
+        chain: &Chain,
+        target: &Address,
+        key: &HashKey<'_>,
+    ) -> Result<BoxConn, DialError> {
         let route: Vec<(&Hop, Arc<Node>)> = chain
             .hops
             .iter()
-            .map(|hop| (hop, hop.select(target)))
+            .map(|hop| (hop, hop.select(key)))
             .collect();
         let started = std::time::Instant::now();
         let failure = |index: usize, kind: DialErrorKind, cause: String| {
@@ -546,11 +614,90 @@ mod tests {
 
     fn picks(hop: &Hop, rounds: usize) -> HashMap<String, usize> {
         let target = Address::parse("example.com:80").unwrap();
+        let key = HashKey {
+            dial_for: DialFor::local(),
+            target: &target,
+            by_target: false,
+        };
         let mut counts = HashMap::new();
         for _ in 0..rounds {
-            *counts.entry(hop.select(&target).name.clone()).or_default() += 1;
+            *counts.entry(hop.select(&key).name.clone()).or_default() += 1;
         }
         counts
+    }
+
+    /// The node a `hash` hop of `nodes` nodes picks for a client, a user and a target.
+    fn hashed(
+        hop: &Hop,
+        client: [u8; 4],
+        user: Option<&str>,
+        target: &str,
+        by_target: bool,
+    ) -> String {
+        let target = Address::parse(target).unwrap();
+        let key = HashKey {
+            dial_for: DialFor {
+                client: IpAddr::from(client),
+                user,
+            },
+            target: &target,
+            by_target,
+        };
+        hop.select(&key).name.clone()
+    }
+
+    #[test]
+    fn hash_keys_on_the_user_then_the_client_or_with_hash_host_the_target() {
+        let nodes = (0..8)
+            .map(|i| node(&format!("n{i}"), Selection::default()))
+            .collect();
+        let hop = hop(nodes, SelectorStrategy::Hash);
+        let targets = [
+            "a.example:80",
+            "b.example:443",
+            "10.0.0.1:22",
+            "c.example:80",
+        ];
+        let spread = |f: &dyn Fn(&str) -> String| {
+            targets
+                .iter()
+                .map(|t| f(t))
+                .collect::<std::collections::HashSet<_>>()
+                .len()
+        };
+        // By default a client keeps its node whatever it connects to...
+        assert_eq!(spread(&|t| hashed(&hop, [10, 1, 2, 3], None, t, false)), 1);
+        // ...and clients spread over the nodes.
+        let clients: std::collections::HashSet<_> = (1..=40)
+            .map(|i| hashed(&hop, [10, 1, 2, i], None, "a.example:80", false))
+            .collect();
+        assert!(clients.len() >= 4, "{clients:?}");
+        // A user keeps its node from any address, and over `hash: host` too.
+        let alice: std::collections::HashSet<_> = (1..=20)
+            .flat_map(|i| {
+                [false, true].map(|by_target| {
+                    hashed(
+                        &hop,
+                        [10, 9, 9, i],
+                        Some("alice"),
+                        targets[i as usize % 4],
+                        by_target,
+                    )
+                })
+            })
+            .collect();
+        assert_eq!(alice.len(), 1, "{alice:?}");
+        // An empty user name is no user.
+        assert_eq!(
+            hashed(&hop, [10, 1, 2, 3], Some(""), "a.example:80", false),
+            hashed(&hop, [10, 1, 2, 3], None, "a.example:80", false)
+        );
+        // With `hash: host`, a target keeps its node whoever asks, and targets spread.
+        let one_target: std::collections::HashSet<_> = (1..=20)
+            .map(|i| hashed(&hop, [10, 1, 2, i], None, "a.example:80", true))
+            .collect();
+        assert_eq!(one_target.len(), 1);
+        assert!(spread(&|t| hashed(&hop, [10, 1, 2, 3], None, t, true)) >= 2);
     }
 
     #[test]

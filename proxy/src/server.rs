@@ -116,7 +116,8 @@ pub fn build_service(
         auth: Authenticator::for_handler(&service.handler, config)
             .map(|auth| auth.with_failure_limit(auth_failure_limit)),
         router: Router::new(chain, dial_timeout, service.handler.retries.unwrap_or(0))
-            .with_keepalive(keepalive(service, i)?),
+            .with_keepalive(keepalive(service, i)?)
+            .with_hash_by_target(hash_by_target(md, &md_path)?),
         metadata: md.clone(),
         max_header_size: max_header_size(md, &md_path)?,
         // As in GOST, zero (or less) is the default, not "no time at all".
@@ -377,6 +378,22 @@ pub fn keepalive(service: &ServiceConfig, i: usize) -> Result<KeepAlive, ConfigE
         }
     };
     Ok(KeepAlive::On { idle })
+}
+
+/// Whether the chain's `hash` hops key on the target: handler metadata `hash: host`, GOST's
+/// only value. Otherwise they key on the client's address (an authenticated user first).
+fn hash_by_target(md: &Metadata, md_path: &str) -> Result<bool, ConfigError> {
+    match md.string(&["hash"]).as_deref() {
+        None | Some("") => Ok(false),
+        Some(v) if v.eq_ignore_ascii_case("host") => Ok(true),
+        Some(other) => Err(field(
+            format!("{md_path}.hash"),
+            format!(
+                "unknown value {other:?}: `host` makes hash selection key on the target; \
+                 leave it out to key on the client"
+            ),
+        )),
+    }
 }
 
 /// The largest request head the handler accepts: handler metadata `maxHeaderSize` (bytes).
@@ -641,6 +658,18 @@ mod tests {
             ConfigError::Field { path, .. } => path,
             other => panic!("not a field error: {other}"),
         }
+    }
+
+    #[test]
+    fn handler_hash_takes_host_or_nothing() {
+        let md = |v: &str| service(&[], &[("hash", v)]).handler.metadata;
+        assert!(!hash_by_target(&Metadata::default(), "m").unwrap());
+        assert!(!hash_by_target(&md(""), "m").unwrap());
+        assert!(hash_by_target(&md("host"), "m").unwrap());
+        assert!(hash_by_target(&md("HOST"), "m").unwrap());
+        let e = hash_by_target(&md("hots"), "services[0].handler.metadata").unwrap_err();
+        assert!(e.to_string().contains("`host`"), "{e}");
+        assert_eq!(error_path(e), "services[0].handler.metadata.hash");
     }
 
     #[test]

@@ -38,7 +38,7 @@ use super::probe::{self, Answer, ProbeResistance};
 use super::{Handler, HandlerEnv, run_tunnel, run_uncounted_tunnel};
 use crate::addr::Address;
 use crate::auth::Verdict;
-use crate::chain::{DialError, DialErrorKind};
+use crate::chain::{DialError, DialErrorKind, DialFor};
 use crate::codec::http::proxy_target;
 use crate::conn::{BoxConn, Conn, Prefixed};
 
@@ -232,7 +232,12 @@ impl Shared {
                 return self.error(StatusCode::BAD_REQUEST);
             }
         };
-        let upstream = match self.env.router.dial(&target).await {
+        let user = super::proxy_user(env, req.headers());
+        let dial_for = DialFor {
+            client: client.ip(),
+            user: user.as_deref(),
+        };
+        let upstream = match self.env.router.dial(&target, dial_for).await {
             Ok(upstream) => upstream,
             Err(e) => return self.dial_failed(&e, client),
         };

@@ -35,6 +35,7 @@ use super::probe::Answer;
 use super::{Handler, HandlerEnv, run_tunnel};
 use crate::addr::Address;
 use crate::auth::Verdict;
+use crate::chain::DialFor;
 use crate::codec::http::with_default_port;
 use crate::conn::BoxConn;
 use crate::dialer::h2::header_map;
@@ -111,7 +112,12 @@ impl Http2Handler {
                 return;
             }
         };
-        let upstream = match env.router.dial(&target).await {
+        let user = super::proxy_user(env, req.headers());
+        let dial_for = DialFor {
+            client: client.ip(),
+            user: user.as_deref(),
+        };
+        let upstream = match env.router.dial(&target, dial_for).await {
             Ok(upstream) => upstream,
             Err(e) => {
                 crate::metrics::handler_error(&env.service, client);
@@ -155,7 +161,12 @@ impl Http2Handler {
                 return;
             }
         };
-        let upstream = match env.router.dial(&target).await {
+        let user = super::proxy_user(env, req.headers());
+        let dial_for = DialFor {
+            client: client.ip(),
+            user: user.as_deref(),
+        };
+        let upstream = match env.router.dial(&target, dial_for).await {
             Ok(upstream) => upstream,
             Err(e) => {
                 crate::metrics::handler_error(&env.service, client);

@@ -90,6 +90,14 @@ pub(crate) fn proxy_auth(
     verdict
 }
 
+/// The user a proxy request authenticated as (its `Proxy-Authorization`), when the service
+/// checks credentials: what a `hash` hop keys on first, as GOST's client ID.
+pub(crate) fn proxy_user(env: &HandlerEnv, headers: &::http::HeaderMap) -> Option<String> {
+    env.auth.as_ref()?;
+    let value = headers.get(::http::header::PROXY_AUTHORIZATION)?;
+    crate::codec::http::basic_credentials(value.as_bytes()).map(|(user, _)| user)
+}
+
 /// Counts and logs a failed authentication by `user` (never the password) as `what` (e.g.
 /// `socks5: authentication failed`). Each failure is counted in the metrics; the log gets a
 /// warning per failure up to the service's limit and one when the limit is reached, while the

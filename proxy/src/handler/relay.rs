@@ -14,6 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{Handler, HandlerEnv, run_tunnel, within_handshake_timeout};
 use crate::auth::Verdict;
+use crate::chain::DialFor;
 use crate::codec::relay::{self, Request};
 use crate::conn::{BoxConn, Prefixed};
 
@@ -149,7 +150,16 @@ impl RelayHandler {
                 return None;
             }
         };
-        let upstream = match env.router.dial(&target).await {
+        // The user the client authenticated as, for a `hash` hop (GOST's client ID).
+        let user = (env.auth.is_some())
+            .then(|| request.user_auth())
+            .flatten()
+            .and_then(|(user, _)| std::str::from_utf8(user).ok());
+        let dial_for = DialFor {
+            client: client.ip(),
+            user,
+        };
+        let upstream = match env.router.dial(&target, dial_for).await {
             Ok(upstream) => upstream,
             Err(e) => {
                 crate::metrics::handler_error(&env.service, client);

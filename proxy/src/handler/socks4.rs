@@ -9,6 +9,7 @@ use bytes::BytesMut;
 use super::socks5::{HANDSHAKE_BUFFER_LEN, read_message, send};
 use super::{Handler, HandlerEnv, run_tunnel, within_handshake_timeout};
 use crate::auth::Verdict;
+use crate::chain::DialFor;
 use crate::codec::socks4;
 use crate::conn::{BoxConn, Prefixed};
 
@@ -77,7 +78,15 @@ impl Handler for Socks4Handler {
             self.reply(&mut conn, socks4::REPLY_FAILED, client).await;
             return;
         }
-        let upstream = match self.env.router.dial(&target).await {
+        // The user id the client authenticated with, for a `hash` hop (GOST's client ID).
+        let user = (self.env.auth.is_some())
+            .then(|| std::str::from_utf8(&request.user_id).ok())
+            .flatten();
+        let dial_for = DialFor {
+            client: client.ip(),
+            user,
+        };
+        let upstream = match self.env.router.dial(&target, dial_for).await {
             Ok(upstream) => upstream,
             Err(e) => {
                 crate::metrics::handler_error(&self.env.service, client);

@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::{Handler, HandlerEnv, run_tunnel, within_handshake_timeout};
 use crate::addr::Address;
 use crate::auth::Verdict;
-use crate::chain::DialErrorKind;
+use crate::chain::{DialErrorKind, DialFor};
 use crate::codec::{socks4, socks5};
 use crate::conn::{BoxConn, Prefixed};
 
@@ -86,14 +86,16 @@ impl Socks5Handler {
         Socks5Handler { env }
     }
 
-    /// Method negotiation, authentication and the request. `Ok(None)` when the client was
-    /// turned away (and told so).
+    /// Method negotiation, authentication and the request, with the user the client
+    /// authenticated as. `Ok(None)` when the client was turned away (and told so).
     async fn negotiate(
         &self,
         conn: &mut BoxConn,
         buf: &mut BytesMut,
         client: SocketAddr,
-    ) -> Result<Option<socks5::Request>, HandshakeError<socks5::Socks5Error>> {
+    ) -> Result<Option<(socks5::Request, Option<String>)>, HandshakeError<socks5::Socks5Error>>
+    {
+        let mut user = None;
         let methods = read_message(conn, buf, socks5::parse_greeting).await?;
         let method =
             socks5::select_method(&methods, self.env.auth.is_some(), self.env.tls.is_some());
@@ -142,10 +144,12 @@ impl Socks5Handler {
                     );
                     return Ok(None);
                 }
+                user = String::from_utf8(creds.username.to_vec()).ok();
             }
             _ => {}
         }
-        Ok(Some(read_message(conn, buf, socks5::parse_request).await?))
+        let request = read_message(conn, buf, socks5::parse_request).await?;
+        Ok(Some((request, user)))
     }
 
     async fn reply(&self, conn: &mut BoxConn, code: u8, client: SocketAddr) -> bool {
@@ -161,8 +165,21 @@ impl Socks5Handler {
         }
     }
 
-    async fn connect(&self, mut conn: BoxConn, buf: BytesMut, client: SocketAddr, target: Address) {
-        let upstream = match self.env.router.dial(&target).await {
+    async fn connect(
+        &self,
+        mut conn: BoxConn,
+        buf: BytesMut,
+        client: SocketAddr,
+        target: Address,
+        user: Option<String>,
+    ) {
+        let dial_for = DialFor {
+            client: client.ip(),
+            user: user.as_deref(),
+        };
+        let dialed = self.env.router.dial(&target, dial_for).await;
+        drop(user);
+        let upstream = match dialed {
             Ok(upstream) => upstream,
             Err(e) => {
                 crate::metrics::handler_error(&self.env.service, client);
@@ -218,13 +235,13 @@ impl Handler for Socks5Handler {
         // Boxed, so that the handshake's state (TLS included) is freed when it ends rather
         // than sized into the task for the tunnel's life.
         let negotiation = Box::pin(self.negotiate(&mut conn, &mut buf, client));
-        let Some(Some(request)) =
+        let Some(Some((request, user))) =
             within_handshake_timeout(&self.env, "socks5", client, negotiation).await
         else {
             return;
         };
         match request.command {
-            socks5::Command::Connect => self.connect(conn, buf, client, request.target).await,
+            socks5::Command::Connect => self.connect(conn, buf, client, request.target, user).await,
             command => {
                 let code = refusal_code(command);
                 tracing::debug!(
