@@ -251,6 +251,60 @@ fn tunnel_sockets_get_the_services_keepalive() {
     }
 }
 
+/// Whole minutes left on a `timer:(keepalive,4min59sec,0)`; 0 under a minute.
+fn keepalive_minutes(timer: &str) -> u64 {
+    let left = timer.trim_start_matches("timer:(keepalive,");
+    match left.find("min") {
+        Some(end) => left[..end].parse().unwrap_or_else(|_| panic!("{timer}")),
+        None => 0,
+    }
+}
+
+/// GOST's keepalive keys: on a listener, for the sockets it accepts; on a node's dialer, for
+/// the sockets dialled to the node. Everything else keeps the service's keepalive.
+#[test]
+fn gost_keepalive_keys_set_the_listener_and_dialer_sockets() {
+    let echo = Target::echo();
+    let node = Gost::start(&["-L", "http://127.0.0.1:0"], 1);
+    let gost = Gost::start_config(
+        &format!(
+            "services:\n\
+             - name: a\n  addr: 127.0.0.1:0\n  handler:\n    type: http\n    chain: c\n  listener:\n    type: tcp\n    metadata:\n      keepalive: true\n      keepalive.idle: 5m\n      keepalive.interval: 3s\n\
+             chains:\n- name: c\n  hops:\n  - name: h\n    nodes:\n    - name: n\n      addr: '{}'\n      dialer:\n        type: tcp\n        metadata:\n          keepalive: true\n          keepalive.idle: 9m\n          keepalive.count: 4\n",
+            node.addr()
+        ),
+        1,
+    );
+    let proxy = gost.addr();
+    let mut tunnel = http_connect(proxy, &echo.addr.to_string(), None).expect("tunnel");
+    tunnel.write_all(b"ping").unwrap();
+    let mut buf = [0u8; 4];
+    tunnel.read_exact(&mut buf).unwrap();
+    let accepted = one_idle_socket(&format!("sport = :{}", proxy.port()));
+    let to_node = one_idle_socket(&format!("dport = :{}", node.addr().port()));
+    let timer = |line: &str| {
+        keepalive_timer(line)
+            .unwrap_or_else(|| panic!("{line}"))
+            .to_string()
+    };
+    let (accepted, to_node) = (timer(&accepted), timer(&to_node));
+    assert!(
+        (4..=5).contains(&keepalive_minutes(&accepted)),
+        "listener keepalive.idle 5m: {accepted}"
+    );
+    assert!(
+        (8..=9).contains(&keepalive_minutes(&to_node)),
+        "dialer keepalive.idle 9m: {to_node}"
+    );
+    // The node's own sockets (another gost) keep the default: under a minute.
+    let node_dialled = one_idle_socket(&format!("dport = :{}", echo.addr.port()));
+    assert_eq!(
+        keepalive_minutes(&timer(&node_dialled)),
+        0,
+        "{node_dialled}"
+    );
+}
+
 #[test]
 fn forwarded_plain_http_is_counted_in_the_transfer_metrics() {
     const BODY: usize = 100_000;

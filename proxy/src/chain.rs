@@ -41,6 +41,7 @@ pub struct Node {
     /// The protocol spoken to the node.
     pub connector: Arc<dyn Connector>,
     selection: Selection,
+    keepalive: Option<crate::conn::KeepAlive>,
     health: Mutex<Health>,
 }
 
@@ -88,7 +89,26 @@ impl Node {
             dialer,
             connector,
             selection: Selection::default(),
+            keepalive: None,
             health: Mutex::new(Health::default()),
+        }
+    }
+
+    /// The same node, its dialer giving the TCP sockets it opens `keepalive` (GOST's dialer
+    /// keys) rather than the dialling service's; `None` keeps the service's.
+    pub fn with_keepalive(mut self, keepalive: Option<crate::conn::KeepAlive>) -> Self {
+        self.keepalive = keepalive;
+        self
+    }
+
+    /// Dials the node itself (it is on the first hop), its TCP sockets getting the node's
+    /// keepalive, else the dialling service's.
+    async fn dial(&self, timeout: Duration) -> io::Result<BoxConn> {
+        match self.keepalive {
+            Some(keepalive) => {
+                crate::conn::dialing_with(keepalive, self.dialer.dial(&self.addr, timeout)).await
+            }
+            None => self.dialer.dial(&self.addr, timeout).await,
         }
     }
 
@@ -379,7 +399,7 @@ fn reach<'a>(
     };
     Box::pin(async move {
         let first = &nodes[0];
-        let conn = first.dialer.dial(&first.addr, timeout).await?;
+        let conn = first.dial(timeout).await?;
         let mut conn = (first.connector.handshake(conn).await).map_err(|e| protocol(first, e))?;
         for i in 1..nodes.len() {
             let (previous, node) = (&nodes[i - 1], &nodes[i]);
@@ -516,7 +536,7 @@ impl Router {
         };
         let build = async {
             let (first_hop, first) = &route[0];
-            let conn = first.dialer.dial(&first.addr, self.timeout).await;
+            let conn = first.dial(self.timeout).await;
             let conn = match conn {
                 Ok(conn) => conn,
                 Err(e) => {

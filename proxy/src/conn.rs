@@ -334,24 +334,105 @@ pub const MIN_KEEPALIVE_IDLE: Duration = Duration::from_secs(1);
 pub const MAX_KEEPALIVE_IDLE: Duration = Duration::from_secs(32_767);
 
 /// TCP keepalive for a service's sockets: on (the default) with the silence before the first
-/// probe, or off (`keepAlive: false`).
+/// probe, the time between probes and how many go unanswered before the kernel gives up, or
+/// off (`keepAlive: false`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KeepAlive {
     /// No probes: a vanished peer is noticed only when the tunnel next sends.
     Off,
-    /// Probes after `idle` of silence, then every [`TCP_KEEPALIVE_INTERVAL`].
+    /// Probes after `idle` of silence, then every `interval`, `retries` of them.
     On {
         /// Silence before the first probe.
         idle: Duration,
+        /// Between unanswered probes.
+        interval: Duration,
+        /// Unanswered probes before the socket is closed.
+        retries: u32,
     },
+}
+
+impl KeepAlive {
+    /// On, with `idle` and the default interval and retries.
+    pub fn after(idle: Duration) -> Self {
+        KeepAlive::On {
+            idle,
+            interval: TCP_KEEPALIVE_INTERVAL,
+            retries: TCP_KEEPALIVE_RETRIES,
+        }
+    }
 }
 
 impl Default for KeepAlive {
     fn default() -> Self {
-        KeepAlive::On {
-            idle: TCP_KEEPALIVE_IDLE,
-        }
+        KeepAlive::after(TCP_KEEPALIVE_IDLE)
     }
+}
+
+/// Go's values for a keepalive turned on without them (`net.KeepAliveConfig`), which GOST's
+/// `keepalive: true` gets: first probe after 15 s, then every 15 s, 9 of them.
+const GO_KEEPALIVE_IDLE: Duration = Duration::from_secs(15);
+const GO_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
+const GO_KEEPALIVE_COUNT: u32 = 9;
+/// Linux's ceiling for the probe count (`MAX_TCP_KEEPCNT`).
+const MAX_KEEPALIVE_COUNT: i64 = 127;
+
+/// GOST's TCP keepalive keys in a listener's or dialer's metadata: `{prefix}keepalive` (on
+/// when true), `{prefix}keepalive.idle`, `.interval` and `.count`. `prefix` is `tcp.` where
+/// GOST uses plain `keepalive` for the protocol's own (the `grpc` listener, the `ws` and
+/// `grpc` dialers). `None` unless turned on: GOST's `false` does not turn keepalive off
+/// either (Go keeps its own on), so the service's setting stays. As in Go, zero (or a negative
+/// duration) means the default and durations count in whole seconds, rounded up. An error
+/// names the key.
+pub fn gost_keepalive(
+    md: &gost_api::Metadata,
+    prefix: &str,
+) -> Result<Option<KeepAlive>, (String, String)> {
+    let key = |name: &str| format!("{prefix}{name}");
+    let on = md
+        .bool(&[&key("keepalive")])
+        .map_err(|e| (key("keepalive"), e.to_string()))?
+        .unwrap_or(false);
+    if !on {
+        return Ok(None);
+    }
+    let seconds = |name: &str, default: Duration| -> Result<Duration, (String, String)> {
+        let k = key(name);
+        match md.duration(&[&k]) {
+            Err(e) => Err((k, e.to_string())),
+            Ok(None) | Ok(Some(None)) => Ok(default),
+            Ok(Some(Some(d))) if d.is_zero() => Ok(default),
+            Ok(Some(Some(d))) => {
+                let whole = Duration::from_secs(d.as_secs() + u64::from(d.subsec_nanos() > 0));
+                if whole > MAX_KEEPALIVE_IDLE {
+                    Err((
+                        k,
+                        format!("at most {}s (Linux's limit)", MAX_KEEPALIVE_IDLE.as_secs()),
+                    ))
+                } else {
+                    Ok(whole)
+                }
+            }
+        }
+    };
+    let idle = seconds("keepalive.idle", GO_KEEPALIVE_IDLE)?;
+    let interval = seconds("keepalive.interval", GO_KEEPALIVE_INTERVAL)?;
+    let count_key = key("keepalive.count");
+    let retries = match md.int(&[&count_key]) {
+        Err(e) => return Err((count_key, e.to_string())),
+        Ok(None) | Ok(Some(0)) => GO_KEEPALIVE_COUNT,
+        Ok(Some(n)) if (1..=MAX_KEEPALIVE_COUNT).contains(&n) => n as u32,
+        Ok(Some(_)) => {
+            return Err((
+                count_key,
+                format!("must be between 1 and {MAX_KEEPALIVE_COUNT} (0 for Go's 9)"),
+            ));
+        }
+    };
+    Ok(Some(KeepAlive::On {
+        idle,
+        interval,
+        retries,
+    }))
 }
 
 tokio::task_local! {
@@ -379,11 +460,15 @@ pub fn tune_tcp(stream: &TcpStream, keepalive: KeepAlive) -> io::Result<()> {
     let sock = socket2::SockRef::from(stream);
     match keepalive {
         KeepAlive::Off => sock.set_keepalive(false),
-        KeepAlive::On { idle } => sock.set_tcp_keepalive(
+        KeepAlive::On {
+            idle,
+            interval,
+            retries,
+        } => sock.set_tcp_keepalive(
             &socket2::TcpKeepalive::new()
                 .with_time(idle)
-                .with_interval(TCP_KEEPALIVE_INTERVAL)
-                .with_retries(TCP_KEEPALIVE_RETRIES),
+                .with_interval(interval)
+                .with_retries(retries),
         ),
     }
 }
@@ -451,11 +536,96 @@ mod keepalive_tests {
             .unwrap();
         let sock = socket2::SockRef::from(&stream);
         let idle = Duration::from_secs(75);
-        tune_tcp(&stream, KeepAlive::On { idle }).unwrap();
+        tune_tcp(&stream, KeepAlive::after(idle)).unwrap();
         assert_eq!(sock.tcp_keepalive_time().unwrap(), idle);
+        let gost = KeepAlive::On {
+            idle: Duration::from_secs(20),
+            interval: Duration::from_secs(4),
+            retries: 6,
+        };
+        tune_tcp(&stream, gost).unwrap();
+        assert_eq!(sock.tcp_keepalive_time().unwrap(), Duration::from_secs(20));
+        assert_eq!(
+            sock.tcp_keepalive_interval().unwrap(),
+            Duration::from_secs(4)
+        );
+        assert_eq!(sock.tcp_keepalive_retries().unwrap(), 6);
         tune_tcp(&stream, KeepAlive::Off).unwrap();
         assert!(!sock.keepalive().unwrap());
         assert!(stream.nodelay().unwrap());
+    }
+
+    fn md(pairs: &[(&str, &str)]) -> gost_api::Metadata {
+        let mut md = gost_api::Metadata::default();
+        for (k, v) in pairs {
+            md.insert_str(k, v);
+        }
+        md
+    }
+
+    #[test]
+    fn gost_keepalive_keys_follow_go() {
+        assert_eq!(gost_keepalive(&md(&[]), ""), Ok(None));
+        // GOST's false leaves Go's keepalive on; here, the service's.
+        assert_eq!(
+            gost_keepalive(&md(&[("keepalive", "false"), ("keepalive.idle", "5s")]), ""),
+            Ok(None)
+        );
+        assert_eq!(
+            gost_keepalive(&md(&[("keepalive", "true")]), ""),
+            Ok(Some(KeepAlive::On {
+                idle: Duration::from_secs(15),
+                interval: Duration::from_secs(15),
+                retries: 9
+            }))
+        );
+        assert_eq!(
+            gost_keepalive(
+                &md(&[
+                    ("keepalive", "true"),
+                    ("keepalive.idle", "1m"),
+                    ("keepalive.interval", "1500ms"),
+                    ("keepalive.count", "4"),
+                ]),
+                ""
+            ),
+            Ok(Some(KeepAlive::On {
+                idle: Duration::from_secs(60),
+                interval: Duration::from_secs(2),
+                retries: 4
+            }))
+        );
+        // With a prefix, the plain keys are someone else's.
+        assert_eq!(
+            gost_keepalive(&md(&[("keepalive", "true")]), "tcp."),
+            Ok(None)
+        );
+        assert_eq!(
+            gost_keepalive(
+                &md(&[("tcp.keepalive", "true"), ("tcp.keepalive.count", "0")]),
+                "tcp."
+            ),
+            Ok(Some(KeepAlive::On {
+                idle: Duration::from_secs(15),
+                interval: Duration::from_secs(15),
+                retries: 9
+            }))
+        );
+        for (key, value) in [
+            ("keepalive", "sometimes"),
+            ("keepalive.idle", "soon"),
+            ("keepalive.idle", "10h"),
+            ("keepalive.interval", "-"),
+            ("keepalive.count", "200"),
+            ("keepalive.count", "-1"),
+        ] {
+            let mut pairs = vec![(key, value)];
+            if key != "keepalive" {
+                pairs.push(("keepalive", "true"));
+            }
+            let (named, _) = gost_keepalive(&md(&pairs), "").unwrap_err();
+            assert_eq!(named, key, "{value}");
+        }
     }
 
     #[tokio::test]

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gost_api::{
-    ChainConfig, Config, ConfigError, ConnectorType, DialerType, HandlerType, HopConfig,
-    ListenerType, Metadata, SelectorStrategy, ServiceConfig,
+    ChainConfig, Config, ConfigError, ConnectorType, DialerConfig, DialerType, HandlerType,
+    HopConfig, ListenerType, Metadata, SelectorStrategy, ServiceConfig,
 };
 use tokio_util::task::TaskTracker;
 
@@ -181,7 +181,7 @@ pub fn bind_listener(
     let service = &config.services[i];
     let path = format!("services[{i}]");
     let http2_handler = built.http2.clone();
-    let keepalive = keepalive(service, i)?;
+    let keepalive = listener_keepalive(service, i)?;
     let listener: Box<dyn Listener> = match service.listener.kind {
         ListenerType::Tcp => Box::new(
             TcpListenerImpl::bind(&service.addr)
@@ -377,7 +377,39 @@ pub fn keepalive(service: &ServiceConfig, i: usize) -> Result<KeepAlive, ConfigE
             ));
         }
     };
-    Ok(KeepAlive::On { idle })
+    Ok(KeepAlive::after(idle))
+}
+
+/// The TCP keepalive a service's listener gives the sockets it accepts: GOST's listener keys
+/// (`keepalive`, `keepalive.idle`, `.interval`, `.count`; `tcp.keepalive…` on `grpc`, whose
+/// `keepalive` is gRPC's) when turned on, else the service's [`keepalive`].
+fn listener_keepalive(service: &ServiceConfig, i: usize) -> Result<KeepAlive, ConfigError> {
+    let prefix = match service.listener.kind {
+        ListenerType::Grpc => "tcp.",
+        _ => "",
+    };
+    match crate::conn::gost_keepalive(&service.listener.metadata, prefix) {
+        Err((key, message)) => Err(field(
+            format!("services[{i}].listener.metadata.{key}"),
+            message,
+        )),
+        Ok(Some(keepalive)) => Ok(keepalive),
+        Ok(None) => keepalive(service, i),
+    }
+}
+
+/// The TCP keepalive for the sockets a node's dialer opens (when the node is on a chain's
+/// first hop): GOST's dialer keys when turned on (`tcp.keepalive…` on `ws`/`wss` and `grpc`,
+/// whose `keepalive` is the protocol's own), else `None`: the dialling service's. `h3` runs
+/// over UDP and has none.
+fn node_keepalive(dialer: &DialerConfig, path: &str) -> Result<Option<KeepAlive>, ConfigError> {
+    let prefix = match dialer.kind {
+        DialerType::Ws | DialerType::Wss | DialerType::Grpc => "tcp.",
+        DialerType::H3 | DialerType::Http3 => return Ok(None),
+        _ => "",
+    };
+    crate::conn::gost_keepalive(&dialer.metadata, prefix)
+        .map_err(|(key, message)| field(format!("{path}.dialer.metadata.{key}"), message))
 }
 
 /// Whether the chain's `hash` hops key on the target: handler metadata `hash: host`, GOST's
@@ -595,8 +627,11 @@ fn build_hop(hop: &HopConfig, path: &str) -> Result<Hop, ConfigError> {
                 }
             };
             let selection = node_selection(&node.metadata, &format!("{path}.metadata"))?;
+            let keepalive = node_keepalive(&node.dialer, &path)?;
             Ok(Arc::new(
-                Node::new(node.name.clone(), addr, dialer, connector).with_selection(selection),
+                Node::new(node.name.clone(), addr, dialer, connector)
+                    .with_selection(selection)
+                    .with_keepalive(keepalive),
             ))
         })
         .collect::<Result<_, _>>()?;
@@ -661,6 +696,60 @@ mod tests {
     }
 
     #[test]
+    fn gost_keepalive_keys_per_listener_and_dialer() {
+        let mut svc = service(&[("keepAlivePeriod", "2m")], &[]);
+        assert_eq!(
+            listener_keepalive(&svc, 0).unwrap(),
+            KeepAlive::after(Duration::from_secs(120))
+        );
+        svc.listener.metadata.insert_str("keepalive", "true");
+        svc.listener.metadata.insert_str("keepalive.idle", "40s");
+        let gost = KeepAlive::On {
+            idle: Duration::from_secs(40),
+            interval: Duration::from_secs(15),
+            retries: 9,
+        };
+        assert_eq!(listener_keepalive(&svc, 0).unwrap(), gost);
+        // On grpc, plain `keepalive` is gRPC's own.
+        svc.listener.kind = ListenerType::Grpc;
+        assert_eq!(
+            listener_keepalive(&svc, 0).unwrap(),
+            KeepAlive::after(Duration::from_secs(120))
+        );
+        svc.listener.metadata.insert_str("keepalive.count", "1000");
+        svc.listener.kind = ListenerType::Tcp;
+        let e = listener_keepalive(&svc, 4).unwrap_err();
+        assert_eq!(
+            error_path(e),
+            "services[4].listener.metadata.keepalive.count"
+        );
+
+        let mut dialer = DialerConfig::default();
+        dialer.metadata.insert_str("keepalive", "true");
+        assert!(node_keepalive(&dialer, "n").unwrap().is_some());
+        for (kind, expect) in [
+            (DialerType::Ws, false),
+            (DialerType::Grpc, false),
+            (DialerType::H3, false),
+        ] {
+            dialer.kind = kind;
+            assert_eq!(
+                node_keepalive(&dialer, "n").unwrap().is_some(),
+                expect,
+                "{kind:?}"
+            );
+        }
+        dialer.kind = DialerType::Wss;
+        dialer.metadata.insert_str("tcp.keepalive", "true");
+        dialer.metadata.insert_str("tcp.keepalive.idle", "never");
+        let e = node_keepalive(&dialer, "hops[0].nodes[1]").unwrap_err();
+        assert_eq!(
+            error_path(e),
+            "hops[0].nodes[1].dialer.metadata.tcp.keepalive.idle"
+        );
+    }
+
+    #[test]
     fn handler_hash_takes_host_or_nothing() {
         let md = |v: &str| service(&[], &[("hash", v)]).handler.metadata;
         assert!(!hash_by_target(&Metadata::default(), "m").unwrap());
@@ -688,9 +777,7 @@ mod tests {
                 0
             )
             .unwrap(),
-            KeepAlive::On {
-                idle: Duration::from_secs(120)
-            }
+            KeepAlive::after(Duration::from_secs(120))
         );
         for (key, value) in [
             ("keepAlive", "maybe"),

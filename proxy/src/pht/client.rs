@@ -138,17 +138,18 @@ pub async fn connect(rt: Arc<dyn RoundTrip>, opts: Arc<ClientOptions>) -> io::Re
     let token: Arc<str> = Arc::from(authorize(&*rt, &opts).await?);
     let (tx, rx) = queue::channel(PULL_QUEUE - 1);
     let closing = Arc::new(AtomicBool::new(false));
-    let pull = tokio::spawn(pull_loop(
-        rt.clone(),
-        opts.clone(),
-        token.clone(),
-        tx,
-        closing.clone(),
+    // The pull and the pushes run in tasks of their own: the connections they open get the
+    // keepalive of the dial that opened the tunnel.
+    let keepalive = crate::conn::dialing_keepalive();
+    let pull = tokio::spawn(crate::conn::dialing_with(
+        keepalive,
+        pull_loop(rt.clone(), opts.clone(), token.clone(), tx, closing.clone()),
     ));
     Ok(Box::new(PhtClientConn {
         rt,
         opts,
         token,
+        keepalive,
         closing,
         read: Mutex::new(ReadSide {
             rx,
@@ -341,6 +342,8 @@ struct PhtClientConn {
     rt: Arc<dyn RoundTrip>,
     opts: Arc<ClientOptions>,
     token: Arc<str>,
+    // For the connections the pushes open.
+    keepalive: crate::conn::KeepAlive,
     // Behind a lock so that `poll_read_ready` (which takes `&self`) can wait for data without
     // a read buffer: idle tunnels then cost the relay nothing.
     read: Mutex<ReadSide>,
@@ -375,6 +378,14 @@ impl PhtClientConn {
     fn push_request(&self, body: Bytes) -> io::Result<http::Request<Bytes>> {
         self.opts
             .request(Method::POST, &self.opts.paths.push, Some(&self.token), body)
+    }
+
+    /// Sends `req` in a task of its own.
+    fn spawn_push(&self, req: http::Request<Bytes>) -> JoinHandle<io::Result<()>> {
+        tokio::spawn(crate::conn::dialing_with(
+            self.keepalive,
+            push(self.rt.clone(), req),
+        ))
     }
 
     /// Waits for the push under way.
@@ -421,7 +432,7 @@ impl AsyncWrite for PhtClientConn {
         }
         let n = buf.len().min(PUSH_CHUNK);
         let req = self.push_request(super::server::encode_line(&buf[..n]))?;
-        self.push = Some(tokio::spawn(push(self.rt.clone(), req)));
+        self.push = Some(self.spawn_push(req));
         Poll::Ready(Ok(n))
     }
 
@@ -437,7 +448,7 @@ impl AsyncWrite for PhtClientConn {
                     let _ = ready!(self.poll_pushed(cx));
                     let req = self.push_request(Bytes::new())?;
                     self.closing.store(true, Ordering::Release);
-                    self.shutdown = Shutdown::Closing(tokio::spawn(push(self.rt.clone(), req)));
+                    self.shutdown = Shutdown::Closing(self.spawn_push(req));
                 }
                 Shutdown::Closing(close) => {
                     // The server may already have closed the session; the close is done anyway.
@@ -467,12 +478,12 @@ impl Drop for PhtClientConn {
         };
         let rt = self.rt.clone();
         let pending = self.push.take();
-        handle.spawn(async move {
+        handle.spawn(crate::conn::dialing_with(self.keepalive, async move {
             if let Some(pending) = pending {
                 let _ = pending.await;
             }
             let _ = push(rt, req).await;
-        });
+        }));
     }
 }
 
