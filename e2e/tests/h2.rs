@@ -453,3 +453,34 @@ fn echo_small(stream: &mut std::net::TcpStream) {
     stream.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"ping");
 }
+
+/// GOST's http2 handler reads `readTimeout` as its tunnels' idle timeout: a tunnel that
+/// carries nothing for that long is closed, one that carries data is not.
+#[test]
+fn http2_read_timeout_closes_idle_tunnels() {
+    use std::io::{Read, Write};
+    let echo = Target::echo();
+    let server = Gost::start(&["-L", "http2://127.0.0.1:0?readTimeout=1s"], 1);
+    let client = client("http2", server.addr());
+    let mut tunnel = http_connect(client.addr(), &echo.addr.to_string(), None).expect("CONNECT");
+    tunnel
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    // Busy for longer than the timeout: it stays open.
+    let mut buf = [0u8; 4];
+    for _ in 0..6 {
+        tunnel.write_all(b"ping").unwrap();
+        tunnel.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"ping");
+        thread::sleep(Duration::from_millis(400));
+    }
+    // Idle: closed after about a second.
+    let started = Instant::now();
+    let n = tunnel.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "the idle tunnel was closed");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "closed after {:?}",
+        started.elapsed()
+    );
+}

@@ -124,7 +124,7 @@ pub fn build_service(
         handshake_timeout: duration(md, "readTimeout", &md_path)?
             .filter(|d| !d.is_zero())
             .unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT),
-        idle_timeout: duration(md, "idleTimeout", &md_path)?.filter(|d| !d.is_zero()),
+        idle_timeout: idle_timeout(service.handler.kind, md, &md_path)?,
         tunnels: tunnels.clone(),
         tls: handler_tls(service, tls_defaults, &path)?,
     });
@@ -349,9 +349,29 @@ fn duration(md: &Metadata, key: &str, path: &str) -> Result<Option<Duration>, Co
         .map_err(|e| field(path.to_string(), e.to_string()))
 }
 
+/// How long a tunnel may carry nothing before it is closed: handler metadata `idleTimeout`
+/// (GOST's, on its http handler); on the `http2` handler also `readTimeout` (`read.timeout`),
+/// which GOST's http2 handler reads as just that, since its streams have no handshake to time.
+/// Zero or less: no limit.
+fn idle_timeout(
+    kind: HandlerType,
+    md: &Metadata,
+    md_path: &str,
+) -> Result<Option<Duration>, ConfigError> {
+    let mut keys = vec!["idleTimeout"];
+    if kind == HandlerType::Http2 {
+        keys.extend(["readTimeout", "read.timeout"]);
+    }
+    let set = md
+        .duration(&keys)
+        .map_err(|e| field(md_path.to_string(), e.to_string()))?;
+    Ok(set.flatten().filter(|d| !d.is_zero()))
+}
+
 /// A service's TCP keepalive, for the sockets its listener accepts and those its dials open:
 /// service metadata `keepAlive` (on unless `false`) and `keepAlivePeriod` (silence before the
-/// first probe), GOST's names.
+/// first probe). GOST's own keys, on listeners and dialers, are read by [`listener_keepalive`]
+/// and [`node_keepalive`].
 pub fn keepalive(service: &ServiceConfig, i: usize) -> Result<KeepAlive, ConfigError> {
     let md = &service.metadata;
     let on = md
@@ -747,6 +767,33 @@ mod tests {
             error_path(e),
             "hops[0].nodes[1].dialer.metadata.tcp.keepalive.idle"
         );
+    }
+
+    #[test]
+    fn read_timeout_is_the_http2_handlers_idle_timeout() {
+        let md = |pairs: &[(&str, &str)]| service(&[], pairs).handler.metadata;
+        let secs = |n| Some(Duration::from_secs(n));
+        let with_read = md(&[("readTimeout", "40s")]);
+        assert_eq!(
+            idle_timeout(HandlerType::Http2, &with_read, "m").unwrap(),
+            secs(40)
+        );
+        // Elsewhere readTimeout times the handshake.
+        assert_eq!(
+            idle_timeout(HandlerType::Http, &with_read, "m").unwrap(),
+            None
+        );
+        let both = md(&[("read.timeout", "40s"), ("idleTimeout", "2m")]);
+        assert_eq!(
+            idle_timeout(HandlerType::Http2, &both, "m").unwrap(),
+            secs(120)
+        );
+        assert_eq!(
+            idle_timeout(HandlerType::Http, &both, "m").unwrap(),
+            secs(120)
+        );
+        let off = md(&[("readTimeout", "0")]);
+        assert_eq!(idle_timeout(HandlerType::Http2, &off, "m").unwrap(), None);
     }
 
     #[test]
