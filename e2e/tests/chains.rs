@@ -303,7 +303,12 @@ fn tunnels_per_node(nodes: &[Gost], total: usize) -> Vec<usize> {
 /// `hash: host` a target keeps its node whoever asks.
 #[test]
 fn hash_selection_keys_on_the_client_the_user_or_the_target() {
-    let two = [Target::http(), Target::http()];
+    let four = [
+        Target::http(),
+        Target::http(),
+        Target::http(),
+        Target::http(),
+    ];
     // Requests from 127.0.0.{source} through a gost whose chain has one `hash` hop of four
     // nodes (each a gost of its own), spread over `targets`; the tunnels each node carried.
     let run_phase = |handler: &str, user: Option<&str>, sources: &[u8], targets: &[&Target]| {
@@ -343,18 +348,20 @@ fn hash_selection_keys_on_the_client_the_user_or_the_target() {
     let clients: Vec<u8> = (2..14).collect();
     let plain = "{type: http, chain: c}";
 
-    // One client, two targets: one node carries all.
-    let counts = run_phase(plain, None, &[1; 6], &[&two[0], &two[1]]);
+    // One client, four targets: one node carries all (a key with the target in it would
+    // almost surely spread them).
+    let all: Vec<&Target> = four.iter().collect();
+    let counts = run_phase(plain, None, &[1; 8], &all);
     assert_eq!(used(&counts), 1, "one client, one node: {counts:?}");
     // Twelve clients, one target: more than one node (keying on the target would use one).
-    let counts = run_phase(plain, None, &clients, &[&two[0]]);
+    let counts = run_phase(plain, None, &clients, &all[..1]);
     assert!(used(&counts) >= 2, "clients spread: {counts:?}");
-    // One user from twelve addresses, two targets: one node.
+    // One user from twelve addresses, four targets: one node.
     let counts = run_phase(
         "{type: http, chain: c, auth: {username: alice, password: secret}}",
         Some("alice:secret"),
         &clients,
-        &[&two[0], &two[1]],
+        &all,
     );
     assert_eq!(used(&counts), 1, "one user, one node: {counts:?}");
     // `hash: host`, one target, twelve clients: one node.
@@ -362,7 +369,7 @@ fn hash_selection_keys_on_the_client_the_user_or_the_target() {
         "{type: http, chain: c, metadata: {hash: host}}",
         None,
         &clients,
-        &[&two[0]],
+        &all[..1],
     );
     assert_eq!(used(&counts), 1, "one target, one node: {counts:?}");
 }

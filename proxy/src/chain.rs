@@ -245,7 +245,7 @@ pub struct DialFor<'a> {
 }
 
 impl DialFor<'_> {
-    /// A dial on behalf of no particular client (a test, a probe).
+    /// A dial on behalf of no particular client (tests).
     pub fn local() -> DialFor<'static> {
         DialFor {
             client: IpAddr::from([127, 0, 0, 1]),
@@ -266,20 +266,18 @@ pub struct HashKey<'a> {
 }
 
 impl HashKey<'_> {
+    /// GOST's hash of the key: CRC-32 (IEEE) of its text, so that the same client, user or
+    /// target picks the same node of the same list in GOST and here (a fleet being moved from
+    /// one to the other keeps its clients on their nodes). An IPv4 client of a dual-stack
+    /// listener counts by its IPv4 address, as Go prints it.
     fn index(&self) -> usize {
-        match self.dial_for.user.filter(|u| !u.is_empty()) {
-            Some(user) => fnv1a(user.bytes()),
-            None if self.by_target => fnv1a(self.target.to_string().bytes()),
-            None => fnv1a(self.dial_for.client.to_string().bytes()),
-        }
+        let hash = match self.dial_for.user.filter(|u| !u.is_empty()) {
+            Some(user) => crc32fast::hash(user.as_bytes()),
+            None if self.by_target => crc32fast::hash(self.target.to_string().as_bytes()),
+            None => crc32fast::hash(self.dial_for.client.to_canonical().to_string().as_bytes()),
+        };
+        hash as usize
     }
-}
-
-/// FNV-1a: stable across processes, so a key keeps its node after a restart.
-fn fnv1a(bytes: impl Iterator<Item = u8>) -> usize {
-    bytes.fold(0xcbf29ce484222325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
-    }) as usize
 }
 
 /// An ordered list of hops.
@@ -707,6 +705,21 @@ mod tests {
             })
             .collect();
         assert_eq!(alice.len(), 1, "{alice:?}");
+        // GOST's CRC-32 (IEEE) modulo the node count: crc32("alice") = 0x278ebc47, whose
+        // remainder by 8 is 7, so alice gets the last node wherever she comes from.
+        assert_eq!(crc32fast::hash(b"alice"), 0x278ebc47);
+        assert_eq!(alice.iter().next().unwrap(), "n7");
+        // An IPv4 client of a dual-stack listener hashes as its IPv4 address.
+        let mapped = Address::parse("a.example:80").unwrap();
+        let key = |client: IpAddr| HashKey {
+            dial_for: DialFor { client, user: None },
+            target: &mapped,
+            by_target: false,
+        };
+        assert_eq!(
+            hop.select(&key("::ffff:10.1.2.3".parse().unwrap())).name,
+            hop.select(&key("10.1.2.3".parse().unwrap())).name
+        );
         // An empty user name is no user.
         assert_eq!(
             hashed(&hop, [10, 1, 2, 3], Some(""), "a.example:80", false),

@@ -336,30 +336,46 @@ pub const MAX_KEEPALIVE_IDLE: Duration = Duration::from_secs(32_767);
 /// TCP keepalive for a service's sockets: on (the default) with the silence before the first
 /// probe, the time between probes and how many go unanswered before the kernel gives up, or
 /// off (`keepAlive: false`).
+///
+/// Whole seconds, as the kernel counts them, in a few bytes: a copy travels with every dial
+/// and with every PHT tunnel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KeepAlive {
     /// No probes: a vanished peer is noticed only when the tunnel next sends.
     Off,
-    /// Probes after `idle` of silence, then every `interval`, `retries` of them.
+    /// Probes after `idle_secs` of silence, then every `interval_secs`, `retries` of them.
     On {
-        /// Silence before the first probe.
-        idle: Duration,
-        /// Between unanswered probes.
-        interval: Duration,
-        /// Unanswered probes before the socket is closed.
-        retries: u32,
+        /// Silence before the first probe (1 to 32,767 s).
+        idle_secs: u16,
+        /// Between unanswered probes (1 to 32,767 s).
+        interval_secs: u16,
+        /// Unanswered probes before the socket is closed (1 to 127).
+        retries: u8,
     },
 }
 
 impl KeepAlive {
-    /// On, with `idle` and the default interval and retries.
+    /// On, with `idle` (whole seconds, rounded up, within the kernel's limits) and the
+    /// default interval and retries.
     pub fn after(idle: Duration) -> Self {
+        KeepAlive::on(idle, TCP_KEEPALIVE_INTERVAL, TCP_KEEPALIVE_RETRIES)
+    }
+
+    /// On, with each duration in whole seconds (rounded up) and every value brought within
+    /// the kernel's limits.
+    pub fn on(idle: Duration, interval: Duration, retries: u32) -> Self {
         KeepAlive::On {
-            idle,
-            interval: TCP_KEEPALIVE_INTERVAL,
-            retries: TCP_KEEPALIVE_RETRIES,
+            idle_secs: kernel_seconds(idle),
+            interval_secs: kernel_seconds(interval),
+            retries: retries.clamp(1, MAX_KEEPALIVE_COUNT as u32) as u8,
         }
     }
+}
+
+/// `d` in whole seconds, rounded up, between 1 and Linux's ceiling for keepalive times.
+fn kernel_seconds(d: Duration) -> u16 {
+    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    secs.clamp(1, MAX_KEEPALIVE_IDLE.as_secs()) as u16
 }
 
 impl Default for KeepAlive {
@@ -380,9 +396,10 @@ const MAX_KEEPALIVE_COUNT: i64 = 127;
 /// when true), `{prefix}keepalive.idle`, `.interval` and `.count`. `prefix` is `tcp.` where
 /// GOST uses plain `keepalive` for the protocol's own (the `grpc` listener, the `ws` and
 /// `grpc` dialers). `None` unless turned on: GOST's `false` does not turn keepalive off
-/// either (Go keeps its own on), so the service's setting stays. As in Go, zero (or a negative
-/// duration) means the default and durations count in whole seconds, rounded up. An error
-/// names the key.
+/// either (Go keeps its own on), so the service's setting stays; on the command line, though,
+/// `keepalive=false` also lands in the service's metadata as its `keepAlive` and turns
+/// keepalive off. As in Go, zero or less means the default, and durations count in whole
+/// seconds, rounded up. An error names the key.
 pub fn gost_keepalive(
     md: &gost_api::Metadata,
     prefix: &str,
@@ -401,17 +418,11 @@ pub fn gost_keepalive(
             Err(e) => Err((k, e.to_string())),
             Ok(None) | Ok(Some(None)) => Ok(default),
             Ok(Some(Some(d))) if d.is_zero() => Ok(default),
-            Ok(Some(Some(d))) => {
-                let whole = Duration::from_secs(d.as_secs() + u64::from(d.subsec_nanos() > 0));
-                if whole > MAX_KEEPALIVE_IDLE {
-                    Err((
-                        k,
-                        format!("at most {}s (Linux's limit)", MAX_KEEPALIVE_IDLE.as_secs()),
-                    ))
-                } else {
-                    Ok(whole)
-                }
-            }
+            Ok(Some(Some(d))) if d > MAX_KEEPALIVE_IDLE => Err((
+                k,
+                format!("at most {}s (Linux's limit)", MAX_KEEPALIVE_IDLE.as_secs()),
+            )),
+            Ok(Some(Some(d))) => Ok(d),
         }
     };
     let idle = seconds("keepalive.idle", GO_KEEPALIVE_IDLE)?;
@@ -419,20 +430,18 @@ pub fn gost_keepalive(
     let count_key = key("keepalive.count");
     let retries = match md.int(&[&count_key]) {
         Err(e) => return Err((count_key, e.to_string())),
-        Ok(None) | Ok(Some(0)) => GO_KEEPALIVE_COUNT,
-        Ok(Some(n)) if (1..=MAX_KEEPALIVE_COUNT).contains(&n) => n as u32,
+        // Zero or less: Go's default.
+        Ok(None) => GO_KEEPALIVE_COUNT,
+        Ok(Some(n)) if n <= 0 => GO_KEEPALIVE_COUNT,
+        Ok(Some(n)) if n <= MAX_KEEPALIVE_COUNT => n as u32,
         Ok(Some(_)) => {
             return Err((
                 count_key,
-                format!("must be between 1 and {MAX_KEEPALIVE_COUNT} (0 for Go's 9)"),
+                format!("at most {MAX_KEEPALIVE_COUNT} (Linux's limit; 0 for Go's 9)"),
             ));
         }
     };
-    Ok(Some(KeepAlive::On {
-        idle,
-        interval,
-        retries,
-    }))
+    Ok(Some(KeepAlive::on(idle, interval, retries)))
 }
 
 tokio::task_local! {
@@ -461,14 +470,14 @@ pub fn tune_tcp(stream: &TcpStream, keepalive: KeepAlive) -> io::Result<()> {
     match keepalive {
         KeepAlive::Off => sock.set_keepalive(false),
         KeepAlive::On {
-            idle,
-            interval,
+            idle_secs,
+            interval_secs,
             retries,
         } => sock.set_tcp_keepalive(
             &socket2::TcpKeepalive::new()
-                .with_time(idle)
-                .with_interval(interval)
-                .with_retries(retries),
+                .with_time(Duration::from_secs(idle_secs.into()))
+                .with_interval(Duration::from_secs(interval_secs.into()))
+                .with_retries(retries.into()),
         ),
     }
 }
@@ -538,11 +547,7 @@ mod keepalive_tests {
         let idle = Duration::from_secs(75);
         tune_tcp(&stream, KeepAlive::after(idle)).unwrap();
         assert_eq!(sock.tcp_keepalive_time().unwrap(), idle);
-        let gost = KeepAlive::On {
-            idle: Duration::from_secs(20),
-            interval: Duration::from_secs(4),
-            retries: 6,
-        };
+        let gost = KeepAlive::on(Duration::from_secs(20), Duration::from_secs(4), 6);
         tune_tcp(&stream, gost).unwrap();
         assert_eq!(sock.tcp_keepalive_time().unwrap(), Duration::from_secs(20));
         assert_eq!(
@@ -573,11 +578,11 @@ mod keepalive_tests {
         );
         assert_eq!(
             gost_keepalive(&md(&[("keepalive", "true")]), ""),
-            Ok(Some(KeepAlive::On {
-                idle: Duration::from_secs(15),
-                interval: Duration::from_secs(15),
-                retries: 9
-            }))
+            Ok(Some(KeepAlive::on(
+                Duration::from_secs(15),
+                Duration::from_secs(15),
+                9
+            )))
         );
         assert_eq!(
             gost_keepalive(
@@ -590,10 +595,18 @@ mod keepalive_tests {
                 ""
             ),
             Ok(Some(KeepAlive::On {
-                idle: Duration::from_secs(60),
-                interval: Duration::from_secs(2),
+                idle_secs: 60,
+                interval_secs: 2,
                 retries: 4
             }))
+        );
+        assert_eq!(
+            gost_keepalive(&md(&[("keepalive", "true"), ("keepalive.count", "-1")]), ""),
+            Ok(Some(KeepAlive::on(
+                Duration::from_secs(15),
+                Duration::from_secs(15),
+                9
+            )))
         );
         // With a prefix, the plain keys are someone else's.
         assert_eq!(
@@ -605,11 +618,11 @@ mod keepalive_tests {
                 &md(&[("tcp.keepalive", "true"), ("tcp.keepalive.count", "0")]),
                 "tcp."
             ),
-            Ok(Some(KeepAlive::On {
-                idle: Duration::from_secs(15),
-                interval: Duration::from_secs(15),
-                retries: 9
-            }))
+            Ok(Some(KeepAlive::on(
+                Duration::from_secs(15),
+                Duration::from_secs(15),
+                9
+            )))
         );
         for (key, value) in [
             ("keepalive", "sometimes"),
@@ -617,7 +630,6 @@ mod keepalive_tests {
             ("keepalive.idle", "10h"),
             ("keepalive.interval", "-"),
             ("keepalive.count", "200"),
-            ("keepalive.count", "-1"),
         ] {
             let mut pairs = vec![(key, value)];
             if key != "keepalive" {

@@ -349,10 +349,12 @@ fn duration(md: &Metadata, key: &str, path: &str) -> Result<Option<Duration>, Co
         .map_err(|e| field(path.to_string(), e.to_string()))
 }
 
-/// How long a tunnel may carry nothing before it is closed: handler metadata `idleTimeout`
-/// (GOST's, on its http handler); on the `http2` handler also `readTimeout` (`read.timeout`),
-/// which GOST's http2 handler reads as just that, since its streams have no handshake to time.
-/// Zero or less: no limit.
+/// How long a tunnel may carry nothing (either way) before it is closed: handler metadata
+/// `idleTimeout` (GOST's, on its http handler); on the `http2` handler also `readTimeout`
+/// (`read.timeout`), the first of them above zero. GOST's http2 handler reads `readTimeout` as
+/// its tunnels' idle timeout, since its streams have no handshake to time; it times only the
+/// target's side, so it also ends a tunnel whose client uploads for that long to a silent
+/// target, which this does not. Zero or less: no limit.
 fn idle_timeout(
     kind: HandlerType,
     md: &Metadata,
@@ -362,10 +364,15 @@ fn idle_timeout(
     if kind == HandlerType::Http2 {
         keys.extend(["readTimeout", "read.timeout"]);
     }
-    let set = md
-        .duration(&keys)
-        .map_err(|e| field(md_path.to_string(), e.to_string()))?;
-    Ok(set.flatten().filter(|d| !d.is_zero()))
+    for key in keys {
+        let set = md
+            .duration(&[key])
+            .map_err(|e| field(md_path.to_string(), e.to_string()))?;
+        if let Some(d) = set.flatten().filter(|d| !d.is_zero()) {
+            return Ok(Some(d));
+        }
+    }
+    Ok(None)
 }
 
 /// A service's TCP keepalive, for the sockets its listener accepts and those its dials open:
@@ -406,6 +413,8 @@ pub fn keepalive(service: &ServiceConfig, i: usize) -> Result<KeepAlive, ConfigE
 fn listener_keepalive(service: &ServiceConfig, i: usize) -> Result<KeepAlive, ConfigError> {
     let prefix = match service.listener.kind {
         ListenerType::Grpc => "tcp.",
+        // QUIC: its `keepalive` is QUIC's own, and it accepts no TCP sockets.
+        ListenerType::H3 | ListenerType::Http3 => return keepalive(service, i),
         _ => "",
     };
     match crate::conn::gost_keepalive(&service.listener.metadata, prefix) {
@@ -437,7 +446,7 @@ fn node_keepalive(dialer: &DialerConfig, path: &str) -> Result<Option<KeepAlive>
 fn hash_by_target(md: &Metadata, md_path: &str) -> Result<bool, ConfigError> {
     match md.string(&["hash"]).as_deref() {
         None | Some("") => Ok(false),
-        Some(v) if v.eq_ignore_ascii_case("host") => Ok(true),
+        Some("host") => Ok(true),
         Some(other) => Err(field(
             format!("{md_path}.hash"),
             format!(
@@ -724,11 +733,7 @@ mod tests {
         );
         svc.listener.metadata.insert_str("keepalive", "true");
         svc.listener.metadata.insert_str("keepalive.idle", "40s");
-        let gost = KeepAlive::On {
-            idle: Duration::from_secs(40),
-            interval: Duration::from_secs(15),
-            retries: 9,
-        };
+        let gost = KeepAlive::on(Duration::from_secs(40), Duration::from_secs(15), 9);
         assert_eq!(listener_keepalive(&svc, 0).unwrap(), gost);
         // On grpc, plain `keepalive` is gRPC's own.
         svc.listener.kind = ListenerType::Grpc;
@@ -794,6 +799,11 @@ mod tests {
         );
         let off = md(&[("readTimeout", "0")]);
         assert_eq!(idle_timeout(HandlerType::Http2, &off, "m").unwrap(), None);
+        let zero_first = md(&[("idleTimeout", "0"), ("readTimeout", "40s")]);
+        assert_eq!(
+            idle_timeout(HandlerType::Http2, &zero_first, "m").unwrap(),
+            secs(40)
+        );
     }
 
     #[test]
@@ -802,7 +812,8 @@ mod tests {
         assert!(!hash_by_target(&Metadata::default(), "m").unwrap());
         assert!(!hash_by_target(&md(""), "m").unwrap());
         assert!(hash_by_target(&md("host"), "m").unwrap());
-        assert!(hash_by_target(&md("HOST"), "m").unwrap());
+        // GOST compares exactly; it would ignore `HOST`, and key on the client.
+        assert!(hash_by_target(&md("HOST"), "m").is_err());
         let e = hash_by_target(&md("hots"), "services[0].handler.metadata").unwrap_err();
         assert!(e.to_string().contains("`host`"), "{e}");
         assert_eq!(error_path(e), "services[0].handler.metadata.hash");

@@ -81,8 +81,9 @@ impl ServiceSpec {
         }
     }
 
-    /// What the bound listener depends on: its address, config and TLS, and the service's
-    /// keepalive, which the listener gives the sockets it accepts. The `http2` listener
+    /// What the bound listener depends on: its address, config (GOST's keepalive keys in its
+    /// metadata among it) and TLS, and the service's keepalive, which the listener gives the
+    /// sockets it accepts unless those keys say otherwise. The `http2` listener
     /// carries its handler, so for it any change is a listener change.
     fn listener_part(&self) -> ListenerPart {
         let whole = (self.service.listener.kind == ListenerType::Http2).then(|| self.clone());

@@ -237,7 +237,10 @@ impl Shared {
             client: client.ip(),
             user: user.as_deref(),
         };
-        let upstream = match self.env.router.dial(&target, dial_for).await {
+        let dialed = self.env.router.dial(&target, dial_for).await;
+        // Not kept while a forwarded request runs.
+        drop(user);
+        let upstream = match dialed {
             Ok(upstream) => upstream,
             Err(e) => return self.dial_failed(&e, client),
         };

@@ -117,7 +117,10 @@ impl Http2Handler {
             client: client.ip(),
             user: user.as_deref(),
         };
-        let upstream = match env.router.dial(&target, dial_for).await {
+        let dialed = env.router.dial(&target, dial_for).await;
+        // Not kept for the tunnel's life.
+        drop(user);
+        let upstream = match dialed {
             Ok(upstream) => upstream,
             Err(e) => {
                 crate::metrics::handler_error(&env.service, client);
@@ -166,7 +169,10 @@ impl Http2Handler {
             client: client.ip(),
             user: user.as_deref(),
         };
-        let upstream = match env.router.dial(&target, dial_for).await {
+        let dialed = env.router.dial(&target, dial_for).await;
+        // Not kept for the tunnel's life.
+        drop(user);
+        let upstream = match dialed {
             Ok(upstream) => upstream,
             Err(e) => {
                 crate::metrics::handler_error(&env.service, client);
