@@ -165,20 +165,17 @@ impl Socks5Handler {
         }
     }
 
+    /// Answers a CONNECT whose dial gave `dialed`, and runs the tunnel. The caller dials, so
+    /// that what the dial needed (the user) is not kept for the tunnel's life, as an async
+    /// fn's arguments would be.
     async fn connect(
         &self,
         mut conn: BoxConn,
         buf: BytesMut,
         client: SocketAddr,
         target: Address,
-        user: Option<String>,
+        dialed: Result<BoxConn, crate::chain::DialError>,
     ) {
-        let dial_for = DialFor {
-            client: client.ip(),
-            user: user.as_deref(),
-        };
-        let dialed = self.env.router.dial(&target, dial_for).await;
-        drop(user);
         let upstream = match dialed {
             Ok(upstream) => upstream,
             Err(e) => {
@@ -241,7 +238,16 @@ impl Handler for Socks5Handler {
             return;
         };
         match request.command {
-            socks5::Command::Connect => self.connect(conn, buf, client, request.target, user).await,
+            socks5::Command::Connect => {
+                let dial_for = DialFor {
+                    client: client.ip(),
+                    user: user.as_deref(),
+                };
+                let dialed = self.env.router.dial(&request.target, dial_for).await;
+                drop(user);
+                self.connect(conn, buf, client, request.target, dialed)
+                    .await
+            }
             command => {
                 let code = refusal_code(command);
                 tracing::debug!(
