@@ -384,3 +384,109 @@ fn socks5_serves_gosts_tls_methods_and_our_client_uses_them() {
         );
     }
 }
+
+/// An `openssl s_server -www` on 127.0.0.1:443 (the port GOST forwards TLS clients to), killed
+/// when dropped.
+struct HttpsOn443(std::process::Child);
+
+impl HttpsOn443 {
+    fn start(dir: &Path) -> HttpsOn443 {
+        let (cert, key) = (dir.join("sni-cert.pem"), dir.join("sni-key.pem"));
+        let made = run(
+            "openssl",
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                key.to_str().unwrap(),
+                "-out",
+                cert.to_str().unwrap(),
+                "-subj",
+                "/CN=localhost",
+                "-days",
+                "1",
+            ],
+        );
+        assert_eq!(made.code, 0, "{}", made.stderr);
+        assert!(
+            std::net::TcpStream::connect("127.0.0.1:443").is_err(),
+            "this test needs 127.0.0.1:443 free"
+        );
+        let child = std::process::Command::new("openssl")
+            .args([
+                "s_server",
+                "-quiet",
+                "-www",
+                "-accept",
+                "127.0.0.1:443",
+                "-cert",
+            ])
+            .arg(&cert)
+            .arg("-key")
+            .arg(&key)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("openssl s_server starts");
+        let server = HttpsOn443(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect("127.0.0.1:443").is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "openssl s_server did not listen on 127.0.0.1:443 (it needs root)"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+        server
+    }
+}
+
+impl Drop for HttpsOn443 {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// As GOST's, the `auto` handler forwards a TLS client to the server name of its ClientHello,
+/// port 443; the TLS session stays the client's. A service with credentials refuses TLS
+/// clients (GOST forwards them unchecked), and a ClientHello without a name goes nowhere.
+#[test]
+fn auto_forwards_tls_clients_by_server_name() {
+    let dir = tempdir();
+    let _origin = HttpsOn443::start(&dir);
+    let open = Gost::start(&["-L", "auto://127.0.0.1:0"], 1);
+    let guarded = Gost::start(&["-L", "auto://user:pass@127.0.0.1:0"], 1);
+    let fetch = |gost: &Gost, host: &str| {
+        let via = format!("{host}:443:127.0.0.1:{}", gost.addr().port());
+        curl(&["-k", "--connect-to", &via, &format!("https://{host}/")])
+    };
+    let out = fetch(&open, "localhost");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.text().contains("<HTML>"), "{}", out.text());
+    open.wait_for_log("\"target\":\"localhost:443\"");
+    // curl sends no server name for an address.
+    let unnamed = curl(&["-k", &format!("https://{}/", open.addr())]);
+    assert_ne!(unnamed.code, 0, "{}", unnamed.text());
+    // The same port still serves HTTP and SOCKS5.
+    let http = curl(&[
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-x",
+        &format!("http://{}", open.addr()),
+        "-k",
+        "https://localhost/",
+    ]);
+    assert_eq!(http.text(), "200", "{}", http.stderr);
+    let refused = fetch(&guarded, "localhost");
+    assert_ne!(refused.code, 0, "{}", refused.text());
+    guarded.wait_for_log("cannot send the service's credentials");
+}

@@ -1,18 +1,37 @@
 //! The `auto` handler: HTTP, SOCKS4/4a and SOCKS5 on one port (gost-wire.md §7), told apart by
 //! the client's first byte. Like GOST's, it does not recognise the relay protocol.
+//!
+//! A TLS client (first byte 0x16, a handshake record) is forwarded, as by GOST's auto handler,
+//! to the name its ClientHello asks for (SNI), port 443, through the chain: the handler reads
+//! the ClientHello, dials, and passes it on untouched; the TLS session is the client's and the
+//! server's. GOST does this without checking the service's credentials, which a TLS client
+//! cannot send; here a service with credentials refuses TLS clients instead.
 
+use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
 
 use super::http::HttpHandler;
 use super::socks4::Socks4Handler;
 use super::socks5::Socks5Handler;
-use super::{Handler, HandlerEnv};
+use super::{Handler, HandlerEnv, run_tunnel, within_handshake_timeout};
+use crate::addr::Address;
+use crate::chain::DialFor;
 use crate::conn::{BoxConn, Prefixed};
+
+/// The port a TLS client is forwarded to, as by GOST: SNI names a host, not a port.
+const TLS_PORT: u16 = 443;
+
+/// Most bytes read while looking for the end of a ClientHello: its largest legal size
+/// (a 16 MiB handshake message is legal but never sent; rustls itself stops at 64 KiB).
+const MAX_CLIENT_HELLO: usize = 64 * 1024;
+
+/// A first byte that starts a TLS handshake record.
+const TLS_HANDSHAKE: u8 = 0x16;
 
 /// Dispatches each connection to the HTTP, SOCKS4 or SOCKS5 handler, all sharing one
 /// environment (auth, chain, metadata).
@@ -52,11 +71,162 @@ impl Handler for AutoHandler {
                 return;
             }
         }
+        if first[0] == TLS_HANDSHAKE {
+            return self.forward_tls(conn, first[0], client).await;
+        }
         let conn = Prefixed::boxed(Bytes::copy_from_slice(&first), conn);
         match first[0] {
             0x05 => self.socks5.handle(conn, client).await,
             0x04 => self.socks4.handle(conn, client).await,
             _ => self.http.handle(conn, client).await,
         }
+    }
+}
+
+impl AutoHandler {
+    /// Forwards a TLS client to the host its ClientHello names, port 443.
+    async fn forward_tls(&self, conn: BoxConn, first: u8, client: SocketAddr) {
+        let env = &self.env;
+        if env.auth.is_some() {
+            crate::metrics::handler_error(&env.service, client);
+            tracing::warn!(
+                service = %env.service, client = %client,
+                "auto: a TLS client cannot send the service's credentials; refused \
+                 (GOST would forward it by its SNI unchecked)"
+            );
+            return;
+        }
+        let mut conn = conn;
+        let reading = Box::pin(read_client_hello(&mut conn, first));
+        let Some((hello, name)) = within_handshake_timeout(env, "auto", client, reading).await
+        else {
+            return;
+        };
+        let Some(name) = name else {
+            tracing::debug!(service = %env.service, client = %client, "auto: TLS ClientHello without a server name; nowhere to forward it");
+            return;
+        };
+        let target = match Address::from_host(&name, TLS_PORT) {
+            Ok(target) => target,
+            Err(e) => {
+                tracing::debug!(service = %env.service, client = %client, error = %e, "auto: bad server name");
+                return;
+            }
+        };
+        let dial_for = DialFor {
+            client: client.ip(),
+            user: None,
+        };
+        let upstream = match env.router.dial(&target, dial_for).await {
+            Ok(upstream) => upstream,
+            Err(e) => {
+                crate::metrics::handler_error(&env.service, client);
+                tracing::warn!(
+                    service = %env.service, client = %client, target = %target, error = %e,
+                    "auto: TLS forward failed"
+                );
+                return;
+            }
+        };
+        // The ClientHello goes on first, as it came.
+        let conn = Prefixed::boxed(hello, conn);
+        run_tunnel(env, "tls", client, &target, conn, upstream).await;
+    }
+}
+
+/// Reads a TLS ClientHello that starts with `first` (already read): its bytes as received,
+/// and the server name it asks for. rustls parses it; nothing is answered.
+async fn read_client_hello(
+    conn: &mut BoxConn,
+    first: u8,
+) -> Result<(Bytes, Option<String>), io::Error> {
+    let mut acceptor = rustls::server::Acceptor::default();
+    let mut raw = BytesMut::with_capacity(1024);
+    raw.extend_from_slice(&[first]);
+    let mut fed = 0;
+    loop {
+        // Feed rustls what arrived since the last round.
+        let mut unread = &raw[fed..];
+        while !unread.is_empty() {
+            let n = acceptor.read_tls(&mut unread)?;
+            if n == 0 {
+                break;
+            }
+        }
+        fed = raw.len() - unread.len();
+        match acceptor.accept() {
+            Ok(Some(accepted)) => {
+                let name = accepted.client_hello().server_name().map(str::to_string);
+                return Ok((raw.freeze(), name));
+            }
+            Ok(None) => {}
+            Err((e, _alert)) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("not a TLS ClientHello: {e}"),
+                ));
+            }
+        }
+        if raw.len() >= MAX_CLIENT_HELLO {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("TLS ClientHello longer than {MAX_CLIENT_HELLO} bytes"),
+            ));
+        }
+        raw.reserve(4096);
+        if conn.read_buf(&mut raw).await? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+
+    /// `bytes` after the first, fed as a client would send them, then the write side closed.
+    async fn hello_from(bytes: &[u8]) -> io::Result<(Bytes, Option<String>)> {
+        let (near, mut far) = tokio::io::duplex(1 << 20);
+        far.write_all(&bytes[1..]).await.unwrap();
+        drop(far);
+        let mut conn: BoxConn = Box::new(near);
+        read_client_hello(&mut conn, bytes[0]).await
+    }
+
+    #[tokio::test]
+    async fn a_client_hello_gives_its_server_name_and_its_bytes_as_sent() {
+        // A real ClientHello, from rustls's client.
+        let config = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from("example.test").unwrap();
+        let mut client = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+        let mut hello = Vec::new();
+        client.write_tls(&mut hello).unwrap();
+        let (raw, name) = hello_from(&hello).await.unwrap();
+        assert_eq!(name.as_deref(), Some("example.test"));
+        assert_eq!(&raw[..], &hello[..]);
+    }
+
+    #[tokio::test]
+    async fn what_is_not_a_client_hello_is_refused() {
+        // A handshake record whose message is not a ClientHello.
+        let e = hello_from(&[0x16, 0x03, 0x01, 0x00, 0x04, 0x02, 0x00, 0x00, 0x00])
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+        // Cut short.
+        let e = hello_from(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof, "{e}");
+        // A record announcing more than a ClientHello may hold, never ending.
+        let mut endless = vec![0x16, 0x03, 0x01, 0x40, 0x00, 0x01, 0x00, 0xff, 0xff];
+        endless.resize(200 * 1024, 0);
+        assert!(hello_from(&endless).await.is_err());
     }
 }
