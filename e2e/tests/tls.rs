@@ -4,8 +4,10 @@
 //! Python's `ssl` module.
 
 use std::fs;
+use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -385,12 +387,14 @@ fn socks5_serves_gosts_tls_methods_and_our_client_uses_them() {
     }
 }
 
-/// An `openssl s_server -www` on 127.0.0.1:443 (the port GOST forwards TLS clients to), killed
-/// when dropped.
-struct HttpsOn443(std::process::Child);
+/// An `openssl s_server -www` on a free loopback port, killed when dropped.
+struct HttpsOrigin {
+    child: std::process::Child,
+    addr: std::net::SocketAddr,
+}
 
-impl HttpsOn443 {
-    fn start(dir: &Path) -> HttpsOn443 {
+impl HttpsOrigin {
+    fn start(dir: &Path) -> HttpsOrigin {
         let (cert, key) = (dir.join("sni-cert.pem"), dir.join("sni-key.pem"));
         let made = run(
             "openssl",
@@ -413,17 +417,14 @@ impl HttpsOn443 {
             ],
         );
         assert_eq!(made.code, 0, "{}", made.stderr);
-        assert!(
-            std::net::TcpStream::connect("127.0.0.1:443").is_err(),
-            "this test needs 127.0.0.1:443 free"
-        );
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let child = std::process::Command::new("openssl")
             .args([
                 "s_server",
                 "-quiet",
                 "-www",
                 "-accept",
-                "127.0.0.1:443",
+                &addr.to_string(),
                 "-cert",
             ])
             .arg(&cert)
@@ -433,60 +434,100 @@ impl HttpsOn443 {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("openssl s_server starts");
-        let server = HttpsOn443(child);
+        let origin = HttpsOrigin { child, addr };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect("127.0.0.1:443").is_err() {
+        while std::net::TcpStream::connect(addr).is_err() {
             assert!(
                 Instant::now() < deadline,
-                "openssl s_server did not listen on 127.0.0.1:443 (it needs root)"
+                "openssl s_server did not listen on {addr}"
             );
             thread::sleep(Duration::from_millis(50));
         }
-        server
+        origin
     }
 }
 
-impl Drop for HttpsOn443 {
+impl Drop for HttpsOrigin {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
-/// As GOST's, the `auto` handler forwards a TLS client to the server name of its ClientHello,
-/// port 443; the TLS session stays the client's. A service with credentials refuses TLS
-/// clients (GOST forwards them unchecked), and a ClientHello without a name goes nowhere.
+/// An HTTP CONNECT proxy that notes each target asked for and carries every tunnel to
+/// `origin`, wherever it was meant to go (so that a tunnel to port 443 needs no port 443).
+fn recording_proxy(origin: std::net::SocketAddr) -> (Target, Arc<Mutex<Vec<String>>>) {
+    let asked = Arc::new(Mutex::new(Vec::new()));
+    let noted = asked.clone();
+    let proxy = Target::start(move |mut client| {
+        let Ok(head) = read_head(&mut client) else {
+            return;
+        };
+        let target = head.split_whitespace().nth(1).unwrap_or("").to_string();
+        noted.lock().unwrap().push(target);
+        let Ok(upstream) = std::net::TcpStream::connect(origin) else {
+            return;
+        };
+        if client.write_all(b"HTTP/1.1 200 OK\r\n\r\n").is_err() {
+            return;
+        }
+        let (mut up_read, mut client_write) =
+            (upstream.try_clone().unwrap(), client.try_clone().unwrap());
+        let back = thread::spawn(move || {
+            let _ = std::io::copy(&mut up_read, &mut client_write);
+            let _ = client_write.shutdown(std::net::Shutdown::Write);
+        });
+        let mut up_write = upstream;
+        let _ = std::io::copy(&mut client, &mut up_write);
+        let _ = up_write.shutdown(std::net::Shutdown::Write);
+        let _ = back.join();
+    });
+    (proxy, asked)
+}
+
+/// As GOST's, the `auto` handler forwards a TLS client through its chain to the server name of
+/// its ClientHello, port 443; the TLS session stays the client's. A service with credentials
+/// refuses TLS clients (GOST forwards them unchecked), and a ClientHello without a name goes
+/// nowhere.
 #[test]
 fn auto_forwards_tls_clients_by_server_name() {
     let dir = tempdir();
-    let _origin = HttpsOn443::start(&dir);
-    let open = Gost::start(&["-L", "auto://127.0.0.1:0"], 1);
-    let guarded = Gost::start(&["-L", "auto://user:pass@127.0.0.1:0"], 1);
+    let origin = HttpsOrigin::start(&dir);
+    let (node, asked) = recording_proxy(origin.addr);
+    let node_url = format!("http://{}", node.addr);
+    let open = Gost::start(&["-L", "auto://127.0.0.1:0", "-F", &node_url], 1);
+    let guarded = Gost::start(&["-L", "auto://user:pass@127.0.0.1:0", "-F", &node_url], 1);
     let fetch = |gost: &Gost, host: &str| {
         let via = format!("{host}:443:127.0.0.1:{}", gost.addr().port());
         curl(&["-k", "--connect-to", &via, &format!("https://{host}/")])
     };
-    let out = fetch(&open, "localhost");
+    let out = fetch(&open, "sni.example");
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(out.text().contains("<HTML>"), "{}", out.text());
-    open.wait_for_log("\"target\":\"localhost:443\"");
+    assert_eq!(*asked.lock().unwrap(), ["sni.example:443"]);
+    open.wait_for_log("\"target\":\"sni.example:443\"");
     // curl sends no server name for an address.
     let unnamed = curl(&["-k", &format!("https://{}/", open.addr())]);
     assert_ne!(unnamed.code, 0, "{}", unnamed.text());
-    // The same port still serves HTTP and SOCKS5.
+    // The same port still serves HTTP proxy clients.
     let http = curl(&[
         "-sS",
         "-o",
         "/dev/null",
         "-w",
         "%{http_code}",
+        "-k",
         "-x",
         &format!("http://{}", open.addr()),
-        "-k",
-        "https://localhost/",
+        "https://other.example/",
     ]);
     assert_eq!(http.text(), "200", "{}", http.stderr);
-    let refused = fetch(&guarded, "localhost");
+    let refused = fetch(&guarded, "sni.example");
     assert_ne!(refused.code, 0, "{}", refused.text());
     guarded.wait_for_log("cannot send the service's credentials");
+    assert_eq!(
+        *asked.lock().unwrap(),
+        ["sni.example:443", "other.example:443"],
+        "only the open service's two tunnels reached the node"
+    );
 }
