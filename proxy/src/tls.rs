@@ -63,28 +63,25 @@ pub fn provider() -> Arc<CryptoProvider> {
             let mut provider = rustls::crypto::ring::default_provider();
             provider
                 .cipher_suites
-                .sort_by_key(|suite| suite_rank(suite.suite()));
+                .sort_by_key(|suite| (suite.tls13().is_none(), suite_rank(suite.suite())));
             Arc::new(provider)
         })
         .clone()
 }
 
-/// Where a cipher suite goes in the provider's order: TLS 1.3 before 1.2, and within each
-/// AES-128-GCM, then AES-256-GCM, then ChaCha20-Poly1305 (a stable sort keeps ring's order
-/// among equals).
-fn suite_rank(suite: rustls::CipherSuite) -> (u8, u8) {
+/// Where a cipher suite goes among those of its TLS version (1.3 comes first): AES-128-GCM,
+/// then AES-256-GCM, then the rest, ChaCha20-Poly1305 (a stable sort keeps ring's order among
+/// equals).
+fn suite_rank(suite: rustls::CipherSuite) -> u8 {
     use rustls::CipherSuite as S;
     match suite {
-        S::TLS13_AES_128_GCM_SHA256 => (0, 0),
-        S::TLS13_AES_256_GCM_SHA384 => (0, 1),
-        S::TLS13_CHACHA20_POLY1305_SHA256 => (0, 2),
-        S::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256 | S::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => {
-            (1, 0)
-        }
-        S::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384 | S::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384 => {
-            (1, 1)
-        }
-        _ => (1, 2),
+        S::TLS13_AES_128_GCM_SHA256
+        | S::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+        | S::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => 0,
+        S::TLS13_AES_256_GCM_SHA384
+        | S::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
+        | S::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384 => 1,
+        _ => 2,
     }
 }
 

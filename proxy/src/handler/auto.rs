@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::http::HttpHandler;
 use super::socks4::Socks4Handler;
@@ -72,7 +72,8 @@ impl Handler for AutoHandler {
             }
         }
         if first[0] == TLS_HANDSHAKE {
-            return self.forward_tls(conn, first[0], client).await;
+            // Boxed, so that HTTP and SOCKS connections do not carry room for its state.
+            return Box::pin(self.forward_tls(conn, first[0], client)).await;
         }
         let conn = Prefixed::boxed(Bytes::copy_from_slice(&first), conn);
         match first[0] {
@@ -85,39 +86,51 @@ impl Handler for AutoHandler {
 
 impl AutoHandler {
     /// Forwards a TLS client to the host its ClientHello names, port 443.
-    async fn forward_tls(&self, conn: BoxConn, first: u8, client: SocketAddr) {
+    async fn forward_tls(&self, mut conn: BoxConn, first: u8, client: SocketAddr) {
         let env = &self.env;
         if env.auth.is_some() {
+            // At debug: scanners send ClientHellos to every port.
             crate::metrics::handler_error(&env.service, client);
-            tracing::warn!(
+            tracing::debug!(
                 service = %env.service, client = %client,
                 "auto: a TLS client cannot send the service's credentials; refused \
                  (GOST would forward it by its SNI unchecked)"
             );
             return;
         }
-        let mut conn = conn;
         let reading = Box::pin(read_client_hello(&mut conn, first));
         let Some((hello, name)) = within_handshake_timeout(env, "auto", client, reading).await
         else {
             return;
         };
-        let Some(name) = name else {
-            tracing::debug!(service = %env.service, client = %client, "auto: TLS ClientHello without a server name; nowhere to forward it");
+        if OwnForward::is_own(client) {
+            crate::metrics::handler_error(&env.service, client);
+            tracing::warn!(
+                service = %env.service, client = %client, server_name = name.as_deref().unwrap_or(""),
+                "auto: a TLS client's server name leads back to this service; not forwarded"
+            );
             return;
-        };
-        let target = match Address::from_host(&name, TLS_PORT) {
-            Ok(target) => target,
-            Err(e) => {
+        }
+        let target = match name
+            .as_deref()
+            .map(|name| Address::from_host(name, TLS_PORT))
+        {
+            Some(Ok(target)) => target,
+            Some(Err(e)) => {
                 tracing::debug!(service = %env.service, client = %client, error = %e, "auto: bad server name");
                 return;
             }
+            None => {
+                tracing::debug!(service = %env.service, client = %client, "auto: TLS ClientHello without a server name; nowhere to forward it");
+                return;
+            }
         };
+        drop(name);
         let dial_for = DialFor {
             client: client.ip(),
             user: None,
         };
-        let upstream = match env.router.dial(&target, dial_for).await {
+        let mut upstream = match env.router.dial(&target, dial_for).await {
             Ok(upstream) => upstream,
             Err(e) => {
                 crate::metrics::handler_error(&env.service, client);
@@ -128,14 +141,61 @@ impl AutoHandler {
                 return;
             }
         };
-        // The ClientHello goes on first, as it came.
-        let conn = Prefixed::boxed(hello, conn);
+        // Noted before the ClientHello goes out, so that it is recognised if it comes back.
+        let _own = OwnForward::note(&upstream);
+        // The ClientHello goes on first, as it came; then the two sockets are joined as they
+        // are (spliced, when both are TCP).
+        if let Err(e) = upstream.write_all(&hello).await {
+            tracing::debug!(service = %env.service, client = %client, target = %target, error = %e, "auto: TLS forward failed");
+            return;
+        }
+        drop(hello);
         run_tunnel(env, "tls", client, &target, conn, upstream).await;
     }
 }
 
+/// The local addresses of the sockets that auto handlers opened to forward TLS clients: a
+/// client connecting from one of them is this process forwarding to itself (a server name
+/// that resolves to this host, with the service on port 443), which would repeat until the
+/// connection limit.
+static OWN_FORWARDS: std::sync::LazyLock<std::sync::Mutex<std::collections::HashSet<SocketAddr>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// One socket's place in [`OWN_FORWARDS`], for as long as it is open.
+struct OwnForward(Option<SocketAddr>);
+
+impl OwnForward {
+    fn forwards() -> std::sync::MutexGuard<'static, std::collections::HashSet<SocketAddr>> {
+        OWN_FORWARDS.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Notes `upstream`'s local address, when it is a TCP socket of this process.
+    fn note(upstream: &BoxConn) -> OwnForward {
+        let local = upstream.as_tcp().and_then(|tcp| tcp.local_addr().ok());
+        if let Some(local) = local {
+            Self::forwards().insert(local);
+        }
+        OwnForward(local)
+    }
+
+    /// Whether a client at `addr` is one of this process's own forwards.
+    fn is_own(addr: SocketAddr) -> bool {
+        Self::forwards().contains(&addr)
+    }
+}
+
+impl Drop for OwnForward {
+    fn drop(&mut self) {
+        if let Some(local) = self.0 {
+            Self::forwards().remove(&local);
+        }
+    }
+}
+
 /// Reads a TLS ClientHello that starts with `first` (already read): its bytes as received,
-/// and the server name it asks for. rustls parses it; nothing is answered.
+/// and the server name it asks for. rustls parses it; nothing is answered. A ClientHello may
+/// span several TLS records; rustls is asked for it after every record it takes in, since it
+/// holds at most one record's worth of bytes until then.
 async fn read_client_hello(
     conn: &mut BoxConn,
     first: u8,
@@ -145,36 +205,37 @@ async fn read_client_hello(
     raw.extend_from_slice(&[first]);
     let mut fed = 0;
     loop {
-        // Feed rustls what arrived since the last round.
-        let mut unread = &raw[fed..];
-        while !unread.is_empty() {
+        while fed < raw.len() {
+            let mut unread = &raw[fed..];
             let n = acceptor.read_tls(&mut unread)?;
+            fed += n;
+            match acceptor.accept() {
+                Ok(Some(accepted)) => {
+                    let name = accepted.client_hello().server_name().map(str::to_string);
+                    return Ok((raw.freeze(), name));
+                }
+                Ok(None) => {}
+                Err((e, _alert)) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("not a TLS ClientHello rustls accepts: {e}"),
+                    ));
+                }
+            }
             if n == 0 {
                 break;
             }
         }
-        fed = raw.len() - unread.len();
-        match acceptor.accept() {
-            Ok(Some(accepted)) => {
-                let name = accepted.client_hello().server_name().map(str::to_string);
-                return Ok((raw.freeze(), name));
-            }
-            Ok(None) => {}
-            Err((e, _alert)) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("not a TLS ClientHello: {e}"),
-                ));
-            }
-        }
-        if raw.len() >= MAX_CLIENT_HELLO {
+        let room = MAX_CLIENT_HELLO.saturating_sub(raw.len());
+        if room == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("TLS ClientHello longer than {MAX_CLIENT_HELLO} bytes"),
             ));
         }
-        raw.reserve(4096);
-        if conn.read_buf(&mut raw).await? == 0 {
+        raw.reserve(room.min(16 * 1024));
+        let read = (&mut *conn).take(room as u64).read_buf(&mut raw).await?;
+        if read == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
     }
@@ -198,18 +259,73 @@ mod tests {
     #[tokio::test]
     async fn a_client_hello_gives_its_server_name_and_its_bytes_as_sent() {
         // A real ClientHello, from rustls's client.
+        let hello = client_hello("example.test");
+        let (raw, name) = hello_from(&hello).await.unwrap();
+        assert_eq!(name.as_deref(), Some("example.test"));
+        assert_eq!(&raw[..], &hello[..]);
+    }
+
+    /// rustls's ClientHello for `name`, as one TLS record.
+    fn client_hello(name: &str) -> Vec<u8> {
         let config = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
             .with_safe_default_protocol_versions()
             .unwrap()
             .with_root_certificates(rustls::RootCertStore::empty())
             .with_no_client_auth();
-        let name = rustls::pki_types::ServerName::try_from("example.test").unwrap();
+        let name = rustls::pki_types::ServerName::try_from(name.to_string()).unwrap();
         let mut client = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
         let mut hello = Vec::new();
         client.write_tls(&mut hello).unwrap();
-        let (raw, name) = hello_from(&hello).await.unwrap();
-        assert_eq!(name.as_deref(), Some("example.test"));
-        assert_eq!(&raw[..], &hello[..]);
+        hello
+    }
+
+    /// `record` (one ClientHello record) grown by a padding extension of `padding` bytes and
+    /// cut into records of at most 16 KiB, as a client with a large ClientHello sends it.
+    fn padded(record: &[u8], padding: usize) -> Vec<u8> {
+        let mut body = record[9..].to_vec();
+        let mut at = 2 + 32;
+        at += 1 + usize::from(body[at]);
+        at += 2 + usize::from(u16::from_be_bytes([body[at], body[at + 1]]));
+        at += 1 + usize::from(body[at]);
+        let extensions = usize::from(u16::from_be_bytes([body[at], body[at + 1]]));
+        let grown = u16::try_from(extensions + 4 + padding).unwrap();
+        body[at..at + 2].copy_from_slice(&grown.to_be_bytes());
+        body.extend_from_slice(&[0x00, 0x15]);
+        body.extend_from_slice(&u16::try_from(padding).unwrap().to_be_bytes());
+        body.resize(body.len() + padding, 0);
+        let mut message = vec![0x01];
+        message.extend_from_slice(&u32::try_from(body.len()).unwrap().to_be_bytes()[1..]);
+        message.extend_from_slice(&body);
+        let mut wire = Vec::new();
+        for chunk in message.chunks(16 * 1024) {
+            wire.extend_from_slice(&[0x16, 0x03, 0x01]);
+            wire.extend_from_slice(&u16::try_from(chunk.len()).unwrap().to_be_bytes());
+            wire.extend_from_slice(chunk);
+        }
+        wire
+    }
+
+    #[tokio::test]
+    async fn a_client_hello_over_several_records_is_read_whole() {
+        let wire = padded(&client_hello("big.example.test"), 20 * 1024);
+        assert!(wire.len() > 20 * 1024);
+        let (raw, name) = hello_from(&wire).await.unwrap();
+        assert_eq!(name.as_deref(), Some("big.example.test"));
+        assert_eq!(&raw[..], &wire[..]);
+    }
+
+    #[tokio::test]
+    async fn a_forward_is_known_while_its_socket_is_open() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let socket = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let local = socket.local_addr().unwrap();
+        let upstream: BoxConn = Box::new(socket);
+        let noted = OwnForward::note(&upstream);
+        assert!(OwnForward::is_own(local));
+        drop(noted);
+        assert!(!OwnForward::is_own(local));
     }
 
     #[tokio::test]

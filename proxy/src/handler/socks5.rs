@@ -165,29 +165,17 @@ impl Socks5Handler {
         }
     }
 
-    /// Answers a CONNECT whose dial gave `dialed`, and runs the tunnel. The caller dials, so
-    /// that what the dial needed (the user) is not kept for the tunnel's life, as an async
-    /// fn's arguments would be.
+    /// Answers a CONNECT whose target `upstream` reached, and runs the tunnel. The caller
+    /// dials, so that what only the dial needs (the user, a failure) takes no room in this
+    /// future, which lasts as long as the tunnel (an async fn keeps its arguments to the end).
     async fn connect(
         &self,
         mut conn: BoxConn,
         buf: BytesMut,
         client: SocketAddr,
         target: Address,
-        dialed: Result<BoxConn, crate::chain::DialError>,
+        upstream: BoxConn,
     ) {
-        let upstream = match dialed {
-            Ok(upstream) => upstream,
-            Err(e) => {
-                crate::metrics::handler_error(&self.env.service, client);
-                tracing::warn!(
-                    service = %self.env.service, client = %client, target = %target, error = %e,
-                    "socks5: connect failed"
-                );
-                self.reply(&mut conn, reply_code(e.kind), client).await;
-                return;
-            }
-        };
         // The upstream's local address would be a truer BND, but a tunnelled stream has none
         // to give, and clients of CONNECT ignore it.
         if !self.reply(&mut conn, socks5::REPLY_SUCCEEDED, client).await {
@@ -195,6 +183,22 @@ impl Socks5Handler {
         }
         let conn = Prefixed::boxed(buf.freeze(), conn);
         run_tunnel(&self.env, "socks5", client, &target, conn, upstream).await;
+    }
+
+    /// Tells the client and the log that `target` could not be reached.
+    async fn dial_failed(
+        &self,
+        conn: &mut BoxConn,
+        client: SocketAddr,
+        target: &Address,
+        e: crate::chain::DialError,
+    ) {
+        crate::metrics::handler_error(&self.env.service, client);
+        tracing::warn!(
+            service = %self.env.service, client = %client, target = %target, error = %e,
+            "socks5: connect failed"
+        );
+        self.reply(conn, reply_code(e.kind), client).await;
     }
 }
 
@@ -245,7 +249,14 @@ impl Handler for Socks5Handler {
                 };
                 let dialed = self.env.router.dial(&request.target, dial_for).await;
                 drop(user);
-                self.connect(conn, buf, client, request.target, dialed)
+                let upstream = match dialed {
+                    Ok(upstream) => upstream,
+                    Err(e) => {
+                        let failed = self.dial_failed(&mut conn, client, &request.target, e);
+                        return Box::pin(failed).await;
+                    }
+                };
+                self.connect(conn, buf, client, request.target, upstream)
                     .await
             }
             command => {
