@@ -434,7 +434,7 @@ impl HttpsOrigin {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("openssl s_server starts");
-        let origin = HttpsOrigin { child, addr };
+        let mut origin = HttpsOrigin { child, addr };
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(addr).is_err() {
             assert!(
@@ -443,6 +443,11 @@ impl HttpsOrigin {
             );
             thread::sleep(Duration::from_millis(50));
         }
+        // Listening, and not some other process on a port taken meanwhile.
+        assert!(
+            origin.child.try_wait().unwrap().is_none(),
+            "openssl s_server exited (port {addr} taken?)"
+        );
         origin
     }
 }
