@@ -112,23 +112,11 @@ impl Http2Handler {
                 return;
             }
         };
-        let user = super::proxy_user(env, req.headers());
-        let dial_for = DialFor {
-            client: client.ip(),
-            user: user.as_deref(),
-        };
-        let dialed = env.router.dial(&target, dial_for).await;
-        // Not kept for the tunnel's life.
-        drop(user);
-        let upstream = match dialed {
-            Ok(upstream) => upstream,
-            Err(e) => {
-                crate::metrics::handler_error(&env.service, client);
-                tracing::warn!(service = %env.service, protocol = "http2", client = %client, error = %e, "upstream dial failed");
-                let _ =
-                    respond.send_response(self.with_headers(StatusCode::SERVICE_UNAVAILABLE), true);
-                return;
-            }
+        let Some(upstream) = self
+            .dial(req.headers(), &target, client, &mut respond)
+            .await
+        else {
+            return;
         };
         let send = match respond.send_response(self.with_headers(StatusCode::OK), false) {
             Ok(send) => send,
@@ -139,6 +127,33 @@ impl Http2Handler {
         };
         let stream: BoxConn = Box::new(H2Stream::new(send, req.into_body()));
         run_tunnel(env, "http2", client, &target, stream, upstream).await;
+    }
+
+    /// Dials `target` for a request that authenticated with `headers`; when that fails,
+    /// answers 503 and logs why.
+    async fn dial(
+        &self,
+        headers: &HeaderMap,
+        target: &Address,
+        client: SocketAddr,
+        respond: &mut SendResponse<Bytes>,
+    ) -> Option<BoxConn> {
+        let env = &self.env;
+        let user = super::proxy_user(env, headers);
+        let dial_for = DialFor {
+            client: client.ip(),
+            user: user.as_deref(),
+        };
+        match env.router.dial(target, dial_for).await {
+            Ok(upstream) => Some(upstream),
+            Err(e) => {
+                crate::metrics::handler_error(&env.service, client);
+                tracing::warn!(service = %env.service, protocol = "http2", client = %client, error = %e, "upstream dial failed");
+                let _ =
+                    respond.send_response(self.with_headers(StatusCode::SERVICE_UNAVAILABLE), true);
+                None
+            }
+        }
     }
 
     /// Sends a plain request on to its target in HTTP/1.1 origin form over a connection
@@ -164,23 +179,11 @@ impl Http2Handler {
                 return;
             }
         };
-        let user = super::proxy_user(env, req.headers());
-        let dial_for = DialFor {
-            client: client.ip(),
-            user: user.as_deref(),
-        };
-        let dialed = env.router.dial(&target, dial_for).await;
-        // Not kept for the tunnel's life.
-        drop(user);
-        let upstream = match dialed {
-            Ok(upstream) => upstream,
-            Err(e) => {
-                crate::metrics::handler_error(&env.service, client);
-                tracing::warn!(service = %env.service, protocol = "http2", client = %client, error = %e, "upstream dial failed");
-                let _ =
-                    respond.send_response(self.with_headers(StatusCode::SERVICE_UNAVAILABLE), true);
-                return;
-            }
+        let Some(upstream) = self
+            .dial(req.headers(), &target, client, &mut respond)
+            .await
+        else {
+            return;
         };
         self.relay_answer(req, respond, upstream, &target, client)
             .await;
