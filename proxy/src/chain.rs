@@ -244,8 +244,9 @@ pub struct DialFor<'a> {
     pub user: Option<&'a str>,
 }
 
+#[cfg(test)]
 impl DialFor<'_> {
-    /// A dial on behalf of no particular client (tests).
+    /// A dial on behalf of no particular client.
     pub fn local() -> DialFor<'static> {
         DialFor {
             client: IpAddr::from([127, 0, 0, 1]),
@@ -644,7 +645,7 @@ mod tests {
         counts
     }
 
-    /// The node a `hash` hop of `nodes` nodes picks for a client, a user and a target.
+    /// The node a `hash` hop picks for a client, a user and a target.
     fn hashed(
         hop: &Hop,
         client: [u8; 4],
