@@ -52,36 +52,74 @@ pub const RELOAD_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The one crypto provider: ring, which builds without cmake and serves P-256 and RSA.
 ///
-/// Its cipher suites are ring's, with AES-128-GCM ahead of AES-256-GCM, as Go (so GOST) orders
-/// them on processors with AES instructions. A rustls server follows the client's order, so
-/// tunnels between two gost-rs processes, like those from GOST clients, use AES-128-GCM,
-/// whose 10 rounds cost less CPU per byte than AES-256's 14.
+/// Its cipher suites are ring's in the order Go (so GOST) uses: on processors with AES
+/// instructions AES-128-GCM, then AES-256-GCM, then ChaCha20-Poly1305; on processors without
+/// them (many ARM routers) ChaCha20-Poly1305 first, which is several times cheaper there. A
+/// rustls server follows the client's order, so tunnels between two gost-rs processes, like
+/// those from GOST clients, use AES-128-GCM, whose 10 rounds cost less CPU per byte than
+/// AES-256's 14; a server without AES instructions picks ChaCha20 whenever the client offers
+/// it, as Go's does ([`server_picks_suite`]).
 pub fn provider() -> Arc<CryptoProvider> {
     static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
     PROVIDER
-        .get_or_init(|| {
-            let mut provider = rustls::crypto::ring::default_provider();
-            provider
-                .cipher_suites
-                .sort_by_key(|suite| (suite.tls13().is_none(), suite_rank(suite.suite())));
-            Arc::new(provider)
-        })
+        .get_or_init(|| Arc::new(provider_for(aes_in_hardware())))
         .clone()
 }
 
+/// ring's provider with its suites ordered for a processor with or without AES instructions.
+fn provider_for(aes_in_hardware: bool) -> CryptoProvider {
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.cipher_suites.sort_by_key(|suite| {
+        (
+            suite.tls13().is_none(),
+            suite_rank(suite.suite(), aes_in_hardware),
+        )
+    });
+    provider
+}
+
+/// Whether this processor has the instructions that make AES-GCM fast (AES and carry-less
+/// multiplication), as Go decides it.
+fn aes_in_hardware() -> bool {
+    #[cfg(any(target_arch = "x86_64", target_arch = "x86"))]
+    {
+        std::arch::is_x86_feature_detected!("aes")
+            && std::arch::is_x86_feature_detected!("pclmulqdq")
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        std::arch::is_aarch64_feature_detected!("aes")
+            && std::arch::is_aarch64_feature_detected!("pmull")
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "x86", target_arch = "aarch64")))]
+    {
+        false
+    }
+}
+
+/// Whether a server picks the suite by its own order instead of the client's: only where
+/// the processor lacks AES instructions, so that ChaCha20 wins whenever the client offers it.
+fn server_picks_suite() -> bool {
+    !aes_in_hardware()
+}
+
 /// Where a cipher suite goes among those of its TLS version (1.3 comes first): AES-128-GCM,
-/// then AES-256-GCM, then the rest, ChaCha20-Poly1305 (a stable sort keeps ring's order among
-/// equals).
-fn suite_rank(suite: rustls::CipherSuite) -> u8 {
+/// then AES-256-GCM, then the rest (ChaCha20-Poly1305); without AES instructions ChaCha20
+/// comes first. A stable sort keeps ring's order among equals.
+fn suite_rank(suite: rustls::CipherSuite, aes_in_hardware: bool) -> u8 {
     use rustls::CipherSuite as S;
-    match suite {
+    let rank = match suite {
         S::TLS13_AES_128_GCM_SHA256
         | S::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
-        | S::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => 0,
+        | S::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => 1,
         S::TLS13_AES_256_GCM_SHA384
         | S::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
-        | S::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384 => 1,
-        _ => 2,
+        | S::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384 => 2,
+        _ => 3,
+    };
+    match (aes_in_hardware, rank) {
+        (false, 3) => 0,
+        _ => rank,
     }
 }
 
@@ -171,6 +209,7 @@ impl ServerTls {
             None => builder.with_no_client_auth(),
         };
         let mut config = builder.with_cert_resolver(resolver);
+        config.ignore_client_order = server_picks_suite();
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Ok(ServerTls {
             acceptor: TlsAcceptor::from(Arc::new(config)),
@@ -768,20 +807,91 @@ mod tests {
         let addr = Address::parse("127.0.0.1:443").unwrap();
         let (accepted, connected) = tokio::join!(server.accept(far), client.connect(near, &addr));
         let (accepted, connected) = (accepted.unwrap(), connected.unwrap());
+        let expected = if aes_in_hardware() {
+            rustls::CipherSuite::TLS13_AES_128_GCM_SHA256
+        } else {
+            rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256
+        };
         for suite in [
             accepted.get_ref().1.negotiated_cipher_suite(),
             connected.get_ref().1.negotiated_cipher_suite(),
         ] {
-            assert_eq!(
-                suite.map(|s| s.suite()),
-                Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256)
-            );
+            assert_eq!(suite.map(|s| s.suite()), Some(expected));
         }
         // Every suite of ring's stays on offer.
         assert_eq!(
             provider().cipher_suites.len(),
             rustls::crypto::ring::default_provider().cipher_suites.len()
         );
+    }
+
+    #[test]
+    fn suites_follow_gos_order_with_and_without_aes_instructions() {
+        let first = |aes| {
+            let provider = provider_for(aes);
+            let suites: Vec<_> = provider.cipher_suites.iter().map(|s| s.suite()).collect();
+            assert_eq!(
+                suites.len(),
+                9,
+                "every suite of ring's stays on offer: {suites:?}"
+            );
+            suites[..3].to_vec()
+        };
+        use rustls::CipherSuite as S;
+        assert_eq!(
+            first(true),
+            [
+                S::TLS13_AES_128_GCM_SHA256,
+                S::TLS13_AES_256_GCM_SHA384,
+                S::TLS13_CHACHA20_POLY1305_SHA256
+            ]
+        );
+        assert_eq!(
+            first(false),
+            [
+                S::TLS13_CHACHA20_POLY1305_SHA256,
+                S::TLS13_AES_128_GCM_SHA256,
+                S::TLS13_AES_256_GCM_SHA384
+            ]
+        );
+        // This test machine's answer decides the running process's order.
+        assert_eq!(
+            provider().cipher_suites[0].suite() == S::TLS13_AES_128_GCM_SHA256,
+            aes_in_hardware()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_server_without_aes_instructions_picks_chacha20_from_an_aes_first_client() {
+        let dir = Dir::new("chacha");
+        let generated = generate(None).unwrap();
+        let (cert, key) = (dir.0.join("cert.pem"), dir.0.join("key.pem"));
+        fs::write(&cert, &generated.cert_pem).unwrap();
+        fs::write(&key, &generated.key_pem).unwrap();
+        // The server as `ServerTls::new` makes it on such a processor.
+        let mut config = ServerConfig::builder_with_provider(Arc::new(provider_for(false)))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(
+                CertResolver::from_files(cert.to_str().unwrap(), key.to_str().unwrap()).unwrap(),
+            ));
+        config.ignore_client_order = true;
+        let acceptor = TlsAcceptor::from(Arc::new(config));
+        let client = ClientTls::new(None, &[]).unwrap();
+        let (near, far) = tokio::io::duplex(64 * 1024);
+        let addr = Address::parse("127.0.0.1:443").unwrap();
+        let (accepted, connected) = tokio::join!(acceptor.accept(far), client.connect(near, &addr));
+        let (accepted, connected) = (accepted.unwrap(), connected.unwrap());
+        for suite in [
+            accepted.get_ref().1.negotiated_cipher_suite(),
+            connected.get_ref().1.negotiated_cipher_suite(),
+        ] {
+            assert_eq!(
+                suite.map(|s| s.suite()),
+                Some(rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256)
+            );
+        }
     }
 
     #[test]
