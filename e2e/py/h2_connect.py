@@ -11,6 +11,7 @@ import base64
 import sys
 import time
 
+import h2.errors
 import h2.events
 
 import h2_tls
@@ -69,6 +70,18 @@ assert body.startswith("HTTP/1.1 200 OK"), body
 assert "hello from target" in body, body
 assert "X-Request-Line: GET /via-h2 HTTP/1.1" in body, body
 print("connect tunnel ok")
+
+# A tunnel the client cancels while it is open (RST_STREAM CANCEL), as GOST's HTTP/2 client
+# ends every tunnel: the target keeps its connection alive, so the tunnel is still relaying.
+sid = connect(target, "user:pass")
+assert streams[sid]["headers"][":status"] == "200", streams[sid]["headers"]
+request = f"GET /kept-alive HTTP/1.1\r\nHost: {target}\r\n\r\n"
+conn.send_data(sid, request.encode())
+tls.sendall(conn.data_to_send())
+pump(lambda: b"hello from target" in streams[sid]["body"])
+conn.reset_stream(sid, error_code=h2.errors.ErrorCodes.CANCEL)
+tls.sendall(conn.data_to_send())
+print("cancelled tunnel ok")
 
 # Wrong credentials: 407 with GOST's Basic challenge, and the connection stays usable.
 sid = connect(target, "user:wrong")

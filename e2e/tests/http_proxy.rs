@@ -401,3 +401,31 @@ fn websocket_upgrade_through_absolute_uri_forwarding() {
     // The upgraded connection is relayed as a tunnel, with its summary line.
     server.wait_for_log("\"outcome\":\"closed\"");
 }
+
+#[test]
+fn a_client_that_resets_its_tunnel_is_logged_as_a_reset() {
+    let echo = Target::echo();
+    let server = seed_server();
+    let mut stream =
+        http_connect(server.addr(), &echo.addr.to_string(), Some("user:pass")).expect("CONNECT");
+    stream.write_all(b"ping").unwrap();
+    let mut got = [0u8; 4];
+    stream.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"ping");
+    // Closed with SO_LINGER 0: the kernel sends a RST instead of a FIN.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    runtime.block_on(async move {
+        stream.set_nonblocking(true).unwrap();
+        let stream = tokio::net::TcpStream::from_std(stream).unwrap();
+        stream.set_zero_linger().unwrap();
+    });
+    server.wait_for_log("\"outcome\":\"reset\"");
+    assert!(
+        !server.log().contains("\"outcome\":\"error\""),
+        "{}",
+        server.log()
+    );
+}

@@ -144,6 +144,10 @@ pub fn client_builder() -> h2::client::Builder {
 fn h2_io_error(e: h2::Error) -> io::Error {
     if e.is_io() {
         e.into_io().expect("is_io")
+    } else if e.is_remote() && e.reason() == Some(Reason::CANCEL) {
+        // The peer dropped its end of the stream: what a TCP reset is to a socket. GOST's
+        // HTTP/2 clients end every tunnel this way.
+        io::Error::new(io::ErrorKind::ConnectionReset, e)
     } else {
         io::Error::other(e)
     }

@@ -167,7 +167,30 @@ pub async fn run_tunnel(
     client: BoxConn,
     upstream: BoxConn,
 ) {
-    let moved = run_uncounted_tunnel(env, protocol, client_addr, target, client, upstream).await;
+    run_tunnel_after(env, protocol, client_addr, target, client, upstream, 0).await;
+}
+
+/// As [`run_tunnel`] for a tunnel whose first `sent_up` bytes from the client were already
+/// written to `upstream` (the ClientHello the `auto` handler read to find the server name).
+pub async fn run_tunnel_after(
+    env: &HandlerEnv,
+    protocol: &'static str,
+    client_addr: SocketAddr,
+    target: &crate::addr::Address,
+    client: BoxConn,
+    upstream: BoxConn,
+    sent_up: u64,
+) {
+    let moved = relay_and_log(
+        env,
+        protocol,
+        client_addr,
+        target,
+        client,
+        upstream,
+        sent_up,
+    )
+    .await;
     crate::metrics::transferred(&env.service, client_addr, moved.up, moved.down);
 }
 
@@ -178,28 +201,38 @@ pub(crate) async fn run_uncounted_tunnel(
     protocol: &'static str,
     client_addr: SocketAddr,
     target: &crate::addr::Address,
+    client: BoxConn,
+    upstream: BoxConn,
+) -> pipe::Transferred {
+    relay_and_log(env, protocol, client_addr, target, client, upstream, 0).await
+}
+
+/// Relays the tunnel and writes its summary line; `sent_up` bytes went up before it.
+async fn relay_and_log(
+    env: &HandlerEnv,
+    protocol: &'static str,
+    client_addr: SocketAddr,
+    target: &crate::addr::Address,
     mut client: BoxConn,
     mut upstream: BoxConn,
+    sent_up: u64,
 ) -> pipe::Transferred {
     let started = std::time::Instant::now();
     let result = pipe::relay(&mut client, &mut upstream, env.idle_timeout).await;
     let elapsed_ms = started.elapsed().as_millis() as u64;
-    let moved = match &result {
+    let mut moved = match &result {
         Ok(moved) => *moved,
         Err(e) => e.transferred(),
     };
+    moved.up += sent_up;
     match result {
-        Ok(moved) => tracing::info!(
+        Ok(_) => tracing::info!(
             service = %env.service, protocol, client = %client_addr, target = %target,
             bytes_up = moved.up, bytes_down = moved.down, duration_ms = elapsed_ms,
             outcome = "closed", "tunnel"
         ),
         Err(e) => {
-            let moved = e.transferred();
-            let outcome = match e {
-                PipeError::Idle(..) => "idle timeout",
-                PipeError::Io { .. } => "error",
-            };
+            let outcome = outcome_of(&e);
             tracing::info!(
                 service = %env.service, protocol, client = %client_addr, target = %target,
                 bytes_up = moved.up, bytes_down = moved.down, duration_ms = elapsed_ms,
@@ -208,6 +241,22 @@ pub(crate) async fn run_uncounted_tunnel(
         }
     }
     moved
+}
+
+/// The `outcome` of a tunnel that ended with `e`: `reset` when a side went away without a
+/// clean close (a TCP reset, a write to a closed socket, an HTTP/2 stream cancelled, a
+/// WebSocket dropped without its close), which is how many clients end a tunnel; `error` for
+/// everything else, which is what to alert on.
+fn outcome_of(e: &PipeError) -> &'static str {
+    match e {
+        PipeError::Idle(..) => "idle timeout",
+        PipeError::Io { source, .. } => match source.kind() {
+            io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe => "reset",
+            _ => "error",
+        },
+    }
 }
 
 /// The upstream connection of a forwarded plain-HTTP request: the bytes it carries are counted
