@@ -461,9 +461,12 @@ impl Drop for HttpsOrigin {
 
 /// An HTTP CONNECT proxy that notes each target asked for and carries every tunnel to
 /// `origin`, wherever it was meant to go (so that a tunnel to port 443 needs no port 443).
-fn recording_proxy(origin: std::net::SocketAddr) -> (Target, Arc<Mutex<Vec<String>>>) {
+/// A CONNECT proxy that carries every tunnel to `origin`, recording the target each asked
+/// for and, when each ends, the bytes it carried up.
+fn recording_proxy(origin: std::net::SocketAddr) -> (Target, Recorded, Recorded<u64>) {
     let asked = Arc::new(Mutex::new(Vec::new()));
-    let noted = asked.clone();
+    let carried = Arc::new(Mutex::new(Vec::new()));
+    let (noted, counted) = (asked.clone(), carried.clone());
     let proxy = Target::start(move |mut client| {
         let Ok(head) = read_head(&mut client) else {
             return;
@@ -483,11 +486,30 @@ fn recording_proxy(origin: std::net::SocketAddr) -> (Target, Arc<Mutex<Vec<Strin
             let _ = client_write.shutdown(std::net::Shutdown::Write);
         });
         let mut up_write = upstream;
-        let _ = std::io::copy(&mut client, &mut up_write);
+        let up = std::io::copy(&mut client, &mut up_write).unwrap_or(0);
         let _ = up_write.shutdown(std::net::Shutdown::Write);
         let _ = back.join();
+        counted.lock().unwrap().push(up);
     });
-    (proxy, asked)
+    (proxy, asked, carried)
+}
+
+type Recorded<T = String> = Arc<Mutex<Vec<T>>>;
+
+/// The number after `"key":` in `line`.
+fn log_number(line: &str, key: &str) -> u64 {
+    let needle = format!("\"{key}\":");
+    let at = line
+        .find(&needle)
+        .unwrap_or_else(|| panic!("no {key} in {line}"))
+        + needle.len();
+    let digits: String = line[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits
+        .parse()
+        .unwrap_or_else(|_| panic!("no number for {key} in {line}"))
 }
 
 /// As GOST's, the `auto` handler forwards a TLS client through its chain to the server name of
@@ -498,7 +520,7 @@ fn recording_proxy(origin: std::net::SocketAddr) -> (Target, Arc<Mutex<Vec<Strin
 fn auto_forwards_tls_clients_by_server_name() {
     let dir = tempdir();
     let origin = HttpsOrigin::start(&dir);
-    let (node, asked) = recording_proxy(origin.addr);
+    let (node, asked, carried) = recording_proxy(origin.addr);
     let node_url = format!("http://{}", node.addr);
     let open = Gost::start(&["-L", "auto://127.0.0.1:0", "-F", &node_url], 1);
     let guarded = Gost::start(&["-L", "auto://user:pass@127.0.0.1:0", "-F", &node_url], 1);
@@ -511,6 +533,22 @@ fn auto_forwards_tls_clients_by_server_name() {
     assert!(out.text().contains("<HTML>"), "{}", out.text());
     assert_eq!(*asked.lock().unwrap(), ["sni.example:443"]);
     open.wait_for_log("\"target\":\"sni.example:443\"");
+    // The tunnel's bytes up count the ClientHello read before it, as the node received them.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while carried.lock().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "the node's tunnel did not end");
+        thread::sleep(Duration::from_millis(20));
+    }
+    let log = open.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("\"target\":\"sni.example:443\"") && l.contains("bytes_up"))
+        .unwrap();
+    assert_eq!(
+        log_number(line, "bytes_up"),
+        carried.lock().unwrap()[0],
+        "{line}"
+    );
     // curl sends no server name for an address.
     let unnamed = curl(&["-k", &format!("https://{}/", open.addr())]);
     assert_ne!(unnamed.code, 0, "{}", unnamed.text());

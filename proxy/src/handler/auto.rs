@@ -18,7 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::http::HttpHandler;
 use super::socks4::Socks4Handler;
 use super::socks5::Socks5Handler;
-use super::{Handler, HandlerEnv, run_tunnel, within_handshake_timeout};
+use super::{Handler, HandlerEnv, run_tunnel_after, within_handshake_timeout};
 use crate::addr::Address;
 use crate::chain::DialFor;
 use crate::conn::{BoxConn, Prefixed};
@@ -149,8 +149,9 @@ impl AutoHandler {
             tracing::debug!(service = %env.service, client = %client, target = %target, error = %e, "auto: TLS forward failed");
             return;
         }
+        let sent_up = hello.len() as u64;
         drop(hello);
-        run_tunnel(env, "tls", client, &target, conn, upstream).await;
+        run_tunnel_after(env, "tls", client, &target, conn, upstream, sent_up).await;
     }
 }
 
