@@ -139,10 +139,11 @@ fn connect_answers_gosts_exact_status_line_and_keeps_pipelined_bytes() {
     assert_eq!(&echoed, b"early bytes");
 }
 
-/// The handler's `header` metadata goes on every answer of the proxy's own (GOST's behaviour):
-/// the 407, the CONNECT's 200 and an error; not on what the target answers.
+/// The handler's `header` metadata goes on the proxy's own error answers, as GOST's: not on
+/// the 407 (nor `Proxy-Agent`, which would tell a prober more than that credentials are
+/// wanted), not on the CONNECT's exact 200, not on what the target answers.
 #[test]
-fn header_metadata_is_on_the_proxys_own_answers() {
+fn header_metadata_is_on_the_proxys_errors_only() {
     let target = Target::http();
     let dead = format!("127.0.0.1:{}", free_port());
     let server = Gost::start_config(
@@ -172,19 +173,29 @@ fn header_metadata_is_on_the_proxys_own_answers() {
         &format!("http://u:p@{proxy}"),
         &format!("http://{dead}/"),
     ]);
-    for (what, out, status) in [
-        ("407", &refused, "HTTP/1.1 407 "),
-        ("CONNECT", &connected, "HTTP/1.1 200 Connection established"),
-        ("502", &failed, "HTTP/1.1 502 "),
-    ] {
-        let text = out.text();
-        assert!(text.starts_with(status), "{what}: {text}");
-        let head = text.split("\r\n\r\n").next().unwrap();
+    let head = |out: &Output| out.text().split("\r\n\r\n").next().unwrap().to_string();
+    let refused_head = head(&refused);
+    assert!(refused_head.starts_with("HTTP/1.1 407 "), "{refused_head}");
+    assert!(
+        refused_head.contains("Proxy-Authenticate: Basic realm=\"gost\"\r\n"),
+        "{refused_head}"
+    );
+    for absent in ["Server:", "X-Test:", "Proxy-Agent:"] {
         assert!(
-            head.contains("Server: nginx\r\n") && head.contains("X-Test: 1\r\n"),
-            "{what}: {head}"
+            !refused_head.contains(absent),
+            "407 with {absent}: {refused_head}"
         );
     }
+    assert_eq!(
+        head(&connected),
+        "HTTP/1.1 200 Connection established\r\nProxy-Agent: gost/3.0"
+    );
+    let failed_head = head(&failed);
+    assert!(failed_head.starts_with("HTTP/1.1 502 "), "{failed_head}");
+    assert!(
+        failed_head.contains("Server: nginx\r\n") && failed_head.contains("X-Test: 1\r\n"),
+        "{failed_head}"
+    );
     // The target's own answer, after the CONNECT's, has none of them.
     let target_head = connected
         .text()
@@ -428,4 +439,148 @@ fn a_client_that_resets_its_tunnel_is_logged_as_a_reset() {
         "{}",
         server.log()
     );
+}
+
+/// Sends `request` to `proxy`, optionally ends the sending side, and returns all it answers
+/// until it closes (within the I/O timeout).
+fn exchange(proxy: std::net::SocketAddr, request: &str, half_close: bool) -> String {
+    let mut stream = TcpStream::connect(proxy).unwrap();
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    if half_close {
+        stream.shutdown(std::net::Shutdown::Write).unwrap();
+    }
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// Open file descriptors of a process.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// A request whose `Host` is the proxy itself is forwarded once, comes back, and is refused
+/// with 508: not passed on again until no socket is left (one request used to take the
+/// process to its file limit).
+#[test]
+fn a_request_for_the_proxy_itself_is_refused_not_looped() {
+    let server = Gost::start(&["-L", "http://127.0.0.1:0"], 1);
+    let me = server.addr();
+    let before = open_fds(server.pid());
+    for request in [
+        format!("GET / HTTP/1.1\r\nHost: {me}\r\nConnection: close\r\n\r\n"),
+        format!("GET http://{me}/ HTTP/1.1\r\nHost: {me}\r\nConnection: close\r\n\r\n"),
+    ] {
+        let answer = exchange(me, &request, false);
+        assert!(answer.starts_with("HTTP/1.1 508 "), "{answer}");
+    }
+    server.wait_for_log("came back to this service");
+    assert!(
+        open_fds(server.pid()) < before + 20,
+        "{} fds open, {before} before",
+        open_fds(server.pid())
+    );
+    // And the service still serves.
+    let target = Target::http();
+    let out = curl(&[
+        "-x",
+        &format!("http://{me}"),
+        &format!("http://{}/", target.addr),
+    ]);
+    assert!(
+        out.text().starts_with("hello from target"),
+        "{}",
+        out.stderr
+    );
+}
+
+/// A client that ends its sending side once its request is out still gets the answer, for
+/// a forwarded request as for a CONNECT.
+#[test]
+fn a_half_closed_client_still_gets_its_answer() {
+    let target = Target::http();
+    let server = Gost::start(&["-L", "http://127.0.0.1:0"], 1);
+    let t = target.addr;
+    let answer = exchange(
+        server.addr(),
+        &format!("GET http://{t}/half HTTP/1.1\r\nHost: {t}\r\n\r\n"),
+        true,
+    );
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer:?}");
+    assert!(answer.contains("hello from target"), "{answer}");
+}
+
+/// An absolute-form request goes to the host of its URI and says so in `Host`, whatever
+/// `Host` the client sent, and the URI's `user:password@` never reaches the target.
+#[test]
+fn forwarded_requests_name_the_uris_host_without_userinfo() {
+    let target = Target::http();
+    let server = Gost::start(&["-L", "http://127.0.0.1:0"], 1);
+    let t = target.addr;
+    for request in [
+        format!("GET http://{t}/a HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n"),
+        format!("GET http://user:secret@{t}/b HTTP/1.1\r\nConnection: close\r\n\r\n"),
+    ] {
+        let answer = exchange(server.addr(), &request, false);
+        assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+        let lower = answer.to_ascii_lowercase();
+        assert!(lower.contains(&format!("\nhost: {t}\r\n")), "{answer}");
+        assert!(
+            !lower.contains("evil.example") && !lower.contains("secret"),
+            "{answer}"
+        );
+    }
+}
+
+/// GOST's UDP relay over HTTP (`X-Gost-Protocol: udp`) is refused with GOST's 403 for a
+/// service without UDP, never taken for a TCP tunnel.
+#[test]
+fn udp_over_http_is_refused_with_403() {
+    let target = Target::echo();
+    let server = Gost::start(&["-L", "http://127.0.0.1:0"], 1);
+    let t = target.addr;
+    let answer = exchange(
+        server.addr(),
+        &format!("CONNECT {t} HTTP/1.1\r\nHost: {t}\r\nX-Gost-Protocol: udp\r\n\r\n"),
+        false,
+    );
+    assert!(answer.starts_with("HTTP/1.1 403 Forbidden\r\n"), "{answer}");
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains("content-length: 0\r\n"),
+        "{answer}"
+    );
+}
+
+/// A target's answer with both `Content-Length` and `Transfer-Encoding` reaches the client,
+/// framed by the latter (RFC 9112 §6.3), as through GOST.
+#[test]
+fn an_answer_with_both_framings_is_passed_on_chunked() {
+    let target = Target::start(|stream| {
+        let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+        let mut line = String::new();
+        while std::io::BufRead::read_line(&mut reader, &mut line).unwrap_or(0) > 0 {
+            if line == "\r\n" {
+                let mut stream = stream;
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+                );
+                return;
+            }
+            line.clear();
+        }
+    });
+    let server = Gost::start(&["-L", "http://127.0.0.1:0"], 1);
+    let out = curl(&[
+        "-s",
+        "-x",
+        &format!("http://{}", server.addr()),
+        &format!("http://{}/both", target.addr),
+    ]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.text(), "abc");
 }

@@ -18,7 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::http::HttpHandler;
 use super::socks4::Socks4Handler;
 use super::socks5::Socks5Handler;
-use super::{Handler, HandlerEnv, run_tunnel_after, within_handshake_timeout};
+use super::{Handler, HandlerEnv, OwnForward, run_tunnel_after, within_handshake_timeout};
 use crate::addr::Address;
 use crate::chain::DialFor;
 use crate::conn::{BoxConn, Prefixed};
@@ -155,44 +155,6 @@ impl AutoHandler {
     }
 }
 
-/// The local addresses of the sockets that auto handlers opened to forward TLS clients: a
-/// client connecting from one of them is this process forwarding to itself (a server name
-/// that resolves to this host, with the service on port 443), which would repeat until the
-/// connection limit.
-static OWN_FORWARDS: std::sync::LazyLock<std::sync::Mutex<std::collections::HashSet<SocketAddr>>> =
-    std::sync::LazyLock::new(Default::default);
-
-/// One socket's place in [`OWN_FORWARDS`], for as long as it is open.
-struct OwnForward(Option<SocketAddr>);
-
-impl OwnForward {
-    fn forwards() -> std::sync::MutexGuard<'static, std::collections::HashSet<SocketAddr>> {
-        OWN_FORWARDS.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Notes `upstream`'s local address, when it is a TCP socket of this process.
-    fn note(upstream: &BoxConn) -> OwnForward {
-        let local = upstream.as_tcp().and_then(|tcp| tcp.local_addr().ok());
-        if let Some(local) = local {
-            Self::forwards().insert(local);
-        }
-        OwnForward(local)
-    }
-
-    /// Whether a client at `addr` is one of this process's own forwards.
-    fn is_own(addr: SocketAddr) -> bool {
-        Self::forwards().contains(&addr)
-    }
-}
-
-impl Drop for OwnForward {
-    fn drop(&mut self) {
-        if let Some(local) = self.0 {
-            Self::forwards().remove(&local);
-        }
-    }
-}
-
 /// Reads a TLS ClientHello that starts with `first` (already read): its bytes as received,
 /// and the server name it asks for. rustls parses it; nothing is answered. A ClientHello may
 /// span several TLS records; rustls is asked for it after every record it takes in, since it
@@ -313,20 +275,6 @@ mod tests {
         let (raw, name) = hello_from(&wire).await.unwrap();
         assert_eq!(name.as_deref(), Some("big.example.test"));
         assert_eq!(&raw[..], &wire[..]);
-    }
-
-    #[tokio::test]
-    async fn a_forward_is_known_while_its_socket_is_open() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let socket = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let local = socket.local_addr().unwrap();
-        let upstream: BoxConn = Box::new(socket);
-        let noted = OwnForward::note(&upstream);
-        assert!(OwnForward::is_own(local));
-        drop(noted);
-        assert!(!OwnForward::is_own(local));
     }
 
     #[tokio::test]

@@ -35,7 +35,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use super::probe::{self, Answer, ProbeResistance};
-use super::{Handler, HandlerEnv, run_tunnel, run_uncounted_tunnel};
+use super::{Handler, HandlerEnv, OwnForward, run_tunnel, run_uncounted_tunnel};
 use crate::addr::Address;
 use crate::auth::Verdict;
 use crate::chain::{DialError, DialErrorKind, DialFor};
@@ -174,6 +174,9 @@ impl Handler for HttpHandler {
         };
         let mut connection = http1::Builder::new()
             .timer(TokioTimer::new())
+            // A client may end its side once its request is sent (`nc -N`, HTTP/1.0 tools);
+            // its answer still goes out, as from GOST (Go's server).
+            .half_close(true)
             .header_read_timeout(self.shared.env.handshake_timeout)
             .max_buf_size(self.shared.env.max_header_size.max(HYPER_MIN_BUF_SIZE))
             .title_case_headers(true)
@@ -214,6 +217,24 @@ impl Shared {
         let verdict = super::proxy_auth(env, req.headers(), client, "http");
         if !verdict.accepted() {
             return self.refuse(&req, verdict, control).await;
+        }
+        if OwnForward::is_own(client) {
+            // A request this process forwarded came back to it: its `Host` leads to this
+            // service. Passing it on again would repeat until no socket is left.
+            crate::metrics::handler_error(&env.service, client);
+            tracing::warn!(service = %env.service, client = %client, host = ?req.headers().get(header::HOST), "forwarded request came back to this service; refused");
+            return self.error(StatusCode::LOOP_DETECTED);
+        }
+        if is_udp_request(req.headers()) {
+            // GOST's UDP relay over HTTP (`X-Gost-Protocol: udp`), which gost-rs does not
+            // implement: refused as GOST refuses it when `udp` is off, never taken for a TCP
+            // tunnel.
+            tracing::warn!(service = %env.service, client = %client, "UDP relay over HTTP (X-Gost-Protocol: udp) is not supported; refused with 403");
+            let mut response = self.error(StatusCode::FORBIDDEN);
+            response
+                .headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+            return response;
         }
         let uri = req.uri();
         let host_header = req
@@ -276,7 +297,11 @@ impl Shared {
             .insert(hyper::ext::ReasonPhrase::from_static(
                 b"Connection established",
             ));
-        self.own_headers(response.headers_mut());
+        // GOST's exact answer: `Proxy-Agent` and nothing else, not the `header` map.
+        response.headers_mut().insert(
+            HeaderName::from_static("proxy-agent"),
+            self.proxy_agent.clone(),
+        );
         response
     }
 
@@ -289,6 +314,8 @@ impl Shared {
         upstream: BoxConn,
         client: SocketAddr,
     ) -> Response<Body> {
+        // Kept with the upstream connection's task, so for as long as the socket is open.
+        let own = OwnForward::note(&upstream);
         let handshake = hyper::client::conn::http1::Builder::new()
             .title_case_headers(true)
             .handshake::<_, Incoming>(TokioIo::new(super::Metered::boxed(
@@ -305,6 +332,7 @@ impl Shared {
         };
         let service = self.env.service.clone();
         self.env.tunnels.spawn(async move {
+            let _own = own;
             if let Err(e) = connection.with_upgrades().await {
                 let error = crate::error_chain(&e);
                 tracing::debug!(service = %service, error = %error, "upstream HTTP connection ended");
@@ -331,6 +359,11 @@ impl Shared {
                 }
                 let (mut parts, body) = response.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
+                if parts.headers.contains_key(header::TRANSFER_ENCODING) {
+                    // Both framings (RFC 9112 §6.3: Transfer-Encoding wins), which hyper's
+                    // server refuses to send on; the body is re-framed anyway.
+                    parts.headers.remove(header::CONTENT_LENGTH);
+                }
                 Response::from_parts(parts, body.boxed())
             }
             Err(e) => {
@@ -481,8 +514,9 @@ impl Shared {
     fn auth_required(&self, request_headers: &HeaderMap) -> Response<Body> {
         let mut response = Response::new(empty());
         *response.status_mut() = StatusCode::PROXY_AUTHENTICATION_REQUIRED;
+        // As GOST's: neither the `header` map nor `Proxy-Agent`, which would tell a prober
+        // more than that credentials are wanted.
         let headers = response.headers_mut();
-        self.own_headers(headers);
         headers.insert(header::PROXY_AUTHENTICATE, self.challenge.clone());
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         let keep_alive = request_headers
@@ -584,14 +618,16 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// Turns a proxy request into the request the target expects: origin-form URI, a `Host`
 /// header, no hop-by-hop headers and never the proxy credentials.
 fn prepare_forwarded(req: &mut Request<Incoming>, target: &Address) {
-    if req.headers().get(header::HOST).is_none() {
-        let host = match req.uri().authority() {
-            Some(authority) => authority.as_str().to_string(),
-            None => target.to_string(),
-        };
-        if let Ok(value) = HeaderValue::from_str(&host) {
-            req.headers_mut().insert(header::HOST, value);
-        }
+    // An absolute-form request names its host in the URI, which wins over a `Host` header
+    // (RFC 9112 §3.2.2; Go, so GOST, sends the URI's): the request goes where it is dialled.
+    // Any `user:password@` of the URI stays behind.
+    let host = match req.uri().authority() {
+        Some(authority) => Some(host_of(authority.as_str()).to_string()),
+        None if req.headers().get(header::HOST).is_none() => Some(target.to_string()),
+        None => None,
+    };
+    if let Some(value) = host.and_then(|h| HeaderValue::from_str(&h).ok()) {
+        req.headers_mut().insert(header::HOST, value);
     }
     let path = req
         .uri()
@@ -602,9 +638,31 @@ fn prepare_forwarded(req: &mut Request<Incoming>, target: &Address) {
     strip_hop_by_hop(req.headers_mut());
 }
 
+/// An authority without its userinfo: `host[:port]`.
+fn host_of(authority: &str) -> &str {
+    authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host)
+}
+
+/// Whether a request asks for GOST's UDP relay over HTTP.
+fn is_udp_request(headers: &HeaderMap) -> bool {
+    headers
+        .get("x-gost-protocol")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"udp"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_host_of_an_authority_leaves_userinfo_behind() {
+        assert_eq!(host_of("user:pw@127.0.0.1:8080"), "127.0.0.1:8080");
+        assert_eq!(host_of("a@b@example.com"), "example.com");
+        assert_eq!(host_of("[::1]:80"), "[::1]:80");
+        assert_eq!(host_of("example.com"), "example.com");
+    }
 
     #[test]
     fn head_size_counts_the_request_as_sent() {

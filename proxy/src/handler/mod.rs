@@ -259,6 +259,53 @@ fn outcome_of(e: &PipeError) -> &'static str {
     }
 }
 
+/// The local addresses of the sockets this process opened to pass a client's request or
+/// stream on unchanged (the `http` handler's forwarded requests, the `auto` handler's TLS
+/// clients): a client connecting from one of them is this process forwarding to itself (a
+/// `Host` or server name that leads back to the service), which would repeat until the
+/// connection limit.
+static OWN_FORWARDS: std::sync::LazyLock<std::sync::Mutex<std::collections::HashSet<SocketAddr>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// How many addresses [`OWN_FORWARDS`] holds, so that the common case (none) takes no lock.
+static OWN_FORWARD_COUNT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// One socket's place in [`OWN_FORWARDS`], for as long as it is open.
+pub(crate) struct OwnForward(Option<SocketAddr>);
+
+impl OwnForward {
+    fn forwards() -> std::sync::MutexGuard<'static, std::collections::HashSet<SocketAddr>> {
+        OWN_FORWARDS.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Notes `upstream`'s local address, when it is a TCP socket of this process.
+    pub(crate) fn note(upstream: &BoxConn) -> OwnForward {
+        let local = upstream.as_tcp().and_then(|tcp| tcp.local_addr().ok());
+        if let Some(local) = local
+            && Self::forwards().insert(local)
+        {
+            OWN_FORWARD_COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        OwnForward(local)
+    }
+
+    /// Whether a client at `addr` is one of this process's own forwards.
+    pub(crate) fn is_own(addr: SocketAddr) -> bool {
+        OWN_FORWARD_COUNT.load(std::sync::atomic::Ordering::Relaxed) > 0
+            && Self::forwards().contains(&addr)
+    }
+}
+
+impl Drop for OwnForward {
+    fn drop(&mut self) {
+        if let Some(local) = self.0
+            && Self::forwards().remove(&local)
+        {
+            OWN_FORWARD_COUNT.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
 /// The upstream connection of a forwarded plain-HTTP request: the bytes it carries are counted
 /// in the service's transfer metrics when it closes, as a tunnel's are (`input` the client's
 /// request sent on, `output` the answer brought back).
@@ -341,3 +388,22 @@ impl AsyncWrite for Metered {
 }
 
 impl Conn for Metered {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_forward_is_known_while_its_socket_is_open() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let socket = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let local = socket.local_addr().unwrap();
+        let upstream: BoxConn = Box::new(socket);
+        let noted = OwnForward::note(&upstream);
+        assert!(OwnForward::is_own(local));
+        drop(noted);
+        assert!(!OwnForward::is_own(local));
+    }
+}
