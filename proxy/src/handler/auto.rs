@@ -103,7 +103,7 @@ impl AutoHandler {
         else {
             return;
         };
-        if OwnForward::is_own(client) {
+        if OwnForward::is_own(&conn, client) {
             crate::metrics::handler_error(&env.service, client);
             tracing::warn!(
                 service = %env.service, client = %client, server_name = name.as_deref().unwrap_or(""),

@@ -164,12 +164,14 @@ impl Handler for HttpHandler {
     async fn handle(&self, conn: BoxConn, client: SocketAddr) {
         let shared = self.shared.clone();
         let control = Arc::new(ConnControl::default());
+        // One of this process's forwarded requests, come back to it.
+        let looped = OwnForward::is_own(&conn, client);
         let service = {
             let control = control.clone();
             service_fn(move |req| {
                 let shared = shared.clone();
                 let control = control.clone();
-                async move { Ok::<_, Infallible>(shared.serve(req, client, &control).await) }
+                async move { Ok::<_, Infallible>(shared.serve(req, client, looped, &control).await) }
             })
         };
         let mut connection = http1::Builder::new()
@@ -207,6 +209,7 @@ impl Shared {
         &self,
         req: Request<Incoming>,
         client: SocketAddr,
+        looped: bool,
         control: &ConnControl,
     ) -> Response<Body> {
         let env = &self.env;
@@ -218,7 +221,7 @@ impl Shared {
         if !verdict.accepted() {
             return self.refuse(&req, verdict, control).await;
         }
-        if OwnForward::is_own(client) {
+        if looped {
             // A request this process forwarded came back to it: its `Host` leads to this
             // service. Passing it on again would repeat until no socket is left.
             crate::metrics::handler_error(&env.service, client);

@@ -259,47 +259,55 @@ fn outcome_of(e: &PipeError) -> &'static str {
     }
 }
 
-/// The local addresses of the sockets this process opened to pass a client's request or
-/// stream on unchanged (the `http` handler's forwarded requests, the `auto` handler's TLS
-/// clients): a client connecting from one of them is this process forwarding to itself (a
-/// `Host` or server name that leads back to the service), which would repeat until the
-/// connection limit.
-static OWN_FORWARDS: std::sync::LazyLock<std::sync::Mutex<std::collections::HashSet<SocketAddr>>> =
+/// The two ends (local, peer) of the sockets this process opened to pass a client's request
+/// or stream on unchanged (the `http` handler's forwarded requests, the `auto` handler's TLS
+/// clients): a connection accepted with those two ends swapped is this process forwarding to
+/// itself (a `Host` or server name that leads back to the service), which would repeat until
+/// the connection limit. Both ends, because Linux gives the same local port to connections
+/// to different peers.
+type SocketPair = (SocketAddr, SocketAddr);
+static OWN_FORWARDS: std::sync::LazyLock<std::sync::Mutex<std::collections::HashSet<SocketPair>>> =
     std::sync::LazyLock::new(Default::default);
 
 /// How many addresses [`OWN_FORWARDS`] holds, so that the common case (none) takes no lock.
 static OWN_FORWARD_COUNT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// One socket's place in [`OWN_FORWARDS`], for as long as it is open.
-pub(crate) struct OwnForward(Option<SocketAddr>);
+pub(crate) struct OwnForward(Option<SocketPair>);
 
 impl OwnForward {
-    fn forwards() -> std::sync::MutexGuard<'static, std::collections::HashSet<SocketAddr>> {
+    fn forwards() -> std::sync::MutexGuard<'static, std::collections::HashSet<SocketPair>> {
         OWN_FORWARDS.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Notes `upstream`'s local address, when it is a TCP socket of this process.
+    /// Notes `upstream`'s two ends, when it is a TCP socket of this process.
     pub(crate) fn note(upstream: &BoxConn) -> OwnForward {
-        let local = upstream.as_tcp().and_then(|tcp| tcp.local_addr().ok());
-        if let Some(local) = local
-            && Self::forwards().insert(local)
+        let pair = upstream
+            .as_tcp()
+            .and_then(|tcp| Some((tcp.local_addr().ok()?, tcp.peer_addr().ok()?)));
+        if let Some(pair) = pair
+            && Self::forwards().insert(pair)
         {
             OWN_FORWARD_COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
-        OwnForward(local)
+        OwnForward(pair)
     }
 
-    /// Whether a client at `addr` is one of this process's own forwards.
-    pub(crate) fn is_own(addr: SocketAddr) -> bool {
+    /// Whether the connection `conn`, from `client`, is one of this process's own forwards.
+    /// Only plain TCP connections can be: a forward speaks no other protocol.
+    pub(crate) fn is_own(conn: &BoxConn, client: SocketAddr) -> bool {
         OWN_FORWARD_COUNT.load(std::sync::atomic::Ordering::Relaxed) > 0
-            && Self::forwards().contains(&addr)
+            && conn
+                .as_tcp()
+                .and_then(|tcp| tcp.local_addr().ok())
+                .is_some_and(|served_at| Self::forwards().contains(&(client, served_at)))
     }
 }
 
 impl Drop for OwnForward {
     fn drop(&mut self) {
-        if let Some(local) = self.0
-            && Self::forwards().remove(&local)
+        if let Some(pair) = self.0
+            && Self::forwards().remove(&pair)
         {
             OWN_FORWARD_COUNT.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         }
@@ -401,9 +409,22 @@ mod tests {
             .unwrap();
         let local = socket.local_addr().unwrap();
         let upstream: BoxConn = Box::new(socket);
+        let (accepted, client) = listener.accept().await.unwrap();
+        assert_eq!(client, local);
+        let accepted: BoxConn = Box::new(accepted);
+        // The same local address seen by another listener is someone else.
+        let other = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let elsewhere = tokio::net::TcpStream::connect(other.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (elsewhere_accepted, elsewhere_client) = other.accept().await.unwrap();
+        let elsewhere_accepted: BoxConn = Box::new(elsewhere_accepted);
         let noted = OwnForward::note(&upstream);
-        assert!(OwnForward::is_own(local));
+        assert!(OwnForward::is_own(&accepted, local));
+        assert!(!OwnForward::is_own(&elsewhere_accepted, local));
+        assert!(!OwnForward::is_own(&elsewhere_accepted, elsewhere_client));
         drop(noted);
-        assert!(!OwnForward::is_own(local));
+        assert!(!OwnForward::is_own(&accepted, local));
+        drop(elsewhere);
     }
 }
