@@ -169,12 +169,16 @@ fn twenty_reloads_under_load_drop_nothing_that_did_not_change() {
             );
             ping(&mut on_removed, 4);
             thread::sleep(Duration::from_millis(1500));
-            let mut b = [0u8; 1];
+            // Closed: an echo no longer comes back (a read alone would also time out on a
+            // tunnel that is still open).
             on_removed
                 .set_read_timeout(Some(Duration::from_secs(5)))
                 .unwrap();
+            let mut b = [0u8; 16];
+            let echoed =
+                on_removed.write_all(&[5; 16]).is_ok() && on_removed.read_exact(&mut b).is_ok();
             assert!(
-                matches!(on_removed.read(&mut b), Ok(0) | Err(_)),
+                !echoed,
                 "the removed service's tunnel outlived its grace period"
             );
         }
@@ -496,4 +500,93 @@ fn a_config_without_services_waits_for_them() {
     wait_for_count(&gost, "configuration applied", 1);
     let late = gost.service_addr("late").expect("service late started");
     assert!(TcpStream::connect(late).is_ok());
+}
+
+/// Starts gost on a kubelet-style config directory holding `yaml`, with a 1 s grace period.
+fn reloadable(yaml: &str, services: usize) -> (Gost, std::path::PathBuf) {
+    let dir = tempdir();
+    kubelet_write(&dir, 0, yaml);
+    std::os::unix::fs::symlink("..data/gost.yaml", dir.join("gost.yaml")).unwrap();
+    let file = dir.join("gost.yaml");
+    let gost = Gost::start(
+        &["-C", file.to_str().unwrap(), "--grace-period", "1s"],
+        services,
+    );
+    (gost, dir)
+}
+
+/// Whether a tunnel still carries an echo.
+fn echoes(stream: &mut TcpStream) -> bool {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut b = [0u8; 16];
+    stream.write_all(&[7; 16]).is_ok() && stream.read_exact(&mut b).is_ok() && b == [7; 16]
+}
+
+/// `maxConnections` holds across a reload that only swaps the handler: the connections
+/// already open still count, the limit is not granted again on top of them.
+#[test]
+fn the_connection_limit_counts_what_is_open_across_a_reload() {
+    let echo = Target::echo();
+    let target = echo.addr.to_string();
+    let yaml = |realm: &str| {
+        format!(
+            "services:\n- name: s\n  addr: 127.0.0.1:0\n  metadata: {{maxConnections: 1}}\n  handler:\n    type: http\n    metadata: {{authBasicRealm: {realm}}}\n"
+        )
+    };
+    let (gost, dir) = reloadable(&yaml("a"), 1);
+    let addr = gost.service_addr("s").unwrap();
+    let mut first = http_connect(addr, &target, None).unwrap();
+    assert!(echoes(&mut first));
+    assert!(http_connect(addr, &target, None).is_err(), "over the limit");
+    kubelet_write(&dir, 1, &yaml("b"));
+    wait_for_count(&gost, r#""updated":"[\"s\"]""#, 1);
+    assert!(
+        http_connect(addr, &target, None).is_err(),
+        "the reload granted the limit again"
+    );
+    assert!(echoes(&mut first), "the open tunnel survives the swap");
+    drop(first);
+    // Its place comes free once it has closed.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while http_connect(addr, &target, None).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the closed tunnel's place never came free"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A change of the top-level `tls` section leaves services that serve no TLS alone, with
+/// their listeners and tunnels, and replaces those that do.
+#[test]
+fn a_tls_change_leaves_services_without_tls_alone() {
+    let echo = Target::echo();
+    let target = echo.addr.to_string();
+    let yaml = |name: &str| {
+        format!(
+            "services:\n\
+             - name: plain\n  addr: 127.0.0.1:0\n  handler:\n    type: http\n\
+             - name: tls\n  addr: 127.0.0.1:0\n  handler:\n    type: http\n  listener:\n    type: tls\n\
+             tls:\n  commonName: {name}\n"
+        )
+    };
+    let (gost, dir) = reloadable(&yaml("one.example"), 2);
+    let plain = gost.service_addr("plain").unwrap();
+    let mut tunnel = http_connect(plain, &target, None).unwrap();
+    assert!(echoes(&mut tunnel));
+    kubelet_write(&dir, 1, &yaml("two.example"));
+    wait_for_count(&gost, "configuration applied", 1);
+    let log = gost.log();
+    let applied = log
+        .lines()
+        .find(|l| l.contains("configuration applied"))
+        .unwrap();
+    assert!(applied.contains(r#""replaced":"[\"tls\"]""#), "{applied}");
+    assert!(!applied.contains("plain"), "{applied}");
+    thread::sleep(Duration::from_millis(1500));
+    assert!(echoes(&mut tunnel), "the plain service's tunnel was closed");
+    assert_eq!(gost.service_addr("plain"), Some(plain));
 }

@@ -18,13 +18,13 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use gost_api::{
-    AutherConfig, ChainConfig, Config, ConfigError, HopConfig, ListenerConfig, ListenerType,
-    ServiceConfig, TlsConfig,
+    AutherConfig, ChainConfig, Config, ConfigError, HandlerType, HopConfig, ListenerConfig,
+    ListenerType, ServiceConfig, TlsConfig,
 };
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -72,29 +72,51 @@ impl ServiceSpec {
             .filter(|a| names.contains(&&a.name))
             .cloned()
             .collect();
+        // The top-level `tls` section only matters to services that serve TLS.
+        let tls = (listener_serves_tls(service.listener.kind)
+            || handler_serves_tls(service.handler.kind))
+        .then(|| config.tls.clone())
+        .flatten();
         ServiceSpec {
             service: service.clone(),
             chain,
             hops,
             authers,
-            tls: config.tls.clone(),
+            tls,
         }
     }
 
     /// What the bound listener depends on: its address, config (GOST's keepalive keys in its
-    /// metadata among it) and TLS, and the service's keepalive, which the listener gives the
-    /// sockets it accepts unless those keys say otherwise. The `http2` listener
-    /// carries its handler, so for it any change is a listener change.
+    /// metadata among it), the default TLS certificate when it serves TLS, and the service's
+    /// keepalive, which the listener gives the sockets it accepts unless those keys say
+    /// otherwise. The `http2` listener carries its handler, so for it any change is a
+    /// listener change.
     fn listener_part(&self) -> ListenerPart {
         let whole = (self.service.listener.kind == ListenerType::Http2).then(|| self.clone());
         (
             self.service.addr.clone(),
             self.service.listener.clone(),
-            self.tls.clone(),
+            listener_serves_tls(self.service.listener.kind)
+                .then(|| self.tls.clone())
+                .flatten(),
             server::keepalive(&self.service, 0).ok(),
             whole,
         )
     }
+}
+
+/// Whether a listener of `kind` serves TLS, and so the top-level `tls` certificate unless
+/// its own `tls` names one.
+fn listener_serves_tls(kind: ListenerType) -> bool {
+    !matches!(
+        kind,
+        ListenerType::Tcp | ListenerType::Ws | ListenerType::H2c | ListenerType::Pht
+    )
+}
+
+/// Whether a handler of `kind` serves TLS itself: SOCKS5's TLS methods (also `auto`'s).
+fn handler_serves_tls(kind: HandlerType) -> bool {
+    matches!(kind, HandlerType::Socks5 | HandlerType::Auto)
 }
 
 type ListenerPart = (
@@ -111,10 +133,21 @@ type ListenerPart = (
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 
 /// The handler a service's accept loop hands connections to, and the service's connection
-/// limit; swapped together on reload.
+/// limit; swapped together on reload. The count of open connections the limit applies to
+/// is the service's own ([`Running::open`]), kept across swaps and replacements, so that a
+/// reload does not grant the limit again on top of what is open.
 struct HandlerSlot {
     handler: Arc<dyn Handler>,
-    limit: Arc<tokio::sync::Semaphore>,
+    limit: usize,
+}
+
+/// One connection counted against its service's limit, for as long as it is open.
+struct Admitted(Arc<AtomicUsize>);
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl HandlerSlot {
@@ -133,10 +166,7 @@ impl HandlerSlot {
                 });
             }
         };
-        Ok(HandlerSlot {
-            handler,
-            limit: Arc::new(tokio::sync::Semaphore::new(limit)),
-        })
+        Ok(HandlerSlot { handler, limit })
     }
 }
 
@@ -144,6 +174,8 @@ struct Running {
     spec: ServiceSpec,
     local: SocketAddr,
     handler: Arc<ArcSwap<HandlerSlot>>,
+    /// The service's open connections, counted against its limit.
+    open: Arc<AtomicUsize>,
     /// Stops the accept loop (which then drops the listener).
     accept: CancellationToken,
     /// Closes this service's open tunnels: fired a grace period after it was removed.
@@ -285,8 +317,11 @@ impl Supervisor {
             .cloned()
             .collect();
         let mut released = Vec::new();
+        // A replaced service's open connections still count against its limit.
+        let mut still_open = HashMap::new();
         for name in stopping {
             let running = self.services.remove(&name).expect("listed above");
+            still_open.insert(name.clone(), running.open.clone());
             running.accept.cancel();
             released.push(running.accept_task);
             let tunnels = running.tunnels.clone();
@@ -333,7 +368,8 @@ impl Supervisor {
                     }
                 }
             };
-            let running = self.start(spec, slot, listener);
+            let open = still_open.remove(&name).unwrap_or_default();
+            let running = self.start(spec, slot, listener, open);
             self.services.insert(name.clone(), running);
             if existed {
                 applied.replaced.push(name);
@@ -347,7 +383,13 @@ impl Supervisor {
         Ok(applied)
     }
 
-    fn start(&self, spec: ServiceSpec, slot: HandlerSlot, listener: Box<dyn Listener>) -> Running {
+    fn start(
+        &self,
+        spec: ServiceSpec,
+        slot: HandlerSlot,
+        listener: Box<dyn Listener>,
+        open: Arc<AtomicUsize>,
+    ) -> Running {
         let local = listener.local_addr();
         let handler = Arc::new(ArcSwap::from_pointee(slot));
         let accept = CancellationToken::new();
@@ -356,6 +398,7 @@ impl Supervisor {
             Arc::from(spec.service.name.as_str()),
             listener,
             handler.clone(),
+            open.clone(),
             accept.clone(),
             tunnels.clone(),
             self.tunnels.clone(),
@@ -364,6 +407,7 @@ impl Supervisor {
             spec,
             local,
             handler,
+            open,
             accept,
             tunnels,
             accept_task,
@@ -410,6 +454,7 @@ async fn accept_loop(
     name: Arc<str>,
     listener: Box<dyn Listener>,
     handler: Arc<ArcSwap<HandlerSlot>>,
+    open: Arc<AtomicUsize>,
     stop: CancellationToken,
     cancel_tunnels: CancellationToken,
     tunnels: TaskTracker,
@@ -423,23 +468,26 @@ async fn accept_loop(
         match accepted {
             Ok((conn, client)) => {
                 let slot = handler.load();
-                let Ok(permit) = slot.limit.clone().try_acquire_owned() else {
+                // Only this loop adds to the count, so the check and the add cannot race.
+                if open.load(Ordering::Relaxed) >= slot.limit {
                     // Refused at the door: the client sees its connection closed at once.
                     crate::metrics::connection_refused(&name);
                     tracing::debug!(service = %name, client = %client, "connection limit reached; refused");
                     drop(conn);
                     continue;
-                };
+                }
+                open.fetch_add(1, Ordering::Relaxed);
+                let permit = Admitted(open.clone());
                 let handler = slot.handler.clone();
                 let request = crate::metrics::Request::start(&name, client);
                 let conn = crate::conn::Guarded::boxed(conn, (permit, request));
                 let cancel = cancel_tunnels.clone();
-                tunnels.spawn(async move {
+                tunnels.spawn(crate::handler::serving(cancel.clone(), async move {
                     tokio::select! {
                         _ = handler.handle(conn, client) => {}
                         _ = cancel.cancelled() => {}
                     }
-                });
+                }));
             }
             Err(e) => {
                 tracing::warn!(service = %name, error = %e, "accept failed");

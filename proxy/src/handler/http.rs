@@ -285,13 +285,15 @@ impl Shared {
         client: SocketAddr,
     ) -> Response<Body> {
         let env = self.env.clone();
-        self.env.tunnels.spawn(async move {
+        super::spawn_tunnel(&self.env.tunnels, async move {
             match hyper::upgrade::on(req).await {
                 Ok(upgraded) => {
                     let conn = into_conn(upgraded);
                     run_tunnel(&env, "http", client, &target, conn, upstream).await;
                 }
-                Err(e) => tracing::debug!(service = %env.service, client = %client, error = %e, "CONNECT client went away"),
+                Err(e) => {
+                    tracing::debug!(service = %env.service, client = %client, error = %e, "CONNECT client went away")
+                }
             }
         });
         let mut response = Response::new(empty());
@@ -334,7 +336,7 @@ impl Shared {
             }
         };
         let service = self.env.service.clone();
-        self.env.tunnels.spawn(async move {
+        super::spawn_tunnel(&self.env.tunnels, async move {
             let _own = own;
             if let Err(e) = connection.with_upgrades().await {
                 let error = crate::error_chain(&e);
@@ -411,7 +413,7 @@ impl Shared {
         };
         let upstream_upgrade = hyper::upgrade::on(&mut response);
         let env = self.env.clone();
-        self.env.tunnels.spawn(async move {
+        super::spawn_tunnel(&self.env.tunnels, async move {
             match tokio::try_join!(client_upgrade, upstream_upgrade) {
                 // The upstream stream is the metered one of `forward`, which counts the bytes.
                 Ok((client_io, upstream_io)) => {

@@ -79,9 +79,9 @@ impl Http2Handler {
         client: SocketAddr,
     ) {
         let this = self.clone();
-        self.env
-            .tunnels
-            .spawn(async move { this.serve(req, respond, client).await });
+        super::spawn_tunnel(&self.env.tunnels, async move {
+            this.serve(req, respond, client).await
+        });
     }
 
     async fn serve(
@@ -366,7 +366,7 @@ async fn send_upstream(
         .handshake::<_, RecvBody>(TokioIo::new(super::Metered::boxed(env, client, upstream)))
         .await?;
     let service = env.service.clone();
-    env.tunnels.spawn(async move {
+    super::spawn_tunnel(&env.tunnels, async move {
         if let Err(e) = connection.await {
             tracing::debug!(service = %service, error = %e, "upstream HTTP connection ended");
         }

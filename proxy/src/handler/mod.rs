@@ -18,6 +18,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use gost_api::Metadata;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{Authenticator, Verdict};
@@ -154,6 +155,41 @@ pub async fn within_handshake_timeout<T, E: std::fmt::Display>(
                 timeout = ?env.handshake_timeout, "handshake timed out"
             );
             None
+        }
+    }
+}
+
+tokio::task_local! {
+    /// Fired when the service whose connection a task serves is removed or replaced and its
+    /// grace period is over. Handlers that answer first and relay in a task of their own
+    /// (the HTTP CONNECT, upgrades, HTTP/2 streams) outlive the connection's own task, which
+    /// is what the supervisor cancels; they take this along ([`spawn_tunnel`]).
+    static SERVICE_CLOSING: CancellationToken;
+}
+
+/// Runs `serve` (one accepted connection) with `closing` as its service's closing signal.
+pub async fn serving<F: std::future::Future>(closing: CancellationToken, serve: F) -> F::Output {
+    SERVICE_CLOSING.scope(closing, serve).await
+}
+
+/// Spawns `task` (a tunnel, or the upstream connection of a forwarded request) on the
+/// service's tracker, ended when the service it was started for closes, as the connection's
+/// own task is.
+pub(crate) fn spawn_tunnel<F>(tracker: &TaskTracker, task: F)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    match SERVICE_CLOSING.try_with(CancellationToken::clone) {
+        Ok(closing) => {
+            tracker.spawn(SERVICE_CLOSING.scope(closing.clone(), async move {
+                tokio::select! {
+                    () = task => {}
+                    () = closing.cancelled() => {}
+                }
+            }));
+        }
+        Err(_) => {
+            tracker.spawn(task);
         }
     }
 }
