@@ -8,8 +8,10 @@
 //!   that it progresses while the caller reads; the next write or a flush waits for its
 //!   answer (writes stay sequential, and a non-200 answer fails the next write);
 //! - shutdown sends an empty push (GOST's close) and keeps reading: our server treats it as
-//!   a half-close while the pull lasts, GOST's ends the session (and so the pull). Once that
-//!   pull ends there is no other; dropping the tunnel stops the pull (and sends the close if
+//!   a half-close while the pull lasts, GOST's ends the session (and so the pull). The close
+//!   waits for the first pull's answer to start (or fail): a close that overtook the pull
+//!   would end the session before the pull could carry the service's answer. Once that pull
+//!   ends there is no other; dropping the tunnel stops the pull (and sends the close if
 //!   shutdown did not).
 
 use std::future::Future;
@@ -23,6 +25,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::{Buf, Bytes, BytesMut};
 use futures_channel::mpsc as queue;
+use futures_channel::oneshot;
 use futures_util::{SinkExt, StreamExt};
 use http::{Method, StatusCode, header};
 use http_body_util::BodyExt;
@@ -53,6 +56,10 @@ const MAX_PUSH_ANSWER: usize = 4096;
 /// allocates per queued chunk (an idle tunnel holds none) and gives its one sender a slot
 /// beyond its buffer, so the buffer is one less than this.
 const PULL_QUEUE: usize = 4;
+
+/// Longest a shutdown waits for the first pull's answer to start before it sends the close
+/// anyway: a server that has not answered the pull by then is not going to carry anything.
+const PULL_HEAD_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The agent GOST's Go client sends.
 const USER_AGENT: &str = "Go-http-client/1.1";
@@ -138,12 +145,21 @@ pub async fn connect(rt: Arc<dyn RoundTrip>, opts: Arc<ClientOptions>) -> io::Re
     let token: Arc<str> = Arc::from(authorize(&*rt, &opts).await?);
     let (tx, rx) = queue::channel(PULL_QUEUE - 1);
     let closing = Arc::new(AtomicBool::new(false));
+    // Signalled (or dropped) once the first pull's response head arrived or the pull failed.
+    let (pulled_tx, pulled_rx) = oneshot::channel();
     // The pull and the pushes run in tasks of their own: the connections they open get the
     // keepalive of the dial that opened the tunnel.
     let keepalive = crate::conn::dialing_keepalive();
     let pull = tokio::spawn(crate::conn::dialing_with(
         keepalive,
-        pull_loop(rt.clone(), opts.clone(), token.clone(), tx, closing.clone()),
+        pull_loop(
+            rt.clone(),
+            opts.clone(),
+            token.clone(),
+            tx,
+            closing.clone(),
+            pulled_tx,
+        ),
     ));
     Ok(Box::new(PhtClientConn {
         rt,
@@ -151,6 +167,7 @@ pub async fn connect(rt: Arc<dyn RoundTrip>, opts: Arc<ClientOptions>) -> io::Re
         token,
         keepalive,
         closing,
+        pulled: Some(pulled_rx),
         read: Mutex::new(ReadSide {
             rx,
             current: Bytes::new(),
@@ -218,10 +235,12 @@ async fn pull_loop(
     token: Arc<str>,
     mut tx: queue::Sender<io::Result<Bytes>>,
     closing: Arc<AtomicBool>,
+    pulled: oneshot::Sender<()>,
 ) {
     let mut first = true;
+    let mut pulled = Some(pulled);
     loop {
-        match pull_once(&*rt, &opts, &token, &mut tx, first).await {
+        match pull_once(&*rt, &opts, &token, &mut tx, first, &mut pulled).await {
             Ok(0) => return,
             // After our close push a pull that ends is the tunnel's end. Pulling again would
             // ask for a session that is gone, and GOST's development line creates a new,
@@ -237,16 +256,22 @@ async fn pull_loop(
 }
 
 /// One pull; the number of lines it carried. A closed `tx` (the tunnel was dropped) ends it
-/// like an empty pull; so does a refused re-pull (not `first`).
+/// like an empty pull; so does a refused re-pull (not `first`). `pulled` is signalled once
+/// the response head arrived (and dropped if the request failed).
 async fn pull_once(
     rt: &dyn RoundTrip,
     opts: &ClientOptions,
     token: &str,
     tx: &mut queue::Sender<io::Result<Bytes>>,
     first: bool,
+    pulled: &mut Option<oneshot::Sender<()>>,
 ) -> io::Result<usize> {
     let req = opts.request(Method::GET, &opts.paths.pull, Some(token), Bytes::new())?;
-    let res = rt.round_trip(req).await?;
+    let res = rt.round_trip(req).await;
+    if let Some(pulled) = pulled.take() {
+        let _ = pulled.send(());
+    }
+    let res = res?;
     if !first && res.status() != StatusCode::OK {
         // A stable GOST server answers a re-pull for a session it ended with 403: the
         // tunnel's data all arrived, so this is its end, not a failure.
@@ -352,6 +377,9 @@ struct PhtClientConn {
     shutdown: Shutdown,
     // Set once the close push is under way: the pull loop then pulls no more.
     closing: Arc<AtomicBool>,
+    // Ready once the first pull's head arrived or the pull failed (or stopped); the close
+    // push waits for it. Taken by the shutdown.
+    pulled: Option<oneshot::Receiver<()>>,
     // Stops the pull loop when the tunnel is dropped.
     _pull: AbortOnDropHandle<()>,
 }
@@ -448,7 +476,20 @@ impl AsyncWrite for PhtClientConn {
                     let _ = ready!(self.poll_pushed(cx));
                     let req = self.push_request(Bytes::new())?;
                     self.closing.store(true, Ordering::Release);
-                    self.shutdown = Shutdown::Closing(self.spawn_push(req));
+                    // The close must not overtake the first pull: a server that gets it for
+                    // a session no pull is attached to may end the session (GOST's does, and
+                    // earlier gost-rs ones did), and the pull would then find nothing.
+                    let pulled = self.pulled.take();
+                    let rt = self.rt.clone();
+                    self.shutdown = Shutdown::Closing(tokio::spawn(crate::conn::dialing_with(
+                        self.keepalive,
+                        async move {
+                            if let Some(pulled) = pulled {
+                                let _ = tokio::time::timeout(PULL_HEAD_WAIT, pulled).await;
+                            }
+                            push(rt, req).await
+                        },
+                    )));
                 }
                 Shutdown::Closing(close) => {
                     // The server may already have closed the session; the close is done anyway.
@@ -615,6 +656,84 @@ mod tests {
             assert_eq!(rt.pulls.load(Ordering::Relaxed), 1);
             assert_eq!(rt.closes_with_length.load(Ordering::Relaxed), 1);
         }
+    }
+
+    /// Delays each pull's answer, and notes a close push sent before the first pull had its
+    /// answer.
+    struct SlowPull {
+        inner: Arc<Direct>,
+        delay: std::time::Duration,
+        pull_answered: AtomicBool,
+        close_overtook_pull: AtomicBool,
+    }
+
+    #[async_trait]
+    impl RoundTrip for SlowPull {
+        async fn round_trip(
+            &self,
+            req: http::Request<Bytes>,
+        ) -> io::Result<http::Response<super::super::Body>> {
+            if req.uri().path() == "/pull" {
+                tokio::time::sleep(self.delay).await;
+                let res = self.inner.round_trip(req).await;
+                self.pull_answered.store(true, Ordering::SeqCst);
+                return res;
+            }
+            if req.method() == Method::POST
+                && req.body().is_empty()
+                && !self.pull_answered.load(Ordering::SeqCst)
+            {
+                self.close_overtook_pull.store(true, Ordering::SeqCst);
+            }
+            self.inner.round_trip(req).await
+        }
+    }
+
+    /// A client that writes its request and shuts down at once (`nc -N`, an HTTP/1.0 client)
+    /// before its first pull reached the server: the close must wait for that pull, and the
+    /// answer must arrive.
+    #[tokio::test]
+    async fn quick_close_waits_for_the_first_pull() {
+        let (direct, opts, server, mut rx) = setup("pht-client-quick-close", true);
+        let rt = Arc::new(SlowPull {
+            inner: direct,
+            delay: std::time::Duration::from_millis(200),
+            pull_answered: AtomicBool::new(false),
+            close_overtook_pull: AtomicBool::new(false),
+        });
+        // The service reads the request to its end, then answers and hangs up.
+        let service = tokio::spawn(async move {
+            let (mut svc, _) = rx.recv().await.unwrap();
+            let mut request = Vec::new();
+            svc.read_to_end(&mut request).await.unwrap();
+            // Fails if the session is gone; the client then gets no answer.
+            let _ = svc.write_all(b"answer").await;
+            let _ = svc.shutdown().await;
+            request
+        });
+        let within = std::time::Duration::from_secs(10);
+        let mut conn = connect(rt.clone(), opts).await.unwrap();
+        conn.write_all(b"request").await.unwrap();
+        tokio::time::timeout(within, conn.shutdown())
+            .await
+            .unwrap()
+            .unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(within, conn.read_to_end(&mut answer))
+            .await
+            .unwrap()
+            .unwrap();
+        let request = tokio::time::timeout(within, service)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(request, b"request");
+        assert!(
+            !rt.close_overtook_pull.load(Ordering::SeqCst),
+            "close push sent before the first pull was answered"
+        );
+        assert_eq!(answer, b"answer");
+        assert_eq!(server.sessions(), 0);
     }
 
     #[tokio::test]

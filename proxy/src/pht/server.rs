@@ -70,6 +70,12 @@ pub const MAX_PUSH_LINE: usize = 128 * 1024;
 /// a slow push: 60 s is twice the push timeout and six heartbeats.
 pub const SESSION_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long a session whose client finished sending waits for its first pull: a client's
+/// close can overtake its first pull (GOST's client sends both at once), and the service's
+/// answer must still reach that pull. A pull sent before the close arrives well within this;
+/// a client that cancelled its pull leaves the session to be closed after it.
+pub const FIRST_PULL_GRACE: Duration = Duration::from_secs(10);
+
 /// How long a closed token is remembered, so that the client's pull gets an empty answer (EOF
 /// for GOST's client) instead of creating a fresh session. A client re-pulls immediately, so
 /// a minute is plenty.
@@ -125,6 +131,9 @@ struct Session {
     down: Mutex<Option<queue::Receiver<Bytes>>>,
     closed: CancellationToken,
     pulling: AtomicBool,
+    // The session waits for its first pull to carry the service's output, and is closed
+    // after [`FIRST_PULL_GRACE`] if none comes.
+    awaiting_pull: AtomicBool,
     last_active: Mutex<Instant>,
 }
 
@@ -344,6 +353,7 @@ impl PhtServer {
             down: Mutex::new(Some(down_rx)),
             closed: CancellationToken::new(),
             pulling: AtomicBool::new(false),
+            awaiting_pull: AtomicBool::new(false),
             last_active: Mutex::new(Instant::now()),
         });
         let conn = PhtConn {
@@ -372,20 +382,29 @@ impl PhtServer {
         Ok(session)
     }
 
-    /// The client's close (an empty push). The service reads EOF; while a pull is attached
-    /// it keeps streaming what the service still writes, and the session ends with it (GOST's
-    /// client cancels its pull right after the close, which ends the session at once; ours
-    /// keeps reading, which makes the close a half-close). Without a pull it ends now.
+    /// The client's close (an empty push), a half-close: the service reads EOF, and the pull
+    /// streams what the service still writes; the session ends with it (GOST's client cancels
+    /// its pull right after the close, which ends the session at once; ours keeps reading).
+    /// A session never pulled yet waits [`FIRST_PULL_GRACE`] for its pull: a close that
+    /// overtook the client's first pull must not throw away the service's answer to it.
     fn client_done(&self, token: &str) {
         let session = lock(&self.state).sessions.get(token).cloned();
         let Some(session) = session else {
             return;
         };
+        tracing::debug!(service = %self.service, token = %token, "pht session: client finished sending");
+        self.end_input(&session);
+    }
+
+    /// No more pushes reach the service. A pull attached (or ended, which closed the
+    /// session) carries the service's output to its end; a session never pulled keeps that
+    /// output for a pull that comes within [`FIRST_PULL_GRACE`], and is closed after it.
+    fn end_input(&self, session: &Arc<Session>) {
         lock(&session.up).take();
-        if !session.pulling.load(Ordering::Relaxed) {
-            self.close(&session, "closed by the client");
-        } else {
-            tracing::debug!(service = %self.service, token = %token, "pht session: client finished sending");
+        // The pull takes `down` when it attaches: while it is here, none has.
+        let never_pulled = lock(&session.down).is_some();
+        if never_pulled && !session.awaiting_pull.swap(true, Ordering::Relaxed) {
+            tokio::spawn(await_first_pull(self.me.clone(), session.clone()));
         }
     }
 
@@ -456,6 +475,19 @@ async fn watch_idle(server: Weak<PhtServer>, session: Arc<Session>) {
                 server.close(&session, "client vanished (no pull, no push)");
             }
             return;
+        }
+    }
+}
+
+/// Closes `session` if no pull has attached to it within [`FIRST_PULL_GRACE`].
+async fn await_first_pull(server: Weak<PhtServer>, session: Arc<Session>) {
+    tokio::select! {
+        () = session.closed.cancelled() => return,
+        () = tokio::time::sleep(FIRST_PULL_GRACE) => {}
+    }
+    if lock(&session.down).is_some() {
+        if let Some(server) = server.upgrade() {
+            server.close(&session, "no pull came after the client's close");
         }
     }
 }
@@ -941,31 +973,78 @@ mod tests {
         assert_eq!(server.sessions(), 1);
     }
 
+    /// Pushes `hello` on a new session `token` and lets the service read it.
+    async fn pushed_hello(server: &Arc<PhtServer>, rx: &mut Accepted, token: &str) -> BoxConn {
+        let push = tokio::spawn({
+            let server = server.clone();
+            let uri = format!("/p?token={token}");
+            async move {
+                server
+                    .serve(req(Method::POST, &uri, b"aGVsbG8=\n"), client())
+                    .await
+            }
+        });
+        let (mut conn, _) = rx.recv().await.unwrap();
+        let mut got = [0u8; 5];
+        conn.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"hello");
+        assert_eq!(push.await.unwrap().status(), StatusCode::OK);
+        conn
+    }
+
+    /// The client's close can overtake its first pull (it sends both at once): the close is
+    /// a half-close all the same, and the pull that comes next gets all the service wrote.
     #[tokio::test]
-    async fn empty_push_closes_the_session() {
+    async fn empty_push_before_the_first_pull_keeps_the_output_for_it() {
         for close_body in [&b""[..], b"\n", b"aGVsbG8="] {
-            // Without a pull: closed at once.
             let (server, mut rx) = new_server("pht-close", 8);
-            let push = tokio::spawn({
-                let server = server.clone();
-                async move {
-                    server
-                        .serve(req(Method::POST, "/p?token=c", b"aGVsbG8=\n"), client())
-                        .await
-                }
-            });
-            let (mut conn, _) = rx.recv().await.unwrap();
-            conn.read_exact(&mut [0u8; 5]).await.unwrap();
-            assert_eq!(push.await.unwrap().status(), StatusCode::OK);
+            let mut conn = pushed_hello(&server, &mut rx, "c").await;
+            conn.write_all(b"early").await.unwrap();
             let res = server
                 .serve(req(Method::POST, "/p?token=c", close_body), client())
                 .await;
             assert_eq!(res.status(), StatusCode::OK, "{close_body:?}");
-            assert_eq!(server.sessions(), 0);
             assert_eq!(conn.read(&mut [0u8; 8]).await.unwrap(), 0);
-            assert!(conn.write_all(b"late").await.is_err());
+            assert_eq!(server.sessions(), 1, "{close_body:?}");
+            // Pushes are over.
+            let res = server
+                .serve(req(Method::POST, "/p?token=c", b"AA==\n"), client())
+                .await;
+            assert_ne!(res.status(), StatusCode::OK);
+            conn.write_all(b"late").await.unwrap();
+            conn.shutdown().await.unwrap();
+            let res = server
+                .serve(req(Method::GET, "/q?token=c", b""), client())
+                .await;
+            assert_eq!(res.status(), StatusCode::OK);
+            assert_eq!(body(res).await, "ZWFybHk=\nbGF0ZQ==\n", "{close_body:?}");
+            assert_eq!(server.sessions(), 0);
         }
         assert_eq!(gauge("pht-close"), 0);
+    }
+
+    /// A closed session that no pull comes for is not kept beyond [`FIRST_PULL_GRACE`].
+    #[tokio::test(start_paused = true)]
+    async fn empty_push_without_a_pull_closes_after_the_grace() {
+        let (server, mut rx) = new_server("pht-close-grace", 8);
+        let mut conn = pushed_hello(&server, &mut rx, "g").await;
+        let res = server
+            .serve(req(Method::POST, "/p?token=g", b""), client())
+            .await;
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(conn.read(&mut [0u8; 8]).await.unwrap(), 0);
+        tokio::time::sleep(FIRST_PULL_GRACE - Duration::from_secs(1)).await;
+        assert_eq!(server.sessions(), 1);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(server.sessions(), 0);
+        assert_eq!(gauge("pht-close-grace"), 0);
+        assert!(conn.write_all(b"late").await.is_err());
+        // A pull after that gets the end of the tunnel.
+        let res = server
+            .serve(req(Method::GET, "/q?token=g", b""), client())
+            .await;
+        assert_eq!(res.status(), StatusCode::OK);
+        assert!(body(res).await.is_empty());
     }
 
     #[tokio::test]
