@@ -41,8 +41,10 @@ use crate::conn::{BoxConn, Conn};
 /// the line with no limit.
 pub const PUSH_CHUNK: usize = 48 * 1024;
 
-/// Longest pull line accepted, as GOST's client (its line scanner stops at 64 KiB): a server
-/// sending more is broken or hostile, and the tunnel's read side fails instead of buffering.
+/// A pull line (without its newline) must be shorter than this, as for GOST's client: its line
+/// scanner fails when a line and its newline do not fit in 64 KiB. A server sending more is
+/// broken or hostile, and the tunnel's read side fails instead of buffering. Our server's
+/// lines are at most 43,693 bytes; the longest accepted carries 49,149 bytes of data.
 pub const MAX_PULL_LINE: usize = 64 * 1024;
 
 /// Longest authorize answer read (`token=` and a token); GOST's is 26 bytes.
@@ -300,6 +302,12 @@ async fn pull_once(
         })?;
         Ok(tx.send(Ok(Bytes::from(data))).await.is_ok())
     };
+    let too_long = || {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("PHT pull line of {MAX_PULL_LINE} bytes or more"),
+        )
+    };
     while let Some(frame) = body.frame().await {
         let Ok(data) = frame?.into_data() else {
             continue;
@@ -310,6 +318,11 @@ async fn pull_once(
         buf.extend_from_slice(&data);
         while let Some(at) = buf[searched..].iter().position(|&b| b == b'\n') {
             let end = searched + at;
+            // Checked for every line, not only for one still waiting for its end: a frame
+            // can hold a whole line of any length.
+            if end >= MAX_PULL_LINE {
+                return Err(too_long());
+            }
             let line = buf.split_to(end + 1).freeze();
             searched = 0;
             lines += 1;
@@ -321,11 +334,8 @@ async fn pull_once(
             // Every line went out: let the buffer go rather than keep the size of the longest
             // line for as long as the tunnel is open (idle after a download, 45 KiB).
             buf = BytesMut::new();
-        } else if buf.len() > MAX_PULL_LINE {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("PHT pull line longer than {MAX_PULL_LINE} bytes"),
-            ));
+        } else if buf.len() >= MAX_PULL_LINE {
+            return Err(too_long());
         }
     }
     if !buf.is_empty() {
@@ -734,6 +744,64 @@ mod tests {
         );
         assert_eq!(answer, b"answer");
         assert_eq!(server.sessions(), 0);
+    }
+
+    /// A server without `authorize` whose first pull answers `first_pull` in one piece, and
+    /// whose later pulls answer nothing (the end of the tunnel).
+    struct Canned {
+        first_pull: Bytes,
+        pulls: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait]
+    impl RoundTrip for Canned {
+        async fn round_trip(
+            &self,
+            req: http::Request<Bytes>,
+        ) -> io::Result<http::Response<super::super::Body>> {
+            let (status, body) = match req.uri().path() {
+                "/authorize" => (StatusCode::NOT_FOUND, Bytes::new()),
+                "/pull" if self.pulls.fetch_add(1, Ordering::Relaxed) == 0 => {
+                    (StatusCode::OK, self.first_pull.clone())
+                }
+                _ => (StatusCode::OK, Bytes::new()),
+            };
+            let mut res =
+                http::Response::new(Full::new(body).map_err(|never| match never {}).boxed());
+            *res.status_mut() = status;
+            Ok(res)
+        }
+    }
+
+    /// Lines of 64 KiB or more (newline aside) fail the tunnel, as for GOST's client, even
+    /// when a whole line arrives at once: 49,149 bytes of data are the most a line carries.
+    #[tokio::test]
+    async fn pull_lines_of_64_kib_or_more_fail_the_tunnel() {
+        let (_, opts, _, _) = setup("pht-client-long-line", false);
+        for (len, accepted) in [(49_149, true), (49_152, false), (70_000, false)] {
+            let data: Vec<u8> = (0..len).map(|i| (i % 241) as u8).collect();
+            let line = super::super::server::encode_line(&data);
+            assert_eq!(line.len() - 1 < MAX_PULL_LINE, accepted, "{len}");
+            let rt = Arc::new(Canned {
+                first_pull: line,
+                pulls: Default::default(),
+            });
+            let mut conn = connect(rt, opts.clone()).await.unwrap();
+            let mut got = Vec::new();
+            let read = tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                conn.read_to_end(&mut got),
+            )
+            .await
+            .unwrap();
+            if accepted {
+                read.unwrap();
+                assert!(got == data, "{len} bytes: data differs");
+            } else {
+                let e = read.expect_err(&format!("a line of {len} bytes was accepted"));
+                assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{len}: {e}");
+            }
+        }
     }
 
     #[tokio::test]
