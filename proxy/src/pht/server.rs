@@ -288,8 +288,13 @@ impl PhtServer {
         session.touch();
         match outcome {
             Ok(Some(())) => status(StatusCode::OK),
+            Ok(None) if session.closed.is_cancelled() => status(StatusCode::GONE),
             Ok(None) => {
-                self.close(&session, "service stopped reading");
+                // The service let go of its side. What it wrote before is still for the
+                // pull: one attached ends after it; a session not pulled yet keeps it for
+                // its first pull (a relay's error reply written before the pull arrived).
+                tracing::debug!(service = %self.service, token = %session.token, "pht session: service stopped reading");
+                self.end_input(&session);
                 status(StatusCode::GONE)
             }
             Err(_) => {
@@ -1045,6 +1050,27 @@ mod tests {
             .await;
         assert_eq!(res.status(), StatusCode::OK);
         assert!(body(res).await.is_empty());
+    }
+
+    /// A service that answers and hangs up before the first pull (a relay's error reply):
+    /// a push that then finds it gone fails, but the pull still gets the answer, then the end.
+    #[tokio::test]
+    async fn output_of_a_service_gone_before_the_first_pull_reaches_the_pull() {
+        let (server, mut rx) = new_server("pht-gone-early", 8);
+        let mut conn = pushed_hello(&server, &mut rx, "e").await;
+        conn.write_all(b"error reply").await.unwrap();
+        drop(conn);
+        let res = server
+            .serve(req(Method::POST, "/p?token=e", b"AA==\n"), client())
+            .await;
+        assert_eq!(res.status(), StatusCode::GONE);
+        let res = server
+            .serve(req(Method::GET, "/q?token=e", b""), client())
+            .await;
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(body(res).await, encode_line(b"error reply"));
+        assert_eq!(server.sessions(), 0);
+        assert_eq!(gauge("pht-gone-early"), 0);
     }
 
     #[tokio::test]
