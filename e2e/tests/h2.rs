@@ -2,6 +2,7 @@
 //! tunnels, as in the seed page's examples, plus multiplexing, reconnection, bulk data, an
 //! independent HTTP/2 client and chains.
 
+use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::process::Command;
 use std::thread;
@@ -492,4 +493,43 @@ fn http2_read_timeout_closes_idle_tunnels() {
         "closed after {:?}",
         started.elapsed()
     );
+}
+
+/// A stopping server sends GOAWAY on its HTTP/2 connections, so that the client's pool opens
+/// its next tunnels elsewhere instead of on a connection whose streams nobody takes: here
+/// the client re-dials, finds the port closed and answers 502 at once, where it used to
+/// answer 200 for a stream that was then reset.
+#[test]
+fn a_stopping_server_sends_goaway_and_new_tunnels_go_elsewhere() {
+    let echo = Target::echo();
+    let target = echo.addr.to_string();
+    for scheme in ["relay+h2c", "relay+h2"] {
+        let server = Gost::start(&["-L", &format!("{scheme}://127.0.0.1:0")], 1);
+        let client = client_with(&format!("{scheme}://{}", server.addr()));
+        // A tunnel that keeps the stopping server draining (grace period 30 s).
+        let mut open = http_connect(client.addr(), &target, None).expect("CONNECT");
+        open.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        open.write_all(b"ping").unwrap();
+        let mut got = [0u8; 4];
+        open.read_exact(&mut got).unwrap();
+        server.signal("TERM");
+        server.wait_for_log("stopped accepting");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut refused = false;
+        while Instant::now() < deadline {
+            if http_connect(client.addr(), &target, None).is_err() {
+                refused = true;
+                break;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        assert!(
+            refused,
+            "{scheme}: new tunnels still went to the stopping server"
+        );
+        // The tunnel under way finishes undisturbed.
+        open.write_all(b"pong").unwrap();
+        open.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"pong", "{scheme}");
+    }
 }

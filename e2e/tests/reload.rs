@@ -590,3 +590,62 @@ fn a_tls_change_leaves_services_without_tls_alone() {
     assert!(echoes(&mut tunnel), "the plain service's tunnel was closed");
     assert_eq!(gost.service_addr("plain"), Some(plain));
 }
+
+/// The `http2` handler's requests go through the service's accept loop: a reload that
+/// changes its credentials applies to HTTP/2 connections already open (a client's pooled
+/// connection used to keep the old password working for as long as it lived), and
+/// `maxConnections` counts its tunnels.
+#[test]
+fn http2_reloads_reach_open_connections_and_tunnels_count_against_the_limit() {
+    let echo = Target::echo();
+    let target = echo.addr.to_string();
+    let yaml = |password: &str| {
+        format!(
+            "services:\n- name: s\n  addr: 127.0.0.1:0\n  metadata: {{maxConnections: 2}}\n  handler:\n    type: http2\n    auth: {{username: user, password: {password}}}\n  listener:\n    type: http2\n"
+        )
+    };
+    let (server, dir) = reloadable(&yaml("pass"), 1);
+    let addr = server.service_addr("s").unwrap();
+    let client = Gost::start(
+        &[
+            "-L",
+            "http://127.0.0.1:0",
+            "-F",
+            &format!("http2://user:pass@{addr}"),
+        ],
+        1,
+    );
+    let mut first = http_connect(client.addr(), &target, None).unwrap();
+    assert!(echoes(&mut first));
+    let mut second = http_connect(client.addr(), &target, None).unwrap();
+    assert!(echoes(&mut second));
+    // Two tunnels on one HTTP/2 connection: the third is refused.
+    assert!(
+        http_connect(client.addr(), &target, None).is_err(),
+        "a third tunnel over the limit of 2"
+    );
+    drop(second);
+    kubelet_write(&dir, 1, &yaml("changed"));
+    wait_for_count(&server, "configuration applied", 1);
+    // The client's pooled connection is still up, and its old password no longer works.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut refused = false;
+    while Instant::now() < deadline {
+        // A place for the new tunnel comes free once the dropped one has closed.
+        if http_connect(client.addr(), &target, None).is_err()
+            && server.log().contains("proxy authentication failed")
+        {
+            refused = true;
+            break;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert!(refused, "the old password still works:\n{}", server.log());
+    // A handler swap under the listener, not a new listener.
+    assert!(
+        server.log().contains(r#""updated":"[\"s\"]""#),
+        "{}",
+        server.log()
+    );
+    assert!(echoes(&mut first), "the open tunnel survives the swap");
+}

@@ -29,6 +29,13 @@ pub trait Conn: AsyncRead + AsyncWrite + Send + Unpin + 'static {
         None
     }
 
+    /// What the stream is, for the one listener that hands its handler something other than a
+    /// byte stream: the `http2` listener's HTTP/2 requests
+    /// ([`crate::listener::http2::Http2Exchange`]).
+    fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
+        None
+    }
+
     /// Whether this stream receives its data as owned chunks (WebSocket messages, HTTP/2 DATA
     /// frames, gRPC messages) that [`Conn::poll_read_chunk`] hands out without copying them.
     fn reads_chunks(&self) -> bool {
@@ -139,6 +146,9 @@ impl Conn for BoxConn {
 
     fn as_tcp(&self) -> Option<&TcpStream> {
         (**self).as_tcp()
+    }
+    fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
+        (**self).as_any_mut()
     }
     fn reads_chunks(&self) -> bool {
         (**self).reads_chunks()
@@ -310,6 +320,9 @@ impl Conn for Guarded {
 
     fn as_tcp(&self) -> Option<&TcpStream> {
         self.inner.as_tcp()
+    }
+    fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
+        self.inner.as_any_mut()
     }
     forward_chunk_reads!(inner);
     forward_chunk_writes!(inner);

@@ -71,8 +71,6 @@ pub fn build_chains(config: &Config) -> Result<HashMap<String, Arc<Chain>>, Conf
 pub struct Built {
     /// Serves each accepted connection.
     pub handler: Arc<dyn Handler>,
-    /// The same handler for the `http2` listener, which drives it per stream.
-    http2: Option<Arc<crate::handler::http2::Http2Handler>>,
 }
 
 /// Builds the handler of `config.services[i]` (its chain from `chains`).
@@ -129,7 +127,6 @@ pub fn build_service(
         tls: handler_tls(service, tls_defaults, &path)?,
     });
     let handler_path = format!("{path}.handler");
-    let mut http2_handler = None;
     let handler: Arc<dyn Handler> = match service.handler.kind {
         HandlerType::Auto => Arc::new(AutoHandler::new(env).map_err(|e| field(handler_path, e))?),
         HandlerType::Http => Arc::new(HttpHandler::new(env).map_err(|e| field(handler_path, e))?),
@@ -142,12 +139,10 @@ pub fn build_service(
                     "handler type `http2` works only with listener type `http2`",
                 ));
             }
-            let handler = Arc::new(
+            Arc::new(
                 crate::handler::http2::Http2Handler::new(env)
                     .map_err(|e| field(handler_path, e))?,
-            );
-            http2_handler = Some(handler.clone());
-            handler
+            )
         }
         HandlerType::Relay if service.forwarder.is_some() => {
             return Err(field(
@@ -165,22 +160,18 @@ pub fn build_service(
             ));
         }
     };
-    Ok(Built {
-        handler,
-        http2: http2_handler,
-    })
+    Ok(Built { handler })
 }
 
-/// Binds the listener of `config.services[i]`, whose handler is `built`.
+/// Binds the listener of `config.services[i]`.
 pub fn bind_listener(
     config: &Config,
     i: usize,
     tls_defaults: &TlsDefaults,
-    built: &Built,
 ) -> Result<Box<dyn Listener>, ConfigError> {
     let service = &config.services[i];
     let path = format!("services[{i}]");
-    let http2_handler = built.http2.clone();
+    let is_http2_handler = service.handler.kind == HandlerType::Http2;
     let keepalive = listener_keepalive(service, i)?;
     let listener: Box<dyn Listener> = match service.listener.kind {
         ListenerType::Tcp => Box::new(
@@ -252,12 +243,12 @@ pub fn bind_listener(
             )
         }
         ListenerType::Http2 => {
-            let Some(handler) = http2_handler else {
+            if !is_http2_handler {
                 return Err(field(
                     format!("{path}.listener.type"),
                     "listener type `http2` works only with handler type `http2`",
                 ));
-            };
+            }
             let tls = ServerTls::new(
                 service.listener.tls.as_ref(),
                 tls_defaults,
@@ -265,7 +256,7 @@ pub fn bind_listener(
             )
             .map_err(|e| field(format!("{path}.listener.tls"), e))?;
             Box::new(
-                crate::listener::http2::bind(&service.addr, tls, handler, keepalive)
+                crate::listener::http2::bind(&service.addr, tls, keepalive)
                     .map_err(|e| cannot_listen(&path, &service.addr, e))?,
             )
         }

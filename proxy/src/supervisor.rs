@@ -32,7 +32,7 @@ use tokio_util::task::TaskTracker;
 use crate::conn::KeepAlive;
 use crate::handler::Handler;
 use crate::listener::{ACCEPT_ERROR_BACKOFF, Listener};
-use crate::server::{self, Built};
+use crate::server;
 
 /// Everything a service's behaviour depends on: when two are equal the service is unchanged.
 #[derive(Clone, PartialEq)]
@@ -89,10 +89,8 @@ impl ServiceSpec {
     /// What the bound listener depends on: its address, config (GOST's keepalive keys in its
     /// metadata among it), the default TLS certificate when it serves TLS, and the service's
     /// keepalive, which the listener gives the sockets it accepts unless those keys say
-    /// otherwise. The `http2` listener carries its handler, so for it any change is a
-    /// listener change.
+    /// otherwise.
     fn listener_part(&self) -> ListenerPart {
-        let whole = (self.service.listener.kind == ListenerType::Http2).then(|| self.clone());
         (
             self.service.addr.clone(),
             self.service.listener.clone(),
@@ -100,7 +98,6 @@ impl ServiceSpec {
                 .then(|| self.tls.clone())
                 .flatten(),
             server::keepalive(&self.service, 0).ok(),
-            whole,
         )
     }
 }
@@ -119,13 +116,7 @@ fn handler_serves_tls(kind: HandlerType) -> bool {
     matches!(kind, HandlerType::Socks5 | HandlerType::Auto)
 }
 
-type ListenerPart = (
-    String,
-    ListenerConfig,
-    Option<TlsConfig>,
-    Option<KeepAlive>,
-    Option<ServiceSpec>,
-);
+type ListenerPart = (String, ListenerConfig, Option<TlsConfig>, Option<KeepAlive>);
 
 /// Connections one service serves at once unless its `maxConnections` metadata says otherwise:
 /// each takes two file descriptors and some memory, and a flood beyond this is better refused
@@ -295,10 +286,10 @@ impl Supervisor {
                     {
                         Pending::AfterRelease
                     } else {
-                        Pending::Bound(server::bind_listener(config, index, &tls_defaults, &built)?)
+                        Pending::Bound(server::bind_listener(config, index, &tls_defaults)?)
                     };
-                    let slot = HandlerSlot::new(built.handler.clone(), service, index)?;
-                    starts.push((index, spec, built, slot, pending, previous.is_some()));
+                    let slot = HandlerSlot::new(built.handler, service, index)?;
+                    starts.push((index, spec, slot, pending, previous.is_some()));
                 }
             }
         }
@@ -345,19 +336,19 @@ impl Supervisor {
         // addresses they held.
         if starts
             .iter()
-            .any(|(_, _, _, _, p, _)| matches!(p, Pending::AfterRelease))
+            .any(|(_, _, _, p, _)| matches!(p, Pending::AfterRelease))
         {
             for task in released {
                 let _ = tokio::time::timeout(RELEASE_TIMEOUT, task).await;
             }
         }
         let mut all_bound = true;
-        for (index, spec, built, slot, pending, existed) in starts {
+        for (index, spec, slot, pending, existed) in starts {
             let name = spec.service.name.clone();
             let listener = match pending {
                 Pending::Bound(listener) => listener,
                 Pending::AfterRelease => {
-                    match bind_after_release(config, index, &tls_defaults, &built).await {
+                    match bind_after_release(config, index, &tls_defaults).await {
                         Ok(listener) => listener,
                         Err(e) => {
                             tracing::error!(service = %name, error = %e, "cannot bind the new listener");
@@ -435,13 +426,12 @@ async fn bind_after_release(
     config: &Config,
     index: usize,
     tls_defaults: &crate::tls::TlsDefaults,
-    built: &Built,
 ) -> Result<Box<dyn Listener>, ConfigError> {
     const ATTEMPTS: u32 = 50;
     const PAUSE: Duration = Duration::from_millis(2);
     let mut last = None;
     for _ in 0..ATTEMPTS {
-        match server::bind_listener(config, index, tls_defaults, built) {
+        match server::bind_listener(config, index, tls_defaults) {
             Ok(listener) => return Ok(listener),
             Err(e) => last = Some(e),
         }

@@ -37,9 +37,10 @@ use crate::addr::Address;
 use crate::auth::Verdict;
 use crate::chain::DialFor;
 use crate::codec::http::with_default_port;
-use crate::conn::BoxConn;
+use crate::conn::{BoxConn, Conn};
 use crate::dialer::h2::header_map;
 use crate::h2pool::H2Stream;
+use crate::listener::http2::Http2Exchange;
 
 /// The port a CONNECT without one means: GOST appends 443 because requests on this listener
 /// always came over TLS.
@@ -69,19 +70,6 @@ impl Http2Handler {
             env,
             challenge,
         })
-    }
-
-    /// Serves one HTTP/2 request in a task tracked with the service's tunnels.
-    pub fn spawn_request(
-        self: &Arc<Self>,
-        req: Request<RecvStream>,
-        respond: SendResponse<Bytes>,
-        client: SocketAddr,
-    ) {
-        let this = self.clone();
-        super::spawn_tunnel(&self.env.tunnels, async move {
-            this.serve(req, respond, client).await
-        });
     }
 
     async fn serve(
@@ -427,7 +415,22 @@ fn target(req: &Request<RecvStream>, default_port: u16) -> Result<Address, Strin
 
 #[async_trait]
 impl Handler for Http2Handler {
-    async fn handle(&self, conn: BoxConn, client: SocketAddr) {
-        self.http1.handle(conn, client).await;
+    async fn handle(&self, mut conn: BoxConn, client: SocketAddr) {
+        let exchange = conn
+            .as_any_mut()
+            .and_then(|any| any.downcast_mut::<Http2Exchange>());
+        match exchange {
+            // An HTTP/2 request; `conn` (with the request's place under the connection limit)
+            // lives until it is served, its tunnel included.
+            Some(exchange) => {
+                if let (Some(request), Some(respond)) =
+                    (exchange.request.take(), exchange.respond.take())
+                {
+                    self.serve(request, respond, client).await;
+                }
+            }
+            // An HTTP/1.1 client of the `http2` listener.
+            None => self.http1.handle(conn, client).await,
+        }
     }
 }

@@ -52,15 +52,33 @@ async fn serve(io: BoxConn, client: SocketAddr, path: Option<String>, ready: Rea
     let Some(mut connection) = accept_connection(io, client).await else {
         return;
     };
+    let mut closing = false;
     // Accepting also drives the connection, so this loop runs until the client is gone.
-    while let Some(accepted) = connection.accept().await {
-        let (req, respond) = match accepted {
-            Ok(pair) => pair,
-            Err(e) => {
+    loop {
+        let accepted = tokio::select! {
+            accepted = connection.accept() => accepted,
+            // The service stopped accepting (removed, replaced, or the process is stopping):
+            // GOAWAY, so that the client's pool opens its next tunnels elsewhere instead of
+            // on a connection nobody takes streams from; tunnels under way finish.
+            () = ready.closed(), if !closing => {
+                closing = true;
+                connection.graceful_shutdown();
+                continue;
+            }
+        };
+        let (req, mut respond) = match accepted {
+            None => return,
+            Some(Ok(pair)) => pair,
+            Some(Err(e)) => {
                 tracing::debug!(client = %client, error = %e, "HTTP/2 connection ended");
                 return;
             }
         };
+        if ready.is_closed() {
+            // Sent before the client saw the GOAWAY: refused unprocessed, safe to send again.
+            respond.send_reset(h2::Reason::REFUSED_STREAM);
+            continue;
+        }
         if let Some(stream) = accept_stream(req, respond, path.as_deref(), client) {
             // Handing over may wait for the service; the connection's other streams must not.
             let ready = ready.clone();

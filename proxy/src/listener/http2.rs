@@ -7,30 +7,34 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use h2::RecvStream;
+use h2::server::SendResponse;
+use http::Request;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::tcp::TcpListenerImpl;
 use super::{Handshaking, Ready};
-use crate::conn::BoxConn;
+use crate::conn::{BoxConn, Conn};
 use crate::h2pool::accept_connection;
-use crate::handler::http2::Http2Handler;
 use crate::tls::ServerTls;
 
 /// ALPN offered by the `http2` listener, HTTP/2 preferred (§3.3).
 pub const ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
 
-/// Binds `addr`, serving TLS with `tls` (built with [`ALPN`]) and HTTP/2 requests with
-/// `handler`.
+/// Binds `addr`, serving TLS with `tls` (built with [`ALPN`]). HTTP/2 requests reach the
+/// service as [`Http2Exchange`]s, HTTP/1.1 clients as their TLS stream.
 pub fn bind(
     addr: &str,
     tls: ServerTls,
-    handler: Arc<Http2Handler>,
     keepalive: crate::conn::KeepAlive,
 ) -> io::Result<Handshaking> {
     let tcp = TcpListenerImpl::bind(addr)?.with_keepalive(keepalive);
     Ok(Handshaking::spawn(tcp, move |stream, client, ready| {
         let tls = tls.clone();
-        let handler = handler.clone();
         async move {
             let stream = match tls.accept(stream).await {
                 Ok(stream) => stream,
@@ -40,7 +44,7 @@ pub fn bind(
                 }
             };
             if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-                serve(Box::new(stream), client, handler).await;
+                serve(Box::new(stream), client, ready).await;
             } else {
                 http1(Box::new(stream), client, ready).await;
             }
@@ -52,15 +56,101 @@ async fn http1(conn: BoxConn, client: SocketAddr, ready: Ready) {
     let _ = ready.send((conn, client)).await;
 }
 
-async fn serve(io: BoxConn, client: SocketAddr, handler: Arc<Http2Handler>) {
+/// One HTTP/2 request and the means to answer it, passed to the service as a connection of
+/// its own, so that every request goes through the service's accept loop: the handler in
+/// place at that moment (a reload applies to connections already open), the connection
+/// limit, and the service's closing. It is not a byte stream: reads and writes fail. A request
+/// dropped unanswered (refused at the door, the service gone) is reset with `REFUSED_STREAM`,
+/// which tells the client it may send it again elsewhere.
+pub struct Http2Exchange {
+    /// The request; taken by the handler.
+    pub request: Option<Request<RecvStream>>,
+    /// Its answer; taken by the handler.
+    pub respond: Option<SendResponse<Bytes>>,
+}
+
+impl Drop for Http2Exchange {
+    fn drop(&mut self) {
+        if let Some(respond) = &mut self.respond {
+            respond.send_reset(h2::Reason::REFUSED_STREAM);
+        }
+    }
+}
+
+fn not_a_stream() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::Unsupported,
+        "an HTTP/2 request is served by the http2 handler, not relayed",
+    )
+}
+
+impl AsyncRead for Http2Exchange {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        _buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Poll::Ready(Err(not_a_stream()))
+    }
+}
+
+impl AsyncWrite for Http2Exchange {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        _buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Poll::Ready(Err(not_a_stream()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Conn for Http2Exchange {
+    fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
+        Some(self)
+    }
+}
+
+async fn serve(io: BoxConn, client: SocketAddr, ready: Ready) {
     let Some(mut connection) = accept_connection(io, client).await else {
         return;
     };
+    let mut closing = false;
     // Accepting also drives the connection, so this loop runs until the client is gone.
-    while let Some(accepted) = connection.accept().await {
+    loop {
+        let accepted = tokio::select! {
+            accepted = connection.accept() => accepted,
+            // The service stopped accepting (removed, replaced, or the process is stopping):
+            // GOAWAY, so that the client sends its next requests elsewhere; requests under
+            // way finish.
+            () = ready.closed(), if !closing => {
+                closing = true;
+                connection.graceful_shutdown();
+                continue;
+            }
+        };
         match accepted {
-            Ok((req, respond)) => handler.spawn_request(req, respond, client),
-            Err(e) => {
+            None => return,
+            Some(Ok((request, respond))) => {
+                let exchange = Http2Exchange {
+                    request: Some(request),
+                    respond: Some(respond),
+                };
+                // Handing over may wait for the service; the connection's other streams
+                // must not.
+                let ready = ready.clone();
+                tokio::spawn(async move {
+                    let _ = ready.send((Box::new(exchange), client)).await;
+                });
+            }
+            Some(Err(e)) => {
                 tracing::debug!(client = %client, error = %e, "HTTP/2 connection ended");
                 return;
             }
