@@ -331,3 +331,44 @@ fn keepalive_pings_keep_an_idle_tunnel_open() {
     std::thread::sleep(std::time::Duration::from_millis(3500));
     echo_round_trip(tunnel, 64 * 1024);
 }
+
+/// A node that closes the connection instead of answering the upgrade (restarting, not a
+/// WebSocket server) fails the dial at once, not at the handshake timeout, so failover and
+/// the client's 502 do not wait 15 s.
+#[test]
+fn a_node_that_closes_during_the_upgrade_fails_the_dial_at_once() {
+    let closer = Target::start(|stream| {
+        let mut reader = std::io::BufReader::new(stream);
+        let mut line = String::new();
+        // Reads the upgrade request's head, then hangs up.
+        while std::io::BufRead::read_line(&mut reader, &mut line).unwrap_or(0) > 0 {
+            if line == "\r\n" {
+                return;
+            }
+            line.clear();
+        }
+    });
+    let client = Gost::start(
+        &[
+            "-L",
+            "http://127.0.0.1:0",
+            "-F",
+            &format!("relay+ws://{}?handshakeTimeout=60s", closer.addr),
+        ],
+        1,
+    );
+    let started = std::time::Instant::now();
+    let refused = http_connect(client.addr(), "127.0.0.1:9", None);
+    assert!(refused.is_err(), "CONNECT through a dead node succeeded");
+    // It used to wait for a timeout: the upgrade's, or the chain's 15 s dial timeout.
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "the dial waited {:?} for a timeout",
+        started.elapsed()
+    );
+    assert!(
+        !client.log().contains("took longer than"),
+        "{}",
+        client.log()
+    );
+}

@@ -104,15 +104,29 @@ pub struct Transport {
     inner: BoxConn,
     eof: bool,
     write_shut: bool,
+    /// Whether the WebSocket is established. Before (during a client's upgrade) EOF reads as
+    /// EOF, so that a server that closes instead of answering fails the upgrade at once
+    /// rather than at its timeout.
+    open: bool,
 }
 
 impl Transport {
-    /// Wraps the stream a WebSocket runs on (TCP, TLS, or a previous hop's tunnel).
+    /// Wraps the stream an established WebSocket runs on (TCP, TLS, or a previous hop's
+    /// tunnel).
     pub fn new(inner: BoxConn) -> Self {
         Transport {
             inner,
             eof: false,
             write_shut: false,
+            open: true,
+        }
+    }
+
+    /// Wraps the stream a client's upgrade runs on; [`WsStream::new`] marks it established.
+    pub fn for_upgrade(inner: BoxConn) -> Self {
+        Transport {
+            open: false,
+            ..Transport::new(inner)
         }
     }
 }
@@ -129,7 +143,7 @@ impl AsyncRead for Transport {
         }
         let before = buf.filled().len();
         ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
-        if buf.filled().len() == before && buf.remaining() > 0 {
+        if this.open && buf.filled().len() == before && buf.remaining() > 0 {
             // No waker is needed: WsStream checks `eof` as soon as the library returns.
             this.eof = true;
             return Poll::Pending;
@@ -180,7 +194,8 @@ pub struct WsStream {
 
 impl WsStream {
     /// Wraps an established WebSocket; `keepalive` is the ping interval, if any.
-    pub fn new(ws: WebSocketStream<Transport>, keepalive: Option<Duration>) -> Self {
+    pub fn new(mut ws: WebSocketStream<Transport>, keepalive: Option<Duration>) -> Self {
+        ws.get_mut().open = true;
         WsStream {
             ws,
             leftover: Bytes::new(),

@@ -101,7 +101,7 @@ impl WsDialer {
         let limit = self.handshake_timeout;
         let handshake = tokio_tungstenite::client_async_with_config(
             request,
-            ws::Transport::new(conn),
+            ws::Transport::for_upgrade(conn),
             Some(ws::config()),
         );
         let (ws, _response) = tokio::time::timeout(limit, handshake)
