@@ -503,7 +503,7 @@ fn http2_read_timeout_closes_idle_tunnels() {
 fn a_stopping_server_sends_goaway_and_new_tunnels_go_elsewhere() {
     let echo = Target::echo();
     let target = echo.addr.to_string();
-    for scheme in ["relay+h2c", "relay+h2"] {
+    for scheme in ["relay+h2c", "relay+h2", "relay+grpc"] {
         let server = Gost::start(&["-L", &format!("{scheme}://127.0.0.1:0")], 1);
         let client = client_with(&format!("{scheme}://{}", server.addr()));
         // A tunnel that keeps the stopping server draining (grace period 30 s).

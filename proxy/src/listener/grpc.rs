@@ -159,13 +159,25 @@ async fn serve(
             .keep_alive_timeout(timeout);
     }
     let peer: Arc<str> = Arc::from(client.to_string());
+    let stopped = ready.clone();
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let options = options.clone();
         let ready = ready.clone();
         let peer = peer.clone();
         async move { Ok::<_, Infallible>(call(req, &options, ready, peer, client, local).await) }
     });
-    if let Err(e) = builder.serve_connection(TokioIo::new(io), service).await {
+    let connection = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        // The service stopped accepting (removed, replaced, or the process is stopping):
+        // GOAWAY, so that the client sends its next calls elsewhere; calls under way finish.
+        () = stopped.closed() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = result {
         tracing::debug!(
             listener = %local, client = %client, error = %crate::error_chain(&e),
             "grpc connection ended"
