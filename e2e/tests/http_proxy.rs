@@ -467,7 +467,14 @@ fn open_fds(pid: u32) -> usize {
 /// process to its file limit).
 #[test]
 fn a_request_for_the_proxy_itself_is_refused_not_looped() {
-    let server = Gost::start(&["-L", "http://127.0.0.1:0"], 1);
+    // `auto` too, whose HTTP clients reach the http handler behind the first byte it read.
+    for scheme in ["http", "auto"] {
+        request_for_itself_is_refused(scheme);
+    }
+}
+
+fn request_for_itself_is_refused(scheme: &str) {
+    let server = Gost::start(&["-L", &format!("{scheme}://127.0.0.1:0")], 1);
     let me = server.addr();
     let before = open_fds(server.pid());
     for request in [

@@ -649,3 +649,24 @@ fn http2_reloads_reach_open_connections_and_tunnels_count_against_the_limit() {
     );
     assert!(echoes(&mut first), "the open tunnel survives the swap");
 }
+
+/// A reload that keeps an `http2` listener but gives it another handler type is refused, as
+/// the same file is at start: the listener hands its handler HTTP/2 requests, which no other
+/// handler serves.
+#[test]
+fn an_http2_listener_keeps_its_http2_handler_across_a_reload() {
+    let yaml = |handler: &str| {
+        format!(
+            "services:\n- name: s\n  addr: 127.0.0.1:0\n  handler:\n    type: {handler}\n  listener:\n    type: http2\n"
+        )
+    };
+    let (gost, dir) = reloadable(&yaml("http2"), 1);
+    kubelet_write(&dir, 1, &yaml("http"));
+    wait_for_count(&gost, "configuration refused", 1);
+    assert!(
+        gost.log()
+            .contains("listener type `http2` works only with handler type `http2`"),
+        "{}",
+        gost.log()
+    );
+}

@@ -29,6 +29,12 @@ pub trait Conn: AsyncRead + AsyncWrite + Send + Unpin + 'static {
         None
     }
 
+    /// The local address of the TCP socket under this stream, when it is one, also through
+    /// wrappers that cannot offer the socket itself ([`Prefixed`]).
+    fn tcp_local_addr(&self) -> Option<std::net::SocketAddr> {
+        self.as_tcp().and_then(|tcp| tcp.local_addr().ok())
+    }
+
     /// What the stream is, for the one listener that hands its handler something other than a
     /// byte stream: the `http2` listener's HTTP/2 requests
     /// ([`crate::listener::http2::Http2Exchange`]).
@@ -150,6 +156,9 @@ impl Conn for BoxConn {
     fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
         (**self).as_any_mut()
     }
+    fn tcp_local_addr(&self) -> Option<std::net::SocketAddr> {
+        (**self).tcp_local_addr()
+    }
     fn reads_chunks(&self) -> bool {
         (**self).reads_chunks()
     }
@@ -247,6 +256,11 @@ impl<C: Conn> AsyncWrite for Prefixed<C> {
 }
 
 impl<C: Conn> Conn for Prefixed<C> {
+    // Not `as_tcp`: a relay that splices the socket would skip the prefix.
+    fn tcp_local_addr(&self) -> Option<std::net::SocketAddr> {
+        self.inner.tcp_local_addr()
+    }
+
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if self.prefix.has_remaining() {
             Poll::Ready(Ok(()))
@@ -323,6 +337,9 @@ impl Conn for Guarded {
     }
     fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
         self.inner.as_any_mut()
+    }
+    fn tcp_local_addr(&self) -> Option<std::net::SocketAddr> {
+        self.inner.tcp_local_addr()
     }
     forward_chunk_reads!(inner);
     forward_chunk_writes!(inner);

@@ -127,6 +127,14 @@ pub fn build_service(
         tls: handler_tls(service, tls_defaults, &path)?,
     });
     let handler_path = format!("{path}.handler");
+    // Checked here as well as at binding: a reload that changes only the handler keeps the
+    // listener, and an `http2` listener hands its handler HTTP/2 requests, not streams.
+    if service.listener.kind == ListenerType::Http2 && service.handler.kind != HandlerType::Http2 {
+        return Err(field(
+            format!("{path}.listener.type"),
+            "listener type `http2` works only with handler type `http2`",
+        ));
+    }
     let handler: Arc<dyn Handler> = match service.handler.kind {
         HandlerType::Auto => Arc::new(AutoHandler::new(env).map_err(|e| field(handler_path, e))?),
         HandlerType::Http => Arc::new(HttpHandler::new(env).map_err(|e| field(handler_path, e))?),

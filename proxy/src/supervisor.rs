@@ -125,8 +125,9 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 
 /// The handler a service's accept loop hands connections to, and the service's connection
 /// limit; swapped together on reload. The count of open connections the limit applies to
-/// is the service's own ([`Running::open`]), kept across swaps and replacements, so that a
-/// reload does not grant the limit again on top of what is open.
+/// is the service's own ([`Running::open`]), kept across swaps and replacements (a replaced
+/// service's draining connections still count), so that a reload does not grant the limit
+/// again on top of what is open.
 struct HandlerSlot {
     handler: Arc<dyn Handler>,
     limit: usize,
@@ -458,15 +459,18 @@ async fn accept_loop(
         match accepted {
             Ok((conn, client)) => {
                 let slot = handler.load();
-                // Only this loop adds to the count, so the check and the add cannot race.
-                if open.load(Ordering::Relaxed) >= slot.limit {
+                // Counted only while under the limit, in one step: a replaced service's old
+                // and new accept loops may run side by side for a moment on the same count.
+                let admitted = open.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    (n < slot.limit).then_some(n + 1)
+                });
+                if admitted.is_err() {
                     // Refused at the door: the client sees its connection closed at once.
                     crate::metrics::connection_refused(&name);
                     tracing::debug!(service = %name, client = %client, "connection limit reached; refused");
                     drop(conn);
                     continue;
                 }
-                open.fetch_add(1, Ordering::Relaxed);
                 let permit = Admitted(open.clone());
                 let handler = slot.handler.clone();
                 let request = crate::metrics::Request::start(&name, client);

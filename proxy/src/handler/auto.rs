@@ -21,7 +21,7 @@ use super::socks5::Socks5Handler;
 use super::{Handler, HandlerEnv, OwnForward, run_tunnel_after, within_handshake_timeout};
 use crate::addr::Address;
 use crate::chain::DialFor;
-use crate::conn::{BoxConn, Prefixed};
+use crate::conn::{BoxConn, Conn, Prefixed};
 
 /// The port a TLS client is forwarded to, as by GOST: SNI names a host, not a port.
 const TLS_PORT: u16 = 443;
@@ -103,7 +103,7 @@ impl AutoHandler {
         else {
             return;
         };
-        if OwnForward::is_own(&conn, client) {
+        if OwnForward::is_own(client, conn.tcp_local_addr()) {
             crate::metrics::handler_error(&env.service, client);
             tracing::warn!(
                 service = %env.service, client = %client, server_name = name.as_deref().unwrap_or(""),

@@ -164,14 +164,16 @@ impl Handler for HttpHandler {
     async fn handle(&self, conn: BoxConn, client: SocketAddr) {
         let shared = self.shared.clone();
         let control = Arc::new(ConnControl::default());
-        // One of this process's forwarded requests, come back to it.
-        let looped = OwnForward::is_own(&conn, client);
+        // Where the connection was accepted: a request on it may be one of this process's
+        // forwarded requests come back (checked per request, as the request is written only
+        // once its forwarding socket is noted).
+        let served_at = conn.tcp_local_addr();
         let service = {
             let control = control.clone();
             service_fn(move |req| {
                 let shared = shared.clone();
                 let control = control.clone();
-                async move { Ok::<_, Infallible>(shared.serve(req, client, looped, &control).await) }
+                async move { Ok::<_, Infallible>(shared.serve(req, client, served_at, &control).await) }
             })
         };
         let mut connection = http1::Builder::new()
@@ -209,7 +211,7 @@ impl Shared {
         &self,
         req: Request<Incoming>,
         client: SocketAddr,
-        looped: bool,
+        served_at: Option<SocketAddr>,
         control: &ConnControl,
     ) -> Response<Body> {
         let env = &self.env;
@@ -221,7 +223,7 @@ impl Shared {
         if !verdict.accepted() {
             return self.refuse(&req, verdict, control).await;
         }
-        if looped {
+        if OwnForward::is_own(client, served_at) {
             // A request this process forwarded came back to it: its `Host` leads to this
             // service. Passing it on again would repeat until no socket is left.
             crate::metrics::handler_error(&env.service, client);

@@ -329,14 +329,12 @@ impl OwnForward {
         OwnForward(pair)
     }
 
-    /// Whether the connection `conn`, from `client`, is one of this process's own forwards.
-    /// Only plain TCP connections can be: a forward speaks no other protocol.
-    pub(crate) fn is_own(conn: &BoxConn, client: SocketAddr) -> bool {
+    /// Whether the connection from `client`, accepted at `served_at` (its socket's local
+    /// address; see [`Conn::tcp_local_addr`]), is one of this process's own forwards. Only
+    /// plain TCP connections can be: a forward speaks no other protocol.
+    pub(crate) fn is_own(client: SocketAddr, served_at: Option<SocketAddr>) -> bool {
         OWN_FORWARD_COUNT.load(std::sync::atomic::Ordering::Relaxed) > 0
-            && conn
-                .as_tcp()
-                .and_then(|tcp| tcp.local_addr().ok())
-                .is_some_and(|served_at| Self::forwards().contains(&(client, served_at)))
+            && served_at.is_some_and(|served_at| Self::forwards().contains(&(client, served_at)))
     }
 }
 
@@ -436,6 +434,8 @@ impl Conn for Metered {}
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::conn::Prefixed;
+    use bytes::Bytes;
 
     #[tokio::test]
     async fn a_forward_is_known_while_its_socket_is_open() {
@@ -456,11 +456,15 @@ mod tests {
         let (elsewhere_accepted, elsewhere_client) = other.accept().await.unwrap();
         let elsewhere_accepted: BoxConn = Box::new(elsewhere_accepted);
         let noted = OwnForward::note(&upstream);
-        assert!(OwnForward::is_own(&accepted, local));
-        assert!(!OwnForward::is_own(&elsewhere_accepted, local));
-        assert!(!OwnForward::is_own(&elsewhere_accepted, elsewhere_client));
+        let own = |conn: &BoxConn, client| OwnForward::is_own(client, conn.tcp_local_addr());
+        assert!(own(&accepted, local));
+        // Also behind a wrapper that puts read bytes back (the auto handler's).
+        let prefixed = Prefixed::boxed(Bytes::from_static(b"G"), accepted);
+        assert!(own(&prefixed, local));
+        assert!(!own(&elsewhere_accepted, local));
+        assert!(!own(&elsewhere_accepted, elsewhere_client));
         drop(noted);
-        assert!(!OwnForward::is_own(&accepted, local));
+        assert!(!own(&prefixed, local));
         drop(elsewhere);
     }
 }
