@@ -80,11 +80,7 @@ async fn serve(io: BoxConn, client: SocketAddr, path: Option<String>, ready: Rea
             continue;
         }
         if let Some(stream) = accept_stream(req, respond, path.as_deref(), client) {
-            // Handing over may wait for the service; the connection's other streams must not.
-            let ready = ready.clone();
-            tokio::spawn(async move {
-                let _ = ready.send((Box::new(stream), client)).await;
-            });
+            super::hand_over(&ready, Box::new(stream), client);
         }
     }
 }

@@ -143,12 +143,7 @@ async fn serve(io: BoxConn, client: SocketAddr, ready: Ready) {
                     request: Some(request),
                     respond: Some(respond),
                 };
-                // Handing over may wait for the service; the connection's other streams
-                // must not.
-                let ready = ready.clone();
-                tokio::spawn(async move {
-                    let _ = ready.send((Box::new(exchange), client)).await;
-                });
+                super::hand_over(&ready, Box::new(exchange), client);
             }
             Some(Err(e)) => {
                 tracing::debug!(client = %client, error = %e, "HTTP/2 connection ended");

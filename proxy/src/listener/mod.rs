@@ -49,6 +49,21 @@ pub const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 /// Where a connection's handshake task delivers its stream(s), with the client's address.
 pub type Ready = mpsc::Sender<(BoxConn, SocketAddr)>;
 
+/// Hands `conn` (one stream of a multiplexed connection) to the service: at once when its
+/// queue has room, else from a task of its own, as waiting for the service must not hold up
+/// the connection's other streams. A stream the service no longer takes is dropped.
+pub(crate) fn hand_over(ready: &Ready, conn: BoxConn, client: SocketAddr) {
+    match ready.try_send((conn, client)) {
+        Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+        Err(mpsc::error::TrySendError::Full(item)) => {
+            let ready = ready.clone();
+            tokio::spawn(async move {
+                let _ = ready.send(item).await;
+            });
+        }
+    }
+}
+
 /// A listener whose connections go through a handshake first; see the module comment.
 pub struct Handshaking {
     ready: Mutex<mpsc::Receiver<(BoxConn, SocketAddr)>>,
