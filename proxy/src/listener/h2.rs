@@ -55,18 +55,7 @@ async fn serve(io: BoxConn, client: SocketAddr, path: Option<String>, ready: Rea
     let mut closing = false;
     // Accepting also drives the connection, so this loop runs until the client is gone.
     loop {
-        let accepted = tokio::select! {
-            accepted = connection.accept() => accepted,
-            // The service stopped accepting (removed, replaced, or the process is stopping):
-            // GOAWAY, so that the client's pool opens its next tunnels elsewhere instead of
-            // on a connection nobody takes streams from; tunnels under way finish.
-            () = ready.closed(), if !closing => {
-                closing = true;
-                connection.graceful_shutdown();
-                continue;
-            }
-        };
-        let (req, mut respond) = match accepted {
+        let (req, mut respond) = match next_request(&mut connection, &ready, &mut closing).await {
             None => return,
             Some(Ok(pair)) => pair,
             Some(Err(e)) => {
@@ -81,6 +70,26 @@ async fn serve(io: BoxConn, client: SocketAddr, path: Option<String>, ready: Rea
         }
         if let Some(stream) = accept_stream(req, respond, path.as_deref(), client) {
             super::hand_over(&ready, Box::new(stream), client);
+        }
+    }
+}
+
+/// The next request on an HTTP/2 server connection. Once the service stops taking streams
+/// (removed, replaced, or the process is stopping: its queue is closed) a GOAWAY goes out
+/// first, so that the client's pool opens its next tunnels elsewhere instead of on a
+/// connection nobody takes streams from; the requests under way finish.
+pub(super) async fn next_request(
+    connection: &mut h2::server::Connection<BoxConn, Bytes>,
+    ready: &Ready,
+    closing: &mut bool,
+) -> Option<Result<(Request<RecvStream>, SendResponse<Bytes>), h2::Error>> {
+    loop {
+        tokio::select! {
+            accepted = connection.accept() => return accepted,
+            () = ready.closed(), if !*closing => {
+                *closing = true;
+                connection.graceful_shutdown();
+            }
         }
     }
 }

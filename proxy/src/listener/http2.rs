@@ -125,18 +125,7 @@ async fn serve(io: BoxConn, client: SocketAddr, ready: Ready) {
     let mut closing = false;
     // Accepting also drives the connection, so this loop runs until the client is gone.
     loop {
-        let accepted = tokio::select! {
-            accepted = connection.accept() => accepted,
-            // The service stopped accepting (removed, replaced, or the process is stopping):
-            // GOAWAY, so that the client sends its next requests elsewhere; requests under
-            // way finish.
-            () = ready.closed(), if !closing => {
-                closing = true;
-                connection.graceful_shutdown();
-                continue;
-            }
-        };
-        match accepted {
+        match super::h2::next_request(&mut connection, &ready, &mut closing).await {
             None => return,
             Some(Ok((request, respond))) => {
                 let exchange = Http2Exchange {
