@@ -67,12 +67,6 @@ pub fn build_chains(config: &Config) -> Result<HashMap<String, Arc<Chain>>, Conf
     Ok(chains)
 }
 
-/// A service's handler, built but not yet serving.
-pub struct Built {
-    /// Serves each accepted connection.
-    pub handler: Arc<dyn Handler>,
-}
-
 /// Builds the handler of `config.services[i]` (its chain from `chains`).
 pub fn build_service(
     config: &Config,
@@ -80,7 +74,7 @@ pub fn build_service(
     chains: &HashMap<String, Arc<Chain>>,
     tls_defaults: &Arc<TlsDefaults>,
     tunnels: &TaskTracker,
-) -> Result<Built, ConfigError> {
+) -> Result<Arc<dyn Handler>, ConfigError> {
     let service = &config.services[i];
     let path = format!("services[{i}]");
     if service.listener.kind == ListenerType::Http3 {
@@ -168,7 +162,7 @@ pub fn build_service(
             ));
         }
     };
-    Ok(Built { handler })
+    Ok(handler)
 }
 
 /// Binds the listener of `config.services[i]`.

@@ -274,11 +274,11 @@ impl Supervisor {
                 applied.unchanged += 1;
                 continue;
             }
-            let built =
+            let handler =
                 server::build_service(config, index, &chains, &tls_defaults, &self.tunnels)?;
+            let slot = HandlerSlot::new(handler, service, index)?;
             match previous {
                 Some(p) if p.spec.listener_part() == spec.listener_part() => {
-                    let slot = HandlerSlot::new(built.handler, service, index)?;
                     swaps.push((service.name.clone(), spec, slot));
                 }
                 _ => {
@@ -289,7 +289,6 @@ impl Supervisor {
                     } else {
                         Pending::Bound(server::bind_listener(config, index, &tls_defaults)?)
                     };
-                    let slot = HandlerSlot::new(built.handler, service, index)?;
                     starts.push((index, spec, slot, pending, previous.is_some()));
                 }
             }

@@ -426,6 +426,7 @@ impl Shared {
                         &target,
                         into_conn(client_io),
                         into_conn(upstream_io),
+                        0,
                     )
                     .await;
                 }

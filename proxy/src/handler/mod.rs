@@ -217,7 +217,7 @@ pub async fn run_tunnel_after(
     upstream: BoxConn,
     sent_up: u64,
 ) {
-    let moved = relay_and_log(
+    let moved = run_uncounted_tunnel(
         env,
         protocol,
         client_addr,
@@ -230,21 +230,9 @@ pub async fn run_tunnel_after(
     crate::metrics::transferred(&env.service, client_addr, moved.up, moved.down);
 }
 
-/// As [`run_tunnel`] for an upstream that counts its own bytes ([`Metered`]); returns what
-/// moved.
+/// As [`run_tunnel_after`] without counting the bytes in the service's metrics, for an
+/// upstream that counts its own ([`Metered`]); returns what moved.
 pub(crate) async fn run_uncounted_tunnel(
-    env: &HandlerEnv,
-    protocol: &'static str,
-    client_addr: SocketAddr,
-    target: &crate::addr::Address,
-    client: BoxConn,
-    upstream: BoxConn,
-) -> pipe::Transferred {
-    relay_and_log(env, protocol, client_addr, target, client, upstream, 0).await
-}
-
-/// Relays the tunnel and writes its summary line; `sent_up` bytes went up before it.
-async fn relay_and_log(
     env: &HandlerEnv,
     protocol: &'static str,
     client_addr: SocketAddr,
