@@ -382,6 +382,9 @@ impl Supervisor {
         open: Arc<AtomicUsize>,
     ) -> Running {
         let local = listener.local_addr();
+        // Logged here, not in the accept loop's task, so that it comes before the
+        // "configuration applied" line of the apply that started the service.
+        tracing::info!(service = %spec.service.name, addr = %local, "listening");
         let handler = Arc::new(ArcSwap::from_pointee(slot));
         let accept = CancellationToken::new();
         let tunnels = CancellationToken::new();
@@ -449,7 +452,6 @@ async fn accept_loop(
     cancel_tunnels: CancellationToken,
     tunnels: TaskTracker,
 ) {
-    tracing::info!(service = %name, addr = %listener.local_addr(), "listening");
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => break,
