@@ -1,9 +1,9 @@
 """Sends one request over HTTP/2 (the `h2` package over the stdlib `ssl` module) to gost's
 `http2` listener and prints the answer as JSON: {"status": ..., "headers": {...}, "body": ...}.
 
-usage: h2_request.py PROXY METHOD AUTHORITY PATH CREDENTIALS
+usage: h2_request.py PROXY METHOD AUTHORITY PATH CREDENTIALS [NAME:VALUE ...]
 PATH is `-` for a CONNECT (which has no :scheme or :path), CREDENTIALS `user:pass` or `-` for
-none. Any failure raises and exits non-zero.
+none; each NAME:VALUE is one more request header. Any failure raises and exits non-zero.
 """
 
 import base64
@@ -24,6 +24,9 @@ if path != "-":
     headers += [(":scheme", "http"), (":path", path)]
 if credentials != "-":
     headers.append(("proxy-authorization", "Basic " + base64.b64encode(credentials.encode()).decode()))
+for extra in sys.argv[6:]:
+    name, value = extra.split(":", 1)
+    headers.append((name.lower(), value))
 stream_id = conn.get_next_available_stream_id()
 conn.send_headers(stream_id, headers, end_stream=method != "CONNECT")
 tls.sendall(conn.data_to_send())

@@ -655,3 +655,22 @@ pub fn metric_sample(scrape: &str, prefix: &str) -> Option<f64> {
         .and_then(|line| line.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
 }
+
+/// What a GOST v2 client writes in `Gost-Target` to hide `name`: unpadded URL-safe base64 of
+/// the name's CRC-32 (big-endian) and the name in the same base64 (spec §4.1), computed here
+/// with Python's `zlib` and `base64`.
+pub fn gost_v2_hidden_target(name: &str) -> String {
+    let out = run(
+        "python3",
+        &[
+            "-c",
+            "import base64, sys, zlib\n\
+         n = sys.argv[1].encode()\n\
+         inner = base64.urlsafe_b64encode(n).rstrip(b'=')\n\
+         print(base64.urlsafe_b64encode(zlib.crc32(n).to_bytes(4, 'big') + inner).rstrip(b'=').decode())",
+            name,
+        ],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    out.text().trim().to_string()
+}

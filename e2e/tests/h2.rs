@@ -398,6 +398,51 @@ fn http2_handler_needs_the_http2_listener() {
     );
 }
 
+/// The `http2` handler decodes GOST v2's hidden targets as the `http` one does: the request
+/// goes to the host in `Gost-Target` / `X-Gost-Target`, which never reaches the target.
+#[test]
+fn http2_handler_decodes_gost_v2_hidden_targets() {
+    let echo = Target::echo();
+    let web = Target::http();
+    let server = Gost::start(&["-L", "http2://user:pass@127.0.0.1:0"], 1);
+    let request = |method: &str, path: &str, header: String| {
+        let out = python(
+            "h2_request.py",
+            &[
+                &server.addr().to_string(),
+                method,
+                "nowhere.invalid:9",
+                path,
+                "user:pass",
+                &header,
+            ],
+        );
+        assert_eq!(out.code, 0, "{}\n{}", out.text(), out.stderr);
+        serde_json::from_str::<serde_json::Value>(out.text().trim()).unwrap()
+    };
+    let answer = request(
+        "CONNECT",
+        "-",
+        format!(
+            "gost-target:{}",
+            gost_v2_hidden_target(&echo.addr.to_string())
+        ),
+    );
+    assert_eq!(answer["status"], "200", "{answer}");
+    let answer = request(
+        "GET",
+        "/hidden",
+        format!(
+            "x-gost-target:{}",
+            gost_v2_hidden_target(&web.addr.to_string())
+        ),
+    );
+    assert_eq!(answer["status"], "200", "{answer}");
+    let body = answer["body"].as_str().unwrap().to_ascii_lowercase();
+    assert!(body.starts_with("hello from target"), "{body}");
+    assert!(!body.contains("gost-target"), "{body}");
+}
+
 /// Idle tunnels held open on one HTTP/2 connection for the memory check.
 const IDLE_TUNNELS: usize = 1000;
 

@@ -591,3 +591,56 @@ fn an_answer_with_both_framings_is_passed_on_chunked() {
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(out.text(), "abc");
 }
+
+/// A target hidden in `Gost-Target` or `X-Gost-Target` (GOST v2's clients) replaces the one
+/// the request names, for CONNECT and for forwarded requests; a value that does not decode
+/// is ignored, and neither header reaches the target.
+#[test]
+fn gost_v2_hidden_targets_are_decoded() {
+    let echo = Target::echo();
+    let web = Target::http();
+    let server = Gost::start(&["-L", "http://127.0.0.1:0"], 1);
+    let hidden_echo = gost_v2_hidden_target(&echo.addr.to_string());
+    let hidden_web = gost_v2_hidden_target(&web.addr.to_string());
+
+    // CONNECT to a name that does not resolve, with the echo server hidden.
+    let mut stream = TcpStream::connect(server.addr()).unwrap();
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    write!(
+        stream,
+        "CONNECT nowhere.invalid:9 HTTP/1.1\r\nHost: nowhere.invalid:9\r\nGost-Target: {hidden_echo}\r\n\r\n"
+    )
+    .unwrap();
+    let head = read_head(&mut stream).unwrap();
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    echo_round_trip(stream, 64 * 1024);
+
+    // `X-Gost-Target` wins over `Gost-Target`; the forwarded request names the hidden host.
+    let answer = exchange(
+        server.addr(),
+        &format!(
+            "GET http://nowhere.invalid/hidden HTTP/1.1\r\nGost-Target: {hidden_echo}\r\n\
+             X-Gost-Target: {hidden_web}\r\nConnection: close\r\n\r\n"
+        ),
+        false,
+    );
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    let lower = answer.to_ascii_lowercase();
+    assert!(
+        lower.contains(&format!("\nhost: {}\r\n", web.addr)),
+        "{answer}"
+    );
+    assert!(!lower.contains("gost-target"), "{answer}");
+
+    // A value that is not GOST's encoding is ignored: the request goes where it says.
+    let answer = exchange(
+        server.addr(),
+        &format!(
+            "GET http://{}/plain HTTP/1.1\r\nGost-Target: {}\r\nConnection: close\r\n\r\n",
+            web.addr, echo.addr
+        ),
+        false,
+    );
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    assert!(answer.contains("X-Request-Line: GET /plain"), "{answer}");
+}

@@ -3,7 +3,9 @@
 //! to CONNECT as the `http` connector reads it.
 #![no_main]
 
-use gost_proxy::codec::http::{basic_credentials, parse_response_head, proxy_target};
+use gost_proxy::codec::http::{
+    basic_credentials, decode_gost_target, parse_response_head, proxy_target,
+};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -29,6 +31,11 @@ fuzz_target!(|data: &[u8]| {
         for header in request.headers.iter() {
             if header.name.eq_ignore_ascii_case("proxy-authorization") {
                 let _ = basic_credentials(header.value);
+            }
+            if header.name.eq_ignore_ascii_case("gost-target")
+                || header.name.eq_ignore_ascii_case("x-gost-target")
+            {
+                let _ = decode_gost_target(header.value);
             }
         }
     }

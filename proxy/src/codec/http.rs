@@ -2,7 +2,7 @@
 //! connector writes and reads. Pure functions over bytes and header values, no I/O.
 
 use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 
 use crate::addr::{AddrError, Address};
 
@@ -70,6 +70,28 @@ pub fn with_default_port(host_port: &str, default_port: u16) -> Result<Address, 
     } else {
         Ok(Address::from_host(host_port, default_port)?)
     }
+}
+
+/// The host a GOST v2 client hid in a `Gost-Target` or `X-Gost-Target` header: unpadded
+/// URL-safe base64 of the name's CRC-32 (IEEE, big-endian) followed by the name, itself in
+/// unpadded URL-safe base64. `None` when the value is not such an encoding or the checksum
+/// does not match, and GOST then ignores the header.
+pub fn decode_gost_target(value: &[u8]) -> Option<String> {
+    let outer = URL_SAFE_NO_PAD.decode(value.trim_ascii()).ok()?;
+    let (crc, encoded) = outer.split_first_chunk::<4>()?;
+    let name = URL_SAFE_NO_PAD.decode(encoded).ok()?;
+    if crc32fast::hash(&name) != u32::from_be_bytes(*crc) {
+        return None;
+    }
+    String::from_utf8(name).ok().filter(|name| !name.is_empty())
+}
+
+/// The target host a request hides in its headers (§4.1): `X-Gost-Target` wins over
+/// `Gost-Target`, and a value that does not decode is ignored.
+pub fn hidden_target(headers: &http::HeaderMap) -> Option<String> {
+    ["x-gost-target", "gost-target"]
+        .iter()
+        .find_map(|name| decode_gost_target(headers.get(*name)?.as_bytes()))
 }
 
 /// The user name and password of a `Proxy-Authorization: Basic ...` value. As in GOST the
@@ -291,10 +313,54 @@ mod tests {
         assert_eq!(parse_response_head(&endless), Err(ResponseError::TooLarge));
     }
 
+    /// What a GOST v2 client puts in `Gost-Target` for `name`.
+    fn hide(name: &str) -> String {
+        let mut outer = crc32fast::hash(name.as_bytes()).to_be_bytes().to_vec();
+        outer.extend_from_slice(URL_SAFE_NO_PAD.encode(name).as_bytes());
+        URL_SAFE_NO_PAD.encode(outer)
+    }
+
+    #[test]
+    fn hidden_targets_decode_only_with_a_matching_checksum() {
+        assert_eq!(
+            decode_gost_target(hide("example.com:443").as_bytes()).as_deref(),
+            Some("example.com:443")
+        );
+        // "127.0.0.1:8080" encoded independently (Python's zlib.crc32 and base64).
+        assert_eq!(
+            decode_gost_target(b"CJb4KE1USTNMakF1TUM0eE9qZ3dPREE").as_deref(),
+            Some("127.0.0.1:8080")
+        );
+        // A plain host name, as GOST's `sni` connector writes, is not an encoding.
+        assert_eq!(decode_gost_target(b"example.com"), None);
+        assert_eq!(decode_gost_target(b""), None);
+        assert_eq!(decode_gost_target(b"AAAA"), None);
+        let mut wrong = crc32fast::hash(b"a.example").to_be_bytes().to_vec();
+        wrong.extend_from_slice(URL_SAFE_NO_PAD.encode("b.example").as_bytes());
+        assert_eq!(
+            decode_gost_target(URL_SAFE_NO_PAD.encode(wrong).as_bytes()),
+            None
+        );
+
+        let mut headers = http::HeaderMap::new();
+        headers.insert("gost-target", hide("a.example:1").parse().unwrap());
+        assert_eq!(hidden_target(&headers).as_deref(), Some("a.example:1"));
+        headers.insert("x-gost-target", hide("b.example:2").parse().unwrap());
+        assert_eq!(hidden_target(&headers).as_deref(), Some("b.example:2"));
+        headers.insert("x-gost-target", "garbage".parse().unwrap());
+        assert_eq!(hidden_target(&headers).as_deref(), Some("a.example:1"));
+    }
+
     proptest::proptest! {
         #[test]
         fn response_parser_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
             let _ = parse_response_head(&bytes);
+        }
+
+        #[test]
+        fn hidden_targets_round_trip(name in "\\PC{1,60}", junk in proptest::collection::vec(proptest::num::u8::ANY, 0..80)) {
+            proptest::prop_assert_eq!(decode_gost_target(hide(&name).as_bytes()), Some(name));
+            let _ = decode_gost_target(&junk);
         }
 
         #[test]

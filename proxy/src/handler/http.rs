@@ -39,7 +39,7 @@ use super::{Handler, HandlerEnv, OwnForward, run_tunnel, run_uncounted_tunnel};
 use crate::addr::Address;
 use crate::auth::Verdict;
 use crate::chain::{DialError, DialErrorKind, DialFor};
-use crate::codec::http::proxy_target;
+use crate::codec::http::{hidden_target, proxy_target};
 use crate::conn::{BoxConn, Conn, Prefixed};
 
 /// Largest request head accepted unless the handler's `maxHeaderSize` says otherwise. Real
@@ -246,11 +246,17 @@ impl Shared {
             .headers()
             .get(header::HOST)
             .and_then(|h| h.to_str().ok());
+        // A GOST v2 client may hide the real target in `Gost-Target` (§4.1); it replaces the
+        // request's own host, as in GOST.
+        let hidden = hidden_target(req.headers());
         let target = match proxy_target(
             req.method().as_str(),
             uri.scheme_str(),
-            uri.authority().map(|a| a.as_str()),
-            host_header,
+            match hidden {
+                Some(_) => None,
+                None => uri.authority().map(|a| a.as_str()),
+            },
+            hidden.as_deref().or(host_header),
         ) {
             Ok(target) => target,
             Err(e) => {
@@ -629,11 +635,13 @@ fn prepare_forwarded(req: &mut Request<Incoming>, target: &Address) {
     // An absolute-form request names its host in the URI, which wins over a `Host` header
     // (RFC 9112 §3.2.2; Go, so GOST, sends the URI's): the request goes where it is dialled.
     // Any `user:password@` of the URI stays behind.
-    let host = match req.uri().authority() {
+    // A target hidden in `Gost-Target` was dialled instead, and is the host the target sees
+    // (Go writes `Request.Host`, which GOST set to it).
+    let host = hidden_target(req.headers()).or_else(|| match req.uri().authority() {
         Some(authority) => Some(host_of(authority.as_str()).to_string()),
         None if req.headers().get(header::HOST).is_none() => Some(target.to_string()),
         None => None,
-    };
+    });
     if let Some(value) = host.and_then(|h| HeaderValue::from_str(&h).ok()) {
         req.headers_mut().insert(header::HOST, value);
     }

@@ -36,7 +36,7 @@ use super::{Handler, HandlerEnv, run_tunnel};
 use crate::addr::Address;
 use crate::auth::Verdict;
 use crate::chain::DialFor;
-use crate::codec::http::with_default_port;
+use crate::codec::http::{hidden_target, with_default_port};
 use crate::conn::{BoxConn, Conn};
 use crate::dialer::h2::header_map;
 use crate::h2pool::H2Stream;
@@ -393,12 +393,12 @@ async fn send_all(send: &mut SendStream<Bytes>, mut data: Bytes) -> Result<(), h
     Ok(())
 }
 
-/// The request's target: `:authority` (else `Host`), with `default_port` when it has none.
+/// The request's target: a hidden `Gost-Target`, else `:authority` (else `Host`), with
+/// `default_port` when it has none.
 fn target(req: &Request<RecvStream>, default_port: u16) -> Result<Address, String> {
-    let authority = req
-        .uri()
-        .authority()
-        .map(|a| a.as_str().to_string())
+    // A target hidden in `Gost-Target` replaces the authority, as in §4.1.
+    let authority = hidden_target(req.headers())
+        .or_else(|| req.uri().authority().map(|a| a.as_str().to_string()))
         .or_else(|| {
             req.headers()
                 .get(header::HOST)
