@@ -257,6 +257,73 @@ fn mutual_tls_requires_a_client_certificate_from_the_ca() {
     );
 }
 
+/// A service's `caFile` without a certificate of its own still requires client certificates
+/// from that CA, with the default certificate (GOST takes any client then); a `certFile`
+/// without its `keyFile` is an error, not a silent fall-back to the default certificate.
+#[test]
+fn a_ca_file_alone_still_requires_client_certificates() {
+    let dir = tempdir();
+    let target = Target::http();
+    let ca = Ca::new("gost-rs test CA");
+    let ca_file = ca.write(&dir, "ca");
+    let (client_cert, client_key, _) = ca.issue(&dir, "client", &["client"], true);
+    let server = Gost::start_in(
+        &["-L", &format!("https://127.0.0.1:0?caFile={ca_file}")],
+        1,
+        Some(&dir),
+    );
+    let without = Gost::start(
+        &[
+            "-L",
+            "http://127.0.0.1:0",
+            "-F",
+            &format!("https://{}", server.addr()),
+        ],
+        1,
+    );
+    let out = get_through(&format!("http://{}", without.addr()), &target);
+    assert!(
+        !out.text().contains("hello from target"),
+        "no client certificate must be refused"
+    );
+    let with = Gost::start(
+        &[
+            "-L",
+            "http://127.0.0.1:0",
+            "-F",
+            &format!(
+                "https://{}?cert={client_cert}&key={client_key}",
+                server.addr()
+            ),
+        ],
+        1,
+    );
+    let out = get_through(&format!("http://{}", with.addr()), &target);
+    assert!(
+        out.text().starts_with("hello from target"),
+        "{}\n{}",
+        out.stderr,
+        with.log()
+    );
+
+    let (cert, key, _) = ca.issue(&dir, "server", &["127.0.0.1"], false);
+    for (query, missing) in [
+        (format!("certFile={cert}"), "keyFile"),
+        (format!("keyFile={key}"), "certFile"),
+    ] {
+        let out = run(
+            &gost_bin().to_string_lossy(),
+            &["-L", &format!("https://127.0.0.1:0?{query}")],
+        );
+        assert_ne!(out.code, 0);
+        assert!(
+            out.stderr.contains(&format!("{missing}, which is missing")),
+            "{}",
+            out.stderr
+        );
+    }
+}
+
 #[test]
 fn certificate_files_are_reread_when_they_change() {
     let dir = tempdir();

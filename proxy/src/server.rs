@@ -175,6 +175,19 @@ pub fn bind_listener(
     let path = format!("services[{i}]");
     let is_http2_handler = service.handler.kind == HandlerType::Http2;
     let keepalive = listener_keepalive(service, i)?;
+    let names_files = service
+        .listener
+        .tls
+        .as_ref()
+        .is_some_and(|t| t.cert_file.is_some() || t.key_file.is_some() || t.ca_file.is_some());
+    if names_files && !crate::supervisor::listener_serves_tls(service.listener.kind) {
+        // As GOST warns: `tls+ws://` is the tls handler's scheme, not TLS around ws.
+        tracing::warn!(
+            service = %service.name,
+            listener = service.listener.kind.as_str(),
+            "{path}.listener.tls is ignored: this listener does not serve TLS (tls, wss, h2, http2, grpc, phts and h3 do); its connections are plaintext"
+        );
+    }
     let listener: Box<dyn Listener> = match service.listener.kind {
         ListenerType::Tcp => Box::new(
             TcpListenerImpl::bind(&service.addr)

@@ -104,7 +104,7 @@ impl ServiceSpec {
 
 /// Whether a listener of `kind` serves TLS, and so the top-level `tls` certificate unless
 /// its own `tls` names one.
-fn listener_serves_tls(kind: ListenerType) -> bool {
+pub(crate) fn listener_serves_tls(kind: ListenerType) -> bool {
     !matches!(
         kind,
         ListenerType::Tcp | ListenerType::Ws | ListenerType::H2c | ListenerType::Pht

@@ -184,17 +184,31 @@ impl ServerTls {
         defaults: &TlsDefaults,
         alpn: &[&[u8]],
     ) -> Result<Self, String> {
-        let own_cert = own.and_then(|t| Some((t.cert_file.as_deref()?, t.key_file.as_deref()?)));
-        let (resolver, client_ca) = match own_cert {
-            Some((cert, key)) => {
-                let resolver = Arc::new(CertResolver::from_files(cert, key)?);
-                let ca = own
-                    .and_then(|t| t.ca_file.as_deref())
-                    .map(|ca| load_roots(Path::new(ca)).map(Arc::new))
-                    .transpose()?;
-                (resolver, ca)
+        let own_cert = match own.map(|t| (t.cert_file.as_deref(), t.key_file.as_deref())) {
+            Some((Some(cert), Some(key))) => Some((cert, key)),
+            None | Some((None, None)) => None,
+            Some((Some(_), None)) => {
+                return Err("certFile needs keyFile, which is missing".into());
             }
-            None => (defaults.cert()?, defaults.client_ca()?),
+            Some((None, Some(_))) => {
+                return Err("keyFile needs certFile, which is missing".into());
+            }
+        };
+        // The service's own `caFile` requires client certificates signed by it, also when the
+        // certificate is the default one (GOST then ignores it and takes any client).
+        let own_ca = own
+            .and_then(|t| t.ca_file.as_deref())
+            .map(|ca| load_roots(Path::new(ca)).map(Arc::new))
+            .transpose()?;
+        let (resolver, client_ca) = match own_cert {
+            Some((cert, key)) => (Arc::new(CertResolver::from_files(cert, key)?), own_ca),
+            None => (
+                defaults.cert()?,
+                match own_ca {
+                    Some(ca) => Some(ca),
+                    None => defaults.client_ca()?,
+                },
+            ),
         };
         let builder = ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()

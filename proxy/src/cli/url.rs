@@ -645,12 +645,16 @@ fn decode_auth(encoded: &str) -> Parsed<AuthConfig> {
     })
 }
 
-/// The `-L` certificate keys; GOST keeps the section only when a certificate is named.
+/// The `-L` certificate keys. GOST keeps the section only when a certificate is named, and so
+/// drops a lone `caFile` (no client certificates asked for) or `keyFile` without a word; here
+/// any of them keeps it, and the service then requires client certificates or says what is
+/// missing.
 fn take_server_tls(params: &mut Params) -> Option<TlsConfig> {
     let cert_file = take(params, &["tls.certFile", "certFile", "cert"]);
     let key_file = take(params, &["tls.keyFile", "keyFile", "key"]);
     let ca_file = take(params, &["tls.caFile", "caFile", "ca"]);
-    cert_file.is_some().then(|| TlsConfig {
+    let named = cert_file.is_some() || key_file.is_some() || ca_file.is_some();
+    named.then(|| TlsConfig {
         cert_file,
         key_file,
         ca_file,
@@ -1336,9 +1340,16 @@ mod tests {
             (tls.cert_file.as_deref(), tls.key_file.as_deref()),
             (Some("c.pem"), Some("k.pem"))
         );
-        // No certificate, no section; the keys are consumed all the same.
+        // A lone `ca` keeps the section (GOST drops it, and with it the client certificates
+        // the user asked for); the keys never reach the metadata.
         let service = serve("http://:8080?ca=ca.pem").unwrap().services.remove(0);
-        assert!(service.listener.tls.is_none() && service.listener.metadata.is_empty());
+        assert_eq!(
+            service.listener.tls.unwrap().ca_file.as_deref(),
+            Some("ca.pem")
+        );
+        assert!(service.listener.metadata.is_empty());
+        let service = serve("http://:8080").unwrap().services.remove(0);
+        assert!(service.listener.tls.is_none());
     }
 
     #[test]
