@@ -670,3 +670,50 @@ fn an_http2_listener_keeps_its_http2_handler_across_a_reload() {
         gost.log()
     );
 }
+
+/// A reload that gives a TLS service on a fixed address a broken certificate is refused as a
+/// whole, before the old listener lets go of the address: the service keeps serving with the
+/// certificate it has (the new listener used to be built after the old one had closed, and its
+/// failure left the address unserved until the next change of the configuration).
+#[test]
+fn a_broken_certificate_in_a_reload_leaves_the_service_serving() {
+    let target = Target::http();
+    let port = free_port();
+    let yaml = |tls: &str| {
+        format!(
+            "services:\n- name: s\n  addr: 127.0.0.1:{port}\n  handler:\n    type: http\n  listener:\n    type: tls\n{tls}"
+        )
+    };
+    let (gost, dir) = reloadable(&yaml(""), 1);
+    let get = || {
+        curl(&[
+            "--proxy-insecure",
+            "-x",
+            &format!("https://127.0.0.1:{port}"),
+            &format!("http://{}/tls", target.addr),
+        ])
+    };
+    let out = get();
+    assert!(
+        out.text().starts_with("hello from target"),
+        "{}",
+        out.stderr
+    );
+    let garbage = dir.join("garbage.pem");
+    std::fs::write(&garbage, "not a certificate\n").unwrap();
+    let broken = format!(
+        "    tls:\n      certFile: {0}\n      keyFile: {0}\n",
+        garbage.display()
+    );
+    kubelet_write(&dir, 1, &yaml(&broken));
+    wait_for_count(&gost, "configuration refused", 1);
+    assert!(gost.log().contains("garbage.pem"), "{}", gost.log());
+    assert!(!gost.log().contains("cannot bind"), "{}", gost.log());
+    let out = get();
+    assert!(
+        out.text().starts_with("hello from target"),
+        "{}\n{}",
+        out.stderr,
+        gost.log()
+    );
+}

@@ -165,12 +165,27 @@ pub fn build_service(
     Ok(handler)
 }
 
+/// Binds a prepared listener: every check and file is done, only the address is left.
+pub type BindListener = Box<dyn Fn() -> Result<Box<dyn Listener>, ConfigError> + Send + Sync>;
+
 /// Binds the listener of `config.services[i]`.
 pub fn bind_listener(
     config: &Config,
     i: usize,
     tls_defaults: &TlsDefaults,
 ) -> Result<Box<dyn Listener>, ConfigError> {
+    prepare_listener(config, i, tls_defaults)?()
+}
+
+/// Everything the listener of `config.services[i]` needs but its address: metadata checked,
+/// certificates read. A reload that moves a service to a new listener on the same address
+/// prepares it before the old one lets go of the address, so that a broken certificate
+/// refuses the configuration instead of leaving the address unserved.
+pub fn prepare_listener(
+    config: &Config,
+    i: usize,
+    tls_defaults: &TlsDefaults,
+) -> Result<BindListener, ConfigError> {
     let service = &config.services[i];
     let path = format!("services[{i}]");
     let is_http2_handler = service.handler.kind == HandlerType::Http2;
@@ -188,19 +203,27 @@ pub fn bind_listener(
             "{path}.listener.tls is ignored: this listener does not serve TLS (tls, wss, h2, http2, grpc, phts and h3 do); its connections are plaintext"
         );
     }
-    let listener: Box<dyn Listener> = match service.listener.kind {
-        ListenerType::Tcp => Box::new(
-            TcpListenerImpl::bind(&service.addr)
-                .map_err(|e| cannot_listen(&path, &service.addr, e))?
-                .with_keepalive(keepalive),
-        ),
+    let addr = service.addr.clone();
+    let failed = {
+        let (path, addr) = (path.clone(), addr.clone());
+        move |e: std::io::Error| cannot_listen(&path, &addr, e)
+    };
+    let bind: BindListener = match service.listener.kind {
+        ListenerType::Tcp => Box::new(move || {
+            Ok(Box::new(
+                TcpListenerImpl::bind(&addr)
+                    .map_err(&failed)?
+                    .with_keepalive(keepalive),
+            ))
+        }),
         ListenerType::Tls => {
             let tls = ServerTls::new(service.listener.tls.as_ref(), tls_defaults, &[])
                 .map_err(|e| field(format!("{path}.listener.tls"), e))?;
-            Box::new(
-                crate::listener::tls::bind(&service.addr, tls, keepalive)
-                    .map_err(|e| cannot_listen(&path, &service.addr, e))?,
-            )
+            Box::new(move || {
+                Ok(Box::new(
+                    crate::listener::tls::bind(&addr, tls.clone(), keepalive).map_err(&failed)?,
+                ))
+            })
         }
         ListenerType::Ws | ListenerType::Wss => {
             let tls = match service.listener.kind {
@@ -212,10 +235,12 @@ pub fn bind_listener(
             };
             let options = crate::listener::ws::WsOptions::from_metadata(&service.listener.metadata)
                 .map_err(|e| field(format!("{path}.listener.metadata"), e))?;
-            Box::new(
-                crate::listener::ws::bind(&service.addr, tls, options, keepalive)
-                    .map_err(|e| cannot_listen(&path, &service.addr, e))?,
-            )
+            Box::new(move || {
+                Ok(Box::new(
+                    crate::listener::ws::bind(&addr, tls.clone(), options.clone(), keepalive)
+                        .map_err(&failed)?,
+                ))
+            })
         }
         ListenerType::H2 | ListenerType::H2c => {
             let tls = if service.listener.kind == ListenerType::H2 {
@@ -235,10 +260,12 @@ pub fn bind_listener(
                 .metadata
                 .string(&["path"])
                 .filter(|p| !p.is_empty());
-            Box::new(
-                crate::listener::h2::bind(&service.addr, tls, h2_path, keepalive)
-                    .map_err(|e| cannot_listen(&path, &service.addr, e))?,
-            )
+            Box::new(move || {
+                Ok(Box::new(
+                    crate::listener::h2::bind(&addr, tls.clone(), h2_path.clone(), keepalive)
+                        .map_err(&failed)?,
+                ))
+            })
         }
         ListenerType::Grpc => {
             let options =
@@ -252,10 +279,12 @@ pub fn bind_listener(
                         .map_err(|e| field(format!("{path}.listener.tls"), e))?,
                 )
             };
-            Box::new(
-                crate::listener::grpc::bind(&service.addr, tls, options, keepalive)
-                    .map_err(|e| cannot_listen(&path, &service.addr, e))?,
-            )
+            Box::new(move || {
+                Ok(Box::new(
+                    crate::listener::grpc::bind(&addr, tls.clone(), options.clone(), keepalive)
+                        .map_err(&failed)?,
+                ))
+            })
         }
         ListenerType::Http2 => {
             if !is_http2_handler {
@@ -270,10 +299,11 @@ pub fn bind_listener(
                 crate::listener::http2::ALPN,
             )
             .map_err(|e| field(format!("{path}.listener.tls"), e))?;
-            Box::new(
-                crate::listener::http2::bind(&service.addr, tls, keepalive)
-                    .map_err(|e| cannot_listen(&path, &service.addr, e))?,
-            )
+            Box::new(move || {
+                Ok(Box::new(
+                    crate::listener::http2::bind(&addr, tls.clone(), keepalive).map_err(&failed)?,
+                ))
+            })
         }
         ListenerType::Pht | ListenerType::Phts => {
             let tls = match service.listener.kind {
@@ -288,20 +318,26 @@ pub fn bind_listener(
                 _ => None,
             };
             let paths = crate::pht::Paths::from_metadata(&service.listener.metadata);
-            Box::new(
-                crate::listener::pht::bind(&service.addr, tls, &service.name, paths, keepalive)
-                    .map_err(|e| cannot_listen(&path, &service.addr, e))?,
-            )
+            let name = service.name.clone();
+            Box::new(move || {
+                Ok(Box::new(
+                    crate::listener::pht::bind(&addr, tls.clone(), &name, paths.clone(), keepalive)
+                        .map_err(&failed)?,
+                ))
+            })
         }
         ListenerType::H3 => {
             let tls = ServerTls::new(service.listener.tls.as_ref(), tls_defaults, crate::h3::ALPN)
                 .map_err(|e| field(format!("{path}.listener.tls"), e))?;
             let options = crate::listener::h3::H3Options::from_metadata(&service.listener.metadata)
                 .map_err(|e| field(format!("{path}.listener.metadata"), e))?;
-            Box::new(
-                crate::listener::h3::bind(&service.name, &service.addr, &tls, options)
-                    .map_err(|e| cannot_listen(&path, &service.addr, e))?,
-            )
+            let name = service.name.clone();
+            Box::new(move || {
+                Ok(Box::new(
+                    crate::listener::h3::bind(&name, &addr, &tls, options.clone())
+                        .map_err(&failed)?,
+                ))
+            })
         }
         other => {
             return Err(not_implemented(
@@ -311,7 +347,7 @@ pub fn bind_listener(
             ));
         }
     };
-    Ok(listener)
+    Ok(bind)
 }
 
 /// The handler's TLS for SOCKS5's TLS methods: `handler.tls`, else the defaults, unless

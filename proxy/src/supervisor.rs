@@ -206,8 +206,9 @@ pub struct Supervisor {
 /// A service whose handler is built and whose listener is bound or waits for its address.
 enum Pending {
     Bound(Box<dyn Listener>),
-    /// The address is held by a service that is going away; bound after it has closed.
-    AfterRelease,
+    /// The address is held by a service that is going away; bound after it has closed, by
+    /// a listener whose certificates and settings are already checked.
+    AfterRelease(server::BindListener),
 }
 
 impl Supervisor {
@@ -285,11 +286,15 @@ impl Supervisor {
                     let pending = if leaving.contains(&service.addr.as_str())
                         && !service.addr.ends_with(":0")
                     {
-                        Pending::AfterRelease
+                        Pending::AfterRelease(server::prepare_listener(
+                            config,
+                            index,
+                            &tls_defaults,
+                        )?)
                     } else {
                         Pending::Bound(server::bind_listener(config, index, &tls_defaults)?)
                     };
-                    starts.push((index, spec, slot, pending, previous.is_some()));
+                    starts.push((spec, slot, pending, previous.is_some()));
                 }
             }
         }
@@ -299,7 +304,7 @@ impl Supervisor {
         let replaced: Vec<String> = starts
             .iter()
             .filter(|(.., existed)| *existed)
-            .map(|(_, spec, ..)| spec.service.name.clone())
+            .map(|(spec, ..)| spec.service.name.clone())
             .collect();
         let stopping: Vec<String> = self
             .services
@@ -336,28 +341,26 @@ impl Supervisor {
         // addresses they held.
         if starts
             .iter()
-            .any(|(_, _, _, p, _)| matches!(p, Pending::AfterRelease))
+            .any(|(_, _, p, _)| matches!(p, Pending::AfterRelease(_)))
         {
             for task in released {
                 let _ = tokio::time::timeout(RELEASE_TIMEOUT, task).await;
             }
         }
         let mut all_bound = true;
-        for (index, spec, slot, pending, existed) in starts {
+        for (spec, slot, pending, existed) in starts {
             let name = spec.service.name.clone();
             let listener = match pending {
                 Pending::Bound(listener) => listener,
-                Pending::AfterRelease => {
-                    match bind_after_release(config, index, &tls_defaults).await {
-                        Ok(listener) => listener,
-                        Err(e) => {
-                            tracing::error!(service = %name, error = %e, "cannot bind the new listener");
-                            all_bound = false;
-                            applied.unbound.push(name);
-                            continue;
-                        }
+                Pending::AfterRelease(bind) => match bind_after_release(&bind).await {
+                    Ok(listener) => listener,
+                    Err(e) => {
+                        tracing::error!(service = %name, error = %e, "cannot bind the new listener");
+                        all_bound = false;
+                        applied.unbound.push(name);
+                        continue;
                     }
-                }
+                },
             };
             let open = still_open.remove(&name).unwrap_or_default();
             let running = self.start(spec, slot, listener, open);
@@ -425,16 +428,12 @@ const RELEASE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Listeners with a handshake close their socket in a task of their own, which ends shortly
 /// after the listener is dropped; bind attempts are retried briefly while that happens.
-async fn bind_after_release(
-    config: &Config,
-    index: usize,
-    tls_defaults: &crate::tls::TlsDefaults,
-) -> Result<Box<dyn Listener>, ConfigError> {
+async fn bind_after_release(bind: &server::BindListener) -> Result<Box<dyn Listener>, ConfigError> {
     const ATTEMPTS: u32 = 50;
     const PAUSE: Duration = Duration::from_millis(2);
     let mut last = None;
     for _ in 0..ATTEMPTS {
-        match server::bind_listener(config, index, tls_defaults) {
+        match bind() {
             Ok(listener) => return Ok(listener),
             Err(e) => last = Some(e),
         }

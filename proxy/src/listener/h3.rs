@@ -27,6 +27,7 @@ pub struct H3Listener {
 }
 
 /// Listener settings from metadata.
+#[derive(Clone)]
 pub struct H3Options {
     /// PHT endpoint paths (`authorizePath`, `pushPath`, `pullPath`, also `pht.`-prefixed).
     pub paths: Paths,
