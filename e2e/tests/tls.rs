@@ -526,6 +526,43 @@ impl Drop for HttpsOrigin {
     }
 }
 
+/// When the SOCKS5 handler cannot have a certificate (here: a top-level `tls` section whose
+/// common name is no valid name, and no certificate kept anywhere), a client offering GOST's
+/// TLS methods beside the plain one gets the plain one, not a TLS method and then a reset.
+#[test]
+fn socks5_without_a_certificate_answers_with_a_plain_method() {
+    let home = tempdir();
+    let target = Target::echo();
+    let yaml = "services:\n- name: s\n  addr: 127.0.0.1:0\n  handler:\n    type: socks5\n  listener:\n    type: tcp\ntls:\n  commonName: \"g\u{f8}st\"\n";
+    let file = home.join("gost.yaml");
+    fs::write(&file, yaml).unwrap();
+    let gost = Gost::start_in(&["-C", file.to_str().unwrap()], 1, Some(&home));
+    for _ in 0..2 {
+        let mut stream = std::net::TcpStream::connect(gost.addr()).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        // No auth, or GOST's TLS method.
+        stream.write_all(&[5, 2, 0, 0x80]).unwrap();
+        let mut reply = [0u8; 2];
+        std::io::Read::read_exact(&mut stream, &mut reply).unwrap();
+        assert_eq!(reply, [5, 0], "{}", gost.log());
+        let port = target.addr.port().to_be_bytes();
+        stream
+            .write_all(&[5, 1, 0, 1, 127, 0, 0, 1, port[0], port[1]])
+            .unwrap();
+        let mut answer = [0u8; 10];
+        std::io::Read::read_exact(&mut stream, &mut answer).unwrap();
+        assert_eq!(answer[1], 0, "{answer:?}");
+        echo_round_trip(stream, 1024);
+    }
+    let warnings = gost
+        .log()
+        .matches("no certificate for SOCKS5's TLS methods")
+        .count();
+    assert_eq!(warnings, 1, "{}", gost.log());
+}
+
 /// An HTTP CONNECT proxy that notes each target asked for and carries every tunnel to
 /// `origin`, wherever it was meant to go (so that a tunnel to port 443 needs no port 443).
 /// A CONNECT proxy that carries every tunnel to `origin`, recording the target each asked

@@ -97,19 +97,23 @@ impl Socks5Handler {
     {
         let mut user = None;
         let methods = read_message(conn, buf, socks5::parse_greeting).await?;
-        let method =
-            socks5::select_method(&methods, self.env.auth.is_some(), self.env.tls.is_some());
+        // The TLS methods are offered only with a certificate in hand: when it cannot be had
+        // (its error is logged once), clients get the plain methods, which every GOST client
+        // offers too, instead of a TLS method and then a reset.
+        let offers_tls = methods
+            .iter()
+            .any(|m| matches!(*m, socks5::METHOD_TLS | socks5::METHOD_TLS_USER_PASS));
+        let tls = match &self.env.tls {
+            Some(lazy) if offers_tls => lazy.get().ok(),
+            _ => None,
+        };
+        let method = socks5::select_method(&methods, self.env.auth.is_some(), tls.is_some());
         send(conn, &socks5::encode_method_reply(method)).await?;
-        if let (socks5::METHOD_TLS | socks5::METHOD_TLS_USER_PASS, Some(tls)) =
-            (method, &self.env.tls)
-        {
+        if let (socks5::METHOD_TLS | socks5::METHOD_TLS_USER_PASS, Some(tls)) = (method, tls) {
             // GOST's TLS methods: everything after the method reply, the handshake included,
             // runs inside TLS. Bytes the client already sent belong to the TLS stream.
             let raw = std::mem::replace(conn, Box::new(tokio::io::duplex(1).0));
             let raw = Prefixed::boxed(buf.split().freeze(), raw);
-            let tls = tls.get().map_err(|e| {
-                io::Error::other(format!("TLS for SOCKS5 method {method:#04x}: {e}"))
-            })?;
             *conn = Box::new(tls.accept(raw).await?);
         }
         match (method, &self.env.auth) {
