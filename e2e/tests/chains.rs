@@ -617,3 +617,103 @@ fn grace_period_bounds_the_drain_and_a_second_signal_exits_at_once() {
         server.log()
     );
 }
+
+/// A SOCKS5 node that takes connections and hangs up after the greeting (or never answers it)
+/// counts as failed, as in GOST, and is skipped for `failTimeout` like one that refuses
+/// connections: only node dials used to count, so every other request failed for ever. A node
+/// that stalls is named in the one log line, not "the route".
+#[test]
+fn nodes_failing_or_stalling_in_their_handshake_are_skipped_and_named() {
+    let target = Target::http();
+    let good = Gost::start(&["-L", "socks5://127.0.0.1:0"], 1);
+    // Reads the greeting and closes.
+    let closing = Target::start(|mut stream| {
+        let mut greeting = [0u8; 3];
+        let _ = stream.read(&mut greeting);
+    });
+    // Reads the greeting and says nothing for longer than the dial timeout.
+    let silent = Target::start(|mut stream| {
+        let mut greeting = [0u8; 3];
+        let _ = stream.read(&mut greeting);
+        std::thread::sleep(Duration::from_secs(4));
+    });
+    let front = |bad: std::net::SocketAddr| {
+        Gost::start_config(
+            &format!(
+                "services:\n- name: front\n  addr: 127.0.0.1:0\n  metadata: {{dialTimeout: 1s}}\n  handler: {{type: http, chain: c}}\nchains:\n- name: c\n  hops:\n  - name: h\n    selector: {{strategy: round, maxFails: 1, failTimeout: 60s}}\n    nodes:\n    - {{name: bad, addr: '{bad}', connector: {{type: socks5}}}}\n    - {{name: good, addr: '{}', connector: {{type: socks5}}}}\n",
+                good.addr()
+            ),
+            1,
+        )
+    };
+    for bad in [closing.addr, silent.addr] {
+        let front = front(bad);
+        let proxy = format!("http://{}", front.addr());
+        let mut failures = 0;
+        for _ in 0..6 {
+            if !get_via(&proxy, &target)
+                .text()
+                .starts_with("hello from target")
+            {
+                failures += 1;
+            }
+        }
+        assert!(
+            failures <= 1,
+            "{failures} of 6 requests failed\n{}",
+            front.log()
+        );
+        let failed = front
+            .log()
+            .lines()
+            .filter(|l| l.contains("upstream dial failed"))
+            .map(str::to_string)
+            .collect::<Vec<_>>();
+        assert_eq!(failed.len(), 1, "{failed:?}");
+        assert!(failed[0].contains(&bad.to_string()), "{failed:?}");
+        if bad == silent.addr {
+            assert!(
+                failed[0].contains("did not finish its handshake within 1s"),
+                "{failed:?}"
+            );
+        }
+    }
+}
+
+/// A `dialTimeout` above 15 s is what bounds a slow node's answer: the connectors had 15 s
+/// limits of their own, although GOST's have none unless `timeout` is set.
+#[test]
+fn a_long_dial_timeout_waits_for_a_slow_node() {
+    let target = Target::echo();
+    // An HTTP proxy that answers CONNECT after 16 s, then echoes.
+    let slow = Target::start(|mut stream| {
+        let mut head = [0u8; 1024];
+        let _ = stream.read(&mut head);
+        std::thread::sleep(Duration::from_secs(16));
+        let _ = stream.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n");
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+        let mut buf = [0u8; 1024];
+        while let Ok(n) = stream.read(&mut buf) {
+            if n == 0 || stream.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+    });
+    let front = Gost::start(
+        &[
+            "-L",
+            "http://127.0.0.1:0?dialTimeout=40s",
+            "-F",
+            &format!("http://{}", slow.addr),
+        ],
+        1,
+    );
+    let started = Instant::now();
+    let mut stream = http_connect(front.addr(), &target.addr.to_string(), None)
+        .unwrap_or_else(|e| panic!("{e}\n{}", front.log()));
+    assert!(started.elapsed() >= Duration::from_secs(15));
+    stream.write_all(b"ping").unwrap();
+    let mut pong = [0u8; 4];
+    stream.read_exact(&mut pong).unwrap();
+    assert_eq!(&pong, b"ping");
+}

@@ -533,6 +533,10 @@ impl Router {
                 cause,
             }
         };
+        // Where the route is: 2i while node i is dialled and handshaken, 2i + 1 while node i
+        // reaches the next hop (or, for the last one, the target). A route that runs out of
+        // time is blamed on the step it was in.
+        let stage = AtomicUsize::new(0);
         let build = async {
             let (first_hop, first) = &route[0];
             let conn = first.dial(self.timeout).await;
@@ -543,14 +547,19 @@ impl Router {
                     return Err(failure(0, io_kind(&e), e.to_string()));
                 }
             };
-            let mut conn = first
-                .connector
-                .handshake(conn)
-                .await
-                .map_err(|e| failure(0, connect_kind(&e), e.to_string()))?;
+            // A node that takes the connection but fails its handshake counts as failed too,
+            // as in GOST, so that it is skipped like one that refuses connections.
+            let mut conn = match first.connector.handshake(conn).await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    first.record(false, first_hop.max_fails, first_hop.fail_timeout);
+                    return Err(failure(0, connect_kind(&e), e.to_string()));
+                }
+            };
             for i in 1..route.len() {
                 let (_, previous) = &route[i - 1];
                 let (hop, node) = &route[i];
+                stage.store(2 * (i - 1) + 1, Ordering::Relaxed);
                 conn = match previous.connector.connect(conn, &node.addr).await {
                     Ok(conn) => conn,
                     Err(e) => {
@@ -559,20 +568,26 @@ impl Router {
                         return Err(failure(i - 1, connect_kind(&e), cause));
                     }
                 };
+                stage.store(2 * i, Ordering::Relaxed);
                 let earlier = route[..i].iter().map(|(_, n)| n.clone()).collect();
                 let again = reopen(earlier, node.addr.clone(), self.timeout);
-                conn = node
-                    .dialer
-                    .handshake_routed(conn, &node.addr, again)
-                    .await
-                    .map_err(|e| failure(i, io_kind(&e), e.to_string()))?;
-                conn = node
-                    .connector
-                    .handshake(conn)
-                    .await
-                    .map_err(|e| failure(i, connect_kind(&e), e.to_string()))?;
+                conn = match node.dialer.handshake_routed(conn, &node.addr, again).await {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        node.record(false, hop.max_fails, hop.fail_timeout);
+                        return Err(failure(i, io_kind(&e), e.to_string()));
+                    }
+                };
+                conn = match node.connector.handshake(conn).await {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        node.record(false, hop.max_fails, hop.fail_timeout);
+                        return Err(failure(i, connect_kind(&e), e.to_string()));
+                    }
+                };
             }
             let last = route.len() - 1;
+            stage.store(2 * last + 1, Ordering::Relaxed);
             let conn = route[last]
                 .1
                 .connector
@@ -588,19 +603,28 @@ impl Router {
         match tokio::time::timeout(self.timeout, build).await {
             Ok(result) => result,
             Err(_) => {
-                // The route as a whole ran out of time; no single node is to blame.
-                crate::metrics::chain_error(&chain.name, "*");
-                Err(DialError {
-                    kind: DialErrorKind::TimedOut,
-                    at: Some(HopRef {
-                        chain: chain.name.clone(),
-                        hop: "*".into(),
-                        node: "*".into(),
-                        addr: "route".into(),
-                    }),
-                    target: target.clone(),
-                    cause: format!("route not established within {:?}", self.timeout),
-                })
+                let stage = stage.load(Ordering::Relaxed);
+                let (i, reaching) = (stage / 2, stage % 2 == 1);
+                let last = route.len() - 1;
+                let within = self.timeout;
+                let cause = match (reaching, i < last) {
+                    // The node took the connection and then stalled in its handshake.
+                    (false, _) => {
+                        let (hop, node) = &route[i];
+                        node.record(false, hop.max_fails, hop.fail_timeout);
+                        format!("node did not finish its handshake within {within:?}")
+                    }
+                    // The node's answer about the next hop never came: the next node is
+                    // the one not reached, as when it refuses.
+                    (true, true) => {
+                        let (hop, node) = &route[i + 1];
+                        node.record(false, hop.max_fails, hop.fail_timeout);
+                        format!("next hop {} not reached within {within:?}", node.addr)
+                    }
+                    // The target is slow, which says nothing about the nodes.
+                    (true, false) => format!("target not reached within {within:?}"),
+                };
+                Err(failure(i, DialErrorKind::TimedOut, cause))
             }
         }
     }

@@ -114,7 +114,8 @@ pub fn connect_request(
 ) -> Vec<u8> {
     // As Go's `Request.Write`: the `Host` line (the target; a `Host` in `extra` is ignored),
     // `User-Agent` (Go's unless `extra` has one), then every other header sorted by name,
-    // the connector's `Proxy-Authorization` and `Proxy-Connection` over any in `extra`.
+    // `Proxy-Connection` over any in `extra`, and the connector's credentials over a
+    // `Proxy-Authorization` in `extra`, which is sent when it has none (a bearer token, say).
     let user_agent = extra
         .get(http::header::USER_AGENT)
         .map_or(&b"Go-http-client/1.1"[..], |v| v.as_bytes());
@@ -124,11 +125,10 @@ pub fn connect_request(
     head.extend_from_slice(b"\r\n");
     let mut fields: Vec<(String, Vec<u8>)> = extra
         .iter()
-        .filter(|(name, _)| {
-            !matches!(
-                name.as_str(),
-                "host" | "user-agent" | "proxy-authorization" | "proxy-connection"
-            )
+        .filter(|(name, _)| match name.as_str() {
+            "host" | "user-agent" | "proxy-connection" => false,
+            "proxy-authorization" => credentials.is_none(),
+            _ => true,
         })
         .map(|(name, value)| (canonical(name.as_str()), value.as_bytes().to_vec()))
         .collect();
@@ -277,6 +277,27 @@ mod tests {
             "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\nUser-Agent: mine/1\r\n\
              Accept: */*\r\nProxy-Authorization: Basic dTpw\r\nProxy-Connection: keep-alive\r\n\
              X-Token: abc\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn a_proxy_authorization_header_is_sent_when_the_connector_has_no_credentials() {
+        let target = Address::parse("example.com:443").unwrap();
+        let mut extra = http::HeaderMap::new();
+        extra.insert(
+            "proxy-authorization",
+            http::HeaderValue::from_static("Bearer T"),
+        );
+        let without = String::from_utf8(connect_request(&target, None, &extra)).unwrap();
+        assert!(
+            without.contains("\r\nProxy-Authorization: Bearer T\r\n"),
+            "{without}"
+        );
+        let with = String::from_utf8(connect_request(&target, Some(("u", "p")), &extra)).unwrap();
+        assert!(!with.contains("Bearer"), "{with}");
+        assert!(
+            with.contains("\r\nProxy-Authorization: Basic dTpw\r\n"),
+            "{with}"
         );
     }
 

@@ -12,13 +12,12 @@ use crate::addr::Address;
 use crate::codec::http::{MAX_RESPONSE_HEAD, connect_request, parse_response_head};
 use crate::conn::{BoxConn, Prefixed};
 
-/// Time allowed for the CONNECT exchange unless the `timeout` metadata says otherwise.
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
-
 /// Asks an HTTP proxy for a tunnel with `CONNECT`.
 pub struct HttpConnector {
     auth: Option<AuthConfig>,
-    timeout: Duration,
+    /// Metadata `timeout`; by default none of its own, as GOST: the chain's `dialTimeout`
+    /// bounds the whole route, this exchange included.
+    timeout: Option<Duration>,
     // `header` metadata, sent with every CONNECT (GOST's).
     headers: http::HeaderMap,
 }
@@ -31,7 +30,7 @@ impl HttpConnector {
             .duration(&["timeout"])
             .map_err(|e| e.to_string())?
             .flatten()
-            .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+            .filter(|t| !t.is_zero());
         let headers = crate::dialer::h2::header_map(metadata)?;
         Ok(HttpConnector {
             auth,
@@ -79,12 +78,15 @@ impl Connector for HttpConnector {
                 }
             }
         };
-        match tokio::time::timeout(self.timeout, exchange).await {
+        let Some(limit) = self.timeout else {
+            return exchange.await.map(|rest| Prefixed::boxed(rest, conn));
+        };
+        match tokio::time::timeout(limit, exchange).await {
             Ok(Ok(rest)) => Ok(Prefixed::boxed(rest, conn)),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(ConnectError::Io(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
-                format!("no answer to CONNECT within {:?}", self.timeout),
+                format!("no answer to CONNECT within {limit:?}"),
             ))),
         }
     }

@@ -25,12 +25,6 @@ use crate::addr::Address;
 use crate::codec::relay::{self, AddrFeature, Feature, Request};
 use crate::conn::{BoxConn, Conn};
 
-/// Time allowed for the synchronous exchange of `nodelay=true` unless metadata `connectTimeout`
-/// says otherwise. GOST sets no deadline by default; a node that accepts the connection and
-/// then says nothing would otherwise hold the client until the route timeout, and 15 s matches
-/// the time GOST's handlers grant their clients for a request (and the SOCKS5 connector's).
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
-
 /// Bytes read per step while a response is incomplete. GOST's responses are four bytes; the
 /// surplus of a larger read is tunnel data and is kept.
 const RESPONSE_READ_CHUNK: usize = 1024;
@@ -57,9 +51,9 @@ impl RelayConnector {
             .duration(&["connectTimeout"])
             .map_err(|e| e.to_string())?
         {
-            None => Some(DEFAULT_CONNECT_TIMEOUT),
+            // None unless set, as GOST: the chain's `dialTimeout` bounds the whole route.
             Some(Some(limit)) if !limit.is_zero() => Some(limit),
-            Some(_) => None,
+            _ => None,
         };
         let auth = auth.map(|a| Feature::UserAuth {
             username: a.username.into_bytes(),

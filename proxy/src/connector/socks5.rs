@@ -15,12 +15,6 @@ use crate::codec::socks5::{self, Command};
 use crate::conn::BoxConn;
 use crate::tls::ClientTls;
 
-/// Time allowed for the handshake, and again for the CONNECT exchange, unless metadata
-/// `timeout` says otherwise. GOST sets no deadline by default; a node that accepts the
-/// connection and then says nothing would otherwise hold the client until the route timeout,
-/// and 15 s matches the handshake time GOST's handlers grant their clients.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
-
 /// Speaks SOCKS5 to a node.
 pub struct Socks5Connector {
     /// The greeting, encoded once: it depends only on whether there are credentials.
@@ -57,10 +51,10 @@ impl Socks5Connector {
             Some((ClientTls::new(tls, &[])?, node.clone()))
         };
         let timeout = match metadata.duration(&["timeout"]).map_err(|e| e.to_string())? {
-            None => Some(DEFAULT_TIMEOUT),
             Some(Some(limit)) if !limit.is_zero() => Some(limit),
-            // GOST arms no deadline for a zero or negative timeout.
-            Some(_) => None,
+            // GOST arms no deadline unless `timeout` is set: the chain's `dialTimeout`
+            // bounds the whole route, this exchange included, and names the hop that stalls.
+            _ => None,
         };
         let credentials = auth
             .as_ref()
