@@ -133,6 +133,9 @@ pub fn from_str(text: &str, format: Format) -> Result<Config, ConfigError> {
             let mut options = serde_saphyr::Options::default();
             options.strict_booleans = true;
             options.budget = Some(yaml_budget());
+            // No excerpt of the file in errors: they reach logs and `/readyz`, and the lines
+            // around a mistake can hold a password. Line, column and field path remain.
+            options.with_snippet = false;
             // Remember where a typed error happened; the wrapper only passes the error on.
             let mut failed_at = None;
             let result =

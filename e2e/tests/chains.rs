@@ -610,6 +610,18 @@ fn grace_period_bounds_the_drain_and_a_second_signal_exits_at_once() {
     std::thread::sleep(Duration::from_millis(300));
     assert!(server.is_running());
     server.signal("TERM");
+    // 128 + the signal's number, as a shell reports a process the signal killed.
+    assert_eq!(
+        server.wait_exit(Duration::from_secs(10)),
+        Some(143),
+        "{}",
+        server.log()
+    );
+    let mut server = Gost::start(&["-L", "http://127.0.0.1:0", "--grace-period", "60s"], 1);
+    let _tunnel = http_connect(server.addr(), &echo.addr.to_string(), None).unwrap();
+    server.signal("INT");
+    std::thread::sleep(Duration::from_millis(300));
+    server.signal("INT");
     assert_eq!(
         server.wait_exit(Duration::from_secs(10)),
         Some(130),

@@ -429,3 +429,16 @@ fn a_threshold_the_user_chose_is_left_alone() {
     );
     assert!(!env.iter().any(|e| e.contains(RAISED)), "{env:?}");
 }
+
+/// `log.format: text` writes plain lines where no terminal reads them (a pipe here; files,
+/// journald, `kubectl logs`): no colour escape codes.
+#[test]
+fn text_logs_to_a_pipe_carry_no_colour_codes() {
+    let gost = Gost::start_config(
+        "services:\n- name: a\n  addr: 127.0.0.1:0\n  handler:\n    type: http\nlog:\n  format: text\n",
+        1,
+    );
+    let log = gost.log();
+    assert!(log.contains("listening"), "{log}");
+    assert!(!log.contains('\u{1b}'), "{log:?}");
+}

@@ -60,10 +60,11 @@ fn wait_for_open(server: &Gost, open: usize, within: Duration) {
             .lines()
             .rfind(|l| l.contains("pht session opened") || l.contains("pht session closed"))
             .map(str::to_string);
-        if let Some(last) = &last {
-            if last.contains("pht session closed") && last.contains(&wanted) {
-                return;
-            }
+        if let Some(last) = &last
+            && last.contains("pht session closed")
+            && last.contains(&wanted)
+        {
+            return;
         }
         assert!(
             Instant::now() < deadline,

@@ -717,3 +717,86 @@ fn a_broken_certificate_in_a_reload_leaves_the_service_serving() {
         gost.log()
     );
 }
+
+/// A refused reload's error names the file, line and field but quotes none of it: the lines
+/// around a mistake can hold a password, and the error goes to the log and to `/readyz`,
+/// which answers without credentials.
+#[test]
+fn a_refused_reload_shows_no_excerpt_of_the_file() {
+    let dir = tempdir();
+    let file = dir.join("gost.yaml");
+    let good = "services:\n- name: a\n  addr: 127.0.0.1:0\n  handler:\n    type: http\n    auth:\n      username: admin\n      password: S3cretPass\n  listener:\n    type: tcp\n";
+    std::fs::write(&file, good).unwrap();
+    let gost = Gost::start(
+        &["-C", file.to_str().unwrap(), "-metrics", "127.0.0.1:0"],
+        2,
+    );
+    let metrics = gost.addrs()[0];
+    std::fs::write(&file, good.replace("    type: tcp", "    typ: tcp")).unwrap();
+    wait_for_count(&gost, "configuration refused", 1);
+    let readyz = curl(&[&format!("http://{metrics}/readyz")]);
+    assert!(readyz.text().contains("gost.yaml"), "{}", readyz.text());
+    assert!(readyz.text().contains("typ"), "{}", readyz.text());
+    assert!(!readyz.text().contains("S3cretPass"), "{}", readyz.text());
+    assert!(!gost.log().contains("S3cretPass"), "{}", gost.log());
+}
+
+/// A SIGHUP while the first configuration is still being fetched from its URL does not end
+/// the process (SIGHUP's default action) before gost has caught it.
+#[test]
+fn a_sighup_while_the_first_config_url_is_read_is_not_fatal() {
+    let config_server = Target::start(|mut stream| {
+        let _ = read_head(&mut stream);
+        thread::sleep(Duration::from_secs(2));
+        let body = "services:\n- name: a\n  addr: 127.0.0.1:0\n  handler:\n    type: http\n";
+        let _ = write!(
+            stream,
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+    });
+    let url = format!("http://{}/gost.yaml", config_server.addr);
+    let mut child = std::process::Command::new(gost_bin())
+        .args(["-C", &url])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id().to_string();
+    thread::sleep(Duration::from_millis(700));
+    assert_eq!(run("kill", &["-HUP", &pid]).code, 0);
+    thread::sleep(Duration::from_millis(2500));
+    let status = child.try_wait().unwrap();
+    if status.is_none() {
+        let _ = run("kill", &["-TERM", &pid]);
+    }
+    let ended = child.wait().unwrap();
+    assert!(status.is_none(), "gost ended on SIGHUP: {ended:?}");
+    assert_eq!(ended.code(), Some(0), "{ended:?}");
+}
+
+/// `metrics:` and `log:` are read at start only; a reload that changes them says so rather
+/// than leaving, say, a newly added `metrics.auth` to be found not working.
+#[test]
+fn a_reload_that_changes_metrics_says_it_waits_for_a_restart() {
+    let dir = tempdir();
+    let file = dir.join("gost.yaml");
+    let service = "services:\n- name: a\n  addr: 127.0.0.1:0\n  handler:\n    type: http\n";
+    std::fs::write(&file, format!("{service}metrics:\n  addr: 127.0.0.1:0\n")).unwrap();
+    let gost = Gost::start(&["-C", file.to_str().unwrap()], 2);
+    std::fs::write(
+        &file,
+        format!(
+            "{service}metrics:\n  addr: 127.0.0.1:0\n  auth:\n    username: u\n    password: p\n"
+        ),
+    )
+    .unwrap();
+    wait_for_count(&gost, "configuration applied", 1);
+    assert!(
+        gost.log()
+            .contains("the `metrics` section changed; it takes effect at the next start"),
+        "{}",
+        gost.log()
+    );
+}

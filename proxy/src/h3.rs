@@ -724,10 +724,9 @@ impl H3RoundTrip {
             .session
             .as_ref()
             .is_some_and(|s| s.quic.stable_id() == id)
+            && let Some(session) = state.session.take()
         {
-            if let Some(session) = state.session.take() {
-                session.quic.close(VarInt::from_u32(0), b"");
-            }
+            session.quic.close(VarInt::from_u32(0), b"");
         }
     }
 }

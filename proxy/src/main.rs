@@ -16,7 +16,13 @@ use tracing_subscriber::fmt::writer::BoxMakeWriter;
 /// GOST's HTTP tunnels: `gost -L http://user:pass@:8080`, `gost -L http://:8000 -F http://user:pass@host:8080`,
 /// `gost -C gost.yaml`.
 #[derive(Parser, Debug)]
-#[command(name = "gost", version, disable_help_subcommand = true)]
+#[command(
+    name = "gost",
+    version,
+    disable_help_subcommand = true,
+    after_help = "Groups of arguments separated by ` -- ` run as worker processes of their own, each with its own \
+                  chain, as in GOST: gost -L http://:8080 -- -L socks5://:1080 -F http://:8000"
+)]
 struct Args {
     /// A service to run: [handler+listener://][user:pass@][host]:port[?key=value&...]. Repeatable.
     #[arg(short = 'L', value_name = "URL", action = ArgAction::Append)]
@@ -27,8 +33,9 @@ struct Args {
     #[arg(short = 'F', value_name = "URL", action = ArgAction::Append)]
     forward: Vec<String>,
 
-    /// A configuration file (YAML or JSON, GOST's schema), `-` for standard input, or inline JSON.
-    /// Repeatable; later sources add services and chains and replace top-level settings.
+    /// A configuration file (YAML or JSON, GOST's schema), `-` for standard input, inline JSON, or
+    /// an http(s):// URL (with optional user:pass@). Repeatable; later sources add services and
+    /// chains and replace top-level settings. Files are watched and applied on change.
     #[arg(short = 'C', value_name = "FILE", action = ArgAction::Append)]
     config: Vec<String>,
 
@@ -99,10 +106,10 @@ fn go_style_args() -> Vec<std::ffi::OsString> {
                 return arg;
             };
             for flag in GO_STYLE_FLAGS {
-                if let Some(rest) = text.strip_prefix('-').and_then(|t| t.strip_prefix(flag)) {
-                    if rest.is_empty() || rest.starts_with('=') {
-                        return format!("--{flag}{rest}").into();
-                    }
+                if let Some(rest) = text.strip_prefix('-').and_then(|t| t.strip_prefix(flag))
+                    && (rest.is_empty() || rest.starts_with('='))
+                {
+                    return format!("--{flag}{rest}").into();
                 }
             }
             arg
@@ -136,6 +143,12 @@ fn main() -> ExitCode {
     let Some(runtime) = start_runtime(tokio::runtime::Builder::new_multi_thread()) else {
         return ExitCode::FAILURE;
     };
+    // SIGHUP ends a process by default, and reading a `-C` URL may take a while: from here on
+    // it is caught (tokio keeps a handler for good once one is made); the run loop reloads on it.
+    let early_hangup = {
+        let _runtime = runtime.enter();
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
+    };
     let config = match runtime.block_on(assemble_config(&args)) {
         Ok(config) => config,
         Err(message) => {
@@ -163,6 +176,7 @@ fn main() -> ExitCode {
         eprintln!("gost: {message}");
         return ExitCode::from(2);
     }
+    drop(early_hangup);
     runtime.block_on(run(&args, config))
 }
 
@@ -547,7 +561,8 @@ fn init_logging(args: &Args, config: &Config) -> Result<(), String> {
     if json {
         builder.json().with_writer(writer).init();
     } else {
-        builder.with_writer(writer).init();
+        // Colours only on a terminal: not in files, pipes, journald or `kubectl logs`.
+        builder.with_ansi(terminal).with_writer(writer).init();
     }
     Ok(())
 }
@@ -658,7 +673,8 @@ async fn run(args: &Args, mut config: Config) -> ExitCode {
         }
         signal = signals.next() => {
             tracing::warn!(signal, open = tunnels.len(), "second signal; exiting now");
-            ExitCode::from(130)
+            // As a shell reports a process killed by the signal: 128 + its number.
+            ExitCode::from(if signal == "SIGTERM" { 143 } else { 130 })
         }
     }
 }
@@ -709,6 +725,19 @@ async fn reload(
         Ok(config) => {
             let applied = supervisor.apply(&config).await.map_err(|e| e.to_string());
             if applied.is_ok() {
+                // Said, not left to be found out: a `metrics.auth` added by a reload does not
+                // protect the endpoint until the next start.
+                for (section, changed) in [
+                    ("metrics", config.metrics != running.metrics),
+                    ("log", config.log != running.log),
+                ] {
+                    if changed {
+                        tracing::warn!(
+                            section,
+                            "the `{section}` section changed; it takes effect at the next start"
+                        );
+                    }
+                }
                 *running = config;
             }
             applied

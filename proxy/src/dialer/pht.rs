@@ -331,12 +331,12 @@ impl RoundTrip for Pool {
     async fn round_trip(&self, req: http::Request<Bytes>) -> io::Result<http::Response<Body>> {
         let (mut parts, body) = req.into_parts();
         // HTTP/1.1 wants the origin form and the authority as `Host`.
-        if let Some(authority) = parts.uri.authority() {
-            if !parts.headers.contains_key(header::HOST) {
-                let host = HeaderValue::from_str(authority.as_str())
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-                parts.headers.insert(header::HOST, host);
-            }
+        if let Some(authority) = parts.uri.authority()
+            && !parts.headers.contains_key(header::HOST)
+        {
+            let host = HeaderValue::from_str(authority.as_str())
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+            parts.headers.insert(header::HOST, host);
         }
         parts.uri = parts
             .uri

@@ -430,10 +430,10 @@ impl PhtServer {
         }
         state.sessions.remove(&session.token);
         state.expire_closed();
-        if state.closed_order.len() >= CLOSED_TOKENS_MAX {
-            if let Some(oldest) = state.closed_order.pop_front() {
-                state.closed.remove(&oldest);
-            }
+        if state.closed_order.len() >= CLOSED_TOKENS_MAX
+            && let Some(oldest) = state.closed_order.pop_front()
+        {
+            state.closed.remove(&oldest);
         }
         state.closed.insert(session.token.clone(), Instant::now());
         state.closed_order.push_back(session.token.clone());
@@ -490,10 +490,10 @@ async fn await_first_pull(server: Weak<PhtServer>, session: Arc<Session>) {
         () = session.closed.cancelled() => return,
         () = tokio::time::sleep(FIRST_PULL_GRACE) => {}
     }
-    if lock(&session.down).is_some() {
-        if let Some(server) = server.upgrade() {
-            server.close(&session, "no pull came after the client's close");
-        }
+    if lock(&session.down).is_some()
+        && let Some(server) = server.upgrade()
+    {
+        server.close(&session, "no pull came after the client's close");
     }
 }
 
