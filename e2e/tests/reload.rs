@@ -800,3 +800,95 @@ fn a_reload_that_changes_metrics_says_it_waits_for_a_restart() {
         gost.log()
     );
 }
+
+/// One plain-HTTP request on an open keep-alive connection: the status line, or `None` when
+/// the proxy closed the connection instead.
+fn keep_alive_get(stream: &mut TcpStream, target: SocketAddr, credentials: &str) -> Option<String> {
+    let request = format!(
+        "GET http://{target}/ka HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: Basic {}\r\n\r\n",
+        base64(credentials.as_bytes())
+    );
+    stream.write_all(request.as_bytes()).ok()?;
+    let head = read_head(stream).ok().filter(|h| !h.is_empty())?;
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse().unwrap())
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).ok()?;
+    head.lines().next().map(str::to_string)
+}
+
+/// A reload that changes a password reaches HTTP/1.1 keep-alive connections already open:
+/// they close between requests, so the old password stops working on them too (it used to
+/// keep working for as long as the client kept the connection busy).
+#[test]
+fn a_changed_password_reaches_open_keep_alive_connections() {
+    let target = Target::http();
+    let yaml = |password: &str| {
+        format!(
+            "services:\n- name: s\n  addr: 127.0.0.1:0\n  handler:\n    type: http\n    auth:\n      username: u\n      password: {password}\n"
+        )
+    };
+    let (gost, dir) = reloadable(&yaml("old"), 1);
+    let addr = gost.service_addr("s").unwrap();
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    assert_eq!(
+        keep_alive_get(&mut stream, target.addr, "u:old").as_deref(),
+        Some("HTTP/1.1 200 OK")
+    );
+    kubelet_write(&dir, 1, &yaml("new"));
+    wait_for_count(&gost, r#""updated":"[\"s\"]""#, 1);
+    let again = keep_alive_get(&mut stream, target.addr, "u:old");
+    assert!(
+        again.as_deref() != Some("HTTP/1.1 200 OK"),
+        "the old password still works on the open connection: {again:?}"
+    );
+    let mut fresh = TcpStream::connect(addr).unwrap();
+    fresh
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    assert_eq!(
+        keep_alive_get(&mut fresh, target.addr, "u:new").as_deref(),
+        Some("HTTP/1.1 200 OK")
+    );
+}
+
+/// A stop closes HTTP/1.1 connections that wait for a request (idle keep-alive, or nothing
+/// sent yet) at once instead of waiting for them within the grace period.
+#[test]
+fn a_stop_does_not_wait_for_idle_http_connections() {
+    let target = Target::http();
+    let mut gost = Gost::start(
+        &["-L", "http://u:p@127.0.0.1:0", "--grace-period", "30s"],
+        1,
+    );
+    let mut idle = TcpStream::connect(gost.addr()).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(
+        keep_alive_get(&mut idle, target.addr, "u:p").as_deref(),
+        Some("HTTP/1.1 200 OK")
+    );
+    let _silent = TcpStream::connect(gost.addr()).unwrap();
+    thread::sleep(Duration::from_millis(200));
+    let started = Instant::now();
+    gost.signal("TERM");
+    assert_eq!(
+        gost.wait_exit(Duration::from_secs(10)),
+        Some(0),
+        "{}",
+        gost.log()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the stop took {:?}",
+        started.elapsed()
+    );
+}

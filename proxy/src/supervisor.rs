@@ -131,6 +131,10 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 struct HandlerSlot {
     handler: Arc<dyn Handler>,
     limit: usize,
+    /// Cancelled when this handler stops being the service's: swapped by a reload, or the
+    /// service stops accepting. Connections it serves between requests (HTTP/1.1 keep-alive)
+    /// then close, so that the next request meets the current handler, or none.
+    retired: CancellationToken,
 }
 
 /// One connection counted against its service's limit, for as long as it is open.
@@ -158,7 +162,11 @@ impl HandlerSlot {
                 });
             }
         };
-        Ok(HandlerSlot { handler, limit })
+        Ok(HandlerSlot {
+            handler,
+            limit,
+            retired: CancellationToken::new(),
+        })
     }
 }
 
@@ -319,6 +327,7 @@ impl Supervisor {
             let running = self.services.remove(&name).expect("listed above");
             still_open.insert(name.clone(), running.open.clone());
             running.accept.cancel();
+            running.handler.load().retired.cancel();
             released.push(running.accept_task);
             let tunnels = running.tunnels.clone();
             let grace = self.grace;
@@ -333,7 +342,7 @@ impl Supervisor {
         }
         for (name, spec, slot) in swaps {
             let running = self.services.get_mut(&name).expect("swapped services run");
-            running.handler.store(Arc::new(slot));
+            running.handler.swap(Arc::new(slot)).retired.cancel();
             running.spec = spec;
             applied.updated.push(name);
         }
@@ -416,6 +425,7 @@ impl Supervisor {
     pub async fn stop_accepting(&mut self) {
         for running in self.services.values() {
             running.accept.cancel();
+            running.handler.load().retired.cancel();
         }
         for (_, running) in self.services.drain() {
             let _ = tokio::time::timeout(RELEASE_TIMEOUT, running.accept_task).await;
@@ -476,12 +486,17 @@ async fn accept_loop(
                 let request = crate::metrics::Request::start(&name, client);
                 let conn = crate::conn::Guarded::boxed(conn, (permit, request));
                 let cancel = cancel_tunnels.clone();
-                tunnels.spawn(crate::handler::serving(cancel.clone(), async move {
-                    tokio::select! {
-                        _ = handler.handle(conn, client) => {}
-                        _ = cancel.cancelled() => {}
-                    }
-                }));
+                let retired = slot.retired.clone();
+                tunnels.spawn(crate::handler::serving(
+                    cancel.clone(),
+                    retired,
+                    async move {
+                        tokio::select! {
+                            _ = handler.handle(conn, client) => {}
+                            _ = cancel.cancelled() => {}
+                        }
+                    },
+                ));
             }
             Err(e) => {
                 tracing::warn!(service = %name, error = %e, "accept failed");

@@ -187,17 +187,29 @@ impl Handler for HttpHandler {
             .auto_date_header(false)
             .serve_connection(TokioIo::new(conn), service)
             .with_upgrades();
-        let result = tokio::select! {
-            result = &mut connection => result,
-            () = control.signal.notified() => {
-                // The request is never answered through hyper, which has so written nothing
-                // for it; hyper gives back the stream and what it read past the request head.
-                if let (Some(takeover), Some(parts)) = (control.takeover(), connection.into_parts()) {
-                    self.shared
-                        .take_over(parts.io.into_inner(), parts.read_buf, takeover, client)
-                        .await;
+        // Once the handler is retired, the connection ends: at once when it waits for a
+        // request, after the answer (with `Connection: close`) when one is being served.
+        let retired = super::handler_retired();
+        let mut retiring = std::pin::pin!(retired.cancelled());
+        let mut shutting_down = false;
+        let result = loop {
+            tokio::select! {
+                result = &mut connection => break result,
+                () = control.signal.notified() => {
+                    // The request is never answered through hyper, which has so written
+                    // nothing for it; hyper gives back the stream and what it read past the
+                    // request head.
+                    if let (Some(takeover), Some(parts)) = (control.takeover(), connection.into_parts()) {
+                        self.shared
+                            .take_over(parts.io.into_inner(), parts.read_buf, takeover, client)
+                            .await;
+                    }
+                    return;
                 }
-                return;
+                () = &mut retiring, if !shutting_down => {
+                    shutting_down = true;
+                    std::pin::Pin::new(&mut connection).graceful_shutdown();
+                }
             }
         };
         if let Err(e) = result {

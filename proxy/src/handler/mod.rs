@@ -165,11 +165,33 @@ tokio::task_local! {
     /// (the HTTP CONNECT, upgrades, HTTP/2 streams) outlive the connection's own task, which
     /// is what the supervisor cancels; they take this along ([`spawn_tunnel`]).
     static SERVICE_CLOSING: CancellationToken;
+
+    /// Fired when the handler serving the connection stops being its service's (a reload
+    /// swapped it, or the service stops accepting): a connection that waits for its next
+    /// request (HTTP/1.1 keep-alive) then closes, so that no request is served by a handler
+    /// the configuration no longer has (old credentials, say) and a stop need not wait for
+    /// idle connections.
+    static HANDLER_RETIRED: CancellationToken;
 }
 
-/// Runs `serve` (one accepted connection) with `closing` as its service's closing signal.
-pub async fn serving<F: std::future::Future>(closing: CancellationToken, serve: F) -> F::Output {
-    SERVICE_CLOSING.scope(closing, serve).await
+/// Runs `serve` (one accepted connection) with `closing` as its service's closing signal and
+/// `retired` as its handler's.
+pub async fn serving<F: std::future::Future>(
+    closing: CancellationToken,
+    retired: CancellationToken,
+    serve: F,
+) -> F::Output {
+    SERVICE_CLOSING
+        .scope(closing, HANDLER_RETIRED.scope(retired, serve))
+        .await
+}
+
+/// The signal that the handler serving this task's connection has been retired; one that
+/// never fires outside a service's connection (unit tests, say).
+pub(crate) fn handler_retired() -> CancellationToken {
+    HANDLER_RETIRED
+        .try_with(CancellationToken::clone)
+        .unwrap_or_default()
 }
 
 /// Spawns `task` (a tunnel, or the upstream connection of a forwarded request) on the
