@@ -318,3 +318,77 @@ fn repeated_wrong_passwords_get_the_address_refused_and_counted() {
     );
     assert!(!gost.log().contains("guess"), "a password reached the log");
 }
+
+/// The standard `process_*` series are served, and `gost_chain_errors_total` counts nodes
+/// that fail, not targets that cannot be reached through a working node (a user asking for a
+/// dead host used to count against a healthy node, and fire its alerts).
+#[test]
+fn process_series_and_chain_errors_for_nodes_only() {
+    let target = Target::http();
+    let node = Gost::start(&["-L", "http://127.0.0.1:0"], 1);
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let gost = Gost::start(
+        &[
+            "-L",
+            "http://127.0.0.1:0",
+            "-F",
+            &format!("http://{}", node.addr()),
+            "-metrics",
+            "127.0.0.1:0",
+        ],
+        2,
+    );
+    let (metrics, proxy) = (gost.addrs()[0], gost.addrs()[1]);
+    let get = |url: String| {
+        curl(&[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-x",
+            &format!("http://{proxy}"),
+            &url,
+        ])
+        .text()
+    };
+    assert_eq!(get(format!("http://{}/", target.addr)).trim(), "200");
+    assert_eq!(get(format!("http://{dead}/")).trim(), "502");
+    let text = scrape_metrics(&format!("http://{metrics}/metrics"), None);
+    for series in [
+        "process_resident_memory_bytes{",
+        "process_open_fds{",
+        "process_start_time_seconds{",
+    ] {
+        assert!(
+            metric_sample(&text, series).is_some_and(|v| v > 0.0),
+            "{series}:\n{text}"
+        );
+    }
+    // A young process may not have used a clock tick yet.
+    assert!(
+        metric_sample(&text, "process_cpu_seconds_total{").is_some(),
+        "{text}"
+    );
+    assert_eq!(
+        metric_sample(&text, "gost_chain_errors_total{"),
+        None,
+        "the node works; only the target was dead:\n{text}"
+    );
+    // Both requests reached the node, the dead target's included.
+    assert_eq!(
+        metric_sample(&text, "gost_chain_node_connect_duration_seconds_count{"),
+        Some(2.0),
+        "{text}"
+    );
+    drop(node);
+    assert_eq!(get(format!("http://{}/", target.addr)).trim(), "502");
+    let text = scrape_metrics(&format!("http://{metrics}/metrics"), None);
+    assert_eq!(
+        metric_sample(&text, "gost_chain_errors_total{"),
+        Some(1.0),
+        "{text}"
+    );
+}

@@ -518,9 +518,10 @@ impl Router {
             .map(|hop| (hop, hop.select(key)))
             .collect();
         let started = std::time::Instant::now();
-        let failure = |index: usize, kind: DialErrorKind, cause: String| {
+        // An error at the node `index`; `failure` also counts it as the node's, which a
+        // target that cannot be reached through a working route is not.
+        let error_at = |index: usize, kind: DialErrorKind, cause: String| {
             let (hop, node) = &route[index];
-            crate::metrics::chain_error(&chain.name, &node.name);
             DialError {
                 kind,
                 at: Some(HopRef {
@@ -532,6 +533,10 @@ impl Router {
                 target: target.clone(),
                 cause,
             }
+        };
+        let failure = |index: usize, kind: DialErrorKind, cause: String| {
+            crate::metrics::chain_error(&chain.name, &route[index].1.name);
+            error_at(index, kind, cause)
         };
         // Where the route is: 2i while node i is dialled and handshaken, 2i + 1 while node i
         // reaches the next hop (or, for the last one, the target). A route that runs out of
@@ -588,17 +593,18 @@ impl Router {
             }
             let last = route.len() - 1;
             stage.store(2 * last + 1, Ordering::Relaxed);
-            let conn = route[last]
+            // Every node answered: the route is up, whatever becomes of the target (GOST
+            // times and counts the route to the last node, not the target's connection).
+            crate::metrics::node_connected(&chain.name, &route[last].1.name, started.elapsed());
+            for (hop, node) in &route {
+                node.record(true, hop.max_fails, hop.fail_timeout);
+            }
+            route[last]
                 .1
                 .connector
                 .connect(conn, target)
                 .await
-                .map_err(|e| failure(last, connect_kind(&e), e.to_string()))?;
-            for (hop, node) in &route {
-                node.record(true, hop.max_fails, hop.fail_timeout);
-            }
-            crate::metrics::node_connected(&chain.name, &route[last].1.name, started.elapsed());
-            Ok(conn)
+                .map_err(|e| error_at(last, connect_kind(&e), e.to_string()))
         };
         match tokio::time::timeout(self.timeout, build).await {
             Ok(result) => result,
@@ -622,7 +628,13 @@ impl Router {
                         format!("next hop {} not reached within {within:?}", node.addr)
                     }
                     // The target is slow, which says nothing about the nodes.
-                    (true, false) => format!("target not reached within {within:?}"),
+                    (true, false) => {
+                        return Err(error_at(
+                            i,
+                            DialErrorKind::TimedOut,
+                            format!("target not reached within {within:?}"),
+                        ));
+                    }
                 };
                 Err(failure(i, DialErrorKind::TimedOut, cause))
             }

@@ -34,7 +34,17 @@ const CONNECT_DURATION_BUCKETS: &[f64] = &[
 
 /// The registry the metrics endpoint serves.
 pub fn registry() -> &'static Registry {
-    static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::new);
+    static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
+        let registry = Registry::new();
+        // The standard `process_*` series (resident memory, CPU seconds, open file
+        // descriptors, start time) that dashboards and GOST's Go exporter have.
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("the process series are registered once");
+        registry
+    });
     &REGISTRY
 }
 
