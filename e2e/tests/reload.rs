@@ -892,3 +892,49 @@ fn a_stop_does_not_wait_for_idle_http_connections() {
         started.elapsed()
     );
 }
+
+/// Tunnels cut when a grace period ends (a removed service's, and those still open when the
+/// process exits) end with their `tunnel` line, outcome `stopped` and the bytes they moved,
+/// and their bytes are counted; they used to vanish without a line.
+#[test]
+fn tunnels_cut_after_the_grace_period_are_logged() {
+    let echo = Target::echo();
+    let target = echo.addr.to_string();
+    let yaml = |services: &str| format!("services:\n{services}");
+    let a = "- name: a\n  addr: 127.0.0.1:0\n  handler:\n    type: http\n";
+    let b = "- name: b\n  addr: 127.0.0.1:0\n  handler:\n    type: socks5\n";
+    let (mut gost, dir) = reloadable(&yaml(&format!("{a}{b}")), 2);
+    let mut removed = http_connect(gost.service_addr("a").unwrap(), &target, None).unwrap();
+    assert!(echoes(&mut removed));
+    kubelet_write(&dir, 1, &yaml(b));
+    wait_for_count(&gost, r#""outcome":"stopped""#, 1);
+    let line = gost
+        .log()
+        .lines()
+        .find(|l| l.contains(r#""outcome":"stopped""#))
+        .unwrap()
+        .to_string();
+    assert!(line.contains(r#""bytes_up":16"#), "{line}");
+    assert!(line.contains(r#""service":"a""#), "{line}");
+
+    // At exit: the grace period (1 s) runs out with a SOCKS5 tunnel open.
+    let mut stream = TcpStream::connect(gost.service_addr("b").unwrap()).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream.write_all(&[5, 1, 0]).unwrap();
+    let mut reply = [0u8; 2];
+    stream.read_exact(&mut reply).unwrap();
+    let port = echo.addr.port().to_be_bytes();
+    stream
+        .write_all(&[5, 1, 0, 1, 127, 0, 0, 1, port[0], port[1]])
+        .unwrap();
+    let mut answer = [0u8; 10];
+    stream.read_exact(&mut answer).unwrap();
+    assert_eq!(answer[1], 0);
+    assert!(echoes(&mut stream));
+    gost.signal("TERM");
+    assert_eq!(gost.wait_exit(Duration::from_secs(10)), Some(0));
+    let stopped = gost.log().matches(r#""outcome":"stopped""#).count();
+    assert_eq!(stopped, 2, "{}", gost.log());
+}

@@ -662,10 +662,10 @@ async fn run(args: &Args, mut config: Config) -> ExitCode {
     );
     supervisor.stop_accepting().await;
     tunnels.close();
-    tokio::select! {
+    let code = tokio::select! {
         _ = tunnels.wait() => {
             tracing::info!("all connections finished; exiting");
-            ExitCode::SUCCESS
+            return ExitCode::SUCCESS;
         }
         _ = tokio::time::sleep(grace) => {
             tracing::warn!(open = tunnels.len(), "grace period over; exiting with connections open");
@@ -676,8 +676,16 @@ async fn run(args: &Args, mut config: Config) -> ExitCode {
             // As a shell reports a process killed by the signal: 128 + its number.
             ExitCode::from(if signal == "SIGTERM" { 143 } else { 130 })
         }
-    }
+    };
+    // The tunnels still open are cut; each logs and counts what it moved on its way out,
+    // which takes a moment, not more.
+    supervisor.close_tunnels();
+    let _ = tokio::time::timeout(CUT_TUNNELS_LOGGED_WITHIN, tunnels.wait()).await;
+    code
 }
+
+/// How long cut tunnels get to log their line before the process exits.
+const CUT_TUNNELS_LOGGED_WITHIN: std::time::Duration = std::time::Duration::from_millis(500);
 
 async fn tick(period: &mut Option<tokio::time::Interval>) {
     match period {

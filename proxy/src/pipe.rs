@@ -15,6 +15,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use tokio::io::ReadBuf;
 use tokio::time::{Instant, Sleep};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::conn::Conn;
 
@@ -79,13 +80,19 @@ pub enum PipeError {
     /// Nothing moved for the idle timeout.
     #[error("idle for {0:?}")]
     Idle(Duration, Transferred),
+    /// Cut because its service stopped (removed, replaced, or the process stopping) and the
+    /// grace period for open tunnels is over.
+    #[error("cut: its service stopped and the grace period is over")]
+    Stopped(Transferred),
 }
 
 impl PipeError {
     /// What had been moved before the tunnel failed.
     pub fn transferred(&self) -> Transferred {
         match self {
-            PipeError::Io { transferred, .. } | PipeError::Idle(_, transferred) => *transferred,
+            PipeError::Io { transferred, .. }
+            | PipeError::Idle(_, transferred)
+            | PipeError::Stopped(transferred) => *transferred,
         }
     }
 }
@@ -301,12 +308,13 @@ pub async fn relay<A: Conn + ?Sized, B: Conn + ?Sized>(
     client: &mut A,
     upstream: &mut B,
     idle_timeout: Option<Duration>,
+    stop: Option<CancellationToken>,
 ) -> Result<Transferred, PipeError> {
     #[cfg(target_os = "linux")]
     if let (Some(client), Some(upstream)) = (client.as_tcp(), upstream.as_tcp()) {
         // Boxed: its state is several times the size of the copying relay's, and every
         // other tunnel's task would keep room for it.
-        return Box::pin(crate::splice::relay(client, upstream, idle_timeout)).await;
+        return Box::pin(crate::splice::relay(client, upstream, idle_timeout, stop)).await;
     }
     let up = Direction {
         chunked: client.reads_chunks() || upstream.takes_chunks(),
@@ -323,6 +331,7 @@ pub async fn relay<A: Conn + ?Sized, B: Conn + ?Sized>(
         down,
         idle_timeout,
         timer: None,
+        stop: stop.map(|token| Box::pin(token.cancelled_owned())),
     }
     .await
 }
@@ -334,6 +343,8 @@ struct Relay<'a, A: ?Sized, B: ?Sized> {
     down: Direction,
     idle_timeout: Option<Duration>,
     timer: Option<Pin<Box<Sleep>>>,
+    /// Ends the relay with [`PipeError::Stopped`] when it fires.
+    stop: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
 }
 
 impl<A: Conn + ?Sized, B: Conn + ?Sized> Relay<'_, A, B> {
@@ -376,6 +387,11 @@ impl<A: Conn + ?Sized, B: Conn + ?Sized> Future for Relay<'_, A, B> {
         }
         if this.up.done && this.down.done {
             return Poll::Ready(Ok(this.transferred()));
+        }
+        if let Some(stop) = &mut this.stop
+            && stop.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(Err(PipeError::Stopped(this.transferred())));
         }
         let Some(limit) = this.idle_limit() else {
             return Poll::Pending;
@@ -430,7 +446,9 @@ mod tests {
         let (mut client, mut client_side) = pair().await;
         let (mut upstream_side, mut upstream) = pair().await;
         let relay =
-            tokio::spawn(async move { relay(&mut client_side, &mut upstream_side, None).await });
+            tokio::spawn(
+                async move { relay(&mut client_side, &mut upstream_side, None, None).await },
+            );
 
         let payload: Vec<u8> = (0..300_000u32).map(|i| (i * 7) as u8).collect();
         client.write_all(&payload).await.unwrap();
@@ -463,7 +481,9 @@ mod tests {
         let mut client_side = Prefixed::boxed(bytes::Bytes::from_static(b"early "), client_side);
         let mut upstream_side: BoxConn = Box::new(upstream_side);
         let relay =
-            tokio::spawn(async move { relay(&mut client_side, &mut upstream_side, None).await });
+            tokio::spawn(
+                async move { relay(&mut client_side, &mut upstream_side, None, None).await },
+            );
         client.write_all(b"and later").await.unwrap();
         client.shutdown().await.unwrap();
         let mut got = Vec::new();
@@ -527,7 +547,8 @@ mod tests {
         let (ws_client, mut ws_server) = ws_pair().await;
         let mut upstream: BoxConn = Prefixed::boxed(Bytes::new(), ws_client);
         assert!(upstream.reads_chunks() && upstream.takes_chunks());
-        let relay = tokio::spawn(async move { relay(&mut client_side, &mut upstream, None).await });
+        let relay =
+            tokio::spawn(async move { relay(&mut client_side, &mut upstream, None, None).await });
 
         let payload: Vec<u8> = (0..3_000_000u32).map(|i| (i * 31 + i / 7) as u8).collect();
         push_all(&mut client, &mut ws_server, &payload).await;
@@ -549,7 +570,8 @@ mod tests {
         let (mut client, mut client_side) = pair().await;
         let (ws_client, mut ws_server) = ws_pair().await;
         let mut upstream = Prefixed::boxed(Bytes::from_static(b"early "), ws_client);
-        let relay = tokio::spawn(async move { relay(&mut client_side, &mut upstream, None).await });
+        let relay =
+            tokio::spawn(async move { relay(&mut client_side, &mut upstream, None, None).await });
         ws_server.write_all(b"and later").await.unwrap();
         ws_server.shutdown().await.unwrap();
         let mut got = Vec::new();
@@ -590,6 +612,7 @@ mod tests {
             &mut client_side,
             &mut upstream_side,
             Some(Duration::from_secs(5)),
+            None,
         )
         .await;
         assert!(matches!(result, Err(PipeError::Idle(d, _)) if d == Duration::from_secs(5)));
@@ -603,8 +626,43 @@ mod tests {
             &mut client_side,
             &mut upstream_side,
             Some(Duration::from_secs(5)),
+            None,
         )
         .await;
         assert!(matches!(result, Err(PipeError::Idle(d, _)) if d == Duration::from_secs(5)));
+    }
+
+    /// A stop signal ends a tunnel on both paths with what it had moved.
+    #[tokio::test]
+    async fn a_stop_ends_the_relay_with_what_moved() {
+        for spliced in [false, true] {
+            let (mut client, mut client_side): (BoxConn, BoxConn) = if spliced {
+                let (a, b) = pair().await;
+                (Box::new(a), Box::new(b))
+            } else {
+                let (a, b) = tokio::io::duplex(64);
+                (Box::new(a), Box::new(b))
+            };
+            let (mut upstream_side, mut upstream) = pair().await;
+            let stop = CancellationToken::new();
+            let relay = {
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    relay(&mut client_side, &mut upstream_side, None, Some(stop)).await
+                })
+            };
+            client.write_all(b"12345").await.unwrap();
+            let mut got = [0u8; 5];
+            upstream.read_exact(&mut got).await.unwrap();
+            stop.cancel();
+            let result = tokio::time::timeout(Duration::from_secs(5), relay)
+                .await
+                .expect("the relay stops")
+                .unwrap();
+            match result {
+                Err(PipeError::Stopped(moved)) => assert_eq!((moved.up, moved.down), (5, 0)),
+                other => panic!("spliced {spliced}: {other:?}"),
+            }
+        }
     }
 }

@@ -17,6 +17,7 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::pipe::{HALF_CLOSED_IDLE_TIMEOUT, PipeError, Transferred};
 
@@ -99,6 +100,7 @@ pub async fn relay(
     client: &TcpStream,
     upstream: &TcpStream,
     idle_timeout: Option<Duration>,
+    stop: Option<CancellationToken>,
 ) -> Result<Transferred, PipeError> {
     let progress = Progress {
         started: Instant::now(),
@@ -154,9 +156,16 @@ pub async fn relay(
             }
         }
     };
+    let stopped = async {
+        match &stop {
+            Some(stop) => stop.cancelled().await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         result = transfer => result.map(|_| progress.transferred()),
         limit = watchdog => Err(PipeError::Idle(limit, progress.transferred())),
+        () = stopped => Err(PipeError::Stopped(progress.transferred())),
     }
 }
 

@@ -209,6 +209,8 @@ pub struct Supervisor {
     grace: Duration,
     generation: u64,
     all_bound: Arc<AtomicBool>,
+    /// The tunnels' closing signals of the services [`Supervisor::stop_accepting`] stopped.
+    stopped: Vec<CancellationToken>,
 }
 
 /// A service whose handler is built and whose listener is bound or waits for its address.
@@ -228,6 +230,7 @@ impl Supervisor {
             grace,
             generation: 0,
             all_bound: Arc::new(AtomicBool::new(true)),
+            stopped: Vec::new(),
         }
     }
 
@@ -423,12 +426,22 @@ impl Supervisor {
     /// Stops accepting on every service (shutdown) and waits until their listeners are
     /// closed; open tunnels run on.
     pub async fn stop_accepting(&mut self) {
+        self.stopped
+            .extend(self.services.values().map(|r| r.tunnels.clone()));
         for running in self.services.values() {
             running.accept.cancel();
             running.handler.load().retired.cancel();
         }
         for (_, running) in self.services.drain() {
             let _ = tokio::time::timeout(RELEASE_TIMEOUT, running.accept_task).await;
+        }
+    }
+
+    /// Cuts the open tunnels of every service [`Supervisor::stop_accepting`] stopped: each
+    /// ends, and logs and counts what it moved, at its next poll.
+    pub fn close_tunnels(&self) {
+        for tunnels in &self.stopped {
+            tunnels.cancel();
         }
     }
 }
@@ -491,7 +504,10 @@ async fn accept_loop(
                     cancel.clone(),
                     retired,
                     async move {
+                        // The handler first: its tunnel sees the same signal and ends
+                        // itself, logging what it moved.
                         tokio::select! {
+                            biased;
                             _ = handler.handle(conn, client) => {}
                             _ = cancel.cancelled() => {}
                         }

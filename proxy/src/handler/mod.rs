@@ -204,7 +204,10 @@ where
     match SERVICE_CLOSING.try_with(CancellationToken::clone) {
         Ok(closing) => {
             tracker.spawn(SERVICE_CLOSING.scope(closing.clone(), async move {
+                // The task first: a tunnel sees the same signal and ends itself, logging
+                // what it moved; what does not (a dial, say) is dropped.
                 tokio::select! {
+                    biased;
                     () = task => {}
                     () = closing.cancelled() => {}
                 }
@@ -264,7 +267,9 @@ pub(crate) async fn run_uncounted_tunnel(
     sent_up: u64,
 ) -> pipe::Transferred {
     let started = std::time::Instant::now();
-    let result = pipe::relay(&mut client, &mut upstream, env.idle_timeout).await;
+    // Cut, and logged with what it moved, when its service's grace period is over.
+    let stop = SERVICE_CLOSING.try_with(CancellationToken::clone).ok();
+    let result = pipe::relay(&mut client, &mut upstream, env.idle_timeout, stop).await;
     let elapsed_ms = started.elapsed().as_millis() as u64;
     let mut moved = match &result {
         Ok(moved) => *moved,
@@ -296,6 +301,7 @@ pub(crate) async fn run_uncounted_tunnel(
 fn outcome_of(e: &PipeError) -> &'static str {
     match e {
         PipeError::Idle(..) => "idle timeout",
+        PipeError::Stopped(_) => "stopped",
         PipeError::Io { source, .. } => match source.kind() {
             io::ErrorKind::ConnectionReset
             | io::ErrorKind::ConnectionAborted
