@@ -1,6 +1,7 @@
 //! PHT over HTTP/3 (`h3`, gost-wire.md §8.7) with real `gost` processes: the seed page's
 //! HTTP/3 example (command line and YAML), bulk data, an independent HTTP/3 client (aioquic),
-//! 100 concurrent tunnels on one QUIC connection, reconnection after a server restart and
+//! 100 concurrent tunnels on one QUIC connection, reconnection after a server restart (one
+//! that closed its connections, and one killed), a listener replaced on its own port and
 //! 1,000 idle tunnels at once.
 
 use std::collections::HashSet;
@@ -34,6 +35,20 @@ const RESTART_CLIENT_QUIC: &str = "maxIdleTimeout=2s&ttl=500ms";
 /// How long a client may take to use a restarted server: its idle timeout (2 s) plus the
 /// redial backoff cap (2 s), with room to spare.
 const RECONNECT_DEADLINE: Duration = Duration::from_secs(20);
+
+/// How long the first request through a client may take once the server it used stopped,
+/// closing its QUIC connections, and another took its port (or its listener was replaced):
+/// one new QUIC handshake and a tunnel on loopback take milliseconds. Without the close the
+/// client uses its dead connection until its idle timeout (30 s).
+const REDIAL_DEADLINE: Duration = Duration::from_secs(5);
+
+/// curl's own limit on that request, past [`REDIAL_DEADLINE`] so that a slow answer is
+/// reported with its time rather than as curl's timeout.
+const REDIAL_CURL_MAX_TIME: &str = "10";
+
+/// How long a stopping server may take to exit once its drain is over: its QUIC connections
+/// get at most 1 s to close.
+const EXIT_DEADLINE: Duration = Duration::from_secs(10);
 
 fn server() -> Gost {
     Gost::start(&["-L", &format!("h3://127.0.0.1:0?{PATHS}")], 1)
@@ -242,6 +257,140 @@ fn client_reconnects_after_server_restart() {
         "the restarted server served no tunnel:\n{}",
         restarted.log()
     );
+}
+
+/// The next request through `client` succeeds, and within [`REDIAL_DEADLINE`].
+fn assert_next_request_is_quick(client: &Gost, target: &Target, what: &str) {
+    let started = Instant::now();
+    let out = curl(&[
+        "--max-time",
+        REDIAL_CURL_MAX_TIME,
+        "-x",
+        &format!("http://{}", client.addr()),
+        &format!("http://{}/next", target.addr),
+    ]);
+    let took = started.elapsed();
+    assert!(
+        out.code == 0 && out.text().starts_with("hello from target"),
+        "{what}: the next request failed after {took:?} (curl {}: {}{})\nclient log:\n{}",
+        out.code,
+        out.stderr,
+        out.text(),
+        client.log()
+    );
+    assert!(
+        took < REDIAL_DEADLINE,
+        "{what}: the next request took {took:?}\nclient log:\n{}",
+        client.log()
+    );
+}
+
+/// An open tunnel through `client` to the echo target, checked with one echo.
+fn open_tunnel(client: &Gost, echo: &Target) -> TcpStream {
+    let mut tunnel = http_connect(client.addr(), &echo.addr.to_string(), None).expect("CONNECT");
+    echo_small(&mut tunnel).expect("the tunnel echoes");
+    tunnel
+}
+
+/// However a server stops (its drain ending at once, when its last tunnel ends, at the end of
+/// its grace period, or on a second signal), it closes its QUIC connections on the way out, so
+/// that a client with GOST's default QUIC settings (idle timeout 30 s) uses a server restarted
+/// on the same port for its very next request. While it drains, the connections still carry
+/// the open tunnels.
+#[test]
+fn a_stopping_server_closes_its_connections_so_a_restart_is_used_at_once() {
+    let target = Target::http();
+    let echo = Target::echo();
+    let listen = |addr: &str, grace: &str| {
+        Gost::start(
+            &[
+                "-L",
+                &format!("h3://{addr}?{PATHS}"),
+                "--grace-period",
+                grace,
+            ],
+            1,
+        )
+    };
+    // How the server stops, its grace period, its exit code, and what it logs as it exits.
+    let stops = [
+        ("no tunnel open", "30s", 0, "all connections finished"),
+        (
+            "the last tunnel ended",
+            "30s",
+            0,
+            "all connections finished",
+        ),
+        ("grace period over", "1s", 0, "grace period over"),
+        ("second signal", "30s", 143, "second signal"),
+    ];
+    let mut server = listen("127.0.0.1:0", stops[0].1);
+    let addr = server.addr();
+    let client = client(addr, "");
+    assert_get_works(&client, &target);
+    for (i, (how, _, exit_code, exit_line)) in stops.iter().enumerate() {
+        let mut tunnel = (i > 0).then(|| open_tunnel(&client, &echo));
+        server.signal("TERM");
+        server.wait_for_log("stopped accepting");
+        if let Some(tunnel) = tunnel.as_mut() {
+            // Draining: the open tunnel's pushes and pulls still reach its session.
+            echo_small(tunnel).unwrap_or_else(|e| panic!("{how}: draining tunnel: {e}"));
+        }
+        match *how {
+            "the last tunnel ended" => drop(tunnel.take()),
+            "second signal" => server.signal("TERM"),
+            _ => {}
+        }
+        assert_eq!(
+            server.wait_exit(EXIT_DEADLINE),
+            Some(*exit_code),
+            "{how}: the server's exit"
+        );
+        assert!(server.log().contains(exit_line), "{how}:\n{}", server.log());
+        let grace = stops.get(i + 1).map_or("30s", |next| next.1);
+        server = listen(&addr.to_string(), grace);
+        assert_next_request_is_quick(&client, &target, how);
+    }
+}
+
+/// A reload that replaces an h3 listener on the same port (here: a changed listener setting)
+/// cannot let its QUIC connections drain on a socket the new listener needs: they are closed,
+/// the new listener binds the port, and the client's next request reaches it at once.
+#[test]
+fn an_h3_listener_replaced_on_its_port_takes_over_at_once() {
+    let target = Target::http();
+    let dir = tempdir();
+    let file = dir.join("gost.yaml");
+    let port = free_udp_port();
+    let yaml = |backlog: usize| {
+        format!(
+            "services:\n- name: s\n  addr: \"127.0.0.1:{port}\"\n  handler:\n    type: auto\n  listener:\n    type: h3\n    metadata:\n      backlog: {backlog}\n      authorizePath: /auth\n      pushPath: /in\n      pullPath: /out\n"
+        )
+    };
+    std::fs::write(&file, yaml(128)).unwrap();
+    let server = Gost::start(&["-C", file.to_str().unwrap()], 1);
+    let client = client(server.addr(), "");
+    assert_get_works(&client, &target);
+    // Written whole, then renamed over the file: the watcher never reads half of it.
+    let next = dir.join("gost.yaml.next");
+    std::fs::write(&next, yaml(64)).unwrap();
+    std::fs::rename(&next, &file).unwrap();
+    server.signal("HUP");
+    server.wait_for_log("\"generation\":2");
+    let log = server.log();
+    assert!(
+        log.contains("\"replaced\":\"[\\\"s\\\"]\"") && !log.contains("cannot bind"),
+        "the new listener did not get the port:\n{log}"
+    );
+    assert_next_request_is_quick(&client, &target, "replaced listener");
+}
+
+/// A UDP port free on 127.0.0.1 just now.
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("a free UDP port")
+        .port()
 }
 
 #[test]

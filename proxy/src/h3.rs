@@ -5,6 +5,9 @@
 //!   `http::Request<Body>` for a handler and streams the handler's response back frame by
 //!   frame (a PHT pull response lasts as long as its tunnel). Requests of one connection run
 //!   concurrently.
+//!   Once it stops accepting, its connections run on while their tunnels drain, until the
+//!   service stops for good: then each gets a CONNECTION_CLOSE before the UDP socket goes, so
+//!   that clients dial again at once rather than use a dead connection until it times out.
 //! - [`H3RoundTrip`]: PHT's [`RoundTrip`] over one QUIC connection per node, shared by all
 //!   its tunnels and dialled again, with backoff, when it dies.
 //!
@@ -30,6 +33,7 @@ use quinn::{EndpointConfig, TransportConfig, VarInt};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::addr::Address;
@@ -91,6 +95,21 @@ pub const REDIAL_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest wait between two dials of an unreachable node: a tunnel request waits at most this
 /// before it is tried again, and a dead node costs one handshake attempt per interval.
 pub const MAX_REDIAL_BACKOFF: Duration = Duration::from_secs(2);
+
+/// The application error code a stopping server closes its connections with: HTTP/3's
+/// `H3_NO_ERROR` (RFC 9114 §8.1), for a connection that ends with no error to signal. Clients
+/// take it as a clean end and dial again for their next request.
+const STOPPED_CODE: VarInt = VarInt::from_u32(0x100);
+
+/// The reason sent with [`STOPPED_CODE`], for the peer's logs.
+const STOPPED_REASON: &[u8] = b"gost: service stopped";
+
+/// Longest a stopping server waits, after closing its connections, for them to be gone. The
+/// CONNECTION_CLOSE leaves at once, but only while quinn's tasks still run: exiting without
+/// waiting would leave each client to find its connection dead by its idle timeout (30 s), and
+/// to use it until then. quinn keeps a closed connection for three probe timeouts (under
+/// 100 ms on a LAN, about 1 s at 200 ms of RTT), and the UDP socket until the last is gone.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 // quinn's UDP payload limit stays at its default (1,472 bytes, an Ethernet frame): its receive
 // buffer is that size × 64 GRO segments × 32 datagrams per batch, so a loopback-sized payload
@@ -230,16 +249,45 @@ impl Server {
         self.local
     }
 
-    /// Closes every connection at once (a stop without draining).
-    pub fn close(&self) {
-        self.endpoint.close(VarInt::from_u32(0), b"server closed");
+    /// Refuses new connections and returns what keeps serving the established ones once the
+    /// server is dropped, as the tunnels they carry may still be draining (their next push must
+    /// reach the session it drains on, so no GOAWAY is sent either). When `release` is
+    /// cancelled it closes them all (CONNECTION_CLOSE with [`STOPPED_CODE`]) and waits up to
+    /// [`CLOSE_TIMEOUT`] for them to be gone. It ends early, with nothing to close, when the
+    /// last connection has gone; the UDP socket is released when it ends.
+    pub fn stop_accepting(
+        &self,
+        release: CancellationToken,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        self.endpoint.set_server_config(None);
+        let endpoint = self.endpoint.clone();
+        async move {
+            tokio::select! {
+                () = release.cancelled() => close(&endpoint).await,
+                () = endpoint.wait_idle() => {}
+            }
+        }
+    }
+}
+
+async fn close(endpoint: &quinn::Endpoint) {
+    let open = endpoint.open_connections();
+    endpoint.close(STOPPED_CODE, STOPPED_REASON);
+    if tokio::time::timeout(CLOSE_TIMEOUT, endpoint.wait_idle())
+        .await
+        .is_err()
+    {
+        tracing::debug!(
+            connections = open,
+            "HTTP/3 connections still closing after {CLOSE_TIMEOUT:?}"
+        );
     }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        // The service stopped: refuse new connections; established ones run on, as the
-        // tunnels they carry may still be draining.
+        // Also without `stop_accepting` (a listener bound for a configuration that was then
+        // refused): nothing new comes in; the socket goes with the last connection.
         self.endpoint.set_server_config(None);
     }
 }
@@ -916,8 +964,11 @@ mod tests {
             // new connection may reuse once the old one is freed.
             let first = client.sender().await.unwrap();
 
-            // The server goes away with its connections, and comes back on the same port.
-            server.close();
+            // The server stops for good, closing its connections, and comes back on the same
+            // port.
+            let release = CancellationToken::new();
+            release.cancel();
+            server.stop_accepting(release).await;
             drop(server);
             // The port is free once quinn's driver let go of the socket.
             let mut rebound = None;
@@ -936,16 +987,12 @@ mod tests {
                 }
             }
             let server = rebound.expect("port free again");
-            let mut answered = false;
-            for _ in 0..20 {
-                if let Ok(resp) = client.round_trip(post("/echo", "again")).await {
-                    assert_eq!(body_of(resp).await, "again");
-                    answered = true;
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            assert!(answered, "no answer after the server came back");
+            // The client heard the close: its very next request dials again.
+            let resp = client
+                .round_trip(post("/echo", "again"))
+                .await
+                .expect("the first request after the restart");
+            assert_eq!(body_of(resp).await, "again");
             assert_ne!(
                 client.sender().await.unwrap().1,
                 first.1,
@@ -957,6 +1004,52 @@ mod tests {
                 "the same UDP socket"
             );
             drop(server);
+        })
+        .await
+        .expect("test timed out");
+    }
+
+    #[tokio::test]
+    async fn a_stopped_server_serves_its_connections_until_released_then_closes_them() {
+        tokio::time::timeout(TEST_TIMEOUT, async {
+            let server = Server::bind(
+                "127.0.0.1:0",
+                &server_tls(),
+                &QuicOptions::default(),
+                handler(None),
+            )
+            .unwrap();
+            let client = client(&server);
+            let resp = client.round_trip(post("/echo", "before")).await.unwrap();
+            assert_eq!(body_of(resp).await, "before");
+            let quic = client
+                .state
+                .lock()
+                .await
+                .session
+                .as_ref()
+                .unwrap()
+                .quic
+                .clone();
+
+            let release = CancellationToken::new();
+            let lingering = tokio::spawn(server.stop_accepting(release.clone()));
+            drop(server);
+            // Draining: the connection still carries requests (a tunnel's next push).
+            let resp = client.round_trip(post("/echo", "draining")).await.unwrap();
+            assert_eq!(body_of(resp).await, "draining");
+            assert!(!lingering.is_finished());
+
+            // Stopped for good: the client is told, with HTTP/3's "no error".
+            release.cancel();
+            lingering.await.unwrap();
+            match quic.closed().await {
+                quinn::ConnectionError::ApplicationClosed(close) => {
+                    assert_eq!(close.error_code, STOPPED_CODE);
+                    assert_eq!(&close.reason[..], STOPPED_REASON);
+                }
+                other => panic!("closed by {other}, not by the server's close"),
+            }
         })
         .await
         .expect("test timed out");

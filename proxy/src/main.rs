@@ -665,7 +665,7 @@ async fn run(args: &Args, mut config: Config) -> ExitCode {
     let code = tokio::select! {
         _ = tunnels.wait() => {
             tracing::info!("all connections finished; exiting");
-            return ExitCode::SUCCESS;
+            ExitCode::SUCCESS
         }
         _ = tokio::time::sleep(grace) => {
             tracing::warn!(open = tunnels.len(), "grace period over; exiting with connections open");
@@ -681,6 +681,9 @@ async fn run(args: &Args, mut config: Config) -> ExitCode {
     // which takes a moment, not more.
     supervisor.close_tunnels();
     let _ = tokio::time::timeout(CUT_TUNNELS_LOGGED_WITHIN, tunnels.wait()).await;
+    // Whichever way the drain ended: QUIC peers learn that their connections are gone, which
+    // exiting alone would not tell them.
+    supervisor.close_lingering().await;
     code
 }
 

@@ -8,7 +8,8 @@
 //!   and every tunnel already open, stay as they are;
 //! - its address or listener changed: it is replaced, like a removed service plus a new one;
 //! - removed: it stops accepting at once and its open tunnels may finish within the grace
-//!   period, after which they are closed.
+//!   period, after which they are closed, and so are connections that outlived its listener
+//!   (QUIC's, which share its UDP socket).
 //!
 //! Everything that can fail (building handlers, binding new addresses) happens before anything
 //! running is touched, so an invalid configuration changes nothing. The one exception is an
@@ -180,6 +181,9 @@ struct Running {
     accept: CancellationToken,
     /// Closes this service's open tunnels: fired a grace period after it was removed.
     tunnels: CancellationToken,
+    /// Closes the connections that outlive its listener ([`Listener::linger`]): fired with
+    /// `tunnels`, at once when a new service wants the address, or when the process exits.
+    release: CancellationToken,
     /// The accept loop, which owns the listener.
     accept_task: tokio::task::JoinHandle<()>,
 }
@@ -206,6 +210,11 @@ pub struct Supervisor {
     services: HashMap<String, Running>,
     /// Every tunnel of every service, so that shutdown can wait for them.
     tunnels: TaskTracker,
+    /// What stopped listeners left running ([`Listener::linger`]), so that exit can wait for
+    /// them to close.
+    lingering: TaskTracker,
+    /// Fired at exit: the parent of every service's `release`.
+    exiting: CancellationToken,
     grace: Duration,
     generation: u64,
     all_bound: Arc<AtomicBool>,
@@ -227,6 +236,8 @@ impl Supervisor {
         Supervisor {
             services: HashMap::new(),
             tunnels,
+            lingering: TaskTracker::new(),
+            exiting: CancellationToken::new(),
             grace,
             generation: 0,
             all_bound: Arc::new(AtomicBool::new(true)),
@@ -323,20 +334,33 @@ impl Supervisor {
             .filter(|name| !keep.contains(&name.as_str()) || replaced.contains(name))
             .cloned()
             .collect();
+        // Addresses a new service binds once their old holder let go of them.
+        let wanted: Vec<&str> = starts
+            .iter()
+            .filter(|(_, _, p, _)| matches!(p, Pending::AfterRelease(_)))
+            .map(|(spec, ..)| spec.service.addr.as_str())
+            .collect();
         let mut released = Vec::new();
         // A replaced service's open connections still count against its limit.
         let mut still_open = HashMap::new();
         for name in stopping {
             let running = self.services.remove(&name).expect("listed above");
             still_open.insert(name.clone(), running.open.clone());
+            if wanted.contains(&running.spec.service.addr.as_str()) {
+                // Connections on the listener's socket cannot drain on it when another
+                // listener needs the address: closed now, their tunnels go with them.
+                running.release.cancel();
+            }
             running.accept.cancel();
             running.handler.load().retired.cancel();
             released.push(running.accept_task);
             let tunnels = running.tunnels.clone();
+            let release = running.release.clone();
             let grace = self.grace;
             tokio::spawn(async move {
                 tokio::time::sleep(grace).await;
                 tunnels.cancel();
+                release.cancel();
             });
             if !replaced.contains(&name) {
                 tracing::info!(service = %name, grace_period_s = grace.as_secs_f64(), "service removed; open tunnels may finish within the grace period");
@@ -403,14 +427,19 @@ impl Supervisor {
         let handler = Arc::new(ArcSwap::from_pointee(slot));
         let accept = CancellationToken::new();
         let tunnels = CancellationToken::new();
+        let release = self.exiting.child_token();
         let accept_task = tokio::spawn(accept_loop(
             Arc::from(spec.service.name.as_str()),
             listener,
             handler.clone(),
             open.clone(),
-            accept.clone(),
-            tunnels.clone(),
+            Stop {
+                accept: accept.clone(),
+                tunnels: tunnels.clone(),
+                release: release.clone(),
+            },
             self.tunnels.clone(),
+            self.lingering.clone(),
         ));
         Running {
             spec,
@@ -419,12 +448,13 @@ impl Supervisor {
             open,
             accept,
             tunnels,
+            release,
             accept_task,
         }
     }
 
     /// Stops accepting on every service (shutdown) and waits until their listeners are
-    /// closed; open tunnels run on.
+    /// closed; open tunnels run on, and so do connections that outlive their listener.
     pub async fn stop_accepting(&mut self) {
         self.stopped
             .extend(self.services.values().map(|r| r.tunnels.clone()));
@@ -444,10 +474,35 @@ impl Supervisor {
             tunnels.cancel();
         }
     }
+
+    /// At exit, after [`Supervisor::stop_accepting`] and the drain: closes the connections
+    /// that outlived every stopped listener, of this shutdown or of an earlier reload, and
+    /// waits (briefly) until their peers have been told, as they would otherwise keep using
+    /// them until their idle timeout.
+    pub async fn close_lingering(&self) {
+        self.exiting.cancel();
+        self.lingering.close();
+        if tokio::time::timeout(EXIT_CLOSE_TIMEOUT, self.lingering.wait())
+            .await
+            .is_err()
+        {
+            tracing::debug!(
+                listeners = self.lingering.len(),
+                "stopped listeners still closing their connections"
+            );
+        }
+    }
 }
 
-/// How long a stopping service's accept loop may take to end and release its address.
+/// How long a stopping service's accept loop may take to end and release its address. It
+/// includes, for a listener whose connections share its socket, closing them
+/// ([`crate::h3::CLOSE_TIMEOUT`]) when a new service wants the address.
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long exit waits for stopped listeners to close the connections they still serve: each
+/// takes at most [`crate::h3::CLOSE_TIMEOUT`], all at once; this bounds the exit should one
+/// not keep to it.
+const EXIT_CLOSE_TIMEOUT: Duration = Duration::from_millis(1500);
 
 /// Listeners with a handshake close their socket in a task of their own, which ends shortly
 /// after the listener is dropped; bind attempts are retried briefly while that happens.
@@ -465,18 +520,26 @@ async fn bind_after_release(bind: &server::BindListener) -> Result<Box<dyn Liste
     Err(last.expect("at least one attempt"))
 }
 
+/// The tokens a service is stopped with; see [`Running`].
+struct Stop {
+    accept: CancellationToken,
+    tunnels: CancellationToken,
+    release: CancellationToken,
+}
+
 async fn accept_loop(
     name: Arc<str>,
     listener: Box<dyn Listener>,
     handler: Arc<ArcSwap<HandlerSlot>>,
     open: Arc<AtomicUsize>,
-    stop: CancellationToken,
-    cancel_tunnels: CancellationToken,
+    stop: Stop,
     tunnels: TaskTracker,
+    lingering: TaskTracker,
 ) {
+    let cancel_tunnels = stop.tunnels;
     loop {
         let accepted = tokio::select! {
-            _ = stop.cancelled() => break,
+            _ = stop.accept.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
         match accepted {
@@ -521,6 +584,14 @@ async fn accept_loop(
         }
     }
     tracing::info!(service = %name, "stopped accepting");
+    if let Some(linger) = listener.linger(stop.release.clone()) {
+        if stop.release.is_cancelled() {
+            // Its address is wanted now: free before this loop ends, which `apply` waits for.
+            linger.await;
+        } else {
+            lingering.spawn(linger);
+        }
+    }
 }
 
 #[cfg(test)]

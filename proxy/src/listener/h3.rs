@@ -1,6 +1,9 @@
 //! The `h3` listener (gost-wire.md §8.7): PHT's authorize, push and pull endpoints over
 //! HTTP/3 on a UDP port. Every PHT session is one tunnel for the service's handler.
 //!
+//! QUIC connections share the listener's UDP socket: when the service stops they go on serving
+//! the sessions that drain, and are closed (and the socket freed) once it stops for good.
+//!
 //! On `-L`, GOST's `http3://` is a different thing (an HTTP/3 reverse proxy, listener and
 //! handler `http3`); it is not this listener.
 
@@ -11,8 +14,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use gost_api::Metadata;
 use tokio::sync::{Mutex, mpsc};
+use tokio_util::sync::CancellationToken;
 
-use super::{HANDSHAKED_BACKLOG, Listener};
+use super::{HANDSHAKED_BACKLOG, Lingering, Listener};
 use crate::conn::BoxConn;
 use crate::h3::{Handler, QuicOptions, Server};
 use crate::pht::Paths;
@@ -96,6 +100,10 @@ impl Listener for H3Listener {
 
     fn local_addr(&self) -> SocketAddr {
         self.server.local_addr()
+    }
+
+    fn linger(&self, release: CancellationToken) -> Option<Lingering> {
+        Some(Box::pin(self.server.stop_accepting(release)))
     }
 }
 

@@ -18,11 +18,13 @@ pub mod ws;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::net::TcpStream;
 use tokio::sync::{Mutex, mpsc};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::conn::BoxConn;
@@ -35,7 +37,21 @@ pub trait Listener: Send + Sync {
 
     /// The bound address (with the port the system chose, if any).
     fn local_addr(&self) -> SocketAddr;
+
+    /// What keeps serving the connections that outlive the listener because they share its
+    /// socket (QUIC's, on its UDP socket), called once as the service stops accepting, just
+    /// before the listener is dropped. It serves them while the service's tunnels drain, and
+    /// once `release` is cancelled (the service stopped for good, or its address is wanted)
+    /// closes them, telling their peers, and ends within [`crate::h3::CLOSE_TIMEOUT`]; the
+    /// address is free when it has ended. `None` where connections are sockets of their own
+    /// (TCP), which the listener's close does not touch.
+    fn linger(&self, _release: CancellationToken) -> Option<Lingering> {
+        None
+    }
 }
+
+/// See [`Listener::linger`].
+pub type Lingering = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// Streams that finished their handshake and wait for the service to take them: GOST's
 /// `backlog` default. When the service is slower than the clients, handshake tasks wait here,
