@@ -392,3 +392,35 @@ fn process_series_and_chain_errors_for_nodes_only() {
         "{text}"
     );
 }
+
+/// Malformed requests count as handler errors: garbage that hyper answers with 400, and a
+/// request that names no target.
+#[test]
+fn malformed_requests_count_as_handler_errors() {
+    let gost = Gost::start(&["-L", "http://127.0.0.1:0", "-metrics", "127.0.0.1:0"], 2);
+    let (metrics, proxy) = (gost.addrs()[0], gost.addrs()[1]);
+    for request in [
+        "\u{1}\u{2}garbage\r\n\r\n",
+        "GET /no-host HTTP/1.1\r\nConnection: close\r\n\r\n",
+    ] {
+        let mut stream = std::net::TcpStream::connect(proxy).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        std::io::Write::write_all(&mut stream, request.as_bytes()).unwrap();
+        let mut answer = String::new();
+        let _ = std::io::Read::read_to_string(&mut stream, &mut answer);
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer:?}");
+    }
+    let url = format!("http://{metrics}/metrics");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = scrape_metrics(&url, None);
+        let errors = metric_sample(&text, "gost_service_handler_errors_total{client=127.0.0.1,");
+        if errors == Some(2.0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{errors:?}\n{text}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

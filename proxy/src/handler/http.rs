@@ -213,6 +213,10 @@ impl Handler for HttpHandler {
             }
         };
         if let Err(e) = result {
+            // Garbage or an oversized head, which hyper answered (400, 431).
+            if e.is_parse() || e.is_parse_too_large() {
+                crate::metrics::handler_error(&self.shared.env.service, client);
+            }
             tracing::debug!(service = %self.shared.env.service, client = %client, error = %e, "http connection ended");
         }
     }
@@ -272,6 +276,7 @@ impl Shared {
         ) {
             Ok(target) => target,
             Err(e) => {
+                crate::metrics::handler_error(&env.service, client);
                 tracing::debug!(service = %env.service, client = %client, error = %e, "bad proxy request");
                 return self.error(StatusCode::BAD_REQUEST);
             }

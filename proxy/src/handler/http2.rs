@@ -162,6 +162,7 @@ impl Http2Handler {
         let target = match target(&req, default_port) {
             Ok(target) => target,
             Err(e) => {
+                crate::metrics::handler_error(&env.service, client);
                 tracing::debug!(service = %env.service, client = %client, error = %e, "bad proxy request");
                 let _ = respond.send_response(status(StatusCode::BAD_REQUEST), true);
                 return;
