@@ -729,3 +729,40 @@ fn a_long_dial_timeout_waits_for_a_slow_node() {
     stream.read_exact(&mut pong).unwrap();
     assert_eq!(&pong, b"ping");
 }
+
+/// A target refused behind a SOCKS5 node gets the same SOCKS5 reply as one gost dials itself
+/// (0x05, connection refused), not a general failure.
+#[test]
+fn a_refused_target_behind_a_socks5_node_is_still_refused() {
+    let node = Gost::start(&["-L", "socks5://127.0.0.1:0"], 1);
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let direct = Gost::start(&["-L", "socks5://127.0.0.1:0"], 1);
+    let chained = Gost::start(
+        &[
+            "-L",
+            "socks5://127.0.0.1:0",
+            "-F",
+            &format!("socks5://{}?notls=true", node.addr()),
+        ],
+        1,
+    );
+    for gost in [&direct, &chained] {
+        let mut stream = TcpStream::connect(gost.addr()).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream.write_all(&[5, 1, 0]).unwrap();
+        let mut method = [0u8; 2];
+        stream.read_exact(&mut method).unwrap();
+        let port = dead.port().to_be_bytes();
+        stream
+            .write_all(&[5, 1, 0, 1, 127, 0, 0, 1, port[0], port[1]])
+            .unwrap();
+        let mut reply = [0u8; 10];
+        stream.read_exact(&mut reply).unwrap();
+        assert_eq!(reply[1], 0x05, "{}", gost.log());
+    }
+}

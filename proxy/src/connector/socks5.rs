@@ -210,11 +210,21 @@ impl Connector for Socks5Connector {
             read_exact(&mut conn, &mut reply[socks5::MESSAGE_PREFIX_LEN..], "reply").await?;
             let reply = parse_complete(&reply, "reply", socks5::parse_reply)?;
             if reply.code != socks5::REPLY_SUCCEEDED {
-                return Err(ConnectError::Refused(format!(
+                let text = format!(
                     "SOCKS5 reply {:#04x} ({})",
                     reply.code,
                     socks5::reply_meaning(reply.code)
-                )));
+                );
+                // What the node says of the target reaches the client as the same kind of
+                // failure as if gost had dialled it (a refused target stays "refused").
+                let kind = match reply.code {
+                    socks5::REPLY_CONNECTION_REFUSED => io::ErrorKind::ConnectionRefused,
+                    socks5::REPLY_HOST_UNREACHABLE => io::ErrorKind::HostUnreachable,
+                    socks5::REPLY_NETWORK_UNREACHABLE => io::ErrorKind::NetworkUnreachable,
+                    socks5::REPLY_TTL_EXPIRED => io::ErrorKind::TimedOut,
+                    _ => return Err(ConnectError::Refused(text)),
+                };
+                return Err(ConnectError::Io(io::Error::new(kind, text)));
             }
             Ok(conn)
         })
