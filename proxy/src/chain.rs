@@ -17,6 +17,7 @@ use gost_api::SelectorStrategy;
 
 use crate::addr::Address;
 use crate::conn::BoxConn;
+use crate::connector::relay::RelayRefusal;
 use crate::connector::{ConnectError, Connector};
 use crate::dialer::{Dialer, Reopen, Reopening, tcp};
 
@@ -355,6 +356,7 @@ fn io_kind(e: &io::Error) -> DialErrorKind {
     match e.kind() {
         io::ErrorKind::ConnectionRefused => DialErrorKind::Refused,
         io::ErrorKind::TimedOut => DialErrorKind::TimedOut,
+        io::ErrorKind::PermissionDenied => DialErrorKind::Rejected,
         _ => DialErrorKind::Unreachable,
     }
 }
@@ -576,9 +578,22 @@ impl Router {
                 stage.store(2 * i, Ordering::Relaxed);
                 let earlier = route[..i].iter().map(|(_, n)| n.clone()).collect();
                 let again = reopen(earlier, node.addr.clone(), self.timeout);
+                // A lazy relay node before this one answers its tunnel request only when the
+                // tunnel is first read, which this node's handshake does: its refusal is the
+                // relay node's answer about reaching this node, as when it answers at once.
+                let refused_before = |e: &io::Error| {
+                    RelayRefusal::of(e).map(|refusal| {
+                        node.record(false, hop.max_fails, hop.fail_timeout);
+                        let cause = format!("to reach next hop {}: {refusal}", node.addr);
+                        failure(i - 1, io_kind(&io::Error::from(refusal.kind())), cause)
+                    })
+                };
                 conn = match node.dialer.handshake_routed(conn, &node.addr, again).await {
                     Ok(conn) => conn,
                     Err(e) => {
+                        if let Some(error) = refused_before(&e) {
+                            return Err(error);
+                        }
                         node.record(false, hop.max_fails, hop.fail_timeout);
                         return Err(failure(i, io_kind(&e), e.to_string()));
                     }
@@ -586,6 +601,11 @@ impl Router {
                 conn = match node.connector.handshake(conn).await {
                     Ok(conn) => conn,
                     Err(e) => {
+                        if let ConnectError::Io(io) = &e
+                            && let Some(error) = refused_before(io)
+                        {
+                            return Err(error);
+                        }
                         node.record(false, hop.max_fails, hop.fail_timeout);
                         return Err(failure(i, connect_kind(&e), e.to_string()));
                     }

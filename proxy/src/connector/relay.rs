@@ -154,8 +154,41 @@ enum ResponseState {
     Awaiting(Vec<u8>),
     /// Read and OK: tunnel bytes read along with it, handed out before further reads.
     Done(Bytes),
-    /// Refused or broken: every read fails with this.
+    /// Broken: every read fails with this.
     Failed(io::ErrorKind, String),
+    /// Refused by the node with this status: every read fails with a [`RelayRefusal`].
+    Refused(u8),
+}
+
+/// A lazy relay node's refusal of the tunnel, which shows only when the tunnel is first read:
+/// in a chain, while the next hop's handshake runs. The chain finds it in the I/O error (as
+/// its inner error) and blames the relay node, not the next one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelayRefusal(pub u8);
+
+impl std::fmt::Display for RelayRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&refused(self.0))
+    }
+}
+
+impl std::error::Error for RelayRefusal {}
+
+impl RelayRefusal {
+    /// The refusal an I/O error carries, if it is one.
+    pub fn of(e: &io::Error) -> Option<RelayRefusal> {
+        e.get_ref()?.downcast_ref::<RelayRefusal>().copied()
+    }
+
+    /// The kind of failure the status says it is, as a dial's error would be.
+    pub fn kind(self) -> io::ErrorKind {
+        match self.0 {
+            relay::STATUS_TIMEOUT => io::ErrorKind::TimedOut,
+            relay::STATUS_HOST_UNREACHABLE => io::ErrorKind::HostUnreachable,
+            relay::STATUS_NETWORK_UNREACHABLE => io::ErrorKind::NetworkUnreachable,
+            _ => io::ErrorKind::PermissionDenied,
+        }
+    }
 }
 
 /// GOST's lazy relay client connection: the request goes out with the first write, the
@@ -217,6 +250,12 @@ impl<C: Conn> LazyConn<C> {
                 ResponseState::Failed(kind, message) => {
                     return Poll::Ready(Err(io::Error::new(*kind, message.clone())));
                 }
+                ResponseState::Refused(status) => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::ConnectionRefused,
+                        RelayRefusal(*status),
+                    )));
+                }
                 ResponseState::Awaiting(received) => received,
             };
             match relay::parse_response(received) {
@@ -224,10 +263,7 @@ impl<C: Conn> LazyConn<C> {
                     self.response = if response.status == relay::STATUS_OK {
                         ResponseState::Done(Bytes::copy_from_slice(&received[used..]))
                     } else {
-                        ResponseState::Failed(
-                            io::ErrorKind::ConnectionRefused,
-                            refused(response.status),
-                        )
+                        ResponseState::Refused(response.status)
                     };
                     continue;
                 }
@@ -312,7 +348,7 @@ impl<C: Conn> Conn for LazyConn<C> {
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match &self.response {
             ResponseState::Done(early) if early.has_remaining() => Poll::Ready(Ok(())),
-            ResponseState::Failed(..) => Poll::Ready(Ok(())),
+            ResponseState::Failed(..) | ResponseState::Refused(_) => Poll::Ready(Ok(())),
             // Awaiting the response or done with it: bytes from the node are what lets a
             // read make progress.
             _ => self.inner.poll_read_ready(cx),
