@@ -363,10 +363,69 @@ fn certificate_files_are_reread_when_they_change() {
         "{}",
         server.log()
     );
-    // A broken file keeps the last good certificate.
+    // A broken file keeps the last good certificate, and is logged once however many
+    // handshakes come in while it stays.
     fs::write(&cert, "not a certificate").unwrap();
-    thread::sleep(Duration::from_millis(1500));
-    assert!(same_pem(&served_cert(server.addr()), &second));
+    for _ in 0..4 {
+        thread::sleep(Duration::from_millis(700));
+        assert!(same_pem(&served_cert(server.addr()), &second));
+    }
+    let log = server.log();
+    assert_eq!(log.matches("not reloaded").count(), 1, "{log}");
+}
+
+/// A renewal that swaps symbolic links to files with the same modification time (a Nix
+/// store, `cp -p`, `rsync -a`) is seen: files are compared by content.
+#[test]
+fn a_certificate_swapped_in_with_the_same_modification_time_is_served() {
+    use std::os::unix::fs::symlink;
+    let dir = tempdir();
+    let ca = Ca::new("gost-rs test CA");
+    let (store1, store2) = (dir.join("store1"), dir.join("store2"));
+    fs::create_dir_all(&store1).unwrap();
+    fs::create_dir_all(&store2).unwrap();
+    let (_, _, first) = ca.issue(&store1, "server", &["localhost"], false);
+    let (_, _, second) = ca.issue(&store2, "server", &["localhost"], false);
+    let time = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+    for store in [&store1, &store2] {
+        for name in ["server.pem", "server.key"] {
+            let file = fs::File::options()
+                .write(true)
+                .open(store.join(name))
+                .unwrap();
+            file.set_modified(time).unwrap();
+        }
+    }
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    symlink(store1.join("server.pem"), &cert).unwrap();
+    symlink(store1.join("server.key"), &key).unwrap();
+    let server = Gost::start(
+        &[
+            "-L",
+            &format!(
+                "https://127.0.0.1:0?certFile={}&keyFile={}",
+                cert.display(),
+                key.display()
+            ),
+        ],
+        1,
+    );
+    assert!(same_pem(&served_cert(server.addr()), &first));
+    // Each link replaced at once, as a deployment tool does it.
+    for (link, target) in [(&key, "server.key"), (&cert, "server.pem")] {
+        let next = dir.join("next-link");
+        symlink(store2.join(target), &next).unwrap();
+        fs::rename(&next, link).unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !same_pem(&served_cert(server.addr()), &second) {
+        assert!(
+            Instant::now() < deadline,
+            "the swapped-in certificate was not served within 10 s:\n{}",
+            server.log()
+        );
+        thread::sleep(Duration::from_millis(300));
+    }
 }
 
 #[test]

@@ -16,10 +16,9 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use gost_api::TlsConfig;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -37,6 +36,11 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 use crate::addr::{Address, Host};
 use crate::conn::Conn;
 
+mod reload;
+
+pub use reload::RELOAD_CHECK_INTERVAL;
+use reload::Reloading;
+
 /// Common name of a generated certificate, as GOST's.
 pub const DEFAULT_COMMON_NAME: &str = "gost.run";
 /// Organization of a generated certificate, as GOST's.
@@ -46,9 +50,6 @@ pub const DEFAULT_VALIDITY: Duration = Duration::from_secs(8760 * 3600);
 /// How long a TLS handshake may take, on either side. Long enough for a slow link, short
 /// enough that a silent peer does not hold a socket.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Certificate files are looked at again at most this often: a handshake pays for a `stat`
-/// once per interval, and a renewed certificate is served within it.
-pub const RELOAD_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The one crypto provider: ring, which builds without cmake and serves P-256 and RSA.
 ///
@@ -482,102 +483,74 @@ impl ServerCertVerifier for Unnamed {
 
 // --- server certificates -------------------------------------------------------------------
 
-/// Serves one certificate, re-read from its files when they change on disk. A file that is
-/// mid-rewrite or broken leaves the last good certificate in place (and is logged).
+/// Serves one certificate, re-read from its files when they change on disk ([`Reloading`]).
+/// A file that is mid-rewrite or broken leaves the last good certificate in place (and is
+/// logged once).
 pub struct CertResolver {
-    current: ArcSwap<CertifiedKey>,
-    files: Option<Watched>,
+    source: CertSource,
 }
 
-struct Watched {
-    cert: PathBuf,
-    key: PathBuf,
-    state: Mutex<WatchState>,
-}
-
-struct WatchState {
-    checked: Instant,
-    stamps: (Option<SystemTime>, Option<SystemTime>),
+enum CertSource {
+    Files(Reloading<CertifiedKey>),
+    Fixed(Arc<CertifiedKey>),
 }
 
 impl fmt::Debug for CertResolver {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CertResolver")
-            .field("cert", &self.files.as_ref().map(|w| &w.cert))
-            .finish()
+        match &self.source {
+            CertSource::Files(files) => f.debug_tuple("CertResolver").field(files).finish(),
+            CertSource::Fixed(_) => f.write_str("CertResolver(fixed)"),
+        }
     }
 }
 
 impl CertResolver {
     /// A certificate chain and key from PEM files, watched for changes.
     pub fn from_files(cert: &str, key: &str) -> Result<Self, String> {
-        let (cert, key) = (PathBuf::from(cert), PathBuf::from(key));
-        let stamps = (modified(&cert), modified(&key));
-        let certified = certified_key(&cert, &key)?;
         Ok(CertResolver {
-            current: ArcSwap::from_pointee(certified),
-            files: Some(Watched {
-                cert,
-                key,
-                state: Mutex::new(WatchState {
-                    checked: Instant::now(),
-                    stamps,
-                }),
-            }),
+            source: CertSource::Files(reloading_pair("TLS certificate", cert, key)?),
         })
     }
 
     fn fixed(certified: CertifiedKey) -> Self {
         CertResolver {
-            current: ArcSwap::from_pointee(certified),
-            files: None,
+            source: CertSource::Fixed(Arc::new(certified)),
         }
     }
 
-    /// Re-reads the files if they changed since the last look, at most once per
-    /// [`RELOAD_CHECK_INTERVAL`].
-    fn refresh(&self) {
-        let Some(files) = &self.files else { return };
-        let Ok(mut state) = files.state.try_lock() else {
-            return; // another handshake is looking right now
-        };
-        if state.checked.elapsed() < RELOAD_CHECK_INTERVAL {
-            return;
-        }
-        state.checked = Instant::now();
-        let stamps = (modified(&files.cert), modified(&files.key));
-        if stamps == state.stamps {
-            return;
-        }
-        match certified_key(&files.cert, &files.key) {
-            Ok(certified) => {
-                state.stamps = stamps;
-                self.current.store(Arc::new(certified));
-                tracing::info!(cert = %files.cert.display(), "TLS certificate reloaded");
-            }
-            Err(e) => {
-                // Keep the stamps unchanged, so the next look tries again (the writer may
-                // have been half-way through).
-                tracing::warn!(cert = %files.cert.display(), error = %e, "TLS certificate not reloaded; serving the previous one");
-            }
+    fn current(&self) -> Arc<CertifiedKey> {
+        match &self.source {
+            CertSource::Files(files) => files.current(),
+            CertSource::Fixed(certified) => certified.clone(),
         }
     }
 }
 
 impl ResolvesServerCert for CertResolver {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.refresh();
-        Some(self.current.load_full())
+        Some(self.current())
     }
 }
 
-fn modified(path: &Path) -> Option<SystemTime> {
-    fs::metadata(path).and_then(|m| m.modified()).ok()
+/// A certificate and its key from the PEM files `cert` and `key`, re-read when they change.
+fn reloading_pair(
+    what: &'static str,
+    cert: &str,
+    key: &str,
+) -> Result<Reloading<CertifiedKey>, String> {
+    Reloading::new(
+        what,
+        vec![PathBuf::from(cert), PathBuf::from(key)],
+        |files| match files {
+            [(cert, cert_pem), (key, key_pem)] => certified_key(cert, cert_pem, key, key_pem),
+            _ => unreachable!("two files: certificate and key"),
+        },
+    )
 }
 
-fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let bytes = fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let certs = CertificateDer::pem_slice_iter(&bytes)
+/// The certificates of a PEM file; none is an error.
+fn parse_certs(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("{}: not a PEM certificate file: {e}", path.display()))?;
     if certs.is_empty() {
@@ -587,6 +560,37 @@ fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
         ));
     }
     Ok(certs)
+}
+
+/// The private key of a PEM file: PKCS#8, PKCS#1 (RSA) or SEC1 (EC).
+fn parse_key(path: &Path, pem: &[u8]) -> Result<PrivateKeyDer<'static>, String> {
+    PrivateKeyDer::from_pem_slice(pem)
+        .map_err(|e| format!("{}: not a PEM private key: {e}", path.display()))
+}
+
+fn certified_key(
+    cert: &Path,
+    cert_pem: &[u8],
+    key: &Path,
+    key_pem: &[u8],
+) -> Result<CertifiedKey, String> {
+    let chain = parse_certs(cert, cert_pem)?;
+    let key_der = parse_key(key, key_pem)?;
+    CertifiedKey::from_der(chain, key_der, &provider()).map_err(|e| {
+        format!(
+            "{} and {} do not make a usable certificate: {e}",
+            cert.display(),
+            key.display()
+        )
+    })
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, String> {
+    fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+}
+
+fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    parse_certs(path, &read(path)?)
 }
 
 fn load_roots(path: &Path) -> Result<RootCertStore, String> {
@@ -603,22 +607,7 @@ fn load_pair(
     cert: &Path,
     key: &Path,
 ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
-    let chain = load_certs(cert)?;
-    let bytes = fs::read(key).map_err(|e| format!("cannot read {}: {e}", key.display()))?;
-    let key_der = PrivateKeyDer::from_pem_slice(&bytes)
-        .map_err(|e| format!("{}: not a PEM private key: {e}", key.display()))?;
-    Ok((chain, key_der))
-}
-
-fn certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, String> {
-    let (chain, key_der) = load_pair(cert, key)?;
-    CertifiedKey::from_der(chain, key_der, &provider()).map_err(|e| {
-        format!(
-            "{} and {} do not make a usable certificate: {e}",
-            cert.display(),
-            key.display()
-        )
-    })
+    Ok((load_certs(cert)?, parse_key(key, &read(key)?)?))
 }
 
 /// The certificate and key GOST takes from the working directory when no file is named.
@@ -647,7 +636,10 @@ fn default_cert(config: Option<&TlsConfig>) -> Result<CertResolver, String> {
     if let Some(dir) = &home {
         let (cert, key) = (dir.join("auto-ca-cert.pem"), dir.join("auto-ca-key.pem"));
         if cert.is_file() && key.is_file() {
-            match certified_key(&cert, &key) {
+            match read(&cert)
+                .and_then(|c| Ok((c, read(&key)?)))
+                .and_then(|(c, k)| certified_key(&cert, &c, &key, &k))
+            {
                 Ok(certified) => return Ok(CertResolver::fixed(certified)),
                 Err(e) => {
                     tracing::warn!(error = %e, "ignoring the stored certificate; generating a new one")
