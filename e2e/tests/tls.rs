@@ -428,6 +428,131 @@ fn a_certificate_swapped_in_with_the_same_modification_time_is_served() {
     }
 }
 
+/// Waits up to 10 s for a request through the HTTP proxy `client` to reach `target`,
+/// trying again every 300 ms; panics with `gost`'s log if it never does.
+fn through_within_10s(client: &Gost, target: &Target, gost: &Gost) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = get_through(&format!("http://{}", client.addr()), target);
+        if out.text().starts_with("hello from target") {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not through within 10 s:\n{}\n{}",
+            client.log(),
+            gost.log()
+        );
+        thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// A `gost` HTTP proxy on loopback whose one node is `node`.
+fn client_of(node: &str) -> Gost {
+    Gost::start(&["-L", "http://127.0.0.1:0", "-F", node], 1)
+}
+
+/// cert-manager rotating a server's `ca.crt` needs no restart: the client CA file is re-read
+/// as the certificate files are.
+#[test]
+fn a_servers_client_ca_file_is_reread_when_it_changes() {
+    let dir = tempdir();
+    let target = Target::http();
+    let (old_ca, new_ca) = (Ca::new("old client CA"), Ca::new("new client CA"));
+    let (cert, key, _) = old_ca.issue(&dir, "server", &["127.0.0.1"], false);
+    let ca_file = old_ca.write(&dir, "client-ca");
+    let (client_cert, client_key, _) = new_ca.issue(&dir, "client", &["client"], true);
+    let server = Gost::start(
+        &[
+            "-L",
+            &format!("https://127.0.0.1:0?certFile={cert}&keyFile={key}&caFile={ca_file}"),
+        ],
+        1,
+    );
+    let client = client_of(&format!(
+        "https://{}?cert={client_cert}&key={client_key}",
+        server.addr()
+    ));
+    let out = get_through(&format!("http://{}", client.addr()), &target);
+    assert!(
+        !out.text().contains("hello from target"),
+        "a certificate from another CA must be refused"
+    );
+    let next = new_ca.write(&dir, "next-ca");
+    fs::rename(&next, &ca_file).unwrap();
+    through_within_10s(&client, &target, &server);
+    server.wait_for_log("TLS client CA file reloaded");
+    // A broken file keeps the CA in use. (A new client process: the first one's TLS
+    // sessions are resumed without a certificate check.)
+    fs::write(&ca_file, "not a certificate").unwrap();
+    thread::sleep(Duration::from_millis(1200));
+    let fresh = client_of(&format!(
+        "https://{}?cert={client_cert}&key={client_key}",
+        server.addr()
+    ));
+    through_within_10s(&fresh, &target, &server);
+    server.wait_for_log("TLS client CA file not reloaded");
+}
+
+/// A client certificate renewed on disk is presented from the next handshake on.
+#[test]
+fn a_clients_certificate_is_reread_when_it_changes() {
+    let dir = tempdir();
+    let target = Target::http();
+    let ca = Ca::new("gost-rs test CA");
+    let ca_file = ca.write(&dir, "ca");
+    let (cert, key, _) = ca.issue(&dir, "server", &["127.0.0.1"], false);
+    let server = Gost::start(
+        &[
+            "-L",
+            &format!("https://127.0.0.1:0?certFile={cert}&keyFile={key}&caFile={ca_file}"),
+        ],
+        1,
+    );
+    // First a certificate the server does not take.
+    let (client_cert, client_key, _) =
+        Ca::new("another CA").issue(&dir, "client", &["client"], true);
+    let client = client_of(&format!(
+        "https://{}?cert={client_cert}&key={client_key}",
+        server.addr()
+    ));
+    let out = get_through(&format!("http://{}", client.addr()), &target);
+    assert!(!out.text().contains("hello from target"));
+    let renewed = tempdir();
+    let (new_cert, new_key, _) = ca.issue(&renewed, "client", &["client"], true);
+    fs::rename(&new_key, &client_key).unwrap();
+    fs::rename(&new_cert, &client_cert).unwrap();
+    through_within_10s(&client, &target, &server);
+    client.wait_for_log("TLS client certificate reloaded");
+}
+
+/// A client's `caFile` renewed on disk verifies the next handshake.
+#[test]
+fn a_clients_ca_file_is_reread_when_it_changes() {
+    let dir = tempdir();
+    let target = Target::http();
+    let ca = Ca::new("gost-rs test CA");
+    let (cert, key, _) = ca.issue(&dir, "server", &["127.0.0.1"], false);
+    let server = Gost::start(
+        &[
+            "-L",
+            &format!("https://127.0.0.1:0?certFile={cert}&keyFile={key}"),
+        ],
+        1,
+    );
+    let ca_file = Ca::new("another CA").write(&dir, "ca");
+    let client = client_of(&format!("https://{}?caFile={ca_file}", server.addr()));
+    let out = get_through(&format!("http://{}", client.addr()), &target);
+    assert!(
+        !out.text().contains("hello from target"),
+        "a server certificate from another CA must be refused"
+    );
+    let next = ca.write(&dir, "next-ca");
+    fs::rename(&next, &ca_file).unwrap();
+    through_within_10s(&client, &target, &server);
+    client.wait_for_log("TLS CA file reloaded");
+}
+
 #[test]
 fn socks5_serves_gosts_tls_methods_and_our_client_uses_them() {
     let target = Target::http();

@@ -3,8 +3,8 @@
 //! Servers take their certificate from the service's own `tls` section, else from the
 //! process-wide default: the top-level `tls` section, `cert.pem` + `key.pem` in the working
 //! directory, the certificate GOST keeps in `~/.gost`, or one generated on first use and kept
-//! there, with GOST's profile. A `caFile` on a server requires client certificates. Files are
-//! looked at again when they change on disk.
+//! there, with GOST's profile. A `caFile` on a server requires client certificates. Certificate,
+//! key and CA files, a client's too, are read again when they change on disk (`tls/reload.rs`).
 //!
 //! Clients keep GOST's defaults, so GOST users' command lines behave the same: the server is
 //! verified only with `secure: true` (chain and name) or against a `caFile` (chain only, or the
@@ -20,26 +20,25 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use gost_api::TlsConfig;
-use rustls::client::WebPkiServerVerifier;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::client::danger::ServerCertVerifier;
+use rustls::client::{ResolvesClientCert, WebPkiServerVerifier};
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig,
-    SignatureScheme,
-};
+use rustls::{ClientConfig, RootCertStore, ServerConfig, SignatureScheme};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::addr::{Address, Host};
 use crate::conn::Conn;
 
 mod reload;
+mod verify;
 
 pub use reload::RELOAD_CHECK_INTERVAL;
 use reload::Reloading;
+use verify::{AnyServerCert, CaFileClientVerifier, CaFileServerVerifier};
 
 /// Common name of a generated certificate, as GOST's.
 pub const DEFAULT_COMMON_NAME: &str = "gost.run";
@@ -129,7 +128,7 @@ fn suite_rank(suite: rustls::CipherSuite, aes_in_hardware: bool) -> u8 {
 pub struct TlsDefaults {
     config: Option<TlsConfig>,
     cert: OnceLock<Result<Arc<CertResolver>, String>>,
-    client_ca: OnceLock<Result<Option<Arc<RootCertStore>>, String>>,
+    client_ca: OnceLock<Result<Option<Arc<CaFileClientVerifier>>, String>>,
 }
 
 impl TlsDefaults {
@@ -158,13 +157,13 @@ impl TlsDefaults {
             .clone()
     }
 
-    fn client_ca(&self) -> Result<Option<Arc<RootCertStore>>, String> {
+    fn client_ca(&self) -> Result<Option<Arc<CaFileClientVerifier>>, String> {
         self.client_ca
             .get_or_init(|| {
                 self.config
                     .as_ref()
                     .and_then(|c| c.ca_file.as_deref())
-                    .map(|ca| load_roots(Path::new(ca)).map(Arc::new))
+                    .map(|ca| CaFileClientVerifier::new(ca).map(Arc::new))
                     .transpose()
             })
             .clone()
@@ -199,7 +198,7 @@ impl ServerTls {
         // certificate is the default one (GOST then ignores it and takes any client).
         let own_ca = own
             .and_then(|t| t.ca_file.as_deref())
-            .map(|ca| load_roots(Path::new(ca)).map(Arc::new))
+            .map(|ca| CaFileClientVerifier::new(ca).map(Arc::new))
             .transpose()?;
         let (resolver, client_ca) = match own_cert {
             Some((cert, key)) => (Arc::new(CertResolver::from_files(cert, key)?), own_ca),
@@ -215,12 +214,7 @@ impl ServerTls {
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?;
         let builder = match client_ca {
-            Some(roots) => {
-                let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider())
-                    .build()
-                    .map_err(|e| format!("client CA: {e}"))?;
-                builder.with_client_cert_verifier(verifier)
-            }
+            Some(verifier) => builder.with_client_cert_verifier(verifier),
             None => builder.with_no_client_auth(),
         };
         let mut config = builder.with_cert_resolver(resolver);
@@ -307,20 +301,14 @@ impl ClientTls {
     pub fn new(tls: Option<&TlsConfig>, alpn: &[&[u8]]) -> Result<Self, String> {
         let default = TlsConfig::default();
         let tls = tls.unwrap_or(&default);
-        let roots = tls
-            .ca_file
-            .as_deref()
-            .map(|ca| Ok::<_, String>((load_roots(Path::new(ca))?, load_certs(Path::new(ca))?)))
-            .transpose()?;
-        let verifier: Arc<dyn ServerCertVerifier> = match (tls.secure, roots) {
-            (true, Some((roots, _))) => webpki_verifier(roots)?,
-            (true, None) => webpki_verifier(system_roots())?,
-            (false, roots) => Arc::new(Unnamed {
-                chain: roots
-                    .map(|(roots, pinned)| Ok::<_, String>((webpki_verifier(roots)?, pinned)))
-                    .transpose()?,
-                algorithms: provider().signature_verification_algorithms,
-            }),
+        let verifier: Arc<dyn ServerCertVerifier> = match (tls.ca_file.as_deref(), tls.secure) {
+            (Some(ca), secure) => Arc::new(CaFileServerVerifier::new(ca, secure)?),
+            (None, true) => {
+                WebPkiServerVerifier::builder_with_provider(Arc::new(system_roots()), provider())
+                    .build()
+                    .map_err(|e| format!("server verifier: {e}"))?
+            }
+            (None, false) => Arc::new(AnyServerCert),
         };
         let builder = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
@@ -328,12 +316,9 @@ impl ClientTls {
             .dangerous()
             .with_custom_certificate_verifier(verifier);
         let mut config = match (tls.cert_file.as_deref(), tls.key_file.as_deref()) {
-            (Some(cert), Some(key)) => {
-                let (chain, key) = load_pair(Path::new(cert), Path::new(key))?;
-                builder
-                    .with_client_auth_cert(chain, key)
-                    .map_err(|e| format!("client certificate {cert:?}: {e}"))?
-            }
+            (Some(cert), Some(key)) => builder.with_client_cert_resolver(Arc::new(
+                ClientCertResolver(reloading_pair("TLS client certificate", cert, key)?),
+            )),
             (None, None) => builder.with_no_client_auth(),
             _ => return Err("certFile and keyFile must be given together".into()),
         };
@@ -410,75 +395,11 @@ async fn within<T>(
         })
 }
 
-fn webpki_verifier(roots: RootCertStore) -> Result<Arc<WebPkiServerVerifier>, String> {
-    WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
-        .build()
-        .map_err(|e| format!("server verifier: {e}"))
-}
-
 /// The system's trust anchors for `secure: true` without a `caFile`.
 fn system_roots() -> RootCertStore {
     let mut roots = RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     roots
-}
-
-/// GOST's verification without `secure`: with a `caFile`, the chain but not the name (and a
-/// certificate that is itself in the CA file is accepted as such, because GOST's generated
-/// certificates are CA certificates that serve as their own leaf, which WebPKI refuses as an
-/// end entity); without one, any certificate. Either way the handshake's signatures are
-/// checked, so the session is at least bound to the certificate shown.
-#[derive(Debug)]
-struct Unnamed {
-    /// The `caFile` verifier and the file's certificates, if there is a `caFile`.
-    chain: Option<(Arc<WebPkiServerVerifier>, Vec<CertificateDer<'static>>)>,
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for Unnamed {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let Some((verifier, pinned)) = &self.chain else {
-            return Ok(ServerCertVerified::assertion());
-        };
-        if pinned.iter().any(|c| c.as_ref() == end_entity.as_ref()) {
-            return Ok(ServerCertVerified::assertion());
-        }
-        match verifier.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
-            Err(rustls::Error::InvalidCertificate(
-                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
-            other => other,
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
 }
 
 // --- server certificates -------------------------------------------------------------------
@@ -529,6 +450,25 @@ impl CertResolver {
 impl ResolvesServerCert for CertResolver {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         Some(self.current())
+    }
+}
+
+/// A client's certificate, re-read from its files when they change on disk, as a server's
+/// ([`CertResolver`]).
+#[derive(Debug)]
+struct ClientCertResolver(Reloading<CertifiedKey>);
+
+impl ResolvesClientCert for ClientCertResolver {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.current())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
     }
 }
 
@@ -587,27 +527,6 @@ fn certified_key(
 
 fn read(path: &Path) -> Result<Vec<u8>, String> {
     fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
-}
-
-fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    parse_certs(path, &read(path)?)
-}
-
-fn load_roots(path: &Path) -> Result<RootCertStore, String> {
-    let mut roots = RootCertStore::empty();
-    for cert in load_certs(path)? {
-        roots
-            .add(cert)
-            .map_err(|e| format!("{}: unusable CA certificate: {e}", path.display()))?;
-    }
-    Ok(roots)
-}
-
-fn load_pair(
-    cert: &Path,
-    key: &Path,
-) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
-    Ok((load_certs(cert)?, parse_key(key, &read(key)?)?))
 }
 
 /// The certificate and key GOST takes from the working directory when no file is named.
