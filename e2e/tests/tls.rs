@@ -553,6 +553,146 @@ fn a_clients_ca_file_is_reread_when_it_changes() {
     client.wait_for_log("TLS CA file reloaded");
 }
 
+/// A self-signed CA certificate used as its own leaf, as GOST generates them and as
+/// `openssl req -x509` makes them, for `names`; expired since 2001 when `expired`. Writes
+/// `NAME.pem` and `NAME.key`; returns both paths.
+fn self_signed(dir: &Path, name: &str, names: &[&str], expired: bool) -> (String, String) {
+    let mut params =
+        CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    if expired {
+        params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2001, 1, 1);
+    }
+    let key = KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let (cert_path, key_path) = (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}.key")),
+    );
+    fs::write(&cert_path, cert.pem()).unwrap();
+    fs::write(&key_path, key.serialize_pem()).unwrap();
+    (
+        cert_path.to_str().unwrap().to_string(),
+        key_path.to_str().unwrap().to_string(),
+    )
+}
+
+/// `secure=true&caFile=CERT` where CERT is the server's own self-signed CA certificate (GOST's
+/// generated one, `openssl req -x509`'s) verifies, as with Go and OpenSSL; the name is still
+/// checked.
+#[test]
+fn secure_verification_takes_a_self_signed_ca_certificate_pinned_in_the_ca_file() {
+    let dir = tempdir();
+    let target = Target::http();
+    let (cert, key) = self_signed(&dir, "server", &["127.0.0.1"], false);
+    let server = Gost::start(
+        &[
+            "-L",
+            &format!("https://127.0.0.1:0?certFile={cert}&keyFile={key}"),
+        ],
+        1,
+    );
+    let client = client_of(&format!(
+        "https://{}?secure=true&caFile={cert}",
+        server.addr()
+    ));
+    let out = get_through(&format!("http://{}", client.addr()), &target);
+    assert!(
+        out.text().starts_with("hello from target"),
+        "{}\n{}",
+        out.stderr,
+        client.log()
+    );
+    let wrong = client_of(&format!(
+        "https://{}?secure=true&caFile={cert}&serverName=wrong.example",
+        server.addr()
+    ));
+    let out = get_through(&format!("http://{}", wrong.addr()), &target);
+    assert!(!out.text().contains("hello from target"));
+    wrong.wait_for_log("not valid for name");
+
+    // GOST's generated certificate, named as it is (gost.run).
+    let home = tempdir();
+    let generated = Gost::start_in(&["-L", "https://127.0.0.1:0"], 1, Some(&home));
+    let kept = home.join(".gost/auto-ca-cert.pem");
+    let client = client_of(&format!(
+        "https://{}?secure=true&caFile={}&serverName=gost.run",
+        generated.addr(),
+        kept.display()
+    ));
+    let out = get_through(&format!("http://{}", client.addr()), &target);
+    assert!(
+        out.text().starts_with("hello from target"),
+        "{}\n{}",
+        out.stderr,
+        client.log()
+    );
+}
+
+/// A server whose `caFile` lists a client's self-signed CA certificate takes that client, as
+/// Go and OpenSSL do, unless the certificate has expired.
+#[test]
+fn a_server_takes_a_self_signed_client_certificate_pinned_in_its_ca_file() {
+    let dir = tempdir();
+    let target = Target::http();
+    let ca = Ca::new("gost-rs test CA");
+    let (cert, key, _) = ca.issue(&dir, "server", &["127.0.0.1"], false);
+    for (expired, through) in [(false, true), (true, false)] {
+        let name = if expired { "old-client" } else { "client" };
+        let (client_cert, client_key) = self_signed(&dir, name, &["client"], expired);
+        let server = Gost::start(
+            &[
+                "-L",
+                &format!("https://127.0.0.1:0?certFile={cert}&keyFile={key}&caFile={client_cert}"),
+            ],
+            1,
+        );
+        let client = client_of(&format!(
+            "https://{}?cert={client_cert}&key={client_key}",
+            server.addr()
+        ));
+        let out = get_through(&format!("http://{}", client.addr()), &target);
+        assert_eq!(
+            out.text().starts_with("hello from target"),
+            through,
+            "expired {expired}: {}\n{}",
+            out.stderr,
+            server.log()
+        );
+        if expired {
+            server.wait_for_log("certificate expired");
+        }
+    }
+}
+
+/// Pinning with `caFile` alone (no `secure`) refuses an expired certificate, as GOST does.
+#[test]
+fn pinning_refuses_an_expired_certificate() {
+    let dir = tempdir();
+    let target = Target::http();
+    let (cert, key) = self_signed(&dir, "server", &["127.0.0.1"], true);
+    let server = Gost::start(
+        &[
+            "-L",
+            &format!("https://127.0.0.1:0?certFile={cert}&keyFile={key}"),
+        ],
+        1,
+    );
+    let client = client_of(&format!("https://{}?caFile={cert}", server.addr()));
+    let out = get_through(&format!("http://{}", client.addr()), &target);
+    assert!(
+        !out.text().contains("hello from target"),
+        "an expired pinned certificate must be refused"
+    );
+    client.wait_for_log("certificate expired");
+}
+
 #[test]
 fn socks5_serves_gosts_tls_methods_and_our_client_uses_them() {
     let target = Target::http();

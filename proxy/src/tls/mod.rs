@@ -7,9 +7,9 @@
 //! key and CA files, a client's too, are read again when they change on disk (`tls/reload.rs`).
 //!
 //! Clients keep GOST's defaults, so GOST users' command lines behave the same: the server is
-//! verified only with `secure: true` (chain and name) or against a `caFile` (chain only, or the
-//! exact certificate when the file holds the server's own self-signed certificate). An
-//! unverified peer is logged as a warning once per node.
+//! verified only with `secure: true` (chain and name) or against a `caFile` (chain only). A
+//! certificate that is itself in a `caFile` is taken as itself, after the checks Go makes
+//! (`tls/verify.rs`). An unverified peer is logged as a warning once per node.
 
 use std::fmt;
 use std::fs;

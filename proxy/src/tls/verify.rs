@@ -1,17 +1,27 @@
 //! Certificate verification against a `caFile`, re-read when it changes ([`Reloading`]): a
 //! client's view of the server's certificate, and a server's view of client certificates.
+//!
+//! A certificate that is itself in the `caFile`, byte for byte, is taken as itself (pinned),
+//! as Go and OpenSSL take a self-signed certificate listed as a trust anchor: GOST's generated
+//! certificate, like `openssl req -x509`'s, is a CA certificate that serves as its own leaf,
+//! which WebPKI refuses as an end entity (`CaUsedAsEndEntity`). Such a certificate is still
+//! checked for what Go checks: its validity period, its extended key usage, and with `secure`
+//! the server's name.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::ParsedCertificate;
 use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{
-    CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme,
+    CertificateError, DigitallySignedStruct, DistinguishedName, ExtendedKeyPurpose, RootCertStore,
+    SignatureScheme,
 };
 
 use super::reload::Reloading;
@@ -34,6 +44,57 @@ fn ca_file(
 
 fn algorithms() -> WebPkiSupportedAlgorithms {
     provider().signature_verification_algorithms
+}
+
+fn is_pinned(pinned: &[CertificateDer<'static>], end_entity: &CertificateDer<'_>) -> bool {
+    pinned.iter().any(|c| c.as_ref() == end_entity.as_ref())
+}
+
+/// Checks a pinned certificate (one that is itself in the `caFile`) as Go verifies a
+/// one-certificate chain: valid at `now`, an extended key usage (when it has one) that allows
+/// `purpose`, and `name` in its subject alternative names when given.
+fn check_pinned(
+    end_entity: &CertificateDer<'_>,
+    now: UnixTime,
+    purpose: ExtendedKeyPurpose,
+    name: Option<&ServerName<'_>>,
+) -> Result<(), rustls::Error> {
+    let bad = |e| rustls::Error::InvalidCertificate(e);
+    let (_, cert) = x509_parser::parse_x509_certificate(end_entity.as_ref())
+        .map_err(|_| bad(CertificateError::BadEncoding))?;
+    let validity = cert.validity();
+    let at = |seconds: i64| UnixTime::since_unix_epoch(Duration::from_secs(seconds.max(0) as u64));
+    let now_seconds = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+    if now_seconds < validity.not_before.timestamp() {
+        return Err(bad(CertificateError::NotValidYetContext {
+            time: now,
+            not_before: at(validity.not_before.timestamp()),
+        }));
+    }
+    if now_seconds > validity.not_after.timestamp() {
+        return Err(bad(CertificateError::ExpiredContext {
+            time: now,
+            not_after: at(validity.not_after.timestamp()),
+        }));
+    }
+    let usage = cert
+        .extended_key_usage()
+        .map_err(|_| bad(CertificateError::BadEncoding))?;
+    if let Some(usage) = usage.map(|u| u.value) {
+        let allowed = usage.any
+            || match purpose {
+                ExtendedKeyPurpose::ServerAuth => usage.server_auth,
+                ExtendedKeyPurpose::ClientAuth => usage.client_auth,
+                _ => false,
+            };
+        if !allowed {
+            return Err(bad(CertificateError::InvalidPurpose));
+        }
+    }
+    if let Some(name) = name {
+        rustls::client::verify_server_name(&ParsedCertificate::try_from(end_entity)?, name)?;
+    }
+    Ok(())
 }
 
 // --- the server's certificate, on a client ---------------------------------------------------
@@ -78,10 +139,8 @@ impl ServerCertVerifier for AnyServerCert {
     }
 }
 
-/// A server's certificate checked against a `caFile`: the chain, and the name too with
-/// `secure` (without it GOST checks the chain only, and takes a certificate that is itself in
-/// the file, because GOST's generated certificates are CA certificates that serve as their
-/// own leaf, which WebPKI refuses as an end entity).
+/// A server's certificate checked against a `caFile`: the chain (or the pinned certificate),
+/// and the name too with `secure` (without it GOST checks the chain only).
 #[derive(Debug)]
 pub(super) struct CaFileServerVerifier {
     ca: Reloading<ServerCa>,
@@ -119,7 +178,9 @@ impl ServerCertVerifier for CaFileServerVerifier {
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let ca = self.ca.current();
-        if !self.check_name && ca.pinned.iter().any(|c| c.as_ref() == end_entity.as_ref()) {
+        if is_pinned(&ca.pinned, end_entity) {
+            let name = self.check_name.then_some(server_name);
+            check_pinned(end_entity, now, ExtendedKeyPurpose::ServerAuth, name)?;
             return Ok(ServerCertVerified::assertion());
         }
         match ca
@@ -158,7 +219,7 @@ impl ServerCertVerifier for CaFileServerVerifier {
 
 // --- client certificates, on a server ------------------------------------------------------
 
-/// Requires a client certificate issued by (a certificate in) the `caFile`.
+/// Requires a client certificate issued by a certificate in the `caFile`, or pinned there.
 ///
 /// It names no acceptable CAs in its certificate request: a reload may change the CA's
 /// subject, and a stale name would make Go clients (GOST) withhold a certificate the new CA
@@ -171,6 +232,7 @@ pub(super) struct CaFileClientVerifier {
 #[derive(Debug)]
 struct ClientCa {
     chain: Arc<dyn ClientCertVerifier>,
+    pinned: Vec<CertificateDer<'static>>,
 }
 
 impl CaFileClientVerifier {
@@ -181,12 +243,12 @@ impl CaFileClientVerifier {
             vec![PathBuf::from(ca_file_path)],
             |files| {
                 let (path, pem) = files[0];
-                let (roots, _) = ca_file(path, pem)?;
+                let (roots, pinned) = ca_file(path, pem)?;
                 let chain =
                     WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
                         .build()
                         .map_err(|e| format!("{}: {e}", path.display()))?;
-                Ok(ClientCa { chain })
+                Ok(ClientCa { chain, pinned })
             },
         )?;
         Ok(CaFileClientVerifier { ca })
@@ -204,10 +266,12 @@ impl ClientCertVerifier for CaFileClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.ca
-            .current()
-            .chain
-            .verify_client_cert(end_entity, intermediates, now)
+        let ca = self.ca.current();
+        if is_pinned(&ca.pinned, end_entity) {
+            check_pinned(end_entity, now, ExtendedKeyPurpose::ClientAuth, None)?;
+            return Ok(ClientCertVerified::assertion());
+        }
+        ca.chain.verify_client_cert(end_entity, intermediates, now)
     }
 
     fn verify_tls12_signature(
@@ -230,5 +294,78 @@ impl ClientCertVerifier for CaFileClientVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         algorithms().supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose as Eku, IsCa};
+
+    /// A self-signed CA certificate for 127.0.0.1 with `usages` (none: no extension), valid
+    /// from `days_from` to `days_to` days from now.
+    fn self_signed(usages: Vec<Eku>, days_from: i64, days_to: i64) -> CertificateDer<'static> {
+        let mut params = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.extended_key_usages = usages;
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now + time::Duration::days(days_from);
+        params.not_after = now + time::Duration::days(days_to);
+        let key = rcgen::KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().der().clone()
+    }
+
+    #[test]
+    fn a_pinned_certificate_is_checked_as_go_checks_it() {
+        let now = UnixTime::now();
+        let local = ServerName::try_from("127.0.0.1").unwrap();
+        let elsewhere = ServerName::try_from("wrong.example").unwrap();
+        let both = self_signed(vec![Eku::ServerAuth, Eku::ClientAuth], -1, 1);
+        for purpose in [
+            ExtendedKeyPurpose::ServerAuth,
+            ExtendedKeyPurpose::ClientAuth,
+        ] {
+            assert_eq!(check_pinned(&both, now, purpose, None), Ok(()));
+        }
+        assert_eq!(
+            check_pinned(&both, now, ExtendedKeyPurpose::ServerAuth, Some(&local)),
+            Ok(())
+        );
+        assert!(matches!(
+            check_pinned(&both, now, ExtendedKeyPurpose::ServerAuth, Some(&elsewhere)),
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. }
+            ))
+        ));
+        // No extended key usage: any purpose, as in Go.
+        let unrestricted = self_signed(vec![], -1, 1);
+        assert_eq!(
+            check_pinned(&unrestricted, now, ExtendedKeyPurpose::ServerAuth, None),
+            Ok(())
+        );
+        let client_only = self_signed(vec![Eku::ClientAuth], -1, 1);
+        assert_eq!(
+            check_pinned(&client_only, now, ExtendedKeyPurpose::ServerAuth, None),
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::InvalidPurpose
+            ))
+        );
+        let expired = self_signed(vec![], -3, -1);
+        let error = check_pinned(&expired, now, ExtendedKeyPurpose::ServerAuth, None).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                rustls::Error::InvalidCertificate(CertificateError::ExpiredContext { .. })
+            ),
+            "{error}"
+        );
+        assert!(error.to_string().contains("expired"), "{error}");
+        let early = self_signed(vec![], 1, 3);
+        assert!(matches!(
+            check_pinned(&early, now, ExtendedKeyPurpose::ServerAuth, None),
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidYetContext { .. }
+            ))
+        ));
     }
 }
