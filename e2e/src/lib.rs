@@ -118,6 +118,12 @@ impl Gost {
         Self::spawn(&gost_bin(), args, services, None, env, None)
     }
 
+    /// As [`Gost::start_in`] with `dir` as the working directory only: `HOME` is removed from
+    /// its environment.
+    pub fn start_in_without_home(args: &[&str], services: usize, dir: &Path) -> Gost {
+        Self::spawn_with(&gost_bin(), args, services, Some(dir), &[], None, false)
+    }
+
     /// As [`Gost::start_in`], running the binary `bin`.
     pub fn start_bin(bin: &Path, args: &[&str], services: usize, dir: Option<&Path>) -> Gost {
         Self::spawn(bin, args, services, dir, &[], None)
@@ -136,6 +142,19 @@ impl Gost {
         env: &[(&str, &str)],
         input: Option<&str>,
     ) -> Gost {
+        Self::spawn_with(bin, args, services, dir, env, input, true)
+    }
+
+    /// [`Gost::spawn`]; `dir_is_home` makes `dir` its `HOME` as well, else `HOME` is unset.
+    fn spawn_with(
+        bin: &Path,
+        args: &[&str],
+        services: usize,
+        dir: Option<&Path>,
+        env: &[(&str, &str)],
+        input: Option<&str>,
+        dir_is_home: bool,
+    ) -> Gost {
         let mut command = Command::new(bin);
         command
             .envs(env.iter().copied())
@@ -149,9 +168,14 @@ impl Gost {
             .stderr(Stdio::piped())
             .env("GOST_LOGGER_LEVEL", "debug");
         if let Some(dir) = dir {
+            command.current_dir(dir);
             // Also its HOME, so that a certificate it generates is kept there (~/.gost) and not
             // in the home of whoever runs the tests.
-            command.current_dir(dir).env("HOME", dir);
+            if dir_is_home {
+                command.env("HOME", dir);
+            } else {
+                command.env_remove("HOME");
+            }
         }
         let mut child = command.spawn().expect("gost starts");
         if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {

@@ -152,6 +152,30 @@ fn https_proxy_generates_a_certificate_keeps_it_and_serves_it_again() {
     assert!(same_pem(&served_cert(again.addr()), &kept));
 }
 
+/// Without `HOME`, the generated certificate is kept in `.gost` under the working directory,
+/// as GOST keeps it, and the log says where.
+#[test]
+fn without_home_the_generated_certificate_is_kept_in_the_working_directory() {
+    let dir = tempdir();
+    let server = Gost::start_in_without_home(&["-L", "https://127.0.0.1:0"], 1, &dir);
+    let kept = dir.join(".gost/auto-ca-cert.pem");
+    server.wait_for_log("generated TLS certificate saved");
+    assert!(kept.is_file(), "{}", server.log());
+    assert!(
+        server
+            .log()
+            .contains(&dir.join(".gost").display().to_string()),
+        "{}",
+        server.log()
+    );
+    let kept = fs::read_to_string(&kept).unwrap();
+    assert!(same_pem(&served_cert(server.addr()), &kept));
+    drop(server);
+    // The next start serves it again.
+    let again = Gost::start_in_without_home(&["-L", "https://127.0.0.1:0"], 1, &dir);
+    assert!(same_pem(&served_cert(again.addr()), &kept));
+}
+
 #[test]
 fn client_verifies_the_server_only_when_asked_as_gost_does() {
     let dir = tempdir();

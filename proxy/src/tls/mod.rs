@@ -538,8 +538,17 @@ fn working_dir_pair() -> bool {
     Path::new(WORKING_DIR_CERT).is_file() && Path::new(WORKING_DIR_KEY).is_file()
 }
 
+/// Where GOST keeps its generated certificate: `$HOME/.gost`, else (HOME unset or empty, where
+/// Go's `os.UserHomeDir` fails) `.gost` in the working directory.
+fn generated_cert_dir() -> PathBuf {
+    match std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+        Some(home) => PathBuf::from(home).join(".gost"),
+        None => PathBuf::from(".gost"),
+    }
+}
+
 /// GOST's order (§3.1): the top-level section's files, `cert.pem` + `key.pem` in the working
-/// directory, `~/.gost/auto-ca-*.pem`, else a new certificate persisted there.
+/// directory, `auto-ca-*.pem` in [`generated_cert_dir`], else a new certificate persisted there.
 fn default_cert(config: Option<&TlsConfig>) -> Result<CertResolver, String> {
     if let Some(tls) = config {
         match (tls.cert_file.as_deref(), tls.key_file.as_deref()) {
@@ -551,26 +560,32 @@ fn default_cert(config: Option<&TlsConfig>) -> Result<CertResolver, String> {
     if working_dir_pair() {
         return CertResolver::from_files(WORKING_DIR_CERT, WORKING_DIR_KEY);
     }
-    let home = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".gost"));
-    if let Some(dir) = &home {
-        let (cert, key) = (dir.join("auto-ca-cert.pem"), dir.join("auto-ca-key.pem"));
-        if cert.is_file() && key.is_file() {
-            match read(&cert)
-                .and_then(|c| Ok((c, read(&key)?)))
-                .and_then(|(c, k)| certified_key(&cert, &c, &key, &k))
-            {
-                Ok(certified) => return Ok(CertResolver::fixed(certified)),
-                Err(e) => {
-                    tracing::warn!(error = %e, "ignoring the stored certificate; generating a new one")
-                }
+    let dir = generated_cert_dir();
+    let (cert, key) = (dir.join("auto-ca-cert.pem"), dir.join("auto-ca-key.pem"));
+    if cert.is_file() && key.is_file() {
+        match read(&cert)
+            .and_then(|c| Ok((c, read(&key)?)))
+            .and_then(|(c, k)| certified_key(&cert, &c, &key, &k))
+        {
+            Ok(certified) => return Ok(CertResolver::fixed(certified)),
+            Err(e) => {
+                tracing::warn!(error = %e, "ignoring the stored certificate; generating a new one")
             }
         }
     }
     let generated = generate(config)?;
-    if let Some(dir) = &home
-        && let Err(e) = persist(dir, &generated)
-    {
-        tracing::warn!(dir = %dir.display(), error = %e, "generated TLS certificate not saved");
+    // Shown as an absolute path: without HOME the directory is relative to the working one.
+    let shown = std::path::absolute(&dir).unwrap_or_else(|_| dir.clone());
+    match persist(&dir, &generated) {
+        Ok(()) => tracing::info!(
+            dir = %shown.display(),
+            home = std::env::var_os("HOME").is_some_and(|h| !h.is_empty()),
+            "generated TLS certificate saved; later starts serve it again"
+        ),
+        Err(e) => tracing::warn!(
+            dir = %shown.display(), error = %e,
+            "generated TLS certificate not saved; the next start generates another one"
+        ),
     }
     let certified = CertifiedKey::from_der(
         vec![CertificateDer::from(generated.cert_der.clone())],
