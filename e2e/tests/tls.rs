@@ -832,19 +832,26 @@ impl HttpsOrigin {
             ],
         );
         assert_eq!(made.code, 0, "{}", made.stderr);
+        HttpsOrigin::serve(dir, &cert, &key, "-www")
+    }
+
+    /// `openssl s_server` with `cert` and `key` in `dir`, serving a status page (`-www`) or
+    /// the files of `dir` (`-WWW`).
+    fn serve(dir: &Path, cert: &Path, key: &Path, mode: &str) -> HttpsOrigin {
         let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let child = std::process::Command::new("openssl")
             .args([
                 "s_server",
                 "-quiet",
-                "-www",
+                mode,
                 "-accept",
                 &addr.to_string(),
                 "-cert",
             ])
-            .arg(&cert)
+            .arg(cert)
             .arg("-key")
-            .arg(&key)
+            .arg(key)
+            .current_dir(dir)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -909,6 +916,74 @@ fn socks5_without_a_certificate_answers_with_a_plain_method() {
         .matches("no certificate for SOCKS5's TLS methods")
         .count();
     assert_eq!(warnings, 1, "{}", gost.log());
+}
+
+/// `secure=true` without a `caFile` trusts what Go (GOST) and OpenSSL trust: the CA
+/// certificates of `SSL_CERT_FILE` when it is set (else the system's); `-C https://…` the same.
+#[test]
+fn secure_without_a_ca_file_trusts_ssl_cert_file() {
+    let dir = tempdir();
+    let target = Target::http();
+    let ca = Ca::new("company CA");
+    let ca_file = ca.write(&dir, "ca");
+    let other_ca_file = Ca::new("another CA").write(&dir, "other-ca");
+    let (cert, key, _) = ca.issue(&dir, "server", &["127.0.0.1"], false);
+    let server = Gost::start(
+        &[
+            "-L",
+            &format!("https://127.0.0.1:0?certFile={cert}&keyFile={key}"),
+        ],
+        1,
+    );
+    for (roots, through) in [(&ca_file, true), (&other_ca_file, false)] {
+        let client = Gost::start_with_env(
+            &[
+                "-L",
+                "http://127.0.0.1:0",
+                "-F",
+                &format!("https://{}?secure=true", server.addr()),
+            ],
+            1,
+            &[("SSL_CERT_FILE", roots)],
+        );
+        let out = get_through(&format!("http://{}", client.addr()), &target);
+        assert_eq!(
+            out.text().starts_with("hello from target"),
+            through,
+            "SSL_CERT_FILE={roots}: {}\n{}",
+            out.stderr,
+            client.log()
+        );
+    }
+
+    fs::write(
+        dir.join("gost.yaml"),
+        "services:\n- name: from-https\n  addr: 127.0.0.1:0\n  handler: {type: http}\n  listener: {type: tcp}\n",
+    )
+    .unwrap();
+    let origin = HttpsOrigin::serve(&dir, Path::new(&cert), Path::new(&key), "-WWW");
+    let url = format!("https://{}/gost.yaml", origin.addr);
+    let gost = gost_bin();
+    for (roots, fetched) in [(&ca_file, true), (&other_ca_file, false)] {
+        let out = run(
+            "env",
+            &[
+                &format!("SSL_CERT_FILE={roots}"),
+                &gost.to_string_lossy(),
+                "-C",
+                &url,
+                "-O",
+                "yaml",
+            ],
+        );
+        assert_eq!(
+            out.code == 0 && out.text().contains("from-https"),
+            fetched,
+            "SSL_CERT_FILE={roots}: {}\n{}",
+            out.text(),
+            out.stderr
+        );
+    }
 }
 
 /// An HTTP CONNECT proxy that notes each target asked for and carries every tunnel to

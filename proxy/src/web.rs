@@ -151,22 +151,18 @@ pub const CONFIG_FETCH_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Reads a configuration from an `http` or `https` URL (`-C URL`), as GOST does: the body of a
 /// `200` answer, at most [`MAX_CONFIG_SIZE`]; a user name and password in the URL go as Basic
-/// auth (only to that scheme, host and port); `https` is verified against Mozilla's roots, or
-/// those of the file `SSL_CERT_FILE` names. Returns the URL as it may be shown
-/// (without the password) and the text.
+/// auth (only to that scheme, host and port); `https` is verified as a `secure` TLS node is,
+/// against `SSL_CERT_FILE` / `SSL_CERT_DIR` or else the system's CA certificates (Mozilla's
+/// roots built in where there are none). Returns the URL as it may be shown (without the
+/// password) and the text.
 pub async fn config_from_url(source: &str) -> Result<(String, String), String> {
     let url: Uri = source.parse().map_err(|e| {
         format!("-C: a URL that does not parse ({e}); it is not shown, as it may hold a password")
     })?;
     let shown = without_userinfo(&url);
-    // `SSL_CERT_FILE`, as Go (and so GOST) and OpenSSL read it: the roots to trust instead of
-    // the built-in ones, e.g. a company's own CA.
     let tls = ClientTls::new(
         Some(&gost_api::TlsConfig {
             secure: true,
-            ca_file: std::env::var("SSL_CERT_FILE")
-                .ok()
-                .filter(|f| !f.is_empty()),
             ..gost_api::TlsConfig::default()
         }),
         &[b"http/1.1"],

@@ -90,8 +90,8 @@ impl ProbeResistance {
             "code" => Decoy::Code(status(arg)?),
             "web" => Decoy::Web {
                 url: web_url(arg)?,
-                // Verified like a browser would (Mozilla's roots, the site's name), as GOST's
-                // Go client does.
+                // Verified as GOST's Go client does it: the system's roots (or
+                // `SSL_CERT_FILE`'s) and the site's name.
                 tls: ClientTls::new(
                     Some(&TlsConfig {
                         secure: true,

@@ -20,14 +20,14 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use gost_api::TlsConfig;
+use rustls::client::ResolvesClientCert;
 use rustls::client::danger::ServerCertVerifier;
-use rustls::client::{ResolvesClientCert, WebPkiServerVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls::{ClientConfig, RootCertStore, ServerConfig, SignatureScheme};
+use rustls::{ClientConfig, ServerConfig, SignatureScheme};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::addr::{Address, Host};
@@ -38,7 +38,7 @@ mod verify;
 
 pub use reload::RELOAD_CHECK_INTERVAL;
 use reload::Reloading;
-use verify::{AnyServerCert, CaFileClientVerifier, CaFileServerVerifier};
+use verify::{AnyServerCert, CaFileClientVerifier, CaServerVerifier};
 
 /// Common name of a generated certificate, as GOST's.
 pub const DEFAULT_COMMON_NAME: &str = "gost.run";
@@ -302,12 +302,8 @@ impl ClientTls {
         let default = TlsConfig::default();
         let tls = tls.unwrap_or(&default);
         let verifier: Arc<dyn ServerCertVerifier> = match (tls.ca_file.as_deref(), tls.secure) {
-            (Some(ca), secure) => Arc::new(CaFileServerVerifier::new(ca, secure)?),
-            (None, true) => {
-                WebPkiServerVerifier::builder_with_provider(Arc::new(system_roots()), provider())
-                    .build()
-                    .map_err(|e| format!("server verifier: {e}"))?
-            }
+            (Some(ca), secure) => Arc::new(CaServerVerifier::from_file(ca, secure)?),
+            (None, true) => Arc::new(CaServerVerifier::trusted()?),
             (None, false) => Arc::new(AnyServerCert),
         };
         let builder = ClientConfig::builder_with_provider(provider())
@@ -393,13 +389,6 @@ async fn within<T>(
                 format!("TLS handshake took longer than {limit:?}"),
             ))
         })
-}
-
-/// The system's trust anchors for `secure: true` without a `caFile`.
-fn system_roots() -> RootCertStore {
-    let mut roots = RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    roots
 }
 
 // --- server certificates -------------------------------------------------------------------

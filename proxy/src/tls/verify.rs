@@ -1,7 +1,8 @@
-//! Certificate verification against a `caFile`, re-read when it changes ([`Reloading`]): a
-//! client's view of the server's certificate, and a server's view of client certificates.
+//! Certificate verification against a `caFile`, re-read when it changes ([`Reloading`]), or
+//! the trusted roots ([`trusted_roots`]): a client's view of the server's certificate, and a
+//! server's view of client certificates.
 //!
-//! A certificate that is itself in the `caFile`, byte for byte, is taken as itself (pinned),
+//! A certificate that is itself in the `caFile` (or the roots), byte for byte, is taken as itself (pinned),
 //! as Go and OpenSSL take a self-signed certificate listed as a trust anchor: GOST's generated
 //! certificate, like `openssl req -x509`'s, is a CA certificate that serves as its own leaf,
 //! which WebPKI refuses as an end entity (`CaUsedAsEndEntity`). Such a certificate is still
@@ -9,7 +10,7 @@
 //! the server's name.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use rustls::client::WebPkiServerVerifier;
@@ -139,12 +140,19 @@ impl ServerCertVerifier for AnyServerCert {
     }
 }
 
-/// A server's certificate checked against a `caFile`: the chain (or the pinned certificate),
-/// and the name too with `secure` (without it GOST checks the chain only).
+/// A server's certificate checked against a `caFile` or the trusted roots ([`trusted_roots`]):
+/// the chain (or the pinned certificate), and the name too with `secure` (with a `caFile` but
+/// without `secure` GOST checks the chain only).
 #[derive(Debug)]
-pub(super) struct CaFileServerVerifier {
-    ca: Reloading<ServerCa>,
+pub(super) struct CaServerVerifier {
+    ca: CaSource,
     check_name: bool,
+}
+
+#[derive(Debug)]
+enum CaSource {
+    File(Reloading<ServerCa>),
+    Trusted(Arc<ServerCa>),
 }
 
 #[derive(Debug)]
@@ -153,22 +161,100 @@ struct ServerCa {
     pinned: Vec<CertificateDer<'static>>,
 }
 
-impl CaFileServerVerifier {
-    /// Reads `ca_file`; `check_name` is `secure`.
-    pub(super) fn new(ca_file_path: &str, check_name: bool) -> Result<Self, String> {
-        let ca = Reloading::new("TLS CA file", vec![PathBuf::from(ca_file_path)], |files| {
-            let (path, pem) = files[0];
-            let (roots, pinned) = ca_file(path, pem)?;
-            let chain = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
-                .build()
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-            Ok(ServerCa { chain, pinned })
-        })?;
-        Ok(CaFileServerVerifier { ca, check_name })
+impl ServerCa {
+    fn new(roots: RootCertStore, pinned: Vec<CertificateDer<'static>>) -> Result<Self, String> {
+        let chain = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok(ServerCa { chain, pinned })
     }
 }
 
-impl ServerCertVerifier for CaFileServerVerifier {
+impl CaServerVerifier {
+    /// Reads `ca_file`; `check_name` is `secure`.
+    pub(super) fn from_file(ca_file_path: &str, check_name: bool) -> Result<Self, String> {
+        let ca = Reloading::new("TLS CA file", vec![PathBuf::from(ca_file_path)], |files| {
+            let (path, pem) = files[0];
+            let (roots, pinned) = ca_file(path, pem)?;
+            ServerCa::new(roots, pinned).map_err(|e| format!("{}: {e}", path.display()))
+        })?;
+        Ok(CaServerVerifier {
+            ca: CaSource::File(ca),
+            check_name,
+        })
+    }
+
+    /// `secure` without a `caFile`: the chain and the name against [`trusted_roots`].
+    pub(super) fn trusted() -> Result<Self, String> {
+        Ok(CaServerVerifier {
+            ca: CaSource::Trusted(trusted_roots()?),
+            check_name: true,
+        })
+    }
+}
+
+/// What `secure` trusts without a `caFile`, found as Go (so GOST) and OpenSSL find it on
+/// Linux: the file `SSL_CERT_FILE` and the directories of `SSL_CERT_DIR` when either is set
+/// (instead of the system's), else the system's store (`/etc/ssl/certs/ca-certificates.crt`
+/// and its relatives on other distributions); where that holds nothing (a `scratch` image),
+/// the Mozilla roots built in. Read on first use, once per process, as Go reads them.
+fn trusted_roots() -> Result<Arc<ServerCa>, String> {
+    static TRUSTED: OnceLock<Result<Arc<ServerCa>, String>> = OnceLock::new();
+    TRUSTED
+        .get_or_init(|| {
+            let named: Vec<String> = ["SSL_CERT_FILE", "SSL_CERT_DIR"]
+                .into_iter()
+                .filter_map(|var| Some(format!("{var}={}", std::env::var(var).ok()?)))
+                .collect();
+            let found = rustls_native_certs::load_native_certs();
+            let mut roots = RootCertStore::empty();
+            let (_, unusable) = roots.add_parsable_certificates(found.certs.iter().cloned());
+            let problems = found
+                .errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ");
+            if roots.is_empty() {
+                if !named.is_empty() {
+                    return Err(format!(
+                        "{}: no usable CA certificate ({problems})",
+                        named.join(", ")
+                    ));
+                }
+                tracing::info!(
+                    problems = %problems,
+                    "no system CA certificates found; secure TLS clients trust the Mozilla roots built in"
+                );
+                roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+                return ServerCa::new(roots, Vec::new()).map(Arc::new);
+            }
+            if named.is_empty() || problems.is_empty() {
+                tracing::debug!(
+                    roots = roots.len(), unusable, from = %named.join(", "),
+                    "CA certificates for secure TLS clients"
+                );
+            } else {
+                tracing::warn!(
+                    roots = roots.len(), unusable, from = %named.join(", "), problems = %problems,
+                    "CA certificates for secure TLS clients, not all of them readable"
+                );
+            }
+            ServerCa::new(roots, found.certs).map(Arc::new)
+        })
+        .clone()
+}
+
+impl CaServerVerifier {
+    fn current(&self) -> Arc<ServerCa> {
+        match &self.ca {
+            CaSource::File(file) => file.current(),
+            CaSource::Trusted(trusted) => trusted.clone(),
+        }
+    }
+}
+
+impl ServerCertVerifier for CaServerVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -177,7 +263,7 @@ impl ServerCertVerifier for CaFileServerVerifier {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let ca = self.ca.current();
+        let ca = self.current();
         if is_pinned(&ca.pinned, end_entity) {
             let name = self.check_name.then_some(server_name);
             check_pinned(end_entity, now, ExtendedKeyPurpose::ServerAuth, name)?;
