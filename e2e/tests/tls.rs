@@ -986,6 +986,45 @@ fn secure_without_a_ca_file_trusts_ssl_cert_file() {
     }
 }
 
+/// `phts` offers no ALPN, as GOST's server: a client offering only `h2` completes the
+/// handshake (no `no_application_protocol` alert) and is served HTTP/1.1.
+#[test]
+fn phts_serves_clients_whatever_alpn_they_offer() {
+    let home = tempdir();
+    let server = Gost::start_in(&["-L", "relay+phts://127.0.0.1:0"], 1, Some(&home));
+    let addr = server.addr().to_string();
+    for alpn in [Some("h2"), Some("h2,http/1.1"), None] {
+        let mut args = vec!["s_client", "-connect", &addr, "-servername", "localhost"];
+        if let Some(alpn) = alpn {
+            args.extend(["-alpn", alpn]);
+        }
+        let out = run("openssl", &args);
+        assert_eq!(out.code, 0, "ALPN {alpn:?}: {}\n{}", out.text(), out.stderr);
+        assert!(
+            out.text().contains("No ALPN negotiated"),
+            "ALPN {alpn:?}: {}",
+            out.text()
+        );
+    }
+    let out = run(
+        "python3",
+        &[
+            "-c",
+            "import socket, ssl, sys\n\
+             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)\n\
+             ctx.check_hostname = False\n\
+             ctx.verify_mode = ssl.CERT_NONE\n\
+             ctx.set_alpn_protocols(['h2'])\n\
+             s = ctx.wrap_socket(socket.create_connection(('127.0.0.1', int(sys.argv[1])), timeout=10))\n\
+             s.sendall(b'POST /authorize HTTP/1.1\\r\\nHost: x\\r\\nContent-Length: 0\\r\\n\\r\\n')\n\
+             print(s.recv(4096).split(b'\\r\\n')[0].decode())",
+            &server.addr().port().to_string(),
+        ],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.text().starts_with("HTTP/1.1 "), "{}", out.text());
+}
+
 /// An HTTP CONNECT proxy that notes each target asked for and carries every tunnel to
 /// `origin`, wherever it was meant to go (so that a tunnel to port 443 needs no port 443).
 /// A CONNECT proxy that carries every tunnel to `origin`, recording the target each asked

@@ -308,12 +308,8 @@ pub fn prepare_listener(
         ListenerType::Pht | ListenerType::Phts => {
             let tls = match service.listener.kind {
                 ListenerType::Phts => Some(
-                    ServerTls::new(
-                        service.listener.tls.as_ref(),
-                        tls_defaults,
-                        crate::listener::pht::ALPN,
-                    )
-                    .map_err(|e| field(format!("{path}.listener.tls"), e))?,
+                    ServerTls::new(service.listener.tls.as_ref(), tls_defaults, &[])
+                        .map_err(|e| field(format!("{path}.listener.tls"), e))?,
                 ),
                 _ => None,
             };
@@ -647,7 +643,7 @@ fn build_hop(hop: &HopConfig, path: &str) -> Result<Hop, ConfigError> {
                 DialerType::Pht | DialerType::Phts => {
                     let tls = match node.dialer.kind {
                         DialerType::Phts => Some(
-                            ClientTls::new(node.dialer.tls.as_ref(), crate::listener::pht::ALPN)
+                            ClientTls::new(node.dialer.tls.as_ref(), crate::dialer::pht::ALPN)
                                 .map_err(|e| field(format!("{path}.dialer.tls"), e))?,
                         ),
                         _ => None,

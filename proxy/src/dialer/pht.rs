@@ -34,6 +34,10 @@ use crate::pht::client::ClientOptions;
 use crate::pht::{Body, MAX_READ_BUFFER, Paths, RoundTrip};
 use crate::tls::ClientTls;
 
+/// ALPN offered by `phts`: HTTP/1.1, the one version spoken (GOST's server offers no ALPN,
+/// gost-wire.md §3.3, so nothing is chosen with it; a server that does choose gets this).
+pub const ALPN: &[&[u8]] = &[b"http/1.1"];
+
 /// Idle connections kept per node: GOST's (Go's `MaxIdleConns`) value.
 pub const MAX_IDLE_CONNECTIONS: usize = 100;
 

@@ -2,8 +2,9 @@
 //! or on TLS for `phts`, whose requests go to a [`PhtServer`]; its sessions are this
 //! listener's connections.
 //!
-//! `phts` offers ALPN `http/1.1` only: GOST's server offers no HTTP/2 either (A2), so GOST's
-//! clients speak HTTP/1.1 to both.
+//! `phts` offers no ALPN, as GOST's server (gost-wire.md §3.3): a client offering any list
+//! (`h2` alone, as `openssl s_client -alpn h2` does) or none completes the handshake and is
+//! served HTTP/1.1, which is what GOST's clients speak to it.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -28,9 +29,6 @@ use crate::pht::server::PhtServer;
 use crate::pht::{MAX_READ_BUFFER, Paths};
 use crate::tls::ServerTls;
 
-/// ALPN offered by `phts`.
-pub const ALPN: &[&[u8]] = &[b"http/1.1"];
-
 /// Time a client has to send a request head once its first byte is in: GOST's read-header
 /// timeout.
 pub const READ_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -42,7 +40,7 @@ pub const READ_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Binds `addr` and serves the PHT endpoints `paths` for the service `service`, over TLS
-/// when `tls` (built with [`ALPN`]) is given.
+/// when `tls` (built without ALPN) is given.
 pub fn bind(
     addr: &str,
     tls: Option<ServerTls>,
