@@ -1025,6 +1025,141 @@ fn phts_serves_clients_whatever_alpn_they_offer() {
     assert!(out.text().starts_with("HTTP/1.1 "), "{}", out.text());
 }
 
+/// The gRPC hint about `grpcInsecure` comes only with a failure that looks like the peer not
+/// speaking TLS, not with a certificate refusal, on either end.
+#[test]
+fn grpc_mentions_grpc_insecure_only_when_the_peer_does_not_speak_tls() {
+    let home = tempdir();
+    let target = Target::http();
+    let other_ca_file = Ca::new("another CA").write(&home, "other-ca");
+    let hint = "a server with grpcInsecure=true needs it on this end too";
+    let tls_server = Gost::start_in(&["-L", "relay+grpc://127.0.0.1:0"], 1, Some(&home));
+    let cleartext_server = Gost::start(&["-L", "relay+grpc://127.0.0.1:0?grpcInsecure=true"], 1);
+    for (node, hinted) in [
+        (format!("relay+grpc://{}", cleartext_server.addr()), true),
+        (
+            format!(
+                "relay+grpc://{}?secure=true&caFile={other_ca_file}",
+                tls_server.addr()
+            ),
+            false,
+        ),
+    ] {
+        let client = client_of(&node);
+        let out = get_through(&format!("http://{}", client.addr()), &target);
+        assert!(!out.text().contains("hello from target"), "{node}");
+        client.wait_for_log("TLS handshake failed");
+        assert_eq!(
+            client.log().contains(hint),
+            hinted,
+            "{node}:\n{}",
+            client.log()
+        );
+    }
+    // The server's side: a client without TLS gets the hint, a TLS client that fails the
+    // handshake otherwise (here: it refuses the server's certificate) does not.
+    let server_hint = "a client without TLS needs grpcInsecure=true on both ends";
+    assert!(
+        !tls_server.log().contains(server_hint),
+        "{}",
+        tls_server.log()
+    );
+    let cleartext_client = client_of(&format!(
+        "relay+grpc://{}?grpcInsecure=true",
+        tls_server.addr()
+    ));
+    let out = get_through(&format!("http://{}", cleartext_client.addr()), &target);
+    assert!(!out.text().contains("hello from target"));
+    tls_server.wait_for_log(server_hint);
+}
+
+/// An encrypted private key is named as such, not as "not a PEM private key".
+#[test]
+fn an_encrypted_private_key_is_refused_as_encrypted() {
+    let dir = tempdir();
+    let (cert, key, _) = Ca::new("gost-rs test CA").issue(&dir, "server", &["127.0.0.1"], false);
+    let encrypted = dir.join("encrypted.key");
+    let made = run(
+        "openssl",
+        &[
+            "pkcs8",
+            "-topk8",
+            "-in",
+            &key,
+            "-out",
+            encrypted.to_str().unwrap(),
+            "-passout",
+            "pass:secret",
+        ],
+    );
+    assert_eq!(made.code, 0, "{}", made.stderr);
+    let out = run(
+        &gost_bin().to_string_lossy(),
+        &[
+            "-L",
+            &format!(
+                "https://127.0.0.1:0?certFile={cert}&keyFile={}",
+                encrypted.display()
+            ),
+        ],
+    );
+    assert_ne!(out.code, 0);
+    assert!(
+        out.stderr
+            .contains("encrypted.key: the private key is encrypted"),
+        "{}",
+        out.stderr
+    );
+}
+
+/// A refused client certificate is logged at WARN, once per client address a minute, over
+/// TCP (`https`) and QUIC (`h3`) alike.
+#[test]
+fn refused_client_certificates_are_warned_about_once_per_address() {
+    let dir = tempdir();
+    let target = Target::http();
+    let ca = Ca::new("gost-rs test CA");
+    let ca_file = ca.write(&dir, "ca");
+    let (cert, key, _) = ca.issue(&dir, "server", &["127.0.0.1"], false);
+    let (other_cert, other_key, _) = Ca::new("another CA").issue(&dir, "client", &["client"], true);
+    for scheme in ["https", "h3"] {
+        let server = Gost::start(
+            &[
+                "-L",
+                &format!("{scheme}://127.0.0.1:0?certFile={cert}&keyFile={key}&caFile={ca_file}"),
+            ],
+            1,
+        );
+        for node in [
+            format!("{scheme}://{}", server.addr()),
+            format!(
+                "{scheme}://{}?cert={other_cert}&key={other_key}",
+                server.addr()
+            ),
+        ] {
+            let client = client_of(&node);
+            for _ in 0..3 {
+                let out = get_through(&format!("http://{}", client.addr()), &target);
+                assert!(!out.text().contains("hello from target"), "{node}");
+            }
+        }
+        server.wait_for_log("TLS client certificate refused");
+        let log = server.log();
+        let warned: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("TLS client certificate refused"))
+            .collect();
+        assert_eq!(warned.len(), 1, "{scheme}: {log}");
+        for expected in [
+            "\"level\":\"WARN\"",
+            "\"client\":\"127.0.0.1:",
+            "\"service\":\"service-0\"",
+        ] {
+            assert!(warned[0].contains(expected), "{scheme}: {}", warned[0]);
+        }
+    }
+}
+
 /// An HTTP CONNECT proxy that notes each target asked for and carries every tunnel to
 /// `origin`, wherever it was meant to go (so that a tunnel to port 443 needs no port 443).
 /// A CONNECT proxy that carries every tunnel to `origin`, recording the target each asked

@@ -227,11 +227,13 @@ impl Server {
         let local = endpoint.local_addr()?;
         let handshake_timeout = options.handshake_timeout;
         let accepting = endpoint.clone();
+        let tls = tls.clone();
         let accept = tokio::spawn(async move {
             // `accept` ends only when the endpoint is closed.
             while let Some(incoming) = accepting.accept().await {
                 tokio::spawn(serve_connection(
                     incoming,
+                    tls.clone(),
                     handshake_timeout,
                     handler.clone(),
                 ));
@@ -294,12 +296,24 @@ impl Drop for Server {
 
 async fn serve_connection(
     incoming: quinn::Incoming,
+    tls: ServerTls,
     handshake_timeout: Duration,
     handler: Handler,
 ) {
     let client = incoming.remote_address();
     let handshake = async {
-        let quic = incoming.await.map_err(|e| e.to_string())?;
+        let quic = incoming.await.map_err(|e| {
+            // A TLS failure here is one this server raised, with the alert it sent as the
+            // code (0x100 + alert).
+            if let quinn::ConnectionError::TransportError(te) = &e
+                && let Some(alert) = u64::from(te.code)
+                    .checked_sub(0x100)
+                    .and_then(|a| u8::try_from(a).ok())
+            {
+                tls.note_alert_sent(client, alert, &te.reason);
+            }
+            e.to_string()
+        })?;
         ::h3::server::builder()
             .max_field_section_size(MAX_FIELD_SECTION_SIZE)
             .build::<_, Bytes>(h3_quinn::Connection::new(quic))
@@ -814,7 +828,7 @@ mod tests {
             key_file: Some(key.to_string_lossy().into_owned()),
             ..TlsConfig::default()
         };
-        ServerTls::new(Some(&own), &TlsDefaults::new(None), ALPN).unwrap()
+        ServerTls::new("test", Some(&own), &TlsDefaults::new(None), ALPN).unwrap()
     }
 
     fn full(data: impl Into<Bytes>) -> Body {

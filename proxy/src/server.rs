@@ -217,8 +217,13 @@ pub fn prepare_listener(
             ))
         }),
         ListenerType::Tls => {
-            let tls = ServerTls::new(service.listener.tls.as_ref(), tls_defaults, &[])
-                .map_err(|e| field(format!("{path}.listener.tls"), e))?;
+            let tls = ServerTls::new(
+                &service.name,
+                service.listener.tls.as_ref(),
+                tls_defaults,
+                &[],
+            )
+            .map_err(|e| field(format!("{path}.listener.tls"), e))?;
             Box::new(move || {
                 Ok(Box::new(
                     crate::listener::tls::bind(&addr, tls.clone(), keepalive).map_err(&failed)?,
@@ -228,8 +233,13 @@ pub fn prepare_listener(
         ListenerType::Ws | ListenerType::Wss => {
             let tls = match service.listener.kind {
                 ListenerType::Wss => Some(
-                    ServerTls::new(service.listener.tls.as_ref(), tls_defaults, &[])
-                        .map_err(|e| field(format!("{path}.listener.tls"), e))?,
+                    ServerTls::new(
+                        &service.name,
+                        service.listener.tls.as_ref(),
+                        tls_defaults,
+                        &[],
+                    )
+                    .map_err(|e| field(format!("{path}.listener.tls"), e))?,
                 ),
                 _ => None,
             };
@@ -246,6 +256,7 @@ pub fn prepare_listener(
             let tls = if service.listener.kind == ListenerType::H2 {
                 Some(
                     ServerTls::new(
+                        &service.name,
                         service.listener.tls.as_ref(),
                         tls_defaults,
                         crate::listener::http2::ALPN,
@@ -275,8 +286,13 @@ pub fn prepare_listener(
                 None
             } else {
                 Some(
-                    ServerTls::new(service.listener.tls.as_ref(), tls_defaults, &[b"h2"])
-                        .map_err(|e| field(format!("{path}.listener.tls"), e))?,
+                    ServerTls::new(
+                        &service.name,
+                        service.listener.tls.as_ref(),
+                        tls_defaults,
+                        &[b"h2"],
+                    )
+                    .map_err(|e| field(format!("{path}.listener.tls"), e))?,
                 )
             };
             Box::new(move || {
@@ -294,6 +310,7 @@ pub fn prepare_listener(
                 ));
             }
             let tls = ServerTls::new(
+                &service.name,
                 service.listener.tls.as_ref(),
                 tls_defaults,
                 crate::listener::http2::ALPN,
@@ -308,8 +325,13 @@ pub fn prepare_listener(
         ListenerType::Pht | ListenerType::Phts => {
             let tls = match service.listener.kind {
                 ListenerType::Phts => Some(
-                    ServerTls::new(service.listener.tls.as_ref(), tls_defaults, &[])
-                        .map_err(|e| field(format!("{path}.listener.tls"), e))?,
+                    ServerTls::new(
+                        &service.name,
+                        service.listener.tls.as_ref(),
+                        tls_defaults,
+                        &[],
+                    )
+                    .map_err(|e| field(format!("{path}.listener.tls"), e))?,
                 ),
                 _ => None,
             };
@@ -323,8 +345,13 @@ pub fn prepare_listener(
             })
         }
         ListenerType::H3 => {
-            let tls = ServerTls::new(service.listener.tls.as_ref(), tls_defaults, crate::h3::ALPN)
-                .map_err(|e| field(format!("{path}.listener.tls"), e))?;
+            let tls = ServerTls::new(
+                &service.name,
+                service.listener.tls.as_ref(),
+                tls_defaults,
+                crate::h3::ALPN,
+            )
+            .map_err(|e| field(format!("{path}.listener.tls"), e))?;
             let options = crate::listener::h3::H3Options::from_metadata(&service.listener.metadata)
                 .map_err(|e| field(format!("{path}.listener.metadata"), e))?;
             let name = service.name.clone();
@@ -368,7 +395,7 @@ fn handler_tls(
     {
         return Ok(None);
     }
-    LazyServerTls::new(service.handler.tls.as_ref(), defaults)
+    LazyServerTls::new(&service.name, service.handler.tls.as_ref(), defaults)
         .map(Some)
         .map_err(|e| field(format!("{path}.handler.tls"), e))
 }

@@ -269,10 +269,14 @@ impl GrpcDialer {
             None => conn,
             Some(tls) => {
                 let stream = tls.connect(conn, addr).await.map_err(|e| {
-                    context(
-                        "TLS handshake failed (a server with grpcInsecure=true needs it on this end too)",
-                        e,
-                    )
+                    if crate::tls::peer_not_speaking_tls(&e) {
+                        context(
+                            "TLS handshake failed (a server with grpcInsecure=true needs it on this end too)",
+                            e,
+                        )
+                    } else {
+                        context("TLS handshake failed", e)
+                    }
                 })?;
                 if let Some(alpn) = stream.get_ref().1.alpn_protocol()
                     && alpn != b"h2"

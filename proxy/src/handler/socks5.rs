@@ -114,7 +114,7 @@ impl Socks5Handler {
             // runs inside TLS. Bytes the client already sent belong to the TLS stream.
             let raw = std::mem::replace(conn, Box::new(tokio::io::duplex(1).0));
             let raw = Prefixed::boxed(buf.split().freeze(), raw);
-            *conn = Box::new(tls.accept(raw).await?);
+            *conn = Box::new(tls.accept(raw, client).await?);
         }
         match (method, &self.env.auth) {
             (socks5::METHOD_NO_ACCEPTABLE, _) => {

@@ -110,12 +110,19 @@ pub fn bind(
         let options = options.clone();
         async move {
             let io: BoxConn = match tls {
-                Some(tls) => match tls.accept(stream).await {
+                Some(tls) => match tls.accept(stream, client).await {
                     Ok(stream) => Box::new(stream),
-                    Err(e) => {
+                    Err(e) if crate::tls::peer_not_speaking_tls(&e) => {
                         tracing::info!(
                             listener = %local, client = %client, error = %e,
                             "grpc: TLS handshake failed (a client without TLS needs grpcInsecure=true on both ends)"
+                        );
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::debug!(
+                            listener = %local, client = %client, error = %e,
+                            "grpc: TLS handshake failed"
                         );
                         return;
                     }

@@ -36,7 +36,7 @@ pub fn bind(
     Ok(Handshaking::spawn(tcp, move |stream, client, ready| {
         let tls = tls.clone();
         async move {
-            let stream = match tls.accept(stream).await {
+            let stream = match tls.accept(stream, client).await {
                 Ok(stream) => stream,
                 Err(e) => {
                     tracing::debug!(client = %client, error = %e, "TLS handshake failed");

@@ -60,7 +60,7 @@ pub fn bind(
             .clone();
         async move {
             let io: BoxConn = match tls {
-                Some(tls) => match tls.accept(stream).await {
+                Some(tls) => match tls.accept(stream, client).await {
                     Ok(stream) => Box::new(stream),
                     Err(e) => {
                         tracing::debug!(client = %client, error = %e, "TLS handshake failed");

@@ -17,7 +17,7 @@ pub fn bind(
     Ok(Handshaking::spawn(tcp, move |stream, client, ready| {
         let tls = tls.clone();
         async move {
-            match tls.accept(stream).await {
+            match tls.accept(stream, client).await {
                 Ok(stream) => {
                     let _ = ready.send((Box::new(stream), client)).await;
                 }

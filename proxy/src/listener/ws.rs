@@ -64,7 +64,7 @@ pub fn bind(
         let options = options.clone();
         async move {
             let limit = options.handshake_timeout;
-            match tokio::time::timeout(limit, accept(stream, tls, &options)).await {
+            match tokio::time::timeout(limit, accept(stream, client, tls, &options)).await {
                 Ok(Ok(Some(ws))) => {
                     let _ = ready.send((Box::new(ws), client)).await;
                 }
@@ -85,11 +85,12 @@ fn log_failure(client: SocketAddr, e: &io::Error) {
 
 async fn accept(
     stream: TcpStream,
+    client: SocketAddr,
     tls: Option<ServerTls>,
     options: &WsOptions,
 ) -> io::Result<Option<WsStream>> {
     let conn: BoxConn = match tls {
-        Some(tls) => Box::new(tls.accept(stream).await?),
+        Some(tls) => Box::new(tls.accept(stream, client).await?),
         None => Box::new(stream),
     };
     upgrade(conn, options).await

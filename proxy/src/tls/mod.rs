@@ -11,13 +11,15 @@
 //! certificate that is itself in a `caFile` is taken as itself, after the checks Go makes
 //! (`tls/verify.rs`). An unverified peer is logged as a warning once per node.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::fs;
 use std::io;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use gost_api::TlsConfig;
 use rustls::client::ResolvesClientCert;
@@ -174,12 +176,14 @@ impl TlsDefaults {
 #[derive(Clone)]
 pub struct ServerTls {
     acceptor: TlsAcceptor,
+    refusals: Arc<RefusalLog>,
 }
 
 impl ServerTls {
-    /// The service's own `tls` section when it names a certificate, else the defaults; `alpn`
-    /// in order of preference. Errors name the file and what is wrong with it.
+    /// For the service `service`: its own `tls` section when it names a certificate, else the
+    /// defaults; `alpn` in order of preference. Errors name the file and what is wrong with it.
     pub fn new(
+        service: &str,
         own: Option<&TlsConfig>,
         defaults: &TlsDefaults,
         alpn: &[&[u8]],
@@ -222,6 +226,7 @@ impl ServerTls {
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Ok(ServerTls {
             acceptor: TlsAcceptor::from(Arc::new(config)),
+            refusals: Arc::new(RefusalLog::new(service)),
         })
     }
 
@@ -230,11 +235,134 @@ impl ServerTls {
         self.acceptor.config().clone()
     }
 
-    /// Runs the server side of a handshake on `conn`, within [`HANDSHAKE_TIMEOUT`].
-    pub async fn accept<C: Conn>(&self, conn: C) -> io::Result<tokio_rustls::server::TlsStream<C>> {
+    /// Runs the server side of a handshake with `client` on `conn`, within
+    /// [`HANDSHAKE_TIMEOUT`]. A refused client certificate is logged here ([`RefusalLog`]);
+    /// other failures are the caller's to log.
+    pub async fn accept<C: Conn>(
+        &self,
+        conn: C,
+        client: SocketAddr,
+    ) -> io::Result<tokio_rustls::server::TlsStream<C>> {
         // Boxed: the handshake's state (a rustls connection) is large, and a connection's
         // task would otherwise keep room for it for as long as the connection lives.
-        Box::pin(within(HANDSHAKE_TIMEOUT, self.acceptor.accept(conn))).await
+        let accepted = Box::pin(within(HANDSHAKE_TIMEOUT, self.acceptor.accept(conn))).await;
+        if let Err(e) = &accepted
+            && refused_client_certificate(e)
+        {
+            self.refusals.note(client, e);
+        }
+        accepted
+    }
+
+    /// Notes a handshake this server ended by sending the TLS alert `alert` to `client`, for
+    /// transports that drive TLS themselves (QUIC): an alert a server sends only when it
+    /// refuses the client's certificate is logged as [`ServerTls::accept`] logs it.
+    pub fn note_alert_sent(&self, client: SocketAddr, alert: u8, reason: &str) {
+        use rustls::AlertDescription as A;
+        let refusals = [
+            A::BadCertificate,
+            A::UnsupportedCertificate,
+            A::CertificateRevoked,
+            A::CertificateExpired,
+            A::CertificateUnknown,
+            A::UnknownCA,
+            A::CertificateRequired,
+        ];
+        if refusals.into_iter().any(|a| u8::from(a) == alert) {
+            self.refusals.note(client, &reason);
+        }
+    }
+}
+
+/// How many client addresses a service logs refused client certificates for, per
+/// [`REFUSAL_LOG_WINDOW`].
+pub const REFUSALS_LOGGED_PER_WINDOW: usize = 16;
+/// The window in which a client address is logged once.
+pub const REFUSAL_LOG_WINDOW: Duration = Duration::from_secs(60);
+
+/// Refused client certificates, logged at WARN: on a mutual-TLS service they mostly mean a
+/// misconfiguration someone must see at the default level (an expired client certificate, a
+/// rotated CA, a client without `certFile`). Once per client address per
+/// [`REFUSAL_LOG_WINDOW`], so a client retrying in a loop does not flood the log, and for at
+/// most [`REFUSALS_LOGGED_PER_WINDOW`] addresses in it, so a scan from many addresses does not
+/// either (and the table stays that small); the refusals left out are counted in the next
+/// line.
+struct RefusalLog {
+    service: String,
+    window: Mutex<RefusalWindow>,
+}
+
+struct RefusalWindow {
+    started: Instant,
+    logged: HashSet<IpAddr>,
+    not_logged: u64,
+}
+
+impl RefusalLog {
+    fn new(service: &str) -> Self {
+        RefusalLog {
+            service: service.to_string(),
+            window: Mutex::new(RefusalWindow {
+                started: Instant::now(),
+                logged: HashSet::new(),
+                not_logged: 0,
+            }),
+        }
+    }
+
+    fn note(&self, client: SocketAddr, error: &dyn fmt::Display) {
+        let not_logged = {
+            let Ok(mut window) = self.window.lock() else {
+                return;
+            };
+            if window.started.elapsed() >= REFUSAL_LOG_WINDOW {
+                window.started = Instant::now();
+                window.logged.clear();
+            }
+            if window.logged.contains(&client.ip())
+                || window.logged.len() >= REFUSALS_LOGGED_PER_WINDOW
+            {
+                window.not_logged += 1;
+                return;
+            }
+            window.logged.insert(client.ip());
+            std::mem::take(&mut window.not_logged)
+        };
+        tracing::warn!(
+            service = %self.service, client = %client, error = %error,
+            refusals_not_logged_before = not_logged,
+            "TLS client certificate refused (logged once per client address a minute)"
+        );
+    }
+}
+
+/// The rustls error inside a handshake's I/O error, if that is what it is.
+fn rustls_error(e: &io::Error) -> Option<&rustls::Error> {
+    e.get_ref()?.downcast_ref::<rustls::Error>()
+}
+
+/// Whether a server's handshake failed on the client's certificate: none sent, or one the
+/// verifier refused.
+fn refused_client_certificate(e: &io::Error) -> bool {
+    matches!(
+        rustls_error(e),
+        Some(rustls::Error::NoCertificatesPresented | rustls::Error::InvalidCertificate(_))
+    )
+}
+
+/// Whether a handshake failed because the peer does not speak TLS at all: bytes that are not
+/// TLS records (an HTTP/2 server's GOAWAY, an HTTP answer), or a peer that closed or reset the
+/// connection without one. A certificate refusal or a TLS alert is not that.
+pub fn peer_not_speaking_tls(e: &io::Error) -> bool {
+    match rustls_error(e) {
+        Some(rustls::Error::InvalidMessage(_)) => true,
+        Some(_) => false,
+        None => matches!(
+            e.kind(),
+            io::ErrorKind::UnexpectedEof
+                | io::ErrorKind::ConnectionReset
+                | io::ErrorKind::ConnectionAborted
+        ),
     }
 }
 
@@ -245,6 +373,7 @@ impl ServerTls {
 /// directory, is still loaded at once, so that a broken file fails the configuration, not a
 /// client.
 pub struct LazyServerTls {
+    service: String,
     made: OnceLock<Result<ServerTls, String>>,
     own: Option<TlsConfig>,
     defaults: Arc<TlsDefaults>,
@@ -253,8 +382,13 @@ pub struct LazyServerTls {
 impl LazyServerTls {
     /// As [`ServerTls::new`] without ALPN, made now when a certificate is named, else on the
     /// first [`LazyServerTls::get`].
-    pub fn new(own: Option<&TlsConfig>, defaults: &Arc<TlsDefaults>) -> Result<Self, String> {
+    pub fn new(
+        service: &str,
+        own: Option<&TlsConfig>,
+        defaults: &Arc<TlsDefaults>,
+    ) -> Result<Self, String> {
         let lazy = LazyServerTls {
+            service: service.to_string(),
             made: OnceLock::new(),
             own: own.cloned(),
             defaults: defaults.clone(),
@@ -271,7 +405,7 @@ impl LazyServerTls {
     pub fn get(&self) -> Result<&ServerTls, String> {
         self.made
             .get_or_init(|| {
-                let made = ServerTls::new(self.own.as_ref(), &self.defaults, &[]);
+                let made = ServerTls::new(&self.service, self.own.as_ref(), &self.defaults, &[]);
                 if let Err(e) = &made {
                     tracing::warn!(error = %e, "no certificate for SOCKS5's TLS methods");
                 }
@@ -491,10 +625,32 @@ fn parse_certs(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, 
     Ok(certs)
 }
 
-/// The private key of a PEM file: PKCS#8, PKCS#1 (RSA) or SEC1 (EC).
+/// The private key of a PEM file: PKCS#8, PKCS#1 (RSA) or SEC1 (EC), unencrypted.
 fn parse_key(path: &Path, pem: &[u8]) -> Result<PrivateKeyDer<'static>, String> {
+    if let Some(how) = encrypted_key(pem) {
+        return Err(format!(
+            "{}: the private key is encrypted ({how}), which is not supported (GOST does not \
+             read such keys either); write it unencrypted, e.g. `openssl pkey -in {} -out KEY`, \
+             and name that file",
+            path.display(),
+            path.display()
+        ));
+    }
     PrivateKeyDer::from_pem_slice(pem)
         .map_err(|e| format!("{}: not a PEM private key: {e}", path.display()))
+}
+
+/// How a PEM private key is encrypted, if it is: PKCS#8's `ENCRYPTED PRIVATE KEY`, or the
+/// legacy OpenSSL header on a PKCS#1 or SEC1 key.
+fn encrypted_key(pem: &[u8]) -> Option<&'static str> {
+    let has = |needle: &[u8]| pem.windows(needle.len()).any(|w| w == needle);
+    if has(b"-----BEGIN ENCRYPTED PRIVATE KEY-----") {
+        Some("PKCS#8 ENCRYPTED PRIVATE KEY")
+    } else if has(b"Proc-Type: 4,ENCRYPTED") {
+        Some("Proc-Type: 4,ENCRYPTED")
+    } else {
+        None
+    }
 }
 
 fn certified_key(
@@ -729,12 +885,20 @@ mod tests {
         let (cert, key) = (dir.0.join("cert.pem"), dir.0.join("key.pem"));
         fs::write(&cert, &generated.cert_pem).unwrap();
         fs::write(&key, &generated.key_pem).unwrap();
-        let server =
-            ServerTls::new(Some(&named(&cert, &key)), &TlsDefaults::new(None), &[]).unwrap();
+        let server = ServerTls::new(
+            "test",
+            Some(&named(&cert, &key)),
+            &TlsDefaults::new(None),
+            &[],
+        )
+        .unwrap();
         let client = ClientTls::new(None, &[]).unwrap();
         let (near, far) = tokio::io::duplex(64 * 1024);
         let addr = Address::parse("127.0.0.1:443").unwrap();
-        let (accepted, connected) = tokio::join!(server.accept(far), client.connect(near, &addr));
+        let (accepted, connected) = tokio::join!(
+            server.accept(far, "127.0.0.1:1".parse().unwrap()),
+            client.connect(near, &addr)
+        );
         let (accepted, connected) = (accepted.unwrap(), connected.unwrap());
         let expected = if aes_in_hardware() {
             rustls::CipherSuite::TLS13_AES_128_GCM_SHA256
@@ -824,9 +988,76 @@ mod tests {
     }
 
     #[test]
+    fn encrypted_private_keys_are_named_as_such() {
+        let legacy = "-----BEGIN EC PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\n\
+                      DEK-Info: AES-256-CBC,00\n\nAAAA\n-----END EC PRIVATE KEY-----\n";
+        let pkcs8 = "-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n\
+                     -----END ENCRYPTED PRIVATE KEY-----\n";
+        for (pem, how) in [
+            (legacy, "Proc-Type: 4,ENCRYPTED"),
+            (pkcs8, "PKCS#8 ENCRYPTED PRIVATE KEY"),
+        ] {
+            let err = parse_key(Path::new("k.pem"), pem.as_bytes()).unwrap_err();
+            assert!(
+                err.starts_with(&format!("k.pem: the private key is encrypted ({how})")),
+                "{err}"
+            );
+        }
+        let plain = generate(None).unwrap().key_pem;
+        assert!(parse_key(Path::new("k.pem"), plain.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn refusals_are_logged_once_per_address_and_for_so_many_addresses_a_window() {
+        let log = RefusalLog::new("test");
+        let error = io::Error::other("refused");
+        for i in 0..20u8 {
+            for port in [1000, 1001] {
+                log.note(SocketAddr::from(([10, 0, 0, i], port)), &error);
+            }
+        }
+        {
+            let window = log.window.lock().unwrap();
+            assert_eq!(window.logged.len(), REFUSALS_LOGGED_PER_WINDOW);
+            // The last logged line counted the repeat before it; then one repeat of the
+            // 16th address and two refusals of each of the four beyond the limit.
+            assert_eq!(window.not_logged, 1 + 8);
+        }
+        log.window.lock().unwrap().started = Instant::now() - REFUSAL_LOG_WINDOW;
+        log.note(SocketAddr::from(([10, 0, 0, 1], 1000)), &error);
+        let window = log.window.lock().unwrap();
+        assert_eq!(
+            window.logged.len(),
+            1,
+            "a new window logs the address again"
+        );
+        assert_eq!(window.not_logged, 0, "and reports what was left out");
+    }
+
+    #[test]
+    fn a_peer_not_speaking_tls_is_told_from_a_tls_failure() {
+        let wrapped = |e: rustls::Error| io::Error::new(io::ErrorKind::InvalidData, e);
+        assert!(peer_not_speaking_tls(&wrapped(
+            rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType)
+        )));
+        assert!(peer_not_speaking_tls(&io::Error::from(
+            io::ErrorKind::UnexpectedEof
+        )));
+        assert!(!peer_not_speaking_tls(&wrapped(
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)
+        )));
+        assert!(!peer_not_speaking_tls(&wrapped(
+            rustls::Error::AlertReceived(rustls::AlertDescription::BadCertificate)
+        )));
+        assert!(refused_client_certificate(&wrapped(
+            rustls::Error::NoCertificatesPresented
+        )));
+    }
+
+    #[test]
     fn handler_tls_waits_for_its_first_use_unless_a_certificate_is_named() {
         let unnamed = Arc::new(TlsDefaults::new(None));
-        let lazy = LazyServerTls::new(None, &unnamed).unwrap();
+        let lazy = LazyServerTls::new("test", None, &unnamed).unwrap();
         assert!(!lazy.is_made(), "nothing named: made at once");
         assert!(
             unnamed.cert.get().is_none(),
@@ -838,20 +1069,21 @@ mod tests {
         let (cert, key) = (dir.0.join("cert.pem"), dir.0.join("key.pem"));
         fs::write(&cert, &generated.cert_pem).unwrap();
         fs::write(&key, &generated.key_pem).unwrap();
-        let own = LazyServerTls::new(Some(&named(&cert, &key)), &unnamed).unwrap();
+        let own = LazyServerTls::new("test", Some(&named(&cert, &key)), &unnamed).unwrap();
         assert!(own.is_made(), "a named certificate is loaded at once");
         assert!(own.get().is_ok());
         let top = Arc::new(TlsDefaults::new(Some(named(&cert, &key))));
-        assert!(LazyServerTls::new(None, &top).unwrap().is_made());
+        assert!(LazyServerTls::new("test", None, &top).unwrap().is_made());
 
         // A broken named file fails the configuration, naming the file.
         let broken = dir.0.join("broken.pem");
         fs::write(&broken, "not a certificate").unwrap();
-        let err = LazyServerTls::new(Some(&named(&broken, &key)), &unnamed)
+        let err = LazyServerTls::new("test", Some(&named(&broken, &key)), &unnamed)
             .err()
             .expect("a broken certificate file is refused");
         assert!(err.contains("broken.pem"), "{err}");
         let err = LazyServerTls::new(
+            "test",
             None,
             &Arc::new(TlsDefaults::new(Some(named(&broken, &key)))),
         )
