@@ -7,9 +7,10 @@
 //! resource never takes the other tunnels of a pod down.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use gost_api::v1alpha1::{
-    AuthSpec, GostChain, GostService, NodeSpec, SecretKeyRef, ServiceSpec, TlsSpec, served_handler,
+    AuthSpec, GostChain, GostService, NodeSpec, ServiceSpec, TlsSpec, served_handler,
     served_listener,
 };
 use gost_api::{
@@ -20,6 +21,11 @@ use gost_api::{
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
+use rustls::InconsistentKeys;
+use rustls::RootCertStore;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::sign::CertifiedKey;
 
 /// The key of the rendered configuration in the config Secret.
 pub const CONFIG_KEY: &str = "config.yaml";
@@ -40,9 +46,13 @@ pub enum Reason {
     SecretNotFound,
     /// A referenced Secret lacks the key the reference needs.
     SecretKeyMissing,
+    /// A referenced Secret's certificate, key or CA is not PEM the proxy can load (or the key
+    /// does not belong to the certificate).
+    InvalidCertificate,
     /// Another service of the same pod already listens on this port.
     PortConflict,
-    /// The listen address cannot be used (e.g. no port, or the admin port).
+    /// The listen address cannot be used (no port, or a host that is not an IP address or
+    /// `localhost`).
     InvalidAddress,
     /// A type the proxy does not run.
     UnsupportedType,
@@ -61,6 +71,7 @@ impl Reason {
             Reason::ChainNotFound => "ChainNotFound",
             Reason::SecretNotFound => "SecretNotFound",
             Reason::SecretKeyMissing => "SecretKeyMissing",
+            Reason::InvalidCertificate => "InvalidCertificate",
             Reason::PortConflict => "PortConflict",
             Reason::InvalidAddress => "InvalidAddress",
             Reason::UnsupportedType => "UnsupportedType",
@@ -277,11 +288,35 @@ pub fn service_name(gost_service: &str, service: &str) -> String {
 }
 
 /// A listening socket, as far as clashes go: TCP and UDP (h3) ports do not clash.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct Socket {
     udp: bool,
-    host: String,
+    host: Host,
     port: u16,
+}
+
+/// The host part of a listen address, by what it binds: the proxy binds an address, so two
+/// spellings of one address (`localhost` and `127.0.0.1`, `::1` and `0:0:0:0:0:0:0:1`) are
+/// one socket, and a wildcard takes the port on every address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Host {
+    /// Empty, `0.0.0.0` or `::`: every interface.
+    Any,
+    /// `localhost`: the loopback address the pod resolves it to (`127.0.0.1` or `::1`).
+    Localhost,
+    /// One address.
+    Ip(IpAddr),
+}
+
+impl Host {
+    fn overlaps(self, other: Host) -> bool {
+        let loopback = |ip: IpAddr| ip == Ipv4Addr::LOCALHOST || ip == Ipv6Addr::LOCALHOST;
+        match (self, other) {
+            (Host::Any, _) | (_, Host::Any) | (Host::Localhost, Host::Localhost) => true,
+            (Host::Localhost, Host::Ip(ip)) | (Host::Ip(ip), Host::Localhost) => loopback(ip),
+            (Host::Ip(a), Host::Ip(b)) => a == b,
+        }
+    }
 }
 
 impl Socket {
@@ -292,17 +327,28 @@ impl Socket {
             port.parse().ok().filter(|p| *p != 0).ok_or_else(|| {
                 format!("addr {addr:?}: the port must be a number from 1 to 65535")
             })?;
-        let host = match host {
-            "" | "0.0.0.0" | "::" => String::new(),
-            h => h.to_string(),
+        let host = if host.is_empty() {
+            Host::Any
+        } else if host.eq_ignore_ascii_case("localhost") {
+            Host::Localhost
+        } else {
+            // Any other name would be resolved by the sidecar when it binds, and a name that
+            // does not resolve to an address of the pod makes the proxy refuse the whole config.
+            match host.parse::<IpAddr>().map(|ip| ip.to_canonical()) {
+                Ok(ip) if ip.is_unspecified() => Host::Any,
+                Ok(ip) => Host::Ip(ip),
+                Err(_) => {
+                    return Err(format!(
+                        "addr {addr:?}: the host {host:?} is not an IP address; a listener binds an address of the pod, so use `:{port}` (every interface), `127.0.0.1:{port}` or `localhost:{port}` (the pod only), or one of the pod's IP addresses"
+                    ));
+                }
+            }
         };
         Ok(Socket { udp, host, port })
     }
 
     fn clashes(&self, other: &Socket) -> bool {
-        self.udp == other.udp
-            && self.port == other.port
-            && (self.host.is_empty() || other.host.is_empty() || self.host == other.host)
+        self.udp == other.udp && self.port == other.port && self.host.overlaps(other.host)
     }
 }
 
@@ -320,7 +366,7 @@ impl<'a> Renderer<'a> {
     fn new(ns: &'a Namespace<'a>, settings: &'a Settings) -> Self {
         let admin = Socket {
             udp: false,
-            host: String::new(),
+            host: Host::Any,
             port: settings.admin_port,
         };
         Renderer {
@@ -682,10 +728,10 @@ impl<'a> Secrets<'a> {
         }))
     }
 
-    /// Puts a Secret key into the files and returns the path the proxy reads it from. The file
-    /// name is derived from the Secret and key, so two references to one key share one file.
-    fn file(&mut self, secret: &str, key: &str) -> Result<String, (Reason, String)> {
-        let bytes = self.key(secret, key)?;
+    /// Puts `bytes` (the Secret's key `key`) into the files and returns the path the proxy
+    /// reads it from. The file name is derived from the Secret and key, so two references to
+    /// one key share one file.
+    fn file(&mut self, secret: &str, key: &str, bytes: Vec<u8>) -> String {
         let file = format!("{secret}.{key}")
             .chars()
             .map(|c| {
@@ -697,7 +743,7 @@ impl<'a> Secrets<'a> {
             })
             .collect::<String>();
         self.files.insert(file.clone(), bytes);
-        Ok(format!("{MOUNT_PATH}/{file}"))
+        format!("{MOUNT_PATH}/{file}")
     }
 
     fn tls(
@@ -707,20 +753,23 @@ impl<'a> Secrets<'a> {
     ) -> Result<Option<TlsConfig>, (Reason, String)> {
         let Some(tls) = tls else { return Ok(None) };
         let (cert_file, key_file) = match &tls.certificate_secret {
-            Some(s) => (
-                Some(self.file(&s.name, "tls.crt")?),
-                Some(self.file(&s.name, "tls.key")?),
-            ),
+            Some(s) => {
+                let cert = self.key(&s.name, TLS_CERT_KEY)?;
+                let key = self.key(&s.name, TLS_KEY_KEY)?;
+                check_key_pair(&s.name, &cert, &key)?;
+                (
+                    Some(self.file(&s.name, TLS_CERT_KEY, cert)),
+                    Some(self.file(&s.name, TLS_KEY_KEY, key)),
+                )
+            }
             None => (None, None),
         };
         let ca_file = match &tls.ca_secret {
-            Some(SecretKeyRef { name, .. }) => {
-                let key = tls
-                    .ca_secret
-                    .as_ref()
-                    .map(SecretKeyRef::key)
-                    .unwrap_or("ca.crt");
-                Some(self.file(name, key)?)
+            Some(reference) => {
+                let (name, key) = (reference.name.as_str(), reference.key());
+                let ca = self.key(name, key)?;
+                check_ca(name, key, &ca)?;
+                Some(self.file(name, key, ca))
             }
             None => None,
         };
@@ -733,6 +782,92 @@ impl<'a> Secrets<'a> {
             ..TlsConfig::default()
         }))
     }
+}
+
+/// The certificate key of a `certificateSecret` (a `kubernetes.io/tls` Secret).
+const TLS_CERT_KEY: &str = "tls.crt";
+/// The private key's key of a `certificateSecret`.
+const TLS_KEY_KEY: &str = "tls.key";
+
+/// What `kubectl` makes a `certificateSecret` with: the hint at the end of its problems.
+fn tls_secret_hint(secret: &str) -> String {
+    format!("`kubectl create secret tls {secret} --cert=<chain.pem> --key=<key.pem>` makes one")
+}
+
+/// The PEM certificates in `pem`, as the proxy reads a certificate or CA file.
+fn pem_certificates(
+    secret: &str,
+    key: &str,
+    pem: &[u8],
+) -> Result<Vec<CertificateDer<'static>>, (Reason, String)> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| {
+            (
+                Reason::InvalidCertificate,
+                format!("Secret {secret:?} key {key:?} is not PEM certificates ({e})"),
+            )
+        })?;
+    if certs.is_empty() {
+        return Err((
+            Reason::InvalidCertificate,
+            format!(
+                "Secret {secret:?} key {key:?} holds no PEM certificate (no `-----BEGIN CERTIFICATE-----` block)"
+            ),
+        ));
+    }
+    Ok(certs)
+}
+
+/// Checks a `certificateSecret` as the proxy loads it: `tls.crt` is a PEM chain, `tls.key` a
+/// PEM private key, and the key belongs to the chain's first certificate. A pair the proxy
+/// cannot load would make it refuse the whole config, every other tunnel of the pod with it.
+fn check_key_pair(secret: &str, cert: &[u8], key: &[u8]) -> Result<(), (Reason, String)> {
+    let hint = tls_secret_hint(secret);
+    let chain = pem_certificates(secret, TLS_CERT_KEY, cert).map_err(|(r, m)| {
+        (
+            r,
+            format!("{m}; put the certificate chain in it, leaf first ({hint})"),
+        )
+    })?;
+    let private_key = PrivateKeyDer::from_pem_slice(key).map_err(|e| {
+        (
+            Reason::InvalidCertificate,
+            format!(
+                "Secret {secret:?} key {TLS_KEY_KEY:?} is not a PEM private key ({e}); put the certificate's private key in it, PKCS#8, PKCS#1 or SEC1 ({hint})"
+            ),
+        )
+    })?;
+    CertifiedKey::from_der(chain, private_key, &rustls::crypto::ring::default_provider())
+        .map(drop)
+        .map_err(|e| {
+            let message = match e {
+                rustls::Error::InconsistentKeys(InconsistentKeys::KeyMismatch) => format!(
+                    "Secret {secret:?}: {TLS_KEY_KEY} does not match the certificate in {TLS_CERT_KEY}; put that certificate's own key in it"
+                ),
+                e => format!(
+                    "Secret {secret:?}: {TLS_CERT_KEY} and {TLS_KEY_KEY} do not make a usable certificate ({e}); {hint}"
+                ),
+            };
+            (Reason::InvalidCertificate, message)
+        })
+}
+
+/// Checks a `caSecret` key as the proxy loads it: PEM certificates, each one usable as a trust
+/// anchor.
+fn check_ca(secret: &str, key: &str, pem: &[u8]) -> Result<(), (Reason, String)> {
+    let hint = "put the PEM certificate(s) of the CA in it";
+    let certs = pem_certificates(secret, key, pem).map_err(|(r, m)| (r, format!("{m}; {hint}")))?;
+    let mut roots = RootCertStore::empty();
+    for cert in certs {
+        roots.add(cert).map_err(|e| {
+            (
+                Reason::InvalidCertificate,
+                format!("Secret {secret:?} key {key:?} holds a certificate that is not usable as a CA ({e}); {hint}"),
+            )
+        })?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -818,13 +953,40 @@ mod tests {
           tls: {caSecret: {name: gw-cert}, serverName: gateway.tunnels.svc}
 "#;
 
+    /// A self-signed certificate and its key, PEM: what `kubectl create secret tls` stores.
+    struct Pem {
+        cert: String,
+        key: String,
+    }
+
+    /// Two different pairs, generated once for all tests (key generation is the slow part).
+    fn pems() -> &'static [Pem; 2] {
+        static PEMS: std::sync::OnceLock<[Pem; 2]> = std::sync::OnceLock::new();
+        PEMS.get_or_init(|| {
+            let one = || {
+                let c = rcgen::generate_simple_self_signed(vec!["gateway.tunnels.svc".into()])
+                    .expect("rcgen makes a certificate");
+                Pem {
+                    cert: c.cert.pem(),
+                    key: c.signing_key.serialize_pem(),
+                }
+            };
+            [one(), one()]
+        })
+    }
+
     fn all_secrets() -> BTreeMap<String, Secret> {
+        let pem = &pems()[0];
         [
             secret("users", &[("username", "alice"), ("password", "s3cret")]),
             secret("relay-creds", &[("user", "bob"), ("password", "p@ss")]),
             secret(
                 "gw-cert",
-                &[("tls.crt", "CERT"), ("tls.key", "KEY"), ("ca.crt", "CA")],
+                &[
+                    ("tls.crt", &pem.cert),
+                    ("tls.key", &pem.key),
+                    ("ca.crt", &pem.cert),
+                ],
             ),
         ]
         .into_iter()
@@ -910,9 +1072,10 @@ mod tests {
         );
         assert!(!relay_tls.secure);
         let data = r.secret_data();
-        assert_eq!(data["gw-cert.tls.crt"].0, b"CERT");
-        assert_eq!(data["gw-cert.tls.key"].0, b"KEY");
-        assert_eq!(data["gw-cert.ca.crt"].0, b"CA");
+        let pem = &pems()[0];
+        assert_eq!(data["gw-cert.tls.crt"].0, pem.cert.as_bytes());
+        assert_eq!(data["gw-cert.tls.key"].0, pem.key.as_bytes());
+        assert_eq!(data["gw-cert.ca.crt"].0, pem.cert.as_bytes());
         assert_eq!(
             config.metrics.as_ref().unwrap().addr,
             format!(":{DEFAULT_ADMIN_PORT}")
@@ -1228,5 +1391,235 @@ mod tests {
         assert!(nodes[0].dialer.tls.is_none());
         assert!(!nodes[1].dialer.tls.as_ref().unwrap().secure);
         assert_eq!(config.metrics.unwrap().addr, ":9999");
+    }
+
+    #[test]
+    fn tls_secrets_the_proxy_cannot_load_leave_their_service_out() {
+        let svcs = services(
+            r#"
+- metadata: {name: good, creationTimestamp: "2026-01-01T00:00:00Z"}
+  spec:
+    selector: {}
+    services:
+    - {name: plain, addr: ":9001", handler: {type: http}}
+    - name: tls
+      addr: ":9002"
+      listener: {type: tls, tls: {certificateSecret: {name: good-cert}}}
+- metadata: {name: bad, creationTimestamp: "2026-01-02T00:00:00Z"}
+  spec:
+    selector: {}
+    services:
+    - name: garbage
+      addr: ":9003"
+      listener: {type: tls, tls: {certificateSecret: {name: garbage}}}
+    - name: mismatch
+      addr: ":9004"
+      listener: {type: tls, tls: {certificateSecret: {name: mismatch}}}
+    - name: no-key
+      addr: ":9005"
+      listener: {type: tls, tls: {certificateSecret: {name: cert-as-key}}}
+    - name: bad-ca
+      addr: ":9006"
+      listener: {type: tls, tls: {certificateSecret: {name: good-cert}, caSecret: {name: bad-ca}}}
+"#,
+        );
+        let [one, two] = pems();
+        let secrets: BTreeMap<_, _> = [
+            secret(
+                "good-cert",
+                &[("tls.crt", &one.cert), ("tls.key", &one.key)],
+            ),
+            secret("garbage", &[("tls.crt", "garbage"), ("tls.key", "garbage")]),
+            secret("mismatch", &[("tls.crt", &one.cert), ("tls.key", &two.key)]),
+            secret(
+                "cert-as-key",
+                &[("tls.crt", &one.cert), ("tls.key", &one.cert)],
+            ),
+            secret(
+                "bad-ca",
+                &[(
+                    "ca.crt",
+                    "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+                )],
+            ),
+        ]
+        .into_iter()
+        .collect();
+        let ns = Namespace {
+            services: &svcs,
+            chains: &[],
+            secrets: &secrets,
+        };
+        let r = render_for_pod(&ns, &labels(&[]), &Settings::default());
+        let names: Vec<&str> = r.config.services.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["good/plain", "good/tls"], "{:?}", r.problems);
+        let found: Vec<(Option<&str>, Reason)> = r
+            .problems
+            .iter()
+            .map(|p| (p.service.as_deref(), p.reason))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                (Some("garbage"), Reason::InvalidCertificate),
+                (Some("mismatch"), Reason::InvalidCertificate),
+                (Some("no-key"), Reason::InvalidCertificate),
+                (Some("bad-ca"), Reason::InvalidCertificate),
+            ]
+        );
+        let message = |i: usize| r.problems[i].message.as_str();
+        assert!(
+            message(0).contains("Secret \"garbage\" key \"tls.crt\"") && message(0).contains("PEM"),
+            "{}",
+            message(0)
+        );
+        assert!(
+            message(1).contains("tls.key does not match") && message(1).contains("\"mismatch\""),
+            "{}",
+            message(1)
+        );
+        assert!(message(2).contains("key \"tls.key\""), "{}", message(2));
+        assert!(
+            message(3).contains("Secret \"bad-ca\" key \"ca.crt\""),
+            "{}",
+            message(3)
+        );
+        assert!(
+            r.files.keys().all(|f| f.starts_with("good-cert")),
+            "no file of a left-out service: {:?}",
+            r.files.keys()
+        );
+        reloaded(&r);
+    }
+
+    #[test]
+    fn a_chain_with_an_unusable_ca_is_not_rendered() {
+        let chs = chains(TO_GATEWAY);
+        let mut secrets = all_secrets();
+        secrets.insert(
+            "gw-cert".into(),
+            secret("gw-cert", &[("ca.crt", "not a certificate")]).1,
+        );
+        let ns = Namespace {
+            services: &[],
+            chains: &chs,
+            secrets: &secrets,
+        };
+        let p = chain_problem(&ns, "to-gateway").expect("a problem");
+        assert_eq!(p.reason, Reason::InvalidCertificate);
+        assert!(
+            p.message.contains("dialer.tls") && p.message.contains("\"gw-cert\""),
+            "{}",
+            p.message
+        );
+    }
+
+    #[test]
+    fn listen_hosts_are_ip_literals_localhost_or_empty() {
+        let svcs = services(
+            r#"
+- metadata: {name: hosts}
+  spec:
+    selector: {}
+    services:
+    - {name: any, addr: ":9001"}
+    - {name: v4, addr: "127.0.0.1:9002"}
+    - {name: v6, addr: "[::1]:9003"}
+    - {name: local, addr: "localhost:9004"}
+    - {name: all-v4, addr: "0.0.0.0:9005"}
+    - {name: name, addr: "no-such-host.invalid:9006"}
+    - {name: pod-name, addr: "web-0:9007"}
+"#,
+        );
+        let secrets = BTreeMap::new();
+        let ns = Namespace {
+            services: &svcs,
+            chains: &[],
+            secrets: &secrets,
+        };
+        let r = render_for_pod(&ns, &labels(&[]), &Settings::default());
+        let names: Vec<&str> = r.config.services.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "hosts/any",
+                "hosts/v4",
+                "hosts/v6",
+                "hosts/local",
+                "hosts/all-v4"
+            ],
+            "{:?}",
+            r.problems
+        );
+        let found: Vec<(Option<&str>, Reason)> = r
+            .problems
+            .iter()
+            .map(|p| (p.service.as_deref(), p.reason))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                (Some("name"), Reason::InvalidAddress),
+                (Some("pod-name"), Reason::InvalidAddress)
+            ]
+        );
+        assert!(
+            r.problems[0].message.contains("\"no-such-host.invalid\"")
+                && r.problems[0].message.contains(":9006"),
+            "{}",
+            r.problems[0].message
+        );
+    }
+
+    #[test]
+    fn sockets_clash_by_address_not_by_spelling() {
+        let svcs = services(
+            r#"
+- metadata: {name: a, creationTimestamp: "2026-01-01T00:00:00Z"}
+  spec:
+    selector: {}
+    services:
+    - {name: one, addr: "127.0.0.1:9001"}
+    - {name: two, addr: "localhost:9001"}
+    - {name: three, addr: "[::]:9002"}
+    - {name: four, addr: "0.0.0.0:9002"}
+    - {name: five, addr: "10.0.0.1:9003"}
+    - {name: six, addr: "[::]:9003"}
+    - {name: seven, addr: "[::1]:9004"}
+    - {name: eight, addr: "[0:0:0:0:0:0:0:1]:9004"}
+    - {name: nine, addr: "127.0.0.1:9005"}
+    - {name: ten, addr: "127.0.0.2:9005"}
+    - {name: eleven, addr: "localhost:9006"}
+    - {name: twelve, addr: "[::1]:9006"}
+"#,
+        );
+        let secrets = BTreeMap::new();
+        let ns = Namespace {
+            services: &svcs,
+            chains: &[],
+            secrets: &secrets,
+        };
+        let r = render_for_pod(&ns, &labels(&[]), &Settings::default());
+        let names: Vec<&str> = r.config.services.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "a/one", "a/three", "a/five", "a/seven", "a/nine", "a/ten", "a/eleven"
+            ],
+            "{:?}",
+            r.problems
+        );
+        let clashing: Vec<&str> = r
+            .problems
+            .iter()
+            .filter(|p| p.reason == Reason::PortConflict)
+            .filter_map(|p| p.service.as_deref())
+            .collect();
+        assert_eq!(clashing, ["two", "four", "six", "eight", "twelve"]);
+        assert!(
+            r.problems[0].message.contains("service \"one\""),
+            "{}",
+            r.problems[0].message
+        );
     }
 }

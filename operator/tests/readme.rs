@@ -37,9 +37,14 @@ fn the_readme_example_renders() {
         );
         (name.to_string(), s)
     };
+    // The CA is checked as the proxy would load it, so it must be a real certificate.
+    let ca = rcgen::generate_simple_self_signed(vec!["edge-ca".to_string()])
+        .expect("rcgen makes a certificate")
+        .cert
+        .pem();
     let secrets: BTreeMap<String, Secret> = [
         secret("relay-user", &[("username", "u"), ("password", "p")]),
-        secret("edge-ca", &[("ca.crt", "CA")]),
+        secret("edge-ca", &[("ca.crt", &ca)]),
     ]
     .into();
     let ns = Namespace {
