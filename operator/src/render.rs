@@ -729,19 +729,10 @@ impl<'a> Secrets<'a> {
     }
 
     /// Puts `bytes` (the Secret's key `key`) into the files and returns the path the proxy
-    /// reads it from. The file name is derived from the Secret and key, so two references to
-    /// one key share one file.
+    /// reads it from. The file name is derived from the Secret and key ([`tls_file_name`]), so
+    /// two references to one key share one file and different keys never do.
     fn file(&mut self, secret: &str, key: &str, bytes: Vec<u8>) -> String {
-        let file = format!("{secret}.{key}")
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect::<String>();
+        let file = tls_file_name(secret, key);
         self.files.insert(file.clone(), bytes);
         format!("{MOUNT_PATH}/{file}")
     }
@@ -783,6 +774,27 @@ impl<'a> Secrets<'a> {
         }))
     }
 }
+
+/// The file (config Secret key) holding Secret `secret`'s key `key`: `{secret}_{key}`.
+///
+/// Secret names cannot contain `_` (they are DNS subdomains) and Secret keys can, so the first
+/// `_` splits the name back into the pair: two different pairs never share a file, and no file
+/// is [`CONFIG_KEY`]. Both parts are valid Secret keys (`[-._a-zA-Z0-9]+`), and so is the
+/// result. Past the 253 characters a Secret key may have, it is `_` and a hash of the pair:
+/// no `{secret}_{key}` starts with `_`.
+fn tls_file_name(secret: &str, key: &str) -> String {
+    let file = format!("{secret}_{key}");
+    if file.len() <= MAX_SECRET_KEY_LEN {
+        return file;
+    }
+    format!(
+        "_{}",
+        crate::group::short_hash(format!("{secret}/{key}").as_bytes())
+    )
+}
+
+/// Secret data keys are at most 253 characters.
+const MAX_SECRET_KEY_LEN: usize = 253;
 
 /// The certificate key of a `certificateSecret` (a `kubernetes.io/tls` Secret).
 const TLS_CERT_KEY: &str = "tls.crt";
@@ -1062,20 +1074,20 @@ mod tests {
         assert_eq!(node.connector.auth.as_ref().unwrap().username, "bob");
         let tls = node.dialer.tls.as_ref().unwrap();
         assert!(tls.secure, "CRD clients verify by default");
-        assert_eq!(tls.ca_file.as_deref(), Some("/etc/gost/gw-cert.ca.crt"));
+        assert_eq!(tls.ca_file.as_deref(), Some("/etc/gost/gw-cert_ca.crt"));
         assert_eq!(tls.server_name.as_deref(), Some("gateway.tunnels.svc"));
 
         let relay_tls = config.services[2].listener.tls.as_ref().unwrap();
         assert_eq!(
             relay_tls.cert_file.as_deref(),
-            Some("/etc/gost/gw-cert.tls.crt")
+            Some("/etc/gost/gw-cert_tls.crt")
         );
         assert!(!relay_tls.secure);
         let data = r.secret_data();
         let pem = &pems()[0];
-        assert_eq!(data["gw-cert.tls.crt"].0, pem.cert.as_bytes());
-        assert_eq!(data["gw-cert.tls.key"].0, pem.key.as_bytes());
-        assert_eq!(data["gw-cert.ca.crt"].0, pem.cert.as_bytes());
+        assert_eq!(data["gw-cert_tls.crt"].0, pem.cert.as_bytes());
+        assert_eq!(data["gw-cert_tls.key"].0, pem.key.as_bytes());
+        assert_eq!(data["gw-cert_ca.crt"].0, pem.cert.as_bytes());
         assert_eq!(
             config.metrics.as_ref().unwrap().addr,
             format!(":{DEFAULT_ADMIN_PORT}")
@@ -1106,7 +1118,7 @@ mod tests {
             backend.config.chains.is_empty(),
             "only used chains are rendered"
         );
-        assert!(backend.files.keys().all(|k| k.starts_with("gw-cert.tls")));
+        assert!(backend.files.keys().all(|k| k.starts_with("gw-cert_tls.")));
     }
 
     #[test]
@@ -1485,7 +1497,7 @@ mod tests {
             message(3)
         );
         assert!(
-            r.files.keys().all(|f| f.starts_with("good-cert")),
+            r.files.keys().all(|f| f.starts_with("good-cert_")),
             "no file of a left-out service: {:?}",
             r.files.keys()
         );
@@ -1621,5 +1633,97 @@ mod tests {
             "{}",
             r.problems[0].message
         );
+    }
+
+    #[test]
+    fn tls_file_names_are_distinct_for_distinct_secret_keys() {
+        let svcs = services(
+            r#"
+- metadata: {name: gs}
+  spec:
+    selector: {}
+    services:
+    - {name: one, addr: ":9001", handler: {type: http, chain: c1}}
+    - {name: two, addr: ":9002", handler: {type: http, chain: c2}}
+    - name: three
+      addr: ":9003"
+      listener: {type: tls, tls: {certificateSecret: {name: good}, caSecret: {name: config, key: yaml}}}
+"#,
+        );
+        let chs = chains(
+            r#"
+- metadata: {name: c1}
+  spec:
+    hops: [{name: h, nodes: [{name: n, addr: "a.example:443", dialer: {type: tls, tls: {caSecret: {name: a, key: b.crt}}}}]}]
+- metadata: {name: c2}
+  spec:
+    hops: [{name: h, nodes: [{name: n, addr: "b.example:443", dialer: {type: tls, tls: {caSecret: {name: a.b, key: crt}}}}]}]
+"#,
+        );
+        let [one, two] = pems();
+        let secrets: BTreeMap<_, _> = [
+            secret("a", &[("b.crt", &one.cert)]),
+            secret("a.b", &[("crt", &two.cert)]),
+            secret("config", &[("yaml", &one.cert)]),
+            secret("good", &[("tls.crt", &two.cert), ("tls.key", &two.key)]),
+        ]
+        .into_iter()
+        .collect();
+        let ns = Namespace {
+            services: &svcs,
+            chains: &chs,
+            secrets: &secrets,
+        };
+        let r = render_for_pod(&ns, &labels(&[]), &Settings::default());
+        assert!(r.problems.is_empty(), "{:?}", r.problems);
+        let config = reloaded(&r);
+        assert_eq!(config.services.len(), 3, "config.yaml was overwritten");
+        let data = r.secret_data();
+        let content = |path: &str| {
+            let file = path.strip_prefix(&format!("{MOUNT_PATH}/")).unwrap();
+            assert_ne!(file, CONFIG_KEY);
+            String::from_utf8(data[file].0.clone()).unwrap()
+        };
+        let ca_of = |i: usize| {
+            let tls = config.chains[i].hops[0].nodes[0]
+                .dialer
+                .tls
+                .clone()
+                .unwrap();
+            tls.ca_file.unwrap()
+        };
+        assert_ne!(ca_of(0), ca_of(1));
+        assert_eq!(content(&ca_of(0)), one.cert, "c1 reads Secret a key b.crt");
+        assert_eq!(content(&ca_of(1)), two.cert, "c2 reads Secret a.b key crt");
+        let listener = config.services[2].listener.tls.clone().unwrap();
+        assert_eq!(content(&listener.ca_file.unwrap()), one.cert);
+        assert_eq!(
+            data.len(),
+            6,
+            "config.yaml and five files: {:?}",
+            data.keys()
+        );
+        let valid = |k: &str| {
+            k.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        };
+        assert!(
+            data.keys().all(|k| valid(k) && k.len() <= 253),
+            "{:?}",
+            data.keys()
+        );
+    }
+
+    #[test]
+    fn tls_file_names_stay_valid_secret_keys_when_long() {
+        let long_secret = format!("{}.x", "s".repeat(250));
+        let long_key = "k".repeat(253);
+        let (a, b) = (
+            tls_file_name(&long_secret, &long_key),
+            tls_file_name(&long_secret, &format!("{}j", "k".repeat(252))),
+        );
+        assert!(a.len() <= 253 && b.len() <= 253, "{a}");
+        assert_ne!(a, b);
+        assert_eq!(tls_file_name("gw-cert", "ca.crt"), "gw-cert_ca.crt");
     }
 }
