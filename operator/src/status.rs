@@ -20,8 +20,48 @@ pub const REASON_RENDER_PROBLEMS: &str = "RenderProblems";
 pub const REASON_GATEWAY_UNAVAILABLE: &str = "GatewayUnavailable";
 /// `Ready=True` reason of a GostChain.
 pub const REASON_VALID: &str = "Valid";
-/// Condition messages are limited to 32 KiB by the API; longer lists are cut with a note.
-const MAX_MESSAGE_LEN: usize = 32 * 1024 - 64;
+/// The API refuses a condition message over 32768 bytes.
+pub const MAX_CONDITION_MESSAGE_LEN: usize = 32 * 1024;
+/// events.k8s.io/v1 refuses an event whose note is over 1024 bytes.
+pub const MAX_EVENT_NOTE_LEN: usize = 1024;
+
+/// `text` when it fits in `max` bytes, else cut at a character boundary so that it fits with
+/// `marker` appended.
+pub fn truncate(mut text: String, max: usize, marker: &str) -> String {
+    if text.len() <= max {
+        return text;
+    }
+    let mut cut = max.saturating_sub(marker.len());
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    text.truncate(cut);
+    text.push_str(marker);
+    text
+}
+
+/// `head` and then as many of `items` (joined by `separator`) as fit in `max` bytes together
+/// with a closing `… and N more`; an item that does not fit whole is not listed.
+pub fn list_within(head: &str, items: &[String], separator: &str, max: usize) -> String {
+    let mut out = head.to_string();
+    for (i, item) in items.iter().enumerate() {
+        let left = items.len() - i - 1;
+        let sep = if i == 0 { "" } else { separator };
+        // Room for this item and, when items are still left after it, the closing count.
+        let tail = if left == 0 {
+            0
+        } else {
+            format!("{separator}… and {left} more").len()
+        };
+        if out.len() + sep.len() + item.len() + tail > max {
+            let more = format!("{sep}… and {} more", items.len() - i);
+            return truncate(out, max.saturating_sub(more.len()), "") + &more;
+        }
+        out.push_str(sep);
+        out.push_str(item);
+    }
+    out
+}
 
 /// The state of a gateway Deployment.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,23 +85,29 @@ pub struct ServiceObservation {
     pub gateway: Option<GatewayState>,
 }
 
-/// The problems as one message: `Reason: message` each, separated by `; `.
+/// The problems as one message: `Reason: message` each, separated by `; `, as many as fit in
+/// a condition message.
 pub fn problems_message(problems: &[Problem]) -> String {
-    let mut message = problems
-        .iter()
-        .map(|p| format!("{}: {}", p.reason.as_str(), p.message))
-        .collect::<Vec<_>>()
-        .join("; ");
-    if message.len() > MAX_MESSAGE_LEN {
-        let mut cut = MAX_MESSAGE_LEN;
-        while !message.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        message.truncate(cut);
-        message.push_str(" ... (cut; see the operator's events)");
+    let one = |p: &Problem, max: usize| {
+        truncate(
+            format!("{}: {}", p.reason.as_str(), p.message),
+            max,
+            CUT_MARKER,
+        )
+    };
+    if let [only] = problems {
+        return one(only, MAX_CONDITION_MESSAGE_LEN);
     }
-    message
+    // Each one cut to half the limit, so that at least the first is always listed.
+    let items: Vec<String> = problems
+        .iter()
+        .map(|p| one(p, MAX_CONDITION_MESSAGE_LEN / 2))
+        .collect();
+    list_within("", &items, "; ", MAX_CONDITION_MESSAGE_LEN)
 }
+
+/// Ends a message cut to fit the API's limit.
+const CUT_MARKER: &str = "… (cut)";
 
 /// `new`, with the `lastTransitionTime` of the condition of the same type in `old` when its
 /// status did not flip.
@@ -86,7 +132,7 @@ fn condition(
         type_: type_.to_string(),
         status: if ok { "True" } else { "False" }.to_string(),
         reason: reason.to_string(),
-        message,
+        message: truncate(message, MAX_CONDITION_MESSAGE_LEN, CUT_MARKER),
         observed_generation: generation,
         last_transition_time: now.clone(),
     }
@@ -253,7 +299,7 @@ pub fn events(
             out.push(EventSpec {
                 warning: true,
                 reason: p.reason.as_str().to_string(),
-                note: p.message.clone(),
+                note: truncate(p.message.clone(), MAX_EVENT_NOTE_LEN, CUT_MARKER),
             });
         }
     }
@@ -268,10 +314,11 @@ pub fn events(
         out.push(EventSpec {
             warning: false,
             reason: REASON_RENDERED.to_string(),
-            note: format!(
-                "rendered for {} workload(s): {}",
-                now.matched.len(),
-                now.matched.iter().cloned().collect::<Vec<_>>().join(", ")
+            note: list_within(
+                &format!("rendered for {} workload(s): ", now.matched.len()),
+                &now.matched.iter().cloned().collect::<Vec<_>>(),
+                ", ",
+                MAX_EVENT_NOTE_LEN,
             ),
         });
     }
@@ -398,6 +445,94 @@ mod tests {
             })
             .collect();
         let m = problems_message(&many);
-        assert!(m.len() < 32 * 1024 && m.ends_with("(cut; see the operator's events)"));
+        assert!(m.len() <= MAX_CONDITION_MESSAGE_LEN, "{}", m.len());
+        assert!(m.starts_with("PortConflict: port 0 is taken by someone; "));
+        let more: usize = m
+            .rsplit("; … and ")
+            .next()
+            .and_then(|t| t.strip_suffix(" more"))
+            .and_then(|n| n.parse().ok())
+            .expect("ends with the count of the problems left out");
+        assert_eq!(m.matches("PortConflict: ").count() + more, 2000);
+    }
+
+    /// events.k8s.io/v1 refuses a note over 1024 bytes; the API a condition message over 32768.
+    const API_NOTE_LIMIT: usize = 1024;
+    const API_MESSAGE_LIMIT: usize = 32768;
+
+    #[test]
+    fn event_notes_fit_the_api_limit() {
+        let now = Seen {
+            problems: BTreeSet::new(),
+            matched: (0..30)
+                .map(|i| format!("statefulset/checkout-service-{i:02}-ééé"))
+                .collect(),
+        };
+        let long = problem(
+            Reason::ChainNotFound,
+            &format!(
+                "no GostChain named \"x\" (GostChains here: {})",
+                (0..200)
+                    .map(|i| format!("chain-ü-{i}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        );
+        let ev = events(Some(&Seen::default()), None, &now, &[long]);
+        assert_eq!(ev.len(), 2);
+        for e in &ev {
+            assert!(
+                e.note.len() <= API_NOTE_LIMIT,
+                "{} bytes: {}",
+                e.note.len(),
+                e.note
+            );
+        }
+        let rendered = &ev[1].note;
+        assert!(
+            rendered
+                .starts_with("rendered for 30 workload(s): statefulset/checkout-service-00-ééé, ")
+                && rendered.contains(" and ")
+                && rendered.ends_with(" more"),
+            "{rendered}"
+        );
+        let listed = rendered.matches("checkout-service-").count();
+        let more: usize = rendered
+            .rsplit(" and ")
+            .next()
+            .and_then(|t| t.strip_suffix(" more"))
+            .and_then(|n| n.parse().ok())
+            .expect("a count of the names left out");
+        assert_eq!(listed + more, 30, "{rendered}");
+        assert!(
+            ev[0].note.starts_with("no GostChain named \"x\""),
+            "{}",
+            ev[0].note
+        );
+    }
+
+    #[test]
+    fn condition_messages_fit_the_api_limit() {
+        let huge = format!("Secret \"{}\" does not exist", "é".repeat(40_000));
+        let gs = gs();
+        let obs = ServiceObservation {
+            problems: vec![problem(Reason::SecretNotFound, &huge)],
+            ..ServiceObservation::default()
+        };
+        let status = gost_service_status(&gs, &obs, &time(1));
+        for c in &status.conditions {
+            assert!(c.message.len() <= API_MESSAGE_LIMIT, "{}", c.message.len());
+        }
+        let gc: GostChain = serde_json::from_value(serde_json::json!({
+            "apiVersion": "gost.rs/v1alpha1", "kind": "GostChain",
+            "metadata": {"name": "c", "generation": 1},
+            "spec": {"hops": [{"name": "h", "nodes": [{"name": "n", "addr": "a:1"}]}]}
+        }))
+        .unwrap();
+        let p = problem(Reason::SecretNotFound, &huge);
+        let status = gost_chain_status(&gc, Some(&p), &time(1));
+        let message = &status.conditions[0].message;
+        assert!(message.len() <= API_MESSAGE_LIMIT, "{}", message.len());
+        assert!(message.starts_with("Secret \"éé"), "cut at a char boundary");
     }
 }
