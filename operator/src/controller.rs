@@ -43,6 +43,7 @@ use crate::inject::SidecarSettings;
 use crate::metrics::metrics;
 use crate::render::{self, Namespace, Problem, Rendered, render_for_pod, render_gateway};
 use crate::status::{self, GatewayState, Seen, ServiceObservation};
+use crate::webhook::SidecarConfig;
 
 /// Changes within this window after the first are reconciled together: a rollout of 1,000
 /// pods or an `apply` of many resources costs a few reconciles, well inside the 10 s goal.
@@ -703,13 +704,14 @@ impl Context {
     }
 
     /// Renders the config of `pod`'s group and writes its Secret (unless `dry_run`), for the
-    /// admission webhook: the sidecar then starts with its config. Returns the Secret's name.
+    /// admission webhook: the sidecar then starts with its config. Returns the Secret's name
+    /// and the ports the config listens on.
     pub async fn ensure_pod_config(
         &self,
         namespace: &str,
         pod: &Pod,
         dry_run: bool,
-    ) -> Result<String, String> {
+    ) -> Result<SidecarConfig, String> {
         let group = Group::of_pod(&pod.metadata).ok_or_else(|| {
             "the pod has neither a controller owner nor a name, so its config Secret cannot be named; give it a name".to_string()
         })?;
@@ -730,8 +732,12 @@ impl Context {
             .await
             .map_err(|e| e.to_string())?;
         let rendered = render_for_pod(&snap.namespace(), &labels, &self.render_settings());
+        let configured = SidecarConfig {
+            secret: name.clone(),
+            listen_ports: rendered.listen_ports(),
+        };
         if dry_run {
-            return Ok(name);
+            return Ok(configured);
         }
         let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
         let desired = group_secret(namespace, &group, &rendered);
@@ -747,7 +753,7 @@ impl Context {
             {
                 Ok(wrote) => {
                     metrics().wrote("admission", usize::from(wrote));
-                    return Ok(name);
+                    return Ok(configured);
                 }
                 Err(Error::Api {
                     source: kube::Error::Api(status),
@@ -982,7 +988,7 @@ impl crate::webhook::PodConfig for Context {
         namespace: &str,
         pod: &Pod,
         dry_run: bool,
-    ) -> impl Future<Output = Result<String, String>> + Send {
+    ) -> impl Future<Output = Result<SidecarConfig, String>> + Send {
         self.ensure_pod_config(namespace, pod, dry_run)
     }
 }

@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 
-use gost_api::ListenerType;
 use gost_api::v1alpha1::GostService;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
@@ -20,6 +19,7 @@ use serde::Serialize;
 
 use crate::group::{MANAGED_BY, MANAGED_BY_LABEL, label_value, short_hash};
 use crate::inject::{self, SidecarSettings};
+pub use crate::render::ListenPort;
 use crate::render::Rendered;
 
 /// Prefix of a gateway's Deployment, Service and Secret.
@@ -106,7 +106,8 @@ pub fn build(gs: &GostService, rendered: &Rendered, settings: &GatewaySettings<'
     };
 
     let ports = listen_ports(&gs_name, rendered);
-    let mut container = inject::proxy_container(settings.proxy);
+    let volume_names = inject::VolumeNames::default();
+    let mut container = inject::proxy_container(settings.proxy, &volume_names);
     container
         .ports
         .get_or_insert_with(Vec::new)
@@ -118,7 +119,7 @@ pub fn build(gs: &GostService, rendered: &Rendered, settings: &GatewaySettings<'
     if let Some(resources) = &spec.resources {
         container.resources = Some(resources.clone());
     }
-    let mut volumes = inject::proxy_volumes(&name).to_vec();
+    let mut volumes = inject::proxy_volumes(&name, &volume_names).to_vec();
     for volume in &mut volumes {
         if let Some(secret) = &mut volume.secret {
             // With the pod's fsGroup, only the proxy's user and group read the credentials.
@@ -199,36 +200,16 @@ pub fn build(gs: &GostService, rendered: &Rendered, settings: &GatewaySettings<'
     }
 }
 
-/// A port the gateway's proxy listens on.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ListenPort {
-    /// The service's name in the GostService (a DNS label, so a valid Service port name).
-    pub name: String,
-    /// The listen port.
-    pub port: u16,
-    /// `TCP`, or `UDP` for the QUIC listener `h3`.
-    pub protocol: &'static str,
-}
-
-/// The listen ports of the services that rendered (a left-out service gets no port).
+/// The listen ports of the gateway's services that rendered (a left-out service gets no port),
+/// named as in the GostService.
 pub fn listen_ports(gost_service: &str, rendered: &Rendered) -> Vec<ListenPort> {
     let prefix = format!("{gost_service}/");
     rendered
-        .config
-        .services
-        .iter()
-        .filter_map(|svc| {
-            let name = svc.name.strip_prefix(&prefix)?;
-            let (_, port) = gost_api::split_host_port(&svc.addr)?;
-            Some(ListenPort {
-                name: name.to_string(),
-                port: port.parse().ok()?,
-                protocol: if svc.listener.kind == ListenerType::H3 {
-                    "UDP"
-                } else {
-                    "TCP"
-                },
-            })
+        .listen_ports()
+        .into_iter()
+        .filter_map(|mut port| {
+            port.name = port.name.strip_prefix(&prefix)?.to_string();
+            Some(port)
         })
         .collect()
 }

@@ -5,10 +5,11 @@
 //! so it is serving before the pod's other init containers and its app containers start, and is
 //! stopped after them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use crate::group::{INJECTED_LABEL, INJECTED_VALUE};
+use crate::render::ListenPort;
 use gost_api::{Config, LogConfig, LogFormat, LogLevel};
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation};
@@ -36,9 +37,10 @@ pub const SYSTEM_NAMESPACES: &[&str] = &["kube-system", "kube-public", "kube-nod
 
 /// The sidecar container's name; its presence is how re-invocation knows the pod is done.
 pub const SIDECAR_NAME: &str = "gost";
-/// The config Secret volume's name in the pod.
+/// The config Secret volume's name in the pod (unless the pod has a volume of that name:
+/// [`VolumeNames`]).
 pub const CONFIG_VOLUME: &str = "gost-config";
-/// The writable HOME volume's name in the pod.
+/// The writable HOME volume's name in the pod (unless taken, as [`CONFIG_VOLUME`]).
 pub const HOME_VOLUME: &str = "gost-home";
 /// Where the config Secret is mounted (rendering decides it: TLS file paths in the config
 /// point under it).
@@ -174,15 +176,105 @@ pub fn has_sidecar(pod: &Pod) -> bool {
             .is_some_and(|init| init.iter().any(named))
 }
 
+/// The names of the proxy container's volumes in one pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VolumeNames {
+    /// The config Secret's volume.
+    pub config: String,
+    /// The HOME volume.
+    pub home: String,
+}
+
+impl Default for VolumeNames {
+    fn default() -> Self {
+        VolumeNames {
+            config: CONFIG_VOLUME.to_string(),
+            home: HOME_VOLUME.to_string(),
+        }
+    }
+}
+
+impl VolumeNames {
+    /// Names no volume of `pod` has: [`CONFIG_VOLUME`] and [`HOME_VOLUME`], or when the pod
+    /// already uses one, the first free `<name>-2`, `<name>-3`, ... The API server refuses a
+    /// pod with two volumes of one name, so taking the usual name anyway would block the pod
+    /// whatever the webhook's failurePolicy; a pod that uses the name for its own purpose
+    /// keeps its volume and gets the sidecar too.
+    pub fn free_in(pod: &Pod) -> VolumeNames {
+        let taken: BTreeSet<&str> = pod
+            .spec
+            .iter()
+            .flat_map(|spec| spec.volumes.iter().flatten())
+            .map(|v| v.name.as_str())
+            .collect();
+        let free = |base: &str| {
+            std::iter::once(base.to_string())
+                .chain((2..).map(|i| format!("{base}-{i}")))
+                .find(|name| !taken.contains(name.as_str()))
+                .expect("a pod has finitely many volumes")
+        };
+        VolumeNames {
+            config: free(CONFIG_VOLUME),
+            home: free(HOME_VOLUME),
+        }
+    }
+}
+
+/// Warnings for the API server to show about injecting `pod` (kubectl prints them): volumes
+/// of the pod that made the sidecar's volumes take other names, and container ports that the
+/// sidecar binds too (its admin port, the `listen` ports of its services). Containers of a
+/// pod share one network, so on such a clash the app or the sidecar cannot bind its port.
+pub fn warnings(pod: &Pod, settings: &SidecarSettings, listen: &[ListenPort]) -> Vec<String> {
+    let mut out = Vec::new();
+    let names = VolumeNames::free_in(pod);
+    for (usual, chosen) in [(CONFIG_VOLUME, &names.config), (HOME_VOLUME, &names.home)] {
+        if usual != chosen {
+            out.push(format!(
+                "gost sidecar: the pod already has a volume {usual:?}; the sidecar's is {chosen:?}"
+            ));
+        }
+    }
+    let Some(spec) = &pod.spec else { return out };
+    let containers = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(&spec.containers)
+        .filter(|c| c.name != SIDECAR_NAME);
+    for container in containers {
+        for declared in container.ports.iter().flatten() {
+            let protocol = declared.protocol.as_deref().unwrap_or("TCP");
+            let port = declared.container_port;
+            let what = if protocol == "TCP" && port == i32::from(settings.admin_port) {
+                "the sidecar's admin port".to_string()
+            } else if let Some(service) = listen
+                .iter()
+                .find(|l| i32::from(l.port) == port && l.protocol == protocol)
+            {
+                format!("the listen port of gost service {:?}", service.name)
+            } else {
+                continue;
+            };
+            out.push(format!(
+                "gost sidecar: container {:?} port {port}/{protocol} is also {what}; change one of them",
+                container.name
+            ));
+        }
+    }
+    out
+}
+
 /// The JSON Patch that adds the sidecar reading `config_secret` to `pod`, relative to `pod` as
-/// received; `None` when the pod already has it (or has no spec to add it to).
+/// received; `None` when the pod already has it (or has no spec to add it to). Its volumes get
+/// names the pod does not use ([`VolumeNames::free_in`]).
 pub fn sidecar_patch(pod: &Pod, config_secret: &str, settings: &SidecarSettings) -> Option<Patch> {
     if has_sidecar(pod) {
         return None;
     }
     let spec = pod.spec.as_ref()?;
     let mut ops = Vec::with_capacity(4);
-    let sidecar = to_value(sidecar_container(settings));
+    let names = VolumeNames::free_in(pod);
+    let sidecar = to_value(sidecar_container(settings, &names));
     if spec.init_containers.is_some() {
         ops.push(add(&["spec", "initContainers", "0"], sidecar));
     } else {
@@ -191,7 +283,7 @@ pub fn sidecar_patch(pod: &Pod, config_secret: &str, settings: &SidecarSettings)
             Value::Array(vec![sidecar]),
         ));
     }
-    let volumes = proxy_volumes(config_secret);
+    let volumes = proxy_volumes(config_secret, &names);
     if spec.volumes.is_some() {
         for volume in volumes {
             ops.push(add(&["spec", "volumes", "-"], to_value(volume)));
@@ -232,18 +324,18 @@ pub fn sidecar_patch(pod: &Pod, config_secret: &str, settings: &SidecarSettings)
 }
 
 /// The sidecar container: [`proxy_container`] as a native sidecar.
-pub fn sidecar_container(settings: &SidecarSettings) -> Container {
+pub fn sidecar_container(settings: &SidecarSettings, volumes: &VolumeNames) -> Container {
     Container {
         // This is what makes an init container a native sidecar.
         restart_policy: Some("Always".to_string()),
-        ..proxy_container(settings)
+        ..proxy_container(settings, volumes)
     }
 }
 
 /// The proxy container of sidecars and gateways: the rendered config from
-/// [`proxy_volumes`], the admin port with its probes, a writable HOME and a locked-down
-/// security context.
-pub fn proxy_container(settings: &SidecarSettings) -> Container {
+/// [`proxy_volumes`] (named `volumes`), the admin port with its probes, a writable HOME and a
+/// locked-down security context.
+pub fn proxy_container(settings: &SidecarSettings, volumes: &VolumeNames) -> Container {
     let admin_port = IntOrString::String(ADMIN_PORT_NAME.to_string());
     let http_get = |path: &str| HTTPGetAction {
         path: Some(path.to_string()),
@@ -287,13 +379,13 @@ pub fn proxy_container(settings: &SidecarSettings) -> Container {
             // No subPath: the kubelet swaps the `..data` symlink on Secret changes only for whole
             // volume mounts, and the proxy reloads on that change.
             VolumeMount {
-                name: CONFIG_VOLUME.to_string(),
+                name: volumes.config.clone(),
                 mount_path: CONFIG_MOUNT_PATH.to_string(),
                 read_only: Some(true),
                 ..Default::default()
             },
             VolumeMount {
-                name: HOME_VOLUME.to_string(),
+                name: volumes.home.clone(),
                 mount_path: HOME_MOUNT_PATH.to_string(),
                 ..Default::default()
             },
@@ -341,10 +433,10 @@ fn sidecar_args(settings: &SidecarSettings) -> Vec<String> {
 }
 
 /// The volumes [`proxy_container`] mounts: the config Secret and the writable HOME.
-pub fn proxy_volumes(config_secret: &str) -> [Volume; 2] {
+pub fn proxy_volumes(config_secret: &str, names: &VolumeNames) -> [Volume; 2] {
     [
         Volume {
-            name: CONFIG_VOLUME.to_string(),
+            name: names.config.clone(),
             secret: Some(SecretVolumeSource {
                 secret_name: Some(config_secret.to_string()),
                 ..Default::default()
@@ -352,7 +444,7 @@ pub fn proxy_volumes(config_secret: &str) -> [Volume; 2] {
             ..Default::default()
         },
         Volume {
-            name: HOME_VOLUME.to_string(),
+            name: names.home.clone(),
             empty_dir: Some(EmptyDirVolumeSource::default()),
             ..Default::default()
         },

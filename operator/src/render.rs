@@ -156,6 +156,40 @@ impl Rendered {
     }
 }
 
+/// A port a rendered config listens on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenPort {
+    /// The service's name: in a gateway, its name in the GostService (a DNS label, so a valid
+    /// Service port name); in a sidecar config, the rendered name ([`service_name`]).
+    pub name: String,
+    /// The listen port.
+    pub port: u16,
+    /// `TCP`, or `UDP` for the QUIC listener `h3`.
+    pub protocol: &'static str,
+}
+
+impl Rendered {
+    /// The listen ports of the services that rendered (a left-out service has none).
+    pub fn listen_ports(&self) -> Vec<ListenPort> {
+        self.config
+            .services
+            .iter()
+            .filter_map(|svc| {
+                let (_, port) = gost_api::split_host_port(&svc.addr)?;
+                Some(ListenPort {
+                    name: svc.name.clone(),
+                    port: port.parse().ok()?,
+                    protocol: if svc.listener.kind == ListenerType::H3 {
+                        "UDP"
+                    } else {
+                        "TCP"
+                    },
+                })
+            })
+            .collect()
+    }
+}
+
 /// Does `selector` select a pod with `labels`? Kubernetes semantics: an empty selector selects
 /// everything, `matchLabels` and every `matchExpressions` entry must all hold.
 pub fn selects(

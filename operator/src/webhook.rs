@@ -34,6 +34,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::inject::{self, Decision, INJECT_KEY, SidecarSettings};
 use crate::metrics::{Admission, metrics};
+use crate::render::ListenPort;
 
 /// The path the MutatingWebhookConfiguration calls.
 pub const MUTATE_PATH: &str = "/mutate";
@@ -48,16 +49,25 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bounds reading a request's head, and separately its body, for the same reason.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The config a pod's sidecar gets.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SidecarConfig {
+    /// The name of the config Secret the sidecar mounts.
+    pub secret: String,
+    /// The ports the rendered services listen on (checked against the pod's own ports).
+    pub listen_ports: Vec<ListenPort>,
+}
+
 /// Renders the config Secret of a pod's config group. The controller implements it.
 pub trait PodConfig: Send + Sync + 'static {
     /// Renders (unless `dry_run`) the config Secret for this pod's config group and returns
-    /// its name; `dry_run` must not write anything.
+    /// its name and what it listens on; `dry_run` must not write anything.
     fn ensure_config(
         &self,
         namespace: &str,
         pod: &Pod,
         dry_run: bool,
-    ) -> impl Future<Output = Result<String, String>> + Send;
+    ) -> impl Future<Output = Result<SidecarConfig, String>> + Send;
 }
 
 impl<T: PodConfig> PodConfig for Arc<T> {
@@ -66,7 +76,7 @@ impl<T: PodConfig> PodConfig for Arc<T> {
         namespace: &str,
         pod: &Pod,
         dry_run: bool,
-    ) -> impl Future<Output = Result<String, String>> + Send {
+    ) -> impl Future<Output = Result<SidecarConfig, String>> + Send {
         T::ensure_config(self, namespace, pod, dry_run)
     }
 }
@@ -165,22 +175,26 @@ impl<P: PodConfig, N: NamespaceLabels> Webhook<P, N> {
             tracing::debug!(uid = %request.uid, namespace, reason, "not injecting");
             return (response, Admission::Skipped);
         }
-        let secret = match self
+        let config = match self
             .pod_config
             .ensure_config(namespace, pod, request.dry_run)
             .await
         {
-            Ok(secret) => secret,
+            Ok(config) => config,
             Err(reason) => {
                 tracing::warn!(uid = %request.uid, namespace, pod = pod_name(pod), %reason, "cannot render the sidecar config; admitting the pod without the sidecar");
                 let response = warn(response, format!("gost sidecar not injected: {reason}"));
                 return (response, Admission::Failed);
             }
         };
-        let Some(patch) = inject::sidecar_patch(pod, &secret, &self.settings) else {
+        let secret = &config.secret;
+        let Some(patch) = inject::sidecar_patch(pod, secret, &self.settings) else {
             return (response, Admission::Skipped);
         };
         tracing::info!(uid = %request.uid, namespace, pod = pod_name(pod), config = %secret, dry_run = request.dry_run, "injecting the gost sidecar");
+        let response = inject::warnings(pod, &self.settings, &config.listen_ports)
+            .into_iter()
+            .fold(response, warn);
         match response.with_patch(patch) {
             Ok(response) => (response, Admission::Injected),
             Err(error) => (

@@ -658,8 +658,15 @@ async fn ensure_pod_config_writes_only_when_not_a_dry_run() {
     let (client, ctx) = setup(objects).await;
     // At admission the pod is not stored yet, but its owner is known.
     let pod: Pod = serde_json::from_value(rs_pod("")).unwrap();
-    let name = ctx.ensure_pod_config(NS, &pod, true).await.unwrap();
-    assert_eq!(name, GROUP_SECRET);
+    let configured = ctx.ensure_pod_config(NS, &pod, true).await.unwrap();
+    assert_eq!(configured.secret, GROUP_SECRET);
+    let ports: Vec<(&str, u16)> = configured
+        .listen_ports
+        .iter()
+        .map(|p| (p.name.as_str(), p.port))
+        .collect();
+    assert_eq!(ports, [("web/proxy", 8000), ("web/socks", 1080)]);
+    let name = configured.secret;
     assert!(
         api::<Secret>(&client)
             .get_opt(&name)
@@ -669,7 +676,7 @@ async fn ensure_pod_config_writes_only_when_not_a_dry_run() {
         "dry run wrote"
     );
 
-    let name = ctx.ensure_pod_config(NS, &pod, false).await.unwrap();
+    let name = ctx.ensure_pod_config(NS, &pod, false).await.unwrap().secret;
     let s = api::<Secret>(&client).get(&name).await.unwrap();
     assert_eq!(config_of(&s).services.len(), 2);
     assert_eq!(s.owner_references()[0].uid, RS_UID);
@@ -688,7 +695,11 @@ async fn ensure_pod_config_writes_only_when_not_a_dry_run() {
     // A bare pod at admission has no UID: its Secret gets its owner once the pod is stored.
     let mut bare: Pod = serde_json::from_value(bare_pod("debug", "")).unwrap();
     bare.metadata.uid = None;
-    let name = ctx.ensure_pod_config(NS, &bare, false).await.unwrap();
+    let name = ctx
+        .ensure_pod_config(NS, &bare, false)
+        .await
+        .unwrap()
+        .secret;
     assert_eq!(name, "gost-sidecar-pod-debug");
     let s = api::<Secret>(&client).get(&name).await.unwrap();
     assert!(s.owner_references().is_empty());

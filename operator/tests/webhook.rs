@@ -11,7 +11,8 @@ use std::time::Duration;
 use base64::Engine as _;
 use gost_operator::certs::{self, CertSettings, Renewal, ServingCert};
 use gost_operator::inject::SidecarSettings;
-use gost_operator::webhook::{self, CertResolver, PodConfig, Webhook};
+use gost_operator::render::ListenPort;
+use gost_operator::webhook::{self, CertResolver, PodConfig, SidecarConfig, Webhook};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhook, MutatingWebhookConfiguration, ServiceReference, WebhookClientConfig,
@@ -47,17 +48,24 @@ impl PodConfig for RecordingConfig {
         namespace: &str,
         pod: &Pod,
         dry_run: bool,
-    ) -> Result<String, String> {
+    ) -> Result<SidecarConfig, String> {
         self.calls
             .lock()
             .unwrap()
             .push((namespace.to_string(), dry_run));
         match &self.fail {
             Some(reason) => Err(reason.clone()),
-            None => Ok(format!(
-                "{}-gost",
-                pod.metadata.generate_name.as_deref().unwrap_or("pod")
-            )),
+            None => Ok(SidecarConfig {
+                secret: format!(
+                    "{}-gost",
+                    pod.metadata.generate_name.as_deref().unwrap_or("pod")
+                ),
+                listen_ports: vec![ListenPort {
+                    name: "web/proxy".into(),
+                    port: 8000,
+                    protocol: "TCP",
+                }],
+            }),
         }
     }
 }
@@ -346,6 +354,96 @@ async fn keeps_existing_init_containers_volumes_and_annotations() {
         "web-7d9f--gost"
     );
     assert_eq!(patched["metadata"]["labels"]["gost.rs/injected"], "true");
+}
+
+/// A pod may already use the sidecar's volume names (the API server refuses a pod with two
+/// volumes of one name, whatever the webhook's failurePolicy): the sidecar's volumes then get
+/// free names, its mounts follow, and a warning says so.
+#[tokio::test]
+async fn volumes_named_like_the_sidecars_get_other_names() {
+    let server = start(None).await;
+    let mut original = pod();
+    original["spec"]["volumes"] = json!([
+        {"name": "gost-config", "configMap": {"name": "my-gost-client-settings"}},
+        {"name": "gost-home", "emptyDir": {}},
+        {"name": "gost-config-2", "emptyDir": {}},
+    ]);
+    let response = server.admit(&review("u1", "shop", &original, false)).await;
+    let patched = apply(&response, &original);
+    let volumes = names(&patched["spec"]["volumes"]);
+    let mut unique = volumes.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(
+        unique.len(),
+        volumes.len(),
+        "duplicate volume names: {volumes:?}"
+    );
+    assert_eq!(
+        patched["spec"]["volumes"].as_array().unwrap()[..3],
+        original["spec"]["volumes"].as_array().unwrap()[..],
+        "the pod's own volumes are untouched"
+    );
+    let by_name = |name: &str| {
+        patched["spec"]["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == name)
+            .unwrap_or_else(|| panic!("no volume {name}"))
+            .clone()
+    };
+    let mounts = &patched["spec"]["initContainers"][0]["volumeMounts"];
+    let config = by_name(mounts[0]["name"].as_str().unwrap());
+    assert_eq!(config["secret"]["secretName"], "web-7d9f--gost");
+    assert_eq!(mounts[0]["mountPath"], "/etc/gost");
+    let home = by_name(mounts[1]["name"].as_str().unwrap());
+    assert!(home["emptyDir"].is_object(), "{home}");
+    assert_ne!(mounts[1]["name"], "gost-home");
+    serde_json::from_value::<Pod>(patched.clone()).unwrap();
+    let warnings: Vec<&str> = response["warnings"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no warnings: {response}"))
+        .iter()
+        .map(|w| w.as_str().unwrap())
+        .collect();
+    let warnings = warnings.join("\n");
+    assert!(
+        warnings.contains("\"gost-config\"") && warnings.contains("\"gost-home\""),
+        "{response}"
+    );
+}
+
+/// Containers of a pod share its network: an app port that the sidecar also binds means one
+/// of them fails to start. The pod is still injected, with a warning naming the clash.
+#[tokio::test]
+async fn app_ports_the_sidecar_binds_are_warned_about() {
+    let server = start(None).await;
+    let mut original = pod();
+    original["spec"]["containers"][0]["ports"] = json!([
+        {"containerPort": 15300}, {"containerPort": 8080}, {"containerPort": 8000, "protocol": "UDP"}
+    ]);
+    original["spec"]["initContainers"] =
+        json!([{"name": "warm-up", "image": "w", "ports": [{"containerPort": 8000}]}]);
+    let response = server.admit(&review("u1", "shop", &original, false)).await;
+    apply(&response, &original);
+    let warnings: Vec<&str> = response["warnings"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no warnings: {response}"))
+        .iter()
+        .map(|w| w.as_str().unwrap())
+        .collect();
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(
+        warnings[0].contains("container \"warm-up\" port 8000/TCP")
+            && warnings[0].contains("gost service \"web/proxy\""),
+        "{warnings:?}"
+    );
+    assert!(
+        warnings[1].contains("container \"web\" port 15300/TCP")
+            && warnings[1].contains("admin port"),
+        "{warnings:?}"
+    );
 }
 
 #[tokio::test]
