@@ -360,7 +360,9 @@ pub struct ServiceSpec {
         regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
     )]
     pub name: String,
-    /// Listen address, `:port` or `host:port`.
+    /// Listen address: `:port` (every interface) or `host:port`, where host is an IP address
+    /// (`127.0.0.1`, `[::1]`) or `localhost`; a name the sidecar would have to resolve is not
+    /// rendered.
     #[schemars(length(min = 2, max = 260))]
     pub addr: String,
     /// The proxy protocol (`auto` by default).
@@ -456,7 +458,26 @@ pub struct GatewaySpec {
     pub service: Option<GatewayServiceSpec>,
     /// Compute resources of the proxy container (the operator's sidecar defaults otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = quantities_have_a_pattern)]
     pub resources: Option<k8s_openapi::api::core::v1::ResourceRequirements>,
+}
+
+/// A Kubernetes resource quantity (`128Mi`, `0.5`, `500m`, `1e3`): the pattern the API server's
+/// own CRDs give `resource.Quantity`, so a typo is refused at apply time instead of making the
+/// gateway's Deployment fail later.
+pub const QUANTITY_PATTERN: &str = r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$";
+
+/// Puts [`QUANTITY_PATTERN`] on the values of `limits` and `requests`.
+fn quantities_have_a_pattern(schema: &mut schemars::Schema) {
+    for list in ["limits", "requests"] {
+        let pointer = format!("/properties/{list}/additionalProperties");
+        if let Some(values) = schema
+            .pointer_mut(&pointer)
+            .and_then(serde_json::Value::as_object_mut)
+        {
+            values.insert("pattern".into(), QUANTITY_PATTERN.into());
+        }
+    }
 }
 
 /// The Service in front of a gateway. Its ports are the services' listen ports, named after the
@@ -471,10 +492,13 @@ pub struct GatewayServiceSpec {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[serde(deserialize_with = "null_as_default")]
     pub annotations: BTreeMap<String, String>,
-    /// Per-service port overrides: service name → port the Service exposes (default: the
-    /// service's listen port).
+    /// Per-service port overrides: service name → port the Service exposes, 1 to 65535
+    /// (default: the service's listen port).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[serde(deserialize_with = "null_as_default")]
+    #[schemars(extend("additionalProperties" = {
+        "type": "integer", "format": "int32", "minimum": 1, "maximum": 65535
+    }))]
     pub ports: BTreeMap<String, i32>,
 }
 

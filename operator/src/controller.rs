@@ -41,7 +41,7 @@ use crate::gateway::{self, GATEWAY_APP, GatewaySettings, NAME_LABEL};
 use crate::group::{self, Group, INJECTED_LABEL, INJECTED_VALUE, MANAGED_BY, MANAGED_BY_LABEL};
 use crate::inject::SidecarSettings;
 use crate::metrics::metrics;
-use crate::render::{self, Namespace, Problem, Rendered, render_for_pod, render_gateway};
+use crate::render::{self, Namespace, Problem, Reason, Rendered, render_for_pod, render_gateway};
 use crate::status::{self, GatewayState, Seen, ServiceObservation};
 use crate::webhook::SidecarConfig;
 
@@ -369,11 +369,17 @@ impl Context {
     /// Brings namespace `ns` to its desired state: the config Secret of every config group,
     /// every gateway, and the status of every GostService and GostChain. Writes only what
     /// differs.
+    ///
+    /// A failed write does not stop the others: a gateway the API server refuses becomes a
+    /// condition on its GostService, and every other Secret, gateway and status is still
+    /// written. The reconcile then fails with the first error that a retry may cure, so the
+    /// namespace is retried with backoff.
     pub async fn reconcile(&self, ns: &str) -> Result<Summary, Error> {
         let snap = self.snapshot(ns).await?;
         let namespace = snap.namespace();
         let rs = self.render_settings();
         let mut summary = Summary::default();
+        let mut failures = Failures::default();
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), ns);
         let mut existing: BTreeMap<String, Secret> = secrets
             .list(&managed())
@@ -421,21 +427,38 @@ impl Context {
                 add_problems(&mut obs.problems, std::slice::from_ref(p));
             }
             let desired = group_secret(ns, group, &r);
-            if self
+            match self
                 .write_secret(&secrets, existing.remove(name).as_ref(), desired)
-                .await?
+                .await
             {
-                summary.writes += 1;
+                Ok(wrote) => summary.writes += usize::from(wrote),
+                Err(e) => failures.push(e),
             }
         }
 
+        // Gateways before statuses: what the API server refuses there is reported in them.
         summary.writes += self
-            .reconcile_gateways(ns, &snap, &gateway_renders, &mut existing, &mut observed)
-            .await?;
-        summary.writes += self.write_statuses(ns, &snap, &observed).await?;
-        Ok(summary)
+            .reconcile_gateways(
+                ns,
+                &snap,
+                &gateway_renders,
+                &mut existing,
+                &mut observed,
+                &mut failures,
+            )
+            .await;
+        summary.writes += self
+            .write_statuses(ns, &snap, &observed, &mut failures)
+            .await;
+        match failures.into_first(ns) {
+            Some(error) => Err(error),
+            None => Ok(summary),
+        }
     }
 
+    /// Applies the gateway of every GostService that has one and deletes the gateways of those
+    /// that no longer do. A gateway whose spec is invalid, or that the API server refuses, is
+    /// left as it was and reported as a problem of its GostService.
     async fn reconcile_gateways(
         &self,
         ns: &str,
@@ -443,43 +466,64 @@ impl Context {
         renders: &BTreeMap<String, Rendered>,
         existing_secrets: &mut BTreeMap<String, Secret>,
         observed: &mut BTreeMap<String, ServiceObservation>,
-    ) -> Result<usize, Error> {
+        failures: &mut Failures,
+    ) -> usize {
         let mut writes = 0;
         let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), ns);
         let services: Api<K8sService> = Api::namespaced(self.client.clone(), ns);
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), ns);
-        let mut existing_deployments = by_name(
-            deployments
-                .list(&gateways())
-                .await
-                .map_err(api_err(format!("list gateway Deployments in {ns}")))?
-                .items,
-        );
-        let mut existing_services = by_name(
-            services
-                .list(&gateways())
-                .await
-                .map_err(api_err(format!("list gateway Services in {ns}")))?
-                .items,
-        );
+        let with_gateway = || snap.services.iter().filter(|gs| gs.spec.gateway.is_some());
+        let listed = future::try_join(
+            async {
+                deployments
+                    .list(&gateways())
+                    .await
+                    .map_err(api_err(format!("list gateway Deployments in {ns}")))
+            },
+            async {
+                services
+                    .list(&gateways())
+                    .await
+                    .map_err(api_err(format!("list gateway Services in {ns}")))
+            },
+        )
+        .await;
+        let (mut existing_deployments, mut existing_services) = match listed {
+            Ok((d, s)) => (by_name(d.items), by_name(s.items)),
+            Err(e) => {
+                // Without the list, nothing can be applied or deleted safely.
+                for gs in with_gateway() {
+                    let obs = observed.entry(gs.name_any()).or_default();
+                    add_problems(&mut obs.problems, &[gateway_not_applied(gs, &e)]);
+                }
+                failures.push(e);
+                return 0;
+            }
+        };
         let gw_settings = GatewaySettings {
             proxy: &self.settings.proxy,
         };
-        for gs in snap.services.iter().filter(|gs| gs.spec.gateway.is_some()) {
+        for gs in with_gateway() {
             let Some(rendered) = renders.get(&gs.name_any()) else {
                 continue;
             };
-            let gw = gateway::build(gs, rendered, &gw_settings);
-            let name = gw.deployment.name_any();
-            let secret = existing_secrets.remove(&name);
-            if self
-                .write_secret(&secrets, secret.as_ref(), gw.secret)
-                .await?
-            {
-                writes += 1;
+            let name = gateway::gateway_name(&gs.name_any());
+            // Claimed whatever happens next, so that an invalid or refused gateway keeps the
+            // objects it has instead of losing them as if it were gone.
+            let current_secret = existing_secrets.remove(&name);
+            let current_deployment = existing_deployments.remove(&name);
+            let current_service = existing_services.remove(&name);
+            let obs = observed.entry(gs.name_any()).or_default();
+            let invalid: Vec<Problem> = gateway::spec_problems(gs)
+                .into_iter()
+                .map(|message| gateway_problem(gs, Reason::InvalidGateway, message))
+                .collect();
+            if !invalid.is_empty() {
+                add_problems(&mut obs.problems, &invalid);
+                continue;
             }
-            let current = existing_deployments.remove(&name);
-            let state = GatewayState {
+            let gw = gateway::build(gs, rendered, &gw_settings);
+            obs.gateway = Some(GatewayState {
                 name: name.clone(),
                 desired: gw
                     .deployment
@@ -487,27 +531,42 @@ impl Context {
                     .as_ref()
                     .and_then(|s| s.replicas)
                     .unwrap_or(1),
-                available: current
+                available: current_deployment
                     .as_ref()
                     .and_then(|d| d.status.as_ref())
                     .and_then(|s| s.available_replicas)
                     .unwrap_or(0),
+            });
+            let applied = async {
+                let mut wrote = usize::from(
+                    self.write_secret(&secrets, current_secret.as_ref(), gw.secret)
+                        .await?,
+                );
+                wrote += usize::from(
+                    self.apply_if_changed(
+                        &deployments,
+                        current_deployment.as_ref(),
+                        &gw.deployment,
+                    )
+                    .await?,
+                );
+                if let Some(service) = &gw.service {
+                    wrote += usize::from(
+                        self.apply_if_changed(&services, current_service.as_ref(), service)
+                            .await?,
+                    );
+                }
+                Ok::<_, Error>(wrote)
             };
-            if self
-                .apply_if_changed(&deployments, current.as_ref(), &gw.deployment)
-                .await?
-            {
-                writes += 1;
+            match applied.await {
+                Ok(wrote) => writes += wrote,
+                Err(e) => {
+                    add_problems(&mut obs.problems, &[gateway_not_applied(gs, &e)]);
+                    if retryable(&e) {
+                        failures.push(e);
+                    }
+                }
             }
-            let current = existing_services.remove(&name);
-            if let Some(service) = &gw.service
-                && self
-                    .apply_if_changed(&services, current.as_ref(), service)
-                    .await?
-            {
-                writes += 1;
-            }
-            observed.entry(gs.name_any()).or_default().gateway = Some(state);
         }
         // What is left belongs to GostServices that no longer ask for a gateway.
         let gateway_secrets: Vec<String> = existing_secrets
@@ -516,15 +575,15 @@ impl Context {
             .map(|(n, _)| n.clone())
             .collect();
         for name in existing_deployments.keys() {
-            writes += delete(&deployments, name).await?;
+            failures.count(delete(&deployments, name).await, &mut writes);
         }
         for name in existing_services.keys() {
-            writes += delete(&services, name).await?;
+            failures.count(delete(&services, name).await, &mut writes);
         }
         for name in gateway_secrets {
-            writes += delete(&secrets, &name).await?;
+            failures.count(delete(&secrets, &name).await, &mut writes);
         }
-        Ok(writes)
+        writes
     }
 
     /// Creates `desired`, or replaces `existing` when its data, type, our labels or our owner
@@ -611,7 +670,8 @@ impl Context {
         ns: &str,
         snap: &Snapshot,
         observed: &BTreeMap<String, ServiceObservation>,
-    ) -> Result<usize, Error> {
+        failures: &mut Failures,
+    ) -> usize {
         let mut writes = 0;
         let now = Time(Timestamp::from_second(Timestamp::now().as_second()).unwrap_or_default());
         let services: Api<GostService> = Api::namespaced(self.client.clone(), ns);
@@ -621,15 +681,15 @@ impl Context {
             let new = status::gost_service_status(gs, &obs, &now);
             self.record_events(gs, &obs).await;
             if gs.status.as_ref() != Some(&new) {
-                services
+                let patched = services
                     .patch_status(
                         &name,
                         &PatchParams::default(),
                         &Patch::Merge(serde_json::json!({ "status": new })),
                     )
                     .await
-                    .map_err(api_err(format!("patch status of GostService {ns}/{name}")))?;
-                writes += 1;
+                    .map_err(api_err(format!("patch status of GostService {ns}/{name}")));
+                failures.count(patched.map(|_| 1), &mut writes);
             }
         }
         // Forget GostServices of this namespace that are gone.
@@ -646,18 +706,18 @@ impl Context {
             let problem = render::chain_problem(&namespace, &name);
             let new = status::gost_chain_status(gc, problem.as_ref(), &now);
             if gc.status.as_ref() != Some(&new) {
-                chains
+                let patched = chains
                     .patch_status(
                         &name,
                         &PatchParams::default(),
                         &Patch::Merge(serde_json::json!({ "status": new })),
                     )
                     .await
-                    .map_err(api_err(format!("patch status of GostChain {ns}/{name}")))?;
-                writes += 1;
+                    .map_err(api_err(format!("patch status of GostChain {ns}/{name}")));
+                failures.count(patched.map(|_| 1), &mut writes);
             }
         }
-        Ok(writes)
+        writes
     }
 
     /// Events on changes only. Events are advisory: a failure to record one is logged and
@@ -808,6 +868,77 @@ where
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(0),
         Err(e) => Err(api_err(format!("delete {kind} {name:?}"))(e)),
     }
+}
+
+/// The errors of one reconcile's writes: each is logged, and the reconcile fails with the
+/// first one once everything else was done.
+#[derive(Default)]
+struct Failures(Vec<Error>);
+
+impl Failures {
+    fn push(&mut self, error: Error) {
+        self.0.push(error);
+    }
+
+    /// Adds the writes of `result`, or keeps its error.
+    fn count(&mut self, result: Result<usize, Error>, writes: &mut usize) {
+        match result {
+            Ok(n) => *writes += n,
+            Err(e) => self.push(e),
+        }
+    }
+
+    /// The first error, the others logged.
+    fn into_first(self, ns: &str) -> Option<Error> {
+        let mut errors = self.0.into_iter();
+        let first = errors.next();
+        for other in errors {
+            warn!(namespace = %ns, error = %other, "write failed");
+        }
+        first
+    }
+}
+
+/// Whether a retry may cure `error`: not when the API server refused the request as invalid
+/// or forbidden (4xx), which only a change of the resource cures (and that triggers a
+/// reconcile anyway).
+fn retryable(error: &Error) -> bool {
+    match error {
+        Error::Api {
+            source: kube::Error::Api(status),
+            ..
+        } => !(400..500).contains(&status.code) || matches!(status.code, 408 | 409 | 429),
+        _ => true,
+    }
+}
+
+/// A problem of `gs`'s gateway (no service, no chain).
+fn gateway_problem(gs: &GostService, reason: Reason, message: String) -> Problem {
+    Problem {
+        gost_service: gs.name_any(),
+        service: None,
+        gost_chain: None,
+        reason,
+        message,
+    }
+}
+
+/// `error`, met while applying `gs`'s gateway, as a problem saying what to do about it.
+fn gateway_not_applied(gs: &GostService, error: &Error) -> Problem {
+    let message = match error {
+        Error::Api {
+            action,
+            source: kube::Error::Api(status),
+        } if !retryable(error) => format!(
+            "the API server refused to {action}: {}; fix what it names in spec.gateway",
+            status.message
+        ),
+        Error::Api { action, source } => {
+            format!("could not {action} ({source}); the operator retries with backoff")
+        }
+        other => format!("{other}; the operator retries with backoff"),
+    };
+    gateway_problem(gs, Reason::GatewayNotApplied, message)
 }
 
 fn add_problems(into: &mut Vec<Problem>, new: &[Problem]) {

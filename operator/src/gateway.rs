@@ -58,16 +58,98 @@ pub struct Gateway {
     pub service: Option<Service>,
 }
 
-/// `gost-gw-<name>`, shortened with a hash to a DNS label when longer than 63 characters
-/// (Service names are DNS labels).
+/// `gost-gw-<name>` as a DNS-1035 label, which Service names must be (at most 63 lowercase
+/// alphanumerics and `-`, starting with a letter). A GostService name is a DNS subdomain and
+/// may hold `.`, so other characters become `-`; a name that had to be changed, or that is
+/// too long (and then cut), ends in `-` and a hash of the full name, so that `edge.v1` and
+/// `edge-v1` get different gateways.
 pub fn gateway_name(gost_service: &str) -> String {
     let full = format!("{GATEWAY_PREFIX}{gost_service}");
-    if full.len() <= MAX_SERVICE_NAME_LEN {
+    let label: String = full
+        .chars()
+        .map(|c| {
+            if c.is_ascii_lowercase() || c.is_ascii_digit() {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if label == full && full.len() <= MAX_SERVICE_NAME_LEN && !full.ends_with('-') {
         return full;
     }
-    label_value(&full)
-        .trim_matches(|c: char| !c.is_ascii_alphanumeric())
-        .replace(['.', '_'], "-")
+    let hash = short_hash(full.as_bytes());
+    let keep = (MAX_SERVICE_NAME_LEN - hash.len() - 1).min(label.len());
+    let head = label[..keep].trim_end_matches('-');
+    format!("{head}-{hash}")
+}
+
+/// What in `gs.spec.gateway` the API server would refuse in the objects built from it, one
+/// sentence each (field, value, what to do). The CRD's schema refuses these too; this catches
+/// GostServices stored before it did, and keeps a bad field from failing the whole reconcile.
+pub fn spec_problems(gs: &GostService) -> Vec<String> {
+    let Some(gateway) = &gs.spec.gateway else {
+        return Vec::new();
+    };
+    let mut problems = Vec::new();
+    let ports = gateway.service.iter().flat_map(|s| &s.ports);
+    for (service, port) in ports {
+        if !(1..=65535).contains(port) {
+            problems.push(format!(
+                "spec.gateway.service.ports[{service}]: {port} is not a port; use a number from 1 to 65535, or remove the entry to expose the service's listen port"
+            ));
+        }
+    }
+    if let Some(resources) = &gateway.resources {
+        let lists = [
+            ("limits", &resources.limits),
+            ("requests", &resources.requests),
+        ];
+        for (list, quantities) in lists {
+            for (resource, quantity) in quantities.iter().flatten() {
+                if !is_quantity(&quantity.0) {
+                    problems.push(format!(
+                        "spec.gateway.resources.{list}.{resource}: {:?} is not a quantity; write e.g. 128Mi, 1Gi, 500m or 2",
+                        quantity.0
+                    ));
+                }
+            }
+        }
+    }
+    problems
+}
+
+/// Whether `s` is a Kubernetes resource quantity: a signed decimal number with an optional
+/// binary (`Ki`..`Ei`) or decimal (`n`, `u`, `m`, `k`, `M`..`E`) suffix or exponent (`e3`).
+pub fn is_quantity(s: &str) -> bool {
+    /// `digits[.digits]` or `.digits`, and the rest.
+    fn number(s: &str) -> Option<&str> {
+        let int = s.len() - s.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        let rest = &s[int..];
+        let Some(fraction) = rest.strip_prefix('.') else {
+            return (int > 0).then_some(rest);
+        };
+        let frac = fraction.len()
+            - fraction
+                .trim_start_matches(|c: char| c.is_ascii_digit())
+                .len();
+        (int > 0 || frac > 0).then_some(&fraction[frac..])
+    }
+    let unsigned = s.strip_prefix(['+', '-']).unwrap_or(s);
+    let Some(suffix) = number(unsigned) else {
+        return false;
+    };
+    match suffix {
+        "" | "Ki" | "Mi" | "Gi" | "Ti" | "Pi" | "Ei" => true,
+        "n" | "u" | "m" | "k" | "M" | "G" | "T" | "P" | "E" => true,
+        exponent => {
+            exponent
+                .strip_prefix(['e', 'E'])
+                .map(|e| e.strip_prefix(['+', '-']).unwrap_or(e))
+                .and_then(number)
+                == Some("")
+        }
+    }
 }
 
 /// The labels selecting a gateway's pods (also on every gateway object).
@@ -249,6 +331,14 @@ pub fn applied_hash<K: Resource>(obj: &K) -> Option<&str> {
 mod tests {
     use super::*;
 
+    fn is_dns1035(s: &str) -> bool {
+        s.len() <= 63
+            && s.starts_with(|c: char| c.is_ascii_lowercase())
+            && !s.ends_with('-')
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    }
+
     #[test]
     fn gateway_names_are_dns_labels() {
         assert_eq!(gateway_name("edge"), "gost-gw-edge");
@@ -258,5 +348,30 @@ mod tests {
             "{long}"
         );
         assert_ne!(long, gateway_name(&format!("{}f", "e".repeat(199))));
+        let dotted = gateway_name("edge.v1");
+        assert!(dotted.starts_with("gost-gw-edge-v1-"), "{dotted}");
+        assert_ne!(dotted, gateway_name("edge-v1"));
+        assert_eq!(gateway_name("edge-v1"), "gost-gw-edge-v1");
+        let long_dotted = format!("{}.{}", "a".repeat(40), "b".repeat(200));
+        for name in ["edge", "edge.v1", "9lives", "a.b.c", long_dotted.as_str()] {
+            let n = gateway_name(name);
+            assert!(is_dns1035(&n), "{name} -> {n}");
+            assert_eq!(n, gateway_name(name), "stable");
+        }
+    }
+
+    #[test]
+    fn quantities_follow_the_kubernetes_grammar() {
+        for good in [
+            "1", "128Mi", "0.5", ".5", "1.", "500m", "2Gi", "+1k", "-1", "1e3", "1E-3", "1.5e+2",
+            "100n",
+        ] {
+            assert!(is_quantity(good), "{good}");
+        }
+        for bad in [
+            "", "lots", "1 Gi", "1GB", "Mi", "1.2.3", "e3", "1e", "1ee3", ".", "1Ki2",
+        ] {
+            assert!(!is_quantity(bad), "{bad}");
+        }
     }
 }

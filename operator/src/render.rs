@@ -36,8 +36,8 @@ pub const MOUNT_PATH: &str = "/etc/gost";
 /// unusual, so that it does not clash with the ports of the application it sits beside.
 pub const DEFAULT_ADMIN_PORT: u16 = 15300;
 
-/// Why part of a resource was left out of a rendered config. The names are the `reason`s of
-/// the `Rendered` condition.
+/// Why part of a resource was left out of a rendered config (or its gateway out of the
+/// cluster). The names are the `reason`s of the `Rendered` condition.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Reason {
     /// `handler.chain` names a GostChain that does not exist in the namespace.
@@ -62,6 +62,13 @@ pub enum Reason {
     InvalidSelector,
     /// The proxy would refuse the rendered chain (the message quotes its error).
     InvalidChain,
+    /// A `spec.gateway` field the API server would refuse in the objects built from it (a
+    /// Service port outside 1-65535, a resource quantity that does not parse); the gateway is
+    /// left as it was.
+    InvalidGateway,
+    /// The API server refused (or failed) a write of the gateway's Secret, Deployment or
+    /// Service (the message quotes it).
+    GatewayNotApplied,
 }
 
 impl Reason {
@@ -78,6 +85,8 @@ impl Reason {
             Reason::InvalidService => "InvalidService",
             Reason::InvalidSelector => "InvalidSelector",
             Reason::InvalidChain => "InvalidChain",
+            Reason::InvalidGateway => "InvalidGateway",
+            Reason::GatewayNotApplied => "GatewayNotApplied",
         }
     }
 }

@@ -178,7 +178,7 @@ pub fn gost_service_status(
             false,
             REASON_RENDER_PROBLEMS,
             format!(
-                "{} problem(s) left services out; see the Rendered condition",
+                "{} problem(s) left services or the gateway out; see the Rendered condition",
                 obs.problems.len()
             ),
             generation,

@@ -50,10 +50,9 @@ fn the_example_files_are_the_expected_ones() {
     assert_eq!(files, EXPECTED_FILES);
 }
 
-#[test]
-fn every_custom_resource_validates_against_its_crd_schema() {
-    let crds = gost_api::v1alpha1::crd_files();
-    let validators: BTreeMap<String, jsonschema::Validator> = crds
+/// A JSON Schema validator per kind, from the generated CRDs.
+fn validators() -> BTreeMap<String, jsonschema::Validator> {
+    gost_api::v1alpha1::crd_files()
         .iter()
         .map(|(file, yaml)| {
             let crd: Value = serde_saphyr::from_str(yaml).expect("the generated CRD is YAML");
@@ -64,7 +63,45 @@ fn every_custom_resource_validates_against_its_crd_schema() {
                 .unwrap_or_else(|e| panic!("{file}: the schema does not compile: {e}"));
             (kind.to_string(), validator)
         })
+        .collect()
+}
+
+/// The API server refuses, at apply time, gateway fields that would make the gateway's
+/// objects invalid: a Service port outside 1-65535 and a resource quantity that is not one.
+#[test]
+fn the_crd_schema_refuses_bad_gateway_ports_and_quantities() {
+    let validators = validators();
+    let validator = &validators["GostService"];
+    let with_gateway = |gateway: Value| {
+        serde_json::json!({
+            "apiVersion": "gost.rs/v1alpha1", "kind": "GostService",
+            "metadata": {"name": "edge"},
+            "spec": {"gateway": gateway, "services": [{"name": "entry", "addr": ":8080"}]}
+        })
+    };
+    let good = with_gateway(serde_json::json!({
+        "service": {"ports": {"entry": 443}},
+        "resources": {"limits": {"memory": "128Mi", "cpu": "500m"}, "requests": {"cpu": "0.1"}}
+    }));
+    let errors: Vec<String> = validator
+        .iter_errors(&good)
+        .map(|e| e.to_string())
         .collect();
+    assert!(errors.is_empty(), "{errors:?}");
+    for bad in [
+        serde_json::json!({"service": {"ports": {"entry": 70000}}}),
+        serde_json::json!({"service": {"ports": {"entry": 0}}}),
+        serde_json::json!({"resources": {"limits": {"memory": "lots"}}}),
+        serde_json::json!({"resources": {"requests": {"cpu": "1 core"}}}),
+    ] {
+        let doc = with_gateway(bad.clone());
+        assert!(!validator.is_valid(&doc), "accepted: {bad}");
+    }
+}
+
+#[test]
+fn every_custom_resource_validates_against_its_crd_schema() {
+    let validators = validators();
     let mut checked = 0;
     for example in examples::load_all() {
         for doc in &example.documents {

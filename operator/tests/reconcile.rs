@@ -560,6 +560,280 @@ async fn a_gateway_runs_as_deployment_service_and_secret_and_goes_with_its_spec(
     );
 }
 
+/// The in-memory API with `objects`, refusing Service and Deployment writes as the real API
+/// server would (a name that is not a DNS-1035 label, a port outside 1-65535) and every write
+/// of an object named `refuse`.
+async fn strict_api(objects: Vec<Value>, refuse: &'static str) -> Client {
+    use kube_fake_client::{ClientBuilder, interceptor};
+    fn is_dns1035(s: &str) -> bool {
+        s.len() <= 63
+            && s.starts_with(|c: char| c.is_ascii_lowercase())
+            && !s.ends_with('-')
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    }
+    ClientBuilder::new()
+        .with_resource::<GostService>()
+        .with_resource::<GostChain>()
+        .with_status_subresource::<Deployment>()
+        .with_runtime_objects(objects)
+        .with_interceptor_funcs(interceptor::Funcs::new().patch(move |c| {
+            let invalid = |m: String| Err(kube_fake_client::Error::InvalidRequest(m));
+            if c.name == refuse {
+                return invalid(format!(
+                    "{} \"{refuse}\" is invalid: spec: Forbidden: refused by the test",
+                    c.patch["kind"]
+                ));
+            }
+            if c.patch["kind"] == "Service" {
+                if !is_dns1035(c.name) {
+                    return invalid(format!(
+                        "Service \"{}\" is invalid: metadata.name: Invalid value: a DNS-1035 label must consist of lower case alphanumeric characters or '-'",
+                        c.name
+                    ));
+                }
+                for p in c.patch["spec"]["ports"].as_array().into_iter().flatten() {
+                    let port = p["port"].as_i64().unwrap_or(0);
+                    if !(1..=65535).contains(&port) {
+                        return invalid(format!(
+                            "Service \"{}\" is invalid: spec.ports[0].port: Invalid value: {port}: must be between 1 and 65535, inclusive",
+                            c.name
+                        ));
+                    }
+                }
+            }
+            Ok(None)
+        }))
+        .build()
+        .await
+        .expect("the in-memory API starts")
+}
+
+fn named_edge(name: &str, gateway: Value) -> Value {
+    let mut gs = edge_service(gateway);
+    gs["metadata"]["name"] = json!(name);
+    gs
+}
+
+/// One GostService whose gateway the API server refuses must not stop the namespace: the
+/// refusal is a condition on that GostService, and every other Secret and status is written.
+#[tokio::test]
+async fn a_gateway_the_api_refuses_is_a_condition_on_its_gost_service_only() {
+    let mut objects = base();
+    objects[2] = web_service("nope");
+    objects.push(named_edge("edge", json!({})));
+    objects.push(named_edge("other", json!({})));
+    let client = strict_api(objects, "gost-gw-edge").await;
+    let ctx = Context::new(
+        client.clone(),
+        Settings::default(),
+        Stores::list(&client, Some(NS)).await.unwrap(),
+    );
+    reconcile(&client, &ctx).await;
+
+    let status = api::<GostService>(&client)
+        .get("edge")
+        .await
+        .unwrap()
+        .status
+        .expect("the refused GostService has a status");
+    let rendered = condition(&status.conditions, "Rendered");
+    assert_eq!(
+        (rendered.status.as_str(), rendered.reason.as_str()),
+        ("False", "GatewayNotApplied")
+    );
+    assert!(
+        rendered.message.contains("\"gost-gw-edge\"")
+            && rendered.message.contains("refused by the test")
+            && rendered.message.contains("spec.gateway"),
+        "{}",
+        rendered.message
+    );
+    assert_eq!(condition(&status.conditions, "Ready").status, "False");
+
+    // The rest of the namespace went on: the other gateway, the sidecar's Secret, the
+    // statuses of the other GostService and of the GostChain.
+    assert!(
+        api::<Deployment>(&client)
+            .get_opt("gost-gw-other")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        api::<Secret>(&client)
+            .get_opt(GROUP_SECRET)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let web = api::<GostService>(&client).get("web").await.unwrap();
+    assert_eq!(
+        condition(&web.status.unwrap().conditions, "Rendered").reason,
+        "ChainNotFound"
+    );
+    let other = api::<GostService>(&client).get("other").await.unwrap();
+    assert!(other.status.is_some());
+    let gc = api::<GostChain>(&client).get("to-gateway").await.unwrap();
+    assert!(gc.status.is_some());
+}
+
+/// Gateway fields the API server would refuse in the objects built from them are either
+/// made valid (a GostService name with dots makes a valid Service name) or reported on the
+/// GostService, without stopping the reconcile.
+#[tokio::test]
+async fn gateway_names_and_ports_the_api_would_refuse_are_fixed_or_reported() {
+    let objects = vec![
+        named_edge("edge.v1", json!({})),
+        named_edge("edge-v1", json!({})),
+        named_edge("far", json!({"service": {"ports": {"entry": 70000}}})),
+        named_edge("big", json!({"resources": {"limits": {"memory": "lots"}}})),
+    ];
+    let client = strict_api(objects, "").await;
+    let ctx = Context::new(
+        client.clone(),
+        Settings::default(),
+        Stores::list(&client, Some(NS)).await.unwrap(),
+    );
+    reconcile(&client, &ctx).await;
+
+    let services: Vec<String> = api::<Service>(&client)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|s| s.name_any())
+        .collect();
+    assert_eq!(services.len(), 2, "edge.v1 and edge-v1: {services:?}");
+    assert!(
+        services.contains(&"gost-gw-edge-v1".to_string()),
+        "{services:?}"
+    );
+    let status = |name: &'static str| {
+        let client = client.clone();
+        async move {
+            api::<GostService>(&client)
+                .get(name)
+                .await
+                .unwrap()
+                .status
+                .unwrap_or_else(|| panic!("{name} has no status"))
+        }
+    };
+    let dotted = status("edge.v1").await;
+    assert_eq!(condition(&dotted.conditions, "Rendered").status, "True");
+
+    let far = status("far").await;
+    let rendered = condition(&far.conditions, "Rendered");
+    assert_eq!(
+        (rendered.status.as_str(), rendered.reason.as_str()),
+        ("False", "InvalidGateway")
+    );
+    assert!(
+        rendered
+            .message
+            .contains("spec.gateway.service.ports[entry]")
+            && rendered.message.contains("70000")
+            && rendered.message.contains("1 to 65535"),
+        "{}",
+        rendered.message
+    );
+    let big = status("big").await;
+    let rendered = condition(&big.conditions, "Rendered");
+    assert_eq!(rendered.reason, "InvalidGateway");
+    assert!(
+        rendered
+            .message
+            .contains("spec.gateway.resources.limits.memory")
+            && rendered.message.contains("\"lots\""),
+        "{}",
+        rendered.message
+    );
+    for refused in ["gost-gw-far", "gost-gw-big"] {
+        assert!(
+            api::<Deployment>(&client)
+                .get_opt(refused)
+                .await
+                .unwrap()
+                .is_none(),
+            "{refused}: nothing is applied for an invalid gateway"
+        );
+    }
+}
+
+/// A gateway write that failed for a reason a retry may cure is reported too, and fails the
+/// reconcile (so the namespace is retried with backoff) only after everything else was done.
+#[tokio::test]
+async fn a_failed_gateway_write_is_retried_after_the_rest_is_written() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let failed = Arc::new(AtomicBool::new(false));
+    let once = failed.clone();
+    let mut objects = base();
+    objects.push(named_edge("edge", json!({})));
+    let client = kube_fake_client::ClientBuilder::new()
+        .with_resource::<GostService>()
+        .with_resource::<GostChain>()
+        .with_status_subresource::<Deployment>()
+        .with_runtime_objects(objects)
+        .with_interceptor_funcs(kube_fake_client::interceptor::Funcs::new().patch(move |c| {
+            if c.patch["kind"] == "Deployment" && !once.swap(true, Ordering::SeqCst) {
+                return Err(kube_fake_client::Error::Internal("etcd is down".into()));
+            }
+            Ok(None)
+        }))
+        .build()
+        .await
+        .unwrap();
+    let ctx = Context::new(
+        client.clone(),
+        Settings::default(),
+        Stores::list(&client, Some(NS)).await.unwrap(),
+    );
+    let err = ctx
+        .reconcile(NS)
+        .await
+        .expect_err("the failed write fails the reconcile");
+    assert!(err.to_string().contains("gost-gw-edge"), "{err}");
+    assert!(failed.load(Ordering::SeqCst));
+    let status = api::<GostService>(&client)
+        .get("edge")
+        .await
+        .unwrap()
+        .status
+        .unwrap();
+    let rendered = condition(&status.conditions, "Rendered");
+    assert_eq!(rendered.reason, "GatewayNotApplied");
+    assert!(rendered.message.contains("retries"), "{}", rendered.message);
+    assert!(
+        api::<GostService>(&client)
+            .get("web")
+            .await
+            .unwrap()
+            .status
+            .is_some(),
+        "the other statuses were written"
+    );
+
+    // The retry applies it, and the condition clears.
+    reconcile(&client, &ctx).await;
+    assert!(
+        api::<Deployment>(&client)
+            .get_opt("gost-gw-edge")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let status = api::<GostService>(&client)
+        .get("edge")
+        .await
+        .unwrap()
+        .status
+        .unwrap();
+    assert_eq!(condition(&status.conditions, "Rendered").status, "True");
+}
+
 #[tokio::test]
 async fn a_chain_with_a_missing_secret_is_not_ready() {
     let mut objects = base();
