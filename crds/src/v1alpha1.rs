@@ -535,7 +535,8 @@ pub struct GostServiceStatus {
     /// Number of services.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub services: Option<i32>,
-    /// Workloads (config groups: the pods of one owner) whose sidecars run these services.
+    /// Workloads (the pods' owners, e.g. a ReplicaSet or a StatefulSet) whose sidecars run
+    /// these services.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub matched_workloads: Option<i32>,
     /// `Rendered` (configs were rendered; a reason names what was left out) and `Ready`.

@@ -26,7 +26,6 @@ use futures_util::{StreamExt, stream};
 use gost_api::v1alpha1::GostService;
 use gost_operator::certs::{self, CertSettings};
 use gost_operator::controller::{Context, DEBOUNCE, Settings, Stores, Summary};
-use gost_operator::group;
 use gost_operator::inject::SidecarSettings;
 use gost_operator::render::CONFIG_KEY;
 use gost_operator::webhook::{self, CertResolver, Webhook};
@@ -411,7 +410,7 @@ async fn check_groups(
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
     let mut n = 0;
     for rs in scale.workloads_of(CHANGED_SERVICE) {
-        let name = group::secret_name("ReplicaSet", &rs);
+        let name = scale::replica_set_secret(ns, &rs, &format!("svc-{CHANGED_SERVICE}"));
         let s = secrets.get(&name).await.expect("the group Secret exists");
         let text = String::from_utf8(s.data.as_ref().expect("data")[CONFIG_KEY].0.clone())
             .expect("the config is UTF-8");

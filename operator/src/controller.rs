@@ -24,7 +24,7 @@ use k8s_openapi::api::core::v1::Service as K8sService;
 use k8s_openapi::api::core::v1::{Namespace as K8sNamespace, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::core::{PartialObjectMeta, PartialObjectMetaExt};
 use kube::runtime::controller::{self, Action};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
@@ -38,7 +38,11 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::gateway::{self, GATEWAY_APP, GatewaySettings, NAME_LABEL};
-use crate::group::{self, Group, INJECTED_LABEL, INJECTED_VALUE, MANAGED_BY, MANAGED_BY_LABEL};
+use crate::group::{
+    self, CONFIG_GROUP_LABEL, Group, INJECTED_LABEL, INJECTED_VALUE, MANAGED_BY, MANAGED_BY_LABEL,
+    SECRET_PREFIX,
+};
+use crate::inject::INJECTED_ANNOTATION;
 use crate::inject::SidecarSettings;
 use crate::metrics::metrics;
 use crate::render::{self, Namespace, Problem, Reason, Rendered, render_for_pod, render_gateway};
@@ -62,6 +66,10 @@ const ENSURE_ATTEMPTS: usize = 3;
 /// How long the admission-time render waits for the caches of a starting operator: well below
 /// the webhook's own timeout (10 s), so the webhook still answers in time.
 const ENSURE_READY_TIMEOUT: Duration = Duration::from_secs(2);
+/// A config Secret that no injected pod uses is deleted once it has stayed unused this long:
+/// longer than the moment between an admission writing a Secret and its pod being stored, and
+/// than the gap while a StatefulSet replaces a pod (the new one mounts the same Secret).
+pub const ORPHAN_GRACE: Duration = Duration::from_secs(2 * 60);
 /// The field manager of every write.
 pub const DEFAULT_FIELD_MANAGER: &str = "gost-operator";
 
@@ -76,6 +84,8 @@ pub struct Settings {
     pub namespace: Option<String>,
     /// The debounce of namespace reconciles.
     pub debounce: Duration,
+    /// How long a config Secret no pod uses any more is kept before it is deleted.
+    pub orphan_grace: Duration,
 }
 
 impl Default for Settings {
@@ -85,6 +95,7 @@ impl Default for Settings {
             field_manager: DEFAULT_FIELD_MANAGER.to_string(),
             namespace: None,
             debounce: DEBOUNCE,
+            orphan_grace: ORPHAN_GRACE,
         }
     }
 }
@@ -202,6 +213,8 @@ pub struct Summary {
     pub groups: usize,
     /// Objects created, replaced, patched or deleted (status patches included).
     pub writes: usize,
+    /// When unused config Secrets wait out [`Settings::orphan_grace`]: reconcile again then.
+    pub requeue_after: Option<Duration>,
 }
 
 /// The namespace's resources, read once per reconcile.
@@ -233,6 +246,8 @@ pub struct Context {
     seen: Mutex<HashMap<String, Seen>>,
     /// Consecutive failures by namespace, for the backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// Since when each config Secret (by namespace/name) has been without pods.
+    orphans: Mutex<HashMap<String, Instant>>,
 }
 
 impl Context {
@@ -249,6 +264,7 @@ impl Context {
             stores: RwLock::new(stores),
             seen: Mutex::default(),
             failures: Mutex::default(),
+            orphans: Mutex::default(),
         }
     }
 
@@ -390,14 +406,7 @@ impl Context {
             .map(|s| (s.name_any(), s))
             .collect();
 
-        // Config groups: one render per workload, from the labels of one of its pods (a
-        // workload's pods share a template).
-        let mut groups: BTreeMap<String, (Group, &PartialObjectMeta<Pod>)> = BTreeMap::new();
-        for pod in &snap.pods {
-            if let Some(group) = Group::of_pod(&pod.metadata) {
-                groups.entry(group.secret_name()).or_insert((group, pod));
-            }
-        }
+        let groups = config_groups(&snap.pods);
         summary.groups = groups.len();
 
         let mut observed: BTreeMap<String, ServiceObservation> = BTreeMap::new();
@@ -420,13 +429,13 @@ impl Context {
                     .entry(gs.clone())
                     .or_default()
                     .matched
-                    .insert(name.clone());
+                    .insert(group.workload());
             }
             for p in &r.problems {
                 let obs = observed.entry(p.gost_service.clone()).or_default();
                 add_problems(&mut obs.problems, std::slice::from_ref(p));
             }
-            let desired = group_secret(ns, group, &r);
+            let desired = group_secret(ns, name, group, &r);
             match self
                 .write_secret(&secrets, existing.remove(name).as_ref(), desired)
                 .await
@@ -447,6 +456,16 @@ impl Context {
                 &mut failures,
             )
             .await;
+        // What is left of the group Secrets belongs to groups without pods.
+        let unused: Vec<Secret> = existing
+            .into_values()
+            .filter(|s| s.labels().contains_key(CONFIG_GROUP_LABEL))
+            .collect();
+        let (deleted, requeue_after) = self
+            .delete_unused_group_secrets(ns, unused, &mut failures)
+            .await;
+        summary.writes += deleted;
+        summary.requeue_after = requeue_after;
         summary.writes += self
             .write_statuses(ns, &snap, &observed, &mut failures)
             .await;
@@ -584,6 +603,116 @@ impl Context {
             failures.count(delete(&secrets, &name).await, &mut writes);
         }
         writes
+    }
+
+    /// Deletes the `unused` config Secrets (no injected pod mounts them) that have stayed
+    /// unused for [`Settings::orphan_grace`], except any that a pod of the namespace mounts
+    /// (the injected-pod cache may miss one: a pod not stored yet, a label taken off). Returns
+    /// the deletions and, while some Secrets wait out the grace, when to look again.
+    async fn delete_unused_group_secrets(
+        &self,
+        ns: &str,
+        unused: Vec<Secret>,
+        failures: &mut Failures,
+    ) -> (usize, Option<Duration>) {
+        let key = |s: &Secret| format!("{ns}/{}", s.name_any());
+        let now = Instant::now();
+        let grace = self.settings.orphan_grace;
+        let mut due = Vec::new();
+        let mut wait: Option<Duration> = None;
+        {
+            let mut orphans = self.orphans.lock().expect("orphans lock");
+            // Secrets of this namespace that are used again (or gone) start afresh next time.
+            let current: BTreeSet<String> = unused.iter().map(key).collect();
+            let prefix = format!("{ns}/");
+            orphans.retain(|k, _| !k.starts_with(&prefix) || current.contains(k));
+            for secret in unused {
+                let since = *orphans.entry(key(&secret)).or_insert(now);
+                match grace.checked_sub(now.duration_since(since)) {
+                    Some(left) if !left.is_zero() => {
+                        // A little later than due, so that the next look finds it due.
+                        let at = left + Duration::from_secs(1);
+                        wait = Some(wait.map_or(at, |w| w.min(at)));
+                    }
+                    _ => due.push(secret),
+                }
+            }
+        }
+        if due.is_empty() {
+            return (0, wait);
+        }
+        let mounted = match self.mounted_secrets(ns).await {
+            Ok(mounted) => mounted,
+            Err(e) => {
+                failures.push(e);
+                return (0, wait);
+            }
+        };
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), ns);
+        let mut deleted = 0;
+        for secret in due {
+            let name = secret.name_any();
+            if mounted.contains(&name) {
+                // Kept; looked at again after another grace period, not at every reconcile
+                // (each look lists every pod of the namespace).
+                self.orphans
+                    .lock()
+                    .expect("orphans lock")
+                    .insert(key(&secret), Instant::now());
+                continue;
+            }
+            // Only the version listed: one an admission rewrote since is in use again.
+            let params = DeleteParams {
+                preconditions: Some(Preconditions {
+                    resource_version: secret.resource_version(),
+                    uid: secret.uid(),
+                }),
+                ..DeleteParams::background()
+            };
+            match api.delete(&name, &params).await {
+                Ok(_) => {
+                    info!(namespace = %ns, secret = %name, "deleted: no pod uses this config Secret any more");
+                    deleted += 1;
+                }
+                Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+                Err(e) => {
+                    failures.push(api_err(format!("delete Secret {ns}/{name}"))(e));
+                    continue;
+                }
+            }
+            self.orphans
+                .lock()
+                .expect("orphans lock")
+                .remove(&key(&secret));
+        }
+        (deleted, wait)
+    }
+
+    /// The Secrets that the volumes of the namespace's pods (all of them, injected or not)
+    /// refer to.
+    async fn mounted_secrets(&self, ns: &str) -> Result<BTreeSet<String>, Error> {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), ns);
+        let list = pods
+            .list(&ListParams::default())
+            .await
+            .map_err(api_err(format!("list Pods in {ns}")))?;
+        let mut names = BTreeSet::new();
+        for volume in list
+            .items
+            .iter()
+            .filter_map(|p| p.spec.as_ref())
+            .flat_map(|spec| spec.volumes.iter().flatten())
+        {
+            names.extend(volume.secret.as_ref().and_then(|s| s.secret_name.clone()));
+            let projected = volume.projected.as_ref().and_then(|p| p.sources.as_ref());
+            names.extend(
+                projected
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|source| Some(source.secret.as_ref()?.name.clone())),
+            );
+        }
+        Ok(names)
     }
 
     /// Creates `desired`, or replaces `existing` when its data, type, our labels or our owner
@@ -800,7 +929,7 @@ impl Context {
             return Ok(configured);
         }
         let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
-        let desired = group_secret(namespace, &group, &rendered);
+        let desired = group_secret(namespace, &name, &group, &rendered);
         let mut last = String::new();
         for _ in 0..ENSURE_ATTEMPTS {
             let existing = api
@@ -952,11 +1081,52 @@ fn add_problems(into: &mut Vec<Problem>, new: &[Problem]) {
     }
 }
 
-/// The config Secret of `group`, rendered as `r`.
-fn group_secret(ns: &str, group: &Group, r: &Rendered) -> Secret {
+/// The config groups of `pods` (sorted by name), by the config Secret they mount: the group and
+/// the pod whose labels the Secret is rendered from.
+///
+/// A pod mounts the Secret the webhook named in its [`INJECTED_ANNOTATION`] at admission (else,
+/// for a pod labelled by hand, the one its group names now). Pods mounting one Secret had the
+/// same labels then; should their labels differ now (edited since), the Secret is rendered
+/// from a pod whose labels still give its name, else from the first.
+fn config_groups(
+    pods: &[Arc<PartialObjectMeta<Pod>>],
+) -> BTreeMap<String, (Group, &PartialObjectMeta<Pod>)> {
+    let mut groups: BTreeMap<String, (Group, &PartialObjectMeta<Pod>)> = BTreeMap::new();
+    for pod in pods {
+        let Some(group) = Group::of_pod(&pod.metadata) else {
+            continue;
+        };
+        let named = group.secret_name();
+        let mounted = pod
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(INJECTED_ANNOTATION))
+            // Only our Secrets: an annotation cannot make the controller write another one.
+            .filter(|name| name.starts_with(SECRET_PREFIX))
+            .cloned()
+            .unwrap_or_else(|| named.clone());
+        let matches = named == mounted;
+        match groups.entry(mounted) {
+            std::collections::btree_map::Entry::Vacant(slot) => {
+                slot.insert((group, pod));
+            }
+            std::collections::btree_map::Entry::Occupied(mut slot) => {
+                let first_matches = slot.get().0.secret_name() == *slot.key();
+                if matches && !first_matches {
+                    slot.insert((group, pod));
+                }
+            }
+        }
+    }
+    groups
+}
+
+/// The config Secret `name` of `group`, rendered as `r`.
+fn group_secret(ns: &str, name: &str, group: &Group, r: &Rendered) -> Secret {
     Secret {
         metadata: ObjectMeta {
-            name: Some(group.secret_name()),
+            name: Some(name.to_string()),
             namespace: Some(ns.to_string()),
             labels: Some(group::secret_labels(group)),
             owner_references: group.owner_reference().map(|o| vec![o]),
@@ -1241,6 +1411,10 @@ async fn run_prepared(
             Some(fingerprint((
                 &p.metadata.labels,
                 p.metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(INJECTED_ANNOTATION)),
+                p.metadata
                     .owner_references
                     .iter()
                     .flatten()
@@ -1391,7 +1565,10 @@ async fn drive(
                 metrics().wrote("reconcile", summary.writes);
                 ctx.succeeded(&ns);
                 debug!(namespace = %ns, groups = summary.groups, writes = summary.writes, "reconciled");
-                Ok::<_, Error>(Action::requeue(RESYNC_PERIOD))
+                let next = summary
+                    .requeue_after
+                    .map_or(RESYNC_PERIOD, |d| d.min(RESYNC_PERIOD));
+                Ok::<_, Error>(Action::requeue(next))
             })
         },
         |key: Arc<K8sNamespace>, err: &Error, ctx: Arc<Context>| {

@@ -1,10 +1,15 @@
-//! Config groups: the pods of one owning workload share one rendered config Secret.
+//! Config groups: the pods whose sidecars share one rendered config Secret.
 //!
-//! A pod's group is its controller owner (the ReplicaSet, StatefulSet, DaemonSet, Job... that
-//! made it): its pods come from one template, so they carry the same labels and get the same
-//! config. The owner is in the pod's `ownerReferences` already at admission, so the webhook and
-//! the controller agree on the Secret's name before the pod exists. A pod without a controller
-//! owner is its own group.
+//! A sidecar's config depends on its pod's labels (GostService selectors match them), so pods
+//! share a Secret only when they have the same controller owner (the ReplicaSet, StatefulSet,
+//! DaemonSet, Job... that made them) *and* the same labels. The pods of one ReplicaSet do (one
+//! template, one `pod-template-hash`), and share one Secret; StatefulSet pods do not (each
+//! carries its own `statefulset.kubernetes.io/pod-name`), nor do the pods of two revisions of
+//! a rollout (`controller-revision-hash`), and each such label set gets its own Secret. The
+//! Secret's name holds the owner and a hash of the labels, both known at admission, so the
+//! webhook names the Secret before the pod exists; the webhook records the name in the pod's
+//! [`crate::inject::INJECTED_ANNOTATION`], which the controller follows (labels may change
+//! later, a mounted volume may not). A pod without a controller owner is its own group.
 
 use std::collections::BTreeMap;
 
@@ -32,7 +37,7 @@ const MAX_LABEL_VALUE_LEN: usize = 63;
 /// collide with negligible probability.
 const HASH_HEX_LEN: usize = 16;
 
-/// The workload whose pods share one config Secret.
+/// The pods that share one config Secret: those of one owner with one set of labels.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Group {
     /// `apiVersion` of the owner (`v1` for a bare pod).
@@ -43,12 +48,14 @@ pub struct Group {
     pub name: String,
     /// UID of the owner; `None` for a bare pod at admission, before it is stored.
     pub uid: Option<String>,
+    /// [`labels_hash`] of the pods' labels; `None` for a bare pod (a group of one).
+    pub labels: Option<String>,
 }
 
 impl Group {
-    /// The group of a pod with this metadata: its controller owner, else the pod itself.
-    /// `None` when the pod has neither a controller owner nor a name (a bare pod with only
-    /// `generateName` at admission: its name is not known yet).
+    /// The group of a pod with this metadata: its controller owner and its labels, else the
+    /// pod itself. `None` when the pod has neither a controller owner nor a name (a bare pod
+    /// with only `generateName` at admission: its name is not known yet).
     pub fn of_pod(meta: &ObjectMeta) -> Option<Group> {
         if let Some(owner) = meta
             .owner_references
@@ -61,6 +68,7 @@ impl Group {
                 kind: owner.kind.clone(),
                 name: owner.name.clone(),
                 uid: Some(owner.uid.clone()).filter(|u| !u.is_empty()),
+                labels: Some(labels_hash(meta.labels.as_ref())),
             });
         }
         let name = meta.name.clone().filter(|n| !n.is_empty())?;
@@ -69,12 +77,21 @@ impl Group {
             kind: "Pod".to_string(),
             name,
             uid: meta.uid.clone().filter(|u| !u.is_empty()),
+            labels: None,
         })
     }
 
     /// The name of the group's config Secret.
     pub fn secret_name(&self) -> String {
-        secret_name(&self.kind, &self.name)
+        match &self.labels {
+            Some(hash) => secret_name(&self.kind, &format!("{}-{hash}", self.name)),
+            None => secret_name(&self.kind, &self.name),
+        }
+    }
+
+    /// The workload, as `Kind/name` (what a GostService's status counts and its events list).
+    pub fn workload(&self) -> String {
+        format!("{}/{}", self.kind, self.name)
     }
 
     /// The value of [`CONFIG_GROUP_LABEL`] on the group's Secret.
@@ -95,6 +112,15 @@ impl Group {
             block_owner_deletion: Some(false),
         })
     }
+}
+
+/// A hash of a pod's labels, without [`INJECTED_LABEL`]: the webhook adds that label to the pod
+/// it admits, so the labels at admission and once stored hash alike.
+pub fn labels_hash(labels: Option<&BTreeMap<String, String>>) -> String {
+    let mut labels = labels.cloned().unwrap_or_default();
+    labels.remove(INJECTED_LABEL);
+    let json = serde_json::to_vec(&labels).expect("a map of strings serializes");
+    short_hash(&json)
 }
 
 /// `gost-sidecar-<kind>-<name>` as a DNS subdomain: lowercased, other characters replaced by
@@ -211,13 +237,59 @@ mod tests {
             (g.kind.as_str(), g.name.as_str(), g.uid.as_deref()),
             ("ReplicaSet", "web-7d9f", Some("uid-web-7d9f"))
         );
-        assert_eq!(g.secret_name(), "gost-sidecar-replicaset-web-7d9f");
+        assert_eq!(
+            g.secret_name(),
+            format!("gost-sidecar-replicaset-web-7d9f-{}", labels_hash(None))
+        );
+        assert_eq!(g.workload(), "ReplicaSet/web-7d9f");
         let o = g.owner_reference().unwrap();
         assert_eq!(
             (o.controller, o.block_owner_deletion),
             (Some(false), Some(false))
         );
         assert_eq!(o.api_version, "apps/v1");
+    }
+
+    #[test]
+    fn pods_of_one_owner_share_a_group_only_with_the_same_labels() {
+        let pod = |labels: &[(&str, &str)]| {
+            let meta = ObjectMeta {
+                owner_references: Some(vec![owner("StatefulSet", "db", Some(true))]),
+                labels: Some(
+                    labels
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
+                ..ObjectMeta::default()
+            };
+            Group::of_pod(&meta).unwrap().secret_name()
+        };
+        let db0 = pod(&[
+            ("app", "db"),
+            ("statefulset.kubernetes.io/pod-name", "db-0"),
+        ]);
+        let db1 = pod(&[
+            ("app", "db"),
+            ("statefulset.kubernetes.io/pod-name", "db-1"),
+        ]);
+        assert_ne!(db0, db1);
+        assert!(db0.starts_with("gost-sidecar-statefulset-db-") && is_dns_subdomain(&db0));
+        // The label the webhook adds does not move a pod to another group.
+        let injected = pod(&[
+            ("app", "db"),
+            ("statefulset.kubernetes.io/pod-name", "db-0"),
+            (INJECTED_LABEL, INJECTED_VALUE),
+        ]);
+        assert_eq!(db0, injected);
+        assert_eq!(
+            db0,
+            pod(&[
+                ("statefulset.kubernetes.io/pod-name", "db-0"),
+                ("app", "db")
+            ]),
+            "stable"
+        );
     }
 
     #[test]

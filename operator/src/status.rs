@@ -79,7 +79,8 @@ pub struct GatewayState {
 pub struct ServiceObservation {
     /// Problems of the GostService, deduplicated, in the order found.
     pub problems: Vec<Problem>,
-    /// Config groups whose render matched its selector, by group Secret name.
+    /// Workloads (`Kind/name` of the pods' owner) with a pod whose config its selector
+    /// matched.
     pub matched: BTreeSet<String>,
     /// Its gateway, when it has one.
     pub gateway: Option<GatewayState>,
@@ -270,7 +271,7 @@ pub struct EventSpec {
 pub struct Seen {
     /// The problem messages.
     pub problems: BTreeSet<String>,
-    /// The matched groups.
+    /// The matched workloads.
     pub matched: BTreeSet<String>,
 }
 

@@ -4,10 +4,13 @@
 
 use gost_api::v1alpha1::{GostChain, GostService};
 use gost_operator::controller::{Context, Settings, Stores, Summary};
+use gost_operator::group::Group;
 use gost_operator::render::CONFIG_KEY;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use k8s_openapi::api::events::v1::Event;
+use std::time::Duration;
+
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
@@ -19,7 +22,6 @@ use support::scale::{self, Scale};
 
 const NS: &str = "apps";
 const RS_UID: &str = "0b9d6a4e-rs-web";
-const GROUP_SECRET: &str = "gost-sidecar-replicaset-web-5d4f";
 
 fn replica_set() -> Value {
     json!({
@@ -40,6 +42,17 @@ fn rs_pod(name: &str) -> Value {
         },
         "spec": {"containers": [{"name": "app", "image": "app"}]}
     })
+}
+
+/// The config Secret the webhook and the controller name for `pod`.
+fn secret_of(pod: &Value) -> String {
+    let pod: Pod = serde_json::from_value(pod.clone()).unwrap();
+    Group::of_pod(&pod.metadata).unwrap().secret_name()
+}
+
+/// The config Secret of the ReplicaSet's pods (they have the same labels: one Secret).
+fn group_secret() -> String {
+    secret_of(&rs_pod("web-5d4f-a"))
 }
 
 fn bare_pod(name: &str, uid: &str) -> Value {
@@ -157,7 +170,7 @@ async fn a_group_secret_is_rendered_owned_by_the_workload_and_reported() {
     let summary = reconcile(&client, &ctx).await;
     assert_eq!(summary.groups, 1);
 
-    let s = api::<Secret>(&client).get(GROUP_SECRET).await.unwrap();
+    let s = api::<Secret>(&client).get(&group_secret()).await.unwrap();
     let config = config_of(&s);
     let names: Vec<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["web/proxy", "web/socks"]);
@@ -176,7 +189,11 @@ async fn a_group_secret_is_rendered_owned_by_the_workload_and_reported() {
         (Some(false), Some(false))
     );
     assert_eq!(s.labels()["app.kubernetes.io/managed-by"], "gost-operator");
-    assert_eq!(s.labels()["gost.rs/config-group"], GROUP_SECRET);
+    assert!(
+        s.name_any()
+            .starts_with("gost-sidecar-replicaset-web-5d4f-")
+    );
+    assert_eq!(s.labels()["gost.rs/config-group"], group_secret());
 
     let gs = api::<GostService>(&client).get("web").await.unwrap();
     let status = gs.status.expect("status written");
@@ -221,7 +238,7 @@ async fn the_secret_follows_the_gost_service_and_referenced_secrets() {
         .await
         .unwrap();
     reconcile(&client, &ctx).await;
-    let s = api::<Secret>(&client).get(GROUP_SECRET).await.unwrap();
+    let s = api::<Secret>(&client).get(&group_secret()).await.unwrap();
     assert_eq!(config_of(&s).services[0].addr, ":8080");
     let gs = services.get("web").await.unwrap();
     assert_eq!(
@@ -236,7 +253,7 @@ async fn the_secret_follows_the_gost_service_and_referenced_secrets() {
         .await
         .unwrap();
     reconcile(&client, &ctx).await;
-    let s = api::<Secret>(&client).get(GROUP_SECRET).await.unwrap();
+    let s = api::<Secret>(&client).get(&group_secret()).await.unwrap();
     let config = config_of(&s);
     assert_eq!(
         config.services[0].handler.auth.as_ref().unwrap().password,
@@ -249,7 +266,7 @@ async fn the_secret_follows_the_gost_service_and_referenced_secrets() {
         .await
         .unwrap();
     reconcile(&client, &ctx).await;
-    let s = api::<Secret>(&client).get(GROUP_SECRET).await.unwrap();
+    let s = api::<Secret>(&client).get(&group_secret()).await.unwrap();
     let node = &config_of(&s).chains[0].hops[0].nodes[0];
     assert_eq!(node.connector.auth.as_ref().unwrap().username, "carol");
 }
@@ -261,7 +278,7 @@ async fn a_missing_chain_is_reported_and_the_other_services_still_render() {
     let (client, ctx) = setup(objects).await;
     reconcile(&client, &ctx).await;
 
-    let s = api::<Secret>(&client).get(GROUP_SECRET).await.unwrap();
+    let s = api::<Secret>(&client).get(&group_secret()).await.unwrap();
     let names: Vec<String> = config_of(&s).services.into_iter().map(|s| s.name).collect();
     assert_eq!(names, ["web/socks"]);
 
@@ -323,7 +340,7 @@ async fn a_second_reconcile_without_changes_writes_nothing() {
     let first = reconcile(&client, &ctx).await;
     assert!(first.writes >= 3, "secret + two statuses: {first:?}");
     let secret_rv = api::<Secret>(&client)
-        .get(GROUP_SECRET)
+        .get(&group_secret())
         .await
         .unwrap()
         .resource_version();
@@ -343,7 +360,7 @@ async fn a_second_reconcile_without_changes_writes_nothing() {
     assert_eq!(second.writes, 0, "{second:?}");
     assert_eq!(
         api::<Secret>(&client)
-            .get(GROUP_SECRET)
+            .get(&group_secret())
             .await
             .unwrap()
             .resource_version(),
@@ -662,7 +679,7 @@ async fn a_gateway_the_api_refuses_is_a_condition_on_its_gost_service_only() {
     );
     assert!(
         api::<Secret>(&client)
-            .get_opt(GROUP_SECRET)
+            .get_opt(&group_secret())
             .await
             .unwrap()
             .is_some()
@@ -901,13 +918,21 @@ async fn one_secret_per_workload_and_one_per_bare_pod() {
     let (client, ctx) = setup(objects).await;
     let summary = reconcile(&client, &ctx).await;
     assert_eq!(summary.groups, 2);
+    assert_eq!(
+        managed_secrets(&client).await.len(),
+        2,
+        "the controller keeps the Secrets the webhook named, and makes no others"
+    );
     let mut names: Vec<String> = managed_secrets(&client)
         .await
         .iter()
         .map(|s| s.name_any())
         .collect();
     names.sort();
-    assert_eq!(names, ["gost-sidecar-pod-debug", GROUP_SECRET]);
+    assert_eq!(
+        names,
+        ["gost-sidecar-pod-debug".to_string(), group_secret()]
+    );
     let bare = api::<Secret>(&client)
         .get("gost-sidecar-pod-debug")
         .await
@@ -926,6 +951,242 @@ async fn one_secret_per_workload_and_one_per_bare_pod() {
     assert_eq!(status.matched_workloads, Some(2));
 }
 
+const STS_UID: &str = "5e1f7c2a-sts-db";
+
+/// Pod `db-<i>` of StatefulSet `db` at `revision`, labelled as the StatefulSet controller labels
+/// it (so its labels differ from its siblings'); `secret` is the config Secret the webhook
+/// mounted and named in its annotation.
+fn sts_pod(i: usize, revision: &str, secret: Option<&str>) -> Value {
+    let mut pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {
+            "name": format!("db-{i}"), "namespace": NS, "uid": format!("db-{i}-{revision}"),
+            "labels": {"app": "db", "gost.rs/injected": "true",
+                       "controller-revision-hash": format!("db-{revision}"),
+                       "statefulset.kubernetes.io/pod-name": format!("db-{i}"),
+                       "apps.kubernetes.io/pod-index": i.to_string()},
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "db",
+                                 "uid": STS_UID, "controller": true}]
+        },
+        "spec": {"containers": [{"name": "db", "image": "db"}]}
+    });
+    if let Some(secret) = secret {
+        pod["metadata"]["annotations"] = json!({"gost.rs/injected": secret});
+    }
+    pod
+}
+
+fn db_service(name: &str, created: &str, selector: Value, addr: &str) -> Value {
+    json!({
+        "apiVersion": "gost.rs/v1alpha1", "kind": "GostService",
+        "metadata": {"name": name, "namespace": NS, "creationTimestamp": created},
+        "spec": {"selector": {"matchLabels": selector},
+                 "services": [{"name": "s", "addr": addr}]}
+    })
+}
+
+/// What the API server and the webhook do with a new pod: the webhook renders its config
+/// Secret at admission (before the pod has a UID or the injected label), then the pod is
+/// stored naming that Secret. Returns the Secret's name.
+async fn admit_and_store(client: &Client, ctx: &Context, pod: Value) -> String {
+    let mut admitted: Pod = serde_json::from_value(pod.clone()).unwrap();
+    admitted.metadata.uid = None;
+    admitted
+        .metadata
+        .labels
+        .as_mut()
+        .unwrap()
+        .remove("gost.rs/injected");
+    let secret = ctx
+        .ensure_pod_config(NS, &admitted, false)
+        .await
+        .unwrap()
+        .secret;
+    let mut stored = pod;
+    stored["metadata"]["annotations"] = json!({"gost.rs/injected": secret});
+    api::<Pod>(client)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(stored).unwrap(),
+        )
+        .await
+        .unwrap();
+    secret
+}
+
+fn services_in(s: &Secret) -> Vec<String> {
+    config_of(s).services.into_iter().map(|s| s.name).collect()
+}
+
+/// StatefulSet pods carry their own name and index as labels: each gets a config Secret
+/// rendered from its own labels (a GostService may select one replica), and the webhook's
+/// Secret at admission is the one the controller keeps.
+#[tokio::test]
+async fn statefulset_pods_get_configs_rendered_from_their_own_labels() {
+    let objects = vec![
+        db_service(
+            "primary-only",
+            "2026-01-01T00:00:00Z",
+            json!({"statefulset.kubernetes.io/pod-name": "db-1"}),
+            ":7000",
+        ),
+        db_service(
+            "all-db",
+            "2026-01-02T00:00:00Z",
+            json!({"app": "db"}),
+            ":7001",
+        ),
+    ];
+    let (client, ctx) = setup(objects).await;
+    let mut names = Vec::new();
+    for i in 0..2 {
+        names.push(admit_and_store(&client, &ctx, sts_pod(i, "v1", None)).await);
+    }
+    assert_ne!(
+        names[0], names[1],
+        "pods with different labels share no config Secret"
+    );
+    let admitted: Vec<Vec<String>> = {
+        let mut v = Vec::new();
+        for name in &names {
+            v.push(services_in(
+                &api::<Secret>(&client).get(name).await.unwrap(),
+            ));
+        }
+        v
+    };
+    let summary = reconcile(&client, &ctx).await;
+    assert_eq!(summary.groups, 2);
+    assert_eq!(
+        managed_secrets(&client).await.len(),
+        2,
+        "the controller keeps the Secrets the webhook named, and makes no others"
+    );
+    let db0 = api::<Secret>(&client).get(&names[0]).await.unwrap();
+    let db1 = api::<Secret>(&client).get(&names[1]).await.unwrap();
+    assert_eq!(services_in(&db0), ["all-db/s"]);
+    assert_eq!(services_in(&db1), ["primary-only/s", "all-db/s"]);
+    assert_eq!(
+        admitted,
+        [services_in(&db0), services_in(&db1)],
+        "the controller keeps what admission rendered"
+    );
+    for s in [&db0, &db1] {
+        let owner = &s.owner_references()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.uid.as_str()),
+            ("StatefulSet", STS_UID)
+        );
+        assert!(s.name_any().starts_with("gost-sidecar-statefulset-db-"));
+    }
+    let status = |name: &'static str| {
+        let client = client.clone();
+        async move {
+            api::<GostService>(&client)
+                .get(name)
+                .await
+                .unwrap()
+                .status
+                .unwrap()
+        }
+    };
+    let primary = status("primary-only").await;
+    assert_eq!(condition(&primary.conditions, "Rendered").status, "True");
+    assert_eq!(primary.matched_workloads, Some(1));
+    assert_eq!(
+        status("all-db").await.matched_workloads,
+        Some(1),
+        "two Secrets, one workload"
+    );
+}
+
+/// A rollout changes the pods' labels (controller-revision-hash), so the new pods mount new
+/// Secrets. The old ones go once unused for the grace period, unless a pod still mounts one.
+#[tokio::test]
+async fn unused_config_secrets_go_after_the_grace_but_never_while_mounted() {
+    let objects = vec![db_service(
+        "all-db",
+        "2026-01-01T00:00:00Z",
+        json!({"app": "db"}),
+        ":7001",
+    )];
+    let (client, ctx) = setup(objects).await;
+    let mut v1 = Vec::new();
+    for i in 0..2 {
+        v1.push(admit_and_store(&client, &ctx, sts_pod(i, "v1", None)).await);
+    }
+    reconcile(&client, &ctx).await;
+
+    // The rollout replaces both pods.
+    let pods = api::<Pod>(&client);
+    let mut v2 = Vec::new();
+    for i in 0..2 {
+        pods.delete(&format!("db-{i}"), &Default::default())
+            .await
+            .unwrap();
+        v2.push(admit_and_store(&client, &ctx, sts_pod(i, "v2", None)).await);
+    }
+    assert!(v2.iter().all(|n| !v1.contains(n)), "{v1:?} {v2:?}");
+    // A pod the controller does not watch (no injected label) still mounts db-0's old Secret.
+    let inspector = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "inspector", "namespace": NS},
+        "spec": {"containers": [{"name": "sh", "image": "sh"}],
+                 "volumes": [{"name": "old", "secret": {"secretName": v1[0]}}]}
+    });
+    pods.create(
+        &PostParams::default(),
+        &serde_json::from_value(inspector).unwrap(),
+    )
+    .await
+    .unwrap();
+
+    let exists = |name: String| {
+        let client = client.clone();
+        async move {
+            api::<Secret>(&client)
+                .get_opt(&name)
+                .await
+                .unwrap()
+                .is_some()
+        }
+    };
+    // Within the grace period nothing goes, and the reconcile asks to come back.
+    let summary = reconcile(&client, &ctx).await;
+    for name in v1.iter().chain(&v2) {
+        assert!(
+            exists(name.clone()).await,
+            "{name} deleted within the grace"
+        );
+    }
+    let again = summary
+        .requeue_after
+        .expect("a reconcile once the grace is over");
+    let grace = Settings::default().orphan_grace;
+    assert!(
+        again > grace / 2 && again <= grace + Duration::from_secs(1),
+        "{again:?}"
+    );
+
+    // After it, the unused Secret goes; the mounted one and the current ones stay.
+    let no_grace = Context::new(
+        client.clone(),
+        Settings {
+            orphan_grace: Duration::ZERO,
+            ..Settings::default()
+        },
+        Stores::list(&client, Some(NS)).await.unwrap(),
+    );
+    reconcile(&client, &no_grace).await;
+    assert!(!exists(v1[1].clone()).await, "{} kept", v1[1]);
+    assert!(exists(v1[0].clone()).await, "a mounted Secret was deleted");
+    for name in &v2 {
+        assert!(exists(name.clone()).await, "{name}");
+    }
+    let summary = reconcile(&client, &no_grace).await;
+    assert_eq!(summary.requeue_after, None);
+}
+
 #[tokio::test]
 async fn ensure_pod_config_writes_only_when_not_a_dry_run() {
     let objects: Vec<Value> = base().into_iter().filter(|o| o["kind"] != "Pod").collect();
@@ -933,7 +1194,7 @@ async fn ensure_pod_config_writes_only_when_not_a_dry_run() {
     // At admission the pod is not stored yet, but its owner is known.
     let pod: Pod = serde_json::from_value(rs_pod("")).unwrap();
     let configured = ctx.ensure_pod_config(NS, &pod, true).await.unwrap();
-    assert_eq!(configured.secret, GROUP_SECRET);
+    assert_eq!(configured.secret, group_secret());
     let ports: Vec<(&str, u16)> = configured
         .listen_ports
         .iter()
@@ -1035,20 +1296,25 @@ async fn a_change_rewrites_only_the_groups_it_concerns() {
     let first = reconcile(&client, &ctx).await;
     assert_eq!(first.groups, 3, "nine pods, three workloads");
     assert_eq!(managed_secrets(&client).await.len(), 3);
-    let rv = |name: &'static str| {
+    let secret_of_rs = |app: &str| {
+        secret_of(&json!({
+            "metadata": {"labels": {"app": app},
+                         "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                                              "name": format!("{app}-rs"), "uid": "u", "controller": true}]}
+        }))
+    };
+    let rv = |app: &'static str| {
         let client = client.clone();
+        let name = secret_of_rs(app);
         async move {
             api::<Secret>(&client)
-                .get(name)
+                .get(&name)
                 .await
                 .unwrap()
                 .resource_version()
         }
     };
-    let (b, c) = (
-        rv("gost-sidecar-replicaset-b-rs").await,
-        rv("gost-sidecar-replicaset-c-rs").await,
-    );
+    let (b, c) = (rv("b").await, rv("c").await);
 
     let services = api::<GostService>(&client);
     let mut gs = services.get("svc-a").await.unwrap();
@@ -1063,12 +1329,12 @@ async fn a_change_rewrites_only_the_groups_it_concerns() {
         "group a's Secret and svc-a's status: {second:?}"
     );
     let a = api::<Secret>(&client)
-        .get("gost-sidecar-replicaset-a-rs")
+        .get(&secret_of_rs("a"))
         .await
         .unwrap();
     assert_eq!(config_of(&a).services[0].addr, ":9000");
-    assert_eq!(rv("gost-sidecar-replicaset-b-rs").await, b);
-    assert_eq!(rv("gost-sidecar-replicaset-c-rs").await, c);
+    assert_eq!(rv("b").await, b);
+    assert_eq!(rv("c").await, c);
 }
 
 /// Issue 6's figure, in the in-memory API: 1,000 pods (100 workloads) under 100 GostServices
@@ -1119,7 +1385,7 @@ async fn a_thousand_pods_under_a_hundred_gost_services_converge_quickly() {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     for rs in scale.workloads_of(7) {
         let s = secrets
-            .get(&gost_operator::group::secret_name("ReplicaSet", &rs))
+            .get(&scale::replica_set_secret(&ns, &rs, "svc-7"))
             .await
             .unwrap();
         assert_eq!(config_of(&s).services[0].addr, ":9000", "{rs}");

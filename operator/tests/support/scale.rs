@@ -114,6 +114,16 @@ pub fn replica_set_pod(ns: &str, rs: &str, name: &str, gost_service: &str) -> Va
     pod
 }
 
+/// The config Secret of ReplicaSet `rs`'s pods (they all have the same labels), selected by
+/// GostService `gost_service`.
+pub fn replica_set_secret(ns: &str, rs: &str, gost_service: &str) -> String {
+    let pod: k8s_openapi::api::core::v1::Pod =
+        serde_json::from_value(replica_set_pod(ns, rs, "", gost_service)).unwrap();
+    gost_operator::group::Group::of_pod(&pod.metadata)
+        .expect("a ReplicaSet's pod has a group")
+        .secret_name()
+}
+
 /// GostService `svc-K`: an authenticated HTTP proxy dialling through `chain-K`, and SOCKS5.
 pub fn gost_service(ns: &str, k: usize) -> Value {
     json!({
