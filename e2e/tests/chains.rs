@@ -774,43 +774,46 @@ fn a_refused_target_behind_a_socks5_node_is_still_refused() {
 #[test]
 fn a_lazy_relay_refusal_is_blamed_on_the_relay_node() {
     let relay = Gost::start(&["-L", "relay://ru:rp@127.0.0.1:0"], 1);
-    let socks = Gost::start(&["-L", "socks5://127.0.0.1:0"], 1);
     let echo = Target::echo();
-    let front = Gost::start(
-        &[
-            "-L",
-            "socks5://127.0.0.1:0",
-            "-F",
-            &format!("relay://ru:WRONG@{}", relay.addr()),
-            "-F",
-            &format!("socks5://{}?notls=true", socks.addr()),
-        ],
-        1,
-    );
-    let mut stream = TcpStream::connect(front.addr()).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    stream.write_all(&[5, 1, 0]).unwrap();
-    let mut method = [0u8; 2];
-    stream.read_exact(&mut method).unwrap();
-    let port = echo.addr.port().to_be_bytes();
-    stream
-        .write_all(&[5, 1, 0, 1, 127, 0, 0, 1, port[0], port[1]])
-        .unwrap();
-    let mut reply = [0u8; 10];
-    stream.read_exact(&mut reply).unwrap();
-    assert_eq!(reply[1], 0x01, "{}", front.log());
-    // The line may come just after the reply.
-    front.wait_for_log("relay node refused the tunnel");
-    let log = front.log();
-    let line = log
-        .lines()
-        .find(|l| l.contains("relay node refused the tunnel"))
-        .unwrap_or_else(|| panic!("{log}"));
-    assert!(line.contains("hop-0/node-0"), "{line}");
-    assert!(
-        line.contains(&format!("to reach next hop {}", socks.addr())),
-        "{line}"
-    );
+    // A next hop with a handshake of its own (socks5), and one without (http).
+    for (scheme, query) in [("socks5", "?notls=true"), ("http", "")] {
+        let next = Gost::start(&["-L", &format!("{scheme}://127.0.0.1:0")], 1);
+        let front = Gost::start(
+            &[
+                "-L",
+                "socks5://127.0.0.1:0",
+                "-F",
+                &format!("relay://ru:WRONG@{}", relay.addr()),
+                "-F",
+                &format!("{scheme}://{}{query}", next.addr()),
+            ],
+            1,
+        );
+        let mut stream = TcpStream::connect(front.addr()).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream.write_all(&[5, 1, 0]).unwrap();
+        let mut method = [0u8; 2];
+        stream.read_exact(&mut method).unwrap();
+        let port = echo.addr.port().to_be_bytes();
+        stream
+            .write_all(&[5, 1, 0, 1, 127, 0, 0, 1, port[0], port[1]])
+            .unwrap();
+        let mut reply = [0u8; 10];
+        stream.read_exact(&mut reply).unwrap();
+        assert_eq!(reply[1], 0x01, "{scheme}: {}", front.log());
+        // The line may come just after the reply.
+        front.wait_for_log("relay node refused the tunnel");
+        let log = front.log();
+        let line = log
+            .lines()
+            .find(|l| l.contains("relay node refused the tunnel"))
+            .unwrap_or_else(|| panic!("{log}"));
+        assert!(line.contains("hop-0/node-0"), "{scheme}: {line}");
+        assert!(
+            line.contains(&format!("to reach next hop {}", next.addr())),
+            "{scheme}: {line}"
+        );
+    }
 }

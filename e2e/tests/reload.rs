@@ -938,3 +938,36 @@ fn tunnels_cut_after_the_grace_period_are_logged() {
     let stopped = gost.log().matches(r#""outcome":"stopped""#).count();
     assert_eq!(stopped, 2, "{}", gost.log());
 }
+
+/// A connection accepted just before a reload replaced its handler, whose first request had
+/// not arrived yet, gets that request answered (then the connection ends): closing it would
+/// lose a request that may already be on its way.
+#[test]
+fn a_connection_accepted_before_a_handler_swap_gets_its_first_answer() {
+    let target = Target::http();
+    let yaml = |realm: &str| {
+        format!(
+            "services:\n- name: s\n  addr: 127.0.0.1:0\n  handler:\n    type: http\n    metadata: {{authBasicRealm: {realm}}}\n"
+        )
+    };
+    let (gost, dir) = reloadable(&yaml("a"), 1);
+    let addr = gost.service_addr("s").unwrap();
+    let mut fresh = TcpStream::connect(addr).unwrap();
+    fresh
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    kubelet_write(&dir, 1, &yaml("b"));
+    wait_for_count(&gost, r#""updated":"[\"s\"]""#, 1);
+    thread::sleep(Duration::from_millis(100));
+    let request = format!(
+        "GET http://{0}/first HTTP/1.1\r\nHost: {0}\r\n\r\n",
+        target.addr
+    );
+    fresh.write_all(request.as_bytes()).unwrap();
+    let head = read_head(&mut fresh).unwrap();
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head:?}");
+    assert!(
+        head.to_ascii_lowercase().contains("connection: close"),
+        "{head}"
+    );
+}

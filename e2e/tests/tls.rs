@@ -1275,3 +1275,44 @@ fn auto_forwards_tls_clients_by_server_name() {
         "only the open service's two tunnels reached the node"
     );
 }
+
+/// A mutual-TLS service resumes no sessions: a resumed session skips the client
+/// certificate's check, so a client whose CA was rotated out (or whose certificate expired)
+/// could go on resuming.
+#[test]
+fn mutual_tls_services_resume_no_sessions() {
+    let dir = tempdir();
+    let ca = Ca::new("gost-rs test CA");
+    let ca_file = ca.write(&dir, "ca");
+    let (cert, key, _) = ca.issue(&dir, "server", &["127.0.0.1"], false);
+    let (client_cert, client_key, _) = ca.issue(&dir, "client", &["client"], true);
+    let server = Gost::start(
+        &[
+            "-L",
+            &format!("https://127.0.0.1:0?certFile={cert}&keyFile={key}&caFile={ca_file}"),
+        ],
+        1,
+    );
+    let session = dir.join("session.pem");
+    let session = session.to_str().unwrap();
+    let connect = server.addr().to_string();
+    let handshake = |resume: bool| {
+        let sessions = if resume { "-sess_in" } else { "-sess_out" };
+        // A request and its answer, so that TLS 1.3 tickets (sent after the handshake) are
+        // read before the client ends.
+        let script = format!(
+            "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | openssl s_client -connect {connect} \
+             -cert {client_cert} -key {client_key} -CAfile {ca_file} {sessions} {session} -ign_eof"
+        );
+        run("sh", &["-c", &script]).text()
+    };
+    let first = handshake(false);
+    assert!(first.contains("New, TLSv1.3"), "{first}");
+    // No ticket came (so nothing to resume with), or the resumption was refused.
+    let stored = fs::metadata(session).map(|m| m.len()).unwrap_or(0);
+    if stored > 0 {
+        let second = handshake(true);
+        assert!(!second.contains("Reused"), "{second}");
+        assert!(second.contains("New, TLSv1.3"), "{second}");
+    }
+}

@@ -624,7 +624,19 @@ impl Router {
                 .connector
                 .connect(conn, target)
                 .await
-                .map_err(|e| error_at(last, connect_kind(&e), e.to_string()))
+                .map_err(|e| {
+                    // The last node may have no handshake of its own (http, relay): then a
+                    // lazy relay node before it refuses only now.
+                    if let (ConnectError::Io(io), Some(before)) = (&e, last.checked_sub(1))
+                        && let Some(refusal) = RelayRefusal::of(io)
+                    {
+                        let (hop, node) = &route[last];
+                        node.record(false, hop.max_fails, hop.fail_timeout);
+                        let cause = format!("to reach next hop {}: {refusal}", node.addr);
+                        return failure(before, io_kind(&io::Error::from(refusal.kind())), cause);
+                    }
+                    error_at(last, connect_kind(&e), e.to_string())
+                })
         };
         match tokio::time::timeout(self.timeout, build).await {
             Ok(result) => result,

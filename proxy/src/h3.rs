@@ -111,6 +111,10 @@ const STOPPED_REASON: &[u8] = b"gost: service stopped";
 /// 100 ms on a LAN, about 1 s at 200 ms of RTT), and the UDP socket until the last is gone.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// How long closed connections may keep the listener's socket before they are moved to one of
+/// their own: time for their CONNECTION_CLOSE to go out.
+const CLOSE_FLUSH: Duration = Duration::from_millis(200);
+
 // quinn's UDP payload limit stays at its default (1,472 bytes, an Ethernet frame): its receive
 // buffer is that size × 64 GRO segments × 32 datagrams per batch, so a loopback-sized payload
 // would cost tens of MiB per endpoint. GSO and GRO already batch packets on loopback.
@@ -275,7 +279,27 @@ impl Server {
 async fn close(endpoint: &quinn::Endpoint) {
     let open = endpoint.open_connections();
     endpoint.close(STOPPED_CODE, STOPPED_REASON);
-    if tokio::time::timeout(CLOSE_TIMEOUT, endpoint.wait_idle())
+    if tokio::time::timeout(CLOSE_FLUSH, endpoint.wait_idle())
+        .await
+        .is_ok()
+    {
+        return;
+    }
+    // Closed connections drain for three probe timeouts, which a high round-trip time makes
+    // seconds, and hold the UDP socket meanwhile. Their CONNECTION_CLOSE has gone out: they
+    // finish on a socket of their own, and the address is free for a listener that wants it.
+    // quinn keeps the socket it moved away from (to read what is still addressed to it) until
+    // a packet arrives on the new one; a second move lets go of it at once.
+    let moved = endpoint.local_addr().and_then(|addr| {
+        for _ in 0..2 {
+            endpoint.rebind(std::net::UdpSocket::bind(SocketAddr::new(addr.ip(), 0))?)?;
+        }
+        Ok(())
+    });
+    if let Err(e) = moved {
+        tracing::debug!(error = %e, "HTTP/3 connections still closing keep the listener's socket");
+    }
+    if tokio::time::timeout(CLOSE_TIMEOUT - CLOSE_FLUSH, endpoint.wait_idle())
         .await
         .is_err()
     {

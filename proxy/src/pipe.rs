@@ -82,7 +82,9 @@ pub enum PipeError {
     Idle(Duration, Transferred),
     /// Cut because its service stopped (removed, replaced, or the process stopping) and the
     /// grace period for open tunnels is over.
-    #[error("cut: its service stopped and the grace period is over")]
+    #[error(
+        "cut: its service stopped and its open tunnels were closed (grace period over, or a second signal)"
+    )]
     Stopped(Transferred),
 }
 

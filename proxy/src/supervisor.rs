@@ -563,9 +563,11 @@ async fn accept_loop(
                 let conn = crate::conn::Guarded::boxed(conn, (permit, request));
                 let cancel = cancel_tunnels.clone();
                 let retired = slot.retired.clone();
+                let stopping = stop.accept.clone();
                 tunnels.spawn(crate::handler::serving(
                     cancel.clone(),
                     retired,
+                    stopping,
                     async move {
                         // The handler first: its tunnel sees the same signal and ends
                         // itself, logging what it moved.

@@ -98,6 +98,8 @@ struct Shared {
 struct ConnControl {
     takeover: Mutex<Option<Takeover>>,
     signal: Notify,
+    /// Whether a request has reached the handler on this connection.
+    served: std::sync::atomic::AtomicBool,
 }
 
 /// What is done with a connection taken from hyper.
@@ -170,10 +172,29 @@ impl Handler for HttpHandler {
         let served_at = conn.tcp_local_addr();
         let service = {
             let control = control.clone();
+            let retired = super::handler_retired();
             service_fn(move |req| {
                 let shared = shared.clone();
                 let control = control.clone();
-                async move { Ok::<_, Infallible>(shared.serve(req, client, served_at, &control).await) }
+                let retired = retired.clone();
+                control
+                    .served
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                let connect = req.method() == Method::CONNECT;
+                async move {
+                    let mut response = shared.serve(req, client, served_at, &control).await;
+                    // Served by a handler a reload has replaced: the connection ends after
+                    // this answer, so that the next request meets the new one. A tunnel's
+                    // answer is left alone.
+                    let tunnel = response.status() == StatusCode::SWITCHING_PROTOCOLS
+                        || (connect && response.status().is_success());
+                    if retired.is_cancelled() && !tunnel {
+                        response
+                            .headers_mut()
+                            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    }
+                    Ok::<_, Infallible>(response)
+                }
             })
         };
         let mut connection = http1::Builder::new()
@@ -187,10 +208,27 @@ impl Handler for HttpHandler {
             .auto_date_header(false)
             .serve_connection(TokioIo::new(conn), service)
             .with_upgrades();
-        // Once the handler is retired, the connection ends: at once when it waits for a
-        // request, after the answer (with `Connection: close`) when one is being served.
+        // When the service stops, the connection ends: at once when it waits for a request,
+        // after the answer (with `Connection: close`) when one is being served. When a reload
+        // only replaces the handler, a connection that has served requests ends the same way
+        // (a client's next request on it meets the new handler, new credentials included);
+        // one that has not, accepted just before, has its first request answered (by the
+        // handler it was accepted for) and then ends, as its request may be on its way.
         let retired = super::handler_retired();
-        let mut retiring = std::pin::pin!(retired.cancelled());
+        let stopping = super::service_stopping();
+        let mut retiring = std::pin::pin!(async {
+            tokio::select! {
+                () = stopping.cancelled() => {}
+                () = async {
+                    retired.cancelled().await;
+                    if !control.served.load(std::sync::atomic::Ordering::Relaxed) {
+                        // Answered with `Connection: close` when it comes; unless the
+                        // service stops first.
+                        std::future::pending::<()>().await;
+                    }
+                } => {}
+            }
+        });
         let mut shutting_down = false;
         let result = loop {
             tokio::select! {

@@ -172,18 +172,34 @@ tokio::task_local! {
     /// the configuration no longer has (old credentials, say) and a stop need not wait for
     /// idle connections.
     static HANDLER_RETIRED: CancellationToken;
+
+    /// Fired when the connection's service stops accepting (removed, replaced, or the process
+    /// stopping): a connection waiting for a request closes at once.
+    static SERVICE_STOPPING: CancellationToken;
 }
 
-/// Runs `serve` (one accepted connection) with `closing` as its service's closing signal and
-/// `retired` as its handler's.
+/// Runs `serve` (one accepted connection) with `closing` as its service's closing signal,
+/// `retired` as its handler's and `stopping` as its service's stop of accepting.
 pub async fn serving<F: std::future::Future>(
     closing: CancellationToken,
     retired: CancellationToken,
+    stopping: CancellationToken,
     serve: F,
 ) -> F::Output {
     SERVICE_CLOSING
-        .scope(closing, HANDLER_RETIRED.scope(retired, serve))
+        .scope(
+            closing,
+            HANDLER_RETIRED.scope(retired, SERVICE_STOPPING.scope(stopping, serve)),
+        )
         .await
+}
+
+/// The signal that this task's service stops accepting; one that never fires outside a
+/// service's connection.
+pub(crate) fn service_stopping() -> CancellationToken {
+    SERVICE_STOPPING
+        .try_with(CancellationToken::clone)
+        .unwrap_or_default()
 }
 
 /// The signal that the handler serving this task's connection has been retired; one that

@@ -217,11 +217,19 @@ impl ServerTls {
         let builder = ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?;
+        let mutual = client_ca.is_some();
         let builder = match client_ca {
             Some(verifier) => builder.with_client_cert_verifier(verifier),
             None => builder.with_no_client_auth(),
         };
         let mut config = builder.with_cert_resolver(resolver);
+        if mutual {
+            // A resumed session skips the client certificate's check: a client whose CA was
+            // rotated out, or whose certificate expired, would go on resuming. Every client
+            // of a mutual-TLS service shows its certificate in a full handshake.
+            config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+            config.send_tls13_tickets = 0;
+        }
         config.ignore_client_order = server_picks_suite();
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Ok(ServerTls {
