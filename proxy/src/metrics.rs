@@ -34,18 +34,22 @@ const CONNECT_DURATION_BUCKETS: &[f64] = &[
 
 /// The registry the metrics endpoint serves.
 pub fn registry() -> &'static Registry {
-    static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
-        let registry = Registry::new();
-        // The standard `process_*` series (resident memory, CPU seconds, open file
-        // descriptors, start time) that dashboards and GOST's Go exporter have.
-        registry
+    static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::new);
+    &REGISTRY
+}
+
+/// Registers the standard `process_*` series (resident memory, CPU seconds, open file
+/// descriptors, start time) that dashboards and GOST's Go exporter have; on the first
+/// scrape, so that a process without a metrics endpoint never loads their code.
+fn register_process_series() {
+    static REGISTERED: std::sync::Once = std::sync::Once::new();
+    REGISTERED.call_once(|| {
+        registry()
             .register(Box::new(
                 prometheus::process_collector::ProcessCollector::for_self(),
             ))
             .expect("the process series are registered once");
-        registry
     });
-    &REGISTRY
 }
 
 fn register<C: Collector + Clone + 'static>(collector: C) -> C {
@@ -333,6 +337,7 @@ pub fn node_connected(chain: &str, node: &str, took: Duration) {
 pub fn render() -> String {
     LazyLock::force(&GOST);
     LazyLock::force(&RUNTIME);
+    register_process_series();
     prometheus::TextEncoder::new()
         .encode_to_string(&registry().gather())
         .unwrap_or_else(|e| format!("# encoding failed: {e}\n"))
