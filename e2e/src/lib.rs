@@ -698,3 +698,29 @@ pub fn gost_v2_hidden_target(name: &str) -> String {
     assert_eq!(out.code, 0, "{}", out.stderr);
     out.text().trim().to_string()
 }
+
+/// A raw SOCKS5 CONNECT through `proxy` to `target` (an IPv4 address) offering `methods`:
+/// the stream, the method the proxy chose and the reply code (0 for success).
+pub fn socks5_connect_raw(
+    proxy: SocketAddr,
+    methods: &[u8],
+    target: SocketAddr,
+) -> (TcpStream, u8, u8) {
+    let std::net::IpAddr::V4(ip) = target.ip() else {
+        panic!("an IPv4 target, not {target}");
+    };
+    let mut stream = TcpStream::connect(proxy).unwrap();
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let mut greeting = vec![5, methods.len() as u8];
+    greeting.extend_from_slice(methods);
+    stream.write_all(&greeting).unwrap();
+    let mut method = [0u8; 2];
+    stream.read_exact(&mut method).unwrap();
+    let mut request = vec![5, 1, 0, 1];
+    request.extend_from_slice(&ip.octets());
+    request.extend_from_slice(&target.port().to_be_bytes());
+    stream.write_all(&request).unwrap();
+    let mut reply = [0u8; 10];
+    stream.read_exact(&mut reply).unwrap();
+    (stream, method[1], reply[1])
+}

@@ -750,20 +750,8 @@ fn a_refused_target_behind_a_socks5_node_is_still_refused() {
         1,
     );
     for gost in [&direct, &chained] {
-        let mut stream = TcpStream::connect(gost.addr()).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        stream.write_all(&[5, 1, 0]).unwrap();
-        let mut method = [0u8; 2];
-        stream.read_exact(&mut method).unwrap();
-        let port = dead.port().to_be_bytes();
-        stream
-            .write_all(&[5, 1, 0, 1, 127, 0, 0, 1, port[0], port[1]])
-            .unwrap();
-        let mut reply = [0u8; 10];
-        stream.read_exact(&mut reply).unwrap();
-        assert_eq!(reply[1], 0x05, "{}", gost.log());
+        let (_, _, reply) = socks5_connect_raw(gost.addr(), &[0], dead);
+        assert_eq!(reply, 0x05, "{}", gost.log());
     }
 }
 
@@ -789,20 +777,8 @@ fn a_lazy_relay_refusal_is_blamed_on_the_relay_node() {
             ],
             1,
         );
-        let mut stream = TcpStream::connect(front.addr()).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        stream.write_all(&[5, 1, 0]).unwrap();
-        let mut method = [0u8; 2];
-        stream.read_exact(&mut method).unwrap();
-        let port = echo.addr.port().to_be_bytes();
-        stream
-            .write_all(&[5, 1, 0, 1, 127, 0, 0, 1, port[0], port[1]])
-            .unwrap();
-        let mut reply = [0u8; 10];
-        stream.read_exact(&mut reply).unwrap();
-        assert_eq!(reply[1], 0x01, "{scheme}: {}", front.log());
+        let (_, _, reply) = socks5_connect_raw(front.addr(), &[0], echo.addr);
+        assert_eq!(reply, 0x01, "{scheme}: {}", front.log());
         // The line may come just after the reply.
         front.wait_for_log("relay node refused the tunnel");
         let log = front.log();

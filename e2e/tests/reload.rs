@@ -918,20 +918,9 @@ fn tunnels_cut_after_the_grace_period_are_logged() {
     assert!(line.contains(r#""service":"a""#), "{line}");
 
     // At exit: the grace period (1 s) runs out with a SOCKS5 tunnel open.
-    let mut stream = TcpStream::connect(gost.service_addr("b").unwrap()).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    stream.write_all(&[5, 1, 0]).unwrap();
-    let mut reply = [0u8; 2];
-    stream.read_exact(&mut reply).unwrap();
-    let port = echo.addr.port().to_be_bytes();
-    stream
-        .write_all(&[5, 1, 0, 1, 127, 0, 0, 1, port[0], port[1]])
-        .unwrap();
-    let mut answer = [0u8; 10];
-    stream.read_exact(&mut answer).unwrap();
-    assert_eq!(answer[1], 0);
+    let (mut stream, _, reply) =
+        socks5_connect_raw(gost.service_addr("b").unwrap(), &[0], echo.addr);
+    assert_eq!(reply, 0);
     assert!(echoes(&mut stream));
     gost.signal("TERM");
     assert_eq!(gost.wait_exit(Duration::from_secs(10)), Some(0));

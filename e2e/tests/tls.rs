@@ -893,22 +893,9 @@ fn socks5_without_a_certificate_answers_with_a_plain_method() {
     fs::write(&file, yaml).unwrap();
     let gost = Gost::start_in(&["-C", file.to_str().unwrap()], 1, Some(&home));
     for _ in 0..2 {
-        let mut stream = std::net::TcpStream::connect(gost.addr()).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
         // No auth, or GOST's TLS method.
-        stream.write_all(&[5, 2, 0, 0x80]).unwrap();
-        let mut reply = [0u8; 2];
-        std::io::Read::read_exact(&mut stream, &mut reply).unwrap();
-        assert_eq!(reply, [5, 0], "{}", gost.log());
-        let port = target.addr.port().to_be_bytes();
-        stream
-            .write_all(&[5, 1, 0, 1, 127, 0, 0, 1, port[0], port[1]])
-            .unwrap();
-        let mut answer = [0u8; 10];
-        std::io::Read::read_exact(&mut stream, &mut answer).unwrap();
-        assert_eq!(answer[1], 0, "{answer:?}");
+        let (stream, method, reply) = socks5_connect_raw(gost.addr(), &[0, 0x80], target.addr);
+        assert_eq!((method, reply), (0, 0), "{}", gost.log());
         echo_round_trip(stream, 1024);
     }
     let warnings = gost

@@ -540,6 +540,17 @@ impl Router {
             crate::metrics::chain_error(&chain.name, &route[index].1.name);
             error_at(index, kind, cause)
         };
+        // A lazy relay node answers its tunnel request only when the tunnel is first read,
+        // which the next node's handshake does (or, for a node without one, the final
+        // CONNECT): a refusal met at node `index` is the relay node before it not reaching
+        // it, as when a relay node answers at once.
+        let refused_before = |index: usize, e: &io::Error| {
+            let refusal = RelayRefusal::of(e).filter(|_| index > 0)?;
+            let (hop, node) = &route[index];
+            node.record(false, hop.max_fails, hop.fail_timeout);
+            let cause = format!("to reach next hop {}: {refusal}", node.addr);
+            Some(failure(index - 1, io_kind(&refusal.kind().into()), cause))
+        };
         // Where the route is: 2i while node i is dialled and handshaken, 2i + 1 while node i
         // reaches the next hop (or, for the last one, the target). A route that runs out of
         // time is blamed on the step it was in.
@@ -578,20 +589,10 @@ impl Router {
                 stage.store(2 * i, Ordering::Relaxed);
                 let earlier = route[..i].iter().map(|(_, n)| n.clone()).collect();
                 let again = reopen(earlier, node.addr.clone(), self.timeout);
-                // A lazy relay node before this one answers its tunnel request only when the
-                // tunnel is first read, which this node's handshake does: its refusal is the
-                // relay node's answer about reaching this node, as when it answers at once.
-                let refused_before = |e: &io::Error| {
-                    RelayRefusal::of(e).map(|refusal| {
-                        node.record(false, hop.max_fails, hop.fail_timeout);
-                        let cause = format!("to reach next hop {}: {refusal}", node.addr);
-                        failure(i - 1, io_kind(&io::Error::from(refusal.kind())), cause)
-                    })
-                };
                 conn = match node.dialer.handshake_routed(conn, &node.addr, again).await {
                     Ok(conn) => conn,
                     Err(e) => {
-                        if let Some(error) = refused_before(&e) {
+                        if let Some(error) = refused_before(i, &e) {
                             return Err(error);
                         }
                         node.record(false, hop.max_fails, hop.fail_timeout);
@@ -602,7 +603,7 @@ impl Router {
                     Ok(conn) => conn,
                     Err(e) => {
                         if let ConnectError::Io(io) = &e
-                            && let Some(error) = refused_before(io)
+                            && let Some(error) = refused_before(i, io)
                         {
                             return Err(error);
                         }
@@ -627,13 +628,10 @@ impl Router {
                 .map_err(|e| {
                     // The last node may have no handshake of its own (http, relay): then a
                     // lazy relay node before it refuses only now.
-                    if let (ConnectError::Io(io), Some(before)) = (&e, last.checked_sub(1))
-                        && let Some(refusal) = RelayRefusal::of(io)
+                    if let ConnectError::Io(io) = &e
+                        && let Some(error) = refused_before(last, io)
                     {
-                        let (hop, node) = &route[last];
-                        node.record(false, hop.max_fails, hop.fail_timeout);
-                        let cause = format!("to reach next hop {}: {refusal}", node.addr);
-                        return failure(before, io_kind(&io::Error::from(refusal.kind())), cause);
+                        return error;
                     }
                     error_at(last, connect_kind(&e), e.to_string())
                 })

@@ -562,22 +562,20 @@ async fn accept_loop(
                 let request = crate::metrics::Request::start(&name, client);
                 let conn = crate::conn::Guarded::boxed(conn, (permit, request));
                 let cancel = cancel_tunnels.clone();
-                let retired = slot.retired.clone();
-                let stopping = stop.accept.clone();
-                tunnels.spawn(crate::handler::serving(
-                    cancel.clone(),
-                    retired,
-                    stopping,
-                    async move {
-                        // The handler first: its tunnel sees the same signal and ends
-                        // itself, logging what it moved.
-                        tokio::select! {
-                            biased;
-                            _ = handler.handle(conn, client) => {}
-                            _ = cancel.cancelled() => {}
-                        }
-                    },
-                ));
+                let signals = crate::handler::ConnSignals {
+                    closing: cancel.clone(),
+                    retired: slot.retired.clone(),
+                    stopping: stop.accept.clone(),
+                };
+                tunnels.spawn(crate::handler::serving(signals, async move {
+                    // The handler first: its tunnel sees the same signal and ends
+                    // itself, logging what it moved.
+                    tokio::select! {
+                        biased;
+                        _ = handler.handle(conn, client) => {}
+                        _ = cancel.cancelled() => {}
+                    }
+                }));
             }
             Err(e) => {
                 tracing::warn!(service = %name, error = %e, "accept failed");

@@ -172,7 +172,7 @@ impl Handler for HttpHandler {
         let served_at = conn.tcp_local_addr();
         let service = {
             let control = control.clone();
-            let retired = super::handler_retired();
+            let retired = super::signals().retired;
             service_fn(move |req| {
                 let shared = shared.clone();
                 let control = control.clone();
@@ -214,8 +214,9 @@ impl Handler for HttpHandler {
         // (a client's next request on it meets the new handler, new credentials included);
         // one that has not, accepted just before, has its first request answered (by the
         // handler it was accepted for) and then ends, as its request may be on its way.
-        let retired = super::handler_retired();
-        let stopping = super::service_stopping();
+        let super::ConnSignals {
+            retired, stopping, ..
+        } = super::signals();
         let mut retiring = std::pin::pin!(async {
             tokio::select! {
                 () = stopping.cancelled() => {}

@@ -159,55 +159,37 @@ pub async fn within_handshake_timeout<T, E: std::fmt::Display>(
     }
 }
 
-tokio::task_local! {
-    /// Fired when the service whose connection a task serves is removed or replaced and its
-    /// grace period is over. Handlers that answer first and relay in a task of their own
-    /// (the HTTP CONNECT, upgrades, HTTP/2 streams) outlive the connection's own task, which
-    /// is what the supervisor cancels; they take this along ([`spawn_tunnel`]).
-    static SERVICE_CLOSING: CancellationToken;
-
+/// The signals a service's connection is served with, one task-local for all three.
+#[derive(Clone, Default)]
+pub struct ConnSignals {
+    /// Fired when the service is removed or replaced and its grace period is over. Handlers
+    /// that answer first and relay in a task of their own (the HTTP CONNECT, upgrades,
+    /// HTTP/2 streams) outlive the connection's own task, which is what the supervisor
+    /// cancels; they take this along ([`spawn_tunnel`]).
+    pub closing: CancellationToken,
     /// Fired when the handler serving the connection stops being its service's (a reload
-    /// swapped it, or the service stops accepting): a connection that waits for its next
-    /// request (HTTP/1.1 keep-alive) then closes, so that no request is served by a handler
-    /// the configuration no longer has (old credentials, say) and a stop need not wait for
-    /// idle connections.
-    static HANDLER_RETIRED: CancellationToken;
-
-    /// Fired when the connection's service stops accepting (removed, replaced, or the process
-    /// stopping): a connection waiting for a request closes at once.
-    static SERVICE_STOPPING: CancellationToken;
+    /// swapped it, or the service stops accepting): a connection that has served requests
+    /// (HTTP/1.1 keep-alive) then closes, so that no request is served by a handler the
+    /// configuration no longer has (old credentials, say).
+    pub retired: CancellationToken,
+    /// Fired when the service stops accepting (removed, replaced, or the process stopping):
+    /// a connection waiting for a request closes at once.
+    pub stopping: CancellationToken,
 }
 
-/// Runs `serve` (one accepted connection) with `closing` as its service's closing signal,
-/// `retired` as its handler's and `stopping` as its service's stop of accepting.
-pub async fn serving<F: std::future::Future>(
-    closing: CancellationToken,
-    retired: CancellationToken,
-    stopping: CancellationToken,
-    serve: F,
-) -> F::Output {
-    SERVICE_CLOSING
-        .scope(
-            closing,
-            HANDLER_RETIRED.scope(retired, SERVICE_STOPPING.scope(stopping, serve)),
-        )
-        .await
+tokio::task_local! {
+    static SIGNALS: ConnSignals;
 }
 
-/// The signal that this task's service stops accepting; one that never fires outside a
-/// service's connection.
-pub(crate) fn service_stopping() -> CancellationToken {
-    SERVICE_STOPPING
-        .try_with(CancellationToken::clone)
-        .unwrap_or_default()
+/// Runs `serve` (one accepted connection) with its service's `signals`.
+pub async fn serving<F: std::future::Future>(signals: ConnSignals, serve: F) -> F::Output {
+    SIGNALS.scope(signals, serve).await
 }
 
-/// The signal that the handler serving this task's connection has been retired; one that
-/// never fires outside a service's connection (unit tests, say).
-pub(crate) fn handler_retired() -> CancellationToken {
-    HANDLER_RETIRED
-        .try_with(CancellationToken::clone)
-        .unwrap_or_default()
+/// The signals of this task's connection; ones that never fire outside a service's
+/// connection (unit tests, say).
+pub(crate) fn signals() -> ConnSignals {
+    SIGNALS.try_with(ConnSignals::clone).unwrap_or_default()
 }
 
 /// Spawns `task` (a tunnel, or the upstream connection of a forwarded request) on the
@@ -217,9 +199,10 @@ pub(crate) fn spawn_tunnel<F>(tracker: &TaskTracker, task: F)
 where
     F: std::future::Future<Output = ()> + Send + 'static,
 {
-    match SERVICE_CLOSING.try_with(CancellationToken::clone) {
-        Ok(closing) => {
-            tracker.spawn(SERVICE_CLOSING.scope(closing.clone(), async move {
+    match SIGNALS.try_with(ConnSignals::clone) {
+        Ok(signals) => {
+            let closing = signals.closing.clone();
+            tracker.spawn(SIGNALS.scope(signals, async move {
                 // The task first: a tunnel sees the same signal and ends itself, logging
                 // what it moved; what does not (a dial, say) is dropped.
                 tokio::select! {
@@ -284,7 +267,7 @@ pub(crate) async fn run_uncounted_tunnel(
 ) -> pipe::Transferred {
     let started = std::time::Instant::now();
     // Cut, and logged with what it moved, when its service's grace period is over.
-    let stop = SERVICE_CLOSING.try_with(CancellationToken::clone).ok();
+    let stop = SIGNALS.try_with(|s| s.closing.clone()).ok();
     let result = pipe::relay(&mut client, &mut upstream, env.idle_timeout, stop).await;
     let elapsed_ms = started.elapsed().as_millis() as u64;
     let mut moved = match &result {
