@@ -254,7 +254,10 @@ async fn bench(settings: Settings, bin: PathBuf) {
         }
     }
     let memory = if settings.ttfb_only || settings.throughput_only {
-        Memory { rows: Vec::new() }
+        Memory {
+            rows: Vec::new(),
+            hot_text: None,
+        }
     } else {
         measure_memory(&settings, &memory_targets, &bin).await
     };
@@ -667,6 +670,9 @@ fn quantile(samples: &mut [f64], q: f64) -> f64 {
 
 struct Memory {
     rows: Vec<MemoryRow>,
+    /// Size of the binary's `.text.hot` section (the functions of `proxy/hot-functions.txt`,
+    /// laid out first by a release build), if it has one.
+    hot_text: Option<u64>,
 }
 
 /// One gost process of the memory table, in KiB.
@@ -750,7 +756,23 @@ async fn measure_memory(
         ];
         rows.extend(hold_tunnels(settings, targets, &route, processes).await);
     }
-    Memory { rows }
+    Memory {
+        rows,
+        hot_text: section_size(bin, ".text.hot"),
+    }
+}
+
+/// Size in bytes of an ELF section of `bin`, as `readelf` reads it.
+fn section_size(bin: &std::path::Path, name: &str) -> Option<u64> {
+    let out = Command::new("readelf").arg("-SW").arg(bin).output().ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|line| {
+            // `  [17] .text.hot  PROGBITS  <address> <offset> <size> ...`
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let at = fields.iter().position(|f| *f == name)?;
+            u64::from_str_radix(fields.get(at + 4)?, 16).ok()
+        })
 }
 
 /// Transports whose idle tunnels the issues give a memory figure for (all but pht share one
@@ -893,6 +915,17 @@ fn report_memory(memory: &Memory, settings: &Settings) {
             "| {} | {:.0} | {:.0} | {:.0} | {:.1} | {:.0} |",
             r.name, r.idle, r.idle_anon, r.loaded, r.per_tunnel, r.per_burst_tunnel
         );
+    }
+    match memory.hot_text {
+        Some(bytes) => println!(
+            "\nThe binary runs its hot functions from a `.text.hot` section of {} KiB \
+             (proxy/hot-functions.txt).",
+            bytes >> 10
+        ),
+        None => println!(
+            "\nThe binary has no `.text.hot` section: its functions keep the default layout \
+             (not a release build, GOST_HOT_FUNCTIONS=0, or no readelf)."
+        ),
     }
 }
 
