@@ -578,3 +578,51 @@ fn a_stopping_server_sends_goaway_and_new_tunnels_go_elsewhere() {
         assert_eq!(&got, b"pong", "{scheme}");
     }
 }
+
+/// The `http2` connector waits for the proxy's answer as long as the chain's `dialTimeout`
+/// allows: it had a 15 s limit of its own, although GOST's has none unless `timeout` is set.
+#[test]
+fn http2_connector_waits_past_15_seconds_within_the_dial_timeout() {
+    let target = Target::echo();
+    // An HTTP proxy behind the http2 server that answers CONNECT after 16 s, then echoes: the
+    // http2 server answers its client only then.
+    let slow = Target::start(|mut stream| {
+        let mut head = [0u8; 1024];
+        let _ = stream.read(&mut head);
+        thread::sleep(Duration::from_secs(16));
+        let _ = stream.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n");
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+        let mut buf = [0u8; 1024];
+        while let Ok(n) = stream.read(&mut buf) {
+            if n == 0 || stream.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+    });
+    let server = Gost::start(
+        &[
+            "-L",
+            "http2://user:pass@127.0.0.1:0?dialTimeout=40s",
+            "-F",
+            &format!("http://{}", slow.addr),
+        ],
+        1,
+    );
+    let client = Gost::start(
+        &[
+            "-L",
+            "http://127.0.0.1:0?dialTimeout=40s",
+            "-F",
+            &format!("http2://user:pass@{}", server.addr()),
+        ],
+        1,
+    );
+    let started = Instant::now();
+    let mut stream = http_connect(client.addr(), &target.addr.to_string(), None)
+        .unwrap_or_else(|e| panic!("{e}\n{}\n{}", client.log(), server.log()));
+    assert!(started.elapsed() >= Duration::from_secs(15));
+    stream.write_all(b"ping").unwrap();
+    let mut pong = [0u8; 4];
+    stream.read_exact(&mut pong).unwrap();
+    assert_eq!(&pong, b"ping");
+}

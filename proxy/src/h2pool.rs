@@ -384,7 +384,7 @@ impl Lease {
     pub async fn open(
         self,
         req: Request<()>,
-        timeout: Duration,
+        timeout: Option<Duration>,
     ) -> Result<H2Stream, (RequestError, bool)> {
         let mut stream = self.session.open(req, timeout).await?;
         stream._place = Some(self.place);
@@ -524,12 +524,12 @@ impl Session {
         self.streams.load(Ordering::Relaxed) < limit
     }
 
-    /// Opens a stream with `req` and waits, within `timeout`, for a `200`; the stream is then
-    /// the tunnel.
+    /// Opens a stream with `req` and waits, within `timeout` if one is given, for a `200`;
+    /// the stream is then the tunnel.
     pub async fn open(
         &self,
         req: Request<()>,
-        timeout: Duration,
+        timeout: Option<Duration>,
     ) -> Result<H2Stream, (RequestError, bool)> {
         let exchange = async {
             let mut send = self.send.clone().ready().await.map_err(|e| {
@@ -548,17 +548,23 @@ impl Session {
             }
             Ok(H2Stream::new(stream, response.into_body()))
         };
-        match tokio::time::timeout(timeout, exchange).await {
+        let answered = match timeout {
+            Some(limit) => tokio::time::timeout(limit, exchange)
+                .await
+                .map_err(|_| limit),
+            None => Ok(exchange.await),
+        };
+        match answered {
             Ok(result) => {
                 if let Err((_, true)) = &result {
                     self.retired.store(true, Ordering::Relaxed);
                 }
                 result
             }
-            Err(_) => Err((
+            Err(limit) => Err((
                 RequestError::Io(io::Error::new(
                     io::ErrorKind::TimedOut,
-                    format!("no HTTP/2 response within {timeout:?}"),
+                    format!("no HTTP/2 response within {limit:?}"),
                 )),
                 false,
             )),
@@ -726,7 +732,7 @@ impl H2Client {
         loop {
             tries += 1;
             let lease = self.lease(addr, timeout).await?;
-            match lease.open(make(), timeout).await {
+            match lease.open(make(), Some(timeout)).await {
                 Ok(stream) => return Ok(stream),
                 Err((e, true)) if tries < 2 => {
                     tracing::debug!(peer = %addr, error = %e, "HTTP/2 connection unusable, re-dialling");
@@ -896,7 +902,8 @@ mod tests {
             .uri("127.0.0.1:1")
             .body(())
             .unwrap();
-        let (client, server) = tokio::join!(session.open(req, Duration::from_secs(5)), server);
+        let (client, server) =
+            tokio::join!(session.open(req, Some(Duration::from_secs(5))), server);
         (client.map_err(|(e, _)| e).unwrap(), server.unwrap())
     }
 

@@ -16,25 +16,23 @@ use crate::conn::BoxConn;
 use crate::dialer::h2::header_map;
 use crate::h2pool::{RequestError, take_handed_off};
 
-/// Time allowed for the proxy's answer to CONNECT unless metadata `timeout` says otherwise.
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
-
 /// Asks an HTTP/2 proxy for tunnels.
 pub struct Http2Connector {
     authorization: Option<HeaderValue>,
     headers: HeaderMap,
-    timeout: Duration,
+    /// Metadata `timeout`; by default none of its own, as GOST: the chain's `dialTimeout`
+    /// bounds the whole route, this answer included.
+    timeout: Option<Duration>,
 }
 
 impl Http2Connector {
-    /// A connector sending `auth` (if any) and metadata `header`; `timeout` bounds the
-    /// exchange.
+    /// A connector sending `auth` (if any) and metadata `header`; metadata `timeout` bounds
+    /// the exchange.
     pub fn new(auth: Option<AuthConfig>, metadata: &Metadata) -> Result<Self, String> {
         let timeout = metadata
             .duration(&["timeout"])
             .map_err(|e| e.to_string())?
-            .flatten()
-            .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+            .flatten();
         let authorization = auth
             .map(|a| {
                 let token = STANDARD.encode(format!("{}:{}", a.username, a.password));

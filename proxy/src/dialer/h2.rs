@@ -112,7 +112,7 @@ impl Dialer for H2Dialer {
     async fn handshake(&self, conn: BoxConn, addr: &Address) -> io::Result<BoxConn> {
         let session = self.client.over(conn, addr, false).await?;
         let stream = session
-            .open(self.request(addr), TUNNEL_REQUEST_TIMEOUT)
+            .open(self.request(addr), Some(TUNNEL_REQUEST_TIMEOUT))
             .await
             .map_err(|(e, _)| io::Error::from(e).with_context(addr))?;
         Ok(Box::new(stream))
