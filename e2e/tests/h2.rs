@@ -20,7 +20,7 @@ const BYTES_PER_TUNNEL: usize = 200 * 1024;
 const BULK_BYTES: usize = 16 * 1024 * 1024;
 
 /// How long a client may take to use a restarted server: covers the reconnect backoff cap
-/// (8 s) with room to spare.
+/// (2 s) with room to spare.
 const RECONNECT_DEADLINE: Duration = Duration::from_secs(20);
 
 fn get_via(proxy: &str, target: &Target, path: &str) -> Output {
@@ -625,4 +625,53 @@ fn http2_connector_waits_past_15_seconds_within_the_dial_timeout() {
     let mut pong = [0u8; 4];
     stream.read_exact(&mut pong).unwrap();
     assert_eq!(&pong, b"ping");
+}
+
+/// A client whose node was down long enough to back off uses the restarted server with the
+/// first tunnel asked for: the tunnel waits for the next attempt instead of failing at once
+/// until the backoff ends. The HTTP/2 pool (`http2`) and the gRPC client (`relay+grpc`, a
+/// relay node: `nodelay` so the tunnel is checked before curl's request).
+#[test]
+fn first_tunnel_after_a_restart_waits_for_the_backoff() {
+    let target = Target::http();
+    for (scheme, query) in [("relay+grpc", "?nodelay=true"), ("http2", "")] {
+        let server = Gost::start(&["-L", &format!("{scheme}://user:pass@127.0.0.1:0")], 1);
+        let addr = server.addr();
+        let client = Gost::start(
+            &[
+                "-L",
+                "http://127.0.0.1:0",
+                "-F",
+                &format!("{scheme}://user:pass@{addr}{query}"),
+            ],
+            1,
+        );
+        let proxy = format!("http://{}", client.addr());
+        assert_get_works(&proxy, &target);
+        drop(server);
+        // Failed dials while the server is down: the backoff doubles from 250 ms with each.
+        let down_until = Instant::now() + Duration::from_secs(3);
+        let mut failures = 0;
+        while Instant::now() < down_until && failures < 40 {
+            let out = get_via(&proxy, &target, "/down");
+            assert!(
+                !out.text().starts_with("hello from target"),
+                "{scheme}: server is down"
+            );
+            failures += 1;
+            thread::sleep(Duration::from_millis(100));
+        }
+        let restarted = Gost::start(&["-L", &format!("{scheme}://user:pass@{addr}")], 1);
+        let started = Instant::now();
+        let out = get_via(&proxy, &target, "/again");
+        assert!(
+            out.code == 0 && out.text().starts_with("hello from target"),
+            "{scheme}: the first tunnel after the restart failed after {:?} ({failures} failed \
+             before): {}\nclient log:\n{}",
+            started.elapsed(),
+            out.stderr,
+            client.log()
+        );
+        restarted.wait_for_log("\"message\":\"tunnel\"");
+    }
 }

@@ -88,8 +88,10 @@ pub const EXTRA_CONNECTION_IDLE: Duration = Duration::from_secs(60);
 pub const RECONNECT_BACKOFF_MIN: Duration = Duration::from_millis(250);
 
 /// Longest wait between attempts to re-dial a failing node: short enough that a node that
-/// comes back is used again within seconds.
-pub const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(8);
+/// comes back is used again within two seconds (a tunnel asked for meanwhile waits for the
+/// attempt), as the `h3` client's; one refused connection every two seconds costs a down
+/// node nothing.
+pub const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// The server side of an HTTP/2 connection's preface and settings on `io`, within
 /// [`H2_HANDSHAKE_TIMEOUT`]; `None` (logged at debug) when the client fails or stalls.
@@ -655,16 +657,23 @@ impl H2Client {
         }
         if let Some(at) = node.retry_at {
             let now = Instant::now();
-            if now < at {
+            let at = tokio::time::Instant::from_std(at);
+            if at > deadline {
                 return Err(io::Error::new(
                     io::ErrorKind::ConnectionRefused,
                     format!(
                         "HTTP/2 connection to {addr} failed {} time(s) in a row; next attempt in {:?}",
                         node.failures,
-                        at - now
+                        at.into_std() - now
                     ),
                 ));
             }
+            // The next attempt is within this request's time: wait for it rather than fail,
+            // so that a node back from a restart is used by the first request after its
+            // backoff, not only by one arriving after it. The node stays locked meanwhile:
+            // requests behind this one share its attempt, and the node still sees one dial
+            // per backoff period.
+            tokio::time::sleep_until(at).await;
         }
         match self.dial(addr, timeout).await {
             Ok(session) => {

@@ -210,6 +210,7 @@ impl GrpcDialer {
             .entry(addr.to_string())
             .or_default()
             .clone();
+        let deadline = tokio::time::Instant::now() + timeout;
         let mut slot = slot.lock().await;
         if let Some(connection) = &slot.connection {
             if !connection.is_closed() {
@@ -220,16 +221,20 @@ impl GrpcDialer {
         }
         if let Some(at) = slot.retry_at {
             let now = Instant::now();
-            if now < at {
+            let at = tokio::time::Instant::from_std(at);
+            if at > deadline {
                 return Err(io::Error::new(
                     io::ErrorKind::ConnectionRefused,
                     format!(
                         "grpc {addr}: connecting failed {} time(s) in a row; next attempt in {:?}",
                         slot.failures,
-                        at - now
+                        at.into_std() - now
                     ),
                 ));
             }
+            // Within this tunnel's time: wait for the attempt rather than fail (see
+            // `H2Client::lease`); callers behind this one share it.
+            tokio::time::sleep_until(at).await;
         }
         let dialled = async {
             let tcp = tcp::connect(addr, timeout).await?;
