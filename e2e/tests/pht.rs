@@ -285,7 +285,10 @@ fn killed_gost_client_leaves_no_session() {
         assert_eq!(out.code, 0, "{}", out.stderr);
         out.text()
             .lines()
-            .find(|l| l.starts_with("gost_pht_sessions{service=service-0}"))
+            .find(|l| {
+                // Labelled like every series: the host, then the service.
+                l.starts_with("gost_pht_sessions{host=") && l.contains(",service=service-0}")
+            })
             .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
     };
     assert_eq!(

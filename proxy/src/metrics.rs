@@ -151,13 +151,19 @@ static GOST: LazyLock<Gost> = LazyLock::new(|| Gost {
 
 /// Open plain-HTTP-tunnel sessions (pht, phts, h3) per service: a session whose client
 /// vanished must leave this gauge once it is reclaimed.
-pub static PHT_SESSIONS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+static PHT_SESSIONS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     gauges(
         "gost_pht_sessions",
         "Open plain HTTP tunnel sessions (pht, phts, h3)",
-        &["service"],
+        &["host", "service"],
     )
 });
+
+/// The open-sessions gauge of the PHT server of `service`, labelled like every other series
+/// (`host`, `service`).
+pub fn pht_sessions(service: &str) -> prometheus::IntGauge {
+    PHT_SESSIONS.with_label_values(&[host(), service])
+}
 
 /// gost-rs' own series about the running configuration and its services.
 struct Runtime {

@@ -154,14 +154,14 @@ enum Lookup {
 }
 
 impl PhtServer {
-    /// `service`: service name for the session gauge crate::metrics::PHT_SESSIONS{service}.
+    /// `service`: service name for the session gauge `gost_pht_sessions{host, service}`.
     /// Sessions are delivered to the service through `ready` (crate::listener::Ready).
     pub fn new(service: &str, paths: Paths, ready: Ready) -> Arc<Self> {
         Arc::new_cyclic(|me| PhtServer {
             service: service.to_string(),
             paths,
             ready,
-            gauge: crate::metrics::PHT_SESSIONS.with_label_values(&[service]),
+            gauge: crate::metrics::pht_sessions(service),
             state: Mutex::new(State::default()),
             me: me.clone(),
         })
@@ -808,9 +808,7 @@ mod tests {
     }
 
     fn gauge(name: &str) -> i64 {
-        crate::metrics::PHT_SESSIONS
-            .with_label_values(&[name])
-            .get()
+        crate::metrics::pht_sessions(name).get()
     }
 
     #[tokio::test]
