@@ -742,18 +742,26 @@ fn a_refused_reload_shows_no_excerpt_of_the_file() {
 }
 
 /// A SIGHUP while the first configuration is still being fetched from its URL does not end
-/// the process (SIGHUP's default action) before gost has caught it.
+/// the process (SIGHUP's default action) before gost has caught it, and it is not lost: the
+/// configuration is fetched again once the services run.
 #[test]
 fn a_sighup_while_the_first_config_url_is_read_is_not_fatal() {
-    let config_server = Target::start(|mut stream| {
-        let _ = read_head(&mut stream);
-        thread::sleep(Duration::from_secs(2));
-        let body = "services:\n- name: a\n  addr: 127.0.0.1:0\n  handler:\n    type: http\n";
-        let _ = write!(
-            stream,
-            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let config_server = Target::start({
+        let fetches = fetches.clone();
+        move |mut stream| {
+            let _ = read_head(&mut stream);
+            // The first answer is slow, so that the SIGHUP comes while it is awaited.
+            if fetches.fetch_add(1, Ordering::SeqCst) == 0 {
+                thread::sleep(Duration::from_secs(2));
+            }
+            let body = "services:\n- name: a\n  addr: 127.0.0.1:0\n  handler:\n    type: http\n";
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+        }
     });
     let url = format!("http://{}/gost.yaml", config_server.addr);
     let mut child = std::process::Command::new(gost_bin())
@@ -766,7 +774,11 @@ fn a_sighup_while_the_first_config_url_is_read_is_not_fatal() {
     let pid = child.id().to_string();
     thread::sleep(Duration::from_millis(700));
     assert_eq!(run("kill", &["-HUP", &pid]).code, 0);
-    thread::sleep(Duration::from_millis(2500));
+    // The first answer comes 2 s after the request; the reload's fetch right after it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fetches.load(Ordering::SeqCst) < 2 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(100));
+    }
     let status = child.try_wait().unwrap();
     if status.is_none() {
         let _ = run("kill", &["-TERM", &pid]);
@@ -774,6 +786,11 @@ fn a_sighup_while_the_first_config_url_is_read_is_not_fatal() {
     let ended = child.wait().unwrap();
     assert!(status.is_none(), "gost ended on SIGHUP: {ended:?}");
     assert_eq!(ended.code(), Some(0), "{ended:?}");
+    assert_eq!(
+        fetches.load(Ordering::SeqCst),
+        2,
+        "the SIGHUP that came during the first fetch should fetch the configuration again"
+    );
 }
 
 /// `metrics:` and `log:` are read at start only; a reload that changes them says so rather

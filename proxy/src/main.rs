@@ -144,7 +144,8 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     };
     // SIGHUP ends a process by default, and reading a `-C` URL may take a while: from here on
-    // it is caught (tokio keeps a handler for good once one is made); the run loop reloads on it.
+    // it is caught (tokio keeps a handler for good once one is made); the run loop reloads on
+    // it, also for one that arrives before the loop starts.
     let early_hangup = {
         let _runtime = runtime.enter();
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
@@ -176,8 +177,9 @@ fn main() -> ExitCode {
         eprintln!("gost: {message}");
         return ExitCode::from(2);
     }
-    drop(early_hangup);
-    runtime.block_on(run(&args, config))
+    // Kept for the run loop: a SIGHUP that came while the configuration was read asked for
+    // what may have changed meanwhile, so it reloads once the services run.
+    runtime.block_on(run(&args, config, early_hangup))
 }
 
 /// The runtime `builder` makes, with its I/O and timers; `None` once the reason is printed.
@@ -567,7 +569,11 @@ fn init_logging(args: &Args, config: &Config) -> Result<(), String> {
     Ok(())
 }
 
-async fn run(args: &Args, mut config: Config) -> ExitCode {
+async fn run(
+    args: &Args,
+    mut config: Config,
+    hangup: Option<tokio::signal::unix::Signal>,
+) -> ExitCode {
     let grace = args.grace_period;
     let tunnels = TaskTracker::new();
     let ready = gost_proxy::admin::Readiness::default();
@@ -594,7 +600,11 @@ async fn run(args: &Args, mut config: Config) -> ExitCode {
     // as with GOST.
     let signals = Signals::new().and_then(|signals| {
         use tokio::signal::unix::{SignalKind, signal};
-        Ok((signals, signal(SignalKind::hangup())?))
+        let hangup = match hangup {
+            Some(hangup) => hangup,
+            None => signal(SignalKind::hangup())?,
+        };
+        Ok((signals, hangup))
     });
     let (mut signals, mut hangup) = match signals {
         Ok(signals) => signals,
