@@ -2,6 +2,7 @@
 //! Basic auth, `/healthz` and `/readyz` through a SIGTERM drain.
 
 use std::io::{Read, Write};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use gost_e2e::*;
@@ -25,7 +26,7 @@ fn gost_series_are_served_and_parse() {
     );
     let (metrics, proxy) = (gost.addrs()[0], gost.addrs()[1]);
     for _ in 0..3 {
-        // Through CONNECT tunnels, whose bytes are counted when they close.
+        // Through CONNECT tunnels, whose bytes are counted as they move.
         let out = curl(&[
             "-p",
             "-x",
@@ -423,4 +424,128 @@ fn malformed_requests_count_as_handler_errors() {
         assert!(Instant::now() < deadline, "{errors:?}\n{text}");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Bytes each way through the open tunnel of [`transfer_counted_while_open`].
+const OPEN_TUNNEL_BYTES: usize = 100 * 1024;
+
+/// Pushes [`OPEN_TUNNEL_BYTES`] each way through an HTTP CONNECT tunnel of `proxy` to an echo
+/// target and checks, with the tunnel still open, that the transfer counters on `metrics`
+/// already show them; then closes the tunnel and checks that the totals are exactly those bytes.
+/// A tunnel open for hours must show its traffic while it runs, not in one spike at its end.
+fn transfer_counted_while_open(proxy: SocketAddr, metrics: SocketAddr, echo: SocketAddr) {
+    const INPUT: &str = "gost_service_transfer_input_bytes_total{client=127.0.0.1,";
+    const OUTPUT: &str = "gost_service_transfer_output_bytes_total{client=127.0.0.1,";
+    const IN_FLIGHT: &str = "gost_service_requests_in_flight{client=127.0.0.1,";
+    const STEP: usize = 16 * 1024;
+    const SCRAPES: usize = 50;
+    let url = format!("http://{metrics}/metrics");
+    let mut tunnel = http_connect(proxy, &echo.to_string(), None).expect("tunnel");
+    // In steps, reading each echo back, so no buffer along the way has to hold it all.
+    let mut sent = 0;
+    let mut echoed = vec![0u8; STEP];
+    while sent < OPEN_TUNNEL_BYTES {
+        let len = STEP.min(OPEN_TUNNEL_BYTES - sent);
+        let chunk: Vec<u8> = (sent..sent + len).map(pattern_byte).collect();
+        tunnel.write_all(&chunk).unwrap();
+        tunnel.read_exact(&mut echoed[..len]).unwrap();
+        assert!(
+            echoed[..len] == chunk[..],
+            "the echo differs after {sent} bytes"
+        );
+        sent += len;
+    }
+    let expected = OPEN_TUNNEL_BYTES as f64;
+    let counted = |text: &str| {
+        (
+            metric_sample(text, INPUT).unwrap_or(0.0),
+            metric_sample(text, OUTPUT).unwrap_or(0.0),
+        )
+    };
+    let mut text = String::new();
+    for _ in 0..SCRAPES {
+        text = scrape_metrics(&url, None);
+        let (input, output) = counted(&text);
+        if input >= expected && output >= expected {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (input, output) = counted(&text);
+    assert!(
+        input >= expected && output >= expected,
+        "an open tunnel's bytes are not counted (input {input}, output {output}):\n{text}"
+    );
+    assert_eq!(
+        metric_sample(&text, IN_FLIGHT),
+        Some(1.0),
+        "the tunnel is still open:\n{text}"
+    );
+
+    drop(tunnel);
+    for _ in 0..SCRAPES {
+        text = scrape_metrics(&url, None);
+        if metric_sample(&text, IN_FLIGHT) == Some(0.0) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        metric_sample(&text, IN_FLIGHT),
+        Some(0.0),
+        "never closed:\n{text}"
+    );
+    assert_eq!(
+        counted(&text),
+        (expected, expected),
+        "each byte once:\n{text}"
+    );
+}
+
+#[test]
+fn spliced_tunnel_bytes_are_counted_while_open() {
+    let echo = Target::echo();
+    let gost = Gost::start(&["-L", "http://127.0.0.1:0", "-metrics", "127.0.0.1:0"], 2);
+    let (metrics, proxy) = (gost.addrs()[0], gost.addrs()[1]);
+    transfer_counted_while_open(proxy, metrics, echo.addr);
+}
+
+/// Through a TLS node the upstream is no socket: the copying path.
+#[test]
+fn copied_tunnel_bytes_are_counted_while_open() {
+    let echo = Target::echo();
+    let node = Gost::start(&["-L", "relay+tls://127.0.0.1:0"], 1);
+    let gost = Gost::start(
+        &[
+            "-L",
+            "http://127.0.0.1:0",
+            "-F",
+            &format!("relay+tls://{}", node.addr()),
+            "-metrics",
+            "127.0.0.1:0",
+        ],
+        2,
+    );
+    let (metrics, proxy) = (gost.addrs()[0], gost.addrs()[1]);
+    transfer_counted_while_open(proxy, metrics, echo.addr);
+}
+
+/// Through a WebSocket node the upstream hands out and takes messages: the chunked path.
+#[test]
+fn chunked_tunnel_bytes_are_counted_while_open() {
+    let echo = Target::echo();
+    let node = Gost::start(&["-L", "relay+ws://127.0.0.1:0"], 1);
+    let gost = Gost::start(
+        &[
+            "-L",
+            "http://127.0.0.1:0",
+            "-F",
+            &format!("relay+ws://{}", node.addr()),
+            "-metrics",
+            "127.0.0.1:0",
+        ],
+        2,
+    );
+    let (metrics, proxy) = (gost.addrs()[0], gost.addrs()[1]);
+    transfer_counted_while_open(proxy, metrics, echo.addr);
 }

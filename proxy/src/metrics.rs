@@ -11,7 +11,8 @@ use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
 use prometheus::{
-    HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, core::Collector,
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    core::Collector,
 };
 
 /// Distinct client addresses that get a label value of their own, across all services:
@@ -307,15 +308,28 @@ impl Drop for Request {
     }
 }
 
-/// Bytes a tunnel of `service` moved: `input` from the client, `output` to it.
-pub fn transferred(service: &str, client: SocketAddr, input: u64, output: u64) {
-    let client = client_label(client);
-    GOST.input_bytes
-        .with_label_values(&[host(), service, &client])
-        .inc_by(input);
-    GOST.output_bytes
-        .with_label_values(&[host(), service, &client])
-        .inc_by(output);
+/// The transfer counters of one tunnel (or one upstream connection) of a service's client,
+/// looked up once when it opens so that counting the bytes of a chunk as it moves is one
+/// atomic add: a tunnel open for hours shows its traffic while it runs, as GOST's does,
+/// rather than all of it when it closes.
+#[derive(Clone)]
+pub struct TunnelMeter {
+    /// Bytes from the client (`gost_service_transfer_input_bytes_total`).
+    pub input: IntCounter,
+    /// Bytes to the client (`gost_service_transfer_output_bytes_total`).
+    pub output: IntCounter,
+}
+
+impl TunnelMeter {
+    /// The counters of `service` for `client`.
+    pub fn new(service: &str, client: SocketAddr) -> Self {
+        let client = client_label(client);
+        let labels = [host(), service, &client];
+        TunnelMeter {
+            input: GOST.input_bytes.with_label_values(&labels),
+            output: GOST.output_bytes.with_label_values(&labels),
+        }
+    }
 }
 
 /// A request of `service` that failed (handshake, authentication, upstream).
@@ -357,7 +371,9 @@ mod tests {
     fn series_render_with_gost_names() {
         let client: SocketAddr = "192.0.2.7:5000".parse().unwrap();
         let request = Request::start("svc-test", client);
-        transferred("svc-test", client, 10, 20);
+        let meter = TunnelMeter::new("svc-test", client);
+        meter.input.inc_by(10);
+        meter.output.inc_by(20);
         drop(request);
         let text = render();
         assert!(text.contains("gost_service_requests_total{client=\"192.0.2.7\""));

@@ -13,11 +13,13 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use prometheus::IntCounter;
 use tokio::io::ReadBuf;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::conn::Conn;
+use crate::metrics::TunnelMeter;
 
 /// Size of a direction's buffer while data flows. Large enough that a bulk transfer over
 /// loopback moves in few system calls; it is released as soon as the source has nothing more.
@@ -117,6 +119,9 @@ struct Direction {
     needs_flush: bool,
     done: bool,
     bytes: u64,
+    /// The service's transfer counter that this direction's bytes are added to as they are
+    /// written, so that a long tunnel's traffic shows while it runs.
+    counter: Option<IntCounter>,
 }
 
 enum Failure {
@@ -125,6 +130,14 @@ enum Failure {
 }
 
 impl Direction {
+    /// Notes `n` bytes written to the writer.
+    fn wrote(&mut self, n: usize) {
+        self.bytes += n as u64;
+        if let Some(counter) = &self.counter {
+            counter.inc_by(n as u64);
+        }
+    }
+
     /// Advances this direction unless it has already ended; marks it ended when it does.
     fn step<R: Conn + ?Sized, W: Conn + ?Sized>(
         &mut self,
@@ -199,7 +212,7 @@ impl Direction {
                 if n == 0 {
                     return Poll::Ready(Err(Failure::Write(io::ErrorKind::WriteZero.into())));
                 }
-                self.bytes += n as u64;
+                self.wrote(n);
                 *progress = true;
                 continue;
             }
@@ -263,7 +276,7 @@ impl Direction {
                     return Poll::Ready(Err(Failure::Write(io::ErrorKind::WriteZero.into())));
                 }
                 self.start += n;
-                self.bytes += n as u64;
+                self.wrote(n);
                 *progress = true;
                 continue;
             }
@@ -305,25 +318,36 @@ impl Direction {
 }
 
 /// Copies both ways until both directions have ended; see the module documentation.
-/// `idle_timeout` closes a tunnel on which nothing moved for that long.
+/// `idle_timeout` closes a tunnel on which nothing moved for that long. Bytes are added to
+/// `meter`, when given, as they are written: from the client as input, to it as output.
 pub async fn relay<A: Conn + ?Sized, B: Conn + ?Sized>(
     client: &mut A,
     upstream: &mut B,
     idle_timeout: Option<Duration>,
     stop: Option<CancellationToken>,
+    meter: Option<&TunnelMeter>,
 ) -> Result<Transferred, PipeError> {
     #[cfg(target_os = "linux")]
     if let (Some(client), Some(upstream)) = (client.as_tcp(), upstream.as_tcp()) {
         // Boxed: its state is several times the size of the copying relay's, and every
         // other tunnel's task would keep room for it.
-        return Box::pin(crate::splice::relay(client, upstream, idle_timeout, stop)).await;
+        return Box::pin(crate::splice::relay(
+            client,
+            upstream,
+            idle_timeout,
+            stop,
+            meter,
+        ))
+        .await;
     }
     let up = Direction {
         chunked: client.reads_chunks() || upstream.takes_chunks(),
+        counter: meter.map(|m| m.input.clone()),
         ..Direction::default()
     };
     let down = Direction {
         chunked: upstream.reads_chunks() || client.takes_chunks(),
+        counter: meter.map(|m| m.output.clone()),
         ..Direction::default()
     };
     Relay {
@@ -447,10 +471,9 @@ mod tests {
     async fn moves_bytes_both_ways_and_passes_half_close_on() {
         let (mut client, mut client_side) = pair().await;
         let (mut upstream_side, mut upstream) = pair().await;
-        let relay =
-            tokio::spawn(
-                async move { relay(&mut client_side, &mut upstream_side, None, None).await },
-            );
+        let relay = tokio::spawn(async move {
+            relay(&mut client_side, &mut upstream_side, None, None, None).await
+        });
 
         let payload: Vec<u8> = (0..300_000u32).map(|i| (i * 7) as u8).collect();
         client.write_all(&payload).await.unwrap();
@@ -482,10 +505,9 @@ mod tests {
         let (upstream_side, mut upstream) = tokio::io::duplex(1024);
         let mut client_side = Prefixed::boxed(bytes::Bytes::from_static(b"early "), client_side);
         let mut upstream_side: BoxConn = Box::new(upstream_side);
-        let relay =
-            tokio::spawn(
-                async move { relay(&mut client_side, &mut upstream_side, None, None).await },
-            );
+        let relay = tokio::spawn(async move {
+            relay(&mut client_side, &mut upstream_side, None, None, None).await
+        });
         client.write_all(b"and later").await.unwrap();
         client.shutdown().await.unwrap();
         let mut got = Vec::new();
@@ -550,7 +572,9 @@ mod tests {
         let mut upstream: BoxConn = Prefixed::boxed(Bytes::new(), ws_client);
         assert!(upstream.reads_chunks() && upstream.takes_chunks());
         let relay =
-            tokio::spawn(async move { relay(&mut client_side, &mut upstream, None, None).await });
+            tokio::spawn(
+                async move { relay(&mut client_side, &mut upstream, None, None, None).await },
+            );
 
         let payload: Vec<u8> = (0..3_000_000u32).map(|i| (i * 31 + i / 7) as u8).collect();
         push_all(&mut client, &mut ws_server, &payload).await;
@@ -573,7 +597,9 @@ mod tests {
         let (ws_client, mut ws_server) = ws_pair().await;
         let mut upstream = Prefixed::boxed(Bytes::from_static(b"early "), ws_client);
         let relay =
-            tokio::spawn(async move { relay(&mut client_side, &mut upstream, None, None).await });
+            tokio::spawn(
+                async move { relay(&mut client_side, &mut upstream, None, None, None).await },
+            );
         ws_server.write_all(b"and later").await.unwrap();
         ws_server.shutdown().await.unwrap();
         let mut got = Vec::new();
@@ -582,6 +608,79 @@ mod tests {
         client.shutdown().await.unwrap();
         let moved = relay.await.unwrap().unwrap();
         assert_eq!(moved, Transferred { up: 0, down: 15 });
+    }
+
+    /// The service's counters show a tunnel's bytes while it is open, on the spliced, the
+    /// copying and the chunked path, and end at what the relay returns: nothing counted twice.
+    #[tokio::test]
+    async fn the_meter_counts_bytes_while_the_tunnel_is_open() {
+        const UP: usize = 100_000;
+        const DOWN: usize = 60_000;
+        for path in ["spliced", "copying", "chunked"] {
+            let client_addr = "192.0.2.9:4000".parse().unwrap();
+            let meter = TunnelMeter::new(&format!("pipe-test-{path}"), client_addr);
+            let (mut client, client_side) = pair().await;
+            let mut client_side: BoxConn = match path {
+                // A prefix, even an empty one, keeps the socket from being spliced.
+                "copying" => Prefixed::boxed(Bytes::new(), client_side),
+                _ => Box::new(client_side),
+            };
+            let (mut upstream_side, mut upstream): (BoxConn, BoxConn) = match path {
+                "chunked" => {
+                    let (ws_client, ws_server) = ws_pair().await;
+                    (Box::new(ws_client), Box::new(ws_server))
+                }
+                _ => {
+                    let (a, b) = pair().await;
+                    (Box::new(a), Box::new(b))
+                }
+            };
+            let relay = {
+                let meter = meter.clone();
+                tokio::spawn(async move {
+                    relay(
+                        &mut client_side,
+                        &mut upstream_side,
+                        None,
+                        None,
+                        Some(&meter),
+                    )
+                    .await
+                })
+            };
+            client.write_all(&vec![1u8; UP]).await.unwrap();
+            let mut got = vec![0u8; UP];
+            upstream.read_exact(&mut got).await.unwrap();
+            upstream.write_all(&vec![2u8; DOWN]).await.unwrap();
+            upstream.flush().await.unwrap();
+            let mut got = vec![0u8; DOWN];
+            client.read_exact(&mut got).await.unwrap();
+            assert_eq!(
+                (meter.input.get(), meter.output.get()),
+                (UP as u64, DOWN as u64),
+                "{path}: counted while open"
+            );
+
+            client.shutdown().await.unwrap();
+            upstream.shutdown().await.unwrap();
+            let mut rest = Vec::new();
+            upstream.read_to_end(&mut rest).await.unwrap();
+            client.read_to_end(&mut rest).await.unwrap();
+            let moved = relay.await.unwrap().unwrap();
+            assert_eq!(
+                moved,
+                Transferred {
+                    up: UP as u64,
+                    down: DOWN as u64
+                },
+                "{path}"
+            );
+            assert_eq!(
+                (meter.input.get(), meter.output.get()),
+                (moved.up, moved.down),
+                "{path}: counted once"
+            );
+        }
     }
 
     #[tokio::test]
@@ -615,6 +714,7 @@ mod tests {
             &mut upstream_side,
             Some(Duration::from_secs(5)),
             None,
+            None,
         )
         .await;
         assert!(matches!(result, Err(PipeError::Idle(d, _)) if d == Duration::from_secs(5)));
@@ -628,6 +728,7 @@ mod tests {
             &mut client_side,
             &mut upstream_side,
             Some(Duration::from_secs(5)),
+            None,
             None,
         )
         .await;
@@ -650,7 +751,7 @@ mod tests {
             let relay = {
                 let stop = stop.clone();
                 tokio::spawn(async move {
-                    relay(&mut client_side, &mut upstream_side, None, Some(stop)).await
+                    relay(&mut client_side, &mut upstream_side, None, Some(stop), None).await
                 })
             };
             client.write_all(b"12345").await.unwrap();

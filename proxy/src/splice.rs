@@ -13,12 +13,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags, splice};
+use prometheus::IntCounter;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::TunnelMeter;
 use crate::pipe::{HALF_CLOSED_IDLE_TIMEOUT, PipeError, Transferred};
 
 /// Capacity asked for each pipe, and so the most bytes one `splice` call moves. Larger than
@@ -101,6 +103,7 @@ pub async fn relay(
     upstream: &TcpStream,
     idle_timeout: Option<Duration>,
     stop: Option<CancellationToken>,
+    meter: Option<&TunnelMeter>,
 ) -> Result<Transferred, PipeError> {
     let progress = Progress {
         started: Instant::now(),
@@ -116,6 +119,7 @@ pub async fn relay(
                 client,
                 upstream,
                 &progress.up,
+                meter.map(|m| &m.input),
                 &progress,
                 "client",
                 "upstream"
@@ -124,6 +128,7 @@ pub async fn relay(
                 upstream,
                 client,
                 &progress.down,
+                meter.map(|m| &m.output),
                 &progress,
                 "upstream",
                 "client"
@@ -173,6 +178,7 @@ async fn one_way(
     from: &TcpStream,
     to: &TcpStream,
     counter: &AtomicU64,
+    metric: Option<&IntCounter>,
     progress: &Progress,
     from_name: &'static str,
     to_name: &'static str,
@@ -209,6 +215,9 @@ async fn one_way(
                 Ok(n) => {
                     in_pipe -= n;
                     counter.fetch_add(n as u64, Ordering::Relaxed);
+                    if let Some(metric) = metric {
+                        metric.inc_by(n as u64);
+                    }
                     progress.touch();
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}

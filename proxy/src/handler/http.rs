@@ -488,7 +488,6 @@ impl Shared {
                         &target,
                         into_conn(client_io),
                         into_conn(upstream_io),
-                        0,
                     )
                     .await;
                 }

@@ -218,7 +218,8 @@ where
     }
 }
 
-/// Relays an established tunnel, counts its bytes and writes its one summary log line.
+/// Relays an established tunnel, counts its bytes as they move and writes its one summary log
+/// line.
 pub async fn run_tunnel(
     env: &HandlerEnv,
     protocol: &'static str,
@@ -241,7 +242,9 @@ pub async fn run_tunnel_after(
     upstream: BoxConn,
     sent_up: u64,
 ) {
-    let moved = run_uncounted_tunnel(
+    let meter = crate::metrics::TunnelMeter::new(&env.service, client_addr);
+    meter.input.inc_by(sent_up);
+    relay_tunnel(
         env,
         protocol,
         client_addr,
@@ -249,14 +252,38 @@ pub async fn run_tunnel_after(
         client,
         upstream,
         sent_up,
+        Some(&meter),
     )
     .await;
-    crate::metrics::transferred(&env.service, client_addr, moved.up, moved.down);
 }
 
-/// As [`run_tunnel_after`] without counting the bytes in the service's metrics, for an
-/// upstream that counts its own ([`Metered`]); returns what moved.
+/// As [`run_tunnel`] without counting the bytes in the service's metrics, for an upstream
+/// that counts its own ([`Metered`]).
 pub(crate) async fn run_uncounted_tunnel(
+    env: &HandlerEnv,
+    protocol: &'static str,
+    client_addr: SocketAddr,
+    target: &crate::addr::Address,
+    client: BoxConn,
+    upstream: BoxConn,
+) {
+    relay_tunnel(
+        env,
+        protocol,
+        client_addr,
+        target,
+        client,
+        upstream,
+        0,
+        None,
+    )
+    .await;
+}
+
+/// Relays a tunnel, adding its bytes to `meter` as they move, and logs what it moved (with
+/// the `sent_up` bytes written before the relay started).
+#[allow(clippy::too_many_arguments)] // each one is a field of the tunnel's log line
+async fn relay_tunnel(
     env: &HandlerEnv,
     protocol: &'static str,
     client_addr: SocketAddr,
@@ -264,11 +291,12 @@ pub(crate) async fn run_uncounted_tunnel(
     mut client: BoxConn,
     mut upstream: BoxConn,
     sent_up: u64,
-) -> pipe::Transferred {
+    meter: Option<&crate::metrics::TunnelMeter>,
+) {
     let started = std::time::Instant::now();
     // Cut, and logged with what it moved, when its service's grace period is over.
     let stop = SIGNALS.try_with(|s| s.closing.clone()).ok();
-    let result = pipe::relay(&mut client, &mut upstream, env.idle_timeout, stop).await;
+    let result = pipe::relay(&mut client, &mut upstream, env.idle_timeout, stop, meter).await;
     let elapsed_ms = started.elapsed().as_millis() as u64;
     let mut moved = match &result {
         Ok(moved) => *moved,
@@ -290,7 +318,6 @@ pub(crate) async fn run_uncounted_tunnel(
             );
         }
     }
-    moved
 }
 
 /// The `outcome` of a tunnel that ended with `e`: `reset` when a side went away without a
@@ -364,14 +391,11 @@ impl Drop for OwnForward {
 }
 
 /// The upstream connection of a forwarded plain-HTTP request: the bytes it carries are counted
-/// in the service's transfer metrics when it closes, as a tunnel's are (`input` the client's
+/// in the service's transfer metrics as they move, as a tunnel's are (`input` the client's
 /// request sent on, `output` the answer brought back).
 pub(crate) struct Metered {
     inner: BoxConn,
-    service: Arc<str>,
-    client: SocketAddr,
-    input: u64,
-    output: u64,
+    meter: crate::metrics::TunnelMeter,
 }
 
 impl Metered {
@@ -379,17 +403,8 @@ impl Metered {
     pub(crate) fn boxed(env: &HandlerEnv, client: SocketAddr, upstream: BoxConn) -> BoxConn {
         Box::new(Metered {
             inner: upstream,
-            service: env.service.clone(),
-            client,
-            input: 0,
-            output: 0,
+            meter: crate::metrics::TunnelMeter::new(&env.service, client),
         })
-    }
-}
-
-impl Drop for Metered {
-    fn drop(&mut self) {
-        crate::metrics::transferred(&self.service, self.client, self.input, self.output);
     }
 }
 
@@ -401,7 +416,10 @@ impl AsyncRead for Metered {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let result = Pin::new(&mut self.inner).poll_read(cx, buf);
-        self.output += (buf.filled().len() - before) as u64;
+        let read = buf.filled().len() - before;
+        if read > 0 {
+            self.meter.output.inc_by(read as u64);
+        }
         result
     }
 }
@@ -414,7 +432,7 @@ impl AsyncWrite for Metered {
     ) -> Poll<io::Result<usize>> {
         let result = Pin::new(&mut self.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = result {
-            self.input += n as u64;
+            self.meter.input.inc_by(n as u64);
         }
         result
     }
@@ -426,7 +444,7 @@ impl AsyncWrite for Metered {
     ) -> Poll<io::Result<usize>> {
         let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = result {
-            self.input += n as u64;
+            self.meter.input.inc_by(n as u64);
         }
         result
     }
@@ -451,6 +469,29 @@ mod tests {
     use super::*;
     use crate::conn::Prefixed;
     use bytes::Bytes;
+
+    /// A forwarded request's upstream counts its bytes as they pass, not when it closes.
+    #[tokio::test]
+    async fn metered_upstreams_count_while_open() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (ours, mut theirs) = tokio::io::duplex(1024);
+        let meter =
+            crate::metrics::TunnelMeter::new("metered-test", "192.0.2.8:1".parse().unwrap());
+        let mut upstream = Metered {
+            inner: Box::new(ours),
+            meter: meter.clone(),
+        };
+        upstream.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        theirs
+            .write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = [0u8; 27];
+        upstream.read_exact(&mut answer).await.unwrap();
+        assert_eq!((meter.input.get(), meter.output.get()), (18, 27));
+        drop(upstream);
+        assert_eq!((meter.input.get(), meter.output.get()), (18, 27));
+    }
 
     #[tokio::test]
     async fn a_forward_is_known_while_its_socket_is_open() {
