@@ -675,3 +675,51 @@ fn first_tunnel_after_a_restart_waits_for_the_backoff() {
         restarted.wait_for_log("\"message\":\"tunnel\"");
     }
 }
+
+/// Tunnels asked for at once through a node that is down all fail within about one backoff
+/// period: those that wait for the next attempt share it, rather than queueing behind each
+/// other for one attempt (and one doubled backoff) each.
+#[test]
+fn concurrent_tunnels_to_a_dead_node_fail_together() {
+    let target = Target::http();
+    // A port with nothing listening: bound, then closed.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    for scheme in ["http2", "relay+grpc"] {
+        let client = Gost::start(
+            &[
+                "-L",
+                "http://127.0.0.1:0",
+                "-F",
+                &format!("{scheme}://user:pass@{dead}"),
+            ],
+            1,
+        );
+        let proxy = format!("http://{}", client.addr());
+        let started = Instant::now();
+        let requests: Vec<_> = (0..10)
+            .map(|i| {
+                let proxy = proxy.clone();
+                let url = format!("http://{}/dead-{i}", target.addr);
+                thread::spawn(move || {
+                    let out = curl(&["--max-time", "30", "-p", "-x", &proxy, &url]);
+                    (out, started.elapsed())
+                })
+            })
+            .collect();
+        for request in requests {
+            let (out, took) = request.join().unwrap();
+            assert!(
+                !out.text().starts_with("hello from target"),
+                "{scheme}: the node is down"
+            );
+            assert!(
+                took < Duration::from_secs(3),
+                "{scheme}: a tunnel to the dead node took {took:?} to fail\nclient log:\n{}",
+                client.log()
+            );
+        }
+    }
+}

@@ -581,6 +581,9 @@ struct Node {
     sessions: Vec<Session>,
     failures: u32,
     retry_at: Option<Instant>,
+    // Dials made, successful or not: a request that waited out a backoff tells by it whether
+    // another made the attempt meanwhile.
+    attempts: u64,
     // Whether a `close_quiet_extras` task watches the connections.
     reaping: bool,
 }
@@ -620,34 +623,69 @@ impl H2Client {
             .entry(addr.to_string())
             .or_default()
             .clone();
-        let mut node = shared.lock().await;
+        // Counted from the call: time queued behind other requests for the node is this
+        // request's time too.
         let deadline = tokio::time::Instant::now() + timeout;
-        // Each round either ends or waits until one more connection is settled or gone.
+        let mut node = shared.lock().await;
+        // The node's attempt count when this request began waiting out a backoff.
+        let mut waited_at: Option<u64> = None;
         loop {
-            node.sessions.retain(|session| !session.is_closed());
-            if let Some(session) = node.sessions.iter().find(|session| session.has_room()) {
-                return Ok(session.lease());
-            }
-            // A connection whose limit is not known yet may have room: wait for it rather
-            // than dial a connection that may not be needed.
-            let Some(unsettled) = node
-                .sessions
-                .iter()
-                .find(|session| !session.settled.is_cancelled())
-                .cloned()
-            else {
-                break;
-            };
-            tokio::select! {
-                _ = unsettled.settled.cancelled() => {}
-                _ = unsettled.closed.cancelled() => {}
-                _ = tokio::time::sleep_until(deadline) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("HTTP/2 connection to {addr}: no SETTINGS from the server within {timeout:?}"),
-                    ));
+            // Each round either ends or waits until one more connection is settled or gone.
+            loop {
+                node.sessions.retain(|session| !session.is_closed());
+                if let Some(session) = node.sessions.iter().find(|session| session.has_room()) {
+                    return Ok(session.lease());
+                }
+                // A connection whose limit is not known yet may have room: wait for it rather
+                // than dial a connection that may not be needed.
+                let Some(unsettled) = node
+                    .sessions
+                    .iter()
+                    .find(|session| !session.settled.is_cancelled())
+                    .cloned()
+                else {
+                    break;
+                };
+                tokio::select! {
+                    _ = unsettled.settled.cancelled() => {}
+                    _ = unsettled.closed.cancelled() => {}
+                    _ = tokio::time::sleep_until(deadline) => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!("HTTP/2 connection to {addr}: no SETTINGS from the server within {timeout:?}"),
+                        ));
+                    }
                 }
             }
+            let Some(at) = node.retry_at.map(tokio::time::Instant::from_std) else {
+                break;
+            };
+            let now = tokio::time::Instant::now();
+            // Another request made the attempt this one waited for, and it failed: so does
+            // this one, at once, as every request did during a backoff before.
+            let shared_failure = waited_at.is_some_and(|seen| seen != node.attempts);
+            if shared_failure || at > deadline {
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionRefused,
+                    format!(
+                        "HTTP/2 connection to {addr} failed {} time(s) in a row; next attempt in {:?}",
+                        node.failures,
+                        at.saturating_duration_since(now)
+                    ),
+                ));
+            }
+            if at <= now {
+                break;
+            }
+            // The next attempt is within this request's time: wait for it, without holding
+            // the node, rather than fail, so that a node back from a restart is used by the
+            // first request after its backoff. Requests that waited together share one
+            // attempt: the first to take the node makes it, the others take its connection
+            // or its failure, so the node still sees one dial per backoff period.
+            waited_at = Some(node.attempts);
+            drop(node);
+            tokio::time::sleep_until(at).await;
+            node = shared.lock().await;
         }
         if !node.sessions.is_empty() {
             tracing::debug!(
@@ -655,27 +693,15 @@ impl H2Client {
                 "every HTTP/2 connection is at the server's stream limit, dialling another"
             );
         }
-        if let Some(at) = node.retry_at {
-            let now = Instant::now();
-            let at = tokio::time::Instant::from_std(at);
-            if at > deadline {
-                return Err(io::Error::new(
-                    io::ErrorKind::ConnectionRefused,
-                    format!(
-                        "HTTP/2 connection to {addr} failed {} time(s) in a row; next attempt in {:?}",
-                        node.failures,
-                        at.into_std() - now
-                    ),
-                ));
-            }
-            // The next attempt is within this request's time: wait for it rather than fail,
-            // so that a node back from a restart is used by the first request after its
-            // backoff, not only by one arriving after it. The node stays locked meanwhile:
-            // requests behind this one share its attempt, and the node still sees one dial
-            // per backoff period.
-            tokio::time::sleep_until(at).await;
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if remaining.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("HTTP/2 connection to {addr}: no time left to dial within {timeout:?}"),
+            ));
         }
-        match self.dial(addr, timeout).await {
+        node.attempts += 1;
+        match self.dial(addr, remaining).await {
             Ok(session) => {
                 node.failures = 0;
                 node.retry_at = None;

@@ -67,6 +67,8 @@ struct Slot {
     connection: Option<Connection>,
     failures: u32,
     retry_at: Option<Instant>,
+    /// Dials made, successful or not (see `connection`).
+    attempts: u64,
 }
 
 /// One HTTP/2 connection to a node, as the service tonic's client calls through.
@@ -211,44 +213,64 @@ impl GrpcDialer {
             .or_default()
             .clone();
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut slot = slot.lock().await;
-        if let Some(connection) = &slot.connection {
-            if !connection.is_closed() {
-                return Ok(connection.clone());
+        let shared = slot;
+        let mut slot = shared.lock().await;
+        // The slot's attempt count when this call began waiting out a backoff.
+        let mut waited_at: Option<u64> = None;
+        loop {
+            if let Some(connection) = &slot.connection {
+                if !connection.is_closed() {
+                    return Ok(connection.clone());
+                }
+                tracing::debug!(peer = %addr, "grpc connection gone, re-dialling");
+                slot.connection = None;
             }
-            tracing::debug!(peer = %addr, "grpc connection gone, re-dialling");
-            slot.connection = None;
-        }
-        if let Some(at) = slot.retry_at {
-            let now = Instant::now();
-            let at = tokio::time::Instant::from_std(at);
-            if at > deadline {
+            let Some(at) = slot.retry_at.map(tokio::time::Instant::from_std) else {
+                break;
+            };
+            let now = tokio::time::Instant::now();
+            // The attempt this call waited for was made by another and failed (see
+            // `H2Client::lease`): fail at once too.
+            let shared_failure = waited_at.is_some_and(|seen| seen != slot.attempts);
+            if shared_failure || at > deadline {
                 return Err(io::Error::new(
                     io::ErrorKind::ConnectionRefused,
                     format!(
                         "grpc {addr}: connecting failed {} time(s) in a row; next attempt in {:?}",
                         slot.failures,
-                        at.into_std() - now
+                        at.saturating_duration_since(now)
                     ),
                 ));
             }
-            // Within this tunnel's time: wait for the attempt rather than fail (see
-            // `H2Client::lease`); callers behind this one share it.
+            if at <= now {
+                break;
+            }
+            // Within this tunnel's time: wait for the attempt, without holding the slot,
+            // rather than fail; calls that waited together share one attempt.
+            waited_at = Some(slot.attempts);
+            drop(slot);
             tokio::time::sleep_until(at).await;
+            slot = shared.lock().await;
         }
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if remaining.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("grpc {addr}: no time left to connect within {timeout:?}"),
+            ));
+        }
+        slot.attempts += 1;
         let dialled = async {
-            let tcp = tcp::connect(addr, timeout).await?;
+            let tcp = tcp::connect(addr, remaining).await?;
             self.handshake_connection(Box::new(tcp), addr, self.keepalive)
                 .await
         };
         match dialled.await {
             Ok(connection) => {
                 tracing::debug!(peer = %addr, "grpc connection established");
-                *slot = Slot {
-                    connection: Some(connection.clone()),
-                    failures: 0,
-                    retry_at: None,
-                };
+                slot.connection = Some(connection.clone());
+                slot.failures = 0;
+                slot.retry_at = None;
                 Ok(connection)
             }
             Err(e) => {
