@@ -187,8 +187,33 @@ impl Default for QuicOptions {
     }
 }
 
-fn endpoint_config() -> EndpointConfig {
-    let mut config = EndpointConfig::default();
+/// QUIC v1 only; stateless resets keyed with `reset_secret` when given (a server: derived
+/// from its certificate's key, so that the same server restarted can reset the connections of
+/// the one before it), else with a random key (a client's).
+fn endpoint_config(reset_secret: Option<[u8; 32]>) -> EndpointConfig {
+    let mut config = match reset_secret {
+        Some(secret) => {
+            let mut config = EndpointConfig::new(Arc::new(ring::hmac::Key::new(
+                ring::hmac::HMAC_SHA256,
+                &secret,
+            )));
+            // A reset is sent only for a packet whose connection ID the endpoint recognises
+            // as one of its own: the IDs are keyed from the same secret, so the server
+            // restarted recognises those of the one before it.
+            let id_key = ring::hmac::sign(
+                &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret),
+                b"gost-rs QUIC connection IDs",
+            );
+            let mut first = [0u8; 8];
+            first.copy_from_slice(&id_key.as_ref()[..8]);
+            let id_key = u64::from_le_bytes(first);
+            config.cid_generator(move || {
+                Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(id_key))
+            });
+            config
+        }
+        None => EndpointConfig::default(),
+    };
     config.supported_versions(vec![QUIC_VERSION]);
     config
 }
@@ -223,7 +248,7 @@ impl Server {
         config.transport_config(Arc::new(options.transport().map_err(io::Error::other)?));
         let socket = bind_udp(addr)?;
         let endpoint = quinn::Endpoint::new(
-            endpoint_config(),
+            endpoint_config(Some(tls.reset_secret())),
             Some(config),
             socket,
             Arc::new(quinn::TokioRuntime),
@@ -719,7 +744,7 @@ impl H3RoundTrip {
                 };
                 let socket = udp_socket(SocketAddr::new(unspecified, 0), false)?;
                 let endpoint = quinn::Endpoint::new(
-                    endpoint_config(),
+                    endpoint_config(None),
                     None,
                     socket,
                     Arc::new(quinn::TokioRuntime),

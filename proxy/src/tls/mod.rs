@@ -177,6 +177,7 @@ impl TlsDefaults {
 pub struct ServerTls {
     acceptor: TlsAcceptor,
     refusals: Arc<RefusalLog>,
+    reset_secret: [u8; 32],
 }
 
 impl ServerTls {
@@ -222,6 +223,7 @@ impl ServerTls {
             Some(verifier) => builder.with_client_cert_verifier(verifier),
             None => builder.with_no_client_auth(),
         };
+        let reset_secret = resolver.reset_secret;
         let mut config = builder.with_cert_resolver(resolver);
         if mutual {
             // A resumed session skips the client certificate's check: a client whose CA was
@@ -235,7 +237,15 @@ impl ServerTls {
         Ok(ServerTls {
             acceptor: TlsAcceptor::from(Arc::new(config)),
             refusals: Arc::new(RefusalLog::new(service)),
+            reset_secret,
         })
+    }
+
+    /// A secret derived from the certificate's private key as it was when this configuration
+    /// was made, the same after a restart with that key: the `h3` server's QUIC
+    /// stateless-reset key.
+    pub fn reset_secret(&self) -> [u8; 32] {
+        self.reset_secret
     }
 
     /// The rustls configuration, for servers that drive TLS themselves.
@@ -540,6 +550,8 @@ async fn within<T>(
 /// logged once).
 pub struct CertResolver {
     source: CertSource,
+    /// A secret derived from the private key the resolver started with ([`reset_secret`]).
+    reset_secret: [u8; 32],
 }
 
 enum CertSource {
@@ -559,14 +571,19 @@ impl fmt::Debug for CertResolver {
 impl CertResolver {
     /// A certificate chain and key from PEM files, watched for changes.
     pub fn from_files(cert: &str, key: &str) -> Result<Self, String> {
+        let source = CertSource::Files(reloading_pair("TLS certificate", cert, key)?);
+        let key_path = Path::new(key);
+        let key_der = parse_key(key_path, &read(key_path)?)?;
         Ok(CertResolver {
-            source: CertSource::Files(reloading_pair("TLS certificate", cert, key)?),
+            source,
+            reset_secret: reset_secret(key_der.secret_der()),
         })
     }
 
-    fn fixed(certified: CertifiedKey) -> Self {
+    fn fixed(certified: CertifiedKey, key_der: &[u8]) -> Self {
         CertResolver {
             source: CertSource::Fixed(Arc::new(certified)),
+            reset_secret: reset_secret(key_der),
         }
     }
 
@@ -718,9 +735,11 @@ fn default_cert(config: Option<&TlsConfig>) -> Result<CertResolver, String> {
     if cert.is_file() && key.is_file() {
         match read(&cert)
             .and_then(|c| Ok((c, read(&key)?)))
-            .and_then(|(c, k)| certified_key(&cert, &c, &key, &k))
+            .and_then(|(c, k)| Ok((certified_key(&cert, &c, &key, &k)?, parse_key(&key, &k)?)))
         {
-            Ok(certified) => return Ok(CertResolver::fixed(certified)),
+            Ok((certified, key_der)) => {
+                return Ok(CertResolver::fixed(certified, key_der.secret_der()));
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "ignoring the stored certificate; generating a new one")
             }
@@ -750,7 +769,21 @@ fn default_cert(config: Option<&TlsConfig>) -> Result<CertResolver, String> {
         common_name = %generated.common_name,
         "serving a generated self-signed TLS certificate"
     );
-    Ok(CertResolver::fixed(certified))
+    Ok(CertResolver::fixed(certified, &generated.key_der))
+}
+
+/// A secret only the holder of the private key `key_der` (DER) can derive, the same at every
+/// start with that key: HMAC-SHA256 keyed with the private key over a fixed label. The `h3`
+/// server keys its QUIC stateless resets with it, so that a server restarted with the same
+/// certificate (a killed process, a replaced pod mounting the same Secret) can tell clients
+/// that their connections to the one before it are gone: they re-dial at once instead of
+/// waiting out their idle timeout (GOST's is 30 s).
+fn reset_secret(key_der: &[u8]) -> [u8; 32] {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key_der);
+    let tag = ring::hmac::sign(&key, b"gost-rs QUIC stateless reset key v1");
+    let mut secret = [0u8; 32];
+    secret.copy_from_slice(tag.as_ref());
+    secret
 }
 
 /// A freshly generated certificate, in DER and PEM.
@@ -883,6 +916,38 @@ mod tests {
             key_file: Some(key.to_str().unwrap().to_string()),
             ..TlsConfig::default()
         }
+    }
+
+    /// The QUIC reset secret depends on the private key only: the same for a generated
+    /// certificate and for it read back from its files (a restart), different for another key.
+    #[test]
+    fn the_reset_secret_follows_the_private_key() {
+        let dir = Dir::new("reset");
+        let generated = generate(None).unwrap();
+        let (cert, key) = (dir.0.join("cert.pem"), dir.0.join("key.pem"));
+        fs::write(&cert, &generated.cert_pem).unwrap();
+        fs::write(&key, &generated.key_pem).unwrap();
+        let from_files = |cert: &Path, key: &Path| {
+            CertResolver::from_files(cert.to_str().unwrap(), key.to_str().unwrap())
+                .unwrap()
+                .reset_secret
+        };
+        let first = from_files(&cert, &key);
+        assert_eq!(first, reset_secret(&generated.key_der));
+        assert_eq!(first, from_files(&cert, &key));
+        let other = generate(None).unwrap();
+        let (cert2, key2) = (dir.0.join("cert2.pem"), dir.0.join("key2.pem"));
+        fs::write(&cert2, &other.cert_pem).unwrap();
+        fs::write(&key2, &other.key_pem).unwrap();
+        assert_ne!(first, from_files(&cert2, &key2));
+        let server = ServerTls::new(
+            "test",
+            Some(&named(&cert, &key)),
+            &TlsDefaults::new(None),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(server.reset_secret(), first);
     }
 
     /// The suite a gost-rs client and server agree on: AES-128-GCM, as with Go (GOST) peers.
