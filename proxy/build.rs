@@ -23,7 +23,9 @@
 //! about 1.5 MiB (BENCHMARKS.md, "The start-up functions side by side"). The names carry no
 //! symbol hash, so the list survives changes to the code and to dependencies; a function
 //! missing from it only sits where it would have been. `GOST_HOT_FUNCTIONS=0` turns the layout
-//! off; builds linked with gold (which refuses the script's `INSERT`) or mold never get it.
+//! off. It applies with the default linkers (GNU ld and Rust's lld take the script); with a
+//! linker configured otherwise (`RUSTC_LINKER`, `-C linker`, `-fuse-ld`, `--ld-path` in the
+//! flags) it is left out unless `GOST_HOT_FUNCTIONS=1`: gold refuses the script's `INSERT`.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -51,8 +53,13 @@ fn main() {
 /// Passes the linker a script that puts the functions of `hot-functions.txt` first, for
 /// release builds for Linux.
 fn hot_functions() {
-    println!("cargo::rerun-if-changed=hot-functions.txt");
+    // Watched only when present: a missing file would rerun this script, and relink, every
+    // build.
+    if std::path::Path::new("hot-functions.txt").exists() {
+        println!("cargo::rerun-if-changed=hot-functions.txt");
+    }
     println!("cargo::rerun-if-env-changed=GOST_HOT_FUNCTIONS");
+    println!("cargo::rerun-if-env-changed=RUSTC_LINKER");
     let var = |name: &str| std::env::var(name).unwrap_or_default();
     let wanted = match var("GOST_HOT_FUNCTIONS").as_str() {
         "0" => false,
@@ -64,13 +71,19 @@ fn hot_functions() {
             true
         }
     };
+    // The script is known to link with the default linkers (GNU ld, and the lld that Rust
+    // uses by default); a linker chosen otherwise may refuse it (gold does), so it then
+    // takes GOST_HOT_FUNCTIONS=1.
     let rustflags = var("CARGO_ENCODED_RUSTFLAGS");
+    let own_linker = std::env::var_os("RUSTC_LINKER").is_some()
+        || ["fuse-ld", "ld-path", "linker"]
+            .iter()
+            .any(|flag| rustflags.contains(flag));
+    let forced = var("GOST_HOT_FUNCTIONS") == "1";
     if !wanted
         || var("PROFILE") != "release"
         || var("CARGO_CFG_TARGET_OS") != "linux"
-        || rustflags.contains("ld=gold")
-        || rustflags.contains("ld=mold")
-        || rustflags.contains("/mold")
+        || (own_linker && !forced)
     {
         return;
     }
@@ -90,13 +103,15 @@ fn hot_functions() {
 
 /// One input-section rule per name of the list, in its order, for both the plain and the
 /// `.text.unlikely.` section LLVM gives a function (cold ones, e.g. a map's growth path).
-/// Lines that are comments, blank or not a symbol name (a glob character other than `*`, a
-/// space, a parenthesis) are skipped, so no line can break the script.
+/// Lines that are comments, blank or not a symbol name (not starting with a letter or `_`, or
+/// holding a glob character other than `*`, a space, a parenthesis) are skipped, so no line
+/// can break the script.
 fn linker_script(list: &str) -> String {
     let mut script = String::from("SECTIONS {\n  .text.hot : {\n");
     for name in list.lines().map(str::trim) {
-        let valid = !name.is_empty()
-            && !name.starts_with('#')
+        // A symbol name starts with a letter or `_` (never a bare `*`, which would match
+        // every function).
+        let valid = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
             && name
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '$' | '.' | '*'));
