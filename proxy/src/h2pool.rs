@@ -626,7 +626,17 @@ impl H2Client {
         // Counted from the call: time queued behind other requests for the node is this
         // request's time too.
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut node = shared.lock().await;
+        let queued = || {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "HTTP/2 connection to {addr}: still queued behind other tunnels after {timeout:?}"
+                ),
+            )
+        };
+        let mut node = tokio::time::timeout_at(deadline, shared.lock())
+            .await
+            .map_err(|_| queued())?;
         // The node's attempt count when this request began waiting out a backoff.
         let mut waited_at: Option<u64> = None;
         loop {
@@ -685,7 +695,9 @@ impl H2Client {
             waited_at = Some(node.attempts);
             drop(node);
             tokio::time::sleep_until(at).await;
-            node = shared.lock().await;
+            node = tokio::time::timeout_at(deadline, shared.lock())
+                .await
+                .map_err(|_| queued())?;
         }
         if !node.sessions.is_empty() {
             tracing::debug!(
@@ -700,8 +712,19 @@ impl H2Client {
                 format!("HTTP/2 connection to {addr}: no time left to dial within {timeout:?}"),
             ));
         }
+        // The whole dial (TCP, TLS, HTTP/2 handshake) within what is left of the request's
+        // time. The attempt is counted when it ends: one dropped half-way (its request gone)
+        // leaves the node as it was, and a request that waited for it makes its own.
+        let dialled = tokio::time::timeout(remaining, self.dial(addr, remaining))
+            .await
+            .unwrap_or_else(|_| {
+                Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("HTTP/2 connection to {addr} not set up within {remaining:?}"),
+                ))
+            });
         node.attempts += 1;
-        match self.dial(addr, remaining).await {
+        match dialled {
             Ok(session) => {
                 node.failures = 0;
                 node.retry_at = None;
@@ -1212,6 +1235,68 @@ mod tests {
         let mut tunnels = open_tunnels(&client, &addr, TUNNELS).await;
         echo_on_each(&mut tunnels).await;
         assert_eq!(accepted.load(Ordering::Relaxed), 1);
+    }
+
+    /// A dial whose request is dropped half-way (its caller's own timeout) is not an
+    /// attempt that failed: a request that waited out the same backoff makes its own
+    /// attempt rather than failing at once with a failure nobody saw.
+    #[tokio::test]
+    async fn a_dial_dropped_half_way_leaves_the_attempt_to_the_waiters() {
+        // A port that refuses: the first lease fails and starts a 250 ms backoff.
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let local = taken.local_addr().unwrap();
+        drop(taken);
+        let addr = Address::parse(&local.to_string()).unwrap();
+        let client = H2Client::new(Transport::Plain);
+        assert!(client.lease(&addr, Duration::from_secs(1)).await.is_err());
+        // Then a listener whose accept queue is full: connecting to it hangs.
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket.set_reuse_address(true).unwrap();
+        socket.bind(&local.into()).unwrap();
+        socket.listen(0).unwrap();
+        let _queued: Vec<_> = (0..3)
+            .filter_map(|_| {
+                std::net::TcpStream::connect_timeout(&local, Duration::from_millis(200)).ok()
+            })
+            .collect();
+        // After the backoff, A makes the attempt and is cut by its caller half-way.
+        tokio::time::sleep(RECONNECT_BACKOFF_MIN + Duration::from_millis(50)).await;
+        let cut = tokio::time::timeout(
+            Duration::from_millis(300),
+            client.lease(&addr, Duration::from_secs(5)),
+        )
+        .await;
+        assert!(cut.is_err(), "A was cut by its caller");
+        // Not an attempt that ended: the node counts one attempt and one failure, as before A.
+        let node = client
+            .nodes
+            .lock()
+            .unwrap()
+            .get(&addr.to_string())
+            .cloned()
+            .unwrap();
+        {
+            let node = node.lock().await;
+            assert_eq!((node.attempts, node.failures), (1, 1));
+        }
+        // So B makes its own attempt, within its own time, rather than failing with A's.
+        let started = tokio::time::Instant::now();
+        let error = client
+            .lease(&addr, Duration::from_secs(2))
+            .await
+            .err()
+            .expect("the node never answers")
+            .to_string();
+        let took = started.elapsed();
+        assert!(
+            !error.contains("in a row"),
+            "B failed with an attempt it did not see: {error}"
+        );
+        assert!(
+            took >= Duration::from_millis(1500),
+            "B gave up after {took:?}: {error}"
+        );
     }
 
     #[test]

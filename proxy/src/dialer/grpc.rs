@@ -214,7 +214,15 @@ impl GrpcDialer {
             .clone();
         let deadline = tokio::time::Instant::now() + timeout;
         let shared = slot;
-        let mut slot = shared.lock().await;
+        let queued = || {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("grpc {addr}: still queued behind other tunnels after {timeout:?}"),
+            )
+        };
+        let mut slot = tokio::time::timeout_at(deadline, shared.lock())
+            .await
+            .map_err(|_| queued())?;
         // The slot's attempt count when this call began waiting out a backoff.
         let mut waited_at: Option<u64> = None;
         loop {
@@ -250,7 +258,9 @@ impl GrpcDialer {
             waited_at = Some(slot.attempts);
             drop(slot);
             tokio::time::sleep_until(at).await;
-            slot = shared.lock().await;
+            slot = tokio::time::timeout_at(deadline, shared.lock())
+                .await
+                .map_err(|_| queued())?;
         }
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
         if remaining.is_zero() {
@@ -259,13 +269,23 @@ impl GrpcDialer {
                 format!("grpc {addr}: no time left to connect within {timeout:?}"),
             ));
         }
-        slot.attempts += 1;
+        // The whole dial within what is left of the call's time; the attempt is counted when
+        // it ends (see `H2Client::lease`).
         let dialled = async {
             let tcp = tcp::connect(addr, remaining).await?;
             self.handshake_connection(Box::new(tcp), addr, self.keepalive)
                 .await
         };
-        match dialled.await {
+        let dialled = tokio::time::timeout(remaining, dialled)
+            .await
+            .unwrap_or_else(|_| {
+                Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("grpc {addr}: connection not set up within {remaining:?}"),
+                ))
+            });
+        slot.attempts += 1;
+        match dialled {
             Ok(connection) => {
                 tracing::debug!(peer = %addr, "grpc connection established");
                 slot.connection = Some(connection.clone());
