@@ -76,9 +76,12 @@ fn hot_functions() {
     // takes GOST_HOT_FUNCTIONS=1.
     let rustflags = var("CARGO_ENCODED_RUSTFLAGS");
     let own_linker = std::env::var_os("RUSTC_LINKER").is_some()
-        || ["fuse-ld", "ld-path", "linker"]
-            .iter()
-            .any(|flag| rustflags.contains(flag));
+        || rustflags.split('\x1f').any(|flag| {
+            // `-C linker=…` (or `-Clinker=…`), and `-fuse-ld=…` / `--ld-path=…` passed on in
+            // a `link-arg`; not `-C linker-plugin-lto` or `-C linker-flavor`.
+            let flag = flag.trim_start_matches("-C");
+            flag.starts_with("linker=") || flag.contains("fuse-ld=") || flag.contains("ld-path=")
+        });
     let forced = var("GOST_HOT_FUNCTIONS") == "1";
     if !wanted
         || var("PROFILE") != "release"

@@ -220,12 +220,22 @@ fn hundred_concurrent_tunnels_share_one_quic_connection() {
 #[test]
 fn client_reconnects_after_server_restart() {
     let target = Target::http();
-    let server = server();
+    // Each server generates a certificate of its own (a HOME of its own), so the restarted
+    // one cannot reset the old connection: the client finds it dead by its idle timeout.
+    let server = Gost::start_in(
+        &["-L", &format!("h3://127.0.0.1:0?{PATHS}")],
+        1,
+        Some(&tempdir()),
+    );
     let addr = server.addr();
     let client = client(addr, &format!("&{RESTART_CLIENT_QUIC}"));
     assert_get_works(&client, &target);
     drop(server);
-    let restarted = Gost::start(&["-L", &format!("h3://{addr}?{PATHS}")], 1);
+    let restarted = Gost::start_in(
+        &["-L", &format!("h3://{addr}?{PATHS}")],
+        1,
+        Some(&tempdir()),
+    );
     let deadline = Instant::now() + RECONNECT_DEADLINE;
     let mut attempts = 0;
     loop {

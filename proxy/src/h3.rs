@@ -187,9 +187,9 @@ impl Default for QuicOptions {
     }
 }
 
-/// QUIC v1 only; stateless resets keyed with `reset_secret` when given (a server: derived
-/// from its certificate's key, so that the same server restarted can reset the connections of
-/// the one before it), else with a random key (a client's).
+/// QUIC v1 only; stateless resets keyed with `reset_secret` when given (a server's, from
+/// [`instance_secret`]: the same server restarted can reset the connections of the one before
+/// it), else with a random key (a client's).
 fn endpoint_config(reset_secret: Option<[u8; 32]>) -> EndpointConfig {
     let mut config = match reset_secret {
         Some(secret) => {
@@ -216,6 +216,30 @@ fn endpoint_config(reset_secret: Option<[u8; 32]>) -> EndpointConfig {
     };
     config.supported_versions(vec![QUIC_VERSION]);
     config
+}
+
+/// The key a server's stateless resets and connection IDs derive from: the certificate's
+/// private key ([`ServerTls::reset_secret`]) mixed with this host's name and the bound
+/// address. The same server started again on the same host and address (a killed process,
+/// a container restarted in its pod) derives the same key, so it recognises the connections
+/// of the one before it and resets them. Two servers that could receive each other's
+/// packets must not share it (RFC 9000 §21.11: one would hand out valid resets for the
+/// other's connections): two services of a process differ by address, and replicas sharing a
+/// certificate Secret by host name (a pod's).
+fn instance_secret(tls: &ServerTls, local: SocketAddr) -> [u8; 32] {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_default();
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &tls.reset_secret());
+    let mut context = ring::hmac::Context::with_key(&key);
+    context.update(b"gost-rs h3 server instance\0");
+    context.update(host.trim().as_bytes());
+    context.update(b"\0");
+    context.update(local.to_string().as_bytes());
+    let mut secret = [0u8; 32];
+    secret.copy_from_slice(context.sign().as_ref());
+    secret
 }
 
 /// What answers the requests: called once per request, concurrently.
@@ -247,8 +271,9 @@ impl Server {
         let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         config.transport_config(Arc::new(options.transport().map_err(io::Error::other)?));
         let socket = bind_udp(addr)?;
+        let secret = instance_secret(tls, socket.local_addr()?);
         let endpoint = quinn::Endpoint::new(
-            endpoint_config(Some(tls.reset_secret())),
+            endpoint_config(Some(secret)),
             Some(config),
             socket,
             Arc::new(quinn::TokioRuntime),
@@ -878,6 +903,19 @@ mod tests {
             ..TlsConfig::default()
         };
         ServerTls::new("test", Some(&own), &TlsDefaults::new(None), ALPN).unwrap()
+    }
+
+    /// Two servers of one process sharing a certificate get different reset keys (one must
+    /// not hand out valid resets for the other's connections); the same server again on the
+    /// same address gets the same key.
+    #[test]
+    fn reset_keys_are_per_address_and_stable() {
+        let tls = server_tls();
+        let a: SocketAddr = "127.0.0.1:8443".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:8444".parse().unwrap();
+        assert_eq!(instance_secret(&tls, a), instance_secret(&tls, a));
+        assert_ne!(instance_secret(&tls, a), instance_secret(&tls, b));
+        assert_ne!(instance_secret(&tls, a), tls.reset_secret());
     }
 
     fn full(data: impl Into<Bytes>) -> Body {

@@ -774,10 +774,11 @@ fn default_cert(config: Option<&TlsConfig>) -> Result<CertResolver, String> {
 
 /// A secret only the holder of the private key `key_der` (DER) can derive, the same at every
 /// start with that key: HMAC-SHA256 keyed with the private key over a fixed label. The `h3`
-/// server keys its QUIC stateless resets with it, so that a server restarted with the same
-/// certificate (a killed process, a replaced pod mounting the same Secret) can tell clients
-/// that their connections to the one before it are gone: they re-dial at once instead of
-/// waiting out their idle timeout (GOST's is 30 s).
+/// server derives its QUIC stateless-reset key from it, with its host name and address
+/// (`h3::instance_secret`), so that a server restarted there with the same certificate (a
+/// killed process, a restarted container) can tell clients that their connections to the one
+/// before it are gone: they re-dial at once instead of waiting out their idle timeout (GOST's
+/// is 30 s).
 fn reset_secret(key_der: &[u8]) -> [u8; 32] {
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key_der);
     let tag = ring::hmac::sign(&key, b"gost-rs QUIC stateless reset key v1");
