@@ -721,5 +721,15 @@ fn concurrent_tunnels_to_a_dead_node_fail_together() {
                 client.log()
             );
         }
+        // Those that failed on another's attempt say what that attempt ended with.
+        let log = client.log();
+        let shared: Vec<&str> = log.lines().filter(|l| l.contains("in a row")).collect();
+        assert!(!shared.is_empty(), "{scheme}: no shared failure\n{log}");
+        for line in shared {
+            assert!(
+                line.to_lowercase().contains("refused"),
+                "{scheme}: the cause is missing: {line}"
+            );
+        }
     }
 }

@@ -584,6 +584,9 @@ struct Node {
     // Dials made, successful or not: a request that waited out a backoff tells by it whether
     // another made the attempt meanwhile.
     attempts: u64,
+    // What the last failed dial ended with, for the requests that fail on it without one of
+    // their own.
+    last_error: String,
     // Whether a `close_quiet_extras` task watches the connections.
     reaping: bool,
 }
@@ -678,8 +681,9 @@ impl H2Client {
                 return Err(io::Error::new(
                     io::ErrorKind::ConnectionRefused,
                     format!(
-                        "HTTP/2 connection to {addr} failed {} time(s) in a row; next attempt in {:?}",
+                        "HTTP/2 connection to {addr} failed {} time(s) in a row ({}); next attempt in {:?}",
                         node.failures,
+                        node.last_error,
                         at.saturating_duration_since(now)
                     ),
                 ));
@@ -743,6 +747,7 @@ impl H2Client {
             Err(e) => {
                 node.failures = node.failures.saturating_add(1);
                 node.retry_at = Some(Instant::now() + backoff(node.failures));
+                node.last_error = e.to_string();
                 Err(e)
             }
         }

@@ -69,6 +69,8 @@ struct Slot {
     retry_at: Option<Instant>,
     /// Dials made, successful or not (see `connection`).
     attempts: u64,
+    /// What the last failed dial ended with, for the calls that fail on it.
+    last_error: String,
 }
 
 /// One HTTP/2 connection to a node, as the service tonic's client calls through.
@@ -244,8 +246,9 @@ impl GrpcDialer {
                 return Err(io::Error::new(
                     io::ErrorKind::ConnectionRefused,
                     format!(
-                        "grpc {addr}: connecting failed {} time(s) in a row; next attempt in {:?}",
+                        "grpc {addr}: connecting failed {} time(s) in a row ({}); next attempt in {:?}",
                         slot.failures,
+                        slot.last_error,
                         at.saturating_duration_since(now)
                     ),
                 ));
@@ -296,6 +299,7 @@ impl GrpcDialer {
             Err(e) => {
                 slot.failures = slot.failures.saturating_add(1);
                 slot.retry_at = Some(Instant::now() + backoff(slot.failures));
+                slot.last_error = e.to_string();
                 Err(e)
             }
         }
