@@ -61,14 +61,16 @@ fn hot_functions() {
     println!("cargo::rerun-if-env-changed=GOST_HOT_FUNCTIONS");
     println!("cargo::rerun-if-env-changed=RUSTC_LINKER");
     let var = |name: &str| std::env::var(name).unwrap_or_default();
-    let wanted = match var("GOST_HOT_FUNCTIONS").as_str() {
-        "0" => false,
-        "1" | "" => true,
+    // (wanted, forced even with a linker of its own choosing)
+    let (wanted, forced) = match var("GOST_HOT_FUNCTIONS").as_str() {
+        "0" => (false, false),
+        "1" => (true, true),
+        "" => (true, false),
         other => {
             println!(
-                "cargo::warning=GOST_HOT_FUNCTIONS={other:?} is neither 0 nor 1; using the layout"
+                "cargo::warning=GOST_HOT_FUNCTIONS={other:?} is neither 0 nor 1; treated as unset"
             );
-            true
+            (true, false)
         }
     };
     // The script is known to link with the default linkers (GNU ld, and the lld that Rust
@@ -82,7 +84,6 @@ fn hot_functions() {
             let flag = flag.trim_start_matches("-C");
             flag.starts_with("linker=") || flag.contains("fuse-ld=") || flag.contains("ld-path=")
         });
-    let forced = var("GOST_HOT_FUNCTIONS") == "1";
     if !wanted
         || var("PROFILE") != "release"
         || var("CARGO_CFG_TARGET_OS") != "linux"

@@ -391,6 +391,24 @@ impl Target {
         })
     }
 
+    /// An HTTP proxy that answers the first request head it reads with `200` only after
+    /// `delay`, then echoes: a node slow to answer CONNECT.
+    pub fn slow_http_proxy(delay: Duration) -> Target {
+        Target::start(move |mut stream| {
+            let mut head = [0u8; 1024];
+            let _ = stream.read(&mut head);
+            thread::sleep(delay);
+            let _ = stream.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n");
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+            let mut buf = [0u8; 1024];
+            while let Ok(n) = stream.read(&mut buf) {
+                if n == 0 || stream.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        })
+    }
+
     /// A minimal HTTP/1.1 server: `GET /bytes/N` answers N bytes of [`pattern`], anything else
     /// answers `hello from target` with the request line echoed in an `X-Request-Line` header
     /// and the received headers in the body after the greeting.

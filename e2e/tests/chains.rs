@@ -698,19 +698,7 @@ fn nodes_failing_or_stalling_in_their_handshake_are_skipped_and_named() {
 fn a_long_dial_timeout_waits_for_a_slow_node() {
     let target = Target::echo();
     // An HTTP proxy that answers CONNECT after 16 s, then echoes.
-    let slow = Target::start(|mut stream| {
-        let mut head = [0u8; 1024];
-        let _ = stream.read(&mut head);
-        std::thread::sleep(Duration::from_secs(16));
-        let _ = stream.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n");
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-        let mut buf = [0u8; 1024];
-        while let Ok(n) = stream.read(&mut buf) {
-            if n == 0 || stream.write_all(&buf[..n]).is_err() {
-                break;
-            }
-        }
-    });
+    let slow = Target::slow_http_proxy(Duration::from_secs(16));
     let front = Gost::start(
         &[
             "-L",

@@ -586,19 +586,7 @@ fn http2_connector_waits_past_15_seconds_within_the_dial_timeout() {
     let target = Target::echo();
     // An HTTP proxy behind the http2 server that answers CONNECT after 16 s, then echoes: the
     // http2 server answers its client only then.
-    let slow = Target::start(|mut stream| {
-        let mut head = [0u8; 1024];
-        let _ = stream.read(&mut head);
-        thread::sleep(Duration::from_secs(16));
-        let _ = stream.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n");
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-        let mut buf = [0u8; 1024];
-        while let Ok(n) = stream.read(&mut buf) {
-            if n == 0 || stream.write_all(&buf[..n]).is_err() {
-                break;
-            }
-        }
-    });
+    let slow = Target::slow_http_proxy(Duration::from_secs(16));
     let server = Gost::start(
         &[
             "-L",

@@ -579,14 +579,7 @@ struct Node {
     // Live connections, oldest first. New tunnels go to the oldest one with room, so that
     // the newer ones empty out when the load falls.
     sessions: Vec<Session>,
-    failures: u32,
-    retry_at: Option<Instant>,
-    // Dials made, successful or not: a request that waited out a backoff tells by it whether
-    // another made the attempt meanwhile.
-    attempts: u64,
-    // What the last failed dial ended with, for the requests that fail on it without one of
-    // their own.
-    last_error: String,
+    redial: Redial,
     // Whether a `close_quiet_extras` task watches the connections.
     reaping: bool,
 }
@@ -670,33 +663,18 @@ impl H2Client {
                     }
                 }
             }
-            let Some(at) = node.retry_at.map(tokio::time::Instant::from_std) else {
+            // The next attempt within this request's time: wait for it, without holding the
+            // node, rather than fail, so that a node back from a restart is used by the first
+            // request after its backoff ([`Redial::wait`]).
+            let Some(at) = node.redial.wait(
+                waited_at,
+                deadline,
+                format_args!("HTTP/2 connection to {addr} failed"),
+            )?
+            else {
                 break;
             };
-            let now = tokio::time::Instant::now();
-            // Another request made the attempt this one waited for, and it failed: so does
-            // this one, at once, as every request did during a backoff before.
-            let shared_failure = waited_at.is_some_and(|seen| seen != node.attempts);
-            if shared_failure || at > deadline {
-                return Err(io::Error::new(
-                    io::ErrorKind::ConnectionRefused,
-                    format!(
-                        "HTTP/2 connection to {addr} failed {} time(s) in a row ({}); next attempt in {:?}",
-                        node.failures,
-                        node.last_error,
-                        at.saturating_duration_since(now)
-                    ),
-                ));
-            }
-            if at <= now {
-                break;
-            }
-            // The next attempt is within this request's time: wait for it, without holding
-            // the node, rather than fail, so that a node back from a restart is used by the
-            // first request after its backoff. Requests that waited together share one
-            // attempt: the first to take the node makes it, the others take its connection
-            // or its failure, so the node still sees one dial per backoff period.
-            waited_at = Some(node.attempts);
+            waited_at = Some(node.redial.attempts);
             drop(node);
             tokio::time::sleep_until(at).await;
             node = tokio::time::timeout_at(deadline, shared.lock())
@@ -727,30 +705,19 @@ impl H2Client {
                     format!("HTTP/2 connection to {addr} not set up within {remaining:?}"),
                 ))
             });
-        node.attempts += 1;
-        match dialled {
-            Ok(session) => {
-                node.failures = 0;
-                node.retry_at = None;
-                let lease = session.lease();
-                node.sessions.push(session);
-                if node.sessions.len() > 1 && !node.reaping {
-                    node.reaping = true;
-                    tokio::spawn(close_quiet_extras(
-                        Arc::downgrade(&shared),
-                        self.extra_idle / 2,
-                        addr.to_string(),
-                    ));
-                }
-                Ok(lease)
-            }
-            Err(e) => {
-                node.failures = node.failures.saturating_add(1);
-                node.retry_at = Some(Instant::now() + backoff(node.failures));
-                node.last_error = e.to_string();
-                Err(e)
-            }
+        node.redial.ended(&dialled);
+        let session = dialled?;
+        let lease = session.lease();
+        node.sessions.push(session);
+        if node.sessions.len() > 1 && !node.reaping {
+            node.reaping = true;
+            tokio::spawn(close_quiet_extras(
+                Arc::downgrade(&shared),
+                self.extra_idle / 2,
+                addr.to_string(),
+            ));
         }
+        Ok(lease)
     }
 
     async fn dial(&self, addr: &Address, timeout: Duration) -> io::Result<Session> {
@@ -875,6 +842,71 @@ pub async fn take_handed_off(conn: &mut BoxConn) -> io::Result<Lease> {
         .expect("handoff lock")
         .remove(&id)
         .ok_or_else(not_ours)
+}
+
+/// A node's record of its dials, for the reconnect backoff shared by the HTTP/2 pool and the
+/// gRPC client.
+#[derive(Default)]
+pub(crate) struct Redial {
+    /// Failed dials in a row.
+    failures: u32,
+    /// No dial before this, after a failure.
+    retry_at: Option<Instant>,
+    /// Dials that ended, successful or not: a request that waited out a backoff tells by it
+    /// whether another made the attempt meanwhile. A dial dropped half-way (its request gone)
+    /// is not counted, so a request that waited for it makes its own.
+    pub(crate) attempts: u64,
+    /// What the last failed dial ended with, for the requests that fail on it.
+    last_error: String,
+}
+
+impl Redial {
+    /// Whether a request may dial now (`Ok(None)`), should sleep until the returned instant
+    /// and ask again (it then passes the [`Redial::attempts`] it saw as `waited_at`), or fails
+    /// at once: when the next attempt comes after its `deadline`, or when it waited for an
+    /// attempt that another request made and that failed. Requests that waited together so
+    /// share one attempt, its connection or its failure, and a down node sees one dial per
+    /// backoff period. `failed` starts the error message.
+    pub(crate) fn wait(
+        &self,
+        waited_at: Option<u64>,
+        deadline: tokio::time::Instant,
+        failed: std::fmt::Arguments<'_>,
+    ) -> io::Result<Option<tokio::time::Instant>> {
+        let Some(at) = self.retry_at.map(tokio::time::Instant::from_std) else {
+            return Ok(None);
+        };
+        let now = tokio::time::Instant::now();
+        let shared_failure = waited_at.is_some_and(|seen| seen != self.attempts);
+        if shared_failure || at > deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionRefused,
+                format!(
+                    "{failed} {} time(s) in a row ({}); next attempt in {:?}",
+                    self.failures,
+                    self.last_error,
+                    at.saturating_duration_since(now)
+                ),
+            ));
+        }
+        Ok((at > now).then_some(at))
+    }
+
+    /// Records a dial that ended with `result`.
+    pub(crate) fn ended<T>(&mut self, result: &io::Result<T>) {
+        self.attempts += 1;
+        match result {
+            Ok(_) => {
+                self.failures = 0;
+                self.retry_at = None;
+            }
+            Err(e) => {
+                self.failures = self.failures.saturating_add(1);
+                self.retry_at = Some(Instant::now() + backoff(self.failures));
+                self.last_error = e.to_string();
+            }
+        }
+    }
 }
 
 /// How long to wait before re-dialling a node after `failures` failed dials in a row.
@@ -1283,7 +1315,7 @@ mod tests {
             .unwrap();
         {
             let node = node.lock().await;
-            assert_eq!((node.attempts, node.failures), (1, 1));
+            assert_eq!((node.redial.attempts, node.redial.failures), (1, 1));
         }
         // So B makes its own attempt, within its own time, rather than failing with A's.
         let started = tokio::time::Instant::now();

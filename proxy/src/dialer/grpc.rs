@@ -14,7 +14,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use gost_api::Metadata;
@@ -32,7 +32,7 @@ use crate::conn::BoxConn;
 use crate::grpc::{ChunkCodec, GrpcConn, MAX_RECEIVE, method_path};
 use crate::h2pool::{
     CONNECTION_WINDOW, H2_HANDSHAKE_TIMEOUT, MAX_FRAME_SIZE, MAX_HEADER_LIST_SIZE, MAX_SEND_BUFFER,
-    STREAM_WINDOW, backoff,
+    Redial, STREAM_WINDOW,
 };
 use crate::tls::ClientTls;
 
@@ -65,12 +65,7 @@ pub struct GrpcDialer {
 #[derive(Default)]
 struct Slot {
     connection: Option<Connection>,
-    failures: u32,
-    retry_at: Option<Instant>,
-    /// Dials made, successful or not (see `connection`).
-    attempts: u64,
-    /// What the last failed dial ended with, for the calls that fail on it.
-    last_error: String,
+    redial: Redial,
 }
 
 /// One HTTP/2 connection to a node, as the service tonic's client calls through.
@@ -235,30 +230,17 @@ impl GrpcDialer {
                 tracing::debug!(peer = %addr, "grpc connection gone, re-dialling");
                 slot.connection = None;
             }
-            let Some(at) = slot.retry_at.map(tokio::time::Instant::from_std) else {
+            // Within this tunnel's time: wait for the next attempt, without holding the
+            // slot, rather than fail ([`Redial::wait`]).
+            let Some(at) = slot.redial.wait(
+                waited_at,
+                deadline,
+                format_args!("grpc {addr}: connecting failed"),
+            )?
+            else {
                 break;
             };
-            let now = tokio::time::Instant::now();
-            // The attempt this call waited for was made by another and failed (see
-            // `H2Client::lease`): fail at once too.
-            let shared_failure = waited_at.is_some_and(|seen| seen != slot.attempts);
-            if shared_failure || at > deadline {
-                return Err(io::Error::new(
-                    io::ErrorKind::ConnectionRefused,
-                    format!(
-                        "grpc {addr}: connecting failed {} time(s) in a row ({}); next attempt in {:?}",
-                        slot.failures,
-                        slot.last_error,
-                        at.saturating_duration_since(now)
-                    ),
-                ));
-            }
-            if at <= now {
-                break;
-            }
-            // Within this tunnel's time: wait for the attempt, without holding the slot,
-            // rather than fail; calls that waited together share one attempt.
-            waited_at = Some(slot.attempts);
+            waited_at = Some(slot.redial.attempts);
             drop(slot);
             tokio::time::sleep_until(at).await;
             slot = tokio::time::timeout_at(deadline, shared.lock())
@@ -287,22 +269,11 @@ impl GrpcDialer {
                     format!("grpc {addr}: connection not set up within {remaining:?}"),
                 ))
             });
-        slot.attempts += 1;
-        match dialled {
-            Ok(connection) => {
-                tracing::debug!(peer = %addr, "grpc connection established");
-                slot.connection = Some(connection.clone());
-                slot.failures = 0;
-                slot.retry_at = None;
-                Ok(connection)
-            }
-            Err(e) => {
-                slot.failures = slot.failures.saturating_add(1);
-                slot.retry_at = Some(Instant::now() + backoff(slot.failures));
-                slot.last_error = e.to_string();
-                Err(e)
-            }
-        }
+        slot.redial.ended(&dialled);
+        let connection = dialled?;
+        tracing::debug!(peer = %addr, "grpc connection established");
+        slot.connection = Some(connection.clone());
+        Ok(connection)
     }
 
     /// TLS (unless insecure) and the HTTP/2 handshake over `conn`; the connection is driven

@@ -911,6 +911,17 @@ mod tests {
         }
     }
 
+    /// A generated certificate and key, written to `cert{suffix}.pem` and `key{suffix}.pem`
+    /// in `dir`.
+    fn generated_files(dir: &Dir, suffix: &str) -> (Generated, PathBuf, PathBuf) {
+        let generated = generate(None).unwrap();
+        let cert = dir.0.join(format!("cert{suffix}.pem"));
+        let key = dir.0.join(format!("key{suffix}.pem"));
+        fs::write(&cert, &generated.cert_pem).unwrap();
+        fs::write(&key, &generated.key_pem).unwrap();
+        (generated, cert, key)
+    }
+
     fn named(cert: &Path, key: &Path) -> TlsConfig {
         TlsConfig {
             cert_file: Some(cert.to_str().unwrap().to_string()),
@@ -924,10 +935,7 @@ mod tests {
     #[test]
     fn the_reset_secret_follows_the_private_key() {
         let dir = Dir::new("reset");
-        let generated = generate(None).unwrap();
-        let (cert, key) = (dir.0.join("cert.pem"), dir.0.join("key.pem"));
-        fs::write(&cert, &generated.cert_pem).unwrap();
-        fs::write(&key, &generated.key_pem).unwrap();
+        let (generated, cert, key) = generated_files(&dir, "");
         let from_files = |cert: &Path, key: &Path| {
             CertResolver::from_files(cert.to_str().unwrap(), key.to_str().unwrap())
                 .unwrap()
@@ -936,10 +944,7 @@ mod tests {
         let first = from_files(&cert, &key);
         assert_eq!(first, reset_secret(&generated.key_der));
         assert_eq!(first, from_files(&cert, &key));
-        let other = generate(None).unwrap();
-        let (cert2, key2) = (dir.0.join("cert2.pem"), dir.0.join("key2.pem"));
-        fs::write(&cert2, &other.cert_pem).unwrap();
-        fs::write(&key2, &other.key_pem).unwrap();
+        let (_, cert2, key2) = generated_files(&dir, "2");
         assert_ne!(first, from_files(&cert2, &key2));
         let server = ServerTls::new(
             "test",
@@ -955,10 +960,7 @@ mod tests {
     #[tokio::test]
     async fn gost_peers_agree_on_aes_128_gcm() {
         let dir = Dir::new("suite");
-        let generated = generate(None).unwrap();
-        let (cert, key) = (dir.0.join("cert.pem"), dir.0.join("key.pem"));
-        fs::write(&cert, &generated.cert_pem).unwrap();
-        fs::write(&key, &generated.key_pem).unwrap();
+        let (_, cert, key) = generated_files(&dir, "");
         let server = ServerTls::new(
             "test",
             Some(&named(&cert, &key)),
@@ -1031,10 +1033,7 @@ mod tests {
     #[tokio::test]
     async fn a_server_without_aes_instructions_picks_chacha20_from_an_aes_first_client() {
         let dir = Dir::new("chacha");
-        let generated = generate(None).unwrap();
-        let (cert, key) = (dir.0.join("cert.pem"), dir.0.join("key.pem"));
-        fs::write(&cert, &generated.cert_pem).unwrap();
-        fs::write(&key, &generated.key_pem).unwrap();
+        let (_, cert, key) = generated_files(&dir, "");
         // The server as `ServerTls::new` makes it on such a processor.
         let mut config = ServerConfig::builder_with_provider(Arc::new(provider_for(false)))
             .with_safe_default_protocol_versions()
@@ -1139,10 +1138,7 @@ mod tests {
         );
 
         let dir = Dir::new("lazy");
-        let generated = generate(None).unwrap();
-        let (cert, key) = (dir.0.join("cert.pem"), dir.0.join("key.pem"));
-        fs::write(&cert, &generated.cert_pem).unwrap();
-        fs::write(&key, &generated.key_pem).unwrap();
+        let (_, cert, key) = generated_files(&dir, "");
         let own = LazyServerTls::new("test", Some(&named(&cert, &key)), &unnamed).unwrap();
         assert!(own.is_made(), "a named certificate is loaded at once");
         assert!(own.get().is_ok());
