@@ -93,19 +93,25 @@ pub const RECONNECT_BACKOFF_MIN: Duration = Duration::from_millis(250);
 /// node nothing.
 pub const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(2);
 
+/// A server connection, driven by its listener's task and by the tunnels on it.
+pub type ServerConnection = Driver<h2::server::Connection<BoxConn, Bytes>>;
+
+/// The guard of a [`ServerConnection`], for the task that accepts its requests.
+pub type ServerClose = CloseOnDrop<h2::server::Connection<BoxConn, Bytes>>;
+
 /// The server side of an HTTP/2 connection's preface and settings on `io`, within
 /// [`H2_HANDSHAKE_TIMEOUT`]; `None` (logged at debug) when the client fails or stalls.
 pub async fn accept_connection(
     io: BoxConn,
     client: std::net::SocketAddr,
-) -> Option<h2::server::Connection<BoxConn, Bytes>> {
+) -> Option<(Arc<ServerConnection>, ServerClose)> {
     match tokio::time::timeout(
         H2_HANDSHAKE_TIMEOUT,
         server_builder().handshake::<_, Bytes>(io),
     )
     .await
     {
-        Ok(Ok(connection)) => Some(connection),
+        Ok(Ok(connection)) => Some(Driver::new(connection)),
         Ok(Err(e)) => {
             tracing::debug!(client = %client, error = %e, "HTTP/2 handshake failed");
             None
@@ -155,6 +161,196 @@ fn h2_io_error(e: h2::Error) -> io::Error {
     }
 }
 
+/// A connection, shared by the task that drives it and the tunnels on it.
+///
+/// h2 does a connection's work (reading frames into the streams' queues, writing what the
+/// streams queued, WINDOW_UPDATEs) in the task that polls the connection, which a tunnel wakes
+/// whenever it queued data or freed window. tokio puts a task woken that way in the waking
+/// worker's LIFO slot, which no other worker may take: the connection task runs only once the
+/// tunnel's task waits. So a tunnel sending a download queued a whole stream window before any
+/// of it went out, its peer handed every frame of it on before its WINDOW_UPDATE went out, and
+/// each side stood still while the other worked.
+///
+/// So a tunnel polls the connection itself right after it queued data or freed window, unless
+/// another thread is polling it. It polls with the connection task's waker, so every wake-up
+/// h2 registers still goes to that task, which stays the connection's driver of record; what a
+/// server connection accepts meanwhile is queued for that task.
+pub struct Driver<C: Drivable> {
+    state: Mutex<DriverState<C>>,
+    // Set by the connection task when it found the state locked by a tunnel, which then wakes
+    // it once done.
+    contended: AtomicBool,
+}
+
+struct DriverState<C: Drivable> {
+    // `None` once the connection has ended.
+    connection: Option<C>,
+    // The waker of the task that drives the connection (only one task ever does).
+    waker: Option<std::task::Waker>,
+    accepted: std::collections::VecDeque<C::Item>,
+    // What the connection ended with, for the connection task.
+    ended: Option<h2::Error>,
+}
+
+impl<C: Drivable> DriverState<C> {
+    /// Polls the connection, keeping what it accepts, until it has nothing more to do or has
+    /// ended; whether anything was kept or it ended.
+    fn poll_connection(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut news = false;
+        while let Some(connection) = self.connection.as_mut() {
+            match connection.poll_next(cx) {
+                Poll::Pending => break,
+                Poll::Ready(Some(Ok(item))) => self.accepted.push_back(item),
+                Poll::Ready(end) => {
+                    self.connection = None;
+                    self.ended = end.and_then(Result::err);
+                }
+            }
+            news = true;
+        }
+        news
+    }
+}
+
+/// A client or server HTTP/2 connection as [`Driver`] polls it.
+pub trait Drivable: Send {
+    /// What the connection yields: accepted requests on a server, nothing on a client.
+    type Item: Send;
+    /// Does the connection's work; `Ready(None)` when it has ended cleanly.
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Self::Item, h2::Error>>>;
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Drivable for h2::client::Connection<T, Bytes> {
+    type Item = std::convert::Infallible;
+
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Self::Item, h2::Error>>> {
+        Pin::new(self).poll(cx).map(Result::err).map(|e| e.map(Err))
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Drivable for h2::server::Connection<T, Bytes> {
+    type Item = (Request<RecvStream>, h2::server::SendResponse<Bytes>);
+
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Self::Item, h2::Error>>> {
+        self.poll_accept(cx)
+    }
+}
+
+/// What a tunnel needs of its connection's [`Driver`].
+pub trait Drive: Send + Sync {
+    /// Polls the connection once in the caller's thread, unless another thread is at it.
+    fn drive(&self);
+}
+
+impl<C: Drivable> Driver<C> {
+    /// The connection's driver, and the guard that its task holds (see
+    /// [`CloseOnDrop`]).
+    pub fn new(connection: C) -> (Arc<Self>, CloseOnDrop<C>) {
+        let driver = Arc::new(Driver {
+            state: Mutex::new(DriverState {
+                connection: Some(connection),
+                waker: None,
+                accepted: std::collections::VecDeque::new(),
+                ended: None,
+            }),
+            contended: AtomicBool::new(false),
+        });
+        (driver.clone(), CloseOnDrop(driver))
+    }
+
+    /// The state, locked without waiting; `None` when a tunnel holds it. A panic inside h2
+    /// while the state was locked ends the connection, as it ended the connection's task when
+    /// that task alone polled it.
+    fn try_state(&self) -> Option<std::sync::MutexGuard<'_, DriverState<C>>> {
+        match self.state.try_lock() {
+            Ok(state) => Some(state),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => {
+                let mut state = poisoned.into_inner();
+                self.state.clear_poison();
+                state.connection = None;
+                if let Some(waker) = &state.waker {
+                    waker.wake_by_ref();
+                }
+                Some(state)
+            }
+        }
+    }
+
+    /// The connection task's poll: the next accepted request, or the connection's end.
+    /// Only one task may call it.
+    pub fn poll_task(&self, cx: &mut Context<'_>) -> Poll<Option<Result<C::Item, h2::Error>>> {
+        let mut state = match self.try_state() {
+            Some(state) => state,
+            None => {
+                // A tunnel is polling the connection, with this task's waker; it wakes this
+                // task once done, unless it was done before the flag was up.
+                self.contended.store(true, Ordering::SeqCst);
+                match self.try_state() {
+                    Some(state) => {
+                        self.contended.store(false, Ordering::Relaxed);
+                        state
+                    }
+                    None => return Poll::Pending,
+                }
+            }
+        };
+        if !state
+            .waker
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            state.waker = Some(cx.waker().clone());
+        }
+        if state.accepted.is_empty() {
+            state.poll_connection(cx);
+        }
+        match state.accepted.pop_front() {
+            Some(item) => Poll::Ready(Some(Ok(item))),
+            None if state.connection.is_none() => Poll::Ready(state.ended.take().map(Err)),
+            None => Poll::Pending,
+        }
+    }
+
+    /// Runs `f` on the connection, unless it has ended. For the connection task, whose next
+    /// poll sends what `f` queued.
+    pub fn with<R>(&self, f: impl FnOnce(&mut C) -> R) -> Option<R> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.connection.as_mut().map(f)
+    }
+}
+
+/// Ends the connection when dropped (its socket closes, its streams fail), as dropping the
+/// connection itself did: the task that drives the connection holds it, so that the
+/// connection still ends with that task although its tunnels share it.
+pub struct CloseOnDrop<C: Drivable>(Arc<Driver<C>>);
+
+impl<C: Drivable> Drop for CloseOnDrop<C> {
+    fn drop(&mut self) {
+        let mut state = self.0.state.lock().unwrap_or_else(|e| e.into_inner());
+        let connection = state.connection.take();
+        let accepted = std::mem::take(&mut state.accepted);
+        drop(state);
+        drop((connection, accepted));
+    }
+}
+
+impl<C: Drivable> Drive for Driver<C> {
+    fn drive(&self) {
+        let Some(mut state) = self.try_state() else {
+            return;
+        };
+        let Some(waker) = state.waker.clone() else {
+            return;
+        };
+        let news = state.poll_connection(&mut Context::from_waker(&waker));
+        drop(state);
+        if news || self.contended.swap(false, Ordering::SeqCst) {
+            waker.wake();
+        }
+    }
+}
+
 /// One HTTP/2 stream as a byte stream: the request body one way, the response body the other.
 ///
 /// Reads hand flow-control credit back as the application consumes data, so a slow reader
@@ -169,6 +365,8 @@ pub struct H2Stream {
     write_closed: bool,
     // The stream's place on a pooled connection, given back when the stream is dropped.
     _place: Option<StreamPlace>,
+    // The connection, to push what this stream queued or freed at once (see [`Driver`]).
+    driver: Option<Arc<dyn Drive>>,
 }
 
 struct ReadHalf {
@@ -204,7 +402,20 @@ impl H2Stream {
             }),
             write_closed: false,
             _place: None,
+            driver: None,
         }
+    }
+
+    fn drive(&self) {
+        if let Some(driver) = &self.driver {
+            driver.drive();
+        }
+    }
+
+    /// The stream, polling `driver` (its connection's) whenever it queued data or freed window.
+    pub fn driven_by(mut self, driver: Arc<dyn Drive>) -> Self {
+        self.driver = Some(driver);
+        self
     }
 
     fn read_half(&mut self) -> &mut ReadHalf {
@@ -225,6 +436,7 @@ impl AsyncRead for H2Stream {
         read.pending.advance(n);
         // Credit goes back only for what the application took, which is the backpressure.
         let _ = read.recv.flow_control().release_capacity(n);
+        self.drive();
         Poll::Ready(Ok(()))
     }
 }
@@ -268,6 +480,7 @@ impl AsyncWrite for H2Stream {
         self.send
             .send_data(Bytes::copy_from_slice(&buf[..n]), false)
             .map_err(h2_io_error)?;
+        self.drive();
         Poll::Ready(Ok(n))
     }
 
@@ -281,6 +494,7 @@ impl AsyncWrite for H2Stream {
             self.write_closed = true;
             // A stream the peer already reset has nothing left to end.
             let _ = self.send.send_data(Bytes::new(), true);
+            self.drive();
         }
         Poll::Ready(Ok(()))
     }
@@ -314,6 +528,9 @@ impl Conn for H2Stream {
         let chunk = std::mem::take(&mut read.pending);
         // Credit goes back as the relay takes the data over, as for a read.
         let _ = read.recv.flow_control().release_capacity(chunk.len());
+        if !chunk.is_empty() {
+            self.drive();
+        }
         Poll::Ready(Ok((!chunk.is_empty()).then_some(chunk)))
     }
 
@@ -333,6 +550,7 @@ impl Conn for H2Stream {
         self.send
             .send_data(chunk.split_to(n), false)
             .map_err(h2_io_error)?;
+        self.drive();
         Poll::Ready(Ok(()))
     }
 }
@@ -349,6 +567,8 @@ pub enum Transport {
 #[derive(Clone)]
 pub struct Session {
     send: SendRequest<Bytes>,
+    // The connection, which tunnels on it poll in their own turn (see [`Driver`]).
+    driver: Arc<dyn Drive>,
     // Set by the connection task when the connection ends.
     closed: CancellationToken,
     // Set when a new stream could not be opened (GOAWAY received, ...): no new tunnels go
@@ -445,6 +665,8 @@ impl Session {
         let peer = peer.to_string();
         let done = closed.clone();
         let settle = settled.clone();
+        let (driver, closing) = Driver::new(connection);
+        let driving = driver.clone();
         tokio::spawn(async move {
             let keepalive = async move {
                 let Some(mut ping) = ping else {
@@ -484,16 +706,18 @@ impl Session {
                 }
             };
             tokio::select! {
-                result = connection => match result {
+                result = std::future::poll_fn(|cx| driving.poll_task(cx)) => match result.map_or(Ok(()), |r| r.map(drop)) {
                     Ok(()) => tracing::debug!(peer = %peer, "HTTP/2 connection closed"),
                     Err(e) => tracing::debug!(peer = %peer, error = %e, "HTTP/2 connection ended"),
                 },
                 reason = keepalive => tracing::warn!(peer = %peer, reason = %reason, "HTTP/2 connection dead, dropping it"),
             }
+            drop(closing);
             done.cancel();
         });
         Ok(Session {
             send,
+            driver,
             closed,
             retired: Arc::new(AtomicBool::new(false)),
             streams: Arc::new(AtomicUsize::new(0)),
@@ -548,7 +772,7 @@ impl Session {
             if response.status() != StatusCode::OK {
                 return Err((RequestError::Status(response.status()), false));
             }
-            Ok(H2Stream::new(stream, response.into_body()))
+            Ok(H2Stream::new(stream, response.into_body()).driven_by(self.driver.clone()))
         };
         let answered = match timeout {
             Some(limit) => tokio::time::timeout(limit, exchange)
@@ -978,17 +1202,74 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    /// A client stream and the server stream it opened, over an in-memory connection.
-    async fn pair() -> (H2Stream, H2Stream) {
+    /// Bytes written to an in-memory connection, counted.
+    struct Counted {
+        io: tokio::io::DuplexStream,
+        written: Arc<AtomicUsize>,
+    }
+
+    impl AsyncRead for Counted {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.io).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Counted {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let n = ready!(Pin::new(&mut self.io).poll_write(cx, buf))?;
+            self.written.fetch_add(n, Ordering::Relaxed);
+            Poll::Ready(Ok(n))
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.io).poll_flush(cx)
+        }
+
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.io).poll_shutdown(cx)
+        }
+    }
+
+    impl Conn for Counted {}
+
+    /// A client stream and the server stream it opened, over an in-memory connection, with
+    /// the bytes each side wrote to the connection (client, server).
+    async fn counted_pair() -> (H2Stream, H2Stream, Arc<AtomicUsize>, Arc<AtomicUsize>) {
         let (a, b) = tokio::io::duplex(1024 * 1024);
-        let server = tokio::spawn(async move {
-            let mut conn = server_builder().handshake::<_, Bytes>(b).await.unwrap();
-            let (req, mut respond) = conn.accept().await.unwrap().unwrap();
-            let send = respond
-                .send_response(http::Response::new(()), false)
-                .unwrap();
-            tokio::spawn(async move { while conn.accept().await.is_some() {} });
-            H2Stream::new(send, req.into_body())
+        let (client_wrote, server_wrote) = Default::default();
+        let a = Counted {
+            io: a,
+            written: Arc::clone(&client_wrote),
+        };
+        let b = Counted {
+            io: b,
+            written: Arc::clone(&server_wrote),
+        };
+        // One task accepts and drives the server connection, as a listener's does.
+        let (stream_tx, server) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let client: std::net::SocketAddr = "127.0.0.1:2".parse().unwrap();
+            let (connection, _closing) = accept_connection(Box::new(b), client).await.unwrap();
+            let mut stream_tx = Some(stream_tx);
+            while let Some(Ok((req, mut respond))) =
+                std::future::poll_fn(|cx| connection.poll_task(cx)).await
+            {
+                let send = respond
+                    .send_response(http::Response::new(()), false)
+                    .unwrap();
+                let stream = H2Stream::new(send, req.into_body()).driven_by(connection.clone());
+                if let Some(tx) = stream_tx.take() {
+                    let _ = tx.send(stream);
+                }
+            }
         });
         let peer = Address::parse("127.0.0.1:1").unwrap();
         let session = Session::handshake(Box::new(a), &peer, false).await.unwrap();
@@ -999,7 +1280,95 @@ mod tests {
             .unwrap();
         let (client, server) =
             tokio::join!(session.open(req, Some(Duration::from_secs(5))), server);
-        (client.map_err(|(e, _)| e).unwrap(), server.unwrap())
+        let client = client.map_err(|(e, _)| e).unwrap();
+        (client, server.unwrap(), client_wrote, server_wrote)
+    }
+
+    /// A client stream and the server stream it opened, over an in-memory connection.
+    async fn pair() -> (H2Stream, H2Stream) {
+        let (client, server, _, _) = counted_pair().await;
+        (client, server)
+    }
+
+    // tokio runs a connection's task only once the task that woke it waits, on this
+    // single-threaded runtime as in a worker's LIFO slot. A tunnel's data and the window it
+    // frees must not wait for that: each goes out from the tunnel's own poll.
+    #[tokio::test]
+    async fn a_write_goes_out_before_the_tunnel_waits() {
+        for chunks in [false, true] {
+            let (mut client, _server, client_wrote, _) = counted_pair().await;
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            let before = client_wrote.load(Ordering::Relaxed);
+            let len = 16 * 1024;
+            let written = if chunks {
+                let mut chunk = Bytes::from(vec![5u8; len]);
+                let polled = Pin::new(&mut client).poll_write_chunk(&mut cx, &mut chunk);
+                matches!(polled, Poll::Ready(Ok(()))) && chunk.is_empty()
+            } else {
+                let polled = Pin::new(&mut client).poll_write(&mut cx, &vec![5u8; len]);
+                matches!(polled, Poll::Ready(Ok(n)) if n == len)
+            };
+            assert!(
+                written,
+                "a fresh stream has window for 16 KiB (chunks: {chunks})"
+            );
+            let wrote = client_wrote.load(Ordering::Relaxed) - before;
+            assert!(
+                wrote > len,
+                "{wrote} bytes on the wire after a {len}-byte write (chunks: {chunks})"
+            );
+            // So does the stream's end: an empty DATA frame with END_STREAM, 9 bytes.
+            let before = client_wrote.load(Ordering::Relaxed);
+            let polled = Pin::new(&mut client).poll_shutdown(&mut cx);
+            assert!(matches!(polled, Poll::Ready(Ok(()))));
+            let wrote = client_wrote.load(Ordering::Relaxed) - before;
+            assert!(wrote >= 9, "{wrote} bytes on the wire after the shutdown");
+        }
+    }
+
+    #[tokio::test]
+    async fn freed_window_goes_out_before_the_tunnel_waits() {
+        for chunks in [false, true] {
+            let (mut client, mut server, _, server_wrote) = counted_pair().await;
+            // More than half the stream window, after which h2 hands window back.
+            let sent = STREAM_WINDOW as usize / 2 + 16 * 1024;
+            client.write_all(&vec![9u8; sent]).await.unwrap();
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut taken = 0;
+            // What the server wrote while the test's task was reading, never waiting.
+            let mut wrote = 0;
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            for _ in 0..100 {
+                // Frames reach the server's stream when its connection task runs.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                let before = server_wrote.load(Ordering::Relaxed);
+                loop {
+                    let got = if chunks {
+                        match Pin::new(&mut server).poll_read_chunk(&mut cx) {
+                            Poll::Ready(Ok(Some(chunk))) => chunk.len(),
+                            _ => break,
+                        }
+                    } else {
+                        let mut read = ReadBuf::new(&mut buf);
+                        match Pin::new(&mut server).poll_read(&mut cx, &mut read) {
+                            Poll::Ready(Ok(())) if !read.filled().is_empty() => read.filled().len(),
+                            _ => break,
+                        }
+                    };
+                    taken += got;
+                }
+                wrote += server_wrote.load(Ordering::Relaxed) - before;
+                if taken >= sent {
+                    break;
+                }
+            }
+            assert_eq!(taken, sent, "chunks: {chunks}");
+            // A WINDOW_UPDATE frame is 13 bytes.
+            assert!(
+                wrote >= 13,
+                "{wrote} bytes on the wire while taking {taken} (chunks: {chunks})"
+            );
+        }
     }
 
     #[tokio::test]

@@ -39,7 +39,7 @@ use crate::chain::DialFor;
 use crate::codec::http::{hidden_target, with_default_port};
 use crate::conn::{BoxConn, Conn};
 use crate::dialer::h2::header_map;
-use crate::h2pool::H2Stream;
+use crate::h2pool::{Drive, H2Stream};
 use crate::listener::http2::Http2Exchange;
 
 /// The port a CONNECT without one means: GOST appends 443 because requests on this listener
@@ -76,6 +76,7 @@ impl Http2Handler {
         &self,
         req: Request<RecvStream>,
         mut respond: SendResponse<Bytes>,
+        driver: Arc<dyn Drive>,
         client: SocketAddr,
     ) {
         let env = &self.env;
@@ -113,7 +114,7 @@ impl Http2Handler {
                 return;
             }
         };
-        let stream: BoxConn = Box::new(H2Stream::new(send, req.into_body()));
+        let stream: BoxConn = Box::new(H2Stream::new(send, req.into_body()).driven_by(driver));
         run_tunnel(env, "http2", client, &target, stream, upstream).await;
     }
 
@@ -427,7 +428,8 @@ impl Handler for Http2Handler {
                 if let (Some(request), Some(respond)) =
                     (exchange.request.take(), exchange.respond.take())
                 {
-                    self.serve(request, respond, client).await;
+                    self.serve(request, respond, exchange.driver.clone(), client)
+                        .await;
                 }
             }
             // An HTTP/1.1 client of the `http2` listener.

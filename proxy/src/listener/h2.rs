@@ -17,7 +17,7 @@ use http::{Method, Request, Response, StatusCode};
 use super::tcp::TcpListenerImpl;
 use super::{Handshaking, Ready};
 use crate::conn::BoxConn;
-use crate::h2pool::{H2Stream, accept_connection};
+use crate::h2pool::{H2Stream, ServerConnection, accept_connection};
 use crate::tls::ServerTls;
 
 /// Binds `addr` and serves HTTP/2 tunnels, over TLS when `tls` is given (`h2`), cleartext
@@ -49,13 +49,14 @@ pub fn bind(
 }
 
 async fn serve(io: BoxConn, client: SocketAddr, path: Option<String>, ready: Ready) {
-    let Some(mut connection) = accept_connection(io, client).await else {
+    // The connection ends when this task does, although its tunnels share it.
+    let Some((connection, _closing)) = accept_connection(io, client).await else {
         return;
     };
     let mut closing = false;
     // Accepting also drives the connection, so this loop runs until the client is gone.
     loop {
-        let (req, mut respond) = match next_request(&mut connection, &ready, &mut closing).await {
+        let (req, mut respond) = match next_request(&connection, &ready, &mut closing).await {
             None => return,
             Some(Ok(pair)) => pair,
             Some(Err(e)) => {
@@ -69,6 +70,7 @@ async fn serve(io: BoxConn, client: SocketAddr, path: Option<String>, ready: Rea
             continue;
         }
         if let Some(stream) = accept_stream(req, respond, path.as_deref(), client) {
+            let stream = stream.driven_by(connection.clone());
             super::hand_over(&ready, Box::new(stream), client);
         }
     }
@@ -79,16 +81,16 @@ async fn serve(io: BoxConn, client: SocketAddr, path: Option<String>, ready: Rea
 /// first, so that the client's pool opens its next tunnels elsewhere instead of on a
 /// connection nobody takes streams from; the requests under way finish.
 pub(super) async fn next_request(
-    connection: &mut h2::server::Connection<BoxConn, Bytes>,
+    connection: &ServerConnection,
     ready: &Ready,
     closing: &mut bool,
 ) -> Option<Result<(Request<RecvStream>, SendResponse<Bytes>), h2::Error>> {
     loop {
         tokio::select! {
-            accepted = connection.accept() => return accepted,
+            accepted = std::future::poll_fn(|cx| connection.poll_task(cx)) => return accepted,
             () = ready.closed(), if !*closing => {
                 *closing = true;
-                connection.graceful_shutdown();
+                connection.with(|c| c.graceful_shutdown());
             }
         }
     }

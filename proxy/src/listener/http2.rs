@@ -19,7 +19,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use super::tcp::TcpListenerImpl;
 use super::{Handshaking, Ready};
 use crate::conn::{BoxConn, Conn};
-use crate::h2pool::accept_connection;
+use std::sync::Arc;
+
+use crate::h2pool::{Drive, accept_connection};
 use crate::tls::ServerTls;
 
 /// ALPN offered by the `http2` listener, HTTP/2 preferred (§3.3).
@@ -67,6 +69,8 @@ pub struct Http2Exchange {
     pub request: Option<Request<RecvStream>>,
     /// Its answer; taken by the handler.
     pub respond: Option<SendResponse<Bytes>>,
+    /// Its connection, which the tunnel polls in its own turn ([`crate::h2pool::Driver`]).
+    pub driver: Arc<dyn Drive>,
 }
 
 impl Drop for Http2Exchange {
@@ -119,18 +123,20 @@ impl Conn for Http2Exchange {
 }
 
 async fn serve(io: BoxConn, client: SocketAddr, ready: Ready) {
-    let Some(mut connection) = accept_connection(io, client).await else {
+    // The connection ends when this task does, although its tunnels share it.
+    let Some((connection, _closing)) = accept_connection(io, client).await else {
         return;
     };
     let mut closing = false;
     // Accepting also drives the connection, so this loop runs until the client is gone.
     loop {
-        match super::h2::next_request(&mut connection, &ready, &mut closing).await {
+        match super::h2::next_request(&connection, &ready, &mut closing).await {
             None => return,
             Some(Ok((request, respond))) => {
                 let exchange = Http2Exchange {
                     request: Some(request),
                     respond: Some(respond),
+                    driver: connection.clone(),
                 };
                 super::hand_over(&ready, Box::new(exchange), client);
             }
