@@ -485,7 +485,8 @@ impl AsyncWrite for H2Stream {
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // Data handed to h2 goes out as soon as the connection task runs; nothing to push.
+        // The write pushed what it handed to h2 as far as the socket took it (see [`Driver`]);
+        // the rest goes with the connection task's next poll. Nothing to push here.
         Poll::Ready(Ok(()))
     }
 
