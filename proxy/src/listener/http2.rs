@@ -8,6 +8,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -19,8 +20,6 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use super::tcp::TcpListenerImpl;
 use super::{Handshaking, Ready};
 use crate::conn::{BoxConn, Conn};
-use std::sync::Arc;
-
 use crate::h2pool::{Drive, accept_connection};
 use crate::tls::ServerTls;
 

@@ -922,6 +922,17 @@ mod tests {
         (generated, cert, key)
     }
 
+    /// A server with the certificate and key in these files.
+    fn served_from(cert: &Path, key: &Path) -> ServerTls {
+        ServerTls::new(
+            "test",
+            Some(&named(cert, key)),
+            &TlsDefaults::new(None),
+            &[],
+        )
+        .unwrap()
+    }
+
     fn named(cert: &Path, key: &Path) -> TlsConfig {
         TlsConfig {
             cert_file: Some(cert.to_str().unwrap().to_string()),
@@ -946,13 +957,7 @@ mod tests {
         assert_eq!(first, from_files(&cert, &key));
         let (_, cert2, key2) = generated_files(&dir, "2");
         assert_ne!(first, from_files(&cert2, &key2));
-        let server = ServerTls::new(
-            "test",
-            Some(&named(&cert, &key)),
-            &TlsDefaults::new(None),
-            &[],
-        )
-        .unwrap();
+        let server = served_from(&cert, &key);
         assert_eq!(server.reset_secret(), first);
     }
 
@@ -961,13 +966,7 @@ mod tests {
     async fn gost_peers_agree_on_aes_128_gcm() {
         let dir = Dir::new("suite");
         let (_, cert, key) = generated_files(&dir, "");
-        let server = ServerTls::new(
-            "test",
-            Some(&named(&cert, &key)),
-            &TlsDefaults::new(None),
-            &[],
-        )
-        .unwrap();
+        let server = served_from(&cert, &key);
         let client = ClientTls::new(None, &[]).unwrap();
         let (near, far) = tokio::io::duplex(64 * 1024);
         let addr = Address::parse("127.0.0.1:443").unwrap();
