@@ -23,14 +23,23 @@ pub trait Conn: AsyncRead + AsyncWrite + Send + Unpin + 'static {
         false
     }
 
-    /// The socket itself when this stream is a bare TCP socket, which lets the relay move
-    /// bytes without copying them through the proxy.
+    /// The TCP socket under this stream when it is one, also through wrappers that only hold
+    /// on to bytes already read from it ([`Prefixed`]), which lets the relay move bytes
+    /// without copying them through the proxy. What such wrappers hold comes first: see
+    /// [`Conn::take_unread`].
     fn as_tcp(&self) -> Option<&TcpStream> {
         None
     }
 
-    /// The local address of the TCP socket under this stream, when it is one, also through
-    /// wrappers that cannot offer the socket itself ([`Prefixed`]).
+    /// Takes the bytes that wrappers hold, read from the stream under them but not handed
+    /// out yet (a client's data right behind its request, a byte a handler looked at), in
+    /// the order they were read. A relay that moves the bytes of [`Conn::as_tcp`]'s socket
+    /// itself passes these on first.
+    fn take_unread(&mut self) -> Bytes {
+        Bytes::new()
+    }
+
+    /// The local address of the TCP socket under this stream, when it is one.
     fn tcp_local_addr(&self) -> Option<std::net::SocketAddr> {
         self.as_tcp().and_then(|tcp| tcp.local_addr().ok())
     }
@@ -153,11 +162,11 @@ impl Conn for BoxConn {
     fn as_tcp(&self) -> Option<&TcpStream> {
         (**self).as_tcp()
     }
+    fn take_unread(&mut self) -> Bytes {
+        (**self).take_unread()
+    }
     fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
         (**self).as_any_mut()
-    }
-    fn tcp_local_addr(&self) -> Option<std::net::SocketAddr> {
-        (**self).tcp_local_addr()
     }
     fn reads_chunks(&self) -> bool {
         (**self).reads_chunks()
@@ -256,9 +265,19 @@ impl<C: Conn> AsyncWrite for Prefixed<C> {
 }
 
 impl<C: Conn> Conn for Prefixed<C> {
-    // Not `as_tcp`: a relay that splices the socket would skip the prefix.
-    fn tcp_local_addr(&self) -> Option<std::net::SocketAddr> {
-        self.inner.tcp_local_addr()
+    fn as_tcp(&self) -> Option<&TcpStream> {
+        self.inner.as_tcp()
+    }
+
+    fn take_unread(&mut self) -> Bytes {
+        // Reads hand out the prefix before what the stream under it still holds.
+        let prefix = std::mem::take(&mut self.prefix);
+        let beneath = self.inner.take_unread();
+        if beneath.is_empty() {
+            prefix
+        } else {
+            [prefix, beneath].concat().into()
+        }
     }
 
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -335,11 +354,11 @@ impl Conn for Guarded {
     fn as_tcp(&self) -> Option<&TcpStream> {
         self.inner.as_tcp()
     }
+    fn take_unread(&mut self) -> Bytes {
+        self.inner.take_unread()
+    }
     fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
         self.inner.as_any_mut()
-    }
-    fn tcp_local_addr(&self) -> Option<std::net::SocketAddr> {
-        self.inner.tcp_local_addr()
     }
     forward_chunk_reads!(inner);
     forward_chunk_writes!(inner);

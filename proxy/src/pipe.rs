@@ -328,12 +328,20 @@ pub async fn relay<A: Conn + ?Sized, B: Conn + ?Sized>(
     meter: Option<&TunnelMeter>,
 ) -> Result<Transferred, PipeError> {
     #[cfg(target_os = "linux")]
-    if let (Some(client), Some(upstream)) = (client.as_tcp(), upstream.as_tcp()) {
+    if client.as_tcp().is_some() && upstream.as_tcp().is_some() {
+        // Bytes read past a protocol's header (data a client sent right behind its request,
+        // the first byte the `auto` handler looked at, a server's first words read with its
+        // proxy's answer) go on first; then the sockets themselves.
+        let early = [client.take_unread(), upstream.take_unread()];
+        let (Some(client), Some(upstream)) = (client.as_tcp(), upstream.as_tcp()) else {
+            unreachable!("taking a stream's unread bytes leaves its socket in place");
+        };
         // Boxed: its state is several times the size of the copying relay's, and every
         // other tunnel's task would keep room for it.
         return Box::pin(crate::splice::relay(
             client,
             upstream,
+            early,
             idle_timeout,
             stop,
             meter,
@@ -621,8 +629,7 @@ mod tests {
             let meter = TunnelMeter::new(&format!("pipe-test-{path}"), client_addr);
             let (mut client, client_side) = pair().await;
             let mut client_side: BoxConn = match path {
-                // A prefix, even an empty one, keeps the socket from being spliced.
-                "copying" => Prefixed::boxed(Bytes::new(), client_side),
+                "copying" => Box::new(Opaque(client_side)),
                 _ => Box::new(client_side),
             };
             let (mut upstream_side, mut upstream): (BoxConn, BoxConn) = match path {
@@ -635,6 +642,7 @@ mod tests {
                     (Box::new(a), Box::new(b))
                 }
             };
+            let spliced_before = crate::splice::SPLICED.get();
             let relay = {
                 let meter = meter.clone();
                 tokio::spawn(async move {
@@ -680,7 +688,93 @@ mod tests {
                 (moved.up, moved.down),
                 "{path}: counted once"
             );
+            let spliced = crate::splice::SPLICED.get() - spliced_before;
+            let expected = if path == "spliced" { UP + DOWN } else { 0 };
+            assert_eq!(spliced, expected as u64, "{path}: bytes spliced");
         }
+    }
+
+    /// A socket the relay cannot see through, which it copies.
+    struct Opaque(TcpStream);
+
+    impl tokio::io::AsyncRead for Opaque {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.0).poll_read(cx, buf)
+        }
+    }
+
+    impl tokio::io::AsyncWrite for Opaque {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.0).poll_write(cx, buf)
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.0).poll_flush(cx)
+        }
+
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.0).poll_shutdown(cx)
+        }
+    }
+
+    impl Conn for Opaque {}
+
+    /// Sockets behind wrappers that hold bytes already read from them (the `auto` handler's
+    /// first byte, a client's data right behind its CONNECT, a server's first words read with
+    /// its proxy's 200) are still spliced, once those bytes went on, in order.
+    #[tokio::test]
+    async fn sockets_with_bytes_read_ahead_are_spliced_after_them() {
+        let (mut client, client_side) = pair().await;
+        let (upstream_side, mut upstream) = pair().await;
+        // Wrapped twice (the `auto` handler's first byte, then the http handler's read-ahead):
+        // the bytes go on in the order reads would hand them out.
+        let inner = Prefixed::boxed(Bytes::from_static(b"early "), client_side);
+        let mut client_side = Prefixed::boxed(Bytes::from_static(b"GET "), inner);
+        let mut upstream_side = Prefixed::boxed(Bytes::from_static(b"banner "), upstream_side);
+        let spliced_before = crate::splice::SPLICED.get();
+        let relay = tokio::spawn(async move {
+            relay(&mut client_side, &mut upstream_side, None, None, None).await
+        });
+
+        let payload: Vec<u8> = (0..300_000u32).map(|i| (i * 13) as u8).collect();
+        let mut expected_up = b"GET early ".to_vec();
+        expected_up.extend_from_slice(&payload);
+        let mut got = Vec::new();
+        let send = async {
+            client.write_all(&payload).await.unwrap();
+            client.shutdown().await.unwrap();
+        };
+        let (_, received) = tokio::join!(send, upstream.read_to_end(&mut got));
+        received.unwrap();
+        assert!(got == expected_up, "{} bytes arrived upstream", got.len());
+        let mut got = Vec::new();
+        let send = async {
+            upstream.write_all(b"and the rest").await.unwrap();
+            upstream.shutdown().await.unwrap();
+        };
+        let (_, received) = tokio::join!(send, client.read_to_end(&mut got));
+        received.unwrap();
+        assert_eq!(got, b"banner and the rest");
+
+        let moved = relay.await.unwrap().unwrap();
+        assert_eq!(
+            moved,
+            Transferred {
+                up: expected_up.len() as u64,
+                down: 19
+            }
+        );
+        // Everything but the bytes read ahead went through splice(2).
+        let spliced = crate::splice::SPLICED.get() - spliced_before;
+        assert_eq!(spliced, (payload.len() + "and the rest".len()) as u64);
     }
 
     #[tokio::test]

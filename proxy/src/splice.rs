@@ -12,6 +12,7 @@ use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use bytes::{Buf, Bytes};
 use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags, splice};
 use prometheus::IntCounter;
 use tokio::io::Interest;
@@ -72,6 +73,13 @@ fn release_pipe(pipe: Pipe) {
 
 const FLAGS: SpliceFFlags = SpliceFFlags::SPLICE_F_MOVE.union(SpliceFFlags::SPLICE_F_NONBLOCK);
 
+#[cfg(test)]
+thread_local! {
+    /// Bytes this thread moved with `splice(2)`: how tests tell the spliced path ran (a
+    /// current-thread runtime runs a relay on the test's thread).
+    pub(crate) static SPLICED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
 /// Shared progress of the two directions, watched for the idle timeouts.
 struct Progress {
     started: Instant,
@@ -101,6 +109,7 @@ impl Progress {
 pub async fn relay(
     client: &TcpStream,
     upstream: &TcpStream,
+    early: [Bytes; 2],
     idle_timeout: Option<Duration>,
     stop: Option<CancellationToken>,
     meter: Option<&TunnelMeter>,
@@ -113,9 +122,11 @@ pub async fn relay(
         half_closed: AtomicBool::new(false),
         changed: Notify::new(),
     };
+    let [early_up, early_down] = early;
     let transfer = async {
         tokio::try_join!(
             one_way(
+                early_up,
                 client,
                 upstream,
                 &progress.up,
@@ -125,6 +136,7 @@ pub async fn relay(
                 "upstream"
             ),
             one_way(
+                early_down,
                 upstream,
                 client,
                 &progress.down,
@@ -174,7 +186,11 @@ pub async fn relay(
     }
 }
 
+/// Moves `from`'s bytes to `to` until `from` ends, after `early`: bytes read from `from`
+/// before the relay began.
+#[allow(clippy::too_many_arguments)] // the two directions differ in all of them
 async fn one_way(
+    mut early: Bytes,
     from: &TcpStream,
     to: &TcpStream,
     counter: &AtomicU64,
@@ -188,6 +204,24 @@ async fn one_way(
         source,
         transferred: progress.transferred(),
     };
+    let moved = |n: usize| {
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+        if let Some(metric) = metric {
+            metric.inc_by(n as u64);
+        }
+        progress.touch();
+    };
+    while early.has_remaining() {
+        to.writable().await.map_err(|e| fail(to_name, e))?;
+        match to.try_write(&early) {
+            Ok(n) => {
+                early.advance(n);
+                moved(n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(fail(to_name, e)),
+        }
+    }
     loop {
         from.readable().await.map_err(|e| fail(from_name, e))?;
         let pipe = take_pipe().map_err(|e| fail(from_name, e))?;
@@ -214,11 +248,9 @@ async fn one_way(
             match written {
                 Ok(n) => {
                     in_pipe -= n;
-                    counter.fetch_add(n as u64, Ordering::Relaxed);
-                    if let Some(metric) = metric {
-                        metric.inc_by(n as u64);
-                    }
-                    progress.touch();
+                    moved(n);
+                    #[cfg(test)]
+                    SPLICED.with(|spliced| spliced.set(spliced.get() + n as u64));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(fail(to_name, e)),

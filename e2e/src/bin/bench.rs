@@ -194,6 +194,21 @@ async fn bench(settings: Settings, bin: PathBuf) {
             )
             .await,
         );
+        // GOST's default handler (`gost -L :8080`), which serves HTTP and SOCKS on one port.
+        let auto = gost_env(&["-L", "auto://user:pass@127.0.0.1:0"]);
+        rows.push(
+            measure(
+                "gost auto handler (http CONNECT), 1 hop",
+                &Route::HttpConnect {
+                    proxy: auto.addr(),
+                    auth: Some("user:pass".into()),
+                },
+                &[auto.pid()],
+                &targets,
+                &settings,
+            )
+            .await,
+        );
         let front = gost_env(&[
             "-L",
             "http://127.0.0.1:0",
