@@ -26,7 +26,9 @@ pub trait Conn: AsyncRead + AsyncWrite + Send + Unpin + 'static {
     /// The TCP socket under this stream when it is one, also through wrappers that only hold
     /// on to bytes already read from it ([`Prefixed`]), which lets the relay move bytes
     /// without copying them through the proxy. What such wrappers hold comes first: see
-    /// [`Conn::take_unread`].
+    /// [`Conn::take_unread`]. A wrapper that passes the socket on must also pass
+    /// [`Conn::take_unread`] on, and must not keep bytes written to it: the relay then moves
+    /// the socket's bytes without it.
     fn as_tcp(&self) -> Option<&TcpStream> {
         None
     }

@@ -222,6 +222,8 @@ async fn one_way(
             Err(e) => return Err(fail(to_name, e)),
         }
     }
+    // Frees the buffer it was split from (a handler's read buffer) for the tunnel's life.
+    drop(early);
     loop {
         from.readable().await.map_err(|e| fail(from_name, e))?;
         let pipe = take_pipe().map_err(|e| fail(from_name, e))?;
