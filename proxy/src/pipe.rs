@@ -475,13 +475,22 @@ mod tests {
         (a.unwrap(), b.unwrap().0)
     }
 
+    /// Relays `client` and `upstream` in a task of their own, without idle timeout or stop.
+    fn spawn_relay<A: Conn, B: Conn>(
+        mut client: A,
+        mut upstream: B,
+        meter: Option<TunnelMeter>,
+    ) -> tokio::task::JoinHandle<Result<Transferred, PipeError>> {
+        tokio::spawn(
+            async move { relay(&mut client, &mut upstream, None, None, meter.as_ref()).await },
+        )
+    }
+
     #[tokio::test]
     async fn moves_bytes_both_ways_and_passes_half_close_on() {
-        let (mut client, mut client_side) = pair().await;
-        let (mut upstream_side, mut upstream) = pair().await;
-        let relay = tokio::spawn(async move {
-            relay(&mut client_side, &mut upstream_side, None, None, None).await
-        });
+        let (mut client, client_side) = pair().await;
+        let (upstream_side, mut upstream) = pair().await;
+        let relay = spawn_relay(client_side, upstream_side, None);
 
         let payload: Vec<u8> = (0..300_000u32).map(|i| (i * 7) as u8).collect();
         client.write_all(&payload).await.unwrap();
@@ -511,11 +520,9 @@ mod tests {
         // In-memory pipes take the copying path, a prefix first.
         let (mut client, client_side) = tokio::io::duplex(1024);
         let (upstream_side, mut upstream) = tokio::io::duplex(1024);
-        let mut client_side = Prefixed::boxed(bytes::Bytes::from_static(b"early "), client_side);
-        let mut upstream_side: BoxConn = Box::new(upstream_side);
-        let relay = tokio::spawn(async move {
-            relay(&mut client_side, &mut upstream_side, None, None, None).await
-        });
+        let client_side = Prefixed::boxed(bytes::Bytes::from_static(b"early "), client_side);
+        let upstream_side: BoxConn = Box::new(upstream_side);
+        let relay = spawn_relay(client_side, upstream_side, None);
         client.write_all(b"and later").await.unwrap();
         client.shutdown().await.unwrap();
         let mut got = Vec::new();
@@ -561,6 +568,16 @@ mod tests {
         F: tokio::io::AsyncWrite + Unpin,
         T: tokio::io::AsyncRead + Unpin,
     {
+        let got = send_and_collect(from, to, data).await;
+        assert!(got == data, "{} bytes arrived of {}", got.len(), data.len());
+    }
+
+    /// Writes `data` into `from` and ends it; what `to` read to its end meanwhile.
+    async fn send_and_collect<F, T>(from: &mut F, to: &mut T, data: &[u8]) -> Vec<u8>
+    where
+        F: tokio::io::AsyncWrite + Unpin,
+        T: tokio::io::AsyncRead + Unpin,
+    {
         let send = async {
             from.write_all(data).await.unwrap();
             from.shutdown().await.unwrap();
@@ -568,7 +585,7 @@ mod tests {
         let mut got = Vec::new();
         let (_, received) = tokio::join!(send, to.read_to_end(&mut got));
         received.unwrap();
-        assert!(got == data, "{} bytes arrived of {}", got.len(), data.len());
+        got
     }
 
     #[tokio::test]
@@ -628,11 +645,11 @@ mod tests {
             let client_addr = "192.0.2.9:4000".parse().unwrap();
             let meter = TunnelMeter::new(&format!("pipe-test-{path}"), client_addr);
             let (mut client, client_side) = pair().await;
-            let mut client_side: BoxConn = match path {
+            let client_side: BoxConn = match path {
                 "copying" => Box::new(Opaque(client_side)),
                 _ => Box::new(client_side),
             };
-            let (mut upstream_side, mut upstream): (BoxConn, BoxConn) = match path {
+            let (upstream_side, mut upstream): (BoxConn, BoxConn) = match path {
                 "chunked" => {
                     let (ws_client, ws_server) = ws_pair().await;
                     (Box::new(ws_client), Box::new(ws_server))
@@ -644,19 +661,7 @@ mod tests {
             };
             #[cfg(target_os = "linux")]
             let spliced_before = crate::splice::SPLICED.get();
-            let relay = {
-                let meter = meter.clone();
-                tokio::spawn(async move {
-                    relay(
-                        &mut client_side,
-                        &mut upstream_side,
-                        None,
-                        None,
-                        Some(&meter),
-                    )
-                    .await
-                })
-            };
+            let relay = spawn_relay(client_side, upstream_side, Some(meter.clone()));
             client.write_all(&vec![1u8; UP]).await.unwrap();
             let mut got = vec![0u8; UP];
             upstream.read_exact(&mut got).await.unwrap();
@@ -742,31 +747,17 @@ mod tests {
         // Wrapped twice (the `auto` handler's first byte, then the http handler's read-ahead):
         // the bytes go on in the order reads would hand them out.
         let inner = Prefixed::boxed(Bytes::from_static(b"early "), client_side);
-        let mut client_side = Prefixed::boxed(Bytes::from_static(b"GET "), inner);
-        let mut upstream_side = Prefixed::boxed(Bytes::from_static(b"banner "), upstream_side);
+        let client_side = Prefixed::boxed(Bytes::from_static(b"GET "), inner);
+        let upstream_side = Prefixed::boxed(Bytes::from_static(b"banner "), upstream_side);
         let spliced_before = crate::splice::SPLICED.get();
-        let relay = tokio::spawn(async move {
-            relay(&mut client_side, &mut upstream_side, None, None, None).await
-        });
+        let relay = spawn_relay(client_side, upstream_side, None);
 
         let payload: Vec<u8> = (0..300_000u32).map(|i| (i * 13) as u8).collect();
         let mut expected_up = b"GET early ".to_vec();
         expected_up.extend_from_slice(&payload);
-        let mut got = Vec::new();
-        let send = async {
-            client.write_all(&payload).await.unwrap();
-            client.shutdown().await.unwrap();
-        };
-        let (_, received) = tokio::join!(send, upstream.read_to_end(&mut got));
-        received.unwrap();
+        let got = send_and_collect(&mut client, &mut upstream, &payload).await;
         assert!(got == expected_up, "{} bytes arrived upstream", got.len());
-        let mut got = Vec::new();
-        let send = async {
-            upstream.write_all(b"and the rest").await.unwrap();
-            upstream.shutdown().await.unwrap();
-        };
-        let (_, received) = tokio::join!(send, client.read_to_end(&mut got));
-        received.unwrap();
+        let got = send_and_collect(&mut upstream, &mut client, b"and the rest").await;
         assert_eq!(got, b"banner and the rest");
 
         let moved = relay.await.unwrap().unwrap();
@@ -791,22 +782,10 @@ mod tests {
         let (mut client, client_side) = pair().await;
         let (upstream_side, mut upstream) = pair().await;
         let early: Vec<u8> = (0..EARLY as u32).map(|i| (i * 5 + i / 9) as u8).collect();
-        let mut client_side = Prefixed::boxed(Bytes::from(early.clone()), client_side);
-        let mut upstream_side: BoxConn = Box::new(upstream_side);
+        let client_side = Prefixed::boxed(Bytes::from(early.clone()), client_side);
+        let upstream_side: BoxConn = Box::new(upstream_side);
         let meter = TunnelMeter::new("pipe-test-early", "192.0.2.9:4001".parse().unwrap());
-        let relay = {
-            let meter = meter.clone();
-            tokio::spawn(async move {
-                relay(
-                    &mut client_side,
-                    &mut upstream_side,
-                    None,
-                    None,
-                    Some(&meter),
-                )
-                .await
-            })
-        };
+        let relay = spawn_relay(client_side, upstream_side, Some(meter.clone()));
         // Far more than a socket that nobody reads buffers: the relay waits for the peer.
         tokio::time::sleep(Duration::from_millis(100)).await;
         client.shutdown().await.unwrap();
