@@ -97,16 +97,15 @@ async fn recorded_target() -> SocketAddr {
     addr
 }
 
-#[tokio::test]
-async fn handler_answers_the_recorded_requests_as_gost_did() {
-    let target = recorded_target().await;
+/// A relay handler serving on a loopback port of its own, with `user:pass` when `auth`.
+async fn spawn_handler(service: &str, auth: bool, handshake_timeout: Duration) -> SocketAddr {
     let env = Arc::new(HandlerEnv {
         tls: None,
-        service: "golden".into(),
-        auth: Some(Authenticator::new([&user_pass()])),
+        service: service.into(),
+        auth: auth.then(|| Authenticator::new([&user_pass()])),
         router: Router::new(None, Duration::from_secs(2), 0),
         metadata: Metadata::default(),
-        handshake_timeout: Duration::from_secs(5),
+        handshake_timeout,
         max_header_size: gost_proxy::handler::http::MAX_REQUEST_HEAD,
         idle_timeout: None,
         tunnels: TaskTracker::new(),
@@ -120,6 +119,13 @@ async fn handler_answers_the_recorded_requests_as_gost_did() {
             tokio::spawn(async move { handler.handle(Box::new(conn), client).await });
         }
     });
+    server
+}
+
+#[tokio::test]
+async fn handler_answers_the_recorded_requests_as_gost_did() {
+    let target = recorded_target().await;
+    let server = spawn_handler("golden", true, Duration::from_secs(5)).await;
 
     let cases = cases("relay-server.txt");
     assert_eq!(cases.len(), 8, "all recorded cases are replayed");
@@ -300,26 +306,7 @@ async fn exchange(server: SocketAddr, request: &[u8]) -> Vec<u8> {
 #[tokio::test]
 async fn handler_refuses_udp_and_addressless_requests_and_drops_silent_clients() {
     let target = recorded_target().await;
-    let env = Arc::new(HandlerEnv {
-        tls: None,
-        service: "refusals".into(),
-        auth: None,
-        router: Router::new(None, Duration::from_secs(2), 0),
-        metadata: Metadata::default(),
-        handshake_timeout: Duration::from_millis(300),
-        max_header_size: gost_proxy::handler::http::MAX_REQUEST_HEAD,
-        idle_timeout: None,
-        tunnels: TaskTracker::new(),
-    });
-    let handler = Arc::new(RelayHandler::new(env));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let server = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((conn, client)) = listener.accept().await {
-            let handler = handler.clone();
-            tokio::spawn(async move { handler.handle(Box::new(conn), client).await });
-        }
-    });
+    let server = spawn_handler("refusals", false, Duration::from_millis(300)).await;
     let addr = relay::Feature::Addr(relay::AddrFeature::from_address(&Address::from_socket(
         target,
     )));
@@ -353,4 +340,48 @@ async fn handler_refuses_udp_and_addressless_requests_and_drops_silent_clients()
     assert_eq!(exchange(server, &connect).await, expected);
     // Half a request, then silence: closed without an answer after the handshake timeout.
     assert_eq!(exchange(server, &[relay::VERSION, 1, 0]).await, b"");
+}
+
+#[tokio::test]
+async fn undialable_names_get_network_unreachable_after_the_credentials() {
+    let server = spawn_handler("undialable", true, Duration::from_secs(5)).await;
+    let connect = |username: &[u8], host: relay::AddrHost, port: u16| {
+        relay::encode_request(&relay::Request {
+            flags: 0,
+            cmd: relay::CMD_CONNECT,
+            features: vec![
+                relay::Feature::UserAuth {
+                    username: username.to_vec(),
+                    password: b"pass".to_vec(),
+                },
+                relay::Feature::Addr(relay::AddrFeature { host, port }),
+            ],
+        })
+        .unwrap()
+    };
+    let not_utf8 = || relay::AddrHost::NotUtf8(b"example\xff.com".to_vec());
+    let with_space = || relay::AddrHost::Name("exa mple.com".into());
+    let unreachable = relay::status_response(relay::STATUS_NETWORK_UNREACHABLE).to_vec();
+    let unauthorized = relay::status_response(relay::STATUS_UNAUTHORIZED).to_vec();
+    // GOST dials whatever name it reads and answers its failure with 0x07; it checks the
+    // credentials first, so a wrong password is still 0x02.
+    for host in [not_utf8(), with_space()] {
+        assert_eq!(
+            exchange(server, &connect(b"user", host.clone(), 80)).await,
+            unreachable,
+            "{host:?}"
+        );
+        assert_eq!(
+            exchange(server, &connect(b"intruder", host.clone(), 80)).await,
+            unauthorized,
+            "{host:?}"
+        );
+    }
+    // The handler still serves: a well-formed request is answered.
+    let target = recorded_target().await;
+    let mut request = connect(b"user", relay::AddrHost::Ip(target.ip()), target.port());
+    request.extend_from_slice(b"GET / HTTP/1.0\r\n\r\n");
+    let mut expected = relay::status_response(relay::STATUS_OK).to_vec();
+    expected.extend_from_slice(RECORDED_TARGET_ANSWER);
+    assert_eq!(exchange(server, &request).await, expected);
 }

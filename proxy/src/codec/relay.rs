@@ -144,9 +144,6 @@ pub enum RelayError {
     /// The features together exceed FEALEN's 65535 bytes.
     #[error("relay features total {0} bytes, more than the 65535 that fit")]
     FeaturesTooLong(usize),
-    /// An Addr host that is not UTF-8.
-    #[error("relay address host is not UTF-8")]
-    HostNotUtf8,
     /// An Addr that does not name a dialable host.
     #[error("relay address {0:?} is not a valid host")]
     BadHost(String),
@@ -193,6 +190,10 @@ pub enum AddrHost {
     /// ATYP 3: a domain name, or a path or device for the unix and serial networks; checked
     /// only when it is dialled (see [`AddrFeature::to_address`]).
     Name(String),
+    /// ATYP 3 with a name that is not UTF-8, kept as sent. GOST reads it and fails to dial it;
+    /// [`AddrFeature::to_address`] refuses it, so the handler answers as GOST does, after it
+    /// has checked the credentials.
+    NotUtf8(Vec<u8>),
 }
 
 /// An Addr feature: `ATYP ADDR PORT`.
@@ -227,6 +228,9 @@ impl AddrFeature {
             AddrHost::Name(name) => {
                 Address::from_host(name, self.port).map_err(|_| RelayError::BadHost(name.clone()))
             }
+            AddrHost::NotUtf8(raw) => Err(RelayError::BadHost(
+                String::from_utf8_lossy(raw).into_owned(),
+            )),
         }
     }
 }
@@ -384,6 +388,11 @@ fn encode_feature(out: &mut Vec<u8>, feature: &Feature) -> Result<(), RelayError
                     out.push(byte_len("relay domain name", name.len())?);
                     out.extend_from_slice(name.as_bytes());
                 }
+                AddrHost::NotUtf8(raw) => {
+                    out.push(ATYP_DOMAIN);
+                    out.push(byte_len("relay domain name", raw.len())?);
+                    out.extend_from_slice(raw);
+                }
             }
             out.extend_from_slice(&addr.port.to_be_bytes());
             FEATURE_ADDR
@@ -513,8 +522,11 @@ fn parse_addr(data: &[u8]) -> Result<AddrFeature, RelayError> {
         }
         ATYP_DOMAIN => {
             let (name, rest) = length_prefixed(rest).ok_or_else(short)?;
-            let name = std::str::from_utf8(name).map_err(|_| RelayError::HostNotUtf8)?;
-            (AddrHost::Name(name.to_string()), rest)
+            let host = match std::str::from_utf8(name) {
+                Ok(name) => AddrHost::Name(name.to_string()),
+                Err(_) => AddrHost::NotUtf8(name.to_vec()),
+            };
+            (host, rest)
         }
         other => return Err(RelayError::BadAddressType(other)),
     };
@@ -688,9 +700,14 @@ mod tests {
             parse_request(&[1, 1, 0, 7, 2, 0, 4, 9, 0, 0, 0]),
             Err(RelayError::BadAddressType(9))
         );
+        let (not_utf8, _) = parse_request(&[1, 1, 0, 8, 2, 0, 5, 3, 1, 0xFF, 0, 80])
+            .unwrap()
+            .unwrap();
+        let not_utf8 = not_utf8.addr().unwrap();
+        assert_eq!(not_utf8.host, AddrHost::NotUtf8(vec![0xFF]));
         assert_eq!(
-            parse_request(&[1, 1, 0, 8, 2, 0, 5, 3, 1, 0xFF, 0, 80]),
-            Err(RelayError::HostNotUtf8)
+            not_utf8.to_address(),
+            Err(RelayError::BadHost("\u{FFFD}".into()))
         );
         let bad = AddrFeature {
             host: AddrHost::Name("a b".into()),
@@ -783,6 +800,11 @@ mod tests {
             any::<[u8; 4]>().prop_map(|o| AddrHost::Ip(Ipv4Addr::from(o).into())),
             any::<[u8; 16]>().prop_map(|o| AddrHost::Ip(Ipv6Addr::from(o).into())),
             "[a-z0-9.-]{0,255}".prop_map(AddrHost::Name),
+            // 0xFF never occurs in UTF-8.
+            (bytes(254), any::<prop::sample::Index>()).prop_map(|(mut raw, at)| {
+                raw.insert(at.index(raw.len() + 1), 0xFF);
+                AddrHost::NotUtf8(raw)
+            }),
         ];
         prop_oneof![
             (bytes(255), bytes(255))

@@ -135,8 +135,15 @@ impl RelayHandler {
         let target = match request.addr().map(relay::AddrFeature::to_address) {
             Some(Ok(target)) => target,
             Some(Err(e)) => {
-                tracing::debug!(service = %env.service, client = %client, error = %e, "relay: bad target");
-                self.respond(&mut conn, relay::STATUS_BAD_REQUEST, client)
+                // GOST tries to dial whatever name it is given and answers a failure with
+                // Network Unreachable; a name no resolver accepts fails the same way here,
+                // without asking one.
+                crate::metrics::handler_error(&env.service, client);
+                tracing::warn!(
+                    service = %env.service, client = %client, error = %e,
+                    "relay: connect failed: the target is not a dialable address"
+                );
+                self.respond(&mut conn, relay::STATUS_NETWORK_UNREACHABLE, client)
                     .await;
                 return None;
             }
