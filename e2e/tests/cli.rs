@@ -1,6 +1,7 @@
 //! The `gost` command line: printing the effective configuration, and clear errors.
 
 use gost_e2e::*;
+use std::path::Path;
 
 fn gost(args: &[&str]) -> Output {
     run(gost_bin().to_str().unwrap(), args)
@@ -428,6 +429,39 @@ fn a_threshold_the_user_chose_is_left_alone() {
         "{env:?}"
     );
     assert!(!env.iter().any(|e| e.contains(RAISED)), "{env:?}");
+}
+
+/// Under valgrind, `/proc/self/exe` is valgrind's tool, which refuses to be started directly:
+/// the restart for fast copies would end gost there (on AMD), so it does not restart.
+#[test]
+fn gost_runs_under_valgrind() {
+    let target = Target::http();
+    let gost_path = gost_bin();
+    let gost = Gost::start_bin(
+        Path::new("valgrind"),
+        &[
+            "-q",
+            "--tool=none",
+            gost_path.to_str().unwrap(),
+            "-L",
+            "http://127.0.0.1:0",
+        ],
+        1,
+        None,
+    );
+    // The process serving is valgrind's tool ("none-amd64-linux"), running gost.
+    let exe = std::fs::read_link(format!("/proc/{}/exe", gost.pid())).unwrap();
+    assert!(
+        exe.to_string_lossy().contains("none-"),
+        "valgrind runs it: {exe:?}"
+    );
+    let out = curl(&[
+        "-sS",
+        "-x",
+        &format!("http://{}", gost.addr()),
+        &format!("http://{}/", target.addr),
+    ]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stderr, gost.log());
 }
 
 /// `log.format: text` writes plain lines where no terminal reads them (a pipe here; files,

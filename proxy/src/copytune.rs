@@ -16,7 +16,9 @@
 //! are fast at any alignment. A threshold the user already set in `GLIBC_TUNABLES` is left
 //! alone, which is also how to opt out: `GLIBC_TUNABLES=glibc.cpu.x86_rep_movsb_threshold=2048`
 //! keeps glibc's usual choice. Where the restart is impossible (no `/proc`, a sandbox that
-//! forbids `execve`), `gost` runs on unchanged.
+//! forbids `execve`), `gost` runs on unchanged. Under valgrind it does not restart either:
+//! `/proc/self/exe` is valgrind's own tool there, which refuses to be started directly, and
+//! valgrind replaces `memcpy` anyway.
 
 /// The tunable this module sets.
 pub const THRESHOLD_TUNABLE: &str = "glibc.cpu.x86_rep_movsb_threshold";
@@ -55,6 +57,16 @@ pub fn slow_string_moves() -> bool {
     false
 }
 
+/// Whether an `LD_PRELOAD` value holds valgrind's preload library, which valgrind sets for
+/// the program it runs.
+pub fn valgrind_preloaded(ld_preload: Option<&str>) -> bool {
+    ld_preload.is_some_and(|list| {
+        list.split([':', ' '])
+            .filter_map(|path| path.rsplit('/').next())
+            .any(|file| file.starts_with("vgpreload_"))
+    })
+}
+
 /// Whether `/proc/cpuinfo` text names AMD as the vendor of its first processor.
 pub fn amd_vendor(cpuinfo: &str) -> bool {
     cpuinfo
@@ -76,7 +88,7 @@ pub fn restart_if_needed() {
         let Some(tunables) = tunables_with_threshold(current.as_deref()) else {
             return;
         };
-        if !slow_string_moves() {
+        if !slow_string_moves() || valgrind_preloaded(std::env::var("LD_PRELOAD").ok().as_deref()) {
             return;
         }
         let mut args = std::env::args_os();
@@ -103,6 +115,22 @@ mod tests {
         ));
         assert!(!amd_vendor("processor\t: 0\nvendor_id\t: GenuineIntel\n"));
         assert!(!amd_vendor(""));
+    }
+
+    #[test]
+    fn valgrind_is_told_by_its_preload_library() {
+        assert!(valgrind_preloaded(Some(
+            "/usr/libexec/valgrind/vgpreload_core-amd64-linux.so:\
+             /usr/libexec/valgrind/vgpreload_memcheck-amd64-linux.so"
+        )));
+        assert!(valgrind_preloaded(Some(
+            "/usr/lib/x86_64-linux-gnu/libheaptrack_preload.so vgpreload_core-amd64-linux.so"
+        )));
+        assert!(!valgrind_preloaded(Some(
+            "/usr/lib/x86_64-linux-gnu/libheaptrack_preload.so"
+        )));
+        assert!(!valgrind_preloaded(Some("")));
+        assert!(!valgrind_preloaded(None));
     }
 
     #[test]
