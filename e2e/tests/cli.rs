@@ -476,3 +476,106 @@ fn text_logs_to_a_pipe_carry_no_colour_codes() {
     assert!(log.contains("listening"), "{log}");
     assert!(!log.contains('\u{1b}'), "{log:?}");
 }
+
+/// A log reader that goes away (a dead `tee` or collector) leaves gost serving: the lines it
+/// cannot write are dropped. Before, the logging library's `eprintln!` fallback panicked and
+/// took down every task that logged before answering, so plain requests got no answer.
+#[test]
+fn a_broken_log_pipe_does_not_stop_the_service() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let target = Target::http();
+    let port = free_port();
+    let mut child = Command::new(gost_bin())
+        .args(["-L", &format!("http://{}", local(port))])
+        .env("GOST_LOGGER_LEVEL", "debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("gost starts");
+    let stderr = child.stderr.take().unwrap();
+    // Reads up to the listening line, then drops the pipe's only read end.
+    let reader = std::thread::spawn(move || {
+        BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .any(|line| line.contains("listening"))
+    });
+    let deadline = std::time::Instant::now() + STARTUP_TIMEOUT;
+    while !reader.is_finished() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let listened = reader.is_finished() && reader.join().unwrap();
+    if !listened {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("gost did not report its listener");
+    }
+    let proxy = format!("http://{}", local(port));
+    let url = format!("http://{}/", target.addr);
+    for _ in 0..3 {
+        let plain = curl(&["-o", "/dev/null", "-w", "%{http_code}", "-x", &proxy, &url]);
+        assert_eq!(plain.text(), "200", "plain request: {}", plain.stderr);
+        let tunnel = curl(&[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-p",
+            "-x",
+            &proxy,
+            &url,
+        ]);
+        assert_eq!(tunnel.text(), "200", "CONNECT: {}", tunnel.stderr);
+    }
+    assert!(child.try_wait().unwrap().is_none(), "gost still runs");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// `gost -O yaml | head -1`: a reader that stops early ends the output quietly, without a
+/// panic.
+#[test]
+fn printing_the_config_to_a_closed_pipe_is_quiet() {
+    use std::process::{Command, Stdio};
+
+    for format in ["yaml", "json"] {
+        let mut child = Command::new(gost_bin())
+            .args(["-L", "http://127.0.0.1:8080", "-O", format])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("gost starts");
+        // Closed before gost has read its arguments, so its write finds no reader.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{format}: {stderr}");
+        assert_eq!(out.status.code(), Some(0), "{format}: {stderr}");
+    }
+}
+
+/// `-D` shows each tunnel as it opens and each forwarded request, as GOST's debug level does.
+#[test]
+fn debug_logs_show_tunnels_and_requests_as_they_start() {
+    let target = Target::http();
+    let gost = Gost::start(&["-L", "http://127.0.0.1:0", "-D"], 1);
+    let proxy = format!("http://{}", gost.addr());
+    let url = format!("http://{}/", target.addr);
+    assert_eq!(curl(&["-x", &proxy, &url]).code, 0);
+    assert_eq!(curl(&["-p", "-x", &proxy, &url]).code, 0);
+    let log = gost.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("forwarding") && l.contains("GET") && l.contains("DEBUG")),
+        "{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("tunnel open") && l.contains(&target.addr.to_string())),
+        "{log}"
+    );
+}

@@ -117,6 +117,15 @@ fn go_style_args() -> Vec<std::ffi::OsString> {
         .collect()
 }
 
+/// `eprintln!` that never panics: a message for a closed or broken standard error is dropped
+/// (a dead `tee` or log collector must not take the proxy down with it).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 fn main() -> ExitCode {
     // First, before anything is read: the restart runs `main` again from the start.
     gost_proxy::copytune::restart_if_needed();
@@ -126,14 +135,14 @@ fn main() -> ExitCode {
     let raw = go_style_args();
     if let Some(groups) = worker_groups(&raw) {
         if groups.is_empty() {
-            eprintln!("gost: nothing to run: every group of arguments between `--` is empty");
+            say!("gost: nothing to run: every group of arguments between `--` is empty");
             return ExitCode::from(2);
         }
         return run_workers(groups);
     }
     let args = Args::parse_from(raw);
     if let Some(api) = &args.api {
-        eprintln!(
+        say!(
             "gost: -api {api}: GOST's web API is not supported by gost-rs; change the -C \
              configuration files instead (they are watched and applied on change, and on SIGHUP)"
         );
@@ -153,28 +162,28 @@ fn main() -> ExitCode {
     let config = match runtime.block_on(assemble_config(&args)) {
         Ok(config) => config,
         Err(message) => {
-            eprintln!("gost: {message}");
+            say!("gost: {message}");
             return ExitCode::from(2);
         }
     };
     if let Some(format) = args.output {
-        match format {
-            OutputFormat::Yaml => print!("{}", gost_api::to_yaml(&config)),
-            OutputFormat::Json => println!("{}", gost_api::to_json(&config)),
-        }
-        return ExitCode::SUCCESS;
+        let text = match format {
+            OutputFormat::Yaml => gost_api::to_yaml(&config),
+            OutputFormat::Json => gost_api::to_json(&config) + "\n",
+        };
+        return print_config(&text);
     }
     // A configuration file without services is a sidecar waiting for its config (the operator
     // renders an empty service list while nothing selects the pod): keep running, serve the
     // admin endpoint and pick the services up on reload. Without any file there is nothing to do.
     if config.services.is_empty() && args.config.is_empty() {
-        eprintln!(
+        say!(
             "gost: nothing to run: give a service with -L, or a configuration with -C (see gost --help)"
         );
         return ExitCode::from(2);
     }
     if let Err(message) = init_logging(&args, &config) {
-        eprintln!("gost: {message}");
+        say!("gost: {message}");
         return ExitCode::from(2);
     }
     // Kept for the run loop: a SIGHUP that came while the configuration was read asked for
@@ -182,12 +191,28 @@ fn main() -> ExitCode {
     runtime.block_on(run(&args, config, early_hangup))
 }
 
+/// Writes the effective configuration (`-O`) to standard output. A reader that stops early
+/// (`gost -O yaml | head`) ends the output quietly, as a shell expects; any other failure to
+/// write is an error.
+fn print_config(text: &str) -> ExitCode {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            say!("gost: cannot write the configuration to standard output: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// The runtime `builder` makes, with its I/O and timers; `None` once the reason is printed.
 fn start_runtime(mut builder: tokio::runtime::Builder) -> Option<tokio::runtime::Runtime> {
     builder
         .enable_all()
         .build()
-        .map_err(|e| eprintln!("gost: cannot start the runtime: {e}"))
+        .map_err(|e| say!("gost: cannot start the runtime: {e}"))
         .ok()
 }
 
@@ -218,10 +243,10 @@ fn follow_parent() -> Result<(), ExitCode> {
         return Ok(());
     };
     if let Err(e) = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM) {
-        eprintln!("gost: worker: cannot follow its parent: {e}");
+        say!("gost: worker: cannot follow its parent: {e}");
     }
     if nix::unistd::getppid().as_raw() != parent {
-        eprintln!("gost: worker: the parent gost exited before it started");
+        say!("gost: worker: the parent gost exited before it started");
         return Err(ExitCode::FAILURE);
     }
     Ok(())
@@ -241,7 +266,7 @@ fn run_workers(groups: Vec<Vec<std::ffi::OsString>>) -> ExitCode {
     let exe = match std::env::current_exe() {
         Ok(exe) => exe,
         Err(e) => {
-            eprintln!("gost: cannot find its own executable to start the workers: {e}");
+            say!("gost: cannot find its own executable to start the workers: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -259,7 +284,7 @@ fn run_workers(groups: Vec<Vec<std::ffi::OsString>>) -> ExitCode {
         let (mut term, mut int, mut hup) = match signals {
             Ok(signals) => signals,
             Err(e) => {
-                eprintln!("gost: cannot install signal handlers: {e}");
+                say!("gost: cannot install signal handlers: {e}");
                 return ExitCode::FAILURE;
             }
         };
@@ -276,7 +301,7 @@ fn run_workers(groups: Vec<Vec<std::ffi::OsString>>) -> ExitCode {
             let mut child = match spawned {
                 Ok(child) => child,
                 Err(e) => {
-                    eprintln!("gost: cannot start worker {id}: {e}");
+                    say!("gost: cannot start worker {id}: {e}");
                     workers.push(None);
                     let _ = exited.send((id, 1));
                     continue;
@@ -302,7 +327,7 @@ fn run_workers(groups: Vec<Vec<std::ffi::OsString>>) -> ExitCode {
                         workers[id] = None;
                         if code != 0 && failed.is_none() {
                             failed = Some(code);
-                            eprintln!("gost: worker {id} exited with {code}; stopping the others");
+                            say!("gost: worker {id} exited with {code}; stopping the others");
                             for pid in workers.iter().flatten() {
                                 let _ = kill(*pid, Signal::SIGTERM);
                             }
@@ -549,9 +574,14 @@ fn init_logging(args: &Args, config: &Config) -> Result<(), String> {
         LogLevel::Warn | LogLevel::Error => ours.as_str(),
     };
     let directives = format!("{libraries},gost={ours},gost_proxy={ours},gost_api={ours}");
+    // A line that cannot be written is dropped. By default the library reports it with
+    // `eprintln!`, which panics when standard error is broken too (a dead `tee` or collector),
+    // and that panic would end whichever task was logging: a request answered after its log
+    // line would get no answer at all.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(directives))
-        .with_target(false);
+        .with_target(false)
+        .log_internal_errors(false);
     let writer = match output {
         LogOutput::Stderr => BoxMakeWriter::new(std::io::stderr),
         LogOutput::Stdout => BoxMakeWriter::new(std::io::stdout),
@@ -590,7 +620,7 @@ async fn run(
             }
             Err(e) => {
                 tracing::error!(error = %e, "cannot start");
-                eprintln!("gost: {e}");
+                say!("gost: {e}");
                 return ExitCode::from(2);
             }
         },
@@ -609,14 +639,14 @@ async fn run(
     let (mut signals, mut hangup) = match signals {
         Ok(signals) => signals,
         Err(e) => {
-            eprintln!("gost: cannot install signal handlers: {e}");
+            say!("gost: cannot install signal handlers: {e}");
             return ExitCode::FAILURE;
         }
     };
     let mut supervisor = Supervisor::new(tunnels.clone(), grace);
     if let Err(e) = supervisor.apply(&config).await {
         tracing::error!(error = %e, "cannot start");
-        eprintln!("gost: {e}");
+        say!("gost: {e}");
         return ExitCode::from(2);
     }
     gost_proxy::metrics::config_applied(supervisor.generation());

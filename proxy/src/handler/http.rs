@@ -417,6 +417,10 @@ impl Shared {
             headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
             headers.insert(header::UPGRADE, protocol.clone());
         }
+        tracing::debug!(
+            service = %self.env.service, protocol = "http", client = %client, target = %target,
+            method = %req.method(), path = %req.uri().path(), "forwarding"
+        );
         match sender.send_request(req).await {
             Ok(response) => {
                 tracing::info!(

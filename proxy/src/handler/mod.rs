@@ -293,6 +293,10 @@ async fn relay_tunnel(
     sent_up: u64,
     meter: Option<&crate::metrics::TunnelMeter>,
 ) {
+    // GOST's `client >> target` debug line: the tunnel's own line comes when it ends.
+    tracing::debug!(
+        service = %env.service, protocol, client = %client_addr, target = %target, "tunnel open"
+    );
     let started = std::time::Instant::now();
     // Cut, and logged with what it moved, when its service's grace period is over.
     let stop = SIGNALS.try_with(|s| s.closing.clone()).ok();
