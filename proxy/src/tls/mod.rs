@@ -496,7 +496,9 @@ impl ClientTls {
         addr: &Address,
     ) -> io::Result<tokio_rustls::client::TlsStream<C>> {
         let name = self.server_name(addr)?;
-        within(HANDSHAKE_TIMEOUT, self.connector.connect(name, conn)).await
+        within(HANDSHAKE_TIMEOUT, self.connector.connect(name, conn))
+            .await
+            .map_err(explain_untrusted)
     }
 
     /// The rustls configuration, for clients that drive TLS themselves (QUIC).
@@ -527,6 +529,29 @@ impl ClientTls {
         }
         Ok(name)
     }
+}
+
+/// A handshake error for a server certificate no trusted CA issued, in words a user can act
+/// on (rustls says only `UnknownIssuer`); other errors as they are.
+pub fn explain_untrusted(error: io::Error) -> io::Error {
+    let untrusted = error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|e| {
+            matches!(
+                e,
+                rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)
+            )
+        });
+    if !untrusted {
+        return error;
+    }
+    io::Error::new(
+        error.kind(),
+        "the server's certificate is signed by an unknown authority: no CA this client \
+         trusts issued it (a self-signed certificate, such as a GOST server's own, is one); \
+         give its CA, or the certificate itself, with caFile",
+    )
 }
 
 async fn within<T>(
@@ -1104,6 +1129,24 @@ mod tests {
             "a new window logs the address again"
         );
         assert_eq!(window.not_logged, 0, "and reports what was left out");
+    }
+
+    #[test]
+    fn an_untrusted_certificate_is_explained() {
+        let wrapped = |e: rustls::Error| io::Error::new(io::ErrorKind::InvalidData, e);
+        let explained = explain_untrusted(wrapped(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::UnknownIssuer,
+        )));
+        assert_eq!(explained.kind(), io::ErrorKind::InvalidData);
+        assert!(
+            explained.to_string().contains("unknown authority")
+                && explained.to_string().contains("caFile"),
+            "{explained}"
+        );
+        let other = explain_untrusted(wrapped(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::BadSignature,
+        )));
+        assert!(other.to_string().contains("BadSignature"), "{other}");
     }
 
     #[test]

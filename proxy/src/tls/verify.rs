@@ -276,6 +276,13 @@ impl ServerCertVerifier for CaServerVerifier {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) if !self.check_name => Ok(ServerCertVerified::assertion()),
+            // A CA certificate as the server's own, not pinned: for Go (GOST) a certificate
+            // "signed by unknown authority", and said so here (see `ClientTls::connect`).
+            Err(rustls::Error::InvalidCertificate(CertificateError::Other(other)))
+                if ca_used_as_end_entity(&other) =>
+            {
+                Err(CertificateError::UnknownIssuer.into())
+            }
             other => other,
         }
     }
@@ -301,6 +308,12 @@ impl ServerCertVerifier for CaServerVerifier {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         algorithms().supported_schemes()
     }
+}
+
+/// Whether WebPKI refused a certificate because it is a CA's (`CaUsedAsEndEntity`); rustls
+/// passes that error on without a type of its own, so it is told by its name.
+fn ca_used_as_end_entity(error: &rustls::OtherError) -> bool {
+    format!("{error:?}").contains("CaUsedAsEndEntity")
 }
 
 // --- client certificates, on a server ------------------------------------------------------
@@ -399,6 +412,35 @@ mod tests {
         params.not_after = now + time::Duration::days(days_to);
         let key = rcgen::KeyPair::generate().unwrap();
         params.self_signed(&key).unwrap().der().clone()
+    }
+
+    #[test]
+    fn a_self_signed_certificate_nobody_trusts_is_of_an_unknown_issuer() {
+        let roots_of_another = {
+            let mut roots = RootCertStore::empty();
+            roots.add(self_signed(vec![], -1, 1)).unwrap();
+            roots
+        };
+        let verifier = CaServerVerifier {
+            ca: CaSource::Trusted(Arc::new(ServerCa::new(roots_of_another, vec![]).unwrap())),
+            check_name: true,
+        };
+        let result = verifier.verify_server_cert(
+            &self_signed(vec![Eku::ServerAuth], -1, 1),
+            &[],
+            &ServerName::try_from("127.0.0.1").unwrap(),
+            &[],
+            UnixTime::now(),
+        );
+        assert!(
+            matches!(
+                result,
+                Err(rustls::Error::InvalidCertificate(
+                    CertificateError::UnknownIssuer
+                ))
+            ),
+            "{result:?}"
+        );
     }
 
     #[test]
