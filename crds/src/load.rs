@@ -151,12 +151,12 @@ pub fn from_str(text: &str, format: Format) -> Result<Config, ConfigError> {
             match (result, failed_at) {
                 (Ok(config), _) => config,
                 (Err(e), Some(path)) if path != "." => {
-                    return Err(field_error(path, e.to_string()));
+                    return Err(field_error(known_part(&path), yaml_message(&e)));
                 }
                 (Err(e), _) => {
                     return Err(ConfigError::Syntax {
                         format,
-                        message: e.to_string(),
+                        message: yaml_message(&e),
                     });
                 }
             }
@@ -195,6 +195,23 @@ pub fn from_value(tree: Value) -> Result<Config, ConfigError> {
         .map_err(|e| field_error(e.path().to_string(), e.into_inner().to_string()))?;
     validate(&config)?;
     Ok(config)
+}
+
+/// The part of a field path that names fields: a mistake found where a key was expected
+/// (a duplicate key, bad indentation) ends the path in `?`, which names nothing.
+fn known_part(path: &str) -> String {
+    let mut path = path;
+    while let Some(parent) = path.strip_suffix(".?").or_else(|| path.strip_suffix('?')) {
+        path = parent;
+    }
+    path.to_string()
+}
+
+/// A YAML error's text without advice meant for programs that use the YAML library.
+fn yaml_message(error: &serde_saphyr::Error) -> String {
+    error
+        .to_string()
+        .replace(", set DuplicateKeyPolicy in Options if acceptable", "")
 }
 
 fn field_error(path: String, message: String) -> ConfigError {

@@ -220,6 +220,26 @@ fn gost_options_gost_rs_does_not_implement_are_refused_with_their_path() {
     );
 }
 
+/// A mistake where a key was expected names the mapping it is in and the line, in the
+/// user's terms: no `?` path segment, no advice about the YAML library's options.
+#[test]
+fn yaml_mistakes_among_keys_name_their_mapping_and_line() {
+    let duplicate = "services:\n- name: a\n  addr: :1\n  addr: :2\n  handler:\n    type: http\n";
+    let error = from_str(duplicate, Format::Yaml).unwrap_err().to_string();
+    assert!(error.starts_with("services[0]: "), "{error}");
+    assert!(error.contains("duplicate mapping key: addr"), "{error}");
+    assert!(error.contains("line 4"), "{error}");
+    assert!(
+        !error.contains('?') && !error.contains("Options"),
+        "{error}"
+    );
+    let indented = "services:\n- name: a\n  addr: :1\n   handler:\n    type: http\n";
+    let error = from_str(indented, Format::Yaml).unwrap_err().to_string();
+    assert!(error.starts_with("services[0]: "), "{error}");
+    assert!(error.contains("line 4"), "{error}");
+    assert!(!error.contains('?'), "{error}");
+}
+
 #[test]
 fn syntax_errors_say_which_format() {
     let yaml_error = from_str("services: [", Format::Yaml)
