@@ -178,7 +178,9 @@ fn main() -> ExitCode {
     // admin endpoint and pick the services up on reload. Without any file there is nothing to do.
     if config.services.is_empty() && args.config.is_empty() {
         say!(
-            "gost: nothing to run: give a service with -L, or a configuration with -C (see gost --help)"
+            "gost: nothing to run: give a service with -L, or a configuration with -C, or put a \
+             gost.yaml (.yml, .json) in /etc/gost, ~/.gost or the working directory, as GOST \
+             reads one from there (see gost --help)"
         );
         return ExitCode::from(2);
     }
