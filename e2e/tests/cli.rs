@@ -166,6 +166,29 @@ fn bad_urls_fail_without_echoing_the_password() {
     assert_eq!(out.code, 2, "{}", out.stderr);
 }
 
+/// A malformed `-L` is reported for what is wrong with it, quoting the offending text.
+#[test]
+fn misread_urls_name_the_problem() {
+    for (arg, expected) in [
+        ("http:/127.0.0.1:38080", r#""http:/" lacks a '/'"#),
+        ("://127.0.0.1:1", r#"no scheme before "://""#),
+        ("http://127.0.0.1:-1", r#"invalid port "-1""#),
+        (
+            "http://127.0.0.1:38080,127.0.0.1:38081",
+            r#""127.0.0.1:38080,127.0.0.1:38081" is not a valid host:port"#,
+        ),
+    ] {
+        let out = gost(&["-L", arg, "-O", "yaml"]);
+        assert_eq!(out.code, 2, "{arg}: {}", out.stderr);
+        assert!(out.stderr.contains(expected), "{arg}: {}", out.stderr);
+        assert!(
+            !out.stderr.contains("port forwarding") && !out.stderr.contains("brackets"),
+            "{arg}: {}",
+            out.stderr
+        );
+    }
+}
+
 #[test]
 fn an_h2_host_that_is_no_authority_fails_at_startup() {
     let out = gost(&[

@@ -340,14 +340,23 @@ fn parse_url(arg: &str) -> Parsed<CmdUrl> {
     if arg.bytes().any(|b| b < 0x20 || b == 0x7f) {
         return invalid("control character in the URL");
     }
+    // GOST would prepend `auto://` and read the rest as a forward target path.
+    if arg.starts_with("://") {
+        return invalid(
+            "no scheme before \"://\": name one, as in http://host:port, or give the address \
+             alone for the auto handler",
+        );
+    }
     let (scheme, rest) = match arg.split_once("://") {
         Some(parts) if !arg.starts_with(':') => parts,
-        _ => ("auto", arg),
+        _ => {
+            if let Some(problem) = malformed_scheme(arg) {
+                return Err(problem);
+            }
+            ("auto", arg)
+        }
     };
-    let mut chars = scheme.chars();
-    let scheme_ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic())
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
-    if !scheme_ok {
+    if !is_scheme_name(scheme) {
         return invalid(format!(
             "invalid scheme {scheme:?}: expected a name such as http, socks5+ws or relay+tls"
         ));
@@ -383,6 +392,36 @@ fn parse_url(arg: &str) -> Parsed<CmdUrl> {
         path: path.to_string(),
         query: parse_query(query)?,
     })
+}
+
+/// Whether `name` has the shape of a URL scheme: a letter, then letters, digits, `+`, `-`, `.`.
+fn is_scheme_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+}
+
+/// A scheme written without its `//` (`http:/host:port`) or its `:` (`http//host:port`), in an
+/// argument without `://`. GOST reads such a scheme as a host and the rest as a URL path, that
+/// is forward targets, and never as the service asked for; no address of that shape is useful
+/// without a scheme (the `auto` handler takes no targets), so this names the typo instead.
+/// With an '@' further on, `user:/...@` may be user info whose password starts with '/': that
+/// is left to the error about the '@' unless the name is one of GOST's schemes.
+fn malformed_scheme(arg: &str) -> Option<Problem> {
+    let (name, rest) = arg.split_at(arg.find([':', '/'])?);
+    if !is_scheme_name(name) || (arg.contains('@') && !is_gost_scheme(name)) {
+        return None;
+    }
+    let (written, missing) = if rest.starts_with(":/") {
+        (&arg[..name.len() + 2], "'/'")
+    } else if rest.starts_with("//") {
+        (&arg[..name.len() + 2], "':'")
+    } else {
+        return None;
+    };
+    Some(Problem::Invalid(format!(
+        "{written:?} lacks a {missing}: a scheme ends with \"://\", as in {name}://host:port"
+    )))
 }
 
 // The names GOST registers (`registry.*Registry().Register(...)` in go-gost/x, checked at
@@ -452,6 +491,18 @@ const GOST_DIALERS: &[&str] = &[
     "wss",
     "wt",
 ];
+
+/// Whether every part of `scheme` (`a` or `a+b`) is a name GOST registers, or `https`.
+fn is_gost_scheme(scheme: &str) -> bool {
+    let scheme = scheme.to_ascii_lowercase();
+    let known = |part: &str| {
+        part == "https"
+            || [GOST_HANDLERS, GOST_LISTENERS, GOST_CONNECTORS, GOST_DIALERS]
+                .iter()
+                .any(|names| names.contains(&part))
+    };
+    scheme.split('+').all(known)
+}
 
 /// One half of a scheme as GOST resolves it: our type of that name; an error if GOST has one
 /// of that name (its `role`: handler, listener, ...) and we do not; else GOST's `fallback`.
@@ -788,12 +839,24 @@ fn split_host_port(text: &str) -> Parsed<(&str, Option<&str>)> {
         };
     }
     match text.rsplit_once(':') {
-        Some((host, _)) if host.contains(':') => invalid(format!(
+        Some((host, _)) if host.contains(':') && could_be_ipv6(text) => invalid(format!(
             "{text:?}: an IPv6 address must be in brackets, as in [::1]:8080"
         )),
+        Some((host, _)) if host.contains(':') => {
+            invalid(format!("{text:?} is not a valid host:port"))
+        }
         Some((host, port)) => Ok((host, Some(port))),
         None => Ok((text, None)),
     }
+}
+
+/// Whether `text` has only the characters of an IPv6 address (with a port, or a zone after
+/// `%`), so that the brackets are what it lacks.
+fn could_be_ipv6(text: &str) -> bool {
+    let address = text.split_once('%').map_or(text, |(address, _)| address);
+    address
+        .chars()
+        .all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.')
 }
 
 fn join_host_port(host: &str, port: u16) -> String {
@@ -818,7 +881,13 @@ fn port_range(text: &str, min: u16) -> Parsed<RangeInclusive<u16>> {
     let Some((first, last)) = text.split_once('-') else {
         return parse_port(text, min).map(|port| port..=port);
     };
-    let (first, last) = (parse_port(first, min)?, parse_port(last, min)?);
+    // The whole text is quoted: `-1` is a negative port, not a range without its start.
+    let (Ok(first), Ok(last)) = (parse_port(first, min), parse_port(last, min)) else {
+        return invalid(format!(
+            "invalid port {text:?}: expected a number from {min} to 65535, or a range such as \
+             8000-8010"
+        ));
+    };
     if first > last {
         return invalid(format!(
             "invalid port range {text:?}: {first} is above {last}"
@@ -1078,6 +1147,69 @@ mod tests {
                 reason: "empty value".into()
             }
         );
+    }
+
+    /// Each error names what is wrong, quoting the offending text, rather than a rule that a
+    /// misreading of the argument breaks.
+    #[test]
+    fn errors_name_the_offending_text() {
+        // A scheme missing its `//` or its `:` is not taken for a host and forward targets.
+        let reason_of = |arg| reason(serve(arg));
+        for (arg, shown, missing) in [
+            ("http:/127.0.0.1:38080", "\"http:/\"", "'/'"),
+            ("socks5+ws:/:1080", "\"socks5+ws:/\"", "'/'"),
+            ("HTTPS:/:443", "\"HTTPS:/\"", "'/'"),
+            ("http//127.0.0.1:38080", "\"http//\"", "':'"),
+            ("foo:/:1", "\"foo:/\"", "'/'"),
+        ] {
+            let reason = reason_of(arg);
+            assert!(
+                reason.contains(shown) && reason.contains(missing) && reason.contains("://"),
+                "{arg}: {reason}"
+            );
+        }
+        assert!(reason(forward("http:/h:1")).contains("\"http:/\""));
+        // Credentials after it are not shown.
+        let err = serve("http:/user:s3cret@h:1").unwrap_err().to_string();
+        assert!(
+            err.contains("\"http:/\" lacks") && !err.contains("s3cret"),
+            "{err}"
+        );
+        // Without a scheme GOST knows, `user:/...@` may be a password starting with '/'.
+        assert!(reason(serve("u:/p@:8080")).contains("'@' after the host"));
+        let metrics = metrics_from_arg("u:/p@:9000").unwrap_err().to_string();
+        assert!(metrics.contains("'@' after the host"), "{metrics}");
+        // Still forward targets, which only relay services take.
+        let err = serve(":8080/10.0.0.1:80").unwrap_err().to_string();
+        assert!(err.contains("port forwarding"), "{err}");
+        let err = serve("localhost:8080/10.0.0.1:80").unwrap_err().to_string();
+        assert!(err.contains("port forwarding"), "{err}");
+
+        let no_scheme = reason_of("://127.0.0.1:1");
+        assert!(
+            no_scheme.starts_with("no scheme before \"://\""),
+            "{no_scheme}"
+        );
+
+        // A negative port is quoted whole, not as a range without its start.
+        assert_eq!(
+            reason_of("http://127.0.0.1:-1"),
+            "invalid port \"-1\": expected a number from 0 to 65535, or a range such as 8000-8010"
+        );
+        assert!(reason_of("http://:8000-").contains("\"8000-\""));
+        assert!(reason_of("http://:8000-99999").contains("\"8000-99999\""));
+        assert!(reason_of("relay://:1/h:-1").contains("\"-1\": expected a number from 1"));
+        assert!(reason(forward("http://h:-1")).contains("\"-1\""));
+
+        // Brackets are the fix only for what may be an IPv6 address.
+        assert_eq!(
+            reason_of("http://127.0.0.1:38080,127.0.0.1:38081"),
+            "\"127.0.0.1:38080,127.0.0.1:38081\" is not a valid host:port"
+        );
+        assert!(reason_of("http://host:1:2").contains("not a valid host:port"));
+        assert!(reason_of("http://fe80::1:8080").contains("brackets"));
+        assert!(reason_of("http://fe80::1%eth0:8080").contains("brackets"));
+        assert!(reason_of("http://::ffff:1.2.3.4:80").contains("brackets"));
     }
 
     #[test]
