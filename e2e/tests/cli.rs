@@ -234,6 +234,20 @@ fn schemes_gost_has_and_gost_rs_does_not_are_refused() {
         "{}",
         out.stderr
     );
+    // gost-rs has SOCKS4 servers but no SOCKS4 client: refused before `-O` prints it, under
+    // the name written.
+    for scheme in ["socks4", "socks4a"] {
+        let node = format!("{scheme}://127.0.0.1:1");
+        let out = gost(&["-L", "http://:8000", "-F", &node, "-O", "yaml"]);
+        assert_eq!(out.code, 2, "{}", out.stderr);
+        assert!(
+            out.stderr
+                .contains(&format!("GOST's `{scheme}` connector is not supported")),
+            "{}",
+            out.stderr
+        );
+        assert!(out.stdout.is_empty(), "{}", out.text());
+    }
 }
 
 #[test]

@@ -52,6 +52,13 @@ fn not_implemented(path: String, what: &str, name: &str) -> ConfigError {
     )
 }
 
+/// Whether this build has a connector of type `kind`. [`build_chains`] refuses the others, and
+/// the command line refuses them by name (`-F socks4://...`), as it does the connectors gost-api
+/// does not know, so that `-O` does not print a configuration that cannot run.
+pub fn connector_implemented(kind: ConnectorType) -> bool {
+    !matches!(kind, ConnectorType::Socks4)
+}
+
 /// `-L http3://` is GOST's HTTP/3 reverse proxy (listener and handler `http3`, gost-wire.md
 /// §9.2), not the PHT tunnel over HTTP/3, which is `h3`.
 const HTTP3_REVERSE_PROXY: &str = "type `http3` is GOST's HTTP/3 reverse proxy, which is not \
@@ -787,6 +794,33 @@ mod tests {
             ConfigError::Field { path, .. } => path,
             other => panic!("not a field error: {other}"),
         }
+    }
+
+    /// `connector_implemented` is what `build_hop` does, for every type gost-api knows.
+    #[test]
+    fn connector_implemented_matches_the_builder() {
+        for name in ConnectorType::NAMES {
+            let kind = ConnectorType::from_name(name).unwrap();
+            let hop = HopConfig {
+                name: "hop-0".into(),
+                nodes: vec![gost_api::NodeConfig {
+                    name: "node-0".into(),
+                    addr: "127.0.0.1:1".into(),
+                    connector: gost_api::ConnectorConfig {
+                        kind,
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                }],
+                ..Default::default()
+            };
+            let refused = match build_hop(&hop, "chains[0].hops[0]") {
+                Ok(_) => false,
+                Err(e) => e.to_string().contains("is not implemented in this build"),
+            };
+            assert_eq!(refused, !connector_implemented(kind), "connector {name}");
+        }
+        assert!(!connector_implemented(ConnectorType::Socks4));
     }
 
     #[test]
