@@ -374,6 +374,28 @@ fn gost_flags_we_do_not_have_are_named() {
     assert!(out.stderr.contains("soon"), "{}", out.stderr);
 }
 
+/// Go's flag package takes `--L` for `-L`, and so on for every flag, as GOST does.
+#[test]
+fn flags_take_two_dashes_as_in_go() {
+    let out = gost(&[
+        "--L",
+        "http://127.0.0.1:38080",
+        "--F=http://10.0.0.1:3128",
+        "--O",
+        "yaml",
+    ]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let yaml = out.text();
+    assert!(yaml.contains("addr: 127.0.0.1:38080"), "{yaml}");
+    assert!(yaml.contains("addr: 10.0.0.1:3128"), "{yaml}");
+    let out = gost(&["--V"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.text().starts_with("gost "), "{}", out.text());
+    let out = gost(&["--L", "http://:8080", "--api", ":18080"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("not supported"), "{}", out.stderr);
+}
+
 #[test]
 fn version_and_nothing_to_do() {
     let out = gost(&["-V"]);

@@ -2,6 +2,7 @@
 // Unsafe only for one attribute: `no_mangle` on the `pow` below.
 #![deny(unsafe_code)]
 
+use std::ffi::OsString;
 use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -21,7 +22,9 @@ use tracing_subscriber::fmt::writer::BoxMakeWriter;
     version,
     disable_help_subcommand = true,
     after_help = "Groups of arguments separated by ` -- ` run as worker processes of their own, each with its own \
-                  chain, as in GOST: gost -L http://:8080 -- -L socks5://:1080 -F http://:8000"
+                  chain, as in GOST: gost -L http://:8080 -- -L socks5://:1080 -F http://:8000\n\n\
+                  As with GOST (Go's flag package), any flag may be written with one dash or two \
+                  (-L, --L, -metrics, --metrics), its value after `=` or in the next argument."
 )]
 struct Args {
     /// A service to run: [handler+listener://][user:pass@][host]:port[?key=value&...]. Repeatable.
@@ -96,25 +99,82 @@ const DEFAULT_GRACE_PERIOD: &str = "30s";
 /// Where GOST looks for a configuration when given nothing to do.
 const DEFAULT_CONFIG_DIRS: &[&str] = &["/etc/gost", "$HOME/.gost", "."];
 
-/// GOST's single-dash long flags (Go's flag package), mapped to their `--` spelling for clap.
-const GO_STYLE_FLAGS: &[&str] = &["metrics", "api"];
+/// A flag as Go's flag package reads it (`-name` or `--name`, the value after `=` or in the
+/// next argument) and as clap spells it.
+struct GoFlag {
+    name: &'static str,
+    clap: &'static str,
+    takes_value: bool,
+}
 
-fn go_style_args() -> Vec<std::ffi::OsString> {
-    std::env::args_os()
-        .map(|arg| {
-            let Some(text) = arg.to_str() else {
-                return arg;
-            };
-            for flag in GO_STYLE_FLAGS {
-                if let Some(rest) = text.strip_prefix('-').and_then(|t| t.strip_prefix(flag))
-                    && (rest.is_empty() || rest.starts_with('='))
-                {
-                    return format!("--{flag}{rest}").into();
+const fn go_flag(name: &'static str, clap: &'static str, takes_value: bool) -> GoFlag {
+    GoFlag {
+        name,
+        clap,
+        takes_value,
+    }
+}
+
+/// GOST's flags (`cmd/gost/main.go`), gost-rs's `--grace-period`, and the help flags Go's
+/// flag package has. `-DD` is a flag of its own in GOST; clap counts it as `-D` twice.
+const GO_FLAGS: &[GoFlag] = &[
+    go_flag("L", "-L", true),
+    go_flag("F", "-F", true),
+    go_flag("C", "-C", true),
+    go_flag("O", "-O", true),
+    go_flag("R", "-R", true),
+    go_flag("V", "-V", false),
+    go_flag("D", "-D", false),
+    go_flag("DD", "-DD", false),
+    go_flag("api", "--api", true),
+    go_flag("metrics", "--metrics", true),
+    go_flag("grace-period", "--grace-period", true),
+    go_flag("h", "-h", false),
+    go_flag("help", "--help", false),
+];
+
+/// The arguments with each flag spelled as Go's flag package takes it (`--L`, `-metrics`,
+/// `-O=yaml`, `-D=false`) rewritten in clap's spelling (`-L`, `--metrics`, `-O=yaml`, nothing).
+/// The value of a flag that takes one is passed on as it is, as Go reads it.
+fn go_style_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
+    let mut args = args.into_iter();
+    let mut out: Vec<OsString> = args.next().into_iter().collect();
+    while let Some(arg) = args.next() {
+        let Some((flag, value)) = arg.to_str().and_then(parse_go_flag) else {
+            out.push(arg);
+            continue;
+        };
+        match value {
+            Some(value) if flag.takes_value => out.push(format!("{}={value}", flag.clap).into()),
+            // Go's boolean flags take `=true`, `=false`, `=1`, ...; anything else is left for
+            // clap to refuse.
+            Some(value) => match gost_api::metadata::parse_go_bool(value) {
+                Some(true) => out.push(flag.clap.into()),
+                Some(false) => {}
+                None => out.push(arg),
+            },
+            None => {
+                out.push(flag.clap.into());
+                if flag.takes_value {
+                    out.extend(args.next());
                 }
             }
-            arg
-        })
-        .collect()
+        }
+    }
+    out
+}
+
+/// The flag `arg` names in Go's spelling, with the value after its `=`.
+fn parse_go_flag(arg: &str) -> Option<(&'static GoFlag, Option<&str>)> {
+    let text = arg.strip_prefix("--").or_else(|| arg.strip_prefix('-'))?;
+    let (name, value) = match text.split_once('=') {
+        Some((name, value)) => (name, Some(value)),
+        None => (text, None),
+    };
+    GO_FLAGS
+        .iter()
+        .find(|flag| flag.name == name)
+        .map(|flag| (flag, value))
 }
 
 /// `eprintln!` that never panics: a message for a closed or broken standard error is dropped
@@ -132,7 +192,7 @@ fn main() -> ExitCode {
     if let Err(code) = follow_parent() {
         return code;
     }
-    let raw = go_style_args();
+    let raw = go_style_args(std::env::args_os());
     if let Some(groups) = worker_groups(&raw) {
         if groups.is_empty() {
             say!("gost: nothing to run: every group of arguments between `--` is empty");
@@ -870,7 +930,91 @@ mod tests {
 
     use gost_api::{AuthConfig, Config, MetricsConfig};
 
-    use super::{LogOutput, apply_metrics_overrides, log_output};
+    use clap::Parser;
+    use clap::error::ErrorKind;
+
+    use super::{Args, LogOutput, OsString, apply_metrics_overrides, go_style_args, log_output};
+
+    fn go_style(args: &[&str]) -> Vec<String> {
+        let args = std::iter::once("gost").chain(args.iter().copied());
+        go_style_args(args.map(OsString::from))
+            .into_iter()
+            .skip(1)
+            .map(|arg| arg.into_string().unwrap())
+            .collect()
+    }
+
+    fn parse(args: &[&str]) -> Result<Args, clap::Error> {
+        let args = std::iter::once("gost").chain(args.iter().copied());
+        Args::try_parse_from(go_style_args(args.map(OsString::from)))
+    }
+
+    /// Go's flag package reads `-name` and `--name` alike, for every flag.
+    #[test]
+    fn every_flag_takes_one_dash_or_two() {
+        let args = parse(&[
+            "--L",
+            "http://127.0.0.1:38080",
+            "-L=socks5://:1080",
+            "--L=relay://:8421",
+            "--F",
+            "http://h:1",
+            "--C",
+            "a.yaml",
+            "--C=b.yaml",
+            "--O",
+            "yaml",
+            "--R=30s",
+            "--D",
+            "--metrics",
+            ":9000",
+            "--grace-period=5s",
+        ])
+        .unwrap();
+        assert_eq!(
+            args.listen,
+            ["http://127.0.0.1:38080", "socks5://:1080", "relay://:8421"]
+        );
+        assert_eq!(args.forward, ["http://h:1"]);
+        assert_eq!(args.config, ["a.yaml", "b.yaml"]);
+        assert!(matches!(args.output, Some(super::OutputFormat::Yaml)));
+        assert_eq!(args.reload, Some(std::time::Duration::from_secs(30)));
+        assert_eq!(args.debug, 1);
+        assert_eq!(args.metrics.as_deref(), Some(":9000"));
+        assert_eq!(args.grace_period, std::time::Duration::from_secs(5));
+
+        let args = parse(&["-metrics=:9000", "-api", ":18080", "--DD", "-O=json"]).unwrap();
+        assert_eq!(args.metrics.as_deref(), Some(":9000"));
+        assert_eq!(args.api.as_deref(), Some(":18080"));
+        assert_eq!(args.debug, 2);
+        assert!(matches!(args.output, Some(super::OutputFormat::Json)));
+        // Go's boolean flags take a value after `=`.
+        assert_eq!(parse(&["-D=false"]).unwrap().debug, 0);
+        assert_eq!(parse(&["--D=true", "-DD=1"]).unwrap().debug, 3);
+        assert!(parse(&["-D=maybe"]).is_err());
+
+        for version in ["-V", "--V", "--version"] {
+            assert_eq!(
+                parse(&[version]).unwrap_err().kind(),
+                ErrorKind::DisplayVersion,
+                "{version}"
+            );
+        }
+        for help in ["-h", "--h", "-help", "--help"] {
+            assert_eq!(
+                parse(&[help]).unwrap_err().kind(),
+                ErrorKind::DisplayHelp,
+                "{help}"
+            );
+        }
+        // A value is passed on as it is, whatever it looks like; `--` and unknown flags too.
+        assert_eq!(
+            go_style(&["-L", "--F", "--", "--X", "-metricsx", "-"]),
+            ["-L", "--F", "--", "--X", "-metricsx", "-"]
+        );
+        assert_eq!(go_style(&["--metrics", "-api"]), ["--metrics", "-api"]);
+        assert!(parse(&["--X"]).is_err());
+    }
 
     #[test]
     fn log_output_is_read_as_gost_reads_it() {
