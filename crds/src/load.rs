@@ -201,10 +201,14 @@ pub fn from_value(tree: Value) -> Result<Config, ConfigError> {
 /// (a duplicate key, bad indentation) ends the path in `?`, which names nothing.
 fn known_part(path: &str) -> String {
     let mut path = path;
-    while let Some(parent) = path.strip_suffix(".?").or_else(|| path.strip_suffix('?')) {
+    while let Some(parent) = path.strip_suffix(".?") {
         path = parent;
     }
-    path.to_string()
+    if path == "?" {
+        String::new()
+    } else {
+        path.to_string()
+    }
 }
 
 /// A YAML error's text without advice meant for programs that use the YAML library.

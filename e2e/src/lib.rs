@@ -313,7 +313,7 @@ impl Drop for Gost {
 }
 
 /// The address in a `listening` log line (JSON or text format).
-fn listening_addr(line: &str) -> Option<SocketAddr> {
+pub fn listening_addr(line: &str) -> Option<SocketAddr> {
     if !line.contains("listening") {
         return None;
     }

@@ -542,37 +542,44 @@ fn text_logs_to_a_pipe_carry_no_colour_codes() {
 #[test]
 fn a_broken_log_pipe_does_not_stop_the_service() {
     use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
+    use std::process::{Child, Command, Stdio};
+
+    /// Kills the process when the test ends, also when an assertion fails.
+    struct Killed(Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 
     let target = Target::http();
-    let port = free_port();
-    let mut child = Command::new(gost_bin())
-        .args(["-L", &format!("http://{}", local(port))])
-        .env("GOST_LOGGER_LEVEL", "debug")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("gost starts");
-    let stderr = child.stderr.take().unwrap();
+    let mut gost = Killed(
+        Command::new(gost_bin())
+            .args(["-L", "http://127.0.0.1:0"])
+            .env("GOST_LOGGER_LEVEL", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("gost starts"),
+    );
+    let stderr = gost.0.stderr.take().unwrap();
     // Reads up to the listening line, then drops the pipe's only read end.
+    let (tx, rx) = std::sync::mpsc::channel();
     let reader = std::thread::spawn(move || {
-        BufReader::new(stderr)
+        let found = BufReader::new(stderr)
             .lines()
             .map_while(Result::ok)
-            .any(|line| line.contains("listening"))
+            .find_map(|line| listening_addr(&line));
+        let _ = tx.send(found);
     });
-    let deadline = std::time::Instant::now() + STARTUP_TIMEOUT;
-    while !reader.is_finished() && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    let listened = reader.is_finished() && reader.join().unwrap();
-    if !listened {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("gost did not report its listener");
-    }
-    let proxy = format!("http://{}", local(port));
+    let addr = rx
+        .recv_timeout(STARTUP_TIMEOUT)
+        .expect("gost logs in time")
+        .expect("gost reports its listener");
+    reader.join().unwrap();
+    let proxy = format!("http://{addr}");
     let url = format!("http://{}/", target.addr);
     for _ in 0..3 {
         let plain = curl(&["-o", "/dev/null", "-w", "%{http_code}", "-x", &proxy, &url]);
@@ -589,9 +596,7 @@ fn a_broken_log_pipe_does_not_stop_the_service() {
         ]);
         assert_eq!(tunnel.text(), "200", "CONNECT: {}", tunnel.stderr);
     }
-    assert!(child.try_wait().unwrap().is_none(), "gost still runs");
-    let _ = child.kill();
-    let _ = child.wait();
+    assert!(gost.0.try_wait().unwrap().is_none(), "gost still runs");
 }
 
 /// `gost -O yaml | head -1`: a reader that stops early ends the output quietly, without a
@@ -601,31 +606,35 @@ fn printing_the_config_to_a_closed_pipe_is_quiet() {
     use std::process::{Command, Stdio};
 
     for format in ["yaml", "json"] {
-        let mut child = Command::new(gost_bin())
+        // The read end is closed before gost starts, so its write always finds no reader.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = Command::new(gost_bin())
             .args(["-L", "http://127.0.0.1:8080", "-O", format])
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
+            .stdout(writer)
             .stderr(Stdio::piped())
-            .spawn()
-            .expect("gost starts");
-        // Closed before gost has read its arguments, so its write finds no reader.
-        drop(child.stdout.take());
-        let out = child.wait_with_output().unwrap();
+            .output()
+            .expect("gost runs");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!stderr.contains("panicked"), "{format}: {stderr}");
         assert_eq!(out.status.code(), Some(0), "{format}: {stderr}");
     }
 }
 
-/// `-D` shows each tunnel as it opens and each forwarded request, as GOST's debug level does.
+/// `-D` shows each tunnel as it opens and each forwarded request, as GOST's debug level does
+/// (the method, never the path or query, which can carry tokens).
 #[test]
 fn debug_logs_show_tunnels_and_requests_as_they_start() {
     let target = Target::http();
     let gost = Gost::start(&["-L", "http://127.0.0.1:0", "-D"], 1);
     let proxy = format!("http://{}", gost.addr());
-    let url = format!("http://{}/", target.addr);
+    let url = format!("http://{}/secret-token?key=hidden", target.addr);
     assert_eq!(curl(&["-x", &proxy, &url]).code, 0);
     assert_eq!(curl(&["-p", "-x", &proxy, &url]).code, 0);
+    // Written before the answers, but read from gost's pipe by another thread.
+    gost.wait_for_log("\"forwarding\"");
+    gost.wait_for_log("tunnel open");
     let log = gost.log();
     assert!(
         log.lines()
@@ -635,6 +644,10 @@ fn debug_logs_show_tunnels_and_requests_as_they_start() {
     assert!(
         log.lines()
             .any(|l| l.contains("tunnel open") && l.contains(&target.addr.to_string())),
+        "{log}"
+    );
+    assert!(
+        !log.contains("secret-token") && !log.contains("hidden"),
         "{log}"
     );
 }

@@ -15,6 +15,12 @@ const BIG: usize = 16 * 1024 * 1024;
 /// (a tunnel's line comes when both ends have closed, just after the client saw its answer).
 const LOG_WAIT: Duration = Duration::from_secs(5);
 
+/// A tunnel's own line, logged as it ends (not its `tunnel open` line at debug), through the
+/// relay handler.
+fn relay_tunnel_line(line: &str) -> bool {
+    line.contains("\"message\":\"tunnel\"") && line.contains("\"protocol\":\"relay\"")
+}
+
 /// Waits, polling, until `gost`'s log has `count` lines satisfying `matches`; returns the log.
 fn wait_for_log_lines(gost: &Gost, count: usize, matches: impl Fn(&str) -> bool) -> String {
     let deadline = Instant::now() + LOG_WAIT;
@@ -83,7 +89,7 @@ fn relay_with_auth_from_the_command_line_via_curl() {
     // The relay server logged both tunnels it carried, to the target.
     let target_addr = target.addr.to_string();
     wait_for_log_lines(&server, 2, |l| {
-        l.contains("\"protocol\":\"relay\"") && l.contains(&target_addr)
+        relay_tunnel_line(l) && l.contains(&target_addr)
     });
 }
 
@@ -293,6 +299,6 @@ fn three_hop_chains_mixing_relay_socks5_and_http() {
         "http/relay/socks5 via SOCKS5",
     );
     // Each relay hop carried the first front's two tunnels (relay_a also the second front's).
-    wait_for_log_lines(&relay_tls_c, 2, |l| l.contains("\"protocol\":\"relay\""));
-    wait_for_log_lines(&relay_a, 3, |l| l.contains("\"protocol\":\"relay\""));
+    wait_for_log_lines(&relay_tls_c, 2, relay_tunnel_line);
+    wait_for_log_lines(&relay_a, 3, relay_tunnel_line);
 }

@@ -17,8 +17,7 @@
 //! alone, which is also how to opt out: `GLIBC_TUNABLES=glibc.cpu.x86_rep_movsb_threshold=2048`
 //! keeps glibc's usual choice. Where the restart is impossible (no `/proc`, a sandbox that
 //! forbids `execve`), `gost` runs on unchanged. Under valgrind it does not restart either:
-//! `/proc/self/exe` is valgrind's own tool there, which refuses to be started directly, and
-//! valgrind replaces `memcpy` anyway.
+//! `/proc/self/exe` is valgrind's own tool there, which refuses to be started directly.
 
 /// The tunable this module sets.
 pub const THRESHOLD_TUNABLE: &str = "glibc.cpu.x86_rep_movsb_threshold";

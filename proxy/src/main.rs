@@ -153,12 +153,23 @@ fn go_style_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
                 Some(false) => {}
                 None => out.push(arg),
             },
-            None => {
-                out.push(flag.clap.into());
-                if flag.takes_value {
-                    out.extend(args.next());
+            None if flag.takes_value => match args.next() {
+                // clap would read a value that starts with '-' as a flag of its own; joined
+                // with `=` it stays the value, as Go reads it. A lone `--` separates worker
+                // groups, which GOST splits on before it reads flags.
+                Some(value)
+                    if value != "--" && value.to_str().is_some_and(|v| v.starts_with('-')) =>
+                {
+                    let mut joined = OsString::from(format!("{}=", flag.clap));
+                    joined.push(value);
+                    out.push(joined);
                 }
-            }
+                value => {
+                    out.push(flag.clap.into());
+                    out.extend(value);
+                }
+            },
+            None => out.push(flag.clap.into()),
         }
     }
     out
@@ -237,6 +248,12 @@ fn main() -> ExitCode {
     // renders an empty service list while nothing selects the pod): keep running, serve the
     // admin endpoint and pick the services up on reload. Without any file there is nothing to do.
     if config.services.is_empty() && args.config.is_empty() {
+        if let Some(file) = config_sources(&args).first() {
+            say!(
+                "gost: nothing to run: {file}, read as GOST's default configuration, has no services"
+            );
+            return ExitCode::from(2);
+        }
         say!(
             "gost: nothing to run: give a service with -L, or a configuration with -C, or put a \
              gost.yaml (.yml, .json) in /etc/gost, ~/.gost or the working directory, as GOST \
@@ -636,14 +653,16 @@ fn init_logging(args: &Args, config: &Config) -> Result<(), String> {
         LogLevel::Warn | LogLevel::Error => ours.as_str(),
     };
     let directives = format!("{libraries},gost={ours},gost_proxy={ours},gost_api={ours}");
-    // A line that cannot be written is dropped. By default the library reports it with
-    // `eprintln!`, which panics when standard error is broken too (a dead `tee` or collector),
-    // and that panic would end whichever task was logging: a request answered after its log
-    // line would get no answer at all.
+    // A line that cannot be written to standard error or output is dropped. The library
+    // would report it with `eprintln!`, which panics when standard error is broken (a dead
+    // `tee` or collector), and that panic would end whichever task was logging: a request
+    // answered after its log line would get no answer at all. A log file's failures (a full
+    // disk) are still reported, on standard error.
+    let to_file = matches!(output, LogOutput::File(_));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(directives))
         .with_target(false)
-        .log_internal_errors(false);
+        .log_internal_errors(to_file);
     let writer = match output {
         LogOutput::Stderr => BoxMakeWriter::new(std::io::stderr),
         LogOutput::Stdout => BoxMakeWriter::new(std::io::stdout),
@@ -1007,12 +1026,16 @@ mod tests {
                 "{help}"
             );
         }
-        // A value is passed on as it is, whatever it looks like; `--` and unknown flags too.
+        // A value is the value, whatever it looks like (joined with `=` when it starts with
+        // '-', so that clap does not read it as a flag); `--` and unknown flags pass as they are.
         assert_eq!(
             go_style(&["-L", "--F", "--", "--X", "-metricsx", "-"]),
-            ["-L", "--F", "--", "--X", "-metricsx", "-"]
+            ["-L=--F", "--", "--X", "-metricsx", "-"]
         );
-        assert_eq!(go_style(&["--metrics", "-api"]), ["--metrics", "-api"]);
+        assert_eq!(go_style(&["--metrics", "-api"]), ["--metrics=-api"]);
+        assert_eq!(go_style(&["-L", "--"]), ["-L", "--"]);
+        assert_eq!(parse(&["-L", "--F"]).unwrap().listen, ["--F"]);
+        assert_eq!(parse(&["--F", "-x", "-L", ":1"]).unwrap().forward, ["-x"]);
         assert!(parse(&["--X"]).is_err());
     }
 

@@ -419,7 +419,7 @@ impl Shared {
         }
         tracing::debug!(
             service = %self.env.service, protocol = "http", client = %client, target = %target,
-            method = %req.method(), path = %req.uri().path(), "forwarding"
+            method = %req.method(), "forwarding"
         );
         match sender.send_request(req).await {
             Ok(response) => {

@@ -534,24 +534,25 @@ impl ClientTls {
 /// A handshake error for a server certificate no trusted CA issued, in words a user can act
 /// on (rustls says only `UnknownIssuer`); other errors as they are.
 pub fn explain_untrusted(error: io::Error) -> io::Error {
-    let untrusted = error
+    use rustls::CertificateError;
+    let explanation = match error
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        .is_some_and(|e| {
-            matches!(
-                e,
-                rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)
-            )
-        });
-    if !untrusted {
-        return error;
-    }
-    io::Error::new(
-        error.kind(),
-        "the server's certificate is signed by an unknown authority: no CA this client \
-         trusts issued it (a self-signed certificate, such as a GOST server's own, is one); \
-         give its CA, or the certificate itself, with caFile",
-    )
+    {
+        Some(rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)) => {
+            "the server's certificate is signed by an unknown authority: no CA this client \
+             trusts issued it (a self-signed certificate, such as a GOST server's own, is one); \
+             give its CA, or the certificate itself, with caFile"
+        }
+        Some(rustls::Error::InvalidCertificate(CertificateError::Other(other)))
+            if verify::ca_used_as_end_entity(other) =>
+        {
+            "the server's certificate is a CA certificate, which this client takes as a \
+             server's own only when that certificate itself is in caFile: put it there"
+        }
+        _ => return error,
+    };
+    io::Error::new(error.kind(), explanation)
 }
 
 async fn within<T>(

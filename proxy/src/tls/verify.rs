@@ -276,10 +276,12 @@ impl ServerCertVerifier for CaServerVerifier {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) if !self.check_name => Ok(ServerCertVerified::assertion()),
-            // A CA certificate as the server's own, not pinned: for Go (GOST) a certificate
-            // "signed by unknown authority", and said so here (see `ClientTls::connect`).
+            // A self-signed CA certificate as the server's own, not pinned: for Go (GOST) a
+            // certificate "signed by unknown authority", and said so here (see
+            // `ClientTls::connect`). One a CA issued is refused as what it is: WebPKI takes no
+            // CA certificate as a server's, wherever it came from.
             Err(rustls::Error::InvalidCertificate(CertificateError::Other(other)))
-                if ca_used_as_end_entity(&other) =>
+                if ca_used_as_end_entity(&other) && self_issued(end_entity) =>
             {
                 Err(CertificateError::UnknownIssuer.into())
             }
@@ -312,8 +314,14 @@ impl ServerCertVerifier for CaServerVerifier {
 
 /// Whether WebPKI refused a certificate because it is a CA's (`CaUsedAsEndEntity`); rustls
 /// passes that error on without a type of its own, so it is told by its name.
-fn ca_used_as_end_entity(error: &rustls::OtherError) -> bool {
+pub(super) fn ca_used_as_end_entity(error: &rustls::OtherError) -> bool {
     format!("{error:?}").contains("CaUsedAsEndEntity")
+}
+
+/// Whether a certificate names itself as its issuer, as a self-signed one does.
+fn self_issued(cert: &CertificateDer<'_>) -> bool {
+    x509_parser::parse_x509_certificate(cert.as_ref())
+        .is_ok_and(|(_, cert)| cert.subject().as_raw() == cert.issuer().as_raw())
 }
 
 // --- client certificates, on a server ------------------------------------------------------
@@ -441,6 +449,42 @@ mod tests {
             ),
             "{result:?}"
         );
+    }
+
+    #[test]
+    fn a_ca_certificate_a_trusted_ca_issued_is_refused_as_such() {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "test CA");
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let mut leaf_params = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+        leaf_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let leaf = leaf_params
+            .signed_by(&rcgen::KeyPair::generate().unwrap(), &issuer)
+            .unwrap();
+        let mut roots = RootCertStore::empty();
+        roots.add(ca.der().clone()).unwrap();
+        let verifier = CaServerVerifier {
+            ca: CaSource::Trusted(Arc::new(ServerCa::new(roots, vec![]).unwrap())),
+            check_name: true,
+        };
+        let result = verifier.verify_server_cert(
+            leaf.der(),
+            &[],
+            &ServerName::try_from("127.0.0.1").unwrap(),
+            &[],
+            UnixTime::now(),
+        );
+        match result {
+            Err(rustls::Error::InvalidCertificate(CertificateError::Other(other))) => {
+                assert!(ca_used_as_end_entity(&other), "{other:?}")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
