@@ -650,3 +650,36 @@ fn gost_v2_hidden_targets_are_decoded() {
     assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
     assert!(answer.contains("X-Request-Line: GET /plain"), "{answer}");
 }
+
+#[test]
+fn an_http2_preface_is_answered_as_gost_answers_it() {
+    // An HTTP/2 client with prior knowledge pointed at an HTTP/1 proxy: GOST checks
+    // credentials first (407), then refuses `PRI * HTTP/2.0` with 400. hyper alone closes
+    // without a word.
+    const PREFACE: &str = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let open = Gost::start(&["-L", "http://127.0.0.1:0"], 1);
+    let answer = exchange(open.addr(), PREFACE, false);
+    assert!(
+        answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+        "{answer}"
+    );
+    assert!(answer.contains("Connection: close\r\n"), "{answer}");
+    let server = seed_server();
+    let answer = exchange(server.addr(), PREFACE, false);
+    assert!(
+        answer.starts_with("HTTP/1.1 407 Proxy Authentication Required\r\n"),
+        "{answer}"
+    );
+    assert!(
+        answer.contains("Proxy-Authenticate: Basic realm=\"gost\"\r\n"),
+        "{answer}"
+    );
+    // Both keep serving.
+    let target = Target::http();
+    let url = format!("http://{}/", target.addr);
+    let out = curl(&["-s", "-x", &format!("http://{}", open.addr()), &url]);
+    assert!(out.text().contains("hello from target"), "{}", out.text());
+    let proxy = format!("http://user:pass@{}", server.addr());
+    let out = curl(&["-s", "-x", &proxy, &url]);
+    assert!(out.text().contains("hello from target"), "{}", out.text());
+}

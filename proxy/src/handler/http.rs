@@ -252,6 +252,16 @@ impl Handler for HttpHandler {
             }
         };
         if let Err(e) = result {
+            // An HTTP/2 client that skipped the upgrade (prior knowledge): hyper closes
+            // without a word; it is answered as GOST answers its `PRI * HTTP/2.0`.
+            if e.is_parse_version_h2() {
+                if let Some(parts) = connection.into_parts() {
+                    self.shared
+                        .http2_preface(parts.io.into_inner(), parts.read_buf, client)
+                        .await;
+                }
+                return;
+            }
             // Garbage or an oversized head, which hyper answered (400, 431).
             if e.is_parse() || e.is_parse_too_large() {
                 crate::metrics::handler_error(&self.shared.env.service, client);
@@ -584,6 +594,38 @@ impl Shared {
         }
     }
 
+    /// Answers an HTTP/2 connection preface as GOST does: credentials are checked first (it
+    /// has none, so with auth it gets the 407, or probe resistance's decoy), then the request
+    /// is refused with 400. `read_buf` holds the preface, which a `host:` decoy gets.
+    async fn http2_preface(&self, conn: BoxConn, read_buf: Bytes, client: SocketAddr) {
+        let env = &self.env;
+        let verdict = super::proxy_auth(env, &HeaderMap::new(), client, "http");
+        let takeover = if verdict.accepted() {
+            crate::metrics::handler_error(&env.service, client);
+            tracing::debug!(service = %env.service, client = %client, "HTTP/2 connection preface on an HTTP/1 proxy; refused with 400");
+            Takeover::Answer(answer_bytes(self.error(StatusCode::BAD_REQUEST)))
+        } else {
+            let decoy = match &self.probe {
+                Some(probe) => {
+                    probe
+                        .decoy(&Uri::from_static("*"), verdict, &env.service)
+                        .await
+                }
+                None => None,
+            };
+            match decoy {
+                None => Takeover::Answer(answer_bytes(self.auth_required(&HeaderMap::new()))),
+                Some(Answer::Respond(decoy)) => Takeover::Answer(probe::http1_answer(&decoy)),
+                Some(Answer::Pipe(decoy, addr)) => Takeover::Pipe {
+                    head: Bytes::new(),
+                    decoy,
+                    addr,
+                },
+            }
+        };
+        self.take_over(conn, read_buf, takeover, client).await;
+    }
+
     fn auth_required(&self, request_headers: &HeaderMap) -> Response<Body> {
         let mut response = Response::new(empty());
         *response.status_mut() = StatusCode::PROXY_AUTHENTICATION_REQUIRED;
@@ -621,6 +663,12 @@ impl Shared {
             );
         }
     }
+}
+
+/// An answer of the proxy's own (no body) as bytes, for a connection hyper no longer serves.
+fn answer_bytes(response: Response<Body>) -> Bytes {
+    let (parts, _) = response.into_parts();
+    probe::http1_answer(&Response::from_parts(parts, Bytes::new()))
 }
 
 fn empty() -> Body {
