@@ -199,7 +199,8 @@ fn an_h2_host_that_is_no_authority_fails_at_startup() {
     ]);
     assert_eq!(out.code, 2, "{}", out.stderr);
     assert!(out.stderr.contains("`host`"), "{}", out.stderr);
-    assert!(out.stderr.contains("\"a b\""), "{}", out.stderr);
+    // Quoted; the log line's JSON escapes the quotes.
+    assert!(out.stderr.contains(r#"\"a b\""#), "{}", out.stderr);
 }
 
 #[test]
@@ -650,4 +651,42 @@ fn debug_logs_show_tunnels_and_requests_as_they_start() {
         !log.contains("secret-token") && !log.contains("hidden"),
         "{log}"
     );
+}
+
+#[test]
+fn a_busy_port_is_reported_once() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap();
+    let out = gost(&["-L", &format!("http://{addr}")]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert_eq!(
+        out.stderr.matches("cannot listen").count(),
+        1,
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains(&addr.to_string()), "{}", out.stderr);
+    // With the log in a file, the file has the log line and standard error the reason.
+    let dir = tempdir();
+    let log = dir.join("gost.log");
+    let file = dir.join("busy.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "services:\n- name: a\n  addr: {addr}\n  handler: {{type: http}}\n  listener: {{type: tcp}}\nlog:\n  output: {}\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    let out = gost(&["-C", file.to_str().unwrap()]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .starts_with("gost: services[0].addr: cannot listen"),
+        "{}",
+        out.stderr
+    );
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(logged.matches("cannot listen").count(), 1, "{logged}");
+    drop(busy);
 }

@@ -610,6 +610,19 @@ fn log_output(output: Option<&str>) -> Result<LogOutput, String> {
         .map_err(cannot)
 }
 
+/// Whether log lines of level error reach standard error (set by [`init_logging`]).
+static ERRORS_LOGGED_ON_STDERR: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Reports why gost cannot start: as a log line, and on standard error too unless that line
+/// is already there (the log goes to a file, to standard output, or nowhere).
+fn cannot_start(error: &dyn std::fmt::Display) {
+    tracing::error!(error = %error, "cannot start");
+    if !ERRORS_LOGGED_ON_STDERR.load(std::sync::atomic::Ordering::Relaxed) {
+        say!("gost: {error}");
+    }
+}
+
 fn init_logging(args: &Args, config: &Config) -> Result<(), String> {
     let log = config.log.clone().unwrap_or_default();
     let level = match args.debug {
@@ -659,6 +672,10 @@ fn init_logging(args: &Args, config: &Config) -> Result<(), String> {
     // answered after its log line would get no answer at all. A log file's failures (a full
     // disk) are still reported, on standard error.
     let to_file = matches!(output, LogOutput::File(_));
+    ERRORS_LOGGED_ON_STDERR.store(
+        matches!(output, LogOutput::Stderr),
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let builder = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(directives))
         .with_target(false)
@@ -700,8 +717,7 @@ async fn run(
                 )))
             }
             Err(e) => {
-                tracing::error!(error = %e, "cannot start");
-                say!("gost: {e}");
+                cannot_start(&e);
                 return ExitCode::from(2);
             }
         },
@@ -726,8 +742,7 @@ async fn run(
     };
     let mut supervisor = Supervisor::new(tunnels.clone(), grace);
     if let Err(e) = supervisor.apply(&config).await {
-        tracing::error!(error = %e, "cannot start");
-        say!("gost: {e}");
+        cannot_start(&e);
         return ExitCode::from(2);
     }
     gost_proxy::metrics::config_applied(supervisor.generation());
