@@ -14,12 +14,26 @@ use gost_proxy::supervisor::Supervisor;
 use tokio_util::task::TaskTracker;
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
+/// What `-V` prints after `gost `: the version, then what built it and for which system, as
+/// GOST's `gost v3.x (go1.x linux/amd64)` does.
+fn version_line() -> &'static str {
+    static LINE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    LINE.get_or_init(|| {
+        format!(
+            "{} (gost-rs {}/{})",
+            env!("CARGO_PKG_VERSION"),
+            std::env::consts::OS,
+            std::env::consts::ARCH
+        )
+    })
+}
+
 /// GOST's HTTP tunnels: `gost -L http://user:pass@:8080`, `gost -L http://:8000 -F http://user:pass@host:8080`,
 /// `gost -C gost.yaml`.
 #[derive(Parser, Debug)]
 #[command(
     name = "gost",
-    version,
+    version = version_line(),
     disable_help_subcommand = true,
     after_help = "Groups of arguments separated by ` -- ` run as worker processes of their own, each with its own \
                   chain, as in GOST: gost -L http://:8080 -- -L socks5://:1080 -F http://:8000\n\n\
