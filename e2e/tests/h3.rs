@@ -472,3 +472,25 @@ fn a_killed_server_restarted_with_its_certificate_resets_the_old_connections() {
         thread::sleep(Duration::from_millis(200));
     }
 }
+
+#[test]
+fn an_untrusted_server_certificate_is_explained() {
+    // GOST's own self-signed certificate, and a client that verifies (`secure=true`): the
+    // refusal names what is wrong and what to do, not rustls's `UnknownIssuer`.
+    let server = server();
+    let client = client(server.addr(), "&secure=true");
+    let target = Target::http();
+    let out = curl(&[
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-x",
+        &format!("http://{}", client.addr()),
+        &format!("http://{}/h3", target.addr),
+    ]);
+    assert_eq!(out.text(), "502", "{}", client.log());
+    client.wait_for_log("unknown authority");
+    assert!(client.log().contains("caFile"), "{}", client.log());
+}

@@ -786,7 +786,14 @@ impl H3RoundTrip {
             .connect_with(config, peer, &server_name.to_str())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let handshake = async {
-            let quic = connecting.await.map_err(io::Error::other)?;
+            let quic = connecting.await.map_err(|e| {
+                if let quinn::ConnectionError::TransportError(te) = &e
+                    && let Some(explained) = crate::tls::explain_untrusted_quic(&te.reason)
+                {
+                    return io::Error::new(io::ErrorKind::InvalidData, explained);
+                }
+                io::Error::other(e)
+            })?;
             let (driver, send) = ::h3::client::builder()
                 .max_field_section_size(MAX_FIELD_SECTION_SIZE)
                 .build::<_, _, Bytes>(h3_quinn::Connection::new(quic.clone()))

@@ -534,25 +534,50 @@ impl ClientTls {
 /// A handshake error for a server certificate no trusted CA issued, in words a user can act
 /// on (rustls says only `UnknownIssuer`); other errors as they are.
 pub fn explain_untrusted(error: io::Error) -> io::Error {
-    use rustls::CertificateError;
-    let explanation = match error
+    let explanation = error
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-    {
-        Some(rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)) => {
+        .and_then(untrusted_explanation);
+    match explanation {
+        Some(explanation) => io::Error::new(error.kind(), explanation),
+        None => error,
+    }
+}
+
+/// What [`explain_untrusted`] says for a QUIC handshake (HTTP/3), where quinn passes rustls's
+/// error on as text only: the reason of the connection's close, when it is one of those.
+pub fn explain_untrusted_quic(reason: &str) -> Option<&'static str> {
+    use rustls::CertificateError;
+    let unknown_issuer =
+        rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer).to_string();
+    if reason == unknown_issuer {
+        return untrusted_explanation(&rustls::Error::InvalidCertificate(
+            CertificateError::UnknownIssuer,
+        ));
+    }
+    (reason.starts_with("invalid peer certificate") && reason.contains("CaUsedAsEndEntity"))
+        .then_some(CA_AS_SERVER_CERTIFICATE)
+}
+
+const CA_AS_SERVER_CERTIFICATE: &str = "the server's certificate is a CA certificate, which \
+     this client takes as a server's own only when that certificate itself is in caFile: put \
+     it there";
+
+fn untrusted_explanation(error: &rustls::Error) -> Option<&'static str> {
+    use rustls::CertificateError;
+    match error {
+        rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer) => Some(
             "the server's certificate is signed by an unknown authority: no CA this client \
              trusts issued it (a self-signed certificate, such as a GOST server's own, is one); \
-             give its CA, or the certificate itself, with caFile"
-        }
-        Some(rustls::Error::InvalidCertificate(CertificateError::Other(other)))
+             give its CA, or the certificate itself, with caFile",
+        ),
+        rustls::Error::InvalidCertificate(CertificateError::Other(other))
             if verify::ca_used_as_end_entity(other) =>
         {
-            "the server's certificate is a CA certificate, which this client takes as a \
-             server's own only when that certificate itself is in caFile: put it there"
+            Some(CA_AS_SERVER_CERTIFICATE)
         }
-        _ => return error,
-    };
-    io::Error::new(error.kind(), explanation)
+        _ => None,
+    }
 }
 
 async fn within<T>(
@@ -1148,6 +1173,26 @@ mod tests {
             rustls::CertificateError::BadSignature,
         )));
         assert!(other.to_string().contains("BadSignature"), "{other}");
+    }
+
+    #[test]
+    fn an_untrusted_certificate_is_explained_over_quic() {
+        // quinn closes the connection with rustls's error as its reason text.
+        let reason =
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer).to_string();
+        let explained = explain_untrusted_quic(&reason).expect("explained");
+        assert!(explained.contains("unknown authority"), "{explained}");
+        let reason = rustls::Error::InvalidCertificate(rustls::CertificateError::Other(
+            rustls::OtherError(std::sync::Arc::new(io::Error::other("CaUsedAsEndEntity"))),
+        ))
+        .to_string();
+        assert!(
+            explain_untrusted_quic(&reason).is_some_and(|e| e.contains("CA certificate")),
+            "{reason}"
+        );
+        let reason =
+            rustls::Error::InvalidCertificate(rustls::CertificateError::BadSignature).to_string();
+        assert_eq!(explain_untrusted_quic(&reason), None);
     }
 
     #[test]
