@@ -334,3 +334,48 @@ fn forwarded_plain_http_is_counted_in_the_transfer_metrics() {
     assert!(input > 0.0 && input < 4096.0, "{text}");
     assert!(gost.log().contains("\"forwarded\""), "{}", gost.log());
 }
+
+#[test]
+fn the_open_files_limit_is_raised_to_the_hard_one_as_go_does() {
+    // A soft limit of 128 descriptors under a hard one of 4,096: Go (so GOST) raises the soft
+    // limit at start; without that, gost would refuse tunnels from about the 60th on.
+    let dir = tempdir();
+    let wrapper = dir.join("gost-low-nofile");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec prlimit --nofile=128:4096 '{}' \"$@\"\n",
+            gost_bin().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let gost = Gost::start_bin(&wrapper, &["-L", "http://127.0.0.1:0"], 1, None);
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", gost.pid())).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    assert_eq!(
+        line.split_whitespace().collect::<Vec<_>>()[3..5],
+        ["4096", "4096"],
+        "{line}"
+    );
+    // 150 tunnels at once: 300 of gost's descriptors, over the soft limit it was given.
+    let echo = Target::echo();
+    let target = echo.addr.to_string();
+    let mut tunnels = Vec::new();
+    for i in 0..150 {
+        let mut stream = http_connect(gost.addr(), &target, None)
+            .unwrap_or_else(|e| panic!("tunnel {i}: {e}\n{}", gost.log()));
+        stream.write_all(b"ping").unwrap();
+        let mut reply = [0u8; 4];
+        stream.read_exact(&mut reply).unwrap();
+        assert_eq!(&reply, b"ping", "tunnel {i}");
+        tunnels.push(stream);
+    }
+}

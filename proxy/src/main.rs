@@ -214,6 +214,7 @@ macro_rules! say {
 fn main() -> ExitCode {
     // First, before anything is read: the restart runs `main` again from the start.
     gost_proxy::copytune::restart_if_needed();
+    raise_open_files_limit();
     if let Err(code) = follow_parent() {
         return code;
     }
@@ -297,6 +298,19 @@ fn print_config(text: &str) -> ExitCode {
             say!("gost: cannot write the configuration to standard output: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Raises the soft limit on open files to the hard one, as every Go program (so GOST) does
+/// at start: each tunnel holds two descriptors, and a soft limit of 1,024 (many systems' and
+/// systemd's default) would otherwise refuse connections from about 500 tunnels on, where
+/// GOST keeps serving. A limit that cannot be raised is left as it is.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+    {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
     }
 }
 
