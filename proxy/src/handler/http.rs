@@ -56,6 +56,13 @@ pub const MIN_HEADER_SIZE_LIMIT: usize = 1024;
 /// sends needs more.
 pub const MAX_HEADER_SIZE_LIMIT: usize = 1024 * 1024;
 
+/// Most header fields hyper parses in one request or response head (its own default is 100).
+/// GOST (Go's parser) counts none, only bytes; a request is bounded by `maxHeaderSize`, and a
+/// target's answer with more than 100 fields (many `Set-Cookie`, say) must still reach the
+/// client rather than become a 502. hyper takes room for this many fields for every head it
+/// parses (64 bytes each), so it is not unbounded either.
+pub(crate) const MAX_HEADER_FIELDS: usize = 1024;
+
 /// hyper's smallest read buffer (it panics below this). Limits under it are enforced on the
 /// parsed head instead, see [`head_size`].
 const HYPER_MIN_BUF_SIZE: usize = 8192;
@@ -204,6 +211,7 @@ impl Handler for HttpHandler {
             .half_close(true)
             .header_read_timeout(self.shared.env.handshake_timeout)
             .max_buf_size(self.shared.env.max_header_size.max(HYPER_MIN_BUF_SIZE))
+            .max_headers(MAX_HEADER_FIELDS)
             .title_case_headers(true)
             .auto_date_header(false)
             .serve_connection(TokioIo::new(conn), service)
@@ -397,6 +405,7 @@ impl Shared {
         let own = OwnForward::note(&upstream);
         let handshake = hyper::client::conn::http1::Builder::new()
             .title_case_headers(true)
+            .max_headers(MAX_HEADER_FIELDS)
             .handshake::<_, Incoming>(TokioIo::new(super::Metered::boxed(
                 &self.env, client, upstream,
             )))

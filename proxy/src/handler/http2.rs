@@ -353,6 +353,7 @@ async fn send_upstream(
 ) -> Result<Response<hyper::body::Incoming>, hyper::Error> {
     let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
         .title_case_headers(true)
+        .max_headers(super::http::MAX_HEADER_FIELDS)
         .handshake::<_, RecvBody>(TokioIo::new(super::Metered::boxed(env, client, upstream)))
         .await?;
     let service = env.service.clone();
