@@ -725,3 +725,80 @@ fn heads_with_many_fields_are_forwarded() {
     assert_eq!(answer.matches("Set-Cookie: ").count(), 150, "{answer}");
     assert!(answer.ends_with("150 fields"), "{answer}");
 }
+
+/// A target that takes a forwarded request and never answers gets `readTimeout` (GOST's
+/// response-header timeout, 15 s by default) from when the request is sent in full: the client
+/// gets a 504 and the connection to the target is closed. A client slower than that to send
+/// its body is not cut short by it.
+#[test]
+fn a_target_that_never_answers_times_out_after_the_request_is_sent() {
+    let (closed_tx, closed_rx) = std::sync::mpsc::channel::<()>();
+    let closed_tx = std::sync::Mutex::new(closed_tx);
+    let target = Target::start(move |stream| {
+        let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+        let mut head = String::new();
+        let mut line = String::new();
+        while std::io::BufRead::read_line(&mut reader, &mut line).unwrap_or(0) > 0 {
+            head.push_str(&line);
+            if line == "\r\n" {
+                break;
+            }
+            line.clear();
+        }
+        if head.starts_with("POST") {
+            // Answers once the (slowly sent) body is in.
+            let mut body = [0u8; 4];
+            std::io::Read::read_exact(&mut reader, &mut body).unwrap();
+            let mut stream = stream;
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nlate");
+            return;
+        }
+        // Never answers; notes when the proxy closes the connection.
+        let mut rest = Vec::new();
+        let _ = reader.read_to_end(&mut rest);
+        let _ = closed_tx.lock().unwrap().send(());
+    });
+    let server = Gost::start(&["-L", "http://127.0.0.1:0?readTimeout=1s"], 1);
+
+    let started = std::time::Instant::now();
+    let answer = exchange(
+        server.addr(),
+        &format!(
+            "GET http://{0}/silent HTTP/1.1\r\nHost: {0}\r\n\r\n",
+            target.addr
+        ),
+        false,
+    );
+    assert!(
+        answer.starts_with("HTTP/1.1 504 Gateway Timeout\r\n"),
+        "{answer}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    closed_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the connection to the silent target stays open");
+
+    let mut stream = TcpStream::connect(server.addr()).unwrap();
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    stream
+        .write_all(
+            format!(
+                "POST http://{0}/slow HTTP/1.1\r\nHost: {0}\r\nContent-Length: 4\r\nConnection: close\r\n\r\n",
+                target.addr
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+    for byte in b"body" {
+        std::thread::sleep(Duration::from_millis(600));
+        stream.write_all(&[*byte]).unwrap();
+    }
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(answer.ends_with("late"), "{answer}");
+}

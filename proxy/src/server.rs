@@ -123,6 +123,7 @@ pub fn build_service(
         handshake_timeout: duration(md, "readTimeout", &md_path)?
             .filter(|d| !d.is_zero())
             .unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT),
+        response_timeout: response_timeout(md, &md_path)?,
         idle_timeout: idle_timeout(service.handler.kind, md, &md_path)?,
         tunnels: tunnels.clone(),
         tls: handler_tls(service, tls_defaults, &path)?,
@@ -419,6 +420,20 @@ fn duration(md: &Metadata, key: &str, path: &str) -> Result<Option<Duration>, Co
     md.duration(&[key])
         .map(Option::flatten)
         .map_err(|e| field(path.to_string(), e.to_string()))
+}
+
+/// How long a target may take to answer a forwarded HTTP request once it is sent: handler
+/// metadata `readTimeout`, as GOST's `http` handler reads it (unset or zero: 15 s; negative: no
+/// limit).
+fn response_timeout(md: &Metadata, md_path: &str) -> Result<Option<Duration>, ConfigError> {
+    let set = md
+        .duration(&["readTimeout"])
+        .map_err(|e| field(md_path.to_string(), e.to_string()))?;
+    Ok(match set {
+        Some(None) => None,
+        Some(Some(d)) if !d.is_zero() => Some(d),
+        _ => Some(DEFAULT_HANDSHAKE_TIMEOUT),
+    })
 }
 
 /// How long a tunnel may carry nothing (either way) before it is closed: handler metadata
@@ -903,6 +918,23 @@ mod tests {
             idle_timeout(HandlerType::Http2, &zero_first, "m").unwrap(),
             secs(40)
         );
+    }
+
+    #[test]
+    fn read_timeout_bounds_a_forwarded_requests_answer_as_in_gost() {
+        let md = |pairs: &[(&str, &str)]| service(&[], pairs).handler.metadata;
+        let timeout = |pairs: &[(&str, &str)]| response_timeout(&md(pairs), "m").unwrap();
+        assert_eq!(timeout(&[]), Some(Duration::from_secs(15)));
+        assert_eq!(
+            timeout(&[("readTimeout", "0")]),
+            Some(Duration::from_secs(15))
+        );
+        assert_eq!(
+            timeout(&[("readTimeout", "90s")]),
+            Some(Duration::from_secs(90))
+        );
+        assert_eq!(timeout(&[("readTimeout", "-1s")]), None);
+        assert!(response_timeout(&md(&[("readTimeout", "soon")]), "m").is_err());
     }
 
     #[test]

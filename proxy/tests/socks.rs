@@ -42,6 +42,7 @@ fn env_with(
         router,
         metadata: Metadata::default(),
         handshake_timeout,
+        response_timeout: None,
         max_header_size: gost_proxy::handler::http::MAX_REQUEST_HEAD,
         idle_timeout: None,
         tunnels: TaskTracker::new(),

@@ -406,7 +406,7 @@ impl Shared {
         let handshake = hyper::client::conn::http1::Builder::new()
             .title_case_headers(true)
             .max_headers(MAX_HEADER_FIELDS)
-            .handshake::<_, Incoming>(TokioIo::new(super::Metered::boxed(
+            .handshake::<_, SentBody>(TokioIo::new(super::Metered::boxed(
                 &self.env, client, upstream,
             )))
             .await;
@@ -419,11 +419,19 @@ impl Shared {
             }
         };
         let service = self.env.service.clone();
+        // Cancelled when the target is given up on, which closes the connection to it.
+        let abandon = tokio_util::sync::CancellationToken::new();
+        let abandoned = abandon.clone();
         super::spawn_tunnel(&self.env.tunnels, async move {
             let _own = own;
-            if let Err(e) = connection.with_upgrades().await {
-                let error = crate::error_chain(&e);
-                tracing::debug!(service = %service, error = %error, "upstream HTTP connection ended");
+            tokio::select! {
+                ended = connection.with_upgrades() => {
+                    if let Err(e) = ended {
+                        let error = crate::error_chain(&e);
+                        tracing::debug!(service = %service, error = %error, "upstream HTTP connection ended");
+                    }
+                }
+                () = abandoned.cancelled() => {}
             }
         });
         // hyper offers the client's stream for an HTTP/1.1 request with `Upgrade`, once the
@@ -440,7 +448,32 @@ impl Shared {
             service = %self.env.service, protocol = "http", client = %client, target = %target,
             method = %req.method(), "forwarding"
         );
-        match sender.send_request(req).await {
+        // The target's answer is timed from when the request, body included, is sent.
+        let sent = Arc::new(Notify::new());
+        let req = req.map(|body| SentBody::new(body, sent.clone()));
+        let answer = sender.send_request(req);
+        let answer = match self.env.response_timeout {
+            None => answer.await,
+            Some(limit) => {
+                let waited = async {
+                    sent.notified().await;
+                    tokio::time::sleep(limit).await;
+                };
+                tokio::select! {
+                    answer = answer => answer,
+                    () = waited => {
+                        abandon.cancel();
+                        crate::metrics::handler_error(&self.env.service, client);
+                        tracing::warn!(
+                            service = %self.env.service, client = %client, target = %target,
+                            timeout = ?limit, "target did not answer in time"
+                        );
+                        return self.error(StatusCode::GATEWAY_TIMEOUT);
+                    }
+                }
+            }
+        };
+        match answer {
             Ok(response) => {
                 tracing::info!(
                     service = %self.env.service, protocol = "http", client = %client, target = %target,
@@ -678,6 +711,61 @@ impl Shared {
 fn answer_bytes(response: Response<Body>) -> Bytes {
     let (parts, _) = response.into_parts();
     probe::http1_answer(&Response::from_parts(parts, Bytes::new()))
+}
+
+/// A forwarded request's body, noting when it has been read in full from the client (at once
+/// when it has none), so that the target's answer is timed from then on.
+struct SentBody {
+    body: Incoming,
+    sent: Option<Arc<Notify>>,
+}
+
+impl SentBody {
+    fn new(body: Incoming, sent: Arc<Notify>) -> Self {
+        let mut body = SentBody {
+            body,
+            sent: Some(sent),
+        };
+        if hyper::body::Body::is_end_stream(&body.body) {
+            body.finished();
+        }
+        body
+    }
+
+    fn finished(&mut self) {
+        if let Some(sent) = self.sent.take() {
+            sent.notify_one();
+        }
+    }
+}
+
+impl hyper::body::Body for SentBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.body).poll_frame(cx);
+        let done = match &polled {
+            std::task::Poll::Ready(None) => true,
+            std::task::Poll::Ready(Some(Ok(_))) => hyper::body::Body::is_end_stream(&self.body),
+            _ => false,
+        };
+        if done {
+            self.finished();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        hyper::body::Body::is_end_stream(&self.body)
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::Body::size_hint(&self.body)
+    }
 }
 
 fn empty() -> Body {

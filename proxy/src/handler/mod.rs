@@ -49,6 +49,10 @@ pub struct HandlerEnv {
     pub metadata: Metadata,
     /// Time allowed for the client's request.
     pub handshake_timeout: Duration,
+    /// Time a target has to answer a forwarded HTTP request, counted once the request is sent
+    /// in full (GOST's `readTimeout` on its `http` handler, Go's `ResponseHeaderTimeout`);
+    /// `None` waits for ever.
+    pub response_timeout: Option<Duration>,
     /// Largest HTTP request head accepted (`maxHeaderSize`); larger ones get `431`.
     pub max_header_size: usize,
     /// Idle timeout of established tunnels (`idleTimeout`), none by default as in GOST.
