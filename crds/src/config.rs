@@ -75,7 +75,11 @@ pub struct ServiceConfig {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct HandlerConfig {
     /// Protocol: `auto` (HTTP, SOCKS4 and SOCKS5 on one port), `http`, `socks5`, `relay`, ...
-    #[serde(default, rename = "type")]
+    #[serde(
+        default,
+        rename = "type",
+        deserialize_with = "crate::de::blank_as_default"
+    )]
     pub kind: HandlerType,
     /// Name of the chain to dial through; without it the handler dials targets directly.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -107,7 +111,11 @@ pub struct HandlerConfig {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ListenerConfig {
     /// Transport: `tcp`, `tls`, `ws`, `wss`, `http2`, `h2`, `h2c`, `grpc`, `pht`, `phts`, `h3`.
-    #[serde(default, rename = "type")]
+    #[serde(
+        default,
+        rename = "type",
+        deserialize_with = "crate::de::blank_as_default"
+    )]
     pub kind: ListenerType,
     /// Chain used by reverse listeners.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -238,7 +246,11 @@ pub struct NodeConfig {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ConnectorConfig {
     /// Protocol: `http`, `socks5`, `socks4`, `relay`, `http2`.
-    #[serde(default, rename = "type")]
+    #[serde(
+        default,
+        rename = "type",
+        deserialize_with = "crate::de::blank_as_default"
+    )]
     pub kind: ConnectorType,
     /// Credentials sent to the node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -257,7 +269,11 @@ pub struct ConnectorConfig {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct DialerConfig {
     /// Transport: `tcp`, `tls`, `ws`, `wss`, `http2`, `h2`, `h2c`, `grpc`, `pht`, `phts`, `h3`.
-    #[serde(default, rename = "type")]
+    #[serde(
+        default,
+        rename = "type",
+        deserialize_with = "crate::de::blank_as_default"
+    )]
     pub kind: DialerType,
     /// Transport-level credentials.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -26,6 +26,22 @@ where
     Option::<T>::deserialize(deserializer).map(Option::unwrap_or_default)
 }
 
+/// Reads a `type` (of a handler, listener, connector or dialer) that is null or blank as the
+/// default, as GOST does (`auto`, `tcp`, `http`, `tcp`): a template that renders `type: ""`,
+/// or a `type:` left without a value, loads. Any other name must be one of the type's own.
+pub(crate) fn blank_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    match Option::<String>::deserialize(deserializer)? {
+        Some(name) if !name.trim().is_empty() => {
+            T::deserialize(de::value::StringDeserializer::<D::Error>::new(name))
+        }
+        _ => Ok(T::default()),
+    }
+}
+
 /// Reads an optional field that GOST types as `time.Duration`: a duration text (`30s`, kept as
 /// written), or an integer number of nanoseconds, which is how GOST's `-O json` prints one
 /// (`"failTimeout": 30000000000`) and how it reads a YAML integer. A number is kept as its

@@ -95,6 +95,30 @@ fn unknown_types_name_the_field_and_the_accepted_values() {
     );
 }
 
+/// An empty or null `type` is the default one, as GOST reads it (a template that renders
+/// `type: ""`, a `type:` left without a value).
+#[test]
+fn blank_types_are_the_defaults_as_in_gost() {
+    let config = from_str(
+        "services:\n- name: a\n  addr: :1\n  handler:\n    type: \"\"\n    chain: c\n  listener:\n    type:\nchains:\n- name: c\n  hops:\n  - name: h\n    nodes:\n    - name: n\n      addr: a:1\n      connector:\n        type: ~\n      dialer:\n        type: \" \"\n",
+        Format::Yaml,
+    )
+    .unwrap();
+    let service = &config.services[0];
+    assert_eq!(service.handler.kind.as_str(), "auto");
+    assert_eq!(service.listener.kind.as_str(), "tcp");
+    let node = &config.chains[0].hops[0].nodes[0];
+    assert_eq!(node.connector.kind.as_str(), "http");
+    assert_eq!(node.dialer.kind.as_str(), "tcp");
+    let json = from_str(
+        r#"{"services":[{"name":"a","addr":":1","handler":{"type":""},"listener":{"type":null}}]}"#,
+        Format::Json,
+    )
+    .unwrap();
+    assert_eq!(json.services[0].handler.kind.as_str(), "auto");
+    assert_eq!(json.services[0].listener.kind.as_str(), "tcp");
+}
+
 #[test]
 fn unknown_fields_and_wrong_types_are_rejected_with_their_path() {
     let (path, message) = field_error("services:\n- name: a\n  adr: :1\n");
