@@ -216,6 +216,14 @@ fn yaml_message(error: &serde_saphyr::Error) -> String {
     error
         .to_string()
         .replace(", set DuplicateKeyPolicy in Options if acceptable", "")
+        .replace(
+            "cannot deserialize null into string; use Option<String>",
+            "a text value is required here, found none (null)",
+        )
+        .replace(
+            "invalid char: cannot deserialize null; use Option<char>",
+            "a character is required here, found none (null)",
+        )
 }
 
 fn field_error(path: String, message: String) -> ConfigError {

@@ -262,6 +262,14 @@ fn yaml_mistakes_among_keys_name_their_mapping_and_line() {
     assert!(error.starts_with("services[0]: "), "{error}");
     assert!(error.contains("line 4"), "{error}");
     assert!(!error.contains('?'), "{error}");
+    // A key with no name and a flow sequence left open.
+    let nameless = "chains:\n- name: c\n  hops:\n  - name: h\n  - : [\n";
+    let error = from_str(nameless, Format::Yaml).unwrap_err().to_string();
+    assert!(!error.contains("Option<"), "{error}");
+    let null_name = "services:\n- name:\n  addr: :1\n";
+    let error = from_str(null_name, Format::Yaml).unwrap_err().to_string();
+    assert!(error.starts_with("services[0].name: "), "{error}");
+    assert!(!error.contains("Option<"), "{error}");
 }
 
 #[test]
