@@ -249,7 +249,7 @@ pub struct ConnectorConfig {
     #[serde(
         default,
         rename = "type",
-        deserialize_with = "crate::de::blank_as_default"
+        deserialize_with = "crate::de::empty_as_default"
     )]
     pub kind: ConnectorType,
     /// Credentials sent to the node.
@@ -272,7 +272,7 @@ pub struct DialerConfig {
     #[serde(
         default,
         rename = "type",
-        deserialize_with = "crate::de::blank_as_default"
+        deserialize_with = "crate::de::empty_as_default"
     )]
     pub kind: DialerType,
     /// Transport-level credentials.

@@ -26,16 +26,34 @@ where
     Option::<T>::deserialize(deserializer).map(Option::unwrap_or_default)
 }
 
-/// Reads a `type` (of a handler, listener, connector or dialer) that is null or blank as the
-/// default, as GOST does (`auto`, `tcp`, `http`, `tcp`): a template that renders `type: ""`,
-/// or a `type:` left without a value, loads. Any other name must be one of the type's own.
+/// Reads a handler's or listener's `type` that is null or blank (spaces only) as the default
+/// (`auto`, `tcp`), as GOST does (it trims these two): a template that renders `type: ""`, or a
+/// `type:` left without a value, loads. Any other name must be one of the type's own.
 pub(crate) fn blank_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
 where
     D: Deserializer<'de>,
     T: Deserialize<'de> + Default,
 {
+    type_or_default(deserializer, |name| name.trim().is_empty())
+}
+
+/// Reads a connector's or dialer's `type` that is null or empty as the default (`http`,
+/// `tcp`), as GOST does; GOST does not trim these, so spaces are an unknown type.
+pub(crate) fn empty_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    type_or_default(deserializer, str::is_empty)
+}
+
+fn type_or_default<'de, D, T>(deserializer: D, blank: fn(&str) -> bool) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
     match Option::<String>::deserialize(deserializer)? {
-        Some(name) if !name.trim().is_empty() => {
+        Some(name) if !blank(&name) => {
             T::deserialize(de::value::StringDeserializer::<D::Error>::new(name))
         }
         _ => Ok(T::default()),

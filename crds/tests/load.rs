@@ -100,7 +100,7 @@ fn unknown_types_name_the_field_and_the_accepted_values() {
 #[test]
 fn blank_types_are_the_defaults_as_in_gost() {
     let config = from_str(
-        "services:\n- name: a\n  addr: :1\n  handler:\n    type: \"\"\n    chain: c\n  listener:\n    type:\nchains:\n- name: c\n  hops:\n  - name: h\n    nodes:\n    - name: n\n      addr: a:1\n      connector:\n        type: ~\n      dialer:\n        type: \" \"\n",
+        "services:\n- name: a\n  addr: :1\n  handler:\n    type: \"\"\n    chain: c\n  listener:\n    type:\nchains:\n- name: c\n  hops:\n  - name: h\n    nodes:\n    - name: n\n      addr: a:1\n      connector:\n        type: ~\n      dialer:\n        type: \"\"\n",
         Format::Yaml,
     )
     .unwrap();
@@ -110,6 +110,20 @@ fn blank_types_are_the_defaults_as_in_gost() {
     let node = &config.chains[0].hops[0].nodes[0];
     assert_eq!(node.connector.kind.as_str(), "http");
     assert_eq!(node.dialer.kind.as_str(), "tcp");
+    // GOST trims a handler's and a listener's type, not a connector's or a dialer's.
+    let spaced = from_str(
+        "services:\n- name: a\n  addr: :1\n  handler:\n    type: \" \"\n  listener:\n    type: \" \"\n",
+        Format::Yaml,
+    )
+    .unwrap();
+    assert_eq!(spaced.services[0].handler.kind.as_str(), "auto");
+    assert!(
+        from_str(
+            "chains:\n- name: c\n  hops:\n  - name: h\n    nodes:\n    - name: n\n      addr: a:1\n      connector:\n        type: \" \"\n",
+            Format::Yaml,
+        )
+        .is_err()
+    );
     let json = from_str(
         r#"{"services":[{"name":"a","addr":":1","handler":{"type":""},"listener":{"type":null}}]}"#,
         Format::Json,

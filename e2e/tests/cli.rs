@@ -403,7 +403,12 @@ fn version_and_nothing_to_do() {
     assert_eq!(out.code, 0);
     assert!(out.text().starts_with("gost "), "{}", out.text());
     // As GOST's `gost v3.x (go1.x linux/amd64)`: the version, then the build and the system.
-    let system = format!("{}/{})\n", std::env::consts::OS, std::env::consts::ARCH);
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    let system = format!("{}/{arch})\n", std::env::consts::OS);
     assert!(out.text().ends_with(&system), "{}", out.text());
     let empty_home = tempdir();
     let out = run(

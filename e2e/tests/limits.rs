@@ -339,6 +339,17 @@ fn forwarded_plain_http_is_counted_in_the_transfer_metrics() {
 fn the_open_files_limit_is_raised_to_the_hard_one_as_go_does() {
     // A soft limit of 128 descriptors under a hard one of 4,096: Go (so GOST) raises the soft
     // limit at start; without that, gost would refuse tunnels from about the 60th on.
+    // This process's hard limit bounds what prlimit may give gost.
+    let own = std::fs::read_to_string("/proc/self/limits").unwrap();
+    let hard: Option<u64> = own
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(4))
+        .and_then(|v| v.parse().ok());
+    if hard.is_none_or(|h| h < 4096) || run("prlimit", &["--version"]).code != 0 {
+        eprintln!("skipped: needs prlimit and a hard open-files limit of at least 4096 ({hard:?})");
+        return;
+    }
     let dir = tempdir();
     let wrapper = dir.join("gost-low-nofile");
     std::fs::write(

@@ -19,11 +19,18 @@ use tracing_subscriber::fmt::writer::BoxMakeWriter;
 fn version_line() -> &'static str {
     static LINE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     LINE.get_or_init(|| {
+        // Go's names for the architectures, so that scripts reading GOST's line read ours.
+        let arch = match std::env::consts::ARCH {
+            "x86_64" => "amd64",
+            "aarch64" => "arm64",
+            "x86" => "386",
+            "loongarch64" => "loong64",
+            other => other,
+        };
         format!(
-            "{} (gost-rs {}/{})",
+            "{} (gost-rs {}/{arch})",
             env!("CARGO_PKG_VERSION"),
             std::env::consts::OS,
-            std::env::consts::ARCH
         )
     })
 }

@@ -16,8 +16,11 @@
 //! take for a tunnel), and a `host:` decoy gets the request and the rest of the connection.
 
 use std::convert::Infallible;
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 
 use async_trait::async_trait;
 use bytes::{BufMut, Bytes, BytesMut};
@@ -60,7 +63,9 @@ pub const MAX_HEADER_SIZE_LIMIT: usize = 1024 * 1024;
 /// GOST (Go's parser) counts none, only bytes; a request is bounded by `maxHeaderSize`, and a
 /// target's answer with more than 100 fields (many `Set-Cookie`, say) must still reach the
 /// client rather than become a 502. hyper takes room for this many fields for every head it
-/// parses (64 bytes each), so it is not unbounded either.
+/// parses (64 bytes each), so it is not unbounded either: with a limit set it allocates them
+/// on the heap for each parse (64 KiB, freed at once) instead of on the stack, a few
+/// microseconds per head.
 pub(crate) const MAX_HEADER_FIELDS: usize = 1024;
 
 /// hyper's smallest read buffer (it panics below this). Limits under it are enforced on the
@@ -261,7 +266,9 @@ impl Handler for HttpHandler {
         };
         if let Err(e) = result {
             // An HTTP/2 client that skipped the upgrade (prior knowledge): hyper closes
-            // without a word; it is answered as GOST answers its `PRI * HTTP/2.0`.
+            // without a word; it is answered as GOST answers its `PRI * HTTP/2.0`. hyper
+            // tells the preface only once its first 24 bytes are in; one split earlier (no
+            // HTTP/2 client does that) gets hyper's own 400, with or without credentials.
             if e.is_parse_version_h2() {
                 if let Some(parts) = connection.into_parts() {
                     self.shared
@@ -403,12 +410,16 @@ impl Shared {
     ) -> Response<Body> {
         // Kept with the upstream connection's task, so for as long as the socket is open.
         let own = OwnForward::note(&upstream);
+        // The target's answer is timed from when the request, body included, is in the socket.
+        let sending = Arc::new(Sending::default());
+        let upstream = SendWatch::boxed(
+            super::Metered::boxed(&self.env, client, upstream),
+            sending.clone(),
+        );
         let handshake = hyper::client::conn::http1::Builder::new()
             .title_case_headers(true)
             .max_headers(MAX_HEADER_FIELDS)
-            .handshake::<_, SentBody>(TokioIo::new(super::Metered::boxed(
-                &self.env, client, upstream,
-            )))
+            .handshake::<_, SentBody>(TokioIo::new(upstream))
             .await;
         let (mut sender, connection) = match handshake {
             Ok(parts) => parts,
@@ -448,15 +459,13 @@ impl Shared {
             service = %self.env.service, protocol = "http", client = %client, target = %target,
             method = %req.method(), "forwarding"
         );
-        // The target's answer is timed from when the request, body included, is sent.
-        let sent = Arc::new(Notify::new());
-        let req = req.map(|body| SentBody::new(body, sent.clone()));
+        let req = req.map(|body| SentBody::new(body, sending.clone()));
         let answer = sender.send_request(req);
         let answer = match self.env.response_timeout {
             None => answer.await,
             Some(limit) => {
                 let waited = async {
-                    sent.notified().await;
+                    sending.sent.notified().await;
                     tokio::time::sleep(limit).await;
                 };
                 tokio::select! {
@@ -713,18 +722,28 @@ fn answer_bytes(response: Response<Body>) -> Bytes {
     probe::http1_answer(&Response::from_parts(parts, Bytes::new()))
 }
 
-/// A forwarded request's body, noting when it has been read in full from the client (at once
-/// when it has none), so that the target's answer is timed from then on.
+/// Shared by a forwarded request's body and its connection to the target, so that the
+/// target's answer is timed from when the request is sent in full, as Go's
+/// `ResponseHeaderTimeout` is: the body notes when the client's last byte is read; the
+/// connection, when what hyper wrote after that has been written and flushed to the socket.
+#[derive(Default)]
+struct Sending {
+    body_read: std::sync::atomic::AtomicBool,
+    sent: Notify,
+}
+
+/// A forwarded request's body, noting in [`Sending`] when it has been read in full from the
+/// client (at once when it has none).
 struct SentBody {
     body: Incoming,
-    sent: Option<Arc<Notify>>,
+    sending: Option<Arc<Sending>>,
 }
 
 impl SentBody {
-    fn new(body: Incoming, sent: Arc<Notify>) -> Self {
+    fn new(body: Incoming, sending: Arc<Sending>) -> Self {
         let mut body = SentBody {
             body,
-            sent: Some(sent),
+            sending: Some(sending),
         };
         if hyper::body::Body::is_end_stream(&body.body) {
             body.finished();
@@ -733,8 +752,10 @@ impl SentBody {
     }
 
     fn finished(&mut self) {
-        if let Some(sent) = self.sent.take() {
-            sent.notify_one();
+        if let Some(sending) = self.sending.take() {
+            sending
+                .body_read
+                .store(true, std::sync::atomic::Ordering::Release);
         }
     }
 }
@@ -744,13 +765,13 @@ impl hyper::body::Body for SentBody {
     type Error = hyper::Error;
 
     fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
-        let polled = std::pin::Pin::new(&mut self.body).poll_frame(cx);
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
         let done = match &polled {
-            std::task::Poll::Ready(None) => true,
-            std::task::Poll::Ready(Some(Ok(_))) => hyper::body::Body::is_end_stream(&self.body),
+            Poll::Ready(None) => true,
+            Poll::Ready(Some(Ok(_))) => hyper::body::Body::is_end_stream(&self.body),
             _ => false,
         };
         if done {
@@ -767,6 +788,90 @@ impl hyper::body::Body for SentBody {
         hyper::body::Body::size_hint(&self.body)
     }
 }
+
+/// The connection to the target of a forwarded request: signals [`Sending::sent`] at the
+/// first flush after a write that followed the body's end. hyper writes everything it holds
+/// before it flushes, so by then the whole request is in the socket.
+struct SendWatch {
+    inner: BoxConn,
+    sending: Arc<Sending>,
+    wrote_after_body: bool,
+    signalled: bool,
+}
+
+impl SendWatch {
+    fn boxed(inner: BoxConn, sending: Arc<Sending>) -> BoxConn {
+        Box::new(SendWatch {
+            inner,
+            sending,
+            wrote_after_body: false,
+            signalled: false,
+        })
+    }
+
+    fn wrote(&mut self, result: &Poll<io::Result<usize>>) {
+        if !self.wrote_after_body
+            && matches!(result, Poll::Ready(Ok(n)) if *n > 0)
+            && self
+                .sending
+                .body_read
+                .load(std::sync::atomic::Ordering::Acquire)
+        {
+            self.wrote_after_body = true;
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for SendWatch {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for SendWatch {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.wrote(&result);
+        result
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.wrote(&result);
+        result
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let result = Pin::new(&mut self.inner).poll_flush(cx);
+        if matches!(result, Poll::Ready(Ok(()))) && self.wrote_after_body && !self.signalled {
+            self.signalled = true;
+            self.sending.sent.notify_one();
+        }
+        result
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl Conn for SendWatch {}
 
 fn empty() -> Body {
     Empty::<Bytes>::new()
@@ -875,6 +980,39 @@ fn is_udp_request(headers: &HeaderMap) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The answer's clock starts at the first flush after a write that followed the body's
+    /// end: not at a write or flush before it, not at a flush with nothing written after it.
+    #[tokio::test]
+    async fn a_request_counts_as_sent_once_written_after_its_body_and_flushed() {
+        let (ours, mut theirs) = tokio::io::duplex(1 << 16);
+        let sending = Arc::new(Sending::default());
+        let mut upstream = SendWatch::boxed(Box::new(ours), sending.clone());
+        let sent = || {
+            let notified = sending.sent.notified();
+            futures_util::FutureExt::now_or_never(notified).is_some()
+        };
+        upstream
+            .write_all(b"POST / HTTP/1.1\r\n\r\nbo")
+            .await
+            .unwrap();
+        upstream.flush().await.unwrap();
+        assert!(!sent(), "the body is still being read");
+        sending
+            .body_read
+            .store(true, std::sync::atomic::Ordering::Release);
+        upstream.flush().await.unwrap();
+        assert!(!sent(), "the body's last bytes are not written yet");
+        upstream.write_all(b"dy").await.unwrap();
+        assert!(!sent(), "written, not flushed");
+        upstream.flush().await.unwrap();
+        assert!(sent(), "written after the body's end and flushed");
+        let mut got = vec![0u8; 23];
+        tokio::io::AsyncReadExt::read_exact(&mut theirs, &mut got)
+            .await
+            .unwrap();
+        assert_eq!(&got[..], b"POST / HTTP/1.1\r\n\r\nbody");
+    }
 
     #[test]
     fn the_host_of_an_authority_leaves_userinfo_behind() {
