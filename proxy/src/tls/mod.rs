@@ -737,13 +737,34 @@ fn certified_key(
 ) -> Result<CertifiedKey, String> {
     let chain = parse_certs(cert, cert_pem)?;
     let key_der = parse_key(key, key_pem)?;
-    CertifiedKey::from_der(chain, key_der, &provider()).map_err(|e| {
+    let unusable = |e: &dyn fmt::Display| {
         format!(
             "{} and {} do not make a usable certificate: {e}",
             cert.display(),
             key.display()
         )
-    })
+    };
+    let signing_key = provider()
+        .key_provider
+        .load_private_key(key_der)
+        .map_err(|e| unusable(&e))?;
+    // The key is matched against the certificate here rather than by rustls, whose check parses
+    // the certificate with WebPKI and so refuses X.509 v1 certificates (`openssl x509 -req`
+    // without extensions before OpenSSL 3.2), which Go, so GOST, serves.
+    let (_, leaf) = x509_parser::parse_x509_certificate(chain[0].as_ref()).map_err(|e| {
+        format!(
+            "{}: cannot parse the first certificate: {e}",
+            cert.display()
+        )
+    })?;
+    if let Some(public_key) = signing_key.public_key()
+        && public_key.as_ref() != leaf.tbs_certificate.subject_pki.raw
+    {
+        return Err(unusable(
+            &"the private key does not match the certificate's public key",
+        ));
+    }
+    Ok(CertifiedKey::new(chain, signing_key))
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, String> {
@@ -1128,6 +1149,47 @@ mod tests {
         }
         let plain = generate(None).unwrap().key_pem;
         assert!(parse_key(Path::new("k.pem"), plain.as_bytes()).is_ok());
+    }
+
+    /// An X.509 v1 certificate (no extensions), as `openssl x509 -req` without `-extfile`
+    /// writes them before OpenSSL 3.2, and its key.
+    const V1_CERT: &str = "-----BEGIN CERTIFICATE-----
+MIIBIDCBxwIUAJaMTESNdAyEZGjfZ8TAP4Me630wCgYIKoZIzj0EAwIwEjEQMA4G
+A1UEAwwHdjEudGVzdDAgFw0yNjExMjgwNTIxNTZaGA8yMTI2MTEwNDA1MjE1Nlow
+EjEQMA4GA1UEAwwHdjEudGVzdDBZMBMGByqGSM49AgEGCCqGSM49AwEHA0IABGG9
+/rth4HrprtQrTqAhtFI+Wv5Df79Tf7m5rHhOaa0wPFRF5xCrGtRj+4KdfkY9m1ub
+Y90eMMvBUCaW7DF6CBIwCgYIKoZIzj0EAwIDSAAwRQIhAJ/gt+VUnUtj/cnzU4jX
+jCKtXka4QitMO5jfs6Oj1brhAiB8tkm9brlLdB+8jvJ0WkXkFNkRAtWpXsHbMspt
+K6eMDg==
+-----END CERTIFICATE-----
+";
+    const V1_KEY: &str = "-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgexNKTcDc4ucsxJbw
+AWXy+Ykf3yUx1AJX0bLYKbZpS/ihRANCAARhvf67YeB66a7UK06gIbRSPlr+Q3+/
+U3+5uax4TmmtMDxURecQqxrUY/uCnX5GPZtbm2PdHjDLwVAmluwxeggS
+-----END PRIVATE KEY-----
+";
+
+    /// Go serves a v1 certificate, so GOST does; a key of another certificate is still refused,
+    /// saying so.
+    #[test]
+    fn v1_certificates_are_served_and_a_foreign_key_is_named() {
+        let (c, k) = (Path::new("c.pem"), Path::new("k.pem"));
+        let certified = certified_key(c, V1_CERT.as_bytes(), k, V1_KEY.as_bytes()).unwrap();
+        assert_eq!(certified.cert.len(), 1);
+        let other = generate(None).unwrap();
+        let err = match certified_key(c, V1_CERT.as_bytes(), k, other.key_pem.as_bytes()) {
+            Ok(_) => panic!("a foreign key was accepted"),
+            Err(e) => e,
+        };
+        assert_eq!(
+            err,
+            "c.pem and k.pem do not make a usable certificate: the private key does not match \
+             the certificate's public key"
+        );
+        let generated =
+            certified_key(c, other.cert_pem.as_bytes(), k, other.key_pem.as_bytes()).unwrap();
+        assert!(generated.keys_match().is_ok());
     }
 
     #[test]
