@@ -81,7 +81,10 @@ impl Authenticator {
             .authers
             .iter()
             .filter(|a| names.contains(&&a.name))
-            .flat_map(|a| &a.auths);
+            .flat_map(|a| &a.auths)
+            // GOST skips an entry without a user name: no client can log in as it (with any
+            // password, when its password is empty too).
+            .filter(|user| !user.username.is_empty());
         Some(Authenticator::new(from_authers))
     }
 
@@ -223,6 +226,20 @@ mod tests {
         let inline = Authenticator::for_handler(&config.services[1].handler, &config).unwrap();
         assert!(inline.check("inline", "x"));
         assert!(!inline.check("member", "y"));
+    }
+
+    #[test]
+    fn auther_entries_without_a_user_name_are_skipped_as_in_gost() {
+        let config = gost_api::from_str(
+            "services:\n- name: a\n  addr: :1\n  handler:\n    type: http\n    auther: team\nauthers:\n- name: team\n  auths:\n  - {username: \"\", password: \"\"}\n  - {username: \"\", password: y}\n  - {username: member, password: z}\n",
+            gost_api::Format::Yaml,
+        )
+        .unwrap();
+        let auth = Authenticator::for_handler(&config.services[0].handler, &config).unwrap();
+        assert!(auth.check("member", "z"));
+        assert!(!auth.check("", "y"));
+        assert!(!auth.check("", "anything"));
+        assert!(!auth.check("", ""));
     }
 
     #[test]
