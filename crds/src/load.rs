@@ -345,6 +345,26 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
     }
     if let Some(metrics) = &config.metrics {
         check_listen_addr(&metrics.addr, "metrics.addr")?;
+        if let Some(path) = metrics.path.as_deref()
+            && !path.is_empty()
+            && !path.starts_with('/')
+        {
+            return Err(ConfigError::field(
+                "metrics.path",
+                format!("{path:?} is not a URL path: it must start with `/` (e.g. `/{path}`)"),
+            ));
+        }
+        if let Some(auther) = &metrics.auther
+            && !auther_names.contains(auther.as_str())
+        {
+            return Err(ConfigError::field(
+                "metrics.auther",
+                format!(
+                    "no auther named {auther:?}; defined authers: {}",
+                    list(&auther_names)
+                ),
+            ));
+        }
     }
     Ok(())
 }

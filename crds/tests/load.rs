@@ -164,6 +164,24 @@ fn references_and_addresses_are_checked() {
     assert!(message.contains("twice"), "{message}");
 }
 
+/// The metrics endpoint's auther is checked as a handler's is (GOST leaves the endpoint open
+/// when the name finds nothing), and its path must be one (GOST's HTTP mux refuses `metrics`).
+#[test]
+fn metrics_references_and_paths_are_checked() {
+    let (path, message) = field_error("metrics:\n  addr: :9000\n  auther: nowhere\n");
+    assert_eq!(path, "metrics.auther");
+    assert!(message.contains("nowhere"), "{message}");
+    let (path, message) = field_error("metrics:\n  addr: :9000\n  path: prom\n");
+    assert_eq!(path, "metrics.path");
+    assert!(message.contains("`/prom`"), "{message}");
+    for ok in [
+        "metrics:\n  addr: :9000\n  path: /prom\n  auther: a\nauthers:\n- name: a\n",
+        "metrics:\n  addr: :9000\n  path: \"\"\n",
+    ] {
+        from_str(ok, Format::Yaml).unwrap();
+    }
+}
+
 #[test]
 fn unsupported_gost_sections_are_refused_by_name() {
     let (path, message) = field_error("bypasses:\n- name: b\n");
