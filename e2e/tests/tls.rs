@@ -1303,3 +1303,52 @@ fn mutual_tls_services_resume_no_sessions() {
         assert!(second.contains("New, TLSv1.3"), "{second}");
     }
 }
+
+/// An X.509 v1 certificate for `v1.test` (no extensions, as `openssl x509 -req` without
+/// `-extfile` writes them before OpenSSL 3.2; valid until 2126) and its key.
+const V1_CERT: &str = "-----BEGIN CERTIFICATE-----
+MIIBIDCBxwIUAJaMTESNdAyEZGjfZ8TAP4Me630wCgYIKoZIzj0EAwIwEjEQMA4G
+A1UEAwwHdjEudGVzdDAgFw0yNjExMjgwNTIxNTZaGA8yMTI2MTEwNDA1MjE1Nlow
+EjEQMA4GA1UEAwwHdjEudGVzdDBZMBMGByqGSM49AgEGCCqGSM49AwEHA0IABGG9
+/rth4HrprtQrTqAhtFI+Wv5Df79Tf7m5rHhOaa0wPFRF5xCrGtRj+4KdfkY9m1ub
+Y90eMMvBUCaW7DF6CBIwCgYIKoZIzj0EAwIDSAAwRQIhAJ/gt+VUnUtj/cnzU4jX
+jCKtXka4QitMO5jfs6Oj1brhAiB8tkm9brlLdB+8jvJ0WkXkFNkRAtWpXsHbMspt
+K6eMDg==
+-----END CERTIFICATE-----
+";
+const V1_KEY: &str = "-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgexNKTcDc4ucsxJbw
+AWXy+Ykf3yUx1AJX0bLYKbZpS/ihRANCAARhvf67YeB66a7UK06gIbRSPlr+Q3+/
+U3+5uax4TmmtMDxURecQqxrUY/uCnX5GPZtbm2PdHjDLwVAmluwxeggS
+-----END PRIVATE KEY-----
+";
+
+/// A server with a v1 certificate (Go, so GOST, serves one) is served and reached by our
+/// client, unverified as GOST's default and with the certificate pinned in a `caFile`.
+#[test]
+fn a_v1_certificate_is_served_and_accepted() {
+    let dir = tempdir();
+    let target = Target::http();
+    let (cert, key) = (dir.join("v1.crt"), dir.join("v1.key"));
+    fs::write(&cert, V1_CERT).unwrap();
+    fs::write(&key, V1_KEY).unwrap();
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let server = Gost::start(
+        &[
+            "-L",
+            &format!("https://127.0.0.1:0?certFile={cert}&keyFile={key}"),
+        ],
+        1,
+    );
+    assert!(same_pem(&served_cert(server.addr()), V1_CERT));
+    for query in [String::new(), format!("?caFile={cert}")] {
+        let client = client_of(&format!("https://{}{query}", server.addr()));
+        let out = get_through(&format!("http://{}", client.addr()), &target);
+        assert!(
+            out.text().starts_with("hello from target"),
+            "{query}: {}\n{}",
+            out.stderr,
+            client.log()
+        );
+    }
+}

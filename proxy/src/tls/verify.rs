@@ -16,7 +16,7 @@ use std::time::Duration;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::WebPkiSupportedAlgorithms;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, ServerName, SubjectPublicKeyInfoDer, UnixTime};
 use rustls::server::ParsedCertificate;
 use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
@@ -98,6 +98,28 @@ fn check_pinned(
     Ok(())
 }
 
+/// Checks a TLS 1.3 handshake signature against the public key of `cert`. WebPKI, which rustls
+/// asks, parses X.509 v3 certificates only; a v1 certificate (no extensions, as
+/// `openssl x509 -req` writes them without `-extfile` before OpenSSL 3.2), which Go, so GOST,
+/// serves and accepts, has its signature checked against its public key read by x509-parser.
+fn tls13_signature(
+    message: &[u8],
+    cert: &CertificateDer<'_>,
+    dss: &DigitallySignedStruct,
+) -> Result<HandshakeSignatureValid, rustls::Error> {
+    let checked = rustls::crypto::verify_tls13_signature(message, cert, dss, &algorithms());
+    if checked.is_ok() {
+        return checked;
+    }
+    match x509_parser::parse_x509_certificate(cert.as_ref()) {
+        Ok((_, parsed)) if parsed.tbs_certificate.version == x509_parser::x509::X509Version::V1 => {
+            let spki = SubjectPublicKeyInfoDer::from(parsed.tbs_certificate.subject_pki.raw);
+            rustls::crypto::verify_tls13_signature_with_raw_key(message, &spki, dss, &algorithms())
+        }
+        _ => checked,
+    }
+}
+
 // --- the server's certificate, on a client ---------------------------------------------------
 
 /// GOST's client without `secure` or `caFile`: any certificate. The handshake's signatures
@@ -132,7 +154,7 @@ impl ServerCertVerifier for AnyServerCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &algorithms())
+        tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -304,7 +326,7 @@ impl ServerCertVerifier for CaServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &algorithms())
+        tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -396,7 +418,7 @@ impl ClientCertVerifier for CaFileClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &algorithms())
+        tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
