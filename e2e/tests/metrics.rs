@@ -104,6 +104,22 @@ fn metrics_auth_from_the_config_file() {
 }
 
 #[test]
+fn metrics_authers_skip_entries_without_a_user_name_as_gost_does() {
+    let gost = Gost::start_config(
+        "services:\n\
+         - name: front\n  addr: 127.0.0.1:0\n  handler:\n    type: http\n  listener:\n    type: tcp\n\
+         authers:\n- name: scrapers\n  auths:\n  - {username: \"\", password: open}\n  - {username: prom, password: s3cret}\n\
+         metrics:\n  addr: 127.0.0.1:0\n  auther: scrapers\n",
+        2,
+    );
+    let url = format!("http://{}/metrics", gost.addrs()[0]);
+    let denied = scrape_metrics(&url, Some(":open"));
+    assert!(denied.contains("status=401"), "{denied}");
+    let ok = scrape_metrics(&url, Some("prom:s3cret"));
+    assert!(ok.contains("status=200"), "{ok}");
+}
+
+#[test]
 fn metrics_flag_in_gosts_url_form_requires_its_basic_auth() {
     // GOST's documentation form, with a percent-encoded '@' in the password.
     let gost = Gost::start(

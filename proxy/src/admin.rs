@@ -76,13 +76,7 @@ pub fn bind(
     let local = listener.local_addr();
     let names: Vec<&String> = metrics.auther.iter().collect();
     let mut users: Vec<&gost_api::AuthConfig> = metrics.auth.iter().collect();
-    users.extend(
-        config
-            .authers
-            .iter()
-            .filter(|a| names.contains(&&a.name))
-            .flat_map(|a| &a.auths),
-    );
+    users.extend(crate::auth::auther_users(config, &names));
     let auth =
         (metrics.auth.is_some() || metrics.auther.is_some()).then(|| Authenticator::new(users));
     let endpoint = Arc::new(Endpoint {

@@ -50,6 +50,21 @@ impl std::fmt::Debug for Authenticator {
     }
 }
 
+/// The users of the authers `names` names, as GOST reads them: an entry without a user name
+/// is skipped, so no client can log in as it (with any password, when its password is empty
+/// too).
+pub fn auther_users<'a>(
+    config: &'a Config,
+    names: &'a [&String],
+) -> impl Iterator<Item = &'a AuthConfig> + 'a {
+    config
+        .authers
+        .iter()
+        .filter(|a| names.contains(&&a.name))
+        .flat_map(|a| &a.auths)
+        .filter(|user| !user.username.is_empty())
+}
+
 impl Authenticator {
     /// An authenticator accepting exactly these users.
     pub fn new<'a>(users: impl IntoIterator<Item = &'a AuthConfig>) -> Self {
@@ -77,15 +92,7 @@ impl Authenticator {
         if names.is_empty() {
             return handler.auth.as_ref().map(|auth| Authenticator::new([auth]));
         }
-        let from_authers = config
-            .authers
-            .iter()
-            .filter(|a| names.contains(&&a.name))
-            .flat_map(|a| &a.auths)
-            // GOST skips an entry without a user name: no client can log in as it (with any
-            // password, when its password is empty too).
-            .filter(|user| !user.username.is_empty());
-        Some(Authenticator::new(from_authers))
+        Some(Authenticator::new(auther_users(config, &names)))
     }
 
     /// As [`Authenticator::check`], for a client at `client`: after the failure limit
