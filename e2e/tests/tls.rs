@@ -1305,23 +1305,9 @@ fn mutual_tls_services_resume_no_sessions() {
 }
 
 /// An X.509 v1 certificate for `v1.test` (no extensions, as `openssl x509 -req` without
-/// `-extfile` writes them before OpenSSL 3.2; valid until 2126) and its key.
-const V1_CERT: &str = "-----BEGIN CERTIFICATE-----
-MIIBIDCBxwIUAJaMTESNdAyEZGjfZ8TAP4Me630wCgYIKoZIzj0EAwIwEjEQMA4G
-A1UEAwwHdjEudGVzdDAgFw0yNjExMjgwNTIxNTZaGA8yMTI2MTEwNDA1MjE1Nlow
-EjEQMA4GA1UEAwwHdjEudGVzdDBZMBMGByqGSM49AgEGCCqGSM49AwEHA0IABGG9
-/rth4HrprtQrTqAhtFI+Wv5Df79Tf7m5rHhOaa0wPFRF5xCrGtRj+4KdfkY9m1ub
-Y90eMMvBUCaW7DF6CBIwCgYIKoZIzj0EAwIDSAAwRQIhAJ/gt+VUnUtj/cnzU4jX
-jCKtXka4QitMO5jfs6Oj1brhAiB8tkm9brlLdB+8jvJ0WkXkFNkRAtWpXsHbMspt
-K6eMDg==
------END CERTIFICATE-----
-";
-const V1_KEY: &str = "-----BEGIN PRIVATE KEY-----
-MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgexNKTcDc4ucsxJbw
-AWXy+Ykf3yUx1AJX0bLYKbZpS/ihRANCAARhvf67YeB66a7UK06gIbRSPlr+Q3+/
-U3+5uax4TmmtMDxURecQqxrUY/uCnX5GPZtbm2PdHjDLwVAmluwxeggS
------END PRIVATE KEY-----
-";
+/// `-extfile` writes them before OpenSSL 3.2; valid from 2000 to 2126) and its key.
+const V1_CERT: &str = include_str!("../../proxy/src/tls/testdata/v1.crt");
+const V1_KEY: &str = include_str!("../../proxy/src/tls/testdata/v1.key");
 
 /// A server with a v1 certificate (Go, so GOST, serves one) is served and reached by our
 /// client, unverified as GOST's default and with the certificate pinned in a `caFile`.
@@ -1349,6 +1335,41 @@ fn a_v1_certificate_is_served_and_accepted() {
             "{query}: {}\n{}",
             out.stderr,
             client.log()
+        );
+    }
+}
+
+/// A server whose `caFile` pins a v1 client certificate takes that client, as Go (so GOST)
+/// takes it, and still refuses a client without one.
+#[test]
+fn a_pinned_v1_client_certificate_is_taken() {
+    let dir = tempdir();
+    let target = Target::http();
+    let ca = Ca::new("gost-rs test CA");
+    let (cert, key, _) = ca.issue(&dir, "server", &["127.0.0.1"], false);
+    let (v1_cert, v1_key) = (dir.join("v1.crt"), dir.join("v1.key"));
+    fs::write(&v1_cert, V1_CERT).unwrap();
+    fs::write(&v1_key, V1_KEY).unwrap();
+    let (v1_cert, v1_key) = (v1_cert.to_str().unwrap(), v1_key.to_str().unwrap());
+    let server = Gost::start(
+        &[
+            "-L",
+            &format!("https://127.0.0.1:0?certFile={cert}&keyFile={key}&caFile={v1_cert}"),
+        ],
+        1,
+    );
+    for (query, through) in [
+        (format!("?cert={v1_cert}&key={v1_key}"), true),
+        (String::new(), false),
+    ] {
+        let client = client_of(&format!("https://{}{query}", server.addr()));
+        let out = get_through(&format!("http://{}", client.addr()), &target);
+        assert_eq!(
+            out.text().starts_with("hello from target"),
+            through,
+            "{query}: {}\n{}",
+            out.stderr,
+            server.log()
         );
     }
 }

@@ -1151,24 +1151,10 @@ mod tests {
         assert!(parse_key(Path::new("k.pem"), plain.as_bytes()).is_ok());
     }
 
-    /// An X.509 v1 certificate (no extensions), as `openssl x509 -req` without `-extfile`
-    /// writes them before OpenSSL 3.2, and its key.
-    const V1_CERT: &str = "-----BEGIN CERTIFICATE-----
-MIIBIDCBxwIUAJaMTESNdAyEZGjfZ8TAP4Me630wCgYIKoZIzj0EAwIwEjEQMA4G
-A1UEAwwHdjEudGVzdDAgFw0yNjExMjgwNTIxNTZaGA8yMTI2MTEwNDA1MjE1Nlow
-EjEQMA4GA1UEAwwHdjEudGVzdDBZMBMGByqGSM49AgEGCCqGSM49AwEHA0IABGG9
-/rth4HrprtQrTqAhtFI+Wv5Df79Tf7m5rHhOaa0wPFRF5xCrGtRj+4KdfkY9m1ub
-Y90eMMvBUCaW7DF6CBIwCgYIKoZIzj0EAwIDSAAwRQIhAJ/gt+VUnUtj/cnzU4jX
-jCKtXka4QitMO5jfs6Oj1brhAiB8tkm9brlLdB+8jvJ0WkXkFNkRAtWpXsHbMspt
-K6eMDg==
------END CERTIFICATE-----
-";
-    const V1_KEY: &str = "-----BEGIN PRIVATE KEY-----
-MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgexNKTcDc4ucsxJbw
-AWXy+Ykf3yUx1AJX0bLYKbZpS/ihRANCAARhvf67YeB66a7UK06gIbRSPlr+Q3+/
-U3+5uax4TmmtMDxURecQqxrUY/uCnX5GPZtbm2PdHjDLwVAmluwxeggS
------END PRIVATE KEY-----
-";
+    /// An X.509 v1 certificate for `v1.test` (no extensions, as `openssl x509 -req` without
+    /// `-extfile` writes them before OpenSSL 3.2; valid from 2000 to 2126) and its key.
+    pub(super) const V1_CERT: &str = include_str!("testdata/v1.crt");
+    pub(super) const V1_KEY: &str = include_str!("testdata/v1.key");
 
     /// Go serves a v1 certificate, so GOST does; a key of another certificate is still refused,
     /// saying so.

@@ -562,4 +562,71 @@ mod tests {
             ))
         ));
     }
+
+    /// A TLS 1.3 handshake signature over `message` by the ECDSA P-256 key in `key_pem`.
+    fn sign(message: &[u8], key_pem: &str) -> Vec<u8> {
+        let key = super::super::parse_key(Path::new("k.pem"), key_pem.as_bytes()).unwrap();
+        let key = super::super::provider()
+            .key_provider
+            .load_private_key(key)
+            .unwrap();
+        let signer = key
+            .choose_scheme(&[SignatureScheme::ECDSA_NISTP256_SHA256])
+            .unwrap();
+        signer.sign(message).unwrap()
+    }
+
+    /// `signature` as a peer sends it, naming `scheme`.
+    fn sent_as(scheme: SignatureScheme, signature: &[u8]) -> DigitallySignedStruct {
+        use rustls::internal::msgs::codec::Codec;
+        let mut wire = scheme.to_array().to_vec();
+        wire.extend_from_slice(&u16::try_from(signature.len()).unwrap().to_be_bytes());
+        wire.extend_from_slice(signature);
+        DigitallySignedStruct::read_bytes(&wire).unwrap()
+    }
+
+    fn pem_cert(pem: &str) -> CertificateDer<'static> {
+        super::super::parse_certs(Path::new("c.pem"), pem.as_bytes())
+            .unwrap()
+            .remove(0)
+    }
+
+    /// A v1 certificate's signature is checked against its own key: only the right message,
+    /// signed by that key and sent with that key's scheme, passes.
+    #[test]
+    fn a_v1_certificate_signature_is_checked_against_its_key() {
+        use super::super::tests::{V1_CERT, V1_KEY};
+        use SignatureScheme::{ECDSA_NISTP256_SHA256 as P256, ECDSA_NISTP384_SHA384 as P384};
+        let v1 = pem_cert(V1_CERT);
+        let message = b"TLS 1.3, server CertificateVerify";
+        let signature = sign(message, V1_KEY);
+        let good = sent_as(P256, &signature);
+        assert!(tls13_signature(message, &v1, &good).is_ok());
+
+        let refused = |message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct| {
+            assert!(
+                tls13_signature(message, cert, dss).is_err(),
+                "a bad signature was accepted"
+            )
+        };
+        refused(b"another message", &v1, &good);
+        let other = super::super::generate(None).unwrap();
+        let by_other = sent_as(P256, &sign(message, &other.key_pem));
+        refused(message, &v1, &by_other);
+        for scheme in [
+            P384,
+            SignatureScheme::ED25519,
+            SignatureScheme::RSA_PSS_SHA256,
+        ] {
+            refused(message, &v1, &sent_as(scheme, &signature));
+        }
+        let mut flipped = signature.clone();
+        *flipped.last_mut().unwrap() ^= 1;
+        refused(message, &v1, &sent_as(P256, &flipped));
+
+        // A v3 certificate goes through WebPKI alone: its own key passes, the v1 key does not.
+        let v3 = pem_cert(&other.cert_pem);
+        assert!(tls13_signature(message, &v3, &by_other).is_ok());
+        refused(message, &v3, &good);
+    }
 }
