@@ -103,18 +103,22 @@ fn metrics_auth_from_the_config_file() {
     assert!(!gost.log().contains("s3cret"), "a password reached the log");
 }
 
+/// As GOST: a metrics `auther` replaces the section's `auth`, and its entries without a user
+/// name are skipped.
 #[test]
-fn metrics_authers_skip_entries_without_a_user_name_as_gost_does() {
+fn a_metrics_auther_replaces_auth_and_skips_entries_without_a_user_name() {
     let gost = Gost::start_config(
         "services:\n\
          - name: front\n  addr: 127.0.0.1:0\n  handler:\n    type: http\n  listener:\n    type: tcp\n\
          authers:\n- name: scrapers\n  auths:\n  - {username: \"\", password: open}\n  - {username: prom, password: s3cret}\n\
-         metrics:\n  addr: 127.0.0.1:0\n  auther: scrapers\n",
+         metrics:\n  addr: 127.0.0.1:0\n  auther: scrapers\n  auth: {username: old, password: gone}\n",
         2,
     );
     let url = format!("http://{}/metrics", gost.addrs()[0]);
-    let denied = scrape_metrics(&url, Some(":open"));
-    assert!(denied.contains("status=401"), "{denied}");
+    for wrong in [":open", "old:gone"] {
+        let denied = scrape_metrics(&url, Some(wrong));
+        assert!(denied.contains("status=401"), "{wrong}: {denied}");
+    }
     let ok = scrape_metrics(&url, Some("prom:s3cret"));
     assert!(ok.contains("status=200"), "{ok}");
 }

@@ -74,11 +74,14 @@ pub fn bind(
     let listener = TcpListenerImpl::bind(&metrics.addr)
         .map_err(|e| format!("metrics.addr: cannot listen on {:?}: {e}", metrics.addr))?;
     let local = listener.local_addr();
-    let names: Vec<&String> = metrics.auther.iter().collect();
-    let mut users: Vec<&gost_api::AuthConfig> = metrics.auth.iter().collect();
-    users.extend(crate::auth::auther_users(config, &names));
-    let auth =
-        (metrics.auth.is_some() || metrics.auther.is_some()).then(|| Authenticator::new(users));
+    // As GOST builds it: the named auther's users replace `auth`.
+    let auth = match &metrics.auther {
+        Some(name) => Some(Authenticator::new(crate::auth::auther_users(
+            config,
+            &[name],
+        ))),
+        None => metrics.auth.as_ref().map(|auth| Authenticator::new([auth])),
+    };
     let endpoint = Arc::new(Endpoint {
         path: metrics
             .path
