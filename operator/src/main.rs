@@ -85,7 +85,7 @@ struct Args {
     #[arg(long)]
     no_webhook: bool,
     /// Where the webhook listens.
-    #[arg(long, default_value = DEFAULT_WEBHOOK_ADDR)]
+    #[arg(long, default_value = DEFAULT_WEBHOOK_ADDR, value_parser = listen_addr)]
     webhook_addr: SocketAddr,
     /// The webhook's Service, in `--namespace`.
     #[arg(long, default_value = DEFAULT_WEBHOOK_SERVICE)]
@@ -107,7 +107,7 @@ struct Args {
     webhook_url: Option<String>,
 
     /// Where the plain-HTTP endpoint listens: /metrics (Prometheus), /healthz, /readyz.
-    #[arg(long, default_value = metrics::DEFAULT_METRICS_ADDR)]
+    #[arg(long, default_value = metrics::DEFAULT_METRICS_ADDR, value_parser = listen_addr)]
     metrics_addr: SocketAddr,
 
     /// Elect a leader among replicas on a Lease; only the leader reconciles.
@@ -220,6 +220,20 @@ async fn terminated() {
         }
         std::process::exit(130);
     });
+}
+
+/// A listening address: `IP:PORT`, or `:PORT` for every IPv4 interface, as controller-runtime
+/// operators (`--metrics-bind-address=:8080`) and GOST take it.
+fn listen_addr(value: &str) -> Result<SocketAddr, String> {
+    let expected =
+        || format!("expected IP:PORT or :PORT (e.g. 0.0.0.0:8080 or :8080), not {value:?}");
+    match value.strip_prefix(':') {
+        Some(port) => port
+            .parse::<u16>()
+            .map(|port| SocketAddr::from(([0, 0, 0, 0], port)))
+            .map_err(|_| expected()),
+        None => value.parse().map_err(|_| expected()),
+    }
 }
 
 fn main() -> ExitCode {

@@ -58,7 +58,28 @@ fn bad_flags_are_named() {
     );
     let (code, stderr) = operator(&["--metrics-addr", "nowhere"], &[]);
     assert_eq!(code, 2, "{stderr}");
-    assert!(stderr.contains("--metrics-addr"), "{stderr}");
+    assert!(
+        stderr.contains("--metrics-addr") && stderr.contains("IP:PORT or :PORT"),
+        "{stderr}"
+    );
+    let (code, stderr) = operator(&["--webhook-addr", ":99999"], &[]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--webhook-addr"), "{stderr}");
+}
+
+/// `:PORT` is every interface, as controller-runtime operators and GOST read it: the flags
+/// are taken and the operator goes on to look for a cluster (none here), before it listens.
+#[test]
+fn a_port_alone_is_a_listening_address() {
+    let (code, stderr) = operator(
+        &["--metrics-addr", ":9090", "--webhook-addr", ":9443"],
+        &[("KUBECONFIG", "/nonexistent/kubeconfig")],
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("cannot reach the Kubernetes API"),
+        "{stderr}"
+    );
 }
 
 #[test]
