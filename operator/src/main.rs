@@ -33,7 +33,7 @@ const DEFAULT_LEASE_NAME: &str = "gost-operator";
 /// The Service in front of the webhook (its DNS names go into the serving certificate).
 const DEFAULT_WEBHOOK_SERVICE: &str = "gost-operator-webhook";
 /// Where the webhook listens: 9443, the conventional unprivileged webhook port.
-const DEFAULT_WEBHOOK_ADDR: &str = "0.0.0.0:9443";
+const DEFAULT_WEBHOOK_ADDR: &str = ":9443";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Format {
@@ -222,18 +222,39 @@ async fn terminated() {
     });
 }
 
-/// A listening address: `IP:PORT`, or `:PORT` for every IPv4 interface, as controller-runtime
-/// operators (`--metrics-bind-address=:8080`) and GOST take it.
+/// A listening address: `IP:PORT`, or `:PORT` for every interface, as controller-runtime
+/// operators (`--metrics-bind-address=:8080`) and GOST take it: `[::]`, which takes IPv4 too
+/// (see [`bind`]).
 fn listen_addr(value: &str) -> Result<SocketAddr, String> {
     let expected =
-        || format!("expected IP:PORT or :PORT (e.g. 0.0.0.0:8080 or :8080), not {value:?}");
+        || format!("expected IP:PORT or :PORT (e.g. 127.0.0.1:8080 or :8080), not {value:?}");
     match value.strip_prefix(':') {
         Some(port) => port
             .parse::<u16>()
-            .map(|port| SocketAddr::from(([0, 0, 0, 0], port)))
+            .map(|port| SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)))
             .map_err(|_| expected()),
         None => value.parse().map_err(|_| expected()),
     }
+}
+
+/// Listens on `addr`. Every interface (`[::]`) is both IPv6 and IPv4, so an IPv6-only cluster's
+/// probes and API server reach the operator as a dual-stack one's do; on a node without IPv6
+/// it is every IPv4 interface, as Go listens.
+async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let v6 = match tokio::net::TcpListener::bind(addr).await {
+        Ok(listener) => return Ok(listener),
+        Err(e)
+            if addr.ip() != std::net::Ipv6Addr::UNSPECIFIED
+                || e.kind() == std::io::ErrorKind::AddrInUse =>
+        {
+            return Err(e);
+        }
+        Err(e) => e,
+    };
+    let v4 = SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, addr.port()));
+    let listener = tokio::net::TcpListener::bind(v4).await.map_err(|_| v6)?;
+    tracing::info!(addr = %v4, "no IPv6 here: listening on IPv4 only");
+    Ok(listener)
 }
 
 fn main() -> ExitCode {
@@ -322,7 +343,7 @@ async fn run(args: Args, sidecar: SidecarSettings) -> Result<(), String> {
     // Probes and scrapes first, so a slow start shows as "not ready" rather than as a refused
     // connection that a liveness probe would count against the pod.
     let readiness = Readiness::new(!args.no_webhook);
-    let metrics_listener = tokio::net::TcpListener::bind(args.metrics_addr)
+    let metrics_listener = bind(args.metrics_addr)
         .await
         .map_err(|e| format!("metrics: cannot listen on {}: {e}", args.metrics_addr))?;
     tracing::info!(addr = %args.metrics_addr, "metrics and probes listening");
@@ -411,7 +432,7 @@ async fn run(args: Args, sidecar: SidecarSettings) -> Result<(), String> {
             Some(namespaces.clone()),
             readiness.clone(),
         ));
-        let listener = tokio::net::TcpListener::bind(args.webhook_addr)
+        let listener = bind(args.webhook_addr)
             .await
             .map_err(|e| format!("webhook: cannot listen on {}: {e}", args.webhook_addr))?;
         readiness.webhook_listening();
@@ -442,4 +463,23 @@ async fn run(args: Args, sidecar: SidecarSettings) -> Result<(), String> {
         let _ = task.await;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_port_alone_is_every_interface_of_both_families() {
+        assert_eq!(listen_addr(":8080"), Ok("[::]:8080".parse().unwrap()));
+        assert_eq!(
+            listen_addr("127.0.0.1:9443"),
+            Ok("127.0.0.1:9443".parse().unwrap())
+        );
+        assert_eq!(listen_addr("[::1]:1"), Ok("[::1]:1".parse().unwrap()));
+        for bad in [":", ":http", ":65536", "8080", "localhost:8080", ""] {
+            let error = listen_addr(bad).unwrap_err();
+            assert!(error.contains("IP:PORT or :PORT"), "{bad}: {error}");
+        }
+    }
 }

@@ -27,7 +27,7 @@ use tokio::net::TcpListener;
 
 /// Where the endpoint listens by default: 8080, the conventional metrics port of operators,
 /// which the chart's probes and ServiceMonitor use.
-pub const DEFAULT_METRICS_ADDR: &str = "0.0.0.0:8080";
+pub const DEFAULT_METRICS_ADDR: &str = ":8080";
 /// Paths served.
 pub const METRICS_PATH: &str = "/metrics";
 /// See [`METRICS_PATH`].
