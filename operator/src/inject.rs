@@ -162,6 +162,30 @@ pub fn decide(namespace: &str, namespace_label: Option<&str>, pod: &Pod) -> Deci
     }
 }
 
+/// Warnings about a `gost.rs/inject` pod annotation or namespace label whose value is neither
+/// `enabled` nor `disabled` (`true`, `Enabled`, ...): such a value opts neither in nor out, so
+/// without a word the pod would simply run without its sidecar.
+pub fn opt_in_warnings(namespace_label: Option<&str>, pod: &Pod) -> Vec<String> {
+    let annotation = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(INJECT_KEY))
+        .map(String::as_str);
+    [
+        ("pod annotation", annotation),
+        ("namespace label", namespace_label),
+    ]
+    .into_iter()
+    .filter_map(|(what, value)| match value? {
+        INJECT_ENABLED | INJECT_DISABLED => None,
+        other => Some(format!(
+            "gost sidecar: the {what} {INJECT_KEY}={other:?} is neither {INJECT_ENABLED:?} nor {INJECT_DISABLED:?} and is ignored; set {INJECT_ENABLED:?} to inject the sidecar"
+        )),
+    })
+    .collect()
+}
+
 /// Whether a container named [`SIDECAR_NAME`] is already in the pod (an earlier invocation, or a
 /// pod that runs gost by hand).
 pub fn has_sidecar(pod: &Pod) -> bool {

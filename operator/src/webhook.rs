@@ -149,7 +149,7 @@ impl<P: PodConfig, N: NamespaceLabels> Webhook<P, N> {
     }
 
     async fn admit(&self, request: &AdmissionRequest<Pod>) -> (AdmissionResponse, Admission) {
-        let response = AdmissionResponse::from(request);
+        let mut response = AdmissionResponse::from(request);
         let kind = &request.kind;
         if !(kind.group.is_empty() && kind.version == "v1" && kind.kind == "Pod") {
             tracing::warn!(uid = %request.uid, ?kind, "admission request for something else than a Pod");
@@ -171,6 +171,10 @@ impl<P: PodConfig, N: NamespaceLabels> Webhook<P, N> {
             .or(pod.metadata.namespace.as_deref())
             .unwrap_or("default");
         let label = self.namespaces.label(namespace, INJECT_KEY);
+        for warning in inject::opt_in_warnings(label.as_deref(), pod) {
+            tracing::warn!(uid = %request.uid, namespace, pod = pod_name(pod), "{warning}");
+            response = warn(response, warning);
+        }
         if let Decision::Skip(reason) = inject::decide(namespace, label.as_deref(), pod) {
             tracing::debug!(uid = %request.uid, namespace, reason, "not injecting");
             return (response, Admission::Skipped);

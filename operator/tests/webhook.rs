@@ -113,6 +113,10 @@ fn namespaces() -> HashMap<String, BTreeMap<String, String>> {
             BTreeMap::from([("gost.rs/inject".to_string(), "enabled".to_string())]),
         ),
         ("plain".to_string(), BTreeMap::new()),
+        (
+            "typo".to_string(),
+            BTreeMap::from([("gost.rs/inject".to_string(), "true".to_string())]),
+        ),
     ])
 }
 
@@ -470,6 +474,57 @@ async fn pod_annotation_opts_in_and_out() {
     assert!(response.get("patch").is_none(), "{response}");
 
     assert_eq!(server.calls(), [("plain".to_string(), false)]);
+}
+
+#[tokio::test]
+async fn an_opt_in_value_other_than_enabled_or_disabled_is_warned_about() {
+    let server = start(None).await;
+    let warnings = |response: &Value| -> Vec<String> {
+        response["warnings"]
+            .as_array()
+            .map(|w| w.iter().map(|w| w.as_str().unwrap().to_string()).collect())
+            .unwrap_or_default()
+    };
+
+    // `true` (as other injectors spell it) opts in nowhere: the pod is left alone, and says why.
+    let mut annotated = pod();
+    annotated["metadata"]["annotations"] = json!({"gost.rs/inject": "true"});
+    let response = server.admit(&review("a", "plain", &annotated, false)).await;
+    assert!(response.get("patch").is_none(), "{response}");
+    let said = warnings(&response);
+    assert_eq!(said.len(), 1, "{response}");
+    assert!(
+        said[0].contains("pod annotation gost.rs/inject=\"true\"")
+            && said[0].contains("\"enabled\""),
+        "{said:?}"
+    );
+
+    let response = server.admit(&review("n", "typo", &pod(), false)).await;
+    assert!(response.get("patch").is_none(), "{response}");
+    let said = warnings(&response);
+    assert_eq!(said.len(), 1, "{response}");
+    assert!(
+        said[0].contains("namespace label gost.rs/inject=\"true\""),
+        "{said:?}"
+    );
+
+    // A pod that opts in is injected there, and the namespace's value is still pointed out.
+    let mut opted_in = pod();
+    opted_in["metadata"]["annotations"] = json!({"gost.rs/inject": "enabled"});
+    let response = server.admit(&review("i", "typo", &opted_in, false)).await;
+    let patched = apply(&response, &opted_in);
+    assert_eq!(patched["spec"]["initContainers"][0]["name"], "gost");
+    assert_eq!(warnings(&response).len(), 1, "{response}");
+
+    // The values that mean something are not warned about.
+    for (uid, namespace, value) in [("e", "shop", "enabled"), ("d", "shop", "disabled")] {
+        let mut annotated = pod();
+        annotated["metadata"]["annotations"] = json!({"gost.rs/inject": value});
+        let response = server
+            .admit(&review(uid, namespace, &annotated, false))
+            .await;
+        assert!(warnings(&response).is_empty(), "{response}");
+    }
 }
 
 #[tokio::test]
