@@ -504,7 +504,7 @@ impl<'a> Renderer<'a> {
             chain: chain.clone(),
             retries: svc.handler.retries,
             auth: secrets
-                .auth(svc.handler.auth.as_ref())
+                .auth(svc.handler.auth.as_ref(), Side::Server)
                 .map_err(at("handler.auth"))?,
             tls: secrets
                 .tls(svc.handler.tls.as_ref(), Side::Server)
@@ -515,7 +515,7 @@ impl<'a> Renderer<'a> {
         let listener = ListenerConfig {
             kind: svc.listener.kind,
             auth: secrets
-                .auth(svc.listener.auth.as_ref())
+                .auth(svc.listener.auth.as_ref(), Side::Server)
                 .map_err(at("listener.auth"))?,
             tls: secrets
                 .tls(svc.listener.tls.as_ref(), Side::Server)
@@ -654,7 +654,7 @@ fn node_config(secrets: &mut Secrets<'_>, node: &NodeSpec) -> Result<NodeConfig,
         connector: ConnectorConfig {
             kind: node.connector.kind,
             auth: secrets
-                .auth(node.connector.auth.as_ref())
+                .auth(node.connector.auth.as_ref(), Side::Client)
                 .map_err(prefix("connector.auth"))?,
             tls: secrets
                 .tls(node.connector.tls.as_ref(), Side::Client)
@@ -664,7 +664,7 @@ fn node_config(secrets: &mut Secrets<'_>, node: &NodeSpec) -> Result<NodeConfig,
         dialer: DialerConfig {
             kind: node.dialer.kind,
             auth: secrets
-                .auth(node.dialer.auth.as_ref())
+                .auth(node.dialer.auth.as_ref(), Side::Client)
                 .map_err(prefix("dialer.auth"))?,
             tls: match secrets
                 .tls(node.dialer.tls.as_ref(), Side::Client)
@@ -762,13 +762,39 @@ impl<'a> Secrets<'a> {
         })
     }
 
-    fn auth(&mut self, auth: Option<&AuthSpec>) -> Result<Option<AuthConfig>, (Reason, String)> {
+    /// The credentials `auth` refers to. A server (handler, listener) refuses an empty user
+    /// name or password: as in GOST, the proxy lets a user whose password is empty in with any
+    /// password, so an empty key (a Secret made from an unset variable) would open the service.
+    fn auth(
+        &mut self,
+        auth: Option<&AuthSpec>,
+        side: Side,
+    ) -> Result<Option<AuthConfig>, (Reason, String)> {
         let Some(auth) = auth else { return Ok(None) };
         let name = &auth.secret_ref.name;
-        Ok(Some(AuthConfig {
-            username: self.text(name, auth.username_key())?,
-            password: self.text(name, auth.password_key())?,
-        }))
+        let username = self.text(name, auth.username_key())?;
+        let password = self.text(name, auth.password_key())?;
+        if side == Side::Server {
+            let empty = |key: &str, what: String| {
+                Err((
+                    Reason::SecretKeyMissing,
+                    format!("Secret {name:?} key {key:?} is empty: {what}; put it in the Secret"),
+                ))
+            };
+            if username.is_empty() {
+                return empty(
+                    auth.username_key(),
+                    "clients need a user name to log in with".to_string(),
+                );
+            }
+            if password.is_empty() {
+                return empty(
+                    auth.password_key(),
+                    format!("the proxy would let user {username:?} in with any password"),
+                );
+            }
+        }
+        Ok(Some(AuthConfig { username, password }))
     }
 
     /// Puts `bytes` (the Secret's key `key`) into the files and returns the path the proxy
@@ -1245,6 +1271,63 @@ mod tests {
                 .contains("Secret \"users\" does not exist")
         );
         assert!(r.problems[0].message.contains("handler.auth"));
+    }
+
+    #[test]
+    fn empty_server_credentials_are_refused_client_ones_are_sent() {
+        let svcs = services(WEB_AND_ADMIN);
+        let chs = chains(TO_GATEWAY);
+        for (pairs, key, says) in [
+            (
+                [("username", "alice"), ("password", "")],
+                "password",
+                "let user \"alice\" in with any password",
+            ),
+            (
+                [("username", ""), ("password", "s3cret")],
+                "username",
+                "clients need a user name",
+            ),
+        ] {
+            let mut secrets = all_secrets();
+            secrets.insert("users".into(), secret("users", &pairs).1);
+            let ns = Namespace {
+                services: &svcs,
+                chains: &chs,
+                secrets: &secrets,
+            };
+            let r = render_for_pod(&ns, &labels(&[("app", "web")]), &Settings::default());
+            assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
+            let p = &r.problems[0];
+            assert_eq!(p.reason, Reason::SecretKeyMissing);
+            assert_eq!(p.service.as_deref(), Some("proxy"));
+            assert!(
+                p.message.contains("handler.auth")
+                    && p.message
+                        .contains(&format!("Secret \"users\" key \"{key}\" is empty"))
+                    && p.message.contains(says),
+                "{}",
+                p.message
+            );
+            let names: Vec<&str> = r.config.services.iter().map(|s| s.name.as_str()).collect();
+            assert_eq!(names, ["web/socks"]);
+        }
+
+        // A client sends what it is given: an upstream may take an empty password.
+        let mut secrets = all_secrets();
+        secrets.insert(
+            "relay-creds".into(),
+            secret("relay-creds", &[("user", "bob"), ("password", "")]).1,
+        );
+        let ns = Namespace {
+            services: &svcs,
+            chains: &chs,
+            secrets: &secrets,
+        };
+        let r = render_for_pod(&ns, &labels(&[("app", "web")]), &Settings::default());
+        assert!(r.problems.is_empty(), "{:?}", r.problems);
+        let node = &reloaded(&r).chains[0].hops[0].nodes[0];
+        assert_eq!(node.connector.auth.as_ref().unwrap().password, "");
     }
 
     #[test]
