@@ -213,6 +213,7 @@ pub struct SelectorSpec {
     pub strategy: Option<SelectorStrategy>,
     /// Failures after which a node is skipped for `failTimeout` (default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = u32::MAX))]
     pub max_fails: Option<u32>,
     /// How long a failed node is skipped, e.g. `10s` (default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -392,6 +393,7 @@ pub struct HandlerSpec {
     pub chain: Option<String>,
     /// Extra dial attempts after a failed one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = u32::MAX))]
     pub retries: Option<u32>,
     /// The user clients must authenticate as, from a Secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -99,6 +99,52 @@ fn the_crd_schema_refuses_bad_gateway_ports_and_quantities() {
     }
 }
 
+/// An integer the API server stores must be one the operator can read back: a single custom
+/// resource that does not deserialize fails the operator's whole list and watch of its kind.
+#[test]
+fn the_crd_schema_refuses_integers_the_operator_cannot_read() {
+    let validators = validators();
+    let service = |retries: Value| {
+        serde_json::json!({
+            "apiVersion": "gost.rs/v1alpha1", "kind": "GostService",
+            "metadata": {"name": "web"},
+            "spec": {"selector": {}, "services": [
+                {"name": "proxy", "addr": ":8080", "handler": {"retries": retries}}
+            ]}
+        })
+    };
+    let chain = |max_fails: Value| {
+        serde_json::json!({
+            "apiVersion": "gost.rs/v1alpha1", "kind": "GostChain",
+            "metadata": {"name": "up"},
+            "spec": {"hops": [{"name": "hop-0", "selector": {"maxFails": max_fails},
+                "nodes": [{"name": "a", "addr": "gw:8080"}]}]}
+        })
+    };
+    for value in [
+        0,
+        u64::from(u32::MAX),
+        u64::from(u32::MAX) + 1,
+        i64::MAX as u64,
+    ] {
+        let value = Value::from(value);
+        for (kind, doc) in [
+            ("GostService", service(value.clone())),
+            ("GostChain", chain(value.clone())),
+        ] {
+            let accepted = validators[kind].is_valid(&doc);
+            let read = match kind {
+                "GostService" => serde_json::from_value::<GostService>(doc).is_ok(),
+                _ => serde_json::from_value::<gost_api::v1alpha1::GostChain>(doc).is_ok(),
+            };
+            assert_eq!(
+                accepted, read,
+                "{kind} with {value}: schema accepts {accepted}, operator reads {read}"
+            );
+        }
+    }
+}
+
 #[test]
 fn every_custom_resource_validates_against_its_crd_schema() {
     let validators = validators();
