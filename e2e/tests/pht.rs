@@ -110,6 +110,44 @@ fn seed_relay_over_phts_cli() {
     assert_hello(client.addr(), &target, "phts");
 }
 
+/// A client whose pull or push path is not the server's: the request fails, the client's log
+/// names the node and the path it asked for, and the server goes on serving good clients.
+#[test]
+fn wrong_paths_are_named_in_the_error_and_the_server_keeps_serving() {
+    let target = Target::http();
+    let server = server("pht");
+    let port = server.addr().port();
+    for (query, named) in [
+        (
+            "authorizePath=/a&pushPath=/p",
+            format!("PHT pull at 127.0.0.1:{port}/pull answered 404"),
+        ),
+        (
+            "authorizePath=/a&pullPath=/q&pushPath=/x",
+            format!("PHT push at 127.0.0.1:{port}/x answered 404"),
+        ),
+    ] {
+        let bad = Gost::start(
+            &[
+                "-L",
+                "http://127.0.0.1:0",
+                "-F",
+                &format!("relay+pht://127.0.0.1:{port}?{query}"),
+            ],
+            1,
+        );
+        let out = curl(&[
+            "-x",
+            &format!("http://{}", bad.addr()),
+            &format!("http://{}/bad", target.addr),
+        ]);
+        assert!(!out.text().starts_with("hello from target"), "{query}");
+        bad.wait_for_log(&named);
+        let good = client("pht", &server);
+        assert_hello(good.addr(), &target, "good");
+    }
+}
+
 #[test]
 fn bulk_echo_over_pht_and_phts() {
     let echo = Target::echo();

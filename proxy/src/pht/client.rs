@@ -191,8 +191,8 @@ async fn authorize(rt: &dyn RoundTrip, opts: &ClientOptions) -> io::Result<Strin
         }
         other => {
             return Err(io::Error::other(format!(
-                "PHT authorize at {} answered {other}",
-                opts.paths.authorize
+                "PHT authorize at {}{} answered {other}",
+                opts.authority, opts.paths.authorize
             )));
         }
     }
@@ -282,7 +282,9 @@ async fn pull_once(
     }
     if res.status() != StatusCode::OK {
         return Err(io::Error::other(format!(
-            "PHT pull answered {}",
+            "PHT pull at {}{} answered {}",
+            opts.authority,
+            opts.paths.pull,
             res.status()
         )));
     }
@@ -350,6 +352,12 @@ async fn pull_once(
 
 /// One push: the answer must be 200.
 async fn push(rt: Arc<dyn RoundTrip>, req: http::Request<Bytes>) -> io::Result<()> {
+    let uri = req.uri();
+    let at = format!(
+        "{}{}",
+        uri.authority().map_or("", |a| a.as_str()),
+        uri.path()
+    );
     let res = rt.round_trip(req).await?;
     let status = res.status();
     // Read the (empty) answer so that its connection can carry the next request.
@@ -357,7 +365,7 @@ async fn push(rt: Arc<dyn RoundTrip>, req: http::Request<Bytes>) -> io::Result<(
     if status != StatusCode::OK {
         return Err(io::Error::new(
             io::ErrorKind::BrokenPipe,
-            format!("PHT push answered {status}"),
+            format!("PHT push at {at} answered {status}"),
         ));
     }
     Ok(())
