@@ -1060,6 +1060,34 @@ fn grpc_mentions_grpc_insecure_only_when_the_peer_does_not_speak_tls() {
     tls_server.wait_for_log(server_hint);
 }
 
+/// A TLS client (`wss`, `phts`, `h2`, `relay+tls`) pointed at a listener without TLS logs
+/// that the server did not answer in TLS, not only rustls's "corrupt message" (gRPC's hint
+/// about `grpcInsecure` is tested above).
+#[test]
+fn a_tls_client_of_a_server_without_tls_is_told_so() {
+    let target = Target::http();
+    let ws = Gost::start(&["-L", "relay+ws://127.0.0.1:0"], 1);
+    let pht = Gost::start(&["-L", "relay+pht://127.0.0.1:0"], 1);
+    let h2c = Gost::start(&["-L", "h2c://127.0.0.1:0"], 1);
+    for node in [
+        format!("relay+wss://{}", ws.addr()),
+        format!("relay+tls://{}", ws.addr()),
+        format!("relay+phts://{}", pht.addr()),
+        format!("h2://{}", h2c.addr()),
+    ] {
+        let client = client_of(&node);
+        let out = get_through(&format!("http://{}", client.addr()), &target);
+        assert!(!out.text().contains("hello from target"), "{node}");
+        client.wait_for_log("the server did not answer in TLS");
+        let log = client.log();
+        assert!(
+            log.lines()
+                .all(|l| l.matches("TLS handshake failed").count() <= 1),
+            "{node}:\n{log}"
+        );
+    }
+}
+
 /// An encrypted private key is named as such, not as "not a PEM private key".
 #[test]
 fn an_encrypted_private_key_is_refused_as_encrypted() {

@@ -294,7 +294,7 @@ impl GrpcDialer {
                     if crate::tls::peer_not_speaking_tls(&e) {
                         context(
                             "TLS handshake failed (a server with grpcInsecure=true needs it on this end too)",
-                            e,
+                            crate::tls::unexplained(e),
                         )
                     } else {
                         context("TLS handshake failed", e)

@@ -354,9 +354,54 @@ impl RefusalLog {
     }
 }
 
-/// The rustls error inside a handshake's I/O error, if that is what it is.
+/// The rustls error inside a handshake's I/O error, if that is what it is (explained by
+/// [`NotTls`] or not).
 fn rustls_error(e: &io::Error) -> Option<&rustls::Error> {
-    e.get_ref()?.downcast_ref::<rustls::Error>()
+    let inner = e.get_ref()?;
+    inner
+        .downcast_ref::<rustls::Error>()
+        .or_else(|| inner.downcast_ref::<NotTls>().map(|n| &n.0))
+}
+
+/// A client's handshake with a server that answered with something other than TLS: a
+/// listener without TLS (`ws` for `wss`, `pht` for `phts`, ...). rustls says only "received
+/// corrupt message of type InvalidContentType"; Go's client (GOST) "first record does not
+/// look like a TLS handshake".
+#[derive(Debug)]
+struct NotTls(rustls::Error);
+
+impl fmt::Display for NotTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "TLS handshake failed: the server did not answer in TLS (a listener without TLS?): {}",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for NotTls {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
+/// A client's handshake error, with [`NotTls`] for a server that does not speak TLS.
+fn explain_not_tls(error: io::Error) -> io::Error {
+    match rustls_error(&error) {
+        Some(e @ rustls::Error::InvalidMessage(_)) => {
+            io::Error::new(error.kind(), NotTls(e.clone()))
+        }
+        _ => error,
+    }
+}
+
+/// `error` without the explanation of [`NotTls`], for callers that give their own.
+pub fn unexplained(error: io::Error) -> io::Error {
+    match error.get_ref().and_then(|e| e.downcast_ref::<NotTls>()) {
+        Some(NotTls(e)) => io::Error::new(error.kind(), e.clone()),
+        None => error,
+    }
 }
 
 /// Whether a server's handshake failed on the client's certificate: none sent, or one the
@@ -498,7 +543,7 @@ impl ClientTls {
         let name = self.server_name(addr)?;
         within(HANDSHAKE_TIMEOUT, self.connector.connect(name, conn))
             .await
-            .map_err(explain_untrusted)
+            .map_err(|e| explain_not_tls(explain_untrusted(e)))
     }
 
     /// The rustls configuration, for clients that drive TLS themselves (QUIC).
@@ -1261,6 +1306,24 @@ mod tests {
         assert!(refused_client_certificate(&wrapped(
             rustls::Error::NoCertificatesPresented
         )));
+        // Explained for the user, and still told apart.
+        let explained = explain_not_tls(wrapped(rustls::Error::InvalidMessage(
+            rustls::InvalidMessage::InvalidContentType,
+        )));
+        assert!(peer_not_speaking_tls(&explained));
+        assert!(
+            explained.to_string().contains("did not answer in TLS"),
+            "{explained}"
+        );
+        let plain = unexplained(explained).to_string();
+        assert!(!plain.contains("did not answer in TLS"), "{plain}");
+        let alert = explain_not_tls(wrapped(rustls::Error::AlertReceived(
+            rustls::AlertDescription::BadCertificate,
+        )));
+        assert!(
+            !alert.to_string().contains("did not answer in TLS"),
+            "{alert}"
+        );
     }
 
     #[test]
