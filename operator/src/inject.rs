@@ -148,12 +148,7 @@ pub fn decide(namespace: &str, namespace_label: Option<&str>, pod: &Pod) -> Deci
     if has_sidecar(pod) {
         return Decision::Skip("already has a gost container");
     }
-    let annotation = pod
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(INJECT_KEY))
-        .map(String::as_str);
+    let annotation = inject_annotation(pod);
     match annotation {
         Some(INJECT_DISABLED) => Decision::Skip("opted out by the pod annotation"),
         Some(INJECT_ENABLED) => Decision::Inject,
@@ -162,16 +157,20 @@ pub fn decide(namespace: &str, namespace_label: Option<&str>, pod: &Pod) -> Deci
     }
 }
 
+/// The pod's `gost.rs/inject` annotation, if it has one.
+fn inject_annotation(pod: &Pod) -> Option<&str> {
+    pod.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(INJECT_KEY))
+        .map(String::as_str)
+}
+
 /// Warnings about a `gost.rs/inject` pod annotation or namespace label whose value is neither
 /// `enabled` nor `disabled` (`true`, `Enabled`, ...): such a value opts neither in nor out, so
 /// without a word the pod would simply run without its sidecar.
 pub fn opt_in_warnings(namespace_label: Option<&str>, pod: &Pod) -> Vec<String> {
-    let annotation = pod
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(INJECT_KEY))
-        .map(String::as_str);
+    let annotation = inject_annotation(pod);
     [
         ("pod annotation", annotation),
         ("namespace label", namespace_label),

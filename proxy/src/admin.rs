@@ -74,14 +74,8 @@ pub fn bind(
     let listener = TcpListenerImpl::bind(&metrics.addr)
         .map_err(|e| format!("metrics.addr: cannot listen on {:?}: {e}", metrics.addr))?;
     let local = listener.local_addr();
-    // As GOST builds it: the named auther's users replace `auth`.
-    let auth = match &metrics.auther {
-        Some(name) => Some(Authenticator::new(crate::auth::auther_users(
-            config,
-            &[name],
-        ))),
-        None => metrics.auth.as_ref().map(|auth| Authenticator::new([auth])),
-    };
+    let names: Vec<&String> = metrics.auther.iter().collect();
+    let auth = Authenticator::configured(metrics.auth.as_ref(), &names, config);
     let endpoint = Arc::new(Endpoint {
         path: metrics
             .path

@@ -53,7 +53,7 @@ impl std::fmt::Debug for Authenticator {
 /// The users of the authers `names` names, as GOST reads them: an entry without a user name
 /// is skipped, so no client can log in as it (with any password, when its password is empty
 /// too).
-pub fn auther_users<'a>(
+fn auther_users<'a>(
     config: &'a Config,
     names: &'a [&String],
 ) -> impl Iterator<Item = &'a AuthConfig> + 'a {
@@ -89,10 +89,21 @@ impl Authenticator {
     /// beside an auther); `None` when the handler requires no authentication.
     pub fn for_handler(handler: &HandlerConfig, config: &Config) -> Option<Self> {
         let names: Vec<&String> = handler.auther.iter().chain(&handler.authers).collect();
+        Self::configured(handler.auth.as_ref(), &names, config)
+    }
+
+    /// As GOST builds an authenticator from a section with `auth` and authers `names`: the
+    /// authers' users if it names any (they replace `auth`), otherwise its `auth` user; `None`
+    /// when it has neither.
+    pub fn configured(
+        auth: Option<&AuthConfig>,
+        names: &[&String],
+        config: &Config,
+    ) -> Option<Self> {
         if names.is_empty() {
-            return handler.auth.as_ref().map(|auth| Authenticator::new([auth]));
+            return auth.map(|auth| Authenticator::new([auth]));
         }
-        Some(Authenticator::new(auther_users(config, &names)))
+        Some(Authenticator::new(auther_users(config, names)))
     }
 
     /// As [`Authenticator::check`], for a client at `client`: after the failure limit

@@ -352,12 +352,8 @@ async fn pull_once(
 
 /// One push: the answer must be 200.
 async fn push(rt: Arc<dyn RoundTrip>, req: http::Request<Bytes>) -> io::Result<()> {
-    let uri = req.uri();
-    let at = format!(
-        "{}{}",
-        uri.authority().map_or("", |a| a.as_str()),
-        uri.path()
-    );
+    // A refcount, not a copy: named in the error only.
+    let uri = req.uri().clone();
     let res = rt.round_trip(req).await?;
     let status = res.status();
     // Read the (empty) answer so that its connection can carry the next request.
@@ -365,7 +361,11 @@ async fn push(rt: Arc<dyn RoundTrip>, req: http::Request<Bytes>) -> io::Result<(
     if status != StatusCode::OK {
         return Err(io::Error::new(
             io::ErrorKind::BrokenPipe,
-            format!("PHT push at {at} answered {status}"),
+            format!(
+                "PHT push at {}{} answered {status}",
+                uri.authority().map_or("", |a| a.as_str()),
+                uri.path()
+            ),
         ));
     }
     Ok(())
