@@ -971,7 +971,7 @@ fn run_example(test: &str, file: &str) {
     let mut gateways = Vec::new();
     for gs in example.gateways() {
         let gs_name = gs.metadata.name.clone().unwrap_or_default();
-        let rendered = gost_operator::render::render_gateway(&offline, gs, &settings);
+        let rendered = gost_operator::render::render_gateway(&offline, gs, &settings, None);
         let expected: Vec<(String, u16, &str)> =
             gost_operator::gateway::listen_ports(&gs_name, &rendered)
                 .into_iter()
@@ -1018,7 +1018,7 @@ fn run_example(test: &str, file: &str) {
 
     let mut clients = Vec::new();
     for (deployment, labels) in example.client_pods() {
-        let rendered = gost_operator::render::render_for_pod(&offline, &labels, &settings);
+        let rendered = gost_operator::render::render_for_pod(&offline, &labels, &settings, None);
         let selector: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let selector = selector.join(",");
         let pod = wait_for(&format!("a pod of Deployment {deployment}"), || {

@@ -60,7 +60,7 @@ fn start_gateways(example: &Example, ns: &Namespace<'_>) -> Vec<RunningGateway> 
         .gateways()
         .map(|gs| {
             let name = gs.metadata.name.clone().unwrap_or_default();
-            let rendered = render_gateway(ns, gs, &Settings::default());
+            let rendered = render_gateway(ns, gs, &Settings::default(), None);
             assert!(
                 rendered.problems.is_empty(),
                 "{file}: {:#?}",
@@ -135,7 +135,7 @@ fn run_example(file: &str) {
     let clients = example.client_pods();
     assert!(!clients.is_empty(), "{file}: no client Deployment");
     for (deployment, labels) in &clients {
-        let rendered = render_for_pod(&ns, labels, &Settings::default());
+        let rendered = render_for_pod(&ns, labels, &Settings::default(), None);
         assert!(
             rendered.problems.is_empty(),
             "{file}: {:#?}",

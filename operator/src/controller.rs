@@ -45,7 +45,9 @@ use crate::group::{
 use crate::inject::INJECTED_ANNOTATION;
 use crate::inject::SidecarSettings;
 use crate::metrics::metrics;
-use crate::render::{self, Namespace, Problem, Reason, Rendered, render_for_pod, render_gateway};
+use crate::render::{
+    self, Namespace, Previous, Problem, Reason, Rendered, render_for_pod, render_gateway,
+};
 use crate::status::{self, GatewayState, Seen, ServiceObservation};
 use crate::webhook::SidecarConfig;
 
@@ -414,16 +416,26 @@ impl Context {
         // Problems of each GostService on its own (chains, Secrets, addresses), found whether
         // or not any pod matches it.
         for gs in &snap.services {
-            let r = render_gateway(&namespace, gs, &rs);
+            let gateway = gs
+                .spec
+                .gateway
+                .is_some()
+                .then(|| gateway::gateway_name(&gs.name_any()));
+            let previous = gateway
+                .as_ref()
+                .and_then(|name| previous_config(ns, existing.get(name)));
+            let r = render_gateway(&namespace, gs, &rs, previous.as_ref());
             let obs = observed.entry(gs.name_any()).or_default();
             add_problems(&mut obs.problems, &r.problems);
-            if gs.spec.gateway.is_some() {
+            if let Some(name) = gateway {
+                note_kept(&mut observed, &r, &format!("gateway Deployment/{name}"));
                 gateway_renders.insert(gs.name_any(), r);
             }
         }
         for (name, (group, pod)) in &groups {
             let labels = pod.metadata.labels.clone().unwrap_or_default();
-            let r = render_for_pod(&namespace, &labels, &rs);
+            let previous = previous_config(ns, existing.get(name));
+            let r = render_for_pod(&namespace, &labels, &rs, previous.as_ref());
             for gs in &r.matched {
                 observed
                     .entry(gs.clone())
@@ -435,6 +447,7 @@ impl Context {
                 let obs = observed.entry(p.gost_service.clone()).or_default();
                 add_problems(&mut obs.problems, std::slice::from_ref(p));
             }
+            note_kept(&mut observed, &r, &group.workload());
             let desired = group_secret(ns, name, group, &r);
             match self
                 .write_secret(&secrets, existing.remove(name).as_ref(), desired)
@@ -920,26 +933,31 @@ impl Context {
             .snapshot_for(namespace, Some(&labels))
             .await
             .map_err(|e| e.to_string())?;
-        let rendered = render_for_pod(&snap.namespace(), &labels, &self.render_settings());
-        let configured = SidecarConfig {
-            secret: name.clone(),
-            listen_ports: rendered.listen_ports(),
-        };
-        if dry_run {
-            return Ok(configured);
-        }
         let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
-        let desired = group_secret(namespace, &name, &group, &rendered);
         let mut last = String::new();
         for _ in 0..ENSURE_ATTEMPTS {
+            // The group's other pods run what its Secret holds: render over it, so that a
+            // service that no longer renders is kept for them (and this pod) as it is there.
             let existing = api
                 .get_opt(&name)
                 .await
                 .map_err(|e| format!("get Secret {namespace}/{name}: {e}"))?;
-            match self
-                .write_secret(&api, existing.as_ref(), desired.clone())
-                .await
-            {
+            let previous = previous_config(namespace, existing.as_ref());
+            let rendered = render_for_pod(
+                &snap.namespace(),
+                &labels,
+                &self.render_settings(),
+                previous.as_ref(),
+            );
+            let configured = SidecarConfig {
+                secret: name.clone(),
+                listen_ports: rendered.listen_ports(),
+            };
+            if dry_run {
+                return Ok(configured);
+            }
+            let desired = group_secret(namespace, &name, &group, &rendered);
+            match self.write_secret(&api, existing.as_ref(), desired).await {
                 Ok(wrote) => {
                     metrics().wrote("admission", usize::from(wrote));
                     return Ok(configured);
@@ -1068,6 +1086,37 @@ fn gateway_not_applied(gs: &GostService, error: &Error) -> Problem {
         other => format!("{other}; the operator retries with backoff"),
     };
     gateway_problem(gs, Reason::GatewayNotApplied, message)
+}
+
+/// The config that `secret` (a config Secret of ours, if it exists) holds, for rendering over
+/// it; `None`, with a warning, when it does not load (edited by hand): nothing is kept then.
+fn previous_config(ns: &str, secret: Option<&Secret>) -> Option<Previous> {
+    let secret = secret?;
+    let empty = BTreeMap::new();
+    match Previous::from_secret_data(secret.data.as_ref().unwrap_or(&empty)) {
+        Ok(previous) => Some(previous),
+        Err(e) => {
+            warn!(
+                secret = %format!("{ns}/{}", secret.name_any()),
+                "the config Secret {e}; services that no longer render cannot be kept from it"
+            );
+            None
+        }
+    }
+}
+
+/// Records in `observed` the services that `r` kept as last rendered, and `where_` (the
+/// workload or gateway that runs them).
+fn note_kept(observed: &mut BTreeMap<String, ServiceObservation>, r: &Rendered, where_: &str) {
+    for (gs, svc) in &r.kept {
+        observed
+            .entry(gs.clone())
+            .or_default()
+            .kept
+            .entry(svc.clone())
+            .or_default()
+            .insert(where_.to_string());
+    }
 }
 
 fn add_problems(into: &mut Vec<Problem>, new: &[Problem]) {

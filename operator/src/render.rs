@@ -2,9 +2,11 @@
 //! a sidecar, a pod's labels) to the proxy's configuration and the files beside it.
 //!
 //! Nothing here talks to the API server, so every rule is unit-tested directly. A problem with
-//! one GostService (a missing chain or Secret, a clashing port) leaves that service out and is
-//! reported with a CamelCase reason; the rest of the config is still rendered, so one broken
-//! resource never takes the other tunnels of a pod down.
+//! one GostService (a missing chain or Secret, a clashing port) is reported with a CamelCase
+//! reason and leaves that service out of a new config; the rest of the config is still rendered,
+//! so one broken resource never takes the other tunnels of a pod down. Where pods already run
+//! the service (the config they mount now is given as [`Previous`]), the service is kept as it
+//! was rendered there, so that a bad edit does not cut its tunnels either ([`Rendered::kept`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -145,8 +147,44 @@ pub struct Rendered {
     pub matched: BTreeSet<String>,
     /// The GostChains used, sorted.
     pub gost_chains: BTreeSet<String>,
-    /// What was left out, and why.
+    /// What was left out of the new rendering, and why.
     pub problems: Vec<Problem>,
+    /// The services (GostService, service) that did not render but are kept as they were in
+    /// the [`Previous`] config, sorted. Each also has its problem in `problems`.
+    pub kept: BTreeSet<(String, String)>,
+}
+
+/// The config that pods (or a gateway) run now: the config Secret they mount, as the operator
+/// last wrote it. When a service it holds no longer renders (a bad edit: a chain or Secret
+/// deleted or misnamed, a certificate that does not load, a port taken), the new config keeps
+/// the service as it is here, with the files it reads, until the problem is fixed or the
+/// service is removed from its GostService (or no longer selects the pod, or the GostService is
+/// deleted). This is what the kubelet does with a mounted Secret that is deleted: the pod keeps
+/// the last content.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Previous {
+    config: Config,
+    files: BTreeMap<String, Vec<u8>>,
+}
+
+impl Previous {
+    /// The config held by a config Secret's data ([`Rendered::secret_data`]); an error names
+    /// what is wrong when `config.yaml` is missing or does not load.
+    pub fn from_secret_data(data: &BTreeMap<String, ByteString>) -> Result<Previous, String> {
+        let text = data
+            .get(CONFIG_KEY)
+            .ok_or_else(|| format!("no key {CONFIG_KEY:?}"))?;
+        let text = std::str::from_utf8(&text.0)
+            .map_err(|_| format!("key {CONFIG_KEY:?} is not UTF-8 text"))?;
+        let config = gost_api::from_str(text, gost_api::Format::Yaml)
+            .map_err(|e| format!("key {CONFIG_KEY:?} does not load: {e}"))?;
+        let files = data
+            .iter()
+            .filter(|(k, _)| k.as_str() != CONFIG_KEY)
+            .map(|(k, v)| (k.clone(), v.0.clone()))
+            .collect();
+        Ok(Previous { config, files })
+    }
 }
 
 impl Rendered {
@@ -246,13 +284,15 @@ fn requirement_holds(
 
 /// The config of the sidecar of a pod with `labels`: every service of every GostService that
 /// selects the pod. GostServices are taken oldest first (then by name), so when two claim one
-/// port the one that was there first keeps it.
+/// port the one that was there first keeps it. `previous` is the config the pod's group mounts
+/// now, if any: a service that does not render is kept as it is there ([`Previous`]).
 pub fn render_for_pod(
     ns: &Namespace<'_>,
     labels: &BTreeMap<String, String>,
     settings: &Settings,
+    previous: Option<&Previous>,
 ) -> Rendered {
-    let mut out = Renderer::new(ns, settings);
+    let mut out = Renderer::new(ns, settings, previous);
     for gs in ordered(ns.services) {
         let Some(selector) = &gs.spec.selector else {
             continue;
@@ -260,21 +300,34 @@ pub fn render_for_pod(
         match selects(selector, labels) {
             Ok(true) => out.add(gs),
             Ok(false) => {}
-            Err(message) => out.problem(
-                gs,
-                None,
-                None,
-                Reason::InvalidSelector,
-                format!("spec.selector: {message}"),
-            ),
+            Err(message) => {
+                out.problem(
+                    gs,
+                    None,
+                    None,
+                    Reason::InvalidSelector,
+                    format!("spec.selector: {message}"),
+                );
+                // Whether the pod is selected is unknown: it keeps what it runs of the
+                // GostService.
+                for svc in &gs.spec.services {
+                    out.keep(gs, &svc.name);
+                }
+            }
         }
     }
     out.finish()
 }
 
-/// The config of a GostService's gateway: its own services only.
-pub fn render_gateway(ns: &Namespace<'_>, gs: &GostService, settings: &Settings) -> Rendered {
-    let mut out = Renderer::new(ns, settings);
+/// The config of a GostService's gateway: its own services only. `previous` is the config the
+/// gateway mounts now, if any ([`Previous`]).
+pub fn render_gateway(
+    ns: &Namespace<'_>,
+    gs: &GostService,
+    settings: &Settings,
+    previous: Option<&Previous>,
+) -> Rendered {
+    let mut out = Renderer::new(ns, settings, previous);
     out.add(gs);
     out.finish()
 }
@@ -283,7 +336,7 @@ pub fn render_gateway(ns: &Namespace<'_>, gs: &GostService, settings: &Settings)
 /// it: `None` when it renders and the proxy would accept it, else the problem.
 pub fn chain_problem(ns: &Namespace<'_>, name: &str) -> Option<Problem> {
     let settings = Settings::default();
-    let mut renderer = Renderer::new(ns, &settings);
+    let mut renderer = Renderer::new(ns, &settings, None);
     let result = renderer.render_chain(name).and_then(|chain| {
         let alone = Config {
             chains: vec![chain],
@@ -403,10 +456,14 @@ struct Renderer<'a> {
     sockets: Vec<(Socket, String)>,
     /// Chains rendered so far, or why they could not be, by GostChain name.
     chains: BTreeMap<String, Result<ChainConfig, (Reason, String)>>,
+    /// What pods run now, to keep services that do not render.
+    previous: Option<&'a Previous>,
+    /// Chains that do not render, kept from `previous` for kept services.
+    kept_chains: BTreeMap<String, ChainConfig>,
 }
 
 impl<'a> Renderer<'a> {
-    fn new(ns: &'a Namespace<'a>, settings: &'a Settings) -> Self {
+    fn new(ns: &'a Namespace<'a>, settings: &'a Settings, previous: Option<&'a Previous>) -> Self {
         let admin = Socket {
             udp: false,
             host: Host::Any,
@@ -418,6 +475,8 @@ impl<'a> Renderer<'a> {
             out: Rendered::default(),
             sockets: vec![(admin, "the proxy's admin endpoint".to_string())],
             chains: BTreeMap::new(),
+            previous,
+            kept_chains: BTreeMap::new(),
         }
     }
 
@@ -448,10 +507,96 @@ impl<'a> Renderer<'a> {
                     self.out.gost_services.insert(gs_name.clone());
                 }
                 Err((reason, chain, message)) => {
-                    self.problem(gs, Some(&svc.name), chain.as_deref(), reason, message)
+                    self.problem(gs, Some(&svc.name), chain.as_deref(), reason, message);
+                    self.keep(gs, &svc.name);
                 }
             }
         }
+    }
+
+    /// Keeps service `svc` of `gs` as the previous config has it, when it has it and it still
+    /// fits: its port is free, its chain renders now or is in the previous config too, every
+    /// file it reads is there, and the proxy accepts it. A chain that renders now is used as it
+    /// renders now; a file that a rendered service also uses has its current content.
+    ///
+    /// A service whose previous rendering would let clients in with any password (an empty
+    /// user name or password, from before the operator refused them) is not kept.
+    fn keep(&mut self, gs: &GostService, svc: &str) {
+        let Some(previous) = self.previous else {
+            return;
+        };
+        let gs_name = name_of(gs);
+        let name = service_name(&gs_name, svc);
+        let Some(service) = previous.config.services.iter().find(|s| s.name == name) else {
+            return;
+        };
+        let opens = |auth: &Option<AuthConfig>| {
+            auth.as_ref()
+                .is_some_and(|a| a.username.is_empty() || a.password.is_empty())
+        };
+        if opens(&service.handler.auth) || opens(&service.listener.auth) {
+            return;
+        }
+        let udp = service.listener.kind == ListenerType::H3;
+        let Ok(socket) = Socket::parse(&service.addr, udp) else {
+            return;
+        };
+        if self.sockets.iter().any(|(s, _)| s.clashes(&socket)) {
+            return;
+        }
+        let mut alone = Config {
+            services: vec![service.clone()],
+            ..Config::default()
+        };
+        let mut kept_chain = None;
+        if let Some(chain) = &service.handler.chain {
+            if let Ok(name) = self.chain(chain)
+                && let Some(Ok(config)) = self.chains.get(&name)
+            {
+                alone.chains.push(config.clone());
+            } else if let Some(config) = self.kept_chains.get(chain) {
+                alone.chains.push(config.clone());
+            } else if let Some(config) = previous.config.chains.iter().find(|c| c.name == *chain) {
+                alone.chains.push(config.clone());
+                kept_chain = Some(config.clone());
+            } else {
+                return;
+            }
+        }
+        if gost_api::validate(&alone).is_err() {
+            return;
+        }
+        let mut files = BTreeMap::new();
+        for path in tls_files(&alone) {
+            let Some(file) = path
+                .strip_prefix(MOUNT_PATH)
+                .and_then(|p| p.strip_prefix('/'))
+            else {
+                continue;
+            };
+            if self.out.files.contains_key(file) {
+                continue;
+            }
+            match previous.files.get(file) {
+                Some(bytes) => files.insert(file.to_string(), bytes.clone()),
+                None => return,
+            };
+        }
+        self.out.files.append(&mut files);
+        if let Some(chain) = kept_chain {
+            self.out.config.chains.push(chain.clone());
+            self.kept_chains.insert(chain.name.clone(), chain);
+        }
+        if let Some(chain) = &service.handler.chain {
+            self.out.gost_chains.insert(chain.clone());
+        }
+        self.sockets.push((
+            socket,
+            format!("service {svc:?} of GostService {gs_name:?} (kept as last rendered)"),
+        ));
+        self.out.config.services.push(service.clone());
+        self.out.gost_services.insert(gs_name.clone());
+        self.out.kept.insert((gs_name, svc.to_string()));
     }
 
     /// One service, or why it is left out (with the GostChain at fault, if one is).
@@ -644,6 +789,27 @@ impl<'a> Renderer<'a> {
         });
         self.out
     }
+}
+
+/// The paths of every TLS file that `config`'s services and chains read.
+fn tls_files(config: &Config) -> Vec<&str> {
+    let services = config
+        .services
+        .iter()
+        .flat_map(|s| [&s.handler.tls, &s.listener.tls]);
+    let nodes = config
+        .chains
+        .iter()
+        .flat_map(|c| &c.hops)
+        .flat_map(|h| &h.nodes)
+        .flat_map(|n| [&n.connector.tls, &n.dialer.tls]);
+    services
+        .chain(nodes)
+        .flatten()
+        .flat_map(|t| [&t.cert_file, &t.key_file, &t.ca_file])
+        .flatten()
+        .map(String::as_str)
+        .collect()
 }
 
 fn node_config(secrets: &mut Secrets<'_>, node: &NodeSpec) -> Result<NodeConfig, (Reason, String)> {
@@ -1123,6 +1289,7 @@ mod tests {
             &ns,
             &labels(&[("app", "web"), ("tier", "frontend")]),
             &Settings::default(),
+            None,
         );
         assert!(r.problems.is_empty(), "{:?}", r.problems);
         let config = reloaded(&r);
@@ -1179,9 +1346,14 @@ mod tests {
             secrets: &secrets,
         };
         let s = Settings::default();
-        let legacy = render_for_pod(&ns, &labels(&[("tier", "backend"), ("legacy", "1")]), &s);
+        let legacy = render_for_pod(
+            &ns,
+            &labels(&[("tier", "backend"), ("legacy", "1")]),
+            &s,
+            None,
+        );
         assert!(legacy.config.services.is_empty() && legacy.matched.is_empty());
-        let backend = render_for_pod(&ns, &labels(&[("tier", "backend")]), &s);
+        let backend = render_for_pod(&ns, &labels(&[("tier", "backend")]), &s, None);
         assert_eq!(backend.config.services.len(), 1);
         assert!(
             backend.config.chains.is_empty(),
@@ -1199,7 +1371,7 @@ mod tests {
             chains: &[],
             secrets: &secrets,
         };
-        let r = render_for_pod(&ns, &labels(&[("app", "web")]), &Settings::default());
+        let r = render_for_pod(&ns, &labels(&[("app", "web")]), &Settings::default(), None);
         let names: Vec<&str> = r.config.services.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["web/socks"]);
         assert_eq!(r.problems.len(), 1);
@@ -1219,6 +1391,220 @@ mod tests {
         reloaded(&r);
     }
 
+    /// The names of the rendered services.
+    fn names(r: &Rendered) -> Vec<&str> {
+        r.config.services.iter().map(|s| s.name.as_str()).collect()
+    }
+
+    fn kept(pairs: &[(&str, &str)]) -> BTreeSet<(String, String)> {
+        pairs
+            .iter()
+            .map(|(g, s)| (g.to_string(), s.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn a_service_that_no_longer_renders_is_kept_as_last_rendered() {
+        let svcs = services(WEB_AND_ADMIN);
+        let chs = chains(TO_GATEWAY);
+        let secrets = all_secrets();
+        let web = labels(&[("app", "web")]);
+        let settings = Settings::default();
+        let ns = Namespace {
+            services: &svcs,
+            chains: &chs,
+            secrets: &secrets,
+        };
+        let first = render_for_pod(&ns, &web, &settings, None);
+        assert!(first.problems.is_empty(), "{:?}", first.problems);
+        assert!(
+            !first.files.is_empty(),
+            "the chain reads the CA from a file"
+        );
+        let previous = Previous::from_secret_data(&first.secret_data()).unwrap();
+        assert_eq!(
+            render_for_pod(&ns, &web, &settings, Some(&previous)),
+            first,
+            "nothing failing: nothing kept"
+        );
+
+        // The chain is deleted: web/proxy keeps it, its CA file and its port, exactly as the
+        // pods run it now, so the sidecar sees no change at all.
+        let gone = Namespace { chains: &[], ..ns };
+        let r = render_for_pod(&gone, &web, &settings, Some(&previous));
+        assert_eq!(r.secret_data(), first.secret_data());
+        assert_eq!(r.kept, kept(&[("web", "proxy")]));
+        assert_eq!(r.problems.len(), 1, "still reported: {:?}", r.problems);
+        assert_eq!(r.problems[0].reason, Reason::ChainNotFound);
+        assert_eq!(r.listen_ports(), first.listen_ports());
+        reloaded(&r);
+        // Without a previous config (a new workload), it is left out as before.
+        let fresh = render_for_pod(&gone, &web, &settings, None);
+        assert_eq!(names(&fresh), ["web/socks"]);
+        assert!(fresh.kept.is_empty());
+
+        // The service's own Secret is deleted while its chain changes: the service keeps its
+        // credentials, and dials through the chain as it renders now.
+        let mut edited = secrets.clone();
+        edited.remove("users");
+        edited.insert(
+            "relay-creds".into(),
+            secret("relay-creds", &[("user", "carol"), ("password", "n3w")]).1,
+        );
+        let ns2 = Namespace {
+            secrets: &edited,
+            ..ns
+        };
+        let r = render_for_pod(&ns2, &web, &settings, Some(&previous));
+        assert_eq!(names(&r), ["web/proxy", "web/socks"]);
+        assert_eq!(r.kept, kept(&[("web", "proxy")]));
+        assert_eq!(r.problems[0].reason, Reason::SecretNotFound);
+        let config = reloaded(&r);
+        assert_eq!(
+            config.services[0].handler.auth.as_ref().unwrap().password,
+            "s3cret"
+        );
+        let node = &config.chains[0].hops[0].nodes[0];
+        assert_eq!(node.connector.auth.as_ref().unwrap().username, "carol");
+        assert_eq!(config.chains.len(), 1);
+
+        // Removed from the GostService, no longer selecting the pod, or deleted: gone.
+        let mut removed = svcs.clone();
+        removed[0].spec.services.remove(0);
+        let r = render_for_pod(
+            &Namespace {
+                services: &removed,
+                ..gone
+            },
+            &web,
+            &settings,
+            Some(&previous),
+        );
+        assert_eq!(names(&r), ["web/socks"]);
+        assert!(
+            r.kept.is_empty() && r.problems.is_empty(),
+            "{:?}",
+            r.problems
+        );
+        let r = render_for_pod(
+            &gone,
+            &labels(&[("app", "api")]),
+            &settings,
+            Some(&previous),
+        );
+        assert!(r.config.services.is_empty() && r.kept.is_empty());
+        let r = render_for_pod(
+            &Namespace {
+                services: &svcs[1..],
+                ..gone
+            },
+            &web,
+            &settings,
+            Some(&previous),
+        );
+        assert!(r.config.services.is_empty() && r.kept.is_empty());
+    }
+
+    #[test]
+    fn a_kept_service_needs_its_port_its_files_and_a_password() {
+        let svcs = services(WEB_AND_ADMIN);
+        let chs = chains(TO_GATEWAY);
+        let secrets = all_secrets();
+        let web = labels(&[("app", "web")]);
+        let settings = Settings::default();
+        let ns = Namespace {
+            services: &svcs,
+            chains: &chs,
+            secrets: &secrets,
+        };
+        let first = render_for_pod(&ns, &web, &settings, None);
+        let gone = Namespace { chains: &[], ..ns };
+
+        // An older GostService takes the port now: the newer claim does not win over it.
+        let mut taken = svcs.clone();
+        let mut older = taken[1].clone();
+        older.metadata.name = Some("older".into());
+        older.metadata.creation_timestamp = taken[0].metadata.creation_timestamp.clone();
+        older.spec.selector = taken[0].spec.selector.clone();
+        older.spec.services[0].addr = ":8000".into();
+        older.spec.services[0].listener = Default::default();
+        taken.push(older);
+        let previous = Previous::from_secret_data(&first.secret_data()).unwrap();
+        let r = render_for_pod(
+            &Namespace {
+                services: &taken,
+                ..gone
+            },
+            &web,
+            &settings,
+            Some(&previous),
+        );
+        assert_eq!(names(&r), ["older/relay", "web/socks"]);
+        assert!(r.kept.is_empty());
+
+        // A file the kept service reads is missing from the previous config: not kept.
+        let mut data = first.secret_data();
+        let file = first.files.keys().next().unwrap().clone();
+        data.remove(&file);
+        let previous = Previous::from_secret_data(&data).unwrap();
+        let r = render_for_pod(&gone, &web, &settings, Some(&previous));
+        assert_eq!(names(&r), ["web/socks"]);
+        assert!(!r.files.contains_key(&file));
+
+        // A rendering that let anyone in (an empty password, from before the operator refused
+        // it) is not kept.
+        let mut open = first.clone();
+        open.config.services[0]
+            .handler
+            .auth
+            .as_mut()
+            .unwrap()
+            .password = String::new();
+        let previous = Previous::from_secret_data(&open.secret_data()).unwrap();
+        let r = render_for_pod(&gone, &web, &settings, Some(&previous));
+        assert_eq!(names(&r), ["web/socks"]);
+        assert!(r.kept.is_empty());
+
+        // The selector cannot be evaluated: whether the pod is selected is unknown, so it
+        // keeps what it runs.
+        let mut bad = svcs.clone();
+        bad[0].spec.selector = Some(
+            serde_json::from_str(r#"{"matchExpressions":[{"key":"x","operator":"Like"}]}"#)
+                .unwrap(),
+        );
+        let previous = Previous::from_secret_data(&first.secret_data()).unwrap();
+        let r = render_for_pod(
+            &Namespace {
+                services: &bad,
+                ..ns
+            },
+            &web,
+            &settings,
+            Some(&previous),
+        );
+        assert_eq!(r.secret_data(), first.secret_data());
+        assert_eq!(r.kept, kept(&[("web", "proxy"), ("web", "socks")]));
+        assert_eq!(r.problems[0].reason, Reason::InvalidSelector);
+
+        // A gateway keeps its services the same way.
+        let first = render_gateway(&ns, &svcs[0], &settings, None);
+        let previous = Previous::from_secret_data(&first.secret_data()).unwrap();
+        let r = render_gateway(&gone, &svcs[0], &settings, Some(&previous));
+        assert_eq!(r.secret_data(), first.secret_data());
+        assert_eq!(r.kept, kept(&[("web", "proxy")]));
+
+        // A config Secret that does not load says why.
+        let mut data = first.secret_data();
+        data.insert(CONFIG_KEY.into(), ByteString(b"services: 7".to_vec()));
+        let e = Previous::from_secret_data(&data).unwrap_err();
+        assert!(e.contains("\"config.yaml\" does not load"), "{e}");
+        assert!(
+            Previous::from_secret_data(&BTreeMap::new())
+                .unwrap_err()
+                .contains("no key \"config.yaml\"")
+        );
+    }
+
     #[test]
     fn missing_secrets_and_keys_are_named() {
         let svcs = services(WEB_AND_ADMIN);
@@ -1234,7 +1620,7 @@ mod tests {
             chains: &chs,
             secrets: &secrets,
         };
-        let r = render_for_pod(&ns, &labels(&[("app", "web")]), &Settings::default());
+        let r = render_for_pod(&ns, &labels(&[("app", "web")]), &Settings::default(), None);
         assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
         // The chain is looked at first (it is what the service dials through).
         let p = &r.problems[0];
@@ -1263,7 +1649,7 @@ mod tests {
             services: &only_auth,
             ..ns
         };
-        let r = render_for_pod(&ns, &labels(&[("app", "web")]), &Settings::default());
+        let r = render_for_pod(&ns, &labels(&[("app", "web")]), &Settings::default(), None);
         assert_eq!(r.problems[0].reason, Reason::SecretNotFound);
         assert!(
             r.problems[0]
@@ -1296,7 +1682,7 @@ mod tests {
                 chains: &chs,
                 secrets: &secrets,
             };
-            let r = render_for_pod(&ns, &labels(&[("app", "web")]), &Settings::default());
+            let r = render_for_pod(&ns, &labels(&[("app", "web")]), &Settings::default(), None);
             assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
             let p = &r.problems[0];
             assert_eq!(p.reason, Reason::SecretKeyMissing);
@@ -1324,7 +1710,7 @@ mod tests {
             chains: &chs,
             secrets: &secrets,
         };
-        let r = render_for_pod(&ns, &labels(&[("app", "web")]), &Settings::default());
+        let r = render_for_pod(&ns, &labels(&[("app", "web")]), &Settings::default(), None);
         assert!(r.problems.is_empty(), "{:?}", r.problems);
         let node = &reloaded(&r).chains[0].hops[0].nodes[0];
         assert_eq!(node.connector.auth.as_ref().unwrap().password, "");
@@ -1354,7 +1740,7 @@ mod tests {
             chains: &[],
             secrets: &secrets,
         };
-        let r = render_for_pod(&ns, &labels(&[("app", "web")]), &Settings::default());
+        let r = render_for_pod(&ns, &labels(&[("app", "web")]), &Settings::default(), None);
         let names: Vec<&str> = r.config.services.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(
             names,
@@ -1404,7 +1790,7 @@ mod tests {
             chains: &[],
             secrets: &secrets,
         };
-        let r = render_for_pod(&ns, &labels(&[]), &Settings::default());
+        let r = render_for_pod(&ns, &labels(&[]), &Settings::default(), None);
         let reasons: Vec<Reason> = r.problems.iter().map(|p| p.reason).collect();
         assert_eq!(
             reasons,
@@ -1480,7 +1866,7 @@ mod tests {
             chains: &[],
             secrets: &secrets,
         };
-        let r = render_for_pod(&ns, &labels(&[("a", "1")]), &Settings::default());
+        let r = render_for_pod(&ns, &labels(&[("a", "1")]), &Settings::default(), None);
         assert!(r.config.services.is_empty());
         assert_eq!(r.problems[0].reason, Reason::InvalidSelector);
     }
@@ -1516,13 +1902,13 @@ mod tests {
             secrets: &secrets,
         };
         assert!(
-            render_for_pod(&ns, &labels(&[]), &Settings::default())
+            render_for_pod(&ns, &labels(&[]), &Settings::default(), None)
                 .config
                 .services
                 .is_empty(),
             "no selector: no sidecar"
         );
-        let r = render_gateway(&ns, &svcs[0], &Settings { admin_port: 9999 });
+        let r = render_gateway(&ns, &svcs[0], &Settings { admin_port: 9999 }, None);
         assert!(r.problems.is_empty(), "{:?}", r.problems);
         let config = reloaded(&r);
         let nodes = &config.chains[0].hops[0].nodes;
@@ -1588,7 +1974,7 @@ mod tests {
             chains: &[],
             secrets: &secrets,
         };
-        let r = render_for_pod(&ns, &labels(&[]), &Settings::default());
+        let r = render_for_pod(&ns, &labels(&[]), &Settings::default(), None);
         let names: Vec<&str> = r.config.services.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["good/plain", "good/tls"], "{:?}", r.problems);
         let found: Vec<(Option<&str>, Reason)> = r
@@ -1675,7 +2061,7 @@ mod tests {
             chains: &[],
             secrets: &secrets,
         };
-        let r = render_for_pod(&ns, &labels(&[]), &Settings::default());
+        let r = render_for_pod(&ns, &labels(&[]), &Settings::default(), None);
         let names: Vec<&str> = r.config.services.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(
             names,
@@ -1737,7 +2123,7 @@ mod tests {
             chains: &[],
             secrets: &secrets,
         };
-        let r = render_for_pod(&ns, &labels(&[]), &Settings::default());
+        let r = render_for_pod(&ns, &labels(&[]), &Settings::default(), None);
         let names: Vec<&str> = r.config.services.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(
             names,
@@ -1800,7 +2186,7 @@ mod tests {
             chains: &chs,
             secrets: &secrets,
         };
-        let r = render_for_pod(&ns, &labels(&[]), &Settings::default());
+        let r = render_for_pod(&ns, &labels(&[]), &Settings::default(), None);
         assert!(r.problems.is_empty(), "{:?}", r.problems);
         let config = reloaded(&r);
         assert_eq!(config.services.len(), 3, "config.yaml was overwritten");

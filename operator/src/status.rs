@@ -1,7 +1,7 @@
 //! Status and events: what a reconcile found, as `status` of GostServices and GostChains and as
 //! Kubernetes events. Pure functions, so that "no change, no write" is decided here and tested.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use gost_api::v1alpha1::{
     CONDITION_READY, CONDITION_RENDERED, GostChain, GostChainStatus, GostService, GostServiceStatus,
@@ -84,6 +84,9 @@ pub struct ServiceObservation {
     pub matched: BTreeSet<String>,
     /// Its gateway, when it has one.
     pub gateway: Option<GatewayState>,
+    /// Services that did not render but are kept as last rendered, by service name: where
+    /// (workloads, the gateway) they keep running.
+    pub kept: BTreeMap<String, BTreeSet<String>>,
 }
 
 /// The problems as one message: `Reason: message` each, separated by `; `, as many as fit in
@@ -174,14 +177,32 @@ pub fn gost_service_status(
         ),
     };
     let ready = if !obs.problems.is_empty() {
+        let n = obs.problems.len();
+        let message = if obs.kept.is_empty() {
+            format!("{n} problem(s) left services or the gateway out; see the Rendered condition")
+        } else {
+            let kept: Vec<String> = obs
+                .kept
+                .iter()
+                .map(|(svc, at)| {
+                    let at: Vec<&str> = at.iter().map(String::as_str).collect();
+                    format!("{svc:?} (in {})", at.join(", "))
+                })
+                .collect();
+            list_within(
+                &format!(
+                    "{n} problem(s) left services or the gateway out of new configs; see the Rendered condition. Where they ran before, these services keep running as last rendered until fixed or removed: "
+                ),
+                &kept,
+                ", ",
+                MAX_CONDITION_MESSAGE_LEN,
+            )
+        };
         condition(
             CONDITION_READY,
             false,
             REASON_RENDER_PROBLEMS,
-            format!(
-                "{} problem(s) left services or the gateway out; see the Rendered condition",
-                obs.problems.len()
-            ),
+            message,
             generation,
             now,
         )
@@ -388,6 +409,30 @@ mod tests {
         );
         assert_eq!(rendered.last_transition_time, time(300));
         assert_eq!(second.conditions[1].reason, REASON_RENDER_PROBLEMS);
+        assert_eq!(
+            second.conditions[1].message,
+            "2 problem(s) left services or the gateway out; see the Rendered condition"
+        );
+
+        // Services kept as last rendered are named with where they keep running.
+        let kept = ServiceObservation {
+            kept: [(
+                "proxy".to_string(),
+                [
+                    "ReplicaSet/web-1".to_string(),
+                    "gateway Deployment/gw".to_string(),
+                ]
+                .into(),
+            )]
+            .into(),
+            ..bad
+        };
+        let third = gost_service_status(&gs, &kept, &time(400));
+        assert_eq!(third.conditions[1].status, "False");
+        assert_eq!(
+            third.conditions[1].message,
+            "2 problem(s) left services or the gateway out of new configs; see the Rendered condition. Where they ran before, these services keep running as last rendered until fixed or removed: \"proxy\" (in ReplicaSet/web-1, gateway Deployment/gw)"
+        );
     }
 
     #[test]
@@ -428,7 +473,7 @@ mod tests {
             &ServiceObservation {
                 problems: p.clone(),
                 matched: seen.matched.clone(),
-                gateway: None,
+                ..ServiceObservation::default()
             },
             &time(1),
         ));

@@ -230,7 +230,7 @@ fn every_example_renders_its_gateway_and_its_clients() {
         let mut gateway_ports: BTreeMap<String, Vec<(String, i32)>> = BTreeMap::new();
         for gs in example.gateways() {
             let name = gs.metadata.name.clone().unwrap_or_default();
-            let rendered = render_gateway(&ns, gs, &settings);
+            let rendered = render_gateway(&ns, gs, &settings, None);
             assert!(
                 rendered.problems.is_empty(),
                 "{file}: gateway {name}: {:#?}",
@@ -277,7 +277,7 @@ fn every_example_renders_its_gateway_and_its_clients() {
             "{file}: no client Deployment to try the tunnel from"
         );
         for (deployment, labels) in &clients {
-            let rendered = render_for_pod(&ns, labels, &settings);
+            let rendered = render_for_pod(&ns, labels, &settings, None);
             assert!(
                 rendered.problems.is_empty(),
                 "{file}: the sidecar of Deployment {deployment}: {:#?}",

@@ -53,7 +53,7 @@ fn the_readme_example_renders() {
         secrets: &secrets,
     };
     let labels = BTreeMap::from([("app".to_string(), "web".to_string())]);
-    let rendered = render_for_pod(&ns, &labels, &Settings::default());
+    let rendered = render_for_pod(&ns, &labels, &Settings::default(), None);
     assert!(rendered.problems.is_empty(), "{:?}", rendered.problems);
     assert_eq!(rendered.config.services.len(), 1);
     let yaml = gost_api::to_yaml(&rendered.config);

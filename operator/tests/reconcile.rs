@@ -335,6 +335,108 @@ async fn a_missing_chain_is_reported_and_the_other_services_still_render() {
 }
 
 #[tokio::test]
+async fn a_bad_edit_keeps_what_running_pods_have_until_fixed_or_removed() {
+    let mut objects = base();
+    objects.push(edge_service(json!({})));
+    let (client, ctx) = setup(objects).await;
+    reconcile(&client, &ctx).await;
+    let before = api::<Secret>(&client).get(&group_secret()).await.unwrap();
+    let gateway_before = api::<Secret>(&client).get("gost-gw-edge").await.unwrap();
+    let services = api::<GostService>(&client);
+
+    // A typo in the chain's name: the pods keep running web/proxy as they have it, and its
+    // config Secret is not even rewritten.
+    let mut gs = services.get("web").await.unwrap();
+    gs.spec.services[0].handler.chain = Some("to-gatway".into());
+    services
+        .replace("web", &PostParams::default(), &gs)
+        .await
+        .unwrap();
+    // And the gateway's first service gets an address without a port.
+    let mut edge = services.get("edge").await.unwrap();
+    edge.spec.services[0].addr = "no-port".into();
+    services
+        .replace("edge", &PostParams::default(), &edge)
+        .await
+        .unwrap();
+    reconcile(&client, &ctx).await;
+    let after = api::<Secret>(&client).get(&group_secret()).await.unwrap();
+    assert_eq!(after.data, before.data);
+    assert_eq!(after.resource_version(), before.resource_version());
+    let gateway_after = api::<Secret>(&client).get("gost-gw-edge").await.unwrap();
+    assert_eq!(gateway_after.data, gateway_before.data);
+
+    let status = services.get("web").await.unwrap().status.unwrap();
+    let rendered = condition(&status.conditions, "Rendered");
+    assert_eq!(
+        (rendered.status.as_str(), rendered.reason.as_str()),
+        ("False", "ChainNotFound")
+    );
+    assert!(
+        rendered.message.contains("\"to-gatway\""),
+        "{}",
+        rendered.message
+    );
+    let ready = condition(&status.conditions, "Ready");
+    assert_eq!(ready.status, "False");
+    assert!(
+        ready
+            .message
+            .ends_with("keep running as last rendered until fixed or removed: \"proxy\" (in ReplicaSet/web-5d4f)"),
+        "{}",
+        ready.message
+    );
+    let status = services.get("edge").await.unwrap().status.unwrap();
+    let ready = condition(&status.conditions, "Ready");
+    assert!(
+        ready
+            .message
+            .ends_with("\"entry\" (in gateway Deployment/gost-gw-edge)"),
+        "{}",
+        ready.message
+    );
+
+    // A new pod of the workload gets the same config as its siblings.
+    let pod: Pod = serde_json::from_value(rs_pod("")).unwrap();
+    let ports: Vec<u16> = ctx
+        .ensure_pod_config(NS, &pod, false)
+        .await
+        .unwrap()
+        .listen_ports
+        .iter()
+        .map(|p| p.port)
+        .collect();
+    assert_eq!(ports, [8000, 1080]);
+    let admitted = api::<Secret>(&client).get(&group_secret()).await.unwrap();
+    assert_eq!(admitted.resource_version(), before.resource_version());
+
+    // Removing the service is meant: it goes.
+    let mut gs = services.get("web").await.unwrap();
+    gs.spec.services.remove(0);
+    services
+        .replace("web", &PostParams::default(), &gs)
+        .await
+        .unwrap();
+    reconcile(&client, &ctx).await;
+    let s = api::<Secret>(&client).get(&group_secret()).await.unwrap();
+    let names: Vec<String> = config_of(&s).services.into_iter().map(|s| s.name).collect();
+    assert_eq!(names, ["web/socks"]);
+    let status = services.get("web").await.unwrap().status.unwrap();
+    assert_eq!(condition(&status.conditions, "Ready").status, "True");
+
+    // Fixing the gateway's service renders the fix.
+    let mut edge = services.get("edge").await.unwrap();
+    edge.spec.services[0].addr = ":9090".into();
+    services
+        .replace("edge", &PostParams::default(), &edge)
+        .await
+        .unwrap();
+    reconcile(&client, &ctx).await;
+    let s = api::<Secret>(&client).get("gost-gw-edge").await.unwrap();
+    assert_eq!(config_of(&s).services[0].addr, ":9090");
+}
+
+#[tokio::test]
 async fn a_second_reconcile_without_changes_writes_nothing() {
     let (client, ctx) = setup(base()).await;
     let first = reconcile(&client, &ctx).await;
