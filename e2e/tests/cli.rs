@@ -646,8 +646,9 @@ fn debug_logs_show_tunnels_and_requests_as_they_start() {
     gost.wait_for_log("tunnel open");
     let log = gost.log();
     assert!(
-        log.lines()
-            .any(|l| l.contains("forwarding") && l.contains("GET") && l.contains("DEBUG")),
+        log.lines().any(|l| l.contains("forwarding")
+            && l.contains("GET")
+            && l.contains("\"level\":\"debug\"")),
         "{log}"
     );
     assert!(

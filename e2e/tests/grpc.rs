@@ -244,7 +244,7 @@ fn hundred_concurrent_tunnels_share_one_connection() {
         );
         let dials = client.log().matches("grpc connection established").count();
         assert_eq!(dials, 1, "{query}: one gRPC connection expected");
-        let tunnels = server.log().matches("\"message\":\"tunnel\"").count();
+        let tunnels = server.log().matches("\"msg\":\"tunnel\"").count();
         assert_eq!(tunnels, CONCURRENT_TUNNELS, "{query}");
     }
 }
@@ -340,7 +340,7 @@ fn client_reconnects_after_server_restart() {
             );
             thread::sleep(Duration::from_millis(200));
         }
-        restarted.wait_for_log("\"message\":\"tunnel\"");
+        restarted.wait_for_log("\"msg\":\"tunnel\"");
     }
 }
 
@@ -364,7 +364,7 @@ fn chain_relay_over_grpc_then_socks5_over_ws() {
     assert_get_works(front.addr(), &target, &[&a, &b, &front]);
     let stream = http_connect(front.addr(), &echo.addr.to_string(), None).expect("CONNECT");
     echo_round_trip(stream, BULK_BYTES);
-    b.wait_for_log("\"message\":\"tunnel\"");
+    b.wait_for_log("\"msg\":\"tunnel\"");
 }
 
 #[test]

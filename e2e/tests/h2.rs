@@ -207,7 +207,7 @@ fn hundred_concurrent_tunnels_share_one_connection() {
             .matches("HTTP/2 connection established")
             .count();
         assert_eq!(dials, 1, "{scheme}: one HTTP/2 connection expected");
-        let tunnels = server.log().matches("\"message\":\"tunnel\"").count();
+        let tunnels = server.log().matches("\"msg\":\"tunnel\"").count();
         assert_eq!(tunnels, CONCURRENT_TUNNELS, "{scheme}");
     }
 }
@@ -238,7 +238,7 @@ fn client_reconnects_after_server_restart() {
             );
             thread::sleep(Duration::from_millis(200));
         }
-        restarted.wait_for_log("\"message\":\"tunnel\"");
+        restarted.wait_for_log("\"msg\":\"tunnel\"");
     }
 }
 
@@ -660,7 +660,7 @@ fn first_tunnel_after_a_restart_waits_for_the_backoff() {
             out.stderr,
             client.log()
         );
-        restarted.wait_for_log("\"message\":\"tunnel\"");
+        restarted.wait_for_log("\"msg\":\"tunnel\"");
     }
 }
 

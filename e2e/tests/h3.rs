@@ -85,7 +85,7 @@ fn tunnel_clients(server: &Gost) -> HashSet<String> {
     server
         .log()
         .lines()
-        .filter(|l| l.contains("\"message\":\"tunnel\""))
+        .filter(|l| l.contains("\"msg\":\"tunnel\""))
         .filter_map(|l| {
             let start = l.find("\"client\":\"")? + 10;
             let end = l[start..].find('"')?;
@@ -203,13 +203,13 @@ fn hundred_concurrent_tunnels_share_one_quic_connection() {
     }
     // Tunnel lines are logged as tunnels end; the last ones may lag the client's EOF.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while server.log().matches("\"message\":\"tunnel\"").count() < CONCURRENT_TUNNELS
+    while server.log().matches("\"msg\":\"tunnel\"").count() < CONCURRENT_TUNNELS
         && Instant::now() < deadline
     {
         thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(
-        server.log().matches("\"message\":\"tunnel\"").count(),
+        server.log().matches("\"msg\":\"tunnel\"").count(),
         CONCURRENT_TUNNELS
     );
     // Every tunnel came from the same UDP address: one socket, one QUIC connection.
@@ -259,11 +259,11 @@ fn client_reconnects_after_server_restart() {
     }
     // The tunnel's line is logged when the tunnel's close has reached the server.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !restarted.log().contains("\"message\":\"tunnel\"") && Instant::now() < deadline {
+    while !restarted.log().contains("\"msg\":\"tunnel\"") && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(50));
     }
     assert!(
-        restarted.log().contains("\"message\":\"tunnel\""),
+        restarted.log().contains("\"msg\":\"tunnel\""),
         "the restarted server served no tunnel:\n{}",
         restarted.log()
     );

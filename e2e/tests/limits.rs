@@ -133,7 +133,7 @@ fn auth_failures_over_the_limit_are_refused_unchecked_and_logged_once() {
     };
     let warnings: Vec<&str> = log
         .lines()
-        .filter(|l| l.contains("WARN") && l.contains("authentication failed"))
+        .filter(|l| l.contains("\"level\":\"warn\"") && l.contains("authentication failed"))
         .collect();
     assert_eq!(
         warnings.len(),
@@ -150,7 +150,7 @@ fn auth_failures_over_the_limit_are_refused_unchecked_and_logged_once() {
     );
     assert!(
         log.lines()
-            .any(|l| l.contains("DEBUG") && l.contains("refused unchecked")),
+            .any(|l| l.contains("\"level\":\"debug\"") && l.contains("refused unchecked")),
         "{log}"
     );
     assert!(!log.contains("guess"), "a password reached the log");

@@ -18,7 +18,7 @@ const LOG_WAIT: Duration = Duration::from_secs(5);
 /// A tunnel's own line, logged as it ends (not its `tunnel open` line at debug), through the
 /// relay handler.
 fn relay_tunnel_line(line: &str) -> bool {
-    line.contains("\"message\":\"tunnel\"") && line.contains("\"protocol\":\"relay\"")
+    line.contains("\"msg\":\"tunnel\"") && line.contains("\"protocol\":\"relay\"")
 }
 
 /// Waits, polling, until `gost`'s log has `count` lines satisfying `matches`; returns the log.

@@ -1166,7 +1166,7 @@ fn refused_client_certificates_are_warned_about_once_per_address() {
             .collect();
         assert_eq!(warned.len(), 1, "{scheme}: {log}");
         for expected in [
-            "\"level\":\"WARN\"",
+            "\"level\":\"warn\"",
             "\"client\":\"127.0.0.1:",
             "\"service\":\"service-0\"",
         ] {

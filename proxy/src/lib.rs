@@ -21,6 +21,7 @@ pub mod h2pool;
 pub mod h3;
 pub mod handler;
 pub mod listener;
+pub mod logjson;
 pub mod metrics;
 pub mod pht;
 pub mod pipe;

@@ -724,7 +724,11 @@ fn init_logging(args: &Args, config: &Config) -> Result<(), String> {
         LogOutput::File(file) => BoxMakeWriter::new(std::sync::Arc::new(file)),
     };
     if json {
-        builder.json().with_writer(writer).init();
+        // GOST's keys (`time`, `level`, `msg`, the fields flat), not tracing's own JSON.
+        builder
+            .event_format(gost_proxy::logjson::GostJson)
+            .with_writer(writer)
+            .init();
     } else {
         // Colours only on a terminal: not in files, pipes, journald or `kubectl logs`.
         builder.with_ansi(terminal).with_writer(writer).init();

@@ -1217,7 +1217,7 @@ fn reload_latency(bin: &std::path::Path) {
             std::thread::sleep(Duration::from_millis(5));
         };
         let stamp = line
-            .split("\"timestamp\":\"")
+            .split("\"time\":\"")
             .nth(1)
             .and_then(|t| t.split('T').nth(1))
             .and_then(|t| t.trim_end_matches(|c| c != 'Z').strip_suffix('Z'))
