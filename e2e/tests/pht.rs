@@ -342,3 +342,98 @@ fn killed_gost_client_leaves_no_session() {
         "the reclaimed session left the gauge"
     );
 }
+
+/// A rolling update on one port: the server gets SIGTERM while a tunnel is open (its listener
+/// closes, the tunnel drains), and a replacement starts on the same port. The client's pooled
+/// keep-alive connection still leads to the stopping server, which refuses a new session on it
+/// with `503` and `Connection: close`; the client asks again on a new connection, which reaches
+/// the replacement, so a new tunnel opens without an error. The old tunnel goes on moving bytes
+/// on the stopping server.
+#[test]
+fn a_new_tunnel_during_a_rolling_update_reaches_the_replacement() {
+    use std::io::{Read, Write};
+    use std::sync::{Arc, Condvar, Mutex};
+
+    // Echoes; on `wait` it writes `late` once the test says so (within 20 s).
+    let go = Arc::new((Mutex::new(false), Condvar::new()));
+    let target = {
+        let go = go.clone();
+        Target::start(move |mut stream| {
+            let mut buf = [0u8; 1024];
+            loop {
+                let n = match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                if &buf[..n] == b"wait" {
+                    let (lock, cvar) = &*go;
+                    let (guard, _) = cvar
+                        .wait_timeout_while(lock.lock().unwrap(), Duration::from_secs(20), |go| {
+                            !*go
+                        })
+                        .unwrap();
+                    drop(guard);
+                    let _ = stream.write_all(b"late");
+                } else if stream.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    let echo = |tunnel: &mut std::net::TcpStream, what: &[u8]| {
+        tunnel.write_all(what).unwrap();
+        let mut got = vec![0u8; what.len()];
+        tunnel.read_exact(&mut got).unwrap();
+        assert_eq!(got, what);
+    };
+    let port = free_port();
+    let listen = format!("relay+pht://127.0.0.1:{port}?{PATHS}");
+    let mut old = Gost::start(&["-L", &listen], 1);
+    let client = Gost::start(
+        &[
+            "-L",
+            "http://127.0.0.1:0",
+            "-F",
+            &format!("relay+pht://127.0.0.1:{port}?{PATHS}"),
+        ],
+        1,
+    );
+    let mut first = http_connect(client.addr(), &target.addr.to_string(), None).unwrap();
+    echo(&mut first, b"before");
+    old.signal("TERM");
+    old.wait_for_log("stopped accepting");
+    // Draining: the open tunnel still works both ways, and its pushes leave a kept-alive
+    // connection to the stopping server in the client's pool.
+    echo(&mut first, b"draining");
+    first.write_all(b"wait").unwrap();
+    let new = Gost::start(&["-L", &listen], 1);
+    assert_eq!(new.addr().port(), port);
+    let second = http_connect(client.addr(), &target.addr.to_string(), None)
+        .unwrap_or_else(|e| panic!("the new tunnel: {e}\n{}", client.log()));
+    echo_round_trip_small(second);
+    new.wait_for_log("pht session opened");
+    // The old tunnel still carries what its target sends.
+    {
+        let (lock, cvar) = &*go;
+        *lock.lock().unwrap() = true;
+        cvar.notify_all();
+    }
+    let mut late = [0u8; 4];
+    first.read_exact(&mut late).unwrap();
+    assert_eq!(&late, b"late");
+    assert!(old.is_running(), "the old server drains its open tunnel");
+    let log = client.log();
+    assert!(
+        !log.contains("\"level\":\"WARN\"") && !log.contains("\"level\":\"ERROR\""),
+        "the client logged a failure:\n{log}"
+    );
+    assert!(
+        log.contains("authorizing again on a new connection"),
+        "the new tunnel was not refused by the stopping server first:\n{log}"
+    );
+}
+
+/// A short echo through `tunnel` (its target echoes), then its end.
+fn echo_round_trip_small(tunnel: std::net::TcpStream) {
+    echo_round_trip(tunnel, 64 * 1024);
+}

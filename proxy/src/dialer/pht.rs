@@ -31,7 +31,7 @@ use super::{Dialer, Reopen};
 use crate::addr::Address;
 use crate::conn::BoxConn;
 use crate::pht::client::ClientOptions;
-use crate::pht::{Body, MAX_READ_BUFFER, Paths, RoundTrip};
+use crate::pht::{Body, MAX_READ_BUFFER, OpenedAfter, Paths, RoundTrip};
 use crate::tls::ClientTls;
 
 /// ALPN offered by `phts`: HTTP/1.1, the one version spoken (GOST's server offers no ALPN,
@@ -137,8 +137,13 @@ enum Reach {
 
 struct Idle {
     sender: SendRequest<Full<Bytes>>,
+    // When it was given back, and when it was opened.
     since: Instant,
+    opened: Instant,
 }
+
+/// A connection's request handle and when it was opened (see [`OpenedAfter`]).
+type Sender = (SendRequest<Full<Bytes>>, Instant);
 
 /// The node's HTTP/1.1 connections.
 pub struct Pool {
@@ -220,26 +225,31 @@ impl Pool {
         self.lock_idle().conns.len()
     }
 
-    /// An idle connection ready for a request, if the pool has one.
-    async fn take_idle(&self) -> Option<SendRequest<Full<Bytes>>> {
+    /// An idle connection ready for a request, if the pool has one; only one opened at or
+    /// after `not_before` when that is given (older ones stay for other requests).
+    async fn take_idle(&self, not_before: Option<Instant>) -> Option<Sender> {
         loop {
-            let mut sender = {
+            let (mut sender, opened) = {
                 let mut idle = self.lock_idle();
-                let conn = idle.conns.pop()?;
+                let at = idle
+                    .conns
+                    .iter()
+                    .rposition(|c| not_before.is_none_or(|t| c.opened >= t))?;
+                let conn = idle.conns.remove(at);
                 if conn.expired(self.idle_timeout) {
                     continue;
                 }
-                conn.sender
+                (conn.sender, conn.opened)
             };
             // A connection given back at the end of a response may take a moment to be
             // ready for the next one.
             if let Ok(Ok(())) = tokio::time::timeout(READY_TIMEOUT, sender.ready()).await {
-                return Some(sender);
+                return Some((sender, opened));
             }
         }
     }
 
-    fn give_back(&self, sender: SendRequest<Full<Bytes>>) {
+    fn give_back(&self, (sender, opened): Sender) {
         if sender.is_closed() {
             return;
         }
@@ -252,6 +262,7 @@ impl Pool {
         idle.conns.push(Idle {
             sender,
             since: Instant::now(),
+            opened,
         });
         // A server need not close idle keep-alive connections (GOST's does not), so the pool
         // closes them itself once idle for the timeout, as Go's client does; otherwise a
@@ -265,7 +276,8 @@ impl Pool {
         }
     }
 
-    async fn open(&self) -> io::Result<SendRequest<Full<Bytes>>> {
+    async fn open(&self) -> io::Result<Sender> {
+        let opened = Instant::now();
         let attempt = async {
             let stream: BoxConn = match &self.reach {
                 Reach::Direct => Box::new(connect(&self.addr, CONNECT_TIMEOUT).await?),
@@ -294,7 +306,7 @@ impl Pool {
                 }
             });
             sender.ready().await.map_err(io::Error::other)?;
-            Ok(sender)
+            Ok((sender, opened))
         };
         tokio::time::timeout(CONNECT_TIMEOUT, attempt)
             .await
@@ -349,19 +361,26 @@ impl RoundTrip for Pool {
             .unwrap_or("/")
             .parse()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let not_before = parts.extensions.get::<OpenedAfter>().map(|o| o.0);
         let mut req = http::Request::from_parts(parts, Full::new(body));
         let mut last_error = None;
         for _ in 0..SEND_ATTEMPTS {
-            let mut sender = match self.take_idle().await {
+            let (mut sender, opened) = match self.take_idle(not_before).await {
                 Some(sender) => sender,
                 None => self.open().await?,
             };
             match sender.try_send_request(req).await {
                 Ok(res) => {
                     let (parts, incoming) = res.into_parts();
+                    // The server closes it after this answer: not to be reused.
+                    let closing = parts
+                        .headers
+                        .get_all(header::CONNECTION)
+                        .iter()
+                        .any(crate::pht::client::says_close);
                     let mut body = Returning {
                         inner: incoming,
-                        sender: Some(sender),
+                        sender: (!closing).then_some((sender, opened)),
                         pool: self.me.clone(),
                     };
                     if body.inner.is_end_stream() {
@@ -389,7 +408,7 @@ impl RoundTrip for Pool {
 /// A response body that gives its connection back to the pool once read to the end.
 struct Returning {
     inner: Incoming,
-    sender: Option<SendRequest<Full<Bytes>>>,
+    sender: Option<Sender>,
     pool: Weak<Pool>,
 }
 
@@ -546,6 +565,29 @@ mod tests {
         // Dropping the pool (a configuration reload) closes what it holds.
         drop(pool);
         closed_within_5s(&mut closed, "the dropped pool's connection").await;
+    }
+
+    /// A request that must go on a newer connection leaves the older idle ones alone, and
+    /// later ones of its kind reuse the newer connection.
+    #[tokio::test]
+    async fn requests_for_newer_connections_skip_older_ones() {
+        let (addr, _closed) = keep_alive_server().await;
+        let pool = Pool::new(addr.clone(), None);
+        get(&pool, &addr).await;
+        assert_eq!(pool.idle_connections(), 1);
+        let after = OpenedAfter(Instant::now());
+        let newer = || {
+            let mut req = http::Request::get(format!("http://{addr}/pull?token=t"))
+                .body(Bytes::new())
+                .unwrap();
+            req.extensions_mut().insert(after);
+            req
+        };
+        for _ in 0..2 {
+            let res = pool.round_trip(newer()).await.unwrap();
+            res.into_body().collect().await.unwrap();
+            assert_eq!(pool.idle_connections(), 2, "one older, one newer");
+        }
     }
 
     #[tokio::test]

@@ -25,7 +25,7 @@ use hyper_util::rt::TokioIo;
 use super::Handshaking;
 use super::tcp::TcpListenerImpl;
 use crate::conn::{BoxConn, Heard};
-use crate::pht::server::PhtServer;
+use crate::pht::server::{Draining, PhtServer};
 use crate::pht::{MAX_READ_BUFFER, Paths};
 use crate::tls::ServerTls;
 
@@ -73,7 +73,16 @@ pub fn bind(
                 let server = server.clone();
                 async move {
                     let req = req.map(|body| body.map_err(io::Error::other).boxed());
-                    Ok::<_, Infallible>(server.serve(req, client).await)
+                    let mut res = server.serve(req, client).await;
+                    if res.extensions().get::<Draining>().is_some() {
+                        // hyper closes the connection after this answer. Only this one:
+                        // the others may carry the pushes of tunnels still draining here.
+                        res.headers_mut().insert(
+                            http::header::CONNECTION,
+                            http::HeaderValue::from_static("close"),
+                        );
+                    }
+                    Ok::<_, Infallible>(res)
                 }
             });
             let (builder, io) = http1_server(io, IDLE_TIMEOUT);

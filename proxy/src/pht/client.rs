@@ -33,7 +33,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::task::JoinHandle;
 use tokio_util::task::AbortOnDropHandle;
 
-use super::{Paths, RoundTrip};
+use super::{Body, OpenedAfter, Paths, RoundTrip};
 use crate::conn::{BoxConn, Conn};
 
 /// Most data put into one push: its base64 line is exactly 64 KiB, which every gost-rs server
@@ -144,7 +144,14 @@ pub async fn connect_within(
 
 /// One tunnel: authorize (fallback to a local xid-like token on 404/405), a pull loop, a POST per write.
 pub async fn connect(rt: Arc<dyn RoundTrip>, opts: Arc<ClientOptions>) -> io::Result<BoxConn> {
-    let token: Arc<str> = Arc::from(authorize(&*rt, &opts).await?);
+    let (token, fresh) = authorize(&*rt, &opts).await?;
+    let token: Arc<str> = Arc::from(token);
+    // Authorized again on a new connection: the tunnel's pulls and pushes stay off the older
+    // ones too, which may lead to the stopping server that would refuse its session.
+    let rt: Arc<dyn RoundTrip> = match fresh {
+        Some(after) => Arc::new(OnNewer { inner: rt, after }),
+        None => rt,
+    };
     let (tx, rx) = queue::channel(PULL_QUEUE - 1);
     let closing = Arc::new(AtomicBool::new(false));
     // Signalled (or dropped) once the first pull's response head arrived or the pull failed.
@@ -180,9 +187,67 @@ pub async fn connect(rt: Arc<dyn RoundTrip>, opts: Arc<ClientOptions>) -> io::Re
     }))
 }
 
-async fn authorize(rt: &dyn RoundTrip, opts: &ClientOptions) -> io::Result<String> {
+/// A [`RoundTrip`] whose requests go on connections opened after `after` only.
+struct OnNewer {
+    inner: Arc<dyn RoundTrip>,
+    after: OpenedAfter,
+}
+
+#[async_trait::async_trait]
+impl RoundTrip for OnNewer {
+    async fn round_trip(&self, mut req: http::Request<Bytes>) -> io::Result<http::Response<Body>> {
+        req.extensions_mut().insert(self.after);
+        self.inner.round_trip(req).await
+    }
+}
+
+/// Whether a `Connection` header value lists `close`.
+pub(crate) fn says_close(value: &header::HeaderValue) -> bool {
+    value
+        .as_bytes()
+        .split(|&b| b == b',')
+        .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"))
+}
+
+/// A stopping server's refusal of a new session on a connection it then closes
+/// ([`super::server::Draining`]).
+fn is_draining_refusal<B>(res: &http::Response<B>) -> bool {
+    res.status() == StatusCode::SERVICE_UNAVAILABLE
+        && res
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .any(says_close)
+}
+
+/// The session's token, and, when a stopping server refused it on a kept-alive connection
+/// and it was asked for again on a new one, the instant the tunnel's connections must be
+/// opened after. The request is sent again once only, and only this one: it opens nothing
+/// on the server, while a push or pull of an open session must reach the server that holds
+/// it.
+async fn authorize(
+    rt: &dyn RoundTrip,
+    opts: &ClientOptions,
+) -> io::Result<(String, Option<OpenedAfter>)> {
     let req = opts.request(Method::GET, &opts.paths.authorize, None, Bytes::new())?;
     let res = rt.round_trip(req).await?;
+    if !is_draining_refusal(&res) {
+        return Ok((authorized(res, opts).await?, None));
+    }
+    drop(res);
+    tracing::debug!(
+        node = %opts.authority,
+        "PHT server stopping (503 and a closed connection); authorizing again on a new connection"
+    );
+    let after = OpenedAfter(tokio::time::Instant::now());
+    let mut req = opts.request(Method::GET, &opts.paths.authorize, None, Bytes::new())?;
+    req.extensions_mut().insert(after);
+    let res = rt.round_trip(req).await?;
+    Ok((authorized(res, opts).await?, Some(after)))
+}
+
+/// The token in an authorize answer.
+async fn authorized(res: http::Response<Body>, opts: &ClientOptions) -> io::Result<String> {
     match res.status() {
         StatusCode::OK => {}
         StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED => {
@@ -190,8 +255,13 @@ async fn authorize(rt: &dyn RoundTrip, opts: &ClientOptions) -> io::Result<Strin
             return Ok(super::new_token());
         }
         other => {
+            let why = if is_draining_refusal(&res) {
+                ": the server is stopping"
+            } else {
+                ""
+            };
             return Err(io::Error::other(format!(
-                "PHT authorize at {}{} answered {other}",
+                "PHT authorize at {}{} answered {other}{why}",
                 opts.authority, opts.paths.authorize
             )));
         }
@@ -783,6 +853,137 @@ mod tests {
 
     /// Lines of 64 KiB or more (newline aside) fail the tunnel, as for GOST's client, even
     /// when a whole line arrives at once: 49,149 bytes of data are the most a line carries.
+    /// Answers the first authorize as a stopping server does on a kept-alive connection
+    /// (503, `Connection: close`); notes the requests that must go on newer connections.
+    struct StoppingFirst {
+        inner: Arc<Direct>,
+        refused: AtomicBool,
+        on_newer: std::sync::atomic::AtomicUsize,
+        on_any: std::sync::atomic::AtomicUsize,
+        refusal: StatusCode,
+        close: bool,
+    }
+
+    #[async_trait]
+    impl RoundTrip for StoppingFirst {
+        async fn round_trip(
+            &self,
+            req: http::Request<Bytes>,
+        ) -> io::Result<http::Response<super::super::Body>> {
+            let counter = if req.extensions().get::<OpenedAfter>().is_some() {
+                &self.on_newer
+            } else {
+                &self.on_any
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            if req.uri().path() == "/authorize" && !self.refused.swap(true, Ordering::Relaxed) {
+                let mut res = http::Response::new(
+                    Full::new(Bytes::new())
+                        .map_err(|never| match never {})
+                        .boxed(),
+                );
+                *res.status_mut() = self.refusal;
+                if self.close {
+                    res.headers_mut().insert(
+                        header::CONNECTION,
+                        header::HeaderValue::from_static("keep-alive, Close"),
+                    );
+                }
+                return Ok(res);
+            }
+            self.inner.round_trip(req).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stopping_servers_refusal_is_asked_again_on_a_new_connection_once() {
+        let (direct, opts, _server, mut rx) = setup("pht-client-stopping", true);
+        let rt = Arc::new(StoppingFirst {
+            inner: direct.clone(),
+            refused: AtomicBool::new(false),
+            on_newer: Default::default(),
+            on_any: Default::default(),
+            refusal: StatusCode::SERVICE_UNAVAILABLE,
+            close: true,
+        });
+        let mut conn = connect(rt.clone(), opts.clone()).await.unwrap();
+        conn.write_all(b"hi").await.unwrap();
+        let (mut svc, _) = rx.recv().await.unwrap();
+        let mut got = [0u8; 2];
+        svc.read_exact(&mut got).await.unwrap();
+        conn.flush().await.unwrap();
+        svc.write_all(b"yo").await.unwrap();
+        conn.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"yo");
+        // Only the refused authorize went on any connection; the second one and the tunnel's
+        // pull and push on newer ones.
+        assert_eq!(rt.on_any.load(Ordering::Relaxed), 1);
+        assert!(rt.on_newer.load(Ordering::Relaxed) >= 3);
+
+        // A 503 without the close, or another refusal, is not asked again: it fails the
+        // tunnel, naming the server's state when it said it is stopping.
+        for (refusal, close, says) in [
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                false,
+                "answered 503 Service Unavailable",
+            ),
+            (StatusCode::TOO_MANY_REQUESTS, true, "answered 429"),
+        ] {
+            let rt = Arc::new(StoppingFirst {
+                inner: direct.clone(),
+                refused: AtomicBool::new(false),
+                on_newer: Default::default(),
+                on_any: Default::default(),
+                refusal,
+                close,
+            });
+            let err = match connect(rt.clone(), opts.clone()).await {
+                Err(e) => e,
+                Ok(_) => panic!("{refusal} was asked again"),
+            };
+            assert!(err.to_string().contains(says), "{err}");
+            assert!(!err.to_string().contains("stopping"), "{err}");
+            assert_eq!(rt.on_newer.load(Ordering::Relaxed), 0);
+        }
+        // Refused again on the new connection: the error says why.
+        let twice = Arc::new(StoppingFirst {
+            inner: direct,
+            refused: AtomicBool::new(false),
+            on_newer: Default::default(),
+            on_any: Default::default(),
+            refusal: StatusCode::SERVICE_UNAVAILABLE,
+            close: true,
+        });
+        let err = match authorize(&*twice_refusing(twice.clone()), &opts).await {
+            Err(e) => e,
+            Ok(_) => panic!("a second refusal was taken"),
+        };
+        assert!(
+            err.to_string()
+                .contains("answered 503 Service Unavailable: the server is stopping"),
+            "{err}"
+        );
+        assert_eq!(twice.on_any.load(Ordering::Relaxed), 1);
+        assert_eq!(twice.on_newer.load(Ordering::Relaxed), 1);
+    }
+
+    /// `rt` refusing every authorize, the second (on a newer connection) too.
+    fn twice_refusing(rt: Arc<StoppingFirst>) -> Arc<dyn RoundTrip> {
+        struct Twice(Arc<StoppingFirst>);
+        #[async_trait]
+        impl RoundTrip for Twice {
+            async fn round_trip(
+                &self,
+                req: http::Request<Bytes>,
+            ) -> io::Result<http::Response<super::super::Body>> {
+                self.0.refused.store(false, Ordering::Relaxed);
+                self.0.round_trip(req).await
+            }
+        }
+        Arc::new(Twice(rt))
+    }
+
     #[tokio::test]
     async fn pull_lines_of_64_kib_or_more_fail_the_tunnel() {
         let (_, opts, _, _) = setup("pht-client-long-line", false);

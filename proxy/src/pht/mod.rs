@@ -87,6 +87,14 @@ pub trait RoundTrip: Send + Sync + 'static {
     async fn round_trip(&self, req: http::Request<Bytes>) -> io::Result<http::Response<Body>>;
 }
 
+/// A request extension: the request must go on a connection opened at or after this instant,
+/// never on an older kept-alive one. A tunnel whose session was refused by a stopping server
+/// on a kept-alive connection sets it ([`client`]): connections opened before then may lead
+/// to that server, which takes no new session, while a new connection reaches whatever
+/// listens on the address now. Transports with one connection (`h3`) ignore it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OpenedAfter(pub tokio::time::Instant);
+
 /// A new session token in GOST's format: 20 characters of `[0-9a-v]` (an xid: 12 bytes in
 /// base32hex). The first four bytes are the time, as in an xid; the other eight come from the
 /// standard library's randomly keyed hasher over a counter, so that tokens cannot be guessed

@@ -151,7 +151,20 @@ impl Session {
 enum Lookup {
     Closed,
     Refused(StatusCode),
+    /// The service stopped accepting: see [`Draining`].
+    Draining,
 }
+
+/// Marks a response (in its extensions) as a refusal because the service stopped accepting
+/// (removed, replaced, or the process draining after SIGTERM): `503` to a request that would
+/// open a session, which a stopping service no longer takes. Its tunnels already open go on.
+/// A client that sent it on a kept-alive connection reached this server only through that
+/// connection; a new one may reach its replacement (a new process on the same port, another
+/// pod behind the same address). So an HTTP/1.1 server answers it with `Connection: close`,
+/// which makes clients drop that connection (ours then asks again on a new one); HTTP/3 has
+/// no such header, and its connections must stay up for the sessions that drain on them.
+#[derive(Clone, Copy, Debug)]
+pub struct Draining;
 
 impl PhtServer {
     /// `service`: service name for the session gauge `gost_pht_sessions{host, service}`.
@@ -208,7 +221,11 @@ impl PhtServer {
 
     fn authorize(&self) -> Response<Body> {
         // The session itself is created by the first push or pull; only the service's room
-        // for it is checked here, as GOST answers 429 when its accept queue is full.
+        // for it is checked here, as GOST answers 429 when its accept queue is full. A token
+        // from a stopping service would only be refused by its first push or pull.
+        if self.ready.is_closed() {
+            return draining();
+        }
         if self.ready.capacity() == 0 {
             return status(StatusCode::TOO_MANY_REQUESTS);
         }
@@ -260,6 +277,7 @@ impl PhtServer {
             Ok(session) => session,
             Err(Lookup::Closed) => return status(StatusCode::GONE),
             Err(Lookup::Refused(code)) => return status(code),
+            Err(Lookup::Draining) => return draining(),
         };
         session.touch();
         let up = lock(&session.up).clone();
@@ -310,6 +328,7 @@ impl PhtServer {
             // No line at all: GOST's client takes that as the end of the tunnel.
             Err(Lookup::Closed) => return status(StatusCode::OK),
             Err(Lookup::Refused(code)) => return status(code),
+            Err(Lookup::Draining) => return draining(),
         };
         let Some(rx) = lock(&session.down).take() else {
             return text(
@@ -375,7 +394,7 @@ impl PhtServer {
                 return Err(Lookup::Refused(StatusCode::TOO_MANY_REQUESTS));
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
-                return Err(Lookup::Refused(StatusCode::SERVICE_UNAVAILABLE));
+                return Err(Lookup::Draining);
             }
         }
         state.sessions.insert(token.clone(), session.clone());
@@ -558,6 +577,16 @@ pub(crate) fn encode_line(chunk: &[u8]) -> Bytes {
     line[n] = b'\n';
     line.truncate(n + 1);
     Bytes::from(line)
+}
+
+/// The `503` of a stopping service; see [`Draining`].
+fn draining() -> Response<Body> {
+    let mut res = text(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "this PHT service is stopping and opens no new sessions\n".to_string(),
+    );
+    res.extensions_mut().insert(Draining);
+    res
 }
 
 fn status(code: StatusCode) -> Response<Body> {
@@ -1213,6 +1242,42 @@ mod tests {
         let res = server.serve(req(Method::GET, "/a", b""), client()).await;
         assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(server.sessions(), 1);
+    }
+
+    /// A stopping service (its queue closed) refuses new sessions, authorize included, with a
+    /// 503 marked as a stopping server's; its open sessions go on.
+    #[tokio::test]
+    async fn a_stopping_service_refuses_new_sessions_and_keeps_open_ones() {
+        let (server, mut rx) = new_server("pht-stopping", 8);
+        let mut conn = pushed_hello(&server, &mut rx, "open").await;
+        drop(rx);
+        for res in [
+            server.serve(req(Method::GET, "/a", b""), client()).await,
+            server
+                .serve(req(Method::GET, "/q?token=new", b""), client())
+                .await,
+            server
+                .serve(req(Method::POST, "/p?token=new2", b"aGVsbG8=\n"), client())
+                .await,
+        ] {
+            assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert!(res.extensions().get::<Draining>().is_some());
+        }
+        assert_eq!(server.sessions(), 1);
+        let push = tokio::spawn({
+            let server = server.clone();
+            async move {
+                server
+                    .serve(req(Method::POST, "/p?token=open", b"aGVsbG8=\n"), client())
+                    .await
+            }
+        });
+        let mut got = [0u8; 5];
+        conn.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"hello");
+        let res = push.await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        assert!(res.extensions().get::<Draining>().is_none());
     }
 
     #[tokio::test]
