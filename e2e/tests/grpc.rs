@@ -282,7 +282,10 @@ fn mismatches_fail_with_a_clear_error_and_the_listener_keeps_serving() {
     // server's trailers-only answer, the ended call; the server names the refusal either way.
     let cases: [(&str, &[&str]); 2] = [
         ("?path=wrong", &["Unimplemented", "the call has ended"]),
-        ("?path=right&grpcInsecure=true", &["grpc connection ended"]),
+        (
+            "?path=right&grpcInsecure=true",
+            &["did not answer in gRPC (HTTP/2) but in TLS"],
+        ),
     ];
     for (query, expected) in cases {
         let bad = client("user:pass", server.addr(), query);
@@ -309,10 +312,50 @@ fn mismatches_fail_with_a_clear_error_and_the_listener_keeps_serving() {
     // A node that is no gRPC server at all (a plain HTTP server).
     let not_grpc = client("user:pass", target.addr, "?grpcInsecure=true");
     assert_tunnel_fails(not_grpc.addr(), &target);
-    not_grpc.wait_for_log("grpc connection ended");
+    not_grpc.wait_for_log("did not answer in gRPC (HTTP/2) but in HTTP/1.x");
     // The listener still serves a client that gets everything right.
     let good = client("user:pass", server.addr(), "?path=right");
     assert_get_works(good.addr(), &target, &[&server, &good]);
+}
+
+/// A cleartext gRPC client pointed at a gost listener of another type: the dial fails with
+/// an error that names the node and says what the server answered instead of HTTP/2.
+#[test]
+fn a_grpc_client_says_when_the_node_is_a_listener_of_another_type() {
+    let target = Target::http();
+    let cases = [
+        (
+            "http://127.0.0.1:0",
+            "did not answer in gRPC (HTTP/2) but in HTTP/1.x (\\\"HTTP/1.1 400 Bad Request\\\"): a listener of another type",
+        ),
+        (
+            "ws://127.0.0.1:0",
+            "did not answer in gRPC (HTTP/2) but in HTTP/1.x (\\\"HTTP/1.1 400 Bad Request\\\"): a listener of another type",
+        ),
+        (
+            "socks5://127.0.0.1:0",
+            "did not answer in gRPC (HTTP/2): it closed the connection before sending HTTP/2 SETTINGS",
+        ),
+    ];
+    for (listener, says) in cases {
+        let other = Gost::start(&["-L", listener], 1);
+        let client = client("user:pass", other.addr(), "?grpcInsecure=true");
+        assert_tunnel_fails(client.addr(), &target);
+        let node = format!("grpc {}: ", other.addr());
+        let deadline = Instant::now() + LOG_DEADLINE;
+        while !client
+            .log()
+            .lines()
+            .any(|l| l.contains("\"WARN\"") && l.contains(&node) && l.contains(says))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "{listener}: no warning with {node:?} and {says:?} within {LOG_DEADLINE:?}:\n{}",
+                client.log()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 #[test]

@@ -1198,10 +1198,230 @@ impl AsyncWrite for SessionHandle {
 
 impl Conn for SessionHandle {}
 
+/// What a server sent first on a connection where we spoke HTTP/2 with prior knowledge (or
+/// after TLS): an HTTP/2 server's first frame is its SETTINGS (RFC 9113, 3.4), so anything
+/// else means the listener there is of another kind. Read by [`FirstBytes`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServerPreface {
+    /// A SETTINGS frame: HTTP/2.
+    Http2,
+    /// An HTTP/1.x answer; its status line.
+    Http1(String),
+    /// A TLS record (an alert, most likely): a listener that wants TLS.
+    Tls,
+    /// The connection closed (or was reset) before the server sent anything.
+    Closed,
+    /// Other bytes (the first few, in hex).
+    Other(String),
+}
+
+impl ServerPreface {
+    /// Bytes seen this far; `ended` when no more will come. `None`: too few to tell yet.
+    fn of(seen: &[u8], ended: bool) -> Option<Self> {
+        const FRAME_HEAD: usize = 9;
+        if seen.is_empty() {
+            return ended.then_some(ServerPreface::Closed);
+        }
+        if seen.starts_with(b"HTTP/") {
+            // Its status line, once whole (or all there is).
+            let line = match seen.iter().position(|&b| b == b'\r' || b == b'\n') {
+                Some(end) => &seen[..end],
+                None if ended => seen,
+                None => return None,
+            };
+            return Some(ServerPreface::Http1(
+                String::from_utf8_lossy(line).trim().to_string(),
+            ));
+        }
+        if !ended && b"HTTP/".starts_with(seen) {
+            return None;
+        }
+        if seen.len() >= 2 && (0x14..=0x17).contains(&seen[0]) && seen[1] == 0x03 {
+            return Some(ServerPreface::Tls);
+        }
+        if seen.len() < FRAME_HEAD && !ended {
+            return None;
+        }
+        if seen.len() >= FRAME_HEAD && seen[3] == 0x04 && seen[5..FRAME_HEAD] == [0, 0, 0, 0] {
+            return Some(ServerPreface::Http2);
+        }
+        let hex: Vec<String> = seen.iter().take(8).map(|b| format!("{b:02x}")).collect();
+        Some(ServerPreface::Other(hex.join(" ")))
+    }
+
+    /// Why a gRPC (HTTP/2) client cannot go on, for an error message; `None` for HTTP/2.
+    pub fn explain(&self) -> Option<String> {
+        let not = "the server did not answer in gRPC (HTTP/2)";
+        Some(match self {
+            ServerPreface::Http2 => return None,
+            ServerPreface::Http1(line) => {
+                format!(
+                    "{not} but in HTTP/1.x ({line:?}): a listener of another type (http, ws, ...)?"
+                )
+            }
+            ServerPreface::Tls => format!(
+                "{not} but in TLS: a listener with TLS, which this end does not speak (grpcInsecure=true here)?"
+            ),
+            ServerPreface::Closed => format!(
+                "{not}: it closed the connection before sending HTTP/2 SETTINGS (a listener of another type?)"
+            ),
+            ServerPreface::Other(hex) => format!(
+                "{not}: its first bytes ({hex}) are not HTTP/2 SETTINGS (a listener of another type?)"
+            ),
+        })
+    }
+}
+
+/// Most bytes [`FirstBytes`] keeps to tell what the server speaks (an HTTP/1.x status line).
+const FIRST_BYTES_KEPT: usize = 64;
+
+/// A client connection that notes what the server sends first ([`ServerPreface`]), reported
+/// once through the channel [`FirstBytes::new`] returns. Adds nothing after that.
+pub struct FirstBytes<T> {
+    inner: T,
+    seen: Vec<u8>,
+    report: Option<tokio::sync::oneshot::Sender<ServerPreface>>,
+}
+
+impl<T> FirstBytes<T> {
+    /// `inner`, and where its server's first bytes are reported. The receiver errs if the
+    /// connection is dropped before the server sent enough to tell.
+    pub fn new(inner: T) -> (Self, tokio::sync::oneshot::Receiver<ServerPreface>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let sniffer = FirstBytes {
+            inner,
+            seen: Vec::new(),
+            report: Some(tx),
+        };
+        (sniffer, rx)
+    }
+
+    fn note(&mut self, read: &[u8], ended: bool) {
+        if self.report.is_none() {
+            return;
+        }
+        let room = FIRST_BYTES_KEPT.saturating_sub(self.seen.len());
+        self.seen.extend_from_slice(&read[..read.len().min(room)]);
+        let ended = ended || self.seen.len() >= FIRST_BYTES_KEPT;
+        if let Some(preface) = ServerPreface::of(&self.seen, ended) {
+            if let Some(report) = self.report.take() {
+                let _ = report.send(preface);
+            }
+            self.seen = Vec::new();
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for FirstBytes<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let result = ready!(Pin::new(&mut self.inner).poll_read(cx, buf));
+        if self.report.is_some() {
+            match &result {
+                Ok(()) => {
+                    let read = buf.filled()[before..].to_vec();
+                    let ended = read.is_empty() && buf.remaining() > 0;
+                    self.note(&read, ended);
+                }
+                Err(_) => self.note(&[], true),
+            }
+        }
+        Poll::Ready(result)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for FirstBytes<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[test]
+    fn a_servers_first_bytes_tell_what_it_speaks() {
+        let settings = [0, 0, 6, 4, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 100];
+        assert_eq!(
+            ServerPreface::of(&settings, false),
+            Some(ServerPreface::Http2)
+        );
+        assert_eq!(ServerPreface::of(&settings[..5], false), None);
+        assert_eq!(ServerPreface::of(b"", false), None);
+        assert_eq!(ServerPreface::of(b"", true), Some(ServerPreface::Closed));
+        assert_eq!(ServerPreface::of(b"HTT", false), None);
+        assert_eq!(ServerPreface::of(b"HTTP/1.1 400 Bad", false), None);
+        let http1 = Some(ServerPreface::Http1("HTTP/1.1 400 Bad Request".into()));
+        assert_eq!(
+            ServerPreface::of(b"HTTP/1.1 400 Bad Request\r\nx", false),
+            http1
+        );
+        assert_eq!(ServerPreface::of(b"HTTP/1.1 400 Bad Request", true), http1);
+        assert_eq!(
+            ServerPreface::of(&[0x15, 0x03, 0x03, 0, 2], false),
+            Some(ServerPreface::Tls)
+        );
+        assert_eq!(
+            ServerPreface::of(&[5, 0xff], true),
+            Some(ServerPreface::Other("05 ff".into()))
+        );
+        assert!(ServerPreface::Http2.explain().is_none());
+        let explained = ServerPreface::Http1("HTTP/1.1 400 Bad Request".into()).explain();
+        assert!(explained.unwrap().contains("HTTP/1.x"));
+    }
+
+    #[tokio::test]
+    async fn first_bytes_are_reported_once_and_passed_on() {
+        use tokio::io::AsyncWriteExt as _;
+        let (client, mut server) = tokio::io::duplex(1024);
+        let (mut sniffed, report) = FirstBytes::new(client);
+        server
+            .write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = [0u8; 28];
+        sniffed.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"HTTP/1.1 400 Bad Request\r\n\r\n");
+        assert_eq!(
+            report.await.unwrap(),
+            ServerPreface::Http1("HTTP/1.1 400 Bad Request".into())
+        );
+        let (client, server) = tokio::io::duplex(1024);
+        let (mut sniffed, report) = FirstBytes::new(client);
+        drop(server);
+        assert_eq!(sniffed.read(&mut [0u8; 8]).await.unwrap(), 0);
+        assert_eq!(report.await.unwrap(), ServerPreface::Closed);
+    }
 
     /// Bytes written to an in-memory connection, counted.
     struct Counted {

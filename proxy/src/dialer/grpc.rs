@@ -31,8 +31,8 @@ use crate::addr::Address;
 use crate::conn::BoxConn;
 use crate::grpc::{ChunkCodec, GrpcConn, MAX_RECEIVE, method_path};
 use crate::h2pool::{
-    CONNECTION_WINDOW, H2_HANDSHAKE_TIMEOUT, MAX_FRAME_SIZE, MAX_HEADER_LIST_SIZE, MAX_SEND_BUFFER,
-    Redial, STREAM_WINDOW,
+    CONNECTION_WINDOW, FirstBytes, H2_HANDSHAKE_TIMEOUT, MAX_FRAME_SIZE, MAX_HEADER_LIST_SIZE,
+    MAX_SEND_BUFFER, Redial, STREAM_WINDOW,
 };
 use crate::tls::ClientTls;
 
@@ -328,32 +328,58 @@ impl GrpcDialer {
                 .keep_alive_timeout(keepalive.timeout)
                 .keep_alive_while_idle(keepalive.without_calls);
         }
-        let (send, connection) = tokio::time::timeout(
-            H2_HANDSHAKE_TIMEOUT,
-            builder.handshake(TokioIo::new(io)),
-        )
-        .await
-        .map_err(|_| {
+        // What the server sends first tells whether it speaks HTTP/2 at all: a listener of
+        // another type answers our preface in its own protocol, or hangs up.
+        let (io, preface) = FirstBytes::new(io);
+        let timed_out = || {
             io::Error::new(
                 io::ErrorKind::TimedOut,
                 format!("grpc {addr}: HTTP/2 handshake took longer than {H2_HANDSHAKE_TIMEOUT:?}"),
             )
-        })?
-        .map_err(|e| context("HTTP/2 handshake failed", io::Error::other(e)))?;
-        let closed = CancellationToken::new();
-        let done = closed.clone();
-        let peer = addr.to_string();
-        tokio::spawn(async move {
-            match connection.await {
-                Ok(()) => tracing::debug!(peer = %peer, "grpc connection closed"),
-                Err(e) => tracing::info!(
-                    peer = %peer, error = %crate::error_chain(&e),
-                    "grpc connection ended (not a gRPC server, a TLS/grpcInsecure mismatch, or the server went away)"
-                ),
+        };
+        let handshake = tokio::time::timeout(H2_HANDSHAKE_TIMEOUT, async {
+            let (send, connection) = builder
+                .handshake(TokioIo::new(io))
+                .await
+                .map_err(|e| context("HTTP/2 handshake failed", io::Error::other(e)))?;
+            let closed = CancellationToken::new();
+            let done = closed.clone();
+            let peer = addr.to_string();
+            // Set once the server spoke HTTP/2: the end of a connection that never did is
+            // the dial's error, not a line of its own.
+            let spoke_h2 = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let established = spoke_h2.clone();
+            tokio::spawn(async move {
+                match connection.await {
+                    Ok(()) => tracing::debug!(peer = %peer, "grpc connection closed"),
+                    Err(e) if established.load(std::sync::atomic::Ordering::Relaxed) => {
+                        tracing::info!(
+                            peer = %peer, error = %crate::error_chain(&e),
+                            "grpc connection ended (not a gRPC server, a TLS/grpcInsecure mismatch, or the server went away)"
+                        )
+                    }
+                    Err(e) => tracing::debug!(
+                        peer = %peer, error = %crate::error_chain(&e),
+                        "grpc connection ended before the server spoke HTTP/2"
+                    ),
+                }
+                done.cancel();
+            });
+            // Ready once the server's SETTINGS came, as grpc-go's (GOST's) client is.
+            let preface = preface
+                .await
+                .unwrap_or(crate::h2pool::ServerPreface::Closed);
+            if let Some(why) = preface.explain() {
+                closed.cancel();
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("grpc {addr}: {why}"),
+                ));
             }
-            done.cancel();
+            spoke_h2.store(true, std::sync::atomic::Ordering::Relaxed);
+            Ok(Connection { send, closed })
         });
-        Ok(Connection { send, closed })
+        handshake.await.map_err(|_| timed_out())?
     }
 }
 
