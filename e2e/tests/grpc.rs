@@ -346,7 +346,7 @@ fn a_grpc_client_says_when_the_node_is_a_listener_of_another_type() {
         while !client
             .log()
             .lines()
-            .any(|l| l.contains("\"WARN\"") && l.contains(&node) && l.contains(says))
+            .any(|l| l.contains("\"level\":\"warn\"") && l.contains(&node) && l.contains(says))
         {
             assert!(
                 Instant::now() < deadline,

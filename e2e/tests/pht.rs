@@ -436,7 +436,7 @@ fn rolling_update(scheme: &str) {
     // phts: the client does not verify the server's certificate, and says so.
     let failures: Vec<&str> = log
         .lines()
-        .filter(|l| l.contains("\"level\":\"WARN\"") || l.contains("\"level\":\"ERROR\""))
+        .filter(|l| l.contains("\"level\":\"warn\"") || l.contains("\"level\":\"error\""))
         .filter(|l| !l.contains("TLS server certificate not verified"))
         .collect();
     assert!(
