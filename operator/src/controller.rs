@@ -316,7 +316,9 @@ impl Context {
                             gs.spec
                                 .selector
                                 .as_ref()
-                                .is_some_and(|sel| render::selects(sel, labels) == Ok(true))
+                                // A selector that cannot be evaluated is rendered as a
+                                // problem, keeping what the pod's group runs of it.
+                                .is_some_and(|sel| render::selects(sel, labels) != Ok(false))
                         })
                 })
                 .map(|o| (*o).clone())

@@ -155,12 +155,11 @@ pub struct Rendered {
 }
 
 /// The config that pods (or a gateway) run now: the config Secret they mount, as the operator
-/// last wrote it. When a service it holds no longer renders (a bad edit: a chain or Secret
-/// deleted or misnamed, a certificate that does not load, a port taken), the new config keeps
-/// the service as it is here, with the files it reads, until the problem is fixed or the
-/// service is removed from its GostService (or no longer selects the pod, or the GostService is
-/// deleted). This is what the kubelet does with a mounted Secret that is deleted: the pod keeps
-/// the last content.
+/// last wrote it. When a service it holds no longer renders (a bad edit: a chain deleted or
+/// misnamed, a certificate that does not load, a port taken), the new config keeps the service
+/// as it is here, with the files it reads, until the problem is fixed or the service is removed
+/// from its GostService (or no longer selects the pod, or the GostService is deleted). Who may
+/// connect is never held back: see `Renderer::keep`.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Previous {
     config: Config,
@@ -292,16 +291,40 @@ pub fn render_for_pod(
     settings: &Settings,
     previous: Option<&Previous>,
 ) -> Rendered {
-    let mut out = Renderer::new(ns, settings, previous);
-    for gs in ordered(ns.services) {
+    guarded(previous, |previous| {
+        let mut out = Renderer::new(ns, settings, previous);
+        for gs in ordered(ns.services) {
+            out.add_if_selected(gs, labels);
+        }
+        out.finish()
+    })
+}
+
+/// `render(previous)`, unless the services it keeps from `previous` make the proxy refuse the
+/// config as a whole (every service is checked on its own, so this is a last guard): then
+/// `render(None)`, which keeps nothing. A kept service must never cost the pod the others.
+fn guarded(
+    previous: Option<&Previous>,
+    render: impl Fn(Option<&Previous>) -> Rendered,
+) -> Rendered {
+    let r = render(previous);
+    if r.kept.is_empty() || gost_api::validate(&r.config).is_ok() {
+        return r;
+    }
+    render(None)
+}
+
+impl Renderer<'_> {
+    /// Adds `gs` when its selector selects a pod with `labels`.
+    fn add_if_selected(&mut self, gs: &GostService, labels: &BTreeMap<String, String>) {
         let Some(selector) = &gs.spec.selector else {
-            continue;
+            return;
         };
         match selects(selector, labels) {
-            Ok(true) => out.add(gs),
+            Ok(true) => self.add(gs),
             Ok(false) => {}
             Err(message) => {
-                out.problem(
+                self.problem(
                     gs,
                     None,
                     None,
@@ -311,12 +334,11 @@ pub fn render_for_pod(
                 // Whether the pod is selected is unknown: it keeps what it runs of the
                 // GostService.
                 for svc in &gs.spec.services {
-                    out.keep(gs, &svc.name);
+                    self.keep(gs, svc);
                 }
             }
         }
     }
-    out.finish()
 }
 
 /// The config of a GostService's gateway: its own services only. `previous` is the config the
@@ -327,9 +349,11 @@ pub fn render_gateway(
     settings: &Settings,
     previous: Option<&Previous>,
 ) -> Rendered {
-    let mut out = Renderer::new(ns, settings, previous);
-    out.add(gs);
-    out.finish()
+    guarded(previous, |previous| {
+        let mut out = Renderer::new(ns, settings, previous);
+        out.add(gs);
+        out.finish()
+    })
 }
 
 /// The GostChain `name` checked on its own, as every service dialling through it would render
@@ -339,7 +363,7 @@ pub fn chain_problem(ns: &Namespace<'_>, name: &str) -> Option<Problem> {
     let mut renderer = Renderer::new(ns, &settings, None);
     let result = renderer.render_chain(name).and_then(|chain| {
         let alone = Config {
-            chains: vec![chain],
+            chains: vec![chain.config],
             ..Config::default()
         };
         gost_api::validate(&alone).map_err(|e| {
@@ -455,11 +479,21 @@ struct Renderer<'a> {
     /// Sockets taken so far, with the service that took each.
     sockets: Vec<(Socket, String)>,
     /// Chains rendered so far, or why they could not be, by GostChain name.
-    chains: BTreeMap<String, Result<ChainConfig, (Reason, String)>>,
+    chains: BTreeMap<String, Result<RenderedChain, (Reason, String)>>,
+    /// The chains in the config so far: a chain joins it with the first service that is
+    /// accepted and dials through it, never before.
+    used_chains: BTreeSet<String>,
     /// What pods run now, to keep services that do not render.
     previous: Option<&'a Previous>,
-    /// Chains that do not render, kept from `previous` for kept services.
-    kept_chains: BTreeMap<String, ChainConfig>,
+    /// The services kept from `previous`, with the files they must read as they were there.
+    kept_files: Vec<(String, BTreeMap<String, Vec<u8>>)>,
+}
+
+/// A GostChain rendered, with the files its TLS settings read.
+#[derive(Clone)]
+struct RenderedChain {
+    config: ChainConfig,
+    files: BTreeMap<String, Vec<u8>>,
 }
 
 impl<'a> Renderer<'a> {
@@ -475,8 +509,9 @@ impl<'a> Renderer<'a> {
             out: Rendered::default(),
             sockets: vec![(admin, "the proxy's admin endpoint".to_string())],
             chains: BTreeMap::new(),
+            used_chains: BTreeSet::new(),
             previous,
-            kept_chains: BTreeMap::new(),
+            kept_files: Vec::new(),
         }
     }
 
@@ -508,35 +543,39 @@ impl<'a> Renderer<'a> {
                 }
                 Err((reason, chain, message)) => {
                     self.problem(gs, Some(&svc.name), chain.as_deref(), reason, message);
-                    self.keep(gs, &svc.name);
+                    self.keep(gs, svc);
                 }
             }
         }
     }
 
     /// Keeps service `svc` of `gs` as the previous config has it, when it has it and it still
-    /// fits: its port is free, its chain renders now or is in the previous config too, every
-    /// file it reads is there, and the proxy accepts it. A chain that renders now is used as it
-    /// renders now; a file that a rendered service also uses has its current content.
-    ///
-    /// A service whose previous rendering would let clients in with any password (an empty
-    /// user name or password, from before the operator refused them) is not kept.
-    fn keep(&mut self, gs: &GostService, svc: &str) {
+    /// fits:
+    /// - who may connect is what the spec says now: the service's server `auth` renders now and
+    ///   is taken as it renders now, and the CAs its TLS checks client certificates against
+    ///   render now and equal what the pods run (a change to access, a Secret deleted or
+    ///   emptied included, is never held back);
+    /// - its port is free (GostServices are taken oldest first, so an older one that claims
+    ///   the port now takes it);
+    /// - its chain renders now (and is used as it renders now) or is in the previous config;
+    /// - every file it reads is in the previous config, and no rendered service changes it
+    ///   (checked in [`Renderer::finish`]);
+    /// - the proxy accepts it.
+    fn keep(&mut self, gs: &GostService, spec: &ServiceSpec) {
         let Some(previous) = self.previous else {
             return;
         };
         let gs_name = name_of(gs);
-        let name = service_name(&gs_name, svc);
+        let name = service_name(&gs_name, &spec.name);
         let Some(service) = previous.config.services.iter().find(|s| s.name == name) else {
             return;
         };
-        let opens = |auth: &Option<AuthConfig>| {
-            auth.as_ref()
-                .is_some_and(|a| a.username.is_empty() || a.password.is_empty())
-        };
-        if opens(&service.handler.auth) || opens(&service.listener.auth) {
+        let Some((handler_auth, listener_auth)) = self.access(spec, service, previous) else {
             return;
-        }
+        };
+        let mut service = service.clone();
+        service.handler.auth = handler_auth;
+        service.listener.auth = listener_auth;
         let udp = service.listener.kind == ListenerType::H3;
         let Ok(socket) = Socket::parse(&service.addr, udp) else {
             return;
@@ -548,23 +587,27 @@ impl<'a> Renderer<'a> {
             services: vec![service.clone()],
             ..Config::default()
         };
-        let mut kept_chain = None;
+        // The chain: as it renders now, else as the pods have it.
+        let mut current_chain = None;
         if let Some(chain) = &service.handler.chain {
-            if let Ok(name) = self.chain(chain)
-                && let Some(Ok(config)) = self.chains.get(&name)
+            if self.chain(chain).is_ok()
+                && let Some(Ok(rendered)) = self.chains.get(chain)
             {
-                alone.chains.push(config.clone());
-            } else if let Some(config) = self.kept_chains.get(chain) {
-                alone.chains.push(config.clone());
+                alone.chains.push(rendered.config.clone());
+                current_chain = Some(chain.clone());
             } else if let Some(config) = previous.config.chains.iter().find(|c| c.name == *chain) {
                 alone.chains.push(config.clone());
-                kept_chain = Some(config.clone());
             } else {
                 return;
             }
         }
         if gost_api::validate(&alone).is_err() {
             return;
+        }
+        // The files it reads as the pods have them: its own, and its chain's when the chain
+        // is the previous one.
+        if current_chain.is_some() {
+            alone.chains.clear();
         }
         let mut files = BTreeMap::new();
         for path in tls_files(&alone) {
@@ -574,29 +617,83 @@ impl<'a> Renderer<'a> {
             else {
                 continue;
             };
-            if self.out.files.contains_key(file) {
-                continue;
-            }
             match previous.files.get(file) {
                 Some(bytes) => files.insert(file.to_string(), bytes.clone()),
                 None => return,
             };
         }
-        self.out.files.append(&mut files);
-        if let Some(chain) = kept_chain {
-            self.out.config.chains.push(chain.clone());
-            self.kept_chains.insert(chain.name.clone(), chain);
+        for (file, bytes) in &files {
+            self.out
+                .files
+                .entry(file.clone())
+                .or_insert_with(|| bytes.clone());
         }
-        if let Some(chain) = &service.handler.chain {
-            self.out.gost_chains.insert(chain.clone());
+        match current_chain {
+            Some(chain) => self.use_chain(&chain),
+            None => {
+                if let Some(config) = alone.chains.pop()
+                    && self.used_chains.insert(config.name.clone())
+                {
+                    self.out.gost_chains.insert(config.name.clone());
+                    self.out.config.chains.push(config);
+                }
+            }
         }
         self.sockets.push((
             socket,
-            format!("service {svc:?} of GostService {gs_name:?} (kept as last rendered)"),
+            format!(
+                "service {:?} of GostService {gs_name:?} (kept as last rendered)",
+                spec.name
+            ),
         ));
-        self.out.config.services.push(service.clone());
+        self.out.config.services.push(service);
+        self.kept_files.push((name, files));
+        self.out.matched.insert(gs_name.clone());
         self.out.gost_services.insert(gs_name.clone());
-        self.out.kept.insert((gs_name, svc.to_string()));
+        self.out.kept.insert((gs_name, spec.name.clone()));
+    }
+
+    /// Who may connect to `spec` now, for its rendering `service` in `previous`: the handler's
+    /// and the listener's server credentials as they render now, when they do and when the CAs
+    /// that client certificates are checked against are the same now as there.
+    fn access(
+        &self,
+        spec: &ServiceSpec,
+        service: &ServiceConfig,
+        previous: &Previous,
+    ) -> Option<(Option<AuthConfig>, Option<AuthConfig>)> {
+        let mut secrets = Secrets::new(self.ns);
+        let handler = secrets
+            .auth(spec.handler.auth.as_ref(), Side::Server)
+            .ok()?;
+        let listener = secrets
+            .auth(spec.listener.auth.as_ref(), Side::Server)
+            .ok()?;
+        let ca_now = |tls: Option<&TlsSpec>| match tls.and_then(|t| t.ca_secret.as_ref()) {
+            None => Some(None),
+            Some(r) => secrets.key(&r.name, r.key()).ok().map(Some),
+        };
+        let ca_then = |tls: &Option<TlsConfig>| -> Option<Option<Vec<u8>>> {
+            match tls.as_ref().and_then(|t| t.ca_file.as_deref()) {
+                None => Some(None),
+                Some(path) => path
+                    .strip_prefix(MOUNT_PATH)
+                    .and_then(|p| p.strip_prefix('/'))
+                    .and_then(|file| previous.files.get(file))
+                    .map(|bytes| Some(bytes.clone())),
+            }
+        };
+        let same = |now: Option<Option<Vec<u8>>>, then: Option<Option<Vec<u8>>>| {
+            now.is_some() && now == then
+        };
+        (same(
+            ca_now(spec.handler.tls.as_ref()),
+            ca_then(&service.handler.tls),
+        ) && same(
+            ca_now(spec.listener.tls.as_ref()),
+            ca_then(&service.listener.tls),
+        ))
+        .then_some((handler, listener))
     }
 
     /// One service, or why it is left out (with the GostChain at fault, if one is).
@@ -693,9 +790,9 @@ impl<'a> Renderer<'a> {
             ..Config::default()
         };
         if let Some(chain) = &chain
-            && let Some(Ok(config)) = self.chains.get(chain)
+            && let Some(Ok(rendered)) = self.chains.get(chain)
         {
-            alone.chains.push(config.clone());
+            alone.chains.push(rendered.config.clone());
         }
         gost_api::validate(&alone).map_err(|e| {
             (
@@ -710,18 +807,16 @@ impl<'a> Renderer<'a> {
             format!("service {:?} of GostService {gs_name:?}", svc.name),
         ));
         if let Some(chain) = chain {
-            self.out.gost_chains.insert(chain);
+            self.use_chain(&chain);
         }
         Ok(service)
     }
 
-    /// The GostChain `name` rendered into the config (once), or why it cannot be.
+    /// The GostChain `name` rendered (once), or why it cannot be. It joins the config only
+    /// with a service that uses it ([`Renderer::use_chain`]).
     fn chain(&mut self, name: &str) -> Result<String, (Reason, String)> {
         if !self.chains.contains_key(name) {
             let result = self.render_chain(name);
-            if let Ok(config) = &result {
-                self.out.config.chains.push(config.clone());
-            }
             self.chains.insert(name.to_string(), result);
         }
         match &self.chains[name] {
@@ -730,7 +825,18 @@ impl<'a> Renderer<'a> {
         }
     }
 
-    fn render_chain(&mut self, name: &str) -> Result<ChainConfig, (Reason, String)> {
+    /// Puts the rendered chain `name` and its files into the config, once.
+    fn use_chain(&mut self, name: &str) {
+        if let Some(Ok(rendered)) = self.chains.get(name)
+            && self.used_chains.insert(name.to_string())
+        {
+            self.out.config.chains.push(rendered.config.clone());
+            self.out.files.extend(rendered.files.clone());
+            self.out.gost_chains.insert(name.to_string());
+        }
+    }
+
+    fn render_chain(&mut self, name: &str) -> Result<RenderedChain, (Reason, String)> {
         let Some(gc) = self
             .ns
             .chains
@@ -774,15 +880,49 @@ impl<'a> Renderer<'a> {
                 metadata: hop.metadata.0.clone(),
             });
         }
-        self.out.files.append(&mut secrets.files);
-        Ok(ChainConfig {
-            name: name.to_string(),
-            hops,
-            metadata: gc.spec.metadata.0.clone(),
+        Ok(RenderedChain {
+            config: ChainConfig {
+                name: name.to_string(),
+                hops,
+                metadata: gc.spec.metadata.0.clone(),
+            },
+            files: secrets.files,
         })
     }
 
     fn finish(mut self) -> Rendered {
+        // A kept service whose files a rendered service has since changed (one key of a
+        // Secret they share) would read a mix: it goes.
+        for (name, files) in &self.kept_files {
+            if files
+                .iter()
+                .any(|(f, bytes)| self.out.files.get(f) != Some(bytes))
+            {
+                self.out.config.services.retain(|s| s.name != *name);
+                self.out
+                    .kept
+                    .retain(|(gs, svc)| service_name(gs, svc) != *name);
+            }
+        }
+        // What no service uses any more (after that) is left out: chains, then files.
+        let used: BTreeSet<&str> = self
+            .out
+            .config
+            .services
+            .iter()
+            .filter_map(|s| s.handler.chain.as_deref())
+            .collect();
+        self.out
+            .config
+            .chains
+            .retain(|c| used.contains(c.name.as_str()));
+        self.out.gost_chains.retain(|c| used.contains(c.as_str()));
+        let read: BTreeSet<String> = tls_files(&self.out.config)
+            .into_iter()
+            .filter_map(|p| p.strip_prefix(MOUNT_PATH)?.strip_prefix('/'))
+            .map(str::to_string)
+            .collect();
+        self.out.files.retain(|f, _| read.contains(f));
         self.out.config.metrics = Some(MetricsConfig {
             addr: format!(":{}", self.settings.admin_port),
             ..MetricsConfig::default()
@@ -1443,30 +1583,38 @@ mod tests {
         assert_eq!(names(&fresh), ["web/socks"]);
         assert!(fresh.kept.is_empty());
 
-        // The service's own Secret is deleted while its chain changes: the service keeps its
-        // credentials, and dials through the chain as it renders now.
+        // The chain is renamed to one that does not exist while the chain's credentials and
+        // the service's password change: the service keeps the chain it had, which dials as
+        // it renders now, and takes the password as it is now.
         let mut edited = secrets.clone();
-        edited.remove("users");
-        edited.insert(
-            "relay-creds".into(),
-            secret("relay-creds", &[("user", "carol"), ("password", "n3w")]).1,
+        for (name, pairs) in [
+            ("users", [("username", "alice"), ("password", "n3w-pass")]),
+            ("relay-creds", [("user", "carol"), ("password", "n3w")]),
+        ] {
+            edited.insert(name.into(), secret(name, &pairs).1);
+        }
+        let mut renamed = svcs.clone();
+        renamed[0].spec.services[0].handler.chain = Some("to-gatway".into());
+        let r = render_for_pod(
+            &Namespace {
+                services: &renamed,
+                secrets: &edited,
+                ..ns
+            },
+            &web,
+            &settings,
+            Some(&previous),
         );
-        let ns2 = Namespace {
-            secrets: &edited,
-            ..ns
-        };
-        let r = render_for_pod(&ns2, &web, &settings, Some(&previous));
         assert_eq!(names(&r), ["web/proxy", "web/socks"]);
         assert_eq!(r.kept, kept(&[("web", "proxy")]));
-        assert_eq!(r.problems[0].reason, Reason::SecretNotFound);
+        assert_eq!(r.problems[0].reason, Reason::ChainNotFound);
         let config = reloaded(&r);
-        assert_eq!(
-            config.services[0].handler.auth.as_ref().unwrap().password,
-            "s3cret"
-        );
+        let proxy = &config.services[0];
+        assert_eq!(proxy.handler.auth.as_ref().unwrap().password, "n3w-pass");
+        assert_eq!(proxy.handler.chain.as_deref(), Some("to-gateway"));
+        assert_eq!(config.chains.len(), 1);
         let node = &config.chains[0].hops[0].nodes[0];
         assert_eq!(node.connector.auth.as_ref().unwrap().username, "carol");
-        assert_eq!(config.chains.len(), 1);
 
         // Removed from the GostService, no longer selecting the pod, or deleted: gone.
         let mut removed = svcs.clone();
@@ -1506,7 +1654,7 @@ mod tests {
     }
 
     #[test]
-    fn a_kept_service_needs_its_port_its_files_and_a_password() {
+    fn a_kept_service_needs_its_port_its_files_and_todays_access() {
         let svcs = services(WEB_AND_ADMIN);
         let chs = chains(TO_GATEWAY);
         let secrets = all_secrets();
@@ -1518,41 +1666,105 @@ mod tests {
             secrets: &secrets,
         };
         let first = render_for_pod(&ns, &web, &settings, None);
+        let previous = Previous::from_secret_data(&first.secret_data()).unwrap();
         let gone = Namespace { chains: &[], ..ns };
 
-        // An older GostService takes the port now: the newer claim does not win over it.
-        let mut taken = svcs.clone();
-        let mut older = taken[1].clone();
-        older.metadata.name = Some("older".into());
-        older.metadata.creation_timestamp = taken[0].metadata.creation_timestamp.clone();
-        older.spec.selector = taken[0].spec.selector.clone();
-        older.spec.services[0].addr = ":8000".into();
-        older.spec.services[0].listener = Default::default();
-        taken.push(older);
-        let previous = Previous::from_secret_data(&first.secret_data()).unwrap();
+        // Another GostService claims web/proxy's port :8000: an older one takes it, a newer
+        // one does not.
+        let claim = |name: &str, created: &str| {
+            let mut gs = svcs[1].clone();
+            gs.metadata.name = Some(name.into());
+            gs.metadata.creation_timestamp = Some(serde_json::from_value(created.into()).unwrap());
+            gs.spec.selector = svcs[0].spec.selector.clone();
+            gs.spec.services[0].addr = ":8000".into();
+            gs.spec.services[0].listener = Default::default();
+            gs
+        };
+        let mut with = svcs.clone();
+        with.push(claim("zeta", "2025-12-31T00:00:00Z"));
         let r = render_for_pod(
             &Namespace {
-                services: &taken,
+                services: &with,
                 ..gone
             },
             &web,
             &settings,
             Some(&previous),
         );
-        assert_eq!(names(&r), ["older/relay", "web/socks"]);
+        assert_eq!(names(&r), ["zeta/relay", "web/socks"]);
         assert!(r.kept.is_empty());
+        with.pop();
+        with.push(claim("alpha", "2026-06-01T00:00:00Z"));
+        let r = render_for_pod(
+            &Namespace {
+                services: &with,
+                ..gone
+            },
+            &web,
+            &settings,
+            Some(&previous),
+        );
+        assert_eq!(names(&r), ["web/proxy", "web/socks"]);
+        let conflict = r
+            .problems
+            .iter()
+            .find(|p| p.reason == Reason::PortConflict)
+            .expect("the newer claim is refused");
+        assert!(
+            conflict.gost_service == "alpha" && conflict.message.contains("kept as last rendered"),
+            "{conflict:?}"
+        );
 
         // A file the kept service reads is missing from the previous config: not kept.
         let mut data = first.secret_data();
         let file = first.files.keys().next().unwrap().clone();
         data.remove(&file);
-        let previous = Previous::from_secret_data(&data).unwrap();
-        let r = render_for_pod(&gone, &web, &settings, Some(&previous));
+        let r = render_for_pod(
+            &gone,
+            &web,
+            &settings,
+            Some(&Previous::from_secret_data(&data).unwrap()),
+        );
         assert_eq!(names(&r), ["web/socks"]);
         assert!(!r.files.contains_key(&file));
 
+        // Who may connect is never held back: the service's auth Secret deleted, its password
+        // emptied, or auth asked for with a Secret that does not exist: not kept.
+        let mut no_users = secrets.clone();
+        no_users.remove("users");
+        let mut empty = secrets.clone();
+        empty.insert(
+            "users".into(),
+            secret("users", &[("username", "alice"), ("password", "")]).1,
+        );
+        for secrets in [&no_users, &empty] {
+            let r = render_for_pod(
+                &Namespace { secrets, ..gone },
+                &web,
+                &settings,
+                Some(&previous),
+            );
+            assert!(r.kept.is_empty(), "{:?}", r.kept);
+            assert_eq!(names(&r), ["web/socks"]);
+        }
+        let mut more_auth = svcs.clone();
+        more_auth[0].spec.services[1].listener.auth = Some(
+            serde_json::from_value(serde_json::json!({"secretRef": {"name": "nope"}})).unwrap(),
+        );
+        let r = render_for_pod(
+            &Namespace {
+                services: &more_auth,
+                ..ns
+            },
+            &web,
+            &settings,
+            Some(&previous),
+        );
+        assert!(r.kept.is_empty(), "{:?}", r.kept);
+        assert_eq!(names(&r), ["web/proxy"]);
+        assert_eq!(r.problems[0].reason, Reason::SecretNotFound);
         // A rendering that let anyone in (an empty password, from before the operator refused
-        // it) is not kept.
+        // it) is kept with the password as it is now.
         let mut open = first.clone();
         open.config.services[0]
             .handler
@@ -1560,10 +1772,18 @@ mod tests {
             .as_mut()
             .unwrap()
             .password = String::new();
-        let previous = Previous::from_secret_data(&open.secret_data()).unwrap();
-        let r = render_for_pod(&gone, &web, &settings, Some(&previous));
-        assert_eq!(names(&r), ["web/socks"]);
-        assert!(r.kept.is_empty());
+        let previous_open = Previous::from_secret_data(&open.secret_data()).unwrap();
+        let r = render_for_pod(&gone, &web, &settings, Some(&previous_open));
+        assert_eq!(r.kept, kept(&[("web", "proxy")]));
+        assert_eq!(
+            reloaded(&r).services[0]
+                .handler
+                .auth
+                .as_ref()
+                .unwrap()
+                .password,
+            "s3cret"
+        );
 
         // The selector cannot be evaluated: whether the pod is selected is unknown, so it
         // keeps what it runs.
@@ -1603,6 +1823,150 @@ mod tests {
                 .unwrap_err()
                 .contains("no key \"config.yaml\"")
         );
+    }
+
+    #[test]
+    fn kept_services_read_their_own_files_and_bring_no_invalid_chain() {
+        let settings = Settings::default();
+        let [old, new] = pems();
+        let mut svcs = services(WEB_AND_ADMIN);
+        // everyone/relay checks client certificates against gw-cert's CA.
+        svcs[1].spec.services[0].listener.tls = Some(
+            serde_json::from_value(serde_json::json!({
+                "certificateSecret": {"name": "gw-cert"}, "caSecret": {"name": "gw-cert"}
+            }))
+            .unwrap(),
+        );
+        let secrets = all_secrets();
+        let front = labels(&[("tier", "frontend")]);
+        let ns = Namespace {
+            services: &svcs,
+            chains: &[],
+            secrets: &secrets,
+        };
+        let first = render_for_pod(&ns, &front, &settings, None);
+        assert_eq!(names(&first), ["everyone/relay"], "{:?}", first.problems);
+        let previous = Previous::from_secret_data(&first.secret_data()).unwrap();
+
+        // Its address breaks: kept, files and all.
+        let mut broken = svcs.clone();
+        broken[1].spec.services[0].addr = "no-port".into();
+        let r = render_for_pod(
+            &Namespace {
+                services: &broken,
+                ..ns
+            },
+            &front,
+            &settings,
+            Some(&previous),
+        );
+        assert_eq!(r.kept, kept(&[("everyone", "relay")]));
+        assert_eq!(r.secret_data(), first.secret_data());
+
+        // ...and the CA changes too: who may connect changed, so it is not kept.
+        let gw_cert = |cert: &str, key: &str, ca: &str| {
+            secret(
+                "gw-cert",
+                &[("tls.crt", cert), ("tls.key", key), ("ca.crt", ca)],
+            )
+            .1
+        };
+        let mut rotated = secrets.clone();
+        rotated.insert("gw-cert".into(), gw_cert(&old.cert, &old.key, &new.cert));
+        let r = render_for_pod(
+            &Namespace {
+                services: &broken,
+                secrets: &rotated,
+                ..ns
+            },
+            &front,
+            &settings,
+            Some(&previous),
+        );
+        assert!(r.config.services.is_empty() && r.kept.is_empty());
+        assert!(r.files.is_empty(), "{:?}", r.files.keys());
+
+        // The certificate is renewed and a newer service serves the new one: the kept service
+        // would read the new certificate beside... whatever else changed: it goes, and only
+        // the new service's files are left.
+        let mut renewed = secrets.clone();
+        renewed.insert("gw-cert".into(), gw_cert(&new.cert, &new.key, &old.cert));
+        let mut also = broken.clone();
+        let mut later = svcs[1].clone();
+        later.metadata.name = Some("later".into());
+        later.metadata.creation_timestamp =
+            Some(serde_json::from_value("2026-06-01T00:00:00Z".into()).unwrap());
+        later.spec.services[0].addr = ":9443".into();
+        later.spec.services[0].listener.tls = Some(
+            serde_json::from_value(serde_json::json!({"certificateSecret": {"name": "gw-cert"}}))
+                .unwrap(),
+        );
+        also.push(later);
+        let r = render_for_pod(
+            &Namespace {
+                services: &also,
+                secrets: &renewed,
+                ..ns
+            },
+            &front,
+            &settings,
+            Some(&previous),
+        );
+        assert_eq!(names(&r), ["later/relay"]);
+        assert!(r.kept.is_empty());
+        let files: Vec<&str> = r.files.keys().map(String::as_str).collect();
+        assert_eq!(files, ["gw-cert_tls.crt", "gw-cert_tls.key"]);
+        assert_eq!(r.files["gw-cert_tls.crt"], new.cert.as_bytes());
+        reloaded(&r);
+
+        // A chain the proxy would refuse joins no config, kept service or not.
+        let invalid = chains(
+            r#"
+- apiVersion: gost.rs/v1alpha1
+  kind: GostChain
+  metadata: {name: to-gateway}
+  spec:
+    hops:
+    - name: hop-0
+      selector: {failTimeout: soon}
+      nodes:
+      - {name: gw, addr: "gateway.tunnels.svc:8443", connector: {type: relay}}
+"#,
+        );
+        let svcs = services(WEB_AND_ADMIN);
+        let web = labels(&[("app", "web")]);
+        let good = chains(TO_GATEWAY);
+        let previous = Previous::from_secret_data(
+            &render_for_pod(
+                &Namespace {
+                    services: &svcs,
+                    chains: &good,
+                    secrets: &secrets,
+                },
+                &web,
+                &settings,
+                None,
+            )
+            .secret_data(),
+        )
+        .unwrap();
+        let mut moved = svcs.clone();
+        moved[0].spec.services[0].addr = "no-port".into();
+        for (services, previous) in [(&svcs, None), (&moved, Some(&previous))] {
+            let r = render_for_pod(
+                &Namespace {
+                    services,
+                    chains: &invalid,
+                    secrets: &secrets,
+                },
+                &web,
+                &settings,
+                previous,
+            );
+            assert_eq!(names(&r), ["web/socks"]);
+            assert!(r.config.chains.is_empty() && r.files.is_empty());
+            reloaded(&r);
+        }
     }
 
     #[test]

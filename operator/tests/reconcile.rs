@@ -410,6 +410,44 @@ async fn a_bad_edit_keeps_what_running_pods_have_until_fixed_or_removed() {
     let admitted = api::<Secret>(&client).get(&group_secret()).await.unwrap();
     assert_eq!(admitted.resource_version(), before.resource_version());
 
+    // A selector that cannot be evaluated: the workload keeps what it runs, at admission too.
+    let mut gs = services.get("web").await.unwrap();
+    let selector = gs.spec.selector.clone();
+    gs.spec.selector = Some(
+        serde_json::from_value(json!({"matchExpressions": [{"key": "app", "operator": "Like"}]}))
+            .unwrap(),
+    );
+    services
+        .replace("web", &PostParams::default(), &gs)
+        .await
+        .unwrap();
+    reconcile(&client, &ctx).await;
+    let ports: Vec<u16> = ctx
+        .ensure_pod_config(NS, &pod, false)
+        .await
+        .unwrap()
+        .listen_ports
+        .iter()
+        .map(|p| p.port)
+        .collect();
+    assert_eq!(ports, [8000, 1080]);
+    let s = api::<Secret>(&client).get(&group_secret()).await.unwrap();
+    assert_eq!(s.data, before.data);
+    let status = services.get("web").await.unwrap().status.unwrap();
+    assert_eq!(status.matched_workloads, Some(1));
+    let rendered = condition(&status.conditions, "Rendered");
+    assert!(
+        rendered.message.contains("InvalidSelector: spec.selector"),
+        "{}",
+        rendered.message
+    );
+    let mut gs = services.get("web").await.unwrap();
+    gs.spec.selector = selector;
+    services
+        .replace("web", &PostParams::default(), &gs)
+        .await
+        .unwrap();
+
     // Removing the service is meant: it goes.
     let mut gs = services.get("web").await.unwrap();
     gs.spec.services.remove(0);
