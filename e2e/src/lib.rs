@@ -255,6 +255,26 @@ impl Gost {
         self.log.lock().unwrap().clone()
     }
 
+    /// The lines logged so far at `level` (`warn`, `error`, ...), each checked to be a JSON
+    /// object with GOST's keys (`time`, `level`, `msg`): a change of the log's shape fails here
+    /// instead of making a check for no warnings pass on any log.
+    pub fn logged_at(&self, level: &str) -> Vec<String> {
+        self.log()
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .filter(|l| {
+                let line: serde_json::Value = serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("a log line that is not JSON ({e}): {l}"));
+                assert!(
+                    line["time"].is_string() && line["msg"].is_string(),
+                    "a log line without GOST's keys: {l}"
+                );
+                line["level"].as_str() == Some(level)
+            })
+            .map(str::to_string)
+            .collect()
+    }
+
     /// Waits up to [`LOG_DEADLINE`] until the log contains `needle`; panics naming it, with
     /// the log. For lines that trail what a client sees, such as a tunnel's, which is written
     /// as the tunnel is torn down.

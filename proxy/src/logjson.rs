@@ -1,8 +1,11 @@
 //! JSON log lines in GOST's shape, so that what parses GOST's logs (a Loki or Fluent Bit
-//! pipeline, `jq .msg`) parses ours: one object per line with `time` (RFC 3339, milliseconds,
-//! UTC), `level` (`trace`, `debug`, `info`, `warn`, `error`) and `msg` first, then the event's
-//! fields at the top level in the order they were recorded, as GOST's `log/slog` handler
-//! writes them.
+//! pipeline, `jq .msg`) parses ours: one object per line with `time` (RFC 3339 in UTC, with
+//! microseconds where GOST writes milliseconds), `level` (`trace`, `debug`, `info`, `warn`,
+//! `error`) and `msg` first, then the event's fields at the top level in the order they were
+//! recorded, as GOST's `log/slog` handler writes them. Events that libraries log through the
+//! `log` crate (rustls) come with `log.target`, `log.file`... fields of their origin, which
+//! are left out, as tracing's own formats leave them out. Spans are not written: gost-rs
+//! opens none.
 
 use std::fmt::{self, Write as _};
 
@@ -67,19 +70,20 @@ fn now() -> time::OffsetDateTime {
     time::OffsetDateTime::now_utc()
 }
 
-/// `2006-01-02T15:04:05.000Z`: Go's layout in GOST's logger, in UTC.
+/// `2006-01-02T15:04:05.000000Z`: RFC 3339 in UTC, as GOST's logger writes it but with
+/// microseconds (a reload or a tunnel takes less than a millisecond).
 fn push_time(out: &mut String, t: time::OffsetDateTime) {
     let t = t.to_offset(time::UtcOffset::UTC);
     let _ = write!(
         out,
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
         t.year(),
         u8::from(t.month()),
         t.day(),
         t.hour(),
         t.minute(),
         t.second(),
-        t.millisecond()
+        t.microsecond()
     );
 }
 
@@ -103,6 +107,9 @@ struct Fields {
 
 impl Fields {
     fn put(&mut self, field: &Field, value: Value) {
+        if field.name().starts_with("log.") {
+            return;
+        }
         if field.name() == "message" {
             self.message = Some(match value {
                 Value::String(s) => s,
@@ -202,8 +209,16 @@ mod tests {
                 "a \"quoted\"\nmessage"
             );
             tracing::trace!(nan = f64::NAN, "odd");
+            // What tracing-log makes of a `log` record, as rustls sends them.
+            tracing::warn!(
+                log.target = "rustls::conn",
+                log.module_path = "rustls::conn",
+                log.file = "/home/u/src/rustls/conn.rs",
+                log.line = 21u64,
+                "Sending fatal alert BadCertificate"
+            );
         });
-        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert_eq!(lines.len(), 4, "{lines:?}");
         let first: serde_json::Map<String, Value> = serde_json::from_str(&lines[0]).unwrap();
         let keys: Vec<&str> = first.keys().map(String::as_str).collect();
         // serde_json's map is sorted; the order on the line is checked on the text.
@@ -217,12 +232,12 @@ mod tests {
             lines[0]
         );
         let time = first["time"].as_str().unwrap();
-        assert_eq!(time.len(), "2006-01-02T15:04:05.000Z".len(), "{time}");
+
         let shape: String = time
             .chars()
             .map(|c| if c.is_ascii_digit() { '9' } else { c })
             .collect();
-        assert_eq!(shape, "9999-99-99T99:99:99.999Z");
+        assert_eq!(shape, "9999-99-99T99:99:99.999999Z");
 
         let second: Value = serde_json::from_str(&lines[1]).unwrap();
         assert_eq!(second["level"], "warn");
@@ -239,6 +254,12 @@ mod tests {
         assert_eq!(
             (third["level"].as_str(), third["nan"].as_str()),
             (Some("trace"), Some("NaN"))
+        );
+        assert!(
+            lines[3]
+                .ends_with(",\"level\":\"warn\",\"msg\":\"Sending fatal alert BadCertificate\"}"),
+            "{}",
+            lines[3]
         );
     }
 }
