@@ -300,18 +300,41 @@ pub fn render_for_pod(
     })
 }
 
-/// `render(previous)`, unless the services it keeps from `previous` make the proxy refuse the
-/// config as a whole (every service is checked on its own, so this is a last guard): then
-/// `render(None)`, which keeps nothing. A kept service must never cost the pod the others.
+/// `render(previous)`, rendered again without the kept services that [`Renderer::finish`]
+/// took out (their files changed), so that no port stays reserved for one of them; and unless
+/// the services it keeps make the proxy refuse the config as a whole (every service is checked
+/// on its own, so this is a last guard), else `render(None)`, which keeps nothing. A kept
+/// service must never cost the pod the others.
 fn guarded(
     previous: Option<&Previous>,
-    render: impl Fn(Option<&Previous>) -> Rendered,
+    render: impl Fn(Option<Keeping<'_>>) -> (Rendered, BTreeSet<String>),
 ) -> Rendered {
-    let r = render(previous);
-    if r.kept.is_empty() || gost_api::validate(&r.config).is_ok() {
-        return r;
+    let Some(previous) = previous else {
+        return render(None).0;
+    };
+    let mut not = BTreeSet::new();
+    // Each round takes out at least one more of the previous services, so this ends.
+    for _ in 0..=previous.config.services.len() {
+        let (r, dropped) = render(Some(Keeping {
+            previous,
+            not: &not,
+        }));
+        if dropped.is_empty() {
+            if r.kept.is_empty() || gost_api::validate(&r.config).is_ok() {
+                return r;
+            }
+            break;
+        }
+        not.extend(dropped);
     }
-    render(None)
+    render(None).0
+}
+
+/// What a render may keep: the services of `previous`, except those named in `not`.
+#[derive(Clone, Copy)]
+struct Keeping<'a> {
+    previous: &'a Previous,
+    not: &'a BTreeSet<String>,
 }
 
 impl Renderer<'_> {
@@ -484,7 +507,7 @@ struct Renderer<'a> {
     /// accepted and dials through it, never before.
     used_chains: BTreeSet<String>,
     /// What pods run now, to keep services that do not render.
-    previous: Option<&'a Previous>,
+    keeping: Option<Keeping<'a>>,
     /// The services kept from `previous`, with the files they must read as they were there.
     kept_files: Vec<(String, BTreeMap<String, Vec<u8>>)>,
 }
@@ -497,7 +520,7 @@ struct RenderedChain {
 }
 
 impl<'a> Renderer<'a> {
-    fn new(ns: &'a Namespace<'a>, settings: &'a Settings, previous: Option<&'a Previous>) -> Self {
+    fn new(ns: &'a Namespace<'a>, settings: &'a Settings, keeping: Option<Keeping<'a>>) -> Self {
         let admin = Socket {
             udp: false,
             host: Host::Any,
@@ -510,7 +533,7 @@ impl<'a> Renderer<'a> {
             sockets: vec![(admin, "the proxy's admin endpoint".to_string())],
             chains: BTreeMap::new(),
             used_chains: BTreeSet::new(),
-            previous,
+            keeping,
             kept_files: Vec::new(),
         }
     }
@@ -562,11 +585,14 @@ impl<'a> Renderer<'a> {
     ///   (checked in [`Renderer::finish`]);
     /// - the proxy accepts it.
     fn keep(&mut self, gs: &GostService, spec: &ServiceSpec) {
-        let Some(previous) = self.previous else {
+        let Some(Keeping { previous, not }) = self.keeping else {
             return;
         };
         let gs_name = name_of(gs);
         let name = service_name(&gs_name, &spec.name);
+        if not.contains(&name) {
+            return;
+        }
         let Some(service) = previous.config.services.iter().find(|s| s.name == name) else {
             return;
         };
@@ -890,9 +916,12 @@ impl<'a> Renderer<'a> {
         })
     }
 
-    fn finish(mut self) -> Rendered {
+    /// The rendered config, and the kept services taken out of it.
+    fn finish(mut self) -> (Rendered, BTreeSet<String>) {
         // A kept service whose files a rendered service has since changed (one key of a
-        // Secret they share) would read a mix: it goes.
+        // Secret they share) would read a mix: it goes (and the render is done again without
+        // it, see `guarded`).
+        let mut dropped = BTreeSet::new();
         for (name, files) in &self.kept_files {
             if files
                 .iter()
@@ -902,6 +931,7 @@ impl<'a> Renderer<'a> {
                 self.out
                     .kept
                     .retain(|(gs, svc)| service_name(gs, svc) != *name);
+                dropped.insert(name.clone());
             }
         }
         // What no service uses any more (after that) is left out: chains, then files.
@@ -927,7 +957,7 @@ impl<'a> Renderer<'a> {
             addr: format!(":{}", self.settings.admin_port),
             ..MetricsConfig::default()
         });
-        self.out
+        (self.out, dropped)
     }
 }
 
@@ -1901,6 +1931,12 @@ mod tests {
             serde_json::from_value(serde_json::json!({"certificateSecret": {"name": "gw-cert"}}))
                 .unwrap(),
         );
+        // ...and claims the port the kept service had, which is free once it went.
+        let mut claim = later.spec.services[0].clone();
+        claim.name = "claim".into();
+        claim.addr = ":8443".into();
+        claim.listener = Default::default();
+        later.spec.services.push(claim);
         also.push(later);
         let r = render_for_pod(
             &Namespace {
@@ -1912,8 +1948,13 @@ mod tests {
             &settings,
             Some(&previous),
         );
-        assert_eq!(names(&r), ["later/relay"]);
+        assert_eq!(names(&r), ["later/relay", "later/claim"]);
         assert!(r.kept.is_empty());
+        assert!(
+            r.problems.iter().all(|p| p.reason != Reason::PortConflict),
+            "{:?}",
+            r.problems
+        );
         let files: Vec<&str> = r.files.keys().map(String::as_str).collect();
         assert_eq!(files, ["gw-cert_tls.crt", "gw-cert_tls.key"]);
         assert_eq!(r.files["gw-cert_tls.crt"], new.cert.as_bytes());
