@@ -137,7 +137,13 @@ pub enum Decision {
     Inject,
     /// Left alone, with the reason.
     Skip(&'static str),
+    /// Opted in but never injected (a pod on the node's network): left alone, and the reason
+    /// is a warning for whoever created the pod, since they asked for the sidecar.
+    Refuse(&'static str),
 }
+
+/// Why a pod with `spec.hostNetwork: true` is not injected, even when it opts in itself.
+pub const HOST_NETWORK_REFUSAL: &str = "gost sidecar not injected: the pod uses the node's network (spec.hostNetwork: true), so the sidecar's ports (its admin port, its services' ports) would be opened on the node's interfaces, and two such pods on one node would clash on them; the pod annotation gost.rs/inject=enabled does not change this. Run the proxy for such pods as a gateway (GostService spec.gateway) and point them at its Service, or set gost.rs/inject=disabled on the pod to silence this warning";
 
 /// Decides injection for `pod` in `namespace`, whose `gost.rs/inject` label is
 /// `namespace_label` (`None` when absent or the namespace is unknown).
@@ -149,12 +155,29 @@ pub fn decide(namespace: &str, namespace_label: Option<&str>, pod: &Pod) -> Deci
         return Decision::Skip("already has a gost container");
     }
     let annotation = inject_annotation(pod);
-    match annotation {
-        Some(INJECT_DISABLED) => Decision::Skip("opted out by the pod annotation"),
-        Some(INJECT_ENABLED) => Decision::Inject,
-        _ if namespace_label == Some(INJECT_ENABLED) => Decision::Inject,
-        _ => Decision::Skip("neither the namespace nor the pod opted in"),
+    let opted_in = match annotation {
+        Some(INJECT_DISABLED) => return Decision::Skip("opted out by the pod annotation"),
+        Some(INJECT_ENABLED) => true,
+        _ => namespace_label == Some(INJECT_ENABLED),
+    };
+    if !opted_in {
+        return Decision::Skip("neither the namespace nor the pod opted in");
     }
+    // As Istio does, and without an override: the sidecar would bind its ports on the node,
+    // where the replicas of one workload (and every other injected host-network pod on that
+    // node) would fight over them, and its services would be open to whoever reaches the node.
+    if uses_host_network(pod) {
+        return Decision::Refuse(HOST_NETWORK_REFUSAL);
+    }
+    Decision::Inject
+}
+
+/// Whether the pod runs in the node's network namespace (`spec.hostNetwork: true`).
+pub fn uses_host_network(pod: &Pod) -> bool {
+    pod.spec
+        .as_ref()
+        .and_then(|spec| spec.host_network)
+        .unwrap_or(false)
 }
 
 /// The pod's `gost.rs/inject` annotation, if it has one.
@@ -532,6 +555,28 @@ mod tests {
             decide("shop", Some("enabled"), &pod(opted_out)),
             Decision::Skip("opted out by the pod annotation")
         );
+
+        // The node's network: refused when opted in (by the namespace or the pod itself),
+        // silently skipped otherwise.
+        let host = |annotation: Option<&str>| {
+            let mut json = minimal();
+            json["spec"]["hostNetwork"] = json!(true);
+            if let Some(value) = annotation {
+                json["metadata"]["annotations"] = json!({"gost.rs/inject": value});
+            }
+            pod(json)
+        };
+        let refused = Decision::Refuse(HOST_NETWORK_REFUSAL);
+        assert_eq!(decide("shop", Some("enabled"), &host(None)), refused);
+        assert_eq!(decide("shop", None, &host(Some("enabled"))), refused);
+        assert!(matches!(
+            decide("shop", Some("enabled"), &host(Some("disabled"))),
+            Decision::Skip(_)
+        ));
+        assert!(matches!(
+            decide("shop", None, &host(None)),
+            Decision::Skip(_)
+        ));
 
         let mut manual = minimal();
         manual["spec"]["containers"]

@@ -52,7 +52,8 @@ const RECONCILE_BUCKETS: &[f64] = &[
 pub enum Admission {
     /// The sidecar was added.
     Injected,
-    /// The pod was not opted in, is already injected, or is not a create.
+    /// The pod was not opted in, is already injected, uses the node's network (with a
+    /// warning), or is not a create.
     Skipped,
     /// The pod was opted in but its config could not be rendered or written; it was admitted
     /// without the sidecar, with a warning.

@@ -175,9 +175,16 @@ impl<P: PodConfig, N: NamespaceLabels> Webhook<P, N> {
             tracing::warn!(uid = %request.uid, namespace, pod = pod_name(pod), "{warning}");
             response = warn(response, warning);
         }
-        if let Decision::Skip(reason) = inject::decide(namespace, label.as_deref(), pod) {
-            tracing::debug!(uid = %request.uid, namespace, reason, "not injecting");
-            return (response, Admission::Skipped);
+        match inject::decide(namespace, label.as_deref(), pod) {
+            Decision::Inject => {}
+            Decision::Skip(reason) => {
+                tracing::debug!(uid = %request.uid, namespace, reason, "not injecting");
+                return (response, Admission::Skipped);
+            }
+            Decision::Refuse(reason) => {
+                tracing::warn!(uid = %request.uid, namespace, pod = pod_name(pod), "{reason}");
+                return (warn(response, reason.to_string()), Admission::Skipped);
+            }
         }
         let config = match self
             .pod_config

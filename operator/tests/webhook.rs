@@ -527,6 +527,69 @@ async fn an_opt_in_value_other_than_enabled_or_disabled_is_warned_about() {
     }
 }
 
+/// A pod on the node's network shares the node's ports with every other such pod there: two of
+/// them on one node would clash on the sidecar's ports, and the sidecar would listen on the
+/// node's interfaces. Such a pod is never injected, even when it opts in itself, and is told
+/// why; one that opts out or never opted in hears nothing.
+#[tokio::test]
+async fn host_network_pods_are_not_injected_and_told_why() {
+    let server = start(None).await;
+    let warnings = |response: &Value| -> Vec<String> {
+        response["warnings"]
+            .as_array()
+            .map(|w| w.iter().map(|w| w.as_str().unwrap().to_string()).collect())
+            .unwrap_or_default()
+    };
+    let host_pod = |annotation: Option<&str>| {
+        let mut pod = pod();
+        pod["spec"]["hostNetwork"] = json!(true);
+        if let Some(value) = annotation {
+            pod["metadata"]["annotations"] = json!({"gost.rs/inject": value});
+        }
+        pod
+    };
+
+    for (uid, namespace, annotation) in [
+        ("ns", "shop", None),
+        ("pod", "plain", Some("enabled")),
+        ("both", "shop", Some("enabled")),
+    ] {
+        let response = server
+            .admit(&review(uid, namespace, &host_pod(annotation), false))
+            .await;
+        assert!(response.get("patch").is_none(), "{uid}: {response}");
+        let said = warnings(&response);
+        assert_eq!(said.len(), 1, "{uid}: {response}");
+        assert!(
+            said[0].starts_with("gost sidecar not injected")
+                && said[0].contains("hostNetwork: true")
+                && said[0].contains("node"),
+            "{uid}: {said:?}"
+        );
+    }
+
+    // Opted out, or never opted in: nothing to say.
+    for (uid, namespace, annotation) in [("out", "shop", Some("disabled")), ("no", "plain", None)] {
+        let response = server
+            .admit(&review(uid, namespace, &host_pod(annotation), false))
+            .await;
+        assert!(response.get("patch").is_none(), "{uid}: {response}");
+        assert!(warnings(&response).is_empty(), "{uid}: {response}");
+    }
+
+    // `hostNetwork: false` is the pod network: injected as usual.
+    let mut own_network = pod();
+    own_network["spec"]["hostNetwork"] = json!(false);
+    let response = server
+        .admit(&review("false", "shop", &own_network, false))
+        .await;
+    let patched = apply(&response, &own_network);
+    assert_eq!(patched["spec"]["initContainers"][0]["name"], "gost");
+
+    // No config was rendered for a pod that is not injected.
+    assert_eq!(server.calls(), [("shop".to_string(), false)]);
+}
+
 #[tokio::test]
 async fn dry_run_is_passed_to_the_renderer() {
     let server = start(None).await;
