@@ -429,6 +429,7 @@ impl Context {
             let r = render_gateway(&namespace, gs, &rs, previous.as_ref());
             let obs = observed.entry(gs.name_any()).or_default();
             add_problems(&mut obs.problems, &r.problems);
+            add_problems(&mut obs.warnings, &r.warnings);
             if let Some(name) = gateway {
                 note_kept(&mut observed, &r, &format!("gateway Deployment/{name}"));
                 gateway_renders.insert(gs.name_any(), r);
@@ -448,6 +449,10 @@ impl Context {
             for p in &r.problems {
                 let obs = observed.entry(p.gost_service.clone()).or_default();
                 add_problems(&mut obs.problems, std::slice::from_ref(p));
+            }
+            for w in &r.warnings {
+                let obs = observed.entry(w.gost_service.clone()).or_default();
+                add_problems(&mut obs.warnings, std::slice::from_ref(w));
             }
             note_kept(&mut observed, &r, &group.workload());
             let desired = group_secret(ns, name, group, &r);
@@ -847,8 +852,8 @@ impl Context {
         let namespace = snap.namespace();
         for gc in &snap.chains {
             let name = gc.name_any();
-            let problem = render::chain_problem(&namespace, &name);
-            let new = status::gost_chain_status(gc, problem.as_ref(), &now);
+            let (problem, warnings) = render::check_chain(&namespace, &name);
+            let new = status::gost_chain_status(gc, problem.as_ref(), &warnings, &now);
             if gc.status.as_ref() != Some(&new) {
                 let patched = chains
                     .patch_status(
@@ -868,12 +873,13 @@ impl Context {
     /// does not fail the reconcile (which would retry and repeat the others).
     async fn record_events(&self, gs: &GostService, obs: &ServiceObservation) {
         let uid = seen_key(gs);
+        let reported = obs.reported();
         let now = Seen {
-            problems: obs.problems.iter().map(|p| p.message.clone()).collect(),
+            problems: reported.iter().map(|p| p.message.clone()).collect(),
             matched: obs.matched.clone(),
         };
         let before = self.seen.lock().expect("seen lock").get(&uid).cloned();
-        let events = status::events(before.as_ref(), gs.status.as_ref(), &now, &obs.problems);
+        let events = status::events(before.as_ref(), gs.status.as_ref(), &now, &reported);
         self.seen.lock().expect("seen lock").insert(uid, now);
         let reference = gs.object_ref(&());
         for ev in events {

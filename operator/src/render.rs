@@ -16,9 +16,9 @@ use gost_api::v1alpha1::{
     served_listener,
 };
 use gost_api::{
-    AuthConfig, ChainConfig, Config, ConnectorConfig, DialerConfig, DialerType, ForwardNodeConfig,
-    ForwarderConfig, HandlerConfig, HopConfig, ListenerConfig, ListenerType, MetricsConfig,
-    NodeConfig, ServiceConfig, TlsConfig,
+    AuthConfig, ChainConfig, Config, ConnectorConfig, ConnectorType, DialerConfig, DialerType,
+    ForwardNodeConfig, ForwarderConfig, HandlerConfig, HandlerType, HopConfig, ListenerConfig,
+    ListenerType, MetricsConfig, NodeConfig, ServiceConfig, TlsConfig,
 };
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
@@ -39,7 +39,8 @@ pub const MOUNT_PATH: &str = "/etc/gost";
 pub const DEFAULT_ADMIN_PORT: u16 = 15300;
 
 /// Why part of a resource was left out of a rendered config (or its gateway out of the
-/// cluster). The names are the `reason`s of the `Rendered` condition.
+/// cluster), or, for the warnings at the end, why something rendered will likely not work.
+/// The names are the `reason`s of the `Rendered` condition and of events.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Reason {
     /// `handler.chain` names a GostChain that does not exist in the namespace.
@@ -71,6 +72,13 @@ pub enum Reason {
     /// The API server refused (or failed) a write of the gateway's Secret, Deployment or
     /// Service (the message quotes it).
     GatewayNotApplied,
+    /// A warning: a user name or password ends with a newline (`\n` or `\r\n`, what
+    /// `kubectl create secret generic --from-file` stores from a file with a final newline).
+    /// The proxy takes it as part of the credential, so a login typed without it fails.
+    TrailingNewline,
+    /// A warning: a user name with a `:` where HTTP Basic authentication carries it; the
+    /// first `:` separates user name from password there, so that user cannot log in.
+    ColonInUserName,
 }
 
 impl Reason {
@@ -89,11 +97,14 @@ impl Reason {
             Reason::InvalidChain => "InvalidChain",
             Reason::InvalidGateway => "InvalidGateway",
             Reason::GatewayNotApplied => "GatewayNotApplied",
+            Reason::TrailingNewline => "TrailingNewline",
+            Reason::ColonInUserName => "ColonInUserName",
         }
     }
 }
 
-/// Something left out of a rendered config, with what to do about it.
+/// Something left out of a rendered config, with what to do about it; or, as one of
+/// [`Rendered::warnings`], something rendered that will likely not work.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Problem {
     /// The GostService concerned.
@@ -152,6 +163,9 @@ pub struct Rendered {
     /// The services (GostService, service) that did not render but are kept as they were in
     /// the [`Previous`] config, sorted. Each also has its problem in `problems`.
     pub kept: BTreeSet<(String, String)>,
+    /// What rendered as written but will likely not work (credentials that cannot log in),
+    /// and what to do about it. Nothing is left out for these.
+    pub warnings: Vec<Problem>,
 }
 
 /// The config that pods (or a gateway) run now: the config Secret they mount, as the operator
@@ -382,8 +396,21 @@ pub fn render_gateway(
 /// The GostChain `name` checked on its own, as every service dialling through it would render
 /// it: `None` when it renders and the proxy would accept it, else the problem.
 pub fn chain_problem(ns: &Namespace<'_>, name: &str) -> Option<Problem> {
+    check_chain(ns, name).0
+}
+
+/// [`chain_problem`], and the warnings of the chain when it renders (credentials that cannot
+/// log in: [`Rendered::warnings`]).
+pub fn check_chain(ns: &Namespace<'_>, name: &str) -> (Option<Problem>, Vec<Problem>) {
     let settings = Settings::default();
     let mut renderer = Renderer::new(ns, &settings, None);
+    let as_problem = |(reason, message): (Reason, String)| Problem {
+        gost_service: String::new(),
+        service: None,
+        gost_chain: Some(name.to_string()),
+        reason,
+        message,
+    };
     let result = renderer.render_chain(name).and_then(|chain| {
         let alone = Config {
             chains: vec![chain.config],
@@ -396,13 +423,13 @@ pub fn chain_problem(ns: &Namespace<'_>, name: &str) -> Option<Problem> {
             )
         })
     });
-    result.err().map(|(reason, message)| Problem {
-        gost_service: String::new(),
-        service: None,
-        gost_chain: Some(name.to_string()),
-        reason,
-        message,
-    })
+    match result {
+        Err(problem) => (Some(as_problem(problem)), Vec::new()),
+        Ok(()) => {
+            let warnings = renderer.chain_warnings.remove(name).unwrap_or_default();
+            (None, warnings.into_iter().map(as_problem).collect())
+        }
+    }
 }
 
 /// GostServices oldest first, then by name: the order that decides port conflicts.
@@ -510,6 +537,9 @@ struct Renderer<'a> {
     keeping: Option<Keeping<'a>>,
     /// The services kept from `previous`, with the files they must read as they were there.
     kept_files: Vec<(String, BTreeMap<String, Vec<u8>>)>,
+    /// The warnings of each chain rendered so far (reason, message), by GostChain name: each
+    /// service that dials through the chain carries them.
+    chain_warnings: BTreeMap<String, Vec<(Reason, String)>>,
 }
 
 /// A GostChain rendered, with the files its TLS settings read.
@@ -535,6 +565,7 @@ impl<'a> Renderer<'a> {
             used_chains: BTreeSet::new(),
             keeping,
             kept_files: Vec::new(),
+            chain_warnings: BTreeMap::new(),
         }
     }
 
@@ -690,10 +721,20 @@ impl<'a> Renderer<'a> {
     ) -> Option<(Option<AuthConfig>, Option<AuthConfig>)> {
         let mut secrets = Secrets::new(self.ns);
         let handler = secrets
-            .auth(spec.handler.auth.as_ref(), Side::Server)
+            .auth(
+                spec.handler.auth.as_ref(),
+                Side::Server,
+                None,
+                "handler.auth",
+            )
             .ok()?;
         let listener = secrets
-            .auth(spec.listener.auth.as_ref(), Side::Server)
+            .auth(
+                spec.listener.auth.as_ref(),
+                Side::Server,
+                None,
+                "listener.auth",
+            )
             .ok()?;
         let ca_now = |tls: Option<&TlsSpec>| match tls.and_then(|t| t.ca_secret.as_ref()) {
             None => Some(None),
@@ -772,7 +813,12 @@ impl<'a> Renderer<'a> {
             chain: chain.clone(),
             retries: svc.handler.retries,
             auth: secrets
-                .auth(svc.handler.auth.as_ref(), Side::Server)
+                .auth(
+                    svc.handler.auth.as_ref(),
+                    Side::Server,
+                    handler_basic(svc.handler.kind),
+                    "handler.auth",
+                )
                 .map_err(at("handler.auth"))?,
             tls: secrets
                 .tls(svc.handler.tls.as_ref(), Side::Server)
@@ -783,7 +829,12 @@ impl<'a> Renderer<'a> {
         let listener = ListenerConfig {
             kind: svc.listener.kind,
             auth: secrets
-                .auth(svc.listener.auth.as_ref(), Side::Server)
+                .auth(
+                    svc.listener.auth.as_ref(),
+                    Side::Server,
+                    None,
+                    "listener.auth",
+                )
                 .map_err(at("listener.auth"))?,
             tls: secrets
                 .tls(svc.listener.tls.as_ref(), Side::Server)
@@ -832,6 +883,28 @@ impl<'a> Renderer<'a> {
             socket,
             format!("service {:?} of GostService {gs_name:?}", svc.name),
         ));
+        let chain_warnings =
+            chain
+                .iter()
+                .flat_map(|name| {
+                    self.chain_warnings.get(name).into_iter().flatten().map(
+                        move |(reason, message)| {
+                            let message = format!("handler.chain {name:?}: {message}");
+                            (*reason, Some(name.clone()), message)
+                        },
+                    )
+                })
+                .collect::<Vec<_>>();
+        let own = secrets.warnings.into_iter().map(|(r, m)| (r, None, m));
+        for (reason, gost_chain, message) in own.chain(chain_warnings) {
+            self.out.warnings.push(Problem {
+                gost_service: gs_name.clone(),
+                service: Some(svc.name.clone()),
+                gost_chain,
+                reason,
+                message: format!("{here}.{message}"),
+            });
+        }
         if let Some(chain) = chain {
             self.use_chain(&chain);
         }
@@ -890,6 +963,7 @@ impl<'a> Renderer<'a> {
         };
         let mut secrets = Secrets::new(self.ns);
         let mut hops = Vec::with_capacity(gc.spec.hops.len());
+        let mut warnings = Vec::new();
         for hop in &gc.spec.hops {
             let mut nodes = Vec::with_capacity(hop.nodes.len());
             for node in &hop.nodes {
@@ -897,6 +971,12 @@ impl<'a> Renderer<'a> {
                 nodes.push(
                     node_config(&mut secrets, node)
                         .map_err(|(reason, message)| (reason, format!("{at}: {message}")))?,
+                );
+                warnings.extend(
+                    secrets
+                        .warnings
+                        .drain(..)
+                        .map(|(reason, message)| (reason, format!("{at}: {message}"))),
                 );
             }
             hops.push(HopConfig {
@@ -906,6 +986,7 @@ impl<'a> Renderer<'a> {
                 metadata: hop.metadata.0.clone(),
             });
         }
+        self.chain_warnings.insert(name.to_string(), warnings);
         Ok(RenderedChain {
             config: ChainConfig {
                 name: name.to_string(),
@@ -990,7 +1071,12 @@ fn node_config(secrets: &mut Secrets<'_>, node: &NodeSpec) -> Result<NodeConfig,
         connector: ConnectorConfig {
             kind: node.connector.kind,
             auth: secrets
-                .auth(node.connector.auth.as_ref(), Side::Client)
+                .auth(
+                    node.connector.auth.as_ref(),
+                    Side::Client,
+                    connector_basic(node.connector.kind),
+                    "connector.auth",
+                )
                 .map_err(prefix("connector.auth"))?,
             tls: secrets
                 .tls(node.connector.tls.as_ref(), Side::Client)
@@ -1000,7 +1086,7 @@ fn node_config(secrets: &mut Secrets<'_>, node: &NodeSpec) -> Result<NodeConfig,
         dialer: DialerConfig {
             kind: node.dialer.kind,
             auth: secrets
-                .auth(node.dialer.auth.as_ref(), Side::Client)
+                .auth(node.dialer.auth.as_ref(), Side::Client, None, "dialer.auth")
                 .map_err(prefix("dialer.auth"))?,
             tls: match secrets
                 .tls(node.dialer.tls.as_ref(), Side::Client)
@@ -1041,11 +1127,30 @@ enum Side {
     Client,
 }
 
+/// How a handler of type `kind` takes HTTP Basic credentials, if it does (for the
+/// [`Reason::ColonInUserName`] warning).
+fn handler_basic(kind: HandlerType) -> Option<String> {
+    matches!(
+        kind,
+        HandlerType::Http | HandlerType::Http2 | HandlerType::Auto
+    )
+    .then(|| format!("handler type {:?}", kind.as_str()))
+}
+
+/// How a connector of type `kind` sends HTTP Basic credentials, if it does.
+fn connector_basic(kind: ConnectorType) -> Option<String> {
+    matches!(kind, ConnectorType::Http | ConnectorType::Http2)
+        .then(|| format!("connector type {:?}", kind.as_str()))
+}
+
 /// Reads referenced Secrets and collects the files that TLS settings point at; the files join
 /// the output only when the whole service or chain rendered, so a half-rendered one leaves none.
 struct Secrets<'a> {
     ns: &'a Namespace<'a>,
     files: BTreeMap<String, Vec<u8>>,
+    /// Warnings about what was read (reason, message starting with the field), for the caller
+    /// to take along when the whole service or chain rendered.
+    warnings: Vec<(Reason, String)>,
 }
 
 impl<'a> Secrets<'a> {
@@ -1053,6 +1158,7 @@ impl<'a> Secrets<'a> {
         Secrets {
             ns,
             files: BTreeMap::new(),
+            warnings: Vec::new(),
         }
     }
 
@@ -1101,10 +1207,16 @@ impl<'a> Secrets<'a> {
     /// The credentials `auth` refers to. A server (handler, listener) refuses an empty user
     /// name or password: as in GOST, the proxy lets a user whose password is empty in with any
     /// password, so an empty key (a Secret made from an unset variable) would open the service.
+    ///
+    /// Credentials that render but cannot log in are warned about (at `field`), not changed:
+    /// a final newline, and a `:` in a user name that HTTP Basic carries (`basic` says how,
+    /// e.g. `handler type "http"`).
     fn auth(
         &mut self,
         auth: Option<&AuthSpec>,
         side: Side,
+        basic: Option<String>,
+        field: &str,
     ) -> Result<Option<AuthConfig>, (Reason, String)> {
         let Some(auth) = auth else { return Ok(None) };
         let name = &auth.secret_ref.name;
@@ -1130,7 +1242,67 @@ impl<'a> Secrets<'a> {
                 );
             }
         }
+        let recreate = self.recreate_hint(name, auth);
+        for (key, value) in [
+            (auth.username_key(), &username),
+            (auth.password_key(), &password),
+        ] {
+            let Some(newline) = ["\r\n", "\n"].into_iter().find(|n| value.ends_with(n)) else {
+                continue;
+            };
+            let effect = match side {
+                Side::Server => {
+                    "the proxy takes it as part of the credential, so clients that send it without the newline are refused"
+                }
+                Side::Client => {
+                    "the proxy sends it as part of the credential, so the server most likely refuses it"
+                }
+            };
+            self.warnings.push((
+                Reason::TrailingNewline,
+                format!(
+                    "{field}: Secret {name:?} key {key:?} ends with a newline ({newline:?}): {effect}. `kubectl create secret generic --from-file` stores a file's final newline; store the value without it: {recreate}, or write the file with `printf %s`. If the newline is meant, ignore this warning"
+                ),
+            ));
+        }
+        if let Some(basic) = basic
+            && username.contains(':')
+        {
+            let effect = match side {
+                Side::Server => "so this user can never log in over HTTP",
+                Side::Client => "so the server reads another user name and password",
+            };
+            self.warnings.push((
+                Reason::ColonInUserName,
+                format!(
+                    "{field}: Secret {name:?} key {:?}: the user name contains ':', and HTTP Basic authentication ({basic}) ends the user name at the first ':', {effect}; choose a user name without ':' (in the Secret{})",
+                    auth.username_key(),
+                    match side {
+                        Side::Server => " and in the clients' settings",
+                        Side::Client => " and on the server",
+                    }
+                ),
+            ));
+        }
         Ok(Some(AuthConfig { username, password }))
+    }
+
+    /// The command that writes Secret `name` anew with `auth`'s keys given literally, keeping
+    /// its type (which cannot change).
+    fn recreate_hint(&self, name: &str, auth: &AuthSpec) -> String {
+        let kind = self
+            .ns
+            .secrets
+            .get(name)
+            .and_then(|s| s.type_.as_deref())
+            .filter(|t| *t != "Opaque")
+            .map(|t| format!(" --type={t}"))
+            .unwrap_or_default();
+        format!(
+            "`kubectl create secret generic {name}{kind} --from-literal={}=... --from-literal={}=... --dry-run=client -o yaml | kubectl apply -f -`",
+            auth.username_key(),
+            auth.password_key()
+        )
     }
 
     /// Puts `bytes` (the Secret's key `key`) into the files and returns the path the proxy
@@ -1290,7 +1462,6 @@ fn check_ca(secret: &str, key: &str, pem: &[u8]) -> Result<(), (Reason, String)>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use gost_api::{ConnectorType, HandlerType};
 
     fn services(yaml: &str) -> Vec<GostService> {
         serde_saphyr::from_str::<Vec<GostService>>(yaml).expect("GostService fixtures load")
@@ -2119,6 +2290,126 @@ mod tests {
         assert!(r.problems.is_empty(), "{:?}", r.problems);
         let node = &reloaded(&r).chains[0].hops[0].nodes[0];
         assert_eq!(node.connector.auth.as_ref().unwrap().password, "");
+    }
+
+    #[test]
+    fn credentials_that_cannot_log_in_render_as_they_are_with_warnings() {
+        let svcs = services(WEB_AND_ADMIN);
+        let chs = chains(TO_GATEWAY);
+        let mut secrets = all_secrets();
+        let mut users = secret("users", &[("username", "al:ice"), ("password", "s3cret\n")]).1;
+        users.type_ = Some("kubernetes.io/basic-auth".into());
+        secrets.insert("users".into(), users);
+        secrets.insert(
+            "relay-creds".into(),
+            secret("relay-creds", &[("user", "bob\r\n"), ("password", "p@ss")]).1,
+        );
+        let ns = Namespace {
+            services: &svcs,
+            chains: &chs,
+            secrets: &secrets,
+        };
+        let r = render_for_pod(&ns, &labels(&[("app", "web")]), &Settings::default(), None);
+        assert!(r.problems.is_empty(), "{:?}", r.problems);
+        // Rendered as the Secrets hold them: nothing stripped.
+        let config = reloaded(&r);
+        let auth = config.services[0].handler.auth.as_ref().unwrap();
+        assert_eq!(
+            (auth.username.as_str(), auth.password.as_str()),
+            ("al:ice", "s3cret\n")
+        );
+        let node = &config.chains[0].hops[0].nodes[0];
+        assert_eq!(node.connector.auth.as_ref().unwrap().username, "bob\r\n");
+
+        let said: Vec<(Reason, Option<&str>, &str)> = r
+            .warnings
+            .iter()
+            .map(|w| (w.reason, w.gost_chain.as_deref(), w.message.as_str()))
+            .collect();
+        assert_eq!(said.len(), 3, "{said:#?}");
+        assert!(
+            r.warnings
+                .iter()
+                .all(|w| w.gost_service == "web" && w.service.as_deref() == Some("proxy"))
+        );
+        let (reason, chain, message) = said[0];
+        assert_eq!((reason, chain), (Reason::TrailingNewline, None));
+        assert_eq!(
+            message,
+            "spec.services[proxy].handler.auth: Secret \"users\" key \"password\" ends with a newline (\"\\n\"): the proxy takes it as part of the credential, so clients that send it without the newline are refused. `kubectl create secret generic --from-file` stores a file's final newline; store the value without it: `kubectl create secret generic users --type=kubernetes.io/basic-auth --from-literal=username=... --from-literal=password=... --dry-run=client -o yaml | kubectl apply -f -`, or write the file with `printf %s`. If the newline is meant, ignore this warning"
+        );
+        let (reason, chain, message) = said[1];
+        assert_eq!((reason, chain), (Reason::ColonInUserName, None));
+        assert_eq!(
+            message,
+            "spec.services[proxy].handler.auth: Secret \"users\" key \"username\": the user name contains ':', and HTTP Basic authentication (handler type \"http\") ends the user name at the first ':', so this user can never log in over HTTP; choose a user name without ':' (in the Secret and in the clients' settings)"
+        );
+        let (reason, chain, message) = said[2];
+        assert_eq!(
+            (reason, chain),
+            (Reason::TrailingNewline, Some("to-gateway"))
+        );
+        assert!(
+            message.starts_with("spec.services[proxy].handler.chain \"to-gateway\": GostChain \"to-gateway\" hop \"hop-0\" node \"gw\": connector.auth: Secret \"relay-creds\" key \"user\" ends with a newline (\"\\r\\n\"): the proxy sends it as part of the credential")
+                && message.contains("`kubectl create secret generic relay-creds --from-literal=user=... --from-literal=password=..."),
+            "{message}"
+        );
+
+        // A `:` matters only where HTTP Basic carries the user name: not to SOCKS5 or relay,
+        // but to an HTTP connector.
+        let socks = services(
+            r#"
+- apiVersion: gost.rs/v1alpha1
+  kind: GostService
+  metadata: {name: socks}
+  spec:
+    selector: {}
+    services:
+    - {name: s, addr: ":1080", handler: {type: socks5, auth: {secretRef: {name: users}}}}
+    - {name: h, addr: ":8080", handler: {type: socks5, chain: http-up}}
+"#,
+        );
+        let http_up = chains(
+            r#"
+- apiVersion: gost.rs/v1alpha1
+  kind: GostChain
+  metadata: {name: http-up}
+  spec:
+    hops:
+    - name: hop-0
+      nodes:
+      - {name: up, addr: "up:8080", connector: {type: http, auth: {secretRef: {name: colon}}}}
+"#,
+        );
+        secrets.insert(
+            "users".into(),
+            secret("users", &[("username", "al:ice"), ("password", "s3cret")]).1,
+        );
+        secrets.insert(
+            "colon".into(),
+            secret("colon", &[("username", "a:b"), ("password", "c")]).1,
+        );
+        let ns = Namespace {
+            services: &socks,
+            chains: &http_up,
+            secrets: &secrets,
+        };
+        let r = render_for_pod(&ns, &BTreeMap::new(), &Settings::default(), None);
+        assert!(r.problems.is_empty(), "{:?}", r.problems);
+        let said: Vec<(&str, Reason, &str)> = r
+            .warnings
+            .iter()
+            .map(|w| (w.service.as_deref().unwrap(), w.reason, w.message.as_str()))
+            .collect();
+        assert_eq!(said.len(), 1, "{said:#?}");
+        assert_eq!(said[0].0, "h");
+        assert_eq!(said[0].1, Reason::ColonInUserName);
+        assert!(
+            said[0].2.contains("(connector type \"http\")")
+                && said[0].2.contains("so the server reads another user name"),
+            "{}",
+            said[0].2
+        );
     }
 
     #[test]

@@ -87,6 +87,22 @@ pub struct ServiceObservation {
     /// Services that did not render but are kept as last rendered, by service name: where
     /// (workloads, the gateway) they keep running.
     pub kept: BTreeMap<String, BTreeSet<String>>,
+    /// What rendered but will likely not work ([`crate::render::Rendered::warnings`]),
+    /// deduplicated, in the order found. They leave `Rendered` and `Ready` as they are and are
+    /// listed in the `Rendered` message, after the problems.
+    pub warnings: Vec<Problem>,
+}
+
+impl ServiceObservation {
+    /// The problems, then the warnings: what the `Rendered` message lists and what events
+    /// are recorded for.
+    pub fn reported(&self) -> Vec<Problem> {
+        self.problems
+            .iter()
+            .chain(&self.warnings)
+            .cloned()
+            .collect()
+    }
 }
 
 /// The problems as one message: `Reason: message` each, separated by `; `, as many as fit in
@@ -156,22 +172,32 @@ pub fn gost_service_status(
         .unwrap_or_default();
     let services = gs.spec.services.len();
     let rendered = match obs.problems.first() {
-        None => condition(
-            CONDITION_RENDERED,
-            true,
-            REASON_RENDERED,
-            format!(
+        None => {
+            let mut message = format!(
                 "all {services} service(s) rendered; {} workload(s) matched",
                 obs.matched.len()
-            ),
-            generation,
-            now,
-        ),
+            );
+            if !obs.warnings.is_empty() {
+                message.push_str(&format!(
+                    "; {} warning(s): {}",
+                    obs.warnings.len(),
+                    problems_message(&obs.warnings)
+                ));
+            }
+            condition(
+                CONDITION_RENDERED,
+                true,
+                REASON_RENDERED,
+                message,
+                generation,
+                now,
+            )
+        }
         Some(first) => condition(
             CONDITION_RENDERED,
             false,
             first.reason.as_str(),
-            problems_message(&obs.problems),
+            problems_message(&obs.reported()),
             generation,
             now,
         ),
@@ -243,8 +269,14 @@ pub fn gost_service_status(
     }
 }
 
-/// The status of `gc`: `Ready` unless rendering it found `problem`.
-pub fn gost_chain_status(gc: &GostChain, problem: Option<&Problem>, now: &Time) -> GostChainStatus {
+/// The status of `gc`: `Ready` unless rendering it found `problem`; its `warnings` (it
+/// renders, but will likely not work) are listed in the `Ready` message.
+pub fn gost_chain_status(
+    gc: &GostChain,
+    problem: Option<&Problem>,
+    warnings: &[Problem],
+    now: &Time,
+) -> GostChainStatus {
     let generation = gc.metadata.generation;
     let old = gc
         .status
@@ -252,14 +284,24 @@ pub fn gost_chain_status(gc: &GostChain, problem: Option<&Problem>, now: &Time) 
         .map(|s| s.conditions.as_slice())
         .unwrap_or_default();
     let ready = match problem {
-        None => condition(
-            CONDITION_READY,
-            true,
-            REASON_VALID,
-            "every referenced Secret and key is present".to_string(),
-            generation,
-            now,
-        ),
+        None => {
+            let mut message = "every referenced Secret and key is present".to_string();
+            if !warnings.is_empty() {
+                message.push_str(&format!(
+                    "; {} warning(s): {}",
+                    warnings.len(),
+                    problems_message(warnings)
+                ));
+            }
+            condition(
+                CONDITION_READY,
+                true,
+                REASON_VALID,
+                message,
+                generation,
+                now,
+            )
+        }
         Some(p) => condition(
             CONDITION_READY,
             false,
@@ -296,8 +338,8 @@ pub struct Seen {
     pub matched: BTreeSet<String>,
 }
 
-/// The events for a GostService going from `before` to `now`: a Warning per problem that was
-/// not there before, a Normal `Rendered` when the matched workloads changed. When the operator
+/// The events for a GostService going from `before` to `now`: a Warning per problem (or
+/// warning: `problems` holds both) that was not there before, a Normal `Rendered` when the matched workloads changed. When the operator
 /// has no memory of the GostService (it just started), `before` is reconstructed from its
 /// status so that a restart does not repeat every event.
 pub fn events(
@@ -433,6 +475,60 @@ mod tests {
             third.conditions[1].message,
             "2 problem(s) left services or the gateway out of new configs; see the Rendered condition. Where they ran before, these services keep running as last rendered until fixed or removed: \"proxy\" (in ReplicaSet/web-1, gateway Deployment/gw)"
         );
+    }
+
+    #[test]
+    fn warnings_are_listed_and_leave_the_conditions_as_they_are() {
+        let gs = gs();
+        let warned = ServiceObservation {
+            warnings: vec![problem(Reason::TrailingNewline, "key \"password\" ends")],
+            matched: ["ReplicaSet/web-1".to_string()].into(),
+            ..ServiceObservation::default()
+        };
+        let s = gost_service_status(&gs, &warned, &time(1));
+        let (rendered, ready) = (&s.conditions[0], &s.conditions[1]);
+        assert_eq!(
+            (rendered.status.as_str(), rendered.reason.as_str()),
+            ("True", REASON_RENDERED)
+        );
+        assert_eq!(
+            rendered.message,
+            "all 1 service(s) rendered; 1 workload(s) matched; 1 warning(s): TrailingNewline: key \"password\" ends"
+        );
+        assert_eq!(ready.status, "True");
+
+        // After the problems, when there are some.
+        let both = ServiceObservation {
+            problems: vec![problem(Reason::ChainNotFound, "no chain")],
+            ..warned.clone()
+        };
+        let s = gost_service_status(&gs, &both, &time(1));
+        assert_eq!(
+            s.conditions[0].message,
+            "ChainNotFound: no chain; TrailingNewline: key \"password\" ends"
+        );
+        assert_eq!(s.conditions[0].reason, "ChainNotFound");
+
+        // A Warning event, once; after a restart, known from the status.
+        let now = Seen {
+            problems: ["key \"password\" ends".to_string()].into(),
+            matched: warned.matched.clone(),
+        };
+        let ev = events(
+            Some(&Seen {
+                matched: warned.matched.clone(),
+                ..Seen::default()
+            }),
+            None,
+            &now,
+            &warned.reported(),
+        );
+        assert_eq!(ev.len(), 1);
+        assert!(ev[0].warning && ev[0].reason == "TrailingNewline");
+        assert!(events(Some(&now), None, &now, &warned.reported()).is_empty());
+        let mut gs = gs;
+        gs.status = Some(gost_service_status(&gs, &warned, &time(1)));
+        assert!(events(None, gs.status.as_ref(), &now, &warned.reported()).is_empty());
     }
 
     #[test]
@@ -576,7 +672,7 @@ mod tests {
         }))
         .unwrap();
         let p = problem(Reason::SecretNotFound, &huge);
-        let status = gost_chain_status(&gc, Some(&p), &time(1));
+        let status = gost_chain_status(&gc, Some(&p), &[], &time(1));
         let message = &status.conditions[0].message;
         assert!(message.len() <= API_MESSAGE_LIMIT, "{}", message.len());
         assert!(message.starts_with("Secret \"éé"), "cut at a char boundary");

@@ -232,9 +232,10 @@ fn every_example_renders_its_gateway_and_its_clients() {
             let name = gs.metadata.name.clone().unwrap_or_default();
             let rendered = render_gateway(&ns, gs, &settings, None);
             assert!(
-                rendered.problems.is_empty(),
-                "{file}: gateway {name}: {:#?}",
-                rendered.problems
+                rendered.problems.is_empty() && rendered.warnings.is_empty(),
+                "{file}: gateway {name}: {:#?} {:#?}",
+                rendered.problems,
+                rendered.warnings
             );
             assert_eq!(
                 rendered.config.services.len(),
@@ -279,9 +280,10 @@ fn every_example_renders_its_gateway_and_its_clients() {
         for (deployment, labels) in &clients {
             let rendered = render_for_pod(&ns, labels, &settings, None);
             assert!(
-                rendered.problems.is_empty(),
-                "{file}: the sidecar of Deployment {deployment}: {:#?}",
-                rendered.problems
+                rendered.problems.is_empty() && rendered.warnings.is_empty(),
+                "{file}: the sidecar of Deployment {deployment}: {:#?} {:#?}",
+                rendered.problems,
+                rendered.warnings
             );
             let selecting: Vec<&GostService> = example
                 .services

@@ -55,6 +55,7 @@ fn the_readme_example_renders() {
     let labels = BTreeMap::from([("app".to_string(), "web".to_string())]);
     let rendered = render_for_pod(&ns, &labels, &Settings::default(), None);
     assert!(rendered.problems.is_empty(), "{:?}", rendered.problems);
+    assert!(rendered.warnings.is_empty(), "{:?}", rendered.warnings);
     assert_eq!(rendered.config.services.len(), 1);
     let yaml = gost_api::to_yaml(&rendered.config);
     gost_api::from_str(&yaml, gost_api::Format::Yaml).expect("the proxy loads it");

@@ -539,6 +539,115 @@ async fn a_second_reconcile_without_changes_writes_nothing() {
     assert_eq!(events(&client).await.len(), events_before);
 }
 
+/// Credentials that render but cannot log in (a final newline, as `--from-file` stores it;
+/// a `:` in an HTTP Basic user name) are rendered as they are, and said: a Warning event each
+/// and the `Rendered` condition (still True), once, and gone when fixed.
+#[tokio::test]
+async fn credentials_that_cannot_log_in_are_rendered_as_they_are_and_warned_about() {
+    let mut objects = base();
+    objects[4] = secret("users", &[("username", "al:ice"), ("password", "s3cret\n")]);
+    objects[5] = secret(
+        "relay-creds",
+        &[("username", "bob"), ("password", "p@ss\r\n")],
+    );
+    let (client, ctx) = setup(objects).await;
+    reconcile(&client, &ctx).await;
+
+    // Not stripped: what the Secret holds is what the proxy gets.
+    let s = api::<Secret>(&client).get(&group_secret()).await.unwrap();
+    let config = config_of(&s);
+    let auth = config.services[0].handler.auth.as_ref().unwrap();
+    assert_eq!(
+        (auth.username.as_str(), auth.password.as_str()),
+        ("al:ice", "s3cret\n")
+    );
+    let node = &config.chains[0].hops[0].nodes[0];
+    assert_eq!(node.connector.auth.as_ref().unwrap().password, "p@ss\r\n");
+
+    let services = api::<GostService>(&client);
+    let status = services.get("web").await.unwrap().status.unwrap();
+    let rendered = condition(&status.conditions, "Rendered");
+    assert_eq!(
+        (rendered.status.as_str(), rendered.reason.as_str()),
+        ("True", "Rendered")
+    );
+    let message = &rendered.message;
+    assert!(
+        message.contains("TrailingNewline: spec.services[proxy].handler.auth: Secret \"users\" key \"password\" ends with a newline")
+            && message.contains("--from-literal=password=")
+            && message.contains("printf %s"),
+        "{message}"
+    );
+    assert!(
+        message.contains(
+            "ColonInUserName: spec.services[proxy].handler.auth: Secret \"users\" key \"username\""
+        ) && message.contains("HTTP Basic"),
+        "{message}"
+    );
+    assert!(
+        message.contains("TrailingNewline: spec.services[proxy].handler.chain \"to-gateway\": GostChain \"to-gateway\" hop \"hop-0\" node \"gw\": connector.auth: Secret \"relay-creds\" key \"password\" ends with a newline"),
+        "{message}"
+    );
+    assert_eq!(condition(&status.conditions, "Ready").status, "True");
+    // The GostChain says it too, still Ready.
+    let gc = api::<GostChain>(&client).get("to-gateway").await.unwrap();
+    let ready = condition(&gc.status.as_ref().unwrap().conditions, "Ready").clone();
+    assert_eq!(ready.status, "True");
+    assert!(
+        ready.message.contains("1 warning(s): TrailingNewline: GostChain \"to-gateway\" hop \"hop-0\" node \"gw\": connector.auth: Secret \"relay-creds\" key \"password\""),
+        "{}",
+        ready.message
+    );
+    let warnings: std::collections::BTreeSet<String> = events(&client)
+        .await
+        .into_iter()
+        .filter(|(t, _)| t == "Warning")
+        .map(|(_, reason)| reason)
+        .collect();
+    // (kube's recorder counts a second event of one reason on one object as a repeat of
+    // the first.)
+    assert_eq!(
+        warnings,
+        ["ColonInUserName".to_string(), "TrailingNewline".to_string()].into()
+    );
+
+    // No change, no write, and no repeated event; nor from a fresh operator.
+    let before = events(&client).await.len();
+    assert_eq!(reconcile(&client, &ctx).await.writes, 0);
+    let fresh = Context::new(
+        client.clone(),
+        Settings::default(),
+        Stores::list(&client, Some(NS)).await.unwrap(),
+    );
+    assert_eq!(fresh.reconcile(NS).await.unwrap().writes, 0);
+    assert_eq!(events(&client).await.len(), before);
+
+    // Fixed: the warnings go from the status.
+    for fixed in [
+        secret("users", &[("username", "alice"), ("password", "s3cret")]),
+        secret("relay-creds", &[("username", "bob"), ("password", "p@ss")]),
+    ] {
+        let name = fixed["metadata"]["name"].as_str().unwrap().to_string();
+        api::<Secret>(&client)
+            .replace(
+                &name,
+                &PostParams::default(),
+                &serde_json::from_value(fixed).unwrap(),
+            )
+            .await
+            .unwrap();
+    }
+    reconcile(&client, &ctx).await;
+    let status = services.get("web").await.unwrap().status.unwrap();
+    let rendered = condition(&status.conditions, "Rendered");
+    assert_eq!(rendered.status, "True");
+    assert!(!rendered.message.contains("Secret"), "{}", rendered.message);
+    let gc = api::<GostChain>(&client).get("to-gateway").await.unwrap();
+    let ready = condition(&gc.status.as_ref().unwrap().conditions, "Ready").clone();
+    assert_eq!(ready.message, "every referenced Secret and key is present");
+    assert_eq!(events(&client).await.len(), before);
+}
+
 fn edge_service(gateway: Value) -> Value {
     json!({
         "apiVersion": "gost.rs/v1alpha1", "kind": "GostService",
