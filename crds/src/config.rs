@@ -556,3 +556,37 @@ type_enum!(
         Http3 = "http3",
     }
 );
+
+// GOST knows more types than gost-rs runs. The configuration model accepts all of GOST's, so
+// GOST's files load and the proxy can say by name which type it lacks; the CRDs list only
+// the ones that run (`v1alpha1`), and the proxy's builder is tested against these.
+
+impl HandlerType {
+    /// Whether gost-rs runs a handler of this type (not GOST's HTTP/3 reverse proxy).
+    pub fn implemented(self) -> bool {
+        !matches!(self, Self::Http3)
+    }
+}
+
+impl ListenerType {
+    /// Whether gost-rs runs a listener of this type (not GOST's HTTP/3 reverse proxy; the
+    /// plain HTTP tunnel over HTTP/3 is `h3`).
+    pub fn implemented(self) -> bool {
+        !matches!(self, Self::Http3)
+    }
+}
+
+impl ConnectorType {
+    /// Whether gost-rs has a client for this protocol (not SOCKS4).
+    pub fn implemented(self) -> bool {
+        !matches!(self, Self::Socks4)
+    }
+}
+
+impl DialerType {
+    /// Whether gost-rs has this transport on the client side: all of them (`http3` is the
+    /// plain HTTP tunnel over HTTP/3, as `h3`).
+    pub fn implemented(self) -> bool {
+        true
+    }
+}

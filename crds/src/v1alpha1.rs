@@ -256,8 +256,9 @@ pub struct NodeSpec {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ConnectorSpec {
-    /// `http`, `http2`, `socks5`, `socks4` or `relay`.
+    /// `http`, `http2`, `socks5` or `relay` (gost-rs has no SOCKS4 client).
     #[serde(default, rename = "type")]
+    #[schemars(schema_with = "connector_types")]
     pub kind: ConnectorType,
     /// Credentials sent to the node, from a Secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -275,8 +276,10 @@ pub struct ConnectorSpec {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct DialerSpec {
-    /// `tcp`, `tls`, `ws`, `wss`, `http2`, `h2`, `h2c`, `grpc`, `pht`, `phts` or `h3`.
+    /// `tcp`, `tls`, `ws`, `wss`, `http2`, `h2`, `h2c`, `grpc`, `pht`, `phts` or `h3` (also
+    /// spelt `http3`, as GOST does).
     #[serde(default, rename = "type")]
+    #[schemars(schema_with = "dialer_types")]
     pub kind: DialerType,
     /// Transport-level credentials, from a Secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -387,6 +390,7 @@ pub struct ServiceSpec {
 pub struct HandlerSpec {
     /// `auto`, `http`, `http2`, `socks5`, `socks4` or `relay`.
     #[serde(default, rename = "type")]
+    #[schemars(schema_with = "handler_types")]
     pub kind: HandlerType,
     /// Name of a GostChain in this namespace to dial through.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -413,6 +417,7 @@ pub struct HandlerSpec {
 pub struct ListenerSpec {
     /// `tcp`, `tls`, `ws`, `wss`, `http2`, `h2`, `h2c`, `grpc`, `pht`, `phts` or `h3`.
     #[serde(default, rename = "type")]
+    #[schemars(schema_with = "listener_types")]
     pub kind: ListenerType,
     /// Transport-level credentials, from a Secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -548,15 +553,53 @@ pub struct GostServiceStatus {
     pub conditions: Vec<Condition>,
 }
 
-/// The handler, listener, connector and dialer types gost-rs runs, checked by the renderer (the
-/// schema's enums already refuse unknown names; this refuses known ones we do not serve).
+/// The handler, listener, connector and dialer types gost-rs runs, checked by the renderer: the
+/// schema's enums list only these, but a resource stored before they did may name another.
 pub fn served_listener(kind: ListenerType) -> bool {
-    !matches!(kind, ListenerType::Http3)
+    kind.implemented()
 }
 
 /// See [`served_listener`].
 pub fn served_handler(kind: HandlerType) -> bool {
-    !matches!(kind, HandlerType::Http3)
+    kind.implemented()
+}
+
+/// See [`served_listener`].
+pub fn served_connector(kind: ConnectorType) -> bool {
+    kind.implemented()
+}
+
+/// See [`served_listener`].
+pub fn served_dialer(kind: DialerType) -> bool {
+    kind.implemented()
+}
+
+/// The schema of a `type` field: a string, one of `names` (GOST's other types are left out, so
+/// the API server refuses them when the resource is written). Its description and default come
+/// from the field.
+fn type_schema<'a>(names: impl Iterator<Item = &'a str>) -> schemars::Schema {
+    let names: Vec<&str> = names.collect();
+    schemars::json_schema!({"type": "string", "enum": names})
+}
+
+fn connector_types(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let served = |n: &&str| ConnectorType::from_name(n).is_some_and(served_connector);
+    type_schema(ConnectorType::NAMES.iter().copied().filter(served))
+}
+
+fn dialer_types(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let served = |n: &&str| DialerType::from_name(n).is_some_and(served_dialer);
+    type_schema(DialerType::NAMES.iter().copied().filter(served))
+}
+
+fn handler_types(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let served = |n: &&str| HandlerType::from_name(n).is_some_and(served_handler);
+    type_schema(HandlerType::NAMES.iter().copied().filter(served))
+}
+
+fn listener_types(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let served = |n: &&str| ListenerType::from_name(n).is_some_and(served_listener);
+    type_schema(ListenerType::NAMES.iter().copied().filter(served))
 }
 
 /// The generated CustomResourceDefinitions, as `(file name under crds/, YAML)`, in the order

@@ -160,3 +160,104 @@ fn every_field_is_described_for_kubectl_explain() {
         );
     }
 }
+
+/// The `type` enums of the CRDs list only what the proxy runs (GOST knows more, and the
+/// configuration model accepts it): the API server refuses the rest when the resource is
+/// written, instead of the operator finding out at render time.
+#[test]
+fn type_enums_list_only_what_the_proxy_runs() {
+    use kube::CustomResourceExt;
+    fn schema(
+        crd: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    ) -> Value {
+        let schema = crd.spec.versions[0].schema.as_ref().unwrap();
+        serde_json::to_value(schema.open_api_v3_schema.as_ref().unwrap()).unwrap()
+    }
+    fn names(schema: &Value, pointer: &str) -> Vec<String> {
+        let node = schema
+            .pointer(pointer)
+            .unwrap_or_else(|| panic!("no {pointer}"));
+        node["enum"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{pointer}: no enum: {node}"))
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect()
+    }
+    let chain = schema(gost_api::v1alpha1::GostChain::crd());
+    let service = schema(gost_api::v1alpha1::GostService::crd());
+    let node = "/properties/spec/properties/hops/items/properties/nodes/items/properties";
+    let svc = "/properties/spec/properties/services/items/properties";
+    for (schema, pointer, expected) in [
+        (
+            &chain,
+            format!("{node}/connector/properties/type"),
+            &["http", "http2", "socks5", "relay"][..],
+        ),
+        (
+            &chain,
+            format!("{node}/dialer/properties/type"),
+            &[
+                "tcp", "tls", "ws", "wss", "http2", "h2", "h2c", "grpc", "pht", "phts", "h3",
+                "http3",
+            ][..],
+        ),
+        (
+            &service,
+            format!("{svc}/handler/properties/type"),
+            &["auto", "http", "http2", "socks5", "socks4", "relay"][..],
+        ),
+        (
+            &service,
+            format!("{svc}/listener/properties/type"),
+            &[
+                "tcp", "tls", "ws", "wss", "http2", "h2", "h2c", "grpc", "pht", "phts", "h3",
+            ][..],
+        ),
+    ] {
+        assert_eq!(names(schema, &pointer), expected, "{pointer}");
+        let node = schema.pointer(&pointer).unwrap();
+        assert_eq!(node["type"], "string", "{pointer}: {node}");
+        assert!(node["default"].is_string(), "{pointer}: {node}");
+        let description = node["description"].as_str().unwrap_or_default();
+        for name in expected {
+            assert!(
+                description.contains(&format!("`{name}`")),
+                "{pointer}: {description:?} does not name {name}"
+            );
+        }
+    }
+    // Each list is the proxy's, as gost-api records it.
+    let implemented = |names: &[&str], runs: &dyn Fn(&str) -> bool| -> Vec<String> {
+        names
+            .iter()
+            .filter(|n| runs(n))
+            .map(|n| n.to_string())
+            .collect()
+    };
+    use gost_api::{ConnectorType, DialerType, HandlerType, ListenerType};
+    assert_eq!(
+        names(&chain, &format!("{node}/connector/properties/type")),
+        implemented(ConnectorType::NAMES, &|n| ConnectorType::from_name(n)
+            .unwrap()
+            .implemented())
+    );
+    assert_eq!(
+        names(&chain, &format!("{node}/dialer/properties/type")),
+        implemented(DialerType::NAMES, &|n| DialerType::from_name(n)
+            .unwrap()
+            .implemented())
+    );
+    assert_eq!(
+        names(&service, &format!("{svc}/handler/properties/type")),
+        implemented(HandlerType::NAMES, &|n| HandlerType::from_name(n)
+            .unwrap()
+            .implemented())
+    );
+    assert_eq!(
+        names(&service, &format!("{svc}/listener/properties/type")),
+        implemented(ListenerType::NAMES, &|n| ListenerType::from_name(n)
+            .unwrap()
+            .implemented())
+    );
+}

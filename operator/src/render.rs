@@ -12,8 +12,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use gost_api::v1alpha1::{
-    AuthSpec, GostChain, GostService, NodeSpec, ServiceSpec, TlsSpec, served_handler,
-    served_listener,
+    AuthSpec, GostChain, GostService, NodeSpec, ServiceSpec, TlsSpec, served_connector,
+    served_dialer, served_handler, served_listener,
 };
 use gost_api::{
     AuthConfig, ChainConfig, Config, ConnectorConfig, ConnectorType, DialerConfig, DialerType,
@@ -1065,6 +1065,31 @@ fn tls_files(config: &Config) -> Vec<&str> {
 
 fn node_config(secrets: &mut Secrets<'_>, node: &NodeSpec) -> Result<NodeConfig, (Reason, String)> {
     let prefix = |what: &'static str| move |(r, m): (Reason, String)| (r, format!("{what}: {m}"));
+    // The CRD's schema lists only these, but a GostChain stored before it did may name another;
+    // the proxy would refuse the whole config for it.
+    let unserved = |what: &str, name: &str, served: Vec<&str>| {
+        Err((
+            Reason::UnsupportedType,
+            format!(
+                "{what}.type: gost-rs has no `{name}` client; use one of `{}`",
+                served.join("`, `")
+            ),
+        ))
+    };
+    if !served_connector(node.connector.kind) {
+        let served = ConnectorType::NAMES
+            .iter()
+            .copied()
+            .filter(|n| ConnectorType::from_name(n).is_some_and(served_connector));
+        return unserved("connector", node.connector.kind.as_str(), served.collect());
+    }
+    if !served_dialer(node.dialer.kind) {
+        let served = DialerType::NAMES
+            .iter()
+            .copied()
+            .filter(|n| DialerType::from_name(n).is_some_and(served_dialer));
+        return unserved("dialer", node.dialer.kind.as_str(), served.collect());
+    }
     Ok(NodeConfig {
         name: node.name.clone(),
         addr: node.addr.clone(),
@@ -2502,6 +2527,34 @@ mod tests {
             r.problems[2].message
         );
         assert_eq!(reloaded(&r).services.len(), 1);
+    }
+
+    /// The CRD schema refuses a connector the proxy has no client for, but a GostChain stored
+    /// before it did is still read: it is reported and left out, never rendered (the proxy
+    /// would refuse the whole config of the pod).
+    #[test]
+    fn a_connector_the_proxy_lacks_is_reported_not_rendered() {
+        let svcs = services(WEB_AND_ADMIN);
+        let mut chs = chains(TO_GATEWAY);
+        chs[0].spec.hops[0].nodes[0].connector.kind = ConnectorType::Socks4;
+        let secrets = all_secrets();
+        let ns = Namespace {
+            services: &svcs,
+            chains: &chs,
+            secrets: &secrets,
+        };
+        let p = chain_problem(&ns, "to-gateway").expect("a problem");
+        assert_eq!(p.reason, Reason::UnsupportedType);
+        assert_eq!(
+            p.message,
+            "GostChain \"to-gateway\" hop \"hop-0\" node \"gw\": connector.type: gost-rs has no `socks4` client; use one of `http`, `http2`, `socks5`, `relay`"
+        );
+        let r = render_for_pod(&ns, &labels(&[("app", "web")]), &Settings::default(), None);
+        let reasons: Vec<Reason> = r.problems.iter().map(|p| p.reason).collect();
+        assert_eq!(reasons, [Reason::UnsupportedType]);
+        let names: Vec<&str> = r.config.services.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["web/socks"]);
+        assert!(r.config.chains.is_empty());
     }
 
     #[test]

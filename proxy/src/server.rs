@@ -52,11 +52,12 @@ fn not_implemented(path: String, what: &str, name: &str) -> ConfigError {
     )
 }
 
-/// Whether this build has a connector of type `kind`. [`build_chains`] refuses the others, and
-/// the command line refuses them by name (`-F socks4://...`), as it does the connectors gost-api
-/// does not know, so that `-O` does not print a configuration that cannot run.
+/// Whether this build has a connector of type `kind` (gost-api records the list, which the
+/// CRDs' schema follows). [`build_chains`] refuses the others, and the command line refuses them
+/// by name (`-F socks4://...`), as it does the connectors gost-api does not know, so that `-O`
+/// does not print a configuration that cannot run.
 pub fn connector_implemented(kind: ConnectorType) -> bool {
-    !matches!(kind, ConnectorType::Socks4)
+    kind.implemented()
 }
 
 /// `-L http3://` is GOST's HTTP/3 reverse proxy (listener and handler `http3`, gost-wire.md
@@ -836,6 +837,64 @@ mod tests {
             assert_eq!(refused, !connector_implemented(kind), "connector {name}");
         }
         assert!(!connector_implemented(ConnectorType::Socks4));
+    }
+
+    /// gost-api's `implemented` (what the CRDs offer) is what `build_service` and
+    /// `prepare_listener` do, for every handler and listener type gost-api knows.
+    #[test]
+    fn handler_and_listener_implemented_match_the_builders() {
+        let refused = |result: Result<(), ConfigError>| match result {
+            Ok(()) => false,
+            Err(e) => {
+                let e = e.to_string();
+                e.contains("is not implemented in this build") || e.contains("HTTP/3 reverse proxy")
+            }
+        };
+        let tls_defaults = Arc::new(TlsDefaults::new(None));
+        for name in HandlerType::NAMES {
+            let kind = HandlerType::from_name(name).unwrap();
+            let mut svc = service(&[], &[]);
+            svc.addr = "127.0.0.1:0".into();
+            svc.handler.kind = kind;
+            let config = Config {
+                services: vec![svc],
+                ..Default::default()
+            };
+            let built = build_service(
+                &config,
+                0,
+                &HashMap::new(),
+                &tls_defaults,
+                &TaskTracker::new(),
+            );
+            assert_eq!(
+                refused(built.map(drop)),
+                !kind.implemented(),
+                "handler {name}"
+            );
+        }
+        for name in ListenerType::NAMES {
+            let kind = ListenerType::from_name(name).unwrap();
+            let mut svc = service(&[], &[]);
+            svc.addr = "127.0.0.1:0".into();
+            svc.listener.kind = kind;
+            let config = Config {
+                services: vec![svc],
+                ..Default::default()
+            };
+            let built = build_service(
+                &config,
+                0,
+                &HashMap::new(),
+                &tls_defaults,
+                &TaskTracker::new(),
+            );
+            assert_eq!(
+                refused(built.map(drop)),
+                !kind.implemented(),
+                "listener {name}"
+            );
+        }
     }
 
     #[test]
