@@ -368,10 +368,19 @@ impl Renderer<'_> {
                     Reason::InvalidSelector,
                     format!("spec.selector: {message}"),
                 );
-                // Whether the pod is selected is unknown: it keeps what it runs of the
-                // GostService.
+                // Whether the pod is selected is unknown: it keeps the services of the
+                // GostService that it runs, rendered as they are now where they render (a
+                // renewed certificate still reaches them), else as they were.
+                let gs_name = name_of(gs);
                 for svc in &gs.spec.services {
-                    self.keep(gs, svc);
+                    let runs = self.keeping.is_some_and(|k| {
+                        let name = service_name(&gs_name, &svc.name);
+                        k.previous.config.services.iter().any(|s| s.name == name)
+                    });
+                    if runs {
+                        self.out.matched.insert(gs_name.clone());
+                        self.add_service(gs, svc);
+                    }
                 }
             }
         }
@@ -590,15 +599,20 @@ impl<'a> Renderer<'a> {
         let gs_name = name_of(gs);
         self.out.matched.insert(gs_name.clone());
         for svc in &gs.spec.services {
-            match self.service(gs, svc) {
-                Ok(config) => {
-                    self.out.config.services.push(config);
-                    self.out.gost_services.insert(gs_name.clone());
-                }
-                Err((reason, chain, message)) => {
-                    self.problem(gs, Some(&svc.name), chain.as_deref(), reason, message);
-                    self.keep(gs, svc);
-                }
+            self.add_service(gs, svc);
+        }
+    }
+
+    /// Service `svc` of `gs` rendered, else its problem and, if pods run it, kept.
+    fn add_service(&mut self, gs: &GostService, svc: &ServiceSpec) {
+        match self.service(gs, svc) {
+            Ok(config) => {
+                self.out.config.services.push(config);
+                self.out.gost_services.insert(name_of(gs));
+            }
+            Err((reason, chain, message)) => {
+                self.problem(gs, Some(&svc.name), chain.as_deref(), reason, message);
+                self.keep(gs, svc);
             }
         }
     }
@@ -915,7 +929,21 @@ impl<'a> Renderer<'a> {
     /// with a service that uses it ([`Renderer::use_chain`]).
     fn chain(&mut self, name: &str) -> Result<String, (Reason, String)> {
         if !self.chains.contains_key(name) {
-            let result = self.render_chain(name);
+            // Checked on its own, as the proxy would load it: a chain it would refuse is one
+            // that does not render (and a kept service then dials through its previous one).
+            let result = self.render_chain(name).and_then(|chain| {
+                let alone = Config {
+                    chains: vec![chain.config.clone()],
+                    ..Config::default()
+                };
+                match gost_api::validate(&alone) {
+                    Ok(()) => Ok(chain),
+                    Err(e) => Err((
+                        Reason::InvalidChain,
+                        format!("GostChain {name:?}: the proxy would refuse it: {e}"),
+                    )),
+                }
+            });
             self.chains.insert(name.to_string(), result);
         }
         match &self.chains[name] {
@@ -2012,7 +2040,8 @@ mod tests {
         );
 
         // The selector cannot be evaluated: whether the pod is selected is unknown, so it
-        // keeps what it runs.
+        // keeps what it runs, rendered as it is now where it renders (the users' new
+        // password), else as it was (web/proxy, whose chain is gone).
         let mut bad = svcs.clone();
         bad[0].spec.selector = Some(
             serde_json::from_str(r#"{"matchExpressions":[{"key":"x","operator":"Like"}]}"#)
@@ -2029,8 +2058,32 @@ mod tests {
             Some(&previous),
         );
         assert_eq!(r.secret_data(), first.secret_data());
-        assert_eq!(r.kept, kept(&[("web", "proxy"), ("web", "socks")]));
+        assert!(r.kept.is_empty());
         assert_eq!(r.problems[0].reason, Reason::InvalidSelector);
+        assert!(r.matched.contains("web"));
+        let mut renewed = secrets.clone();
+        renewed.insert(
+            "users".into(),
+            secret("users", &[("username", "alice"), ("password", "n3w-pass")]).1,
+        );
+        bad[0].spec.services[1].handler.auth = svcs[0].spec.services[0].handler.auth.clone();
+        let r = render_for_pod(
+            &Namespace {
+                services: &bad,
+                chains: &[],
+                secrets: &renewed,
+            },
+            &web,
+            &settings,
+            Some(&previous),
+        );
+        assert_eq!(names(&r), ["web/proxy", "web/socks"]);
+        assert_eq!(r.kept, kept(&[("web", "proxy")]));
+        let config = reloaded(&r);
+        assert_eq!(
+            config.services[1].handler.auth.as_ref().unwrap().password,
+            "n3w-pass"
+        );
 
         // A gateway keeps its services the same way.
         let first = render_gateway(&ns, &svcs[0], &settings, None);
@@ -2187,23 +2240,38 @@ mod tests {
             .secret_data(),
         )
         .unwrap();
-        let mut moved = svcs.clone();
-        moved[0].spec.services[0].addr = "no-port".into();
-        for (services, previous) in [(&svcs, None), (&moved, Some(&previous))] {
-            let r = render_for_pod(
-                &Namespace {
-                    services,
-                    chains: &invalid,
-                    secrets: &secrets,
-                },
-                &web,
-                &settings,
-                previous,
-            );
-            assert_eq!(names(&r), ["web/socks"]);
-            assert!(r.config.chains.is_empty() && r.files.is_empty());
-            reloaded(&r);
-        }
+        let r = render_for_pod(
+            &Namespace {
+                services: &svcs,
+                chains: &invalid,
+                secrets: &secrets,
+            },
+            &web,
+            &settings,
+            None,
+        );
+        assert_eq!(names(&r), ["web/socks"]);
+        assert!(r.config.chains.is_empty() && r.files.is_empty());
+        let p = &r.problems[0];
+        assert_eq!(
+            (p.reason, p.gost_chain.as_deref()),
+            (Reason::InvalidChain, Some("to-gateway"))
+        );
+        reloaded(&r);
+        // A service that ran through the chain before its bad edit keeps dialling through the
+        // chain as it was.
+        let r = render_for_pod(
+            &Namespace {
+                services: &svcs,
+                chains: &invalid,
+                secrets: &secrets,
+            },
+            &web,
+            &settings,
+            Some(&previous),
+        );
+        assert_eq!(r.kept, kept(&[("web", "proxy")]));
+        assert_eq!(reloaded(&r).chains, previous.config.chains);
     }
 
     #[test]
