@@ -156,8 +156,6 @@ pub struct Rendered {
     pub gost_services: BTreeSet<String>,
     /// The GostServices whose selector matched (contributing or not), sorted.
     pub matched: BTreeSet<String>,
-    /// The GostChains used, sorted.
-    pub gost_chains: BTreeSet<String>,
     /// What was left out of the new rendering, and why.
     pub problems: Vec<Problem>,
     /// The services (GostService, service) that did not render but are kept as they were in
@@ -705,7 +703,6 @@ impl<'a> Renderer<'a> {
                 if let Some(config) = alone.chains.pop()
                     && self.used_chains.insert(config.name.clone())
                 {
-                    self.out.gost_chains.insert(config.name.clone());
                     self.out.config.chains.push(config);
                 }
             }
@@ -959,7 +956,6 @@ impl<'a> Renderer<'a> {
         {
             self.out.config.chains.push(rendered.config.clone());
             self.out.files.extend(rendered.files.clone());
-            self.out.gost_chains.insert(name.to_string());
         }
     }
 
@@ -1055,7 +1051,6 @@ impl<'a> Renderer<'a> {
             .config
             .chains
             .retain(|c| used.contains(c.name.as_str()));
-        self.out.gost_chains.retain(|c| used.contains(c.as_str()));
         let read: BTreeSet<String> = tls_files(&self.out.config)
             .into_iter()
             .filter_map(|p| p.strip_prefix(MOUNT_PATH)?.strip_prefix('/'))
@@ -1726,7 +1721,8 @@ mod tests {
             r.gost_services.iter().collect::<Vec<_>>(),
             ["everyone", "web"]
         );
-        assert_eq!(r.gost_chains.iter().collect::<Vec<_>>(), ["to-gateway"]);
+        let chains: Vec<&str> = r.config.chains.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(chains, ["to-gateway"]);
     }
 
     #[test]

@@ -145,6 +145,28 @@ fn condition<'a>(
         .unwrap_or_else(|| panic!("no {type_} condition in {conditions:?}"))
 }
 
+/// Replaces GostService `name` with `change` made to it, as `kubectl edit` does.
+async fn edit(client: &Client, name: &str, change: impl FnOnce(&mut GostService)) {
+    let services = api::<GostService>(client);
+    let mut gs = services.get(name).await.unwrap();
+    change(&mut gs);
+    services
+        .replace(name, &PostParams::default(), &gs)
+        .await
+        .unwrap();
+}
+
+/// The ports of the sidecar that admitting `pod` configures (and writes the config for).
+async fn admitted_ports(ctx: &Context, pod: &Pod) -> Vec<u16> {
+    ctx.ensure_pod_config(NS, pod, false)
+        .await
+        .unwrap()
+        .listen_ports
+        .iter()
+        .map(|p| p.port)
+        .collect()
+}
+
 async fn events(client: &Client) -> Vec<(String, String)> {
     api::<Event>(client)
         .list(&ListParams::default())
@@ -231,12 +253,10 @@ async fn the_secret_follows_the_gost_service_and_referenced_secrets() {
     let (client, ctx) = setup(base()).await;
     reconcile(&client, &ctx).await;
     let services = api::<GostService>(&client);
-    let mut gs = services.get("web").await.unwrap();
-    gs.spec.services[0].addr = ":8080".into();
-    services
-        .replace("web", &PostParams::default(), &gs)
-        .await
-        .unwrap();
+    edit(&client, "web", |gs| {
+        gs.spec.services[0].addr = ":8080".into();
+    })
+    .await;
     reconcile(&client, &ctx).await;
     let s = api::<Secret>(&client).get(&group_secret()).await.unwrap();
     assert_eq!(config_of(&s).services[0].addr, ":8080");
@@ -316,12 +336,10 @@ async fn a_missing_chain_is_reported_and_the_other_services_still_render() {
 
     // Fixing it flips the conditions and records no second warning.
     let services = api::<GostService>(&client);
-    let mut gs = services.get("web").await.unwrap();
-    gs.spec.services[0].handler.chain = Some("to-gateway".into());
-    services
-        .replace("web", &PostParams::default(), &gs)
-        .await
-        .unwrap();
+    edit(&client, "web", |gs| {
+        gs.spec.services[0].handler.chain = Some("to-gateway".into());
+    })
+    .await;
     reconcile(&client, &ctx).await;
     let status = services.get("web").await.unwrap().status.unwrap();
     assert_eq!(condition(&status.conditions, "Rendered").status, "True");
@@ -346,19 +364,15 @@ async fn a_bad_edit_keeps_what_running_pods_have_until_fixed_or_removed() {
 
     // A typo in the chain's name: the pods keep running web/proxy as they have it, and its
     // config Secret is not even rewritten.
-    let mut gs = services.get("web").await.unwrap();
-    gs.spec.services[0].handler.chain = Some("to-gatway".into());
-    services
-        .replace("web", &PostParams::default(), &gs)
-        .await
-        .unwrap();
+    edit(&client, "web", |gs| {
+        gs.spec.services[0].handler.chain = Some("to-gatway".into());
+    })
+    .await;
     // And the gateway's first service gets an address without a port.
-    let mut edge = services.get("edge").await.unwrap();
-    edge.spec.services[0].addr = "no-port".into();
-    services
-        .replace("edge", &PostParams::default(), &edge)
-        .await
-        .unwrap();
+    edit(&client, "edge", |edge| {
+        edge.spec.services[0].addr = "no-port".into();
+    })
+    .await;
     reconcile(&client, &ctx).await;
     let after = api::<Secret>(&client).get(&group_secret()).await.unwrap();
     assert_eq!(after.data, before.data);
@@ -398,15 +412,7 @@ async fn a_bad_edit_keeps_what_running_pods_have_until_fixed_or_removed() {
 
     // A new pod of the workload gets the same config as its siblings.
     let pod: Pod = serde_json::from_value(rs_pod("")).unwrap();
-    let ports: Vec<u16> = ctx
-        .ensure_pod_config(NS, &pod, false)
-        .await
-        .unwrap()
-        .listen_ports
-        .iter()
-        .map(|p| p.port)
-        .collect();
-    assert_eq!(ports, [8000, 1080]);
+    assert_eq!(admitted_ports(&ctx, &pod).await, [8000, 1080]);
     let admitted = api::<Secret>(&client).get(&group_secret()).await.unwrap();
     assert_eq!(admitted.resource_version(), before.resource_version());
 
@@ -422,15 +428,7 @@ async fn a_bad_edit_keeps_what_running_pods_have_until_fixed_or_removed() {
         .await
         .unwrap();
     reconcile(&client, &ctx).await;
-    let ports: Vec<u16> = ctx
-        .ensure_pod_config(NS, &pod, false)
-        .await
-        .unwrap()
-        .listen_ports
-        .iter()
-        .map(|p| p.port)
-        .collect();
-    assert_eq!(ports, [8000, 1080]);
+    assert_eq!(admitted_ports(&ctx, &pod).await, [8000, 1080]);
     let s = api::<Secret>(&client).get(&group_secret()).await.unwrap();
     assert_eq!(s.data, before.data);
     let status = services.get("web").await.unwrap().status.unwrap();
@@ -441,12 +439,10 @@ async fn a_bad_edit_keeps_what_running_pods_have_until_fixed_or_removed() {
         "{}",
         rendered.message
     );
-    let mut gs = services.get("web").await.unwrap();
-    gs.spec.selector = selector;
-    services
-        .replace("web", &PostParams::default(), &gs)
-        .await
-        .unwrap();
+    edit(&client, "web", |gs| {
+        gs.spec.selector = selector;
+    })
+    .await;
 
     // Removing the service is meant: it goes.
     let mut gs = services.get("web").await.unwrap();
@@ -463,12 +459,10 @@ async fn a_bad_edit_keeps_what_running_pods_have_until_fixed_or_removed() {
     assert_eq!(condition(&status.conditions, "Ready").status, "True");
 
     // Fixing the gateway's service renders the fix.
-    let mut edge = services.get("edge").await.unwrap();
-    edge.spec.services[0].addr = ":9090".into();
-    services
-        .replace("edge", &PostParams::default(), &edge)
-        .await
-        .unwrap();
+    edit(&client, "edge", |edge| {
+        edge.spec.services[0].addr = ":9090".into();
+    })
+    .await;
     reconcile(&client, &ctx).await;
     let s = api::<Secret>(&client).get("gost-gw-edge").await.unwrap();
     assert_eq!(config_of(&s).services[0].addr, ":9090");
@@ -793,15 +787,12 @@ async fn a_gateway_runs_as_deployment_service_and_secret_and_goes_with_its_spec(
     assert_eq!(condition(&status.conditions, "Ready").status, "True");
 
     // Without `gateway`, the three objects go.
-    let services = api::<GostService>(&client);
-    let mut gs = services.get("edge").await.unwrap();
-    gs.spec.gateway = None;
-    gs.spec.selector =
-        Some(serde_json::from_value(json!({"matchLabels": {"app": "edge"}})).unwrap());
-    services
-        .replace("edge", &PostParams::default(), &gs)
-        .await
-        .unwrap();
+    edit(&client, "edge", |gs| {
+        gs.spec.gateway = None;
+        gs.spec.selector =
+            Some(serde_json::from_value(json!({"matchLabels": {"app": "edge"}})).unwrap());
+    })
+    .await;
     reconcile(&client, &ctx).await;
     assert!(
         api::<Deployment>(&client)
@@ -1565,13 +1556,10 @@ async fn a_change_rewrites_only_the_groups_it_concerns() {
     };
     let (b, c) = (rv("b").await, rv("c").await);
 
-    let services = api::<GostService>(&client);
-    let mut gs = services.get("svc-a").await.unwrap();
-    gs.spec.services[0].addr = ":9000".into();
-    services
-        .replace("svc-a", &PostParams::default(), &gs)
-        .await
-        .unwrap();
+    edit(&client, "svc-a", |gs| {
+        gs.spec.services[0].addr = ":9000".into();
+    })
+    .await;
     let second = reconcile(&client, &ctx).await;
     assert_eq!(
         second.writes, 2,

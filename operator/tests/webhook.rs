@@ -476,15 +476,17 @@ async fn pod_annotation_opts_in_and_out() {
     assert_eq!(server.calls(), [("plain".to_string(), false)]);
 }
 
+/// The warnings of an admission response.
+fn warnings(response: &Value) -> Vec<String> {
+    response["warnings"]
+        .as_array()
+        .map(|w| w.iter().map(|w| w.as_str().unwrap().to_string()).collect())
+        .unwrap_or_default()
+}
+
 #[tokio::test]
 async fn an_opt_in_value_other_than_enabled_or_disabled_is_warned_about() {
     let server = start(None).await;
-    let warnings = |response: &Value| -> Vec<String> {
-        response["warnings"]
-            .as_array()
-            .map(|w| w.iter().map(|w| w.as_str().unwrap().to_string()).collect())
-            .unwrap_or_default()
-    };
 
     // `true` (as other injectors spell it) opts in nowhere: the pod is left alone, and says why.
     let mut annotated = pod();
@@ -534,12 +536,6 @@ async fn an_opt_in_value_other_than_enabled_or_disabled_is_warned_about() {
 #[tokio::test]
 async fn host_network_pods_are_not_injected_and_told_why() {
     let server = start(None).await;
-    let warnings = |response: &Value| -> Vec<String> {
-        response["warnings"]
-            .as_array()
-            .map(|w| w.iter().map(|w| w.as_str().unwrap().to_string()).collect())
-            .unwrap_or_default()
-    };
     let host_pod = |annotation: Option<&str>| {
         let mut pod = pod();
         pod["spec"]["hostNetwork"] = json!(true);

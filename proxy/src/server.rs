@@ -851,11 +851,11 @@ mod tests {
             }
         };
         let tls_defaults = Arc::new(TlsDefaults::new(None));
-        for name in HandlerType::NAMES {
-            let kind = HandlerType::from_name(name).unwrap();
+        // Whether a service of one type refuses to build.
+        let refuses = |set: &dyn Fn(&mut ServiceConfig)| {
             let mut svc = service(&[], &[]);
             svc.addr = "127.0.0.1:0".into();
-            svc.handler.kind = kind;
+            set(&mut svc);
             let config = Config {
                 services: vec![svc],
                 ..Default::default()
@@ -867,30 +867,20 @@ mod tests {
                 &tls_defaults,
                 &TaskTracker::new(),
             );
+            refused(built.map(drop))
+        };
+        for name in HandlerType::NAMES {
+            let kind = HandlerType::from_name(name).unwrap();
             assert_eq!(
-                refused(built.map(drop)),
+                refuses(&|svc| svc.handler.kind = kind),
                 !kind.implemented(),
                 "handler {name}"
             );
         }
         for name in ListenerType::NAMES {
             let kind = ListenerType::from_name(name).unwrap();
-            let mut svc = service(&[], &[]);
-            svc.addr = "127.0.0.1:0".into();
-            svc.listener.kind = kind;
-            let config = Config {
-                services: vec![svc],
-                ..Default::default()
-            };
-            let built = build_service(
-                &config,
-                0,
-                &HashMap::new(),
-                &tls_defaults,
-                &TaskTracker::new(),
-            );
             assert_eq!(
-                refused(built.map(drop)),
+                refuses(&|svc| svc.listener.kind = kind),
                 !kind.implemented(),
                 "listener {name}"
             );
