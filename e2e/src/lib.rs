@@ -91,6 +91,8 @@ pub struct Gost {
     log: Arc<Mutex<String>>,
     /// The addresses its services listen on, in configuration order.
     pub addrs: Vec<SocketAddr>,
+    /// The directory of the configuration file it was started with, removed after it.
+    config_dir: Option<TempDir>,
 }
 
 impl Gost {
@@ -103,9 +105,12 @@ impl Gost {
     /// Starts `gost -C FILE` with `yaml` written to a file of its own, and waits for its
     /// `services` services.
     pub fn start_config(yaml: &str, services: usize) -> Gost {
-        let file = tempdir().join("gost.yaml");
+        let dir = tempdir();
+        let file = dir.join("gost.yaml");
         std::fs::write(&file, yaml).expect("write the configuration");
-        Self::start(&["-C", file.to_str().expect("UTF-8 temp path")], services)
+        let mut gost = Self::start(&["-C", file.to_str().expect("UTF-8 temp path")], services);
+        gost.config_dir = Some(dir);
+        gost
     }
 
     /// As [`Gost::start`], with a working directory that is also its `HOME`.
@@ -225,7 +230,12 @@ impl Gost {
                 }
             }
         }
-        Gost { child, log, addrs }
+        Gost {
+            child,
+            log,
+            addrs,
+            config_dir: None,
+        }
     }
 
     /// The first service's address.
@@ -606,15 +616,35 @@ pub fn python_checks(script: &str, args: &[String], checks: &[&str]) {
     }
 }
 
-/// A new, empty directory for one test's files.
-pub fn tempdir() -> PathBuf {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_nanos();
-    let dir = std::env::temp_dir().join(format!("gost-e2e-{}-{nanos}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
+/// A directory for one test's files, removed with them when it goes out of scope (a failing
+/// test's too, as its panic unwinds), so that test runs do not pile up directories in the
+/// system's temporary directory. `GOST_E2E_KEEP_TMP=1` keeps them, to look at after a failure.
+pub struct TempDir(tempfile::TempDir);
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl AsRef<Path> for TempDir {
+    fn as_ref(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+/// A new, empty directory for one test's files; see [`TempDir`].
+pub fn tempdir() -> TempDir {
+    let keep = std::env::var_os("GOST_E2E_KEEP_TMP").is_some_and(|v| v == "1");
+    TempDir(
+        tempfile::Builder::new()
+            .prefix("gost-e2e-")
+            .disable_cleanup(keep)
+            .tempdir()
+            .expect("temp dir"),
+    )
 }
 
 /// Opens a tunnel through an HTTP proxy with a raw CONNECT; returns the stream after the

@@ -240,6 +240,7 @@ static LAPTOP: Mutex<()> = Mutex::new(());
 struct LocalOperator {
     child: Child,
     log: PathBuf,
+    _log_dir: gost_e2e::TempDir,
     /// Its MutatingWebhookConfiguration (cluster-scoped, so named after the test namespace).
     webhook_configuration: String,
 }
@@ -263,7 +264,8 @@ impl LocalOperator {
         } else {
             host.to_string()
         };
-        let log = gost_e2e::tempdir().join("gost-operator.log");
+        let log_dir = gost_e2e::tempdir();
+        let log = log_dir.join("gost-operator.log");
         let log_file = std::fs::File::create(&log).expect("create the operator log");
         let url = format!("https://{host}:{port}/mutate");
         let addr = format!("0.0.0.0:{port}");
@@ -303,6 +305,7 @@ impl LocalOperator {
         let mut operator = LocalOperator {
             child,
             log,
+            _log_dir: log_dir,
             webhook_configuration: ns.to_string(),
         };
         let deadline = Instant::now() + OPERATOR_STARTUP;

@@ -24,8 +24,9 @@ use gost_operator::render::{
 const GREETING: &str = "hello from target";
 
 /// The rendered config as a `gost -C` file in a directory of its own, with the TLS files beside
-/// it where the sidecar's Secret volume would put them.
-fn write_config(rendered: &Rendered, config: &Config) -> String {
+/// it where the sidecar's Secret volume would put them; the directory, to keep while gost runs,
+/// and the file's path.
+fn write_config(rendered: &Rendered, config: &Config) -> (TempDir, String) {
     let dir = tempdir();
     for (name, bytes) in &rendered.files {
         std::fs::write(dir.join(name), bytes).expect("write a TLS file");
@@ -35,7 +36,8 @@ fn write_config(rendered: &Rendered, config: &Config) -> String {
         &format!("{}/", dir.to_str().expect("UTF-8 temp path")),
     );
     std::fs::write(dir.join("config.yaml"), &yaml).expect("write the config");
-    dir.join("config.yaml").to_str().expect("UTF-8").to_string()
+    let path = dir.join("config.yaml").to_str().expect("UTF-8").to_string();
+    (dir, path)
 }
 
 /// Loopback ports for every service, and no admin endpoint (its fixed port would clash
@@ -50,6 +52,7 @@ fn on_loopback(config: &mut Config) {
 /// A running gateway: its Service name and, per Service port, where the process listens.
 struct RunningGateway {
     _process: Gost,
+    _config: TempDir,
     service: String,
     ports: BTreeMap<u16, SocketAddr>,
 }
@@ -69,7 +72,7 @@ fn start_gateways(example: &Example, ns: &Namespace<'_>) -> Vec<RunningGateway> 
             let listen = gateway::listen_ports(&name, &rendered);
             let mut config = rendered.config.clone();
             on_loopback(&mut config);
-            let path = write_config(&rendered, &config);
+            let (dir, path) = write_config(&rendered, &config);
             let process = Gost::start(&["-C", &path], config.services.len());
             let ports = listen
                 .iter()
@@ -88,6 +91,7 @@ fn start_gateways(example: &Example, ns: &Namespace<'_>) -> Vec<RunningGateway> 
                 .collect();
             RunningGateway {
                 _process: process,
+                _config: dir,
                 service: gateway::gateway_name(&name),
                 ports,
             }
@@ -142,7 +146,7 @@ fn run_example(file: &str) {
             rendered.problems
         );
         let config = client_config(file, &rendered, &gateways);
-        let path = write_config(&rendered, &config);
+        let (_dir, path) = write_config(&rendered, &config);
         let client = Gost::start(&["-C", &path], config.services.len());
         for service in &config.services {
             let entry = client.service_addr(&service.name).unwrap_or_else(|| {

@@ -569,7 +569,7 @@ impl PyServer {
 fn dialer_against_an_independent_grpcio_server() {
     // TLS with gost's generated certificate: a gost TLS service in a fresh HOME writes it.
     let home = tempdir();
-    let generator = Gost::start_in(&["-L", "relay+grpc://127.0.0.1:0"], 1, Some(home.as_path()));
+    let generator = Gost::start_in(&["-L", "relay+grpc://127.0.0.1:0"], 1, Some(&home));
     let cert = home.join(".gost/auto-ca-cert.pem");
     let key = home.join(".gost/auto-ca-key.pem");
     assert!(cert.exists() && key.exists(), "{}", generator.log());

@@ -222,19 +222,21 @@ fn client_reconnects_after_server_restart() {
     let target = Target::http();
     // Each server generates a certificate of its own (a HOME of its own), so the restarted
     // one cannot reset the old connection: the client finds it dead by its idle timeout.
+    let home = tempdir();
     let server = Gost::start_in(
         &["-L", &format!("h3://127.0.0.1:0?{PATHS}")],
         1,
-        Some(&tempdir()),
+        Some(&home),
     );
     let addr = server.addr();
     let client = client(addr, &format!("&{RESTART_CLIENT_QUIC}"));
     assert_get_works(&client, &target);
     drop(server);
+    let restarted_home = tempdir();
     let restarted = Gost::start_in(
         &["-L", &format!("h3://{addr}?{PATHS}")],
         1,
-        Some(&tempdir()),
+        Some(&restarted_home),
     );
     let deadline = Instant::now() + RECONNECT_DEADLINE;
     let mut attempts = 0;

@@ -6,32 +6,31 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use gost_e2e::{Gost, Target, curl, gost_bin, operator_bin, tempdir, workspace_root};
+use gost_e2e::{Gost, Target, TempDir, curl, gost_bin, operator_bin, tempdir, workspace_root};
 
 /// The image's user (the Dockerfiles' `USER`, the operator's sidecar uid).
 const IMAGE_USER: &str = "65532:65532";
 
 /// An assembled root filesystem, removed with its temporary directory when dropped (a debug
 /// build of the operator is a quarter of a gigabyte).
-struct RootFs(PathBuf);
+struct RootFs {
+    path: PathBuf,
+    _dir: TempDir,
+}
 
 impl std::ops::Deref for RootFs {
     type Target = Path;
     fn deref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for RootFs {
-    fn drop(&mut self) {
-        if let Some(dir) = self.0.parent() {
-            let _ = std::fs::remove_dir_all(dir);
-        }
+        &self.path
     }
 }
 
 fn rootfs(binary: &Path) -> RootFs {
-    let out = RootFs(tempdir().join("rootfs"));
+    let dir = tempdir();
+    let out = RootFs {
+        path: dir.join("rootfs"),
+        _dir: dir,
+    };
     let status = Command::new("sh")
         .arg(workspace_root().join("images/rootfs.sh"))
         .arg(binary)

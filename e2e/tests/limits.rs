@@ -70,7 +70,8 @@ fn request_heads_over_max_header_size_get_431() {
 
 #[test]
 fn a_bad_max_header_size_is_refused_by_field() {
-    let file = tempdir().join("gost.yaml");
+    let dir = tempdir();
+    let file = dir.join("gost.yaml");
     std::fs::write(
         &file,
         "services:\n\

@@ -285,7 +285,8 @@ fn connections_beyond_the_limit_are_refused_and_counted() {
 
 #[test]
 fn invalid_connection_limit_names_the_field() {
-    let file = tempdir().join("gost.yaml");
+    let dir = tempdir();
+    let file = dir.join("gost.yaml");
     std::fs::write(
         &file,
         "services:\n- name: s\n  addr: 127.0.0.1:0\n  handler:\n    type: http\n  listener:\n    type: tcp\n  metadata:\n    maxConnections: -3\n",

@@ -153,7 +153,8 @@ fn web_decoy_replays_the_page_and_closes_the_connection() {
 #[test]
 fn file_decoy_serves_the_file_as_html() {
     let page = "<html><body>It works!</body></html>\n";
-    let file = tempdir().join("index.html");
+    let dir = tempdir();
+    let file = dir.join("index.html");
     std::fs::write(&file, page).unwrap();
     let proxy = proxy_with(&format!("probeResist=file:{}", file.display()));
     let answer = exchange(proxy.addr(), &connect("example.com:443", None));

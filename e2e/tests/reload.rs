@@ -503,7 +503,7 @@ fn a_config_without_services_waits_for_them() {
 }
 
 /// Starts gost on a kubelet-style config directory holding `yaml`, with a 1 s grace period.
-fn reloadable(yaml: &str, services: usize) -> (Gost, std::path::PathBuf) {
+fn reloadable(yaml: &str, services: usize) -> (Gost, TempDir) {
     let dir = tempdir();
     kubelet_write(&dir, 0, yaml);
     std::os::unix::fs::symlink("..data/gost.yaml", dir.join("gost.yaml")).unwrap();

@@ -909,7 +909,11 @@ mod tests {
             key_file: Some(key.to_string_lossy().into_owned()),
             ..TlsConfig::default()
         };
-        ServerTls::new("test", Some(&own), &TlsDefaults::new(None), ALPN).unwrap()
+        let tls = ServerTls::new("test", Some(&own), &TlsDefaults::new(None), ALPN).unwrap();
+        // Read: the server keeps that pair when the files go (tls::reload), and test runs
+        // do not pile up directories.
+        let _ = std::fs::remove_dir_all(&dir);
+        tls
     }
 
     /// Two servers of one process sharing a certificate get different reset keys (one must

@@ -1322,7 +1322,8 @@ async fn soak(bin: &std::path::Path, length: Duration) {
                 .expect("every server service reported its address")
         ));
     }
-    let file = gost_e2e::tempdir().join("client.yaml");
+    let dir = gost_e2e::tempdir();
+    let file = dir.join("client.yaml");
     std::fs::write(&file, yaml).unwrap();
     let client = Gost::start_bin(
         bin,
