@@ -461,7 +461,15 @@ impl Context {
                 .await
             {
                 Ok(wrote) => summary.writes += usize::from(wrote),
-                Err(e) => failures.push(e),
+                Err(e) => {
+                    // Said where users look: otherwise only this log knows that the workload's
+                    // new pods start without the sidecar (admission cannot write it either).
+                    for gs in &r.matched {
+                        let obs = observed.entry(gs.clone()).or_default();
+                        add_problems(&mut obs.problems, &[config_not_written(gs, group, &e)]);
+                    }
+                    failures.push(e);
+                }
             }
         }
 
@@ -1094,6 +1102,31 @@ fn gateway_not_applied(gs: &GostService, error: &Error) -> Problem {
         other => format!("{other}; the operator retries with backoff"),
     };
     gateway_problem(gs, Reason::GatewayNotApplied, message)
+}
+
+/// `error`, met writing the config Secret of `group`, as a problem of GostService `gs` (one
+/// its pods match), saying what it means for the workload.
+fn config_not_written(gs: &str, group: &Group, error: &Error) -> Problem {
+    let workload = group.workload();
+    let why = match error {
+        Error::Api {
+            action,
+            source: kube::Error::Api(status),
+        } if !retryable(error) => format!("the API server refused to {action}: {}", status.message),
+        Error::Api { action, source } => {
+            format!("could not {action} ({source}); the operator retries with backoff")
+        }
+        other => format!("{other}; the operator retries with backoff"),
+    };
+    Problem {
+        gost_service: gs.to_string(),
+        service: None,
+        gost_chain: None,
+        reason: Reason::ConfigNotWritten,
+        message: format!(
+            "the config of {workload} is not written: {why}. Its running pods keep the config they have; its new pods start without the sidecar until it is written"
+        ),
+    }
 }
 
 /// The config that `secret` (a config Secret of ours, if it exists) holds, for rendering over

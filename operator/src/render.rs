@@ -72,6 +72,10 @@ pub enum Reason {
     /// The API server refused (or failed) a write of the gateway's Secret, Deployment or
     /// Service (the message quotes it).
     GatewayNotApplied,
+    /// The API server refused (or failed) a write of a workload's config Secret (the message
+    /// quotes it: a quota on Secrets, the 1 MiB a Secret holds, ...); its pods keep what they
+    /// run, its new pods start without the sidecar.
+    ConfigNotWritten,
     /// A warning: a user name or password ends with a newline (`\n` or `\r\n`, what
     /// `kubectl create secret generic --from-file` stores from a file with a final newline).
     /// The proxy takes it as part of the credential, so a login typed without it fails.
@@ -97,6 +101,7 @@ impl Reason {
             Reason::InvalidChain => "InvalidChain",
             Reason::InvalidGateway => "InvalidGateway",
             Reason::GatewayNotApplied => "GatewayNotApplied",
+            Reason::ConfigNotWritten => "ConfigNotWritten",
             Reason::TrailingNewline => "TrailingNewline",
             Reason::ColonInUserName => "ColonInUserName",
         }

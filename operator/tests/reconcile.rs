@@ -866,6 +866,91 @@ async fn strict_api(objects: Vec<Value>, refuse: &'static str) -> Client {
         .expect("the in-memory API starts")
 }
 
+/// A workload's config Secret that the API server refuses (here a quota on Secrets) is said on
+/// the GostServices its pods match, not only in the operator's log: its new pods would start
+/// without the sidecar. Once the Secret can be written, the condition clears.
+#[tokio::test]
+async fn a_config_secret_the_api_refuses_is_a_condition_on_the_gost_services_it_serves() {
+    use kube_fake_client::{ClientBuilder, interceptor};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static QUOTA_FULL: AtomicBool = AtomicBool::new(true);
+    let client = ClientBuilder::new()
+        .with_resource::<GostService>()
+        .with_resource::<GostChain>()
+        .with_runtime_objects(base())
+        .with_interceptor_funcs(interceptor::Funcs::new().create(|c| {
+            let name = c.object["metadata"]["name"].as_str().unwrap_or_default();
+            if c.object["kind"] == "Secret"
+                && name.starts_with("gost-sidecar-")
+                && QUOTA_FULL.load(Ordering::SeqCst)
+            {
+                return Err(kube_fake_client::Error::InvalidRequest(format!(
+                    "secrets \"{name}\" is forbidden: exceeded quota: apps-quota, requested: secrets=1, used: secrets=10, limited: secrets=10"
+                )));
+            }
+            Ok(None)
+        }))
+        .build()
+        .await
+        .expect("the in-memory API starts");
+    let ctx = Context::new(
+        client.clone(),
+        Settings::default(),
+        Stores::list(&client, Some(NS)).await.unwrap(),
+    );
+    let error = ctx.reconcile(NS).await.unwrap_err().to_string();
+    assert!(error.contains("exceeded quota"), "{error}");
+
+    let status = api::<GostService>(&client)
+        .get("web")
+        .await
+        .unwrap()
+        .status
+        .expect("statuses are written although the Secret is not");
+    let rendered = condition(&status.conditions, "Rendered");
+    assert_eq!(
+        (rendered.status.as_str(), rendered.reason.as_str()),
+        ("False", "ConfigNotWritten")
+    );
+    for part in [
+        "the config of ReplicaSet/web-5d4f is not written",
+        "exceeded quota",
+        "new pods start without the sidecar",
+    ] {
+        assert!(
+            rendered.message.contains(part),
+            "{part:?} in {}",
+            rendered.message
+        );
+    }
+    assert_eq!(condition(&status.conditions, "Ready").status, "False");
+    assert!(
+        events(&client)
+            .await
+            .contains(&("Warning".into(), "ConfigNotWritten".into())),
+        "{:?}",
+        events(&client).await
+    );
+
+    QUOTA_FULL.store(false, Ordering::SeqCst);
+    reconcile(&client, &ctx).await;
+    assert!(
+        api::<Secret>(&client)
+            .get_opt(&group_secret())
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let status = api::<GostService>(&client)
+        .get("web")
+        .await
+        .unwrap()
+        .status
+        .unwrap();
+    assert_eq!(condition(&status.conditions, "Rendered").status, "True");
+    assert_eq!(condition(&status.conditions, "Ready").status, "True");
+}
+
 fn named_edge(name: &str, gateway: Value) -> Value {
     let mut gs = edge_service(gateway);
     gs["metadata"]["name"] = json!(name);
