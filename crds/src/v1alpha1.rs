@@ -354,6 +354,24 @@ pub struct GostServiceSpec {
     pub services: Vec<ServiceSpec>,
 }
 
+// One literal for the pattern and its CEL rule (concat! takes literals only).
+macro_rules! listen_addr_pattern {
+    () => {
+        r"^(\[[0-9A-Fa-f:.]+\]|[0-9.]+|[Ll][Oo][Cc][Aa][Ll][Hh][Oo][Ss][Tt])?:[0-9]+$"
+    };
+}
+
+/// The shape of a listen address the operator renders (`:port`, or an IP address or
+/// `localhost` then a port) in RE2 syntax, as the API server's CEL `matches` reads it: a host
+/// name or a missing port (`gateway.tunnels.svc:8443`, `8080`) is refused when the GostService
+/// is applied, not only reported in its status afterwards. It is looser than the operator's own
+/// check, never stricter (a test holds it to that): the address itself and the port's range are
+/// checked when rendering.
+pub const LISTEN_ADDR_PATTERN: &str = listen_addr_pattern!();
+
+/// [`LISTEN_ADDR_PATTERN`] as the CEL rule of `addr` (a raw CEL string: no escapes to undo).
+const LISTEN_ADDR_RULE: &str = concat!("self.matches(r'", listen_addr_pattern!(), "')");
+
 /// One proxy service: address, listener (transport) and handler (protocol).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -368,6 +386,10 @@ pub struct ServiceSpec {
     /// (`127.0.0.1`, `[::1]`) or `localhost`; a name the sidecar would have to resolve is not
     /// rendered.
     #[schemars(length(min = 2, max = 260))]
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": LISTEN_ADDR_RULE,
+        "message": "addr must be `:port` (every interface of the pod) or `host:port` with host an IP address (`127.0.0.1`, `[::1]`) or `localhost`: a listener binds an address of its pod, and a host name or a missing port would not render"
+    }]))]
     pub addr: String,
     /// The proxy protocol (`auto` by default).
     #[serde(default, deserialize_with = "null_as_default")]

@@ -2913,6 +2913,82 @@ mod tests {
         );
     }
 
+    /// The CRD's rule on `addr` refuses at apply time what would not render; it must never
+    /// refuse what would (an object the API server will not store cannot be fixed by the
+    /// operator). Every address of a corpus of hosts and ports that renders matches the
+    /// pattern, and the common mistakes do not.
+    #[test]
+    fn the_crds_listen_address_rule_refuses_only_what_would_not_render() {
+        let pattern = serde_json::json!({"pattern": gost_api::v1alpha1::LISTEN_ADDR_PATTERN});
+        let rule = jsonschema::validator_for(&pattern).unwrap();
+        let matches = |addr: &str| rule.is_valid(&serde_json::json!(addr));
+        let hosts = [
+            "",
+            "127.0.0.1",
+            "0.0.0.0",
+            "10.1.2.3",
+            "255.255.255.255",
+            "1.2.3",
+            "256.1.1.1",
+            "[::1]",
+            "[::]",
+            "[fe80::1]",
+            "[::ffff:10.0.0.1]",
+            "[1.2.3.4]",
+            "[FE80::A]",
+            "[fe80::1%eth0]",
+            "[::1",
+            "::1",
+            "localhost",
+            "LocalHost",
+            "LOCALHOST",
+            "db",
+            "abc",
+            "gateway.tunnels.svc",
+            "example.com",
+            " ",
+            "127.0.0.1 ",
+            "*",
+        ];
+        let ports = [
+            "80", "8080", "65535", "1", "0", "65536", "08080", "", "x", "-1", "80 ",
+        ];
+        let mut rendered = 0;
+        for host in hosts {
+            for port in ports {
+                for addr in [format!("{host}:{port}"), format!("{host}{port}")] {
+                    if Socket::parse(&addr, false).is_ok() {
+                        rendered += 1;
+                        assert!(matches(&addr), "{addr:?} renders but the CRD refuses it");
+                    }
+                }
+            }
+        }
+        assert!(
+            rendered > 50,
+            "only {rendered} addresses of the corpus render"
+        );
+        for mistake in [
+            "gateway.tunnels.svc:8443",
+            "example.com:443",
+            "8080",
+            "no-port",
+            "localhost",
+            "127.0.0.1",
+            "[::1]",
+            ":",
+            "::1:80",
+            "http://:8080",
+            ":80/path",
+        ] {
+            assert!(!matches(mistake), "the CRD lets {mistake:?} through");
+            assert!(
+                Socket::parse(mistake, false).is_err(),
+                "{mistake:?} renders"
+            );
+        }
+    }
+
     #[test]
     fn sockets_clash_by_address_not_by_spelling() {
         let svcs = services(

@@ -174,9 +174,22 @@ fn every_custom_resource_validates_against_its_crd_schema() {
 /// The CEL rules of the CRDs that a JSON Schema validator does not evaluate.
 #[test]
 fn every_gost_service_meets_the_crd_rules() {
+    let addr_rule = jsonschema::validator_for(
+        &serde_json::json!({"pattern": gost_api::v1alpha1::LISTEN_ADDR_PATTERN}),
+    )
+    .unwrap();
     for example in examples::load_all() {
         for gs in &example.services {
             let name = gs.metadata.name.as_deref().unwrap_or_default();
+            for svc in &gs.spec.services {
+                assert!(
+                    addr_rule.is_valid(&serde_json::json!(svc.addr)),
+                    "{}: GostService {name} service {}: addr {:?}",
+                    example.file,
+                    svc.name,
+                    svc.addr
+                );
+            }
             assert!(
                 gs.spec.selector.is_some() || gs.spec.gateway.is_some(),
                 "{}: GostService {name} has neither selector nor gateway",
