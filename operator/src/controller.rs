@@ -242,7 +242,8 @@ pub struct Context {
     client: Client,
     settings: Settings,
     stores: RwLock<Stores>,
-    recorder: Recorder,
+    /// Who records events (see [`Context::record_events`] for why not one shared `Recorder`).
+    reporter: Reporter,
     /// What the last reconcile saw of each GostService (by namespace/UID), to record events on
     /// changes.
     seen: Mutex<HashMap<String, Seen>>,
@@ -260,7 +261,7 @@ impl Context {
             instance: std::env::var("POD_NAME").ok(),
         };
         Context {
-            recorder: Recorder::new(client.clone(), reporter),
+            reporter,
             client,
             settings,
             stores: RwLock::new(stores),
@@ -902,7 +903,12 @@ impl Context {
                 action: "Render".to_string(),
                 secondary: None,
             };
-            if let Err(e) = self.recorder.publish(&event, &reference).await {
+            // A recorder of its own for each event: kube's `Recorder` takes a second event of
+            // the same reason on one object, within minutes, for a repeat of the first (its
+            // key leaves the note out), and only counts it; the second note (another Secret,
+            // a new typo) would be lost. `status::events` already leaves out what is unchanged.
+            let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
+            if let Err(e) = recorder.publish(&event, &reference).await {
                 warn!(gost_service = %gs.name_any(), reason = %ev.reason, error = %e, "could not record an event");
             }
         }
