@@ -1,11 +1,13 @@
 //! PHT over HTTP/3 (`h3`, gost-wire.md §8.7) with real `gost` processes: the seed page's
 //! HTTP/3 example (command line and YAML), bulk data, an independent HTTP/3 client (aioquic),
 //! 100 concurrent tunnels on one QUIC connection, reconnection after a server restart (one
-//! that closed its connections, and one killed), a listener replaced on its own port and
-//! 1,000 idle tunnels at once.
+//! that closed its connections, and one killed), a listener replaced on its own port,
+//! 1,000 idle tunnels at once, and a rolling update behind a UDP balancer.
 
-use std::collections::HashSet;
-use std::net::{SocketAddr, TcpStream};
+use std::collections::{HashMap, HashSet};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -495,4 +497,153 @@ fn an_untrusted_server_certificate_is_explained() {
     assert_eq!(out.text(), "502", "{}", client.log());
     client.wait_for_log("unknown authority");
     assert!(client.log().contains("caFile"), "{}", client.log());
+}
+
+/// How long a [`Balancer`] forwards at most: longer than any test using it runs.
+const BALANCER_LIFETIME: Duration = Duration::from_secs(120);
+
+/// How often a [`Balancer`]'s threads look at their stop flag while no datagram comes.
+const BALANCER_POLL: Duration = Duration::from_millis(50);
+
+/// UDP flows a [`Balancer`] forwards at most (a client opens one per QUIC socket); datagrams
+/// of further flows are dropped.
+const BALANCER_FLOWS: usize = 16;
+
+/// Largest datagram forwarded: more than any QUIC packet.
+const DATAGRAM: usize = 65_535;
+
+/// A UDP balancer in front of h3 servers, as a Kubernetes Service (kube-proxy's conntrack) is
+/// in front of pods: each flow (client address and port) stays on the backend its first
+/// datagram went to; a new flow goes to the backend set at that moment.
+struct Balancer {
+    addr: SocketAddr,
+    backend: Arc<Mutex<SocketAddr>>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+impl Balancer {
+    fn start(backend: SocketAddr) -> Balancer {
+        let front = UdpSocket::bind("127.0.0.1:0").expect("balancer socket");
+        front.set_read_timeout(Some(BALANCER_POLL)).unwrap();
+        let addr = front.local_addr().unwrap();
+        let backend = Arc::new(Mutex::new(backend));
+        let stop = Arc::new(AtomicBool::new(false));
+        let deadline = Instant::now() + BALANCER_LIFETIME;
+        let forwarder = {
+            let (backend, stop) = (backend.clone(), stop.clone());
+            thread::spawn(move || {
+                let mut flows: HashMap<SocketAddr, UdpSocket> = HashMap::new();
+                let mut back = Vec::new();
+                let mut buf = vec![0u8; DATAGRAM];
+                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    let Ok((n, client)) = front.recv_from(&mut buf) else {
+                        continue;
+                    };
+                    if !flows.contains_key(&client) {
+                        if flows.len() == BALANCER_FLOWS {
+                            continue;
+                        }
+                        let upstream = UdpSocket::bind("127.0.0.1:0").unwrap();
+                        upstream.connect(*backend.lock().unwrap()).unwrap();
+                        upstream.set_read_timeout(Some(BALANCER_POLL)).unwrap();
+                        let (up, front, stop) = (
+                            upstream.try_clone().unwrap(),
+                            front.try_clone().unwrap(),
+                            stop.clone(),
+                        );
+                        back.push(thread::spawn(move || {
+                            let mut buf = vec![0u8; DATAGRAM];
+                            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                                if let Ok(n) = up.recv(&mut buf) {
+                                    let _ = front.send_to(&buf[..n], client);
+                                }
+                            }
+                        }));
+                        flows.insert(client, upstream);
+                    }
+                    let _ = flows[&client].send(&buf[..n]);
+                }
+                stop.store(true, Ordering::Relaxed);
+                for thread in back {
+                    let _ = thread.join();
+                }
+            })
+        };
+        Balancer {
+            addr,
+            backend,
+            stop,
+            threads: vec![forwarder],
+        }
+    }
+
+    /// New flows go to `backend` from now on; flows already seen stay where they are.
+    fn switch_to(&self, backend: SocketAddr) {
+        *self.backend.lock().unwrap() = backend;
+    }
+}
+
+impl Drop for Balancer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A rolling update behind a Service: the server gets SIGTERM while a tunnel is open (it
+/// stops accepting, the tunnel drains on its QUIC connection), and a replacement takes the new
+/// flows. The client's QUIC connection still leads to the stopping server, which refuses a new
+/// session on it with `503`; the client asks again on a new QUIC connection from a new UDP
+/// port (a new flow), which reaches the replacement, so a new tunnel opens without an error.
+/// The old tunnel goes on moving bytes both ways on the stopping server.
+#[test]
+fn a_new_tunnel_during_a_rolling_update_reaches_the_replacement() {
+    let echo = Target::echo();
+    // A HOME each: certificates (so QUIC reset keys) of their own, as two pods have.
+    let listen = || {
+        Gost::start_in(
+            &["-L", &format!("h3://127.0.0.1:0?{PATHS}")],
+            1,
+            Some(&tempdir()),
+        )
+    };
+    let mut old = listen();
+    let balancer = Balancer::start(old.addr());
+    let client = client(balancer.addr, "");
+    let mut first = open_tunnel(&client, &echo);
+    old.signal("TERM");
+    old.wait_for_log("stopped accepting");
+    echo_small(&mut first).expect("the draining tunnel echoes");
+    let new = listen();
+    balancer.switch_to(new.addr());
+    let second = http_connect(client.addr(), &echo.addr.to_string(), None)
+        .unwrap_or_else(|e| panic!("the new tunnel: {e}\nclient log:\n{}", client.log()));
+    echo_round_trip(second, 64 * 1024);
+    new.wait_for_log("pht session opened");
+    // The old tunnel's pushes still reach its session on the stopping server, and its pull
+    // still brings the answers.
+    echo_small(&mut first).unwrap_or_else(|e| {
+        panic!(
+            "the draining tunnel after the new one: {e}\nclient log:\n{}",
+            client.log()
+        )
+    });
+    assert!(old.is_running(), "the old server drains its open tunnel");
+    assert!(
+        !old.log().contains("\"open\":2"),
+        "the stopping server took a new session:\n{}",
+        old.log()
+    );
+    let log = client.log();
+    let mut failures = client.logged_at("warn");
+    failures.extend(client.logged_at("error"));
+    failures.retain(|l| !l.contains("TLS server certificate not verified"));
+    assert!(failures.is_empty(), "the client logged a failure:\n{log}");
+    assert!(
+        log.contains("authorizing again on a new connection"),
+        "the new tunnel was not refused by the stopping server first:\n{log}"
+    );
 }

@@ -9,7 +9,10 @@
 //!   service stops for good: then each gets a CONNECTION_CLOSE before the UDP socket goes, so
 //!   that clients dial again at once rather than use a dead connection until it times out.
 //! - [`H3RoundTrip`]: PHT's [`RoundTrip`] over one QUIC connection per node, shared by all
-//!   its tunnels and dialled again, with backoff, when it dies.
+//!   its tunnels and dialled again, with backoff, when it dies. When a stopping server refuses
+//!   a new tunnel on it (`503` to authorize), or sends GOAWAY, new requests go on a new
+//!   connection from a new UDP socket, while each tunnel ([`H3Tunnel`]) stays on the
+//!   connection it began on as long as that one takes its requests.
 //!
 //! Both speak QUIC version 1 only, with ALPN `h3`, and TLS from [`crate::tls`].
 
@@ -37,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::addr::Address;
-use crate::pht::{Body, RoundTrip};
+use crate::pht::{Body, OpenedAfter, RoundTrip, Shared};
 use crate::tls::{ClientTls, ServerTls};
 
 /// The ALPN protocol of HTTP/3 (RFC 9114 §3.1).
@@ -306,8 +309,11 @@ impl Server {
     }
 
     /// Refuses new connections and returns what keeps serving the established ones once the
-    /// server is dropped, as the tunnels they carry may still be draining (their next push must
-    /// reach the session it drains on, so no GOAWAY is sent either). When `release` is
+    /// server is dropped, as the tunnels they carry may still be draining. No GOAWAY is sent:
+    /// a tunnel's next push is a new request, which must reach the session it drains on, and
+    /// after a GOAWAY h3's client (ours) sends no new request on the connection at all, nor
+    /// does h3's server take one past the GOAWAY's stream. New tunnels are refused by the PHT
+    /// server instead (`503`), which our client asks again on a new connection. When `release` is
     /// cancelled it closes them all (CONNECTION_CLOSE with [`STOPPED_CODE`]) and waits up to
     /// [`CLOSE_TIMEOUT`] for them to be gone. It ends early, with nothing to close, when the
     /// last connection has gone; the UDP socket is released when it ends.
@@ -670,22 +676,54 @@ fn udp_socket(addr: SocketAddr, dual_stack: bool) -> io::Result<UdpSocket> {
 
 type SendRequest = ::h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>;
 
-/// One live HTTP/3 connection to the node.
+/// One HTTP/3 connection to the node: held by the client while it is the one new requests go
+/// on, and by each tunnel whose requests went on it ([`H3Tunnel`]). h3 closes it (with
+/// `H3_NO_ERROR`) once the last holder is gone.
+#[derive(Clone)]
 struct Session {
     quic: quinn::Connection,
     send: SendRequest,
+    /// When it was dialled; see [`OpenedAfter`].
+    opened: Instant,
+}
+
+impl Session {
+    /// Open, and, when `not_before` is given, dialled at or after it.
+    fn usable(&self, not_before: Option<Instant>) -> bool {
+        self.quic.close_reason().is_none() && not_before.is_none_or(|t| self.opened >= t)
+    }
+
+    fn id(&self) -> usize {
+        self.quic.stable_id()
+    }
 }
 
 #[derive(Default)]
 struct State {
     session: Option<Session>,
-    /// The UDP socket (as a quinn endpoint) every connection to this node uses, per family.
+    /// The UDP socket (as a quinn endpoint) new connections to this node are dialled from,
+    /// per family.
     endpoint: Option<(bool, quinn::Endpoint)>,
     failures: u32,
     retry_at: Option<Instant>,
 }
 
-/// PHT's [`RoundTrip`] over HTTP/3; see the module comment.
+impl State {
+    /// Stops dialling new requests on the current connection while it is still open: a
+    /// stopping server refused a session on it, or sent GOAWAY. The tunnels on it keep it
+    /// (h3 closes it after the last one). The next connection comes from a new UDP socket:
+    /// one from the same port is the same flow to whatever balances UDP in front of the
+    /// server (a Kubernetes Service's conntrack, a reuseport group), which would send it to
+    /// the stopping server again. The old socket goes with the old connection.
+    fn retire(&mut self) {
+        if self.session.take().is_some() {
+            self.endpoint = None;
+        }
+    }
+}
+
+/// PHT's [`RoundTrip`] over HTTP/3; see the module comment. Each tunnel should use its own
+/// [`H3RoundTrip::tunnel`], which keeps its requests on one connection.
 pub struct H3RoundTrip {
     node: Address,
     tls: ClientTls,
@@ -711,7 +749,16 @@ impl H3RoundTrip {
         })
     }
 
-    /// The local address of the UDP socket, once one was bound.
+    /// A [`RoundTrip`] for one tunnel: see [`H3Tunnel`].
+    pub fn tunnel(self: &Arc<Self>) -> H3Tunnel {
+        H3Tunnel {
+            client: self.clone(),
+            on: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The local address of the UDP socket new connections are dialled from, once one was
+    /// bound.
     pub async fn local_addr(&self) -> Option<SocketAddr> {
         let state = self.state.lock().await;
         state
@@ -720,12 +767,16 @@ impl H3RoundTrip {
             .and_then(|(_, e)| e.local_addr().ok())
     }
 
-    /// The live connection's request sender, dialling when there is none.
-    async fn sender(&self) -> io::Result<(SendRequest, usize)> {
+    /// The connection new requests go on, dialling when there is none, or when `not_before`
+    /// is given and the current one was dialled before it (it is then retired, not closed).
+    async fn session(&self, not_before: Option<Instant>) -> io::Result<Session> {
         let mut state = self.state.lock().await;
         if let Some(session) = &state.session {
+            if session.usable(not_before) {
+                return Ok(session.clone());
+            }
             if session.quic.close_reason().is_none() {
-                return Ok((session.send.clone(), session.quic.stable_id()));
+                state.retire();
             }
             state.session = None;
         }
@@ -734,11 +785,10 @@ impl H3RoundTrip {
         }
         match self.dial(&mut state).await {
             Ok(session) => {
-                let send = (session.send.clone(), session.quic.stable_id());
-                state.session = Some(session);
+                state.session = Some(session.clone());
                 state.failures = 0;
                 state.retry_at = None;
-                Ok(send)
+                Ok(session)
             }
             Err(e) => {
                 state.failures = state.failures.saturating_add(1);
@@ -755,6 +805,7 @@ impl H3RoundTrip {
     }
 
     async fn dial(&self, state: &mut State) -> io::Result<Session> {
+        let opened = Instant::now();
         let peer = tokio::net::lookup_host(self.node.to_string())
             .await?
             .next()
@@ -813,32 +864,51 @@ impl H3RoundTrip {
                 )
             })??;
         let node = self.node.clone();
-        // The driver handles the connection's control streams; it ends with the connection.
+        // The driver handles the connection's control streams (a GOAWAY among them); it ends
+        // with the connection.
         tokio::spawn(async move {
             let e = driver.wait_idle().await;
             if !e.is_h3_no_error() {
                 tracing::debug!(node = %node, error = %e, "HTTP/3 connection ended");
             }
         });
-        Ok(Session { quic, send })
+        Ok(Session { quic, send, opened })
     }
-}
 
-#[async_trait]
-impl RoundTrip for H3RoundTrip {
-    async fn round_trip(&self, req: Request<Bytes>) -> io::Result<Response<Body>> {
+    /// Sends `req` on `pinned` when it is usable for it, else on the current connection; the
+    /// response, marked [`Shared`], and the connection it came on.
+    async fn send(
+        &self,
+        pinned: Option<Session>,
+        req: Request<Bytes>,
+    ) -> io::Result<(Response<Body>, Session)> {
+        let not_before = req.extensions().get::<OpenedAfter>().map(|o| o.0);
         let (parts, body) = req.into_parts();
         let head = Request::from_parts(parts, ());
-        let (mut send, id) = self.sender().await?;
-        let mut stream = match send.send_request(head.clone()).await {
+        let mut session = match pinned.filter(|s| s.usable(not_before)) {
+            Some(session) => session,
+            None => self.session(not_before).await?,
+        };
+        let mut stream = match session.send.send_request(head.clone()).await {
             Ok(stream) => stream,
             Err(e) => {
-                // The connection may have died since it was last used (nothing was sent on
-                // it): drop it and try once more on a new one.
-                tracing::debug!(node = %self.node, error = %e, "HTTP/3 request failed, redialling");
-                self.forget(id).await;
-                let (mut send, _) = self.sender().await?;
-                send.send_request(head).await.map_err(io::Error::other)?
+                if matches!(e, StreamError::RemoteClosing { .. }) {
+                    // GOAWAY: the server finishes the requests it has, and takes no new ones
+                    // there (h3 refuses to send them).
+                    tracing::debug!(node = %self.node, "HTTP/3 server sent GOAWAY; new requests go on a new connection");
+                    self.retire(session.id()).await;
+                } else {
+                    // The connection may have died since it was last used (nothing was sent
+                    // on it): drop it and try once more on a new one.
+                    tracing::debug!(node = %self.node, error = %e, "HTTP/3 request failed, redialling");
+                    self.forget(session.id()).await;
+                }
+                session = self.session(not_before).await?;
+                session
+                    .send
+                    .send_request(head)
+                    .await
+                    .map_err(io::Error::other)?
             }
         };
         let sent = async {
@@ -855,22 +925,62 @@ impl RoundTrip for H3RoundTrip {
         }
         let head = stream.recv_response().await.map_err(io::Error::other)?;
         let (_, recv) = stream.split();
-        Ok(head.map(|()| DataBody::new(recv, None).boxed()))
+        let mut res = head.map(|()| DataBody::new(recv, None).boxed());
+        res.extensions_mut().insert(Shared);
+        Ok((res, session))
     }
-}
 
-impl H3RoundTrip {
-    /// Drops the connection `id`, if it is still the current one.
+    /// Drops the connection `id`, closing it, if it is still the current one.
     async fn forget(&self, id: usize) {
         let mut state = self.state.lock().await;
-        if state
-            .session
-            .as_ref()
-            .is_some_and(|s| s.quic.stable_id() == id)
+        if state.session.as_ref().is_some_and(|s| s.id() == id)
             && let Some(session) = state.session.take()
         {
             session.quic.close(VarInt::from_u32(0), b"");
         }
+    }
+
+    /// Retires the connection `id` ([`State::retire`]) if it is still the current one.
+    async fn retire(&self, id: usize) {
+        let mut state = self.state.lock().await;
+        if state.session.as_ref().is_some_and(|s| s.id() == id) {
+            state.retire();
+        }
+    }
+}
+
+#[async_trait]
+impl RoundTrip for H3RoundTrip {
+    async fn round_trip(&self, req: Request<Bytes>) -> io::Result<Response<Body>> {
+        Ok(self.send(None, req).await?.0)
+    }
+}
+
+/// One tunnel's [`RoundTrip`] over an [`H3RoundTrip`]: its requests go on the connection its
+/// last one went on while that one is open, also after the client moved on to a new one for
+/// new tunnels (its server stopping): the tunnel's session lives on the server at the end of
+/// that connection. It moves when that connection closed or sent GOAWAY, or when a request
+/// wants a newer one ([`OpenedAfter`]).
+pub struct H3Tunnel {
+    client: Arc<H3RoundTrip>,
+    on: std::sync::Mutex<Option<Session>>,
+}
+
+#[async_trait]
+impl RoundTrip for H3Tunnel {
+    async fn round_trip(&self, req: Request<Bytes>) -> io::Result<Response<Body>> {
+        let pinned = self.pinned().clone();
+        let (res, session) = self.client.send(pinned, req).await?;
+        *self.pinned() = Some(session);
+        Ok(res)
+    }
+}
+
+impl H3Tunnel {
+    fn pinned(&self) -> std::sync::MutexGuard<'_, Option<Session>> {
+        self.on
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -1074,7 +1184,7 @@ mod tests {
             let socket = client.local_addr().await.unwrap();
             // Held, not just its id: quinn's stable_id is the connection's address, which a
             // new connection may reuse once the old one is freed.
-            let first = client.sender().await.unwrap();
+            let first = client.session(None).await.unwrap();
 
             // The server stops for good, closing its connections, and comes back on the same
             // port.
@@ -1106,8 +1216,8 @@ mod tests {
                 .expect("the first request after the restart");
             assert_eq!(body_of(resp).await, "again");
             assert_ne!(
-                client.sender().await.unwrap().1,
-                first.1,
+                client.session(None).await.unwrap().id(),
+                first.id(),
                 "a new connection"
             );
             assert_eq!(
@@ -1116,6 +1226,65 @@ mod tests {
                 "the same UDP socket"
             );
             drop(server);
+        })
+        .await
+        .expect("test timed out");
+    }
+
+    /// A request for a connection dialled after some instant (a stopping server refused a
+    /// session on the current one) gets a new connection, from a new UDP socket so that a
+    /// flow balancer may send it elsewhere; a tunnel on the old connection stays on it, and the
+    /// old connection closes once that tunnel is gone.
+    #[tokio::test]
+    async fn a_newer_connection_comes_from_a_new_socket_and_the_old_stays_with_its_tunnels() {
+        tokio::time::timeout(TEST_TIMEOUT, async {
+            let server = Server::bind(
+                "127.0.0.1:0",
+                &server_tls(),
+                &QuicOptions::default(),
+                handler(None),
+            )
+            .unwrap();
+            let client = Arc::new(client(&server));
+            let tunnel = client.tunnel();
+            let resp = tunnel.round_trip(post("/echo", "first")).await.unwrap();
+            assert_eq!(body_of(resp).await, "first");
+            let old = client.session(None).await.unwrap();
+            let socket = client.local_addr().await.unwrap();
+
+            let mut newer = post("/echo", "newer");
+            newer.extensions_mut().insert(OpenedAfter(Instant::now()));
+            let resp = client.round_trip(newer).await.unwrap();
+            assert!(resp.extensions().get::<Shared>().is_some());
+            assert_eq!(body_of(resp).await, "newer");
+            let new = client.session(None).await.unwrap();
+            assert_ne!(new.id(), old.id(), "a new connection");
+            assert_ne!(
+                client.local_addr().await.unwrap(),
+                socket,
+                "a new UDP socket"
+            );
+
+            let resp = tunnel.round_trip(post("/echo", "still")).await.unwrap();
+            assert_eq!(body_of(resp).await, "still");
+            assert_eq!(
+                tunnel.pinned().as_ref().map(Session::id),
+                Some(old.id()),
+                "the tunnel stays on its connection"
+            );
+            let quic = old.quic.clone();
+            drop(old);
+            assert!(quic.close_reason().is_none(), "kept for the tunnel");
+            drop(tunnel);
+            match quic.closed().await {
+                quinn::ConnectionError::LocallyClosed
+                | quinn::ConnectionError::ApplicationClosed(_) => {}
+                other => panic!("the retired connection ended by {other}"),
+            }
+            // New requests stay on the new connection.
+            let resp = client.round_trip(post("/echo", "after")).await.unwrap();
+            assert_eq!(body_of(resp).await, "after");
+            assert_eq!(client.session(None).await.unwrap().id(), new.id());
         })
         .await
         .expect("test timed out");

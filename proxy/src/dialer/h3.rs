@@ -1,6 +1,7 @@
 //! The `h3` dialer, also GOST's `http3` on `-F` (gost-wire.md §8.7): plain HTTP tunnels over
 //! HTTP/3. All tunnels to a node share one QUIC connection (one UDP socket), dialled again
-//! when it dies.
+//! when it dies, or from a new socket when its server stops taking new tunnels on it (those
+//! already on it stay there).
 
 use std::io;
 use std::sync::Arc;
@@ -61,7 +62,8 @@ impl H3Dialer {
 #[async_trait]
 impl Dialer for H3Dialer {
     async fn dial(&self, _addr: &Address, timeout: Duration) -> io::Result<BoxConn> {
-        let rt: Arc<dyn RoundTrip> = self.client.clone();
+        // Its own view of the node's connection: a tunnel stays on the connection it began on.
+        let rt: Arc<dyn RoundTrip> = Arc::new(self.client.tunnel());
         crate::pht::client::connect_within(rt, self.opts.clone(), timeout, "h3").await
     }
 

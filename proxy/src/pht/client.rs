@@ -33,7 +33,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::task::JoinHandle;
 use tokio_util::task::AbortOnDropHandle;
 
-use super::{Body, OpenedAfter, Paths, RoundTrip};
+use super::{Body, OpenedAfter, Paths, RoundTrip, Shared};
 use crate::conn::{BoxConn, Conn};
 
 /// Most data put into one push: its base64 line is exactly 64 KiB, which every gost-rs server
@@ -209,15 +209,17 @@ pub(crate) fn says_close(value: &header::HeaderValue) -> bool {
         .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"))
 }
 
-/// A stopping server's refusal of a new session on a connection it then closes
-/// ([`super::server::Draining`]).
+/// A stopping server's refusal of a new session ([`super::server::Draining`]): over HTTP/1.1
+/// on a connection it then closes; over a [`Shared`] connection (HTTP/3), which has no header
+/// for that, any `503`: GOST's server never answers one, and asking once more costs a dial.
 fn is_draining_refusal<B>(res: &http::Response<B>) -> bool {
     res.status() == StatusCode::SERVICE_UNAVAILABLE
-        && res
-            .headers()
-            .get_all(header::CONNECTION)
-            .iter()
-            .any(says_close)
+        && (res.extensions().get::<Shared>().is_some()
+            || res
+                .headers()
+                .get_all(header::CONNECTION)
+                .iter()
+                .any(says_close))
 }
 
 /// The session's token, and, when a stopping server refused it on a kept-alive connection
@@ -237,7 +239,7 @@ async fn authorize(
     drop(res);
     tracing::debug!(
         node = %opts.authority,
-        "PHT server stopping (503 and a closed connection); authorizing again on a new connection"
+        "PHT server stopping (503 to authorize); authorizing again on a new connection"
     );
     let after = OpenedAfter(tokio::time::Instant::now());
     let mut req = opts.request(Method::GET, &opts.paths.authorize, None, Bytes::new())?;
@@ -862,6 +864,8 @@ mod tests {
         on_any: std::sync::atomic::AtomicUsize,
         refusal: StatusCode,
         close: bool,
+        /// Marks the refusal as come over a shared (HTTP/3) connection.
+        shared: bool,
     }
 
     #[async_trait]
@@ -889,6 +893,9 @@ mod tests {
                         header::HeaderValue::from_static("keep-alive, Close"),
                     );
                 }
+                if self.shared {
+                    res.extensions_mut().insert(Shared);
+                }
                 return Ok(res);
             }
             self.inner.round_trip(req).await
@@ -898,37 +905,44 @@ mod tests {
     #[tokio::test]
     async fn a_stopping_servers_refusal_is_asked_again_on_a_new_connection_once() {
         let (direct, opts, _server, mut rx) = setup("pht-client-stopping", true);
-        let rt = Arc::new(StoppingFirst {
-            inner: direct.clone(),
-            refused: AtomicBool::new(false),
-            on_newer: Default::default(),
-            on_any: Default::default(),
-            refusal: StatusCode::SERVICE_UNAVAILABLE,
-            close: true,
-        });
-        let mut conn = connect(rt.clone(), opts.clone()).await.unwrap();
-        conn.write_all(b"hi").await.unwrap();
-        let (mut svc, _) = rx.recv().await.unwrap();
-        let mut got = [0u8; 2];
-        svc.read_exact(&mut got).await.unwrap();
-        conn.flush().await.unwrap();
-        svc.write_all(b"yo").await.unwrap();
-        conn.read_exact(&mut got).await.unwrap();
-        assert_eq!(&got, b"yo");
-        // Only the refused authorize went on any connection; the second one and the tunnel's
-        // pull and push on newer ones.
-        assert_eq!(rt.on_any.load(Ordering::Relaxed), 1);
-        assert!(rt.on_newer.load(Ordering::Relaxed) >= 3);
+        // Over HTTP/1.1 the refusal closes its connection; over HTTP/3 it has no header for
+        // that, and the transport marks the response as come over a shared connection.
+        for (close, shared) in [(true, false), (false, true)] {
+            let rt = Arc::new(StoppingFirst {
+                inner: direct.clone(),
+                refused: AtomicBool::new(false),
+                on_newer: Default::default(),
+                on_any: Default::default(),
+                refusal: StatusCode::SERVICE_UNAVAILABLE,
+                close,
+                shared,
+            });
+            let mut conn = connect(rt.clone(), opts.clone()).await.unwrap();
+            conn.write_all(b"hi").await.unwrap();
+            let (mut svc, _) = rx.recv().await.unwrap();
+            let mut got = [0u8; 2];
+            svc.read_exact(&mut got).await.unwrap();
+            conn.flush().await.unwrap();
+            svc.write_all(b"yo").await.unwrap();
+            conn.read_exact(&mut got).await.unwrap();
+            assert_eq!(&got, b"yo");
+            // Only the refused authorize went on any connection; the second one and the
+            // tunnel's pull and push on newer ones.
+            assert_eq!(rt.on_any.load(Ordering::Relaxed), 1);
+            assert!(rt.on_newer.load(Ordering::Relaxed) >= 3);
+        }
 
         // A 503 without the close, or another refusal, is not asked again: it fails the
         // tunnel, naming the server's state when it said it is stopping.
-        for (refusal, close, says) in [
+        for (refusal, close, shared, says) in [
             (
                 StatusCode::SERVICE_UNAVAILABLE,
                 false,
+                false,
                 "answered 503 Service Unavailable",
             ),
-            (StatusCode::TOO_MANY_REQUESTS, true, "answered 429"),
+            (StatusCode::TOO_MANY_REQUESTS, true, false, "answered 429"),
+            (StatusCode::TOO_MANY_REQUESTS, false, true, "answered 429"),
         ] {
             let rt = Arc::new(StoppingFirst {
                 inner: direct.clone(),
@@ -937,6 +951,7 @@ mod tests {
                 on_any: Default::default(),
                 refusal,
                 close,
+                shared,
             });
             let err = match connect(rt.clone(), opts.clone()).await {
                 Err(e) => e,
@@ -954,6 +969,7 @@ mod tests {
             on_any: Default::default(),
             refusal: StatusCode::SERVICE_UNAVAILABLE,
             close: true,
+            shared: false,
         });
         let err = match authorize(&*twice_refusing(twice.clone()), &opts).await {
             Err(e) => e,

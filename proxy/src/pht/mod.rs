@@ -91,9 +91,18 @@ pub trait RoundTrip: Send + Sync + 'static {
 /// never on an older kept-alive one. A tunnel whose session was refused by a stopping server
 /// on a kept-alive connection sets it ([`client`]): connections opened before then may lead
 /// to that server, which takes no new session, while a new connection reaches whatever
-/// listens on the address now. Transports with one connection (`h3`) ignore it.
+/// listens on the address now. `h3`, whose requests share one QUIC connection, dials a new one
+/// from a new UDP port (a new flow for a balancer in front) and leaves the old one to the
+/// tunnels already on it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OpenedAfter(pub tokio::time::Instant);
+
+/// A response extension set by transports whose requests share one connection that no header
+/// can close (HTTP/3, where `Connection` is not allowed): there a `503` to authorize is taken
+/// as a stopping server's refusal, as `503` with `Connection: close` is over HTTP/1.1, and asked
+/// again on a new connection ([`OpenedAfter`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shared;
 
 /// A new session token in GOST's format: 20 characters of `[0-9a-v]` (an xid: 12 bytes in
 /// base32hex). The first four bytes are the time, as in an xid; the other eight come from the

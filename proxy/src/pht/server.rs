@@ -162,7 +162,8 @@ enum Lookup {
 /// connection; a new one may reach its replacement (a new process on the same port, another
 /// pod behind the same address). So an HTTP/1.1 server answers it with `Connection: close`,
 /// which makes clients drop that connection (ours then asks again on a new one); HTTP/3 has
-/// no such header, and its connections must stay up for the sessions that drain on them.
+/// no such header, and its connections must stay up for the sessions that drain on them (no
+/// GOAWAY either): our h3 client asks again on a new connection for a `503` alone.
 #[derive(Clone, Copy, Debug)]
 pub struct Draining;
 
