@@ -1290,6 +1290,86 @@ mod tests {
         .expect("test timed out");
     }
 
+    /// Time for a GOAWAY to cross loopback and be read by the client's driver: milliseconds.
+    const GOAWAY_SETTLE: Duration = Duration::from_millis(500);
+
+    /// A server's GOAWAY (here h3's own server, as ours sends none): the client sends its next
+    /// request on a new connection, from a new UDP socket, without closing the old one, whose
+    /// open response still arrives whole.
+    #[tokio::test]
+    async fn after_a_goaway_new_requests_go_on_a_new_connection_and_open_ones_finish() {
+        tokio::time::timeout(TEST_TIMEOUT, async {
+            let crypto = QuicServerConfig::try_from(server_tls().config()).unwrap();
+            let endpoint = quinn::Endpoint::server(
+                quinn::ServerConfig::with_crypto(Arc::new(crypto)),
+                "127.0.0.1:0".parse().unwrap(),
+            )
+            .unwrap();
+            let addr = endpoint.local_addr().unwrap();
+            let (goaway_tx, goaway_rx) = oneshot::channel::<()>();
+            let (finish_tx, finish_rx) = oneshot::channel::<()>();
+            let server = tokio::spawn(async move {
+                let h3 = |quic| async move {
+                    ::h3::server::builder()
+                        .build::<_, Bytes>(h3_quinn::Connection::new(quic))
+                        .await
+                        .unwrap()
+                };
+                // The first connection's one request is answered after its GOAWAY.
+                let mut first = h3(endpoint.accept().await.unwrap().await.unwrap()).await;
+                let resolver = first.accept().await.unwrap().unwrap();
+                let (_, mut held) = resolver.resolve_request().await.unwrap();
+                held.send_response(Response::new(())).await.unwrap();
+                first.shutdown(0).await.unwrap();
+                goaway_tx.send(()).unwrap();
+                let mut second = h3(endpoint.accept().await.unwrap().await.unwrap()).await;
+                let resolver = second.accept().await.unwrap().unwrap();
+                let (_, mut stream) = resolver.resolve_request().await.unwrap();
+                stream.send_response(Response::new(())).await.unwrap();
+                stream.send_data(Bytes::from_static(b"new")).await.unwrap();
+                stream.finish().await.unwrap();
+                finish_rx.await.unwrap();
+                held.send_data(Bytes::from_static(b"finished"))
+                    .await
+                    .unwrap();
+                held.finish().await.unwrap();
+                // Both connections stay up until the client has read everything.
+                (first, second, endpoint)
+            });
+            let client = Arc::new(
+                H3RoundTrip::new(
+                    Address::from_socket(addr),
+                    ClientTls::new(None, ALPN).unwrap(),
+                    &QuicOptions::default(),
+                )
+                .unwrap(),
+            );
+            let get = Request::get("https://gost.test/held")
+                .body(Bytes::new())
+                .unwrap();
+            let held = client.round_trip(get).await.unwrap();
+            let old = client.session(None).await.unwrap();
+            let socket = client.local_addr().await.unwrap();
+            goaway_rx.await.unwrap();
+            tokio::time::sleep(GOAWAY_SETTLE).await;
+
+            let resp = client.round_trip(post("/new", "x")).await.unwrap();
+            assert_eq!(body_of(resp).await, "new");
+            assert_ne!(client.session(None).await.unwrap().id(), old.id());
+            assert_ne!(
+                client.local_addr().await.unwrap(),
+                socket,
+                "a new UDP socket"
+            );
+            assert!(old.quic.close_reason().is_none(), "the old one left open");
+            finish_tx.send(()).unwrap();
+            assert_eq!(body_of(held).await, "finished");
+            drop(server.await.unwrap());
+        })
+        .await
+        .expect("test timed out");
+    }
+
     #[tokio::test]
     async fn a_stopped_server_serves_its_connections_until_released_then_closes_them() {
         tokio::time::timeout(TEST_TIMEOUT, async {
