@@ -313,10 +313,10 @@ impl Server {
     /// a tunnel's next push is a new request, which must reach the session it drains on, and
     /// after a GOAWAY h3's client (ours) sends no new request on the connection at all, nor
     /// does h3's server take one past the GOAWAY's stream. New tunnels are refused by the PHT
-    /// server instead (`503`), which our client asks again on a new connection. When `release` is
-    /// cancelled it closes them all (CONNECTION_CLOSE with [`STOPPED_CODE`]) and waits up to
-    /// [`CLOSE_TIMEOUT`] for them to be gone. It ends early, with nothing to close, when the
-    /// last connection has gone; the UDP socket is released when it ends.
+    /// server instead (`503`), which our client asks again on a new connection. When
+    /// `release` is cancelled it closes them all (CONNECTION_CLOSE with [`STOPPED_CODE`]) and
+    /// waits up to [`CLOSE_TIMEOUT`] for them to be gone. It ends early, with nothing to close,
+    /// when the last connection has gone; the UDP socket is released when it ends.
     pub fn stop_accepting(
         &self,
         release: CancellationToken,
@@ -709,7 +709,7 @@ struct State {
 }
 
 impl State {
-    /// Stops dialling new requests on the current connection while it is still open: a
+    /// Stops sending new requests on the current connection while it is still open: a
     /// stopping server refused a session on it, or sent GOAWAY. The tunnels on it keep it
     /// (h3 closes it after the last one). The next connection comes from a new UDP socket:
     /// one from the same port is the same flow to whatever balances UDP in front of the
@@ -895,7 +895,10 @@ impl H3RoundTrip {
                 if matches!(e, StreamError::RemoteClosing { .. }) {
                     // GOAWAY: the server finishes the requests it has, and takes no new ones
                     // there (h3 refuses to send them).
-                    tracing::debug!(node = %self.node, "HTTP/3 server sent GOAWAY; new requests go on a new connection");
+                    tracing::debug!(
+                        node = %self.node,
+                        "HTTP/3 server sent GOAWAY; new requests go on a new connection"
+                    );
                     self.retire(session.id()).await;
                 } else {
                     // The connection may have died since it was last used (nothing was sent
