@@ -603,21 +603,24 @@ impl Drop for Balancer {
 fn a_new_tunnel_during_a_rolling_update_reaches_the_replacement() {
     let echo = Target::echo();
     // A HOME each: certificates (so QUIC reset keys) of their own, as two pods have.
+    // The HOME goes with its process (a pair, dropped together).
     let listen = || {
-        Gost::start_in(
+        let home = tempdir();
+        let gost = Gost::start_in(
             &["-L", &format!("h3://127.0.0.1:0?{PATHS}")],
             1,
-            Some(&tempdir()),
-        )
+            Some(&home),
+        );
+        (gost, home)
     };
-    let mut old = listen();
+    let (mut old, _old_home) = listen();
     let balancer = Balancer::start(old.addr());
     let client = client(balancer.addr, "");
     let mut first = open_tunnel(&client, &echo);
     old.signal("TERM");
     old.wait_for_log("stopped accepting");
     echo_small(&mut first).expect("the draining tunnel echoes");
-    let new = listen();
+    let (new, _new_home) = listen();
     balancer.switch_to(new.addr());
     let second = http_connect(client.addr(), &echo.addr.to_string(), None)
         .unwrap_or_else(|e| panic!("the new tunnel: {e}\nclient log:\n{}", client.log()));
