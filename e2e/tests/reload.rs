@@ -503,7 +503,8 @@ fn a_config_without_services_waits_for_them() {
 }
 
 /// Starts gost on a kubelet-style config directory holding `yaml`, with a 1 s grace period.
-fn reloadable(yaml: &str, services: usize) -> (Gost, TempDir) {
+/// The directory comes first: bound as `let (dir, gost)`, gost is stopped before it goes.
+fn reloadable(yaml: &str, services: usize) -> (TempDir, Gost) {
     let dir = tempdir();
     kubelet_write(&dir, 0, yaml);
     std::os::unix::fs::symlink("..data/gost.yaml", dir.join("gost.yaml")).unwrap();
@@ -512,7 +513,7 @@ fn reloadable(yaml: &str, services: usize) -> (Gost, TempDir) {
         &["-C", file.to_str().unwrap(), "--grace-period", "1s"],
         services,
     );
-    (gost, dir)
+    (dir, gost)
 }
 
 /// Whether a tunnel still carries an echo.
@@ -535,7 +536,7 @@ fn the_connection_limit_counts_what_is_open_across_a_reload() {
             "services:\n- name: s\n  addr: 127.0.0.1:0\n  metadata: {{maxConnections: 1}}\n  handler:\n    type: http\n    metadata: {{authBasicRealm: {realm}}}\n"
         )
     };
-    let (gost, dir) = reloadable(&yaml("a"), 1);
+    let (dir, gost) = reloadable(&yaml("a"), 1);
     let addr = gost.service_addr("s").unwrap();
     let mut first = http_connect(addr, &target, None).unwrap();
     assert!(echoes(&mut first));
@@ -573,7 +574,7 @@ fn a_tls_change_leaves_services_without_tls_alone() {
              tls:\n  commonName: {name}\n"
         )
     };
-    let (gost, dir) = reloadable(&yaml("one.example"), 2);
+    let (dir, gost) = reloadable(&yaml("one.example"), 2);
     let plain = gost.service_addr("plain").unwrap();
     let mut tunnel = http_connect(plain, &target, None).unwrap();
     assert!(echoes(&mut tunnel));
@@ -604,7 +605,7 @@ fn http2_reloads_reach_open_connections_and_tunnels_count_against_the_limit() {
             "services:\n- name: s\n  addr: 127.0.0.1:0\n  metadata: {{maxConnections: 2}}\n  handler:\n    type: http2\n    auth: {{username: user, password: {password}}}\n  listener:\n    type: http2\n"
         )
     };
-    let (server, dir) = reloadable(&yaml("pass"), 1);
+    let (dir, server) = reloadable(&yaml("pass"), 1);
     let addr = server.service_addr("s").unwrap();
     let client = Gost::start(
         &[
@@ -660,7 +661,7 @@ fn an_http2_listener_keeps_its_http2_handler_across_a_reload() {
             "services:\n- name: s\n  addr: 127.0.0.1:0\n  handler:\n    type: {handler}\n  listener:\n    type: http2\n"
         )
     };
-    let (gost, dir) = reloadable(&yaml("http2"), 1);
+    let (dir, gost) = reloadable(&yaml("http2"), 1);
     kubelet_write(&dir, 1, &yaml("http"));
     wait_for_count(&gost, "configuration refused", 1);
     assert!(
@@ -684,7 +685,7 @@ fn a_broken_certificate_in_a_reload_leaves_the_service_serving() {
             "services:\n- name: s\n  addr: 127.0.0.1:{port}\n  handler:\n    type: http\n  listener:\n    type: tls\n{tls}"
         )
     };
-    let (gost, dir) = reloadable(&yaml(""), 1);
+    let (dir, gost) = reloadable(&yaml(""), 1);
     let get = || {
         curl(&[
             "--proxy-insecure",
@@ -851,7 +852,7 @@ fn a_changed_password_reaches_open_keep_alive_connections() {
             "services:\n- name: s\n  addr: 127.0.0.1:0\n  handler:\n    type: http\n    auth:\n      username: u\n      password: {password}\n"
         )
     };
-    let (gost, dir) = reloadable(&yaml("old"), 1);
+    let (dir, gost) = reloadable(&yaml("old"), 1);
     let addr = gost.service_addr("s").unwrap();
     let mut stream = TcpStream::connect(addr).unwrap();
     stream
@@ -920,7 +921,7 @@ fn tunnels_cut_after_the_grace_period_are_logged() {
     let yaml = |services: &str| format!("services:\n{services}");
     let a = "- name: a\n  addr: 127.0.0.1:0\n  handler:\n    type: http\n";
     let b = "- name: b\n  addr: 127.0.0.1:0\n  handler:\n    type: socks5\n";
-    let (mut gost, dir) = reloadable(&yaml(&format!("{a}{b}")), 2);
+    let (dir, mut gost) = reloadable(&yaml(&format!("{a}{b}")), 2);
     let mut removed = http_connect(gost.service_addr("a").unwrap(), &target, None).unwrap();
     assert!(echoes(&mut removed));
     kubelet_write(&dir, 1, &yaml(b));
@@ -956,7 +957,7 @@ fn a_connection_accepted_before_a_handler_swap_gets_its_first_answer() {
             "services:\n- name: s\n  addr: 127.0.0.1:0\n  handler:\n    type: http\n    metadata: {{authBasicRealm: {realm}}}\n"
         )
     };
-    let (gost, dir) = reloadable(&yaml("a"), 1);
+    let (dir, gost) = reloadable(&yaml("a"), 1);
     let addr = gost.service_addr("s").unwrap();
     let mut fresh = TcpStream::connect(addr).unwrap();
     fresh

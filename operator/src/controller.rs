@@ -465,9 +465,13 @@ impl Context {
                 Err(e) => {
                     // Said where users look: otherwise only this log knows that the workload's
                     // new pods start without the sidecar (admission cannot write it either).
-                    for gs in &r.matched {
-                        let obs = observed.entry(gs.clone()).or_default();
-                        add_problems(&mut obs.problems, &[config_not_written(gs, group, &e)]);
+                    // Not for what the retry cures: a conflict (admission wrote it meanwhile),
+                    // or a first transient failure.
+                    if !retryable(&e) || (!conflict(&e) && self.failed_before(ns)) {
+                        for gs in &r.matched {
+                            let obs = observed.entry(gs.clone()).or_default();
+                            add_problems(&mut obs.problems, &[config_not_written(gs, group, &e)]);
+                        }
                     }
                     failures.push(e);
                 }
@@ -1004,6 +1008,15 @@ impl Context {
         (*n, (BASE_BACKOFF * 2u32.pow(exp)).min(MAX_BACKOFF))
     }
 
+    /// Whether the namespace's last reconcile failed.
+    fn failed_before(&self, ns: &str) -> bool {
+        self.failures
+            .lock()
+            .expect("failures lock")
+            .get(ns)
+            .is_some_and(|n| *n > 0)
+    }
+
     fn succeeded(&self, ns: &str) {
         self.failures.lock().expect("failures lock").remove(ns);
     }
@@ -1081,6 +1094,17 @@ fn retryable(error: &Error) -> bool {
     }
 }
 
+/// Whether `error` is a conflict: another writer (admission) got there between read and write.
+fn conflict(error: &Error) -> bool {
+    matches!(
+        error,
+        Error::Api {
+            source: kube::Error::Api(status),
+            ..
+        } if status.code == 409
+    )
+}
+
 /// A problem of `gs`'s gateway (no service, no chain).
 fn gateway_problem(gs: &GostService, reason: Reason, message: String) -> Problem {
     Problem {
@@ -1119,6 +1143,13 @@ fn config_not_written(gs: &str, group: &Group, error: &Error) -> Problem {
             action,
             source: kube::Error::Api(status),
         } if !retryable(error) => format!("the API server refused to {action}: {}", status.message),
+        Error::Api {
+            action,
+            source: kube::Error::Api(status),
+        } => format!(
+            "could not {action} ({}); the operator retries with backoff",
+            status.message
+        ),
         Error::Api { action, source } => {
             format!("could not {action} ({source}); the operator retries with backoff")
         }

@@ -505,10 +505,18 @@ impl Socket {
     fn parse(addr: &str, udp: bool) -> Result<Socket, String> {
         let (host, port) = gost_api::split_host_port(addr)
             .ok_or_else(|| format!("addr {addr:?} is not `:port` or `host:port`"))?;
-        let port: u16 =
-            port.parse().ok().filter(|p| *p != 0).ok_or_else(|| {
-                format!("addr {addr:?}: the port must be a number from 1 to 65535")
-            })?;
+        // Digits only: Rust's parse takes a leading `+`, which Go's (GOST's) and the CRD's
+        // rule do not.
+        let port: u16 = Some(port)
+            .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|p| p.parse().ok())
+            .filter(|p| *p != 0)
+            .ok_or_else(|| format!("addr {addr:?}: the port must be a number from 1 to 65535"))?;
+        if addr.starts_with("[]") {
+            return Err(format!(
+                "addr {addr:?}: empty brackets; use `:{port}` for every interface"
+            ));
+        }
         let host = if host.is_empty() {
             Host::Any
         } else if host.eq_ignore_ascii_case("localhost") {
@@ -2938,6 +2946,7 @@ mod tests {
             "[FE80::A]",
             "[fe80::1%eth0]",
             "[::1",
+            "[]",
             "::1",
             "localhost",
             "LocalHost",
@@ -2951,7 +2960,7 @@ mod tests {
             "*",
         ];
         let ports = [
-            "80", "8080", "65535", "1", "0", "65536", "08080", "", "x", "-1", "80 ",
+            "80", "8080", "65535", "1", "0", "65536", "08080", "", "x", "-1", "+80", "80 ",
         ];
         let mut rendered = 0;
         for host in hosts {
@@ -2968,8 +2977,19 @@ mod tests {
             rendered > 50,
             "only {rendered} addresses of the corpus render"
         );
+        // The rule the CRD carries is this pattern, as a raw CEL string (no `'` to end it).
+        let pattern = gost_api::v1alpha1::LISTEN_ADDR_PATTERN;
+        assert!(!pattern.contains('\''));
+        let crd = <gost_api::v1alpha1::GostService as kube::CustomResourceExt>::crd();
+        let rule = serde_json::to_string(&format!("self.matches(r'{pattern}')")).unwrap();
+        assert!(
+            serde_json::to_string(&crd).unwrap().contains(&rule),
+            "{rule} is not in the CRD"
+        );
         for mistake in [
             "gateway.tunnels.svc:8443",
+            ":+80",
+            "[]:80",
             "example.com:443",
             "8080",
             "no-port",

@@ -8,7 +8,7 @@ use gost_api::v1alpha1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::render::Problem;
+use crate::render::{Problem, Reason};
 
 /// `Rendered=True` reason.
 pub const REASON_RENDERED: &str = "Rendered";
@@ -204,7 +204,14 @@ pub fn gost_service_status(
     };
     let ready = if !obs.problems.is_empty() {
         let n = obs.problems.len();
-        let message = if obs.kept.is_empty() {
+        let message = if obs
+            .problems
+            .iter()
+            .all(|p| p.reason == Reason::ConfigNotWritten)
+        {
+            // Everything rendered: it is the write that failed.
+            "the config of a workload it serves is not written, so that workload's new pods start without the sidecar; see the Rendered condition".to_string()
+        } else if obs.kept.is_empty() {
             format!("{n} problem(s) left services or the gateway out; see the Rendered condition")
         } else {
             let kept: Vec<String> = obs

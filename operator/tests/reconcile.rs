@@ -889,29 +889,36 @@ async fn strict_api(objects: Vec<Value>, refuse: &'static str) -> Client {
         .expect("the in-memory API starts")
 }
 
-/// A workload's config Secret that the API server refuses (here a quota on Secrets) is said on
-/// the GostServices its pods match, not only in the operator's log: its new pods would start
-/// without the sidecar. Once the Secret can be written, the condition clears.
+/// A workload's config Secret that the API server refuses (here its 1 MiB limit) is said on the
+/// GostServices its pods match, not only in the operator's log: its new pods would start
+/// without the sidecar. A conflict (admission wrote the Secret meanwhile) is not: the retry
+/// cures it. Once the Secret can be written, the condition clears.
 #[tokio::test]
 async fn a_config_secret_the_api_refuses_is_a_condition_on_the_gost_services_it_serves() {
     use kube_fake_client::{ClientBuilder, interceptor};
-    use std::sync::atomic::{AtomicBool, Ordering};
-    static QUOTA_FULL: AtomicBool = AtomicBool::new(true);
+    use std::sync::atomic::{AtomicU8, Ordering};
+    const TOO_LONG: u8 = 0;
+    const CONFLICT: u8 = 1;
+    const ACCEPTED: u8 = 2;
+    static API: AtomicU8 = AtomicU8::new(TOO_LONG);
     let client = ClientBuilder::new()
         .with_resource::<GostService>()
         .with_resource::<GostChain>()
         .with_runtime_objects(base())
         .with_interceptor_funcs(interceptor::Funcs::new().create(|c| {
             let name = c.object["metadata"]["name"].as_str().unwrap_or_default();
-            if c.object["kind"] == "Secret"
-                && name.starts_with("gost-sidecar-")
-                && QUOTA_FULL.load(Ordering::SeqCst)
-            {
-                return Err(kube_fake_client::Error::InvalidRequest(format!(
-                    "secrets \"{name}\" is forbidden: exceeded quota: apps-quota, requested: secrets=1, used: secrets=10, limited: secrets=10"
-                )));
+            if c.object["kind"] != "Secret" || !name.starts_with("gost-sidecar-") {
+                return Ok(None);
             }
-            Ok(None)
+            match API.load(Ordering::SeqCst) {
+                TOO_LONG => Err(kube_fake_client::Error::InvalidRequest(format!(
+                    "Secret \"{name}\" is invalid: data: Too long: must have at most 1048576 bytes"
+                ))),
+                CONFLICT => Err(kube_fake_client::Error::Conflict(format!(
+                    "secrets \"{name}\" already exists"
+                ))),
+                _ => Ok(None),
+            }
         }))
         .build()
         .await
@@ -922,7 +929,7 @@ async fn a_config_secret_the_api_refuses_is_a_condition_on_the_gost_services_it_
         Stores::list(&client, Some(NS)).await.unwrap(),
     );
     let error = ctx.reconcile(NS).await.unwrap_err().to_string();
-    assert!(error.contains("exceeded quota"), "{error}");
+    assert!(error.contains("Too long"), "{error}");
 
     let status = api::<GostService>(&client)
         .get("web")
@@ -936,8 +943,8 @@ async fn a_config_secret_the_api_refuses_is_a_condition_on_the_gost_services_it_
         ("False", "ConfigNotWritten")
     );
     for part in [
-        "the config of ReplicaSet/web-5d4f is not written",
-        "exceeded quota",
+        "the config of ReplicaSet/web-5d4f is not written: the API server refused to create Secret",
+        "Too long: must have at most 1048576 bytes. Its running pods",
         "new pods start without the sidecar",
     ] {
         assert!(
@@ -946,7 +953,15 @@ async fn a_config_secret_the_api_refuses_is_a_condition_on_the_gost_services_it_
             rendered.message
         );
     }
-    assert_eq!(condition(&status.conditions, "Ready").status, "False");
+    let ready = condition(&status.conditions, "Ready");
+    assert_eq!(ready.status, "False");
+    assert!(
+        ready
+            .message
+            .starts_with("the config of a workload it serves is not written"),
+        "{}",
+        ready.message
+    );
     assert!(
         events(&client)
             .await
@@ -955,7 +970,23 @@ async fn a_config_secret_the_api_refuses_is_a_condition_on_the_gost_services_it_
         events(&client).await
     );
 
-    QUOTA_FULL.store(false, Ordering::SeqCst);
+    API.store(CONFLICT, Ordering::SeqCst);
+    ctx.reconcile(NS).await.unwrap_err();
+    let status = api::<GostService>(&client)
+        .get("web")
+        .await
+        .unwrap()
+        .status
+        .unwrap();
+    let rendered = condition(&status.conditions, "Rendered");
+    assert_eq!(
+        (rendered.status.as_str(), rendered.reason.as_str()),
+        ("True", "Rendered"),
+        "{}",
+        rendered.message
+    );
+
+    API.store(ACCEPTED, Ordering::SeqCst);
     reconcile(&client, &ctx).await;
     assert!(
         api::<Secret>(&client)
