@@ -191,14 +191,16 @@ pub struct HopConfig {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct SelectorConfig {
-    /// `round` (round-robin, the default), `random`, `fifo` (first healthy node) or `hash`.
+    /// `round` (round-robin, the default), `random`, `fifo` (first healthy node) or `hash`;
+    /// empty is the default, as in GOST.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(deserialize_with = "crate::de::empty_as_none")]
     pub strategy: Option<SelectorStrategy>,
-    /// Failures after which a node is skipped for `failTimeout` (default 1).
+    /// Failures after which a node is skipped for `failTimeout` (default 1, also for 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_fails: Option<u32>,
-    /// How long a failed node is skipped, as a duration such as `10s` (default 10s), or an
-    /// integer number of nanoseconds as GOST's `-O json` prints it.
+    /// How long a failed node is skipped, as a duration such as `10s` (default 10s, also for
+    /// 0), or an integer number of nanoseconds as GOST's `-O json` prints it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[serde(deserialize_with = "go_duration")]
     pub fail_timeout: Option<String>,

@@ -47,6 +47,22 @@ where
     type_or_default(deserializer, str::is_empty)
 }
 
+/// Reads an optional name (a selector's `strategy`) that is null or empty as absent, the
+/// default, as GOST does: its `-O json` and `-O yaml` print `strategy: ""` for a selector that
+/// left it out. Any other name must be one of the type's own.
+pub(crate) fn empty_as_none<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    match Option::<String>::deserialize(deserializer)? {
+        Some(name) if !name.is_empty() => {
+            T::deserialize(de::value::StringDeserializer::<D::Error>::new(name)).map(Some)
+        }
+        _ => Ok(None),
+    }
+}
+
 fn type_or_default<'de, D, T>(deserializer: D, blank: fn(&str) -> bool) -> Result<T, D::Error>
 where
     D: Deserializer<'de>,

@@ -503,6 +503,31 @@ fn integer_durations_are_nanoseconds() {
     assert_eq!(path, "tls.validity");
 }
 
+/// GOST prints a hop's selector with every field (its `-O json` and `-O yaml` of a file that
+/// set only some): an empty strategy is GOST's default, round-robin, in JSON and in YAML.
+#[test]
+fn an_empty_selector_strategy_is_the_default_as_in_gost() {
+    let json = r#"{"chains": [{"name": "c", "hops": [{"name": "h",
+        "selector": {"strategy": "", "maxFails": 3, "failTimeout": 0},
+        "nodes": [{"name": "n", "addr": "a:1"}]}]}]}"#;
+    let config = from_str(json, Format::Json).expect("GOST's printed selector loads");
+    let selector = config.chains[0].hops[0].selector.as_ref().unwrap();
+    assert_eq!(selector.strategy, None);
+    assert_eq!(selector.max_fails, Some(3));
+    let yaml = "chains:\n- name: c\n  hops:\n  - name: h\n    selector:\n      strategy: \"\"\n      maxFails: 0\n      failTimeout: 0s\n    nodes:\n    - name: n\n      addr: a:1\n";
+    let config = from_str(yaml, Format::Yaml).expect("an empty strategy loads");
+    assert_eq!(
+        config.chains[0].hops[0].selector.as_ref().unwrap().strategy,
+        None
+    );
+    // Any other name must still be one of the strategies.
+    let (path, message) = json_field_error(
+        r#"{"chains": [{"name": "c", "hops": [{"name": "h", "selector": {"strategy": "bogus"}}]}]}"#,
+    );
+    assert_eq!(path, "chains[0].hops[0].selector.strategy");
+    assert!(message.contains("fifo"), "{message}");
+}
+
 /// A JSON number or boolean in a string field is its text, as in YAML; other types are still
 /// errors of their field.
 #[test]

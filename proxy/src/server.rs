@@ -623,9 +623,12 @@ fn build_chain(chain: &ChainConfig, config: &Config, index: usize) -> Result<Cha
 
 fn build_hop(hop: &HopConfig, path: &str) -> Result<Hop, ConfigError> {
     let selector = hop.selector.clone().unwrap_or_default();
+    // As in GOST, a zero (or negative) `failTimeout` or `maxFails` is the default: GOST prints
+    // both for a selector that left them out.
     let fail_timeout = match &selector.fail_timeout {
         Some(text) => gost_api::metadata::parse_go_duration(text)
             .map_err(|e| field(format!("{path}.selector.failTimeout"), e))?
+            .filter(|d| !d.is_zero())
             .unwrap_or(DEFAULT_FAIL_TIMEOUT),
         None => DEFAULT_FAIL_TIMEOUT,
     };
@@ -756,7 +759,10 @@ fn build_hop(hop: &HopConfig, path: &str) -> Result<Hop, ConfigError> {
         hop.name.clone(),
         nodes,
         selector.strategy.unwrap_or(SelectorStrategy::Round),
-        selector.max_fails.unwrap_or(DEFAULT_MAX_FAILS),
+        selector
+            .max_fails
+            .filter(|&n| n > 0)
+            .unwrap_or(DEFAULT_MAX_FAILS),
         fail_timeout,
     ))
 }
@@ -837,6 +843,32 @@ mod tests {
             assert_eq!(refused, !connector_implemented(kind), "connector {name}");
         }
         assert!(!connector_implemented(ConnectorType::Socks4));
+    }
+
+    /// A hop selector's `failTimeout` and `maxFails` of zero (or below) are GOST's defaults,
+    /// 10 s and 1 (`x/config/parsing/hop`), as GOST's `-O json` and `-O yaml` print them for a
+    /// selector that left them out: a zero must not keep a dead node in the rotation.
+    #[test]
+    fn a_zero_fail_timeout_or_max_fails_is_the_default() {
+        for (max_fails, fail_timeout) in [(Some(0), "0"), (Some(0), "0s"), (None, "-5s")] {
+            let hop = HopConfig {
+                name: "hop-0".into(),
+                selector: Some(gost_api::SelectorConfig {
+                    strategy: None,
+                    max_fails,
+                    fail_timeout: Some(fail_timeout.into()),
+                }),
+                nodes: vec![gost_api::NodeConfig {
+                    name: "node-0".into(),
+                    addr: "127.0.0.1:1".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            };
+            let hop = build_hop(&hop, "chains[0].hops[0]").unwrap();
+            assert_eq!(hop.fail_timeout, DEFAULT_FAIL_TIMEOUT, "{fail_timeout}");
+            assert_eq!(hop.max_fails, DEFAULT_MAX_FAILS, "{max_fails:?}");
+        }
     }
 
     /// gost-api's `implemented` (what the CRDs offer) is what `build_service` and
