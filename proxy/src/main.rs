@@ -944,7 +944,8 @@ async fn reload(
                 removed = ?applied.removed,
                 unchanged = applied.unchanged,
                 unbound = ?applied.unbound,
-                took_ms = started.elapsed().as_secs_f64() * 1e3,
+                // Whole microseconds, so the log shows `0.272`, not `0.27249799999999996`.
+                took_ms = started.elapsed().as_micros() as f64 / 1e3,
                 "configuration applied"
             );
         }
