@@ -221,6 +221,7 @@ macro_rules! say {
 fn main() -> ExitCode {
     // First, before anything is read: the restart runs `main` again from the start.
     gost_proxy::copytune::restart_if_needed();
+    keep_freed_memory();
     raise_open_files_limit();
     if let Err(code) = follow_parent() {
         return code;
@@ -320,6 +321,64 @@ fn raise_open_files_limit() {
         let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
     }
 }
+
+/// Free memory at the top of a malloc arena that glibc keeps for the next allocations instead
+/// of handing it back to the kernel: one HTTP/2 connection window, the most that a connection's
+/// streams may have in flight at the receiver.
+///
+/// Bulk data moves through buffers of up to 64 KiB (DATA frames, relay chunks) that are freed
+/// once written on. With several busy tunnels those frees leave more than glibc's default
+/// 128 KiB free at an arena's top, so glibc returns it (`madvise`) and the next buffers fault
+/// it back in page by page, zeroed: with 8 tunnels over one `h2c` connection that was up to
+/// 116 page faults per MiB moved and a sixth of the client's CPU time, and eight tunnels moved
+/// less than one (BENCHMARKS.md, "Eight streams over one HTTP/2 connection"). One connection
+/// window keeps that memory in the process while data flows; the limit is per arena, not per
+/// tunnel, and an idle process never fills it.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const MALLOC_TRIM_THRESHOLD: usize = gost_proxy::h2pool::CONNECTION_WINDOW as usize;
+
+/// Allocations at least this large get pages of their own (`mmap`) that go back to the kernel
+/// on `free`. Setting the trim threshold turns off glibc's own raising of this one (it starts
+/// at 128 KiB and follows the largest block freed, keeping the trim threshold at twice it), so
+/// it is set to where that rule puts it for [`MALLOC_TRIM_THRESHOLD`].
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const MALLOC_MMAP_THRESHOLD: usize = MALLOC_TRIM_THRESHOLD / 2;
+
+/// Sets glibc's [`MALLOC_TRIM_THRESHOLD`] and [`MALLOC_MMAP_THRESHOLD`], unless the user chose
+/// either in `GLIBC_TUNABLES` (`glibc.malloc.trim_threshold`, `glibc.malloc.mmap_threshold`),
+/// which is also how to opt out.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)] // a C library call
+fn keep_freed_memory() {
+    use std::ffi::c_int;
+    // glibc's <malloc.h>.
+    const M_TRIM_THRESHOLD: c_int = -1;
+    const M_MMAP_THRESHOLD: c_int = -3;
+    unsafe extern "C" {
+        fn mallopt(param: c_int, value: c_int) -> c_int;
+    }
+    let user_chose = std::env::var("GLIBC_TUNABLES").is_ok_and(|tunables| {
+        tunables.split(':').any(|item| {
+            matches!(
+                item.split('=').next(),
+                Some("glibc.malloc.trim_threshold" | "glibc.malloc.mmap_threshold")
+            )
+        })
+    });
+    if user_chose {
+        return;
+    }
+    // SAFETY: mallopt only sets malloc's tuning parameters, under malloc's own lock; both
+    // values are far below `c_int::MAX`.
+    unsafe {
+        mallopt(M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD as c_int);
+        mallopt(M_TRIM_THRESHOLD, MALLOC_TRIM_THRESHOLD as c_int);
+    }
+}
+
+/// Not glibc: its allocator's defaults stay.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn keep_freed_memory() {}
 
 /// The runtime `builder` makes, with its I/O and timers; `None` once the reason is printed.
 fn start_runtime(mut builder: tokio::runtime::Builder) -> Option<tokio::runtime::Runtime> {
