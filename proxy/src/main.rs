@@ -345,35 +345,31 @@ const MALLOC_TRIM_THRESHOLD: usize = gost_proxy::h2pool::CONNECTION_WINDOW as us
 const MALLOC_MMAP_THRESHOLD: usize = MALLOC_TRIM_THRESHOLD / 2;
 
 /// Sets glibc's [`MALLOC_TRIM_THRESHOLD`] and [`MALLOC_MMAP_THRESHOLD`], unless the user chose
-/// either in `GLIBC_TUNABLES` (`glibc.malloc.trim_threshold`, `glibc.malloc.mmap_threshold`),
-/// which is also how to opt out.
+/// either in `GLIBC_TUNABLES` ([`malloc_tuned_by_user`]), which is also how to opt out.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[allow(unsafe_code)] // a C library call
 fn keep_freed_memory() {
-    use std::ffi::c_int;
-    // glibc's <malloc.h>.
-    const M_TRIM_THRESHOLD: c_int = -1;
-    const M_MMAP_THRESHOLD: c_int = -3;
-    unsafe extern "C" {
-        fn mallopt(param: c_int, value: c_int) -> c_int;
-    }
-    let user_chose = std::env::var("GLIBC_TUNABLES").is_ok_and(|tunables| {
-        tunables.split(':').any(|item| {
-            matches!(
-                item.split('=').next(),
-                Some("glibc.malloc.trim_threshold" | "glibc.malloc.mmap_threshold")
-            )
-        })
-    });
-    if user_chose {
+    if std::env::var("GLIBC_TUNABLES").is_ok_and(|t| malloc_tuned_by_user(&t)) {
         return;
     }
     // SAFETY: mallopt only sets malloc's tuning parameters, under malloc's own lock; both
     // values are far below `c_int::MAX`.
     unsafe {
-        mallopt(M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD as c_int);
-        mallopt(M_TRIM_THRESHOLD, MALLOC_TRIM_THRESHOLD as c_int);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD as libc::c_int);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, MALLOC_TRIM_THRESHOLD as libc::c_int);
     }
+}
+
+/// Whether `GLIBC_TUNABLES` (`name=value` items separated by `:`) sets glibc's trim or mmap
+/// threshold: the user's choice then stands.
+#[cfg(any(test, all(target_os = "linux", target_env = "gnu")))]
+fn malloc_tuned_by_user(tunables: &str) -> bool {
+    tunables.split(':').any(|item| {
+        matches!(
+            item.split('=').next(),
+            Some("glibc.malloc.trim_threshold" | "glibc.malloc.mmap_threshold")
+        )
+    })
 }
 
 /// Not glibc: its allocator's defaults stay.
@@ -1066,7 +1062,30 @@ mod tests {
     use clap::Parser;
     use clap::error::ErrorKind;
 
-    use super::{Args, LogOutput, OsString, apply_metrics_overrides, go_style_args, log_output};
+    use super::{
+        Args, LogOutput, OsString, apply_metrics_overrides, go_style_args, log_output,
+        malloc_tuned_by_user,
+    };
+
+    /// A user's own trim or mmap threshold stands (and is how to opt out); other tunables,
+    /// such as the one gost's AMD restart sets, do not count.
+    #[test]
+    fn a_users_malloc_thresholds_stand() {
+        for tunables in [
+            "glibc.malloc.trim_threshold=131072",
+            "glibc.cpu.x86_rep_movsb_threshold=2097152:glibc.malloc.mmap_threshold=65536",
+        ] {
+            assert!(malloc_tuned_by_user(tunables), "{tunables}");
+        }
+        for tunables in [
+            "",
+            "glibc.cpu.x86_rep_movsb_threshold=2097152",
+            "glibc.malloc.arena_max=2",
+            "glibc.malloc.trim_threshold_x=1",
+        ] {
+            assert!(!malloc_tuned_by_user(tunables), "{tunables}");
+        }
+    }
 
     fn go_style(args: &[&str]) -> Vec<String> {
         let args = std::iter::once("gost").chain(args.iter().copied());
