@@ -754,6 +754,7 @@ impl H3RoundTrip {
         H3Tunnel {
             client: self.clone(),
             on: std::sync::Mutex::new(None),
+            moved: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -967,11 +968,27 @@ impl RoundTrip for H3RoundTrip {
 pub struct H3Tunnel {
     client: Arc<H3RoundTrip>,
     on: std::sync::Mutex<Option<Session>>,
+    /// Whether the tunnel has left the connection a stopping server refused it on.
+    moved: std::sync::atomic::AtomicBool,
 }
 
 #[async_trait]
 impl RoundTrip for H3Tunnel {
-    async fn round_trip(&self, req: Request<Bytes>) -> io::Result<Response<Body>> {
+    async fn round_trip(&self, mut req: Request<Bytes>) -> io::Result<Response<Body>> {
+        // [`OpenedAfter`]: a stopping server refused the tunnel on the connection it is pinned
+        // to. That connection is retired by identity, once, not by comparing dial times with
+        // the refusal's: when a burst of new tunnels is refused, the first retires it and
+        // dials one new connection, which the others then take (a refusal that came in while
+        // it was being dialled is no reason to retire it too). The tunnel then stays on
+        // whatever its requests go on, as any tunnel does.
+        if req.extensions_mut().remove::<OpenedAfter>().is_some()
+            && !self.moved.swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            let refused = self.pinned().take();
+            if let Some(refused) = refused {
+                self.client.retire(refused.id()).await;
+            }
+        }
         let pinned = self.pinned().clone();
         let (res, session) = self.client.send(pinned, req).await?;
         *self.pinned() = Some(session);
@@ -1229,6 +1246,48 @@ mod tests {
                 "the same UDP socket"
             );
             drop(server);
+        })
+        .await
+        .expect("test timed out");
+    }
+
+    /// New tunnels refused together by a stopping server (each refusal seen after the first
+    /// retry had dialled its new connection, as when they arrive during its handshake) all
+    /// move to that one new connection: one handshake and one UDP socket, not one each.
+    #[tokio::test]
+    async fn a_burst_of_refused_tunnels_moves_to_one_new_connection() {
+        tokio::time::timeout(TEST_TIMEOUT, async {
+            let server = Server::bind(
+                "127.0.0.1:0",
+                &server_tls(),
+                &QuicOptions::default(),
+                handler(None),
+            )
+            .unwrap();
+            let client = Arc::new(client(&server));
+            let tunnels: Vec<H3Tunnel> = (0..4).map(|_| client.tunnel()).collect();
+            for tunnel in &tunnels {
+                let resp = tunnel.round_trip(post("/echo", "first")).await.unwrap();
+                assert_eq!(body_of(resp).await, "first");
+            }
+            // Held: a freed connection's id may be reused.
+            let refused = client.session(None).await.unwrap();
+            for tunnel in &tunnels {
+                let mut again = post("/echo", "again");
+                again.extensions_mut().insert(OpenedAfter(Instant::now()));
+                let resp = tunnel.round_trip(again).await.unwrap();
+                assert_eq!(body_of(resp).await, "again");
+            }
+            let on: std::collections::BTreeSet<usize> = tunnels
+                .iter()
+                .map(|t| t.pinned().as_ref().map(Session::id).unwrap())
+                .collect();
+            assert_eq!(on.len(), 1, "one new connection for all: {on:?}");
+            assert!(!on.contains(&refused.id()), "off the refusing connection");
+            assert_eq!(
+                client.session(None).await.unwrap().id(),
+                *on.first().unwrap()
+            );
         })
         .await
         .expect("test timed out");
