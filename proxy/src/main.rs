@@ -345,11 +345,16 @@ const MALLOC_TRIM_THRESHOLD: usize = gost_proxy::h2pool::CONNECTION_WINDOW as us
 const MALLOC_MMAP_THRESHOLD: usize = MALLOC_TRIM_THRESHOLD / 2;
 
 /// Sets glibc's [`MALLOC_TRIM_THRESHOLD`] and [`MALLOC_MMAP_THRESHOLD`], unless the user chose
-/// either in `GLIBC_TUNABLES` ([`malloc_tuned_by_user`]), which is also how to opt out.
+/// either in `GLIBC_TUNABLES` ([`malloc_tuned_by_user`]) or with glibc's older variables
+/// `MALLOC_TRIM_THRESHOLD_` and `MALLOC_MMAP_THRESHOLD_`, which is also how to opt out.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[allow(unsafe_code)] // a C library call
 fn keep_freed_memory() {
-    if std::env::var("GLIBC_TUNABLES").is_ok_and(|t| malloc_tuned_by_user(&t)) {
+    if std::env::var("GLIBC_TUNABLES").is_ok_and(|t| malloc_tuned_by_user(&t))
+        || ["MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_"]
+            .iter()
+            .any(|name| std::env::var_os(name).is_some())
+    {
         return;
     }
     // SAFETY: mallopt only sets malloc's tuning parameters, under malloc's own lock; both
