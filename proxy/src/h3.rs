@@ -683,14 +683,11 @@ type SendRequest = ::h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>;
 struct Session {
     quic: quinn::Connection,
     send: SendRequest,
-    /// When it was dialled; see [`OpenedAfter`].
-    opened: Instant,
 }
 
 impl Session {
-    /// Open, and, when `not_before` is given, dialled at or after it.
-    fn usable(&self, not_before: Option<Instant>) -> bool {
-        self.quic.close_reason().is_none() && not_before.is_none_or(|t| self.opened >= t)
+    fn open(&self) -> bool {
+        self.quic.close_reason().is_none()
     }
 
     fn id(&self) -> usize {
@@ -768,16 +765,12 @@ impl H3RoundTrip {
             .and_then(|(_, e)| e.local_addr().ok())
     }
 
-    /// The connection new requests go on, dialling when there is none, or when `not_before`
-    /// is given and the current one was dialled before it (it is then retired, not closed).
-    async fn session(&self, not_before: Option<Instant>) -> io::Result<Session> {
+    /// The connection new requests go on, dialling when there is none open.
+    async fn session(&self) -> io::Result<Session> {
         let mut state = self.state.lock().await;
         if let Some(session) = &state.session {
-            if session.usable(not_before) {
+            if session.open() {
                 return Ok(session.clone());
-            }
-            if session.quic.close_reason().is_none() {
-                state.retire();
             }
             state.session = None;
         }
@@ -806,7 +799,6 @@ impl H3RoundTrip {
     }
 
     async fn dial(&self, state: &mut State) -> io::Result<Session> {
-        let opened = Instant::now();
         let peer = tokio::net::lookup_host(self.node.to_string())
             .await?
             .next()
@@ -873,22 +865,21 @@ impl H3RoundTrip {
                 tracing::debug!(node = %node, error = %e, "HTTP/3 connection ended");
             }
         });
-        Ok(Session { quic, send, opened })
+        Ok(Session { quic, send })
     }
 
-    /// Sends `req` on `pinned` when it is usable for it, else on the current connection; the
+    /// Sends `req` on `pinned` while it is open, else on the current connection; the
     /// response, marked [`Shared`], and the connection it came on.
     async fn send(
         &self,
         pinned: Option<Session>,
         req: Request<Bytes>,
     ) -> io::Result<(Response<Body>, Session)> {
-        let not_before = req.extensions().get::<OpenedAfter>().map(|o| o.0);
         let (parts, body) = req.into_parts();
         let head = Request::from_parts(parts, ());
-        let mut session = match pinned.filter(|s| s.usable(not_before)) {
+        let mut session = match pinned.filter(Session::open) {
             Some(session) => session,
-            None => self.session(not_before).await?,
+            None => self.session().await?,
         };
         let mut stream = match session.send.send_request(head.clone()).await {
             Ok(stream) => stream,
@@ -907,7 +898,7 @@ impl H3RoundTrip {
                     tracing::debug!(node = %self.node, error = %e, "HTTP/3 request failed, redialling");
                     self.forget(session.id()).await;
                 }
-                session = self.session(not_before).await?;
+                session = self.session().await?;
                 session
                     .send
                     .send_request(head)
@@ -1204,7 +1195,7 @@ mod tests {
             let socket = client.local_addr().await.unwrap();
             // Held, not just its id: quinn's stable_id is the connection's address, which a
             // new connection may reuse once the old one is freed.
-            let first = client.session(None).await.unwrap();
+            let first = client.session().await.unwrap();
 
             // The server stops for good, closing its connections, and comes back on the same
             // port.
@@ -1236,7 +1227,7 @@ mod tests {
                 .expect("the first request after the restart");
             assert_eq!(body_of(resp).await, "again");
             assert_ne!(
-                client.session(None).await.unwrap().id(),
+                client.session().await.unwrap().id(),
                 first.id(),
                 "a new connection"
             );
@@ -1271,7 +1262,7 @@ mod tests {
                 assert_eq!(body_of(resp).await, "first");
             }
             // Held: a freed connection's id may be reused.
-            let refused = client.session(None).await.unwrap();
+            let refused = client.session().await.unwrap();
             for tunnel in &tunnels {
                 let mut again = post("/echo", "again");
                 again.extensions_mut().insert(OpenedAfter(Instant::now()));
@@ -1284,19 +1275,16 @@ mod tests {
                 .collect();
             assert_eq!(on.len(), 1, "one new connection for all: {on:?}");
             assert!(!on.contains(&refused.id()), "off the refusing connection");
-            assert_eq!(
-                client.session(None).await.unwrap().id(),
-                *on.first().unwrap()
-            );
+            assert_eq!(client.session().await.unwrap().id(), *on.first().unwrap());
         })
         .await
         .expect("test timed out");
     }
 
-    /// A request for a connection dialled after some instant (a stopping server refused a
-    /// session on the current one) gets a new connection, from a new UDP socket so that a
-    /// flow balancer may send it elsewhere; a tunnel on the old connection stays on it, and the
-    /// old connection closes once that tunnel is gone.
+    /// A tunnel refused on the current connection (a stopping server; it asks again with
+    /// [`OpenedAfter`]) gets a new connection, from a new UDP socket so that a flow balancer
+    /// may send it elsewhere; a tunnel on the old connection stays on it, and the old
+    /// connection closes once that tunnel is gone.
     #[tokio::test]
     async fn a_newer_connection_comes_from_a_new_socket_and_the_old_stays_with_its_tunnels() {
         tokio::time::timeout(TEST_TIMEOUT, async {
@@ -1311,15 +1299,19 @@ mod tests {
             let tunnel = client.tunnel();
             let resp = tunnel.round_trip(post("/echo", "first")).await.unwrap();
             assert_eq!(body_of(resp).await, "first");
-            let old = client.session(None).await.unwrap();
+            let old = client.session().await.unwrap();
             let socket = client.local_addr().await.unwrap();
 
+            // Another tunnel, refused there, asks again.
+            let refused = client.tunnel();
+            let resp = refused.round_trip(post("/echo", "refused")).await.unwrap();
+            assert_eq!(body_of(resp).await, "refused");
             let mut newer = post("/echo", "newer");
             newer.extensions_mut().insert(OpenedAfter(Instant::now()));
-            let resp = client.round_trip(newer).await.unwrap();
+            let resp = refused.round_trip(newer).await.unwrap();
             assert!(resp.extensions().get::<Shared>().is_some());
             assert_eq!(body_of(resp).await, "newer");
-            let new = client.session(None).await.unwrap();
+            let new = client.session().await.unwrap();
             assert_ne!(new.id(), old.id(), "a new connection");
             assert_ne!(
                 client.local_addr().await.unwrap(),
@@ -1346,7 +1338,7 @@ mod tests {
             // New requests stay on the new connection.
             let resp = client.round_trip(post("/echo", "after")).await.unwrap();
             assert_eq!(body_of(resp).await, "after");
-            assert_eq!(client.session(None).await.unwrap().id(), new.id());
+            assert_eq!(client.session().await.unwrap().id(), new.id());
         })
         .await
         .expect("test timed out");
@@ -1410,14 +1402,14 @@ mod tests {
                 .body(Bytes::new())
                 .unwrap();
             let held = client.round_trip(get).await.unwrap();
-            let old = client.session(None).await.unwrap();
+            let old = client.session().await.unwrap();
             let socket = client.local_addr().await.unwrap();
             goaway_rx.await.unwrap();
             tokio::time::sleep(GOAWAY_SETTLE).await;
 
             let resp = client.round_trip(post("/new", "x")).await.unwrap();
             assert_eq!(body_of(resp).await, "new");
-            assert_ne!(client.session(None).await.unwrap().id(), old.id());
+            assert_ne!(client.session().await.unwrap().id(), old.id());
             assert_ne!(
                 client.local_addr().await.unwrap(),
                 socket,
