@@ -15,6 +15,7 @@ pub mod v1alpha1;
 
 pub use config::*;
 pub use load::{
-    ConfigError, Format, from_str, from_value, split_host_port, to_json, to_yaml, validate,
+    ConfigError, Format, from_str, from_value, parse_port, split_host_port, to_json, to_yaml,
+    validate,
 };
 pub use metadata::Metadata;

@@ -436,6 +436,15 @@ fn list(names: &HashSet<&str>) -> String {
     v.join(", ")
 }
 
+/// A port number as Go reads one: decimal digits only, so `+80`, ` 80` and `0x50` are refused
+/// (Rust's `u16::from_str` takes a leading `+`).
+pub fn parse_port(text: &str) -> Option<u16> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
+}
+
 /// Splits `host:port`, `[v6]:port` or `:port` into host and port text.
 pub fn split_host_port(addr: &str) -> Option<(&str, &str)> {
     if let Some(rest) = addr.strip_prefix('[') {
@@ -458,7 +467,7 @@ fn check_listen_addr(addr: &str, path: &str) -> Result<(), ConfigError> {
         )
     };
     let (_, port) = split_host_port(addr).ok_or_else(bad)?;
-    if !port.is_empty() && port.parse::<u16>().is_err() {
+    if !port.is_empty() && parse_port(port).is_none() {
         return Err(ConfigError::field(
             path,
             format!("invalid port {port:?} in {addr:?}: expected a number from 0 to 65535"),
@@ -474,8 +483,8 @@ fn check_dial_addr(addr: &str, path: &str) -> Result<(), ConfigError> {
             format!("invalid address {addr:?}: expected host:port or [ipv6]:port"),
         )
     })?;
-    match port.parse::<u16>() {
-        Ok(p) if p != 0 => {}
+    match parse_port(port) {
+        Some(p) if p != 0 => {}
         _ => {
             return Err(ConfigError::field(
                 path,

@@ -153,6 +153,14 @@ fn references_and_addresses_are_checked() {
 
     let (path, _) = field_error("services:\n- name: a\n  addr: :99999\n");
     assert_eq!(path, "services[0].addr");
+    // A port is digits, as Go reads it (Rust's parse alone would take the sign).
+    let (path, message) = field_error("services:\n- name: a\n  addr: :+80\n");
+    assert_eq!(path, "services[0].addr");
+    assert!(message.contains("\"+80\""), "{message}");
+    let (path, _) = field_error(
+        "chains:\n- name: c\n  hops:\n  - name: h\n    nodes:\n    - name: n\n      addr: a:+80\n",
+    );
+    assert_eq!(path, "chains[0].hops[0].nodes[0].addr");
 
     let (path, _) = field_error(
         "chains:\n- name: c\n  hops:\n  - name: h\n    nodes:\n    - name: n\n      addr: nohost\n",

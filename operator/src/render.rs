@@ -241,7 +241,7 @@ impl Rendered {
                 let (_, port) = gost_api::split_host_port(&svc.addr)?;
                 Some(ListenPort {
                     name: svc.name.clone(),
-                    port: port.parse().ok()?,
+                    port: gost_api::parse_port(port)?,
                     protocol: if svc.listener.kind == ListenerType::H3 {
                         "UDP"
                     } else {
@@ -505,11 +505,8 @@ impl Socket {
     fn parse(addr: &str, udp: bool) -> Result<Socket, String> {
         let (host, port) = gost_api::split_host_port(addr)
             .ok_or_else(|| format!("addr {addr:?} is not `:port` or `host:port`"))?;
-        // Digits only: Rust's parse takes a leading `+`, which Go's (GOST's) and the CRD's
-        // rule do not.
-        let port: u16 = Some(port)
-            .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
-            .and_then(|p| p.parse().ok())
+        // Digits only, as Go (GOST) and the CRD's rule read a port.
+        let port: u16 = gost_api::parse_port(port)
             .filter(|p| *p != 0)
             .ok_or_else(|| format!("addr {addr:?}: the port must be a number from 1 to 65535"))?;
         if addr.starts_with("[]") {

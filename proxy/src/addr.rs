@@ -83,7 +83,7 @@ impl Address {
     pub fn parse(addr: &str) -> Result<Self, AddrError> {
         let (host, port) = gost_api::load::split_host_port(addr)
             .ok_or_else(|| AddrError::MissingPort(addr.to_string()))?;
-        let port: u16 = port.parse().map_err(|_| AddrError::BadPort {
+        let port = gost_api::parse_port(port).ok_or_else(|| AddrError::BadPort {
             addr: addr.to_string(),
             port: port.to_string(),
         })?;
@@ -141,6 +141,16 @@ mod tests {
             Address::parse("a:99999"),
             Err(AddrError::BadPort { .. })
         ));
+        // Go reads a port as digits only; Rust's u16 parse would take these.
+        for port in ["+80", "-0", " 80", "80 "] {
+            assert!(
+                matches!(
+                    Address::parse(&format!("a:{port}")),
+                    Err(AddrError::BadPort { .. })
+                ),
+                "{port:?}"
+            );
+        }
         assert!(matches!(
             Address::parse("a b:1"),
             Err(AddrError::BadHost(_))

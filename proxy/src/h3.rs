@@ -638,7 +638,7 @@ fn bind_udp(addr: &str) -> io::Result<UdpSocket> {
     let port: u16 = if port.is_empty() {
         0
     } else {
-        port.parse().map_err(|_| invalid("invalid port"))?
+        gost_api::parse_port(port).ok_or_else(|| invalid("invalid port"))?
     };
     if host.is_empty() {
         return udp_socket(

@@ -34,7 +34,7 @@ impl TcpListenerImpl {
         let port: u16 = if port.is_empty() {
             0
         } else {
-            port.parse().map_err(|_| {
+            gost_api::parse_port(port).ok_or_else(|| {
                 io::Error::new(
                     io::ErrorKind::InvalidInput,
                     format!("invalid port in {addr:?}"),
