@@ -10,9 +10,10 @@
 //!   that clients dial again at once rather than use a dead connection until it times out.
 //! - [`H3RoundTrip`]: PHT's [`RoundTrip`] over one QUIC connection per node, shared by all
 //!   its tunnels and dialled again, with backoff, when it dies. When a stopping server refuses
-//!   a new tunnel on it (`503` to authorize), or sends GOAWAY, new requests go on a new
-//!   connection from a new UDP socket, while each tunnel ([`H3Tunnel`]) stays on the
-//!   connection it began on as long as that one takes its requests.
+//!   a new tunnel on it (`503` to authorize), or sends GOAWAY, or the connection is closed or
+//!   silent when a new tunnel begins on it, new requests go on a new connection from a new
+//!   UDP socket, while each tunnel ([`H3Tunnel`]) stays on the connection it began on as long
+//!   as that one takes its requests.
 //!
 //! Both speak QUIC version 1 only, with ALPN `h3`, and TLS from [`crate::tls`].
 
@@ -98,6 +99,12 @@ pub const REDIAL_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest wait between two dials of an unreachable node: a tunnel request waits at most this
 /// before it is tried again, and a dead node costs one handshake attempt per interval.
 pub const MAX_REDIAL_BACKOFF: Duration = Duration::from_secs(2);
+
+/// How long a connection may stay silent after a tunnel's first request went on it (not even
+/// an acknowledgement; four round trips are added) before the request is asked again on a
+/// new connection: a live peer acknowledges within a round trip and 25 ms, and retransmits
+/// lost packets well within this.
+pub const SILENT_AFTER: Duration = Duration::from_secs(1);
 
 /// The application error code a stopping server closes its connections with: HTTP/3's
 /// `H3_NO_ERROR` (RFC 9114 §8.1), for a connection that ends with no error to signal. Clients
@@ -679,6 +686,9 @@ type SendRequest = ::h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>;
 /// One HTTP/3 connection to the node: held by the client while it is the one new requests go
 /// on, and by each tunnel whose requests went on it ([`H3Tunnel`]). h3 closes it (with
 /// `H3_NO_ERROR`) once the last holder is gone.
+/// A client request's stream.
+type ClientStream = ::h3::client::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
+
 #[derive(Clone)]
 struct Session {
     quic: quinn::Connection,
@@ -870,17 +880,61 @@ impl H3RoundTrip {
 
     /// Sends `req` on `pinned` while it is open, else on the current connection; the
     /// response, marked [`Shared`], and the connection it came on.
+    ///
+    /// A tunnel's first request (`pinned` is `None`: nothing of the tunnel lives on any
+    /// server yet) is asked again, once, on a new connection when the one it went on turns
+    /// out dead before answering: closed (a server restarted with its key resets it), or
+    /// silent, with not even an acknowledgement for [`SILENT_AFTER`] (a killed server, or
+    /// a balancer that now sends the flow to a server that cannot reset it). Without that,
+    /// new tunnels would fail until the idle timeout (30 s) found the connection dead.
     async fn send(
         &self,
         pinned: Option<Session>,
         req: Request<Bytes>,
     ) -> io::Result<(Response<Body>, Session)> {
+        let first = pinned.is_none();
         let (parts, body) = req.into_parts();
         let head = Request::from_parts(parts, ());
+        let (mut session, mut stream, received) = self.start(pinned, &head, &body).await?;
+        let answer = if first {
+            match self.first_answer(&session, &mut stream, received).await {
+                Ok(answer) => answer?,
+                Err(dead) => {
+                    tracing::debug!(
+                        node = %self.node,
+                        "HTTP/3 connection {dead} before answering a new tunnel; asking again on a new connection"
+                    );
+                    // Retired rather than closed: a silent connection may still carry
+                    // tunnels that will find their way again. The next one comes from a new
+                    // UDP socket, a new flow for whatever balances in front of the server.
+                    self.retire(session.id()).await;
+                    (session, stream, _) = self.start(None, &head, &body).await?;
+                    stream.recv_response().await.map_err(io::Error::other)?
+                }
+            }
+        } else {
+            stream.recv_response().await.map_err(io::Error::other)?
+        };
+        let (_, recv) = stream.split();
+        let mut res = answer.map(|()| DataBody::new(recv, None).boxed());
+        res.extensions_mut().insert(Shared);
+        Ok((res, session))
+    }
+
+    /// Sends the request (`head` and `body`) on `pinned` while it is open, else on the
+    /// current connection; the connection, the request's stream, and how many datagrams the
+    /// connection had received before the request went.
+    async fn start(
+        &self,
+        pinned: Option<Session>,
+        head: &Request<()>,
+        body: &Bytes,
+    ) -> io::Result<(Session, ClientStream, u64)> {
         let mut session = match pinned.filter(Session::open) {
             Some(session) => session,
             None => self.session().await?,
         };
+        let mut received = session.quic.stats().udp_rx.datagrams;
         let mut stream = match session.send.send_request(head.clone()).await {
             Ok(stream) => stream,
             Err(e) => {
@@ -899,16 +953,17 @@ impl H3RoundTrip {
                     self.forget(session.id()).await;
                 }
                 session = self.session().await?;
+                received = session.quic.stats().udp_rx.datagrams;
                 session
                     .send
-                    .send_request(head)
+                    .send_request(head.clone())
                     .await
                     .map_err(io::Error::other)?
             }
         };
         let sent = async {
             if !body.is_empty() {
-                stream.send_data(body).await?;
+                stream.send_data(body.clone()).await?;
             }
             stream.finish().await
         };
@@ -918,11 +973,35 @@ impl H3RoundTrip {
             // once); its answer still comes. If the connection died, the answer fails below.
             tracing::trace!(node = %self.node, error = %e, "HTTP/3 request body cut short");
         }
-        let head = stream.recv_response().await.map_err(io::Error::other)?;
-        let (_, recv) = stream.split();
-        let mut res = head.map(|()| DataBody::new(recv, None).boxed());
-        res.extensions_mut().insert(Shared);
-        Ok((res, session))
+        Ok((session, stream, received))
+    }
+
+    /// The answer's head to a tunnel's first request on `session`; `Err` says how the
+    /// connection is dead when it is: closed, or silent for [`SILENT_AFTER`] (plus four
+    /// round trips) since the request went, while a live peer acknowledges it within one
+    /// round trip and its acknowledgement delay. `received` is the connection's count of
+    /// datagrams from before the request. Only that first window is watched: once anything
+    /// came, a slow answer is the server's to give.
+    async fn first_answer(
+        &self,
+        session: &Session,
+        stream: &mut ClientStream,
+        received: u64,
+    ) -> Result<io::Result<Response<()>>, &'static str> {
+        let silent = async {
+            tokio::time::sleep(SILENT_AFTER + session.quic.rtt().saturating_mul(4)).await;
+            if session.quic.stats().udp_rx.datagrams == received {
+                return;
+            }
+            std::future::pending::<()>().await
+        };
+        tokio::select! {
+            answer = stream.recv_response() => match answer {
+                Err(_) if !session.open() => Err("closed"),
+                answer => Ok(answer.map_err(io::Error::other)),
+            },
+            () = silent => Err("silent"),
+        }
     }
 
     /// Drops the connection `id`, closing it, if it is still the current one.
@@ -1169,6 +1248,129 @@ mod tests {
             drop(done_tx);
             // The handler's stream ended: so does the response.
             assert!(body.frame().await.is_none());
+        })
+        .await
+        .expect("test timed out");
+    }
+
+    /// A UDP forwarder in front of a server, one upstream socket per client address (a
+    /// flow), as a Service's conntrack is. [`Forwarder::silence`] drops every datagram of the
+    /// flows seen so far, both ways, as when their server was killed; new flows still pass.
+    struct Forwarder {
+        addr: SocketAddr,
+        silenced: Arc<std::sync::Mutex<std::collections::HashSet<SocketAddr>>>,
+        flows: Arc<std::sync::Mutex<Vec<SocketAddr>>>,
+        _task: AbortOnDropHandle<()>,
+    }
+
+    impl Forwarder {
+        async fn start(server: SocketAddr) -> Forwarder {
+            let front = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+            let addr = front.local_addr().unwrap();
+            let silenced = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+            let flows = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let task = {
+                let (silenced, flows) = (silenced.clone(), flows.clone());
+                tokio::spawn(async move {
+                    let mut upstreams = std::collections::HashMap::new();
+                    let mut back = tokio::task::JoinSet::new();
+                    let mut buf = vec![0u8; 65_535];
+                    loop {
+                        let Ok((n, client)) = front.recv_from(&mut buf).await else {
+                            return;
+                        };
+                        if silenced.lock().unwrap().contains(&client) {
+                            continue;
+                        }
+                        let upstream = match upstreams.get(&client) {
+                            Some(upstream) => Arc::clone(upstream),
+                            None => {
+                                let upstream =
+                                    tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+                                upstream.connect(server).await.unwrap();
+                                let upstream = Arc::new(upstream);
+                                let (up, front, silenced) =
+                                    (upstream.clone(), front.clone(), silenced.clone());
+                                back.spawn(async move {
+                                    let mut buf = vec![0u8; 65_535];
+                                    while let Ok(n) = up.recv(&mut buf).await {
+                                        if !silenced.lock().unwrap().contains(&client) {
+                                            let _ = front.send_to(&buf[..n], client).await;
+                                        }
+                                    }
+                                });
+                                upstreams.insert(client, upstream.clone());
+                                flows.lock().unwrap().push(client);
+                                upstream
+                            }
+                        };
+                        let _ = upstream.send(&buf[..n]).await;
+                    }
+                })
+            };
+            Forwarder {
+                addr,
+                silenced,
+                flows,
+                _task: AbortOnDropHandle::new(task),
+            }
+        }
+
+        fn silence(&self) {
+            let flows = self.flows.lock().unwrap().clone();
+            self.silenced.lock().unwrap().extend(flows);
+        }
+    }
+
+    /// The connection goes silent (its server killed, its flow blackholed): a new tunnel's
+    /// first request, unacknowledged, is asked again on a new connection from a new socket
+    /// within about a second, not after the 30 s idle timeout (longer than this test may
+    /// run). The silent connection is retired, not closed: its tunnels keep it.
+    #[tokio::test]
+    async fn a_new_tunnel_leaves_a_silent_connection() {
+        tokio::time::timeout(TEST_TIMEOUT, async {
+            let server = Server::bind(
+                "127.0.0.1:0",
+                &server_tls(),
+                &QuicOptions::default(),
+                handler(None),
+            )
+            .unwrap();
+            let forwarder = Forwarder::start(server.local_addr()).await;
+            let client = Arc::new(
+                H3RoundTrip::new(
+                    Address::from_socket(forwarder.addr),
+                    ClientTls::new(None, ALPN).unwrap(),
+                    &QuicOptions::default(),
+                )
+                .unwrap(),
+            );
+            let old = client.tunnel();
+            let resp = old.round_trip(post("/echo", "first")).await.unwrap();
+            assert_eq!(body_of(resp).await, "first");
+            let silent = client.session().await.unwrap();
+            let socket = client.local_addr().await.unwrap();
+
+            forwarder.silence();
+            let new = client.tunnel();
+            let resp = new.round_trip(post("/echo", "second")).await.unwrap();
+            assert_eq!(body_of(resp).await, "second");
+            let on = new.pinned().as_ref().map(Session::id).unwrap();
+            assert_ne!(on, silent.id(), "a new connection");
+            assert_ne!(
+                client.local_addr().await.unwrap(),
+                socket,
+                "a new UDP socket"
+            );
+            assert!(silent.open(), "retired, not closed");
+            // Later tunnels take the new connection at once.
+            let resp = client
+                .tunnel()
+                .round_trip(post("/echo", "third"))
+                .await
+                .unwrap();
+            assert_eq!(body_of(resp).await, "third");
+            assert_eq!(client.session().await.unwrap().id(), on);
         })
         .await
         .expect("test timed out");
