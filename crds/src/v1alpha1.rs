@@ -32,6 +32,9 @@ pub const VERSION: &str = "v1alpha1";
 pub const CONDITION_READY: &str = "Ready";
 /// Condition type: a sidecar or gateway config was rendered from the resource.
 pub const CONDITION_RENDERED: &str = "Rendered";
+/// Condition type of a GostService: every pod it selects that opts in to injection runs the
+/// sidecar (`False` names those that run without it).
+pub const CONDITION_INJECTED: &str = "Injected";
 
 /// Free-form protocol options, exactly as GOST's `metadata` (e.g. `path` for `ws`,
 /// `readTimeout`); values may be strings, numbers, booleans or maps.
@@ -328,6 +331,7 @@ pub struct GostChainStatus {
     status = "GostServiceStatus",
     printcolumn = r#"{"name":"Services","type":"integer","jsonPath":".status.services"}"#,
     printcolumn = r#"{"name":"Workloads","type":"integer","jsonPath":".status.matchedWorkloads"}"#,
+    printcolumn = r#"{"name":"Without Sidecar","type":"integer","jsonPath":".status.podsWithoutSidecar"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason","priority":1}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
@@ -568,7 +572,14 @@ pub struct GostServiceStatus {
     /// these services.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub matched_workloads: Option<i32>,
-    /// `Rendered` (configs were rendered; a reason names what was left out) and `Ready`.
+    /// Pods it selects that opt in to injection but run without the gost sidecar (the webhook
+    /// was unreachable, could not write their config, or they predate the opt-in or the
+    /// operator), so their traffic bypasses these services; the `Injected` condition names
+    /// some and says what to do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pods_without_sidecar: Option<i32>,
+    /// `Rendered` (configs were rendered; a reason names what was left out), `Injected` and
+    /// `Ready`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[serde(deserialize_with = "null_as_default")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]

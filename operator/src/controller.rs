@@ -887,11 +887,16 @@ impl Context {
     async fn record_events(&self, gs: &GostService, obs: &ServiceObservation) {
         let uid = seen_key(gs);
         let reported = obs.reported();
+        let before = self.seen.lock().expect("seen lock").get(&uid).cloned();
         let now = Seen {
             problems: reported.iter().map(|p| p.message.clone()).collect(),
             matched: obs.matched.clone(),
+            // Not listed this time: what was known stands.
+            without_sidecar: obs
+                .without_sidecar
+                .clone()
+                .or_else(|| before.as_ref()?.without_sidecar.clone()),
         };
-        let before = self.seen.lock().expect("seen lock").get(&uid).cloned();
         let events = status::events(before.as_ref(), gs.status.as_ref(), &now, &reported);
         self.seen.lock().expect("seen lock").insert(uid, now);
         let reference = gs.object_ref(&());

@@ -4,7 +4,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use gost_api::v1alpha1::{
-    CONDITION_READY, CONDITION_RENDERED, GostChain, GostChainStatus, GostService, GostServiceStatus,
+    CONDITION_INJECTED, CONDITION_READY, CONDITION_RENDERED, GostChain, GostChainStatus,
+    GostService, GostServiceStatus,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
@@ -18,6 +19,14 @@ pub const REASON_READY: &str = "Ready";
 pub const REASON_RENDER_PROBLEMS: &str = "RenderProblems";
 /// `Ready=False`: the gateway Deployment has fewer available replicas than asked for.
 pub const REASON_GATEWAY_UNAVAILABLE: &str = "GatewayUnavailable";
+/// `Injected=True` reason.
+pub const REASON_INJECTED: &str = "Injected";
+/// `Injected=False` and `Ready=False`: pods it selects opted in to injection but run without
+/// the sidecar; also the reason of the Warning event when more do.
+pub const REASON_PODS_WITHOUT_SIDECAR: &str = "PodsWithoutSidecar";
+/// How many of the pods without the sidecar a message names (the count says how many more):
+/// enough to find the workload, few enough to read.
+pub const NAMED_PODS: usize = 5;
 /// `Ready=True` reason of a GostChain.
 pub const REASON_VALID: &str = "Valid";
 /// The API refuses a condition message over 32768 bytes.
@@ -91,6 +100,9 @@ pub struct ServiceObservation {
     /// deduplicated, in the order found. They leave `Rendered` and `Ready` as they are and are
     /// listed in the `Rendered` message, after the problems.
     pub warnings: Vec<Problem>,
+    /// The pods it selects that opt in to injection but run without the sidecar, by name;
+    /// `None` when they could not be listed (the status then keeps what it said).
+    pub without_sidecar: Option<BTreeSet<String>>,
 }
 
 impl ServiceObservation {
@@ -202,6 +214,23 @@ pub fn gost_service_status(
             now,
         ),
     };
+    let (injected, without_sidecar) = match &obs.without_sidecar {
+        Some(pods) => (
+            injected_condition(gs, pods, generation, now),
+            i32::try_from(pods.len()).unwrap_or(i32::MAX),
+        ),
+        // Not listed this time: what the status said stands.
+        None => (
+            old.iter()
+                .find(|c| c.type_ == CONDITION_INJECTED)
+                .cloned()
+                .unwrap_or_else(|| injected_condition(gs, &BTreeSet::new(), generation, now)),
+            gs.status
+                .as_ref()
+                .and_then(|s| s.pods_without_sidecar)
+                .unwrap_or(0),
+        ),
+    };
     let ready = if !obs.problems.is_empty() {
         let n = obs.problems.len();
         let message = if obs
@@ -239,6 +268,17 @@ pub fn gost_service_status(
             generation,
             now,
         )
+    } else if injected.status == "False" {
+        condition(
+            CONDITION_READY,
+            false,
+            REASON_PODS_WITHOUT_SIDECAR,
+            format!(
+                "{without_sidecar} pod(s) it selects run without the gost sidecar, so their traffic bypasses these services; see the Injected condition"
+            ),
+            generation,
+            now,
+        )
     } else if let Some(gw) = obs.gateway.as_ref().filter(|g| g.available < g.desired) {
         condition(
             CONDITION_READY,
@@ -269,11 +309,61 @@ pub fn gost_service_status(
         observed_generation: generation,
         services: i32::try_from(services).ok(),
         matched_workloads: i32::try_from(obs.matched.len()).ok(),
+        pods_without_sidecar: Some(without_sidecar),
         conditions: vec![
             carry_transition(old, rendered),
             carry_transition(old, ready),
+            carry_transition(old, injected),
         ],
     }
+}
+
+/// `pods` (sorted, as a set is) as `a, b, c, … and N more`, at most [`NAMED_PODS`] named.
+fn some_pods(pods: &BTreeSet<String>) -> String {
+    let mut out: Vec<&str> = pods.iter().take(NAMED_PODS).map(String::as_str).collect();
+    let more = pods.len().saturating_sub(NAMED_PODS);
+    let more = format!("… and {more} more");
+    if pods.len() > NAMED_PODS {
+        out.push(&more);
+    }
+    out.join(", ")
+}
+
+/// The `Injected` condition of `gs`, whose selected and opted-in `pods` run without the
+/// sidecar.
+fn injected_condition(
+    gs: &GostService,
+    pods: &BTreeSet<String>,
+    generation: Option<i64>,
+    now: &Time,
+) -> Condition {
+    if pods.is_empty() {
+        let message = if gs.spec.selector.is_some() {
+            "every pod it selects that opts in to injection runs the gost sidecar"
+        } else {
+            "it has no selector: it runs in its gateway only"
+        };
+        return condition(
+            CONDITION_INJECTED,
+            true,
+            REASON_INJECTED,
+            message.to_string(),
+            generation,
+            now,
+        );
+    }
+    condition(
+        CONDITION_INJECTED,
+        false,
+        REASON_PODS_WITHOUT_SIDECAR,
+        format!(
+            "{} pod(s) it selects opted in to injection but run without the gost sidecar, so their traffic bypasses these services: {}. The webhook did not inject them when they were created: it was unreachable or too slow (its failurePolicy is Ignore), it could not write their config Secret (the admission warning and the operator's log say why, e.g. a ResourceQuota on Secrets), or the pods were created before their namespace or pod opted in, or before the operator ran. Once the cause is fixed, re-create them: `kubectl rollout restart` their Deployment, StatefulSet or DaemonSet, or delete the pods",
+            pods.len(),
+            some_pods(pods)
+        ),
+        generation,
+        now,
+    )
 }
 
 /// The status of `gc`: `Ready` unless rendering it found `problem`; its `warnings` (it
@@ -343,6 +433,8 @@ pub struct Seen {
     pub problems: BTreeSet<String>,
     /// The matched workloads.
     pub matched: BTreeSet<String>,
+    /// The selected pods that run without the sidecar; `None` when not known.
+    pub without_sidecar: Option<BTreeSet<String>>,
 }
 
 /// The events for a GostService going from `before` to `now`: a Warning per problem (or
@@ -381,6 +473,9 @@ pub fn events(
                 != i32::try_from(now.matched.len()).unwrap_or(i32::MAX)
         }
     };
+    if let Some(pods) = &now.without_sidecar {
+        out.extend(injection_event(before, old_status, pods));
+    }
     if matched_changed {
         out.push(EventSpec {
             warning: false,
@@ -394,6 +489,45 @@ pub fn events(
         });
     }
     out
+}
+
+/// A Warning when pods run without the sidecar that did not before, a Normal event when none
+/// does any more. Without a memory of those pods (the operator just started, or could not list
+/// them so far), only the count in the status is known: a higher count warns, and a zero after
+/// a count says it is over.
+fn injection_event(
+    before: Option<&Seen>,
+    old_status: Option<&GostServiceStatus>,
+    pods: &BTreeSet<String>,
+) -> Option<EventSpec> {
+    let (new, was_any) = match before.and_then(|s| s.without_sidecar.as_ref()) {
+        Some(seen) => (pods.difference(seen).count(), !seen.is_empty()),
+        None => {
+            let old = old_status
+                .and_then(|s| s.pods_without_sidecar)
+                .and_then(|n| usize::try_from(n).ok())
+                .unwrap_or(0);
+            (pods.len().saturating_sub(old), old > 0)
+        }
+    };
+    if new > 0 {
+        let note = format!(
+            "{new} more pod(s) it selects run without the gost sidecar ({} in all: {}); once the cause is fixed, re-create them (see the Injected condition)",
+            pods.len(),
+            some_pods(pods)
+        );
+        return Some(EventSpec {
+            warning: true,
+            reason: REASON_PODS_WITHOUT_SIDECAR.to_string(),
+            note: truncate(note, MAX_EVENT_NOTE_LEN, CUT_MARKER),
+        });
+    }
+    (pods.is_empty() && was_any).then(|| EventSpec {
+        warning: false,
+        reason: REASON_INJECTED.to_string(),
+        note: "every pod it selects that opts in to injection runs the gost sidecar again"
+            .to_string(),
+    })
 }
 
 #[cfg(test)]
@@ -520,6 +654,7 @@ mod tests {
         let now = Seen {
             problems: ["key \"password\" ends".to_string()].into(),
             matched: warned.matched.clone(),
+            without_sidecar: None,
         };
         let ev = events(
             Some(&Seen {
@@ -536,6 +671,131 @@ mod tests {
         let mut gs = gs;
         gs.status = Some(gost_service_status(&gs, &warned, &time(1)));
         assert!(events(None, gs.status.as_ref(), &now, &warned.reported()).is_empty());
+    }
+
+    #[test]
+    fn pods_without_the_sidecar_are_counted_named_and_not_ready() {
+        let mut gs = gs();
+        let pods: BTreeSet<String> = (1..=7).map(|i| format!("web-{i}")).collect();
+        let obs = ServiceObservation {
+            without_sidecar: Some(pods.clone()),
+            gateway: Some(GatewayState {
+                name: "gost-gw-web".into(),
+                desired: 2,
+                available: 1,
+            }),
+            ..ServiceObservation::default()
+        };
+        let s = gost_service_status(&gs, &obs, &time(1));
+        assert_eq!(s.pods_without_sidecar, Some(7));
+        let injected = s
+            .conditions
+            .iter()
+            .find(|c| c.type_ == CONDITION_INJECTED)
+            .unwrap();
+        assert_eq!(
+            (injected.status.as_str(), injected.reason.as_str()),
+            ("False", REASON_PODS_WITHOUT_SIDECAR)
+        );
+        assert!(
+            injected.message.contains(
+                "run without the gost sidecar, so their traffic bypasses these services: web-1, web-2, web-3, web-4, web-5, … and 2 more."
+            ),
+            "{}",
+            injected.message
+        );
+        // Before the gateway: it needs the user, the gateway usually only time.
+        assert_eq!(s.conditions[1].reason, REASON_PODS_WITHOUT_SIDECAR);
+        assert_eq!(
+            s.conditions[1].message,
+            "7 pod(s) it selects run without the gost sidecar, so their traffic bypasses these services; see the Injected condition"
+        );
+        // A render problem comes first; the Injected condition still says it.
+        let both = ServiceObservation {
+            problems: vec![problem(Reason::ChainNotFound, "no chain")],
+            ..obs.clone()
+        };
+        let s = gost_service_status(&gs, &both, &time(1));
+        assert_eq!(s.conditions[1].reason, REASON_RENDER_PROBLEMS);
+        assert_eq!(s.conditions[2].status, "False");
+
+        // Not listed this time (an API error): what the status said stands.
+        gs.status = Some(gost_service_status(&gs, &obs, &time(1)));
+        let unknown = ServiceObservation {
+            without_sidecar: None,
+            ..obs.clone()
+        };
+        let s = gost_service_status(&gs, &unknown, &time(2));
+        assert_eq!(s, gost_service_status(&gs, &obs, &time(2)));
+
+        // Replaced: Injected and Ready again.
+        let s = gost_service_status(
+            &gs,
+            &ServiceObservation {
+                without_sidecar: Some(BTreeSet::new()),
+                ..ServiceObservation::default()
+            },
+            &time(3),
+        );
+        assert_eq!(s.pods_without_sidecar, Some(0));
+        assert_eq!(
+            (
+                s.conditions[1].status.as_str(),
+                s.conditions[2].status.as_str()
+            ),
+            ("True", "True")
+        );
+        assert_eq!(s.conditions[2].last_transition_time, time(3));
+    }
+
+    #[test]
+    fn a_warning_when_more_pods_run_without_the_sidecar_and_a_note_when_none_does() {
+        let seen = |pods: &[&str]| Seen {
+            without_sidecar: Some(pods.iter().map(|p| p.to_string()).collect()),
+            ..Seen::default()
+        };
+        let reasons = |ev: Vec<EventSpec>| -> Vec<(bool, String)> {
+            ev.into_iter().map(|e| (e.warning, e.reason)).collect()
+        };
+        let warning = vec![(true, REASON_PODS_WITHOUT_SIDECAR.to_string())];
+        let ev = events(Some(&seen(&[])), None, &seen(&["a"]), &[]);
+        assert_eq!(
+            ev[0].note,
+            "1 more pod(s) it selects run without the gost sidecar (1 in all: a); once the cause is fixed, re-create them (see the Injected condition)"
+        );
+        assert_eq!(reasons(ev), warning);
+        assert!(events(Some(&seen(&["a"])), None, &seen(&["a"]), &[]).is_empty());
+        // One replaced, one more without: new pods warn.
+        assert_eq!(
+            reasons(events(Some(&seen(&["a"])), None, &seen(&["b"]), &[])),
+            warning
+        );
+        assert!(events(Some(&seen(&["a", "b"])), None, &seen(&["b"]), &[]).is_empty());
+        assert_eq!(
+            reasons(events(Some(&seen(&["b"])), None, &seen(&[]), &[])),
+            [(false, REASON_INJECTED.to_string())]
+        );
+        // Not known now: nothing said. Not known before: the status says what was.
+        assert!(events(Some(&seen(&["a"])), None, &Seen::default(), &[]).is_empty());
+        assert_eq!(
+            reasons(events(Some(&Seen::default()), None, &seen(&["a"]), &[])),
+            warning
+        );
+        // After a restart, the count in the status is what was said.
+        let status = |n: i32| GostServiceStatus {
+            pods_without_sidecar: Some(n),
+            ..GostServiceStatus::default()
+        };
+        assert!(events(None, Some(&status(2)), &seen(&["a", "b"]), &[]).is_empty());
+        assert_eq!(
+            reasons(events(None, Some(&status(1)), &seen(&["a", "b"]), &[])),
+            warning
+        );
+        assert_eq!(
+            reasons(events(None, Some(&status(1)), &seen(&[]), &[])),
+            [(false, REASON_INJECTED.to_string())]
+        );
+        assert!(events(None, None, &seen(&[]), &[]).is_empty());
     }
 
     #[test]
@@ -563,6 +823,7 @@ mod tests {
         let seen = Seen {
             problems: ["chain x missing".to_string()].into(),
             matched: ["a".to_string()].into(),
+            without_sidecar: None,
         };
         assert!(events(Some(&seen), None, &seen, &p).is_empty());
         let fresh = events(Some(&Seen::default()), None, &seen, &p);
@@ -616,6 +877,7 @@ mod tests {
             matched: (0..30)
                 .map(|i| format!("statefulset/checkout-service-{i:02}-ééé"))
                 .collect(),
+            without_sidecar: None,
         };
         let long = problem(
             Reason::ChainNotFound,
