@@ -4,7 +4,8 @@
 //! The unit of work is a namespace: rendering needs all GostServices and GostChains of the
 //! namespace anyway, and a burst of changes there (a rollout, `kubectl apply` of ten resources)
 //! collapses into one debounced reconcile. Any change to a GostService, GostChain, referenced
-//! Secret, injected pod or gateway Deployment in namespace N queues N.
+//! Secret, injected pod, pod without the sidecar that a GostService selects, or gateway
+//! Deployment in namespace N queues N.
 //!
 //! [`Context::reconcile`] is a plain async function over the reflector stores and the API, so
 //! tests call it directly against an in-memory API without watches ([`Stores::list`]).
@@ -22,7 +23,7 @@ use gost_api::v1alpha1::{AuthSpec, GostChain, GostService, TlsSpec};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service as K8sService;
 use k8s_openapi::api::core::v1::{Namespace as K8sNamespace, Pod, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::core::{PartialObjectMeta, PartialObjectMetaExt};
@@ -42,14 +43,16 @@ use crate::group::{
     self, CONFIG_GROUP_LABEL, Group, INJECTED_LABEL, INJECTED_VALUE, MANAGED_BY, MANAGED_BY_LABEL,
     SECRET_PREFIX,
 };
-use crate::inject::INJECTED_ANNOTATION;
-use crate::inject::SidecarSettings;
+use crate::inject::{
+    self, Decision, INJECT_DISABLED, INJECT_ENABLED, INJECT_KEY, INJECTED_ANNOTATION,
+    SYSTEM_NAMESPACES, SidecarSettings,
+};
 use crate::metrics::metrics;
 use crate::render::{
     self, Namespace, Previous, Problem, Reason, Rendered, render_for_pod, render_gateway,
 };
 use crate::status::{self, GatewayState, Seen, ServiceObservation};
-use crate::webhook::SidecarConfig;
+use crate::webhook::{NamespaceLabels, SidecarConfig};
 
 /// Changes within this window after the first are reconciled together: a rollout of 1,000
 /// pods or an `apply` of many resources costs a few reconciles, well inside the 10 s goal.
@@ -198,6 +201,11 @@ fn injected_pods() -> ListParams {
     ListParams::default().labels(&format!("{INJECTED_LABEL}={INJECTED_VALUE}"))
 }
 
+/// The pods the webhook did not inject (the label is absent, or set by hand to another value).
+fn uninjected_pods() -> ListParams {
+    ListParams::default().labels(&format!("{INJECTED_LABEL}!={INJECTED_VALUE}"))
+}
+
 fn managed() -> ListParams {
     ListParams::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"))
 }
@@ -251,6 +259,9 @@ pub struct Context {
     failures: Mutex<HashMap<String, u32>>,
     /// Since when each config Secret (by namespace/name) has been without pods.
     orphans: Mutex<HashMap<String, Instant>>,
+    /// The namespaces' labels (whether a namespace opts in to injection), as the webhook
+    /// reads them; `None` until set, when only a pod's own annotation opts it in.
+    namespace_labels: RwLock<Option<Arc<dyn NamespaceLabels>>>,
 }
 
 impl Context {
@@ -268,7 +279,26 @@ impl Context {
             seen: Mutex::default(),
             failures: Mutex::default(),
             orphans: Mutex::default(),
+            namespace_labels: RwLock::default(),
         }
+    }
+
+    /// Where the namespaces' labels are read (the binary: the reflector store the webhook
+    /// reads; tests: a map).
+    pub fn set_namespace_labels(&self, labels: impl NamespaceLabels) {
+        *self
+            .namespace_labels
+            .write()
+            .expect("namespace labels lock") = Some(Arc::new(labels));
+    }
+
+    /// The `gost.rs/inject` label of namespace `ns`, when known.
+    fn namespace_inject_label(&self, ns: &str) -> Option<String> {
+        self.namespace_labels
+            .read()
+            .expect("namespace labels lock")
+            .as_ref()?
+            .label(ns, INJECT_KEY)
     }
 
     /// Replaces the stores (tests refill them with [`Stores::list`] after changing the API).
@@ -499,6 +529,15 @@ impl Context {
             .await;
         summary.writes += deleted;
         summary.requeue_after = requeue_after;
+        match self.pods_without_sidecar(ns, &snap.services).await {
+            Ok(by_service) => {
+                for (gs, pods) in by_service {
+                    observed.entry(gs).or_default().without_sidecar = Some(pods);
+                }
+            }
+            // The statuses keep what they said about it; the retry lists again.
+            Err(e) => failures.push(e),
+        }
         summary.writes += self
             .write_statuses(ns, &snap, &observed, &mut failures)
             .await;
@@ -719,6 +758,90 @@ impl Context {
                 .remove(&key(&secret));
         }
         (deleted, wait)
+    }
+
+    /// The pods of `ns` that run without the sidecar although a GostService selects them and
+    /// the webhook would inject them now (they opt in, and nothing else keeps the sidecar out),
+    /// by GostService; every GostService of `services` has an entry. Such pods are not
+    /// labelled injected, so the caches do not hold them: they are listed, metadata first,
+    /// and in full only when some opt in (their spec and phase decide the rest).
+    async fn pods_without_sidecar(
+        &self,
+        ns: &str,
+        services: &[GostService],
+    ) -> Result<BTreeMap<String, BTreeSet<String>>, Error> {
+        let mut out: BTreeMap<String, BTreeSet<String>> = services
+            .iter()
+            .map(|gs| (gs.name_any(), BTreeSet::new()))
+            .collect();
+        let selectors: Vec<(String, &LabelSelector)> = services
+            .iter()
+            .filter_map(|gs| Some((gs.name_any(), gs.spec.selector.as_ref()?)))
+            .collect();
+        if selectors.is_empty() || SYSTEM_NAMESPACES.contains(&ns) {
+            return Ok(out);
+        }
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
+        let listed = api
+            .list_metadata(&uninjected_pods())
+            .await
+            .map_err(api_err(format!("list Pods without the sidecar in {ns}")))?;
+        let no_labels = BTreeMap::new();
+        let namespace_label = self.namespace_inject_label(ns);
+        // Pod name -> the GostServices that select it.
+        let mut candidates: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+        for pod in &listed.items {
+            let meta = &pod.metadata;
+            if meta.deletion_timestamp.is_some() {
+                continue;
+            }
+            let labels = meta.labels.as_ref().unwrap_or(&no_labels);
+            // A selector that cannot be evaluated is a render problem of its own.
+            let selecting: Vec<&str> = selectors
+                .iter()
+                .filter(|(_, sel)| render::selects(sel, labels) == Ok(true))
+                .map(|(name, _)| name.as_str())
+                .collect();
+            if selecting.is_empty() {
+                continue;
+            }
+            let annotation = meta.annotations.as_ref().and_then(|a| a.get(INJECT_KEY));
+            let opted_in = match annotation.map(String::as_str) {
+                Some(INJECT_ENABLED) => true,
+                Some(INJECT_DISABLED) => false,
+                _ => namespace_label.as_deref() == Some(INJECT_ENABLED),
+            };
+            if opted_in && let Some(name) = &meta.name {
+                candidates.insert(name.clone(), selecting);
+            }
+        }
+        if candidates.is_empty() {
+            return Ok(out);
+        }
+        let pods = api
+            .list(&uninjected_pods())
+            .await
+            .map_err(api_err(format!("list Pods without the sidecar in {ns}")))?;
+        for pod in &pods.items {
+            let name = pod.name_any();
+            let Some(selecting) = candidates.get(&name) else {
+                continue;
+            };
+            let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+            // A pod that has finished runs nothing that could bypass the tunnel.
+            if matches!(phase, Some("Succeeded" | "Failed"))
+                || pod.metadata.deletion_timestamp.is_some()
+                || inject::decide(ns, namespace_label.as_deref(), pod) != Decision::Inject
+            {
+                continue;
+            }
+            for gs in selecting {
+                out.entry((*gs).to_string())
+                    .or_default()
+                    .insert(name.clone());
+            }
+        }
+        Ok(out)
     }
 
     /// The Secrets that the volumes of the namespace's pods (all of them, injected or not)
@@ -1360,9 +1483,39 @@ impl Fingerprints {
         self.0.insert(key, fingerprint) != Some(fingerprint)
     }
 
-    fn forget(&mut self, key: &str) {
-        self.0.remove(key);
+    /// Whether there was a fingerprint to forget.
+    fn forget(&mut self, key: &str) -> bool {
+        self.0.remove(key).is_some()
     }
+}
+
+/// The fingerprint of a pod without the sidecar when a GostService of its namespace selects it:
+/// what decides whether it counts (its labels, its opt-in annotation, whether it is being
+/// deleted). `None` for the others, which no status mentions.
+fn uninjected_fingerprint(
+    services: &Store<GostService>,
+    pod: &PartialObjectMeta<Pod>,
+) -> Option<u64> {
+    let meta = &pod.metadata;
+    let ns = meta.namespace.as_deref()?;
+    let no_labels = BTreeMap::new();
+    let labels = meta.labels.as_ref().unwrap_or(&no_labels);
+    let selected = services.state().iter().any(|gs| {
+        gs.metadata.namespace.as_deref() == Some(ns)
+            && gs
+                .spec
+                .selector
+                .as_ref()
+                .is_some_and(|sel| render::selects(sel, labels) == Ok(true))
+    });
+    selected.then(|| {
+        fingerprint((
+            labels,
+            meta.annotations.as_ref().and_then(|a| a.get(INJECT_KEY)),
+            meta.deletion_timestamp.is_some(),
+            &meta.uid,
+        ))
+    })
 }
 
 fn fingerprint(parts: impl Hash) -> u64 {
@@ -1393,7 +1546,16 @@ where
     while let Some(event) = events.next().await {
         match event {
             Ok(Event::Apply(obj) | Event::InitApply(obj)) => {
-                let Some(f) = fp(&obj) else { continue };
+                let Some(f) = fp(&obj) else {
+                    // No longer of interest (a pod relabelled out of a selector): a status
+                    // that counted it changes.
+                    if seen.forget(&object_key(obj.meta()))
+                        && let Some(ns) = obj.meta().namespace.as_deref()
+                    {
+                        queue.push(ns);
+                    }
+                    continue;
+                };
                 if seen.changed(object_key(obj.meta()), f)
                     && let Some(ns) = obj.meta().namespace.as_deref()
                 {
@@ -1438,6 +1600,10 @@ pub struct Prepared {
         reflector::store::Writer<GostChain>,
         reflector::store::Writer<PartialObjectMeta<Pod>>,
     ),
+    namespaces: (
+        reflector::store::Writer<PartialObjectMeta<K8sNamespace>>,
+        Store<PartialObjectMeta<K8sNamespace>>,
+    ),
     readers: (
         Store<GostService>,
         Store<GostChain>,
@@ -1450,6 +1616,7 @@ pub fn prepare(client: Client, settings: Settings) -> Prepared {
     let (services_r, services_w) = reflector::store::<GostService>();
     let (chains_r, chains_w) = reflector::store::<GostChain>();
     let (pods_r, pods_w) = reflector::store::<PartialObjectMeta<Pod>>();
+    let (namespaces_r, namespaces_w) = reflector::store::<PartialObjectMeta<K8sNamespace>>();
     let namespace = settings.namespace.clone();
     let debounce = settings.debounce;
     let ctx = Arc::new(Context::new(
@@ -1461,6 +1628,7 @@ pub fn prepare(client: Client, settings: Settings) -> Prepared {
             pods: pods_r.clone(),
         },
     ));
+    ctx.set_namespace_labels(namespaces_r.clone());
     Prepared {
         client,
         ctx,
@@ -1468,6 +1636,7 @@ pub fn prepare(client: Client, settings: Settings) -> Prepared {
         debounce,
         writers: (services_w, chains_w, pods_w),
         readers: (services_r, chains_r, pods_r),
+        namespaces: (namespaces_w, namespaces_r),
     }
 }
 
@@ -1477,9 +1646,17 @@ impl Prepared {
         self.ctx.clone()
     }
 
+    /// The namespaces' metadata (their opt-in label), filled by [`Prepared::run`]: what the
+    /// admission webhook decides injection with, and the controller which pods should have the
+    /// sidecar.
+    pub fn namespaces(&self) -> Store<PartialObjectMeta<K8sNamespace>> {
+        self.namespaces.1.clone()
+    }
+
     /// Runs until `shutdown` completes: watches GostServices, GostChains, injected pods
-    /// (metadata only), Secret metadata and gateway Deployments on every replica (the webhook
-    /// needs the caches), and reconciles the namespaces they touch while `leading` is true.
+    /// (metadata only), Namespace metadata, Secret metadata, the metadata of pods without the
+    /// sidecar (uncached) and gateway Deployments on every replica (the webhook needs the
+    /// caches), and reconciles the namespaces they touch while `leading` is true.
     /// A replica that becomes leader reconciles every namespace it knows of.
     pub async fn run(
         self,
@@ -1502,6 +1679,7 @@ async fn run_prepared(
         debounce,
         writers: (services_w, chains_w, pods_w),
         readers: (services_r, chains_r, pods_r),
+        namespaces: (namespaces_w, namespaces_r),
     } = prepared;
     let ns = namespace.as_deref();
     let (queue, rx) = Queue::new();
@@ -1598,15 +1776,49 @@ async fn run_prepared(
             )))
         },
     );
-    let watchers = future::join5(services, chains, pods, secrets, deployments);
+    // Pods the webhook did not inject: metadata only, kept in no cache, and only those a
+    // GostService of their namespace selects queue it (their own status changes do not).
+    let services_for_pods = services_r.clone();
+    let uninjected = watch_into(
+        "Pod without the sidecar",
+        kube::runtime::watcher(
+            scoped::<PartialObjectMeta<Pod>>(&client, ns),
+            cfg.clone()
+                .labels(&format!("{INJECTED_LABEL}!={INJECTED_VALUE}")),
+        )
+        .default_backoff(),
+        queue.clone(),
+        move |p: &PartialObjectMeta<Pod>| uninjected_fingerprint(&services_for_pods, p),
+    );
+    // Every namespace's metadata, whatever `--namespace` says: Namespaces have none.
+    let namespaces = reflect(
+        namespaces_w,
+        kube::runtime::watcher(
+            Api::<PartialObjectMeta<K8sNamespace>>::all(client.clone()),
+            cfg.clone(),
+        ),
+    )
+    .default_backoff()
+    .for_each(|event| async move {
+        if let Err(e) = event {
+            warn!(error = %e, "namespace watch failed; retrying with backoff");
+        }
+    });
+    let watchers = future::join3(
+        future::join5(services, chains, pods, secrets, deployments),
+        uninjected,
+        namespaces,
+    );
 
     let ready = {
         let (s, c, p) = (services_r.clone(), chains_r.clone(), pods_r.clone());
         async move {
-            let _ = future::join3(
+            let _ = future::join4(
                 s.wait_until_ready(),
                 c.wait_until_ready(),
                 p.wait_until_ready(),
+                // Before it, every pod of an opted-in namespace would seem not to opt in.
+                namespaces_r.wait_until_ready(),
             )
             .await;
         }
@@ -1783,6 +1995,53 @@ mod tests {
         assert_eq!(ctx.backoff("b").1, BASE_BACKOFF, "per namespace");
         ctx.succeeded("a");
         assert_eq!(ctx.backoff("a").1, BASE_BACKOFF);
+    }
+
+    /// The watch of pods without the sidecar queues a namespace for the pods a GostService
+    /// there selects, when something that decides whether they count changes, and when one
+    /// stops being selected (relabelled); other pods and status-only changes queue nothing.
+    #[tokio::test]
+    async fn uninjected_pods_queue_their_namespace_only_when_selected() {
+        let gs: GostService = serde_json::from_value(objects()[1].clone()).unwrap();
+        let services = filled(vec![gs]);
+        let pod = |ns: &str, name: &str, app: &str, version: &str| {
+            ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some(ns.into()),
+                uid: Some(format!("uid-{name}")),
+                labels: Some(BTreeMap::from([("app".into(), app.into())])),
+                resource_version: Some(version.into()),
+                ..ObjectMeta::default()
+            }
+            .into_response_partial::<Pod>()
+        };
+        let events = vec![
+            Event::InitApply(pod("apps", "a", "web", "1")),
+            Event::InitApply(pod("apps", "db", "db", "1")),
+            Event::InitApply(pod("shop", "b", "web", "1")),
+            Event::InitDone,
+            // Its status changed: the metadata watch sees only a new resourceVersion.
+            Event::Apply(pod("apps", "a", "web", "2")),
+            Event::Apply(pod("apps", "db", "db", "2")),
+            Event::Apply(pod("apps", "a", "db", "3")),
+            Event::Delete(pod("apps", "db", "db", "4")),
+            Event::Apply(pod("apps", "c", "web", "1")),
+            Event::Delete(pod("apps", "c", "web", "2")),
+        ];
+        let (queue, mut rx) = Queue::new();
+        watch_into(
+            "Pod without the sidecar",
+            stream::iter(events.into_iter().map(Ok)),
+            queue,
+            |p: &PartialObjectMeta<Pod>| uninjected_fingerprint(&services, p),
+        )
+        .await;
+        let mut queued = Vec::new();
+        while let Ok(key) = rx.try_recv() {
+            queued.push(key.name);
+        }
+        // a listed, a relabelled out of the selector, c created, c deleted.
+        assert_eq!(queued, ["apps", "apps", "apps", "apps"]);
     }
 
     #[tokio::test]

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use futures_util::StreamExt;
 use gost_api::{LogFormat, LogLevel};
 use gost_operator::certs::{self, CertSettings};
 use gost_operator::controller::{self, Settings};
@@ -21,9 +20,9 @@ use gost_operator::metrics::{self, Readiness};
 use gost_operator::webhook::{self, Webhook};
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use kube::Client;
 use kube::core::PartialObjectMeta;
-use kube::runtime::{WatchStreamExt, reflector, watcher};
-use kube::{Api, Client};
+use kube::runtime::reflector;
 use tokio::sync::watch;
 
 /// The operator's namespace when neither `--namespace` nor `POD_NAMESPACE` says.
@@ -373,6 +372,7 @@ async fn run(args: Args, sidecar: SidecarSettings) -> Result<(), String> {
         },
     );
     let context = prepared.context();
+    let namespaces = prepared.namespaces();
     let controller = tokio::spawn(prepared.run(leading, stopped()));
 
     let webhook_task = if args.no_webhook {
@@ -409,24 +409,7 @@ async fn run(args: Args, sidecar: SidecarSettings) -> Result<(), String> {
             }
         };
 
-        // Namespace labels (opt-in) from a metadata-only reflector.
-        let (namespaces, writer) = reflector::store::<PartialObjectMeta<Namespace>>();
-        tokio::spawn(
-            reflector::reflector(
-                writer,
-                watcher::watcher(
-                    Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
-                    watcher::Config::default(),
-                ),
-            )
-            .default_backoff()
-            .for_each(|event| async move {
-                if let Err(e) = event {
-                    tracing::warn!(error = %e, "namespace watch failed; retrying with backoff");
-                }
-            }),
-        );
-
+        // Namespace labels (opt-in): the controller's metadata-only reflector.
         tokio::spawn(mark_ready(
             context.clone(),
             Some(namespaces.clone()),

@@ -9,6 +9,7 @@ use gost_operator::render::CONFIG_KEY;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use k8s_openapi::api::events::v1::Event;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
@@ -1767,4 +1768,227 @@ async fn a_thousand_pods_under_a_hundred_gost_services_converge_quickly() {
         assert_eq!(config_of(&s).services[0].addr, ":9000", "{rs}");
     }
     assert!(initial < GOAL && change < GOAL);
+}
+
+/// Namespace `NS` opts in to injection (what the controller's Namespace cache would say).
+fn opt_in_namespace(ctx: &Context) {
+    let labels = BTreeMap::from([("gost.rs/inject".to_string(), "enabled".to_string())]);
+    ctx.set_namespace_labels(HashMap::from([(NS.to_string(), labels)]));
+}
+
+/// A pod of ReplicaSet `rs` (uid `rs_uid`) selected by GostService "web", as admitted: with
+/// the sidecar (`injected`) or without.
+fn revision_pod(name: &str, rs: &str, rs_uid: &str, injected: bool) -> Value {
+    let mut pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {
+            "name": name, "namespace": NS, "uid": format!("uid-{name}"),
+            "labels": {"app": "web", "pod-template-hash": rs},
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": rs,
+                                 "uid": rs_uid, "controller": true}]
+        },
+        "spec": {"containers": [{"name": "app", "image": "app"}]},
+        "status": {"phase": "Running"}
+    });
+    if injected {
+        pod["metadata"]["labels"]["gost.rs/injected"] = json!("true");
+        pod["spec"]["initContainers"] =
+            json!([{"name": "gost", "image": "gost", "restartPolicy": "Always"}]);
+    }
+    pod
+}
+
+/// The status of GostService `name` as the API serves it (its JSON, field names included).
+async fn status_json(client: &Client, name: &str) -> Value {
+    let resource = kube::core::ApiResource::erase::<GostService>(&());
+    let api: Api<kube::core::DynamicObject> = Api::namespaced_with(client.clone(), NS, &resource);
+    api.get(name).await.unwrap().data["status"].clone()
+}
+
+fn json_condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
+    status["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == type_))
+        .unwrap_or_else(|| panic!("no {type_} condition in {status}"))
+}
+
+/// A pod the webhook admitted without the sidecar because its new rollout revision's config
+/// Secret could not be created (a ResourceQuota on Secrets) runs outside the tunnel: the
+/// GostService that selects it says so (count, the `Injected` condition naming the pod and
+/// what to do, `Ready=False`, one Warning event), and stops saying so once the pod is replaced
+/// by an injected one.
+#[tokio::test]
+async fn a_pod_admitted_without_the_sidecar_is_reported_until_replaced() {
+    use kube_fake_client::{ClientBuilder, interceptor};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static QUOTA_FULL: AtomicBool = AtomicBool::new(true);
+    let client = ClientBuilder::new()
+        .with_resource::<GostService>()
+        .with_resource::<GostChain>()
+        .with_runtime_objects(base())
+        .with_interceptor_funcs(interceptor::Funcs::new().create(|c| {
+            let name = c.object["metadata"]["name"].as_str().unwrap_or_default();
+            if c.object["kind"] == "Secret"
+                && name.starts_with("gost-sidecar-replicaset-web-7c8e")
+                && QUOTA_FULL.load(Ordering::SeqCst)
+            {
+                return Err(kube_fake_client::Error::InvalidRequest(format!(
+                    "secrets \"{name}\" is forbidden: exceeded quota: secrets, requested: secrets=1, used: secrets=10, limited: secrets=10"
+                )));
+            }
+            Ok(None)
+        }))
+        .build()
+        .await
+        .expect("the in-memory API starts");
+    let ctx = Context::new(
+        client.clone(),
+        Settings::default(),
+        Stores::list(&client, Some(NS)).await.unwrap(),
+    );
+    opt_in_namespace(&ctx);
+    reconcile(&client, &ctx).await;
+    let status = status_json(&client, "web").await;
+    assert_eq!(status["podsWithoutSidecar"], 0, "{status}");
+    assert_eq!(json_condition(&status, "Injected")["status"], "True");
+
+    // A rollout's new revision: admission cannot create its config Secret, and the API
+    // server stores the pod as it came (failurePolicy Ignore, or the webhook's own answer).
+    let new_pod = revision_pod("web-7c8e-x", "web-7c8e", "uid-rs-7c8e", false);
+    let error = ctx
+        .ensure_pod_config(NS, &serde_json::from_value(new_pod.clone()).unwrap(), false)
+        .await
+        .unwrap_err();
+    assert!(error.contains("exceeded quota"), "{error}");
+    api::<Pod>(&client)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(new_pod).unwrap(),
+        )
+        .await
+        .unwrap();
+    reconcile(&client, &ctx).await;
+    let status = status_json(&client, "web").await;
+    assert_eq!(status["podsWithoutSidecar"], 1, "{status}");
+    let injected = json_condition(&status, "Injected");
+    assert_eq!(
+        (&injected["status"], &injected["reason"]),
+        (&json!("False"), &json!("PodsWithoutSidecar"))
+    );
+    let message = injected["message"].as_str().unwrap();
+    for part in [
+        "1 pod(s) it selects opted in to injection but run without the gost sidecar",
+        ": web-7c8e-x.",
+        "ResourceQuota",
+        "re-create them: `kubectl rollout restart`",
+    ] {
+        assert!(message.contains(part), "{part:?} in {message}");
+    }
+    let ready = json_condition(&status, "Ready");
+    assert_eq!(
+        (&ready["status"], &ready["reason"]),
+        (&json!("False"), &json!("PodsWithoutSidecar"))
+    );
+    let warned = |events: Vec<(String, String)>| {
+        events
+            .iter()
+            .filter(|e| *e == &("Warning".to_string(), "PodsWithoutSidecar".to_string()))
+            .count()
+    };
+    assert_eq!(warned(events(&client).await), 1);
+    // Nothing new: no second warning.
+    reconcile(&client, &ctx).await;
+    assert_eq!(warned(events(&client).await), 1);
+
+    // The quota is raised and the pod re-created: the replacement has the sidecar.
+    QUOTA_FULL.store(false, Ordering::SeqCst);
+    let pods = api::<Pod>(&client);
+    pods.delete("web-7c8e-x", &Default::default())
+        .await
+        .unwrap();
+    let replacement = revision_pod("web-7c8e-y", "web-7c8e", "uid-rs-7c8e", true);
+    ctx.ensure_pod_config(
+        NS,
+        &serde_json::from_value(replacement.clone()).unwrap(),
+        false,
+    )
+    .await
+    .unwrap();
+    pods.create(
+        &PostParams::default(),
+        &serde_json::from_value(replacement).unwrap(),
+    )
+    .await
+    .unwrap();
+    reconcile(&client, &ctx).await;
+    let status = status_json(&client, "web").await;
+    assert_eq!(status["podsWithoutSidecar"], 0, "{status}");
+    assert_eq!(json_condition(&status, "Injected")["status"], "True");
+    assert_eq!(json_condition(&status, "Ready")["status"], "True");
+    assert!(
+        events(&client)
+            .await
+            .contains(&("Normal".into(), "Injected".into())),
+        "{:?}",
+        events(&client).await
+    );
+}
+
+/// Only pods the webhook would inject now are counted: selected, opted in (by their namespace
+/// or their own annotation), not opted out, not on the node's network, without a `gost`
+/// container of their own, and not finished. Pods that predate the opt-in count too.
+#[tokio::test]
+async fn only_selected_pods_that_would_be_injected_count() {
+    let pod = |name: &str, change: &dyn Fn(&mut Value)| {
+        let mut pod = revision_pod(name, "web-5d4f", RS_UID, false);
+        change(&mut pod);
+        pod
+    };
+    let mut objects = base();
+    objects.extend([
+        pod("old-1", &|_| {}),
+        pod("old-2", &|_| {}),
+        pod("opted-out", &|p| {
+            p["metadata"]["annotations"] = json!({"gost.rs/inject": "disabled"})
+        }),
+        pod("host-network", &|p| p["spec"]["hostNetwork"] = json!(true)),
+        pod("own-gost", &|p| {
+            p["spec"]["containers"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"name": "gost", "image": "gost"}))
+        }),
+        pod("done", &|p| p["status"]["phase"] = json!("Succeeded")),
+        pod("not-selected", &|p| {
+            p["metadata"]["labels"]["app"] = json!("db")
+        }),
+    ]);
+    let (client, ctx) = setup(objects).await;
+    opt_in_namespace(&ctx);
+    reconcile(&client, &ctx).await;
+    let status = status_json(&client, "web").await;
+    assert_eq!(status["podsWithoutSidecar"], 2, "{status}");
+    let message = json_condition(&status, "Injected")["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(message.contains(": old-1, old-2."), "{message}");
+
+    // In a namespace that does not opt in, only a pod's own annotation does.
+    let mut objects = base();
+    objects.extend([
+        pod("plain", &|_| {}),
+        pod("annotated", &|p| {
+            p["metadata"]["annotations"] = json!({"gost.rs/inject": "enabled"})
+        }),
+    ]);
+    let (client, ctx) = setup(objects).await;
+    reconcile(&client, &ctx).await;
+    let status = status_json(&client, "web").await;
+    assert_eq!(status["podsWithoutSidecar"], 1, "{status}");
+    let message = json_condition(&status, "Injected")["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(message.contains(": annotated."), "{message}");
 }
