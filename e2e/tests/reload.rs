@@ -566,15 +566,43 @@ fn the_connection_limit_counts_what_is_open_across_a_reload() {
 fn a_tls_change_leaves_services_without_tls_alone() {
     let echo = Target::echo();
     let target = echo.addr.to_string();
+    // A service with a certificate of its own takes nothing from the section either.
+    let certs = tempdir();
+    let (cert, key) = (certs.join("own.crt"), certs.join("own.key"));
+    let out = run(
+        "openssl",
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=own.example",
+            "-keyout",
+            key.to_str().unwrap(),
+            "-out",
+            cert.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.code, 0, "openssl: {}", out.stderr);
     let yaml = |name: &str| {
         format!(
             "services:\n\
              - name: plain\n  addr: 127.0.0.1:0\n  handler:\n    type: http\n\
              - name: tls\n  addr: 127.0.0.1:0\n  handler:\n    type: http\n  listener:\n    type: tls\n\
-             tls:\n  commonName: {name}\n"
+             - name: own\n  addr: 127.0.0.1:0\n  handler:\n    type: http\n  listener:\n    type: tls\n    tls:\n      certFile: {}\n      keyFile: {}\n\
+             tls:\n  commonName: {name}\n",
+            cert.display(),
+            key.display()
         )
     };
-    let (dir, gost) = reloadable(&yaml("one.example"), 2);
+    let (dir, gost) = reloadable(&yaml("one.example"), 3);
+    let own = gost.service_addr("own").unwrap();
     let plain = gost.service_addr("plain").unwrap();
     let mut tunnel = http_connect(plain, &target, None).unwrap();
     assert!(echoes(&mut tunnel));
@@ -587,9 +615,71 @@ fn a_tls_change_leaves_services_without_tls_alone() {
         .unwrap();
     assert!(applied.contains(r#""replaced":"[\"tls\"]""#), "{applied}");
     assert!(!applied.contains("plain"), "{applied}");
+    assert!(!applied.contains("own"), "{applied}");
     thread::sleep(Duration::from_millis(1500));
     assert!(echoes(&mut tunnel), "the plain service's tunnel was closed");
     assert_eq!(gost.service_addr("plain"), Some(plain));
+    assert_eq!(gost.service_addr("own"), Some(own));
+}
+
+/// A service's address written another way for the same socket (`:P` to `127.0.0.1:P`, then
+/// `localhost:P`) replaces the service on that port: the new listener binds once the old one
+/// let go, as for an unchanged address. It used to bind at once, beside the old one, and the
+/// reload was refused ("Address already in use"), as was every later one.
+#[test]
+fn an_address_respelt_for_the_same_port_replaces_the_service() {
+    let target = Target::http();
+    let port = free_port();
+    let yaml = |host: &str| {
+        format!("services:\n- name: s\n  addr: \"{host}:{port}\"\n  handler:\n    type: http\n")
+    };
+    let (dir, gost) = reloadable(&yaml(""), 1);
+    let get = || {
+        curl(&[
+            "-x",
+            &format!("http://127.0.0.1:{port}"),
+            &format!("http://{}/respelt", target.addr),
+        ])
+    };
+    assert!(get().text().starts_with("hello from target"));
+    for (version, host) in [(1, "127.0.0.1"), (2, "localhost")] {
+        kubelet_write(&dir, version, &yaml(host));
+        wait_for_count(&gost, r#""replaced":"[\"s\"]""#, version);
+        let out = get();
+        assert!(
+            out.text().starts_with("hello from target"),
+            "after {host}: {}\n{}",
+            out.stderr,
+            gost.log()
+        );
+    }
+    assert!(
+        !gost.log().contains("configuration refused"),
+        "{}",
+        gost.log()
+    );
+}
+
+/// A new service on a port another service keeps is refused with an error that names that
+/// service, not the system's "Address already in use".
+#[test]
+fn a_new_service_on_a_kept_services_port_is_refused_by_name() {
+    let port = free_port();
+    let one =
+        format!("services:\n- name: first\n  addr: \":{port}\"\n  handler:\n    type: http\n");
+    let (dir, gost) = reloadable(&one, 1);
+    let two = format!(
+        "{one}- name: second\n  addr: \"127.0.0.1:{port}\"\n  handler:\n    type: socks5\n"
+    );
+    kubelet_write(&dir, 1, &two);
+    wait_for_count(&gost, "configuration refused", 1);
+    let log = gost.log();
+    let refused = log
+        .lines()
+        .find(|l| l.contains("configuration refused"))
+        .unwrap();
+    assert!(refused.contains("services[1].addr"), "{refused}");
+    assert!(refused.contains("`first`"), "{refused}");
 }
 
 /// The `http2` handler's requests go through the service's accept loop: a reload that

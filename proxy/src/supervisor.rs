@@ -17,7 +17,7 @@
 //! once the old listener is closed, and if that fails the service is reported as not bound.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -73,9 +73,11 @@ impl ServiceSpec {
             .filter(|a| names.contains(&&a.name))
             .cloned()
             .collect();
-        // The top-level `tls` section only matters to services that serve TLS.
-        let tls = (listener_serves_tls(service.listener.kind)
-            || handler_serves_tls(service.handler.kind))
+        // The top-level `tls` section only matters to services that serve TLS with the
+        // default certificate: one that names its own takes nothing from it, CA included.
+        let tls = (listener_uses_default_tls(service)
+            || handler_serves_tls(service.handler.kind)
+                && uses_default_cert(service.handler.tls.as_ref()))
         .then(|| config.tls.clone())
         .flatten();
         ServiceSpec {
@@ -95,7 +97,7 @@ impl ServiceSpec {
         (
             self.service.addr.clone(),
             self.service.listener.clone(),
-            listener_serves_tls(self.service.listener.kind)
+            listener_uses_default_tls(&self.service)
                 .then(|| self.tls.clone())
                 .flatten(),
             server::keepalive(&self.service, 0).ok(),
@@ -112,9 +114,70 @@ pub(crate) fn listener_serves_tls(kind: ListenerType) -> bool {
     )
 }
 
+/// Whether a service's listener serves TLS with the default certificate (the top-level
+/// `tls` section), its own `tls` naming none.
+fn listener_uses_default_tls(service: &ServiceConfig) -> bool {
+    listener_serves_tls(service.listener.kind) && uses_default_cert(service.listener.tls.as_ref())
+}
+
+/// Whether a server `tls` section leaves the certificate to the defaults (as
+/// [`crate::tls::ServerTls::new`] reads it: a named certificate or key takes nothing from
+/// them).
+fn uses_default_cert(own: Option<&TlsConfig>) -> bool {
+    !own.is_some_and(|t| t.cert_file.is_some() || t.key_file.is_some())
+}
+
 /// Whether a handler of `kind` serves TLS itself: SOCKS5's TLS methods (also `auto`'s).
 fn handler_serves_tls(kind: HandlerType) -> bool {
     matches!(kind, HandlerType::Socks5 | HandlerType::Auto)
+}
+
+/// The socket a service's listener binds: UDP for `h3`, TCP for the others; its addresses
+/// (none for every interface) and port.
+#[derive(Debug)]
+struct BindKey {
+    udp: bool,
+    ips: Vec<IpAddr>,
+    port: u16,
+}
+
+impl BindKey {
+    /// `None` for port 0 (a new port at every bind) and for an address that does not parse
+    /// or resolve (its bind fails with an error of its own).
+    fn of(service: &ServiceConfig) -> Option<BindKey> {
+        let (host, port) = gost_api::split_host_port(&service.addr)?;
+        let port = gost_api::parse_port(port).filter(|p| *p != 0)?;
+        let ips = match host.parse::<IpAddr>() {
+            Ok(ip) if ip.is_unspecified() => Vec::new(),
+            Ok(ip) => vec![ip],
+            Err(_) if host.is_empty() => Vec::new(),
+            // As the listener resolves it when it binds.
+            Err(_) => (host, port)
+                .to_socket_addrs()
+                .ok()?
+                .map(|a| a.ip())
+                .collect(),
+        };
+        Some(BindKey {
+            udp: service.listener.kind == ListenerType::H3,
+            ips,
+            port,
+        })
+    }
+
+    /// Whether the two cannot be bound at once: one protocol and port, and an address in
+    /// common (every interface has one with any).
+    fn clashes(&self, other: &BindKey) -> bool {
+        self.udp == other.udp
+            && self.port == other.port
+            && (self.ips.is_empty()
+                || other.ips.is_empty()
+                || self.ips.iter().any(|ip| other.ips.contains(ip)))
+    }
+
+    fn protocol(&self) -> &'static str {
+        if self.udp { "UDP" } else { "TCP" }
+    }
 }
 
 type ListenerPart = (String, ListenerConfig, Option<TlsConfig>, Option<KeepAlive>);
@@ -272,19 +335,23 @@ impl Supervisor {
         let tls_defaults = Arc::new(crate::tls::TlsDefaults::new(config.tls.clone()));
         let mut applied = Applied::default();
 
-        // Addresses that running services give up in this apply.
-        let leaving: Vec<&str> = self
-            .services
-            .iter()
-            .filter(
-                |(name, running)| match config.services.iter().find(|s| &&s.name == name) {
+        // The sockets running services give up in this apply, and those they keep.
+        let (leaving, kept): (Vec<_>, Vec<_>) =
+            self.services.iter().partition(|(name, running)| {
+                match config.services.iter().find(|s| &&s.name == name) {
                     None => true,
                     Some(s) => {
                         ServiceSpec::of(s, config).listener_part() != running.spec.listener_part()
                     }
-                },
-            )
-            .map(|(_, r)| r.spec.service.addr.as_str())
+                }
+            });
+        let leaving: Vec<BindKey> = leaving
+            .into_iter()
+            .filter_map(|(_, r)| BindKey::of(&r.spec.service))
+            .collect();
+        let kept: Vec<(&String, BindKey)> = kept
+            .into_iter()
+            .filter_map(|(name, r)| Some((name, BindKey::of(&r.spec.service)?)))
             .collect();
 
         // Phase 1: build and bind everything new; fails without touching what runs.
@@ -305,8 +372,27 @@ impl Supervisor {
                     swaps.push((service.name.clone(), spec, slot));
                 }
                 _ => {
-                    let pending = if leaving.contains(&service.addr.as_str())
-                        && !service.addr.ends_with(":0")
+                    let key = BindKey::of(service);
+                    if let Some(key) = &key
+                        && let Some((holder, _)) = kept.iter().find(|(_, k)| k.clashes(key))
+                    {
+                        return Err(ConfigError::Field {
+                            path: format!("services[{index}].addr"),
+                            message: format!(
+                                "cannot listen on {:?}: service `{holder}` of this configuration \
+                                 keeps {} port {}",
+                                service.addr,
+                                key.protocol(),
+                                key.port
+                            ),
+                        });
+                    }
+                    // Another spelling of a leaving service's socket (`:8080` for
+                    // `127.0.0.1:8080`, `localhost` for `127.0.0.1`) is bound once that one
+                    // let go of it, as the same spelling is.
+                    let pending = if key
+                        .as_ref()
+                        .is_some_and(|key| leaving.iter().any(|l| l.clashes(key)))
                     {
                         Pending::AfterRelease(server::prepare_listener(
                             config,
@@ -335,10 +421,10 @@ impl Supervisor {
             .cloned()
             .collect();
         // Addresses a new service binds once their old holder let go of them.
-        let wanted: Vec<&str> = starts
+        let wanted: Vec<BindKey> = starts
             .iter()
             .filter(|(_, _, p, _)| matches!(p, Pending::AfterRelease(_)))
-            .map(|(spec, ..)| spec.service.addr.as_str())
+            .filter_map(|(spec, ..)| BindKey::of(&spec.service))
             .collect();
         let mut released = Vec::new();
         // A replaced service's open connections still count against its limit.
@@ -346,7 +432,9 @@ impl Supervisor {
         for name in stopping {
             let running = self.services.remove(&name).expect("listed above");
             still_open.insert(name.clone(), running.open.clone());
-            if wanted.contains(&running.spec.service.addr.as_str()) {
+            if BindKey::of(&running.spec.service)
+                .is_some_and(|key| wanted.iter().any(|w| w.clashes(&key)))
+            {
                 // Connections on the listener's socket cannot drain on it when another
                 // listener needs the address: closed now, their tunnels go with them.
                 running.release.cancel();
@@ -608,6 +696,90 @@ mod tests {
             service.metadata.insert_str(k, v);
         }
         ServiceSpec::of(&service, &Config::default())
+    }
+
+    fn service(addr: &str, listener: ListenerType) -> ServiceConfig {
+        let mut service = ServiceConfig {
+            name: "s".into(),
+            addr: addr.into(),
+            ..ServiceConfig::default()
+        };
+        service.listener.kind = listener;
+        service
+    }
+
+    #[test]
+    fn spellings_of_one_socket_clash() {
+        let key = |addr: &str, listener| BindKey::of(&service(addr, listener));
+        let tcp = ListenerType::Tcp;
+        let clash = |a: &str, b: &str| key(a, tcp).unwrap().clashes(&key(b, tcp).unwrap());
+        for (a, b) in [
+            (":8080", "127.0.0.1:8080"),
+            ("0.0.0.0:8080", "127.0.0.1:8080"),
+            ("[::]:8080", "[::1]:8080"),
+            ("127.0.0.1:8080", "localhost:8080"),
+            ("127.0.0.1:8080", "127.0.0.1:08080"),
+        ] {
+            assert!(clash(a, b), "{a} and {b}");
+            assert!(clash(b, a), "{b} and {a}");
+        }
+        for (a, b) in [
+            ("127.0.0.1:8080", "127.0.0.1:8081"),
+            ("127.0.0.1:8080", "127.0.0.2:8080"),
+            ("127.0.0.1:8080", "[::1]:8080"),
+        ] {
+            assert!(!clash(a, b), "{a} and {b}");
+        }
+        // h3 binds UDP: no clash with a TCP listener on the same port.
+        let h3 = key(":8443", ListenerType::H3).unwrap();
+        assert!(!h3.clashes(&key(":8443", tcp).unwrap()));
+        assert!(h3.clashes(&key("127.0.0.1:8443", ListenerType::H3).unwrap()));
+        // Port 0 is a new port at every bind.
+        assert!(key("127.0.0.1:0", tcp).is_none());
+    }
+
+    /// A service whose listener or handler names its own certificate takes nothing from the
+    /// top-level `tls` section (not its CA either): a change there leaves it alone.
+    #[test]
+    fn top_level_tls_matters_only_where_the_default_certificate_is_served() {
+        let top = |name: &str| Config {
+            tls: Some(TlsConfig {
+                common_name: Some(name.into()),
+                ..TlsConfig::default()
+            }),
+            ..Config::default()
+        };
+        let own = TlsConfig {
+            cert_file: Some("a.crt".into()),
+            key_file: Some("a.key".into()),
+            ..TlsConfig::default()
+        };
+        let changes = |service: &ServiceConfig| {
+            ServiceSpec::of(service, &top("one")) != ServiceSpec::of(service, &top("two"))
+        };
+        let mut tls = service("127.0.0.1:0", ListenerType::Tls);
+        tls.handler.kind = HandlerType::Http;
+        assert!(changes(&tls), "default certificate");
+        tls.listener.tls = Some(own.clone());
+        assert!(!changes(&tls), "own certificate");
+        let mut socks = service("127.0.0.1:0", ListenerType::Tcp);
+        socks.handler.kind = HandlerType::Socks5;
+        assert!(
+            changes(&socks),
+            "SOCKS5 TLS methods with the default certificate"
+        );
+        socks.handler.tls = Some(own.clone());
+        assert!(!changes(&socks), "SOCKS5 TLS methods with its own");
+        // A TLS listener with its own certificate and a SOCKS5 handler on the default one.
+        let mut both = service("127.0.0.1:0", ListenerType::Tls);
+        both.handler.kind = HandlerType::Socks5;
+        both.listener.tls = Some(own);
+        assert!(changes(&both));
+        assert!(
+            ServiceSpec::of(&both, &top("one")).listener_part()
+                == ServiceSpec::of(&both, &top("two")).listener_part(),
+            "only the handler is swapped"
+        );
     }
 
     #[test]
