@@ -467,22 +467,13 @@ fn a_killed_server_restarted_with_its_certificate_resets_the_old_connections() {
 #[test]
 fn a_new_tunnel_after_a_killed_server_is_replaced_behind_a_balancer() {
     let target = Target::http();
-    let listen = || {
-        let home = tempdir();
-        let gost = Gost::start_in(
-            &["-L", &format!("h3://127.0.0.1:0?{PATHS}")],
-            1,
-            Some(&home),
-        );
-        (gost, home)
-    };
-    let (old, old_home) = listen();
+    let (old, old_home) = server_with_own_home();
     let balancer = Balancer::start(old.addr());
     let client = client(balancer.addr, "");
     assert_get_works(&client, &target);
     drop(old); // SIGKILL
     drop(old_home);
-    let (new, _new_home) = listen();
+    let (new, _new_home) = server_with_own_home();
     balancer.switch_to(new.addr());
     assert_next_request_is_quick(&client, &target, "after the server was replaced");
     new.wait_for_log("pht session opened");
@@ -508,6 +499,18 @@ fn an_untrusted_server_certificate_is_explained() {
     assert_eq!(out.text(), "502", "{}", client.log());
     client.wait_for_log("unknown authority");
     assert!(client.log().contains("caFile"), "{}", client.log());
+}
+
+/// An h3 server with a HOME of its own: a certificate (so QUIC reset keys) of its own, as
+/// each pod of a Deployment has. The HOME goes with its process (a pair, dropped together).
+fn server_with_own_home() -> (Gost, TempDir) {
+    let home = tempdir();
+    let gost = Gost::start_in(
+        &["-L", &format!("h3://127.0.0.1:0?{PATHS}")],
+        1,
+        Some(&home),
+    );
+    (gost, home)
 }
 
 /// How long a [`Balancer`] forwards at most: longer than any test using it runs.
@@ -613,25 +616,14 @@ impl Drop for Balancer {
 #[test]
 fn a_new_tunnel_during_a_rolling_update_reaches_the_replacement() {
     let echo = Target::echo();
-    // A HOME each: certificates (so QUIC reset keys) of their own, as two pods have.
-    // The HOME goes with its process (a pair, dropped together).
-    let listen = || {
-        let home = tempdir();
-        let gost = Gost::start_in(
-            &["-L", &format!("h3://127.0.0.1:0?{PATHS}")],
-            1,
-            Some(&home),
-        );
-        (gost, home)
-    };
-    let (mut old, _old_home) = listen();
+    let (mut old, _old_home) = server_with_own_home();
     let balancer = Balancer::start(old.addr());
     let client = client(balancer.addr, "");
     let mut first = open_tunnel(&client, &echo);
     old.signal("TERM");
     old.wait_for_log("stopped accepting");
     echo_small(&mut first).expect("the draining tunnel echoes");
-    let (new, _new_home) = listen();
+    let (new, _new_home) = server_with_own_home();
     balancer.switch_to(new.addr());
     let second = http_connect(client.addr(), &echo.addr.to_string(), None)
         .unwrap_or_else(|e| panic!("the new tunnel: {e}\nclient log:\n{}", client.log()));

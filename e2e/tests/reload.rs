@@ -569,27 +569,9 @@ fn a_tls_change_leaves_services_without_tls_alone() {
     // A service with a certificate of its own takes nothing from the section either.
     let certs = tempdir();
     let (cert, key) = (certs.join("own.crt"), certs.join("own.key"));
-    let out = run(
-        "openssl",
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=own.example",
-            "-keyout",
-            key.to_str().unwrap(),
-            "-out",
-            cert.to_str().unwrap(),
-        ],
-    );
-    assert_eq!(out.code, 0, "openssl: {}", out.stderr);
+    let own_cert = rcgen::generate_simple_self_signed(["own.example".to_string()]).unwrap();
+    std::fs::write(&cert, own_cert.cert.pem()).unwrap();
+    std::fs::write(&key, own_cert.signing_key.serialize_pem()).unwrap();
     let yaml = |name: &str| {
         format!(
             "services:\n\

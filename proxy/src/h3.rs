@@ -1161,14 +1161,24 @@ mod tests {
         })
     }
 
-    fn client(server: &Server) -> H3RoundTrip {
-        let tls = ClientTls::new(None, ALPN).unwrap();
-        H3RoundTrip::new(
-            Address::from_socket(server.local_addr()),
-            tls,
+    /// A server on a loopback port that echoes ([`handler`] without lines).
+    fn echo_server() -> Server {
+        Server::bind(
+            "127.0.0.1:0",
+            &server_tls(),
             &QuicOptions::default(),
+            handler(None),
         )
         .unwrap()
+    }
+
+    fn client(server: &Server) -> H3RoundTrip {
+        client_to(server.local_addr())
+    }
+
+    fn client_to(addr: SocketAddr) -> H3RoundTrip {
+        let tls = ClientTls::new(None, ALPN).unwrap();
+        H3RoundTrip::new(Address::from_socket(addr), tls, &QuicOptions::default()).unwrap()
     }
 
     fn post(path: &str, body: impl Into<Bytes>) -> Request<Bytes> {
@@ -1186,13 +1196,7 @@ mod tests {
     #[tokio::test]
     async fn echo_and_body_limit() {
         tokio::time::timeout(TEST_TIMEOUT, async {
-            let server = Server::bind(
-                "127.0.0.1:0",
-                &server_tls(),
-                &QuicOptions::default(),
-                handler(None),
-            )
-            .unwrap();
+            let server = echo_server();
             let client = client(&server);
             let resp = client.round_trip(post("/echo", "hello")).await.unwrap();
             assert_eq!(resp.status(), StatusCode::OK);
@@ -1329,22 +1333,9 @@ mod tests {
     #[tokio::test]
     async fn a_new_tunnel_leaves_a_silent_connection() {
         tokio::time::timeout(TEST_TIMEOUT, async {
-            let server = Server::bind(
-                "127.0.0.1:0",
-                &server_tls(),
-                &QuicOptions::default(),
-                handler(None),
-            )
-            .unwrap();
+            let server = echo_server();
             let forwarder = Forwarder::start(server.local_addr()).await;
-            let client = Arc::new(
-                H3RoundTrip::new(
-                    Address::from_socket(forwarder.addr),
-                    ClientTls::new(None, ALPN).unwrap(),
-                    &QuicOptions::default(),
-                )
-                .unwrap(),
-            );
+            let client = Arc::new(client_to(forwarder.addr));
             let old = client.tunnel();
             let resp = old.round_trip(post("/echo", "first")).await.unwrap();
             assert_eq!(body_of(resp).await, "first");
@@ -1450,13 +1441,7 @@ mod tests {
     #[tokio::test]
     async fn a_burst_of_refused_tunnels_moves_to_one_new_connection() {
         tokio::time::timeout(TEST_TIMEOUT, async {
-            let server = Server::bind(
-                "127.0.0.1:0",
-                &server_tls(),
-                &QuicOptions::default(),
-                handler(None),
-            )
-            .unwrap();
+            let server = echo_server();
             let client = Arc::new(client(&server));
             let tunnels: Vec<H3Tunnel> = (0..4).map(|_| client.tunnel()).collect();
             for tunnel in &tunnels {
@@ -1490,13 +1475,7 @@ mod tests {
     #[tokio::test]
     async fn a_newer_connection_comes_from_a_new_socket_and_the_old_stays_with_its_tunnels() {
         tokio::time::timeout(TEST_TIMEOUT, async {
-            let server = Server::bind(
-                "127.0.0.1:0",
-                &server_tls(),
-                &QuicOptions::default(),
-                handler(None),
-            )
-            .unwrap();
+            let server = echo_server();
             let client = Arc::new(client(&server));
             let tunnel = client.tunnel();
             let resp = tunnel.round_trip(post("/echo", "first")).await.unwrap();
@@ -1629,13 +1608,7 @@ mod tests {
     #[tokio::test]
     async fn a_stopped_server_serves_its_connections_until_released_then_closes_them() {
         tokio::time::timeout(TEST_TIMEOUT, async {
-            let server = Server::bind(
-                "127.0.0.1:0",
-                &server_tls(),
-                &QuicOptions::default(),
-                handler(None),
-            )
-            .unwrap();
+            let server = echo_server();
             let client = client(&server);
             let resp = client.round_trip(post("/echo", "before")).await.unwrap();
             assert_eq!(body_of(resp).await, "before");
