@@ -951,8 +951,11 @@ fn a_changed_password_reaches_open_keep_alive_connections() {
     );
 }
 
-/// A stop closes HTTP/1.1 connections that wait for a request (idle keep-alive, or nothing
-/// sent yet) at once instead of waiting for them within the grace period.
+/// A stop closes HTTP/1.1 keep-alive connections that wait for their next request at once
+/// instead of waiting for them within the grace period. One that has sent nothing yet is
+/// waited for (its first request is answered, see
+/// `a_connection_accepted_before_a_stop_gets_its_first_request_served`), but no longer than
+/// the handler's `readTimeout`.
 #[test]
 fn a_stop_does_not_wait_for_idle_http_connections() {
     let target = Target::http();
@@ -966,8 +969,31 @@ fn a_stop_does_not_wait_for_idle_http_connections() {
         keep_alive_get(&mut idle, target.addr, "u:p").as_deref(),
         Some("HTTP/1.1 200 OK")
     );
-    let _silent = TcpStream::connect(gost.addr()).unwrap();
     thread::sleep(Duration::from_millis(200));
+    let started = Instant::now();
+    gost.signal("TERM");
+    assert_eq!(
+        gost.wait_exit(Duration::from_secs(10)),
+        Some(0),
+        "{}",
+        gost.log()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the stop took {:?}",
+        started.elapsed()
+    );
+
+    let mut gost = Gost::start(
+        &[
+            "-L",
+            "http://u:p@127.0.0.1:0?readTimeout=1s",
+            "--grace-period",
+            "30s",
+        ],
+        1,
+    );
+    let _silent = TcpStream::connect(gost.addr()).unwrap();
     let started = Instant::now();
     gost.signal("TERM");
     assert_eq!(
@@ -1049,4 +1075,67 @@ fn a_connection_accepted_before_a_handler_swap_gets_its_first_answer() {
         head.to_ascii_lowercase().contains("connection: close"),
         "{head}"
     );
+}
+
+/// Opens a tunnel to `target` as a `handler` client on `stream`, a connection accepted
+/// earlier: CONNECT for `http` and `auto`, a SOCKS5 handshake for `socks5`. Whether the proxy
+/// granted it.
+fn first_tunnel(stream: &mut TcpStream, handler: &str, target: SocketAddr) -> Result<(), String> {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    if handler == "socks5" {
+        let std::net::IpAddr::V4(ip) = target.ip() else {
+            unreachable!("an IPv4 echo target")
+        };
+        let mut request = vec![5, 1, 0, 5, 1, 0, 1];
+        request.extend_from_slice(&ip.octets());
+        request.extend_from_slice(&target.port().to_be_bytes());
+        stream.write_all(&request).map_err(|e| e.to_string())?;
+        let mut answer = [0u8; 12];
+        stream.read_exact(&mut answer).map_err(|e| e.to_string())?;
+        return (answer[..4] == [5, 0, 5, 0])
+            .then_some(())
+            .ok_or(format!("{answer:?}"));
+    }
+    write!(stream, "CONNECT {target} HTTP/1.1\r\n\r\n").map_err(|e| e.to_string())?;
+    let head = read_head(stream).map_err(|e| e.to_string())?;
+    head.starts_with("HTTP/1.1 200 Connection established")
+        .then_some(())
+        .ok_or(format!("{head:?}"))
+}
+
+/// A connection accepted before its service stops (replaced by a reload, or the process
+/// stopping) that has not sent its first request yet gets that request served within the
+/// grace period: its request may be on its way, and a client that got nothing on a fresh
+/// connection does not ask again. The `http` and `auto` handlers used to close it at once.
+#[test]
+fn a_connection_accepted_before_a_stop_gets_its_first_request_served() {
+    let echo = Target::echo();
+    for handler in ["http", "auto", "socks5"] {
+        let yaml = |listener_metadata: &str| {
+            format!(
+                "services:\n- name: s\n  addr: 127.0.0.1:0\n  handler:\n    type: {handler}\n  listener:\n    type: tcp\n{listener_metadata}"
+            )
+        };
+        let (dir, mut gost) = reloadable(&yaml(""), 1);
+        let mut fresh = TcpStream::connect(gost.service_addr("s").unwrap()).unwrap();
+        thread::sleep(Duration::from_millis(200));
+        kubelet_write(&dir, 1, &yaml("    metadata: {keepalive: true}\n"));
+        wait_for_count(&gost, r#""replaced":"[\"s\"]""#, 1);
+        let granted = first_tunnel(&mut fresh, handler, echo.addr);
+        assert_eq!(granted, Ok(()), "{handler}, replaced:\n{}", gost.log());
+        assert!(echoes(&mut fresh), "{handler}, replaced");
+
+        let mut fresh = TcpStream::connect(gost.service_addr("s").unwrap()).unwrap();
+        thread::sleep(Duration::from_millis(200));
+        gost.signal("TERM");
+        wait_for_count(&gost, "stopped accepting", 2);
+        let granted = first_tunnel(&mut fresh, handler, echo.addr);
+        assert_eq!(granted, Ok(()), "{handler}, stopping:\n{}", gost.log());
+        assert!(echoes(&mut fresh), "{handler}, stopping");
+        drop(fresh);
+        assert_eq!(gost.wait_exit(Duration::from_secs(10)), Some(0));
+        drop(dir);
+    }
 }

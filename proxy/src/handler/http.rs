@@ -184,23 +184,27 @@ impl Handler for HttpHandler {
         let served_at = conn.tcp_local_addr();
         let service = {
             let control = control.clone();
-            let retired = super::signals().retired;
+            let super::ConnSignals {
+                retired, stopping, ..
+            } = super::signals();
             service_fn(move |req| {
                 let shared = shared.clone();
                 let control = control.clone();
                 let retired = retired.clone();
+                let stopping = stopping.clone();
                 control
                     .served
                     .store(true, std::sync::atomic::Ordering::Relaxed);
                 let connect = req.method() == Method::CONNECT;
                 async move {
                     let mut response = shared.serve(req, client, served_at, &control).await;
-                    // Served by a handler a reload has replaced: the connection ends after
-                    // this answer, so that the next request meets the new one. A tunnel's
-                    // answer is left alone.
+                    // Served by a handler a reload has replaced, or by a service that
+                    // stops: the connection ends after this answer, so that the next
+                    // request meets the new handler, or none. A tunnel's answer is left
+                    // alone.
                     let tunnel = response.status() == StatusCode::SWITCHING_PROTOCOLS
                         || (connect && response.status().is_success());
-                    if retired.is_cancelled() && !tunnel {
+                    if (retired.is_cancelled() || stopping.is_cancelled()) && !tunnel {
                         response
                             .headers_mut()
                             .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -221,26 +225,24 @@ impl Handler for HttpHandler {
             .auto_date_header(false)
             .serve_connection(TokioIo::new(conn), service)
             .with_upgrades();
-        // When the service stops, the connection ends: at once when it waits for a request,
-        // after the answer (with `Connection: close`) when one is being served. When a reload
-        // only replaces the handler, a connection that has served requests ends the same way
-        // (a client's next request on it meets the new handler, new credentials included);
-        // one that has not, accepted just before, has its first request answered (by the
-        // handler it was accepted for) and then ends, as its request may be on its way.
+        // When the service stops, or a reload replaces the handler, a connection that has
+        // served requests ends: at once when it waits for the next one, after the answer
+        // (with `Connection: close`) when one is being served. One that has not, accepted
+        // just before, has its first request answered (by the handler it was accepted for,
+        // with `Connection: close`) and then ends, as its request may be on its way and a
+        // client that gets nothing on a fresh connection does not ask again. It waits no
+        // longer than the handshake timeout (hyper's header read timeout) and, when the
+        // service stops, its grace period (which closes the connection's task).
         let super::ConnSignals {
             retired, stopping, ..
         } = super::signals();
         let mut retiring = std::pin::pin!(async {
             tokio::select! {
                 () = stopping.cancelled() => {}
-                () = async {
-                    retired.cancelled().await;
-                    if !control.served.load(std::sync::atomic::Ordering::Relaxed) {
-                        // Answered with `Connection: close` when it comes; unless the
-                        // service stops first.
-                        std::future::pending::<()>().await;
-                    }
-                } => {}
+                () = retired.cancelled() => {}
+            }
+            if !control.served.load(std::sync::atomic::Ordering::Relaxed) {
+                std::future::pending::<()>().await;
             }
         });
         let mut shutting_down = false;

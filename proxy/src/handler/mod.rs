@@ -177,7 +177,9 @@ pub struct ConnSignals {
     /// configuration no longer has (old credentials, say).
     pub retired: CancellationToken,
     /// Fired when the service stops accepting (removed, replaced, or the process stopping):
-    /// a connection waiting for a request closes at once.
+    /// a connection that has served requests closes at once when it waits for the next one;
+    /// one that has not sent its first yet still gets it answered, as its client may have
+    /// sent it already.
     pub stopping: CancellationToken,
 }
 
