@@ -866,29 +866,61 @@ fn a_sighup_while_the_first_config_url_is_read_is_not_fatal() {
     );
 }
 
-/// `metrics:` and `log:` are read at start only; a reload that changes them says so rather
-/// than leaving, say, a newly added `metrics.auth` to be found not working.
+/// The metrics endpoint's credentials follow a reload (a `metrics.auth` added, say, protects
+/// it at once); its address and path, and `log:`, are read at start only, and a reload that
+/// changes them says so rather than leaving the change to be found not working.
 #[test]
 fn a_reload_that_changes_metrics_says_it_waits_for_a_restart() {
-    let dir = tempdir();
-    let file = dir.join("gost.yaml");
     let service = "services:\n- name: a\n  addr: 127.0.0.1:0\n  handler:\n    type: http\n";
-    std::fs::write(&file, format!("{service}metrics:\n  addr: 127.0.0.1:0\n")).unwrap();
-    let gost = Gost::start(&["-C", file.to_str().unwrap()], 2);
-    std::fs::write(
-        &file,
-        format!(
-            "{service}metrics:\n  addr: 127.0.0.1:0\n  auth:\n    username: u\n    password: p\n"
-        ),
-    )
-    .unwrap();
+    let metrics = "metrics:\n  addr: 127.0.0.1:0\n";
+    let (dir, gost) = reloadable(&format!("{service}{metrics}"), 2);
+    let url = format!("http://{}/metrics", gost.addrs()[0]);
+    assert!(scrape_metrics(&url, None).contains("status=200"));
+    let auth = "  auth:\n    username: u\n    password: p\n";
+    kubelet_write(&dir, 1, &format!("{service}{metrics}{auth}"));
     wait_for_count(&gost, "configuration applied", 1);
+    assert!(scrape_metrics(&url, None).contains("status=401"));
+    assert!(scrape_metrics(&url, Some("u:p")).contains("status=200"));
     assert!(
-        gost.log()
-            .contains("the `metrics` section changed; it takes effect at the next start"),
+        !gost.log().contains("takes effect at the next start"),
         "{}",
         gost.log()
     );
+    kubelet_write(&dir, 2, &format!("{service}{metrics}{auth}  path: /m\n"));
+    wait_for_count(&gost, "configuration applied", 2);
+    assert!(
+        gost.log().contains(
+            "the `metrics` section changed; its address and path take effect at the next start"
+        ),
+        "{}",
+        gost.log()
+    );
+    assert!(scrape_metrics(&url, Some("u:p")).contains("status=200"));
+}
+
+/// A reload that changes the users of the metrics endpoint's auther applies to the endpoint
+/// at once: the old password stops working there, as it does on the services. It used to
+/// keep working, without a word in the log, until the next start.
+#[test]
+fn the_metrics_endpoint_follows_its_authers_password() {
+    let yaml = |password: &str| {
+        format!(
+            "services:\n- name: a\n  addr: 127.0.0.1:0\n  handler:\n    type: http\n    auther: a1\n\
+             authers:\n- name: a1\n  auths:\n  - {{username: prom, password: {password}}}\n\
+             metrics:\n  addr: 127.0.0.1:0\n  auther: a1\n"
+        )
+    };
+    let (dir, gost) = reloadable(&yaml("old"), 2);
+    let url = format!("http://{}/metrics", gost.addrs()[0]);
+    assert!(scrape_metrics(&url, Some("prom:old")).contains("status=200"));
+    kubelet_write(&dir, 1, &yaml("new"));
+    wait_for_count(&gost, "configuration applied", 1);
+    let old = scrape_metrics(&url, Some("prom:old"));
+    assert!(
+        old.contains("status=401"),
+        "the old password still works: {old}"
+    );
+    assert!(scrape_metrics(&url, Some("prom:new")).contains("status=200"));
 }
 
 /// One plain-HTTP request on an open keep-alive connection: the status line, or `None` when

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use gost_api::{Config, MetricsConfig};
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
@@ -61,31 +62,52 @@ impl Readiness {
 
 struct Endpoint {
     path: String,
-    auth: Option<Authenticator>,
+    auth: MetricsAuth,
     ready: Readiness,
 }
 
-/// Binds the metrics address of `config`; the returned future serves it until dropped.
+/// The credentials the metrics path asks for (`metrics.auth`, or its `auther`'s users), which
+/// follow reloads: a changed password must stop working here as it does on the services.
+#[derive(Clone, Default)]
+pub struct MetricsAuth(Arc<ArcSwapOption<Authenticator>>);
+
+impl MetricsAuth {
+    /// Takes the credentials `config`'s `metrics` section asks for; without the section,
+    /// the ones in use stay (the endpoint itself goes only at the next start).
+    pub fn update(&self, config: &Config) {
+        if let Some(metrics) = &config.metrics {
+            self.0.store(Self::of(metrics, config).map(Arc::new));
+        }
+    }
+
+    fn of(metrics: &MetricsConfig, config: &Config) -> Option<Authenticator> {
+        let names: Vec<&String> = metrics.auther.iter().collect();
+        Authenticator::configured(metrics.auth.as_ref(), &names, config)
+    }
+}
+
+/// Binds the metrics address of `config`; the returned future serves it until dropped, and
+/// the returned credentials are the ones it checks, for reloads to update.
 pub fn bind(
     metrics: &MetricsConfig,
     config: &Config,
     ready: Readiness,
-) -> Result<(SocketAddr, impl Future<Output = ()> + use<>), String> {
+) -> Result<(SocketAddr, MetricsAuth, impl Future<Output = ()> + use<>), String> {
     let listener = TcpListenerImpl::bind(&metrics.addr)
         .map_err(|e| format!("metrics.addr: cannot listen on {:?}: {e}", metrics.addr))?;
     let local = listener.local_addr();
-    let names: Vec<&String> = metrics.auther.iter().collect();
-    let auth = Authenticator::configured(metrics.auth.as_ref(), &names, config);
+    let auth = MetricsAuth::default();
+    auth.update(config);
     let endpoint = Arc::new(Endpoint {
         path: metrics
             .path
             .clone()
             .filter(|p| p.starts_with('/'))
             .unwrap_or_else(|| DEFAULT_METRICS_PATH.to_string()),
-        auth,
+        auth: auth.clone(),
         ready,
     });
-    Ok((local, serve(listener, endpoint)))
+    Ok((local, auth, serve(listener, endpoint)))
 }
 
 async fn serve(listener: TcpListenerImpl, endpoint: Arc<Endpoint>) {
@@ -179,7 +201,8 @@ fn respond(endpoint: &Endpoint, req: Request<Incoming>) -> Response<Full<Bytes>>
 }
 
 fn authorized(endpoint: &Endpoint, req: &Request<Incoming>) -> bool {
-    let Some(auth) = &endpoint.auth else {
+    let auth = endpoint.auth.0.load();
+    let Some(auth) = auth.as_deref() else {
         return true;
     };
     req.headers()

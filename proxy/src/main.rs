@@ -805,12 +805,14 @@ async fn run(
     let tunnels = TaskTracker::new();
     let ready = gost_proxy::admin::Readiness::default();
     // Bound first, so that probes get an answer ("not ready") while services start, and kept
-    // while draining, so that they see "not ready" rather than a refused connection. Changes
-    // to `metrics:` take effect at the next start.
+    // while draining, so that they see "not ready" rather than a refused connection. Its
+    // credentials follow reloads; its address and path take effect at the next start.
+    let mut metrics_auth = None;
     let _admin = match &config.metrics {
         Some(metrics) => match gost_proxy::admin::bind(metrics, &config, ready.clone()) {
-            Ok((addr, serve)) => {
+            Ok((addr, auth, serve)) => {
                 tracing::info!(addr = %addr, "metrics, /healthz and /readyz listening");
+                metrics_auth = Some(auth);
                 Some(tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
                     serve,
                 )))
@@ -861,7 +863,7 @@ async fn run(
             reload(
                 assembled,
                 &mut supervisor,
-                &ready,
+                (&ready, metrics_auth.as_ref()),
                 "file change",
                 &mut config,
             )
@@ -886,7 +888,14 @@ async fn run(
             assembled = assemble_config(args) => assembled,
             signal = signals.next() => break signal,
         };
-        reload(assembled, &mut supervisor, &ready, cause, &mut config).await;
+        reload(
+            assembled,
+            &mut supervisor,
+            (&ready, metrics_auth.as_ref()),
+            cause,
+            &mut config,
+        )
+        .await;
     };
     ready.set(false);
     tracing::info!(
@@ -952,13 +961,19 @@ fn watched_files(args: &Args) -> Vec<PathBuf> {
 }
 
 /// Applies a configuration read again (`assembled`); a refused one leaves everything running.
+/// `admin` is what the metrics endpoint shows and checks: readiness, and its credentials when
+/// it has an endpoint.
 async fn reload(
     assembled: Result<Config, String>,
     supervisor: &mut Supervisor,
-    ready: &gost_proxy::admin::Readiness,
+    admin: (
+        &gost_proxy::admin::Readiness,
+        Option<&gost_proxy::admin::MetricsAuth>,
+    ),
     cause: &'static str,
     running: &mut Config,
 ) {
+    let (ready, metrics_auth) = admin;
     let started = std::time::Instant::now();
     let result = match assembled {
         // A periodic read that finds what runs changes nothing (and keeps the generation); a
@@ -971,18 +986,31 @@ async fn reload(
         Ok(config) => {
             let applied = supervisor.apply(&config).await.map_err(|e| e.to_string());
             if applied.is_ok() {
-                // Said, not left to be found out: a `metrics.auth` added by a reload does not
-                // protect the endpoint until the next start.
-                for (section, changed) in [
-                    ("metrics", config.metrics != running.metrics),
-                    ("log", config.log != running.log),
-                ] {
-                    if changed {
-                        tracing::warn!(
-                            section,
-                            "the `{section}` section changed; it takes effect at the next start"
-                        );
-                    }
+                // The endpoint's credentials follow, as the services' do: an old password
+                // must stop working everywhere at once.
+                if let Some(metrics_auth) = metrics_auth {
+                    metrics_auth.update(&config);
+                }
+                // Said, not left to be found out: a metrics endpoint moved (or added) by a
+                // reload is not there until the next start.
+                let endpoint = |config: &Config| {
+                    config
+                        .metrics
+                        .as_ref()
+                        .map(|m| (m.addr.clone(), m.path.clone()))
+                };
+                if endpoint(&config) != endpoint(running) {
+                    tracing::warn!(
+                        section = "metrics",
+                        "the `metrics` section changed; its address and path take effect at \
+                         the next start (its credentials apply at once)"
+                    );
+                }
+                if config.log != running.log {
+                    tracing::warn!(
+                        section = "log",
+                        "the `log` section changed; it takes effect at the next start"
+                    );
                 }
                 *running = config;
             }
