@@ -976,9 +976,10 @@ async fn reload(
     let (ready, metrics_auth) = admin;
     let started = std::time::Instant::now();
     let result = match assembled {
-        // A periodic read that finds what runs changes nothing (and keeps the generation); a
-        // refusal shown before is over.
-        Ok(config) if cause == "period" && config == *running && supervisor.all_bound() => {
+        // A read that finds what runs (a periodic one, a SIGHUP, a file change in comments or
+        // layout only) changes nothing and keeps the generation; a refusal shown before is
+        // over. With a service not bound it is applied: that binds it if it can.
+        Ok(config) if config == *running && supervisor.all_bound() => {
             tracing::debug!(cause, "configuration unchanged");
             ready.set_error(None);
             return;
