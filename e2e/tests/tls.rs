@@ -231,6 +231,41 @@ fn client_verifies_the_server_only_when_asked_as_gost_does() {
     );
 }
 
+/// The warning that a node's certificate is not verified comes once per node for the life of
+/// the process: a reload that rebuilds the chain (here: the service's handler changed) used
+/// to say it again, each time.
+#[test]
+fn an_unverified_node_is_warned_about_once_across_reloads() {
+    let dir = tempdir();
+    let target = Target::http();
+    let server = Gost::start(&["-L", "https://127.0.0.1:0"], 1);
+    let file = dir.join("gost.yaml");
+    let yaml = |agent: &str| {
+        format!(
+            "services:\n- name: front\n  addr: 127.0.0.1:0\n  handler:\n    type: http\n    chain: up\n    metadata: {{proxyAgent: {agent}}}\n\
+             chains:\n- name: up\n  hops:\n  - name: h\n    nodes:\n    - name: n\n      addr: {}\n      connector:\n        type: http\n      dialer:\n        type: tls\n",
+            server.addr()
+        )
+    };
+    fs::write(&file, yaml("a")).unwrap();
+    let client = Gost::start(&["-C", file.to_str().unwrap()], 1);
+    let warnings = || client.log().matches("not verified").count();
+    for (round, agent) in ["a", "b", "c"].into_iter().enumerate() {
+        if round > 0 {
+            fs::write(&file, yaml(agent)).unwrap();
+            client.wait_for_log(&format!("\"generation\":{}", round + 1));
+        }
+        let proxy = format!("http://{}", client.service_addr("front").unwrap());
+        let out = get_through(&proxy, &target);
+        assert!(
+            out.text().starts_with("hello from target"),
+            "{}",
+            out.stderr
+        );
+        assert_eq!(warnings(), 1, "round {round}:\n{}", client.log());
+    }
+}
+
 #[test]
 fn mutual_tls_requires_a_client_certificate_from_the_ca() {
     let dir = tempdir();

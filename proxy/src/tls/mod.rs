@@ -489,8 +489,16 @@ pub struct ClientTls {
     connector: TlsConnector,
     server_name: Option<ServerName<'static>>,
     verified: bool,
-    warned: AtomicBool,
+    /// Whether this node's entry in [`WARNED_UNVERIFIED`] is made: later dials skip the lock.
+    noted_unverified: AtomicBool,
 }
+
+/// The nodes (address and server name) whose unverified certificate has been warned about:
+/// once per node for the life of the process, not per [`ClientTls`], which every reload that
+/// rebuilds a chain makes anew. Only unverified nodes of the configuration get here (a
+/// target is never dialled with an unverified `ClientTls`), so the set stays small.
+static WARNED_UNVERIFIED: std::sync::LazyLock<Mutex<HashSet<(String, String)>>> =
+    std::sync::LazyLock::new(Default::default);
 
 impl ClientTls {
     /// From the node's `tls` section (GOST's defaults when absent); `alpn` in order of
@@ -529,7 +537,7 @@ impl ClientTls {
             connector: TlsConnector::from(Arc::new(config)),
             server_name,
             verified: tls.secure || tls.ca_file.is_some(),
-            warned: AtomicBool::new(false),
+            noted_unverified: AtomicBool::new(false),
         })
     }
 
@@ -552,7 +560,8 @@ impl ClientTls {
     }
 
     /// The name a handshake with the node at `addr` sends and verifies: `serverName`, else
-    /// the node's host. Warns once when the certificate will not be verified.
+    /// the node's host. Warns once per node and name when the certificate will not be
+    /// verified.
     pub fn server_name(&self, addr: &Address) -> io::Result<ServerName<'static>> {
         let name = match &self.server_name {
             Some(name) => name.clone(),
@@ -566,7 +575,13 @@ impl ClientTls {
                 })?,
             },
         };
-        if !self.verified && !self.warned.swap(true, Ordering::Relaxed) {
+        if !self.verified
+            && !self.noted_unverified.swap(true, Ordering::Relaxed)
+            && WARNED_UNVERIFIED
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert((addr.to_string(), name.to_str().into_owned()))
+        {
             tracing::warn!(
                 peer = %addr,
                 "TLS server certificate not verified (set secure: true or caFile to verify it)"
