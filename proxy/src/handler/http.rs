@@ -248,6 +248,14 @@ impl Handler for HttpHandler {
         let mut shutting_down = false;
         let result = loop {
             tokio::select! {
+                // Retiring first: when a reload's swap and a client's next request are both
+                // in by the time this task runs, the request must not be read by the handler
+                // the reload replaced (an old password would work once more).
+                biased;
+                () = &mut retiring, if !shutting_down => {
+                    shutting_down = true;
+                    std::pin::Pin::new(&mut connection).graceful_shutdown();
+                }
                 result = &mut connection => break result,
                 () = control.signal.notified() => {
                     // The request is never answered through hyper, which has so written
@@ -259,10 +267,6 @@ impl Handler for HttpHandler {
                             .await;
                     }
                     return;
-                }
-                () = &mut retiring, if !shutting_down => {
-                    shutting_down = true;
-                    std::pin::Pin::new(&mut connection).graceful_shutdown();
                 }
             }
         };
