@@ -693,6 +693,9 @@ type ClientStream = ::h3::client::RequestStream<h3_quinn::BidiStream<Bytes>, Byt
 struct Session {
     quic: quinn::Connection,
     send: SendRequest,
+    /// The oldest tunnel's first request on this connection that has had no answer yet:
+    /// when it began, and the connection's count of received datagrams then.
+    unanswered: Arc<std::sync::Mutex<Option<(Instant, u64)>>>,
 }
 
 impl Session {
@@ -703,29 +706,65 @@ impl Session {
     fn id(&self) -> usize {
         self.quic.stable_id()
     }
+
+    fn received(&self) -> u64 {
+        self.quic.stats().udp_rx.datagrams
+    }
+
+    /// How long the connection may receive nothing after a request went before it is
+    /// taken for dead: [`SILENT_AFTER`] and four round trips.
+    fn silence_window(&self) -> Duration {
+        SILENT_AFTER + self.quic.rtt().saturating_mul(4)
+    }
+
+    fn unanswered(&self) -> std::sync::MutexGuard<'_, Option<(Instant, u64)>> {
+        self.unanswered
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A tunnel's first request is about to go; `received` as [`Session::received`] before.
+    fn first_request(&self, received: u64) {
+        self.unanswered().get_or_insert((Instant::now(), received));
+    }
+
+    /// An answer came: the connection lives.
+    fn answered(&self) {
+        *self.unanswered() = None;
+    }
+
+    /// Whether a tunnel's first request went unanswered, with nothing at all received since,
+    /// for the whole [`Session::silence_window`]. Such a request may have given up (its
+    /// caller's dial timeout) before it could tell; the next tunnel finds out here.
+    fn found_silent(&self) -> bool {
+        let mut unanswered = self.unanswered();
+        let Some((since, received)) = *unanswered else {
+            return false;
+        };
+        if self.received() != received {
+            // Something came after it: alive then.
+            *unanswered = None;
+            return false;
+        }
+        since.elapsed() >= self.silence_window()
+    }
 }
 
 #[derive(Default)]
 struct State {
     session: Option<Session>,
-    /// The UDP socket (as a quinn endpoint) new connections to this node are dialled from,
-    /// per family.
-    endpoint: Option<(bool, quinn::Endpoint)>,
+    /// The UDP socket (as a quinn endpoint) the current connection was dialled from.
+    endpoint: Option<quinn::Endpoint>,
     failures: u32,
     retry_at: Option<Instant>,
 }
 
 impl State {
     /// Stops sending new requests on the current connection while it is still open: a
-    /// stopping server refused a session on it, or sent GOAWAY. The tunnels on it keep it
-    /// (h3 closes it after the last one). The next connection comes from a new UDP socket:
-    /// one from the same port is the same flow to whatever balances UDP in front of the
-    /// server (a Kubernetes Service's conntrack, a reuseport group), which would send it to
-    /// the stopping server again. The old socket goes with the old connection.
+    /// stopping server refused a session on it, sent GOAWAY, or it went silent. The tunnels
+    /// on it keep it (h3 closes it after the last one).
     fn retire(&mut self) {
-        if self.session.take().is_some() {
-            self.endpoint = None;
-        }
+        self.session = None;
     }
 }
 
@@ -769,20 +808,23 @@ impl H3RoundTrip {
     /// bound.
     pub async fn local_addr(&self) -> Option<SocketAddr> {
         let state = self.state.lock().await;
-        state
-            .endpoint
-            .as_ref()
-            .and_then(|(_, e)| e.local_addr().ok())
+        state.endpoint.as_ref().and_then(|e| e.local_addr().ok())
     }
 
     /// The connection new requests go on, dialling when there is none open.
     async fn session(&self) -> io::Result<Session> {
         let mut state = self.state.lock().await;
         if let Some(session) = &state.session {
-            if session.open() {
+            if session.open() && !session.found_silent() {
                 return Ok(session.clone());
             }
-            state.session = None;
+            if session.open() {
+                tracing::debug!(
+                    node = %self.node,
+                    "HTTP/3 connection silent since a new tunnel's request; new tunnels go on a new connection"
+                );
+            }
+            state.retire();
         }
         if let Some(at) = state.retry_at {
             tokio::time::sleep_until(at).await;
@@ -813,25 +855,24 @@ impl H3RoundTrip {
             .await?
             .next()
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address"))?;
-        let endpoint = match &state.endpoint {
-            Some((v6, endpoint)) if *v6 == peer.is_ipv6() => endpoint.clone(),
-            _ => {
-                let unspecified = if peer.is_ipv6() {
-                    IpAddr::V6(Ipv6Addr::UNSPECIFIED)
-                } else {
-                    IpAddr::V4(Ipv4Addr::UNSPECIFIED)
-                };
-                let socket = udp_socket(SocketAddr::new(unspecified, 0), false)?;
-                let endpoint = quinn::Endpoint::new(
-                    endpoint_config(None),
-                    None,
-                    socket,
-                    Arc::new(quinn::TokioRuntime),
-                )?;
-                state.endpoint = Some((peer.is_ipv6(), endpoint.clone()));
-                endpoint
-            }
+        // Every connection from a UDP socket of its own: one from the port of the connection
+        // before it would be the same flow to whatever balances UDP in front of the server (a
+        // Kubernetes Service's conntrack, a reuseport group), which would send it where the
+        // old one went: to a stopping server, or a dead one. A socket goes with its
+        // connection.
+        let unspecified = if peer.is_ipv6() {
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+        } else {
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
         };
+        let socket = udp_socket(SocketAddr::new(unspecified, 0), false)?;
+        let endpoint = quinn::Endpoint::new(
+            endpoint_config(None),
+            None,
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )?;
+        state.endpoint = Some(endpoint.clone());
         let server_name = self.tls.server_name(&self.node)?;
         let mut config = quinn::ClientConfig::new(self.crypto.clone());
         config.transport_config(self.transport.clone());
@@ -875,7 +916,11 @@ impl H3RoundTrip {
                 tracing::debug!(node = %node, error = %e, "HTTP/3 connection ended");
             }
         });
-        Ok(Session { quic, send })
+        Ok(Session {
+            quic,
+            send,
+            unanswered: Arc::default(),
+        })
     }
 
     /// Sends `req` on `pinned` while it is open, else on the current connection; the
@@ -884,123 +929,114 @@ impl H3RoundTrip {
     /// A tunnel's first request (`pinned` is `None`: nothing of the tunnel lives on any
     /// server yet) is asked again, once, on a new connection when the one it went on turns
     /// out dead before answering: closed (a server restarted with its key resets it), or
-    /// silent, with not even an acknowledgement for [`SILENT_AFTER`] (a killed server, or
-    /// a balancer that now sends the flow to a server that cannot reset it). Without that,
-    /// new tunnels would fail until the idle timeout (30 s) found the connection dead.
+    /// silent, with not even an acknowledgement for [`Session::silence_window`] (a killed
+    /// server, or a balancer that now sends the flow to a server that cannot reset it), the
+    /// wait for a stream the server would let us open included. Without that, new tunnels
+    /// would fail until the idle timeout (30 s) found the connection dead.
     async fn send(
         &self,
         pinned: Option<Session>,
         req: Request<Bytes>,
     ) -> io::Result<(Response<Body>, Session)> {
-        let first = pinned.is_none();
         let (parts, body) = req.into_parts();
         let head = Request::from_parts(parts, ());
-        let (mut session, mut stream, received) = self.start(pinned, &head, &body).await?;
-        let answer = if first {
-            match self.first_answer(&session, &mut stream, received).await {
-                Ok(answer) => answer?,
-                Err(dead) => {
+        if pinned.is_none() {
+            let session = self.session().await?;
+            match self.first(&session, &head, &body).await {
+                First::Answered(done) => {
+                    let (answer, stream) = *done;
+                    return Ok(answered(&session, answer, stream));
+                }
+                First::Failed(e) => return Err(e),
+                First::NotOpened(e) => self.leave(&session, &e).await,
+                First::Dead(how) => {
                     tracing::debug!(
                         node = %self.node,
-                        "HTTP/3 connection {dead} before answering a new tunnel; asking again on a new connection"
+                        "HTTP/3 connection {how} before answering a new tunnel; asking again on a new connection"
                     );
                     // Retired rather than closed: a silent connection may still carry
-                    // tunnels that will find their way again. The next one comes from a new
-                    // UDP socket, a new flow for whatever balances in front of the server.
+                    // tunnels that will find their way again.
                     self.retire(session.id()).await;
-                    (session, stream, _) = self.start(None, &head, &body).await?;
-                    stream.recv_response().await.map_err(io::Error::other)?
                 }
             }
-        } else {
-            stream.recv_response().await.map_err(io::Error::other)?
+        }
+        let (session, mut stream) = self.start(pinned, &head, &body).await?;
+        let answer = stream.recv_response().await.map_err(io::Error::other)?;
+        Ok(answered(&session, answer, stream))
+    }
+
+    /// A tunnel's first request on `session`, watched for the connection's death.
+    async fn first(&self, session: &Session, head: &Request<()>, body: &Bytes) -> First {
+        let received = session.received();
+        session.first_request(received);
+        let exchange = async {
+            let mut stream = match request_on(session, head, body).await {
+                Ok(stream) => stream,
+                Err(e) => return First::NotOpened(e),
+            };
+            match stream.recv_response().await {
+                Ok(answer) => First::Answered(Box::new((answer, stream))),
+                Err(_) if !session.open() => First::Dead("closed"),
+                Err(e) => First::Failed(io::Error::other(e)),
+            }
         };
-        let (_, recv) = stream.split();
-        let mut res = answer.map(|()| DataBody::new(recv, None).boxed());
-        res.extensions_mut().insert(Shared);
-        Ok((res, session))
+        let silent = async {
+            tokio::time::sleep(session.silence_window()).await;
+            if session.received() == received {
+                return;
+            }
+            // Something came: the connection lives, and a slow answer is the server's.
+            std::future::pending::<()>().await
+        };
+        tokio::select! {
+            first = exchange => first,
+            () = silent => First::Dead("silent"),
+        }
     }
 
     /// Sends the request (`head` and `body`) on `pinned` while it is open, else on the
-    /// current connection; the connection, the request's stream, and how many datagrams the
-    /// connection had received before the request went.
+    /// current connection, and once more on a new connection when no stream opens (GOAWAY, a
+    /// connection that died since it was last used); the connection and the request's
+    /// stream.
     async fn start(
         &self,
         pinned: Option<Session>,
         head: &Request<()>,
         body: &Bytes,
-    ) -> io::Result<(Session, ClientStream, u64)> {
-        let mut session = match pinned.filter(Session::open) {
+    ) -> io::Result<(Session, ClientStream)> {
+        let session = match pinned.filter(Session::open) {
             Some(session) => session,
             None => self.session().await?,
         };
-        let mut received = session.quic.stats().udp_rx.datagrams;
-        let mut stream = match session.send.send_request(head.clone()).await {
-            Ok(stream) => stream,
+        match request_on(&session, head, body).await {
+            Ok(stream) => Ok((session, stream)),
             Err(e) => {
-                if matches!(e, StreamError::RemoteClosing { .. }) {
-                    // GOAWAY: the server finishes the requests it has, and takes no new ones
-                    // there (h3 refuses to send them).
-                    tracing::debug!(
-                        node = %self.node,
-                        "HTTP/3 server sent GOAWAY; new requests go on a new connection"
-                    );
-                    self.retire(session.id()).await;
-                } else {
-                    // The connection may have died since it was last used (nothing was sent
-                    // on it): drop it and try once more on a new one.
-                    tracing::debug!(node = %self.node, error = %e, "HTTP/3 request failed, redialling");
-                    self.forget(session.id()).await;
-                }
-                session = self.session().await?;
-                received = session.quic.stats().udp_rx.datagrams;
-                session
-                    .send
-                    .send_request(head.clone())
+                self.leave(&session, &e).await;
+                let session = self.session().await?;
+                let stream = request_on(&session, head, body)
                     .await
-                    .map_err(io::Error::other)?
+                    .map_err(io::Error::other)?;
+                Ok((session, stream))
             }
-        };
-        let sent = async {
-            if !body.is_empty() {
-                stream.send_data(body.clone()).await?;
-            }
-            stream.finish().await
-        };
-        if let Err(e) = sent.await {
-            // A server that needs no (more) request body may say so with STOP_SENDING before
-            // our FIN reached it (RFC 9114 §4.1; a pull's handler drops its empty body at
-            // once); its answer still comes. If the connection died, the answer fails below.
-            tracing::trace!(node = %self.node, error = %e, "HTTP/3 request body cut short");
         }
-        Ok((session, stream, received))
     }
 
-    /// The answer's head to a tunnel's first request on `session`; `Err` says how the
-    /// connection is dead when it is: closed, or silent for [`SILENT_AFTER`] (plus four
-    /// round trips) since the request went, while a live peer acknowledges it within one
-    /// round trip and its acknowledgement delay. `received` is the connection's count of
-    /// datagrams from before the request. Only that first window is watched: once anything
-    /// came, a slow answer is the server's to give.
-    async fn first_answer(
-        &self,
-        session: &Session,
-        stream: &mut ClientStream,
-        received: u64,
-    ) -> Result<io::Result<Response<()>>, &'static str> {
-        let silent = async {
-            tokio::time::sleep(SILENT_AFTER + session.quic.rtt().saturating_mul(4)).await;
-            if session.quic.stats().udp_rx.datagrams == received {
-                return;
-            }
-            std::future::pending::<()>().await
-        };
-        tokio::select! {
-            answer = stream.recv_response() => match answer {
-                Err(_) if !session.open() => Err("closed"),
-                answer => Ok(answer.map_err(io::Error::other)),
-            },
-            () = silent => Err("silent"),
+    /// Stops using `session` for new requests after a stream could not be opened on it
+    /// (`e`).
+    async fn leave(&self, session: &Session, e: &StreamError) {
+        if matches!(e, StreamError::RemoteClosing { .. }) {
+            // GOAWAY: the server finishes the requests it has, and takes no new ones there
+            // (h3 refuses to send them).
+            tracing::debug!(
+                node = %self.node,
+                "HTTP/3 server sent GOAWAY; new requests go on a new connection"
+            );
+            self.retire(session.id()).await;
+        } else {
+            // The connection may have died since it was last used (nothing was sent on it):
+            // drop it and try once more on a new one.
+            tracing::debug!(node = %self.node, error = %e, "HTTP/3 request failed, redialling");
+            self.forget(session.id()).await;
         }
     }
 
@@ -1023,6 +1059,54 @@ impl H3RoundTrip {
     }
 }
 
+/// How a tunnel's first request went ([`H3RoundTrip::first`]).
+enum First {
+    Answered(Box<(Response<()>, ClientStream)>),
+    /// The stream could not be opened.
+    NotOpened(StreamError),
+    /// The connection is closed, or silent.
+    Dead(&'static str),
+    Failed(io::Error),
+}
+
+/// Opens a request stream on `session` and sends `head` and `body` on it.
+async fn request_on(
+    session: &Session,
+    head: &Request<()>,
+    body: &Bytes,
+) -> Result<ClientStream, StreamError> {
+    let mut stream = session.send.clone().send_request(head.clone()).await?;
+    let sent = async {
+        if !body.is_empty() {
+            stream.send_data(body.clone()).await?;
+        }
+        stream.finish().await
+    };
+    if let Err(e) = sent.await {
+        // A server that needs no (more) request body may say so with STOP_SENDING before our
+        // FIN reached it (RFC 9114 §4.1; a pull's handler drops its empty body at once); its
+        // answer still comes. If the connection died, the answer fails.
+        tracing::trace!(error = %e, "HTTP/3 request body cut short");
+    }
+    Ok(stream)
+}
+
+/// The response of `answer` on `stream`, marked [`Shared`], and the connection it came on,
+/// which lives.
+fn answered(
+    session: &Session,
+    answer: Response<()>,
+    stream: ClientStream,
+) -> (Response<Body>, Session) {
+    session.answered();
+    let (_, recv) = stream.split();
+    let mut res = answer.map(|()| DataBody::new(recv, None).boxed());
+    res.extensions_mut().insert(Shared);
+    (res, session.clone())
+}
+
+/// For tests: every request as a tunnel's first. Production goes through [`H3Tunnel`].
+#[cfg(test)]
 #[async_trait]
 impl RoundTrip for H3RoundTrip {
     async fn round_trip(&self, req: Request<Bytes>) -> io::Result<Response<Body>> {
@@ -1367,6 +1451,125 @@ mod tests {
         .expect("test timed out");
     }
 
+    /// A client behind a [`Forwarder`], with `options`.
+    async fn forwarded(options: &QuicOptions) -> (Server, Forwarder, Arc<H3RoundTrip>) {
+        let server = echo_server();
+        let forwarder = Forwarder::start(server.local_addr()).await;
+        let client = H3RoundTrip::new(
+            Address::from_socket(forwarder.addr),
+            ClientTls::new(None, ALPN).unwrap(),
+            options,
+        )
+        .unwrap();
+        (server, forwarder, Arc::new(client))
+    }
+
+    /// A tunnel whose first request gives up before the connection's silence could be told
+    /// (its caller's dial timeout is shorter) leaves the mark: the next tunnel, once the
+    /// silence has lasted, goes on a new connection at once.
+    #[tokio::test]
+    async fn a_silence_outlasting_a_given_up_request_moves_the_next_tunnel() {
+        tokio::time::timeout(TEST_TIMEOUT, async {
+            let (_server, forwarder, client) = forwarded(&QuicOptions::default()).await;
+            let resp = client
+                .tunnel()
+                .round_trip(post("/echo", "first"))
+                .await
+                .unwrap();
+            assert_eq!(body_of(resp).await, "first");
+            let silent = client.session().await.unwrap();
+            forwarder.silence();
+            let gave_up = tokio::time::timeout(
+                Duration::from_millis(300),
+                client.tunnel().round_trip(post("/echo", "lost")),
+            )
+            .await;
+            assert!(gave_up.is_err(), "answered through a silenced flow");
+            tokio::time::sleep(silent.silence_window()).await;
+            let next = client.tunnel();
+            let resp = tokio::time::timeout(
+                Duration::from_millis(900),
+                next.round_trip(post("/echo", "next")),
+            )
+            .await
+            .expect("the next tunnel waited out a silence of its own")
+            .unwrap();
+            assert_eq!(body_of(resp).await, "next");
+            assert_ne!(next.pinned().as_ref().unwrap().id(), silent.id());
+        })
+        .await
+        .expect("test timed out");
+    }
+
+    /// A connection found dead by its idle timeout (no new tunnel came while it was silent) is
+    /// dialled again from a new UDP socket: from the old one, a flow balancer would send the
+    /// new connection to the dead server too.
+    #[tokio::test]
+    async fn a_connection_dead_by_idle_timeout_is_replaced_from_a_new_socket() {
+        tokio::time::timeout(TEST_TIMEOUT, async {
+            let options = QuicOptions {
+                max_idle_timeout: Duration::from_millis(600),
+                keepalive: Some(Duration::from_millis(200)),
+                ..QuicOptions::default()
+            };
+            let (_server, forwarder, client) = forwarded(&options).await;
+            let resp = client
+                .tunnel()
+                .round_trip(post("/echo", "first"))
+                .await
+                .unwrap();
+            assert_eq!(body_of(resp).await, "first");
+            let silent = client.session().await.unwrap();
+            forwarder.silence();
+            silent.quic.closed().await;
+            let resp = client
+                .tunnel()
+                .round_trip(post("/echo", "after"))
+                .await
+                .unwrap();
+            assert_eq!(body_of(resp).await, "after");
+        })
+        .await
+        .expect("test timed out");
+    }
+
+    /// A silent connection at its server's stream limit (its tunnels hold every stream): the
+    /// new tunnel's wait for a stream is watched too, and it goes on a new connection.
+    #[tokio::test]
+    async fn a_silent_connection_at_its_stream_limit_is_left() {
+        tokio::time::timeout(TEST_TIMEOUT, async {
+            let (_lines, rx) = mpsc::channel::<Bytes>(1);
+            let options = QuicOptions {
+                max_streams: 2,
+                ..QuicOptions::default()
+            };
+            let server = Server::bind(
+                "127.0.0.1:0",
+                &server_tls(),
+                &options,
+                handler(Some(Arc::new(Mutex::new(rx)))),
+            )
+            .unwrap();
+            let forwarder = Forwarder::start(server.local_addr()).await;
+            let client = Arc::new(client_to(forwarder.addr));
+            let mut held = Vec::new();
+            for _ in 0..2 {
+                let tunnel = client.tunnel();
+                let resp = tunnel.round_trip(post("/stream", "")).await.unwrap();
+                held.push((tunnel, resp));
+            }
+            forwarder.silence();
+            let resp = client
+                .tunnel()
+                .round_trip(post("/echo", "new"))
+                .await
+                .unwrap();
+            assert_eq!(body_of(resp).await, "new");
+        })
+        .await
+        .expect("test timed out");
+    }
+
     #[tokio::test]
     async fn concurrent_requests_share_one_connection_and_redial() {
         tokio::time::timeout(TEST_TIMEOUT, async {
@@ -1424,10 +1627,10 @@ mod tests {
                 first.id(),
                 "a new connection"
             );
-            assert_eq!(
+            assert_ne!(
                 client.local_addr().await.unwrap(),
                 socket,
-                "the same UDP socket"
+                "every connection has a UDP socket of its own"
             );
             drop(server);
         })
