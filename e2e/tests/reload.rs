@@ -986,8 +986,9 @@ fn a_changed_password_reaches_open_keep_alive_connections() {
 /// A stop closes HTTP/1.1 keep-alive connections that wait for their next request at once
 /// instead of waiting for them within the grace period. One that has sent nothing yet is
 /// waited for (its first request is answered, see
-/// `a_connection_accepted_before_a_stop_gets_its_first_request_served`), but no longer than
-/// the handler's `readTimeout`.
+/// `a_connection_accepted_before_a_stop_gets_its_first_request_served`), but only briefly
+/// (2 s), not the handler's `readTimeout` (15 s): browsers keep idle connections to their
+/// proxy opened in advance.
 #[test]
 fn a_stop_does_not_wait_for_idle_http_connections() {
     let target = Target::http();
@@ -1017,25 +1018,20 @@ fn a_stop_does_not_wait_for_idle_http_connections() {
     );
 
     let mut gost = Gost::start(
-        &[
-            "-L",
-            "http://u:p@127.0.0.1:0?readTimeout=1s",
-            "--grace-period",
-            "30s",
-        ],
+        &["-L", "http://u:p@127.0.0.1:0", "--grace-period", "30s"],
         1,
     );
     let _silent = TcpStream::connect(gost.addr()).unwrap();
     let started = Instant::now();
     gost.signal("TERM");
     assert_eq!(
-        gost.wait_exit(Duration::from_secs(10)),
+        gost.wait_exit(Duration::from_secs(20)),
         Some(0),
         "{}",
         gost.log()
     );
     assert!(
-        started.elapsed() < Duration::from_secs(3),
+        started.elapsed() < Duration::from_secs(6),
         "the stop took {:?}",
         started.elapsed()
     );

@@ -132,12 +132,13 @@ fn handler_serves_tls(kind: HandlerType) -> bool {
     matches!(kind, HandlerType::Socks5 | HandlerType::Auto)
 }
 
-/// The socket a service's listener binds: UDP for `h3`, TCP for the others; its addresses
-/// (none for every interface) and port.
+/// The socket a service's listener binds: UDP for `h3`, TCP for the others; the addresses it
+/// takes, per family, and its port.
 #[derive(Debug)]
 struct BindKey {
     udp: bool,
-    ips: Vec<IpAddr>,
+    /// Per family (`true`: IPv6), the address, or `None` for every address of the family.
+    slots: Vec<(bool, Option<IpAddr>)>,
     port: u16,
 }
 
@@ -147,32 +148,45 @@ impl BindKey {
     fn of(service: &ServiceConfig) -> Option<BindKey> {
         let (host, port) = gost_api::split_host_port(&service.addr)?;
         let port = gost_api::parse_port(port).filter(|p| *p != 0)?;
-        let ips = match host.parse::<IpAddr>() {
-            Ok(ip) if ip.is_unspecified() => Vec::new(),
-            Ok(ip) => vec![ip],
-            Err(_) if host.is_empty() => Vec::new(),
-            // As the listener resolves it when it binds.
-            Err(_) => (host, port)
-                .to_socket_addrs()
-                .ok()?
-                .map(|a| a.ip())
-                .collect(),
+        let udp = service.listener.kind == ListenerType::H3;
+        let slots = if host.is_empty() {
+            // Both families: the listeners bind `[::]` dual-stack, or `0.0.0.0`.
+            vec![(false, None), (true, None)]
+        } else {
+            let ip = match host.parse::<IpAddr>() {
+                Ok(ip) => ip,
+                // The first address, as the listener binds it.
+                Err(_) => (host, port).to_socket_addrs().ok()?.next()?.ip(),
+            };
+            // `[::ffff:127.0.0.1]` takes 127.0.0.1.
+            let ip = match ip {
+                IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+                v4 => v4,
+            };
+            match ip {
+                IpAddr::V4(v4) if v4.is_unspecified() => vec![(false, None)],
+                // An explicit `[::]`: the TCP listener leaves it dual-stack (the system's
+                // default), the h3 one binds it IPv6 only.
+                IpAddr::V6(v6) if v6.is_unspecified() && !udp => {
+                    vec![(false, None), (true, None)]
+                }
+                IpAddr::V6(v6) if v6.is_unspecified() => vec![(true, None)],
+                ip => vec![(ip.is_ipv6(), Some(ip))],
+            }
         };
-        Some(BindKey {
-            udp: service.listener.kind == ListenerType::H3,
-            ips,
-            port,
-        })
+        Some(BindKey { udp, slots, port })
     }
 
     /// Whether the two cannot be bound at once: one protocol and port, and an address in
-    /// common (every interface has one with any).
+    /// common within a family (every address of the family has one with any).
     fn clashes(&self, other: &BindKey) -> bool {
         self.udp == other.udp
             && self.port == other.port
-            && (self.ips.is_empty()
-                || other.ips.is_empty()
-                || self.ips.iter().any(|ip| other.ips.contains(ip)))
+            && self.slots.iter().any(|(v6, ip)| {
+                other.slots.iter().any(|(o_v6, o_ip)| {
+                    v6 == o_v6 && (ip.is_none() || o_ip.is_none() || ip == o_ip)
+                })
+            })
     }
 
     fn protocol(&self) -> &'static str {
@@ -727,13 +741,21 @@ mod tests {
             ("127.0.0.1:8080", "127.0.0.1:8081"),
             ("127.0.0.1:8080", "127.0.0.2:8080"),
             ("127.0.0.1:8080", "[::1]:8080"),
+            // 0.0.0.0 is every IPv4 address only.
+            ("0.0.0.0:8080", "[::1]:8080"),
         ] {
             assert!(!clash(a, b), "{a} and {b}");
+            assert!(!clash(b, a), "{b} and {a}");
         }
+        // An IPv4-mapped address is the IPv4 one.
+        assert!(clash("127.0.0.1:8080", "[::ffff:127.0.0.1]:8080"));
         // h3 binds UDP: no clash with a TCP listener on the same port.
-        let h3 = key(":8443", ListenerType::H3).unwrap();
-        assert!(!h3.clashes(&key(":8443", tcp).unwrap()));
-        assert!(h3.clashes(&key("127.0.0.1:8443", ListenerType::H3).unwrap()));
+        let h3 = |addr: &str| key(addr, ListenerType::H3).unwrap();
+        assert!(!h3(":8443").clashes(&key(":8443", tcp).unwrap()));
+        assert!(h3(":8443").clashes(&h3("127.0.0.1:8443")));
+        // Its explicit `[::]` is IPv6 only: the usual pair with 0.0.0.0.
+        assert!(!h3("[::]:8443").clashes(&h3("0.0.0.0:8443")));
+        assert!(h3("[::]:8443").clashes(&h3("[::1]:8443")));
         // Port 0 is a new port at every bind.
         assert!(key("127.0.0.1:0", tcp).is_none());
     }

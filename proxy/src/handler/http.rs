@@ -83,6 +83,10 @@ pub(crate) fn head_size(method: &Method, uri: &Uri, headers: &HeaderMap) -> usiz
     request_line + fields + "\r\n".len()
 }
 
+/// How long a connection that has sent no request yet is kept, once its service stops or its
+/// handler is replaced, for a first request that may be on its way.
+pub const FIRST_REQUEST_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// GOST's `Proxy-Agent` value, overridable with `proxyAgent` metadata.
 pub const DEFAULT_PROXY_AGENT: &str = "gost/3.0";
 
@@ -230,9 +234,11 @@ impl Handler for HttpHandler {
         // (with `Connection: close`) when one is being served. One that has not, accepted
         // just before, has its first request answered (by the handler it was accepted for,
         // with `Connection: close`) and then ends, as its request may be on its way and a
-        // client that gets nothing on a fresh connection does not ask again. It waits no
-        // longer than the handshake timeout (hyper's header read timeout) and, when the
-        // service stops, its grace period (which closes the connection's task).
+        // client that gets nothing on a fresh connection does not ask again. It waits
+        // [`FIRST_REQUEST_WAIT`] for it to begin (no longer than the handshake timeout nor,
+        // when the service stops, its grace period): a request on its way arrives within a
+        // round trip, and a longer wait would let a connection opened in advance (as browsers
+        // keep them) hold a stop, or be served by credentials a reload revoked.
         let super::ConnSignals {
             retired, stopping, ..
         } = super::signals();
@@ -242,7 +248,8 @@ impl Handler for HttpHandler {
                 () = retired.cancelled() => {}
             }
             if !control.served.load(std::sync::atomic::Ordering::Relaxed) {
-                std::future::pending::<()>().await;
+                // A request begun by then is answered before the connection closes.
+                tokio::time::sleep(FIRST_REQUEST_WAIT).await;
             }
         });
         let mut shutting_down = false;
