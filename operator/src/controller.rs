@@ -202,6 +202,12 @@ fn injected_pods() -> ListParams {
 }
 
 /// The pods the webhook did not inject (the label is absent, or set by hand to another value).
+/// How soon a namespace with pods running without the sidecar is reconciled again.
+const RECOUNT_PERIOD: Duration = Duration::from_secs(60);
+
+/// Pods without the sidecar fetched one by one, at most; more are listed.
+const FETCHED_BY_NAME: usize = 10;
+
 fn uninjected_pods() -> ListParams {
     ListParams::default().labels(&format!("{INJECTED_LABEL}!={INJECTED_VALUE}"))
 }
@@ -290,6 +296,16 @@ impl Context {
             .namespace_labels
             .write()
             .expect("namespace labels lock") = Some(Arc::new(labels));
+    }
+
+    /// Whether namespace `ns` is in the namespace cache (always, without one: only a pod's
+    /// own annotation opts it in then).
+    fn namespace_known(&self, ns: &str) -> bool {
+        self.namespace_labels
+            .read()
+            .expect("namespace labels lock")
+            .as_ref()
+            .is_none_or(|labels| labels.known(ns))
     }
 
     /// The `gost.rs/inject` label of namespace `ns`, when known.
@@ -531,7 +547,16 @@ impl Context {
         summary.requeue_after = requeue_after;
         match self.pods_without_sidecar(ns, &snap.services).await {
             Ok(by_service) => {
-                for (gs, pods) in by_service {
+                for (gs, pods) in by_service.into_iter().flatten() {
+                    if !pods.is_empty() {
+                        // A counted pod that finishes or is evicted changes no metadata
+                        // the watch sees: looked at again soon rather than at the resync.
+                        summary.requeue_after = Some(
+                            summary
+                                .requeue_after
+                                .map_or(RECOUNT_PERIOD, |d| d.min(RECOUNT_PERIOD)),
+                        );
+                    }
                     observed.entry(gs).or_default().without_sidecar = Some(pods);
                 }
             }
@@ -769,7 +794,12 @@ impl Context {
         &self,
         ns: &str,
         services: &[GostService],
-    ) -> Result<BTreeMap<String, BTreeSet<String>>, Error> {
+    ) -> Result<Option<BTreeMap<String, BTreeSet<String>>>, Error> {
+        // Until the namespace's labels are read, a pod it opts in would look opted out: not
+        // known yet (the statuses keep what they said).
+        if !self.namespace_known(ns) {
+            return Ok(None);
+        }
         let mut out: BTreeMap<String, BTreeSet<String>> = services
             .iter()
             .map(|gs| (gs.name_any(), BTreeSet::new()))
@@ -779,11 +809,12 @@ impl Context {
             .filter_map(|gs| Some((gs.name_any(), gs.spec.selector.as_ref()?)))
             .collect();
         if selectors.is_empty() || SYSTEM_NAMESPACES.contains(&ns) {
-            return Ok(out);
+            return Ok(Some(out));
         }
         let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
+        // From the API server's watch cache, not etcd: this runs on every reconcile.
         let listed = api
-            .list_metadata(&uninjected_pods())
+            .list_metadata(&uninjected_pods().match_any())
             .await
             .map_err(api_err(format!("list Pods without the sidecar in {ns}")))?;
         let no_labels = BTreeMap::new();
@@ -816,13 +847,27 @@ impl Context {
             }
         }
         if candidates.is_empty() {
-            return Ok(out);
+            return Ok(Some(out));
         }
-        let pods = api
-            .list(&uninjected_pods())
-            .await
-            .map_err(api_err(format!("list Pods without the sidecar in {ns}")))?;
-        for pod in &pods.items {
+        // Their spec and phase: a few by name, rather than every pod of the namespace without
+        // the label in full; many (a workload older than its GostService) in one list.
+        let pods = if candidates.len() <= FETCHED_BY_NAME {
+            let mut pods = Vec::new();
+            for name in candidates.keys() {
+                let pod = api
+                    .get_opt(name)
+                    .await
+                    .map_err(api_err(format!("get Pod {ns}/{name}")))?;
+                pods.extend(pod);
+            }
+            pods
+        } else {
+            api.list(&uninjected_pods().match_any())
+                .await
+                .map_err(api_err(format!("list Pods without the sidecar in {ns}")))?
+                .items
+        };
+        for pod in &pods {
             let name = pod.name_any();
             let Some(selecting) = candidates.get(&name) else {
                 continue;
@@ -841,7 +886,7 @@ impl Context {
                     .insert(name.clone());
             }
         }
-        Ok(out)
+        Ok(Some(out))
     }
 
     /// The Secrets that the volumes of the namespace's pods (all of them, injected or not)
@@ -1679,7 +1724,7 @@ async fn run_prepared(
         debounce,
         writers: (services_w, chains_w, pods_w),
         readers: (services_r, chains_r, pods_r),
-        namespaces: (namespaces_w, namespaces_r),
+        namespaces: (namespaces_w, _),
     } = prepared;
     let ns = namespace.as_deref();
     let (queue, rx) = Queue::new();
@@ -1813,12 +1858,10 @@ async fn run_prepared(
     let ready = {
         let (s, c, p) = (services_r.clone(), chains_r.clone(), pods_r.clone());
         async move {
-            let _ = future::join4(
+            let _ = future::join3(
                 s.wait_until_ready(),
                 c.wait_until_ready(),
                 p.wait_until_ready(),
-                // Before it, every pod of an opted-in namespace would seem not to opt in.
-                namespaces_r.wait_until_ready(),
             )
             .await;
         }

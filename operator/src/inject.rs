@@ -145,6 +145,9 @@ pub enum Decision {
 /// Why a pod with `spec.hostNetwork: true` is not injected, even when it opts in itself.
 pub const HOST_NETWORK_REFUSAL: &str = "gost sidecar not injected: the pod uses the node's network (spec.hostNetwork: true), so the sidecar's ports (its admin port, its services' ports) would be opened on the node's interfaces, and two such pods on one node would clash on them; the pod annotation gost.rs/inject=enabled does not change this. Run the proxy for such pods as a gateway (GostService spec.gateway) and point them at its Service, or set gost.rs/inject=disabled on the pod to silence this warning";
 
+/// The annotation the kubelet sets on the mirror pod of a static pod.
+const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
+
 /// Decides injection for `pod` in `namespace`, whose `gost.rs/inject` label is
 /// `namespace_label` (`None` when absent or the namespace is unknown).
 pub fn decide(namespace: &str, namespace_label: Option<&str>, pod: &Pod) -> Decision {
@@ -153,6 +156,16 @@ pub fn decide(namespace: &str, namespace_label: Option<&str>, pod: &Pod) -> Deci
     }
     if has_sidecar(pod) {
         return Decision::Skip("already has a gost container");
+    }
+    // The API server's mirror of a static pod: the kubelet runs the manifest on its node,
+    // whatever admission does to the mirror.
+    if pod
+        .metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(MIRROR_ANNOTATION))
+    {
+        return Decision::Skip("a static pod's mirror");
     }
     let annotation = inject_annotation(pod);
     let opted_in = match annotation {
@@ -526,6 +539,19 @@ mod tests {
 
     fn minimal() -> Value {
         json!({"metadata": {"name": "app"}, "spec": {"containers": [{"name": "app", "image": "app"}]}})
+    }
+
+    /// A static pod's mirror is left alone (the kubelet runs the manifest as it is), and so
+    /// never counted as a pod running without the sidecar.
+    #[test]
+    fn a_static_pods_mirror_is_left_alone() {
+        let mut mirror = minimal();
+        mirror["metadata"]["annotations"] =
+            json!({"kubernetes.io/config.mirror": "abc", "gost.rs/inject": "enabled"});
+        assert!(matches!(
+            decide("shop", Some("enabled"), &pod(mirror)),
+            Decision::Skip(_)
+        ));
     }
 
     #[test]

@@ -21,6 +21,9 @@ pub const REASON_RENDER_PROBLEMS: &str = "RenderProblems";
 pub const REASON_GATEWAY_UNAVAILABLE: &str = "GatewayUnavailable";
 /// `Injected=True` reason.
 pub const REASON_INJECTED: &str = "Injected";
+/// `Injected` is `Unknown`: the pods have not been listed (an API error, or the namespaces'
+/// labels not read yet).
+pub const REASON_PODS_NOT_LISTED: &str = "PodsNotListed";
 /// `Injected=False` and `Ready=False`: pods it selects opted in to injection but run without
 /// the sidecar; also the reason of the Warning event when more do.
 pub const REASON_PODS_WITHOUT_SIDECAR: &str = "PodsWithoutSidecar";
@@ -217,18 +220,26 @@ pub fn gost_service_status(
     let (injected, without_sidecar) = match &obs.without_sidecar {
         Some(pods) => (
             injected_condition(gs, pods, generation, now),
-            i32::try_from(pods.len()).unwrap_or(i32::MAX),
+            Some(i32::try_from(pods.len()).unwrap_or(i32::MAX)),
         ),
-        // Not listed this time: what the status said stands.
+        // Not listed this time: what the status said stands; never listed, it is not known.
         None => (
             old.iter()
                 .find(|c| c.type_ == CONDITION_INJECTED)
                 .cloned()
-                .unwrap_or_else(|| injected_condition(gs, &BTreeSet::new(), generation, now)),
-            gs.status
-                .as_ref()
-                .and_then(|s| s.pods_without_sidecar)
-                .unwrap_or(0),
+                .unwrap_or_else(|| Condition {
+                    status: "Unknown".to_string(),
+                    reason: REASON_PODS_NOT_LISTED.to_string(),
+                    ..condition(
+                        CONDITION_INJECTED,
+                        false,
+                        REASON_PODS_NOT_LISTED,
+                        "the pods it selects have not been listed yet".to_string(),
+                        generation,
+                        now,
+                    )
+                }),
+            gs.status.as_ref().and_then(|s| s.pods_without_sidecar),
         ),
     };
     let ready = if !obs.problems.is_empty() {
@@ -274,7 +285,8 @@ pub fn gost_service_status(
             false,
             REASON_PODS_WITHOUT_SIDECAR,
             format!(
-                "{without_sidecar} pod(s) it selects run without the gost sidecar, so their traffic bypasses these services; see the Injected condition"
+                "{} pod(s) it selects run without the gost sidecar, so their traffic bypasses these services; see the Injected condition",
+                without_sidecar.unwrap_or_default()
             ),
             generation,
             now,
@@ -309,7 +321,7 @@ pub fn gost_service_status(
         observed_generation: generation,
         services: i32::try_from(services).ok(),
         matched_workloads: i32::try_from(obs.matched.len()).ok(),
-        pods_without_sidecar: Some(without_sidecar),
+        pods_without_sidecar: without_sidecar,
         conditions: vec![
             carry_transition(old, rendered),
             carry_transition(old, ready),

@@ -85,6 +85,12 @@ impl<T: PodConfig> PodConfig for Arc<T> {
 pub trait NamespaceLabels: Send + Sync + 'static {
     /// The value of label `key` on `namespace`; `None` when absent or the namespace is unknown.
     fn label(&self, namespace: &str, key: &str) -> Option<String>;
+
+    /// Whether `namespace` is known, so that a label it lacks is absent rather than not read
+    /// yet.
+    fn known(&self, _namespace: &str) -> bool {
+        true
+    }
 }
 
 impl<F> NamespaceLabels for F
@@ -500,5 +506,10 @@ impl NamespaceLabels
     fn label(&self, namespace: &str, key: &str) -> Option<String> {
         let ns = self.get(&kube::runtime::reflector::ObjectRef::new(namespace))?;
         ns.metadata.labels.as_ref()?.get(key).cloned()
+    }
+
+    fn known(&self, namespace: &str) -> bool {
+        self.get(&kube::runtime::reflector::ObjectRef::new(namespace))
+            .is_some()
     }
 }

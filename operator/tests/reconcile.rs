@@ -1992,3 +1992,52 @@ async fn only_selected_pods_that_would_be_injected_count() {
         .to_string();
     assert!(message.contains(": annotated."), "{message}");
 }
+
+/// Namespace labels not read yet (the operator just started, or it may not list Namespaces):
+/// the count is not known, rather than "none", and reconciling goes on; once read, pods the
+/// namespace opts in are counted.
+#[tokio::test]
+async fn pods_are_not_counted_before_their_namespace_is_read() {
+    struct NotRead;
+    impl gost_operator::webhook::NamespaceLabels for NotRead {
+        fn label(&self, _: &str, _: &str) -> Option<String> {
+            None
+        }
+        fn known(&self, _: &str) -> bool {
+            false
+        }
+    }
+    let client = scale::fake_api(base()).await;
+    let ctx = Context::new(
+        client.clone(),
+        Settings::default(),
+        Stores::list(&client, Some(NS)).await.unwrap(),
+    );
+    ctx.set_namespace_labels(NotRead);
+    api::<Pod>(&client)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(revision_pod("web-7c8e-x", "web-7c8e", "uid-rs-7c8e", false))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    reconcile(&client, &ctx).await;
+    let status = status_json(&client, "web").await;
+    assert_eq!(status["podsWithoutSidecar"], Value::Null, "{status}");
+    let injected = json_condition(&status, "Injected");
+    assert_eq!(
+        (&injected["status"], &injected["reason"]),
+        (&json!("Unknown"), &json!("PodsNotListed")),
+        "{status}"
+    );
+    assert_ne!(
+        json_condition(&status, "Ready")["reason"],
+        "PodsWithoutSidecar"
+    );
+
+    opt_in_namespace(&ctx);
+    reconcile(&client, &ctx).await;
+    let status = status_json(&client, "web").await;
+    assert_eq!(status["podsWithoutSidecar"], 1, "{status}");
+}
