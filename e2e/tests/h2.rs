@@ -3,8 +3,10 @@
 //! independent HTTP/2 client and chains.
 
 use std::io::{Read, Write};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -718,6 +720,175 @@ fn concurrent_tunnels_to_a_dead_node_fail_together() {
                 line.to_lowercase().contains("refused"),
                 "{scheme}: the cause is missing: {line}"
             );
+        }
+    }
+}
+
+/// A server lost behind a balancer (its node lost, a partition, a pod replaced behind a
+/// Service): the client's HTTP/2 connection still leads to it and nothing comes back, no FIN,
+/// no RST, while a replacement takes new connections. A new tunnel finds the old connection
+/// silent within a few seconds (its request and a PING unanswered) and opens on a new one,
+/// instead of timing out (15 s) on the old one until keepalive ends it (45 s). The HTTP/2
+/// pool's two paths: `relay+h2c` (the dialer opens the tunnel) and `http2` (the connector).
+#[test]
+fn a_new_tunnel_leaves_a_connection_whose_server_was_lost() {
+    let target = Target::http();
+    for scheme in ["relay+h2c", "http2"] {
+        let old = Gost::start(&["-L", &format!("{scheme}://user:pass@127.0.0.1:0")], 1);
+        let balancer = TcpBalancer::start(old.addr());
+        let client = Gost::start(
+            &[
+                "-L",
+                "http://127.0.0.1:0",
+                "-F",
+                &format!("{scheme}://user:pass@{}", balancer.addr),
+            ],
+            1,
+        );
+        let proxy = format!("http://{}", client.addr());
+        assert_get_works(&proxy, &target);
+        let new = Gost::start(&["-L", &format!("{scheme}://user:pass@127.0.0.1:0")], 1);
+        balancer.switch_to(new.addr());
+        balancer.lose_connections();
+        // Before: curl gave up at 10 s, the client's answer (504) came at 15 s.
+        let out = curl(&[
+            "--max-time",
+            "10",
+            "-x",
+            &proxy,
+            &format!("http://{}/after-the-loss", target.addr),
+        ]);
+        assert!(
+            out.code == 0 && out.text().starts_with("hello from target"),
+            "{scheme}: {}\nclient log:\n{}",
+            out.stderr,
+            client.log()
+        );
+        client.wait_for_log("HTTP/2 connection silent");
+        new.wait_for_log("\"msg\":\"tunnel\"");
+    }
+}
+
+/// How long a [`TcpBalancer`] forwards at most: longer than any test using it runs.
+const TCP_BALANCER_LIFETIME: Duration = Duration::from_secs(120);
+
+/// How often a [`TcpBalancer`]'s threads look at their stop flag.
+const TCP_BALANCER_POLL: Duration = Duration::from_millis(50);
+
+/// Connections a [`TcpBalancer`] carries at most; further ones are closed at once.
+const TCP_BALANCER_CONNECTIONS: usize = 16;
+
+/// A TCP balancer in front of servers, as a Service is in front of pods: each connection
+/// stays on the backend it was opened to, and new ones go to the backend set at that moment.
+/// [`TcpBalancer::lose_connections`] makes the connections carried so far drop everything
+/// both ways without closing them, as a lost node or a partition does.
+struct TcpBalancer {
+    addr: SocketAddr,
+    backend: Arc<Mutex<SocketAddr>>,
+    generation: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl TcpBalancer {
+    fn start(backend: SocketAddr) -> TcpBalancer {
+        let front = TcpListener::bind("127.0.0.1:0").expect("balancer socket");
+        front.set_nonblocking(true).unwrap();
+        let addr = front.local_addr().unwrap();
+        let backend = Arc::new(Mutex::new(backend));
+        let generation = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let deadline = Instant::now() + TCP_BALANCER_LIFETIME;
+        let thread = {
+            let (backend, generation, stop) = (backend.clone(), generation.clone(), stop.clone());
+            thread::spawn(move || {
+                let mut carriers = Vec::new();
+                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    let Ok((client, _)) = front.accept() else {
+                        thread::sleep(TCP_BALANCER_POLL);
+                        continue;
+                    };
+                    if carriers.len() == 2 * TCP_BALANCER_CONNECTIONS {
+                        continue;
+                    }
+                    let to = *backend.lock().unwrap();
+                    let Ok(server) = TcpStream::connect(to) else {
+                        continue;
+                    };
+                    client.set_nonblocking(false).unwrap();
+                    let born = generation.load(Ordering::Relaxed);
+                    for (from, to) in [
+                        (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                        (server.try_clone().unwrap(), client.try_clone().unwrap()),
+                    ] {
+                        let (generation, stop) = (generation.clone(), stop.clone());
+                        carriers.push(thread::spawn(move || {
+                            carry(from, to, born, &generation, &stop, deadline)
+                        }));
+                    }
+                }
+                stop.store(true, Ordering::Relaxed);
+                for carrier in carriers {
+                    let _ = carrier.join();
+                }
+            })
+        };
+        TcpBalancer {
+            addr,
+            backend,
+            generation,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// New connections go to `backend` from now on; those open stay where they are.
+    fn switch_to(&self, backend: SocketAddr) {
+        *self.backend.lock().unwrap() = backend;
+    }
+
+    /// The connections carried so far drop everything from now on, both ways, and stay open.
+    fn lose_connections(&self) {
+        self.generation.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Copies `from` to `to` while the balancer's generation is `born`, then reads and drops;
+/// ends at EOF, an error, the balancer's stop or its deadline.
+fn carry(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    born: u64,
+    generation: &AtomicU64,
+    stop: &AtomicBool,
+    deadline: Instant,
+) {
+    from.set_read_timeout(Some(TCP_BALANCER_POLL)).unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+        match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if generation.load(Ordering::Relaxed) == born && to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break,
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Write);
+}
+
+impl Drop for TcpBalancer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
         }
     }
 }

@@ -70,6 +70,23 @@ pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 /// its answer comes late although the peer keeps sending.
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// How long a new tunnel's request may wait for its answer on a pooled connection before the
+/// connection is asked for a sign of life (a PING). A peer that vanished without closing (a
+/// lost node, a partition, a pod replaced behind a Service) would otherwise take every new
+/// tunnel until keepalive finds it dead, up to [`KEEPALIVE_INTERVAL`] plus
+/// [`KEEPALIVE_TIMEOUT`] later. Most answers come well within this; a server that takes longer
+/// to reach its target costs one PING.
+pub const PROBE_AFTER: Duration = Duration::from_secs(1);
+
+/// How long, plus four round trips, a connection asked for a sign of life may receive nothing
+/// at all before it is found silent: no new tunnel goes to it any more, and the requests
+/// waiting on it are asked again on another connection. Tunnels already on it keep running
+/// (a false alarm costs one connection); keepalive ends it if it is really dead.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How often a probe looks whether anything came in.
+const PROBE_POLL: Duration = Duration::from_millis(25);
+
 /// Tunnels a new pooled connection takes before the server's SETTINGS are in. Until then its
 /// stream limit is unknown (h2 assumes none), and a stream beyond the real limit would be
 /// refused or wait in h2's queue instead of going to another connection. One, because every
@@ -584,6 +601,41 @@ pub struct Session {
     // Set when the pool found this connection without tunnels, cleared when it has some (see
     // `close_quiet_extras`).
     quiet: Arc<AtomicBool>,
+    // Pooled connections only: the sign-of-life check for requests left unanswered.
+    probe: Option<Arc<Probe>>,
+    // The node, for messages.
+    peer: Arc<str>,
+}
+
+/// A pooled connection's check that its peer still answers, asked for by a request left
+/// unanswered for [`PROBE_AFTER`] (see [`Session::open`]).
+struct Probe {
+    // Wakes the keepalive task to PING at once.
+    ask: tokio::sync::Notify,
+    // Set by the socket whenever anything is received; cleared when a check begins.
+    heard: Arc<AtomicBool>,
+    // The shortest PING round trip seen, in microseconds.
+    rtt_micros: AtomicU64,
+    // Whether a check is under way (one at a time).
+    running: AtomicBool,
+    // Cancelled once a check found the connection silent.
+    silent: CancellationToken,
+}
+
+impl Probe {
+    fn note_rtt(&self, rtt: Duration) {
+        let micros = u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX);
+        self.rtt_micros.fetch_min(micros, Ordering::Relaxed);
+    }
+
+    /// How long a check waits for anything to come in.
+    fn patience(&self) -> Duration {
+        let rtt = match self.rtt_micros.load(Ordering::Relaxed) {
+            u64::MAX => Duration::ZERO,
+            micros => Duration::from_micros(micros),
+        };
+        PROBE_TIMEOUT + rtt.saturating_mul(4)
+    }
 }
 
 /// A tunnel's place on a connection, taken when the pool picks the connection for the tunnel
@@ -600,9 +652,40 @@ impl Drop for StreamPlace {
 pub struct Lease {
     session: Session,
     place: StreamPlace,
+    // How to pick another connection when this one turns out unusable (pooled leases).
+    again: Option<Again>,
 }
 
+/// Picks another connection for a tunnel whose first pick was unusable.
+pub type Again =
+    Box<dyn FnOnce() -> std::pin::Pin<Box<dyn Future<Output = io::Result<Lease>> + Send>> + Send>;
+
 impl Lease {
+    /// This lease, which `again` replaces once if its connection turns out unusable.
+    pub fn with_again(mut self, again: Again) -> Lease {
+        self.again = Some(again);
+        self
+    }
+
+    /// Opens the tunnel's stream as [`Lease::open`], on another connection (once) if this
+    /// one turns out unusable (closed under us, GOAWAY, silent), when the lease knows how to
+    /// pick one. The request is built by `make` for each attempt.
+    pub async fn open_or_again(
+        mut self,
+        make: impl Fn() -> Request<()>,
+        timeout: Option<Duration>,
+    ) -> Result<H2Stream, RequestError> {
+        let again = self.again.take();
+        match (self.open(make(), timeout).await, again) {
+            (Err((e, true)), Some(again)) => {
+                tracing::debug!(error = %e, "HTTP/2 connection unusable, opening the tunnel on another");
+                let lease = again().await?;
+                lease.open(make(), timeout).await.map_err(|(e, _)| e)
+            }
+            (result, _) => result.map_err(|(e, _)| e),
+        }
+    }
+
     /// Opens the tunnel's stream as [`Session::open`]; the stream keeps the place.
     pub async fn open(
         self,
@@ -643,7 +726,19 @@ impl Session {
     /// with PING keepalive when `keepalive` (pooled connections, which outlive any tunnel).
     pub async fn handshake(io: BoxConn, peer: &Address, keepalive: bool) -> io::Result<Self> {
         let heard = Arc::new(AtomicBool::new(false));
-        let io = Heard::new(io, heard.clone());
+        let probe = keepalive.then(|| {
+            Arc::new(Probe {
+                ask: tokio::sync::Notify::new(),
+                heard: Arc::new(AtomicBool::new(false)),
+                rtt_micros: AtomicU64::new(u64::MAX),
+                running: AtomicBool::new(false),
+                silent: CancellationToken::new(),
+            })
+        });
+        let probe_heard = probe
+            .as_ref()
+            .map_or_else(Default::default, |p| p.heard.clone());
+        let io = Heard::new(Heard::new(io, heard.clone()), probe_heard);
         let handshake = client_builder().handshake::<_, Bytes>(io);
         let (send, mut connection) = tokio::time::timeout(H2_HANDSHAKE_TIMEOUT, handshake)
             .await
@@ -663,14 +758,16 @@ impl Session {
         } else {
             None
         };
+        let peer_name: Arc<str> = peer.to_string().into();
         let peer = peer.to_string();
         let done = closed.clone();
         let settle = settled.clone();
         let (driver, closing) = Driver::new(connection);
         let driving = driver.clone();
+        let asked = probe.clone();
         tokio::spawn(async move {
             let keepalive = async move {
-                let Some(mut ping) = ping else {
+                let (Some(mut ping), Some(asked)) = (ping, asked) else {
                     return std::future::pending().await;
                 };
                 // The first PING goes out at once: its answer tells that the server's SETTINGS
@@ -678,10 +775,14 @@ impl Session {
                 // the first interval as well to be answered.
                 let mut wait = KEEPALIVE_INTERVAL + KEEPALIVE_TIMEOUT;
                 loop {
+                    let sent = tokio::time::Instant::now();
                     let mut answer = std::pin::pin!(ping.ping(h2::Ping::opaque()));
                     loop {
                         match tokio::time::timeout(wait, &mut answer).await {
-                            Ok(Ok(_)) => break,
+                            Ok(Ok(_)) => {
+                                asked.note_rtt(sent.elapsed());
+                                break;
+                            }
                             Ok(Err(e)) => return format!("PING failed: {e}"),
                             // The answer is queued behind data; the peer is alive.
                             Err(_) if heard.swap(false, Ordering::Relaxed) => {
@@ -698,7 +799,11 @@ impl Session {
                     // The answer itself is no reason to skip the next PING.
                     heard.store(false, Ordering::Relaxed);
                     loop {
-                        tokio::time::sleep(KEEPALIVE_INTERVAL).await;
+                        tokio::select! {
+                            _ = tokio::time::sleep(KEEPALIVE_INTERVAL) => {}
+                            // A request waits for an answer: PING now.
+                            _ = asked.ask.notified() => break,
+                        }
                         if !heard.swap(false, Ordering::Relaxed) {
                             break;
                         }
@@ -724,7 +829,45 @@ impl Session {
             streams: Arc::new(AtomicUsize::new(0)),
             settled,
             quiet: Arc::new(AtomicBool::new(false)),
+            probe,
+            peer: peer_name,
         })
+    }
+
+    /// Asks whether the peer still sends anything, unless that is being asked already: the
+    /// keepalive task PINGs at once, and a task of its own (so that a request given up
+    /// meanwhile does not end the check) retires the connection when nothing at all comes in
+    /// within [`Probe::patience`].
+    fn check_alive(&self, peer: String) {
+        let Some(probe) = self.probe.clone() else {
+            return;
+        };
+        if probe.running.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let (retired, closed) = (self.retired.clone(), self.closed.clone());
+        tokio::spawn(async move {
+            probe.heard.store(false, Ordering::Relaxed);
+            probe.ask.notify_one();
+            let patience = probe.patience();
+            let deadline = tokio::time::Instant::now() + patience;
+            loop {
+                if probe.heard.load(Ordering::Relaxed) || closed.is_cancelled() {
+                    break;
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    tracing::warn!(
+                        peer = %peer, waited = ?patience,
+                        "HTTP/2 connection silent (a request and a PING unanswered, nothing received); new tunnels go to a new connection"
+                    );
+                    retired.store(true, Ordering::Relaxed);
+                    probe.silent.cancel();
+                    break;
+                }
+                tokio::time::sleep(PROBE_POLL).await;
+            }
+            probe.running.store(false, Ordering::Relaxed);
+        });
     }
 
     /// Whether the connection has ended (closed, failed, or found dead by keepalive).
@@ -738,6 +881,7 @@ impl Session {
         Lease {
             session: self.clone(),
             place: StreamPlace(self.streams.clone()),
+            again: None,
         }
     }
 
@@ -749,6 +893,41 @@ impl Session {
             UNSETTLED_STREAMS
         };
         self.streams.load(Ordering::Relaxed) < limit
+    }
+
+    /// The answer to a request on this connection, or (`Ok(Err)`) the error of a connection
+    /// found silent while the request waited (see [`Session::check_alive`]): nothing of the
+    /// request lives on a server that answers nothing, so it may be asked again elsewhere.
+    async fn answer(
+        &self,
+        response: h2::client::ResponseFuture,
+    ) -> Result<io::Result<http::Response<RecvStream>>, h2::Error> {
+        let Some(probe) = &self.probe else {
+            return response.await.map(Ok);
+        };
+        let mut response = std::pin::pin!(response);
+        let silent = tokio::select! {
+            biased;
+            answer = &mut response => return answer.map(Ok),
+            _ = probe.silent.cancelled() => true,
+            _ = tokio::time::sleep(PROBE_AFTER) => false,
+        };
+        if !silent {
+            self.check_alive(self.peer.to_string());
+            tokio::select! {
+                biased;
+                answer = &mut response => return answer.map(Ok),
+                _ = probe.silent.cancelled() => {}
+            }
+        }
+        Ok(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "HTTP/2 connection to {} silent: no answer and nothing received within {:?} of a PING",
+                self.peer,
+                probe.patience()
+            ),
+        )))
     }
 
     /// Opens a stream with `req` and waits, within `timeout` if one is given, for a `200`;
@@ -767,9 +946,11 @@ impl Session {
                 let fatal = !e.is_reset();
                 (RequestError::Io(h2_io_error(e)), fatal)
             })?;
-            let response = response
+            let response = self
+                .answer(response)
                 .await
-                .map_err(|e| (RequestError::Io(h2_io_error(e)), false))?;
+                .map_err(|e| (RequestError::Io(h2_io_error(e)), false))?
+                .map_err(|silent| (RequestError::Io(silent), true))?;
             if response.status() != StatusCode::OK {
                 return Err((RequestError::Status(response.status()), false));
             }
@@ -1691,14 +1872,15 @@ mod tests {
     /// allowing `max_streams` streams per connection; also returns how many connections it
     /// accepted.
     async fn echo_server(max_streams: u32) -> (Address, Arc<AtomicUsize>) {
-        let (addr, accepted, _) = counted_echo_server(max_streams).await;
+        let (addr, accepted, _) = counted_echo_server(max_streams, Duration::ZERO).await;
         (addr, accepted)
     }
 
-    /// An HTTP/2 echo server allowing `max_streams` per connection; counts the connections it
-    /// accepted and those that ended.
+    /// An HTTP/2 echo server allowing `max_streams` per connection and answering each request
+    /// after `delay`; counts the connections it accepted and those that ended.
     async fn counted_echo_server(
         max_streams: u32,
+        delay: Duration,
     ) -> (Address, Arc<AtomicUsize>, Arc<AtomicUsize>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = Address::parse(&listener.local_addr().unwrap().to_string()).unwrap();
@@ -1718,6 +1900,7 @@ mod tests {
                     };
                     while let Some(Ok((req, mut respond))) = conn.accept().await {
                         tokio::spawn(async move {
+                            tokio::time::sleep(delay).await;
                             let Ok(send) = respond.send_response(http::Response::new(()), false)
                             else {
                                 return;
@@ -1784,6 +1967,127 @@ mod tests {
         }
     }
 
+    /// A TCP forwarder on 127.0.0.1 to `to`. [`Forwarder::silence`] makes the connections it
+    /// carries so far drop everything, both ways, without closing: what a lost node or a
+    /// partition looks like. Connections accepted later are carried.
+    struct Forwarder {
+        addr: Address,
+        generation: Arc<AtomicU64>,
+    }
+
+    impl Forwarder {
+        async fn to(to: Address) -> Forwarder {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = Address::parse(&listener.local_addr().unwrap().to_string()).unwrap();
+            let generation = Arc::new(AtomicU64::new(0));
+            let current = generation.clone();
+            tokio::spawn(async move {
+                while let Ok((client, _)) = listener.accept().await {
+                    let Ok(server) = tokio::net::TcpStream::connect(to.to_string()).await else {
+                        continue;
+                    };
+                    let born = current.load(Ordering::Relaxed);
+                    let (cr, cw) = client.into_split();
+                    let (sr, sw) = server.into_split();
+                    tokio::spawn(Self::carry(cr, sw, born, current.clone()));
+                    tokio::spawn(Self::carry(sr, cw, born, current.clone()));
+                }
+            });
+            Forwarder { addr, generation }
+        }
+
+        /// Copies `from` to `to` while the connection's generation (`born`) is current, then
+        /// reads and drops.
+        async fn carry(
+            mut from: tokio::net::tcp::OwnedReadHalf,
+            mut to: tokio::net::tcp::OwnedWriteHalf,
+            born: u64,
+            current: Arc<AtomicU64>,
+        ) {
+            let mut buf = vec![0u8; 64 * 1024];
+            while let Ok(n) = from.read(&mut buf).await
+                && n > 0
+            {
+                if current.load(Ordering::Relaxed) == born
+                    && tokio::io::AsyncWriteExt::write_all(&mut to, &buf[..n])
+                        .await
+                        .is_err()
+                {
+                    return;
+                }
+            }
+        }
+
+        fn silence(&self) {
+            self.generation.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn connect_to(addr: &Address) -> impl Fn() -> Request<()> + '_ {
+        move || {
+            Request::builder()
+                .method(http::Method::CONNECT)
+                .uri(addr.to_string())
+                .body(())
+                .unwrap()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_new_tunnel_leaves_a_silent_connection() {
+        // Well below keepalive's 45 s, well above a check's 3 s.
+        const TUNNEL_TIMEOUT: Duration = Duration::from_secs(8);
+        let (server, accepted, _) = counted_echo_server(100, Duration::ZERO).await;
+        let path = Forwarder::to(server).await;
+        let client = H2Client::new(Transport::Plain);
+        let mut first = client
+            .open(&path.addr, TUNNEL_TIMEOUT, connect_to(&path.addr))
+            .await
+            .unwrap();
+        echo_on_each(std::slice::from_mut(&mut first)).await;
+        path.silence();
+        // Before: the tunnel went to the silent connection and timed out.
+        let mut second = client
+            .open(&path.addr, TUNNEL_TIMEOUT, connect_to(&path.addr))
+            .await
+            .expect("a new tunnel goes to a new connection");
+        echo_on_each(std::slice::from_mut(&mut second)).await;
+        assert_eq!(accepted.load(Ordering::Relaxed), 2);
+        // The silent connection takes no more tunnels, and the new one is used at once.
+        let mut third = tokio::time::timeout(
+            PROBE_AFTER,
+            client.open(&path.addr, TUNNEL_TIMEOUT, connect_to(&path.addr)),
+        )
+        .await
+        .expect("no wait on the silent connection")
+        .unwrap();
+        echo_on_each(std::slice::from_mut(&mut third)).await;
+        assert_eq!(accepted.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn a_slow_answer_on_a_live_connection_keeps_it() {
+        // A server that takes longer than a whole check to answer (its target is slow) but
+        // answers the PING: the connection stays.
+        let slow = PROBE_AFTER + PROBE_TIMEOUT + Duration::from_millis(500);
+        let (server, accepted, _) = counted_echo_server(100, slow).await;
+        let client = H2Client::new(Transport::Plain);
+        let mut tunnels = Vec::new();
+        for _ in 0..2 {
+            let mut tunnel = client
+                .open(&server, Duration::from_secs(10), connect_to(&server))
+                .await
+                .expect("a slow answer is waited for");
+            echo_on_each(std::slice::from_mut(&mut tunnel)).await;
+            tunnels.push(tunnel);
+        }
+        assert_eq!(
+            accepted.load(Ordering::Relaxed),
+            1,
+            "a live connection was left"
+        );
+    }
+
     // Go's HTTP/2 server (GOST's) allows 250 streams per connection; 2 stands for it.
     const SMALL_SERVER_LIMIT: u32 = 2;
 
@@ -1822,7 +2126,7 @@ mod tests {
     async fn extra_connections_close_once_without_tunnels_and_the_oldest_stays() {
         const TUNNELS: usize = 5;
         const IDLE: Duration = Duration::from_millis(400);
-        let (addr, accepted, ended) = counted_echo_server(SMALL_SERVER_LIMIT).await;
+        let (addr, accepted, ended) = counted_echo_server(SMALL_SERVER_LIMIT, Duration::ZERO).await;
         let client = H2Client::with_extra_idle(Transport::Plain, IDLE);
         let mut tunnels = open_tunnels(&client, &addr, TUNNELS).await;
         echo_on_each(&mut tunnels).await;

@@ -62,12 +62,19 @@ impl Connector for Http2Connector {
         if let Some(value) = &self.authorization {
             headers.insert(header::PROXY_AUTHORIZATION, value.clone());
         }
-        match lease.open(req, self.timeout).await {
+        let make = || {
+            let mut copy = Request::new(());
+            *copy.method_mut() = req.method().clone();
+            *copy.uri_mut() = req.uri().clone();
+            *copy.headers_mut() = req.headers().clone();
+            copy
+        };
+        match lease.open_or_again(make, self.timeout).await {
             Ok(stream) => Ok(Box::new(stream)),
-            Err((RequestError::Status(status), _)) => Err(ConnectError::Refused(format!(
+            Err(RequestError::Status(status)) => Err(ConnectError::Refused(format!(
                 "http2 proxy answered CONNECT {target} with {status}"
             ))),
-            Err((RequestError::Io(e), _)) => Err(ConnectError::Io(e)),
+            Err(RequestError::Io(e)) => Err(ConnectError::Io(e)),
         }
     }
 }

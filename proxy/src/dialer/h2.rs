@@ -138,7 +138,10 @@ impl Http2Dialer {
 impl Dialer for Http2Dialer {
     async fn dial(&self, addr: &Address, timeout: Duration) -> io::Result<BoxConn> {
         let lease = self.client.lease(addr, timeout).await?;
-        Ok(hand_off(lease))
+        let (client, addr) = (self.client.clone(), addr.clone());
+        Ok(hand_off(lease.with_again(Box::new(move || {
+            Box::pin(async move { client.lease(&addr, timeout).await })
+        }))))
     }
 
     async fn handshake(&self, conn: BoxConn, addr: &Address) -> io::Result<BoxConn> {
