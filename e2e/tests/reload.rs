@@ -1199,3 +1199,152 @@ fn a_reload_that_changes_nothing_is_not_a_new_generation() {
     let scrape = scrape_metrics(&url, None);
     assert_eq!(metric_sample(&scrape, "gost_config_generation"), Some(2.0));
 }
+
+/// A change of a listener's own settings on the same address (here GOST's keepalive keys)
+/// hands the listening socket to the new listener: the port stays bound throughout, so no
+/// connection is refused while the listener changes, and the tunnels already open stay open
+/// past the grace period, as a handler change leaves them. A plain TCP listener, and a TLS one
+/// (a listener with a handshake of its own), reached through a gost client that opens a TLS
+/// connection per tunnel. Before, the listener was closed and bound again (connections were
+/// refused in between) and the open tunnels were cut when the grace period ended.
+#[test]
+fn a_listener_change_hands_its_socket_over_and_keeps_open_tunnels() {
+    const RELOADS: usize = 5;
+    let echo = Target::echo();
+    let target = echo.addr.to_string();
+    let yaml = |idle: usize| {
+        let listener = |kind: &str| {
+            format!(
+                "  listener:\n    type: {kind}\n    metadata:\n      keepalive: true\n      keepalive.idle: {idle}s\n"
+            )
+        };
+        format!(
+            "services:\n\
+             - name: plain\n  addr: 127.0.0.1:0\n  handler:\n    type: http\n{}\
+             - name: tls\n  addr: 127.0.0.1:0\n  handler:\n    type: http\n{}",
+            listener("tcp"),
+            listener("tls")
+        )
+    };
+    let (dir, gost) = reloadable(&yaml(20), 2);
+    let plain = gost.service_addr("plain").unwrap();
+    let tls = gost.service_addr("tls").unwrap();
+    let client = Gost::start(
+        &[
+            "-L",
+            "http://127.0.0.1:0",
+            "-F",
+            &format!("http+tls://{tls}"),
+        ],
+        1,
+    );
+    let via_tls = client.addr();
+    let mut tunnels = [
+        http_connect(plain, &target, None).unwrap(),
+        http_connect(via_tls, &target, None).unwrap(),
+    ];
+    for tunnel in &mut tunnels {
+        assert!(echoes(tunnel));
+    }
+
+    // New tunnels all the time, on both services.
+    let stop = Arc::new(AtomicBool::new(false));
+    let load: Vec<_> = [plain, via_tls]
+        .into_iter()
+        .map(|proxy| {
+            let (stop, target) = (stop.clone(), target.clone());
+            thread::spawn(move || {
+                let (mut done, mut failed) = (0usize, Vec::new());
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+                    match http_connect(proxy, &target, None).map(|mut t| echoes(&mut t)) {
+                        Ok(true) => done += 1,
+                        Ok(false) => failed.push("no echo".to_string()),
+                        Err(e) => failed.push(e.to_string()),
+                    }
+                }
+                (done, failed)
+            })
+        })
+        .collect();
+    for round in 1..=RELOADS {
+        thread::sleep(Duration::from_millis(200));
+        kubelet_write(&dir, round, &yaml(20 + round));
+        wait_for_count(&gost, "configuration applied", round);
+    }
+    thread::sleep(Duration::from_millis(200));
+    stop.store(true, Ordering::SeqCst);
+    for (proxy, handle) in [plain, via_tls].into_iter().zip(load) {
+        let (done, failed) = handle.join().unwrap();
+        assert!(
+            failed.is_empty(),
+            "{proxy}: {} of {} new tunnels failed during the reloads: {:?}\nlog:\n{}",
+            failed.len(),
+            done + failed.len(),
+            &failed[..failed.len().min(5)],
+            gost.log()
+        );
+        assert!(done > RELOADS, "{proxy}: the load did not run");
+    }
+    let log = gost.log();
+    let replaced = log
+        .lines()
+        .filter(|l| l.contains("configuration applied"))
+        .filter(|l| l.contains(r#""replaced":"[\"plain\", \"tls\"]""#))
+        .count();
+    assert_eq!(replaced, RELOADS, "{log}");
+    assert_eq!(gost.service_addr("plain"), Some(plain));
+    assert_eq!(gost.service_addr("tls"), Some(tls));
+    // Past the grace period (1 s) of the listeners they came through.
+    thread::sleep(Duration::from_millis(1500));
+    for tunnel in &mut tunnels {
+        assert!(
+            echoes(tunnel),
+            "an open tunnel was cut\nlog:\n{}",
+            gost.log()
+        );
+    }
+}
+
+/// A connection the old listener accepted just before it handed its socket over, whose
+/// handshake (here WebSocket's) ends after the reload, is still delivered and served: the
+/// old listener delivers the handshakes it began for a few seconds. It was dropped with the
+/// old listener.
+#[test]
+fn a_handshake_under_way_during_a_listener_change_is_served() {
+    let echo = Target::echo();
+    let yaml = |idle: usize| {
+        format!(
+            "services:\n\
+             - name: ws\n  addr: 127.0.0.1:0\n  handler:\n    type: http\n  listener:\n    type: ws\n    metadata:\n      keepalive: true\n      keepalive.idle: {idle}s\n"
+        )
+    };
+    let (dir, gost) = reloadable(&yaml(20), 1);
+    let ws = gost.service_addr("ws").unwrap();
+    let mut raw = TcpStream::connect(ws).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    // Taken by the old listener's accept before the reload.
+    thread::sleep(Duration::from_millis(300));
+    kubelet_write(&dir, 1, &yaml(21));
+    wait_for_count(&gost, "configuration applied", 1);
+    raw.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: gost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .unwrap();
+    let head = read_head(&mut raw).expect("the upgrade is answered");
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    // A CONNECT in one masked binary frame (mask key 0: the payload as it is).
+    let connect = format!("CONNECT {0} HTTP/1.1\r\nHost: {0}\r\n\r\n", echo.addr);
+    let mut frame = vec![0x82, 0x80 | connect.len() as u8, 0, 0, 0, 0];
+    frame.extend_from_slice(connect.as_bytes());
+    raw.write_all(&frame).unwrap();
+    let mut header = [0u8; 2];
+    raw.read_exact(&mut header)
+        .unwrap_or_else(|e| panic!("no answer to the CONNECT: {e}\nlog:\n{}", gost.log()));
+    assert_eq!(header[0], 0x82, "a binary frame");
+    let mut answer = vec![0u8; usize::from(header[1] & 0x7f)];
+    raw.read_exact(&mut answer).unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}

@@ -6,7 +6,10 @@
 //!   left alone;
 //! - only its handler or chain changed: a new handler is built and swapped in; the listener,
 //!   and every tunnel already open, stay as they are;
-//! - its address or listener changed: it is replaced, like a removed service plus a new one;
+//! - only its listener changed, on the same address, over TCP: the new listener takes the old
+//!   one's socket over (the address stays bound), and the open tunnels stay the service's;
+//! - its address changed (or an `h3` listener did): it is replaced, like a removed service
+//!   plus a new one;
 //! - removed: it stops accepting at once and its open tunnels may finish within the grace
 //!   period, after which they are closed, and so are connections that outlived its listener
 //!   (QUIC's, which share its UDP socket).
@@ -263,6 +266,11 @@ struct Running {
     release: CancellationToken,
     /// The accept loop, which owns the listener.
     accept_task: tokio::task::JoinHandle<()>,
+    /// Another handle on the listening socket (TCP), for a listener that replaces this one
+    /// on the same address.
+    socket: Option<std::net::TcpListener>,
+    /// Tells the accept loop that its socket goes to a new listener (see [`Stop`]).
+    handover: CancellationToken,
 }
 
 /// What one apply did, for the log.
@@ -305,6 +313,9 @@ enum Pending {
     /// The address is held by a service that is going away; bound after it has closed, by
     /// a listener whose certificates and settings are already checked.
     AfterRelease(server::BindListener),
+    /// The same service on the same address with another listener over TCP: the new
+    /// listener takes the old one's socket over, so the address stays bound throughout.
+    HandOver(server::BindListener),
 }
 
 impl Supervisor {
@@ -385,6 +396,14 @@ impl Supervisor {
                 Some(p) if p.spec.listener_part() == spec.listener_part() => {
                     swaps.push((service.name.clone(), spec, slot));
                 }
+                Some(p)
+                    if p.socket.is_some()
+                        && p.spec.service.addr == service.addr
+                        && service.listener.kind != ListenerType::H3 =>
+                {
+                    let bind = server::prepare_listener(config, index, &tls_defaults)?;
+                    starts.push((spec, slot, Pending::HandOver(bind), true));
+                }
                 _ => {
                     let key = BindKey::of(service);
                     if let Some(key) = &key
@@ -434,6 +453,14 @@ impl Supervisor {
             .filter(|name| !keep.contains(&name.as_str()) || replaced.contains(name))
             .cloned()
             .collect();
+        let handing_over: Vec<String> = starts
+            .iter()
+            .filter(|(_, _, p, _)| matches!(p, Pending::HandOver(_)))
+            .map(|(spec, ..)| spec.service.name.clone())
+            .collect();
+        // Per service handing its socket over: the socket, and its tunnels' closing signal,
+        // which the new listener's tunnels share.
+        let mut handed = HashMap::new();
         // Addresses a new service binds once their old holder let go of them.
         let wanted: Vec<BindKey> = starts
             .iter()
@@ -444,8 +471,19 @@ impl Supervisor {
         // A replaced service's open connections still count against its limit.
         let mut still_open = HashMap::new();
         for name in stopping {
-            let running = self.services.remove(&name).expect("listed above");
+            let mut running = self.services.remove(&name).expect("listed above");
             still_open.insert(name.clone(), running.open.clone());
+            if handing_over.contains(&name)
+                && let Some(socket) = running.socket.take()
+            {
+                // Its tunnels do not depend on its listener: they stay open as the service's,
+                // until it is removed or the process stops.
+                running.handover.cancel();
+                running.accept.cancel();
+                running.handler.load().retired.cancel();
+                handed.insert(name, (socket, running.tunnels.clone()));
+                continue;
+            }
             if BindKey::of(&running.spec.service)
                 .is_some_and(|key| wanted.iter().any(|w| w.clashes(&key)))
             {
@@ -488,8 +526,22 @@ impl Supervisor {
         let mut all_bound = true;
         for (spec, slot, pending, existed) in starts {
             let name = spec.service.name.clone();
+            let mut tunnels = None;
             let listener = match pending {
                 Pending::Bound(listener) => listener,
+                Pending::HandOver(bind) => {
+                    let (socket, open_tunnels) = handed.remove(&name).expect("handed over above");
+                    tunnels = Some(open_tunnels);
+                    match crate::listener::tcp::with_handover(&spec.service.addr, socket, bind) {
+                        Ok(listener) => listener,
+                        Err(e) => {
+                            tracing::error!(service = %name, error = %e, "cannot take the listening socket over");
+                            all_bound = false;
+                            applied.unbound.push(name);
+                            continue;
+                        }
+                    }
+                }
                 Pending::AfterRelease(bind) => match bind_after_release(&bind).await {
                     Ok(listener) => listener,
                     Err(e) => {
@@ -501,7 +553,7 @@ impl Supervisor {
                 },
             };
             let open = still_open.remove(&name).unwrap_or_default();
-            let running = self.start(spec, slot, listener, open);
+            let running = self.start(spec, slot, listener, open, tunnels);
             self.services.insert(name.clone(), running);
             if existed {
                 applied.replaced.push(name);
@@ -521,14 +573,17 @@ impl Supervisor {
         slot: HandlerSlot,
         listener: Box<dyn Listener>,
         open: Arc<AtomicUsize>,
+        tunnels: Option<CancellationToken>,
     ) -> Running {
         let local = listener.local_addr();
+        let socket = listener.socket();
         // Logged here, not in the accept loop's task, so that it comes before the
         // "configuration applied" line of the apply that started the service.
         tracing::info!(service = %spec.service.name, addr = %local, "listening");
         let handler = Arc::new(ArcSwap::from_pointee(slot));
         let accept = CancellationToken::new();
-        let tunnels = CancellationToken::new();
+        let handover = CancellationToken::new();
+        let tunnels = tunnels.unwrap_or_default();
         let release = self.exiting.child_token();
         let accept_task = tokio::spawn(accept_loop(
             Arc::from(spec.service.name.as_str()),
@@ -537,6 +592,7 @@ impl Supervisor {
             open.clone(),
             Stop {
                 accept: accept.clone(),
+                handover: handover.clone(),
                 tunnels: tunnels.clone(),
                 release: release.clone(),
             },
@@ -552,6 +608,8 @@ impl Supervisor {
             tunnels,
             release,
             accept_task,
+            socket,
+            handover,
         }
     }
 
@@ -601,6 +659,11 @@ impl Supervisor {
 /// ([`crate::h3::CLOSE_TIMEOUT`]) when a new service wants the address.
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long a listener that handed its socket over to a new one still delivers the
+/// connections whose handshake (TLS, WebSocket, HTTP/2) it began before: they are served by
+/// the handler they were accepted for, as a connection accepted just before any reload is.
+const HANDOVER_DRAIN: Duration = Duration::from_secs(3);
+
 /// How long exit waits for stopped listeners to close the connections they still serve: each
 /// takes at most [`crate::h3::CLOSE_TIMEOUT`], all at once; this bounds the exit should one
 /// not keep to it.
@@ -625,6 +688,8 @@ async fn bind_after_release(bind: &server::BindListener) -> Result<Box<dyn Liste
 /// The tokens a service is stopped with; see [`Running`].
 struct Stop {
     accept: CancellationToken,
+    // Cancelled before `accept` when the listening socket goes to a new listener.
+    handover: CancellationToken,
     tunnels: CancellationToken,
     release: CancellationToken,
 }
@@ -639,9 +704,19 @@ async fn accept_loop(
     lingering: TaskTracker,
 ) {
     let cancel_tunnels = stop.tunnels;
+    // Set while a listener that handed its socket over delivers the connections whose
+    // handshake it began: until then.
+    let mut draining: Option<tokio::time::Instant> = None;
     loop {
         let accepted = tokio::select! {
-            _ = stop.accept.cancelled() => break,
+            _ = stop.accept.cancelled(), if draining.is_none() => {
+                if stop.handover.is_cancelled() && listener.stop_accepting() {
+                    draining = Some(tokio::time::Instant::now() + HANDOVER_DRAIN);
+                    continue;
+                }
+                break;
+            }
+            _ = tokio::time::sleep_until(draining.unwrap_or_else(tokio::time::Instant::now)), if draining.is_some() => break,
             accepted = listener.accept() => accepted,
         };
         match accepted {
@@ -679,6 +754,7 @@ async fn accept_loop(
                     }
                 }));
             }
+            Err(_) if draining.is_some() => break,
             Err(e) => {
                 tracing::warn!(service = %name, error = %e, "accept failed");
                 tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;

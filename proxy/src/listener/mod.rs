@@ -48,6 +48,19 @@ pub trait Listener: Send + Sync {
     fn linger(&self, _release: CancellationToken) -> Option<Lingering> {
         None
     }
+
+    /// Another handle on the listening TCP socket, so that a listener that replaces this one
+    /// on the same address can take it over (see [`tcp::with_handover`]); `None` for UDP.
+    fn socket(&self) -> Option<std::net::TcpListener> {
+        None
+    }
+
+    /// Stops taking new connections on the socket, and tells whether connections taken
+    /// before may still come out of [`Listener::accept`] (their handshake under way, or new
+    /// streams of a multiplexed connection).
+    fn stop_accepting(&self) -> bool {
+        false
+    }
 }
 
 /// See [`Listener::linger`].
@@ -84,9 +97,11 @@ pub(crate) fn hand_over(ready: &Ready, conn: BoxConn, client: SocketAddr) {
 pub struct Handshaking {
     ready: Mutex<mpsc::Receiver<(BoxConn, SocketAddr)>>,
     local: SocketAddr,
+    // Another handle on the listening socket, which the accept task owns.
+    socket: Option<std::net::TcpListener>,
     // Dropping the listener (the service stopped) stops accepting. Handshakes under way and
     // sessions already established run on: they carry tunnels that may still be draining.
-    _accept: AbortOnDropHandle<()>,
+    accept_task: AbortOnDropHandle<()>,
 }
 
 impl Handshaking {
@@ -98,6 +113,7 @@ impl Handshaking {
         Fut: Future<Output = ()> + Send + 'static,
     {
         let local = tcp.local_addr();
+        let socket = tcp.socket();
         let (tx, rx) = mpsc::channel(HANDSHAKED_BACKLOG);
         let accept = tokio::spawn(async move {
             loop {
@@ -115,7 +131,8 @@ impl Handshaking {
         Handshaking {
             ready: Mutex::new(rx),
             local,
-            _accept: AbortOnDropHandle::new(accept),
+            socket,
+            accept_task: AbortOnDropHandle::new(accept),
         }
     }
 }
@@ -133,5 +150,14 @@ impl Listener for Handshaking {
 
     fn local_addr(&self) -> SocketAddr {
         self.local
+    }
+
+    fn socket(&self) -> Option<std::net::TcpListener> {
+        self.socket.as_ref()?.try_clone().ok()
+    }
+
+    fn stop_accepting(&self) -> bool {
+        self.accept_task.abort();
+        true
     }
 }

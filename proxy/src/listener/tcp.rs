@@ -25,6 +25,13 @@ impl TcpListenerImpl {
     /// Binds `addr` (`host:port`, `[v6]:port` or `:port`). An empty host listens on every
     /// interface, IPv6 and IPv4 alike where the system has IPv6.
     pub fn bind(addr: &str) -> io::Result<Self> {
+        if let Some(socket) = HANDED_OVER.with_borrow_mut(|handed| {
+            handed
+                .take_if(|(for_addr, _)| for_addr == addr)
+                .map(|(_, socket)| socket)
+        }) {
+            return Self::from_std(socket);
+        }
         let (host, port) = gost_api::split_host_port(addr).ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -67,7 +74,12 @@ impl TcpListenerImpl {
             };
             bind_socket(SocketAddr::new(ip, port), false)?
         };
-        let inner = TcpListener::from_std(socket.into())?;
+        Self::from_std(socket.into())
+    }
+
+    /// A listener on a socket that is bound and listening already (non-blocking).
+    fn from_std(socket: std::net::TcpListener) -> io::Result<Self> {
+        let inner = TcpListener::from_std(socket)?;
         let local = inner.local_addr()?;
         Ok(TcpListenerImpl {
             inner,
@@ -76,11 +88,43 @@ impl TcpListenerImpl {
         })
     }
 
+    /// Another handle on the listening socket, for the listener that takes it over.
+    pub(crate) fn socket(&self) -> Option<std::net::TcpListener> {
+        use std::os::fd::AsFd;
+        self.inner
+            .as_fd()
+            .try_clone_to_owned()
+            .ok()
+            .map(std::net::TcpListener::from)
+    }
+
     /// The same listener, giving accepted sockets `keepalive` (the service's setting).
     pub fn with_keepalive(mut self, keepalive: KeepAlive) -> Self {
         self.keepalive = keepalive;
         self
     }
+}
+
+thread_local! {
+    /// The socket [`with_handover`] gives the listener it binds.
+    static HANDED_OVER: std::cell::RefCell<Option<(String, std::net::TcpListener)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `bind` (a prepared listener's bind), whose [`TcpListenerImpl::bind`] of `addr` takes
+/// `socket` (the listening socket of the listener it replaces) instead of binding: the
+/// address is never unbound, so no connection is refused while listeners change. The
+/// connections the old listener accepted but did not hand over yet are its own.
+pub(crate) fn with_handover<R>(
+    addr: &str,
+    socket: std::net::TcpListener,
+    bind: impl FnOnce() -> R,
+) -> R {
+    HANDED_OVER.set(Some((addr.to_string(), socket)));
+    let bound = bind();
+    // Not taken (a bind that failed before it): the socket closes here.
+    HANDED_OVER.take();
+    bound
 }
 
 fn bind_socket(addr: SocketAddr, dual_stack: bool) -> io::Result<Socket> {
@@ -114,5 +158,9 @@ impl Listener for TcpListenerImpl {
 
     fn local_addr(&self) -> SocketAddr {
         self.local
+    }
+
+    fn socket(&self) -> Option<std::net::TcpListener> {
+        TcpListenerImpl::socket(self)
     }
 }
