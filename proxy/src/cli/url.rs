@@ -172,8 +172,8 @@ fn services_from_arg(arg: &str) -> Parsed<Vec<ServiceConfig>> {
         && HandlerType::from_name(handler) != Some(HandlerType::Relay)
     {
         return Err(Problem::Unsupported(format!(
-            "port forwarding (the URL path {:?} names forward targets, which only relay \
-             services take)",
+            "port forwarding (the URL path {:?} names forward targets, for GOST's `tcp`, \
+             `udp`, `rtcp`, `rudp` or `relay` forward services)",
             url.path
         )));
     }
@@ -1183,7 +1183,7 @@ mod tests {
         assert!(reason(serve("u:/p@:8080")).contains("'@' after the host"));
         let metrics = metrics_from_arg("u:/p@:9000").unwrap_err().to_string();
         assert!(metrics.contains("'@' after the host"), "{metrics}");
-        // Still forward targets, which only relay services take.
+        // Still forward targets (port forwarding), which gost-rs does not implement.
         let err = serve(":8080/10.0.0.1:80").unwrap_err().to_string();
         assert!(err.contains("port forwarding"), "{err}");
         let err = serve("localhost:8080/10.0.0.1:80").unwrap_err().to_string();
