@@ -97,8 +97,9 @@ pub(crate) fn hand_over(ready: &Ready, conn: BoxConn, client: SocketAddr) {
 pub struct Handshaking {
     ready: Mutex<mpsc::Receiver<(BoxConn, SocketAddr)>>,
     local: SocketAddr,
-    // Another handle on the listening socket, which the accept task owns.
-    socket: Option<std::net::TcpListener>,
+    // Another handle on the listening socket, which the accept task owns; let go of when
+    // the listener stops accepting, so that a draining listener holds no port.
+    socket: std::sync::Mutex<Option<std::net::TcpListener>>,
     // Dropping the listener (the service stopped) stops accepting. Handshakes under way and
     // sessions already established run on: they carry tunnels that may still be draining.
     accept_task: AbortOnDropHandle<()>,
@@ -131,7 +132,7 @@ impl Handshaking {
         Handshaking {
             ready: Mutex::new(rx),
             local,
-            socket,
+            socket: std::sync::Mutex::new(socket),
             accept_task: AbortOnDropHandle::new(accept),
         }
     }
@@ -153,11 +154,14 @@ impl Listener for Handshaking {
     }
 
     fn socket(&self) -> Option<std::net::TcpListener> {
-        self.socket.as_ref()?.try_clone().ok()
+        self.socket.lock().ok()?.as_ref()?.try_clone().ok()
     }
 
     fn stop_accepting(&self) -> bool {
         self.accept_task.abort();
+        if let Ok(mut socket) = self.socket.lock() {
+            socket.take();
+        }
         true
     }
 }
