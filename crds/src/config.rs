@@ -352,6 +352,33 @@ pub struct TlsConfig {
     /// Generated certificate: organization (default `GOST`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub organization: Option<String>,
+    /// Protocol versions, cipher suites and ALPN of a listener's or node's handshakes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub options: Option<TlsOptions>,
+}
+
+/// GOST's TLS `options`: what a listener or node offers in its handshakes.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TlsOptions {
+    /// Lowest version accepted: `VersionTLS10`, `VersionTLS11`, `VersionTLS12` or
+    /// `VersionTLS13` (gost-rs speaks TLS 1.2 and 1.3 only, so the first two mean TLS 1.2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(deserialize_with = "crate::de::empty_as_none")]
+    pub min_version: Option<String>,
+    /// Highest version offered, spelled as `minVersion`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(deserialize_with = "crate::de::empty_as_none")]
+    pub max_version: Option<String>,
+    /// TLS 1.2 cipher suites allowed, by Go's names (`TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256`);
+    /// empty: all. As in Go, TLS 1.3 suites are not configurable.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(deserialize_with = "null_as_default")]
+    pub cipher_suites: Vec<String>,
+    /// ALPN protocols offered, in order of preference.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(deserialize_with = "null_as_default")]
+    pub alpn: Vec<String>,
 }
 
 /// Logging settings.

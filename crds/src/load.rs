@@ -343,6 +343,15 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
             ));
         }
     }
+    if config.tls.as_ref().is_some_and(|t| t.options.is_some()) {
+        // GOST reads the top-level section for the default certificate only and drops its
+        // `options` without a word; a minVersion meant for every service would not hold.
+        return Err(ConfigError::field(
+            "tls.options",
+            "the top-level `tls` section gives the default certificate only (GOST ignores its \
+             `options`); set `options` in the `tls` of each listener, handler or node they are for",
+        ));
+    }
     if let Some(metrics) = &config.metrics {
         check_listen_addr(&metrics.addr, "metrics.addr")?;
         if let Some(path) = metrics.path.as_deref()

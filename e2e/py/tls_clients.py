@@ -25,6 +25,30 @@ def server_cert(host, port):
     print(ssl.DER_cert_to_PEM_cert(der), end="")
 
 
+def handshake(host, port, max_version, alpn, ciphers=None):
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.maximum_version = {
+        "1.2": ssl.TLSVersion.TLSv1_2,
+        "1.3": ssl.TLSVersion.TLSv1_3,
+    }[max_version]
+    if alpn != "-":
+        context.set_alpn_protocols(alpn.split(","))
+    if ciphers:
+        context.set_ciphers(ciphers)
+    try:
+        with socket.create_connection((host, port), timeout=TIMEOUT) as raw:
+            with context.wrap_socket(raw) as tls:
+                print(
+                    f"version={tls.version()} alpn={tls.selected_alpn_protocol()} "
+                    f"cipher={tls.cipher()[0]}"
+                )
+    except (ssl.SSLError, ConnectionError) as e:
+        print(f"refused: {e}")
+
+
 def recv_exact(sock, n):
     data = b""
     while len(data) < n:
@@ -72,6 +96,8 @@ def socks5_tls(proxy_port, target_port, user, password):
 if __name__ == "__main__":
     if sys.argv[1] == "cert":
         server_cert(sys.argv[2], int(sys.argv[3]))
+    elif sys.argv[1] == "handshake":
+        handshake(sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5], *sys.argv[6:7])
     elif sys.argv[1] == "socks5-tls":
         socks5_tls(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5])
     else:

@@ -1436,3 +1436,95 @@ fn a_pinned_v1_client_certificate_is_taken() {
         );
     }
 }
+
+/// GOST's TLS `options` (its TLS page's example, with `minVersion`, `maxVersion`,
+/// `cipherSuites` and `alpn`): a listener offers what they say, and so does a node's dialer.
+/// The top-level section takes none, since GOST ignores them there.
+#[test]
+fn tls_options_set_versions_cipher_suites_and_alpn_as_in_gost() {
+    let dir = tempdir();
+    let target = Target::http();
+    let ca = Ca::new("gost-rs test CA");
+    // rcgen's keys are ECDSA P-256, so the ECDSA suites apply.
+    let (cert, key, _) = ca.issue(&dir, "server", &["localhost", "127.0.0.1"], false);
+    let server = |options: &str| {
+        Gost::start_config(
+            &format!(
+                "services:\n- name: service-0\n  addr: 127.0.0.1:0\n  handler:\n    type: http\n  \
+                 listener:\n    type: tls\n    tls:\n      certFile: {cert}\n      keyFile: {key}\n      \
+                 options:\n{options}"
+            ),
+            1,
+        )
+    };
+    let handshake = |gost: &Gost, max: &str, alpn: &str, ciphers: &[&str]| {
+        let port = gost.addr().port().to_string();
+        let mut args = vec!["handshake", "127.0.0.1", &port, max, alpn];
+        args.extend_from_slice(ciphers);
+        let out = python("tls_clients.py", &args);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        out.text()
+    };
+
+    let tls13 = server("        minVersion: VersionTLS13\n        alpn: [h2, http/1.1]\n");
+    let out = handshake(&tls13, "1.2", "-", &[]);
+    assert!(out.starts_with("refused"), "{out}\n{}", tls13.log());
+    let out = handshake(&tls13, "1.3", "http/1.1,h2", &[]);
+    assert!(out.contains("version=TLSv1.3 alpn=h2"), "{out}");
+
+    let chacha = server(
+        "        maxVersion: versiontls12\n        cipherSuites:\n        \
+         - TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256\n",
+    );
+    let out = handshake(&chacha, "1.3", "-", &[]);
+    assert!(
+        out.contains("version=TLSv1.2 alpn=None cipher=ECDHE-ECDSA-CHACHA20-POLY1305"),
+        "{out}"
+    );
+    let out = handshake(&chacha, "1.2", "-", &["ECDHE-ECDSA-AES128-GCM-SHA256"]);
+    assert!(out.starts_with("refused"), "{out}");
+
+    // A node whose dialer stops at TLS 1.2 reaches the server that speaks it, not the other.
+    let client = |server: &Gost| {
+        Gost::start_config(
+            &format!(
+                "services:\n- name: service-0\n  addr: 127.0.0.1:0\n  handler:\n    type: http\n    \
+                 chain: chain-0\nchains:\n- name: chain-0\n  hops:\n  - name: hop-0\n    nodes:\n    \
+                 - name: node-0\n      addr: {}\n      dialer:\n        type: tls\n        tls:\n          \
+                 options:\n            maxVersion: VersionTLS12\n",
+                server.addr()
+            ),
+            1,
+        )
+    };
+    let via = client(&chacha);
+    let out = get_through(&format!("http://{}", via.addr()), &target);
+    assert!(
+        out.text().starts_with("hello from target"),
+        "{}\n{}",
+        out.stderr,
+        via.log()
+    );
+    let via = client(&tls13);
+    let out = get_through(&format!("http://{}", via.addr()), &target);
+    assert!(!out.text().contains("hello from target"), "{}", out.text());
+    assert!(via.log().contains("upstream dial failed"), "{}", via.log());
+
+    let file = dir.join("top.yaml");
+    fs::write(
+        &file,
+        "services:\n- name: s\n  addr: 127.0.0.1:0\n  listener:\n    type: tls\n\
+         tls:\n  options:\n    minVersion: VersionTLS13\n",
+    )
+    .unwrap();
+    let out = run(
+        gost_bin().to_str().unwrap(),
+        &["-C", file.to_str().unwrap(), "-O", "yaml"],
+    );
+    assert_ne!(out.code, 0);
+    assert!(
+        out.stderr.contains("tls.options") && out.stderr.contains("each listener"),
+        "{}",
+        out.stderr
+    );
+}

@@ -354,6 +354,17 @@ pub fn prepare_listener(
             })
         }
         ListenerType::H3 => {
+            let options = service
+                .listener
+                .tls
+                .as_ref()
+                .and_then(|t| t.options.as_ref());
+            if crate::tls::rule_out_tls13(options) {
+                return Err(field(
+                    format!("{path}.listener.tls.options.maxVersion"),
+                    QUIC_NEEDS_TLS13,
+                ));
+            }
             let tls = ServerTls::new(
                 &service.name,
                 service.listener.tls.as_ref(),
@@ -381,6 +392,10 @@ pub fn prepare_listener(
     };
     Ok(bind)
 }
+
+/// Why an `h3` listener or dialer refuses a `maxVersion` below TLS 1.3.
+const QUIC_NEEDS_TLS13: &str = "h3 runs over QUIC, which needs TLS 1.3: leave maxVersion out or \
+     set it to VersionTLS13";
 
 /// The handler's TLS for SOCKS5's TLS methods: `handler.tls`, else the defaults, unless
 /// `notls` is set or the handler does not speak SOCKS5.
@@ -707,6 +722,13 @@ fn build_hop(hop: &HopConfig, path: &str) -> Result<Hop, ConfigError> {
                     )
                 }
                 DialerType::H3 | DialerType::Http3 => {
+                    let options = node.dialer.tls.as_ref().and_then(|t| t.options.as_ref());
+                    if crate::tls::rule_out_tls13(options) {
+                        return Err(field(
+                            format!("{path}.dialer.tls.options.maxVersion"),
+                            QUIC_NEEDS_TLS13,
+                        ));
+                    }
                     let tls = ClientTls::new(node.dialer.tls.as_ref(), crate::h3::ALPN)
                         .map_err(|e| field(format!("{path}.dialer.tls"), e))?;
                     Arc::new(

@@ -35,9 +35,12 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 use crate::addr::{Address, Host};
 use crate::conn::Conn;
 
+mod options;
 mod reload;
 mod verify;
 
+use options::Handshake;
+pub use options::rule_out_tls13;
 pub use reload::RELOAD_CHECK_INTERVAL;
 use reload::Reloading;
 use verify::{AnyServerCert, CaFileClientVerifier, CaServerVerifier};
@@ -215,8 +218,9 @@ impl ServerTls {
                 },
             ),
         };
-        let builder = ServerConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
+        let handshake = Handshake::new(own.and_then(|t| t.options.as_ref()), provider(), alpn)?;
+        let builder = ServerConfig::builder_with_provider(handshake.provider)
+            .with_protocol_versions(&handshake.versions)
             .map_err(|e| e.to_string())?;
         let mutual = client_ca.is_some();
         let builder = match client_ca {
@@ -233,7 +237,7 @@ impl ServerTls {
             config.send_tls13_tickets = 0;
         }
         config.ignore_client_order = server_picks_suite();
-        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        config.alpn_protocols = handshake.alpn;
         Ok(ServerTls {
             acceptor: TlsAcceptor::from(Arc::new(config)),
             refusals: Arc::new(RefusalLog::new(service)),
@@ -511,8 +515,9 @@ impl ClientTls {
             (None, true) => Arc::new(CaServerVerifier::trusted()?),
             (None, false) => Arc::new(AnyServerCert),
         };
-        let builder = ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
+        let handshake = Handshake::new(tls.options.as_ref(), provider(), alpn)?;
+        let builder = ClientConfig::builder_with_provider(handshake.provider)
+            .with_protocol_versions(&handshake.versions)
             .map_err(|e| e.to_string())?
             .dangerous()
             .with_custom_certificate_verifier(verifier);
@@ -523,7 +528,7 @@ impl ClientTls {
             (None, None) => builder.with_no_client_auth(),
             _ => return Err("certFile and keyFile must be given together".into()),
         };
-        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        config.alpn_protocols = handshake.alpn;
         let server_name = tls
             .server_name
             .as_deref()
