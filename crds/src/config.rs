@@ -319,6 +319,49 @@ pub struct AutherConfig {
     /// Accepted users.
     #[serde(default, deserialize_with = "null_as_default")]
     pub auths: Vec<AuthConfig>,
+    /// GOST's period for reading `file` again. gost-rs watches the file as it watches the
+    /// configuration, so a change counts at once whatever this says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(deserialize_with = "go_duration")]
+    pub reload: Option<String>,
+    /// More users, from a file with one `user password` per line (see [`parse_users`]); they
+    /// replace users of `auths` with the same name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<FileSource>,
+    /// The users read from `file`, filled in by the program that runs the configuration
+    /// (loading a configuration reads no other file).
+    #[serde(skip)]
+    pub file_auths: Vec<AuthConfig>,
+}
+
+/// A file a section reads its data from.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FileSource {
+    /// The file's path; empty: no file, as in GOST.
+    #[serde(default)]
+    pub path: String,
+}
+
+/// Users from the text of a users file, as GOST reads one: a line is a user name, then, after
+/// the first space or tab, the password (the rest of the line, trimmed; none: any password);
+/// blank lines and lines starting with `#` are skipped, so `admin #123` is user `admin` with
+/// password `#123`.
+pub fn parse_users(text: &str) -> Vec<AuthConfig> {
+    text.lines()
+        .map(|line| line.replace('\t', " "))
+        .filter_map(|line| {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                return None;
+            }
+            let (username, password) = line.split_once(' ').unwrap_or((line, ""));
+            Some(AuthConfig {
+                username: username.to_string(),
+                password: password.trim().to_string(),
+            })
+        })
+        .collect()
 }
 
 /// TLS material and options, for servers (certificate) and clients (verification).
@@ -617,5 +660,31 @@ impl DialerType {
     /// plain HTTP tunnel over HTTP/3, as `h3`).
     pub fn implemented(self) -> bool {
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_users_file_reads_as_gost_reads_it() {
+        let users = parse_users(
+            "# username password\n\nadmin           #123456\ntest\\user001    123456\n\
+             \tspaced\tpass word \nalone\n   # indented comment\n",
+        );
+        let pairs: Vec<(&str, &str)> = users
+            .iter()
+            .map(|u| (u.username.as_str(), u.password.as_str()))
+            .collect();
+        assert_eq!(
+            pairs,
+            [
+                ("admin", "#123456"),
+                ("test\\user001", "123456"),
+                ("spaced", "pass word"),
+                ("alone", ""),
+            ]
+        );
     }
 }

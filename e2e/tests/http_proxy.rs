@@ -802,3 +802,73 @@ fn a_target_that_never_answers_times_out_after_the_request_is_sent() {
     assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
     assert!(answer.ends_with("late"), "{answer}");
 }
+
+/// An auther's users file, GOST's "Data Source: File" example: users from the file next to the
+/// inline ones (the file's replacing theirs), read again when the file changes; an unreadable
+/// file stops the start, naming it.
+#[test]
+fn an_authers_users_file_is_read_and_followed() {
+    let dir = tempdir();
+    let target = Target::http();
+    let users = dir.join("users.txt");
+    std::fs::write(
+        &users,
+        "# username password\n\nadmin           #123456\ntest\\user001    123456\nshared file\n",
+    )
+    .unwrap();
+    let yaml = |path: &str| {
+        format!(
+            "services:\n- name: service-0\n  addr: 127.0.0.1:0\n  handler:\n    type: http\n    \
+             auther: auther-0\n    metadata:\n      authFailureLimit: 0\nauthers:\n- name: auther-0\n  reload: 10s\n  file:\n    path: {path}\n  \
+             auths:\n  - username: inline\n    password: pass\n  - username: shared\n    password: inline\n"
+        )
+    };
+    let server = Gost::start_config(&yaml(users.to_str().unwrap()), 1);
+    let url = format!("http://{}/", target.addr);
+    let status = |user: &str| {
+        let out = curl(&[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-x",
+            &format!("http://{}", server.addr()),
+            "--proxy-user",
+            user,
+            &url,
+        ]);
+        out.text()
+    };
+    assert_eq!(status("admin:#123456"), "200", "{}", server.log());
+    assert_eq!(status("test\\user001:123456"), "200");
+    assert_eq!(status("inline:pass"), "200");
+    assert_eq!(status("shared:file"), "200");
+    assert_eq!(status("shared:inline"), "407");
+
+    std::fs::write(&users, "admin changed\n").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while status("admin:changed") != "200" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new password was not taken within 10 s\n{}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(status("admin:#123456"), "407");
+    assert_eq!(status("inline:pass"), "200");
+
+    let missing = dir.join("missing.yaml");
+    std::fs::write(&missing, yaml("/nonexistent/users.txt")).unwrap();
+    let out = run(
+        gost_bin().to_str().unwrap(),
+        &["-C", missing.to_str().unwrap()],
+    );
+    assert_ne!(out.code, 0);
+    assert!(
+        out.stderr.contains("authers[0].file.path")
+            && out.stderr.contains("/nonexistent/users.txt"),
+        "{}",
+        out.stderr
+    );
+}

@@ -61,8 +61,37 @@ fn auther_users<'a>(
         .authers
         .iter()
         .filter(|a| names.contains(&&a.name))
-        .flat_map(|a| &a.auths)
+        .flat_map(|a| a.auths.iter().chain(&a.file_auths))
         .filter(|user| !user.username.is_empty())
+}
+
+/// Reads the users files of the authers (`file.path`) into their `file_auths`. A file that
+/// cannot be read is an error naming the auther and the file, so that a service does not start
+/// (or a reload is refused) with users missing. GOST starts without them, refusing everyone.
+pub fn read_auther_files(config: &mut Config) -> Result<(), String> {
+    for (i, auther) in config.authers.iter_mut().enumerate() {
+        let Some(path) = auther.file.as_ref().map(|f| f.path.as_str()) else {
+            continue;
+        };
+        if path.is_empty() {
+            continue;
+        }
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("authers[{i}].file.path: cannot read {path}: {e}"))?;
+        auther.file_auths = gost_api::parse_users(&text);
+    }
+    Ok(())
+}
+
+/// The users files of the authers, for watching.
+pub fn auther_files(config: &Config) -> Vec<std::path::PathBuf> {
+    config
+        .authers
+        .iter()
+        .filter_map(|a| a.file.as_ref())
+        .filter(|f| !f.path.is_empty())
+        .map(|f| std::path::PathBuf::from(&f.path))
+        .collect()
 }
 
 impl Authenticator {

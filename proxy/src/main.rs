@@ -544,6 +544,10 @@ async fn assemble_config(args: &Args) -> Result<Config, String> {
     apply_metrics_overrides(&mut config, env_metrics.as_deref(), args.metrics.as_deref())?;
     gost_api::validate(&config)
         .map_err(|e| format!("the combined configuration is invalid: {e}"))?;
+    // `-O` prints the configuration as written; the users files matter to a running proxy.
+    if args.output.is_none() {
+        gost_proxy::auth::read_auther_files(&mut config)?;
+    }
     Ok(config)
 }
 
@@ -851,11 +855,8 @@ async fn run(
         tracing::warn!("the configuration has no services yet; waiting for it to change");
     }
 
-    let files = watched_files(args);
-    let mut watcher = (!files.is_empty()).then(|| {
-        tracing::info!(files = ?files, "watching the configuration for changes");
-        gost_proxy::watch::FileWatcher::new(files)
-    });
+    let mut files = watched_files(args, &config);
+    let mut watcher = watch(&files);
     // A change between the first read and the watcher's baseline would go unseen.
     if watcher.is_some() {
         let assembled = assemble_config(args).await;
@@ -896,6 +897,12 @@ async fn run(
             &mut config,
         )
         .await;
+        // A reload may name other users files.
+        let now = watched_files(args, &config);
+        if now != files {
+            files = now;
+            watcher = watch(&files);
+        }
     };
     ready.set(false);
     tracing::info!(
@@ -950,14 +957,22 @@ async fn changed(watcher: &mut Option<gost_proxy::watch::FileWatcher>) {
     }
 }
 
-/// The configuration files to watch: the `-C` sources that are files.
-fn watched_files(args: &Args) -> Vec<PathBuf> {
+/// The files to watch: the `-C` sources that are files, and the authers' users files.
+fn watched_files(args: &Args, config: &Config) -> Vec<PathBuf> {
     config_sources(args)
         .into_iter()
         .filter(|s| s != "-" && !s.trim_start().starts_with('{') && !is_url(s))
         .filter(|s| is_regular_file(s))
         .map(PathBuf::from)
+        .chain(gost_proxy::auth::auther_files(config))
         .collect()
+}
+
+fn watch(files: &[PathBuf]) -> Option<gost_proxy::watch::FileWatcher> {
+    (!files.is_empty()).then(|| {
+        tracing::info!(files = ?files, "watching the configuration for changes");
+        gost_proxy::watch::FileWatcher::new(files.to_vec())
+    })
 }
 
 /// Applies a configuration read again (`assembled`); a refused one leaves everything running.
