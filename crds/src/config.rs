@@ -299,6 +299,10 @@ pub struct AuthConfig {
     /// Password. An empty password accepts any password for this user, as in GOST.
     #[serde(default)]
     pub password: String,
+    /// A node's connector or dialer only: a users file (as an auther's) whose first user is
+    /// sent instead of `username` and `password`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
 }
 
 impl fmt::Debug for AuthConfig {
@@ -359,6 +363,7 @@ pub fn parse_users(text: &str) -> Vec<AuthConfig> {
             Some(AuthConfig {
                 username: username.to_string(),
                 password: password.trim().to_string(),
+                file: None,
             })
         })
         .collect()

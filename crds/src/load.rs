@@ -274,6 +274,12 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
             Scope::Listener,
             &format!("{path}.listener.metadata"),
         )?;
+        for (auth, at) in [
+            (&service.handler.auth, "handler.auth"),
+            (&service.listener.auth, "listener.auth"),
+        ] {
+            check_no_users_file(auth.as_ref(), &format!("{path}.{at}"))?;
+        }
         if let Some(chain) = &service.handler.chain
             && !chain_names.contains(chain.as_str())
         {
@@ -354,6 +360,7 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
     }
     if let Some(metrics) = &config.metrics {
         check_listen_addr(&metrics.addr, "metrics.addr")?;
+        check_no_users_file(metrics.auth.as_ref(), "metrics.auth")?;
         if let Some(path) = metrics.path.as_deref()
             && !path.is_empty()
             && !path.starts_with('/')
@@ -374,6 +381,21 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
                 ),
             ));
         }
+    }
+    Ok(())
+}
+
+/// A server's `auth` takes no users file: GOST reads `auth.file` for clients only, and a
+/// server given nothing else would serve everyone.
+fn check_no_users_file(auth: Option<&AuthConfig>, path: &str) -> Result<(), ConfigError> {
+    if auth.is_some_and(|a| a.file.is_some()) {
+        return Err(ConfigError::field(
+            format!("{path}.file"),
+            "a users file in `auth` is read by a node's connector or dialer only (GOST ignores \
+             it here and asks clients for no password); for a server, name the file in an \
+             auther (`authers: [{name: users, file: {path: ...}}]`) and refer to it with \
+             `auther`",
+        ));
     }
     Ok(())
 }

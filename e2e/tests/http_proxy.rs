@@ -872,3 +872,57 @@ fn an_authers_users_file_is_read_and_followed() {
         out.stderr
     );
 }
+
+/// A node's `auth.file` (GOST 3.1): the connector sends the file's first user. A server's
+/// `auth` takes no file, since GOST would then ask for no password at all.
+#[test]
+fn a_connectors_auth_file_sends_its_first_user() {
+    let dir = tempdir();
+    let target = Target::http();
+    let server = Gost::start(&["-L", "socks5://user1:pass1@127.0.0.1:0"], 1);
+    let users = dir.join("auth.txt");
+    std::fs::write(&users, "# username password\n\nuser1 pass1\nuser2 pass2\n").unwrap();
+    let client = Gost::start_config(
+        &format!(
+            "services:\n- name: service-0\n  addr: 127.0.0.1:0\n  handler:\n    type: http\n    \
+             chain: chain-0\nchains:\n- name: chain-0\n  hops:\n  - name: hop-0\n    nodes:\n    \
+             - name: node-0\n      addr: {}\n      connector:\n        type: socks5\n        \
+             auth:\n          file: {}\n",
+            server.addr(),
+            users.display()
+        ),
+        1,
+    );
+    let out = curl(&[
+        "-x",
+        &format!("http://{}", client.addr()),
+        &format!("http://{}/", target.addr),
+    ]);
+    assert!(
+        out.text().starts_with("hello from target"),
+        "{}\n{}",
+        out.stderr,
+        client.log()
+    );
+
+    let file = dir.join("server.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "services:\n- name: s\n  addr: 127.0.0.1:0\n  handler:\n    type: http\n    auth:\n      \
+             file: {}\n",
+            users.display()
+        ),
+    )
+    .unwrap();
+    let out = run(
+        gost_bin().to_str().unwrap(),
+        &["-C", file.to_str().unwrap(), "-O", "yaml"],
+    );
+    assert_ne!(out.code, 0);
+    assert!(
+        out.stderr.contains("services[0].handler.auth.file") && out.stderr.contains("auther"),
+        "{}",
+        out.stderr
+    );
+}

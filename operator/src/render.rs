@@ -1342,7 +1342,11 @@ impl<'a> Secrets<'a> {
                 ),
             ));
         }
-        Ok(Some(AuthConfig { username, password }))
+        Ok(Some(AuthConfig {
+            username,
+            password,
+            file: None,
+        }))
     }
 
     /// The command that writes Secret `name` anew with `auth`'s keys given literally, keeping

@@ -65,10 +65,12 @@ fn auther_users<'a>(
         .filter(|user| !user.username.is_empty())
 }
 
-/// Reads the users files of the authers (`file.path`) into their `file_auths`. A file that
-/// cannot be read is an error naming the auther and the file, so that a service does not start
-/// (or a reload is refused) with users missing. GOST starts without them, refusing everyone.
-pub fn read_auther_files(config: &mut Config) -> Result<(), String> {
+/// Reads the users files a configuration names: an auther's `file.path` into its
+/// `file_auths`, and a node's connector or dialer `auth.file`, whose first user becomes the
+/// credentials sent (GOST's). A file that cannot be read is an error naming the section and the
+/// file, so that nothing starts (or a reload is taken) with users missing; GOST goes on
+/// without them (an auther then refuses everyone, a node sends no credentials).
+pub fn read_users_files(config: &mut Config) -> Result<(), String> {
     for (i, auther) in config.authers.iter_mut().enumerate() {
         let Some(path) = auther.file.as_ref().map(|f| f.path.as_str()) else {
             continue;
@@ -76,21 +78,65 @@ pub fn read_auther_files(config: &mut Config) -> Result<(), String> {
         if path.is_empty() {
             continue;
         }
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("authers[{i}].file.path: cannot read {path}: {e}"))?;
-        auther.file_auths = gost_api::parse_users(&text);
+        auther.file_auths = read_users(path, &format!("authers[{i}].file.path"))?;
+    }
+    let chains = config.chains.iter_mut().enumerate().flat_map(|(i, c)| {
+        c.hops
+            .iter_mut()
+            .enumerate()
+            .map(move |(j, h)| (format!("chains[{i}].hops[{j}]"), h))
+    });
+    let hops = config
+        .hops
+        .iter_mut()
+        .enumerate()
+        .map(|(i, h)| (format!("hops[{i}]"), h));
+    for (path, hop) in chains.chain(hops) {
+        for (k, node) in hop.nodes.iter_mut().enumerate() {
+            for (auth, part) in [
+                (&mut node.connector.auth, "connector"),
+                (&mut node.dialer.auth, "dialer"),
+            ] {
+                let Some(auth) = auth.as_mut() else { continue };
+                let Some(file) = auth.file.as_deref().filter(|f| !f.is_empty()) else {
+                    continue;
+                };
+                let at = format!("{path}.nodes[{k}].{part}.auth.file");
+                // As GOST: the file's first user, else `username` and `password`.
+                if let Some(first) = read_users(file, &at)?.into_iter().next() {
+                    auth.username = first.username;
+                    auth.password = first.password;
+                }
+            }
+        }
     }
     Ok(())
 }
 
-/// The users files of the authers, for watching.
-pub fn auther_files(config: &Config) -> Vec<std::path::PathBuf> {
+fn read_users(path: &str, at: &str) -> Result<Vec<AuthConfig>, String> {
+    std::fs::read_to_string(path)
+        .map(|text| gost_api::parse_users(&text))
+        .map_err(|e| format!("{at}: cannot read {path}: {e}"))
+}
+
+/// The users files a configuration names, for watching.
+pub fn users_files(config: &Config) -> Vec<std::path::PathBuf> {
+    let nodes = config
+        .chains
+        .iter()
+        .flat_map(|c| &c.hops)
+        .chain(&config.hops)
+        .flat_map(|h| &h.nodes);
+    let node_files = nodes
+        .flat_map(|n| [&n.connector.auth, &n.dialer.auth])
+        .filter_map(|a| a.as_ref()?.file.as_deref());
     config
         .authers
         .iter()
-        .filter_map(|a| a.file.as_ref())
-        .filter(|f| !f.path.is_empty())
-        .map(|f| std::path::PathBuf::from(&f.path))
+        .filter_map(|a| a.file.as_ref().map(|f| f.path.as_str()))
+        .chain(node_files)
+        .filter(|f| !f.is_empty())
+        .map(std::path::PathBuf::from)
         .collect()
 }
 
@@ -242,6 +288,7 @@ mod tests {
         AuthConfig {
             username: u.into(),
             password: p.into(),
+            file: None,
         }
     }
 
@@ -325,6 +372,7 @@ mod tests {
         Authenticator::new(&[AuthConfig {
             username: "user".into(),
             password: "pass".into(),
+            file: None,
         }])
     }
 

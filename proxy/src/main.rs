@@ -546,7 +546,7 @@ async fn assemble_config(args: &Args) -> Result<Config, String> {
         .map_err(|e| format!("the combined configuration is invalid: {e}"))?;
     // `-O` prints the configuration as written; the users files matter to a running proxy.
     if args.output.is_none() {
-        gost_proxy::auth::read_auther_files(&mut config)?;
+        gost_proxy::auth::read_users_files(&mut config)?;
     }
     Ok(config)
 }
@@ -957,14 +957,14 @@ async fn changed(watcher: &mut Option<gost_proxy::watch::FileWatcher>) {
     }
 }
 
-/// The files to watch: the `-C` sources that are files, and the authers' users files.
+/// The files to watch: the `-C` sources that are files, and the users files they name.
 fn watched_files(args: &Args, config: &Config) -> Vec<PathBuf> {
     config_sources(args)
         .into_iter()
         .filter(|s| s != "-" && !s.trim_start().starts_with('{') && !is_url(s))
         .filter(|s| is_regular_file(s))
         .map(PathBuf::from)
-        .chain(gost_proxy::auth::auther_files(config))
+        .chain(gost_proxy::auth::users_files(config))
         .collect()
 }
 
@@ -1266,6 +1266,7 @@ mod tests {
                 auth: Some(AuthConfig {
                     username: "prom".into(),
                     password: "pw".into(),
+                    file: None,
                 }),
                 auther: None,
             }),

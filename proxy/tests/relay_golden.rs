@@ -71,6 +71,7 @@ fn user_pass() -> AuthConfig {
     AuthConfig {
         username: "user".into(),
         password: "pass".into(),
+        file: None,
     }
 }
 
@@ -276,6 +277,7 @@ async fn our_connector_and_handler_tunnel_in_both_modes() {
     let wrong = AuthConfig {
         username: "user".into(),
         password: "nope".into(),
+        file: None,
     };
     let connector = RelayConnector::new(Some(wrong), &Metadata::default()).unwrap();
     let stream = TcpStream::connect(server).await.unwrap();

@@ -27,6 +27,7 @@ fn user(username: &str, password: &str) -> AuthConfig {
     AuthConfig {
         username: username.into(),
         password: password.into(),
+        file: None,
     }
 }
 

@@ -548,6 +548,7 @@ fn parse_userinfo(info: &str) -> Parsed<AuthConfig> {
     Ok(AuthConfig {
         username: unescape(user, false).map_err(|e| Problem::Invalid(format!("user name: {e}")))?,
         password: unescape(pass, false).map_err(|e| Problem::Invalid(format!("password: {e}")))?,
+        file: None,
     })
 }
 
@@ -697,6 +698,7 @@ fn decode_auth(encoded: &str) -> Parsed<AuthConfig> {
     Ok(AuthConfig {
         username: username.to_string(),
         password: password.to_string(),
+        file: None,
     })
 }
 
@@ -1087,6 +1089,7 @@ mod tests {
         Some(AuthConfig {
             username: username.into(),
             password: password.into(),
+            file: None,
         })
     }
 

@@ -496,6 +496,7 @@ mod tests {
         let auth = AuthConfig {
             username: "user".into(),
             password: "pass".into(),
+            file: None,
         };
         let connector = RelayConnector::new(Some(auth), &md).unwrap();
         let (client, mut node) = duplex(4096);
@@ -546,6 +547,7 @@ mod tests {
         let auth = AuthConfig {
             username: "u".repeat(256),
             password: String::new(),
+            file: None,
         };
         let e = RelayConnector::new(Some(auth), &Metadata::default()).unwrap_err();
         assert!(e.contains("user name"), "{e}");
