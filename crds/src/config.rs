@@ -400,6 +400,15 @@ pub struct TlsConfig {
     /// Generated certificate: organization (default `GOST`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub organization: Option<String>,
+    /// Server: refuse a handshake without a server name (SNI), or, with `serverNames`, with
+    /// another one; the client gets no certificate.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[serde(rename = "rejectUnknownSNI")]
+    pub reject_unknown_sni: bool,
+    /// Server, with `rejectUnknownSNI`: the server names accepted (any case).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(deserialize_with = "null_as_default")]
+    pub server_names: Vec<String>,
     /// Protocol versions, cipher suites and ALPN of a listener's or node's handshakes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub options: Option<TlsOptions>,

@@ -49,6 +49,20 @@ def handshake(host, port, max_version, alpn, ciphers=None):
         print(f"refused: {e}")
 
 
+def handshake_sni(host, port, name):
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        with socket.create_connection((host, port), timeout=TIMEOUT) as raw:
+            sni = None if name == "-" else name
+            with context.wrap_socket(raw, server_hostname=sni) as tls:
+                der = tls.getpeercert(binary_form=True)
+                print(f"served {len(der)} bytes of certificate")
+    except (ssl.SSLError, ConnectionError) as e:
+        print(f"refused: {e}")
+
+
 def recv_exact(sock, n):
     data = b""
     while len(data) < n:
@@ -98,6 +112,8 @@ if __name__ == "__main__":
         server_cert(sys.argv[2], int(sys.argv[3]))
     elif sys.argv[1] == "handshake":
         handshake(sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5], *sys.argv[6:7])
+    elif sys.argv[1] == "handshake-sni":
+        handshake_sni(sys.argv[2], int(sys.argv[3]), sys.argv[4])
     elif sys.argv[1] == "socks5-tls":
         socks5_tls(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5])
     else:

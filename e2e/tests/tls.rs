@@ -1528,3 +1528,61 @@ fn tls_options_set_versions_cipher_suites_and_alpn_as_in_gost() {
         out.stderr
     );
 }
+
+/// GOST's `rejectUnknownSNI` and `serverNames`, as its TLS page writes them on the command
+/// line (which GOST itself drops) and in a file: a handshake without a server name, or with
+/// one not listed, fails without a certificate; a listed one, in any case, is served.
+#[test]
+fn reject_unknown_sni_serves_only_the_listed_names() {
+    let dir = tempdir();
+    let target = Target::http();
+    let ca = Ca::new("gost-rs test CA");
+    let (cert, key, _) = ca.issue(&dir, "server", &["localhost", "127.0.0.1"], false);
+    let from_cli = Gost::start(
+        &[
+            "-L",
+            &format!(
+                "http+tls://127.0.0.1:0?certFile={cert}&keyFile={key}&rejectUnknownSNI=true&serverNames=localhost,proxy.example"
+            ),
+        ],
+        1,
+    );
+    let from_file = Gost::start_config(
+        &format!(
+            "services:\n- name: service-0\n  addr: 127.0.0.1:0\n  handler:\n    type: http\n  \
+             listener:\n    type: tls\n    tls:\n      certFile: {cert}\n      keyFile: {key}\n      \
+             rejectUnknownSNI: true\n      serverNames:\n      - localhost\n"
+        ),
+        1,
+    );
+    for server in [&from_cli, &from_file] {
+        let sni = |name: &str| {
+            let port = server.addr().port().to_string();
+            let out = python(
+                "tls_clients.py",
+                &["handshake-sni", "127.0.0.1", &port, name],
+            );
+            assert_eq!(out.code, 0, "{}", out.stderr);
+            out.text()
+        };
+        assert!(sni("-").starts_with("refused"), "{}", sni("-"));
+        assert!(sni("evil.example").starts_with("refused"));
+        assert!(
+            sni("LOCALHOST").starts_with("served"),
+            "{}",
+            sni("LOCALHOST")
+        );
+        let out = curl(&[
+            "--proxy-insecure",
+            "-x",
+            &format!("https://localhost:{}", server.addr().port()),
+            &format!("http://{}/", target.addr),
+        ]);
+        assert!(
+            out.text().starts_with("hello from target"),
+            "{}\n{}",
+            out.stderr,
+            server.log()
+        );
+    }
+}

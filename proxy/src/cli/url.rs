@@ -195,7 +195,7 @@ fn services_from_arg(arg: &str) -> Parsed<Vec<ServiceConfig>> {
 
     let mut params = url.query;
     let auth = take_auth(url.user, &mut params)?;
-    let tls = take_server_tls(&mut params);
+    let tls = take_server_tls(&mut params)?;
     // GOST splits `dns` into a list for every service; only its `dns` handler and tun
     // listeners read it, so on the services gost-rs has it changes nothing, as in GOST.
     if let Some(dns) = lookup(&params, &["dns"]) {
@@ -706,17 +706,44 @@ fn decode_auth(encoded: &str) -> Parsed<AuthConfig> {
 /// drops a lone `caFile` (no client certificates asked for) or `keyFile` without a word; here
 /// any of them keeps it, and the service then requires client certificates or says what is
 /// missing.
-fn take_server_tls(params: &mut Params) -> Option<TlsConfig> {
+fn take_server_tls(params: &mut Params) -> Parsed<Option<TlsConfig>> {
     let cert_file = take(params, &["tls.certFile", "certFile", "cert"]);
     let key_file = take(params, &["tls.keyFile", "keyFile", "key"]);
     let ca_file = take(params, &["tls.caFile", "caFile", "ca"]);
-    let named = cert_file.is_some() || key_file.is_some() || ca_file.is_some();
-    named.then(|| TlsConfig {
+    // As GOST's documentation writes it (`?rejectUnknownSNI=true&serverNames=a,b`), which
+    // GOST's command line drops: a check that looks set and is not would be worse than none.
+    let reject_unknown_sni = take(params, &["tls.rejectUnknownSNI", "rejectUnknownSNI"])
+        .map(|v| {
+            parse_go_bool(&v).ok_or_else(|| {
+                Problem::Invalid(format!(
+                    "rejectUnknownSNI: expected true or false, got {v:?}"
+                ))
+            })
+        })
+        .transpose()?
+        .unwrap_or(false);
+    let server_names: Vec<String> = take(params, &["tls.serverNames", "serverNames"])
+        .map(|v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default();
+    let named = cert_file.is_some()
+        || key_file.is_some()
+        || ca_file.is_some()
+        || reject_unknown_sni
+        || !server_names.is_empty();
+    Ok(named.then(|| TlsConfig {
         cert_file,
         key_file,
         ca_file,
+        reject_unknown_sni,
+        server_names,
         ..TlsConfig::default()
-    })
+    }))
 }
 
 /// The `-F` TLS keys, for the dialer (not the connector, as in GOST).

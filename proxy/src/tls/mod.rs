@@ -228,6 +228,13 @@ impl ServerTls {
             None => builder.with_no_client_auth(),
         };
         let reset_secret = resolver.reset_secret;
+        let resolver: Arc<dyn ResolvesServerCert> = match own.filter(|t| t.reject_unknown_sni) {
+            Some(own) => Arc::new(SniGate {
+                inner: resolver,
+                allowed: own.server_names.clone(),
+            }),
+            None => resolver,
+        };
         let mut config = builder.with_cert_resolver(resolver);
         if mutual {
             // A resumed session skips the client certificate's check: a client whose CA was
@@ -714,6 +721,33 @@ impl CertResolver {
 impl ResolvesServerCert for CertResolver {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         Some(self.current())
+    }
+}
+
+/// GOST's `rejectUnknownSNI`: a handshake without a server name, or, when `serverNames` are
+/// given, with another one, gets no certificate and fails, so that a prober learns nothing of
+/// the service from it.
+#[derive(Debug)]
+struct SniGate {
+    inner: Arc<CertResolver>,
+    /// `serverNames`; empty: any name.
+    allowed: Vec<String>,
+}
+
+impl ResolvesServerCert for SniGate {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let name = hello.server_name();
+        let known = name.is_some_and(|name| {
+            self.allowed.is_empty() || self.allowed.iter().any(|a| a.eq_ignore_ascii_case(name))
+        });
+        if !known {
+            tracing::debug!(
+                sni = name.unwrap_or(""),
+                "TLS handshake refused: unknown server name (rejectUnknownSNI)"
+            );
+            return None;
+        }
+        self.inner.resolve(hello)
     }
 }
 
