@@ -321,7 +321,8 @@ pub struct AutherConfig {
     /// Unique authenticator name.
     pub name: String,
     /// Accepted users.
-    #[serde(default, deserialize_with = "null_as_default")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(deserialize_with = "null_as_default")]
     pub auths: Vec<AuthConfig>,
     /// GOST's period for reading `file` again. gost-rs watches the file as it watches the
     /// configuration, so a change counts at once whatever this says.

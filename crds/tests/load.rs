@@ -645,3 +645,15 @@ fn keys_match_fields_ignoring_case() {
     assert_eq!(path, "Bypasses");
     assert!(message.contains("not supported"), "{message}");
 }
+
+/// GOST's file-backed auther, its `-O` form: the section as written, without an empty `auths`
+/// (GOST leaves it out too), and reading back to the same configuration.
+#[test]
+fn a_file_backed_auther_prints_as_written() {
+    let text = "authers:\n- name: auther-0\n  reload: 10s\n  file:\n    path: /path/to/auth/file\n";
+    let config = from_str(text, Format::Yaml).unwrap();
+    let yaml = to_yaml(&config);
+    assert!(!yaml.contains("auths"), "{yaml}");
+    assert!(yaml.contains("path: /path/to/auth/file"), "{yaml}");
+    assert_eq!(from_str(&yaml, Format::Yaml).unwrap(), config);
+}
