@@ -181,10 +181,36 @@ pub struct HopConfig {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[serde(deserialize_with = "null_as_default")]
     pub nodes: Vec<NodeConfig>,
+    /// GOST's period for reading `file` again. gost-rs watches the file as it watches the
+    /// configuration, so a change counts at once whatever this says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(deserialize_with = "go_duration")]
+    pub reload: Option<String>,
+    /// More nodes, from a file holding a JSON array of nodes as written in `nodes`; a hop of a
+    /// chain with a file is defined there, not a reference to a top-level hop.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<FileSource>,
+    /// The nodes read from `file`, after `nodes`; filled in by the program that runs the
+    /// configuration (see [`crate::nodes_from_json`]).
+    #[serde(skip)]
+    pub file_nodes: Vec<NodeConfig>,
     /// Hop-level settings.
     #[serde(default, skip_serializing_if = "Metadata::is_empty")]
     #[serde(deserialize_with = "null_as_default")]
     pub metadata: Metadata,
+}
+
+impl HopConfig {
+    /// Whether this entry of a chain stands for the top-level hop of its name: it defines
+    /// neither nodes nor a file of them.
+    pub fn is_reference(&self) -> bool {
+        self.nodes.is_empty() && self.file.is_none()
+    }
+
+    /// Its nodes: those written in `nodes`, then those read from `file`.
+    pub fn all_nodes(&self) -> impl Iterator<Item = &NodeConfig> {
+        self.nodes.iter().chain(&self.file_nodes)
+    }
 }
 
 /// Node selection within a hop.

@@ -15,7 +15,8 @@ pub mod v1alpha1;
 
 pub use config::*;
 pub use load::{
-    ConfigError, Format, from_str, from_value, parse_port, split_host_port, to_json, to_yaml,
+    ConfigError, Format, from_str, from_value, nodes_from_json, parse_port, split_host_port,
+    to_json, to_yaml,
     validate,
 };
 pub use metadata::Metadata;

@@ -327,7 +327,7 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
         }
         for (j, hop) in chain.hops.iter().enumerate() {
             let path = format!("chains[{i}].hops[{j}]");
-            if hop.nodes.is_empty() && !hop_names.contains(hop.name.as_str()) {
+            if hop.is_reference() && !hop_names.contains(hop.name.as_str()) {
                 return Err(ConfigError::field(
                     format!("{path}.nodes"),
                     format!(
@@ -342,10 +342,10 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
     }
     for (i, hop) in config.hops.iter().enumerate() {
         check_hop(hop, &format!("hops[{i}]"))?;
-        if hop.nodes.is_empty() {
+        if hop.is_reference() {
             return Err(ConfigError::field(
                 format!("hops[{i}].nodes"),
-                "a hop needs at least one node",
+                "a hop needs at least one node, or a `file` of them",
             ));
         }
     }
@@ -419,6 +419,39 @@ fn check_hop(hop: &HopConfig, path: &str) -> Result<(), ConfigError> {
         )?;
     }
     Ok(())
+}
+
+/// The nodes of a hop's `file` (GOST's: a JSON array of nodes as a hop's `nodes` holds them),
+/// checked as those of the hop at `path`; errors name the file's entries as
+/// `{path}.file[INDEX]`.
+pub fn nodes_from_json(text: &str, path: &str) -> Result<Vec<NodeConfig>, ConfigError> {
+    let at = format!("{path}.file");
+    let mut de = serde_json::Deserializer::from_str(text);
+    let nodes: Vec<NodeConfig> = serde_path_to_error::deserialize(Lenient::new(&mut de, true))
+        .map_err(|e| {
+            let inner = e.path().to_string();
+            let inner = inner.trim_start_matches('.');
+            let inner = if inner.starts_with('[') || inner.is_empty() {
+                inner.to_string()
+            } else {
+                format!(".{inner}")
+            };
+            ConfigError::field(format!("{at}{inner}"), e.into_inner().to_string())
+        })?;
+    de.end()
+        .map_err(|e| ConfigError::field(at.clone(), e.to_string()))?;
+    let hop = HopConfig {
+        nodes,
+        ..HopConfig::default()
+    };
+    check_hop(&hop, &at).map_err(|e| match e {
+        ConfigError::Field { path, message } => ConfigError::Field {
+            path: path.replace(&format!("{at}.nodes"), &at),
+            message,
+        },
+        other => other,
+    })?;
+    Ok(hop.nodes)
 }
 
 /// Refuses an option GOST implements and gost-rs does not, set in the metadata at `path`.

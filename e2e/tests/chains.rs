@@ -781,3 +781,63 @@ fn a_lazy_relay_refusal_is_blamed_on_the_relay_node() {
         );
     }
 }
+
+/// GOST's hop "Data Source: File": a top-level hop whose nodes come from a JSON file (the
+/// format of its Hop page), used round-robin with any inline ones, and read again when the
+/// file changes; a broken file is refused and the last good nodes serve on.
+#[test]
+fn a_hops_nodes_file_is_read_and_followed() {
+    let dir = tempdir();
+    let target = Target::http();
+    let http = Gost::start(&["-L", "http://user:pass@127.0.0.1:0"], 1);
+    let socks = Gost::start(&["-L", "socks5://user:pass@127.0.0.1:0"], 1);
+    let nodes = dir.join("nodes.json");
+    let node = |name: &str, addr: std::net::SocketAddr, connector: &str| {
+        format!(
+            r#"{{"name": "{name}", "addr": "{addr}", "connector": {{"type": "{connector}", "auth": {{"username": "user", "password": "pass"}}}}, "dialer": {{"type": "tcp"}}}}"#
+        )
+    };
+    std::fs::write(
+        &nodes,
+        format!(
+            "[{}, {}]",
+            node("http", http.addr(), "http"),
+            node("socks5", socks.addr(), "socks5")
+        ),
+    )
+    .unwrap();
+    let client = Gost::start_config(
+        &format!(
+            "services:\n- name: service-0\n  addr: 127.0.0.1:0\n  handler:\n    type: http\n    \
+             chain: chain-0\nchains:\n- name: chain-0\n  hops:\n  - name: hop-0\nhops:\n- name: hop-0\n  \
+             reload: 10s\n  file:\n    path: {}\n  nodes: []\n",
+            nodes.display()
+        ),
+        1,
+    );
+    for _ in 0..4 {
+        let out = get_via(&format!("http://{}", client.addr()), &target);
+        assert!(
+            out.text().starts_with("hello from target"),
+            "{}\n{}",
+            out.stderr,
+            client.log()
+        );
+    }
+    let servers = [http, socks];
+    assert_eq!(tunnels_per_node(&servers, 4), [2, 2]);
+
+    // Only the SOCKS5 node, now with a wrong password: requests fail once the file is read.
+    let wrong = node("socks5", servers[1].addr(), "socks5").replace("pass\"", "nope\"");
+    std::fs::write(&nodes, format!("[{wrong}]")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get_via(&format!("http://{}", client.addr()), &target)
+        .text()
+        .starts_with("hello from target")
+    {
+        assert!(Instant::now() < deadline, "{}", client.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::fs::write(&nodes, "[{\"name\": \"n\", \"addr\": \"nohost\"}]").unwrap();
+    client.wait_for_log("hops[0].file[0].addr");
+}

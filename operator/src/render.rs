@@ -1018,6 +1018,7 @@ impl<'a> Renderer<'a> {
                 selector: hop.selector.as_ref().map(Into::into),
                 nodes,
                 metadata: hop.metadata.0.clone(),
+                ..HopConfig::default()
             });
         }
         self.chain_warnings.insert(name.to_string(), warnings);

@@ -15,6 +15,7 @@ pub mod codec;
 pub mod conn;
 pub mod connector;
 pub mod copytune;
+pub mod datafiles;
 pub mod dialer;
 pub mod grpc;
 pub mod h2pool;

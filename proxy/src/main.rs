@@ -544,9 +544,9 @@ async fn assemble_config(args: &Args) -> Result<Config, String> {
     apply_metrics_overrides(&mut config, env_metrics.as_deref(), args.metrics.as_deref())?;
     gost_api::validate(&config)
         .map_err(|e| format!("the combined configuration is invalid: {e}"))?;
-    // `-O` prints the configuration as written; the users files matter to a running proxy.
+    // `-O` prints the configuration as written; the data files matter to a running proxy.
     if args.output.is_none() {
-        gost_proxy::auth::read_users_files(&mut config)?;
+        gost_proxy::datafiles::read_data_files(&mut config)?;
     }
     Ok(config)
 }
@@ -957,14 +957,14 @@ async fn changed(watcher: &mut Option<gost_proxy::watch::FileWatcher>) {
     }
 }
 
-/// The files to watch: the `-C` sources that are files, and the users files they name.
+/// The files to watch: the `-C` sources that are files, and the data files they name.
 fn watched_files(args: &Args, config: &Config) -> Vec<PathBuf> {
     config_sources(args)
         .into_iter()
         .filter(|s| s != "-" && !s.trim_start().starts_with('{') && !is_url(s))
         .filter(|s| is_regular_file(s))
         .map(PathBuf::from)
-        .chain(gost_proxy::auth::users_files(config))
+        .chain(gost_proxy::datafiles::data_files(config))
         .collect()
 }
 

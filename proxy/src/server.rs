@@ -617,7 +617,7 @@ fn build_chain(chain: &ChainConfig, config: &Config, index: usize) -> Result<Cha
         .map(|(j, hop)| {
             let path = format!("chains[{index}].hops[{j}]");
             // A hop with a name and no nodes stands for the top-level hop of that name.
-            let (hop, path) = if hop.nodes.is_empty() {
+            let (hop, path) = if hop.is_reference() {
                 let k = config
                     .hops
                     .iter()
@@ -647,12 +647,25 @@ fn build_hop(hop: &HopConfig, path: &str) -> Result<Hop, ConfigError> {
             .unwrap_or(DEFAULT_FAIL_TIMEOUT),
         None => DEFAULT_FAIL_TIMEOUT,
     };
-    let nodes = hop
+    if hop.nodes.is_empty() && hop.file_nodes.is_empty() {
+        return Err(field(
+            format!("{path}.file"),
+            "the file lists no node, and the hop has none of its own",
+        ));
+    }
+    let inline = hop
         .nodes
         .iter()
         .enumerate()
-        .map(|(k, node)| {
-            let path = format!("{path}.nodes[{k}]");
+        .map(|(k, node)| (format!("{path}.nodes[{k}]"), node));
+    let from_file = hop
+        .file_nodes
+        .iter()
+        .enumerate()
+        .map(|(k, node)| (format!("{path}.file[{k}]"), node));
+    let nodes = inline
+        .chain(from_file)
+        .map(|(path, node)| {
             let addr = Address::parse(&node.addr)
                 .map_err(|e| field(format!("{path}.addr"), e.to_string()))?;
             let dialer: Arc<dyn Dialer> = match node.dialer.kind {

@@ -60,7 +60,7 @@ impl ServiceSpec {
         let hops = chain
             .iter()
             .flat_map(|c| &c.hops)
-            .filter(|h| h.nodes.is_empty())
+            .filter(|h| h.is_reference())
             .filter_map(|h| config.hops.iter().find(|t| t.name == h.name))
             .cloned()
             .collect();

@@ -324,6 +324,7 @@ fn hop_from_arg(index: usize, arg: &str) -> Parsed<HopConfig> {
         selector,
         nodes,
         metadata: Metadata(hop_md),
+        ..HopConfig::default()
     })
 }
 
