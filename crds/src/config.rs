@@ -217,8 +217,8 @@ impl HopConfig {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct SelectorConfig {
-    /// `round` (round-robin, the default), `random`, `fifo` (first healthy node) or `hash`;
-    /// empty is the default, as in GOST.
+    /// `round` (round-robin, the default), `random`, `fifo` (first healthy node), `hash` or
+    /// `parallel` (first hop only: the fastest node); empty is the default, as in GOST.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[serde(deserialize_with = "crate::de::empty_as_none")]
     pub strategy: Option<SelectorStrategy>,
@@ -247,6 +247,9 @@ pub enum SelectorStrategy {
     Fifo,
     /// A node picked by a hash of the target host.
     Hash,
+    /// Every available node of a chain's first hop dialled at once; the first to connect
+    /// carries the tunnel, the others are closed (GOST 3.3's race strategy).
+    Parallel,
 }
 
 /// One node of a hop: an address, the transport to reach it and the protocol to speak to it.

@@ -841,3 +841,56 @@ fn a_hops_nodes_file_is_read_and_followed() {
     std::fs::write(&nodes, "[{\"name\": \"n\", \"addr\": \"nohost\"}]").unwrap();
     client.wait_for_log("hops[0].file[0].addr");
 }
+
+/// GOST's `parallel` strategy (3.3): the nodes of a chain's first hop are dialled at once and
+/// the first to connect carries the tunnel. One node here takes TCP connections and never
+/// finishes TLS: every request goes through the other at once, where `round` would send every
+/// other one to the stalled node. A later hop, reached one tunnel at a time, cannot race.
+#[test]
+fn the_parallel_strategy_takes_the_node_that_connects_first() {
+    let target = Target::http();
+    let stalled = Target::start(|stream| {
+        std::thread::sleep(Duration::from_secs(5));
+        drop(stream);
+    });
+    let server = Gost::start(&["-L", "https://127.0.0.1:0"], 1);
+    let node = format!(
+        "https://{},{}?strategy=parallel",
+        stalled.addr,
+        server.addr()
+    );
+    let client = Gost::start(&["-L", "http://127.0.0.1:0", "-F", &node], 1);
+    for _ in 0..4 {
+        let started = Instant::now();
+        let out = get_via(&format!("http://{}", client.addr()), &target);
+        assert!(
+            out.text().starts_with("hello from target"),
+            "{}\n{}",
+            out.stderr,
+            client.log()
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    let out = run(
+        gost_bin().to_str().unwrap(),
+        &[
+            "-L",
+            "http://127.0.0.1:0",
+            "-F",
+            "http://127.0.0.1:1",
+            "-F",
+            "http://127.0.0.1:2,127.0.0.1:3?strategy=parallel",
+        ],
+    );
+    assert_ne!(out.code, 0);
+    assert!(
+        out.stderr.contains("hops[1].selector.strategy") && out.stderr.contains("first hop"),
+        "{}",
+        out.stderr
+    );
+}

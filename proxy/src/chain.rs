@@ -180,6 +180,57 @@ impl Hop {
     /// When every node has failed recently, one (not a backup, if there is one) is tried
     /// anyway: a hop that is down stays down only as long as its nodes really are.
     fn select(&self, key: &HashKey<'_>) -> Arc<Node> {
+        let candidates = self.candidates();
+        let count = candidates.len();
+        let index = match self.strategy {
+            // `parallel` races its candidates on a chain's first hop (see `race`); only a
+            // test gets here with it.
+            SelectorStrategy::Round | SelectorStrategy::Parallel => {
+                self.next.fetch_add(1, Ordering::Relaxed) % count
+            }
+            SelectorStrategy::Random => weighted_index(&candidates),
+            SelectorStrategy::Fifo => 0,
+            SelectorStrategy::Hash => key.index() % count,
+        };
+        candidates[index].clone()
+    }
+
+    /// GOST's `parallel` strategy: every candidate node dialled at once (its transport: TCP
+    /// and, say, TLS), the first to connect carrying the tunnel; the connections of the others
+    /// are closed. A node whose dial fails counts as failed; all failing is all their errors.
+    async fn race(
+        &self,
+        timeout: Duration,
+    ) -> Result<(Arc<Node>, BoxConn), Vec<(Arc<Node>, io::Error)>> {
+        // The dials run as tasks of their own, which do not see the dialling service's
+        // keepalive unless given it.
+        let keepalive = crate::conn::dialing_keepalive();
+        let mut dials = tokio::task::JoinSet::new();
+        for node in self.candidates() {
+            dials.spawn(async move {
+                let result = crate::conn::dialing_with(keepalive, node.dial(timeout)).await;
+                (node, result)
+            });
+        }
+        let mut failed = Vec::new();
+        while let Some(joined) = dials.join_next().await {
+            let Ok((node, result)) = joined else { continue };
+            match result {
+                // Dropping the set aborts the dials still running and closes what they made.
+                Ok(conn) => return Ok((node, conn)),
+                Err(e) => {
+                    node.record(false, self.max_fails, self.fail_timeout);
+                    failed.push((node, e));
+                }
+            }
+        }
+        Err(failed)
+    }
+
+    /// The nodes a connection may use now: among those that did not fail recently, those that
+    /// are not `backup` if there are any; when every node has failed recently, all of them
+    /// (their primaries, if any).
+    fn candidates(&self) -> Vec<Arc<Node>> {
         let now = Instant::now();
         let available: Vec<&Arc<Node>> = self
             .nodes
@@ -197,14 +248,7 @@ impl Hop {
                 candidates = all;
             }
         }
-        let count = candidates.len();
-        let index = match self.strategy {
-            SelectorStrategy::Round => self.next.fetch_add(1, Ordering::Relaxed) % count,
-            SelectorStrategy::Random => weighted_index(&candidates),
-            SelectorStrategy::Fifo => 0,
-            SelectorStrategy::Hash => key.index() % count,
-        };
-        candidates[index].clone()
+        candidates.into_iter().cloned().collect()
     }
 }
 
@@ -218,7 +262,7 @@ fn primaries<'a>(nodes: &[&'a Arc<Node>]) -> Vec<&'a Arc<Node>> {
 }
 
 /// A random index into `nodes`, each as likely as its `weight`.
-fn weighted_index(nodes: &[&Arc<Node>]) -> usize {
+fn weighted_index(nodes: &[Arc<Node>]) -> usize {
     let total: u64 = nodes.iter().map(|n| u64::from(n.selection.weight)).sum();
     let mut left = random_index() as u64 % total.max(1);
     for (i, node) in nodes.iter().enumerate() {
@@ -508,18 +552,85 @@ impl Router {
         }
     }
 
+    /// Races the nodes of `hop`, a chain's first hop with the `parallel` strategy, within the
+    /// dial's time.
+    async fn race(
+        &self,
+        chain: &Chain,
+        hop: &Hop,
+        target: &Address,
+    ) -> Result<(Arc<Node>, BoxConn), DialError> {
+        let at = |node: &str, addr: String| HopRef {
+            chain: chain.name.clone(),
+            hop: hop.name.clone(),
+            node: node.to_string(),
+            addr,
+        };
+        match tokio::time::timeout(self.timeout, hop.race(self.timeout)).await {
+            Ok(Ok(won)) => Ok(won),
+            Ok(Err(failed)) => {
+                for (node, _) in &failed {
+                    crate::metrics::chain_error(&chain.name, &node.name);
+                }
+                let kind = failed
+                    .first()
+                    .map_or(DialErrorKind::Unreachable, |(_, e)| io_kind(e));
+                let cause = failed
+                    .iter()
+                    .map(|(node, e)| format!("{}: {e}", node.name))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                let names: Vec<&str> = failed.iter().map(|(n, _)| n.name.as_str()).collect();
+                let addrs: Vec<String> = failed.iter().map(|(n, _)| n.addr.to_string()).collect();
+                Err(DialError {
+                    kind,
+                    at: Some(at(&names.join(","), addrs.join(","))),
+                    target: target.clone(),
+                    cause: format!("every node of the parallel hop failed: {cause}"),
+                })
+            }
+            Err(_) => Err(DialError {
+                kind: DialErrorKind::TimedOut,
+                at: Some(at(
+                    &hop.nodes
+                        .iter()
+                        .map(|n| n.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    hop.nodes
+                        .iter()
+                        .map(|n| n.addr.to_string())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                )),
+                target: target.clone(),
+                cause: format!(
+                    "no node of the parallel hop connected within {:?}",
+                    self.timeout
+                ),
+            }),
+        }
+    }
+
     async fn dial_chain(
         &self,
         chain: &Chain,
         target: &Address,
         key: &HashKey<'_>,
     ) -> Result<BoxConn, DialError> {
-        let route: Vec<(&Hop, Arc<Node>)> = chain
-            .hops
-            .iter()
-            .map(|hop| (hop, hop.select(key)))
-            .collect();
         let started = std::time::Instant::now();
+        // A first hop with the `parallel` strategy is raced before the route is known; its
+        // winner's connection starts the route, within what is left of the dial's time.
+        let first_hop = &chain.hops[0];
+        let (first, mut raced) = if first_hop.strategy == SelectorStrategy::Parallel {
+            let (node, conn) = self.race(chain, first_hop, target).await?;
+            (node, Some(conn))
+        } else {
+            (first_hop.select(key), None)
+        };
+        let route: Vec<(&Hop, Arc<Node>)> = std::iter::once((first_hop, first))
+            .chain(chain.hops[1..].iter().map(|hop| (hop, hop.select(key))))
+            .collect();
         // An error at the node `index`; `failure` also counts it as the node's, which a
         // target that cannot be reached through a working route is not.
         let error_at = |index: usize, kind: DialErrorKind, cause: String| {
@@ -557,7 +668,10 @@ impl Router {
         let stage = AtomicUsize::new(0);
         let build = async {
             let (first_hop, first) = &route[0];
-            let conn = first.dial(self.timeout).await;
+            let conn = match raced.take() {
+                Some(conn) => Ok(conn),
+                None => first.dial(self.timeout).await,
+            };
             let conn = match conn {
                 Ok(conn) => conn,
                 Err(e) => {
@@ -636,7 +750,8 @@ impl Router {
                     error_at(last, connect_kind(&e), e.to_string())
                 })
         };
-        match tokio::time::timeout(self.timeout, build).await {
+        let left = self.timeout.saturating_sub(started.elapsed());
+        match tokio::time::timeout(left, build).await {
             Ok(result) => result,
             Err(_) => {
                 let stage = stage.load(Ordering::Relaxed);

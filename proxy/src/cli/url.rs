@@ -808,7 +808,7 @@ fn take_selector(params: &mut Params) -> Parsed<Option<SelectorConfig>> {
             serde_json::from_value(Value::String(name.to_ascii_lowercase())).map_err(|_| {
                 Problem::Invalid(format!(
                     "strategy: unknown selector strategy {name:?}; expected round, rr, random, \
-                     rand, fifo, ha or hash"
+                     rand, fifo, ha, hash or parallel"
                 ))
             })?
         }
