@@ -16,7 +16,6 @@ pub mod v1alpha1;
 pub use config::*;
 pub use load::{
     ConfigError, Format, from_str, from_value, nodes_from_json, parse_port, split_host_port,
-    to_json, to_yaml,
-    validate,
+    to_json, to_yaml, validate,
 };
 pub use metadata::Metadata;
