@@ -80,7 +80,7 @@ impl FileWatcher {
                 let emptied = now
                     .iter()
                     .zip(&seen)
-                    .any(|(now, before)| now.is_empty() && !before.is_empty());
+                    .any(|(now, before)| is_empty(now) && !is_empty(before));
                 if emptied {
                     tokio::time::sleep(EMPTIED_SETTLE_TIME).await;
                     while events.try_recv().is_ok() {}
@@ -122,13 +122,15 @@ fn directories(files: &[PathBuf]) -> Vec<PathBuf> {
     dirs
 }
 
-/// Every file's contents (following symlinks); a file that cannot be read counts as empty, so
-/// that its return is a change.
-fn contents(files: &[PathBuf]) -> Vec<Vec<u8>> {
-    files
-        .iter()
-        .map(|f| std::fs::read(f).unwrap_or_default())
-        .collect()
+/// Every file's contents (following symlinks); `None` for a file that cannot be read, so that
+/// its return is a change, even empty (an empty users file is no user, not a missing file).
+fn contents(files: &[PathBuf]) -> Vec<Option<Vec<u8>>> {
+    files.iter().map(|f| std::fs::read(f).ok()).collect()
+}
+
+/// Whether a file read as [`contents`] has nothing in it, or is not there.
+fn is_empty(contents: &Option<Vec<u8>>) -> bool {
+    contents.as_ref().is_none_or(Vec::is_empty)
 }
 
 #[cfg(test)]
@@ -186,6 +188,16 @@ mod tests {
         // A file that really stays empty is a change too, after the longer wait.
         std::fs::write(&file, "").unwrap();
         assert!(changed_within(&mut watcher, EMPTIED_SETTLE_TIME * 4).await);
+        // Removed, then back empty (a users file emptied to revoke everyone): two changes.
+        std::fs::write(&file, "services: [three]").unwrap();
+        assert!(changed_within(&mut watcher, Duration::from_secs(1)).await);
+        std::fs::remove_file(&file).unwrap();
+        assert!(changed_within(&mut watcher, EMPTIED_SETTLE_TIME * 4).await);
+        std::fs::write(&file, "").unwrap();
+        assert!(
+            changed_within(&mut watcher, POLL_INTERVAL * 2).await,
+            "a missing file that came back empty was not noticed"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
