@@ -349,6 +349,19 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
             ));
         }
     }
+    if config
+        .tls
+        .as_ref()
+        .is_some_and(|t| t.reject_unknown_sni || !t.server_names.is_empty())
+    {
+        // As `options` below: GOST applies them per listener only.
+        return Err(ConfigError::field(
+            "tls.rejectUnknownSNI",
+            "the top-level `tls` section gives the default certificate only (GOST ignores its \
+             `rejectUnknownSNI` and `serverNames`); set them in the `tls` of each listener they \
+             are for",
+        ));
+    }
     if config.tls.as_ref().is_some_and(|t| t.options.is_some()) {
         // GOST reads the top-level section for the default certificate only and drops its
         // `options` without a word; a minVersion meant for every service would not hold.

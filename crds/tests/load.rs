@@ -201,6 +201,22 @@ fn unsupported_gost_sections_are_refused_by_name() {
 }
 
 #[test]
+fn top_level_tls_settings_of_a_listener_are_refused() {
+    for (text, expected) in [
+        ("tls:\n  rejectUnknownSNI: true\n", "tls.rejectUnknownSNI"),
+        ("tls:\n  serverNames: [a.example]\n", "tls.rejectUnknownSNI"),
+        (
+            "tls:\n  options:\n    minVersion: VersionTLS13\n",
+            "tls.options",
+        ),
+    ] {
+        let (path, message) = field_error(text);
+        assert_eq!(path, expected, "{text}");
+        assert!(message.contains("each listener"), "{message}");
+    }
+}
+
+#[test]
 fn gosts_fatal_log_level_is_error() {
     let config = from_str("log:\n  level: fatal\n", Format::Yaml).unwrap();
     assert_eq!(config.log.unwrap().level, Some(gost_api::LogLevel::Error));

@@ -199,12 +199,17 @@ pub fn prepare_listener(
     let path = format!("services[{i}]");
     let is_http2_handler = service.handler.kind == HandlerType::Http2;
     let keepalive = listener_keepalive(service, i)?;
-    let names_files = service
-        .listener
-        .tls
-        .as_ref()
-        .is_some_and(|t| t.cert_file.is_some() || t.key_file.is_some() || t.ca_file.is_some());
-    if names_files && !crate::supervisor::listener_serves_tls(service.listener.kind) {
+    // Settings only a TLS server applies: set on a listener that serves none, they would look
+    // in force and are not.
+    let sets_server_tls = service.listener.tls.as_ref().is_some_and(|t| {
+        t.cert_file.is_some()
+            || t.key_file.is_some()
+            || t.ca_file.is_some()
+            || t.options.is_some()
+            || t.reject_unknown_sni
+            || !t.server_names.is_empty()
+    });
+    if sets_server_tls && !crate::supervisor::listener_serves_tls(service.listener.kind) {
         // As GOST warns: `tls+ws://` is the tls handler's scheme, not TLS around ws.
         tracing::warn!(
             service = %service.name,

@@ -531,10 +531,18 @@ impl Supervisor {
                 Pending::Bound(listener) => listener,
                 Pending::HandOver(bind) => {
                     let (socket, open_tunnels) = handed.remove(&name).expect("handed over above");
-                    tunnels = Some(open_tunnels);
                     match crate::listener::tcp::with_handover(&spec.service.addr, socket, bind) {
-                        Ok(listener) => listener,
+                        Ok(listener) => {
+                            tunnels = Some(open_tunnels);
+                            listener
+                        }
                         Err(e) => {
+                            // Its tunnels end as a removed service's do.
+                            let grace = self.grace;
+                            tokio::spawn(async move {
+                                tokio::time::sleep(grace).await;
+                                open_tunnels.cancel();
+                            });
                             tracing::error!(service = %name, error = %e, "cannot take the listening socket over");
                             all_bound = false;
                             applied.unbound.push(name);

@@ -467,6 +467,11 @@ impl LazyServerTls {
             own: own.cloned(),
             defaults: defaults.clone(),
         };
+        // Its `options` are checked now, as everywhere else: a typo must fail the
+        // configuration, not the first client that offers a TLS method.
+        if let Some(options) = own.and_then(|t| t.options.as_ref()) {
+            Handshake::new(Some(options), provider(), &[])?;
+        }
         let named = own.is_some_and(|t| t.cert_file.is_some() || t.key_file.is_some());
         if named || defaults.names_cert() {
             lazy.get()?;
@@ -1413,5 +1418,18 @@ mod tests {
         .err()
         .expect("a broken top-level certificate file is refused");
         assert!(err.contains("broken.pem"), "{err}");
+
+        // Invalid options fail the configuration too, with no certificate named.
+        let typo = TlsConfig {
+            options: Some(gost_api::TlsOptions {
+                min_version: Some("TLS1.3".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let err = LazyServerTls::new("test", Some(&typo), &unnamed)
+            .err()
+            .expect("an unknown minVersion is refused at once");
+        assert!(err.contains("minVersion"), "{err}");
     }
 }
