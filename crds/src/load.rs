@@ -226,7 +226,47 @@ fn yaml_message(error: &serde_saphyr::Error) -> String {
         )
 }
 
+/// A deserializer's message without the value it found: serde writes `invalid type: string
+/// "…", expected …`, and that value can be a password written where a section was expected
+/// (`auth: "user:pass"`). The kind of value stays (`a string`), enough to see the mistake.
+fn without_values(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    loop {
+        let found = ["invalid type: ", "invalid value: "]
+            .iter()
+            .filter_map(|lead| rest.find(lead).map(|at| (at, at + lead.len())))
+            .min();
+        let Some((_, after)) = found else {
+            out.push_str(rest);
+            return out;
+        };
+        out.push_str(&rest[..after]);
+        rest = &rest[after..];
+        // The found value runs to the `, expected` that serde always writes after it.
+        let Some(end) = rest.find(", expected ") else {
+            continue;
+        };
+        let value = &rest[..end];
+        let kind = [
+            ("string ", "a string"),
+            ("integer ", "an integer"),
+            ("floating point ", "a number"),
+            ("character ", "a character"),
+        ]
+        .iter()
+        .find(|(prefix, _)| value.starts_with(prefix))
+        .map(|(_, kind)| *kind);
+        match kind {
+            Some(kind) => out.push_str(kind),
+            None => out.push_str(value),
+        }
+        rest = &rest[end..];
+    }
+}
+
 fn field_error(path: String, message: String) -> ConfigError {
+    let message = without_values(&message);
     let path = if path == "." || path.is_empty() {
         "(top level)".to_string()
     } else {
@@ -449,7 +489,8 @@ pub fn nodes_from_json(text: &str, path: &str) -> Result<Vec<NodeConfig>, Config
             } else {
                 format!(".{inner}")
             };
-            ConfigError::field(format!("{at}{inner}"), e.into_inner().to_string())
+            let message = without_values(&e.into_inner().to_string());
+            ConfigError::field(format!("{at}{inner}"), message)
         })?;
     de.end()
         .map_err(|e| ConfigError::field(at.clone(), e.to_string()))?;

@@ -673,3 +673,42 @@ fn a_file_backed_auther_prints_as_written() {
     assert!(yaml.contains("path: /path/to/auth/file"), "{yaml}");
     assert_eq!(from_str(&yaml, Format::Yaml).unwrap(), config);
 }
+
+#[test]
+fn a_misplaced_value_is_not_echoed_in_errors() {
+    // A password written where a section or a number belongs reaches logs and `/readyz` only
+    // as the kind of value that was found.
+    let (path, message) = json_field_error(
+        r#"{"services": [{"name": "a", "addr": ":1", "handler": {"type": "http", "auth": "u:MAINSECRET"}}]}"#,
+    );
+    assert_eq!(path, "services[0].handler.auth");
+    assert!(!message.contains("MAINSECRET"), "{message}");
+    assert!(
+        message.contains("invalid type: a string, expected"),
+        "{message}"
+    );
+    let (path, message) = json_field_error(
+        r#"{"services": [{"name": "a", "addr": ":1", "handler": {"retries": "MAINSECRET"}}]}"#,
+    );
+    assert_eq!(path, "services[0].handler.retries");
+    assert!(!message.contains("MAINSECRET"), "{message}");
+    let tree = serde_json::json!({"services": [{"name": "a", "addr": ":1",
+        "handler": {"auth": "u:MAINSECRET"}}]});
+    match gost_api::load::from_value(tree) {
+        Err(ConfigError::Field { path, message }) => {
+            assert_eq!(path, "services[0].handler.auth");
+            assert!(!message.contains("MAINSECRET"), "{message}");
+        }
+        other => panic!("expected a field error, got {other:?}"),
+    }
+    let nodes =
+        r#"[{"name": "n", "addr": ":1", "connector": {"type": "http", "auth": "nu:NODESECRET"}}]"#;
+    match gost_api::load::nodes_from_json(nodes, "chains[0].hops[0]") {
+        Err(ConfigError::Field { path, message }) => {
+            assert_eq!(path, "chains[0].hops[0].file[0].connector.auth");
+            assert!(!message.contains("NODESECRET"), "{message}");
+            assert!(message.contains("a string"), "{message}");
+        }
+        other => panic!("expected a field error, got {other:?}"),
+    }
+}
