@@ -3,6 +3,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::path::Path;
 use std::time::Duration;
 
 use gost_e2e::*;
@@ -871,6 +872,65 @@ fn an_authers_users_file_is_read_and_followed() {
         "{}",
         out.stderr
     );
+}
+
+/// A reload refused because the users file it names is missing is applied once the file is
+/// created: the file is watched although the configuration that names it does not run.
+#[test]
+fn a_users_file_missing_at_a_reload_is_applied_when_it_appears() {
+    let dir = tempdir();
+    let target = Target::http();
+    let yaml = |path: &Path| {
+        format!(
+            "services:\n- name: service-0\n  addr: 127.0.0.1:0\n  handler:\n    type: http\n    \
+             auther: auther-0\n    metadata:\n      authFailureLimit: 0\nauthers:\n- name: auther-0\n  \
+             file:\n    path: {}\n",
+            path.display()
+        )
+    };
+    let first = dir.join("users.txt");
+    std::fs::write(&first, "old oldpass\n").unwrap();
+    let config = dir.join("gost.yaml");
+    std::fs::write(&config, yaml(&first)).unwrap();
+    let server = Gost::start(&["-C", config.to_str().unwrap()], 1);
+    let url = format!("http://{}/", target.addr);
+    let status = |user: &str| {
+        let out = curl(&[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-x",
+            &format!("http://{}", server.addr()),
+            "--proxy-user",
+            user,
+            &url,
+        ]);
+        out.text()
+    };
+    assert_eq!(status("old:oldpass"), "200", "{}", server.log());
+
+    let second = dir.join("later.txt");
+    std::fs::write(&config, yaml(&second)).unwrap();
+    server.wait_for_log("configuration refused");
+    assert!(server.log().contains("later.txt"), "{}", server.log());
+    assert_eq!(
+        status("old:oldpass"),
+        "200",
+        "the refused reload stopped the old users"
+    );
+
+    std::fs::write(&second, "new newpass\n").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while status("new:newpass") != "200" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the file created after the refusal was not applied within 10 s\n{}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(status("old:oldpass"), "407");
 }
 
 /// A node's `auth.file` (GOST 3.1): the connector sends the file's first user. A server's

@@ -527,6 +527,30 @@ fn run_workers(groups: Vec<Vec<std::ffi::OsString>>) -> ExitCode {
 
 /// Reads `-C` sources in order, then adds the `-L`/`-F` services, as GOST does.
 async fn assemble_config(args: &Args) -> Result<Config, String> {
+    assemble_config_naming(args).await.0
+}
+
+/// [`assemble_config`], with the data files the configuration names: also when one of them
+/// cannot be read, so that a configuration refused for a missing file is applied once the
+/// file appears.
+async fn assemble_config_naming(args: &Args) -> (Result<Config, String>, Vec<PathBuf>) {
+    let mut config = match assemble_written(args).await {
+        Ok(config) => config,
+        Err(e) => return (Err(e), Vec::new()),
+    };
+    // `-O` prints the configuration as written; the data files matter to a running proxy.
+    if args.output.is_some() {
+        return (Ok(config), Vec::new());
+    }
+    let read = gost_proxy::datafiles::read_data_files(&mut config);
+    // After reading: the nodes of a hop's file may name users files of their own.
+    let named = gost_proxy::datafiles::data_files(&config);
+    (read.map(|()| config), named)
+}
+
+/// The configuration of the `-C` sources, `-L`/`-F` and the metrics overrides, checked, before
+/// the data files it names are read.
+async fn assemble_written(args: &Args) -> Result<Config, String> {
     let mut config = Config::default();
     for source in &config_sources(args) {
         let (name, text) = read_source(source).await?;
@@ -544,10 +568,6 @@ async fn assemble_config(args: &Args) -> Result<Config, String> {
     apply_metrics_overrides(&mut config, env_metrics.as_deref(), args.metrics.as_deref())?;
     gost_api::validate(&config)
         .map_err(|e| format!("the combined configuration is invalid: {e}"))?;
-    // `-O` prints the configuration as written; the data files matter to a running proxy.
-    if args.output.is_none() {
-        gost_proxy::datafiles::read_data_files(&mut config)?;
-    }
     Ok(config)
 }
 
@@ -885,8 +905,8 @@ async fn run(
             _ = tick(&mut period) => "period",
         };
         // Reading may take a while (a URL, up to 30 s); a stop signal does not wait for it.
-        let assembled = tokio::select! {
-            assembled = assemble_config(args) => assembled,
+        let (assembled, named) = tokio::select! {
+            assembled = assemble_config_naming(args) => assembled,
             signal = signals.next() => break signal,
         };
         reload(
@@ -897,8 +917,14 @@ async fn run(
             &mut config,
         )
         .await;
-        // A reload may name other users files.
-        let now = watched_files(args, &config);
+        // A reload may name other data files; those of a refused one are watched too, so
+        // that creating or fixing one applies it.
+        let mut now = watched_files(args, &config);
+        for file in named {
+            if !now.contains(&file) {
+                now.push(file);
+            }
+        }
         if now != files {
             files = now;
             watcher = watch(&files);
