@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, Weak};
@@ -22,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::addr::Address;
 use crate::conn::{BoxConn, Conn, Heard};
 use crate::dialer::tcp;
+use crate::tcpinfo::{self, TcpCounts, TcpWatch};
 use crate::tls::ClientTls;
 
 /// Initial flow-control window of every stream, both directions. It bounds what one tunnel may
@@ -67,7 +69,9 @@ pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 /// How long a connection may receive nothing at all while our PING is unanswered before it is
 /// declared dead. Anything received proves the peer alive and restarts the wait: on a slow or
 /// bufferbloated uplink the PING queues behind our DATA (up to a connection window of it), so
-/// its answer comes late although the peer keeps sending.
+/// its answer comes late although the peer keeps sending. Over a TCP socket of its own, the
+/// kernel's counts count too: bytes that arrived (h2 may not be reading), or bytes of ours
+/// acknowledged while more wait to go out.
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// How long a new tunnel's request may wait for its answer on a pooled connection before the
@@ -81,7 +85,10 @@ pub const PROBE_AFTER: Duration = Duration::from_secs(1);
 /// How long, plus four round trips, a connection asked for a sign of life may receive nothing
 /// at all before it is found silent: no new tunnel goes to it any more, and the requests
 /// waiting on it are asked again on another connection. Tunnels already on it keep running
-/// (a false alarm costs one connection); keepalive ends it if it is really dead.
+/// (a false alarm costs one connection); keepalive ends it if it is really dead. Over a TCP
+/// socket of its own, "nothing" also means nothing the kernel saw while our uploads wait to
+/// go out (bytes of ours acknowledged, or a closed window's probe answered; see
+/// [`crate::tcpinfo`]): behind a slow uplink, h2 reads nothing until the PING is written.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How often a probe looks whether anything came in.
@@ -616,6 +623,10 @@ struct Probe {
     heard: Arc<AtomicBool>,
     // The shortest PING round trip seen, in microseconds.
     rtt_micros: AtomicU64,
+    // The kernel's counts of the connection's TCP socket, when it has one of its own: they
+    // show a live peer that h2 does not hear (it stops reading while a PING waits for room
+    // behind our uploads).
+    tcp: TcpWatch,
     // Whether a check is under way (one at a time).
     running: AtomicBool,
     // Cancelled once a check found the connection silent.
@@ -635,6 +646,16 @@ impl Probe {
             micros => Duration::from_micros(micros),
         };
         PROBE_TIMEOUT + rtt.saturating_mul(4)
+    }
+
+    /// Whether the kernel saw the peer alive since `base` was counted (see
+    /// [`TcpCounts::progressed_since`]); `base` becomes the counts of now.
+    fn tcp_progressed(&self, base: &mut Option<TcpCounts>) -> bool {
+        let now = self.tcp.counts();
+        let progressed =
+            matches!((&now, &*base), (Some(now), Some(base)) if now.progressed_since(base));
+        *base = now;
+        progressed
     }
 }
 
@@ -676,13 +697,22 @@ impl Lease {
         timeout: Option<Duration>,
     ) -> Result<H2Stream, RequestError> {
         let again = self.again.take();
-        match (self.open(make(), timeout).await, again) {
-            (Err((e, true)), Some(again)) => {
-                tracing::debug!(error = %e, "HTTP/2 connection unusable, opening the tunnel on another");
-                let lease = again().await?;
-                lease.open(make(), timeout).await.map_err(|(e, _)| e)
+        // `timeout` bounds both attempts together, the second connection's dial included.
+        let attempts = async {
+            match (self.open(make(), None).await, again) {
+                (Err((e, true)), Some(again)) => {
+                    tracing::debug!(error = %e, "HTTP/2 connection unusable, opening the tunnel on another");
+                    let lease = again().await?;
+                    lease.open(make(), None).await.map_err(|(e, _)| e)
+                }
+                (result, _) => result.map_err(|(e, _)| e),
             }
-            (result, _) => result.map_err(|(e, _)| e),
+        };
+        match timeout {
+            Some(limit) => tokio::time::timeout(limit, attempts)
+                .await
+                .unwrap_or_else(|_| Err(RequestError::Io(no_response_within(limit)))),
+            None => attempts.await,
         }
     }
 
@@ -724,13 +754,22 @@ impl From<RequestError> for io::Error {
 impl Session {
     /// Runs the HTTP/2 handshake over `io` and drives the connection in a task of its own,
     /// with PING keepalive when `keepalive` (pooled connections, which outlive any tunnel).
-    pub async fn handshake(io: BoxConn, peer: &Address, keepalive: bool) -> io::Result<Self> {
+    /// `carrier` is the descriptor of the TCP socket that `io` runs over and owns, when it
+    /// does (see [`Probe::tcp`]).
+    pub async fn handshake(
+        io: BoxConn,
+        peer: &Address,
+        keepalive: bool,
+        carrier: Option<RawFd>,
+    ) -> io::Result<Self> {
         let heard = Arc::new(AtomicBool::new(false));
+        let (io, tcp) = tcpinfo::watched(io, carrier);
         let probe = keepalive.then(|| {
             Arc::new(Probe {
                 ask: tokio::sync::Notify::new(),
                 heard: Arc::new(AtomicBool::new(false)),
                 rtt_micros: AtomicU64::new(u64::MAX),
+                tcp,
                 running: AtomicBool::new(false),
                 silent: CancellationToken::new(),
             })
@@ -776,6 +815,7 @@ impl Session {
                 let mut wait = KEEPALIVE_INTERVAL + KEEPALIVE_TIMEOUT;
                 loop {
                     let sent = tokio::time::Instant::now();
+                    let mut counted = asked.tcp.counts();
                     let mut answer = std::pin::pin!(ping.ping(h2::Ping::opaque()));
                     loop {
                         match tokio::time::timeout(wait, &mut answer).await {
@@ -785,7 +825,10 @@ impl Session {
                             }
                             Ok(Err(e)) => return format!("PING failed: {e}"),
                             // The answer is queued behind data; the peer is alive.
-                            Err(_) if heard.swap(false, Ordering::Relaxed) => {
+                            Err(_)
+                                if heard.swap(false, Ordering::Relaxed)
+                                    | asked.tcp_progressed(&mut counted) =>
+                            {
                                 wait = KEEPALIVE_TIMEOUT;
                             }
                             Err(_) => {
@@ -848,6 +891,7 @@ impl Session {
         let (retired, closed) = (self.retired.clone(), self.closed.clone());
         tokio::spawn(async move {
             probe.heard.store(false, Ordering::Relaxed);
+            let counted = probe.tcp.counts();
             probe.ask.notify_one();
             let patience = probe.patience();
             let deadline = tokio::time::Instant::now() + patience;
@@ -856,6 +900,15 @@ impl Session {
                     break;
                 }
                 if tokio::time::Instant::now() >= deadline {
+                    // Alive behind our backlog: h2 reads nothing while the PING waits for room
+                    // to be written, but the kernel sees the peer take our bytes, send its
+                    // own, or answer for a closed window. A request still waiting asks again.
+                    let now = probe.tcp.counts();
+                    if let (Some(now), Some(counted)) = (now, counted)
+                        && (now.progressed_since(&counted) || now.answers_with_backlog(patience))
+                    {
+                        break;
+                    }
                     tracing::warn!(
                         peer = %peer, waited = ?patience,
                         "HTTP/2 connection silent (a request and a PING unanswered, nothing received); new tunnels go to a new connection"
@@ -906,18 +959,14 @@ impl Session {
             return response.await.map(Ok);
         };
         let mut response = std::pin::pin!(response);
-        let silent = tokio::select! {
-            biased;
-            answer = &mut response => return answer.map(Ok),
-            _ = probe.silent.cancelled() => true,
-            _ = tokio::time::sleep(PROBE_AFTER) => false,
-        };
-        if !silent {
-            self.check_alive(self.peer.to_string());
+        // Asked again while the answer does not come: a check that found the peer alive (it
+        // may have heard bytes sent before the peer vanished) is no answer to this request.
+        loop {
             tokio::select! {
                 biased;
                 answer = &mut response => return answer.map(Ok),
-                _ = probe.silent.cancelled() => {}
+                _ = probe.silent.cancelled() => break,
+                _ = tokio::time::sleep(PROBE_AFTER) => self.check_alive(self.peer.to_string()),
             }
         }
         Ok(Err(io::Error::new(
@@ -969,15 +1018,16 @@ impl Session {
                 }
                 result
             }
-            Err(limit) => Err((
-                RequestError::Io(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("no HTTP/2 response within {limit:?}"),
-                )),
-                false,
-            )),
+            Err(limit) => Err((RequestError::Io(no_response_within(limit)), false)),
         }
     }
+}
+
+fn no_response_within(limit: Duration) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!("no HTTP/2 response within {limit:?}"),
+    )
 }
 
 #[derive(Default)]
@@ -1128,7 +1178,10 @@ impl H2Client {
 
     async fn dial(&self, addr: &Address, timeout: Duration) -> io::Result<Session> {
         let tcp = tcp::connect(addr, timeout).await?;
-        let session = self.over(Box::new(tcp), addr, true).await?;
+        let carrier = tcp.as_raw_fd();
+        let session = self
+            .establish(Box::new(tcp), addr, true, Some(carrier))
+            .await?;
         tracing::debug!(peer = %addr, "HTTP/2 connection established");
         Ok(session)
     }
@@ -1139,6 +1192,17 @@ impl H2Client {
         conn: BoxConn,
         addr: &Address,
         keepalive: bool,
+    ) -> io::Result<Session> {
+        self.establish(conn, addr, keepalive, None).await
+    }
+
+    /// [`H2Client::over`], where `carrier` is the TCP socket under `conn`, when it is one.
+    async fn establish(
+        &self,
+        conn: BoxConn,
+        addr: &Address,
+        keepalive: bool,
+        carrier: Option<RawFd>,
     ) -> io::Result<Session> {
         let io: BoxConn = match &self.transport {
             Transport::Plain => conn,
@@ -1153,7 +1217,7 @@ impl H2Client {
                 Box::new(stream)
             }
         };
-        Session::handshake(io, addr, keepalive).await
+        Session::handshake(io, addr, keepalive, carrier).await
     }
 
     /// Opens a tunnel stream with the request `make` builds on a pooled connection to `addr`.
@@ -1674,7 +1738,9 @@ mod tests {
             }
         });
         let peer = Address::parse("127.0.0.1:1").unwrap();
-        let session = Session::handshake(Box::new(a), &peer, false).await.unwrap();
+        let session = Session::handshake(Box::new(a), &peer, false, None)
+            .await
+            .unwrap();
         let req = Request::builder()
             .method(http::Method::CONNECT)
             .uri("127.0.0.1:1")
@@ -1821,7 +1887,9 @@ mod tests {
         // The peer's end stays open but nobody answers: only PING can tell.
         let (a, _silent) = tokio::io::duplex(1024 * 1024);
         let peer = Address::parse("127.0.0.1:1").unwrap();
-        let session = Session::handshake(Box::new(a), &peer, true).await.unwrap();
+        let session = Session::handshake(Box::new(a), &peer, true, None)
+            .await
+            .unwrap();
         tokio::time::sleep(KEEPALIVE_INTERVAL).await;
         assert!(!session.is_closed(), "dead before the PING went unanswered");
         tokio::time::sleep(KEEPALIVE_TIMEOUT + Duration::from_secs(1)).await;
@@ -1839,7 +1907,9 @@ mod tests {
         const PEER_SENDS_FOR: Duration = Duration::from_secs(200);
         let (a, mut peer_end) = tokio::io::duplex(1024 * 1024);
         let peer = Address::parse("127.0.0.1:1").unwrap();
-        let session = Session::handshake(Box::new(a), &peer, true).await.unwrap();
+        let session = Session::handshake(Box::new(a), &peer, true, None)
+            .await
+            .unwrap();
         // An empty SETTINGS (the server's preface), then a connection WINDOW_UPDATE of 1 at
         // every beat.
         const SETTINGS: [u8; 9] = [0, 0, 0, 4, 0, 0, 0, 0, 0];
@@ -1977,6 +2047,12 @@ mod tests {
 
     impl Forwarder {
         async fn to(to: Address) -> Forwarder {
+            Self::limited(to, None).await
+        }
+
+        /// A forwarder that reads from clients no faster than `uplink` bytes a second (when
+        /// given): a slow uplink, whose backlog waits in the client's socket.
+        async fn limited(to: Address, uplink: Option<u64>) -> Forwarder {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = Address::parse(&listener.local_addr().unwrap().to_string()).unwrap();
             let generation = Arc::new(AtomicU64::new(0));
@@ -1989,8 +2065,8 @@ mod tests {
                     let born = current.load(Ordering::Relaxed);
                     let (cr, cw) = client.into_split();
                     let (sr, sw) = server.into_split();
-                    tokio::spawn(Self::carry(cr, sw, born, current.clone()));
-                    tokio::spawn(Self::carry(sr, cw, born, current.clone()));
+                    tokio::spawn(Self::carry(cr, sw, born, current.clone(), uplink));
+                    tokio::spawn(Self::carry(sr, cw, born, current.clone(), None));
                 }
             });
             Forwarder { addr, generation }
@@ -2003,11 +2079,19 @@ mod tests {
             mut to: tokio::net::tcp::OwnedWriteHalf,
             born: u64,
             current: Arc<AtomicU64>,
+            rate: Option<u64>,
         ) {
-            let mut buf = vec![0u8; 64 * 1024];
+            let mut buf = vec![0u8; if rate.is_some() { 8 * 1024 } else { 64 * 1024 }];
+            let started = tokio::time::Instant::now();
+            let mut carried = 0u64;
             while let Ok(n) = from.read(&mut buf).await
                 && n > 0
             {
+                if let Some(rate) = rate {
+                    carried += n as u64;
+                    let due = Duration::from_secs_f64(carried as f64 / rate as f64);
+                    tokio::time::sleep_until(started + due).await;
+                }
                 if current.load(Ordering::Relaxed) == born
                     && tokio::io::AsyncWriteExt::write_all(&mut to, &buf[..n])
                         .await
@@ -2085,6 +2169,77 @@ mod tests {
             accepted.load(Ordering::Relaxed),
             1,
             "a live connection was left"
+        );
+    }
+
+    /// An HTTP/2 server that answers every request at once and drops what it receives;
+    /// counts the connections it accepted.
+    async fn sink_server() -> (Address, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = Address::parse(&listener.local_addr().unwrap().to_string()).unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(async move {
+                    let Ok(mut conn) = server_builder().handshake::<_, Bytes>(tcp).await else {
+                        return;
+                    };
+                    while let Some(Ok((req, mut respond))) = conn.accept().await {
+                        tokio::spawn(async move {
+                            let Ok(send) = respond.send_response(http::Response::new(()), false)
+                            else {
+                                return;
+                            };
+                            let mut stream = H2Stream::new(send, req.into_body());
+                            let mut buf = vec![0u8; 64 * 1024];
+                            while let Ok(n) = stream.read(&mut buf).await
+                                && n > 0
+                            {}
+                        });
+                    }
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    #[tokio::test]
+    async fn a_connection_busy_with_uploads_on_a_slow_uplink_is_kept() {
+        // An upload fills the client's socket (up to a stream window); the uplink drains it
+        // at 48 KB/s, so a new tunnel's request and the check's PING wait seconds behind it.
+        // The server's WINDOW_UPDATEs come more than a check apart, and h2 reads nothing
+        // while the PING waits for room. The kernel sees the server take the bytes: the
+        // connection is alive and stays. (Before, it was found silent and a second one was
+        // dialled.)
+        const UPLINK: u64 = 48 * 1024;
+        let (server, accepted) = sink_server().await;
+        let path = Forwarder::limited(server, Some(UPLINK)).await;
+        let client = H2Client::new(Transport::Plain);
+        let mut upload = client
+            .open(&path.addr, Duration::from_secs(5), connect_to(&path.addr))
+            .await
+            .unwrap();
+        // More than a stream window, written as fast as the socket and the window take it;
+        // ends with the test.
+        let _uploading = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+            let chunk = vec![7u8; 64 * 1024];
+            for _ in 0..8 {
+                if upload.write_all(&chunk).await.is_err() {
+                    break;
+                }
+            }
+        }));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let opened = client
+            .open(&path.addr, Duration::from_secs(15), connect_to(&path.addr))
+            .await;
+        assert!(opened.is_ok(), "{:?}", opened.err());
+        assert_eq!(
+            accepted.load(Ordering::Relaxed),
+            1,
+            "the busy connection was taken for silent"
         );
     }
 

@@ -4,7 +4,8 @@
 //! targets directly or through a chain of hops, each hop a set of nodes reached with a dialer
 //! (transport) and spoken to with a connector (proxy protocol). Protocol codecs live in
 //! [`codec`] and do no I/O.
-#![forbid(unsafe_code)]
+// One audited exception, `tcpinfo`'s getsockopt(2), is allowed where it is made.
+#![deny(unsafe_code)]
 
 pub mod addr;
 pub mod admin;
@@ -30,6 +31,7 @@ pub mod server;
 #[cfg(target_os = "linux")]
 pub mod splice;
 pub mod supervisor;
+pub mod tcpinfo;
 pub mod tls;
 pub mod watch;
 pub mod web;
