@@ -378,6 +378,37 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
                 ));
             }
             check_hop(hop, &path)?;
+            // GOST takes a chain's hop without `nodes` for the top-level hop of its name,
+            // `file` or not; here its `file` defines it in place. Both at once is ambiguous.
+            if hop.nodes.is_empty()
+                && hop.file.is_some()
+                && let Some(k) = config.hops.iter().position(|h| h.name == hop.name)
+            {
+                return Err(ConfigError::field(
+                    format!("{path}.file"),
+                    format!(
+                        "this hop defines its nodes with a `file`, and the top-level hop                          hops[{k}] has the same name {:?} (GOST would use that one and ignore                          this file); rename one of them, or leave `file` out to use hops[{k}]",
+                        hop.name
+                    ),
+                ));
+            }
+            // A later hop is reached through the nodes before it, one tunnel at a time.
+            let (used, used_path) = match config.hops.iter().position(|h| h.name == hop.name) {
+                Some(k) if hop.is_reference() => (&config.hops[k], format!("hops[{k}]")),
+                _ => (hop, path.clone()),
+            };
+            if j > 0
+                && used.selector.as_ref().and_then(|s| s.strategy)
+                    == Some(SelectorStrategy::Parallel)
+            {
+                return Err(ConfigError::field(
+                    format!("{used_path}.selector.strategy"),
+                    format!(
+                        "`parallel` races the nodes of a chain's first hop only, and this hop                          is hop {j} of chain {:?}: a later hop is reached through the nodes                          before it, one tunnel at a time (GOST cannot use it there either);                          use round, random, fifo or hash",
+                        chain.name
+                    ),
+                ));
+            }
         }
     }
     for (i, hop) in config.hops.iter().enumerate() {
@@ -410,6 +441,11 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
             "the top-level `tls` section gives the default certificate only (GOST ignores its \
              `options`); set `options` in the `tls` of each listener, handler or node they are for",
         ));
+    }
+    for (i, auther) in config.authers.iter().enumerate() {
+        for (k, auth) in auther.auths.iter().enumerate() {
+            check_no_users_file(Some(auth), &format!("authers[{i}].auths[{k}]"))?;
+        }
     }
     if let Some(metrics) = &config.metrics {
         check_listen_addr(&metrics.addr, "metrics.addr")?;

@@ -712,3 +712,54 @@ fn a_misplaced_value_is_not_echoed_in_errors() {
         other => panic!("expected a field error, got {other:?}"),
     }
 }
+
+#[test]
+fn a_users_file_is_refused_where_gost_would_ignore_it() {
+    // GOST reads `auth.file` for a node's connector or dialer only; anywhere a server checks
+    // passwords it would ask for none.
+    for (text, path) in [
+        (
+            "services:\n- name: a\n  addr: :1\n  handler:\n    type: http\n    auth:\n      file: /u.txt\n",
+            "services[0].handler.auth.file",
+        ),
+        (
+            "authers:\n- name: a\n  auths:\n  - username: u\n    password: p\n  - file: /u.txt\n",
+            "authers[0].auths[1].file",
+        ),
+        (
+            "metrics:\n  addr: :9000\n  auth:\n    file: /u.txt\n",
+            "metrics.auth.file",
+        ),
+    ] {
+        let (at, message) = field_error(text);
+        assert_eq!(at, path, "{text}");
+        assert!(message.contains("auther"), "{message}");
+    }
+}
+
+#[test]
+fn a_later_hops_parallel_strategy_is_refused_where_it_is_written() {
+    let in_place = "chains:\n- name: c\n  hops:\n  - name: h0\n    nodes:\n    - {name: a, addr: ':1'}\n  - name: h1\n    selector: {strategy: parallel}\n    nodes:\n    - {name: b, addr: ':2'}\n";
+    let (path, message) = field_error(in_place);
+    assert_eq!(path, "chains[0].hops[1].selector.strategy");
+    assert!(message.contains("first hop only"), "{message}");
+    // Through a reference to a top-level hop: the error names where the strategy is set.
+    let referenced = "chains:\n- name: c\n  hops:\n  - name: h0\n    nodes:\n    - {name: a, addr: ':1'}\n  - name: h1\nhops:\n- name: h1\n  selector: {strategy: parallel}\n  nodes:\n  - {name: b, addr: ':2'}\n";
+    let (path, message) = field_error(referenced);
+    assert_eq!(path, "hops[0].selector.strategy");
+    assert!(message.contains("hop 1 of chain \"c\""), "{message}");
+    // On a first hop it is GOST's race.
+    let first = "chains:\n- name: c\n  hops:\n  - name: h0\n    selector: {strategy: parallel}\n    nodes:\n    - {name: a, addr: ':1'}\n    - {name: b, addr: ':2'}\n";
+    from_str(first, Format::Yaml).expect("parallel on a first hop");
+}
+
+#[test]
+fn a_chain_hops_file_beside_a_top_level_hop_of_its_name_is_refused() {
+    let text = "chains:\n- name: c\n  hops:\n  - name: h\n    file: {path: /nodes.json}\nhops:\n- name: h\n  nodes:\n  - {name: a, addr: ':1'}\n";
+    let (path, message) = field_error(text);
+    assert_eq!(path, "chains[0].hops[0].file");
+    assert!(message.contains("hops[0]"), "{message}");
+    // Without the top-level namesake, the file defines the hop in place.
+    let alone = "chains:\n- name: c\n  hops:\n  - name: h\n    file: {path: /nodes.json}\n";
+    from_str(alone, Format::Yaml).expect("a hop of a file");
+}

@@ -621,8 +621,8 @@ fn build_chain(chain: &ChainConfig, config: &Config, index: usize) -> Result<Cha
         .enumerate()
         .map(|(j, hop)| {
             let path = format!("chains[{index}].hops[{j}]");
-            // A hop with a name and no nodes stands for the top-level hop of that name.
-            let chain_path = path.clone();
+            // A hop with a name and no nodes stands for the top-level hop of that name. A
+            // later hop's `parallel` strategy was refused by `gost_api::validate`.
             let (hop, path) = if hop.is_reference() {
                 let k = config
                     .hops
@@ -633,15 +633,6 @@ fn build_chain(chain: &ChainConfig, config: &Config, index: usize) -> Result<Cha
             } else {
                 (hop, path)
             };
-            let strategy = hop.selector.as_ref().and_then(|s| s.strategy);
-            if j > 0 && strategy == Some(SelectorStrategy::Parallel) {
-                return Err(field(
-                    format!("{chain_path}.selector.strategy"),
-                    "`parallel` races the nodes of a chain's first hop only: a later hop is \
-                     reached through the nodes before it, one tunnel at a time (GOST cannot \
-                     use it there either); use round, random, fifo or hash",
-                ));
-            }
             build_hop(hop, &path)
         })
         .collect::<Result<_, _>>()?;
