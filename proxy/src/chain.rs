@@ -196,33 +196,59 @@ impl Hop {
     }
 
     /// GOST's `parallel` strategy: every candidate node dialled at once (its transport: TCP
-    /// and, say, TLS), the first to connect carrying the tunnel; the connections of the others
-    /// are closed. A node whose dial fails counts as failed; all failing is all their errors.
+    /// and, say, TLS), the first to connect within `timeout` carrying the tunnel; the
+    /// connections of the others are closed. A node whose dial fails, or has not connected
+    /// when the time is up, counts as failed; all failing is all their errors.
     async fn race(
         &self,
         timeout: Duration,
     ) -> Result<(Arc<Node>, BoxConn), Vec<(Arc<Node>, io::Error)>> {
+        let deadline = tokio::time::Instant::now() + timeout;
         // The dials run as tasks of their own, which do not see the dialling service's
         // keepalive unless given it.
         let keepalive = crate::conn::dialing_keepalive();
         let mut dials = tokio::task::JoinSet::new();
+        let mut running = std::collections::HashMap::new();
         for node in self.candidates() {
-            dials.spawn(async move {
-                let result = crate::conn::dialing_with(keepalive, node.dial(timeout)).await;
-                (node, result)
+            let dialled = node.clone();
+            let task = dials.spawn(async move {
+                crate::conn::dialing_with(keepalive, dialled.dial(timeout)).await
             });
+            running.insert(task.id(), node);
         }
         let mut failed = Vec::new();
-        while let Some(joined) = dials.join_next().await {
-            let Ok((node, result)) = joined else { continue };
-            match result {
-                // Dropping the set aborts the dials still running and closes what they made.
-                Ok(conn) => return Ok((node, conn)),
-                Err(e) => {
-                    node.record(false, self.max_fails, self.fail_timeout);
-                    failed.push((node, e));
-                }
-            }
+        loop {
+            let (node, error) =
+                match tokio::time::timeout_at(deadline, dials.join_next_with_id()).await {
+                    Ok(None) => break,
+                    Ok(Some(Ok((id, dialled)))) => {
+                        let node = running.remove(&id).expect("every dial is a node's");
+                        match dialled {
+                            // Dropping the set aborts the dials still running and closes what
+                            // they made.
+                            Ok(conn) => return Ok((node, conn)),
+                            Err(e) => (node, e),
+                        }
+                    }
+                    Ok(Some(Err(e))) => {
+                        let node = running.remove(&e.id()).expect("every dial is a node's");
+                        (node, io::Error::other(format!("the dial failed: {e}")))
+                    }
+                    // The nodes still dialling have not connected in time.
+                    Err(_) => {
+                        for (_, node) in running.drain() {
+                            node.record(false, self.max_fails, self.fail_timeout);
+                            let e = io::Error::new(
+                                io::ErrorKind::TimedOut,
+                                format!("not connected within {timeout:?}"),
+                            );
+                            failed.push((node, e));
+                        }
+                        break;
+                    }
+                };
+            node.record(false, self.max_fails, self.fail_timeout);
+            failed.push((node, error));
         }
         Err(failed)
     }
@@ -566,12 +592,17 @@ impl Router {
             node: node.to_string(),
             addr,
         };
-        match tokio::time::timeout(self.timeout, hop.race(self.timeout)).await {
-            Ok(Ok(won)) => Ok(won),
-            Ok(Err(failed)) => {
+        // Each node has the dial's time: the race ends with it.
+        match hop.race(self.timeout).await {
+            Ok(won) => Ok(won),
+            Err(failed) => {
                 for (node, _) in &failed {
                     crate::metrics::chain_error(&chain.name, &node.name);
                 }
+                let timed_out = !failed.is_empty()
+                    && failed
+                        .iter()
+                        .all(|(_, e)| e.kind() == io::ErrorKind::TimedOut);
                 let kind = failed
                     .first()
                     .map_or(DialErrorKind::Unreachable, |(_, e)| io_kind(e));
@@ -582,33 +613,21 @@ impl Router {
                     .join("; ");
                 let names: Vec<&str> = failed.iter().map(|(n, _)| n.name.as_str()).collect();
                 let addrs: Vec<String> = failed.iter().map(|(n, _)| n.addr.to_string()).collect();
+                let cause = if timed_out {
+                    format!(
+                        "no node of the parallel hop connected within {:?}: {cause}",
+                        self.timeout
+                    )
+                } else {
+                    format!("every node of the parallel hop failed: {cause}")
+                };
                 Err(DialError {
                     kind,
                     at: Some(at(&names.join(","), addrs.join(","))),
                     target: target.clone(),
-                    cause: format!("every node of the parallel hop failed: {cause}"),
+                    cause,
                 })
             }
-            Err(_) => Err(DialError {
-                kind: DialErrorKind::TimedOut,
-                at: Some(at(
-                    &hop.nodes
-                        .iter()
-                        .map(|n| n.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(","),
-                    hop.nodes
-                        .iter()
-                        .map(|n| n.addr.to_string())
-                        .collect::<Vec<_>>()
-                        .join(","),
-                )),
-                target: target.clone(),
-                cause: format!(
-                    "no node of the parallel hop connected within {:?}",
-                    self.timeout
-                ),
-            }),
         }
     }
 
@@ -954,6 +973,57 @@ mod tests {
         let heavy = counts.get("heavy").copied().unwrap_or(0);
         // 1,800 expected; the bounds are more than ten standard deviations away.
         assert!((1600..=1950).contains(&heavy), "{counts:?}");
+    }
+
+    /// A transport that never connects, or panics on trying.
+    struct Stuck {
+        panics: bool,
+    }
+
+    #[async_trait::async_trait]
+    impl crate::dialer::Dialer for Stuck {
+        async fn dial(&self, _addr: &Address, _timeout: Duration) -> io::Result<BoxConn> {
+            if self.panics {
+                panic!("a dialer's bug");
+            }
+            std::future::pending().await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_race_counts_every_node_that_did_not_connect() {
+        let stuck = |name: &str, panics: bool| {
+            let connector = HttpConnector::new(None, &gost_api::Metadata::default()).unwrap();
+            Arc::new(Node::new(
+                name.into(),
+                Address::parse("127.0.0.1:1").unwrap(),
+                Arc::new(Stuck { panics }),
+                Arc::new(connector),
+            ))
+        };
+        let hop = hop(
+            vec![stuck("slow", false), stuck("buggy", true)],
+            SelectorStrategy::Parallel,
+        );
+        let started = Instant::now();
+        let Err(mut failed) = hop.race(Duration::from_millis(200)).await else {
+            panic!("no node can connect");
+        };
+        assert!(started.elapsed() < Duration::from_secs(5));
+        failed.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+        let failed: Vec<(&str, io::ErrorKind)> = failed
+            .iter()
+            .map(|(node, e)| (node.name.as_str(), e.kind()))
+            .collect();
+        assert_eq!(
+            failed,
+            [
+                ("buggy", io::ErrorKind::Other),
+                ("slow", io::ErrorKind::TimedOut)
+            ]
+        );
+        // Both count as failed (max_fails 1): neither is available now.
+        assert!(hop.nodes.iter().all(|n| !n.is_available(Instant::now())));
     }
 
     #[test]
