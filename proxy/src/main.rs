@@ -909,6 +909,7 @@ async fn run(
             assembled = assemble_config_naming(args) => assembled,
             signal = signals.next() => break signal,
         };
+        let attempted = assembled.clone();
         reload(
             assembled,
             &mut supervisor,
@@ -928,6 +929,19 @@ async fn run(
         if now != files {
             files = now;
             watcher = watch(&files);
+            // A change between the read above and the new watcher's baseline would go
+            // unseen, as at the start.
+            let again = assemble_config(args).await;
+            if again != attempted {
+                reload(
+                    again,
+                    &mut supervisor,
+                    (&ready, metrics_auth.as_ref()),
+                    "file change",
+                    &mut config,
+                )
+                .await;
+            }
         }
     };
     ready.set(false);
