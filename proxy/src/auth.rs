@@ -12,10 +12,12 @@ use subtle::ConstantTimeEq;
 ///
 /// As in GOST, a user whose configured password is empty is accepted with any password, and an
 /// authenticator with no users rejects everyone. Passwords are compared in constant time, and a
-/// wrong user name costs the same comparison as a wrong password.
+/// wrong user name costs the same comparison as a wrong password. Several authers are asked
+/// in turn, as GOST's group of them is: a user accepted by any of them is accepted.
 #[derive(Clone, Default)]
 pub struct Authenticator {
-    users: HashMap<String, String>,
+    // One set of users per auther (one for an `auth` user).
+    users: Vec<HashMap<String, String>>,
     /// Failures one client address may make within [`AUTH_FAILURE_WINDOW`]; 0: no limit.
     failure_limit: u32,
 }
@@ -45,34 +47,39 @@ impl Verdict {
 impl std::fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Authenticator")
-            .field("users", &self.users.len())
+            .field("users", &self.users.iter().map(HashMap::len).sum::<usize>())
             .finish()
     }
 }
 
-/// The users of the authers `names` names, as GOST reads them: an entry without a user name
-/// is skipped, so no client can log in as it (with any password, when its password is empty
-/// too).
-fn auther_users<'a>(
-    config: &'a Config,
-    names: &'a [&String],
-) -> impl Iterator<Item = &'a AuthConfig> + 'a {
-    config
-        .authers
+/// The users of each auther `names` names, in that order, as GOST reads them: an entry
+/// without a user name is skipped, so no client can log in as it (with any password, when its
+/// password is empty too); a user of the file replaces the inline one of the same name.
+fn auther_users(config: &Config, names: &[&String]) -> Vec<HashMap<String, String>> {
+    names
         .iter()
-        .filter(|a| names.contains(&&a.name))
-        .flat_map(|a| a.auths.iter().chain(&a.file_auths))
+        .filter_map(|name| config.authers.iter().find(|a| &a.name == *name))
+        .map(|a| users_map(a.auths.iter().chain(&a.file_auths)))
+        .collect()
+}
+
+fn users_map<'a>(users: impl IntoIterator<Item = &'a AuthConfig>) -> HashMap<String, String> {
+    users
+        .into_iter()
         .filter(|user| !user.username.is_empty())
+        .map(|a| (a.username.clone(), a.password.clone()))
+        .collect()
 }
 
 impl Authenticator {
     /// An authenticator accepting exactly these users.
     pub fn new<'a>(users: impl IntoIterator<Item = &'a AuthConfig>) -> Self {
+        let users: HashMap<String, String> = users
+            .into_iter()
+            .map(|a| (a.username.clone(), a.password.clone()))
+            .collect();
         Authenticator {
-            users: users
-                .into_iter()
-                .map(|a| (a.username.clone(), a.password.clone()))
-                .collect(),
+            users: vec![users],
             failure_limit: DEFAULT_AUTH_FAILURE_LIMIT,
         }
     }
@@ -103,7 +110,10 @@ impl Authenticator {
         if names.is_empty() {
             return auth.map(|auth| Authenticator::new([auth]));
         }
-        Some(Authenticator::new(auther_users(config, names)))
+        Some(Authenticator {
+            users: auther_users(config, names),
+            failure_limit: DEFAULT_AUTH_FAILURE_LIMIT,
+        })
     }
 
     /// As [`Authenticator::check`], for a client at `client`: after the failure limit
@@ -136,17 +146,22 @@ impl Authenticator {
         }
     }
 
-    /// True when `username` exists and `password` matches it.
+    /// True when `username` exists and `password` matches it, in any of the sets of users.
     pub fn check(&self, username: &str, password: &str) -> bool {
-        match self.users.get(username) {
-            Some(expected) if expected.is_empty() => true,
-            Some(expected) => bool::from(expected.as_bytes().ct_eq(password.as_bytes())),
-            None => {
-                // Same work as a real comparison, so timing does not reveal which users exist.
-                let _ = password.as_bytes().ct_eq(password.as_bytes());
-                false
-            }
-        }
+        // Every set is asked, so timing does not tell which one knows the user.
+        self.users.iter().fold(false, |accepted, users| {
+            let matched = match users.get(username) {
+                Some(expected) if expected.is_empty() => true,
+                Some(expected) => bool::from(expected.as_bytes().ct_eq(password.as_bytes())),
+                None => {
+                    // Same work as a real comparison, so timing does not reveal which users
+                    // exist.
+                    let _ = password.as_bytes().ct_eq(password.as_bytes());
+                    false
+                }
+            };
+            accepted | matched
+        })
     }
 }
 
@@ -245,6 +260,24 @@ mod tests {
         let inline = Authenticator::for_handler(&config.services[1].handler, &config).unwrap();
         assert!(inline.check("inline", "x"));
         assert!(!inline.check("member", "y"));
+    }
+
+    #[test]
+    fn several_authers_are_asked_in_turn_as_in_gost() {
+        // The same user in two authers with two passwords: either is accepted (they were
+        // merged, and the last auther's password replaced the first's).
+        let config = gost_api::from_str(
+            "services:\n- name: a\n  addr: :1\n  handler:\n    type: http\n    authers: [one, two]\nauthers:\n- name: one\n  auths:\n  - {username: shared, password: first}\n  - {username: alice, password: a}\n- name: two\n  auths:\n  - {username: shared, password: second}\n  - {username: bob, password: b}\n",
+            gost_api::Format::Yaml,
+        )
+        .unwrap();
+        let auth = Authenticator::for_handler(&config.services[0].handler, &config).unwrap();
+        assert!(auth.check("shared", "first"));
+        assert!(auth.check("shared", "second"));
+        assert!(auth.check("alice", "a"));
+        assert!(auth.check("bob", "b"));
+        assert!(!auth.check("alice", "b"));
+        assert!(!auth.check("shared", "third"));
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! They are read when the configuration is assembled to run (not for `-O`), so that a reload
 //! reads them again and a change shows as a changed configuration: the services that use them
 //! get the new users or nodes, the others are left alone. They are watched with the `-C`
-//! files ([`data_files`]), where GOST re-reads them every `reload` period. A file that cannot
+//! files ([`data_files`]), where GOST reads an auther's or a hop's file at start and again
+//! every `reload` period only if one is set, and a node's `auth.file` at start only. A file
+//! that cannot
 //! be read is an error naming the section and the file: nothing starts (or a reload is
 //! refused, the last good configuration serving on) with users or nodes missing, where GOST
 //! goes on without them (an auther then refuses everyone, a node sends no credentials, a hop
