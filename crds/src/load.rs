@@ -518,7 +518,7 @@ pub fn nodes_from_json(text: &str, path: &str) -> Result<Vec<NodeConfig>, Config
     let mut de = serde_json::Deserializer::from_str(text);
     let nodes: Vec<NodeConfig> = serde_path_to_error::deserialize(Lenient::new(&mut de, true))
         .map_err(|e| {
-            let inner = e.path().to_string();
+            let inner = known_part(&e.path().to_string());
             let inner = inner.trim_start_matches('.');
             let inner = if inner.starts_with('[') || inner.is_empty() {
                 inner.to_string()

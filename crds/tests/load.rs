@@ -763,3 +763,14 @@ fn a_chain_hops_file_beside_a_top_level_hop_of_its_name_is_refused() {
     let alone = "chains:\n- name: c\n  hops:\n  - name: h\n    file: {path: /nodes.json}\n";
     from_str(alone, Format::Yaml).expect("a hop of a file");
 }
+
+#[test]
+fn a_nodes_file_syntax_error_names_the_entry() {
+    match gost_api::load::nodes_from_json(r#"[{"name": "a", "addr": ":1",}]"#, "hops[0]") {
+        Err(ConfigError::Field { path, message }) => {
+            assert_eq!(path, "hops[0].file[0]");
+            assert!(message.contains("trailing comma"), "{message}");
+        }
+        other => panic!("expected a field error, got {other:?}"),
+    }
+}
