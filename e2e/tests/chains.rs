@@ -827,6 +827,20 @@ fn a_hops_nodes_file_is_read_and_followed() {
     let servers = [http, socks];
     assert_eq!(tunnels_per_node(&servers, 4), [2, 2]);
 
+    // A broken file is refused, and the nodes read last serve on.
+    std::fs::write(&nodes, "[{\"name\": \"n\", \"addr\": \"nohost\"}]").unwrap();
+    client.wait_for_log("hops[0].file[0].addr");
+    for _ in 0..2 {
+        let out = get_via(&format!("http://{}", client.addr()), &target);
+        assert!(
+            out.text().starts_with("hello from target"),
+            "{}\n{}",
+            out.stderr,
+            client.log()
+        );
+    }
+    assert_eq!(tunnels_per_node(&servers, 6), [3, 3]);
+
     // Only the SOCKS5 node, now with a wrong password: requests fail once the file is read.
     let wrong = node("socks5", servers[1].addr(), "socks5").replace("pass\"", "nope\"");
     std::fs::write(&nodes, format!("[{wrong}]")).unwrap();
@@ -838,8 +852,6 @@ fn a_hops_nodes_file_is_read_and_followed() {
         assert!(Instant::now() < deadline, "{}", client.log());
         std::thread::sleep(Duration::from_millis(200));
     }
-    std::fs::write(&nodes, "[{\"name\": \"n\", \"addr\": \"nohost\"}]").unwrap();
-    client.wait_for_log("hops[0].file[0].addr");
 }
 
 /// GOST's `parallel` strategy (3.3): the nodes of a chain's first hop are dialled at once and
