@@ -261,6 +261,7 @@ macro_rules! write_through {
         }
     };
 }
+pub(crate) use write_through;
 
 impl<C: Conn> AsyncWrite for Prefixed<C> {
     write_through!(inner);
