@@ -26,6 +26,9 @@ pub struct TcpCounts {
     /// How long ago the peer's last acknowledgement came, of data or not (a window update, the
     /// answer to a probe of a closed window).
     pub last_ack: std::time::Duration,
+    /// Retransmission timeouts (or probes of the peer's closed window) in a row that no
+    /// acknowledgement answered; 0 once one came.
+    pub unanswered: u8,
 }
 
 impl TcpCounts {
@@ -42,6 +45,14 @@ impl TcpCounts {
     /// kernel's probes of its closed window, a vanished one does not.
     pub fn answers_with_backlog(&self, within: std::time::Duration) -> bool {
         self.backlog && self.last_ack < within
+    }
+
+    /// Whether bytes of ours wait for an acknowledgement that `retries` retransmissions in
+    /// a row (or probes of a closed window) did not bring: a live peer acknowledges within a
+    /// round trip, a vanished one never. The kernel waits at least 200 ms before the first
+    /// and twice as long before each next, longer on paths with longer round trips.
+    pub fn stalled(&self, retries: u8) -> bool {
+        self.backlog && self.unanswered >= retries
     }
 }
 
@@ -131,6 +142,7 @@ fn tcp_info(fd: RawFd) -> Option<TcpCounts> {
         received: info.tcpi_bytes_received,
         backlog: info.tcpi_unacked > 0 || info.tcpi_notsent_bytes > 0,
         last_ack: std::time::Duration::from_millis(info.tcpi_last_ack_recv.into()),
+        unanswered: info.tcpi_retransmits.max(info.tcpi_probes),
     })
 }
 
@@ -184,6 +196,25 @@ mod tests {
                 ..acked_only
             }
             .progressed_since(&start)
+        );
+
+        assert!(!now.stalled(1), "{now:?}");
+        assert!(
+            TcpCounts {
+                backlog: true,
+                unanswered: 3,
+                ..now
+            }
+            .stalled(3)
+        );
+        assert!(
+            !TcpCounts {
+                backlog: false,
+                unanswered: 3,
+                ..now
+            }
+            .stalled(3),
+            "nothing of ours waits"
         );
 
         drop(client);

@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
+use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -34,7 +35,20 @@ use crate::h2pool::{
     CONNECTION_WINDOW, FirstBytes, H2_HANDSHAKE_TIMEOUT, MAX_FRAME_SIZE, MAX_HEADER_LIST_SIZE,
     MAX_SEND_BUFFER, Redial, STREAM_WINDOW,
 };
+use crate::tcpinfo::{self, TcpWatch};
 use crate::tls::ClientTls;
+
+/// How long a pooled connection's bytes may stay unacknowledged before the kernel ends it
+/// (`TCP_USER_TIMEOUT`, as grpc-go sets it to its keepalive timeout): a server that vanished
+/// without closing (a pod replaced, a node lost) would otherwise hold every new tunnel until
+/// the kernel gives up retransmitting, a quarter of an hour later.
+pub const UNACKED_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Retransmissions in a row that no acknowledgement answered, on a pooled connection, before
+/// new tunnels go to a new connection (see [`tcpinfo::TcpCounts::stalled`]): 1.4 s at the
+/// least, after the kernel's minimum waits of 200, 400 and 800 ms; a live server acknowledges
+/// within a round trip, even behind a slow or congested path.
+pub const STALLED_RETRIES: u8 = 3;
 
 /// GOST's client PING interval with `keepalive=true` (`keepalive.time`).
 pub const DEFAULT_KEEPALIVE_TIME: Duration = Duration::from_secs(30);
@@ -74,11 +88,22 @@ struct Connection {
     send: SendRequest<Body>,
     // Set by the connection task when the connection ends.
     closed: CancellationToken,
+    // The kernel's view of the connection's own TCP socket (pooled connections).
+    tcp: TcpWatch,
 }
 
 impl Connection {
     fn is_closed(&self) -> bool {
         self.closed.is_cancelled() || self.send.is_closed()
+    }
+
+    /// Whether bytes sent on it went [`STALLED_RETRIES`] retransmissions without any
+    /// acknowledgement: the server is gone (the kernel still retransmits), and a new tunnel
+    /// would wait on it.
+    fn is_stalled(&self) -> bool {
+        self.tcp
+            .counts()
+            .is_some_and(|c| c.stalled(STALLED_RETRIES))
     }
 }
 
@@ -224,10 +249,18 @@ impl GrpcDialer {
         let mut waited_at: Option<u64> = None;
         loop {
             if let Some(connection) = &slot.connection {
-                if !connection.is_closed() {
+                if connection.is_stalled() {
+                    // Its tunnels keep it (and fail by themselves if it is dead); new ones go
+                    // to a new connection.
+                    tracing::warn!(
+                        peer = %addr, retransmissions = STALLED_RETRIES,
+                        "grpc connection stalled (bytes sent and sent again, none acknowledged); new tunnels go to a new connection"
+                    );
+                } else if !connection.is_closed() {
                     return Ok(connection.clone());
+                } else {
+                    tracing::debug!(peer = %addr, "grpc connection gone, re-dialling");
                 }
-                tracing::debug!(peer = %addr, "grpc connection gone, re-dialling");
                 slot.connection = None;
             }
             // Within this tunnel's time: wait for the next attempt, without holding the
@@ -258,7 +291,10 @@ impl GrpcDialer {
         // it ends (see `H2Client::lease`).
         let dialled = async {
             let tcp = tcp::connect(addr, remaining).await?;
-            self.handshake_connection(Box::new(tcp), addr, self.keepalive)
+            // Not fatal where the system lacks it: the stalled check above still applies.
+            let _ = socket2::SockRef::from(&tcp).set_tcp_user_timeout(Some(UNACKED_TIMEOUT));
+            let carrier = tcp.as_raw_fd();
+            self.handshake_connection(Box::new(tcp), addr, self.keepalive, Some(carrier))
                 .await
         };
         let dialled = tokio::time::timeout(remaining, dialled)
@@ -283,6 +319,7 @@ impl GrpcDialer {
         conn: BoxConn,
         addr: &Address,
         keepalive: Option<Keepalive>,
+        carrier: Option<RawFd>,
     ) -> io::Result<Connection> {
         let context = |what: &str, e: io::Error| {
             io::Error::new(e.kind(), format!("grpc {addr}: {what}: {e}"))
@@ -330,6 +367,7 @@ impl GrpcDialer {
         }
         // What the server sends first tells whether it speaks HTTP/2 at all: a listener of
         // another type answers our preface in its own protocol, or hangs up.
+        let (io, tcp) = tcpinfo::watched(io, carrier);
         let (io, preface) = FirstBytes::new(io);
         let timed_out = || {
             io::Error::new(
@@ -377,7 +415,7 @@ impl GrpcDialer {
                 ));
             }
             spoke_h2.store(true, std::sync::atomic::Ordering::Relaxed);
-            Ok(Connection { send, closed })
+            Ok(Connection { send, closed, tcp })
         });
         handshake.await.map_err(|_| timed_out())?
     }
@@ -417,7 +455,7 @@ impl Dialer for GrpcDialer {
     async fn handshake(&self, conn: BoxConn, addr: &Address) -> io::Result<BoxConn> {
         // A connection of its own over the previous hop's tunnel; it closes once its one call
         // has ended and nothing refers to it any more.
-        let mut connection = self.handshake_connection(conn, addr, None).await?;
+        let mut connection = self.handshake_connection(conn, addr, None, None).await?;
         std::future::poll_fn(|cx| tower_service::Service::poll_ready(&mut connection, cx))
             .await
             .map_err(|e| {
