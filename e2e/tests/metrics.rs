@@ -570,3 +570,65 @@ fn chunked_tunnel_bytes_are_counted_while_open() {
     let (metrics, proxy) = (gost.addrs()[0], gost.addrs()[1]);
     transfer_counted_while_open(proxy, metrics, echo.addr);
 }
+
+/// A removed service's series go once it has drained, and a removed node's at once: a
+/// configuration whose services and nodes come and go (an operator's) does not pile them up.
+#[test]
+fn removed_services_and_nodes_leave_the_scrape() {
+    let target = Target::http();
+    let dir = tempdir();
+    let config = dir.join("gost.yaml");
+    let yaml = |services: &[&str], node: &str| {
+        let mut text = String::from("services:\n");
+        for name in services {
+            text.push_str(&format!(
+                "- name: {name}\n  addr: 127.0.0.1:0\n  handler:\n    type: http\n    chain: c\n"
+            ));
+        }
+        text.push_str(&format!(
+            "chains:\n- name: c\n  hops:\n  - name: h\n    nodes:\n    - name: {node}\n      \
+             addr: 127.0.0.1:1\n      connector: {{type: http}}\nmetrics:\n  addr: 127.0.0.1:0\n"
+        ));
+        text
+    };
+    std::fs::write(&config, yaml(&["keep", "gone"], "dead")).unwrap();
+    let gost = Gost::start(&["-C", config.to_str().unwrap()], 3);
+    let metrics = format!("http://{}/metrics", gost.addrs()[0]);
+    let keep = gost.service_addr("keep").unwrap();
+    let gone = gost.service_addr("gone").unwrap();
+    for proxy in [keep, gone] {
+        // Through the dead node: a request, a handler error and a chain error each.
+        let out = curl(&[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-x",
+            &format!("http://{proxy}"),
+            &format!("http://{}/", target.addr),
+        ]);
+        assert_eq!(out.text().trim(), "502", "{}", gost.log());
+    }
+    let text = scrape_metrics(&metrics, None);
+    assert!(text.contains("service=gone"), "{text}");
+    assert!(text.contains("node=dead"), "{text}");
+
+    std::fs::write(&config, yaml(&["keep"], "other")).unwrap();
+    gost.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let text = scrape_metrics(&metrics, None);
+        if !text.contains("service=gone") || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(!text.contains("service=gone"), "{text}\n{}", gost.log());
+    assert!(!text.contains("node=dead"), "{text}");
+    assert_eq!(
+        metric_sample(&text, "gost_service_requests_total{client=127.0.0.1,host="),
+        Some(1.0),
+        "the kept service's series stay:\n{text}"
+    );
+    assert!(text.contains("service=keep"), "{text}");
+}

@@ -5,7 +5,7 @@
 //! many addresses grow the registry without bound; here the first [`MAX_CLIENT_LABELS`]
 //! distinct clients get their own label value and every later one is counted as `other`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
@@ -266,8 +266,11 @@ pub fn set_services(n: usize) {
 /// One accepted connection of a service: counted at once, in flight until dropped, when its
 /// duration is observed.
 pub struct Request {
-    service: String,
-    client: String,
+    // Looked up once: a tunnel of a removed service that ends after its series were dropped
+    // (see [`forget_service`]) must not bring them back.
+    in_flight: prometheus::IntGauge,
+    open: prometheus::IntGauge,
+    duration: prometheus::Histogram,
     started: std::time::Instant,
 }
 
@@ -278,33 +281,75 @@ impl Request {
         GOST.requests
             .with_label_values(&[host(), service, &client])
             .inc();
-        GOST.in_flight
-            .with_label_values(&[host(), service, &client])
-            .inc();
-        RUNTIME
-            .open_tunnels
-            .with_label_values(&[host(), service])
-            .inc();
-        Request {
-            service: service.to_string(),
-            client,
+        let request = Request {
+            in_flight: GOST
+                .in_flight
+                .with_label_values(&[host(), service, &client]),
+            open: RUNTIME.open_tunnels.with_label_values(&[host(), service]),
+            duration: GOST.duration.with_label_values(&[host(), service]),
             started: std::time::Instant::now(),
-        }
+        };
+        request.in_flight.inc();
+        request.open.inc();
+        request
     }
 }
 
 impl Drop for Request {
     fn drop(&mut self) {
-        GOST.in_flight
-            .with_label_values(&[host(), &self.service, &self.client])
-            .dec();
-        RUNTIME
-            .open_tunnels
-            .with_label_values(&[host(), &self.service])
-            .dec();
-        GOST.duration
-            .with_label_values(&[host(), &self.service])
-            .observe(self.started.elapsed().as_secs_f64());
+        self.in_flight.dec();
+        self.open.dec();
+        self.duration.observe(self.started.elapsed().as_secs_f64());
+    }
+}
+
+/// Stops exporting the series of `service`, removed and drained: a configuration whose
+/// services come and go (an operator's, a reload's) would otherwise pile up the series of
+/// every service it ever had. A service of that name added later starts from zero, which
+/// Prometheus reads as a counter reset.
+pub fn forget_service(service: &str) {
+    let keep = |labels: &HashMap<&str, &str>| labels.get("service") != Some(&service);
+    forget(&GOST.requests, keep);
+    forget(&GOST.in_flight, keep);
+    forget(&GOST.duration, keep);
+    forget(&GOST.input_bytes, keep);
+    forget(&GOST.output_bytes, keep);
+    forget(&GOST.handler_errors, keep);
+    forget(&PHT_SESSIONS, keep);
+    forget(&RUNTIME.open_tunnels, keep);
+    forget(&RUNTIME.auth_failures, keep);
+    forget(&RUNTIME.refused, keep);
+}
+
+/// Stops exporting the series of chains and nodes that are not in `routes` (chain name, node
+/// name), the running configuration's.
+pub fn keep_routes(routes: &HashSet<(String, String)>) {
+    let keep = |labels: &HashMap<&str, &str>| {
+        let chain = labels.get("chain").copied().unwrap_or_default();
+        let node = labels.get("node").copied().unwrap_or_default();
+        routes.contains(&(chain.to_string(), node.to_string()))
+    };
+    forget(&GOST.chain_errors, keep);
+    forget(&GOST.connect_duration, keep);
+}
+
+/// Removes the series of `vec` whose labels `keep` refuses.
+fn forget<B: prometheus::core::MetricVecBuilder>(
+    vec: &prometheus::core::MetricVec<B>,
+    keep: impl Fn(&HashMap<&str, &str>) -> bool,
+) {
+    use prometheus::core::Collector;
+    for family in vec.collect() {
+        for metric in family.get_metric() {
+            let labels: HashMap<&str, &str> = metric
+                .get_label()
+                .iter()
+                .map(|pair| (pair.name(), pair.value()))
+                .collect();
+            if !keep(&labels) {
+                let _ = vec.remove(&labels);
+            }
+        }
     }
 }
 

@@ -305,6 +305,9 @@ pub struct Supervisor {
     all_bound: Arc<AtomicBool>,
     /// The tunnels' closing signals of the services [`Supervisor::stop_accepting`] stopped.
     stopped: Vec<CancellationToken>,
+    /// The names of the running services, for a removed service's metrics, dropped once it
+    /// has drained unless a service of its name runs again.
+    names: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 /// A service whose handler is built and whose listener is bound or waits for its address.
@@ -316,6 +319,28 @@ enum Pending {
     /// The same service on the same address with another listener over TCP: the new
     /// listener takes the old one's socket over, so the address stays bound throughout.
     HandOver(server::BindListener),
+}
+
+/// Drops the metric series of the removed service `name` once its connections have ended
+/// (or the grace period and a moment for the cut ones to go), unless a service of that name
+/// runs by then.
+async fn forget_when_drained(
+    name: String,
+    open: Arc<AtomicUsize>,
+    grace: Duration,
+    names: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+) {
+    let deadline = tokio::time::Instant::now() + grace + Duration::from_secs(1);
+    while open.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if !names
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .contains(&name)
+    {
+        crate::metrics::forget_service(&name);
+    }
 }
 
 impl Supervisor {
@@ -330,6 +355,7 @@ impl Supervisor {
             generation: 0,
             all_bound: Arc::new(AtomicBool::new(true)),
             stopped: Vec::new(),
+            names: Default::default(),
         }
     }
 
@@ -503,6 +529,16 @@ impl Supervisor {
                 release.cancel();
             });
             if !replaced.contains(&name) {
+                self.names
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&name);
+                tokio::spawn(forget_when_drained(
+                    name.clone(),
+                    running.open.clone(),
+                    grace,
+                    self.names.clone(),
+                ));
                 tracing::info!(service = %name, grace_period_s = grace.as_secs_f64(), "service removed; open tunnels may finish within the grace period");
                 applied.removed.push(name);
             }
@@ -572,6 +608,19 @@ impl Supervisor {
         self.all_bound.store(all_bound, Ordering::SeqCst);
         self.generation += 1;
         crate::metrics::set_services(self.services.len());
+        *self.names.lock().unwrap_or_else(|e| e.into_inner()) =
+            self.services.keys().cloned().collect();
+        let routes = chains
+            .values()
+            .flat_map(|chain| {
+                chain.hops.iter().flat_map(|hop| {
+                    hop.nodes
+                        .iter()
+                        .map(|node| (chain.name.clone(), node.name.clone()))
+                })
+            })
+            .collect();
+        crate::metrics::keep_routes(&routes);
         Ok(applied)
     }
 
