@@ -1580,6 +1580,36 @@ fn object_key(meta: &ObjectMeta) -> String {
 
 /// Feeds `events` into `queue`: the namespace of every object whose fingerprint changed, or
 /// that was deleted. Watch errors are logged; the stream's backoff retries them.
+/// Runs the future `start` makes while `leading` is true: started when this replica leads,
+/// dropped when it stops leading, started anew when it leads again.
+async fn while_leading<F: Future<Output = ()>>(
+    mut leading: tokio::sync::watch::Receiver<bool>,
+    mut start: impl FnMut() -> F,
+) {
+    loop {
+        // Until this replica leads; a closed channel (shutting down) never will.
+        while !*leading.borrow_and_update() {
+            if leading.changed().await.is_err() {
+                return future::pending().await;
+            }
+        }
+        let lost = async {
+            loop {
+                if leading.changed().await.is_err() {
+                    return future::pending().await;
+                }
+                if !*leading.borrow_and_update() {
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            () = start() => return,
+            () = lost => {}
+        }
+    }
+}
+
 async fn watch_into<K, S, F>(what: &'static str, events: S, queue: Queue, mut fp: F)
 where
     K: Resource,
@@ -1823,18 +1853,26 @@ async fn run_prepared(
     );
     // Pods the webhook did not inject: metadata only, kept in no cache, and only those a
     // GostService of their namespace selects queue it (their own status changes do not).
-    let services_for_pods = services_r.clone();
-    let uninjected = watch_into(
-        "Pod without the sidecar",
-        kube::runtime::watcher(
-            scoped::<PartialObjectMeta<Pod>>(&client, ns),
-            cfg.clone()
-                .labels(&format!("{INJECTED_LABEL}!={INJECTED_VALUE}")),
-        )
-        .default_backoff(),
-        queue.clone(),
-        move |p: &PartialObjectMeta<Pod>| uninjected_fingerprint(&services_for_pods, p),
-    );
+    // Watched by the leader only: every pod of the cluster (or namespace) is in it, and only
+    // the leader reconciles what it queues.
+    let uninjected = {
+        let (client, cfg, queue) = (client.clone(), cfg.clone(), queue.clone());
+        let (services_for_pods, namespace) = (services_r.clone(), namespace.clone());
+        while_leading(leading.clone(), move || {
+            let services_for_pods = services_for_pods.clone();
+            watch_into(
+                "Pod without the sidecar",
+                kube::runtime::watcher(
+                    scoped::<PartialObjectMeta<Pod>>(&client, namespace.as_deref()),
+                    cfg.clone()
+                        .labels(&format!("{INJECTED_LABEL}!={INJECTED_VALUE}")),
+                )
+                .default_backoff(),
+                queue.clone(),
+                move |p: &PartialObjectMeta<Pod>| uninjected_fingerprint(&services_for_pods, p),
+            )
+        })
+    };
     // Every namespace's metadata, whatever `--namespace` says: Namespaces have none.
     let namespaces = reflect(
         namespaces_w,
@@ -2085,6 +2123,51 @@ mod tests {
         }
         // a listed, a relabelled out of the selector, c created, c deleted.
         assert_eq!(queued, ["apps", "apps", "apps", "apps"]);
+    }
+
+    #[tokio::test]
+    async fn a_leaders_watch_runs_only_while_it_leads() {
+        let (lead, leading) = tokio::sync::watch::channel(false);
+        let started = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let running = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        struct Running(Arc<std::sync::atomic::AtomicUsize>);
+        impl Drop for Running {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        let task = tokio::spawn(while_leading(leading, {
+            let (started, running) = (started.clone(), running.clone());
+            move || {
+                started.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                running.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let guard = Running(running.clone());
+                async move {
+                    let _guard = guard;
+                    future::pending::<()>().await
+                }
+            }
+        }));
+        // Polls until `what` holds, within 5 s.
+        async fn until(what: impl Fn() -> bool) {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !what() {
+                assert!(Instant::now() < deadline, "not within 5 s");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        let count =
+            |n: &Arc<std::sync::atomic::AtomicUsize>| n.load(std::sync::atomic::Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(count(&started), 0, "a follower watches nothing");
+        lead.send(true).unwrap();
+        until(|| count(&running) == 1).await;
+        lead.send(false).unwrap();
+        until(|| count(&running) == 0).await;
+        lead.send(true).unwrap();
+        until(|| count(&running) == 1).await;
+        assert_eq!(count(&started), 2);
+        task.abort();
     }
 
     #[tokio::test]
