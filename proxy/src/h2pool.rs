@@ -629,6 +629,8 @@ struct Probe {
     tcp: TcpWatch,
     // Whether a check is under way (one at a time).
     running: AtomicBool,
+    // When the last check began: one a [`PROBE_AFTER`] at most, however many requests wait.
+    last_check: Mutex<Option<tokio::time::Instant>>,
     // Cancelled once a check found the connection silent.
     silent: CancellationToken,
 }
@@ -648,14 +650,15 @@ impl Probe {
         PROBE_TIMEOUT + rtt.saturating_mul(4)
     }
 
-    /// Whether the kernel saw the peer alive since `base` was counted (see
-    /// [`TcpCounts::progressed_since`]); `base` becomes the counts of now.
-    fn tcp_progressed(&self, base: &mut Option<TcpCounts>) -> bool {
+    /// Whether the kernel received bytes from the peer since `base` was counted (h2 may not
+    /// have read them: it stops reading while a PING waits for room to be written); `base`
+    /// becomes the counts of now.
+    fn tcp_received(&self, base: &mut Option<TcpCounts>) -> bool {
         let now = self.tcp.counts();
-        let progressed =
-            matches!((&now, &*base), (Some(now), Some(base)) if now.progressed_since(base));
+        let received =
+            matches!((&now, &*base), (Some(now), Some(base)) if now.received_since(base));
         *base = now;
-        progressed
+        received
     }
 }
 
@@ -697,11 +700,15 @@ impl Lease {
         timeout: Option<Duration>,
     ) -> Result<H2Stream, RequestError> {
         let again = self.again.take();
-        // `timeout` bounds both attempts together, the second connection's dial included.
+        let retried = AtomicBool::new(false);
+        // `timeout` bounds both attempts together, the second connection's dial included (a
+        // connection is found unusable at the earliest [`PROBE_AFTER`] plus [`PROBE_TIMEOUT`]
+        // in, so a shorter timeout leaves no time for a second attempt).
         let attempts = async {
             match (self.open(make(), None).await, again) {
                 (Err((e, true)), Some(again)) => {
                     tracing::debug!(error = %e, "HTTP/2 connection unusable, opening the tunnel on another");
+                    retried.store(true, Ordering::Relaxed);
                     let lease = again().await?;
                     lease.open(make(), None).await.map_err(|(e, _)| e)
                 }
@@ -709,9 +716,19 @@ impl Lease {
             }
         };
         match timeout {
-            Some(limit) => tokio::time::timeout(limit, attempts)
-                .await
-                .unwrap_or_else(|_| Err(RequestError::Io(no_response_within(limit)))),
+            Some(limit) => tokio::time::timeout(limit, attempts).await.unwrap_or_else(|_| {
+                Err(RequestError::Io(if retried.load(Ordering::Relaxed) {
+                    io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!(
+                            "no HTTP/2 response within {limit:?} (the first connection was found \
+                             silent; the second did not answer in the time left)"
+                        ),
+                    )
+                } else {
+                    no_response_within(limit)
+                }))
+            }),
             None => attempts.await,
         }
     }
@@ -756,7 +773,7 @@ impl Session {
     /// with PING keepalive when `keepalive` (pooled connections, which outlive any tunnel).
     /// `carrier` is the descriptor of the TCP socket that `io` runs over and owns, when it
     /// does (see [`Probe::tcp`]).
-    pub async fn handshake(
+    pub(crate) async fn handshake(
         io: BoxConn,
         peer: &Address,
         keepalive: bool,
@@ -771,6 +788,7 @@ impl Session {
                 rtt_micros: AtomicU64::new(u64::MAX),
                 tcp,
                 running: AtomicBool::new(false),
+                last_check: Mutex::new(None),
                 silent: CancellationToken::new(),
             })
         });
@@ -827,7 +845,7 @@ impl Session {
                             // The answer is queued behind data; the peer is alive.
                             Err(_)
                                 if heard.swap(false, Ordering::Relaxed)
-                                    | asked.tcp_progressed(&mut counted) =>
+                                    | asked.tcp_received(&mut counted) =>
                             {
                                 wait = KEEPALIVE_TIMEOUT;
                             }
@@ -885,29 +903,49 @@ impl Session {
         let Some(probe) = self.probe.clone() else {
             return;
         };
-        if probe.running.swap(true, Ordering::Relaxed) {
-            return;
+        {
+            let mut last = probe.last_check.lock().unwrap_or_else(|e| e.into_inner());
+            let now = tokio::time::Instant::now();
+            if last.is_some_and(|at| now < at + PROBE_AFTER)
+                || probe.running.swap(true, Ordering::Relaxed)
+            {
+                return;
+            }
+            *last = Some(now);
         }
         let (retired, closed) = (self.retired.clone(), self.closed.clone());
         tokio::spawn(async move {
             probe.heard.store(false, Ordering::Relaxed);
             let counted = probe.tcp.counts();
+            let mut taken = counted;
             probe.ask.notify_one();
             let patience = probe.patience();
-            let deadline = tokio::time::Instant::now() + patience;
+            let started = tokio::time::Instant::now();
+            let mut deadline = started + patience;
             loop {
                 if probe.heard.load(Ordering::Relaxed) || closed.is_cancelled() {
                     break;
                 }
-                if tokio::time::Instant::now() >= deadline {
-                    // Alive behind our backlog: h2 reads nothing while the PING waits for room
-                    // to be written, but the kernel sees the peer take our bytes, send its
-                    // own, or answer for a closed window. A request still waiting asks again.
-                    let now = probe.tcp.counts();
-                    if let (Some(now), Some(counted)) = (now, counted)
-                        && (now.progressed_since(&counted) || now.answers_with_backlog(patience))
+                let now = tokio::time::Instant::now();
+                if now >= deadline {
+                    // h2 reads nothing while the PING waits for room to be written behind
+                    // our uploads; the kernel still sees the peer. Bytes from it: alive.
+                    let counts = probe.tcp.counts();
+                    if let (Some(counts), Some(counted)) = (counts, counted)
+                        && counts.received_since(&counted)
                     {
                         break;
+                    }
+                    // Its TCP taking our bytes: alive, or a proxy buffering for a vanished
+                    // server. Waited for, up to keepalive's patience without a byte from it.
+                    if let (Some(counts), Some(taken_before)) = (counts, taken)
+                        && counts.takes_our_bytes_since(&taken_before)
+                        && now < started + KEEPALIVE_TIMEOUT
+                    {
+                        taken = Some(counts);
+                        deadline = now + patience;
+                        tokio::time::sleep(PROBE_POLL).await;
+                        continue;
                     }
                     tracing::warn!(
                         peer = %peer, waited = ?patience,
@@ -2215,6 +2253,43 @@ mod tests {
             1,
             "the busy connection was taken for silent"
         );
+    }
+
+    #[tokio::test]
+    async fn a_server_vanished_behind_a_proxy_during_uploads_is_found_silent() {
+        // The proxy goes on taking our uploads (its TCP acknowledges) but the server behind
+        // it is gone: that is waited for up to keepalive's patience, no longer. (It was
+        // waited for as long as the proxy took bytes: here four streams' windows, 1 MiB at
+        // 32 KB/s, half a minute.)
+        const UPLINK: u64 = 32 * 1024;
+        let (server, accepted) = sink_server().await;
+        let path = Forwarder::limited(server, Some(UPLINK)).await;
+        let client = H2Client::new(Transport::Plain);
+        let mut uploads = Vec::new();
+        for _ in 0..4 {
+            uploads.push(
+                client
+                    .open(&path.addr, Duration::from_secs(5), connect_to(&path.addr))
+                    .await
+                    .unwrap(),
+            );
+        }
+        let _uploading: Vec<_> = uploads
+            .into_iter()
+            .map(|mut upload| {
+                tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+                    let chunk = vec![7u8; 64 * 1024];
+                    // Until the test ends (bounded by it).
+                    while upload.write_all(&chunk).await.is_ok() {}
+                }))
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        path.silence();
+        let bound = PROBE_AFTER + KEEPALIVE_TIMEOUT + PROBE_TIMEOUT + Duration::from_secs(5);
+        let opened = client.open(&path.addr, bound, connect_to(&path.addr)).await;
+        assert!(opened.is_ok(), "{:?}", opened.err());
+        assert_eq!(accepted.load(Ordering::Relaxed), 2, "a new connection");
     }
 
     // Go's HTTP/2 server (GOST's) allows 250 streams per connection; 2 stands for it.

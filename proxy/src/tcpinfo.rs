@@ -23,28 +23,25 @@ pub struct TcpCounts {
     pub received: u64,
     /// Whether some of what we sent is not acknowledged yet (in flight or not sent at all).
     pub backlog: bool,
-    /// How long ago the peer's last acknowledgement came, of data or not (a window update, the
-    /// answer to a probe of a closed window).
-    pub last_ack: std::time::Duration,
     /// Retransmission timeouts (or probes of the peer's closed window) in a row that no
     /// acknowledgement answered; 0 once one came.
     pub unanswered: u8,
 }
 
 impl TcpCounts {
-    /// Whether `self`, counted later than `before`, shows the peer alive: it sent bytes, or it
-    /// acknowledged some of ours while more are still on their way (a live peer behind a slow
-    /// or full uplink). An acknowledgement alone, with nothing left to send, proves less: a
-    /// proxy on the way acknowledges what a vanished server will never answer.
-    pub fn progressed_since(&self, before: &TcpCounts) -> bool {
-        self.received > before.received || (self.acked > before.acked && self.backlog)
+    /// Whether `self`, counted later than `before`, shows that the peer sent bytes: proof
+    /// that the far end lives, since a TCP proxy on the way sends only what it was given.
+    pub fn received_since(&self, before: &TcpCounts) -> bool {
+        self.received > before.received
     }
 
-    /// Whether the peer, with our bytes waiting for room in its window, acknowledged anything
-    /// within `within`: a live peer that reads slowly (or a proxy on the way) answers the
-    /// kernel's probes of its closed window, a vanished one does not.
-    pub fn answers_with_backlog(&self, within: std::time::Duration) -> bool {
-        self.backlog && self.last_ack < within
+    /// Whether the peer's TCP takes our bytes: with some of ours still on their way, it
+    /// acknowledged more since `before` was counted, or answered the kernel's last
+    /// retransmission or probe of its closed window. A live peer behind a slow uplink does;
+    /// so does a TCP proxy on the way whose server vanished, for as long as it buffers, so
+    /// this is weaker evidence than [`TcpCounts::received_since`].
+    pub fn takes_our_bytes_since(&self, before: &TcpCounts) -> bool {
+        self.backlog && (self.acked > before.acked || self.unanswered == 0)
     }
 
     /// Whether bytes of ours wait for an acknowledgement that `retries` retransmissions in
@@ -80,7 +77,7 @@ pub struct Watched<T> {
 
 /// `io`, which carries its bytes over the TCP socket `fd` (and owns it), with a watch on that
 /// socket; without `fd`, a watch that never counts anything.
-pub fn watched<T>(io: T, fd: Option<RawFd>) -> (Watched<T>, TcpWatch) {
+pub(crate) fn watched<T>(io: T, fd: Option<RawFd>) -> (Watched<T>, TcpWatch) {
     let fd = Arc::new(Mutex::new(fd));
     (Watched { io, fd: fd.clone() }, TcpWatch { fd })
 }
@@ -141,9 +138,73 @@ fn tcp_info(fd: RawFd) -> Option<TcpCounts> {
         acked: info.tcpi_bytes_acked,
         received: info.tcpi_bytes_received,
         backlog: info.tcpi_unacked > 0 || info.tcpi_notsent_bytes > 0,
-        last_ack: std::time::Duration::from_millis(info.tcpi_last_ack_recv.into()),
         unanswered: info.tcpi_retransmits.max(info.tcpi_probes),
     })
+}
+
+#[cfg(test)]
+mod predicates {
+    use super::*;
+
+    const BASE: TcpCounts = TcpCounts {
+        acked: 1000,
+        received: 500,
+        backlog: false,
+        unanswered: 0,
+    };
+
+    #[test]
+    fn what_counts_as_the_peer_taking_our_bytes() {
+        let waiting = TcpCounts {
+            backlog: true,
+            ..BASE
+        };
+        // Acknowledgements still coming for what we send.
+        let acked_more = TcpCounts {
+            acked: 2000,
+            ..waiting
+        };
+        assert!(acked_more.takes_our_bytes_since(&BASE));
+        // Nothing acknowledged since, but the last retransmission or window probe answered.
+        assert!(waiting.takes_our_bytes_since(&BASE));
+        // Retransmissions unanswered: the peer's TCP is gone.
+        let unanswered = TcpCounts {
+            unanswered: 2,
+            ..waiting
+        };
+        assert!(!unanswered.takes_our_bytes_since(&BASE));
+        // Nothing of ours waits: nothing to tell.
+        let idle = TcpCounts {
+            acked: 2000,
+            ..BASE
+        };
+        assert!(!idle.takes_our_bytes_since(&BASE));
+        // Only bytes from the peer prove the far end.
+        assert!(!acked_more.received_since(&BASE));
+        let sent = TcpCounts {
+            received: 501,
+            ..BASE
+        };
+        assert!(sent.received_since(&BASE));
+    }
+
+    #[test]
+    fn stalled_takes_retransmissions_unanswered_with_bytes_waiting() {
+        let stuck = TcpCounts {
+            backlog: true,
+            unanswered: 3,
+            ..BASE
+        };
+        assert!(stuck.stalled(3));
+        assert!(!stuck.stalled(4));
+        assert!(
+            !TcpCounts {
+                backlog: false,
+                ..stuck
+            }
+            .stalled(3)
+        );
+    }
 }
 
 #[cfg(test)]
@@ -183,39 +244,16 @@ mod tests {
             "{start:?} {now:?}"
         );
         assert!(!now.backlog, "{now:?}");
-        assert!(now.progressed_since(&start));
+        assert!(now.received_since(&start));
         // Acknowledged bytes with nothing left to send are no sign of the peer.
         let acked_only = TcpCounts {
             received: start.received,
             ..now
         };
-        assert!(!acked_only.progressed_since(&start));
-        assert!(
-            TcpCounts {
-                backlog: true,
-                ..acked_only
-            }
-            .progressed_since(&start)
-        );
+        assert!(!acked_only.received_since(&start));
+        assert!(!acked_only.takes_our_bytes_since(&start));
 
         assert!(!now.stalled(1), "{now:?}");
-        assert!(
-            TcpCounts {
-                backlog: true,
-                unanswered: 3,
-                ..now
-            }
-            .stalled(3)
-        );
-        assert!(
-            !TcpCounts {
-                backlog: false,
-                unanswered: 3,
-                ..now
-            }
-            .stalled(3),
-            "nothing of ours waits"
-        );
 
         drop(client);
         assert_eq!(watch.counts(), None);
