@@ -243,8 +243,16 @@ fn without_values(message: &str) -> String {
         };
         out.push_str(&rest[..after]);
         rest = &rest[after..];
-        // The found value runs to the `, expected` that serde always writes after it.
-        let Some(end) = rest.find(", expected ") else {
+        // The found value runs to the `, expected` that serde always writes after it; a
+        // string's, written as Rust escapes it, to its closing quote first (it may hold
+        // `, expected` itself).
+        let from = match rest.strip_prefix("string \"") {
+            Some(text) => {
+                closing_quote(text).map_or(rest.len(), |q| rest.len() - text.len() + q + 1)
+            }
+            None => 0,
+        };
+        let Some(end) = rest[from..].find(", expected ").map(|e| from + e) else {
             continue;
         };
         let value = &rest[..end];
@@ -263,6 +271,21 @@ fn without_values(message: &str) -> String {
         }
         rest = &rest[end..];
     }
+}
+
+/// Where the string that `text` starts inside ends: its first quote not escaped by a
+/// backslash.
+fn closing_quote(text: &str) -> Option<usize> {
+    let mut escaped = false;
+    for (i, c) in text.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' => escaped = true,
+            '"' => return Some(i),
+            _ => {}
+        }
+    }
+    None
 }
 
 fn field_error(path: String, message: String) -> ConfigError {
@@ -378,16 +401,21 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
                 ));
             }
             check_hop(hop, &path)?;
-            // GOST takes a chain's hop without `nodes` for the top-level hop of its name,
-            // `file` or not; here its `file` defines it in place. Both at once is ambiguous.
+            // GOST takes a chain's hop without `nodes` (a missing key, not `nodes: []`) for
+            // the top-level hop of its name, `file` or not; here its `file` defines it in
+            // place. Both at once, with different files, is ambiguous.
             if hop.nodes.is_empty()
-                && hop.file.is_some()
+                && let Some(file) = &hop.file
                 && let Some(k) = config.hops.iter().position(|h| h.name == hop.name)
+                && config.hops[k].file.as_ref().map(|f| &f.path) != Some(&file.path)
             {
                 return Err(ConfigError::field(
                     format!("{path}.file"),
                     format!(
-                        "this hop defines its nodes with a `file`, and the top-level hop                          hops[{k}] has the same name {:?} (GOST would use that one and ignore                          this file); rename one of them, or leave `file` out to use hops[{k}]",
+                        "this hop defines its nodes with a `file`, and the top-level hop \
+                         hops[{k}] has the same name {:?} but other nodes (GOST uses one or the \
+                         other depending on how `nodes` is written); rename one of them, or \
+                         leave `file` out to use hops[{k}]",
                         hop.name
                     ),
                 ));
@@ -404,7 +432,10 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
                 return Err(ConfigError::field(
                     format!("{used_path}.selector.strategy"),
                     format!(
-                        "`parallel` races the nodes of a chain's first hop only, and this hop                          is hop {j} of chain {:?}: a later hop is reached through the nodes                          before it, one tunnel at a time (GOST cannot use it there either);                          use round, random, fifo or hash",
+                        "`parallel` races the nodes of a chain's first hop only, and this hop \
+                         is hop {j} of chain {:?}: a later hop is reached through the nodes \
+                         before it, one tunnel at a time (GOST cannot use it there either); \
+                         use round, random, fifo or hash",
                         chain.name
                     ),
                 ));
@@ -444,7 +475,16 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
     }
     for (i, auther) in config.authers.iter().enumerate() {
         for (k, auth) in auther.auths.iter().enumerate() {
-            check_no_users_file(Some(auth), &format!("authers[{i}].auths[{k}]"))?;
+            if auth.file.is_some() {
+                return Err(ConfigError::field(
+                    format!("authers[{i}].auths[{k}].file"),
+                    format!(
+                        "an entry of `auths` is one user (`username`, `password`); GOST skips \
+                         this one, as it has no user name, and its file is never read; name the \
+                         file in the auther itself: `authers[{i}].file: {{path: ...}}`"
+                    ),
+                ));
+            }
         }
     }
     if let Some(metrics) = &config.metrics {

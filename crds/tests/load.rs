@@ -692,6 +692,12 @@ fn a_misplaced_value_is_not_echoed_in_errors() {
     );
     assert_eq!(path, "services[0].handler.retries");
     assert!(!message.contains("MAINSECRET"), "{message}");
+    // A value that looks like the rest of the message, quotes and all.
+    let (_, message) = json_field_error(
+        r#"{"services": [{"name": "a", "addr": ":1", "handler": {"auth": "u:x\", expected LEAKSECRET"}}]}"#,
+    );
+    assert!(!message.contains("LEAKSECRET"), "{message}");
+    assert!(message.contains("expected struct AuthConfig"), "{message}");
     let tree = serde_json::json!({"services": [{"name": "a", "addr": ":1",
         "handler": {"auth": "u:MAINSECRET"}}]});
     match gost_api::load::from_value(tree) {
@@ -734,6 +740,7 @@ fn a_users_file_is_refused_where_gost_would_ignore_it() {
         let (at, message) = field_error(text);
         assert_eq!(at, path, "{text}");
         assert!(message.contains("auther"), "{message}");
+        assert!(!message.contains("  "), "{message}");
     }
 }
 
@@ -743,6 +750,7 @@ fn a_later_hops_parallel_strategy_is_refused_where_it_is_written() {
     let (path, message) = field_error(in_place);
     assert_eq!(path, "chains[0].hops[1].selector.strategy");
     assert!(message.contains("first hop only"), "{message}");
+    assert!(!message.contains("  "), "{message}");
     // Through a reference to a top-level hop: the error names where the strategy is set.
     let referenced = "chains:\n- name: c\n  hops:\n  - name: h0\n    nodes:\n    - {name: a, addr: ':1'}\n  - name: h1\nhops:\n- name: h1\n  selector: {strategy: parallel}\n  nodes:\n  - {name: b, addr: ':2'}\n";
     let (path, message) = field_error(referenced);
@@ -759,6 +767,10 @@ fn a_chain_hops_file_beside_a_top_level_hop_of_its_name_is_refused() {
     let (path, message) = field_error(text);
     assert_eq!(path, "chains[0].hops[0].file");
     assert!(message.contains("hops[0]"), "{message}");
+    assert!(!message.contains("  "), "{message}");
+    // The same file on both: one hop, whichever way it is read.
+    let same = "chains:\n- name: c\n  hops:\n  - name: h\n    file: {path: /nodes.json}\nhops:\n- name: h\n  file: {path: /nodes.json}\n";
+    from_str(same, Format::Yaml).expect("the top-level hop's own file");
     // Without the top-level namesake, the file defines the hop in place.
     let alone = "chains:\n- name: c\n  hops:\n  - name: h\n    file: {path: /nodes.json}\n";
     from_str(alone, Format::Yaml).expect("a hop of a file");
