@@ -38,12 +38,6 @@ use crate::h2pool::{
 use crate::tcpinfo::{self, TcpWatch};
 use crate::tls::ClientTls;
 
-/// How long a pooled connection's bytes may stay unacknowledged before the kernel ends it
-/// (`TCP_USER_TIMEOUT`, as grpc-go sets it to its keepalive timeout): a server that vanished
-/// without closing (a pod replaced, a node lost) would otherwise hold every new tunnel until
-/// the kernel gives up retransmitting, a quarter of an hour later.
-pub const UNACKED_TIMEOUT: Duration = Duration::from_secs(20);
-
 /// Retransmissions in a row that no acknowledgement answered, on a pooled connection, before
 /// new tunnels go to a new connection (see [`tcpinfo::TcpCounts::stalled`]): 1.4 s at the
 /// least, after the kernel's minimum waits of 200, 400 and 800 ms; a live server acknowledges
@@ -291,8 +285,13 @@ impl GrpcDialer {
         // it ends (see `H2Client::lease`).
         let dialled = async {
             let tcp = tcp::connect(addr, remaining).await?;
-            // Not fatal where the system lacks it: the stalled check above still applies.
-            let _ = socket2::SockRef::from(&tcp).set_tcp_user_timeout(Some(UNACKED_TIMEOUT));
+            // With keepalive, as grpc-go (GOST's client) does: bytes unacknowledged for its
+            // timeout end the connection. Without it, a passing outage (a failover, a
+            // handover) does not cut the tunnels; new ones leave a stalled connection anyway.
+            // Not fatal where the system lacks the option.
+            if let Some(keepalive) = self.keepalive {
+                let _ = socket2::SockRef::from(&tcp).set_tcp_user_timeout(Some(keepalive.timeout));
+            }
             let carrier = tcp.as_raw_fd();
             self.handshake_connection(Box::new(tcp), addr, self.keepalive, Some(carrier))
                 .await
