@@ -1578,8 +1578,6 @@ fn object_key(meta: &ObjectMeta) -> String {
     )
 }
 
-/// Feeds `events` into `queue`: the namespace of every object whose fingerprint changed, or
-/// that was deleted. Watch errors are logged; the stream's backoff retries them.
 /// Runs the future `start` makes while `leading` is true: started when this replica leads,
 /// dropped when it stops leading, started anew when it leads again.
 async fn while_leading<F: Future<Output = ()>>(
@@ -1610,6 +1608,8 @@ async fn while_leading<F: Future<Output = ()>>(
     }
 }
 
+/// Feeds `events` into `queue`: the namespace of every object whose fingerprint changed, or
+/// that was deleted. Watch errors are logged; the stream's backoff retries them.
 async fn watch_into<K, S, F>(what: &'static str, events: S, queue: Queue, mut fp: F)
 where
     K: Resource,
