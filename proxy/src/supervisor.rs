@@ -305,10 +305,15 @@ pub struct Supervisor {
     all_bound: Arc<AtomicBool>,
     /// The tunnels' closing signals of the services [`Supervisor::stop_accepting`] stopped.
     stopped: Vec<CancellationToken>,
-    /// The names of the running services, for a removed service's metrics, dropped once it
-    /// has drained unless a service of its name runs again.
-    names: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// For a removed service's metrics, dropped once it has drained unless a service of its
+    /// name runs again: each name's latest instance (numbered as started) and whether it runs.
+    instances: Instances,
+    /// The number of the next service instance started.
+    next_instance: u64,
 }
+
+/// Each service name's latest instance and whether it runs (see [`forget_when_drained`]).
+type Instances = Arc<std::sync::Mutex<HashMap<String, (u64, bool)>>>;
 
 /// A service whose handler is built and whose listener is bound or waits for its address.
 enum Pending {
@@ -321,24 +326,25 @@ enum Pending {
     HandOver(server::BindListener),
 }
 
-/// Drops the metric series of the removed service `name` once its connections have ended
-/// (or the grace period and a moment for the cut ones to go), unless a service of that name
-/// runs by then.
+/// Drops the metric series of the removed service `name`, its instance `instance`, once its
+/// connections have ended (or the grace period and a moment for the cut ones to go), unless a
+/// later instance of that name was started since (running or draining: its own task drops
+/// them).
 async fn forget_when_drained(
     name: String,
+    instance: u64,
     open: Arc<AtomicUsize>,
     grace: Duration,
-    names: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    instances: Instances,
 ) {
     let deadline = tokio::time::Instant::now() + grace + Duration::from_secs(1);
     while open.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    if !names
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .contains(&name)
-    {
+    // Under the lock, so that no instance of the name starts meanwhile.
+    let mut instances = instances.lock().unwrap_or_else(|e| e.into_inner());
+    if instances.get(&name) == Some(&(instance, false)) {
+        instances.remove(&name);
         crate::metrics::forget_service(&name);
     }
 }
@@ -355,7 +361,8 @@ impl Supervisor {
             generation: 0,
             all_bound: Arc::new(AtomicBool::new(true)),
             stopped: Vec::new(),
-            names: Default::default(),
+            instances: Default::default(),
+            next_instance: 0,
         }
     }
 
@@ -529,15 +536,18 @@ impl Supervisor {
                 release.cancel();
             });
             if !replaced.contains(&name) {
-                self.names
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&name);
+                let instance = {
+                    let mut instances = self.instances.lock().unwrap_or_else(|e| e.into_inner());
+                    let entry = instances.entry(name.clone()).or_insert((0, true));
+                    entry.1 = false;
+                    entry.0
+                };
                 tokio::spawn(forget_when_drained(
                     name.clone(),
+                    instance,
                     running.open.clone(),
                     grace,
-                    self.names.clone(),
+                    self.instances.clone(),
                 ));
                 tracing::info!(service = %name, grace_period_s = grace.as_secs_f64(), "service removed; open tunnels may finish within the grace period");
                 applied.removed.push(name);
@@ -597,6 +607,13 @@ impl Supervisor {
                 },
             };
             let open = still_open.remove(&name).unwrap_or_default();
+            // Numbered before it takes connections: a task dropping an earlier instance's
+            // series leaves this one's alone.
+            self.next_instance += 1;
+            self.instances
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(name.clone(), (self.next_instance, true));
             let running = self.start(spec, slot, listener, open, tunnels);
             self.services.insert(name.clone(), running);
             if existed {
@@ -608,8 +625,6 @@ impl Supervisor {
         self.all_bound.store(all_bound, Ordering::SeqCst);
         self.generation += 1;
         crate::metrics::set_services(self.services.len());
-        *self.names.lock().unwrap_or_else(|e| e.into_inner()) =
-            self.services.keys().cloned().collect();
         let routes = chains
             .values()
             .flat_map(|chain| {
