@@ -897,27 +897,38 @@ async fn run(
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         interval
     });
+    // Set when the watcher was rebuilt for other files: the configuration is read once more
+    // at once, since a change between the last read and the new watcher's baseline would go
+    // unseen (as at the start). Bounded, in case the files named keep changing.
+    let mut recheck = 0u8;
+    // What the last read found, so that a read again that finds the same is not applied (or
+    // refused) twice.
+    let mut last_read: Option<Result<Config, String>> = None;
     let signal = loop {
         let cause = tokio::select! {
             signal = signals.next() => break signal,
+            _ = std::future::ready(()), if recheck > 0 => "file change",
             _ = hangup.recv() => "SIGHUP",
             _ = changed(&mut watcher) => "file change",
             _ = tick(&mut period) => "period",
         };
+        let rechecking = std::mem::take(&mut recheck);
         // Reading may take a while (a URL, up to 30 s); a stop signal does not wait for it.
         let (assembled, named) = tokio::select! {
             assembled = assemble_config_naming(args) => assembled,
             signal = signals.next() => break signal,
         };
-        let attempted = assembled.clone();
-        reload(
-            assembled,
-            &mut supervisor,
-            (&ready, metrics_auth.as_ref()),
-            cause,
-            &mut config,
-        )
-        .await;
+        if rechecking == 0 || last_read.as_ref() != Some(&assembled) {
+            last_read = Some(assembled.clone());
+            reload(
+                assembled,
+                &mut supervisor,
+                (&ready, metrics_auth.as_ref()),
+                cause,
+                &mut config,
+            )
+            .await;
+        }
         // A reload may name other data files; those of a refused one are watched too, so
         // that creating or fixing one applies it.
         let mut now = watched_files(args, &config);
@@ -929,18 +940,8 @@ async fn run(
         if now != files {
             files = now;
             watcher = watch(&files);
-            // A change between the read above and the new watcher's baseline would go
-            // unseen, as at the start.
-            let again = assemble_config(args).await;
-            if again != attempted {
-                reload(
-                    again,
-                    &mut supervisor,
-                    (&ready, metrics_auth.as_ref()),
-                    "file change",
-                    &mut config,
-                )
-                .await;
+            if rechecking < 3 {
+                recheck = rechecking + 1;
             }
         }
     };
