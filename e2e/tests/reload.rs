@@ -1089,6 +1089,9 @@ fn a_connection_accepted_before_a_handler_swap_gets_its_first_answer() {
     fresh
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
+    // Connected is not accepted: on a loaded machine the proxy could take it from the
+    // queue only after the swap, as a connection of the new handler.
+    wait_accept_queue_empty(addr);
     kubelet_write(&dir, 1, &yaml("b"));
     wait_for_count(&gost, r#""updated":"[\"s\"]""#, 1);
     thread::sleep(Duration::from_millis(100));
@@ -1103,6 +1106,32 @@ fn a_connection_accepted_before_a_handler_swap_gets_its_first_answer() {
         head.to_ascii_lowercase().contains("connection: close"),
         "{head}"
     );
+}
+
+/// Waits (up to 5 s) until the listening socket at `addr` (IPv4) has no connection waiting to
+/// be accepted: Linux shows a listener's accept queue as its `rx_queue` in /proc/net/tcp.
+fn wait_accept_queue_empty(addr: SocketAddr) {
+    let local = format!("0100007F:{:04X}", addr.port());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+        let queued = table.lines().find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // sl, local_address, rem_address, st (0A: LISTEN), tx_queue:rx_queue
+            (fields.get(1) == Some(&local.as_str()) && fields.get(3) == Some(&"0A"))
+                .then(|| fields.get(4)?.split(':').nth(1).map(str::to_string))
+                .flatten()
+        });
+        let queued = queued.expect("the service listens");
+        if u64::from_str_radix(&queued, 16) == Ok(0) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the connection is still not accepted"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// Opens a tunnel to `target` as a `handler` client on `stream`, a connection accepted
