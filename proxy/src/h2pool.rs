@@ -69,9 +69,9 @@ pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 /// How long a connection may receive nothing at all while our PING is unanswered before it is
 /// declared dead. Anything received proves the peer alive and restarts the wait: on a slow or
 /// bufferbloated uplink the PING queues behind our DATA (up to a connection window of it), so
-/// its answer comes late although the peer keeps sending. Over a TCP socket of its own, the
-/// kernel's counts count too: bytes that arrived (h2 may not be reading), or bytes of ours
-/// acknowledged while more wait to go out.
+/// its answer comes late although the peer keeps sending. Over a TCP socket of its own, bytes
+/// the kernel received count too (h2 may not be reading them); acknowledgements of ours do
+/// not, since a TCP proxy on the way sends them for a server that is gone.
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// How long a new tunnel's request may wait for its answer on a pooled connection before the
@@ -86,9 +86,9 @@ pub const PROBE_AFTER: Duration = Duration::from_secs(1);
 /// at all before it is found silent: no new tunnel goes to it any more, and the requests
 /// waiting on it are asked again on another connection. Tunnels already on it keep running
 /// (a false alarm costs one connection); keepalive ends it if it is really dead. Over a TCP
-/// socket of its own, "nothing" also means nothing the kernel saw while our uploads wait to
-/// go out (bytes of ours acknowledged, or a closed window's probe answered; see
-/// [`crate::tcpinfo`]): behind a slow uplink, h2 reads nothing until the PING is written.
+/// socket of its own, bytes the kernel received count as well (behind a slow uplink, h2 reads
+/// nothing until the PING is written), and a peer whose TCP takes our bytes is waited for up
+/// to [`KEEPALIVE_TIMEOUT`] (see [`crate::tcpinfo`]).
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How often a probe looks whether anything came in.
