@@ -4,7 +4,8 @@
 //! targets directly or through a chain of hops, each hop a set of nodes reached with a dialer
 //! (transport) and spoken to with a connector (proxy protocol). Protocol codecs live in
 //! [`codec`] and do no I/O.
-// One audited exception, `tcpinfo`'s getsockopt(2), is allowed where it is made.
+// Audited exceptions, `tcpinfo`'s getsockopt(2) and its borrowing of a socket by number, are
+// allowed where they are made.
 #![deny(unsafe_code)]
 
 pub mod addr;

@@ -2,6 +2,11 @@
 //! silent one when the protocol above hears nothing: bytes that arrived but were not read yet,
 //! and bytes we sent that the peer acknowledged.
 //!
+//! The same counts size the socket's backlog of bytes not sent yet ([`Watched`]): a connection
+//! that carries many tunnels (HTTP/2, gRPC) should keep its queue above the socket, where a new
+//! tunnel's request or a small write can pass the bulk, not in the kernel, where it waits behind
+//! everything written before it.
+//!
 //! The socket is asked through its descriptor number, which is only valid while the socket is
 //! open: [`Watched`] owns the stream over the socket and, before the stream (and the socket)
 //! goes, marks the number gone under the lock that [`TcpWatch::counts`] holds while it asks.
@@ -11,6 +16,7 @@ use std::os::fd::RawFd;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -26,6 +32,11 @@ pub struct TcpCounts {
     /// Retransmission timeouts (or probes of the peer's closed window) in a row that no
     /// acknowledgement answered; 0 once one came.
     pub unanswered: u8,
+    /// Bytes written to the socket that it has not sent yet.
+    pub unsent: u32,
+    /// The rate at which the peer recently took our bytes, in bytes a second (0 before the
+    /// kernel measured any).
+    pub delivery_rate: u64,
 }
 
 impl TcpCounts {
@@ -70,16 +81,106 @@ impl TcpWatch {
 }
 
 /// A stream over the TCP socket `fd`, which [`TcpWatch`] may ask about until it is dropped.
+///
+/// It also keeps the socket's unsent bytes to about what the link sends in [`UNSENT_TIME`]
+/// (`TCP_NOTSENT_LOWAT`), fitted to how fast the peer takes our bytes at most every
+/// [`REFIT_EVERY`] while we write. Without a limit the kernel's send buffer grows to
+/// megabytes, and on a slow uplink everything a connection's other tunnels write (a new
+/// tunnel's request, a keystroke) waits behind seconds of one upload. On fast links (loopback,
+/// a data centre's network) the limit is the kernel's largest send buffer, so bulk transfers
+/// pay no extra wake-ups.
 pub struct Watched<T> {
     io: T,
     fd: Arc<Mutex<Option<RawFd>>>,
+    /// The socket, while this stream owns it (the lock is for the [`TcpWatch`]es).
+    own: Option<RawFd>,
+    /// When the unsent limit was last fitted, and the limit set.
+    fitted: Instant,
+    unsent_limit: u32,
 }
+
+/// How long the bytes a connection's socket holds unsent may take to leave at the link's rate.
+/// A new tunnel's request waits about this long behind uploads in the kernel, plus the frame
+/// that the HTTP/2 layer is writing.
+pub const UNSENT_TIME: Duration = Duration::from_millis(20);
+
+/// The smallest limit on unsent bytes, and the first: the kernel wakes the writer when half of
+/// it is left, so below this the writer wakes for every few packets.
+pub const MIN_UNSENT: u32 = 16 * 1024;
+
+/// The largest limit on unsent bytes: Linux's largest send buffer by default, so no limit in
+/// effect. The writer still wakes when half of it is left, so a link that turns slow is seen.
+pub const MAX_UNSENT: u32 = 4 * 1024 * 1024;
+
+/// How often a busy socket's limit is fitted again to its rate. A limit at most doubles in
+/// one step (so a fast link reaches [`MAX_UNSENT`] within a second) and falls at once.
+pub const REFIT_EVERY: Duration = Duration::from_millis(100);
 
 /// `io`, which carries its bytes over the TCP socket `fd` (and owns it), with a watch on that
 /// socket; without `fd`, a watch that never counts anything.
 pub(crate) fn watched<T>(io: T, fd: Option<RawFd>) -> (Watched<T>, TcpWatch) {
-    let fd = Arc::new(Mutex::new(fd));
-    (Watched { io, fd: fd.clone() }, TcpWatch { fd })
+    let shared = Arc::new(Mutex::new(fd));
+    let mut unsent_limit = u32::MAX;
+    if let Some(fd) = fd
+        && set_unsent_limit(fd, MIN_UNSENT).is_ok()
+    {
+        unsent_limit = MIN_UNSENT;
+    }
+    let io = Watched {
+        io,
+        fd: shared.clone(),
+        own: fd,
+        fitted: Instant::now(),
+        unsent_limit,
+    };
+    (io, TcpWatch { fd: shared })
+}
+
+/// The limit on unsent bytes for a socket whose peer takes `rate` bytes a second: what leaves
+/// in [`UNSENT_TIME`], within [`MIN_UNSENT`] and [`MAX_UNSENT`].
+pub fn unsent_limit(rate: u64) -> u32 {
+    let bytes = rate.saturating_mul(UNSENT_TIME.as_millis() as u64) / 1000;
+    bytes.clamp(u64::from(MIN_UNSENT), u64::from(MAX_UNSENT)) as u32
+}
+
+impl<T> Watched<T> {
+    /// Fits the unsent limit to the peer's rate, at most every [`REFIT_EVERY`].
+    fn refit(&mut self) {
+        // `u32::MAX`: the kernel did not take a limit; none is asked for again.
+        if self.unsent_limit == u32::MAX {
+            return;
+        }
+        let Some(fd) = self.own else { return };
+        let now = Instant::now();
+        if now.duration_since(self.fitted) < REFIT_EVERY {
+            return;
+        }
+        self.fitted = now;
+        let Some(counts) = tcp_info(fd) else { return };
+        if counts.delivery_rate == 0 {
+            return;
+        }
+        let limit = unsent_limit(counts.delivery_rate).min(self.unsent_limit.saturating_mul(2));
+        if limit != self.unsent_limit && set_unsent_limit(fd, limit).is_ok() {
+            self.unsent_limit = limit;
+        }
+    }
+}
+
+/// Sets `TCP_NOTSENT_LOWAT` on `fd`, which the caller owns.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)] // borrowing a descriptor by number
+fn set_unsent_limit(fd: RawFd, limit: u32) -> io::Result<()> {
+    // SAFETY: `fd` is the open socket that the caller's stream owns, borrowed only for the
+    // call.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    socket2::SockRef::from(&fd).set_tcp_notsent_lowat(limit)
+}
+
+/// Elsewhere the kernel's send buffer is left as it is (no counts to fit a limit to either).
+#[cfg(not(target_os = "linux"))]
+fn set_unsent_limit(_fd: RawFd, _limit: u32) -> io::Result<()> {
+    Ok(())
 }
 
 impl<T> Drop for Watched<T> {
@@ -100,8 +201,40 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
 }
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
-    crate::conn::write_through!(io);
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let written = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.refit();
+        written
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let written = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.refit();
+        written
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
 }
+
+impl<T: crate::conn::Conn> crate::conn::Conn for Watched<T> {}
 
 /// Elsewhere the kernel's counts are not asked for: the checks that use them fall back on what
 /// the protocol above hears.
@@ -129,16 +262,24 @@ fn tcp_info(fd: RawFd) -> Option<TcpCounts> {
             &mut len,
         )
     };
-    // Older kernels fill less of the struct; the fields used here came last, with Linux 4.6.
+    // Older kernels fill less of the struct; the fields used here came with Linux 4.6, the
+    // delivery rate with 4.9 (0 before: no limit is fitted).
     let needed = std::mem::offset_of!(libc::tcp_info, tcpi_notsent_bytes) + 4;
     if rc != 0 || (len as usize) < needed {
         return None;
     }
+    let rate_end = std::mem::offset_of!(libc::tcp_info, tcpi_delivery_rate) + 8;
     Some(TcpCounts {
         acked: info.tcpi_bytes_acked,
         received: info.tcpi_bytes_received,
         backlog: info.tcpi_unacked > 0 || info.tcpi_notsent_bytes > 0,
         unanswered: info.tcpi_retransmits.max(info.tcpi_probes),
+        unsent: info.tcpi_notsent_bytes,
+        delivery_rate: if (len as usize) >= rate_end {
+            info.tcpi_delivery_rate
+        } else {
+            0
+        },
     })
 }
 
@@ -151,6 +292,8 @@ mod predicates {
         received: 500,
         backlog: false,
         unanswered: 0,
+        unsent: 0,
+        delivery_rate: 0,
     };
 
     #[test]
@@ -186,6 +329,17 @@ mod predicates {
             ..BASE
         };
         assert!(sent.received_since(&BASE));
+    }
+
+    #[test]
+    fn the_unsent_limit_is_what_the_link_sends_in_a_moment() {
+        // 200 KB/s: 4 KB in 20 ms, raised to the floor.
+        assert_eq!(unsent_limit(200_000), MIN_UNSENT);
+        // 100 Mbit/s: 250 KB.
+        assert_eq!(unsent_limit(12_500_000), 250_000);
+        // 10 Gbit/s and loopback: the kernel's largest send buffer.
+        assert_eq!(unsent_limit(1_250_000_000), MAX_UNSENT);
+        assert_eq!(unsent_limit(u64::MAX), MAX_UNSENT);
     }
 
     #[test]
@@ -257,5 +411,91 @@ mod tests {
 
         drop(client);
         assert_eq!(watch.counts(), None);
+    }
+
+    /// A writer on a watched socket that writes as fast as the socket takes its bytes, until
+    /// the test ends.
+    fn flood(
+        client: tokio::net::TcpStream,
+    ) -> (
+        TcpWatch,
+        socket2::Socket,
+        tokio_util::task::AbortOnDropHandle<()>,
+    ) {
+        let fd = client.as_raw_fd();
+        let same_socket = socket2::SockRef::from(&client).try_clone().unwrap();
+        let (mut client, watch) = watched(client, Some(fd));
+        let writing = tokio::spawn(async move {
+            let chunk = vec![7u8; 64 * 1024];
+            while client.write_all(&chunk).await.is_ok() {}
+        });
+        (
+            watch,
+            same_socket,
+            tokio_util::task::AbortOnDropHandle::new(writing),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_slow_peer_leaves_few_bytes_unsent_and_a_fast_one_no_limit() {
+        // A peer that reads 48 KB a second, as a slow uplink takes them.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        let _reading = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            let started = tokio::time::Instant::now();
+            let mut taken = 0u64;
+            while let Ok(n) = server.read(&mut buf).await
+                && n > 0
+            {
+                taken += n as u64;
+                tokio::time::sleep_until(started + Duration::from_secs_f64(taken as f64 / 48e3))
+                    .await;
+            }
+        }));
+        let (watch, socket, _writing) = flood(client);
+        // The kernel's first rate samples come from the first round trips; two seconds of
+        // the writer's refits follow.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let mut most = 0;
+        for _ in 0..10 {
+            most = most.max(watch.counts().unwrap().unsent);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Without a limit the kernel holds hundreds of kilobytes (seconds at this rate). With
+        // it: the floor, plus what one write added when the socket took it.
+        // Without a limit the kernel holds megabytes (a minute at this rate). With it, about
+        // the limit fitted to the rate the kernel sees (loopback delivers the peer's window
+        // updates faster than 48 KB/s: 64 KiB here), plus what one write added.
+        assert!(most <= 256 * 1024, "{most} bytes unsent");
+        let limit = socket.tcp_notsent_lowat().unwrap();
+        assert!((MIN_UNSENT..=256 * 1024).contains(&limit), "{limit}");
+
+        // A peer that reads as fast as loopback carries: the limit rises to the largest.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        let _draining = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+            let mut buf = vec![0u8; 256 * 1024];
+            while let Ok(n) = server.read(&mut buf).await
+                && n > 0
+            {}
+        }));
+        let (watch, socket, _writing) = flood(client);
+        // Doubling every refit, the limit reaches the largest in under a second.
+        let mut limit = 0;
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            limit = socket.tcp_notsent_lowat().unwrap();
+            if limit == MAX_UNSENT {
+                break;
+            }
+        }
+        assert_eq!(limit, MAX_UNSENT, "{:?}", watch.counts());
     }
 }
