@@ -34,9 +34,6 @@ pub struct TcpCounts {
     pub unanswered: u8,
     /// Bytes written to the socket that it has not sent yet.
     pub unsent: u32,
-    /// The rate at which the peer recently took our bytes, in bytes a second (0 before the
-    /// kernel measured any).
-    pub delivery_rate: u64,
 }
 
 impl TcpCounts {
@@ -83,37 +80,50 @@ impl TcpWatch {
 /// A stream over the TCP socket `fd`, which [`TcpWatch`] may ask about until it is dropped.
 ///
 /// It also keeps the socket's unsent bytes to about what the link sends in [`UNSENT_TIME`]
-/// (`TCP_NOTSENT_LOWAT`), fitted to how fast the peer takes our bytes at most every
-/// [`REFIT_EVERY`] while we write. Without a limit the kernel's send buffer grows to
-/// megabytes, and on a slow uplink everything a connection's other tunnels write (a new
-/// tunnel's request, a keystroke) waits behind seconds of one upload. On fast links (loopback,
-/// a data centre's network) the limit is the kernel's largest send buffer, so bulk transfers
-/// pay no extra wake-ups.
+/// (`TCP_NOTSENT_LOWAT`, at least [`MIN_UNSENT`]), fitted at most every [`REFIT_EVERY`] while
+/// we write to how fast the peer acknowledged our bytes since the last fit. Without a limit
+/// the kernel's send buffer grows to megabytes, and on a slow uplink everything a connection's
+/// other tunnels write (a new tunnel's request, a keystroke) waits behind seconds of one
+/// upload. On fast links (loopback, a data centre's network) the limit rises to
+/// [`MAX_UNSENT`], so bulk transfers pay no extra wake-ups.
 pub struct Watched<T> {
     io: T,
     fd: Arc<Mutex<Option<RawFd>>>,
     /// The socket, while this stream owns it (the lock is for the [`TcpWatch`]es).
     own: Option<RawFd>,
-    /// When the unsent limit was last fitted, and the limit set.
-    fitted: Instant,
+    /// The kernel's counts at the last fit.
+    reading: Option<Reading>,
+    /// The limit set (`u32::MAX`: the kernel took none).
     unsent_limit: u32,
 }
 
-/// How long the bytes a connection's socket holds unsent may take to leave at the link's rate.
-/// A new tunnel's request waits about this long behind uploads in the kernel, plus the frame
-/// that the HTTP/2 layer is writing.
+/// What a fit reads of the socket.
+#[derive(Clone, Copy)]
+struct Reading {
+    at: Instant,
+    acked: u64,
+    /// Whether bytes waited unsent: the link, not the writer, set the pace.
+    waiting: bool,
+}
+
+/// How long the bytes a connection's socket holds unsent may take to leave at the link's rate
+/// (above [`MIN_UNSENT`]). A new tunnel's request waits about this long behind uploads in the
+/// kernel, plus what the layers above hold: the frame the HTTP/2 layer is writing and, with
+/// TLS, the records rustls encrypted.
 pub const UNSENT_TIME: Duration = Duration::from_millis(20);
 
 /// The smallest limit on unsent bytes, and the first: the kernel wakes the writer when half of
 /// it is left, so below this the writer wakes for every few packets.
 pub const MIN_UNSENT: u32 = 16 * 1024;
 
-/// The largest limit on unsent bytes: Linux's largest send buffer by default, so no limit in
-/// effect. The writer still wakes when half of it is left, so a link that turns slow is seen.
+/// The largest limit on unsent bytes: Linux's largest send buffer by default (`tcp_wmem`),
+/// so no limit in effect unless a host raised that. The writer still wakes when half of it is
+/// left, so a link that turns slow is seen.
 pub const MAX_UNSENT: u32 = 4 * 1024 * 1024;
 
 /// How often a busy socket's limit is fitted again to its rate. A limit at most doubles in
-/// one step (so a fast link reaches [`MAX_UNSENT`] within a second) and falls at once.
+/// one step (so a fast link reaches [`MAX_UNSENT`] within a second), and falls only on a rate
+/// measured while bytes waited unsent.
 pub const REFIT_EVERY: Duration = Duration::from_millis(100);
 
 /// `io`, which carries its bytes over the TCP socket `fd` (and owns it), with a watch on that
@@ -130,7 +140,7 @@ pub(crate) fn watched<T>(io: T, fd: Option<RawFd>) -> (Watched<T>, TcpWatch) {
         io,
         fd: shared.clone(),
         own: fd,
-        fitted: Instant::now(),
+        reading: None,
         unsent_limit,
     };
     (io, TcpWatch { fd: shared })
@@ -143,6 +153,20 @@ pub fn unsent_limit(rate: u64) -> u32 {
     bytes.clamp(u64::from(MIN_UNSENT), u64::from(MAX_UNSENT)) as u32
 }
 
+/// The next limit after `current`, for a peer that acknowledged `rate` bytes a second since
+/// the last fit. A rising limit at most doubles. A falling one falls only when `link_bound`
+/// (bytes waited unsent at both fits): otherwise the writer, not the link, set the rate.
+pub fn next_limit(current: u32, rate: u64, link_bound: bool) -> u32 {
+    let target = unsent_limit(rate);
+    if target > current {
+        target.min(current.saturating_mul(2))
+    } else if link_bound {
+        target
+    } else {
+        current
+    }
+}
+
 impl<T> Watched<T> {
     /// Fits the unsent limit to the peer's rate, at most every [`REFIT_EVERY`].
     fn refit(&mut self) {
@@ -152,15 +176,28 @@ impl<T> Watched<T> {
         }
         let Some(fd) = self.own else { return };
         let now = Instant::now();
-        if now.duration_since(self.fitted) < REFIT_EVERY {
+        if self
+            .reading
+            .is_some_and(|r| now.duration_since(r.at) < REFIT_EVERY)
+        {
             return;
         }
-        self.fitted = now;
         let Some(counts) = tcp_info(fd) else { return };
-        if counts.delivery_rate == 0 {
+        let reading = Reading {
+            at: now,
+            acked: counts.acked,
+            waiting: counts.unsent > 0,
+        };
+        let Some(before) = self.reading.replace(reading) else {
             return;
-        }
-        let limit = unsent_limit(counts.delivery_rate).min(self.unsent_limit.saturating_mul(2));
+        };
+        // Readings may be seconds apart: a writer parked behind a high limit on a link that
+        // turned slow writes again only once half of it left. A pause of the writer between
+        // them makes the rate low, which costs wake-ups until the limit doubled back.
+        let elapsed = now.duration_since(before.at);
+        let rate =
+            (reading.acked.saturating_sub(before.acked) as f64 / elapsed.as_secs_f64()) as u64;
+        let limit = next_limit(self.unsent_limit, rate, before.waiting && reading.waiting);
         if limit != self.unsent_limit && set_unsent_limit(fd, limit).is_ok() {
             self.unsent_limit = limit;
         }
@@ -262,24 +299,17 @@ fn tcp_info(fd: RawFd) -> Option<TcpCounts> {
             &mut len,
         )
     };
-    // Older kernels fill less of the struct; the fields used here came with Linux 4.6, the
-    // delivery rate with 4.9 (0 before: no limit is fitted).
+    // Older kernels fill less of the struct; the fields used here came last, with Linux 4.6.
     let needed = std::mem::offset_of!(libc::tcp_info, tcpi_notsent_bytes) + 4;
     if rc != 0 || (len as usize) < needed {
         return None;
     }
-    let rate_end = std::mem::offset_of!(libc::tcp_info, tcpi_delivery_rate) + 8;
     Some(TcpCounts {
         acked: info.tcpi_bytes_acked,
         received: info.tcpi_bytes_received,
         backlog: info.tcpi_unacked > 0 || info.tcpi_notsent_bytes > 0,
         unanswered: info.tcpi_retransmits.max(info.tcpi_probes),
         unsent: info.tcpi_notsent_bytes,
-        delivery_rate: if (len as usize) >= rate_end {
-            info.tcpi_delivery_rate
-        } else {
-            0
-        },
     })
 }
 
@@ -293,7 +323,6 @@ mod predicates {
         backlog: false,
         unanswered: 0,
         unsent: 0,
-        delivery_rate: 0,
     };
 
     #[test]
@@ -340,6 +369,21 @@ mod predicates {
         // 10 Gbit/s and loopback: the kernel's largest send buffer.
         assert_eq!(unsent_limit(1_250_000_000), MAX_UNSENT);
         assert_eq!(unsent_limit(u64::MAX), MAX_UNSENT);
+    }
+
+    #[test]
+    fn a_limit_rises_by_doubling_and_falls_only_when_the_link_set_the_pace() {
+        // Loopback's rate, from the floor: one doubling a fit.
+        assert_eq!(next_limit(MIN_UNSENT, u64::MAX, false), 2 * MIN_UNSENT);
+        assert_eq!(next_limit(MAX_UNSENT / 2, u64::MAX, true), MAX_UNSENT);
+        assert_eq!(next_limit(MAX_UNSENT, u64::MAX, true), MAX_UNSENT);
+        // 200 KB/s while bytes waited: the link's pace, straight to the floor.
+        assert_eq!(next_limit(MAX_UNSENT, 200_000, true), MIN_UNSENT);
+        // 200 KB/s with nothing waiting: the writer's pace, which says nothing of the link.
+        assert_eq!(next_limit(MAX_UNSENT, 200_000, false), MAX_UNSENT);
+        // 100 Mbit/s: 250 KB, from above or (in steps) from below.
+        assert_eq!(next_limit(MAX_UNSENT, 12_500_000, true), 250_000);
+        assert_eq!(next_limit(200_000, 12_500_000, false), 250_000);
     }
 
     #[test]
@@ -444,7 +488,7 @@ mod tests {
             .await
             .unwrap();
         let (mut server, _) = listener.accept().await.unwrap();
-        let _reading = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+        let reading = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
             let started = tokio::time::Instant::now();
             let mut taken = 0u64;
@@ -456,23 +500,21 @@ mod tests {
                     .await;
             }
         }));
-        let (watch, socket, _writing) = flood(client);
-        // The kernel's first rate samples come from the first round trips; two seconds of
-        // the writer's refits follow.
+        let (watch, socket, writing) = flood(client);
+        // The peer's receive buffer takes the first megabytes at loopback's pace; then the
+        // writer's fits see the peer's.
         tokio::time::sleep(Duration::from_secs(2)).await;
         let mut most = 0;
         for _ in 0..10 {
             most = most.max(watch.counts().unwrap().unsent);
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        // Without a limit the kernel holds hundreds of kilobytes (seconds at this rate). With
-        // it: the floor, plus what one write added when the socket took it.
-        // Without a limit the kernel holds megabytes (a minute at this rate). With it, about
-        // the limit fitted to the rate the kernel sees (loopback delivers the peer's window
-        // updates faster than 48 KB/s: 64 KiB here), plus what one write added.
-        assert!(most <= 256 * 1024, "{most} bytes unsent");
+        // Without a limit the kernel holds megabytes (a minute at this rate). With it: the
+        // floor (48 KB/s sends 1 KB in 20 ms), plus what one write added past it.
         let limit = socket.tcp_notsent_lowat().unwrap();
-        assert!((MIN_UNSENT..=256 * 1024).contains(&limit), "{limit}");
+        assert_eq!(limit, MIN_UNSENT);
+        assert!(most <= limit + 64 * 1024, "{most} bytes unsent");
+        drop((writing, reading));
 
         // A peer that reads as fast as loopback carries: the limit rises to the largest.
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
