@@ -146,6 +146,13 @@ pub(crate) fn watched<T>(io: T, fd: Option<RawFd>) -> (Watched<T>, TcpWatch) {
     (io, TcpWatch { fd: shared })
 }
 
+/// An accepted socket that will carry many tunnels (an HTTP/2 or gRPC listener's), with its
+/// unsent bytes fitted to its link.
+pub(crate) fn shared_socket(stream: tokio::net::TcpStream) -> Watched<tokio::net::TcpStream> {
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
+    watched(stream, Some(fd)).0
+}
+
 /// The limit on unsent bytes for a socket whose peer takes `rate` bytes a second: what leaves
 /// in [`UNSENT_TIME`], within [`MIN_UNSENT`] and [`MAX_UNSENT`].
 pub fn unsent_limit(rate: u64) -> u32 {
@@ -412,13 +419,19 @@ mod tests {
     use std::os::fd::AsRawFd;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    #[tokio::test]
-    async fn counts_follow_the_traffic_and_stop_with_the_socket() {
+    /// Both ends of a new loopback connection: the client's, then the server's.
+    async fn connected() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();
-        let (mut server, _) = listener.accept().await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (client, server)
+    }
+
+    #[tokio::test]
+    async fn counts_follow_the_traffic_and_stop_with_the_socket() {
+        let (client, mut server) = connected().await;
         let fd = client.as_raw_fd();
         let (mut client, watch) = watched(client, Some(fd));
         let start = watch.counts().expect("TCP_INFO on Linux");
@@ -483,11 +496,7 @@ mod tests {
     #[tokio::test]
     async fn a_slow_peer_leaves_few_bytes_unsent_and_a_fast_one_no_limit() {
         // A peer that reads 48 KB a second, as a slow uplink takes them.
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (mut server, _) = listener.accept().await.unwrap();
+        let (client, mut server) = connected().await;
         let reading = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
             let started = tokio::time::Instant::now();
@@ -517,11 +526,7 @@ mod tests {
         drop((writing, reading));
 
         // A peer that reads as fast as loopback carries: the limit rises to the largest.
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (mut server, _) = listener.accept().await.unwrap();
+        let (client, mut server) = connected().await;
         let _draining = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
             let mut buf = vec![0u8; 256 * 1024];
             while let Ok(n) = server.read(&mut buf).await

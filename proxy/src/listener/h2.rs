@@ -33,10 +33,8 @@ pub fn bind(
         let tls = tls.clone();
         let path = path.clone();
         async move {
-            // Tunnels share this connection: its socket holds no more unsent bytes than
-            // the link sends in a moment (see `tcpinfo::Watched`).
-            let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
-            let (stream, _) = crate::tcpinfo::watched(stream, Some(fd));
+            // Tunnels share this connection: see `tcpinfo::Watched`.
+            let stream = crate::tcpinfo::shared_socket(stream);
             let io: BoxConn = match tls {
                 Some(tls) => match tls.accept(stream, client).await {
                     Ok(stream) => Box::new(stream),

@@ -37,10 +37,8 @@ pub fn bind(
     Ok(Handshaking::spawn(tcp, move |stream, client, ready| {
         let tls = tls.clone();
         async move {
-            // Tunnels share this connection: its socket holds no more unsent bytes than
-            // the link sends in a moment (see `tcpinfo::Watched`).
-            let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
-            let (stream, _) = crate::tcpinfo::watched(stream, Some(fd));
+            // Tunnels share this connection: see `tcpinfo::Watched`.
+            let stream = crate::tcpinfo::shared_socket(stream);
             let stream = match tls.accept(stream, client).await {
                 Ok(stream) => stream,
                 Err(e) => {
