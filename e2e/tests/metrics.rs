@@ -632,3 +632,84 @@ fn removed_services_and_nodes_leave_the_scrape() {
     );
     assert!(text.contains("service=keep"), "{text}");
 }
+
+/// A dial that was under way when a reload removed its node, and fails after it, counts
+/// nowhere: it does not bring the removed node's series back.
+#[test]
+fn a_dial_ending_after_its_node_was_removed_leaves_no_series() {
+    use std::sync::mpsc;
+    let target = Target::http();
+    // A SOCKS5 node that reads each client's greeting and closes the connection without an
+    // answer: the first at once, the second when told to.
+    let node = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let node_addr = node.local_addr().unwrap();
+    let (greeted, greeting) = mpsc::channel();
+    let (close, closing) = mpsc::channel::<()>();
+    let node_thread = std::thread::spawn(move || {
+        for held in [false, true] {
+            let (mut s, _) = node.accept().unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            let mut hello = [0u8; 3];
+            let _ = s.read_exact(&mut hello);
+            if held {
+                greeted.send(()).unwrap();
+                let _ = closing.recv_timeout(Duration::from_secs(20));
+            }
+        }
+    });
+    let dir = tempdir();
+    let config = dir.join("gost.yaml");
+    let yaml = |node: &str, addr: &str| {
+        format!(
+            "services:\n- name: s\n  addr: 127.0.0.1:0\n  handler:\n    type: http\n    \
+             chain: c\nchains:\n- name: c\n  hops:\n  - name: h\n    nodes:\n    - name: \
+             {node}\n      addr: {addr}\n      connector: {{type: socks5}}\nmetrics:\n  \
+             addr: 127.0.0.1:0\n"
+        )
+    };
+    std::fs::write(&config, yaml("slow", &node_addr.to_string())).unwrap();
+    let gost = Gost::start(&["-C", config.to_str().unwrap()], 2);
+    let metrics = format!("http://{}/metrics", gost.addrs()[0]);
+    let proxy = gost.service_addr("s").unwrap();
+    let get = move || {
+        curl(&[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-x",
+            &format!("http://{proxy}"),
+            &format!("http://{}/", target.addr),
+        ])
+        .text()
+    };
+    // The node fails a first dial: its series is there.
+    assert_eq!(get().trim(), "502", "{}", gost.log());
+    let errors = "gost_chain_errors_total{chain=c,host=";
+    let text = scrape_metrics(&metrics, None);
+    assert_eq!(metric_sample(&text, errors), Some(1.0), "{text}");
+
+    // A second dial waits in the node's handshake while a reload renames the node.
+    let request = std::thread::spawn(get);
+    greeting
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the second dial reaches the node");
+    std::fs::write(&config, yaml("other", "127.0.0.1:1")).unwrap();
+    gost.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric_sample(&scrape_metrics(&metrics, None), "gost_config_generation{") != Some(2.0) {
+        assert!(Instant::now() < deadline, "no reload:\n{}", gost.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        !scrape_metrics(&metrics, None).contains("node=slow"),
+        "the reload drops the removed node's series"
+    );
+
+    // Now the dial fails, after its node was removed.
+    close.send(()).unwrap();
+    assert_eq!(request.join().unwrap().trim(), "502", "{}", gost.log());
+    node_thread.join().unwrap();
+    let text = scrape_metrics(&metrics, None);
+    assert!(!text.contains("node=slow"), "{text}\n{}", gost.log());
+}

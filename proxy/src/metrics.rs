@@ -321,9 +321,27 @@ pub fn forget_service(service: &str) {
     forget(&RUNTIME.refused, keep);
 }
 
+/// The running configuration's routes (chain name, node name), once one was applied: the
+/// chains and nodes that may have series. A dial through an earlier configuration's node
+/// that ends after an apply removed it counts nowhere, rather than bringing its series back.
+static ROUTES: Mutex<Option<HashSet<(String, String)>>> = Mutex::new(None);
+
+/// Runs `count` with the series of `chain` and `node` unless they are not a route of the
+/// running configuration, under the lock that [`keep_routes`] changes the routes under.
+fn on_route(chain: &str, node: &str, count: impl FnOnce(&[&str])) {
+    let routes = ROUTES.lock().unwrap_or_else(|e| e.into_inner());
+    let current = routes
+        .as_ref()
+        .is_none_or(|routes| routes.contains(&(chain.to_string(), node.to_string())));
+    if current {
+        count(&[host(), chain, node]);
+    }
+}
+
 /// Stops exporting the series of chains and nodes that are not in `routes` (chain name, node
-/// name), the running configuration's.
-pub fn keep_routes(routes: &HashSet<(String, String)>) {
+/// name), the running configuration's, and counts nothing for them from now on.
+pub fn keep_routes(routes: HashSet<(String, String)>) {
+    let mut current = ROUTES.lock().unwrap_or_else(|e| e.into_inner());
     let keep = |labels: &HashMap<&str, &str>| {
         let chain = labels.get("chain").copied().unwrap_or_default();
         let node = labels.get("node").copied().unwrap_or_default();
@@ -331,6 +349,7 @@ pub fn keep_routes(routes: &HashSet<(String, String)>) {
     };
     forget(&GOST.chain_errors, keep);
     forget(&GOST.connect_duration, keep);
+    *current = Some(routes);
 }
 
 /// Removes the series of `vec` whose labels `keep` refuses.
@@ -386,16 +405,18 @@ pub fn handler_error(service: &str, client: SocketAddr) {
 
 /// A route through `chain` that failed at `node`.
 pub fn chain_error(chain: &str, node: &str) {
-    GOST.chain_errors
-        .with_label_values(&[host(), chain, node])
-        .inc();
+    on_route(chain, node, |labels| {
+        GOST.chain_errors.with_label_values(labels).inc()
+    });
 }
 
 /// A route through `chain` established via `node` (the last hop's node) in `took`.
 pub fn node_connected(chain: &str, node: &str, took: Duration) {
-    GOST.connect_duration
-        .with_label_values(&[host(), chain, node])
-        .observe(took.as_secs_f64());
+    on_route(chain, node, |labels| {
+        GOST.connect_duration
+            .with_label_values(labels)
+            .observe(took.as_secs_f64())
+    });
 }
 
 /// The registry in Prometheus' text exposition format.

@@ -536,19 +536,7 @@ impl Supervisor {
                 release.cancel();
             });
             if !replaced.contains(&name) {
-                let instance = {
-                    let mut instances = self.instances.lock().unwrap_or_else(|e| e.into_inner());
-                    let entry = instances.entry(name.clone()).or_insert((0, true));
-                    entry.1 = false;
-                    entry.0
-                };
-                tokio::spawn(forget_when_drained(
-                    name.clone(),
-                    instance,
-                    running.open.clone(),
-                    grace,
-                    self.instances.clone(),
-                ));
+                self.retire(&name, running.open.clone());
                 tracing::info!(service = %name, grace_period_s = grace.as_secs_f64(), "service removed; open tunnels may finish within the grace period");
                 applied.removed.push(name);
             }
@@ -583,12 +571,13 @@ impl Supervisor {
                             listener
                         }
                         Err(e) => {
-                            // Its tunnels end as a removed service's do.
+                            // Its tunnels end as a removed service's do, and so do its series.
                             let grace = self.grace;
                             tokio::spawn(async move {
                                 tokio::time::sleep(grace).await;
                                 open_tunnels.cancel();
                             });
+                            self.retire(&name, still_open.remove(&name).unwrap_or_default());
                             tracing::error!(service = %name, error = %e, "cannot take the listening socket over");
                             all_bound = false;
                             applied.unbound.push(name);
@@ -599,6 +588,11 @@ impl Supervisor {
                 Pending::AfterRelease(bind) => match bind_after_release(&bind).await {
                     Ok(listener) => listener,
                     Err(e) => {
+                        // A replaced service's draining connections still end as a removed
+                        // one's (the grace period set above); its series go when they have.
+                        if existed {
+                            self.retire(&name, still_open.remove(&name).unwrap_or_default());
+                        }
                         tracing::error!(service = %name, error = %e, "cannot bind the new listener");
                         all_bound = false;
                         applied.unbound.push(name);
@@ -635,8 +629,27 @@ impl Supervisor {
                 })
             })
             .collect();
-        crate::metrics::keep_routes(&routes);
+        crate::metrics::keep_routes(routes);
         Ok(applied)
+    }
+
+    /// Marks the instance of `name` that ran as stopped, and drops its series once its `open`
+    /// connections have drained, unless a service of that name starts again meanwhile: what
+    /// a removed service, and a replaced one whose new listener could not take over, leave.
+    fn retire(&self, name: &str, open: Arc<AtomicUsize>) {
+        let instance = {
+            let mut instances = self.instances.lock().unwrap_or_else(|e| e.into_inner());
+            let entry = instances.entry(name.to_string()).or_insert((0, true));
+            entry.1 = false;
+            entry.0
+        };
+        tokio::spawn(forget_when_drained(
+            name.to_string(),
+            instance,
+            open,
+            self.grace,
+            self.instances.clone(),
+        ));
     }
 
     fn start(
