@@ -84,8 +84,8 @@ impl TcpWatch {
 /// we write to how fast the peer acknowledged our bytes since the last fit. Without a limit
 /// the kernel's send buffer grows to megabytes, and on a slow uplink everything a connection's
 /// other tunnels write (a new tunnel's request, a keystroke) waits behind seconds of one
-/// upload. On fast links (loopback, a data centre's network) the limit rises to
-/// [`MAX_UNSENT`], so bulk transfers pay no extra wake-ups.
+/// upload. On fast links (loopback, a data centre's network) the limit rises to the host's
+/// largest send buffer ([`Bounds`]), so bulk transfers pay no extra wake-ups.
 pub struct Watched<T> {
     io: T,
     fd: Arc<Mutex<Option<RawFd>>>,
@@ -116,13 +116,61 @@ pub const UNSENT_TIME: Duration = Duration::from_millis(20);
 /// it is left, so below this the writer wakes for every few packets.
 pub const MIN_UNSENT: u32 = 16 * 1024;
 
-/// The largest limit on unsent bytes: Linux's largest send buffer by default (`tcp_wmem`),
-/// so no limit in effect unless a host raised that. The writer still wakes when half of it is
-/// left, so a link that turns slow is seen.
+/// The largest limit on unsent bytes where the host's largest send buffer cannot be read:
+/// Linux's default one (`net.ipv4.tcp_wmem`), so no limit in effect. The writer still wakes
+/// when half of it is left, so a link that turns slow is seen.
 pub const MAX_UNSENT: u32 = 4 * 1024 * 1024;
 
+/// What a socket's limit on unsent bytes is fitted within.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    pub floor: u32,
+    pub ceiling: u32,
+}
+
+impl Bounds {
+    /// The bounds on a host with Linux's defaults.
+    pub const DEFAULT: Bounds = Bounds {
+        floor: MIN_UNSENT,
+        ceiling: MAX_UNSENT,
+    };
+
+    /// The bounds on a host whose `net.ipv4.tcp_wmem` and `net.ipv4.tcp_notsent_lowat` read
+    /// as given (`None`: not readable). The ceiling is the largest send buffer, at or above
+    /// which a limit has no effect: a host that raised it gets the room it made for fast
+    /// links. A host-wide `tcp_notsent_lowat` (Linux's default: none) is what its owner asked
+    /// of every socket, and lowers the ceiling to itself; one at or below [`MIN_UNSENT`]
+    /// already keeps less unsent than a fit would, and the sockets are left to it (`None`).
+    pub fn of_host(tcp_wmem: Option<&str>, notsent_lowat: Option<&str>) -> Option<Bounds> {
+        let largest = tcp_wmem
+            .and_then(|text| text.split_whitespace().nth(2)?.parse::<u64>().ok())
+            .map_or(MAX_UNSENT, |bytes| {
+                bytes.clamp(u64::from(MIN_UNSENT), u64::from(u32::MAX)) as u32
+            });
+        let host = notsent_lowat
+            .and_then(|text| text.trim().parse::<u64>().ok())
+            .map_or(u32::MAX, |bytes| bytes.min(u64::from(u32::MAX)) as u32);
+        (host > MIN_UNSENT).then(|| Bounds {
+            floor: MIN_UNSENT,
+            ceiling: largest.min(host),
+        })
+    }
+
+    /// This host's bounds, read once (per network namespace, as a container sees them).
+    pub fn host() -> Option<Bounds> {
+        static HOST: std::sync::OnceLock<Option<Bounds>> = std::sync::OnceLock::new();
+        *HOST.get_or_init(|| {
+            let read = |name: &str| std::fs::read_to_string(format!("/proc/sys/net/ipv4/{name}"));
+            Bounds::of_host(
+                read("tcp_wmem").ok().as_deref(),
+                read("tcp_notsent_lowat").ok().as_deref(),
+            )
+        })
+    }
+}
+
 /// How often a busy socket's limit is fitted again to its rate. A limit at most doubles in
-/// one step (so a fast link reaches [`MAX_UNSENT`] within a second), and falls only on a rate
+/// one step (so a fast link reaches the ceiling within a second), and falls only on a rate
 /// measured while bytes waited unsent.
 pub const REFIT_EVERY: Duration = Duration::from_millis(100);
 
@@ -132,9 +180,10 @@ pub(crate) fn watched<T>(io: T, fd: Option<RawFd>) -> (Watched<T>, TcpWatch) {
     let shared = Arc::new(Mutex::new(fd));
     let mut unsent_limit = u32::MAX;
     if let Some(fd) = fd
-        && set_unsent_limit(fd, MIN_UNSENT).is_ok()
+        && let Some(bounds) = Bounds::host()
+        && set_unsent_limit(fd, bounds.floor).is_ok()
     {
-        unsent_limit = MIN_UNSENT;
+        unsent_limit = bounds.floor;
     }
     let io = Watched {
         io,
@@ -154,17 +203,17 @@ pub(crate) fn shared_socket(stream: tokio::net::TcpStream) -> Watched<tokio::net
 }
 
 /// The limit on unsent bytes for a socket whose peer takes `rate` bytes a second: what leaves
-/// in [`UNSENT_TIME`], within [`MIN_UNSENT`] and [`MAX_UNSENT`].
-pub fn unsent_limit(rate: u64) -> u32 {
+/// in [`UNSENT_TIME`], within `bounds`.
+pub fn unsent_limit(rate: u64, bounds: Bounds) -> u32 {
     let bytes = rate.saturating_mul(UNSENT_TIME.as_millis() as u64) / 1000;
-    bytes.clamp(u64::from(MIN_UNSENT), u64::from(MAX_UNSENT)) as u32
+    bytes.clamp(u64::from(bounds.floor), u64::from(bounds.ceiling)) as u32
 }
 
 /// The next limit after `current`, for a peer that acknowledged `rate` bytes a second since
 /// the last fit. A rising limit at most doubles. A falling one falls only when `link_bound`
 /// (bytes waited unsent at both fits): otherwise the writer, not the link, set the rate.
-pub fn next_limit(current: u32, rate: u64, link_bound: bool) -> u32 {
-    let target = unsent_limit(rate);
+pub fn next_limit(current: u32, rate: u64, link_bound: bool, bounds: Bounds) -> u32 {
+    let target = unsent_limit(rate, bounds);
     if target > current {
         target.min(current.saturating_mul(2))
     } else if link_bound {
@@ -181,7 +230,9 @@ impl<T> Watched<T> {
         if self.unsent_limit == u32::MAX {
             return;
         }
-        let Some(fd) = self.own else { return };
+        let (Some(fd), Some(bounds)) = (self.own, Bounds::host()) else {
+            return;
+        };
         let now = Instant::now();
         if self
             .reading
@@ -204,7 +255,12 @@ impl<T> Watched<T> {
         let elapsed = now.duration_since(before.at);
         let rate =
             (reading.acked.saturating_sub(before.acked) as f64 / elapsed.as_secs_f64()) as u64;
-        let limit = next_limit(self.unsent_limit, rate, before.waiting && reading.waiting);
+        let limit = next_limit(
+            self.unsent_limit,
+            rate,
+            before.waiting && reading.waiting,
+            bounds,
+        );
         if limit != self.unsent_limit && set_unsent_limit(fd, limit).is_ok() {
             self.unsent_limit = limit;
         }
@@ -369,28 +425,62 @@ mod predicates {
 
     #[test]
     fn the_unsent_limit_is_what_the_link_sends_in_a_moment() {
+        let bounds = Bounds::DEFAULT;
         // 200 KB/s: 4 KB in 20 ms, raised to the floor.
-        assert_eq!(unsent_limit(200_000), MIN_UNSENT);
+        assert_eq!(unsent_limit(200_000, bounds), MIN_UNSENT);
         // 100 Mbit/s: 250 KB.
-        assert_eq!(unsent_limit(12_500_000), 250_000);
+        assert_eq!(unsent_limit(12_500_000, bounds), 250_000);
         // 10 Gbit/s and loopback: the kernel's largest send buffer.
-        assert_eq!(unsent_limit(1_250_000_000), MAX_UNSENT);
-        assert_eq!(unsent_limit(u64::MAX), MAX_UNSENT);
+        assert_eq!(unsent_limit(1_250_000_000, bounds), MAX_UNSENT);
+        assert_eq!(unsent_limit(u64::MAX, bounds), MAX_UNSENT);
     }
 
     #[test]
     fn a_limit_rises_by_doubling_and_falls_only_when_the_link_set_the_pace() {
+        let limit =
+            |current, rate, link_bound| next_limit(current, rate, link_bound, Bounds::DEFAULT);
         // Loopback's rate, from the floor: one doubling a fit.
-        assert_eq!(next_limit(MIN_UNSENT, u64::MAX, false), 2 * MIN_UNSENT);
-        assert_eq!(next_limit(MAX_UNSENT / 2, u64::MAX, true), MAX_UNSENT);
-        assert_eq!(next_limit(MAX_UNSENT, u64::MAX, true), MAX_UNSENT);
+        assert_eq!(limit(MIN_UNSENT, u64::MAX, false), 2 * MIN_UNSENT);
+        assert_eq!(limit(MAX_UNSENT / 2, u64::MAX, true), MAX_UNSENT);
+        assert_eq!(limit(MAX_UNSENT, u64::MAX, true), MAX_UNSENT);
         // 200 KB/s while bytes waited: the link's pace, straight to the floor.
-        assert_eq!(next_limit(MAX_UNSENT, 200_000, true), MIN_UNSENT);
+        assert_eq!(limit(MAX_UNSENT, 200_000, true), MIN_UNSENT);
         // 200 KB/s with nothing waiting: the writer's pace, which says nothing of the link.
-        assert_eq!(next_limit(MAX_UNSENT, 200_000, false), MAX_UNSENT);
+        assert_eq!(limit(MAX_UNSENT, 200_000, false), MAX_UNSENT);
         // 100 Mbit/s: 250 KB, from above or (in steps) from below.
-        assert_eq!(next_limit(MAX_UNSENT, 12_500_000, true), 250_000);
-        assert_eq!(next_limit(200_000, 12_500_000, false), 250_000);
+        assert_eq!(limit(MAX_UNSENT, 12_500_000, true), 250_000);
+        assert_eq!(limit(200_000, 12_500_000, false), 250_000);
+    }
+
+    #[test]
+    fn the_bounds_follow_the_hosts_send_buffer_and_unsent_setting() {
+        // Linux's defaults, as /proc/sys shows them.
+        let wmem = Some("4096\t16384\t4194304\n");
+        let no_lowat = Some("4294967295\n");
+        assert_eq!(Bounds::of_host(wmem, no_lowat), Some(Bounds::DEFAULT));
+        // Nothing readable: the defaults.
+        assert_eq!(Bounds::of_host(None, None), Some(Bounds::DEFAULT));
+        assert_eq!(
+            Bounds::of_host(Some("garbage"), Some("")),
+            Some(Bounds::DEFAULT)
+        );
+        // A host tuned for fast links: its largest send buffer is the ceiling.
+        let raised = Bounds::of_host(Some("4096 87380 67108864"), no_lowat).unwrap();
+        assert_eq!(raised.ceiling, 64 << 20);
+        assert_eq!(unsent_limit(u64::MAX, raised), 64 << 20);
+        // A host-wide unsent limit is the most a fit sets.
+        let capped = Bounds::of_host(wmem, Some("131072")).unwrap();
+        assert_eq!(
+            capped,
+            Bounds {
+                floor: MIN_UNSENT,
+                ceiling: 131_072
+            }
+        );
+        assert_eq!(next_limit(MIN_UNSENT * 8, u64::MAX, false, capped), 131_072);
+        // One at or below the floor keeps less unsent than any fit: the sockets are left to it.
+        assert_eq!(Bounds::of_host(wmem, Some("16384")), None);
+        assert_eq!(Bounds::of_host(wmem, Some("0")), None);
     }
 
     #[test]
@@ -495,6 +585,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_slow_peer_leaves_few_bytes_unsent_and_a_fast_one_no_limit() {
+        let Some(bounds) = Bounds::host() else {
+            eprintln!("this host's tcp_notsent_lowat keeps sockets below any fit: nothing to test");
+            return;
+        };
         // A peer that reads 48 KB a second, as a slow uplink takes them.
         let (client, mut server) = connected().await;
         let reading = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
@@ -521,7 +615,7 @@ mod tests {
         // Without a limit the kernel holds megabytes (a minute at this rate). With it: the
         // floor (48 KB/s sends 1 KB in 20 ms), plus what one write added past it.
         let limit = socket.tcp_notsent_lowat().unwrap();
-        assert_eq!(limit, MIN_UNSENT);
+        assert_eq!(limit, bounds.floor);
         assert!(most <= limit + 64 * 1024, "{most} bytes unsent");
         drop((writing, reading));
 
@@ -539,10 +633,10 @@ mod tests {
         for _ in 0..100 {
             tokio::time::sleep(Duration::from_millis(20)).await;
             limit = socket.tcp_notsent_lowat().unwrap();
-            if limit == MAX_UNSENT {
+            if limit == bounds.ceiling {
                 break;
             }
         }
-        assert_eq!(limit, MAX_UNSENT, "{:?}", watch.counts());
+        assert_eq!(limit, bounds.ceiling, "{:?}", watch.counts());
     }
 }
