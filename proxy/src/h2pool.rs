@@ -128,6 +128,7 @@ pub type ServerClose = CloseOnDrop<h2::server::Connection<BoxConn, Bytes>>;
 pub async fn accept_connection(
     io: BoxConn,
     client: std::net::SocketAddr,
+    pace: tcpinfo::Pace,
 ) -> Option<(Arc<ServerConnection>, ServerClose)> {
     match tokio::time::timeout(
         H2_HANDSHAKE_TIMEOUT,
@@ -135,7 +136,7 @@ pub async fn accept_connection(
     )
     .await
     {
-        Ok(Ok(connection)) => Some(Driver::new(connection)),
+        Ok(Ok(connection)) => Some(Driver::new(connection, pace)),
         Ok(Err(e)) => {
             tracing::debug!(client = %client, error = %e, "HTTP/2 handshake failed");
             None
@@ -201,6 +202,8 @@ fn h2_io_error(e: h2::Error) -> io::Error {
 /// server connection accepts meanwhile is queued for that task.
 pub struct Driver<C: Drivable> {
     state: Mutex<DriverState<C>>,
+    // How much a tunnel hands the connection at a time (see [`tcpinfo::Pace`]).
+    pace: tcpinfo::Pace,
     // Set by the connection task when it found the state locked by a tunnel, which then wakes
     // it once done.
     contended: AtomicBool,
@@ -264,13 +267,18 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Drivable for h2::server::Connecti
 pub trait Drive: Send + Sync {
     /// Polls the connection once in the caller's thread, unless another thread is at it.
     fn drive(&self);
+
+    /// The most bytes a tunnel hands the connection in one DATA frame: what its link sends
+    /// in a moment ([`tcpinfo::Pace`]).
+    fn chunk(&self) -> usize;
 }
 
 impl<C: Drivable> Driver<C> {
     /// The connection's driver, and the guard that its task holds (see
-    /// [`CloseOnDrop`]).
-    pub fn new(connection: C) -> (Arc<Self>, CloseOnDrop<C>) {
+    /// [`CloseOnDrop`]); its tunnels write at most `pace` at a time.
+    pub fn new(connection: C, pace: tcpinfo::Pace) -> (Arc<Self>, CloseOnDrop<C>) {
         let driver = Arc::new(Driver {
+            pace,
             state: Mutex::new(DriverState {
                 connection: Some(connection),
                 waker: None,
@@ -373,6 +381,10 @@ impl<C: Drivable> Drive for Driver<C> {
             waker.wake();
         }
     }
+
+    fn chunk(&self) -> usize {
+        self.pace.chunk()
+    }
 }
 
 /// One HTTP/2 stream as a byte stream: the request body one way, the response body the other.
@@ -442,6 +454,13 @@ impl H2Stream {
         self
     }
 
+    /// How much of `len` bytes to hand the connection in one frame (see [`Drive::chunk`]).
+    fn frame(&self, len: usize) -> usize {
+        self.driver
+            .as_ref()
+            .map_or(len, |driver| len.min(driver.chunk().max(1)))
+    }
+
     fn read_half(&mut self) -> &mut ReadHalf {
         self.read.get_mut().unwrap_or_else(|e| e.into_inner())
     }
@@ -500,7 +519,8 @@ impl AsyncWrite for H2Stream {
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        let n = ready!(self.poll_credit(cx, buf.len()))?;
+        let want = self.frame(buf.len());
+        let n = ready!(self.poll_credit(cx, want))?;
         self.send
             .send_data(Bytes::copy_from_slice(&buf[..n]), false)
             .map_err(h2_io_error)?;
@@ -571,7 +591,8 @@ impl Conn for H2Stream {
         if chunk.is_empty() {
             return Poll::Ready(Ok(()));
         }
-        let n = ready!(self.poll_credit(cx, chunk.len()))?;
+        let want = self.frame(chunk.len());
+        let n = ready!(self.poll_credit(cx, want))?;
         self.send
             .send_data(chunk.split_to(n), false)
             .map_err(h2_io_error)?;
@@ -781,6 +802,7 @@ impl Session {
     ) -> io::Result<Self> {
         let heard = Arc::new(AtomicBool::new(false));
         let (io, tcp) = tcpinfo::watched(io, carrier);
+        let pace = io.pace();
         let probe = keepalive.then(|| {
             Arc::new(Probe {
                 ask: tokio::sync::Notify::new(),
@@ -819,7 +841,7 @@ impl Session {
         let peer = peer.to_string();
         let done = closed.clone();
         let settle = settled.clone();
-        let (driver, closing) = Driver::new(connection);
+        let (driver, closing) = Driver::new(connection, pace);
         let driving = driver.clone();
         let asked = probe.clone();
         tokio::spawn(async move {
@@ -1721,6 +1743,13 @@ mod tests {
     /// A client stream and the server stream it opened, over an in-memory connection, with
     /// the bytes each side wrote to the connection (client, server).
     async fn counted_pair() -> (H2Stream, H2Stream, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+        counted_pair_paced(tcpinfo::Pace::unbounded()).await
+    }
+
+    /// [`counted_pair`], the server's connection at `server_pace`.
+    async fn counted_pair_paced(
+        server_pace: tcpinfo::Pace,
+    ) -> (H2Stream, H2Stream, Arc<AtomicUsize>, Arc<AtomicUsize>) {
         let (a, b) = tokio::io::duplex(1024 * 1024);
         let (client_wrote, server_wrote) = Default::default();
         let a = Counted {
@@ -1735,7 +1764,9 @@ mod tests {
         let (stream_tx, server) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
             let client: std::net::SocketAddr = "127.0.0.1:2".parse().unwrap();
-            let (connection, _closing) = accept_connection(Box::new(b), client).await.unwrap();
+            let (connection, _closing) = accept_connection(Box::new(b), client, server_pace)
+                .await
+                .unwrap();
             let mut stream_tx = Some(stream_tx);
             while let Some(Ok((req, mut respond))) =
                 std::future::poll_fn(|cx| connection.poll_task(cx)).await
@@ -1768,6 +1799,60 @@ mod tests {
     async fn pair() -> (H2Stream, H2Stream) {
         let (client, server, _, _) = counted_pair().await;
         (client, server)
+    }
+
+    /// The sizes of the DATA frames in which `len` bytes written by the server stream of a
+    /// connection at `pace` reach the client.
+    async fn frames_of(pace: tcpinfo::Pace, len: usize, chunks: bool) -> Vec<usize> {
+        let (mut client, mut server, _, _) = counted_pair_paced(pace).await;
+        let writing = tokio::spawn(async move {
+            if chunks {
+                let mut data = Bytes::from(vec![3u8; len]);
+                while !data.is_empty() {
+                    std::future::poll_fn(|cx| {
+                        Pin::new(&mut server).poll_write_chunk(cx, &mut data)
+                    })
+                    .await
+                    .unwrap();
+                }
+            } else {
+                server.write_all(&vec![3u8; len]).await.unwrap();
+            }
+            server.shutdown().await.unwrap();
+            server
+        });
+        let mut frames = Vec::new();
+        // A DATA frame reads as one chunk.
+        while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut client).poll_read_chunk(cx))
+            .await
+            .unwrap()
+        {
+            frames.push(frame.len());
+        }
+        drop(writing.await.unwrap());
+        assert_eq!(frames.iter().sum::<usize>(), len);
+        frames
+    }
+
+    // On a slow link a stream writes frames no bigger than its connection's pace, so that the
+    // other streams' frames, sent in turn with its own, wait behind that much, not 64 KiB.
+    #[tokio::test]
+    async fn a_stream_writes_frames_no_bigger_than_its_connections_pace() {
+        let len = 512 * 1024;
+        for chunks in [false, true] {
+            let paced = frames_of(tcpinfo::Pace::fixed(16 * 1024), len, chunks).await;
+            assert!(
+                paced.iter().all(|&frame| frame <= 16 * 1024),
+                "chunks: {chunks}, frames {paced:?}"
+            );
+            // Unbounded (a fast link's), frames go up to the size the peer takes.
+            let free = frames_of(tcpinfo::Pace::unbounded(), len, chunks).await;
+            assert!(
+                free.iter().any(|&frame| frame > 16 * 1024),
+                "chunks: {chunks}, frames {free:?}"
+            );
+            assert!(free.iter().all(|&frame| frame <= MAX_FRAME_SIZE as usize));
+        }
     }
 
     // tokio runs a connection's task only once the task that woke it waits, on this

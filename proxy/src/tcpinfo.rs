@@ -14,6 +14,7 @@
 use std::io;
 use std::os::fd::RawFd;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -89,12 +90,51 @@ impl TcpWatch {
 pub struct Watched<T> {
     io: T,
     fd: Arc<Mutex<Option<RawFd>>>,
+    /// The limit, for the writers above (see [`Pace`]).
+    pace: Pace,
     /// The socket, while this stream owns it (the lock is for the [`TcpWatch`]es).
     own: Option<RawFd>,
     /// The kernel's counts at the last fit.
     reading: Option<Reading>,
     /// The limit set (`u32::MAX`: the kernel took none).
     unsent_limit: u32,
+}
+
+/// How much one writer on a connection that many tunnels share should hand it at a time: the
+/// unsent limit of its socket ([`Watched`]), what the link sends in a moment. An HTTP/2 stream
+/// writes no bigger DATA frames, so on a slow link a new tunnel's request or a keystroke
+/// waits behind that much of each other busy stream (HTTP/2 sends the streams' frames in
+/// turn), not behind 64 KiB of each. Unbounded where no limit is set, and on fast links,
+/// where the limit rises out of the way.
+#[derive(Clone, Debug)]
+pub struct Pace(Arc<AtomicU32>);
+
+impl Pace {
+    /// No bound: a connection whose socket has no limit (none of its own, or not Linux).
+    pub fn unbounded() -> Pace {
+        Pace(Arc::new(AtomicU32::new(u32::MAX)))
+    }
+
+    /// The most bytes to hand the connection in one write.
+    pub fn chunk(&self) -> usize {
+        self.0.load(Ordering::Relaxed) as usize
+    }
+
+    /// A pace that stays at `limit` (tests of the writers above).
+    #[cfg(test)]
+    pub(crate) fn fixed(limit: u32) -> Pace {
+        Pace(Arc::new(AtomicU32::new(limit)))
+    }
+
+    fn set(&self, limit: u32) {
+        self.0.store(limit, Ordering::Relaxed);
+    }
+}
+
+impl Default for Pace {
+    fn default() -> Pace {
+        Pace::unbounded()
+    }
 }
 
 /// What a fit reads of the socket.
@@ -185,9 +225,12 @@ pub(crate) fn watched<T>(io: T, fd: Option<RawFd>) -> (Watched<T>, TcpWatch) {
     {
         unsent_limit = bounds.floor;
     }
+    let pace = Pace::unbounded();
+    pace.set(unsent_limit);
     let io = Watched {
         io,
         fd: shared.clone(),
+        pace,
         own: fd,
         reading: None,
         unsent_limit,
@@ -224,6 +267,11 @@ pub fn next_limit(current: u32, rate: u64, link_bound: bool, bounds: Bounds) -> 
 }
 
 impl<T> Watched<T> {
+    /// The socket's limit, as the writers above should see it.
+    pub fn pace(&self) -> Pace {
+        self.pace.clone()
+    }
+
     /// Fits the unsent limit to the peer's rate, at most every [`REFIT_EVERY`].
     fn refit(&mut self) {
         // `u32::MAX`: the kernel did not take a limit; none is asked for again.
@@ -263,6 +311,7 @@ impl<T> Watched<T> {
         );
         if limit != self.unsent_limit && set_unsent_limit(fd, limit).is_ok() {
             self.unsent_limit = limit;
+            self.pace.set(limit);
         }
     }
 }
@@ -566,18 +615,21 @@ mod tests {
         client: tokio::net::TcpStream,
     ) -> (
         TcpWatch,
+        Pace,
         socket2::Socket,
         tokio_util::task::AbortOnDropHandle<()>,
     ) {
         let fd = client.as_raw_fd();
         let same_socket = socket2::SockRef::from(&client).try_clone().unwrap();
         let (mut client, watch) = watched(client, Some(fd));
+        let pace = client.pace();
         let writing = tokio::spawn(async move {
             let chunk = vec![7u8; 64 * 1024];
             while client.write_all(&chunk).await.is_ok() {}
         });
         (
             watch,
+            pace,
             same_socket,
             tokio_util::task::AbortOnDropHandle::new(writing),
         )
@@ -603,7 +655,7 @@ mod tests {
                     .await;
             }
         }));
-        let (watch, socket, writing) = flood(client);
+        let (watch, pace, socket, writing) = flood(client);
         // The peer's receive buffer takes the first megabytes at loopback's pace; then the
         // writer's fits see the peer's.
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -617,6 +669,8 @@ mod tests {
         let limit = socket.tcp_notsent_lowat().unwrap();
         assert_eq!(limit, bounds.floor);
         assert!(most <= limit + 64 * 1024, "{most} bytes unsent");
+        // The writers above hand the connection no more at a time.
+        assert_eq!(pace.chunk(), limit as usize);
         drop((writing, reading));
 
         // A peer that reads as fast as loopback carries: the limit rises to the largest.
@@ -627,7 +681,7 @@ mod tests {
                 && n > 0
             {}
         }));
-        let (watch, socket, _writing) = flood(client);
+        let (watch, pace, socket, _writing) = flood(client);
         // Doubling every refit, the limit reaches the largest in under a second.
         let mut limit = 0;
         for _ in 0..100 {
@@ -638,5 +692,6 @@ mod tests {
             }
         }
         assert_eq!(limit, bounds.ceiling, "{:?}", watch.counts());
+        assert_eq!(pace.chunk(), limit as usize);
     }
 }

@@ -35,6 +35,7 @@ pub fn bind(
         async move {
             // Tunnels share this connection: see `tcpinfo::Watched`.
             let stream = crate::tcpinfo::shared_socket(stream);
+            let pace = stream.pace();
             let io: BoxConn = match tls {
                 Some(tls) => match tls.accept(stream, client).await {
                     Ok(stream) => Box::new(stream),
@@ -45,14 +46,20 @@ pub fn bind(
                 },
                 None => Box::new(stream),
             };
-            serve(io, client, path, ready).await;
+            serve(io, client, path, ready, pace).await;
         }
     }))
 }
 
-async fn serve(io: BoxConn, client: SocketAddr, path: Option<String>, ready: Ready) {
+async fn serve(
+    io: BoxConn,
+    client: SocketAddr,
+    path: Option<String>,
+    ready: Ready,
+    pace: crate::tcpinfo::Pace,
+) {
     // The connection ends when this task does, although its tunnels share it.
-    let Some((connection, _closing)) = accept_connection(io, client).await else {
+    let Some((connection, _closing)) = accept_connection(io, client, pace).await else {
         return;
     };
     let mut closing = false;

@@ -39,6 +39,7 @@ pub fn bind(
         async move {
             // Tunnels share this connection: see `tcpinfo::Watched`.
             let stream = crate::tcpinfo::shared_socket(stream);
+            let pace = stream.pace();
             let stream = match tls.accept(stream, client).await {
                 Ok(stream) => stream,
                 Err(e) => {
@@ -47,7 +48,7 @@ pub fn bind(
                 }
             };
             if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-                serve(Box::new(stream), client, ready).await;
+                serve(Box::new(stream), client, ready, pace).await;
             } else {
                 http1(Box::new(stream), client, ready).await;
             }
@@ -123,9 +124,9 @@ impl Conn for Http2Exchange {
     }
 }
 
-async fn serve(io: BoxConn, client: SocketAddr, ready: Ready) {
+async fn serve(io: BoxConn, client: SocketAddr, ready: Ready, pace: crate::tcpinfo::Pace) {
     // The connection ends when this task does, although its tunnels share it.
-    let Some((connection, _closing)) = accept_connection(io, client).await else {
+    let Some((connection, _closing)) = accept_connection(io, client, pace).await else {
         return;
     };
     let mut closing = false;
