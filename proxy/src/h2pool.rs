@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, Weak};
@@ -792,17 +792,16 @@ impl From<RequestError> for io::Error {
 impl Session {
     /// Runs the HTTP/2 handshake over `io` and drives the connection in a task of its own,
     /// with PING keepalive when `keepalive` (pooled connections, which outlive any tunnel).
-    /// `carrier` is the descriptor of the TCP socket that `io` runs over and owns, when it
-    /// does (see [`Probe::tcp`]).
+    /// `tcp` watches the TCP socket that `io` runs over and owns, when it does (see
+    /// [`Probe::tcp`]), and `pace` is that socket's (see [`Driver`]).
     pub(crate) async fn handshake(
         io: BoxConn,
         peer: &Address,
         keepalive: bool,
-        carrier: Option<RawFd>,
+        tcp: TcpWatch,
+        pace: tcpinfo::Pace,
     ) -> io::Result<Self> {
         let heard = Arc::new(AtomicBool::new(false));
-        let (io, tcp) = tcpinfo::watched(io, carrier);
-        let pace = io.pace();
         let probe = keepalive.then(|| {
             Arc::new(Probe {
                 ask: tokio::sync::Notify::new(),
@@ -1239,8 +1238,11 @@ impl H2Client {
     async fn dial(&self, addr: &Address, timeout: Duration) -> io::Result<Session> {
         let tcp = tcp::connect(addr, timeout).await?;
         let carrier = tcp.as_raw_fd();
+        // Watched under TLS, where the socket's writes are.
+        let (tcp, watch) = tcpinfo::watched(tcp, Some(carrier));
+        let pace = tcp.pace();
         let session = self
-            .establish(Box::new(tcp), addr, true, Some(carrier))
+            .establish(Box::new(tcp), addr, true, watch, pace)
             .await?;
         tracing::debug!(peer = %addr, "HTTP/2 connection established");
         Ok(session)
@@ -1253,16 +1255,19 @@ impl H2Client {
         addr: &Address,
         keepalive: bool,
     ) -> io::Result<Session> {
-        self.establish(conn, addr, keepalive, None).await
+        self.establish(conn, addr, keepalive, TcpWatch::none(), Default::default())
+            .await
     }
 
-    /// [`H2Client::over`], where `carrier` is the TCP socket under `conn`, when it is one.
+    /// [`H2Client::over`], with the watch and pace of the TCP socket under `conn`, when it is
+    /// one ([`tcpinfo::watched`]).
     async fn establish(
         &self,
         conn: BoxConn,
         addr: &Address,
         keepalive: bool,
-        carrier: Option<RawFd>,
+        watch: TcpWatch,
+        pace: tcpinfo::Pace,
     ) -> io::Result<Session> {
         let io: BoxConn = match &self.transport {
             Transport::Plain => conn,
@@ -1274,10 +1279,10 @@ impl H2Client {
                         format!("{addr} chose HTTP/1.1 in TLS ALPN; this transport needs h2"),
                     ));
                 }
-                Box::new(stream)
+                Box::new(crate::tls::Paced::new(stream, pace.clone()))
             }
         };
-        Session::handshake(io, addr, keepalive, carrier).await
+        Session::handshake(io, addr, keepalive, watch, pace).await
     }
 
     /// Opens a tunnel stream with the request `make` builds on a pooled connection to `addr`.
@@ -1781,9 +1786,15 @@ mod tests {
             }
         });
         let peer = Address::parse("127.0.0.1:1").unwrap();
-        let session = Session::handshake(Box::new(a), &peer, false, None)
-            .await
-            .unwrap();
+        let session = Session::handshake(
+            Box::new(a),
+            &peer,
+            false,
+            TcpWatch::none(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
         let req = Request::builder()
             .method(http::Method::CONNECT)
             .uri("127.0.0.1:1")
@@ -1984,9 +1995,15 @@ mod tests {
         // The peer's end stays open but nobody answers: only PING can tell.
         let (a, _silent) = tokio::io::duplex(1024 * 1024);
         let peer = Address::parse("127.0.0.1:1").unwrap();
-        let session = Session::handshake(Box::new(a), &peer, true, None)
-            .await
-            .unwrap();
+        let session = Session::handshake(
+            Box::new(a),
+            &peer,
+            true,
+            TcpWatch::none(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
         tokio::time::sleep(KEEPALIVE_INTERVAL).await;
         assert!(!session.is_closed(), "dead before the PING went unanswered");
         tokio::time::sleep(KEEPALIVE_TIMEOUT + Duration::from_secs(1)).await;
@@ -2004,9 +2021,15 @@ mod tests {
         const PEER_SENDS_FOR: Duration = Duration::from_secs(200);
         let (a, mut peer_end) = tokio::io::duplex(1024 * 1024);
         let peer = Address::parse("127.0.0.1:1").unwrap();
-        let session = Session::handshake(Box::new(a), &peer, true, None)
-            .await
-            .unwrap();
+        let session = Session::handshake(
+            Box::new(a),
+            &peer,
+            true,
+            TcpWatch::none(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
         // An empty SETTINGS (the server's preface), then a connection WINDOW_UPDATE of 1 at
         // every beat.
         const SETTINGS: [u8; 9] = [0, 0, 0, 4, 0, 0, 0, 0, 0];

@@ -70,6 +70,13 @@ pub struct TcpWatch {
 }
 
 impl TcpWatch {
+    /// A watch on no socket (a stream over earlier hops): it never counts anything.
+    pub fn none() -> TcpWatch {
+        TcpWatch {
+            fd: Arc::new(Mutex::new(None)),
+        }
+    }
+
     /// The socket's counts now; `None` once it is closed, or where the kernel does not count
     /// them (Linux before 4.6).
     pub fn counts(&self) -> Option<TcpCounts> {

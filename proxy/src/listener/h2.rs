@@ -38,7 +38,7 @@ pub fn bind(
             let pace = stream.pace();
             let io: BoxConn = match tls {
                 Some(tls) => match tls.accept(stream, client).await {
-                    Ok(stream) => Box::new(stream),
+                    Ok(stream) => Box::new(crate::tls::Paced::new(stream, pace.clone())),
                     Err(e) => {
                         tracing::debug!(client = %client, error = %e, "TLS handshake failed");
                         return;

@@ -48,6 +48,7 @@ pub fn bind(
                 }
             };
             if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                let stream = crate::tls::Paced::new(stream, pace.clone());
                 serve(Box::new(stream), client, ready, pace).await;
             } else {
                 http1(Box::new(stream), client, ready).await;

@@ -17,8 +17,10 @@ use std::fs;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use gost_api::TlsConfig;
@@ -30,6 +32,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, ServerConfig, SignatureScheme};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::addr::{Address, Host};
@@ -1065,6 +1068,102 @@ fn persist(dir: &Path, generated: &Generated) -> io::Result<()> {
 impl<C: Conn> Conn for tokio_rustls::server::TlsStream<C> {}
 impl<C: Conn> Conn for tokio_rustls::client::TlsStream<C> {}
 
+/// A TLS stream whose rustls holds no more encrypted bytes waiting for the socket than the
+/// connection's pace ([`crate::tcpinfo::Pace`]) allows, 64 KiB (rustls's default) at the most.
+/// Behind uploads on a slow link, what rustls holds is one more queue that a new tunnel's
+/// request waits behind, besides the socket's unsent bytes and the HTTP/2 frames in turn.
+pub struct Paced<S> {
+    inner: S,
+    pace: crate::tcpinfo::Pace,
+    // The limit set on rustls's buffer.
+    limit: usize,
+}
+
+/// rustls's own limit on its buffer of unsent records, and the most a [`Paced`] one gets.
+const TLS_BUFFER_LIMIT: usize = 64 * 1024;
+
+/// A TLS stream whose rustls buffer limit can be set.
+pub trait TlsBuffer {
+    fn set_buffer_limit(&mut self, limit: usize);
+}
+
+impl<C> TlsBuffer for tokio_rustls::server::TlsStream<C> {
+    fn set_buffer_limit(&mut self, limit: usize) {
+        self.get_mut().1.set_buffer_limit(Some(limit));
+    }
+}
+
+impl<C> TlsBuffer for tokio_rustls::client::TlsStream<C> {
+    fn set_buffer_limit(&mut self, limit: usize) {
+        self.get_mut().1.set_buffer_limit(Some(limit));
+    }
+}
+
+impl<S> Paced<S> {
+    pub fn new(inner: S, pace: crate::tcpinfo::Pace) -> Self {
+        Paced {
+            inner,
+            pace,
+            limit: TLS_BUFFER_LIMIT,
+        }
+    }
+}
+
+impl<S: TlsBuffer> Paced<S> {
+    /// Follows the pace before a write.
+    fn fit(&mut self) {
+        let limit = self.pace.chunk().clamp(1, TLS_BUFFER_LIMIT);
+        if limit != self.limit {
+            self.limit = limit;
+            self.inner.set_buffer_limit(limit);
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Paced<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + TlsBuffer + Unpin> AsyncWrite for Paced<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.fit();
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.fit();
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl<S: Conn + TlsBuffer> Conn for Paced<S> {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1135,6 +1234,43 @@ mod tests {
         assert_ne!(first, from_files(&cert2, &key2));
         let server = served_from(&cert, &key);
         assert_eq!(server.reset_secret(), first);
+    }
+
+    /// Behind a full socket, a paced stream's rustls takes no more than the pace, an unpaced
+    /// one up to rustls's own 64 KiB: a request written next waits behind that much.
+    #[tokio::test]
+    async fn a_paced_stream_holds_no_more_than_its_pace_behind_a_full_socket() {
+        let dir = Dir::new("paced");
+        let (_, cert, key) = generated_files(&dir, "");
+        let server = served_from(&cert, &key);
+        let client = ClientTls::new(None, &[]).unwrap();
+        let socket = 8 * 1024;
+        let taken = async |pace| {
+            let (near, far) = tokio::io::duplex(socket);
+            let addr = Address::parse("127.0.0.1:443").unwrap();
+            let (accepted, connected) = tokio::join!(
+                server.accept(far, "127.0.0.1:1".parse().unwrap()),
+                client.connect(near, &addr)
+            );
+            // The server never reads: the socket fills.
+            let _server = accepted.unwrap();
+            let mut stream = Paced::new(connected.unwrap(), pace);
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            let block = [1u8; 4096];
+            let mut taken = 0;
+            for _ in 0..1000 {
+                match Pin::new(&mut stream).poll_write(&mut cx, &block) {
+                    Poll::Ready(Ok(n)) => taken += n,
+                    Poll::Ready(Err(e)) => panic!("{e}"),
+                    Poll::Pending => break,
+                }
+            }
+            taken
+        };
+        let paced = taken(crate::tcpinfo::Pace::fixed(16 * 1024)).await;
+        assert!(paced <= socket + 16 * 1024, "{paced} bytes taken");
+        let unpaced = taken(crate::tcpinfo::Pace::unbounded()).await;
+        assert!(unpaced >= socket + 56 * 1024, "{unpaced} bytes taken");
     }
 
     /// The suite a gost-rs client and server agree on: AES-128-GCM, as with Go (GOST) peers.
