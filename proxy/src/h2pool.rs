@@ -1745,6 +1745,19 @@ mod tests {
 
     impl Conn for Counted {}
 
+    /// A client connection over an in-memory one (no socket of its own).
+    async fn over_duplex(io: impl Conn, peer: &Address, keepalive: bool) -> Session {
+        Session::handshake(
+            Box::new(io),
+            peer,
+            keepalive,
+            TcpWatch::none(),
+            Default::default(),
+        )
+        .await
+        .unwrap()
+    }
+
     /// A client stream and the server stream it opened, over an in-memory connection, with
     /// the bytes each side wrote to the connection (client, server).
     async fn counted_pair() -> (H2Stream, H2Stream, Arc<AtomicUsize>, Arc<AtomicUsize>) {
@@ -1786,15 +1799,7 @@ mod tests {
             }
         });
         let peer = Address::parse("127.0.0.1:1").unwrap();
-        let session = Session::handshake(
-            Box::new(a),
-            &peer,
-            false,
-            TcpWatch::none(),
-            Default::default(),
-        )
-        .await
-        .unwrap();
+        let session = over_duplex(a, &peer, false).await;
         let req = Request::builder()
             .method(http::Method::CONNECT)
             .uri("127.0.0.1:1")
@@ -1995,15 +2000,7 @@ mod tests {
         // The peer's end stays open but nobody answers: only PING can tell.
         let (a, _silent) = tokio::io::duplex(1024 * 1024);
         let peer = Address::parse("127.0.0.1:1").unwrap();
-        let session = Session::handshake(
-            Box::new(a),
-            &peer,
-            true,
-            TcpWatch::none(),
-            Default::default(),
-        )
-        .await
-        .unwrap();
+        let session = over_duplex(a, &peer, true).await;
         tokio::time::sleep(KEEPALIVE_INTERVAL).await;
         assert!(!session.is_closed(), "dead before the PING went unanswered");
         tokio::time::sleep(KEEPALIVE_TIMEOUT + Duration::from_secs(1)).await;
@@ -2021,15 +2018,7 @@ mod tests {
         const PEER_SENDS_FOR: Duration = Duration::from_secs(200);
         let (a, mut peer_end) = tokio::io::duplex(1024 * 1024);
         let peer = Address::parse("127.0.0.1:1").unwrap();
-        let session = Session::handshake(
-            Box::new(a),
-            &peer,
-            true,
-            TcpWatch::none(),
-            Default::default(),
-        )
-        .await
-        .unwrap();
+        let session = over_duplex(a, &peer, true).await;
         // An empty SETTINGS (the server's preface), then a connection WINDOW_UPDATE of 1 at
         // every beat.
         const SETTINGS: [u8; 9] = [0, 0, 0, 4, 0, 0, 0, 0, 0];
