@@ -338,6 +338,15 @@ fn on_route(chain: &str, node: &str, count: impl FnOnce(&[&str])) {
     }
 }
 
+/// Counts the series of `routes` too (chain name, node name): an apply's new routes, which
+/// its services use before [`keep_routes`] drops the routes it removed.
+pub fn add_routes(routes: &HashSet<(String, String)>) {
+    let mut current = ROUTES.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(current) = current.as_mut() {
+        current.extend(routes.iter().cloned());
+    }
+}
+
 /// Stops exporting the series of chains and nodes that are not in `routes` (chain name, node
 /// name), the running configuration's, and counts nothing for them from now on.
 pub fn keep_routes(routes: HashSet<(String, String)>) {

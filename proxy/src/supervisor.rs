@@ -19,7 +19,7 @@
 //! address that moves from a removed or replaced service to a new one: it can only be bound
 //! once the old listener is closed, and if that fails the service is reported as not bound.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -473,7 +473,19 @@ impl Supervisor {
             }
         }
 
-        // Phase 2: commit. Stop what goes away, swap handlers, start what is new.
+        // Phase 2: commit. Stop what goes away, swap handlers, start what is new. The new
+        // chains' routes count from here on; the old ones' until the commit is done.
+        let routes: HashSet<(String, String)> = chains
+            .values()
+            .flat_map(|chain| {
+                chain.hops.iter().flat_map(|hop| {
+                    hop.nodes
+                        .iter()
+                        .map(|node| (chain.name.clone(), node.name.clone()))
+                })
+            })
+            .collect();
+        crate::metrics::add_routes(&routes);
         let keep: Vec<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
         let replaced: Vec<String> = starts
             .iter()
@@ -619,16 +631,6 @@ impl Supervisor {
         self.all_bound.store(all_bound, Ordering::SeqCst);
         self.generation += 1;
         crate::metrics::set_services(self.services.len());
-        let routes = chains
-            .values()
-            .flat_map(|chain| {
-                chain.hops.iter().flat_map(|hop| {
-                    hop.nodes
-                        .iter()
-                        .map(|node| (chain.name.clone(), node.name.clone()))
-                })
-            })
-            .collect();
         crate::metrics::keep_routes(routes);
         Ok(applied)
     }

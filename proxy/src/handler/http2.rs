@@ -88,10 +88,10 @@ impl Http2Handler {
         }
         let verdict = super::proxy_auth(env, req.headers(), client, "http2");
         if !verdict.accepted() {
-            return self.refuse(req, respond, client, verdict).await;
+            return self.refuse(req, respond, client, verdict, &*driver).await;
         }
         if req.method() != Method::CONNECT {
-            return self.forward(req, respond, client).await;
+            return self.forward(req, respond, client, &*driver).await;
         }
         let target = match target(&req, DEFAULT_PORT) {
             Ok(target) => target,
@@ -152,6 +152,7 @@ impl Http2Handler {
         req: Request<RecvStream>,
         mut respond: SendResponse<Bytes>,
         client: SocketAddr,
+        driver: &dyn Drive,
     ) {
         let env = &self.env;
         // GOST appends 443 to every portless authority on this listener, even for http://
@@ -175,7 +176,7 @@ impl Http2Handler {
         else {
             return;
         };
-        self.relay_answer(req, respond, upstream, &target, client)
+        self.relay_answer(req, respond, upstream, &target, client, driver)
             .await;
     }
 
@@ -188,6 +189,7 @@ impl Http2Handler {
         mut respond: SendResponse<Bytes>,
         client: SocketAddr,
         verdict: Verdict,
+        driver: &dyn Drive,
     ) {
         let env = &self.env;
         let decoy = match self.http1.probe() {
@@ -209,7 +211,7 @@ impl Http2Handler {
                 let end = page.is_empty();
                 match respond.send_response(Response::from_parts(parts, ()), end) {
                     Ok(mut send) if !end => {
-                        if send_all(&mut send, page).await.is_ok() {
+                        if send_all(&mut send, page, driver).await.is_ok() {
                             let _ = send.send_data(Bytes::new(), true);
                         }
                     }
@@ -220,7 +222,7 @@ impl Http2Handler {
                 }
             }
             Answer::Pipe(decoy, addr) => {
-                self.relay_answer(req, respond, Box::new(decoy), &addr, client)
+                self.relay_answer(req, respond, Box::new(decoy), &addr, client, driver)
                     .await;
             }
         }
@@ -235,6 +237,7 @@ impl Http2Handler {
         upstream: BoxConn,
         target: &Address,
         client: SocketAddr,
+        driver: &dyn Drive,
     ) {
         let env = &self.env;
         let response = match send_upstream(req, upstream, target, env, client).await {
@@ -274,7 +277,7 @@ impl Http2Handler {
                     return;
                 }
             };
-            if let Err(e) = send_all(&mut send, data).await {
+            if let Err(e) = send_all(&mut send, data, driver).await {
                 tracing::debug!(service = %env.service, client = %client, error = %e, "client went away");
                 return;
             }
@@ -382,15 +385,21 @@ async fn send_upstream(
 }
 
 /// Sends `data` on `send`, waiting for flow-control credit rather than queueing it all.
-async fn send_all(send: &mut SendStream<Bytes>, mut data: Bytes) -> Result<(), h2::Error> {
+async fn send_all(
+    send: &mut SendStream<Bytes>,
+    mut data: Bytes,
+    driver: &dyn Drive,
+) -> Result<(), h2::Error> {
     while !data.is_empty() {
-        send.reserve_capacity(data.len());
+        // No bigger frames than the connection's tunnels write (see `tcpinfo::Pace`).
+        let frame = data.len().min(driver.chunk().max(1));
+        send.reserve_capacity(frame);
         let granted = std::future::poll_fn(|cx| send.poll_capacity(cx))
             .await
             .transpose()?
             .ok_or_else(|| h2::Error::from(h2::Reason::CANCEL))?;
         if granted > 0 {
-            send.send_data(data.split_to(granted.min(data.len())), false)?;
+            send.send_data(data.split_to(granted.min(frame)), false)?;
         }
     }
     Ok(())

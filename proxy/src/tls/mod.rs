@@ -1273,6 +1273,62 @@ mod tests {
         assert!(unpaced >= socket + 56 * 1024, "{unpaced} bytes taken");
     }
 
+    /// A pace that drops below what rustls already holds: the writer waits (no spin, no
+    /// error) until the socket took it, then goes on within the new pace.
+    #[tokio::test]
+    async fn a_pace_dropping_below_what_rustls_holds_makes_the_writer_wait() {
+        use tokio::io::AsyncReadExt;
+        let dir = Dir::new("paced-drop");
+        let (_, cert, key) = generated_files(&dir, "");
+        let server = served_from(&cert, &key);
+        let client = ClientTls::new(None, &[]).unwrap();
+        let socket = 8 * 1024;
+        let (near, far) = tokio::io::duplex(socket);
+        let addr = Address::parse("127.0.0.1:443").unwrap();
+        let (accepted, connected) = tokio::join!(
+            server.accept(far, "127.0.0.1:1".parse().unwrap()),
+            client.connect(near, &addr)
+        );
+        let mut server = accepted.unwrap();
+        let pace = crate::tcpinfo::Pace::fixed(64 * 1024);
+        let mut stream = Paced::new(connected.unwrap(), pace.clone());
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let block = [1u8; 4096];
+        let fill = |stream: &mut Paced<_>| {
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            let mut taken = 0;
+            for _ in 0..1000 {
+                match Pin::new(&mut *stream).poll_write(&mut cx, &block) {
+                    Poll::Ready(Ok(n)) => taken += n,
+                    Poll::Ready(Err(e)) => panic!("{e}"),
+                    Poll::Pending => break,
+                }
+            }
+            taken
+        };
+        let first = fill(&mut stream);
+        assert!(first >= socket + 56 * 1024, "{first} bytes taken");
+        pace.set(16 * 1024);
+        assert_eq!(fill(&mut stream), 0, "more taken than the new pace allows");
+        // The server reads what was written; the writer pushes rustls's records on as it goes.
+        let mut read = 0;
+        let mut buf = vec![0u8; 64 * 1024];
+        for _ in 0..1000 {
+            if read == first {
+                break;
+            }
+            let _ = Pin::new(&mut stream).poll_flush(&mut cx);
+            let n = tokio::time::timeout(Duration::from_secs(5), server.read(&mut buf))
+                .await
+                .expect("the server gets the records")
+                .unwrap();
+            read += n;
+        }
+        assert_eq!(read, first);
+        let next = fill(&mut stream);
+        assert!(next > 0 && next <= socket + 16 * 1024, "{next} bytes taken");
+    }
+
     /// The suite a gost-rs client and server agree on: AES-128-GCM, as with Go (GOST) peers.
     #[tokio::test]
     async fn gost_peers_agree_on_aes_128_gcm() {
