@@ -1236,41 +1236,67 @@ mod tests {
         assert_eq!(server.reset_secret(), first);
     }
 
+    /// A server and a client TLS stream over an in-memory socket that holds `socket` bytes.
+    async fn tls_pair(
+        name: &str,
+        socket: usize,
+    ) -> (
+        tokio_rustls::server::TlsStream<tokio::io::DuplexStream>,
+        tokio_rustls::client::TlsStream<tokio::io::DuplexStream>,
+    ) {
+        let dir = Dir::new(name);
+        let (_, cert, key) = generated_files(&dir, "");
+        let server = served_from(&cert, &key);
+        let client = ClientTls::new(None, &[]).unwrap();
+        let (near, far) = tokio::io::duplex(socket);
+        let addr = Address::parse("127.0.0.1:443").unwrap();
+        let (accepted, connected) = tokio::join!(
+            server.accept(far, "127.0.0.1:1".parse().unwrap()),
+            client.connect(near, &addr)
+        );
+        (accepted.unwrap(), connected.unwrap())
+    }
+
+    /// Writes to `stream` until it takes no more without waiting; how much it took.
+    fn fill<S: AsyncWrite + TlsBuffer + Unpin>(stream: &mut Paced<S>) -> usize {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let block = [1u8; 4096];
+        let mut taken = 0;
+        for _ in 0..1000 {
+            match Pin::new(&mut *stream).poll_write(&mut cx, &block) {
+                Poll::Ready(Ok(n)) => taken += n,
+                Poll::Ready(Err(e)) => panic!("{e}"),
+                Poll::Pending => break,
+            }
+        }
+        taken
+    }
+
     /// Behind a full socket, a paced stream's rustls takes no more than the pace, an unpaced
     /// one up to rustls's own 64 KiB: a request written next waits behind that much.
     #[tokio::test]
     async fn a_paced_stream_holds_no_more_than_its_pace_behind_a_full_socket() {
-        let dir = Dir::new("paced");
-        let (_, cert, key) = generated_files(&dir, "");
-        let server = served_from(&cert, &key);
-        let client = ClientTls::new(None, &[]).unwrap();
         let socket = 8 * 1024;
-        let taken = async |pace| {
-            let (near, far) = tokio::io::duplex(socket);
-            let addr = Address::parse("127.0.0.1:443").unwrap();
-            let (accepted, connected) = tokio::join!(
-                server.accept(far, "127.0.0.1:1".parse().unwrap()),
-                client.connect(near, &addr)
-            );
+        for (pace, least, most) in [
+            (
+                crate::tcpinfo::Pace::fixed(16 * 1024),
+                1,
+                socket + 16 * 1024,
+            ),
+            (
+                crate::tcpinfo::Pace::unbounded(),
+                socket + 56 * 1024,
+                usize::MAX,
+            ),
+        ] {
             // The server never reads: the socket fills.
-            let _server = accepted.unwrap();
-            let mut stream = Paced::new(connected.unwrap(), pace);
-            let mut cx = Context::from_waker(std::task::Waker::noop());
-            let block = [1u8; 4096];
-            let mut taken = 0;
-            for _ in 0..1000 {
-                match Pin::new(&mut stream).poll_write(&mut cx, &block) {
-                    Poll::Ready(Ok(n)) => taken += n,
-                    Poll::Ready(Err(e)) => panic!("{e}"),
-                    Poll::Pending => break,
-                }
-            }
-            taken
-        };
-        let paced = taken(crate::tcpinfo::Pace::fixed(16 * 1024)).await;
-        assert!(paced <= socket + 16 * 1024, "{paced} bytes taken");
-        let unpaced = taken(crate::tcpinfo::Pace::unbounded()).await;
-        assert!(unpaced >= socket + 56 * 1024, "{unpaced} bytes taken");
+            let (_server, client) = tls_pair("paced", socket).await;
+            let taken = fill(&mut Paced::new(client, pace.clone()));
+            assert!(
+                (least..=most).contains(&taken),
+                "{pace:?}: {taken} bytes taken"
+            );
+        }
     }
 
     /// A pace that drops below what rustls already holds: the writer waits (no spin, no
@@ -1278,39 +1304,16 @@ mod tests {
     #[tokio::test]
     async fn a_pace_dropping_below_what_rustls_holds_makes_the_writer_wait() {
         use tokio::io::AsyncReadExt;
-        let dir = Dir::new("paced-drop");
-        let (_, cert, key) = generated_files(&dir, "");
-        let server = served_from(&cert, &key);
-        let client = ClientTls::new(None, &[]).unwrap();
         let socket = 8 * 1024;
-        let (near, far) = tokio::io::duplex(socket);
-        let addr = Address::parse("127.0.0.1:443").unwrap();
-        let (accepted, connected) = tokio::join!(
-            server.accept(far, "127.0.0.1:1".parse().unwrap()),
-            client.connect(near, &addr)
-        );
-        let mut server = accepted.unwrap();
+        let (mut server, client) = tls_pair("paced-drop", socket).await;
         let pace = crate::tcpinfo::Pace::fixed(64 * 1024);
-        let mut stream = Paced::new(connected.unwrap(), pace.clone());
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        let block = [1u8; 4096];
-        let fill = |stream: &mut Paced<_>| {
-            let mut cx = Context::from_waker(std::task::Waker::noop());
-            let mut taken = 0;
-            for _ in 0..1000 {
-                match Pin::new(&mut *stream).poll_write(&mut cx, &block) {
-                    Poll::Ready(Ok(n)) => taken += n,
-                    Poll::Ready(Err(e)) => panic!("{e}"),
-                    Poll::Pending => break,
-                }
-            }
-            taken
-        };
+        let mut stream = Paced::new(client, pace.clone());
         let first = fill(&mut stream);
         assert!(first >= socket + 56 * 1024, "{first} bytes taken");
         pace.set(16 * 1024);
         assert_eq!(fill(&mut stream), 0, "more taken than the new pace allows");
         // The server reads what was written; the writer pushes rustls's records on as it goes.
+        let mut cx = Context::from_waker(std::task::Waker::noop());
         let mut read = 0;
         let mut buf = vec![0u8; 64 * 1024];
         for _ in 0..1000 {
