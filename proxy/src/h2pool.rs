@@ -269,7 +269,7 @@ pub trait Drive: Send + Sync {
     fn drive(&self);
 
     /// The most bytes a tunnel hands the connection in one DATA frame: what its link sends
-    /// in a moment ([`tcpinfo::Pace`]).
+    /// in a moment ([`tcpinfo::Pace`]), never 0.
     fn chunk(&self) -> usize;
 }
 
@@ -458,7 +458,7 @@ impl H2Stream {
     fn frame(&self, len: usize) -> usize {
         self.driver
             .as_ref()
-            .map_or(len, |driver| len.min(driver.chunk().max(1)))
+            .map_or(len, |driver| len.min(driver.chunk()))
     }
 
     fn read_half(&mut self) -> &mut ReadHalf {

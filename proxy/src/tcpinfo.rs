@@ -97,14 +97,13 @@ impl TcpWatch {
 pub struct Watched<T> {
     io: T,
     fd: Arc<Mutex<Option<RawFd>>>,
-    /// The limit, for the writers above (see [`Pace`]).
+    /// The limit set on the socket, which the writers above keep to too (see [`Pace`]):
+    /// `u32::MAX` where the socket has none, the host's where the host limits every socket.
     pace: Pace,
     /// The socket, while this stream owns it (the lock is for the [`TcpWatch`]es).
     own: Option<RawFd>,
     /// The kernel's counts at the last fit.
     reading: Option<Reading>,
-    /// The limit set (`u32::MAX`: the kernel took none).
-    unsent_limit: u32,
 }
 
 /// How much one writer on a connection that many tunnels share should hand it at a time: the
@@ -122,19 +121,25 @@ impl Pace {
         Pace(Arc::new(AtomicU32::new(u32::MAX)))
     }
 
-    /// The most bytes to hand the connection in one write.
+    /// The most bytes to hand the connection in one write; never 0.
     pub fn chunk(&self) -> usize {
-        self.0.load(Ordering::Relaxed) as usize
+        self.limit() as usize
+    }
+
+    fn limit(&self) -> u32 {
+        self.0.load(Ordering::Relaxed)
     }
 
     /// A pace that stays at `limit` (tests of the writers above).
     #[cfg(test)]
     pub(crate) fn fixed(limit: u32) -> Pace {
-        Pace(Arc::new(AtomicU32::new(limit)))
+        let pace = Pace::unbounded();
+        pace.set(limit);
+        pace
     }
 
     pub(crate) fn set(&self, limit: u32) {
-        self.0.store(limit, Ordering::Relaxed);
+        self.0.store(limit.max(1), Ordering::Relaxed);
     }
 }
 
@@ -191,9 +196,11 @@ impl Bounds {
         floor: MIN_UNSENT,
         ceiling: MAX_UNSENT,
     };
+}
 
-    /// The bounds on a host whose `net.ipv4.tcp_wmem` and `net.ipv4.tcp_notsent_lowat` read
-    /// as given (`None`: not readable). The ceiling is the largest send buffer, at or above
+impl Unsent {
+    /// How a host whose `net.ipv4.tcp_wmem` and `net.ipv4.tcp_notsent_lowat` read
+    /// as given (`None`: not readable) limits unsent bytes. The ceiling is the largest send buffer, at or above
     /// which a limit has no effect: a host that raised it gets the room it made for fast
     /// links. A host-wide `tcp_notsent_lowat` (Linux's default: none) is what its owner asked
     /// of every socket, and lowers the ceiling to itself; one at or below [`MIN_UNSENT`]
@@ -217,12 +224,13 @@ impl Bounds {
         })
     }
 
-    /// This host's bounds, read once (per network namespace, as a container sees them).
+    /// How this host limits unsent bytes, read once (per network namespace, as a container
+    /// sees it).
     pub fn host() -> Unsent {
         static HOST: std::sync::OnceLock<Unsent> = std::sync::OnceLock::new();
         *HOST.get_or_init(|| {
             let read = |name: &str| std::fs::read_to_string(format!("/proc/sys/net/ipv4/{name}"));
-            Bounds::of_host(
+            Unsent::of_host(
                 read("tcp_wmem").ok().as_deref(),
                 read("tcp_notsent_lowat").ok().as_deref(),
             )
@@ -241,16 +249,14 @@ pub const REFIT_EVERY: Duration = Duration::from_millis(100);
 /// never rise would hold fast links back.
 pub(crate) fn watched<T>(io: T, fd: Option<RawFd>) -> (Watched<T>, TcpWatch) {
     let shared = Arc::new(Mutex::new(fd));
-    let mut unsent_limit = u32::MAX;
     let pace = Pace::unbounded();
     if let Some(fd) = fd
         && tcp_info(fd).is_some()
     {
-        match Bounds::host() {
+        match Unsent::host() {
             Unsent::Fitted(bounds) => {
                 if set_unsent_limit(fd, bounds.floor).is_ok() {
-                    unsent_limit = bounds.floor;
-                    pace.set(unsent_limit);
+                    pace.set(bounds.floor);
                 }
             }
             Unsent::Host(limit) => pace.set(limit),
@@ -262,7 +268,6 @@ pub(crate) fn watched<T>(io: T, fd: Option<RawFd>) -> (Watched<T>, TcpWatch) {
         pace,
         own: fd,
         reading: None,
-        unsent_limit,
     };
     (io, TcpWatch { fd: shared })
 }
@@ -303,13 +308,14 @@ impl<T> Watched<T> {
 
     /// Fits the unsent limit to the peer's rate, at most every [`REFIT_EVERY`].
     fn refit(&mut self) {
-        // `u32::MAX`: the kernel did not take a limit; none is asked for again.
-        if self.unsent_limit == u32::MAX {
-            return;
-        }
-        let (Some(fd), Unsent::Fitted(bounds)) = (self.own, Bounds::host()) else {
+        // Only a limit of our own is fitted (none: the kernel took none, or cannot count).
+        let current = self.pace.limit();
+        let (Some(fd), Unsent::Fitted(bounds)) = (self.own, Unsent::host()) else {
             return;
         };
+        if current == u32::MAX {
+            return;
+        }
         let now = Instant::now();
         if self
             .reading
@@ -332,14 +338,8 @@ impl<T> Watched<T> {
         let elapsed = now.duration_since(before.at);
         let rate =
             (reading.acked.saturating_sub(before.acked) as f64 / elapsed.as_secs_f64()) as u64;
-        let limit = next_limit(
-            self.unsent_limit,
-            rate,
-            before.waiting && reading.waiting,
-            bounds,
-        );
-        if limit != self.unsent_limit && set_unsent_limit(fd, limit).is_ok() {
-            self.unsent_limit = limit;
+        let limit = next_limit(current, rate, before.waiting && reading.waiting, bounds);
+        if limit != current && set_unsent_limit(fd, limit).is_ok() {
             self.pace.set(limit);
         }
     }
@@ -536,13 +536,13 @@ mod predicates {
         let wmem = Some("4096\t16384\t4194304\n");
         let no_lowat = Some("4294967295\n");
         assert_eq!(
-            Bounds::of_host(wmem, no_lowat),
+            Unsent::of_host(wmem, no_lowat),
             Unsent::Fitted(Bounds::DEFAULT)
         );
         // Nothing readable: the defaults.
-        assert_eq!(Bounds::of_host(None, None), Unsent::Fitted(Bounds::DEFAULT));
+        assert_eq!(Unsent::of_host(None, None), Unsent::Fitted(Bounds::DEFAULT));
         assert_eq!(
-            Bounds::of_host(Some("garbage"), Some("")),
+            Unsent::of_host(Some("garbage"), Some("")),
             Unsent::Fitted(Bounds::DEFAULT)
         );
         let fitted = |unsent| match unsent {
@@ -550,11 +550,11 @@ mod predicates {
             Unsent::Host(limit) => panic!("left to the host's {limit}"),
         };
         // A host tuned for fast links: its largest send buffer is the ceiling.
-        let raised = fitted(Bounds::of_host(Some("4096 87380 67108864"), no_lowat));
+        let raised = fitted(Unsent::of_host(Some("4096 87380 67108864"), no_lowat));
         assert_eq!(raised.ceiling, 64 << 20);
         assert_eq!(unsent_limit(u64::MAX, raised), 64 << 20);
         // A host-wide unsent limit is the most a fit sets.
-        let capped = fitted(Bounds::of_host(wmem, Some("131072")));
+        let capped = fitted(Unsent::of_host(wmem, Some("131072")));
         assert_eq!(
             capped,
             Bounds {
@@ -565,8 +565,8 @@ mod predicates {
         assert_eq!(next_limit(MIN_UNSENT * 8, u64::MAX, false, capped), 131_072);
         // One at or below the floor keeps less unsent than any fit: the sockets are left to it.
         // The writers above keep to it too (0 reads as the least there is).
-        assert_eq!(Bounds::of_host(wmem, Some("16384")), Unsent::Host(16_384));
-        assert_eq!(Bounds::of_host(wmem, Some("0")), Unsent::Host(1));
+        assert_eq!(Unsent::of_host(wmem, Some("16384")), Unsent::Host(16_384));
+        assert_eq!(Unsent::of_host(wmem, Some("0")), Unsent::Host(1));
     }
 
     #[test]
@@ -674,7 +674,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_slow_peer_leaves_few_bytes_unsent_and_a_fast_one_no_limit() {
-        let Unsent::Fitted(bounds) = Bounds::host() else {
+        let Unsent::Fitted(bounds) = Unsent::host() else {
             eprintln!("this host's tcp_notsent_lowat keeps sockets below any fit: nothing to test");
             return;
         };

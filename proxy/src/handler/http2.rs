@@ -392,7 +392,7 @@ async fn send_all(
 ) -> Result<(), h2::Error> {
     while !data.is_empty() {
         // No bigger frames than the connection's tunnels write (see `tcpinfo::Pace`).
-        let frame = data.len().min(driver.chunk().max(1));
+        let frame = data.len().min(driver.chunk());
         send.reserve_capacity(frame);
         let granted = std::future::poll_fn(|cx| send.poll_capacity(cx))
             .await

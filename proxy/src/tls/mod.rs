@@ -1112,7 +1112,7 @@ impl<S> Paced<S> {
 impl<S: TlsBuffer> Paced<S> {
     /// Follows the pace before a write.
     fn fit(&mut self) {
-        let limit = self.pace.chunk().clamp(1, TLS_BUFFER_LIMIT);
+        let limit = self.pace.chunk().min(TLS_BUFFER_LIMIT);
         if limit != self.limit {
             self.limit = limit;
             self.inner.set_buffer_limit(limit);
