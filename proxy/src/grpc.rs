@@ -19,6 +19,7 @@ use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder
 use tonic::{Code, Status, Streaming};
 
 use crate::conn::Conn;
+use crate::tcpinfo::Pace;
 
 /// GOST's service name (sic, one "n") and method: the default path is `/GostTunel/Tunnel`.
 pub const DEFAULT_SERVICE: &str = "GostTunel";
@@ -35,11 +36,28 @@ pub const MAX_MESSAGE: usize = 64 * 1024;
 /// peer can never send us something we refuse.
 pub const MAX_RECEIVE: usize = 4 * 1024 * 1024;
 
+/// What a message takes on the wire beyond its `data`: gRPC's 5-byte prefix, and the `data`
+/// field's tag (1 byte) and length (3 bytes below 2 MiB).
+const MESSAGE_OVERHEAD: usize = 5 + 1 + 3;
+
+/// The most `data` one message carries on a connection at `pace`: [`MAX_MESSAGE`], and on a
+/// slow link (see [`Pace`]) no more than makes a whole message the pace's size, so that
+/// HTTP/2 sends each busy tunnel's messages in frames that small. A new tunnel's request on
+/// the connection then waits behind that much of each other tunnel, not 64 KiB of each.
+pub fn message_limit(pace: &Pace) -> usize {
+    pace.chunk()
+        .saturating_sub(MESSAGE_OVERHEAD)
+        .clamp(1, MAX_MESSAGE)
+}
+
 /// tonic's per-RPC codec buffers start empty and grow with the first message, so that an idle
 /// tunnel holds no buffer (1,000 idle tunnels must stay cheap). Encoded messages are handed to
-/// HTTP/2 as soon as there is no further one ready, so the yield threshold only caps batching.
-fn codec_buffers() -> BufferSettings {
-    BufferSettings::new(0, MAX_MESSAGE)
+/// HTTP/2 as soon as there is no further one ready, so the yield threshold only caps batching:
+/// at one message of [`message_limit`] (tonic reads it before every batch), so that batched
+/// messages do not make frames bigger than the pace either (a batch stops once it reaches the
+/// threshold, so one that starts with small messages can pass it by one message).
+fn codec_buffers(pace: &Pace) -> BufferSettings {
+    BufferSettings::new(0, message_limit(pace) + MESSAGE_OVERHEAD)
 }
 
 /// GOST's message: `message Chunk { bytes data = 1; }`.
@@ -50,9 +68,19 @@ pub struct Chunk {
     pub data: Bytes,
 }
 
-/// Encodes and decodes [`Chunk`]s with prost, into and out of tonic's buffers directly.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct ChunkCodec;
+/// Encodes and decodes [`Chunk`]s with prost, into and out of tonic's buffers directly; the
+/// encoder batches messages up to the pace of the connection it writes to.
+#[derive(Clone, Debug, Default)]
+pub struct ChunkCodec {
+    pace: Pace,
+}
+
+impl ChunkCodec {
+    /// A codec for a call on a connection at `pace` ([`crate::tcpinfo::Watched::pace`]).
+    pub fn paced(pace: Pace) -> ChunkCodec {
+        ChunkCodec { pace }
+    }
+}
 
 impl Codec for ChunkCodec {
     type Encode = Chunk;
@@ -61,11 +89,11 @@ impl Codec for ChunkCodec {
     type Decoder = ChunkCodec;
 
     fn encoder(&mut self) -> Self::Encoder {
-        ChunkCodec
+        self.clone()
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        ChunkCodec
+        self.clone()
     }
 }
 
@@ -80,7 +108,7 @@ impl Encoder for ChunkCodec {
     }
 
     fn buffer_settings(&self) -> BufferSettings {
-        codec_buffers()
+        codec_buffers(&self.pace)
     }
 }
 
@@ -96,7 +124,7 @@ impl Decoder for ChunkCodec {
     }
 
     fn buffer_settings(&self) -> BufferSettings {
-        codec_buffers()
+        codec_buffers(&self.pace)
     }
 }
 
@@ -278,7 +306,8 @@ impl Stream for ServerOutbound {
 }
 
 /// One gRPC call as a byte stream: reads concatenate the `data` of the peer's messages, each
-/// write is one message of at most [`MAX_MESSAGE`] bytes, shutdown ends our message stream
+/// write is one message of at most [`message_limit`] bytes ([`MAX_MESSAGE`] unless the link is
+/// slow), shutdown ends our message stream
 /// (client: half-close; server: trailers with `grpc-status: 0`). Dropping the client side also
 /// cancels the call.
 pub struct GrpcConn {
@@ -287,20 +316,26 @@ pub struct GrpcConn {
     read: Mutex<ReadHalf>,
     slot: Arc<Mutex<Slot>>,
     peer: Arc<str>,
+    // Bounds each message (see [`message_limit`]).
+    pace: Pace,
 }
 
 impl GrpcConn {
     /// A call whose inbound messages are `messages` (server side); the returned [`Outbound`]
     /// is the response stream.
-    pub fn server(messages: Streaming<Chunk>, peer: Arc<str>) -> (Self, Outbound) {
-        Self::new(Inbound::Open(messages), peer)
+    pub fn server(messages: Streaming<Chunk>, peer: Arc<str>, pace: Pace) -> (Self, Outbound) {
+        Self::new(Inbound::Open(messages), peer, pace)
     }
 
     /// A call whose response `call` makes from the request stream it is given (client side).
     /// The response is awaited on the first read, not here: a GOST server answers the call
     /// only when it first writes, which, in client-speaks-first protocols, is after our first
     /// write.
-    pub fn client(call: impl FnOnce(Outbound) -> PendingResponse, peer: Arc<str>) -> Self {
+    pub fn client(
+        call: impl FnOnce(Outbound) -> PendingResponse,
+        peer: Arc<str>,
+        pace: Pace,
+    ) -> Self {
         let slot = Arc::new(Mutex::new(Slot::default()));
         let response = call(Outbound { slot: slot.clone() });
         GrpcConn {
@@ -311,10 +346,11 @@ impl GrpcConn {
             }),
             slot,
             peer,
+            pace,
         }
     }
 
-    fn new(inbound: Inbound, peer: Arc<str>) -> (Self, Outbound) {
+    fn new(inbound: Inbound, peer: Arc<str>, pace: Pace) -> (Self, Outbound) {
         let slot = Arc::new(Mutex::new(Slot::default()));
         let conn = GrpcConn {
             read: Mutex::new(ReadHalf {
@@ -324,6 +360,7 @@ impl GrpcConn {
             }),
             slot: slot.clone(),
             peer,
+            pace,
         };
         (conn, Outbound { slot })
     }
@@ -383,7 +420,7 @@ impl AsyncWrite for GrpcConn {
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        let n = buf.len().min(MAX_MESSAGE);
+        let n = buf.len().min(message_limit(&self.pace));
         ready!(self.offer(cx, || Bytes::copy_from_slice(&buf[..n])))?;
         Poll::Ready(Ok(n))
     }
@@ -448,7 +485,8 @@ impl Conn for GrpcConn {
         if chunk.is_empty() {
             return Poll::Ready(Ok(()));
         }
-        self.offer(cx, || chunk.split_to(chunk.len().min(MAX_MESSAGE)))
+        let most = message_limit(&self.pace);
+        self.offer(cx, || chunk.split_to(chunk.len().min(most)))
     }
 }
 
@@ -493,6 +531,55 @@ mod tests {
         assert!(Chunk::decode(&b"\x0a\x05hi"[..]).is_err());
     }
 
+    /// The sizes of the buffers tonic hands HTTP/2 for `count` ready messages of `len` bytes,
+    /// encoded with a codec at `pace`.
+    async fn batches(pace: Pace, count: usize, len: usize) -> Vec<usize> {
+        use http_body_util::BodyExt;
+        let messages = futures_util::stream::iter((0..count).map(|_| {
+            Ok(Chunk {
+                data: vec![1u8; len].into(),
+            })
+        }));
+        let body = tonic::codec::EncodeBody::new_client(
+            ChunkCodec::paced(pace).encoder(),
+            messages,
+            None,
+            None,
+        );
+        let mut body = std::pin::pin!(body);
+        let mut sizes = Vec::new();
+        while let Some(frame) = body.frame().await {
+            sizes.push(frame.unwrap().into_data().unwrap().len());
+        }
+        sizes
+    }
+
+    // Messages that are ready together go out in one buffer, so one DATA frame: no bigger
+    // than about the pace (what passes it by one message), as the messages themselves.
+    #[tokio::test]
+    async fn batches_of_ready_messages_keep_to_the_pace() {
+        let message = 4096 + MESSAGE_OVERHEAD - 1;
+        let paced = batches(Pace::fixed(16 * 1024), 16, 4096).await;
+        assert_eq!(paced.iter().sum::<usize>(), 16 * message);
+        assert!(
+            paced.iter().all(|&batch| batch < 16 * 1024 + message),
+            "{paced:?}"
+        );
+        let free = batches(Pace::unbounded(), 16, 4096).await;
+        assert!(free.iter().any(|&batch| batch > 32 * 1024), "{free:?}");
+    }
+
+    #[test]
+    fn messages_keep_to_the_pace() {
+        assert_eq!(message_limit(&Pace::unbounded()), MAX_MESSAGE);
+        // A whole message, prefix and field header included, makes a frame of the pace.
+        assert_eq!(
+            message_limit(&Pace::fixed(16 * 1024)) + MESSAGE_OVERHEAD,
+            16 * 1024
+        );
+        assert_eq!(message_limit(&Pace::fixed(5)), 1);
+    }
+
     #[tokio::test]
     async fn writes_are_messages_of_at_most_max_message() {
         use futures_util::StreamExt;
@@ -500,6 +587,7 @@ mod tests {
         let (mut conn, mut out) = GrpcConn::new(
             Inbound::Waiting(Box::pin(std::future::pending())),
             Arc::from("test"),
+            Pace::unbounded(),
         );
         let big = vec![9u8; MAX_MESSAGE + 10];
         let n = conn.write(&big).await.unwrap();

@@ -6,7 +6,6 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, Weak};
@@ -1237,9 +1236,8 @@ impl H2Client {
 
     async fn dial(&self, addr: &Address, timeout: Duration) -> io::Result<Session> {
         let tcp = tcp::connect(addr, timeout).await?;
-        let carrier = tcp.as_raw_fd();
         // Watched under TLS, where the socket's writes are.
-        let (tcp, watch) = tcpinfo::watched(tcp, Some(carrier));
+        let (tcp, watch) = tcpinfo::watched(tcp);
         let pace = tcp.pace();
         let session = self
             .establish(Box::new(tcp), addr, true, watch, pace)

@@ -12,7 +12,7 @@
 //! goes, marks the number gone under the lock that [`TcpWatch::counts`] holds while it asks.
 
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -20,6 +20,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 
 /// A socket's traffic, as counted by the kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,7 +86,7 @@ impl TcpWatch {
     }
 }
 
-/// A stream over the TCP socket `fd`, which [`TcpWatch`] may ask about until it is dropped.
+/// A TCP socket's stream, which [`TcpWatch`] may ask about until it is dropped.
 ///
 /// It also keeps the socket's unsent bytes to about what the link sends in [`UNSENT_TIME`]
 /// (`TCP_NOTSENT_LOWAT`, at least [`MIN_UNSENT`]), fitted at most every [`REFIT_EVERY`] while
@@ -94,14 +95,13 @@ impl TcpWatch {
 /// other tunnels write (a new tunnel's request, a keystroke) waits behind seconds of one
 /// upload. On fast links (loopback, a data centre's network) the limit rises to the host's
 /// largest send buffer ([`Bounds`]), so bulk transfers pay no extra wake-ups.
-pub struct Watched<T> {
-    io: T,
+pub struct Watched {
+    io: TcpStream,
+    /// `io`'s descriptor, for the [`TcpWatch`]es; `None` once `io` is dropped.
     fd: Arc<Mutex<Option<RawFd>>>,
     /// The limit set on the socket, which the writers above keep to too (see [`Pace`]):
     /// `u32::MAX` where the socket has none, the host's where the host limits every socket.
     pace: Pace,
-    /// The socket, while this stream owns it (the lock is for the [`TcpWatch`]es).
-    own: Option<RawFd>,
     /// The kernel's counts at the last fit.
     reading: Option<Reading>,
 }
@@ -243,16 +243,14 @@ impl Unsent {
 /// measured while bytes waited unsent.
 pub const REFIT_EVERY: Duration = Duration::from_millis(100);
 
-/// `io`, which carries its bytes over the TCP socket `fd` (and owns it), with a watch on that
-/// socket; without `fd`, a watch that never counts anything. The socket gets a fitted limit
-/// only where the kernel counts what a fit needs (Linux 4.6 and later): a limit that could
-/// never rise would hold fast links back.
-pub(crate) fn watched<T>(io: T, fd: Option<RawFd>) -> (Watched<T>, TcpWatch) {
-    let shared = Arc::new(Mutex::new(fd));
+/// `stream` with a watch on its socket. The socket gets a fitted limit only where the kernel
+/// counts what a fit needs (Linux 4.6 and later): a limit that could never rise would hold
+/// fast links back.
+pub(crate) fn watched(stream: TcpStream) -> (Watched, TcpWatch) {
+    let fd = stream.as_raw_fd();
+    let shared = Arc::new(Mutex::new(Some(fd)));
     let pace = Pace::unbounded();
-    if let Some(fd) = fd
-        && tcp_info(fd).is_some()
-    {
+    if tcp_info(fd).is_some() {
         match Unsent::host() {
             Unsent::Fitted(bounds) => {
                 if set_unsent_limit(fd, bounds.floor).is_ok() {
@@ -263,10 +261,9 @@ pub(crate) fn watched<T>(io: T, fd: Option<RawFd>) -> (Watched<T>, TcpWatch) {
         }
     }
     let io = Watched {
-        io,
+        io: stream,
         fd: shared.clone(),
         pace,
-        own: fd,
         reading: None,
     };
     (io, TcpWatch { fd: shared })
@@ -274,9 +271,8 @@ pub(crate) fn watched<T>(io: T, fd: Option<RawFd>) -> (Watched<T>, TcpWatch) {
 
 /// An accepted socket that will carry many tunnels (an HTTP/2 or gRPC listener's), with its
 /// unsent bytes fitted to its link.
-pub(crate) fn shared_socket(stream: tokio::net::TcpStream) -> Watched<tokio::net::TcpStream> {
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
-    watched(stream, Some(fd)).0
+pub(crate) fn shared_socket(stream: TcpStream) -> Watched {
+    watched(stream).0
 }
 
 /// The limit on unsent bytes for a socket whose peer takes `rate` bytes a second: what leaves
@@ -300,7 +296,7 @@ pub fn next_limit(current: u32, rate: u64, link_bound: bool, bounds: Bounds) -> 
     }
 }
 
-impl<T> Watched<T> {
+impl Watched {
     /// The socket's limit, as the writers above should see it.
     pub fn pace(&self) -> Pace {
         self.pace.clone()
@@ -310,9 +306,10 @@ impl<T> Watched<T> {
     fn refit(&mut self) {
         // Only a limit of our own is fitted (none: the kernel took none, or cannot count).
         let current = self.pace.limit();
-        let (Some(fd), Unsent::Fitted(bounds)) = (self.own, Unsent::host()) else {
+        let Unsent::Fitted(bounds) = Unsent::host() else {
             return;
         };
+        let fd = self.io.as_raw_fd();
         if current == u32::MAX {
             return;
         }
@@ -361,14 +358,14 @@ fn set_unsent_limit(_fd: RawFd, _limit: u32) -> io::Result<()> {
     Err(io::ErrorKind::Unsupported.into())
 }
 
-impl<T> Drop for Watched<T> {
+impl Drop for Watched {
     fn drop(&mut self) {
         // Runs before `io` (and the socket) is dropped: no question is asked after this.
         *self.fd.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
+impl AsyncRead for Watched {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -378,7 +375,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
+impl AsyncWrite for Watched {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -412,7 +409,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
     }
 }
 
-impl<T: crate::conn::Conn> crate::conn::Conn for Watched<T> {}
+// Not `as_tcp`: the relay must not move a shared connection's bytes itself.
+impl crate::conn::Conn for Watched {}
 
 /// Elsewhere the kernel's counts are not asked for: the checks that use them fall back on what
 /// the protocol above hears.
@@ -592,7 +590,6 @@ mod predicates {
 #[cfg(target_os = "linux")]
 mod tests {
     use super::*;
-    use std::os::fd::AsRawFd;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// Both ends of a new loopback connection: the client's, then the server's.
@@ -608,8 +605,7 @@ mod tests {
     #[tokio::test]
     async fn counts_follow_the_traffic_and_stop_with_the_socket() {
         let (client, mut server) = connected().await;
-        let fd = client.as_raw_fd();
-        let (mut client, watch) = watched(client, Some(fd));
+        let (mut client, watch) = watched(client);
         let start = watch.counts().expect("TCP_INFO on Linux");
 
         client.write_all(b"hello").await.unwrap();
@@ -656,9 +652,8 @@ mod tests {
         socket2::Socket,
         tokio_util::task::AbortOnDropHandle<()>,
     ) {
-        let fd = client.as_raw_fd();
         let same_socket = socket2::SockRef::from(&client).try_clone().unwrap();
-        let (mut client, watch) = watched(client, Some(fd));
+        let (mut client, watch) = watched(client);
         let pace = client.pace();
         let writing = tokio::spawn(async move {
             let chunk = vec![7u8; 64 * 1024];

@@ -11,7 +11,6 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -35,7 +34,7 @@ use crate::h2pool::{
     CONNECTION_WINDOW, FirstBytes, H2_HANDSHAKE_TIMEOUT, MAX_FRAME_SIZE, MAX_HEADER_LIST_SIZE,
     MAX_SEND_BUFFER, Redial, STREAM_WINDOW,
 };
-use crate::tcpinfo::{self, TcpWatch};
+use crate::tcpinfo::{self, Pace, TcpWatch};
 use crate::tls::ClientTls;
 
 /// Retransmissions in a row that no acknowledgement answered, on a pooled connection, before
@@ -84,6 +83,8 @@ struct Connection {
     closed: CancellationToken,
     // The kernel's view of the connection's own TCP socket (pooled connections).
     tcp: TcpWatch,
+    // How much each tunnel hands the connection at a time ([`crate::grpc::message_limit`]).
+    pace: Pace,
 }
 
 impl Connection {
@@ -196,12 +197,14 @@ impl GrpcDialer {
     fn open(&self, connection: Connection, addr: &Address) -> GrpcConn {
         let origin = self.origin(addr);
         let path = self.path.clone();
+        let pace = connection.pace.clone();
+        let codec = ChunkCodec::paced(pace.clone());
         GrpcConn::client(
             move |outbound| {
                 let mut grpc = tonic::client::Grpc::with_origin(connection, origin)
                     .max_decoding_message_size(MAX_RECEIVE);
                 let mut call = Box::pin(async move {
-                    grpc.streaming(tonic::Request::new(outbound), path, ChunkCodec)
+                    grpc.streaming(tonic::Request::new(outbound), path, codec)
                         .await
                 });
                 // One poll sends the request headers (the connection is ready: `session`
@@ -215,6 +218,7 @@ impl GrpcDialer {
                 }
             },
             Arc::from(addr.to_string()),
+            pace,
         )
     }
 
@@ -292,8 +296,10 @@ impl GrpcDialer {
             if let Some(keepalive) = self.keepalive {
                 let _ = socket2::SockRef::from(&tcp).set_tcp_user_timeout(Some(keepalive.timeout));
             }
-            let carrier = tcp.as_raw_fd();
-            self.handshake_connection(Box::new(tcp), addr, self.keepalive, Some(carrier))
+            // Watched under TLS, where the socket's writes are.
+            let (tcp, watch) = tcpinfo::watched(tcp);
+            let pace = tcp.pace();
+            self.handshake_connection(Box::new(tcp), addr, self.keepalive, watch, pace)
                 .await
         };
         let dialled = tokio::time::timeout(remaining, dialled)
@@ -312,13 +318,15 @@ impl GrpcDialer {
     }
 
     /// TLS (unless insecure) and the HTTP/2 handshake over `conn`; the connection is driven
-    /// by a task of its own until it ends.
+    /// by a task of its own until it ends. `tcp` and `pace` are those of the TCP socket under
+    /// `conn` when it is one ([`tcpinfo::watched`]).
     async fn handshake_connection(
         &self,
         conn: BoxConn,
         addr: &Address,
         keepalive: Option<Keepalive>,
-        carrier: Option<RawFd>,
+        tcp: TcpWatch,
+        pace: Pace,
     ) -> io::Result<Connection> {
         let context = |what: &str, e: io::Error| {
             io::Error::new(e.kind(), format!("grpc {addr}: {what}: {e}"))
@@ -347,7 +355,7 @@ impl GrpcDialer {
                         ),
                     ));
                 }
-                Box::new(stream)
+                Box::new(crate::tls::Paced::new(stream, pace.clone()))
             }
         };
         let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
@@ -366,7 +374,6 @@ impl GrpcDialer {
         }
         // What the server sends first tells whether it speaks HTTP/2 at all: a listener of
         // another type answers our preface in its own protocol, or hangs up.
-        let (io, tcp) = tcpinfo::watched(io, carrier);
         let (io, preface) = FirstBytes::new(io);
         let timed_out = || {
             io::Error::new(
@@ -414,7 +421,12 @@ impl GrpcDialer {
                 ));
             }
             spoke_h2.store(true, std::sync::atomic::Ordering::Relaxed);
-            Ok(Connection { send, closed, tcp })
+            Ok(Connection {
+                send,
+                closed,
+                tcp,
+                pace,
+            })
         });
         handshake.await.map_err(|_| timed_out())?
     }
@@ -454,12 +466,33 @@ impl Dialer for GrpcDialer {
     async fn handshake(&self, conn: BoxConn, addr: &Address) -> io::Result<BoxConn> {
         // A connection of its own over the previous hop's tunnel; it closes once its one call
         // has ended and nothing refers to it any more.
-        let mut connection = self.handshake_connection(conn, addr, None, None).await?;
+        let mut connection = self
+            .handshake_connection(conn, addr, None, TcpWatch::none(), Pace::unbounded())
+            .await?;
         std::future::poll_fn(|cx| tower_service::Service::poll_ready(&mut connection, cx))
             .await
             .map_err(|e| {
                 io::Error::new(io::ErrorKind::ConnectionReset, format!("grpc {addr}: {e}"))
             })?;
+        Ok(Box::new(self.open(connection, addr)))
+    }
+}
+
+#[cfg(test)]
+impl GrpcDialer {
+    /// [`Dialer::handshake`] over `conn`, as if it were a socket at `pace`.
+    async fn handshake_with(
+        &self,
+        conn: BoxConn,
+        addr: &Address,
+        pace: Pace,
+    ) -> io::Result<BoxConn> {
+        let mut connection = self
+            .handshake_connection(conn, addr, None, TcpWatch::none(), pace)
+            .await?;
+        std::future::poll_fn(|cx| tower_service::Service::poll_ready(&mut connection, cx))
+            .await
+            .map_err(io::Error::other)?;
         Ok(Box::new(self.open(connection, addr)))
     }
 }
@@ -478,6 +511,9 @@ fn strip_port(host: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::conn::Conn;
+    use bytes::Bytes;
+    use std::sync::Mutex;
 
     fn dialer(md: &[(&str, &str)]) -> Result<GrpcDialer, String> {
         let mut metadata = Metadata::default();
@@ -508,6 +544,194 @@ mod tests {
                 .as_str(),
             "[::1]"
         );
+    }
+
+    /// The payload sizes of the HTTP/2 DATA frames in one direction of a connection's bytes.
+    #[derive(Default)]
+    struct DataFrames {
+        // Bytes still to pass before the next frame header: the client's preface at first,
+        // then each frame's payload.
+        skip: usize,
+        header: Vec<u8>,
+        sizes: Vec<usize>,
+    }
+
+    impl DataFrames {
+        fn feed(&mut self, mut bytes: &[u8]) {
+            while !bytes.is_empty() {
+                if self.skip > 0 {
+                    let n = self.skip.min(bytes.len());
+                    self.skip -= n;
+                    bytes = &bytes[n..];
+                    continue;
+                }
+                let n = (9 - self.header.len()).min(bytes.len());
+                self.header.extend_from_slice(&bytes[..n]);
+                bytes = &bytes[n..];
+                if let [a, b, c, kind, ..] = self.header[..] {
+                    if self.header.len() < 9 {
+                        continue;
+                    }
+                    let len = u32::from_be_bytes([0, a, b, c]) as usize;
+                    if kind == 0 {
+                        self.sizes.push(len);
+                    }
+                    self.skip = len;
+                    self.header.clear();
+                }
+            }
+        }
+    }
+
+    /// A client's end of an in-memory connection that logs the DATA frames either way.
+    struct Tap {
+        io: tokio::io::DuplexStream,
+        // What the client wrote, what it read.
+        frames: Arc<Mutex<(DataFrames, DataFrames)>>,
+    }
+
+    impl tokio::io::AsyncRead for Tap {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let before = buf.filled().len();
+            std::task::ready!(Pin::new(&mut self.io).poll_read(cx, buf))?;
+            let read = &buf.filled()[before..];
+            self.frames.lock().unwrap().1.feed(read);
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl tokio::io::AsyncWrite for Tap {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let n = std::task::ready!(Pin::new(&mut self.io).poll_write(cx, buf))?;
+            self.frames.lock().unwrap().0.feed(&buf[..n]);
+            Poll::Ready(Ok(n))
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.io).poll_flush(cx)
+        }
+
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.io).poll_shutdown(cx)
+        }
+    }
+
+    impl Conn for Tap {}
+
+    /// One tunnel over a gRPC connection whose ends both keep to `pace`, `len` bytes each way
+    /// (written whole, or handed over as chunks), and the DATA frames each end wrote (client,
+    /// server).
+    async fn grpc_frames(pace: Pace, len: usize, chunks: bool) -> (Vec<usize>, Vec<usize>) {
+        use crate::listener::grpc::{GrpcOptions, serve};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (client_end, server_end) = tokio::io::duplex(1024 * 1024);
+        let frames = Arc::new(Mutex::new((
+            DataFrames {
+                skip: 24,
+                ..Default::default()
+            },
+            DataFrames::default(),
+        )));
+        let tap = Tap {
+            io: client_end,
+            frames: frames.clone(),
+        };
+        let mut metadata = Metadata::default();
+        metadata.insert_str("grpcInsecure", "true");
+        let options = Arc::new(GrpcOptions::from_metadata(&metadata).unwrap());
+        let (ready, mut accepted) = tokio::sync::mpsc::channel(1);
+        let local: std::net::SocketAddr = "127.0.0.1:8443".parse().unwrap();
+        let serving = tokio::spawn(serve(
+            Box::new(server_end),
+            "127.0.0.1:40000".parse().unwrap(),
+            local,
+            options,
+            ready,
+            pace.clone(),
+        ));
+        let dialer = GrpcDialer::new(ClientTls::new(None, &[b"h2"]).unwrap(), &metadata).unwrap();
+        let addr = Address::parse("127.0.0.1:8443").unwrap();
+        let mut tunnel = dialer
+            .handshake_with(Box::new(tap), &addr, pace)
+            .await
+            .unwrap();
+        async fn send(conn: &mut BoxConn, len: usize, chunks: bool) {
+            if chunks {
+                let mut data = Bytes::from(vec![7u8; len]);
+                while !data.is_empty() {
+                    std::future::poll_fn(|cx| {
+                        Pin::new(&mut **conn).poll_write_chunk(cx, &mut data)
+                    })
+                    .await
+                    .unwrap();
+                }
+            } else {
+                conn.write_all(&vec![7u8; len]).await.unwrap();
+            }
+            conn.shutdown().await.unwrap();
+        }
+        let client = async {
+            send(&mut tunnel, len, chunks).await;
+            let mut got = Vec::new();
+            tunnel.read_to_end(&mut got).await.unwrap();
+            got.len()
+        };
+        let server = async {
+            let (mut server, _) = accepted.recv().await.unwrap();
+            let mut got = Vec::new();
+            server.read_to_end(&mut got).await.unwrap();
+            send(&mut server, len, chunks).await;
+            got.len()
+        };
+        let both = tokio::time::timeout(Duration::from_secs(20), async {
+            tokio::join!(client, server)
+        });
+        assert_eq!(both.await.expect("the transfers stalled"), (len, len));
+        drop((tunnel, dialer));
+        serving.abort();
+        let mut frames = frames.lock().unwrap();
+        let (wrote, read) = &mut *frames;
+        // Each end's messages add up to the data, with 9 bytes of framing each.
+        for sizes in [&wrote.sizes, &read.sizes] {
+            assert!(sizes.iter().sum::<usize>() > len, "{sizes:?}");
+        }
+        (
+            std::mem::take(&mut wrote.sizes),
+            std::mem::take(&mut read.sizes),
+        )
+    }
+
+    // On a slow link both ends write messages, so frames, no bigger than the connection's
+    // pace: the frames of other tunnels that HTTP/2 sends in turn with a new tunnel's are
+    // that small, not 64 KiB.
+    #[tokio::test]
+    async fn both_ends_write_frames_no_bigger_than_their_connections_pace() {
+        let len = 512 * 1024;
+        for chunks in [false, true] {
+            let (client, server) = grpc_frames(Pace::fixed(16 * 1024), len, chunks).await;
+            for (end, frames) in [("client", &client), ("server", &server)] {
+                assert!(
+                    frames.iter().all(|&frame| frame <= 16 * 1024),
+                    "{end}, chunks: {chunks}, frames {frames:?}"
+                );
+            }
+            // Unbounded (a fast link's), frames go up to the size the peer takes (64 KiB).
+            let (client, server) = grpc_frames(Pace::unbounded(), len, chunks).await;
+            for (end, frames) in [("client", &client), ("server", &server)] {
+                assert!(
+                    frames.iter().any(|&frame| frame > 16 * 1024),
+                    "{end}, chunks: {chunks}, frames {frames:?}"
+                );
+            }
+        }
     }
 
     #[test]

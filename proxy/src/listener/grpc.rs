@@ -31,6 +31,7 @@ use crate::h2pool::{
     STREAM_WINDOW,
 };
 use crate::supervisor::DEFAULT_MAX_CONNECTIONS;
+use crate::tcpinfo::Pace;
 use crate::tls::ServerTls;
 
 /// Calls (tunnels) one client connection may have open at once. GOST's gRPC client carries
@@ -111,9 +112,10 @@ pub fn bind(
         async move {
             // Tunnels share this connection: see `tcpinfo::Watched`.
             let stream = crate::tcpinfo::shared_socket(stream);
+            let pace = stream.pace();
             let io: BoxConn = match tls {
                 Some(tls) => match tls.accept(stream, client).await {
-                    Ok(stream) => Box::new(stream),
+                    Ok(stream) => Box::new(crate::tls::Paced::new(stream, pace.clone())),
                     Err(e) if crate::tls::peer_not_speaking_tls(&e) => {
                         tracing::info!(
                             listener = %local, client = %client, error = %e,
@@ -141,17 +143,19 @@ pub fn bind(
                     return;
                 }
             };
-            serve(io, client, local, options, ready).await;
+            serve(io, client, local, options, ready, pace).await;
         }
     }))
 }
 
-async fn serve(
+/// Serves the gRPC calls of one HTTP/2 connection over `io`, whose writes keep to `pace`.
+pub(crate) async fn serve(
     io: BoxConn,
     client: SocketAddr,
     local: SocketAddr,
     options: Arc<GrpcOptions>,
     ready: Ready,
+    pace: Pace,
 ) {
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     builder
@@ -173,7 +177,8 @@ async fn serve(
         let options = options.clone();
         let ready = ready.clone();
         let peer = peer.clone();
-        async move { Ok::<_, Infallible>(call(req, &options, ready, peer, client, local).await) }
+        let pace = pace.clone();
+        async move { Ok::<_, Infallible>(call(req, &options, ready, peer, client, local, pace).await) }
     });
     let connection = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(connection);
@@ -248,6 +253,7 @@ async fn call(
     peer: Arc<str>,
     client: SocketAddr,
     local: SocketAddr,
+    pace: Pace,
 ) -> Response<Body> {
     let is_grpc = req
         .headers()
@@ -270,11 +276,13 @@ async fn call(
         );
         return Status::unimplemented(format!("unknown method {}", req.uri().path())).into_http();
     }
+    let codec = ChunkCodec::paced(pace.clone());
     let service = tower_service_fn(move |request: tonic::Request<tonic::Streaming<_>>| {
         let ready = ready.clone();
         let peer = peer.clone();
+        let pace = pace.clone();
         async move {
-            let (conn, outbound) = GrpcConn::server(request.into_inner(), peer);
+            let (conn, outbound) = GrpcConn::server(request.into_inner(), peer, pace);
             ready
                 .send((Box::new(conn), client))
                 .await
@@ -282,7 +290,7 @@ async fn call(
             Ok(tonic::Response::new(ServerOutbound(outbound)))
         }
     });
-    tonic::server::Grpc::new(ChunkCodec)
+    tonic::server::Grpc::new(codec)
         .max_decoding_message_size(MAX_RECEIVE)
         .streaming(service, req)
         .await
