@@ -713,3 +713,61 @@ fn a_dial_ending_after_its_node_was_removed_leaves_no_series() {
     let text = scrape_metrics(&metrics, None);
     assert!(!text.contains("node=slow"), "{text}\n{}", gost.log());
 }
+
+/// A reload that replaces a service with one that binds its port only once the old listener
+/// let go of it (`[::]` instead of `127.0.0.1`), where that bind then fails (another program
+/// holds the port on `[::1]`): the service is gone, so are its series, and `/readyz` says so.
+#[test]
+fn a_replaced_service_whose_new_listener_cannot_bind_leaves_the_scrape() {
+    let target = Target::http();
+    // A port free on both loopbacks, then held on the IPv6 one by someone else.
+    let (holder, port) = (0..20)
+        .find_map(|_| {
+            let holder = std::net::TcpListener::bind("[::1]:0").expect("an IPv6 loopback");
+            let port = holder.local_addr().unwrap().port();
+            std::net::TcpListener::bind(("127.0.0.1", port))
+                .is_ok()
+                .then_some((holder, port))
+        })
+        .expect("a port free on 127.0.0.1 and [::1]");
+    let dir = tempdir();
+    let config = dir.join("gost.yaml");
+    let yaml = |addr: &str| {
+        format!(
+            "services:\n- name: moved\n  addr: \"{addr}\"\n  handler:\n    type: http\n\
+             metrics:\n  addr: 127.0.0.1:0\n"
+        )
+    };
+    std::fs::write(&config, yaml(&format!("127.0.0.1:{port}"))).unwrap();
+    let gost = Gost::start(&["-C", config.to_str().unwrap()], 2);
+    let metrics = gost.addrs()[0];
+    let proxy = gost.service_addr("moved").unwrap();
+    let out = curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-x",
+        &format!("http://{proxy}"),
+        &format!("http://{}/", target.addr),
+    ]);
+    assert_eq!(out.text().trim(), "200", "{}", gost.log());
+    let url = format!("http://{metrics}/metrics");
+    assert!(scrape_metrics(&url, None).contains("service=moved"));
+    assert_eq!(status(&format!("http://{metrics}/readyz")), 200);
+
+    std::fs::write(&config, yaml(&format!("[::]:{port}"))).unwrap();
+    gost.signal("HUP");
+    gost.wait_for_log("cannot bind the new listener");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let text = scrape_metrics(&url, None);
+        if !text.contains("service=moved") || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(!text.contains("service=moved"), "{text}\n{}", gost.log());
+    assert_eq!(status(&format!("http://{metrics}/readyz")), 503);
+    drop(holder);
+}
