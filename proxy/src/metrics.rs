@@ -324,7 +324,37 @@ pub fn forget_service(service: &str) {
 /// The running configuration's routes (chain name, node name), once one was applied: the
 /// chains and nodes that may have series. A dial through an earlier configuration's node
 /// that ends after an apply removed it counts nowhere, rather than bringing its series back.
-static ROUTES: Mutex<Option<HashSet<(String, String)>>> = Mutex::new(None);
+static ROUTES: Mutex<Option<Routes>> = Mutex::new(None);
+
+/// A configuration's routes: the names of each chain's nodes. Looked up by `&str` on every
+/// dial, without building a key.
+#[derive(Clone, Debug, Default)]
+pub struct Routes(HashMap<String, HashSet<String>>);
+
+impl Routes {
+    pub fn contains(&self, chain: &str, node: &str) -> bool {
+        self.0.get(chain).is_some_and(|nodes| nodes.contains(node))
+    }
+
+    fn extend(&mut self, other: &Routes) {
+        for (chain, nodes) in &other.0 {
+            self.0
+                .entry(chain.clone())
+                .or_default()
+                .extend(nodes.iter().cloned());
+        }
+    }
+}
+
+impl FromIterator<(String, String)> for Routes {
+    fn from_iter<I: IntoIterator<Item = (String, String)>>(routes: I) -> Routes {
+        let mut all = Routes::default();
+        for (chain, node) in routes {
+            all.0.entry(chain).or_default().insert(node);
+        }
+        all
+    }
+}
 
 /// Runs `count` with the series of `chain` and `node` unless they are not a route of the
 /// running configuration, under the lock that [`keep_routes`] changes the routes under.
@@ -332,7 +362,7 @@ fn on_route(chain: &str, node: &str, count: impl FnOnce(&[&str])) {
     let routes = ROUTES.lock().unwrap_or_else(|e| e.into_inner());
     let current = routes
         .as_ref()
-        .is_none_or(|routes| routes.contains(&(chain.to_string(), node.to_string())));
+        .is_none_or(|routes| routes.contains(chain, node));
     if current {
         count(&[host(), chain, node]);
     }
@@ -340,21 +370,21 @@ fn on_route(chain: &str, node: &str, count: impl FnOnce(&[&str])) {
 
 /// Counts the series of `routes` too (chain name, node name): an apply's new routes, which
 /// its services use before [`keep_routes`] drops the routes it removed.
-pub fn add_routes(routes: &HashSet<(String, String)>) {
+pub fn add_routes(routes: &Routes) {
     let mut current = ROUTES.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(current) = current.as_mut() {
-        current.extend(routes.iter().cloned());
+        current.extend(routes);
     }
 }
 
 /// Stops exporting the series of chains and nodes that are not in `routes` (chain name, node
 /// name), the running configuration's, and counts nothing for them from now on.
-pub fn keep_routes(routes: HashSet<(String, String)>) {
+pub fn keep_routes(routes: Routes) {
     let mut current = ROUTES.lock().unwrap_or_else(|e| e.into_inner());
     let keep = |labels: &HashMap<&str, &str>| {
         let chain = labels.get("chain").copied().unwrap_or_default();
         let node = labels.get("node").copied().unwrap_or_default();
-        routes.contains(&(chain.to_string(), node.to_string()))
+        routes.contains(chain, node)
     };
     forget(&GOST.chain_errors, keep);
     forget(&GOST.connect_duration, keep);
@@ -441,6 +471,18 @@ pub fn render() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn routes_are_chain_and_node_pairs() {
+        let pair = |chain: &str, node: &str| (chain.to_string(), node.to_string());
+        let mut routes: Routes = [pair("c", "a"), pair("c", "b"), pair("d", "a")]
+            .into_iter()
+            .collect();
+        assert!(routes.contains("c", "b") && routes.contains("d", "a"));
+        assert!(!routes.contains("d", "b") && !routes.contains("a", "c"));
+        routes.extend(&[pair("d", "b")].into_iter().collect());
+        assert!(routes.contains("d", "b") && routes.contains("c", "a"));
+    }
 
     #[test]
     fn series_render_with_gost_names() {

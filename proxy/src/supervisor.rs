@@ -19,7 +19,7 @@
 //! address that moves from a removed or replaced service to a new one: it can only be bound
 //! once the old listener is closed, and if that fails the service is reported as not bound.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -475,7 +475,7 @@ impl Supervisor {
 
         // Phase 2: commit. Stop what goes away, swap handlers, start what is new. The new
         // chains' routes count from here on; the old ones' until the commit is done.
-        let routes: HashSet<(String, String)> = chains
+        let routes: crate::metrics::Routes = chains
             .values()
             .flat_map(|chain| {
                 chain.hops.iter().flat_map(|hop| {
