@@ -47,17 +47,17 @@ const MESSAGE_OVERHEAD: usize = 5 + 1 + 3;
 pub fn message_limit(pace: &Pace) -> usize {
     pace.chunk()
         .saturating_sub(MESSAGE_OVERHEAD)
-        .clamp(1, MAX_MESSAGE)
+        .min(MAX_MESSAGE)
 }
 
 /// tonic's per-RPC codec buffers start empty and grow with the first message, so that an idle
 /// tunnel holds no buffer (1,000 idle tunnels must stay cheap). Encoded messages are handed to
-/// HTTP/2 as soon as there is no further one ready, so the yield threshold only caps batching:
-/// at one message of [`message_limit`] (tonic reads it before every batch), so that batched
-/// messages do not make frames bigger than the pace either (a batch stops once it reaches the
-/// threshold, so one that starts with small messages can pass it by one message).
-fn codec_buffers(pace: &Pace) -> BufferSettings {
-    BufferSettings::new(0, message_limit(pace) + MESSAGE_OVERHEAD)
+/// HTTP/2 as soon as there is no further one ready, so the yield threshold only caps batching.
+/// The encoder's is [`message_limit`] (tonic reads it before every batch): a full message ends
+/// a batch by itself, and smaller ones batch up to the pace, passing it by less than one
+/// message.
+fn encoder_buffers(pace: &Pace) -> BufferSettings {
+    BufferSettings::new(0, message_limit(pace))
 }
 
 /// GOST's message: `message Chunk { bytes data = 1; }`.
@@ -75,6 +75,10 @@ pub struct ChunkCodec {
     pace: Pace,
 }
 
+/// The decoding half of [`ChunkCodec`]: empty, so that tonic's box of it allocates nothing.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ChunkDecoder;
+
 impl ChunkCodec {
     /// A codec for a call on a connection at `pace` ([`crate::tcpinfo::Watched::pace`]).
     pub fn paced(pace: Pace) -> ChunkCodec {
@@ -86,14 +90,14 @@ impl Codec for ChunkCodec {
     type Encode = Chunk;
     type Decode = Chunk;
     type Encoder = ChunkCodec;
-    type Decoder = ChunkCodec;
+    type Decoder = ChunkDecoder;
 
     fn encoder(&mut self) -> Self::Encoder {
         self.clone()
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        self.clone()
+        ChunkDecoder
     }
 }
 
@@ -108,11 +112,11 @@ impl Encoder for ChunkCodec {
     }
 
     fn buffer_settings(&self) -> BufferSettings {
-        codec_buffers(&self.pace)
+        encoder_buffers(&self.pace)
     }
 }
 
-impl Decoder for ChunkCodec {
+impl Decoder for ChunkDecoder {
     type Item = Chunk;
     type Error = Status;
 
@@ -124,7 +128,7 @@ impl Decoder for ChunkCodec {
     }
 
     fn buffer_settings(&self) -> BufferSettings {
-        codec_buffers(&self.pace)
+        BufferSettings::new(0, MAX_MESSAGE)
     }
 }
 
@@ -554,8 +558,8 @@ mod tests {
         sizes
     }
 
-    // Messages that are ready together go out in one buffer, so one DATA frame: no bigger
-    // than about the pace (what passes it by one message), as the messages themselves.
+    // Messages that are ready together go out in one buffer, so one DATA frame: about the
+    // pace at most (passing it by less than one message), as the messages themselves.
     #[tokio::test]
     async fn batches_of_ready_messages_keep_to_the_pace() {
         let message = 4096 + MESSAGE_OVERHEAD - 1;
@@ -567,17 +571,23 @@ mod tests {
         );
         let free = batches(Pace::unbounded(), 16, 4096).await;
         assert!(free.iter().any(|&batch| batch > 32 * 1024), "{free:?}");
+        // A full message is a batch of its own.
+        let full = message_limit(&Pace::fixed(16 * 1024));
+        let paced = batches(Pace::fixed(16 * 1024), 4, full).await;
+        assert_eq!(paced.len(), 4, "{paced:?}");
     }
 
     #[test]
     fn messages_keep_to_the_pace() {
         assert_eq!(message_limit(&Pace::unbounded()), MAX_MESSAGE);
-        // A whole message, prefix and field header included, makes a frame of the pace.
+        // A whole message, prefix and field header included, is no bigger than the pace.
+        let paced = message_limit(&Pace::fixed(16 * 1024));
+        assert!(paced + MESSAGE_OVERHEAD >= 16 * 1024 && paced < 16 * 1024);
+        // A host's tiny limit does not cut messages to a few bytes.
         assert_eq!(
-            message_limit(&Pace::fixed(16 * 1024)) + MESSAGE_OVERHEAD,
-            16 * 1024
+            message_limit(&Pace::fixed(1)),
+            crate::tcpinfo::MIN_CHUNK - MESSAGE_OVERHEAD
         );
-        assert_eq!(message_limit(&Pace::fixed(5)), 1);
     }
 
     #[tokio::test]

@@ -121,9 +121,10 @@ impl Pace {
         Pace(Arc::new(AtomicU32::new(u32::MAX)))
     }
 
-    /// The most bytes to hand the connection in one write; never 0.
+    /// The most bytes to hand the connection in one write: the limit, but never below
+    /// [`MIN_CHUNK`].
     pub fn chunk(&self) -> usize {
-        self.limit() as usize
+        (self.limit() as usize).max(MIN_CHUNK)
     }
 
     fn limit(&self) -> u32 {
@@ -142,6 +143,11 @@ impl Pace {
         self.0.store(limit.max(1), Ordering::Relaxed);
     }
 }
+
+/// The smallest write a [`Pace`] asks for. A host-wide `tcp_notsent_lowat` may be tiny (even 1
+/// byte); writes cut that small would cost more in framing (HTTP/2, gRPC, TLS: 9 to 30 bytes
+/// each) than they carry, while the kernel holds what the limit leaves over anyway.
+pub const MIN_CHUNK: usize = 4 * 1024;
 
 impl Default for Pace {
     fn default() -> Pace {

@@ -464,24 +464,16 @@ impl Dialer for GrpcDialer {
     }
 
     async fn handshake(&self, conn: BoxConn, addr: &Address) -> io::Result<BoxConn> {
-        // A connection of its own over the previous hop's tunnel; it closes once its one call
-        // has ended and nothing refers to it any more.
-        let mut connection = self
-            .handshake_connection(conn, addr, None, TcpWatch::none(), Pace::unbounded())
-            .await?;
-        std::future::poll_fn(|cx| tower_service::Service::poll_ready(&mut connection, cx))
-            .await
-            .map_err(|e| {
-                io::Error::new(io::ErrorKind::ConnectionReset, format!("grpc {addr}: {e}"))
-            })?;
-        Ok(Box::new(self.open(connection, addr)))
+        // The previous hop's tunnel has no socket of our own to fit a pace to.
+        self.handshake_paced(conn, addr, Pace::unbounded()).await
     }
 }
 
-#[cfg(test)]
 impl GrpcDialer {
-    /// [`Dialer::handshake`] over `conn`, as if it were a socket at `pace`.
-    async fn handshake_with(
+    /// [`Dialer::handshake`] over `conn`, whose writes keep to `pace`: a connection of its own
+    /// over the previous hop's tunnel, which closes once its one call has ended and nothing
+    /// refers to it any more.
+    async fn handshake_paced(
         &self,
         conn: BoxConn,
         addr: &Address,
@@ -492,7 +484,9 @@ impl GrpcDialer {
             .await?;
         std::future::poll_fn(|cx| tower_service::Service::poll_ready(&mut connection, cx))
             .await
-            .map_err(io::Error::other)?;
+            .map_err(|e| {
+                io::Error::new(io::ErrorKind::ConnectionReset, format!("grpc {addr}: {e}"))
+            })?;
         Ok(Box::new(self.open(connection, addr)))
     }
 }
@@ -659,10 +653,13 @@ mod tests {
         ));
         let dialer = GrpcDialer::new(ClientTls::new(None, &[b"h2"]).unwrap(), &metadata).unwrap();
         let addr = Address::parse("127.0.0.1:8443").unwrap();
-        let mut tunnel = dialer
-            .handshake_with(Box::new(tap), &addr, pace)
-            .await
-            .unwrap();
+        let mut tunnel = tokio::time::timeout(
+            Duration::from_secs(20),
+            dialer.handshake_paced(Box::new(tap), &addr, pace),
+        )
+        .await
+        .expect("the handshake stalled")
+        .unwrap();
         async fn send(conn: &mut BoxConn, len: usize, chunks: bool) {
             if chunks {
                 let mut data = Bytes::from(vec![7u8; len]);
