@@ -12,6 +12,32 @@ fn status(url: &str) -> u16 {
     out.text().trim().parse().unwrap_or(0)
 }
 
+/// The status code of a GET of `url` through the HTTP proxy at `proxy`, as curl prints it.
+fn status_via(proxy: SocketAddr, url: &str) -> String {
+    let out = curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-x",
+        &format!("http://{proxy}"),
+        url,
+    ]);
+    out.text().trim().to_string()
+}
+
+/// Scrapes `url` until `done` holds for the text, for `within` at most; the last text.
+fn scrape_until(url: &str, within: Duration, done: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        let text = scrape_metrics(url, None);
+        if done(&text) || Instant::now() > deadline {
+            return text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn gost_series_are_served_and_parse() {
     let target = Target::http();
@@ -35,29 +61,13 @@ fn gost_series_are_served_and_parse() {
         ]);
         assert_eq!(out.code, 0, "{}", out.stderr);
     }
-    let refused = curl(&[
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        "-x",
-        &format!("http://{proxy}"),
-        "http://127.0.0.1:1/",
-    ]);
-    assert_eq!(refused.text().trim(), "502", "{}", refused.stderr);
+    assert_eq!(status_via(proxy, "http://127.0.0.1:1/"), "502");
 
     // Counters are updated as connections end; allow the last one to finish.
     let url = format!("http://{metrics}/m");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let text = loop {
-        let text = scrape_metrics(&url, None);
-        let done =
-            metric_sample(&text, "gost_service_requests_in_flight{client=127.0.0.1,") == Some(0.0);
-        if done || Instant::now() > deadline {
-            break text;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let text = scrape_until(&url, Duration::from_secs(5), |text| {
+        metric_sample(text, "gost_service_requests_in_flight{client=127.0.0.1,") == Some(0.0)
+    });
     assert!(text.contains("status=200"), "{text}");
     let service = "service=service-0";
     let requests = metric_sample(&text, "gost_service_requests_total{client=127.0.0.1,host=")
@@ -364,20 +374,11 @@ fn process_series_and_chain_errors_for_nodes_only() {
         2,
     );
     let (metrics, proxy) = (gost.addrs()[0], gost.addrs()[1]);
-    let get = |url: String| {
-        curl(&[
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "-x",
-            &format!("http://{proxy}"),
-            &url,
-        ])
-        .text()
-    };
-    assert_eq!(get(format!("http://{}/", target.addr)).trim(), "200");
-    assert_eq!(get(format!("http://{dead}/")).trim(), "502");
+    assert_eq!(
+        status_via(proxy, &format!("http://{}/", target.addr)),
+        "200"
+    );
+    assert_eq!(status_via(proxy, &format!("http://{dead}/")), "502");
     let text = scrape_metrics(&format!("http://{metrics}/metrics"), None);
     for series in [
         "process_resident_memory_bytes{",
@@ -406,7 +407,10 @@ fn process_series_and_chain_errors_for_nodes_only() {
         "{text}"
     );
     drop(node);
-    assert_eq!(get(format!("http://{}/", target.addr)).trim(), "502");
+    assert_eq!(
+        status_via(proxy, &format!("http://{}/", target.addr)),
+        "502"
+    );
     let text = scrape_metrics(&format!("http://{metrics}/metrics"), None);
     assert_eq!(
         metric_sample(&text, "gost_chain_errors_total{"),
@@ -598,16 +602,8 @@ fn removed_services_and_nodes_leave_the_scrape() {
     let gone = gost.service_addr("gone").unwrap();
     for proxy in [keep, gone] {
         // Through the dead node: a request, a handler error and a chain error each.
-        let out = curl(&[
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "-x",
-            &format!("http://{proxy}"),
-            &format!("http://{}/", target.addr),
-        ]);
-        assert_eq!(out.text().trim(), "502", "{}", gost.log());
+        let code = status_via(proxy, &format!("http://{}/", target.addr));
+        assert_eq!(code, "502", "{}", gost.log());
     }
     let text = scrape_metrics(&metrics, None);
     assert!(text.contains("service=gone"), "{text}");
@@ -615,14 +611,9 @@ fn removed_services_and_nodes_leave_the_scrape() {
 
     std::fs::write(&config, yaml(&["keep"], "other")).unwrap();
     gost.signal("HUP");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let text = loop {
-        let text = scrape_metrics(&metrics, None);
-        if !text.contains("service=gone") || Instant::now() > deadline {
-            break text;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let text = scrape_until(&metrics, Duration::from_secs(10), |text| {
+        !text.contains("service=gone")
+    });
     assert!(!text.contains("service=gone"), "{text}\n{}", gost.log());
     assert!(!text.contains("node=dead"), "{text}");
     assert_eq!(
@@ -671,18 +662,7 @@ fn a_dial_ending_after_its_node_was_removed_leaves_no_series() {
     let gost = Gost::start(&["-C", config.to_str().unwrap()], 2);
     let metrics = format!("http://{}/metrics", gost.addrs()[0]);
     let proxy = gost.service_addr("s").unwrap();
-    let get = move || {
-        curl(&[
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "-x",
-            &format!("http://{proxy}"),
-            &format!("http://{}/", target.addr),
-        ])
-        .text()
-    };
+    let get = move || status_via(proxy, &format!("http://{}/", target.addr));
     // The node fails a first dial: its series is there.
     assert_eq!(get().trim(), "502", "{}", gost.log());
     let errors = "gost_chain_errors_total{chain=c,host=";
@@ -748,16 +728,8 @@ fn a_replaced_service_whose_new_listener_cannot_bind_leaves_the_scrape() {
     let gost = Gost::start(&["-C", config.to_str().unwrap()], 2);
     let metrics = gost.addrs()[0];
     let proxy = gost.service_addr("moved").unwrap();
-    let out = curl(&[
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        "-x",
-        &format!("http://{proxy}"),
-        &format!("http://{}/", target.addr),
-    ]);
-    assert_eq!(out.text().trim(), "200", "{}", gost.log());
+    let code = status_via(proxy, &format!("http://{}/", target.addr));
+    assert_eq!(code, "200", "{}", gost.log());
     let url = format!("http://{metrics}/metrics");
     assert!(scrape_metrics(&url, None).contains("service=moved"));
     assert_eq!(status(&format!("http://{metrics}/readyz")), 200);
@@ -765,14 +737,9 @@ fn a_replaced_service_whose_new_listener_cannot_bind_leaves_the_scrape() {
     std::fs::write(&config, yaml(&format!("[::]:{port}"))).unwrap();
     gost.signal("HUP");
     gost.wait_for_log("cannot bind the new listener");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let text = loop {
-        let text = scrape_metrics(&url, None);
-        if !text.contains("service=moved") || Instant::now() > deadline {
-            break text;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let text = scrape_until(&url, Duration::from_secs(10), |text| {
+        !text.contains("service=moved")
+    });
     assert!(!text.contains("service=moved"), "{text}\n{}", gost.log());
     assert_eq!(status(&format!("http://{metrics}/readyz")), 503);
     drop(holder);
