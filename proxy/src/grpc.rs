@@ -311,9 +311,8 @@ impl Stream for ServerOutbound {
 
 /// One gRPC call as a byte stream: reads concatenate the `data` of the peer's messages, each
 /// write is one message of at most [`message_limit`] bytes ([`MAX_MESSAGE`] unless the link is
-/// slow), shutdown ends our message stream
-/// (client: half-close; server: trailers with `grpc-status: 0`). Dropping the client side also
-/// cancels the call.
+/// slow), shutdown ends our message stream (client: half-close; server: trailers with
+/// `grpc-status: 0`). Dropping the client side also cancels the call.
 pub struct GrpcConn {
     // Behind a lock only so that readiness can be polled through `&self`
     // (`Conn::poll_read_ready`); reads reach it without locking.

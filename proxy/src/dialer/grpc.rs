@@ -430,6 +430,26 @@ impl GrpcDialer {
         });
         handshake.await.map_err(|_| timed_out())?
     }
+
+    /// [`Dialer::handshake`] over `conn`, whose writes keep to `pace`: a connection of its own
+    /// over the previous hop's tunnel, which closes once its one call has ended and nothing
+    /// refers to it any more.
+    async fn handshake_paced(
+        &self,
+        conn: BoxConn,
+        addr: &Address,
+        pace: Pace,
+    ) -> io::Result<BoxConn> {
+        let mut connection = self
+            .handshake_connection(conn, addr, None, TcpWatch::none(), pace)
+            .await?;
+        std::future::poll_fn(|cx| tower_service::Service::poll_ready(&mut connection, cx))
+            .await
+            .map_err(|e| {
+                io::Error::new(io::ErrorKind::ConnectionReset, format!("grpc {addr}: {e}"))
+            })?;
+        Ok(Box::new(self.open(connection, addr)))
+    }
 }
 
 #[async_trait]
@@ -466,28 +486,6 @@ impl Dialer for GrpcDialer {
     async fn handshake(&self, conn: BoxConn, addr: &Address) -> io::Result<BoxConn> {
         // The previous hop's tunnel has no socket of our own to fit a pace to.
         self.handshake_paced(conn, addr, Pace::unbounded()).await
-    }
-}
-
-impl GrpcDialer {
-    /// [`Dialer::handshake`] over `conn`, whose writes keep to `pace`: a connection of its own
-    /// over the previous hop's tunnel, which closes once its one call has ended and nothing
-    /// refers to it any more.
-    async fn handshake_paced(
-        &self,
-        conn: BoxConn,
-        addr: &Address,
-        pace: Pace,
-    ) -> io::Result<BoxConn> {
-        let mut connection = self
-            .handshake_connection(conn, addr, None, TcpWatch::none(), pace)
-            .await?;
-        std::future::poll_fn(|cx| tower_service::Service::poll_ready(&mut connection, cx))
-            .await
-            .map_err(|e| {
-                io::Error::new(io::ErrorKind::ConnectionReset, format!("grpc {addr}: {e}"))
-            })?;
-        Ok(Box::new(self.open(connection, addr)))
     }
 }
 
