@@ -695,23 +695,23 @@ fn a_dial_ending_after_its_node_was_removed_leaves_no_series() {
 }
 
 /// A reload that replaces a service with one that binds its port only once the old listener
-/// let go of it (`[::]` instead of `127.0.0.1`), where that bind then fails (another program
-/// holds the port on `[::1]`): the service is gone, so are its series, and `/readyz` says so.
+/// let go of it (`[::]` instead of `[::1]`), where that bind then fails (another program holds
+/// the port on `127.0.0.1`): the service is gone, so are its series, and `/readyz` says so.
 #[test]
 fn a_replaced_service_whose_new_listener_cannot_bind_leaves_the_scrape() {
-    // A host without an IPv6 loopback (a container started with IPv6 off) cannot hold the
-    // port there.
+    // A host without an IPv6 loopback (a container started with IPv6 off) cannot serve on it.
     if let Err(e) = std::net::TcpListener::bind("[::1]:0") {
         eprintln!("skipped: this test needs an IPv6 loopback (::1): {e}");
         return;
     }
     let target = Target::http();
-    // A port free on both loopbacks, then held on the IPv6 one by someone else.
+    // A port held on 127.0.0.1 for the whole test, so that no IPv4 listener of port 0 (gost's
+    // metrics, another test's) is given it, and free on [::1] for the service.
     let (holder, port) = (0..20)
         .find_map(|_| {
-            let holder = std::net::TcpListener::bind("[::1]:0").expect("an IPv6 loopback");
+            let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let port = holder.local_addr().unwrap().port();
-            std::net::TcpListener::bind(("127.0.0.1", port))
+            std::net::TcpListener::bind(("::1", port))
                 .is_ok()
                 .then_some((holder, port))
         })
@@ -724,7 +724,7 @@ fn a_replaced_service_whose_new_listener_cannot_bind_leaves_the_scrape() {
              metrics:\n  addr: 127.0.0.1:0\n"
         )
     };
-    std::fs::write(&config, yaml(&format!("127.0.0.1:{port}"))).unwrap();
+    std::fs::write(&config, yaml(&format!("[::1]:{port}"))).unwrap();
     let gost = Gost::start(&["-C", config.to_str().unwrap()], 2);
     let metrics = gost.addrs()[0];
     let proxy = gost.service_addr("moved").unwrap();
