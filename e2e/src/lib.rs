@@ -587,6 +587,14 @@ pub fn curl(args: &[&str]) -> Output {
     run("curl", &all)
 }
 
+/// `curl` with `args`, the body thrown away and the response's status code as the output
+/// (`000` when no response came): `curl_status(&["-x", proxy, url]).text() == "200"`.
+pub fn curl_status(args: &[&str]) -> Output {
+    let mut all = vec!["-o", "/dev/null", "-w", "%{http_code}"];
+    all.extend_from_slice(args);
+    curl(&all)
+}
+
 /// Runs a Python script from `e2e/py/` with `args`.
 pub fn python(script: &str, args: &[&str]) -> Output {
     let path = workspace_root().join("e2e/py").join(script);

@@ -500,12 +500,7 @@ fn two_and_three_hop_chains_mixing_http_and_socks5() {
         ],
         1,
     );
-    let out = curl(&[
-        "-s",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
+    let out = curl_status(&[
         "-x",
         &format!("http://{}", bad.addr()),
         &format!("http://{}/", target.addr),

@@ -486,12 +486,7 @@ fn an_untrusted_server_certificate_is_explained() {
     let server = server();
     let client = client(server.addr(), "&secure=true");
     let target = Target::http();
-    let out = curl(&[
-        "-s",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
+    let out = curl_status(&[
         "-x",
         &format!("http://{}", client.addr()),
         &format!("http://{}/h3", target.addr),

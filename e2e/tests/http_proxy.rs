@@ -226,16 +226,7 @@ fn refused_target_gives_502_and_one_log_line() {
         format!("http://{}", client.addr()),
         format!("http://user:pass@{}", server.addr()),
     ] {
-        let out = curl(&[
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "-x",
-            &proxy,
-            &format!("http://{closed}/"),
-        ]);
+        let out = curl_status(&["-x", &proxy, &format!("http://{closed}/")]);
         assert_eq!(out.text(), "502", "plain request via {proxy}");
         let out = curl(&[
             "-p",
@@ -827,18 +818,8 @@ fn an_authers_users_file_is_read_and_followed() {
     let server = Gost::start_config(&yaml(users.to_str().unwrap()), 1);
     let url = format!("http://{}/", target.addr);
     let status = |user: &str| {
-        let out = curl(&[
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "-x",
-            &format!("http://{}", server.addr()),
-            "--proxy-user",
-            user,
-            &url,
-        ]);
-        out.text()
+        let proxy = format!("http://{}", server.addr());
+        curl_status(&["-x", &proxy, "--proxy-user", user, &url]).text()
     };
     assert_eq!(status("admin:#123456"), "200", "{}", server.log());
     assert_eq!(status("test\\user001:123456"), "200");
@@ -895,18 +876,8 @@ fn a_users_file_missing_at_a_reload_is_applied_when_it_appears() {
     let server = Gost::start(&["-C", config.to_str().unwrap()], 1);
     let url = format!("http://{}/", target.addr);
     let status = |user: &str| {
-        let out = curl(&[
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "-x",
-            &format!("http://{}", server.addr()),
-            "--proxy-user",
-            user,
-            &url,
-        ]);
-        out.text()
+        let proxy = format!("http://{}", server.addr());
+        curl_status(&["-x", &proxy, "--proxy-user", user, &url]).text()
     };
     assert_eq!(status("old:oldpass"), "200", "{}", server.log());
 

@@ -6,7 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use gost_e2e::{Gost, Target, TempDir, curl, gost_bin, operator_bin, tempdir, workspace_root};
+use gost_e2e::{
+    Gost, Target, TempDir, curl, curl_status, gost_bin, operator_bin, tempdir, workspace_root,
+};
 
 /// The image's user (the Dockerfiles' `USER`, the operator's sidecar uid).
 const IMAGE_USER: &str = "65532:65532";
@@ -127,11 +129,7 @@ fn the_gost_image_serves_a_proxy_as_its_non_root_user() {
         "{}",
         out.text()
     );
-    let out = curl(&[
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
+    let out = curl_status(&[
         "-x",
         &format!("http://{}", proxy.addr()),
         &format!("http://localhost:{}/", target.addr.port()),

@@ -30,11 +30,10 @@ fn scrape_until(metrics: SocketAddr, done: impl Fn(&str) -> bool) -> String {
 
 fn status_through(proxy: SocketAddr, url: &str, extra: &[&str]) -> String {
     let proxy = format!("http://{proxy}");
-    let mut args = vec!["-o", "/dev/null", "-w", "%{http_code}", "-x", &proxy];
+    let mut args = vec!["-x", &proxy];
     args.extend_from_slice(extra);
     args.push(url);
-    let out = curl(&args);
-    out.text().trim().to_string()
+    curl_status(&args).text()
 }
 
 #[test]

@@ -8,22 +8,12 @@ use std::time::{Duration, Instant};
 use gost_e2e::*;
 
 fn status(url: &str) -> u16 {
-    let out = curl(&["-o", "/dev/null", "-w", "%{http_code}", url]);
-    out.text().trim().parse().unwrap_or(0)
+    curl_status(&[url]).text().parse().unwrap_or(0)
 }
 
 /// The status code of a GET of `url` through the HTTP proxy at `proxy`, as curl prints it.
 fn status_via(proxy: SocketAddr, url: &str) -> String {
-    let out = curl(&[
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        "-x",
-        &format!("http://{proxy}"),
-        url,
-    ]);
-    out.text().trim().to_string()
+    curl_status(&["-x", &format!("http://{proxy}"), url]).text()
 }
 
 /// Scrapes `url` until `done` holds for the text, for `within` at most; the last text.

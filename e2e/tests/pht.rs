@@ -221,11 +221,7 @@ fn pht_and_phts_behind_two_hops() {
 fn endpoints_refuse_wrong_requests() {
     let server = server("pht");
     let base = format!("http://{}", server.addr());
-    let status = |args: &[&str]| {
-        let mut all = vec!["-o", "/dev/null", "-w", "%{http_code}"];
-        all.extend_from_slice(args);
-        curl(&all).text()
-    };
+    let status = |args: &[&str]| curl_status(args).text();
     assert_eq!(status(&[&format!("{base}/p?token=x")]), "400");
     assert_eq!(status(&["-X", "POST", &format!("{base}/q?token=x")]), "400");
     assert_eq!(status(&[&format!("{base}/push?token=x")]), "404");

@@ -1304,12 +1304,7 @@ fn auto_forwards_tls_clients_by_server_name() {
     let unnamed = curl(&["-k", &format!("https://{}/", open.addr())]);
     assert_ne!(unnamed.code, 0, "{}", unnamed.text());
     // The same port still serves HTTP proxy clients.
-    let http = curl(&[
-        "-sS",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
+    let http = curl_status(&[
         "-k",
         "-x",
         &format!("http://{}", open.addr()),
