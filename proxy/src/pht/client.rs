@@ -21,8 +21,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, ready};
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::{Buf, Bytes, BytesMut};
 use futures_channel::mpsc as queue;
 use futures_channel::oneshot;
@@ -34,6 +32,7 @@ use tokio::task::JoinHandle;
 use tokio_util::task::AbortOnDropHandle;
 
 use super::{Body, OpenedAfter, Paths, RoundTrip, Shared};
+use crate::codec::pht;
 use crate::conn::{BoxConn, Conn};
 
 /// Most data put into one push: its base64 line is exactly 64 KiB, which every gost-rs server
@@ -361,14 +360,14 @@ async fn pull_once(
         )));
     }
     let mut body = res.into_body();
-    let mut buf = BytesMut::new();
+    // A line (without its newline) must be shorter than MAX_PULL_LINE.
+    let mut reader = pht::Lines::new(MAX_PULL_LINE - 1);
     let mut lines = 0;
-    let mut deliver = async |line: Bytes| -> io::Result<bool> {
-        let line = line.strip_suffix(b"\r").unwrap_or(&line);
+    let mut deliver = async |line: &[u8]| -> io::Result<bool> {
         if line.is_empty() {
             return Ok(true);
         }
-        let data = BASE64.decode(line).map_err(|e| {
+        let data = pht::decode_line(line).map_err(|e| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("PHT pull line is not base64: {e}"),
@@ -376,7 +375,7 @@ async fn pull_once(
         })?;
         Ok(tx.send(Ok(Bytes::from(data))).await.is_ok())
     };
-    let too_long = || {
+    let too_long = |_| {
         io::Error::new(
             io::ErrorKind::InvalidData,
             format!("PHT pull line of {MAX_PULL_LINE} bytes or more"),
@@ -386,36 +385,19 @@ async fn pull_once(
         let Ok(data) = frame?.into_data() else {
             continue;
         };
-        // Only the new bytes can hold a line end: searching the whole buffer again for each
-        // small frame (HTTP/3 delivers ~1 KiB at a time) made reading quadratic in the line.
-        let mut searched = buf.len();
-        buf.extend_from_slice(&data);
-        while let Some(at) = buf[searched..].iter().position(|&b| b == b'\n') {
-            let end = searched + at;
-            // Checked for every line, not only for one still waiting for its end: a frame
-            // can hold a whole line of any length.
-            if end >= MAX_PULL_LINE {
-                return Err(too_long());
-            }
-            let line = buf.split_to(end + 1).freeze();
-            searched = 0;
+        reader.extend(&data);
+        while let Some(line) = reader.next_line().map_err(too_long)? {
             lines += 1;
-            if !deliver(line.slice(..end)).await? {
+            if !deliver(&line).await? {
                 return Ok(0);
             }
         }
-        if buf.is_empty() {
-            // Every line went out: let the buffer go rather than keep the size of the longest
-            // line for as long as the tunnel is open (idle after a download, 45 KiB).
-            buf = BytesMut::new();
-        } else if buf.len() >= MAX_PULL_LINE {
-            return Err(too_long());
-        }
     }
-    if !buf.is_empty() {
+    let rest = reader.rest();
+    if !rest.is_empty() {
         // A last line without its newline still counts, as for GOST's line scanner.
         lines += 1;
-        if !deliver(buf.freeze()).await? {
+        if !deliver(rest.strip_suffix(b"\r").unwrap_or(&rest)).await? {
             return Ok(0);
         }
     }
@@ -549,7 +531,7 @@ impl AsyncWrite for PhtClientConn {
             return Poll::Ready(Ok(0));
         }
         let n = buf.len().min(PUSH_CHUNK);
-        let req = self.push_request(super::server::encode_line(&buf[..n]))?;
+        let req = self.push_request(pht::encode_line(&buf[..n]))?;
         self.push = Some(self.spawn_push(req));
         Poll::Ready(Ok(n))
     }
@@ -1005,7 +987,7 @@ mod tests {
         let (_, opts, _, _) = setup("pht-client-long-line", false);
         for (len, accepted) in [(49_149, true), (49_152, false), (70_000, false)] {
             let data: Vec<u8> = (0..len).map(|i| (i % 241) as u8).collect();
-            let line = super::super::server::encode_line(&data);
+            let line = crate::codec::pht::encode_line(&data);
             assert_eq!(line.len() - 1 < MAX_PULL_LINE, accepted, "{len}");
             let rt = Arc::new(Canned {
                 first_pull: line,

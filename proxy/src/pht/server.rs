@@ -26,9 +26,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as BASE64;
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, Bytes};
 use futures_channel::mpsc as queue;
 use futures_util::{SinkExt, StreamExt};
 use http::{Method, Response, StatusCode, header};
@@ -41,6 +39,7 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::{Body, Paths};
+use crate::codec::pht::{self, encode_line};
 use crate::conn::Conn;
 use crate::listener::Ready;
 
@@ -202,8 +201,8 @@ impl PhtServer {
                 format!("{} takes {expected} requests\n", req.uri().path()),
             );
         }
-        let token = match token(req.uri().query().unwrap_or("")) {
-            Ok(token) => token,
+        let token = match pht::token(req.uri().query().unwrap_or(""), MAX_TOKEN_LEN) {
+            Ok(token) => Arc::from(token),
             Err(why) => return text(StatusCode::BAD_REQUEST, format!("{why}\n")),
         };
         if is_push {
@@ -264,7 +263,7 @@ impl PhtServer {
                 return status(StatusCode::PARTIAL_CONTENT);
             }
         };
-        let data = match BASE64.decode(&line) {
+        let data = match pht::decode_line(&line) {
             Ok(data) => Bytes::from(data),
             Err(e) => {
                 self.close_token(&token, "bad base64 in a push");
@@ -517,67 +516,26 @@ async fn await_first_pull(server: Weak<PhtServer>, session: Arc<Session>) {
     }
 }
 
-/// The token from a query string (`token=...`, percent-decoded).
-fn token(query: &str) -> Result<Arc<str>, &'static str> {
-    let raw = query
-        .split('&')
-        .find_map(|pair| pair.strip_prefix("token="))
-        .ok_or("query parameter `token` is missing")?;
-    let raw = raw.replace('+', " ");
-    let token = percent_encoding::percent_decode_str(&raw)
-        .decode_utf8()
-        .map_err(|_| "query parameter `token` is not UTF-8")?;
-    if token.is_empty() {
-        return Err("query parameter `token` is empty");
-    }
-    if token.len() > MAX_TOKEN_LEN {
-        return Err("query parameter `token` is too long");
-    }
-    Ok(Arc::from(token.as_ref()))
-}
-
 enum LineError {
     TooLong,
     Io(io::Error),
 }
 
-/// The first line of `body` without its `\n`; `None` when the body ends before a newline
+/// The first line of `body` (see [`pht::Lines`]); `None` when the body ends before a newline
 /// (which, like an empty line, is the client's close). The rest of the body is not read.
 async fn read_line(mut body: Body, limit: usize) -> Result<Option<Bytes>, LineError> {
-    let mut line = BytesMut::new();
+    let mut lines = pht::Lines::new(limit);
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(LineError::Io)?;
         let Ok(data) = frame.into_data() else {
             continue;
         };
-        if let Some(end) = data.iter().position(|&b| b == b'\n') {
-            if line.len() + end > limit {
-                return Err(LineError::TooLong);
-            }
-            line.extend_from_slice(&data[..end]);
-            let mut line = line.freeze();
-            if line.last() == Some(&b'\r') {
-                line.truncate(line.len() - 1);
-            }
+        lines.extend(&data);
+        if let Some(line) = lines.next_line().map_err(|_| LineError::TooLong)? {
             return Ok(Some(line));
         }
-        if line.len() + data.len() > limit + 1 {
-            return Err(LineError::TooLong);
-        }
-        line.extend_from_slice(&data);
     }
     Ok(None)
-}
-
-/// `base64(chunk) + "\n"`.
-pub(crate) fn encode_line(chunk: &[u8]) -> Bytes {
-    let mut line = vec![0; base64::encoded_len(chunk.len(), true).unwrap_or(0) + 1];
-    let n = BASE64
-        .encode_slice(chunk, &mut line)
-        .expect("buffer sized for the encoding");
-    line[n] = b'\n';
-    line.truncate(n + 1);
-    Bytes::from(line)
 }
 
 /// The `503` of a stopping service; see [`Draining`].
@@ -799,6 +757,8 @@ impl Conn for PhtConn {
 mod tests {
     use super::*;
     use crate::conn::BoxConn;
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD as BASE64;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     type Accepted = mpsc::Receiver<(BoxConn, SocketAddr)>;
