@@ -30,9 +30,10 @@ pub struct LineTooLong;
 /// Splits a body that arrives in pieces into its `\n`-ended lines, none longer than a limit.
 ///
 /// A line is given without its `\n` and without a `\r` just before it. A line longer than the
-/// limit (counting such a `\r`) is an error as soon as more than the limit of it is held, so
-/// a peer that never sends a newline cannot make the reader hold more than that. Each
-/// byte is searched for a newline once, however small the pieces (HTTP/3 delivers about
+/// limit (counting such a `\r`) is an error at the first [`Lines::next_line`] after more than
+/// the limit of it arrived, so a peer that never sends a newline cannot make the reader hold
+/// more than the limit and one piece (a piece is a frame of the transport, bounded by it).
+/// Each byte is searched for a newline once, however small the pieces (HTTP/3 delivers about
 /// 1 KiB at a time).
 #[derive(Debug)]
 pub struct Lines {
